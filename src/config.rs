@@ -1,0 +1,556 @@
+//! The relay's main configuration (`optin-relay.toml`): listeners, limits, TLS, spool,
+//! delivery, HTTP and where the policy file is.
+//!
+//! Parsing is strict: unknown keys, wrong types and impossible values are problems, and every
+//! problem in the file is reported at once with its key path (see [`reader`]). Every default
+//! is a named constant below; with no file at all, [`Config::embedded_default`] gives the
+//! relay DESIGN.md describes (SMTP on 127.0.0.1:2525, HTTP on 127.0.0.1:8025, spool in
+//! `./data`, delivery by MX lookup). Relative paths are relative to the working directory.
+
+pub mod reader;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reader::{Collector, OneOrMany, Problems, Section};
+use units::{ByteSize, HumanDuration};
+
+pub const DEFAULT_SMTP_LISTEN: &str = "127.0.0.1:2525";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8025";
+pub const DEFAULT_SPOOL_PATH: &str = "./data";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 200;
+pub const DEFAULT_MAX_MESSAGE_SIZE: ByteSize = ByteSize::mib(25);
+pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
+/// Longest command line, CRLF included. RFC 5321 sets 512 as the floor; AUTH lines and
+/// SMTPUTF8 paths with parameters need more.
+pub const DEFAULT_MAX_COMMAND_LINE: usize = 2048;
+/// Longest message line without its CRLF (RFC 5322 §2.1.1).
+pub const DEFAULT_MAX_LINE_LENGTH: usize = 998;
+pub const DEFAULT_MAX_ERRORS: u32 = 10;
+pub const DEFAULT_IDLE_TIMEOUT: HumanDuration = HumanDuration::secs(300);
+pub const DEFAULT_SESSION_TIMEOUT: HumanDuration = HumanDuration::secs(1800);
+pub const DEFAULT_MAX_RECEIVED_HEADERS: usize = 50;
+pub const DEFAULT_AUTH_FAILURE_DELAY: HumanDuration = HumanDuration::secs(1);
+pub const DEFAULT_SHUTDOWN_GRACE: HumanDuration = HumanDuration::secs(30);
+pub const DEFAULT_SEGMENT_SIZE: ByteSize = ByteSize::mib(64);
+pub const DEFAULT_MX_PORT: u16 = 25;
+pub const DEFAULT_MAX_CONNECTIONS_PER_DESTINATION: usize = 20;
+pub const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 1000;
+pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::secs(30);
+pub const DEFAULT_COMMAND_TIMEOUT: HumanDuration = HumanDuration::secs(300);
+pub const DEFAULT_DATA_TIMEOUT: HumanDuration = HumanDuration::secs(600);
+pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: HumanDuration = HumanDuration::secs(10);
+pub const DEFAULT_RETRY_INITIAL: HumanDuration = HumanDuration::secs(300);
+pub const DEFAULT_RETRY_MAX: HumanDuration = HumanDuration::secs(3600);
+pub const DEFAULT_MAX_AGE: HumanDuration = HumanDuration::secs(5 * 86400);
+pub const DEFAULT_DELAY_WARNING: HumanDuration = HumanDuration::secs(4 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub smtp: SmtpConfig,
+    pub tls: TlsConfig,
+    pub spool: SpoolConfig,
+    pub delivery: DeliveryConfig,
+    pub http: HttpConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Plain listeners (STARTTLS offered when TLS is available).
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (the port 465 style).
+    pub listen_tls: Vec<SocketAddr>,
+    /// Our name in the greeting, EHLO, Received headers and DSNs.
+    pub hostname: String,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_command_line: usize,
+    pub max_line_length: usize,
+    pub max_errors: u32,
+    pub idle_timeout: Duration,
+    pub session_timeout: Duration,
+    pub max_received_headers: usize,
+    pub auth_failure_delay: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `private_key`. Neither: a self-signed one is made at start.
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub path: PathBuf,
+    /// Only for throwaway test setups: without fsync an accepted message can be lost.
+    pub fsync: bool,
+    pub segment_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartTlsPolicy {
+    /// Use STARTTLS when offered, without certificate checks; fall back to plain text when
+    /// the handshake fails.
+    Opportunistic,
+    /// Never use STARTTLS.
+    Disabled,
+}
+
+/// `host:port`, where host is a name, an IPv4 address or a bracketed IPv6 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not host:port");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        if host.parse::<std::net::IpAddr>().is_err() {
+            crate::smtp::address::check_domain(host).map_err(|_| bad())?;
+        }
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Send everything here instead of looking up MX records.
+    pub smarthost: Option<HostPort>,
+    /// Nameserver for MX lookups (default: the system's resolv.conf).
+    pub dns: Option<SocketAddr>,
+    pub mx_port: u16,
+    pub helo_name: String,
+    pub starttls: StartTlsPolicy,
+    pub max_connections_per_destination: usize,
+    pub max_messages_per_connection: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub connection_idle_timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_age: Duration,
+    pub delay_warning: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `None` when `listen = ""` turns HTTP off.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// `None`: the embedded default policy (loopback clients are the account `local`).
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `optin_relay=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+fn system_hostname() -> String {
+    let name = gethostname::gethostname().to_string_lossy().into_owned();
+    if name.is_empty() || crate::smtp::address::check_domain(&name).is_err() {
+        "localhost".to_string()
+    } else {
+        name
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("default addresses are valid")
+}
+
+impl Config {
+    /// The configuration used when `serve` is given no file.
+    pub fn embedded_default() -> Config {
+        Config::from_toml("(embedded default)", "").expect("the empty file is a valid config")
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        let name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&name, &text),
+            Err(e) => Err(Problems {
+                file: name,
+                list: vec![reader::Problem {
+                    path: String::new(),
+                    message: format!("cannot read: {e}"),
+                }],
+            }),
+        }
+    }
+
+    /// Parses TOML text; `file` names it in problem reports.
+    pub fn from_toml(file: &str, text: &str) -> Result<Config, Problems> {
+        let c = Collector::new(file);
+        let Some(table) = c.parse(text) else {
+            return Err(c.finish(()).unwrap_err());
+        };
+        let config = {
+            let mut root = c.root(&table);
+            let smtp = read_smtp(&mut root.section("smtp"));
+            let tls = read_tls(&mut root.section("tls"));
+            let spool = read_spool(&mut root.section("spool"));
+            let delivery = read_delivery(&mut root.section("delivery"), &smtp.hostname);
+            let http = read_http(&mut root.section("http"));
+            let policy = PolicyConfig {
+                path: root.section("policy").get::<PathBuf>("path"),
+            };
+            let log = read_log(&mut root.section("log"));
+            Config {
+                smtp,
+                tls,
+                spool,
+                delivery,
+                http,
+                policy,
+                log,
+            }
+        };
+        c.finish(config)
+    }
+
+    /// Every address the relay will listen on, for start-up logs and checks.
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        let mut all = self.smtp.listen.clone();
+        all.extend(&self.smtp.listen_tls);
+        all.extend(self.http.listen);
+        all
+    }
+}
+
+fn positive<T: PartialOrd + Default + Copy>(s: &Section<'_>, key: &str, v: T) -> T {
+    if v <= T::default() {
+        s.problem(key, "must be greater than zero");
+    }
+    v
+}
+
+fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
+    let listen: Vec<SocketAddr> = s
+        .get::<OneOrMany<SocketAddr>>("listen")
+        .map(OneOrMany::into_vec)
+        .unwrap_or_else(|| vec![addr(DEFAULT_SMTP_LISTEN)]);
+    let listen_tls: Vec<SocketAddr> = s
+        .get::<OneOrMany<SocketAddr>>("listen_tls")
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default();
+    if listen.is_empty() && listen_tls.is_empty() {
+        s.problem(
+            "listen",
+            "at least one listen or listen_tls address is needed",
+        );
+    }
+    let hostname = match s.get::<String>("hostname") {
+        Some(h) if crate::smtp::address::check_domain(&h).is_ok() => h,
+        Some(h) => {
+            s.problem("hostname", format!("{h:?} is not a valid host name"));
+            system_hostname()
+        }
+        None => system_hostname(),
+    };
+    let max_command_line = s.get_or("max_command_line", DEFAULT_MAX_COMMAND_LINE);
+    if max_command_line < 512 {
+        s.problem(
+            "max_command_line",
+            "must be at least 512 (RFC 5321 §4.5.3.1.4)",
+        );
+    }
+    let max_line_length = s.get_or("max_line_length", DEFAULT_MAX_LINE_LENGTH);
+    if !(78..=998).contains(&max_line_length) {
+        s.problem(
+            "max_line_length",
+            "must be between 78 and 998 (the relay never emits longer lines)",
+        );
+    }
+    let max_message_size = s.get_or("max_message_size", DEFAULT_MAX_MESSAGE_SIZE).get();
+    if max_message_size < 1024 {
+        s.problem("max_message_size", "must be at least 1KiB");
+    }
+    let max_connections = s.get_or("max_connections", DEFAULT_MAX_CONNECTIONS);
+    let max_connections_per_ip = s.get_or("max_connections_per_ip", DEFAULT_MAX_CONNECTIONS_PER_IP);
+    let max_recipients = s.get_or("max_recipients", DEFAULT_MAX_RECIPIENTS);
+    let max_errors = s.get_or("max_errors", DEFAULT_MAX_ERRORS);
+    let idle_timeout = s.get_or("idle_timeout", DEFAULT_IDLE_TIMEOUT).get();
+    let session_timeout = s.get_or("session_timeout", DEFAULT_SESSION_TIMEOUT).get();
+    SmtpConfig {
+        listen,
+        listen_tls,
+        hostname,
+        max_connections: positive(s, "max_connections", max_connections),
+        max_connections_per_ip: positive(s, "max_connections_per_ip", max_connections_per_ip),
+        max_message_size,
+        max_recipients: positive(s, "max_recipients", max_recipients),
+        max_command_line,
+        max_line_length,
+        max_errors: positive(s, "max_errors", max_errors),
+        idle_timeout: positive(s, "idle_timeout", idle_timeout),
+        session_timeout: positive(s, "session_timeout", session_timeout),
+        max_received_headers: s.get_or("max_received_headers", DEFAULT_MAX_RECEIVED_HEADERS),
+        auth_failure_delay: s
+            .get_or("auth_failure_delay", DEFAULT_AUTH_FAILURE_DELAY)
+            .get(),
+        shutdown_grace: s.get_or("shutdown_grace", DEFAULT_SHUTDOWN_GRACE).get(),
+    }
+}
+
+fn read_tls(s: &mut Section<'_>) -> TlsConfig {
+    let certificate = s.get::<PathBuf>("certificate");
+    let private_key = s.get::<PathBuf>("private_key");
+    if certificate.is_some() != private_key.is_some() {
+        s.problem("certificate", "certificate and private_key go together");
+    }
+    TlsConfig {
+        certificate,
+        private_key,
+    }
+}
+
+fn read_spool(s: &mut Section<'_>) -> SpoolConfig {
+    let segment_size = s.get_or("segment_size", DEFAULT_SEGMENT_SIZE).get();
+    if segment_size < 1 << 20 {
+        s.problem("segment_size", "must be at least 1MiB");
+    }
+    SpoolConfig {
+        path: s.get_or("path", PathBuf::from(DEFAULT_SPOOL_PATH)),
+        fsync: s.get_or("fsync", true),
+        segment_size,
+    }
+}
+
+fn read_delivery(s: &mut Section<'_>, hostname: &str) -> DeliveryConfig {
+    let smarthost = s
+        .get::<String>("smarthost")
+        .and_then(|v| match v.parse::<HostPort>() {
+            Ok(hp) => Some(hp),
+            Err(e) => {
+                s.problem("smarthost", e);
+                None
+            }
+        });
+    let helo_name = match s.get::<String>("helo_name") {
+        Some(h) if crate::smtp::address::check_domain(&h).is_ok() => h,
+        Some(h) => {
+            s.problem("helo_name", format!("{h:?} is not a valid host name"));
+            hostname.to_string()
+        }
+        None => hostname.to_string(),
+    };
+    let retry_initial = s.get_or("retry_initial", DEFAULT_RETRY_INITIAL).get();
+    let retry_max = s.get_or("retry_max", DEFAULT_RETRY_MAX).get();
+    if retry_initial > retry_max {
+        s.problem("retry_initial", "must not be longer than retry_max");
+    }
+    let mx_port = s.get_or("mx_port", DEFAULT_MX_PORT);
+    let max_conns = s.get_or(
+        "max_connections_per_destination",
+        DEFAULT_MAX_CONNECTIONS_PER_DESTINATION,
+    );
+    let max_msgs = s.get_or(
+        "max_messages_per_connection",
+        DEFAULT_MAX_MESSAGES_PER_CONNECTION,
+    );
+    let max_age = s.get_or("max_age", DEFAULT_MAX_AGE).get();
+    DeliveryConfig {
+        smarthost,
+        dns: s.get::<SocketAddr>("dns"),
+        mx_port: positive(s, "mx_port", mx_port),
+        helo_name,
+        starttls: s.get_or("starttls", StartTlsPolicy::Opportunistic),
+        max_connections_per_destination: positive(s, "max_connections_per_destination", max_conns),
+        max_messages_per_connection: positive(s, "max_messages_per_connection", max_msgs),
+        connect_timeout: s.get_or("connect_timeout", DEFAULT_CONNECT_TIMEOUT).get(),
+        command_timeout: s.get_or("command_timeout", DEFAULT_COMMAND_TIMEOUT).get(),
+        data_timeout: s.get_or("data_timeout", DEFAULT_DATA_TIMEOUT).get(),
+        connection_idle_timeout: s
+            .get_or("connection_idle_timeout", DEFAULT_CONNECTION_IDLE_TIMEOUT)
+            .get(),
+        retry_initial: positive(s, "retry_initial", retry_initial),
+        retry_max,
+        max_age: positive(s, "max_age", max_age),
+        delay_warning: s.get_or("delay_warning", DEFAULT_DELAY_WARNING).get(),
+    }
+}
+
+fn read_http(s: &mut Section<'_>) -> HttpConfig {
+    let listen = match s.get::<String>("listen") {
+        None => Some(addr(DEFAULT_HTTP_LISTEN)),
+        Some(v) if v.is_empty() => None,
+        Some(v) => match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                s.problem("listen", format!("{v:?} is not an ip:port address"));
+                None
+            }
+        },
+    };
+    HttpConfig { listen }
+}
+
+fn read_log(s: &mut Section<'_>) -> LogConfig {
+    let level = s.get_or("level", "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        s.problem(
+            "level",
+            format!("{level:?} is not a log filter (try \"info\")"),
+        );
+    }
+    LogConfig {
+        level,
+        format: s.get_or("format", LogFormat::Text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_matches_design() {
+        let c = Config::embedded_default();
+        assert_eq!(c.smtp.listen, vec![addr("127.0.0.1:2525")]);
+        assert_eq!(c.http.listen, Some(addr("127.0.0.1:8025")));
+        assert_eq!(c.spool.path, PathBuf::from("./data"));
+        assert!(c.delivery.smarthost.is_none());
+        assert!(c.spool.fsync);
+        assert_eq!(c.delivery.max_age, Duration::from_secs(5 * 86400));
+        assert!(c.policy.path.is_none());
+    }
+
+    #[test]
+    fn reads_keys_tests_rely_on() {
+        let c = Config::from_toml(
+            "t",
+            r#"
+            [smtp]
+            listen = ["127.0.0.1:0", "[::1]:0"]
+            max_message_size = "10MiB"
+            idle_timeout = "30s"
+            [spool]
+            path = "/tmp/x"
+            [delivery]
+            smarthost = "127.0.0.1:2526"
+            dns = "127.0.0.1:5353"
+            mx_port = 2500
+            [http]
+            listen = ""
+            [policy]
+            path = "p.toml"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.smtp.listen.len(), 2);
+        assert_eq!(c.smtp.max_message_size, 10 << 20);
+        assert_eq!(c.smtp.idle_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.delivery.smarthost,
+            Some(HostPort {
+                host: "127.0.0.1".into(),
+                port: 2526
+            })
+        );
+        assert_eq!(c.delivery.mx_port, 2500);
+        assert_eq!(c.http.listen, None);
+        assert_eq!(c.policy.path, Some(PathBuf::from("p.toml")));
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let err = Config::from_toml(
+            "bad.toml",
+            r#"
+            [smtp]
+            listen = "not an address"
+            max_message_size = "lots"
+            idle_timeout = 30
+            max_line_length = 5000
+            colour = "blue"
+            [delivery]
+            smarthost = "nohost"
+            retry_initial = "2h"
+            [tls]
+            certificate = "c.pem"
+            [unknown]
+            "#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.list.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "delivery.retry_initial",
+                "delivery.smarthost",
+                "smtp.colour",
+                "smtp.idle_timeout",
+                "smtp.listen",
+                "smtp.max_line_length",
+                "smtp.max_message_size",
+                "tls.certificate",
+                "unknown",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            "mx.example:25".parse::<HostPort>().unwrap().host,
+            "mx.example"
+        );
+        assert_eq!(
+            "[::1]:25".parse::<HostPort>().unwrap().to_string(),
+            "[::1]:25"
+        );
+        assert!("mx.example".parse::<HostPort>().is_err());
+        assert!("mx.example:0".parse::<HostPort>().is_err());
+        assert!("bad_host:25".parse::<HostPort>().is_err());
+    }
+}

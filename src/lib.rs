@@ -1,0 +1,16 @@
+//! optin-relay: a high-throughput SMTP relay that sends only what recipients agreed to
+//! receive.
+//!
+//! The map (see `README.md` for the full tour): [`smtp`] is pure protocol; [`session`] runs
+//! one client connection over any stream; [`server`] owns listeners, TLS and limits and wires
+//! everything together; [`spool`] keeps accepted mail durably; [`delivery`] sends it on;
+//! [`policy`] says who may send; [`config`] reads the main file; [`http`] and [`metrics`]
+//! are the operator's window.
+
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod session;
+pub mod smtp;
+pub mod spool;
+pub mod tls;

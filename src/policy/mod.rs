@@ -1,0 +1,302 @@
+//! The policy file: who may send through the relay.
+//!
+//! An account is a sender organisation. A client is identified as an account either by
+//! authenticating as one of its users (AUTH, only over TLS) or by connecting from one of its
+//! networks. Nobody else may send: the relay is never an open relay. Later issues extend the
+//! accounts with lists, streams, throttles and rules; the file is parsed as strictly as the
+//! main config, with every problem reported at once.
+//!
+//! Deciding is pure: [`Policy::identify_by_ip`] and [`Policy::user`] look things up in a
+//! policy that was validated when loaded; password checking lives in [`password`].
+
+pub mod password;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use crate::config::reader::{Collector, Problems, Section};
+
+/// The policy used when the config names no policy file: clients on loopback are the
+/// account `local`, nobody else may send.
+pub const EMBEDDED_DEFAULT_POLICY: &str = r#"
+[accounts.local]
+description = "Clients on this machine (embedded default policy)"
+networks = ["127.0.0.0/8", "::1/128"]
+"#;
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub description: String,
+    pub networks: Vec<IpNet>,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub username: String,
+    /// An Argon2 PHC string (`$argon2id$v=19$…`), made with `optin-relay hash-password`.
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    accounts: Vec<Account>,
+    /// (network, account index), most specific prefix first.
+    networks: Vec<(IpNet, usize)>,
+    /// username → (account index, user index).
+    users: HashMap<String, (usize, usize)>,
+}
+
+impl Policy {
+    pub fn embedded_default() -> Policy {
+        Policy::from_toml("(embedded default policy)", EMBEDDED_DEFAULT_POLICY)
+            .expect("the embedded policy is valid")
+    }
+
+    pub fn load(path: &Path) -> Result<Policy, Problems> {
+        let name = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Policy::from_toml(&name, &text),
+            Err(e) => {
+                let c = Collector::new(name);
+                c.problem("", format!("cannot read: {e}"));
+                Err(c.finish(()).unwrap_err())
+            }
+        }
+    }
+
+    pub fn from_toml(file: &str, text: &str) -> Result<Policy, Problems> {
+        let c = Collector::new(file);
+        let Some(table) = c.parse(text) else {
+            return Err(c.finish(()).unwrap_err());
+        };
+        let accounts = {
+            let mut root = c.root(&table);
+            root.named_sections("accounts")
+                .into_iter()
+                .map(|(name, mut section)| read_account(name, &mut section))
+                .collect::<Vec<_>>()
+        };
+        let policy = Policy::index(accounts, &c);
+        c.finish(policy)
+    }
+
+    /// Builds the lookup tables, reporting clashes between accounts.
+    fn index(accounts: Vec<Account>, c: &Collector) -> Policy {
+        let mut networks = Vec::new();
+        let mut users = HashMap::new();
+        let mut seen_nets: HashMap<IpNet, &str> = HashMap::new();
+        for (ai, account) in accounts.iter().enumerate() {
+            for net in &account.networks {
+                if let Some(other) = seen_nets.insert(*net, &account.name) {
+                    c.problem(
+                        format!("accounts.{}.networks", account.name),
+                        format!("{net} is already a network of account {other:?}"),
+                    );
+                }
+                networks.push((*net, ai));
+            }
+            for (ui, user) in account.users.iter().enumerate() {
+                if users.insert(user.username.clone(), (ai, ui)).is_some() {
+                    c.problem(
+                        format!("accounts.{}.users[{ui}].username", account.name),
+                        format!("username {:?} is used twice", user.username),
+                    );
+                }
+            }
+        }
+        networks.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        Policy {
+            accounts,
+            networks,
+            users,
+        }
+    }
+
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+
+    /// The account whose networks contain `ip` (the most specific network wins).
+    pub fn identify_by_ip(&self, ip: IpAddr) -> Option<&Account> {
+        let ip = canonical_ip(ip);
+        self.networks
+            .iter()
+            .find(|(net, _)| net.contains(&ip))
+            .map(|(_, i)| &self.accounts[*i])
+    }
+
+    /// The account and user record for an AUTH username.
+    pub fn user(&self, username: &str) -> Option<(&Account, &User)> {
+        let (ai, ui) = *self.users.get(username)?;
+        let account = &self.accounts[ai];
+        Some((account, &account.users[ui]))
+    }
+
+    /// Whether any account can authenticate at all (AUTH is only offered if so).
+    pub fn has_users(&self) -> bool {
+        !self.users.is_empty()
+    }
+}
+
+/// IPv4-mapped IPv6 clients (`::ffff:192.0.2.1`, seen on dual-stack listeners) match IPv4
+/// networks.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn read_account(name: String, s: &mut Section<'_>) -> Account {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        s.problem("", "account names use a-z, 0-9, - and _ only");
+    }
+    let description = s.get_or("description", String::new());
+    let networks = s
+        .get::<Vec<String>>("networks")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let parsed = n
+                .parse::<IpNet>()
+                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    s.problem("networks", format!("{n:?} is not an address or network"));
+                    None
+                }
+            }
+        })
+        .collect();
+    let users = s
+        .array_sections("users")
+        .into_iter()
+        .filter_map(|mut u| {
+            let username = u.get::<String>("username");
+            let hash = u.get::<String>("password_hash");
+            if username.is_none() {
+                u.problem("username", "missing");
+            }
+            match &hash {
+                None => u.problem(
+                    "password_hash",
+                    "missing (make one with `optin-relay hash-password`)",
+                ),
+                Some(h) => {
+                    if let Err(e) = password::check_hash_format(h) {
+                        u.problem("password_hash", e);
+                    }
+                }
+            }
+            Some(User {
+                username: username.filter(|n| !n.is_empty())?,
+                password_hash: hash?,
+            })
+        })
+        .collect();
+    Account {
+        name,
+        description,
+        networks,
+        users,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_trusts_loopback_only() {
+        let p = Policy::embedded_default();
+        assert_eq!(
+            p.identify_by_ip("127.0.0.1".parse().unwrap()).unwrap().name,
+            "local"
+        );
+        assert_eq!(
+            p.identify_by_ip("::1".parse().unwrap()).unwrap().name,
+            "local"
+        );
+        assert_eq!(
+            p.identify_by_ip("::ffff:127.0.0.5".parse().unwrap())
+                .unwrap()
+                .name,
+            "local"
+        );
+        assert!(p.identify_by_ip("192.0.2.1".parse().unwrap()).is_none());
+        assert!(!p.has_users());
+    }
+
+    #[test]
+    fn most_specific_network_wins() {
+        let p = Policy::from_toml(
+            "t",
+            r#"
+            [accounts.wide]
+            networks = ["10.0.0.0/8"]
+            [accounts.narrow]
+            networks = ["10.1.2.0/24", "192.0.2.7"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.identify_by_ip("10.1.2.3".parse().unwrap()).unwrap().name,
+            "narrow"
+        );
+        assert_eq!(
+            p.identify_by_ip("10.9.9.9".parse().unwrap()).unwrap().name,
+            "wide"
+        );
+        assert_eq!(
+            p.identify_by_ip("192.0.2.7".parse().unwrap()).unwrap().name,
+            "narrow"
+        );
+    }
+
+    #[test]
+    fn problems_are_collected() {
+        let err = Policy::from_toml(
+            "p.toml",
+            r#"
+            [accounts.a]
+            networks = ["10.0.0.0/8", "nonsense"]
+            colour = 1
+            [[accounts.a.users]]
+            username = "u"
+            password_hash = "plaintext"
+            [accounts.b]
+            networks = ["10.0.0.0/8"]
+            [[accounts.b.users]]
+            username = "u"
+            password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$0mZbWXwUq5Tq1YgXbJ8uMbW2E8E6L2y9b0W4wq3xk6I"
+            [accounts.Bad]
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "accounts.Bad: account names",
+            "accounts.a.colour: unknown key",
+            "accounts.a.networks: \"nonsense\"",
+            "accounts.a.users[0].password_hash",
+            "accounts.b.networks: 10.0.0.0/8 is already",
+            "username \"u\" is used twice",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}

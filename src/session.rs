@@ -1,0 +1,635 @@
+//! One SMTP server session: the command state machine, generic over any
+//! `AsyncRead + AsyncWrite` stream, so tests drive it over in-memory pipes and the listener
+//! over TCP or TLS.
+//!
+//! The session enforces the protocol (command order, limits, STARTTLS and AUTH rules) and
+//! who may send; it hands a finished message to the spool, answers 250 only once the spool
+//! says the message is on disk, then passes it to delivery through [`Intake`]. STARTTLS
+//! returns the stream to the caller, which wraps it in TLS and resumes the session with a
+//! fresh state, discarding anything the client pipelined behind the command. All negative
+//! replies come from [`Refusal`]; this file never writes reply codes of its own for errors.
+
+mod auth;
+mod conn;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SmtpConfig;
+use crate::policy::Policy;
+use crate::policy::password::PasswordCache;
+use crate::smtp::data::{BdatReceiver, ContentReport, DataReceiver, DataStatus};
+use crate::smtp::ehlo::{Offer, ehlo_reply};
+use crate::smtp::line::{Line, LineReader};
+use crate::smtp::params::{BodyType, MailParams, RcptParams};
+use crate::smtp::{Address, Command, Refusal, Reply, Status, parse_command};
+use crate::spool::{self, Envelope, Location, Recipient, Spool};
+use conn::{Conn, Interrupt};
+
+/// Where accepted messages go once they are safely in the spool (the delivery queue).
+pub trait Intake: Send + Sync {
+    fn accepted(&self, envelope: Envelope, loc: Location, body: Bytes);
+}
+
+/// What every session shares.
+pub struct SessionContext {
+    pub smtp: SmtpConfig,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub passwords: Arc<PasswordCache>,
+    pub spool: Spool,
+    pub intake: Arc<dyn Intake>,
+    /// A TLS acceptor exists, so STARTTLS can be offered.
+    pub tls_available: bool,
+    pub shutdown: CancellationToken,
+}
+
+/// The negotiated TLS parameters, for the Received header and logs.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub protocol: String,
+    pub cipher: String,
+}
+
+/// What survives across STARTTLS: the connection facts, never the protocol state.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub remote: SocketAddr,
+    pub tls: Option<TlsInfo>,
+    pub started: Instant,
+    /// The 220 greeting has been sent (it is not repeated after STARTTLS).
+    pub greeted: bool,
+}
+
+impl Peer {
+    pub fn new(remote: SocketAddr) -> Peer {
+        Peer {
+            remote,
+            tls: None,
+            started: Instant::now(),
+            greeted: false,
+        }
+    }
+}
+
+/// How a session run ended.
+pub enum End<S> {
+    /// The conversation is over (QUIT, peer gone, limit reached).
+    Closed,
+    /// The client asked for STARTTLS and got 220: wrap the stream and call [`run`] again.
+    StartTls(S, Peer),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connection with {peer}: {source}")]
+    Io {
+        peer: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+struct Transaction {
+    account: String,
+    sender: Option<Address>,
+    params: MailParams,
+    rcpts: Vec<(Address, RcptParams)>,
+    /// Content received so far by BDAT.
+    bdat: Option<(BdatReceiver, Vec<u8>)>,
+}
+
+struct State {
+    peer: Peer,
+    /// EHLO/HELO name, and whether it was EHLO.
+    helo: Option<(String, bool)>,
+    /// Account and username after a successful AUTH.
+    authenticated: Option<(String, String)>,
+    txn: Option<Transaction>,
+    errors: u32,
+}
+
+enum Flow {
+    Continue,
+    Close,
+    StartTls,
+}
+
+/// Runs a session until it ends or the client starts TLS.
+pub async fn run<S>(ctx: &SessionContext, stream: S, peer: Peer) -> Result<End<S>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let remote = peer.remote;
+    let io_err = |source| SessionError::Io {
+        peer: remote,
+        source,
+    };
+    let deadline = peer.started + ctx.smtp.session_timeout;
+    let mut conn = Conn::new(
+        stream,
+        ctx.smtp.idle_timeout,
+        deadline,
+        ctx.shutdown.clone(),
+    );
+    let mut state = State {
+        peer,
+        helo: None,
+        authenticated: None,
+        txn: None,
+        errors: 0,
+    };
+    if !state.peer.greeted {
+        state.peer.greeted = true;
+        conn.reply(&Reply::plain(
+            220,
+            format!("{} ESMTP optin-relay ready", ctx.smtp.hostname),
+        ));
+    }
+    let mut lines = LineReader::new(ctx.smtp.max_command_line);
+    loop {
+        let (used, line) = lines.next(&conn.input);
+        let outcome = match line {
+            None => {
+                conn.input.advance(used);
+                match conn.fill(true).await {
+                    Ok(()) => continue,
+                    Err(i) => return finish_interrupted(&mut conn, i).await.map_err(io_err),
+                }
+            }
+            Some(Line::TooLong) => Err(Refusal::LineTooLong),
+            Some(Line::BadEnding) => Err(Refusal::BareLineEnding),
+            Some(Line::Command(bytes)) => {
+                let extended = state.helo.as_ref().is_none_or(|(_, ehlo)| *ehlo);
+                parse_command(bytes, extended)
+            }
+        };
+        conn.input.advance(used);
+        let flow = match outcome {
+            Ok(cmd) => match handle(ctx, &mut conn, &mut state, cmd).await {
+                Ok(flow) => flow,
+                Err(Interrupt::Eof) => return Ok(End::Closed),
+                Err(i) => return finish_interrupted(&mut conn, i).await.map_err(io_err),
+            },
+            Err(refusal) => refuse(ctx, &mut conn, &mut state, refusal),
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => {
+                conn.flush().await.map_err(io_err)?;
+                return Ok(End::Closed);
+            }
+            Flow::StartTls => {
+                conn.flush().await.map_err(io_err)?;
+                // RFC 3207 §4.2: anything the client sent after STARTTLS is discarded.
+                return Ok(End::StartTls(conn.into_stream(), state.peer));
+            }
+        }
+    }
+}
+
+/// Ends a session whose wait for input was cut short, sending the 421 when a limit or the
+/// shutdown ended it.
+async fn finish_interrupted<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    interrupt: Interrupt,
+) -> Result<End<S>, std::io::Error> {
+    match interrupt {
+        Interrupt::Eof => Ok(End::Closed),
+        Interrupt::Io(e) => Err(e),
+        Interrupt::Stop(refusal) => {
+            // Best effort: the peer may be gone already.
+            let _ = conn.close_with(&refusal.reply()).await;
+            Ok(End::Closed)
+        }
+    }
+}
+
+/// Answers a refusal, counting client errors; too many close the session.
+fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &SessionContext,
+    conn: &mut Conn<S>,
+    state: &mut State,
+    refusal: Refusal,
+) -> Flow {
+    conn.reply(&refusal.reply());
+    if refusal.closes_session() {
+        return Flow::Close;
+    }
+    if refusal.counts_as_error() {
+        state.errors += 1;
+        if state.errors >= ctx.smtp.max_errors {
+            conn.reply(&Refusal::TooManyErrors.reply());
+            return Flow::Close;
+        }
+    }
+    Flow::Continue
+}
+
+async fn handle<S>(
+    ctx: &SessionContext,
+    conn: &mut Conn<S>,
+    state: &mut State,
+    cmd: Command,
+) -> Result<Flow, Interrupt>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let result: Result<Flow, Refusal> = match cmd {
+        Command::Ehlo(name) => {
+            state.txn = None;
+            let offer = Offer {
+                hostname: &ctx.smtp.hostname,
+                max_size: ctx.smtp.max_message_size,
+                starttls: ctx.tls_available && state.peer.tls.is_none(),
+                auth: state.peer.tls.is_some() && ctx.policy.load().has_users(),
+            };
+            conn.reply(&ehlo_reply(&offer, &name));
+            state.helo = Some((name, true));
+            Ok(Flow::Continue)
+        }
+        Command::Helo(name) => {
+            state.txn = None;
+            conn.reply(&Reply::plain(250, ctx.smtp.hostname.clone()));
+            state.helo = Some((name, false));
+            Ok(Flow::Continue)
+        }
+        Command::Mail { from, params } => mail(ctx, conn, state, from, params),
+        Command::Rcpt { to, params } => rcpt(ctx, conn, state, to, params),
+        Command::Data => return data(ctx, conn, state).await,
+        Command::Bdat { size, last } => return bdat(ctx, conn, state, size, last).await,
+        Command::Rset => {
+            state.txn = None;
+            conn.reply(&Reply::new(250, Status::new(2, 0, 0), "OK"));
+            Ok(Flow::Continue)
+        }
+        Command::Noop => {
+            conn.reply(&Reply::new(250, Status::new(2, 0, 0), "OK"));
+            Ok(Flow::Continue)
+        }
+        Command::Quit => {
+            conn.reply(&Reply::new(
+                221,
+                Status::new(2, 0, 0),
+                format!("{} closing connection", ctx.smtp.hostname),
+            ));
+            Ok(Flow::Close)
+        }
+        Command::Vrfy => {
+            conn.reply(&Reply::new(
+                252,
+                Status::new(2, 5, 0),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ));
+            Ok(Flow::Continue)
+        }
+        Command::Expn => Err(Refusal::NotImplemented),
+        Command::Help => {
+            conn.reply(&Reply::new(
+                214,
+                Status::new(2, 0, 0),
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+            ));
+            Ok(Flow::Continue)
+        }
+        Command::StartTls => {
+            if state.peer.tls.is_some() {
+                Err(Refusal::BadSequence("TLS already active"))
+            } else if !ctx.tls_available {
+                Err(Refusal::TlsUnavailable)
+            } else if state.txn.is_some() {
+                Err(Refusal::BadSequence(
+                    "STARTTLS not allowed during a mail transaction",
+                ))
+            } else {
+                conn.reply(&Reply::new(220, Status::new(2, 0, 0), "Ready to start TLS"));
+                Ok(Flow::StartTls)
+            }
+        }
+        Command::Auth { mechanism, initial } => match auth::precheck(ctx, state) {
+            Err(r) => Err(r),
+            Ok(()) => return auth::exchange(ctx, conn, state, mechanism, initial).await,
+        },
+    };
+    Ok(match result {
+        Ok(flow) => flow,
+        Err(refusal) => refuse(ctx, conn, state, refusal),
+    })
+}
+
+fn mail<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &SessionContext,
+    conn: &mut Conn<S>,
+    state: &mut State,
+    from: Option<Address>,
+    params: MailParams,
+) -> Result<Flow, Refusal> {
+    if state.helo.is_none() {
+        return Err(Refusal::BadSequence("send EHLO or HELO first"));
+    }
+    if state.txn.is_some() {
+        return Err(Refusal::BadSequence("nested MAIL command"));
+    }
+    let account = identify(ctx, state)?;
+    if let Some(size) = params.size
+        && size > ctx.smtp.max_message_size
+    {
+        return Err(Refusal::TooBig(ctx.smtp.max_message_size));
+    }
+    if from.as_ref().is_some_and(|a| !a.is_ascii()) && !params.smtputf8 {
+        return Err(Refusal::NeedsSmtpUtf8);
+    }
+    state.txn = Some(Transaction {
+        account,
+        sender: from,
+        params,
+        rcpts: Vec::new(),
+        bdat: None,
+    });
+    conn.reply(&Reply::new(250, Status::new(2, 1, 0), "Sender OK"));
+    Ok(Flow::Continue)
+}
+
+/// The account this client sends as: its AUTH identity, else its network. Never anyone.
+fn identify(ctx: &SessionContext, state: &State) -> Result<String, Refusal> {
+    if let Some((account, _)) = &state.authenticated {
+        return Ok(account.clone());
+    }
+    let policy = ctx.policy.load();
+    if let Some(account) = policy.identify_by_ip(state.peer.remote.ip()) {
+        return Ok(account.name.clone());
+    }
+    // A client that could authenticate here is told to; anyone else is simply denied.
+    let can_auth = policy.has_users() && (state.peer.tls.is_some() || ctx.tls_available);
+    Err(if can_auth {
+        Refusal::AuthRequired
+    } else {
+        Refusal::RelayDenied
+    })
+}
+
+fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &SessionContext,
+    conn: &mut Conn<S>,
+    state: &mut State,
+    to: Address,
+    params: RcptParams,
+) -> Result<Flow, Refusal> {
+    let Some(txn) = state.txn.as_mut() else {
+        return Err(Refusal::BadSequence("need MAIL before RCPT"));
+    };
+    if txn.bdat.is_some() {
+        return Err(Refusal::BadSequence("RCPT not allowed after BDAT"));
+    }
+    if txn.rcpts.len() >= ctx.smtp.max_recipients {
+        return Err(Refusal::TooManyRecipients);
+    }
+    if !to.is_ascii() && !txn.params.smtputf8 {
+        return Err(Refusal::NeedsSmtpUtf8);
+    }
+    if !txn.rcpts.iter().any(|(a, _)| *a == to) {
+        txn.rcpts.push((to, params));
+    }
+    conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
+    Ok(Flow::Continue)
+}
+
+fn ready_for_content(state: &State) -> Result<(), Refusal> {
+    match &state.txn {
+        None => Err(Refusal::BadSequence("need MAIL and RCPT first")),
+        Some(t) if t.rcpts.is_empty() => Err(Refusal::BadSequence("need RCPT first")),
+        Some(_) => Ok(()),
+    }
+}
+
+async fn data<S>(
+    ctx: &SessionContext,
+    conn: &mut Conn<S>,
+    state: &mut State,
+) -> Result<Flow, Interrupt>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let ready = ready_for_content(state).and_then(|()| {
+        if state.txn.as_ref().is_some_and(|t| t.bdat.is_some()) {
+            Err(Refusal::BadSequence("DATA not allowed after BDAT"))
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(refusal) = ready {
+        return Ok(refuse(ctx, conn, state, refusal));
+    }
+    conn.reply(&Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
+    let max = ctx.smtp.max_message_size;
+    let mut rx = DataReceiver::new(max, ctx.smtp.max_line_length);
+    let expected = state
+        .txn
+        .as_ref()
+        .and_then(|t| t.params.size)
+        .unwrap_or(16 * 1024)
+        .min(max);
+    let mut body = Vec::with_capacity(expected as usize + 1024);
+    loop {
+        let (used, status) = rx.feed(&conn.input, &mut body);
+        conn.input.advance(used);
+        if status == DataStatus::Done {
+            break;
+        }
+        conn.fill(false).await?;
+    }
+    Ok(finish_message(ctx, conn, state, rx.report(), body).await)
+}
+
+async fn bdat<S>(
+    ctx: &SessionContext,
+    conn: &mut Conn<S>,
+    state: &mut State,
+    size: u64,
+    last: bool,
+) -> Result<Flow, Interrupt>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let max = ctx.smtp.max_message_size;
+    let ready = ready_for_content(state);
+    let mut remaining = size;
+    // RFC 3030: the chunk is read in full even when the command is refused.
+    while remaining > 0 {
+        if conn.input.is_empty() {
+            conn.fill(false).await?;
+        }
+        let take = (remaining as usize).min(conn.input.len());
+        let chunk = &conn.input[..take];
+        // When refused, the octets are read and dropped.
+        if let (Ok(()), Some(txn)) = (&ready, state.txn.as_mut()) {
+            let (rx, body) = txn.bdat.get_or_insert_with(|| {
+                (BdatReceiver::new(max, ctx.smtp.max_line_length), Vec::new())
+            });
+            rx.feed(chunk, body);
+        }
+        conn.input.advance(take);
+        remaining -= take as u64;
+    }
+    if let Err(refusal) = ready {
+        return Ok(refuse(ctx, conn, state, refusal));
+    }
+    let txn = state.txn.as_mut().expect("ready_for_content checked");
+    let (rx, _) = txn
+        .bdat
+        .get_or_insert_with(|| (BdatReceiver::new(max, ctx.smtp.max_line_length), Vec::new()));
+    if rx.report().exceeds(max) {
+        state.txn = None;
+        crate::metrics::message_refused("too_big");
+        return Ok(refuse(ctx, conn, state, Refusal::TooBig(max)));
+    }
+    if !last {
+        conn.reply(&Reply::new(
+            250,
+            Status::new(2, 0, 0),
+            format!("{size} octets received"),
+        ));
+        return Ok(Flow::Continue);
+    }
+    let (mut rx, mut body) = txn.bdat.take().expect("just inserted");
+    let report = rx.finish(&mut body);
+    Ok(finish_message(ctx, conn, state, report, body).await)
+}
+
+/// Checks received content, stores it durably and answers. The transaction ends either way.
+async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &SessionContext,
+    conn: &mut Conn<S>,
+    state: &mut State,
+    report: ContentReport,
+    body: Vec<u8>,
+) -> Flow {
+    let txn = state.txn.take().expect("content follows a transaction");
+    let refusal = if report.exceeds(ctx.smtp.max_message_size) {
+        Some((Refusal::TooBig(ctx.smtp.max_message_size), "too_big"))
+    } else if report.bare_line_ending {
+        Some((Refusal::DataBareLineEnding, "bare_line_ending"))
+    } else if report.line_too_long {
+        Some((
+            Refusal::DataLineTooLong(ctx.smtp.max_line_length),
+            "line_too_long",
+        ))
+    } else {
+        let hops = count_received(&body);
+        (hops > ctx.smtp.max_received_headers).then_some((Refusal::MailLoop(hops), "mail_loop"))
+    };
+    if let Some((refusal, reason)) = refusal {
+        crate::metrics::message_refused(reason);
+        return refuse(ctx, conn, state, refusal);
+    }
+    let id = ctx.spool.next_id();
+    let mut content = received_header(ctx, state, &txn, id).into_bytes();
+    content.extend_from_slice(&body);
+    drop(body);
+    let envelope = Envelope {
+        id,
+        received_at: spool::now_ms(),
+        account: txn.account,
+        sender: txn.sender.map(|a| a.to_string()),
+        envid: txn.params.envid,
+        ret: txn.params.ret,
+        body_type: txn.params.body.unwrap_or(BodyType::SevenBit),
+        smtputf8: txn.params.smtputf8,
+        eight_bit_content: report.eight_bit,
+        generated_dsn: false,
+        recipients: txn
+            .rcpts
+            .into_iter()
+            .map(|(address, params)| Recipient {
+                address: address.to_string(),
+                notify: params.notify,
+                orcpt: params
+                    .orcpt
+                    .map(|o| format!("{};{}", o.addr_type, o.address)),
+                done: false,
+            })
+            .collect(),
+    };
+    let content = Bytes::from(content);
+    match ctx.spool.store(&envelope, content.clone()).await {
+        Ok(loc) => {
+            let id_text = spool::format_id(id);
+            tracing::info!(
+                id = %id_text,
+                account = %envelope.account,
+                recipients = envelope.recipients.len(),
+                size = content.len(),
+                client = %state.peer.remote.ip(),
+                "message accepted"
+            );
+            crate::metrics::message_accepted();
+            ctx.intake.accepted(envelope, loc, content);
+            conn.reply(&Reply::new(
+                250,
+                Status::new(2, 0, 0),
+                format!("OK queued as {id_text}"),
+            ));
+            Flow::Continue
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store an accepted message");
+            crate::metrics::message_refused("spool_error");
+            refuse(ctx, conn, state, Refusal::SpoolUnavailable)
+        }
+    }
+}
+
+/// Number of `Received:` fields in the header section, for loop detection.
+fn count_received(message: &[u8]) -> usize {
+    let header_end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
+    let headers = &message[..header_end];
+    let mut n = usize::from(headers.len() >= 9 && headers[..9].eq_ignore_ascii_case(b"received:"));
+    for i in memchr::memmem::find_iter(headers, b"\r\n") {
+        let line = &headers[i + 2..];
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// RFC 5321 §4.4 trace field, with the RFC 3848 protocol keyword. It names the client's IP
+/// and EHLO name (the submitting application, not a recipient) and never a recipient.
+fn received_header(ctx: &SessionContext, state: &State, txn: &Transaction, id: u64) -> String {
+    let (helo, extended) = state
+        .helo
+        .clone()
+        .unwrap_or_else(|| ("unknown".into(), false));
+    let mut with = String::from(match (extended, txn.params.smtputf8) {
+        (false, _) => "SMTP",
+        (true, false) => "ESMTP",
+        (true, true) => "UTF8SMTP",
+    });
+    if extended && state.peer.tls.is_some() {
+        with.push('S');
+    }
+    if extended && state.authenticated.is_some() {
+        with.push('A');
+    }
+    let tls = state
+        .peer
+        .tls
+        .as_ref()
+        .map(|t| format!("\r\n\t(using {} with cipher {})", t.protocol, t.cipher))
+        .unwrap_or_default();
+    let date = mail_builder::headers::date::Date::new(spool::now_ms() as i64 / 1000).to_rfc822();
+    let helo: String = helo.chars().filter(|c| !c.is_control()).take(100).collect();
+    format!(
+        "Received: from {helo} ([{ip}]){tls}\r\n\tby {host} (optin-relay) with {with} id {id};\r\n\t{date}\r\n",
+        ip = state.peer.remote.ip(),
+        host = ctx.smtp.hostname,
+        id = spool::format_id(id),
+    )
+}
+
+#[cfg(test)]
+mod tests;

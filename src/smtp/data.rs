@@ -1,0 +1,359 @@
+//! Message content reception for DATA (dot-stuffed, ends at `CRLF.CRLF`) and BDAT (raw
+//! chunks), with the checks that keep the spool clean.
+//!
+//! Both receivers are fed whatever bytes arrived, copy the content into the caller's buffer
+//! and never buffer more than the size limit: past it they keep reading (so the client gets
+//! a reply at the end, not a hang) but store nothing. Only `<CR><LF>.<CR><LF>` ends DATA —
+//! a `.` line after a bare LF is content, which is what defeats SMTP smuggling — and any
+//! bare CR or LF, or a line over the limit, marks the message as refused. The spool
+//! therefore only ever holds CRLF text with lines of at most 998 octets, which is what the
+//! delivery side must emit.
+
+use memchr::{memchr, memchr2_iter};
+
+/// What a finished reception found about the content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContentReport {
+    /// Octets of content (after dot-unstuffing), including any not stored.
+    pub size: u64,
+    /// A CR not followed by LF, or an LF not preceded by CR.
+    pub bare_line_ending: bool,
+    /// A line longer than the limit (not counting CRLF).
+    pub line_too_long: bool,
+    /// Any octet above 127.
+    pub eight_bit: bool,
+}
+
+impl ContentReport {
+    pub fn exceeds(&self, max_size: u64) -> bool {
+        self.size > max_size
+    }
+}
+
+/// Streaming line checks shared by DATA and BDAT: bare CR/LF, line length, 8-bit octets.
+#[derive(Debug)]
+struct LineCheck {
+    max_line: usize,
+    line_len: usize,
+    cr_pending: bool,
+    report: ContentReport,
+}
+
+impl LineCheck {
+    fn new(max_line: usize) -> LineCheck {
+        LineCheck {
+            max_line,
+            line_len: 0,
+            cr_pending: false,
+            report: ContentReport::default(),
+        }
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        if !self.report.eight_bit && !bytes.is_ascii() {
+            self.report.eight_bit = true;
+        }
+        let mut last = 0;
+        for i in memchr2_iter(b'\r', b'\n', bytes) {
+            self.plain(i - last);
+            if bytes[i] == b'\r' {
+                if self.cr_pending {
+                    self.report.bare_line_ending = true;
+                }
+                self.cr_pending = true;
+            } else {
+                if !self.cr_pending {
+                    self.report.bare_line_ending = true;
+                }
+                self.cr_pending = false;
+                self.line_len = 0;
+            }
+            last = i + 1;
+        }
+        self.plain(bytes.len() - last);
+    }
+
+    /// `n` octets that are neither CR nor LF.
+    fn plain(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.cr_pending {
+            self.report.bare_line_ending = true;
+            self.cr_pending = false;
+        }
+        self.line_len += n;
+        if self.line_len > self.max_line {
+            self.report.line_too_long = true;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataStatus {
+    NeedMore,
+    /// The terminating `.` line was consumed.
+    Done,
+}
+
+/// Receives dot-stuffed DATA content.
+#[derive(Debug)]
+pub struct DataReceiver {
+    check: LineCheck,
+    max_size: u64,
+    /// Inside a line too long to buffer: skip to its LF.
+    skipping: bool,
+}
+
+impl DataReceiver {
+    /// `max_line` is the longest line allowed, not counting CRLF (998 by RFC 5322).
+    pub fn new(max_size: u64, max_line: usize) -> DataReceiver {
+        DataReceiver {
+            check: LineCheck::new(max_line),
+            max_size,
+            skipping: false,
+        }
+    }
+
+    /// Consumes complete lines from `input`, appending their content to `out`. Returns how
+    /// many bytes were used; an incomplete last line is left for the next call.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, DataStatus) {
+        let mut pos = 0;
+        let mut span = 0; // start of content not yet copied to `out`
+        let status = loop {
+            if self.skipping {
+                match memchr(b'\n', &input[pos..]) {
+                    Some(i) => {
+                        self.count(&input[pos..pos + i + 1]);
+                        pos += i + 1;
+                        span = pos;
+                        self.skipping = false;
+                        self.check.line_len = 0;
+                        self.check.cr_pending = false;
+                    }
+                    None => {
+                        self.count(&input[pos..]);
+                        pos = input.len();
+                        span = pos;
+                        break DataStatus::NeedMore;
+                    }
+                }
+            }
+            let rest = &input[pos..];
+            // A line is at most max_line octets plus CRLF; look no further for its LF.
+            let window = &rest[..rest.len().min(self.check.max_line + 2)];
+            match memchr(b'\n', window) {
+                None if rest.len() > self.check.max_line + 1 => {
+                    self.store(&input[span..pos], out);
+                    self.check.report.line_too_long = true;
+                    self.skipping = true;
+                }
+                None => {
+                    self.store(&input[span..pos], out);
+                    span = pos;
+                    break DataStatus::NeedMore;
+                }
+                Some(i) => {
+                    let line = &rest[..=i];
+                    if line == b".\r\n" {
+                        self.store(&input[span..pos], out);
+                        pos += 3;
+                        span = pos;
+                        break DataStatus::Done;
+                    }
+                    self.check.scan(line);
+                    if line[0] == b'.' {
+                        // dot-unstuffing: drop the leading dot of this line
+                        self.store(&input[span..pos], out);
+                        span = pos + 1;
+                    }
+                    pos += i + 1;
+                }
+            }
+        };
+        debug_assert_eq!(span, pos, "every consumed byte is stored or skipped");
+        (pos, status)
+    }
+
+    /// Counts (and checks) bytes of an over-long line without storing them.
+    fn count(&mut self, bytes: &[u8]) {
+        self.check.report.size += bytes.len() as u64;
+        if !self.check.report.eight_bit && !bytes.is_ascii() {
+            self.check.report.eight_bit = true;
+        }
+    }
+
+    fn store(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        let report = &mut self.check.report;
+        report.size += bytes.len() as u64;
+        if report.size <= self.max_size {
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    pub fn report(&self) -> ContentReport {
+        self.check.report
+    }
+}
+
+/// Receives BDAT chunks (RFC 3030): raw octets, no dot-stuffing, the sizes say where each
+/// chunk ends.
+#[derive(Debug)]
+pub struct BdatReceiver {
+    check: LineCheck,
+    max_size: u64,
+}
+
+impl BdatReceiver {
+    pub fn new(max_size: u64, max_line: usize) -> BdatReceiver {
+        BdatReceiver {
+            check: LineCheck::new(max_line),
+            max_size,
+        }
+    }
+
+    /// Takes (part of) a chunk; stores it while the message is within the size limit.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.check.scan(bytes);
+        let report = &mut self.check.report;
+        report.size += bytes.len() as u64;
+        if report.size <= self.max_size {
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    /// Called after the LAST chunk: a final line without CRLF gets one (RFC 5322 messages end
+    /// with a line break), a trailing lone CR is a bare CR.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> ContentReport {
+        if self.check.cr_pending {
+            self.check.report.bare_line_ending = true;
+        } else if self.check.line_len > 0 && self.check.report.size <= self.max_size {
+            out.extend_from_slice(b"\r\n");
+        }
+        self.check.report
+    }
+
+    pub fn report(&self) -> ContentReport {
+        self.check.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn receive_in_pieces(
+        wire: &[u8],
+        piece: usize,
+        max_size: u64,
+    ) -> (Vec<u8>, ContentReport, usize) {
+        let mut rx = DataReceiver::new(max_size, 998);
+        let mut out = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        for chunk in wire.chunks(piece.max(1)) {
+            buf.extend_from_slice(chunk);
+            let (used, status) = rx.feed(&buf, &mut out);
+            buf.drain(..used);
+            fed += chunk.len();
+            if status == DataStatus::Done {
+                return (out, rx.report(), fed - buf.len());
+            }
+        }
+        panic!("no end of data in {:?}", String::from_utf8_lossy(wire));
+    }
+
+    #[test]
+    fn unstuffs_and_ends_at_crlf_dot_crlf() {
+        let wire = b"Subject: x\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n";
+        let (out, report, used) = receive_in_pieces(wire, 4096, 1000);
+        assert_eq!(out, b"Subject: x\r\n\r\n.leading dot\r\n");
+        assert_eq!(used, wire.len() - 6);
+        assert_eq!(report.size, out.len() as u64);
+        assert!(!report.bare_line_ending && !report.line_too_long && !report.eight_bit);
+    }
+
+    #[test]
+    fn lf_dot_lf_does_not_end_data() {
+        // The smuggling pattern: <LF>.<LF> and <CR>.<LF> are content, flagged as bare.
+        let wire = b"a\r\n.\nMAIL FROM:<evil@x>\r\n\r.\r\nb\r\n.\r\n";
+        let (out, report, _) = receive_in_pieces(wire, 3, 1000);
+        assert!(report.bare_line_ending);
+        assert!(out.ends_with(b"b\r\n"));
+    }
+
+    #[test]
+    fn bare_cr_inside_a_line() {
+        let (_, report, _) = receive_in_pieces(b"a\rb\r\n.\r\n", 100, 1000);
+        assert!(report.bare_line_ending);
+    }
+
+    #[test]
+    fn long_lines_are_flagged_and_not_buffered() {
+        let mut wire = vec![b'x'; 5000];
+        wire.extend_from_slice(b"\r\nok\r\n.\r\n");
+        let (out, report, _) = receive_in_pieces(&wire, 700, 100_000);
+        assert!(report.line_too_long);
+        assert_eq!(out, b"ok\r\n");
+        assert_eq!(report.size, 5006);
+        let mut exact = vec![b'y'; 998];
+        exact.extend_from_slice(b"\r\n.\r\n");
+        let (_, report, _) = receive_in_pieces(&exact, 7, 100_000);
+        assert!(!report.line_too_long);
+    }
+
+    #[test]
+    fn size_limit_keeps_memory_bounded() {
+        let mut wire = Vec::new();
+        for _ in 0..1000 {
+            wire.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+        }
+        wire.extend_from_slice(b".\r\n");
+        let (out, report, _) = receive_in_pieces(&wire, 1500, 10_000);
+        assert!(report.exceeds(10_000));
+        assert!(out.len() <= 10_000);
+        assert_eq!(report.size, 42_000);
+    }
+
+    #[test]
+    fn eight_bit_detected() {
+        let (_, report, _) = receive_in_pieces("Grüße\r\n.\r\n".as_bytes(), 2, 1000);
+        assert!(report.eight_bit);
+    }
+
+    #[test]
+    fn bdat_chunks_across_line_boundaries() {
+        let mut rx = BdatReceiver::new(1000, 998);
+        let mut out = Vec::new();
+        rx.feed(b"Subject: a\r", &mut out);
+        rx.feed(b"\n\r\nbody", &mut out);
+        let report = rx.finish(&mut out);
+        assert_eq!(out, b"Subject: a\r\n\r\nbody\r\n");
+        assert!(!report.bare_line_ending);
+
+        let mut rx = BdatReceiver::new(1000, 998);
+        rx.feed(b"a\nb\r\n", &mut Vec::new());
+        assert!(rx.finish(&mut Vec::new()).bare_line_ending);
+        let mut rx = BdatReceiver::new(1000, 998);
+        rx.feed(b"a\r", &mut Vec::new());
+        assert!(rx.finish(&mut Vec::new()).bare_line_ending);
+    }
+
+    proptest! {
+        // Dot-stuffing then receiving returns the original CRLF text, however it is cut.
+        #[test]
+        fn roundtrip(lines in proptest::collection::vec("[ -~]{0,80}", 0..40), piece in 1usize..200) {
+            let mut text = Vec::new();
+            for l in &lines {
+                text.extend_from_slice(l.as_bytes());
+                text.extend_from_slice(b"\r\n");
+            }
+            let mut wire = Vec::new();
+            crate::smtp::encode::dot_stuff(&text, &mut wire).unwrap();
+            let (out, report, _) = receive_in_pieces(&wire, piece, 1 << 20);
+            prop_assert_eq!(out, text);
+            prop_assert!(!report.bare_line_ending && !report.line_too_long);
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Every negative reply the relay's SMTP server can give, in one place.
+//!
+//! Parsers, the session and the spool report what went wrong as a [`Refusal`]; this module
+//! alone decides which code, enhanced status code and text the client sees. Texts never carry
+//! personal data beyond what the client itself just sent.
+
+use super::address::AddressError;
+use super::params::ParamError;
+use super::reply::{Reply, Status};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    // ---- command syntax -------------------------------------------------------------
+    #[error("command not recognized")]
+    Unrecognized,
+    #[error("command not implemented")]
+    NotImplemented,
+    #[error("syntax: {0}")]
+    Syntax(&'static str),
+    #[error("command line too long")]
+    LineTooLong,
+    #[error("bare CR or LF in command")]
+    BareLineEnding,
+    #[error("command is not valid UTF-8")]
+    NotUtf8,
+    #[error("bad sender address: {0}")]
+    BadSender(AddressError),
+    #[error("bad recipient address: {0}")]
+    BadRecipient(AddressError),
+    #[error("{0}")]
+    Param(ParamError),
+    #[error("address needs SMTPUTF8")]
+    NeedsSmtpUtf8,
+
+    // ---- command sequence -----------------------------------------------------------
+    #[error("bad sequence: {0}")]
+    BadSequence(&'static str),
+
+    // ---- who may send -----------------------------------------------------------------
+    #[error("authentication required")]
+    AuthRequired,
+    #[error("relay access denied")]
+    RelayDenied,
+    #[error("authentication mechanism not supported")]
+    AuthMechanism,
+    #[error("encryption required for authentication")]
+    AuthNeedsTls,
+    #[error("authentication failed")]
+    AuthFailed,
+    #[error("authentication exchange cancelled")]
+    AuthCancelled,
+    #[error("malformed authentication data")]
+    AuthMalformed,
+
+    // ---- limits -------------------------------------------------------------------------
+    #[error("too many recipients")]
+    TooManyRecipients,
+    #[error("message exceeds the size limit of {0} octets")]
+    TooBig(u64),
+    #[error("message contains a bare CR or LF")]
+    DataBareLineEnding,
+    #[error("message contains a line longer than {0} octets")]
+    DataLineTooLong(usize),
+    #[error("message has {0} Received headers: probable mail loop")]
+    MailLoop(usize),
+    #[error("too many errors")]
+    TooManyErrors,
+    #[error("idle timeout")]
+    IdleTimeout,
+    #[error("session time limit reached")]
+    SessionTimeout,
+    #[error("too many connections")]
+    TooManyConnections,
+    #[error("too many connections from this address")]
+    TooManyConnectionsFromIp,
+
+    // ---- the relay itself ----------------------------------------------------------
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("cannot store the message now")]
+    SpoolUnavailable,
+    #[error("TLS not available")]
+    TlsUnavailable,
+}
+
+impl Refusal {
+    pub fn reply(&self) -> Reply {
+        use Refusal::*;
+        let (code, status, text): (u16, (u8, u16, u16), String) = match self {
+            Unrecognized => (500, (5, 5, 1), "Command not recognized".into()),
+            NotImplemented => (502, (5, 5, 1), "Command not implemented".into()),
+            Syntax(usage) => (501, (5, 5, 4), format!("Syntax: {usage}")),
+            LineTooLong => (500, (5, 5, 2), "Line too long".into()),
+            BareLineEnding => (
+                500,
+                (5, 5, 2),
+                "Bare CR or LF in command; lines must end with CRLF".into(),
+            ),
+            NotUtf8 => (500, (5, 5, 2), "Command is not valid UTF-8".into()),
+            BadSender(e) => (501, (5, 1, 7), format!("Bad sender address: {e}")),
+            BadRecipient(e) => (501, (5, 1, 3), format!("Bad recipient address: {e}")),
+            Param(e @ ParamError::Unknown(_)) => (555, (5, 5, 4), capitalise(e)),
+            Param(e) => (501, (5, 5, 4), capitalise(e)),
+            NeedsSmtpUtf8 => (
+                553,
+                (5, 6, 7),
+                "Non-ASCII address needs the SMTPUTF8 parameter".into(),
+            ),
+            BadSequence(what) => (503, (5, 5, 1), format!("Bad sequence of commands: {what}")),
+            AuthRequired => (530, (5, 7, 0), "Authentication required".into()),
+            RelayDenied => (
+                554,
+                (5, 7, 1),
+                "Relay access denied: this client is not allowed to send through this relay".into(),
+            ),
+            AuthMechanism => (
+                504,
+                (5, 5, 4),
+                "Unrecognized authentication mechanism".into(),
+            ),
+            AuthNeedsTls => (
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism".into(),
+            ),
+            AuthFailed => (535, (5, 7, 8), "Authentication credentials invalid".into()),
+            AuthCancelled => (501, (5, 0, 0), "Authentication cancelled".into()),
+            AuthMalformed => (501, (5, 5, 2), "Malformed authentication data".into()),
+            TooManyRecipients => (452, (4, 5, 3), "Too many recipients".into()),
+            TooBig(limit) => (
+                552,
+                (5, 3, 4),
+                format!("Message exceeds the size limit of {limit} octets"),
+            ),
+            DataBareLineEnding => (
+                550,
+                (5, 6, 0),
+                "Message refused: bare CR or LF in message data; lines must end with CRLF".into(),
+            ),
+            DataLineTooLong(max) => (
+                550,
+                (5, 6, 0),
+                format!("Message refused: a line is longer than {max} octets"),
+            ),
+            MailLoop(n) => (
+                554,
+                (5, 4, 6),
+                format!("Message refused: {n} Received headers, probable mail loop"),
+            ),
+            TooManyErrors => (421, (4, 7, 0), "Too many errors, closing connection".into()),
+            IdleTimeout => (421, (4, 4, 2), "Idle timeout, closing connection".into()),
+            SessionTimeout => (
+                421,
+                (4, 4, 2),
+                "Session time limit reached, closing connection".into(),
+            ),
+            TooManyConnections => (
+                421,
+                (4, 3, 2),
+                "Too many connections, try again later".into(),
+            ),
+            TooManyConnectionsFromIp => (
+                421,
+                (4, 7, 0),
+                "Too many connections from your address, try again later".into(),
+            ),
+            ShuttingDown => (
+                421,
+                (4, 3, 2),
+                "Service shutting down, try again later".into(),
+            ),
+            SpoolUnavailable => (
+                451,
+                (4, 3, 0),
+                "Temporary failure storing the message, try again later".into(),
+            ),
+            TlsUnavailable => (454, (4, 7, 0), "TLS not available".into()),
+        };
+        Reply::new(code, Status::new(status.0, status.1, status.2), text)
+    }
+
+    /// Does this refusal end the session (the server closes after sending it)?
+    pub fn closes_session(&self) -> bool {
+        self.reply().code == 421
+    }
+
+    /// Counts toward the per-session error limit: client mistakes, not policy answers or
+    /// the relay's own trouble.
+    pub fn counts_as_error(&self) -> bool {
+        use Refusal::*;
+        matches!(
+            self,
+            Unrecognized
+                | NotImplemented
+                | Syntax(_)
+                | LineTooLong
+                | BareLineEnding
+                | NotUtf8
+                | BadSender(_)
+                | BadRecipient(_)
+                | Param(_)
+                | NeedsSmtpUtf8
+                | BadSequence(_)
+                | AuthRequired
+                | RelayDenied
+                | AuthMechanism
+                | AuthNeedsTls
+                | AuthFailed
+                | AuthCancelled
+                | AuthMalformed
+        )
+    }
+}
+
+fn capitalise(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_is_negative_with_matching_class() {
+        let all = [
+            Refusal::Unrecognized,
+            Refusal::Syntax("X"),
+            Refusal::BadSequence("x"),
+            Refusal::AuthRequired,
+            Refusal::RelayDenied,
+            Refusal::TooManyRecipients,
+            Refusal::TooBig(10),
+            Refusal::IdleTimeout,
+            Refusal::SpoolUnavailable,
+            Refusal::Param(ParamError::Unknown("X".into())),
+        ];
+        for r in all {
+            let reply = r.reply();
+            assert!(reply.code >= 400, "{r:?}");
+            let status = reply.status.unwrap();
+            assert_eq!(u16::from(status.class), reply.code / 100, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn known_codes() {
+        assert_eq!(
+            Refusal::TooManyRecipients.reply().to_bytes(),
+            b"452 4.5.3 Too many recipients\r\n"
+        );
+        assert_eq!(
+            Refusal::TooBig(5).reply().one_line(),
+            "552 5.3.4 Message exceeds the size limit of 5 octets"
+        );
+        assert_eq!(
+            Refusal::AuthRequired.reply().one_line(),
+            "530 5.7.0 Authentication required"
+        );
+        assert!(Refusal::IdleTimeout.closes_session());
+        assert!(!Refusal::TooBig(1).closes_session());
+    }
+}

@@ -1,0 +1,357 @@
+//! The durable spool: accepted messages and their per-recipient delivery state.
+//!
+//! Layout under `[spool] path`: `queue/` holds append-only segments (`{id}.msg`, message
+//! records) and their recipient-state journals (`{id}.rcpt`); `quarantine/` receives damaged
+//! bytes found at start-up; `lock` keeps a second relay off the same spool.
+//!
+//! Durability contract: [`Spool::store`] returns only after the record is on stable storage
+//! (`fdatasync`; the directory is synced when a segment is created). One writer thread does
+//! all writes and commits whatever arrived while the previous sync ran as one batch (group
+//! commit), so many sessions share each fsync. Recipient-state records are written at once
+//! and synced at most once a second: a `kill -9` loses nothing the kernel has, and a power
+//! loss can only make a finished recipient look pending — delivered again, never dropped.
+//! A segment is deleted when its last message is done. Nothing here decides anything about
+//! delivery; see [`crate::delivery`].
+//!
+//! Memory: the spool keeps no message bodies in RAM; [`Spool::read`] fetches one with a
+//! single positioned read and checks its CRC.
+
+pub mod format;
+mod recover;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::config::SpoolConfig;
+
+type Readers = Arc<Mutex<HashMap<u64, Arc<File>>>>;
+use crate::smtp::params::{BodyType, Notify, Ret};
+pub use format::RcptEvent;
+pub use recover::{RecoveredMessage, RecoveryReport};
+
+/// Where a message record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
+    /// Whole record length (header, envelope, body).
+    pub len: u64,
+}
+
+/// Everything about a message except its content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub id: u64,
+    /// Unix time in milliseconds.
+    pub received_at: u64,
+    pub account: String,
+    /// `None` is the null reverse path `<>` (bounces).
+    pub sender: Option<String>,
+    /// RFC 3461 ENVID, decoded.
+    pub envid: Option<String>,
+    pub ret: Option<Ret>,
+    pub body_type: BodyType,
+    pub smtputf8: bool,
+    /// The content has octets above 127 (whatever BODY said).
+    pub eight_bit_content: bool,
+    /// A DSN this relay generated: never answered with another DSN.
+    pub generated_dsn: bool,
+    pub recipients: Vec<Recipient>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub address: String,
+    /// `None`: the client gave no NOTIFY.
+    pub notify: Option<Notify>,
+    /// RFC 3461 ORCPT as `type;address`.
+    pub orcpt: Option<String>,
+    /// Already finished when this record was written (set on relocated copies).
+    pub done: bool,
+}
+
+impl Recipient {
+    pub fn notify_or_default(&self) -> Notify {
+        self.notify.unwrap_or(Notify::DEFAULT)
+    }
+}
+
+// Recipients are personal data: Debug shows the domain only.
+impl std::fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let domain = self.address.rsplit_once('@').map_or("", |(_, d)| d);
+        write!(f, "Recipient(…@{domain}, done: {})", self.done)
+    }
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("id", &format_id(self.id))
+            .field("account", &self.account)
+            .field("recipients", &self.recipients)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Queue ids as operators see them: 16 upper-case hex digits.
+pub fn format_id(id: u64) -> String {
+    format!("{id:016X}")
+}
+
+pub fn parse_id(s: &str) -> Option<u64> {
+    (s.len() == 16)
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("spool {0} is in use by another optin-relay process")]
+    Locked(PathBuf),
+    #[error("writing the spool failed: {0}")]
+    Write(Arc<std::io::Error>),
+    #[error("the spool writer has stopped")]
+    Closed,
+    #[error("message {id} in segment {segment:016x}: {reason}")]
+    Read {
+        id: String,
+        segment: u64,
+        reason: String,
+    },
+}
+
+impl SpoolError {
+    fn open(path: &Path, e: impl std::fmt::Display) -> SpoolError {
+        SpoolError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Counters of the writer, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct SpoolStats {
+    /// Messages stored.
+    pub stored: AtomicU64,
+    /// Batches committed (one write + one fdatasync each).
+    pub commits: AtomicU64,
+}
+
+impl SpoolStats {
+    fn record_commit(&self, took: std::time::Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::spool_commit(took);
+    }
+}
+
+/// Handle to the spool; cheap to clone, shared by sessions and delivery.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue_dir: PathBuf,
+    tx: std::sync::mpsc::Sender<writer::Cmd>,
+    /// Last id handed out; ids are `unix_ms << 20 | sequence`, monotonic even if the clock
+    /// steps back, and seeded past every id found at recovery.
+    last_id: AtomicU64,
+    /// Open segment files for reading, shared with the writer, which drops a segment's
+    /// handle when it deletes the segment (an open handle would keep its disk space).
+    readers: Readers,
+    stats: Arc<SpoolStats>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel stops the writer after it has written and synced everything.
+        let (tx, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Spool {
+    /// Opens (creating if needed) and recovers the spool: damaged bytes are quarantined,
+    /// finished segments removed, and the messages still to deliver returned.
+    pub fn open(config: &SpoolConfig) -> Result<(Spool, RecoveryReport), SpoolError> {
+        let root = &config.path;
+        let queue_dir = root.join("queue");
+        let quarantine = root.join("quarantine");
+        for dir in [root, &queue_dir, &quarantine] {
+            std::fs::create_dir_all(dir).map_err(|e| SpoolError::open(dir, e))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| SpoolError::open(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked(root.clone())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(SpoolError::open(&lock_path, e)),
+        }
+        let scan = recover::scan(&queue_dir, Some(&quarantine))?;
+        let readers = Readers::default();
+        let stats = Arc::new(SpoolStats::default());
+        let mut w = writer::Writer::new(
+            queue_dir.clone(),
+            config.fsync,
+            config.segment_size,
+            scan.next_segment,
+            lock,
+            readers.clone(),
+            stats.clone(),
+        );
+        let report = recover::repair(scan, &mut w)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| SpoolError::open(root, e))?;
+        let spool = Spool {
+            inner: Arc::new(Inner {
+                queue_dir,
+                tx,
+                last_id: AtomicU64::new(report.max_id),
+                readers,
+                stats,
+                writer: Mutex::new(Some(handle)),
+            }),
+        };
+        Ok((spool, report))
+    }
+
+    /// Reads a spool without locking or changing it (for `queue list` beside a running relay).
+    pub fn inspect(path: &Path) -> Result<Vec<RecoveredMessage>, SpoolError> {
+        let queue_dir = path.join("queue");
+        if !queue_dir.is_dir() {
+            return Err(SpoolError::open(&queue_dir, "no spool here"));
+        }
+        Ok(recover::scan(&queue_dir, None)?.live_messages())
+    }
+
+    pub fn stats(&self) -> &SpoolStats {
+        &self.inner.stats
+    }
+
+    /// A fresh message id.
+    pub fn next_id(&self) -> u64 {
+        let floor = now_ms() << 20;
+        let prev = self
+            .inner
+            .last_id
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(floor.max(last + 1))
+            })
+            .expect("the closure always returns Some");
+        floor.max(prev + 1)
+    }
+
+    /// Stores a message durably; returns once it is on stable storage.
+    pub async fn store(&self, envelope: &Envelope, body: Bytes) -> Result<Location, SpoolError> {
+        let head = format::encode_record_head(envelope, &body);
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Cmd::Store { head, body, done })
+            .map_err(|_| SpoolError::Closed)?;
+        wait.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Records what happened to one recipient (not waited for; see the module doc).
+    pub fn record(&self, loc: Location, rcpt: u32, event: RcptEvent) {
+        let record = format::RcptRecord {
+            offset: loc.offset,
+            rcpt,
+            event,
+        };
+        let _ = self.inner.tx.send(writer::Cmd::Record {
+            segment: loc.segment,
+            record,
+        });
+    }
+
+    /// The message at `loc` is done with; its segment goes when all its messages have.
+    pub fn finish(&self, loc: Location) {
+        let _ = self.inner.tx.send(writer::Cmd::Finish {
+            segment: loc.segment,
+        });
+    }
+
+    /// Waits until everything sent so far is written and synced (used at shutdown and by
+    /// tests that inspect the files).
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Cmd::Flush { done })
+            .map_err(|_| SpoolError::Closed)?;
+        wait.await.map_err(|_| SpoolError::Closed)
+    }
+
+    /// Reads a message's content back, checking its checksums.
+    pub async fn read(&self, loc: Location) -> Result<Bytes, SpoolError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.read_blocking(loc))
+            .await
+            .map_err(|_| SpoolError::Closed)?
+    }
+}
+
+impl Inner {
+    fn read_blocking(&self, loc: Location) -> Result<Bytes, SpoolError> {
+        use std::os::unix::fs::FileExt;
+        let err = |reason: String| SpoolError::Read {
+            id: format!("at offset {}", loc.offset),
+            segment: loc.segment,
+            reason,
+        };
+        let file = {
+            let mut readers = self.readers.lock().expect("reader cache lock");
+            match readers.get(&loc.segment) {
+                Some(f) => f.clone(),
+                None => {
+                    let path = writer::segment_path(&self.queue_dir, loc.segment);
+                    let f = Arc::new(File::open(&path).map_err(|e| err(e.to_string()))?);
+                    // Keep a handful of segments open; old ones are rarely read again.
+                    if readers.len() >= 64 {
+                        readers.clear();
+                    }
+                    readers.insert(loc.segment, f.clone());
+                    f
+                }
+            }
+        };
+        let mut record = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut record, loc.offset)
+            .map_err(|e| err(e.to_string()))?;
+        let body = format::record_body(&record).map_err(|e| err(e.to_string()))?;
+        Ok(Bytes::from(record).slice(body))
+    }
+}
+
+#[cfg(test)]
+mod tests;

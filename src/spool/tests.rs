@@ -1,0 +1,308 @@
+//! Spool behaviour: durability round trips, state journals, segment deletion, and what
+//! recovery does with damage.
+
+use super::*;
+use crate::smtp::params::{BodyType, Notify};
+
+fn config(dir: &Path) -> SpoolConfig {
+    SpoolConfig {
+        path: dir.to_path_buf(),
+        fsync: true,
+        segment_size: 1 << 20,
+    }
+}
+
+fn envelope(spool: &Spool, rcpts: &[&str]) -> Envelope {
+    Envelope {
+        id: spool.next_id(),
+        received_at: now_ms(),
+        account: "acct".into(),
+        sender: Some("from@sender.example".into()),
+        envid: None,
+        ret: None,
+        body_type: BodyType::SevenBit,
+        smtputf8: false,
+        eight_bit_content: false,
+        generated_dsn: false,
+        recipients: rcpts
+            .iter()
+            .map(|a| Recipient {
+                address: a.to_string(),
+                notify: Some(Notify::DEFAULT),
+                orcpt: None,
+                done: false,
+            })
+            .collect(),
+    }
+}
+
+fn body(n: usize) -> Bytes {
+    Bytes::from(format!("Subject: test {n}\r\n\r\nhello {n}\r\n"))
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("queue"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn quarantine_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("quarantine")).unwrap().count()
+}
+
+#[tokio::test]
+async fn store_read_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, report) = Spool::open(&config(dir.path())).unwrap();
+    assert!(report.messages.is_empty());
+    let env = envelope(&spool, &["a@x.example", "b@y.example"]);
+    let loc = spool.store(&env, body(1)).await.unwrap();
+    assert_eq!(spool.read(loc).await.unwrap(), body(1));
+    spool.record(loc, 0, RcptEvent::Delivered);
+    spool.record(
+        loc,
+        1,
+        RcptEvent::Deferred {
+            attempts: 2,
+            next_attempt: 12345,
+            delay_notified: false,
+        },
+    );
+    spool.flush().await.unwrap();
+    drop(spool);
+
+    let (spool, report) = Spool::open(&config(dir.path())).unwrap();
+    assert_eq!(report.messages.len(), 1);
+    let m = &report.messages[0];
+    assert_eq!(m.envelope, env);
+    assert_eq!(m.pending().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        m.events[1],
+        Some(RcptEvent::Deferred {
+            attempts: 2,
+            next_attempt: 12345,
+            delay_notified: false
+        })
+    );
+    assert_eq!(spool.read(m.loc).await.unwrap(), body(1));
+    assert!(
+        spool.next_id() > env.id,
+        "ids continue above recovered ones"
+    );
+}
+
+#[tokio::test]
+async fn finished_segments_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = SpoolConfig {
+        segment_size: 1 << 20,
+        ..config(dir.path())
+    };
+    let (spool, _) = Spool::open(&small).unwrap();
+    let mut locs = Vec::new();
+    for i in 0..3 {
+        let env = envelope(&spool, &["a@x.example"]);
+        // big bodies so that every message rotates to a new segment
+        let big = Bytes::from(vec![b'x'; (1 << 20) + i]);
+        locs.push(spool.store(&env, big).await.unwrap());
+    }
+    assert_eq!(segment_files(dir.path()).len(), 3);
+    for loc in &locs {
+        spool.record(*loc, 0, RcptEvent::Delivered);
+        spool.finish(*loc);
+    }
+    spool.flush().await.unwrap();
+    // finished segments are gone (the last one too, once it is full and sealed)
+    let files = segment_files(dir.path());
+    for loc in &locs[..2] {
+        assert!(
+            !files.contains(&format!("{:016x}.msg", loc.segment)),
+            "{files:?}"
+        );
+        assert!(
+            !files.contains(&format!("{:016x}.rcpt", loc.segment)),
+            "{files:?}"
+        );
+    }
+    drop(spool);
+    let (_, report) = Spool::open(&small).unwrap();
+    assert!(report.messages.is_empty());
+    assert!(
+        segment_files(dir.path()).is_empty(),
+        "{:?}",
+        segment_files(dir.path())
+    );
+}
+
+#[tokio::test]
+async fn concurrent_stores_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                let env = envelope(&spool, &["a@x.example"]);
+                spool.store(&env, body(i)).await.unwrap()
+            })
+        })
+        .collect();
+    let mut locs = Vec::new();
+    for t in tasks {
+        locs.push(t.await.unwrap());
+    }
+    let stats = spool.stats();
+    let commits = stats.commits.load(Ordering::Relaxed);
+    assert_eq!(stats.stored.load(Ordering::Relaxed), 200);
+    assert!(
+        commits < 200,
+        "group commit: {commits} commits for 200 messages"
+    );
+    for (i, loc) in locs.iter().enumerate() {
+        assert_eq!(spool.read(*loc).await.unwrap(), body(i));
+    }
+}
+
+#[tokio::test]
+async fn ids_are_unique_and_increasing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+    let ids: Vec<u64> = (0..10_000).map(|_| spool.next_id()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(parse_id(&format_id(ids[0])), Some(ids[0]));
+}
+
+#[tokio::test]
+async fn a_second_relay_cannot_open_the_same_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_spool, _) = Spool::open(&config(dir.path())).unwrap();
+    assert!(matches!(
+        Spool::open(&config(dir.path())),
+        Err(SpoolError::Locked(_))
+    ));
+}
+
+async fn two_messages(dir: &Path) -> (Envelope, Envelope, Location, Location) {
+    let (spool, _) = Spool::open(&config(dir)).unwrap();
+    let e1 = envelope(&spool, &["a@x.example"]);
+    let e2 = envelope(&spool, &["b@x.example"]);
+    let l1 = spool.store(&e1, body(1)).await.unwrap();
+    let l2 = spool.store(&e2, body(2)).await.unwrap();
+    (e1, e2, l1, l2)
+}
+
+fn segment_path_of(dir: &Path, loc: Location) -> PathBuf {
+    dir.join("queue").join(format!("{:016x}.msg", loc.segment))
+}
+
+#[tokio::test]
+async fn torn_tail_is_quarantined_and_the_rest_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e1, e2, l1, _) = two_messages(dir.path()).await;
+    // a crash in the middle of appending a third record
+    let mut torn = format::encode_record_head(&e1, b"partial body that never got written");
+    torn.truncate(40);
+    let path = segment_path_of(dir.path(), l1);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &torn).unwrap();
+    drop(f);
+
+    let (spool, report) = Spool::open(&config(dir.path())).unwrap();
+    let ids: Vec<u64> = report.messages.iter().map(|m| m.envelope.id).collect();
+    assert_eq!(ids, vec![e1.id, e2.id]);
+    assert_eq!(report.quarantined, 1);
+    assert_eq!(quarantine_files(dir.path()), 1);
+    // the damaged segment was replaced by a clean copy
+    assert_eq!(report.relocated, 2);
+    assert!(!path.exists());
+    for m in &report.messages {
+        assert!(spool.read(m.loc).await.is_ok());
+    }
+    drop(spool);
+    // and the damage is not reported a second time
+    let (_, report) = Spool::open(&config(dir.path())).unwrap();
+    assert_eq!(report.messages.len(), 2);
+    assert_eq!(report.quarantined, 0);
+}
+
+#[tokio::test]
+async fn corrupt_envelope_is_quarantined_and_reading_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, e2, l1, _) = two_messages(dir.path()).await;
+    let path = segment_path_of(dir.path(), l1);
+    let mut data = std::fs::read(&path).unwrap();
+    // flip an octet inside the first message's envelope
+    data[l1.offset as usize + format::RECORD_HEADER_LEN + 12] ^= 0x55;
+    std::fs::write(&path, &data).unwrap();
+
+    let (_, report) = Spool::open(&config(dir.path())).unwrap();
+    let ids: Vec<u64> = report.messages.iter().map(|m| m.envelope.id).collect();
+    assert_eq!(ids, vec![e2.id]);
+    assert_eq!(report.quarantined, 1);
+}
+
+#[tokio::test]
+async fn corrupt_record_header_is_skipped_to_the_next_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, e2, l1, _) = two_messages(dir.path()).await;
+    let path = segment_path_of(dir.path(), l1);
+    let mut data = std::fs::read(&path).unwrap();
+    data[l1.offset as usize + 6] ^= 0xff; // inside the length field
+    std::fs::write(&path, &data).unwrap();
+    let (_, report) = Spool::open(&config(dir.path())).unwrap();
+    let ids: Vec<u64> = report.messages.iter().map(|m| m.envelope.id).collect();
+    assert_eq!(ids, vec![e2.id]);
+    assert_eq!(report.quarantined, 1);
+}
+
+#[tokio::test]
+async fn corrupt_body_is_caught_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+    let env = envelope(&spool, &["a@x.example"]);
+    let loc = spool.store(&env, body(7)).await.unwrap();
+    let path = segment_path_of(dir.path(), loc);
+    let mut data = std::fs::read(&path).unwrap();
+    let last = (loc.offset + loc.len - 3) as usize;
+    data[last] ^= 1;
+    std::fs::write(&path, &data).unwrap();
+    let err = spool.read(loc).await.unwrap_err();
+    assert!(err.to_string().contains("body checksum"), "{err}");
+}
+
+#[tokio::test]
+async fn foreign_file_is_quarantined_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("queue")).unwrap();
+    std::fs::write(
+        dir.path().join("queue").join(format!("{:016x}.msg", 5)),
+        b"this is not a spool segment at all",
+    )
+    .unwrap();
+    let (spool, report) = Spool::open(&config(dir.path())).unwrap();
+    assert!(report.messages.is_empty());
+    assert_eq!(report.quarantined, 1);
+    // new segments are numbered after the foreign one
+    let env = envelope(&spool, &["a@x.example"]);
+    let loc = spool.store(&env, body(1)).await.unwrap();
+    assert!(loc.segment > 5);
+}
+
+#[tokio::test]
+async fn inspect_reads_a_live_spool_without_changing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+    let env = envelope(&spool, &["a@x.example", "b@x.example"]);
+    let loc = spool.store(&env, body(1)).await.unwrap();
+    spool.record(loc, 0, RcptEvent::Failed);
+    spool.flush().await.unwrap();
+    let seen = Spool::inspect(dir.path()).unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].pending().collect::<Vec<_>>(), vec![1]);
+}

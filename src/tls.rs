@@ -1,0 +1,171 @@
+//! TLS for both directions, with rustls and the ring provider passed explicitly (so no
+//! other provider can be picked up at run time).
+//!
+//! Inbound: the configured certificate chain and key, or — when none is configured — a
+//! self-signed certificate for the relay's hostname made at start and announced in the log.
+//! Outbound: opportunistic STARTTLS, where (as in every MTA's opportunistic mode) the
+//! server's certificate is not checked against a CA or name, but the handshake signatures
+//! still are, so the session is encrypted against passive listeners.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+
+use crate::config::TlsConfig;
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS certificate {path}: {message}")]
+    Certificate { path: String, message: String },
+    #[error("TLS private key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+/// The inbound TLS configuration: from files, or self-signed for `hostname`.
+pub fn server_config(config: &TlsConfig, hostname: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = match (&config.certificate, &config.private_key) {
+        (Some(cert), Some(key)) => (load_chain(cert)?, load_key(key)?),
+        _ => {
+            let (chain, key) = self_signed(hostname)?;
+            tracing::warn!(
+                hostname,
+                "no TLS certificate configured: using a self-signed certificate made at start \
+                 (set [tls] certificate and private_key for one clients can verify)"
+            );
+            (chain, key)
+        }
+    };
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError::Certificate {
+        path: path.display().to_string(),
+        message,
+    };
+    let chain: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(err("no certificate in the file".into()));
+    }
+    Ok(chain)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A fresh self-signed certificate and key for `hostname` (and localhost).
+pub fn self_signed(
+    hostname: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let mut names = vec![hostname.to_string()];
+    if hostname != "localhost" {
+        names.push("localhost".into());
+    }
+    let certified =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    Ok((vec![certified.cert.der().clone()], key))
+}
+
+/// Outbound configuration for opportunistic STARTTLS (see the module doc).
+pub fn opportunistic_client_config() -> Arc<ClientConfig> {
+    let provider = provider();
+    let verifier = Arc::new(AnyCertificate(provider.clone()));
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Accepts any certificate but checks handshake signatures with the provider's algorithms.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The protocol and cipher of an established server-side TLS session.
+pub fn describe(conn: &rustls::ServerConnection) -> crate::session::TlsInfo {
+    crate::session::TlsInfo {
+        protocol: conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("TLS")
+            .to_string(),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("unknown")
+            .to_string(),
+    }
+}
