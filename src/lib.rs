@@ -7,9 +7,14 @@
 //! [`policy`] says who may send; [`config`] reads the main file; [`http`] and [`metrics`]
 //! are the operator's window.
 
+pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod privacy;
+pub mod server;
 pub mod session;
 pub mod smtp;
 pub mod spool;

@@ -1,0 +1,410 @@
+//! Delivery status notifications (RFC 3464), built with mail-builder.
+//!
+//! A DSN goes to the envelope sender of the original message, from the null sender, and is
+//! never sent about a message that itself had a null sender or was a DSN (no loops). It
+//! honours the client's DSN parameters: `NOTIFY` decides whether a recipient is reported at
+//! all, `ORCPT` becomes `Original-Recipient`, `ENVID` becomes `Original-Envelope-Id`, and
+//! `RET` chooses between returning the full message and only its header section. Without
+//! `RET` only the headers are returned: the relay keeps as little of people's mail as it
+//! can. Messages received with SMTPUTF8 get the RFC 6533 `message/global-*` types.
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::date::Date;
+use mail_builder::mime::{BodyPart, MimePart};
+
+use crate::smtp::params::{BodyType, Ret};
+use crate::smtp::reply::Status;
+use crate::spool::{Envelope, Recipient};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    Delayed,
+    /// Delivered to a next hop that does not speak DSN: we cannot promise more.
+    Relayed,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
+        }
+    }
+
+    pub fn metric_label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// One recipient's line in a DSN.
+#[derive(Debug, Clone)]
+pub struct Report<'a> {
+    pub recipient: &'a Recipient,
+    pub action: Action,
+    pub status: Status,
+    /// `smtp; 550 5.1.1 …` or `x-optin-relay; …`.
+    pub diagnostic: Option<String>,
+    pub remote_mta: Option<String>,
+    /// Unix seconds of the last attempt.
+    pub last_attempt: Option<u64>,
+}
+
+/// Whether the sender asked (or by default wants) to hear about this action.
+pub fn wanted(recipient: &Recipient, action: Action) -> bool {
+    let notify = recipient.notify_or_default();
+    match action {
+        Action::Failed => notify.failure,
+        Action::Delayed => notify.delay,
+        Action::Relayed => notify.success,
+    }
+}
+
+/// Builds the DSN for `reports` about `original`, or `None` when none may be sent. Returns
+/// the DSN's envelope (without id and time, which the caller assigns) and its content.
+pub fn build(
+    hostname: &str,
+    original: &Envelope,
+    content: &[u8],
+    reports: &[Report<'_>],
+) -> Option<(Envelope, Vec<u8>)> {
+    let sender = original.sender.as_ref()?;
+    if original.generated_dsn || reports.is_empty() {
+        return None;
+    }
+    let utf8 = original.smtputf8;
+    let action = reports[0].action;
+    let subject = match action {
+        Action::Failed => "Undelivered Mail Returned to Sender",
+        Action::Delayed => "Delayed Mail (still being retried)",
+        Action::Relayed => "Successful Mail Delivery Report",
+    };
+    let human = human_text(hostname, original, reports);
+    let status = status_fields(hostname, original, reports);
+    let header_end = memchr::memmem::find(content, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(content.len());
+    let full = original.ret == Some(Ret::Full);
+    let (returned_type, returned): (&str, &[u8]) = match (full, utf8) {
+        (true, false) => ("message/rfc822", content),
+        (true, true) => ("message/global", content),
+        (false, false) => ("text/rfc822-headers", &content[..header_end]),
+        (false, true) => ("message/global-headers", &content[..header_end]),
+    };
+    let eight_bit = !returned.is_ascii() || !human.is_ascii();
+    let report_type = if utf8 {
+        "message/global-delivery-status"
+    } else {
+        "message/delivery-status"
+    };
+    let parts = vec![
+        MimePart::new(
+            ContentType::new("text/plain").attribute("charset", "utf-8"),
+            BodyPart::Text(human.into()),
+        )
+        .transfer_encoding(if human_is_7bit(reports) {
+            "7bit"
+        } else {
+            "8bit"
+        }),
+        MimePart::new(
+            ContentType::new(report_type),
+            BodyPart::Binary(status.into_bytes().into()),
+        )
+        .transfer_encoding(if utf8 { "8bit" } else { "7bit" }),
+        MimePart::new(
+            ContentType::new(returned_type),
+            BodyPart::Binary(returned.into()),
+        )
+        .transfer_encoding(if returned.is_ascii() { "7bit" } else { "8bit" }),
+    ];
+    let body = MimePart::new(
+        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        BodyPart::Multipart(parts),
+    );
+    let message = MessageBuilder::new()
+        .from(Address::new_address(
+            Some("Mail Delivery System"),
+            format!("MAILER-DAEMON@{hostname}"),
+        ))
+        .to(Address::new_address(None::<&str>, sender.clone()))
+        .subject(subject)
+        .date(Date::now())
+        .message_id(format!(
+            "dsn.{}.{}@{hostname}",
+            crate::spool::format_id(original.id),
+            rand::random::<u32>()
+        ))
+        .header(
+            "Auto-Submitted",
+            mail_builder::headers::raw::Raw::new("auto-replied"),
+        )
+        .body(body)
+        .write_to_vec()
+        .ok()?;
+    let envelope = Envelope {
+        id: 0,
+        received_at: 0,
+        account: original.account.clone(),
+        sender: None,
+        envid: None,
+        ret: None,
+        body_type: if eight_bit || utf8 {
+            BodyType::EightBitMime
+        } else {
+            BodyType::SevenBit
+        },
+        smtputf8: utf8 && !sender.is_ascii(),
+        eight_bit_content: !message.is_ascii(),
+        generated_dsn: true,
+        recipients: vec![Recipient {
+            address: sender.clone(),
+            notify: None,
+            orcpt: None,
+            done: false,
+        }],
+    };
+    Some((envelope, message))
+}
+
+fn human_is_7bit(reports: &[Report<'_>]) -> bool {
+    reports
+        .iter()
+        .all(|r| r.recipient.address.is_ascii() && r.diagnostic.as_deref().unwrap_or("").is_ascii())
+}
+
+fn human_text(hostname: &str, original: &Envelope, reports: &[Report<'_>]) -> String {
+    let mut t = String::new();
+    match reports[0].action {
+        Action::Failed => t.push_str(&format!(
+            "This is the mail system at {hostname}.\r\n\r\nYour message could not be \
+             delivered to one or more recipients. It has been given up on; the details are \
+             below.\r\n\r\n"
+        )),
+        Action::Delayed => t.push_str(&format!(
+            "This is the mail system at {hostname}.\r\n\r\nYour message has not been \
+             delivered yet to one or more recipients. Delivery is still being tried; you do \
+             not need to send it again.\r\n\r\n"
+        )),
+        Action::Relayed => t.push_str(&format!(
+            "This is the mail system at {hostname}.\r\n\r\nYour message was passed on to \
+             the recipients' mail systems, which do not report delivery further.\r\n\r\n"
+        )),
+    }
+    for r in reports {
+        t.push_str(&format!("<{}>: ", r.recipient.address));
+        match &r.diagnostic {
+            Some(d) => t.push_str(d.split_once("; ").map_or(d.as_str(), |(_, text)| text)),
+            None => t.push_str(r.action.as_str()),
+        }
+        t.push_str("\r\n");
+    }
+    t.push_str(&format!(
+        "\r\nQueue id: {}\r\n",
+        crate::spool::format_id(original.id)
+    ));
+    wrap_long_lines(&t)
+}
+
+/// Keeps the human-readable part within 78-column lines where it can (long words stay).
+fn wrap_long_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split("\r\n") {
+        let mut col = 0;
+        for (i, word) in line.split(' ').enumerate() {
+            if i > 0 {
+                if col + 1 + word.len() > 76 && col > 0 {
+                    out.push_str("\r\n ");
+                    col = 1;
+                } else {
+                    out.push(' ');
+                    col += 1;
+                }
+            }
+            out.push_str(word);
+            col += word.len();
+        }
+        out.push_str("\r\n");
+    }
+    out.truncate(out.len() - 2);
+    out
+}
+
+fn status_fields(hostname: &str, original: &Envelope, reports: &[Report<'_>]) -> String {
+    let mut s = format!("Reporting-MTA: dns; {hostname}\r\n");
+    if let Some(envid) = &original.envid {
+        s.push_str(&format!("Original-Envelope-Id: {}\r\n", clean(envid)));
+    }
+    s.push_str(&format!(
+        "Arrival-Date: {}\r\n",
+        Date::new((original.received_at / 1000) as i64).to_rfc822()
+    ));
+    let addr_type = if original.smtputf8 { "utf-8" } else { "rfc822" };
+    for r in reports {
+        s.push_str("\r\n");
+        if let Some(orcpt) = &r.recipient.orcpt {
+            s.push_str(&format!("Original-Recipient: {}\r\n", clean(orcpt)));
+        }
+        s.push_str(&format!(
+            "Final-Recipient: {addr_type}; {}\r\n",
+            r.recipient.address
+        ));
+        s.push_str(&format!("Action: {}\r\n", r.action.as_str()));
+        s.push_str(&format!("Status: {}\r\n", r.status));
+        if let Some(mta) = &r.remote_mta {
+            s.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
+        }
+        if let Some(d) = &r.diagnostic {
+            s.push_str(&format!("Diagnostic-Code: {}\r\n", fold(&clean(d))));
+        }
+        if let Some(t) = r.last_attempt {
+            s.push_str(&format!(
+                "Last-Attempt-Date: {}\r\n",
+                Date::new(t as i64).to_rfc822()
+            ));
+        }
+    }
+    s
+}
+
+/// No control characters in a header field value.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Folds a long field value at spaces so no line passes 78 columns where avoidable.
+fn fold(value: &str) -> String {
+    let mut out = String::new();
+    let mut col = "Diagnostic-Code: ".len();
+    for (i, word) in value.split(' ').enumerate() {
+        if i > 0 {
+            if col + 1 + word.len() > 78 {
+                out.push_str("\r\n ");
+                col = 1;
+            } else {
+                out.push(' ');
+                col += 1;
+            }
+        }
+        out.push_str(word);
+        col += word.len();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::params::Notify;
+    use mail_parser::MimeHeaders;
+
+    fn original(ret: Option<Ret>) -> Envelope {
+        Envelope {
+            id: 0xABCDEF,
+            received_at: 1_700_000_000_000,
+            account: "a".into(),
+            sender: Some("app@shop.example".into()),
+            envid: Some("campaign-7".into()),
+            ret,
+            body_type: BodyType::SevenBit,
+            smtputf8: false,
+            eight_bit_content: false,
+            generated_dsn: false,
+            recipients: vec![Recipient {
+                address: "gone@x.example".into(),
+                notify: Some(Notify::DEFAULT),
+                orcpt: Some("rfc822;Gone@X.example".into()),
+                done: false,
+            }],
+        }
+    }
+
+    const CONTENT: &[u8] = b"Subject: offer\r\nFrom: app@shop.example\r\n\r\nsecret body text\r\n";
+
+    fn failed(env: &Envelope) -> Report<'_> {
+        Report {
+            recipient: &env.recipients[0],
+            action: Action::Failed,
+            status: Status::new(5, 1, 1),
+            diagnostic: Some("smtp; 550 5.1.1 <gone@x.example>: no such user".into()),
+            remote_mta: Some("mx.x.example".into()),
+            last_attempt: Some(1_700_000_100),
+        }
+    }
+
+    #[test]
+    fn failure_report_parses_back() {
+        let env = original(None);
+        let (dsn_env, bytes) = build("relay.test", &env, CONTENT, &[failed(&env)]).unwrap();
+        assert_eq!(dsn_env.sender, None);
+        assert!(dsn_env.generated_dsn);
+        assert_eq!(dsn_env.recipients[0].address, "app@shop.example");
+        let msg = mail_parser::MessageParser::default().parse(&bytes).unwrap();
+        assert_eq!(msg.subject(), Some("Undelivered Mail Returned to Sender"));
+        let ct = msg.content_type().unwrap();
+        assert_eq!(ct.ctype(), "multipart");
+        assert_eq!(ct.subtype(), Some("report"));
+        assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+        let status = std::str::from_utf8(msg.parts[2].contents()).unwrap();
+        for field in [
+            "Reporting-MTA: dns; relay.test",
+            "Original-Envelope-Id: campaign-7",
+            "Original-Recipient: rfc822;Gone@X.example",
+            "Final-Recipient: rfc822; gone@x.example",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Remote-MTA: dns; mx.x.example",
+            "Diagnostic-Code: smtp; 550 5.1.1 <gone@x.example>: no such user",
+        ] {
+            assert!(status.contains(field), "{field} missing:\n{status}");
+        }
+        let returned = msg.parts[3].contents();
+        assert!(returned.starts_with(b"Subject: offer"));
+        assert!(
+            !bytes.windows(16).any(|w| w == b"secret body text"),
+            "headers only by default"
+        );
+        assert!(bytes.split(|&b| b == b'\n').all(|l| l.len() <= 999));
+    }
+
+    #[test]
+    fn ret_full_returns_the_message() {
+        let env = original(Some(Ret::Full));
+        let (_, bytes) = build("relay.test", &env, CONTENT, &[failed(&env)]).unwrap();
+        let msg = mail_parser::MessageParser::default().parse(&bytes).unwrap();
+        let part = &msg.parts[3];
+        assert_eq!(part.content_type().unwrap().ctype(), "message");
+        assert!(bytes.windows(16).any(|w| w == b"secret body text"));
+    }
+
+    #[test]
+    fn never_for_null_senders_or_dsns() {
+        let mut env = original(None);
+        env.sender = None;
+        assert!(build("h", &env, CONTENT, &[failed(&original(None))]).is_none());
+        let mut env = original(None);
+        env.generated_dsn = true;
+        assert!(build("h", &env, CONTENT, &[failed(&original(None))]).is_none());
+    }
+
+    #[test]
+    fn notify_decides() {
+        let mut r = original(None).recipients[0].clone();
+        r.notify = Some(Notify::NEVER);
+        assert!(!wanted(&r, Action::Failed));
+        r.notify = None;
+        assert!(wanted(&r, Action::Failed));
+        assert!(!wanted(&r, Action::Delayed));
+        r.notify = Some(Notify {
+            success: true,
+            failure: false,
+            delay: true,
+        });
+        assert!(wanted(&r, Action::Relayed) && wanted(&r, Action::Delayed));
+    }
+}

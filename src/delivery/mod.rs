@@ -1,0 +1,611 @@
+//! Delivery: from the spool to the next hop.
+//!
+//! One scheduler task owns the queue — every message not yet finished and the state of each
+//! of its recipients — and hands out jobs (one message, the recipients on one route) to the
+//! route's workers ([`route`]). Workers report an [`outcome::Attempt`] per recipient; the
+//! scheduler classifies it ([`outcome::classify`]), journals the result in the spool,
+//! retries with exponential backoff and jitter, gives up at `max_age`, and sends DSNs
+//! ([`dsn`]). A message leaves the spool when its last recipient is done.
+//!
+//! Time: due times are unix milliseconds from a clock anchored on tokio's `Instant`, so
+//! tests with paused time drive retries and expiry exactly as days of real time would.
+
+pub mod client;
+pub mod dsn;
+pub mod outcome;
+mod route;
+pub mod transport;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DeliveryConfig, StartTlsPolicy};
+use crate::privacy::AddressTagger;
+use crate::session::Intake;
+use crate::smtp::reply::Status;
+use crate::spool::{self, Envelope, Location, RcptEvent, RecoveredMessage, Spool};
+use outcome::{Attempt, Disposition, classify};
+use route::{Job, JobReport, Route, Workers};
+use transport::{RouteKey, Transport};
+
+/// Delivery settings, from `[delivery]` and the relay's hostname.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hostname: String,
+    pub helo_name: String,
+    pub starttls: StartTlsPolicy,
+    pub max_connections: usize,
+    pub max_messages_per_connection: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub connection_idle_timeout: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_age: Duration,
+    pub delay_warning: Duration,
+}
+
+impl Settings {
+    pub fn new(config: &DeliveryConfig, hostname: &str) -> Settings {
+        Settings {
+            hostname: hostname.to_string(),
+            helo_name: config.helo_name.clone(),
+            starttls: config.starttls,
+            max_connections: config.max_connections_per_destination,
+            max_messages_per_connection: config.max_messages_per_connection,
+            command_timeout: config.command_timeout,
+            data_timeout: config.data_timeout,
+            connection_idle_timeout: config.connection_idle_timeout,
+            retry_initial: config.retry_initial,
+            retry_max: config.retry_max,
+            max_age: config.max_age,
+            delay_warning: config.delay_warning,
+        }
+    }
+}
+
+enum Event {
+    New(Box<Queued>),
+    Done(JobReport),
+}
+
+struct Queued {
+    env: Arc<Envelope>,
+    loc: Location,
+    body: Option<Bytes>,
+    events: Vec<Option<RcptEvent>>,
+}
+
+/// The handle sessions give accepted mail to; cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Intake for Delivery {
+    fn accepted(&self, envelope: Envelope, loc: Location, body: Bytes) {
+        let n = envelope.recipients.len();
+        let _ = self.tx.send(Event::New(Box::new(Queued {
+            env: Arc::new(envelope),
+            loc,
+            body: Some(body),
+            events: vec![None; n],
+        })));
+    }
+}
+
+/// Starts the scheduler with the messages recovered from the spool. It runs until
+/// `shutdown` is cancelled; in-flight attempts are then abandoned (their recipients are
+/// still pending in the spool and are retried at the next start).
+pub fn start(
+    settings: Settings,
+    spool: Spool,
+    transport: Arc<dyn Transport>,
+    tagger: AddressTagger,
+    recovered: Vec<RecoveredMessage>,
+    shutdown: CancellationToken,
+) -> (Delivery, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let tls = match settings.starttls {
+        StartTlsPolicy::Opportunistic => {
+            Some(TlsConnector::from(crate::tls::opportunistic_client_config()))
+        }
+        StartTlsPolicy::Disabled => None,
+    };
+    let settings = Arc::new(settings);
+    let by_domain = transport.routes_by_domain();
+    let workers = Arc::new(Workers {
+        settings: settings.clone(),
+        transport,
+        spool: spool.clone(),
+        tls,
+        events: tx.clone(),
+    });
+    let mut scheduler = Scheduler {
+        settings,
+        spool,
+        workers,
+        tagger,
+        by_domain,
+        clock: Clock::new(),
+        entries: HashMap::new(),
+        timers: BinaryHeap::new(),
+        routes: HashMap::new(),
+        tx: tx.clone(),
+    };
+    for m in recovered {
+        let _ = tx.send(Event::New(Box::new(Queued {
+            env: Arc::new(m.envelope),
+            loc: m.loc,
+            body: None,
+            events: m.events,
+        })));
+    }
+    let handle = tokio::spawn(async move { scheduler.run(rx, shutdown).await });
+    (Delivery { tx }, handle)
+}
+
+/// Unix milliseconds that advance with tokio's clock (see the module doc).
+struct Clock {
+    wall: u64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            wall: spool::now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.wall + self.start.elapsed().as_millis() as u64
+    }
+
+    fn instant_at(&self, ms: u64) -> tokio::time::Instant {
+        self.start + Duration::from_millis(ms.saturating_sub(self.wall))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Waiting { due: u64 },
+    InFlight,
+    Done,
+}
+
+struct Rcpt {
+    status: Progress,
+    attempts: u16,
+    delay_notified: bool,
+}
+
+struct Entry {
+    env: Arc<Envelope>,
+    loc: Location,
+    body: Option<Bytes>,
+    rcpts: Vec<Rcpt>,
+}
+
+struct Scheduler {
+    settings: Arc<Settings>,
+    spool: Spool,
+    workers: Arc<Workers>,
+    tagger: AddressTagger,
+    by_domain: bool,
+    clock: Clock,
+    entries: HashMap<u64, Entry>,
+    /// (due, message id); stale entries are skipped when popped.
+    timers: BinaryHeap<Reverse<(u64, u64)>>,
+    routes: HashMap<RouteKey, Arc<Route>>,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Scheduler {
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>, shutdown: CancellationToken) {
+        loop {
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((due, _))| self.clock.instant_at(*due));
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                event = rx.recv() => match event {
+                    Some(Event::New(q)) => self.add(*q),
+                    Some(Event::Done(report)) => self.complete(report),
+                    None => break,
+                },
+                () = sleep_until_opt(next_timer) => self.fire_timers(),
+            }
+            self.publish_metrics();
+        }
+    }
+
+    fn publish_metrics(&self) {
+        let rcpts = self
+            .entries
+            .values()
+            .map(|e| {
+                e.rcpts
+                    .iter()
+                    .filter(|r| r.status != Progress::Done)
+                    .count()
+            })
+            .sum();
+        crate::metrics::queue_size(self.entries.len(), rcpts);
+    }
+
+    fn add(&mut self, q: Queued) {
+        let now = self.clock.now_ms();
+        let rcpts = q
+            .env
+            .recipients
+            .iter()
+            .zip(&q.events)
+            .map(|(r, event)| match event {
+                _ if r.done => Rcpt {
+                    status: Progress::Done,
+                    attempts: 0,
+                    delay_notified: false,
+                },
+                Some(e) if e.is_final() => Rcpt {
+                    status: Progress::Done,
+                    attempts: 0,
+                    delay_notified: false,
+                },
+                Some(RcptEvent::Deferred {
+                    attempts,
+                    next_attempt,
+                    delay_notified,
+                }) => Rcpt {
+                    status: Progress::Waiting { due: *next_attempt },
+                    attempts: *attempts,
+                    delay_notified: *delay_notified,
+                },
+                _ => Rcpt {
+                    status: Progress::Waiting { due: now },
+                    attempts: 0,
+                    delay_notified: false,
+                },
+            })
+            .collect();
+        let id = q.env.id;
+        self.entries.insert(
+            id,
+            Entry {
+                env: q.env,
+                loc: q.loc,
+                body: q.body,
+                rcpts,
+            },
+        );
+        self.dispatch(id);
+    }
+
+    fn route_key(&self, address: &str) -> RouteKey {
+        if !self.by_domain {
+            return RouteKey::Smarthost;
+        }
+        let domain = address.rsplit_once('@').map_or(address, |(_, d)| d);
+        RouteKey::Domain(crate::smtp::address::routing_domain(domain))
+    }
+
+    /// Sends every due recipient of a message to its route; schedules the rest.
+    fn dispatch(&mut self, id: u64) {
+        let now = self.clock.now_ms();
+        let Some(entry) = self.entries.get(&id) else {
+            return;
+        };
+        let mut groups: HashMap<RouteKey, Vec<u32>> = HashMap::new();
+        let mut next_due: Option<u64> = None;
+        for (i, r) in entry.rcpts.iter().enumerate() {
+            match r.status {
+                Progress::Waiting { due } if due <= now => groups
+                    .entry(self.route_key(&entry.env.recipients[i].address))
+                    .or_default()
+                    .push(i as u32),
+                Progress::Waiting { due } => next_due = Some(next_due.map_or(due, |d| d.min(due))),
+                _ => {}
+            }
+        }
+        let entry = self.entries.get_mut(&id).expect("checked above");
+        // The in-memory copy serves the first attempt only; retries read the spool.
+        let body = entry.body.take();
+        for (key, rcpts) in groups {
+            for &i in &rcpts {
+                entry.rcpts[i as usize].status = Progress::InFlight;
+            }
+            let job = Job {
+                id,
+                env: entry.env.clone(),
+                loc: entry.loc,
+                body: body.clone(),
+                rcpts,
+            };
+            let route = self
+                .routes
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Route::new(key)));
+            route.push(job, &self.workers);
+        }
+        if let Some(due) = next_due {
+            self.timers.push(Reverse((due, id)));
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.clock.now_ms();
+        let mut due_ids = Vec::new();
+        while let Some(Reverse((due, id))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            due_ids.push(id);
+        }
+        due_ids.dedup();
+        for id in due_ids {
+            self.dispatch(id);
+        }
+        // Routes with nothing queued and no workers are dropped so the map stays small.
+        self.routes
+            .retain(|_, r| Arc::strong_count(r) > 1 || r.queued() > 0);
+    }
+
+    /// Applies a worker's report.
+    fn complete(&mut self, report: JobReport) {
+        let now = self.clock.now_ms();
+        let Some(entry) = self.entries.get(&report.id) else {
+            return;
+        };
+        let env = entry.env.clone();
+        let loc = entry.loc;
+        let age = Duration::from_millis(now.saturating_sub(env.received_at));
+        let expired = age >= self.settings.max_age;
+        let mut failed = Vec::new();
+        let mut delayed = Vec::new();
+        let mut relayed = Vec::new();
+        let mut next_due = None;
+        let id_text = spool::format_id(report.id);
+        for (i, attempt) in &report.results {
+            let i = *i as usize;
+            let rcpt_tag = self.tagger.tag(&env.recipients[i].address);
+            let remote = report.remote.as_deref().unwrap_or("-");
+            let entry = self.entries.get_mut(&report.id).expect("checked above");
+            let r = &mut entry.rcpts[i];
+            r.attempts = r.attempts.saturating_add(1);
+            let disposition = match classify(attempt) {
+                Disposition::Deferred { reason } if expired => {
+                    tracing::warn!(id = %id_text, rcpt = %rcpt_tag, attempts = r.attempts, reason = %reason, "expired: giving up");
+                    crate::metrics::recipient_outcome("expired");
+                    Disposition::Bounced {
+                        status: Status::new(4, 4, 7),
+                        diagnostic: format!(
+                            "x-optin-relay; delivery time expired after {} attempts; last error: {reason}",
+                            r.attempts
+                        ),
+                    }
+                }
+                d => d,
+            };
+            match disposition {
+                Disposition::Delivered => {
+                    r.status = Progress::Done;
+                    self.spool.record(loc, i as u32, RcptEvent::Delivered);
+                    crate::metrics::recipient_outcome("delivered");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %reply_text(attempt), "delivered");
+                    if !report.next_hop_dsn && dsn::wanted(&env.recipients[i], dsn::Action::Relayed)
+                    {
+                        relayed.push((
+                            i,
+                            Status::new(2, 0, 0),
+                            Some(format!("smtp; {}", reply_text(attempt))),
+                        ));
+                    }
+                }
+                Disposition::Deferred { reason } => {
+                    let delay = backoff(&self.settings, r.attempts);
+                    let due = now + delay.as_millis() as u64;
+                    r.status = Progress::Waiting { due };
+                    let warn = !r.delay_notified
+                        && age >= self.settings.delay_warning
+                        && dsn::wanted(&env.recipients[i], dsn::Action::Delayed);
+                    if warn {
+                        r.delay_notified = true;
+                        delayed.push((
+                            i,
+                            Status::new(4, 0, 0),
+                            Some(format!("x-optin-relay; {reason}")),
+                        ));
+                    }
+                    self.spool.record(
+                        loc,
+                        i as u32,
+                        RcptEvent::Deferred {
+                            attempts: r.attempts,
+                            next_attempt: due,
+                            delay_notified: r.delay_notified,
+                        },
+                    );
+                    next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
+                    crate::metrics::recipient_outcome("deferred");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %reason, "deferred");
+                }
+                Disposition::Bounced { status, diagnostic } => {
+                    r.status = Progress::Done;
+                    if status.class == 5 {
+                        crate::metrics::recipient_outcome("bounced");
+                    }
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %diagnostic, "bounced");
+                    if dsn::wanted(&env.recipients[i], dsn::Action::Failed)
+                        && env.sender.is_some()
+                        && !env.generated_dsn
+                    {
+                        // Journaled as failed only once its DSN is safely stored.
+                        failed.push((i, status, Some(diagnostic)));
+                    } else {
+                        self.spool.record(loc, i as u32, RcptEvent::Failed);
+                    }
+                }
+            }
+        }
+        if let Some(due) = next_due {
+            self.timers.push(Reverse((due, report.id)));
+        }
+        let entry = self.entries.get(&report.id).expect("checked above");
+        let finished = entry.rcpts.iter().all(|r| r.status == Progress::Done);
+        if finished {
+            self.entries.remove(&report.id);
+        }
+        let followup = Followup {
+            env,
+            loc,
+            remote: report.remote,
+            now,
+            failed,
+            delayed,
+            relayed,
+            finished,
+        };
+        if followup.has_reports() {
+            let (spool, tx, hostname) = (
+                self.spool.clone(),
+                self.tx.clone(),
+                self.settings.hostname.clone(),
+            );
+            tokio::spawn(followup.run(spool, tx, hostname));
+        } else if finished {
+            self.spool.finish(loc);
+        }
+    }
+}
+
+/// DSNs for one report, sent in the background (storing them waits for an fsync). Failed
+/// recipients are journaled after their DSN is stored, and the message is finished after
+/// that, so a crash in between retries the recipient rather than losing the bounce.
+struct Followup {
+    env: Arc<Envelope>,
+    loc: Location,
+    remote: Option<String>,
+    now: u64,
+    failed: Vec<(usize, Status, Option<String>)>,
+    delayed: Vec<(usize, Status, Option<String>)>,
+    relayed: Vec<(usize, Status, Option<String>)>,
+    finished: bool,
+}
+
+impl Followup {
+    fn has_reports(&self) -> bool {
+        !(self.failed.is_empty() && self.delayed.is_empty() && self.relayed.is_empty())
+    }
+
+    async fn run(self, spool: Spool, tx: mpsc::UnboundedSender<Event>, hostname: String) {
+        let content = match spool.read(self.loc).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "original content unavailable for the DSN; returning none");
+                Bytes::new()
+            }
+        };
+        for (action, rcpts) in [
+            (dsn::Action::Failed, &self.failed),
+            (dsn::Action::Delayed, &self.delayed),
+            (dsn::Action::Relayed, &self.relayed),
+        ] {
+            if !rcpts.is_empty() {
+                self.send(&spool, &tx, &hostname, &content, action, rcpts)
+                    .await;
+            }
+        }
+        for (i, _, _) in &self.failed {
+            spool.record(self.loc, *i as u32, RcptEvent::Failed);
+        }
+        if self.finished {
+            spool.finish(self.loc);
+        }
+    }
+
+    async fn send(
+        &self,
+        spool: &Spool,
+        tx: &mpsc::UnboundedSender<Event>,
+        hostname: &str,
+        content: &[u8],
+        action: dsn::Action,
+        rcpts: &[(usize, Status, Option<String>)],
+    ) {
+        let reports: Vec<dsn::Report<'_>> = rcpts
+            .iter()
+            .map(|(i, status, diagnostic)| dsn::Report {
+                recipient: &self.env.recipients[*i],
+                action,
+                status: *status,
+                diagnostic: diagnostic.clone(),
+                remote_mta: self.remote.clone(),
+                last_attempt: Some(self.now / 1000),
+            })
+            .collect();
+        let Some((mut dsn_env, message)) = dsn::build(hostname, &self.env, content, &reports)
+        else {
+            return;
+        };
+        dsn_env.id = spool.next_id();
+        dsn_env.received_at = self.now;
+        let body = Bytes::from(message);
+        match spool.store(&dsn_env, body.clone()).await {
+            Ok(dsn_loc) => {
+                crate::metrics::dsn_generated(action.metric_label());
+                tracing::info!(
+                    id = %spool::format_id(dsn_env.id),
+                    about = %spool::format_id(self.env.id),
+                    action = action.metric_label(),
+                    "DSN queued"
+                );
+                let n = dsn_env.recipients.len();
+                let _ = tx.send(Event::New(Box::new(Queued {
+                    env: Arc::new(dsn_env),
+                    loc: dsn_loc,
+                    body: Some(body),
+                    events: vec![None; n],
+                })));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, about = %spool::format_id(self.env.id), "could not store a DSN")
+            }
+        }
+    }
+}
+
+/// Exponential backoff from `retry_initial`, capped at `retry_max`, with ±20 % jitter so that
+/// a burst of failures does not come back as a burst.
+fn backoff(settings: &Settings, attempts: u16) -> Duration {
+    let doublings = u32::from(attempts.saturating_sub(1)).min(20);
+    let base = settings
+        .retry_initial
+        .saturating_mul(1u32 << doublings)
+        .min(settings.retry_max);
+    base.mul_f64(rand::random_range(0.8..1.2))
+}
+
+fn reply_text(attempt: &Attempt) -> String {
+    match attempt {
+        Attempt::Replied { reply, .. } => reply.one_line(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

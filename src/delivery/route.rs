@@ -1,0 +1,253 @@
+//! One route's (smart host's or domain's) job queue and its delivery workers.
+//!
+//! A worker owns at most one connection and reuses it for job after job — up to
+//! `max_messages_per_connection`, and while jobs keep coming within
+//! `connection_idle_timeout` — then says QUIT. Workers are started on demand, up to
+//! `max_connections_per_destination` per route, and stop when the queue is empty. Resolving
+//! and connecting try each MX in preference order; a failed TLS handshake is retried once
+//! in plain text (opportunistic TLS must never make mail undeliverable).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+use tokio_rustls::TlsConnector;
+
+use super::client::{Connection, OpenError, Timeouts};
+use super::outcome::{Attempt, LocalRefusal, Stage};
+use super::transport::{RouteKey, Transport};
+use super::{Event, Settings};
+use crate::spool::{Envelope, Location, Recipient, Spool};
+
+/// Some recipients of one message, all on this route.
+pub(super) struct Job {
+    pub id: u64,
+    pub env: Arc<Envelope>,
+    pub loc: Location,
+    /// The content when still in memory (first attempt); otherwise read from the spool.
+    pub body: Option<Bytes>,
+    pub rcpts: Vec<u32>,
+}
+
+/// What a worker tells the scheduler after a job.
+pub(super) struct JobReport {
+    pub id: u64,
+    pub results: Vec<(u32, Attempt)>,
+    /// The server that answered, for DSNs.
+    pub remote: Option<String>,
+    /// The next hop took the DSN parameters (so it, not we, reports success).
+    pub next_hop_dsn: bool,
+}
+
+pub(super) struct Workers {
+    pub settings: Arc<Settings>,
+    pub transport: Arc<dyn Transport>,
+    pub spool: Spool,
+    pub tls: Option<TlsConnector>,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    workers: usize,
+}
+
+pub(super) struct Route {
+    key: RouteKey,
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+impl Route {
+    pub fn new(key: RouteKey) -> Route {
+        Route {
+            key,
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::new(),
+                workers: 0,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.lock().expect("route lock").jobs.len()
+    }
+
+    /// Queues a job; starts a worker if the route may have another, else wakes an idle one.
+    pub fn push(self: &Arc<Self>, job: Job, ctx: &Arc<Workers>) {
+        let start = {
+            let mut q = self.queue.lock().expect("route lock");
+            q.jobs.push_back(job);
+            if q.workers < ctx.settings.max_connections {
+                q.workers += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if start {
+            tokio::spawn(worker(self.clone(), ctx.clone()));
+        } else {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Next job, or `None` — in which case, without a connection to keep warm, the worker
+    /// is counted out while the lock is held, so a concurrent push starts a new one.
+    fn next(&self, has_connection: bool) -> Option<Job> {
+        let mut q = self.queue.lock().expect("route lock");
+        let job = q.jobs.pop_front();
+        if job.is_none() && !has_connection {
+            q.workers -= 1;
+        }
+        job
+    }
+}
+
+async fn worker(route: Arc<Route>, ctx: Arc<Workers>) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        let job = match route.next(conn.is_some()) {
+            Some(job) => job,
+            None if conn.is_none() => return,
+            None => {
+                let woke = tokio::time::timeout(
+                    ctx.settings.connection_idle_timeout,
+                    route.wake.notified(),
+                )
+                .await
+                .is_ok();
+                if !woke {
+                    // Idle too long: count out (under the lock) unless work just arrived.
+                    match route.next(false) {
+                        Some(job) => job,
+                        None => {
+                            if let Some(mut c) = conn.take() {
+                                c.quit().await;
+                            }
+                            return;
+                        }
+                    }
+                } else {
+                    continue;
+                }
+            }
+        };
+        let report = deliver(&route.key, &ctx, &mut conn, job).await;
+        if ctx.events.send(Event::Done(report)).is_err() {
+            return; // the scheduler has stopped
+        }
+    }
+}
+
+async fn deliver(
+    key: &RouteKey,
+    ctx: &Workers,
+    conn: &mut Option<Connection>,
+    mut job: Job,
+) -> JobReport {
+    let everyone = |attempt: Attempt, rcpts: &[u32]| -> Vec<(u32, Attempt)> {
+        rcpts.iter().map(|&i| (i, attempt.clone())).collect()
+    };
+    let body = match job.body.take() {
+        Some(b) => b,
+        None => match ctx.spool.read(job.loc).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(id = %crate::spool::format_id(job.id), error = %e, "cannot read message content from the spool");
+                return JobReport {
+                    id: job.id,
+                    results: everyone(Attempt::Refused(LocalRefusal::DamagedInSpool), &job.rcpts),
+                    remote: None,
+                    next_hop_dsn: false,
+                };
+            }
+        },
+    };
+    if conn.is_none() {
+        match connect(key, ctx).await {
+            Ok(c) => *conn = Some(c),
+            Err(attempt) => {
+                crate::metrics::delivery_attempt(false);
+                return JobReport {
+                    id: job.id,
+                    results: everyone(attempt, &job.rcpts),
+                    remote: None,
+                    next_hop_dsn: false,
+                };
+            }
+        }
+    }
+    let c = conn.as_mut().expect("connected above");
+    let rcpts: Vec<(u32, &Recipient)> = job
+        .rcpts
+        .iter()
+        .map(|&i| (i, &job.env.recipients[i as usize]))
+        .collect();
+    let sent = c.send(&job.env, &rcpts, &body).await;
+    crate::metrics::delivery_attempt(sent.reusable);
+    let report = JobReport {
+        id: job.id,
+        results: sent.results,
+        remote: Some(c.host.clone()),
+        next_hop_dsn: c.caps.dsn,
+    };
+    if !sent.reusable {
+        *conn = None;
+    } else if c.transactions >= ctx.settings.max_messages_per_connection
+        && let Some(mut c) = conn.take()
+    {
+        c.quit().await;
+    }
+    report
+}
+
+/// Resolves the route and opens a connection to the first server that greets us properly.
+async fn connect(key: &RouteKey, ctx: &Workers) -> Result<Connection, Attempt> {
+    let targets = ctx
+        .transport
+        .resolve(key)
+        .await
+        .map_err(Attempt::Unroutable)?;
+    let timeouts = Timeouts {
+        command: ctx.settings.command_timeout,
+        data: ctx.settings.data_timeout,
+    };
+    let helo = &ctx.settings.helo_name;
+    let mut last = Attempt::NoAnswer {
+        stage: Stage::Connect,
+        error: "no server to connect to".into(),
+    };
+    for target in &targets {
+        let stream = match ctx.transport.connect(target).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(route = %key, host = %target.host, addr = %target.addr, error = %e, "connect failed");
+                last = Attempt::NoAnswer {
+                    stage: Stage::Connect,
+                    error: format!("{} [{}]: {e}", target.host, target.addr),
+                };
+                continue;
+            }
+        };
+        match Connection::open(stream, target, helo, ctx.tls.as_ref(), timeouts).await {
+            Ok(c) => return Ok(c),
+            Err(OpenError {
+                attempt,
+                tls_failed: true,
+            }) => {
+                tracing::warn!(route = %key, host = %target.host, "TLS handshake failed; retrying without TLS");
+                if let Ok(stream) = ctx.transport.connect(target).await
+                    && let Ok(c) = Connection::open(stream, target, helo, None, timeouts).await
+                {
+                    return Ok(c);
+                }
+                last = attempt;
+            }
+            Err(OpenError { attempt, .. }) => last = attempt,
+        }
+    }
+    Err(last)
+}

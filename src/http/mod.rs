@@ -1,0 +1,53 @@
+//! The HTTP listener (`[http] listen`): Prometheus metrics at `GET /metrics` and a liveness
+//! check at `GET /healthz`. The unsubscribe endpoints and the admin API of later issues
+//! mount here. It binds loopback by default and serves nothing that carries personal data.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn router(metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Binds `addr` and serves until `stop` is cancelled; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "HTTP listening");
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router(metrics))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok(local)
+}

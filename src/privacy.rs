@@ -1,0 +1,100 @@
+//! Keeping recipient addresses out of logs.
+//!
+//! Log lines name a recipient only as `h:<16 hex>@domain`: a keyed BLAKE3 hash of the
+//! normalised address (lower-cased), so an operator can follow one recipient through the
+//! log, and search for a known address with `optin-relay` tooling that has the key, but the
+//! log itself reveals no address. The key is 32 random octets in a file beside the spool
+//! (`log.key`, mode 0600), created on first start and kept, so tags stay stable across
+//! restarts. The domain stays readable: it is what operators debug delivery by.
+
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Clone)]
+pub struct AddressTagger {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for AddressTagger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AddressTagger(<key>)")
+    }
+}
+
+impl AddressTagger {
+    pub fn new(key: [u8; 32]) -> AddressTagger {
+        AddressTagger { key }
+    }
+
+    /// Loads the key from `path`, creating it (0600) if it does not exist.
+    pub fn load_or_create(path: &Path) -> std::io::Result<AddressTagger> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} is not a 32-octet key", path.display()),
+                    )
+                })?;
+                Ok(AddressTagger { key })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = rand::random();
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut f = options.open(path)?;
+                f.write_all(&key)?;
+                f.sync_all()?;
+                Ok(AddressTagger { key })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `h:<hash>@domain` for logs.
+    pub fn tag(&self, address: &str) -> String {
+        let normalised = address.to_lowercase();
+        let hash = blake3::keyed_hash(&self.key, normalised.as_bytes());
+        let hex = hash.to_hex();
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        format!("h:{}@{}", &hex[..16], domain.to_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_hide_the_local_part_and_are_stable() {
+        let t = AddressTagger::new([7; 32]);
+        let a = t.tag("Jane.Doe@Example.COM");
+        assert!(a.starts_with("h:") && a.ends_with("@example.com"));
+        assert!(!a.to_lowercase().contains("jane"));
+        assert_eq!(a, t.tag("jane.doe@example.com"));
+        assert_ne!(a, AddressTagger::new([8; 32]).tag("jane.doe@example.com"));
+    }
+
+    #[test]
+    fn key_file_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.key");
+        let a = AddressTagger::load_or_create(&path)
+            .unwrap()
+            .tag("x@y.example");
+        let b = AddressTagger::load_or_create(&path)
+            .unwrap()
+            .tag("x@y.example");
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, b"short").unwrap();
+        assert!(AddressTagger::load_or_create(&path).is_err());
+    }
+}

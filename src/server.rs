@@ -1,0 +1,391 @@
+//! The running relay: wires spool, delivery, TLS, listeners and HTTP together, and takes
+//! them down in order.
+//!
+//! [`Relay::start`] is what `optin-relay serve` runs and what the end-to-end tests start on
+//! port 0. Only this module owns `TcpListener`s and accepted `TcpStream`s; sessions see a
+//! generic stream. Connection limits (overall and per client IP) are enforced at accept,
+//! before any SMTP is spoken, with a 421 that says why.
+//!
+//! Shutdown drains: listeners stop accepting, idle sessions get `421 4.3.2`, sessions in
+//! the middle of a transaction may finish it within `shutdown_grace`, then delivery stops
+//! and the spool's journals are synced. Mail accepted but not delivered stays in the spool.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::delivery::transport::{NetTransport, Transport};
+use crate::delivery::{self, Delivery};
+use crate::policy::Policy;
+use crate::policy::password::PasswordCache;
+use crate::privacy::AddressTagger;
+use crate::session::{self, End, Peer, SessionContext};
+use crate::smtp::Refusal;
+use crate::spool::Spool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("delivery: {0}")]
+    Delivery(String),
+    #[error("log key {path}: {source}")]
+    LogKey {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A started relay.
+pub struct Relay {
+    /// Bound addresses of the plain (STARTTLS) listeners, in config order.
+    pub smtp_addrs: Vec<SocketAddr>,
+    /// Bound addresses of the implicit-TLS listeners.
+    pub smtp_tls_addrs: Vec<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub spool: Spool,
+    pub delivery: Delivery,
+    stop_accepting: CancellationToken,
+    sessions: TaskTracker,
+    stop_delivery: CancellationToken,
+    scheduler: tokio::task::JoinHandle<()>,
+    grace: std::time::Duration,
+}
+
+impl Relay {
+    /// Starts with delivery over the network (smart host or MX lookup).
+    pub async fn start(config: Config, policy: Policy) -> Result<Relay, StartError> {
+        let transport = NetTransport::new(&config.delivery).map_err(StartError::Delivery)?;
+        Relay::start_with_transport(config, policy, Arc::new(transport)).await
+    }
+
+    /// Starts with a given delivery transport (tests use in-memory ones).
+    pub async fn start_with_transport(
+        config: Config,
+        policy: Policy,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Relay, StartError> {
+        let metrics = crate::metrics::install();
+        let (spool, report) = Spool::open(&config.spool)?;
+        tracing::info!(
+            path = %config.spool.path.display(),
+            messages = report.messages.len(),
+            segments = report.segments,
+            quarantined = report.quarantined,
+            relocated = report.relocated,
+            "spool recovered"
+        );
+        let key_path = config.spool.path.join("log.key");
+        let tagger =
+            AddressTagger::load_or_create(&key_path).map_err(|source| StartError::LogKey {
+                path: key_path.display().to_string(),
+                source,
+            })?;
+        let stop_delivery = CancellationToken::new();
+        let (delivery, scheduler) = delivery::start(
+            delivery::Settings::new(&config.delivery, &config.smtp.hostname),
+            spool.clone(),
+            transport,
+            tagger,
+            report.messages,
+            stop_delivery.clone(),
+        );
+        let acceptor = TlsAcceptor::from(crate::tls::server_config(
+            &config.tls,
+            &config.smtp.hostname,
+        )?);
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let stop_accepting = CancellationToken::new();
+        let ctx = Arc::new(SessionContext {
+            smtp: config.smtp.clone(),
+            policy: policy.clone(),
+            passwords: Arc::new(PasswordCache::default()),
+            spool: spool.clone(),
+            intake: Arc::new(delivery.clone()),
+            tls_available: true,
+            shutdown: stop_accepting.clone(),
+        });
+        let limiter = Arc::new(Limiter::new(
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_ip,
+        ));
+        let sessions = TaskTracker::new();
+        let plain = bind_all(&config.smtp.listen)?;
+        let implicit = bind_all(&config.smtp.listen_tls)?;
+        let smtp_addrs = plain.iter().map(|(_, a)| *a).collect();
+        let smtp_tls_addrs = implicit.iter().map(|(_, a)| *a).collect();
+        for (listener, addr, implicit_tls) in plain
+            .into_iter()
+            .map(|(l, a)| (l, a, false))
+            .chain(implicit.into_iter().map(|(l, a)| (l, a, true)))
+        {
+            tracing::info!(%addr, implicit_tls, "SMTP listening");
+            let accept = Acceptor {
+                ctx: ctx.clone(),
+                tls: acceptor.clone(),
+                limiter: limiter.clone(),
+                sessions: sessions.clone(),
+                implicit_tls,
+            };
+            tokio::spawn(accept.run(listener, stop_accepting.clone()));
+        }
+        let http_addr = match config.http.listen {
+            Some(addr) => Some(
+                crate::http::serve(addr, metrics, stop_accepting.clone())
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Relay {
+            smtp_addrs,
+            smtp_tls_addrs,
+            http_addr,
+            policy,
+            spool,
+            delivery,
+            stop_accepting,
+            sessions,
+            stop_delivery,
+            scheduler,
+            grace: config.smtp.shutdown_grace,
+        })
+    }
+
+    /// Drains and stops (see the module doc).
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: no new connections; finishing open sessions");
+        self.stop_accepting.cancel();
+        self.sessions.close();
+        if tokio::time::timeout(self.grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "sessions still open after the grace period; closing them");
+        }
+        self.stop_delivery.cancel();
+        let _ = self.scheduler.await;
+        if let Err(e) = self.spool.flush().await {
+            tracing::error!(error = %e, "final spool flush failed");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Pending connections the kernel queues per listener: bursts of one-message connections
+/// (what most applications do) must not be dropped before we accept them.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds every address (port 0 picks a free port), keeping the bound addresses.
+fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<(TcpListener, SocketAddr)>, StartError> {
+    addrs
+        .iter()
+        .map(|addr| {
+            let err = |source| StartError::Listen {
+                addr: *addr,
+                source,
+            };
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(err)?;
+            // Restarting right after a crash must not fail on connections in TIME_WAIT.
+            socket.set_reuseaddr(true).map_err(err)?;
+            socket.bind(*addr).map_err(err)?;
+            let listener = socket.listen(LISTEN_BACKLOG).map_err(err)?;
+            let local = listener.local_addr().map_err(err)?;
+            Ok((listener, local))
+        })
+        .collect()
+}
+
+struct Acceptor {
+    ctx: Arc<SessionContext>,
+    tls: TlsAcceptor,
+    limiter: Arc<Limiter>,
+    sessions: TaskTracker,
+    implicit_tls: bool,
+}
+
+impl Acceptor {
+    async fn run(self, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (stream, remote) = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually EMFILE: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            match self.limiter.acquire(remote.ip()) {
+                Ok(permit) => {
+                    crate::metrics::connection(if self.implicit_tls { "tls" } else { "plain" });
+                    let ctx = self.ctx.clone();
+                    let tls = self.tls.clone();
+                    let implicit = self.implicit_tls;
+                    self.sessions.spawn(async move {
+                        let _permit = permit;
+                        serve_connection(&ctx, &tls, stream, remote, implicit).await;
+                    });
+                }
+                Err(refusal) => {
+                    crate::metrics::connection_refused(match refusal {
+                        Refusal::TooManyConnectionsFromIp => "per_ip",
+                        _ => "total",
+                    });
+                    tokio::spawn(refuse_connection(stream, refusal));
+                }
+            }
+        }
+    }
+}
+
+async fn refuse_connection(mut stream: TcpStream, refusal: Refusal) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = stream.write_all(&refusal.reply().to_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+async fn serve_connection(
+    ctx: &SessionContext,
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    remote: SocketAddr,
+    implicit_tls: bool,
+) {
+    let mut peer = Peer::new(remote);
+    let handshake_limit = ctx.smtp.idle_timeout;
+    let result = if implicit_tls {
+        match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
+            Ok(Ok(s)) => {
+                peer.tls = Some(crate::tls::describe(s.get_ref().1));
+                session::run(ctx, s, peer).await.map(|_| ())
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    } else {
+        match session::run(ctx, stream, peer).await {
+            Ok(End::StartTls(stream, mut peer)) => {
+                match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        peer.tls = Some(crate::tls::describe(s.get_ref().1));
+                        session::run(ctx, s, peer).await.map(|_| ())
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "STARTTLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
+                }
+            }
+            Ok(End::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "session ended with an error");
+    }
+}
+
+/// Counts open connections overall and per client address.
+struct Limiter {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+struct Permit {
+    limiter: Arc<Limiter>,
+    ip: IpAddr,
+}
+
+impl Limiter {
+    fn new(max_total: usize, max_per_ip: usize) -> Limiter {
+        Limiter {
+            max_total,
+            max_per_ip,
+            open: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
+        let mut open = self.open.lock().expect("limiter lock");
+        if open.0 >= self.max_total {
+            return Err(Refusal::TooManyConnections);
+        }
+        let per_ip = open.1.entry(ip).or_insert(0);
+        if *per_ip >= self.max_per_ip {
+            return Err(Refusal::TooManyConnectionsFromIp);
+        }
+        *per_ip += 1;
+        open.0 += 1;
+        crate::metrics::sessions_active(1.0);
+        Ok(Permit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = self.limiter.open.lock().expect("limiter lock");
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+        crate::metrics::sessions_active(-1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_overall_and_per_ip() {
+        let l = Arc::new(Limiter::new(3, 2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let p1 = l.acquire(a).unwrap();
+        let _p2 = l.acquire(a).unwrap();
+        assert_eq!(l.acquire(a).err(), Some(Refusal::TooManyConnectionsFromIp));
+        let _p3 = l.acquire(b).unwrap();
+        assert_eq!(l.acquire(b).err(), Some(Refusal::TooManyConnections));
+        drop(p1);
+        assert!(l.acquire(a).is_ok());
+    }
+}
