@@ -139,6 +139,8 @@ pub fn start(
         timers: BinaryHeap::new(),
         routes: HashMap::new(),
         tx: tx.clone(),
+        in_flight: 0,
+        draining: false,
     };
     for m in recovered {
         let _ = tx.send(Event::New(Box::new(Queued {
@@ -193,6 +195,30 @@ struct Entry {
     loc: Location,
     body: Option<Bytes>,
     rcpts: Vec<Rcpt>,
+    /// DSN lines collected until no recipient is in flight, so that a message whose
+    /// recipients fail on several routes produces one DSN, not one per route.
+    notices: Notices,
+}
+
+/// One recipient's line in a DSN still to be sent.
+struct Notice {
+    rcpt: usize,
+    status: Status,
+    diagnostic: Option<String>,
+    remote: Option<String>,
+}
+
+#[derive(Default)]
+struct Notices {
+    failed: Vec<Notice>,
+    delayed: Vec<Notice>,
+    relayed: Vec<Notice>,
+}
+
+impl Notices {
+    fn is_empty(&self) -> bool {
+        self.failed.is_empty() && self.delayed.is_empty() && self.relayed.is_empty()
+    }
 }
 
 struct Scheduler {
@@ -207,7 +233,14 @@ struct Scheduler {
     timers: BinaryHeap<Reverse<(u64, u64)>>,
     routes: HashMap<RouteKey, Arc<Route>>,
     tx: mpsc::UnboundedSender<Event>,
+    /// Jobs handed to routes and not yet reported back.
+    in_flight: usize,
+    /// Shutting down: nothing new is dispatched.
+    draining: bool,
 }
+
+/// How long shutdown waits for delivery transactions under way.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 impl Scheduler {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>, shutdown: CancellationToken) {
@@ -220,13 +253,60 @@ impl Scheduler {
                 biased;
                 () = shutdown.cancelled() => break,
                 event = rx.recv() => match event {
-                    Some(Event::New(q)) => self.add(*q),
-                    Some(Event::Done(report)) => self.complete(report),
-                    None => break,
+                    Some(event) => self.handle(event),
+                    None => return,
                 },
                 () = sleep_until_opt(next_timer) => self.fire_timers(),
             }
             self.publish_metrics();
+        }
+        self.drain(&mut rx).await;
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::New(q) => self.add(*q),
+            Event::Done(report) => {
+                self.in_flight -= 1;
+                self.complete(report);
+            }
+        }
+    }
+
+    /// Shutdown: jobs not yet started go back to waiting (they stay pending in the spool),
+    /// and transactions under way get `DRAIN_LIMIT` to finish and be journaled, so a
+    /// restart does not deliver them twice.
+    async fn drain(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
+        self.draining = true;
+        let now = self.clock.now_ms();
+        for route in self.routes.values() {
+            for job in route.take_queued() {
+                self.in_flight -= 1;
+                if let Some(entry) = self.entries.get_mut(&job.id) {
+                    for i in job.rcpts {
+                        entry.rcpts[i as usize].status = Progress::Waiting { due: now };
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        while self.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Event::Done(report))) => {
+                    self.in_flight -= 1;
+                    self.complete(report);
+                }
+                // New messages (DSNs) are in the spool already; they wait for the next start.
+                Ok(Some(Event::New(_))) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        transactions = self.in_flight,
+                        "delivery transactions still running at shutdown; their recipients are retried at the next start"
+                    );
+                    break;
+                }
+            }
         }
     }
 
@@ -286,6 +366,7 @@ impl Scheduler {
                 loc: q.loc,
                 body: q.body,
                 rcpts,
+                notices: Notices::default(),
             },
         );
         self.dispatch(id);
@@ -301,6 +382,9 @@ impl Scheduler {
 
     /// Sends every due recipient of a message to its route; schedules the rest.
     fn dispatch(&mut self, id: u64) {
+        if self.draining {
+            return;
+        }
         let now = self.clock.now_ms();
         let Some(entry) = self.entries.get(&id) else {
             return;
@@ -335,6 +419,7 @@ impl Scheduler {
                 .routes
                 .entry(key.clone())
                 .or_insert_with(|| Arc::new(Route::new(key)));
+            self.in_flight += 1;
             route.push(job, &self.workers);
         }
         if let Some(due) = next_due {
@@ -371,9 +456,6 @@ impl Scheduler {
         let loc = entry.loc;
         let age = Duration::from_millis(now.saturating_sub(env.received_at));
         let expired = age >= self.settings.max_age;
-        let mut failed = Vec::new();
-        let mut delayed = Vec::new();
-        let mut relayed = Vec::new();
         let mut next_due = None;
         let id_text = spool::format_id(report.id);
         for (i, attempt) in &report.results {
@@ -381,6 +463,12 @@ impl Scheduler {
             let rcpt_tag = self.tagger.tag(&env.recipients[i].address);
             let remote = report.remote.as_deref().unwrap_or("-");
             let entry = self.entries.get_mut(&report.id).expect("checked above");
+            let notice = |status, diagnostic| Notice {
+                rcpt: i,
+                status,
+                diagnostic: Some(diagnostic),
+                remote: report.remote.clone(),
+            };
             let r = &mut entry.rcpts[i];
             r.attempts = r.attempts.saturating_add(1);
             let disposition = match classify(attempt) {
@@ -405,10 +493,9 @@ impl Scheduler {
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %reply_text(attempt), "delivered");
                     if !report.next_hop_dsn && dsn::wanted(&env.recipients[i], dsn::Action::Relayed)
                     {
-                        relayed.push((
-                            i,
+                        entry.notices.relayed.push(notice(
                             Status::new(2, 0, 0),
-                            Some(format!("smtp; {}", reply_text(attempt))),
+                            format!("smtp; {}", reply_text(attempt)),
                         ));
                     }
                 }
@@ -421,10 +508,9 @@ impl Scheduler {
                         && dsn::wanted(&env.recipients[i], dsn::Action::Delayed);
                     if warn {
                         r.delay_notified = true;
-                        delayed.push((
-                            i,
+                        entry.notices.delayed.push(notice(
                             Status::new(4, 0, 0),
-                            Some(format!("x-optin-relay; {reason}")),
+                            format!("x-optin-relay; {reason}"),
                         ));
                     }
                     self.spool.record(
@@ -451,7 +537,7 @@ impl Scheduler {
                         && !env.generated_dsn
                     {
                         // Journaled as failed only once its DSN is safely stored.
-                        failed.push((i, status, Some(diagnostic)));
+                        entry.notices.failed.push(notice(status, diagnostic));
                     } else {
                         self.spool.record(loc, i as u32, RcptEvent::Failed);
                     }
@@ -461,53 +547,50 @@ impl Scheduler {
         if let Some(due) = next_due {
             self.timers.push(Reverse((due, report.id)));
         }
-        let entry = self.entries.get(&report.id).expect("checked above");
+        let entry = self.entries.get_mut(&report.id).expect("checked above");
+        if entry.rcpts.iter().any(|r| r.status == Progress::InFlight) {
+            return; // the rest of this round is still out; notices wait for it
+        }
         let finished = entry.rcpts.iter().all(|r| r.status == Progress::Done);
+        let notices = std::mem::take(&mut entry.notices);
         if finished {
             self.entries.remove(&report.id);
+        }
+        if notices.is_empty() {
+            if finished {
+                self.spool.finish(loc);
+            }
+            return;
         }
         let followup = Followup {
             env,
             loc,
-            remote: report.remote,
             now,
-            failed,
-            delayed,
-            relayed,
+            notices,
             finished,
         };
-        if followup.has_reports() {
-            let (spool, tx, hostname) = (
-                self.spool.clone(),
-                self.tx.clone(),
-                self.settings.hostname.clone(),
-            );
-            tokio::spawn(followup.run(spool, tx, hostname));
-        } else if finished {
-            self.spool.finish(loc);
-        }
+        let (spool, tx, hostname) = (
+            self.spool.clone(),
+            self.tx.clone(),
+            self.settings.hostname.clone(),
+        );
+        tokio::spawn(followup.run(spool, tx, hostname));
     }
 }
 
-/// DSNs for one report, sent in the background (storing them waits for an fsync). Failed
-/// recipients are journaled after their DSN is stored, and the message is finished after
-/// that, so a crash in between retries the recipient rather than losing the bounce.
+/// DSNs for one round of a message, sent in the background (storing them waits for an
+/// fsync). Failed recipients are journaled after their DSN is stored, and the message is
+/// finished after that, so a crash in between retries the recipient rather than losing the
+/// bounce.
 struct Followup {
     env: Arc<Envelope>,
     loc: Location,
-    remote: Option<String>,
     now: u64,
-    failed: Vec<(usize, Status, Option<String>)>,
-    delayed: Vec<(usize, Status, Option<String>)>,
-    relayed: Vec<(usize, Status, Option<String>)>,
+    notices: Notices,
     finished: bool,
 }
 
 impl Followup {
-    fn has_reports(&self) -> bool {
-        !(self.failed.is_empty() && self.delayed.is_empty() && self.relayed.is_empty())
-    }
-
     async fn run(self, spool: Spool, tx: mpsc::UnboundedSender<Event>, hostname: String) {
         let content = match spool.read(self.loc).await {
             Ok(c) => c,
@@ -516,18 +599,18 @@ impl Followup {
                 Bytes::new()
             }
         };
-        for (action, rcpts) in [
-            (dsn::Action::Failed, &self.failed),
-            (dsn::Action::Delayed, &self.delayed),
-            (dsn::Action::Relayed, &self.relayed),
+        for (action, notices) in [
+            (dsn::Action::Failed, &self.notices.failed),
+            (dsn::Action::Delayed, &self.notices.delayed),
+            (dsn::Action::Relayed, &self.notices.relayed),
         ] {
-            if !rcpts.is_empty() {
-                self.send(&spool, &tx, &hostname, &content, action, rcpts)
+            if !notices.is_empty() {
+                self.send(&spool, &tx, &hostname, &content, action, notices)
                     .await;
             }
         }
-        for (i, _, _) in &self.failed {
-            spool.record(self.loc, *i as u32, RcptEvent::Failed);
+        for n in &self.notices.failed {
+            spool.record(self.loc, n.rcpt as u32, RcptEvent::Failed);
         }
         if self.finished {
             spool.finish(self.loc);
@@ -541,16 +624,16 @@ impl Followup {
         hostname: &str,
         content: &[u8],
         action: dsn::Action,
-        rcpts: &[(usize, Status, Option<String>)],
+        notices: &[Notice],
     ) {
-        let reports: Vec<dsn::Report<'_>> = rcpts
+        let reports: Vec<dsn::Report<'_>> = notices
             .iter()
-            .map(|(i, status, diagnostic)| dsn::Report {
-                recipient: &self.env.recipients[*i],
+            .map(|n| dsn::Report {
+                recipient: &self.env.recipients[n.rcpt],
                 action,
-                status: *status,
-                diagnostic: diagnostic.clone(),
-                remote_mta: self.remote.clone(),
+                status: n.status,
+                diagnostic: n.diagnostic.clone(),
+                remote_mta: n.remote.clone(),
                 last_attempt: Some(self.now / 1000),
             })
             .collect();

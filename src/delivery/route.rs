@@ -75,6 +75,16 @@ impl Route {
         self.queue.lock().expect("route lock").jobs.len()
     }
 
+    /// Removes and returns the jobs no worker has started (at shutdown).
+    pub fn take_queued(&self) -> Vec<Job> {
+        self.queue
+            .lock()
+            .expect("route lock")
+            .jobs
+            .drain(..)
+            .collect()
+    }
+
     /// Queues a job; starts a worker if the route may have another, else wakes an idle one.
     pub fn push(self: &Arc<Self>, job: Job, ctx: &Arc<Workers>) {
         let start = {

@@ -1,0 +1,475 @@
+//! Test support shared by the integration tests: an in-process fake MX scripted by
+//! recipient, a fake DNS server answering from zone text, and helpers to start a relay.
+//!
+//! The fake MX is written independently of the relay's own protocol code (its own line
+//! reader and dot-unstuffing), so a bug in the relay's client cannot hide behind the same
+//! bug in the server that checks it.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UdpSocket};
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// One transaction the fake MX accepted.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub mail_from: String,
+    /// The MAIL FROM parameters as sent (after the path).
+    pub mail_params: String,
+    pub rcpt_to: Vec<String>,
+    pub rcpt_params: Vec<String>,
+    pub data: Vec<u8>,
+    pub tls: bool,
+}
+
+impl Delivered {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+#[derive(Clone)]
+pub struct MxOptions {
+    /// Offer STARTTLS with a self-signed certificate.
+    pub tls: bool,
+    pub dsn: bool,
+    pub smtputf8: bool,
+    /// `flaky…@` recipients get 451 this many times before 250.
+    pub flaky_failures: u32,
+}
+
+impl Default for MxOptions {
+    fn default() -> Self {
+        MxOptions {
+            tls: false,
+            dsn: true,
+            smtputf8: true,
+            flaky_failures: 2,
+        }
+    }
+}
+
+/// Scripted by the recipient's local part:
+/// `tempfail…` → 451 at RCPT, `permfail…` → 550 5.1.1 at RCPT, `flaky…` → 451 for the
+/// first `flaky_failures` tries of that address, `datafail…` → 554 after DATA, anything
+/// else accepted.
+#[derive(Clone)]
+pub struct FakeMx {
+    inner: Arc<MxInner>,
+}
+
+struct MxInner {
+    options: MxOptions,
+    delivered: Mutex<Vec<Delivered>>,
+    changed: tokio::sync::Notify,
+    tries: Mutex<HashMap<String, u32>>,
+    connections: AtomicUsize,
+    rcpt_attempts: AtomicUsize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl FakeMx {
+    pub fn new(options: MxOptions) -> FakeMx {
+        let tls = options.tls.then(|| {
+            let cfg = optin_relay::tls::server_config(&Default::default(), "mx.test").unwrap();
+            tokio_rustls::TlsAcceptor::from(cfg)
+        });
+        FakeMx {
+            inner: Arc::new(MxInner {
+                options,
+                delivered: Mutex::new(Vec::new()),
+                changed: tokio::sync::Notify::new(),
+                tries: Mutex::new(HashMap::new()),
+                connections: AtomicUsize::new(0),
+                rcpt_attempts: AtomicUsize::new(0),
+                tls,
+            }),
+        }
+    }
+
+    /// Listens on 127.0.0.1:0 and serves every connection.
+    pub async fn listen(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mx = self.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                mx.serve(stream);
+            }
+        });
+        addr
+    }
+
+    /// Serves one connection (TCP or in-memory).
+    pub fn serve<S: Stream + 'static>(&self, stream: S) {
+        let mx = self.clone();
+        mx.inner.connections.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let _ = mx.session(Box::new(stream)).await;
+        });
+    }
+
+    pub fn delivered(&self) -> Vec<Delivered> {
+        self.inner.delivered.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn rcpt_attempts(&self) -> usize {
+        self.inner.rcpt_attempts.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` transactions arrived.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Delivered> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.inner.changed.notified();
+            let got = self.delivered();
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "fake MX: expected {n} messages, got {}: {:#?}",
+                    got.len(),
+                    got.iter()
+                        .map(|d| (&d.mail_from, &d.rcpt_to))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    async fn session(&self, stream: Box<dyn Stream>) -> std::io::Result<()> {
+        let mut io = BufReader::new(stream);
+        let mut tls = false;
+        io.get_mut()
+            .write_all(b"220 mx.test ESMTP fake\r\n")
+            .await?;
+        let mut from: Option<(String, String)> = None;
+        let mut rcpts: Vec<(String, String)> = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if io.read_until(b'\n', &mut line).await? == 0 {
+                return Ok(());
+            }
+            assert!(line.ends_with(b"\r\n"), "relay sent a bare LF: {line:?}");
+            let text = String::from_utf8_lossy(&line[..line.len() - 2]).into_owned();
+            let upper = text.to_ascii_uppercase();
+            let reply: String = if upper.starts_with("EHLO") {
+                let mut caps = vec![
+                    "250-mx.test",
+                    "250-PIPELINING",
+                    "250-8BITMIME",
+                    "250-SIZE 50000000",
+                ];
+                if self.inner.options.dsn {
+                    caps.push("250-DSN");
+                }
+                if self.inner.options.smtputf8 {
+                    caps.push("250-SMTPUTF8");
+                }
+                if self.inner.tls.is_some() && !tls {
+                    caps.push("250-STARTTLS");
+                }
+                caps.push("250 ENHANCEDSTATUSCODES");
+                caps.join("\r\n") + "\r\n"
+            } else if upper.starts_with("HELO") {
+                "250 mx.test\r\n".into()
+            } else if upper == "STARTTLS" {
+                let Some(acceptor) = &self.inner.tls else {
+                    io.get_mut().write_all(b"502 5.5.1 no TLS\r\n").await?;
+                    continue;
+                };
+                io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+                let plain = io.into_inner();
+                let secured = acceptor.accept(plain).await?;
+                io = BufReader::new(Box::new(secured) as Box<dyn Stream>);
+                tls = true;
+                from = None;
+                rcpts.clear();
+                continue;
+            } else if let Some(rest) = upper.strip_prefix("MAIL FROM:") {
+                let rest = &text[text.len() - rest.len()..];
+                let (path, params) = split_path(rest);
+                from = Some((path, params));
+                rcpts.clear();
+                "250 2.1.0 ok\r\n".into()
+            } else if let Some(rest) = upper.strip_prefix("RCPT TO:") {
+                self.inner.rcpt_attempts.fetch_add(1, Ordering::SeqCst);
+                let rest = &text[text.len() - rest.len()..];
+                let (path, params) = split_path(rest);
+                let local = path.split('@').next().unwrap_or("").to_ascii_lowercase();
+                if from.is_none() {
+                    "503 5.5.1 need MAIL\r\n".into()
+                } else if local.starts_with("tempfail") {
+                    "451 4.2.1 mailbox busy, try later\r\n".into()
+                } else if local.starts_with("permfail") {
+                    format!("550 5.1.1 <{path}>: no such user\r\n")
+                } else if local.starts_with("flaky") && {
+                    let mut tries = self.inner.tries.lock().unwrap();
+                    let n = tries.entry(path.clone()).or_insert(0);
+                    *n += 1;
+                    *n <= self.inner.options.flaky_failures
+                } {
+                    "451 4.4.1 flaky, try later\r\n".into()
+                } else {
+                    rcpts.push((path, params));
+                    "250 2.1.5 ok\r\n".into()
+                }
+            } else if upper == "DATA" {
+                if rcpts.is_empty() {
+                    io.get_mut()
+                        .write_all(b"554 5.5.1 no valid recipients\r\n")
+                        .await?;
+                    continue;
+                }
+                io.get_mut().write_all(b"354 go ahead\r\n").await?;
+                let data = read_data(&mut io).await?;
+                let (mail_from, mail_params) = from.take().unwrap_or_default();
+                let rcpts_now = std::mem::take(&mut rcpts);
+                if rcpts_now
+                    .iter()
+                    .any(|(r, _)| r.to_ascii_lowercase().starts_with("datafail"))
+                {
+                    "554 5.6.0 content rejected\r\n".into()
+                } else {
+                    self.inner.delivered.lock().unwrap().push(Delivered {
+                        mail_from,
+                        mail_params,
+                        rcpt_to: rcpts_now.iter().map(|(r, _)| r.clone()).collect(),
+                        rcpt_params: rcpts_now.into_iter().map(|(_, p)| p).collect(),
+                        data,
+                        tls,
+                    });
+                    self.inner.changed.notify_waiters();
+                    "250 2.0.0 queued\r\n".into()
+                }
+            } else if upper == "RSET" {
+                from = None;
+                rcpts.clear();
+                "250 2.0.0 ok\r\n".into()
+            } else if upper == "NOOP" {
+                "250 2.0.0 ok\r\n".into()
+            } else if upper == "QUIT" {
+                io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+                return Ok(());
+            } else {
+                "500 5.5.1 unknown\r\n".into()
+            };
+            io.get_mut().write_all(reply.as_bytes()).await?;
+        }
+    }
+}
+
+fn split_path(rest: &str) -> (String, String) {
+    let rest = rest.trim_start();
+    let end = rest.find('>').unwrap_or(rest.len());
+    let path = rest.trim_start_matches('<')[..end.saturating_sub(1)].to_string();
+    let params = rest.get(end + 1..).unwrap_or("").trim().to_string();
+    (path, params)
+}
+
+/// Reads DATA content up to the lone "." line, undoing dot-stuffing; checks every line is
+/// CRLF-terminated and at most 998 octets.
+async fn read_data(io: &mut BufReader<Box<dyn Stream>>) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if io.read_until(b'\n', &mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        assert!(
+            line.ends_with(b"\r\n"),
+            "bare LF in DATA: {:?}",
+            String::from_utf8_lossy(&line)
+        );
+        assert!(line.len() <= 1000, "line over 998 octets in DATA");
+        assert!(!line[..line.len() - 2].contains(&b'\r'), "bare CR in DATA");
+        if line == b".\r\n" {
+            return Ok(data);
+        }
+        let content = if line.starts_with(b".") {
+            &line[1..]
+        } else {
+            &line[..]
+        };
+        data.extend_from_slice(content);
+    }
+}
+
+// ---- fake DNS ---------------------------------------------------------------------------
+
+/// A UDP DNS server answering from zone text, one record per line:
+/// `example.net. MX 10 mx.example.net.`, `mx.example.net. A 127.0.0.1`,
+/// `null.example. MX 0 .`, `broken.example. SERVFAIL`. Names with no records are
+/// NXDOMAIN; a known name without the asked type is NOERROR with no answers.
+pub struct FakeDns {
+    pub addr: SocketAddr,
+    pub queries: Arc<AtomicUsize>,
+}
+
+impl FakeDns {
+    pub async fn start(zone: &str) -> FakeDns {
+        use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+        use hickory_proto::rr::rdata::{A, AAAA, MX};
+        use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+        let mut records: HashMap<(String, RecordType), Vec<RData>> = HashMap::new();
+        let mut names: HashMap<String, bool> = HashMap::new(); // name → SERVFAIL?
+        for line in zone
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let name = f[0].to_ascii_lowercase();
+            match f[1] {
+                "SERVFAIL" => {
+                    names.insert(name, true);
+                    continue;
+                }
+                "MX" => records
+                    .entry((name.clone(), RecordType::MX))
+                    .or_default()
+                    .push(RData::MX(MX::new(
+                        f[2].parse().unwrap(),
+                        Name::from_ascii(f[3]).unwrap(),
+                    ))),
+                "A" => records
+                    .entry((name.clone(), RecordType::A))
+                    .or_default()
+                    .push(RData::A(A(f[2].parse().unwrap()))),
+                "AAAA" => records
+                    .entry((name.clone(), RecordType::AAAA))
+                    .or_default()
+                    .push(RData::AAAA(AAAA(f[2].parse().unwrap()))),
+                other => panic!("fake DNS: unknown record type {other}"),
+            }
+            names.entry(name).or_insert(false);
+        }
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let counter = queries.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut response =
+                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+                response.metadata.authoritative = true;
+                response.metadata.recursion_desired = query.metadata.recursion_desired;
+                response.metadata.recursion_available = true;
+                if let Some(q) = query.queries.first() {
+                    response.add_query(q.clone());
+                    let name = q.name().to_ascii().to_ascii_lowercase();
+                    match names.get(&name) {
+                        None => response.metadata.response_code = ResponseCode::NXDomain,
+                        Some(true) => response.metadata.response_code = ResponseCode::ServFail,
+                        Some(false) => {
+                            for rdata in records
+                                .get(&(name.clone(), q.query_type()))
+                                .into_iter()
+                                .flatten()
+                            {
+                                response.add_answer(Record::from_rdata(
+                                    q.name().clone(),
+                                    60,
+                                    rdata.clone(),
+                                ));
+                            }
+                        }
+                    }
+                }
+                if let Ok(bytes) = response.to_vec() {
+                    let _ = socket.send_to(&bytes, peer).await;
+                }
+            }
+        });
+        FakeDns { addr, queries }
+    }
+}
+
+// ---- relay helpers ----------------------------------------------------------------------
+
+/// Starts a relay in-process on 127.0.0.1:0 with `extra` appended to a base config whose
+/// spool lives in `dir`.
+pub async fn start_relay(
+    dir: &std::path::Path,
+    extra: &str,
+    policy: &str,
+) -> optin_relay::server::Relay {
+    // Never the default HTTP port: tests run in parallel.
+    let http = if extra.contains("[http]") {
+        ""
+    } else {
+        "[http]\nlisten = \"\"\n"
+    };
+    let text = format!(
+        "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n{http}{extra}",
+        dir.join("spool").display()
+    );
+    let config =
+        optin_relay::config::Config::from_toml("test", &text).unwrap_or_else(|e| panic!("{e}"));
+    let policy =
+        optin_relay::policy::Policy::from_toml("policy", policy).unwrap_or_else(|e| panic!("{e}"));
+    optin_relay::server::Relay::start(config, policy)
+        .await
+        .unwrap()
+}
+
+pub const LOOPBACK_POLICY: &str = "[accounts.local]\nnetworks = [\"127.0.0.0/8\"]\n";
+
+async fn read_reply(io: &mut BufReader<tokio::net::TcpStream>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut l = String::new();
+        if io.read_line(&mut l).await.unwrap_or(0) == 0 {
+            return all;
+        }
+        all.push_str(&l);
+        if l.len() < 4 || l.as_bytes()[3] != b'-' {
+            return all.trim_end().to_string();
+        }
+    }
+}
+
+/// Sends one message over a plain connection with a minimal hand-written client and
+/// returns the reply to the end of DATA. Used where a client library would hide the wire.
+pub async fn raw_send(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut io = BufReader::new(stream);
+    read_reply(&mut io).await;
+    let say = async |io: &mut BufReader<tokio::net::TcpStream>, line: String| {
+        io.get_mut().write_all(line.as_bytes()).await.unwrap();
+        read_reply(io).await
+    };
+    say(&mut io, "EHLO test\r\n".into()).await;
+    say(&mut io, format!("MAIL FROM:<{from}>\r\n")).await;
+    for r in to {
+        say(&mut io, format!("RCPT TO:<{r}>\r\n")).await;
+    }
+    say(&mut io, "DATA\r\n".into()).await;
+    let last = say(&mut io, format!("{body}\r\n.\r\n")).await;
+    say(&mut io, "QUIT\r\n".into()).await;
+    last
+}

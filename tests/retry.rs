@@ -1,0 +1,338 @@
+//! Retries, expiry and DSNs with paused time: the delivery engine runs over in-memory
+//! streams into the fake MX, so days of retry schedule pass in milliseconds and every
+//! timing is exact in virtual time.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{FakeMx, MxOptions};
+use mail_parser::MessageParser;
+use optin_relay::config::Config;
+use optin_relay::delivery::outcome::ResolveFailure;
+use optin_relay::delivery::transport::{BoxFuture, BoxStream, RouteKey, Target, Transport};
+use optin_relay::delivery::{self, Delivery, Settings};
+use optin_relay::privacy::AddressTagger;
+use optin_relay::session::Intake;
+use optin_relay::smtp::params::{BodyType, Notify};
+use optin_relay::spool::{Envelope, Recipient, Spool};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Every route leads to the fake MX over an in-memory pipe.
+struct InMemory(FakeMx);
+
+impl Transport for InMemory {
+    fn resolve<'a>(
+        &'a self,
+        _: &'a RouteKey,
+    ) -> BoxFuture<'a, Result<Vec<Target>, ResolveFailure>> {
+        Box::pin(async {
+            Ok(vec![Target {
+                host: "mx.test".into(),
+                addr: "127.0.0.1:25".parse().unwrap(),
+            }])
+        })
+    }
+
+    fn connect<'a>(&'a self, _: &'a Target) -> BoxFuture<'a, std::io::Result<BoxStream>> {
+        Box::pin(async {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            self.0.serve(theirs);
+            Ok(Box::new(ours) as BoxStream)
+        })
+    }
+
+    fn routes_by_domain(&self) -> bool {
+        false
+    }
+}
+
+struct Setup {
+    mx: FakeMx,
+    spool: Spool,
+    delivery: Delivery,
+    stop: CancellationToken,
+    scheduler: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+fn settings(extra: &str) -> Settings {
+    let config = Config::from_toml(
+        "t",
+        &format!("[smtp]\nhostname = \"relay.test\"\n[delivery]\n{extra}"),
+    )
+    .unwrap();
+    Settings::new(&config.delivery, &config.smtp.hostname)
+}
+
+async fn setup(extra: &str, options: MxOptions) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    setup_in(dir, extra, options).await
+}
+
+async fn setup_in(dir: tempfile::TempDir, extra: &str, options: MxOptions) -> Setup {
+    let mx = FakeMx::new(options);
+    let (spool, report) = Spool::open(&optin_relay::config::SpoolConfig {
+        path: dir.path().to_path_buf(),
+        fsync: false,
+        segment_size: 1 << 20,
+    })
+    .unwrap();
+    let stop = CancellationToken::new();
+    let (delivery, scheduler) = delivery::start(
+        settings(extra),
+        spool.clone(),
+        Arc::new(InMemory(mx.clone())),
+        AddressTagger::new([1; 32]),
+        report.messages,
+        stop.clone(),
+    );
+    Setup {
+        mx,
+        spool,
+        delivery,
+        stop,
+        scheduler,
+        dir,
+    }
+}
+
+impl Setup {
+    async fn submit(
+        &self,
+        sender: Option<&str>,
+        rcpts: &[(&str, Option<Notify>)],
+        envid: Option<&str>,
+    ) -> u64 {
+        let env = Envelope {
+            id: self.spool.next_id(),
+            received_at: optin_relay::spool::now_ms(),
+            account: "acct".into(),
+            sender: sender.map(str::to_string),
+            envid: envid.map(str::to_string),
+            ret: None,
+            body_type: BodyType::SevenBit,
+            smtputf8: false,
+            eight_bit_content: false,
+            generated_dsn: false,
+            recipients: rcpts
+                .iter()
+                .map(|(a, n)| Recipient {
+                    address: a.to_string(),
+                    notify: *n,
+                    orcpt: None,
+                    done: false,
+                })
+                .collect(),
+        };
+        let body = Bytes::from_static(
+            b"Subject: retry test\r\nMessage-ID: <r@shop.example>\r\n\r\nbody\r\n",
+        );
+        let loc = self.spool.store(&env, body.clone()).await.unwrap();
+        let id = env.id;
+        self.delivery.accepted(env, loc, body);
+        id
+    }
+
+    async fn stop(self) -> tempfile::TempDir {
+        self.stop.cancel();
+        self.scheduler.await.unwrap();
+        self.spool.flush().await.unwrap();
+        drop(self.spool);
+        self.dir
+    }
+
+    fn queued(&self) -> usize {
+        Spool::inspect(self.dir.path()).unwrap().len()
+    }
+}
+
+const FAST_RETRY: &str = "retry_initial = \"5m\"\nretry_max = \"1h\"\n";
+
+#[tokio::test(start_paused = true)]
+async fn temporary_failures_are_retried_with_backoff() {
+    let s = setup(
+        FAST_RETRY,
+        MxOptions {
+            flaky_failures: 2,
+            ..MxOptions::default()
+        },
+    )
+    .await;
+    let start = Instant::now();
+    s.submit(Some("app@shop.example"), &[("flaky@x.example", None)], None)
+        .await;
+    let got = s.mx.wait_for(1, Duration::from_secs(3 * 3600)).await;
+    let took = start.elapsed();
+    assert_eq!(got[0].rcpt_to, ["flaky@x.example"]);
+    assert_eq!(s.mx.rcpt_attempts(), 3, "two 451s, then accepted");
+    // 5 min then 10 min, each ±20 % jitter
+    assert!(
+        took >= Duration::from_secs(12 * 60) && took <= Duration::from_secs(18 * 60),
+        "{took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dir = s.stop().await;
+    assert!(Spool::inspect(dir.path()).unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_bounces_with_a_dsn_after_max_age_and_warns_on_delay() {
+    let s = setup(
+        "retry_initial = \"10m\"\nretry_max = \"2h\"\nmax_age = \"2d\"\ndelay_warning = \"4h\"\n",
+        MxOptions::default(),
+    )
+    .await;
+    let start = Instant::now();
+    let notify = Some(Notify {
+        success: false,
+        failure: true,
+        delay: true,
+    });
+    let id = s
+        .submit(
+            Some("app@shop.example"),
+            &[("tempfail@x.example", notify)],
+            Some("env-9"),
+        )
+        .await;
+    // first the delay notice, after about 4 hours
+    let got = s.mx.wait_for(1, Duration::from_secs(3 * 86400)).await;
+    let delay_at = start.elapsed();
+    assert!(
+        delay_at >= Duration::from_secs(4 * 3600) && delay_at < Duration::from_secs(7 * 3600),
+        "{delay_at:?}"
+    );
+    let delay = MessageParser::default().parse(&got[0].data).unwrap();
+    assert_eq!(got[0].mail_from, "", "DSNs come from the null sender");
+    assert_eq!(delay.subject(), Some("Delayed Mail (still being retried)"));
+    let status = String::from_utf8_lossy(delay.parts[2].contents()).into_owned();
+    assert!(status.contains("Action: delayed"), "{status}");
+    // then, after two days, the failure
+    let got = s.mx.wait_for(2, Duration::from_secs(3 * 86400)).await;
+    let failed_at = start.elapsed();
+    assert!(
+        failed_at >= Duration::from_secs(2 * 86400)
+            && failed_at < Duration::from_secs(2 * 86400 + 3 * 3600),
+        "{failed_at:?}"
+    );
+    let failure = MessageParser::default().parse(&got[1].data).unwrap();
+    assert_eq!(
+        failure.subject(),
+        Some("Undelivered Mail Returned to Sender")
+    );
+    let status = String::from_utf8_lossy(failure.parts[2].contents()).into_owned();
+    for expected in [
+        "Original-Envelope-Id: env-9",
+        "Final-Recipient: rfc822; tempfail@x.example",
+        "Action: failed",
+        "Status: 4.4.7",
+        "451 4.2.1 mailbox busy",
+    ] {
+        assert!(
+            status.contains(expected),
+            "{expected} missing from\n{status}"
+        );
+    }
+    let text = String::from_utf8_lossy(failure.parts[1].contents()).into_owned();
+    assert!(text.contains(&optin_relay::spool::format_id(id)), "{text}");
+    // no DSN about the DSNs, and nothing left queued
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(s.mx.delivered().len(), 2);
+    let dir = s.stop().await;
+    assert!(Spool::inspect(dir.path()).unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_dsn_when_the_sender_says_never_or_is_null() {
+    let s = setup(FAST_RETRY, MxOptions::default()).await;
+    s.submit(
+        Some("app@shop.example"),
+        &[("permfail@x.example", Some(Notify::NEVER))],
+        None,
+    )
+    .await;
+    s.submit(None, &[("permfail2@x.example", None)], None).await;
+    // a third message proves delivery ran after the other two
+    s.submit(Some("app@shop.example"), &[("ok@x.example", None)], None)
+        .await;
+    let got = s.mx.wait_for(1, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(s.mx.delivered().len(), 1, "{got:?}");
+    assert_eq!(s.queued(), 0);
+    s.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_dsn_per_message_for_all_its_failures() {
+    let s = setup(FAST_RETRY, MxOptions::default()).await;
+    s.submit(
+        Some("app@shop.example"),
+        &[
+            ("permfail1@x.example", None),
+            ("permfail2@y.example", None),
+            ("ok@z.example", None),
+        ],
+        None,
+    )
+    .await;
+    let got = s.mx.wait_for(2, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(s.mx.delivered().len(), 2);
+    let dsn = got.iter().find(|d| d.mail_from.is_empty()).unwrap();
+    let status = String::from_utf8_lossy(
+        MessageParser::default().parse(&dsn.data).unwrap().parts[2].contents(),
+    )
+    .into_owned();
+    assert!(
+        status.contains("permfail1@x.example") && status.contains("permfail2@y.example"),
+        "{status}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_the_retry_schedule() {
+    let s = setup(
+        FAST_RETRY,
+        MxOptions {
+            flaky_failures: 1,
+            ..MxOptions::default()
+        },
+    )
+    .await;
+    s.submit(Some("app@shop.example"), &[("flaky@x.example", None)], None)
+        .await;
+    // let the first attempt fail, then stop
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(s.mx.rcpt_attempts(), 1);
+    let dir = s.stop().await;
+    let recovered = Spool::inspect(dir.path()).unwrap();
+    assert!(matches!(
+        recovered[0].events[0],
+        Some(optin_relay::spool::RcptEvent::Deferred { attempts: 1, .. })
+    ));
+    // a new engine over the same spool waits for the journaled due time, then delivers
+    let start = Instant::now();
+    let s = setup_in(
+        dir,
+        FAST_RETRY,
+        MxOptions {
+            flaky_failures: 0,
+            ..MxOptions::default()
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(s.mx.delivered().is_empty(), "not before its due time");
+    s.mx.wait_for(1, Duration::from_secs(3600)).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3 * 60) && waited <= Duration::from_secs(7 * 60),
+        "{waited:?}"
+    );
+    s.stop().await;
+}
