@@ -79,6 +79,8 @@ pub struct SmtpConfig {
     pub max_received_headers: usize,
     pub auth_failure_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Where `RCPT TO:<postmaster>` (no domain) goes.
+    pub postmaster: crate::smtp::Address,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -314,6 +316,15 @@ fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
     if max_message_size < 1024 {
         s.problem("max_message_size", "must be at least 1KiB");
     }
+    let default_postmaster = crate::smtp::Address::parse(&format!("postmaster@{hostname}"))
+        .expect("a valid hostname makes a valid address");
+    let postmaster = match s.get::<String>("postmaster") {
+        None => default_postmaster,
+        Some(p) => crate::smtp::Address::parse(&p).unwrap_or_else(|e| {
+            s.problem("postmaster", format!("{p:?} is not a mailbox: {e}"));
+            default_postmaster
+        }),
+    };
     let max_connections = s.get_or("max_connections", DEFAULT_MAX_CONNECTIONS);
     let max_connections_per_ip = s.get_or("max_connections_per_ip", DEFAULT_MAX_CONNECTIONS_PER_IP);
     let max_recipients = s.get_or("max_recipients", DEFAULT_MAX_RECIPIENTS);
@@ -338,6 +349,7 @@ fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
             .get_or("auth_failure_delay", DEFAULT_AUTH_FAILURE_DELAY)
             .get(),
         shutdown_grace: s.get_or("shutdown_grace", DEFAULT_SHUTDOWN_GRACE).get(),
+        postmaster,
     }
 }
 

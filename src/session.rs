@@ -376,9 +376,10 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &SessionContext,
     conn: &mut Conn<S>,
     state: &mut State,
-    to: Address,
+    to: Option<Address>,
     params: RcptParams,
 ) -> Result<Flow, Refusal> {
+    let to = to.unwrap_or_else(|| ctx.smtp.postmaster.clone());
     let Some(txn) = state.txn.as_mut() else {
         return Err(Refusal::BadSequence("need MAIL before RCPT"));
     };

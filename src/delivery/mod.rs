@@ -442,8 +442,7 @@ impl Scheduler {
             self.dispatch(id);
         }
         // Routes with nothing queued and no workers are dropped so the map stays small.
-        self.routes
-            .retain(|_, r| Arc::strong_count(r) > 1 || r.queued() > 0);
+        self.routes.retain(|_, r| !r.is_unused());
     }
 
     /// Applies a worker's report.

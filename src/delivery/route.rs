@@ -1,17 +1,21 @@
-//! One route's (smart host's or domain's) job queue and its delivery workers.
+//! One route's (smart host's or domain's) job queue, its delivery workers and its pool of
+//! idle connections.
 //!
-//! A worker owns at most one connection and reuses it for job after job — up to
-//! `max_messages_per_connection`, and while jobs keep coming within
-//! `connection_idle_timeout` — then says QUIT. Workers are started on demand, up to
-//! `max_connections_per_destination` per route, and stop when the queue is empty. Resolving
-//! and connecting try each MX in preference order; a failed TLS handshake is retried once
-//! in plain text (opportunistic TLS must never make mail undeliverable).
+//! Workers are started on demand, up to `max_connections_per_destination` per route. A
+//! worker takes jobs until the queue is empty, then parks its connection in the route's
+//! idle pool and stops; the next worker takes a parked connection before it dials, so
+//! connections are reused both under load and under a trickle of mail. A parked connection
+//! is closed (QUIT) after `connection_idle_timeout`, and any connection after
+//! `max_messages_per_connection` transactions. Connections in use plus parked ones never
+//! exceed the route's limit. Resolving and connecting try each MX in preference order; a
+//! failed TLS handshake is retried once in plain text (opportunistic TLS must never make
+//! mail undeliverable).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use super::client::{Connection, OpenError, Timeouts};
@@ -50,13 +54,17 @@ pub(super) struct Workers {
 
 struct Queue {
     jobs: VecDeque<Job>,
+    /// Workers running; each holds at most one connection.
     workers: usize,
+    /// Connections parked between jobs, newest last, each with a serial number so that its
+    /// reaper can find it.
+    idle: Vec<(u64, Connection)>,
+    parked: u64,
 }
 
 pub(super) struct Route {
     key: RouteKey,
     queue: Mutex<Queue>,
-    wake: Notify,
 }
 
 impl Route {
@@ -66,13 +74,16 @@ impl Route {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 workers: 0,
+                idle: Vec::new(),
+                parked: 0,
             }),
-            wake: Notify::new(),
         }
     }
 
-    pub fn queued(&self) -> usize {
-        self.queue.lock().expect("route lock").jobs.len()
+    /// Jobs waiting, and whether anything (a worker or a parked connection) is still alive.
+    pub fn is_unused(&self) -> bool {
+        let q = self.queue.lock().expect("route lock");
+        q.jobs.is_empty() && q.workers == 0 && q.idle.is_empty()
     }
 
     /// Removes and returns the jobs no worker has started (at shutdown).
@@ -85,7 +96,8 @@ impl Route {
             .collect()
     }
 
-    /// Queues a job; starts a worker if the route may have another, else wakes an idle one.
+    /// Queues a job and starts a worker if the route may have another; otherwise a running
+    /// worker takes the job when it finishes its current one.
     pub fn push(self: &Arc<Self>, job: Job, ctx: &Arc<Workers>) {
         let start = {
             let mut q = self.queue.lock().expect("route lock");
@@ -99,52 +111,45 @@ impl Route {
         };
         if start {
             tokio::spawn(worker(self.clone(), ctx.clone()));
-        } else {
-            self.wake.notify_one();
         }
     }
 
-    /// Next job, or `None` — in which case, without a connection to keep warm, the worker
-    /// is counted out while the lock is held, so a concurrent push starts a new one.
-    fn next(&self, has_connection: bool) -> Option<Job> {
+    /// The next job (with a parked connection if the worker has none), or `None` when the
+    /// queue is empty — then the worker is counted out and its connection parked, under the
+    /// same lock, so a concurrent push starts a new worker that finds the connection.
+    fn next(self: &Arc<Self>, conn: &mut Option<Connection>, ctx: &Workers) -> Option<Job> {
         let mut q = self.queue.lock().expect("route lock");
-        let job = q.jobs.pop_front();
-        if job.is_none() && !has_connection {
-            q.workers -= 1;
+        if let Some(job) = q.jobs.pop_front() {
+            if conn.is_none() {
+                *conn = q.idle.pop().map(|(_, c)| c);
+            }
+            return Some(job);
         }
-        job
+        q.workers -= 1;
+        if let Some(c) = conn.take() {
+            q.parked += 1;
+            let serial = q.parked;
+            q.idle.push((serial, c));
+            let (route, wait) = (self.clone(), ctx.settings.connection_idle_timeout);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let expired = {
+                    let mut q = route.queue.lock().expect("route lock");
+                    let at = q.idle.iter().position(|(s, _)| *s == serial);
+                    at.map(|i| q.idle.remove(i).1)
+                };
+                if let Some(mut c) = expired {
+                    c.quit().await;
+                }
+            });
+        }
+        None
     }
 }
 
 async fn worker(route: Arc<Route>, ctx: Arc<Workers>) {
     let mut conn: Option<Connection> = None;
-    loop {
-        let job = match route.next(conn.is_some()) {
-            Some(job) => job,
-            None if conn.is_none() => return,
-            None => {
-                let woke = tokio::time::timeout(
-                    ctx.settings.connection_idle_timeout,
-                    route.wake.notified(),
-                )
-                .await
-                .is_ok();
-                if !woke {
-                    // Idle too long: count out (under the lock) unless work just arrived.
-                    match route.next(false) {
-                        Some(job) => job,
-                        None => {
-                            if let Some(mut c) = conn.take() {
-                                c.quit().await;
-                            }
-                            return;
-                        }
-                    }
-                } else {
-                    continue;
-                }
-            }
-        };
+    while let Some(job) = route.next(&mut conn, &ctx) {
         let report = deliver(&route.key, &ctx, &mut conn, job).await;
         if ctx.events.send(Event::Done(report)).is_err() {
             return; // the scheduler has stopped

@@ -328,6 +328,24 @@ async fn size_limits() {
 }
 
 #[tokio::test]
+async fn postmaster_without_a_domain_is_accepted() {
+    let h = harness_with("postmaster = \"ops@relay.example\"", USER_POLICY, false);
+    let mut c = greeted(&h, "127.0.0.1:5000").await;
+    c.cmd("EHLO c").await;
+    c.cmd("MAIL FROM:<a@b.example>").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<Postmaster>").await,
+        "250 2.1.5 Recipient OK"
+    );
+    c.cmd("DATA").await;
+    assert!(c.cmd("Subject: hi\r\n\r\nx\r\n.").await.starts_with("250"));
+    assert_eq!(
+        h.intake.0.lock().unwrap()[0].0.recipients[0].address,
+        "ops@relay.example"
+    );
+}
+
+#[tokio::test]
 async fn recipient_limit() {
     let h = harness_with("max_recipients = 2", USER_POLICY, false);
     let mut c = greeted(&h, "127.0.0.1:5000").await;

@@ -23,7 +23,9 @@ pub enum Command {
         params: MailParams,
     },
     Rcpt {
-        to: Address,
+        /// `None` is `RCPT TO:<postmaster>` without a domain, which every SMTP server must
+        /// accept (RFC 5321 §4.5.1); the session maps it to the configured address.
+        to: Option<Address>,
         params: RcptParams,
     },
     Data,
@@ -67,10 +69,17 @@ pub fn parse_command(line: &[u8], extended: bool) -> Result<Command, Refusal> {
         Ok(Command::Mail { from, params })
     } else if is("RCPT") {
         let rest = strip_keyword(args, "TO:").ok_or(Refusal::Syntax("RCPT TO:<address>"))?;
+        if let Some(params) = postmaster(rest) {
+            let params = parse_rcpt_params(params, extended).map_err(Refusal::Param)?;
+            return Ok(Command::Rcpt { to: None, params });
+        }
         let (to, rest) = parse_path(rest).map_err(Refusal::BadRecipient)?;
         let to = to.ok_or(Refusal::BadRecipient(super::address::AddressError::Empty))?;
         let params = parse_rcpt_params(rest, extended).map_err(Refusal::Param)?;
-        Ok(Command::Rcpt { to, params })
+        Ok(Command::Rcpt {
+            to: Some(to),
+            params,
+        })
     } else if is("DATA") {
         no_args(Command::Data, "DATA")
     } else if is("BDAT") {
@@ -124,6 +133,15 @@ fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
     let head = args.get(..keyword.len())?;
     head.eq_ignore_ascii_case(keyword)
         .then(|| &args[keyword.len()..])
+}
+
+/// `<postmaster>` (any case) at the start of the RCPT argument; returns the parameters.
+fn postmaster(rest: &str) -> Option<&str> {
+    let rest = rest.trim_start_matches(' ');
+    let head = rest.get(..12)?;
+    head.eq_ignore_ascii_case("<postmaster>")
+        .then(|| &rest[12..])
+        .filter(|p| p.is_empty() || p.starts_with(' '))
 }
 
 fn parse_bdat(args: &str) -> Result<Command, Refusal> {

@@ -1,0 +1,235 @@
+//! The shipped example configs, and the command line as an operator uses it.
+
+mod common;
+
+use std::process::Command;
+
+use optin_relay::config::Config;
+use optin_relay::policy::Policy;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_optin-relay"))
+}
+
+#[test]
+fn the_example_config_and_policy_load_and_document_every_key() {
+    let config = Config::load("config/optin-relay.toml".as_ref()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.smtp.hostname, "relay.example.com");
+    let policy =
+        Policy::load(config.policy.path.as_ref().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(policy.user("newsletter").is_some());
+    assert!(
+        policy
+            .identify_by_ip("127.0.0.1".parse().unwrap())
+            .is_some()
+    );
+    // keys left commented out in the example are still documented there
+    let text = std::fs::read_to_string("config/optin-relay.toml").unwrap();
+    for key in [
+        "listen",
+        "listen_tls",
+        "hostname",
+        "max_connections",
+        "max_connections_per_ip",
+        "max_message_size",
+        "max_recipients",
+        "max_command_line",
+        "max_line_length",
+        "max_errors",
+        "idle_timeout",
+        "session_timeout",
+        "max_received_headers",
+        "auth_failure_delay",
+        "shutdown_grace",
+        "postmaster",
+        "certificate",
+        "private_key",
+        "path",
+        "fsync",
+        "segment_size",
+        "smarthost",
+        "dns",
+        "mx_port",
+        "helo_name",
+        "starttls",
+        "max_connections_per_destination",
+        "max_messages_per_connection",
+        "connect_timeout",
+        "command_timeout",
+        "data_timeout",
+        "connection_idle_timeout",
+        "retry_initial",
+        "retry_max",
+        "max_age",
+        "delay_warning",
+        "level",
+        "format",
+    ] {
+        assert!(
+            text.contains(&format!("\n{key} = ")) || text.contains(&format!("# {key} = ")),
+            "{key} is not in the example"
+        );
+    }
+}
+
+#[test]
+fn config_check_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[smtp]\nlisten = 5\nmax_message_size = \"huge\"\n[delivery]\nsmarthost = \"nope\"\n[extra]\n").unwrap();
+    let out = bin()
+        .args(["--config", path.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("4 problems"), "{text}");
+    for p in [
+        "delivery.smarthost",
+        "extra: unknown key",
+        "smtp.listen",
+        "smtp.max_message_size",
+    ] {
+        assert!(text.contains(p), "{p} missing: {text}");
+    }
+    // a bad policy named by a good config
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[accounts.a]\nnetworks = [\"not-a-net\"]\n[[accounts.a.users]]\nusername = \"u\"\npassword_hash = \"plain\"\n").unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!("[policy]\npath = \"{}\"\n", policy.display()),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--config", good.to_str().unwrap(), "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("good.toml: ok") && text.contains("2 problems"),
+        "{text}"
+    );
+    // serve refuses to start on it, saying why
+    let out = bin()
+        .args(["--config", good.to_str().unwrap(), "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("accounts.a.networks"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn hash_password_makes_a_hash_the_policy_accepts() {
+    use std::io::Write;
+    let mut child = bin()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let policy = Policy::from_toml(
+        "p",
+        &format!(
+            "[accounts.a]\n[[accounts.a.users]]\nusername = \"u\"\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let (_, user) = policy.user("u").unwrap();
+    assert!(
+        optin_relay::policy::password::PasswordCache::default().verify(
+            "u",
+            "correct horse",
+            &user.password_hash
+        )
+    );
+}
+
+#[tokio::test]
+async fn queue_list_and_show_read_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    // a smart host that refuses connections: the message stays queued
+    let relay = common::start_relay(
+        dir.path(),
+        "[delivery]\nsmarthost = \"127.0.0.1:9\"\nretry_initial = \"1h\"\n",
+        common::LOOPBACK_POLICY,
+    )
+    .await;
+    let reply = common::raw_send(
+        relay.smtp_addrs[0],
+        "app@shop.example",
+        &["a@x.example", "b@y.example"],
+        "Subject: q\r\n\r\nx",
+    )
+    .await;
+    let id = reply.rsplit(' ').next().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[spool]\npath = \"{}\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--config", config.to_str().unwrap(), "queue", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains(&id) && text.contains("2/2") && text.contains("x.example,y.example"),
+        "{text}"
+    );
+    assert!(text.contains("1 message(s) queued"), "{text}");
+    let out = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "queue",
+            "list",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["id"], id.as_str());
+    assert_eq!(line["pending"], 2);
+    let out = bin()
+        .args(["--config", config.to_str().unwrap(), "queue", "show", &id])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sender:    <app@shop.example>")
+            && text.contains("<a@x.example>  deferred, 1 attempt(s)"),
+        "{text}"
+    );
+    let out = bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "queue",
+            "show",
+            "0000000000000000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    relay.shutdown().await;
+}

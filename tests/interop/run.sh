@@ -1,0 +1,537 @@
+#!/usr/bin/env bash
+# Interop test: optin-relay against real outside SMTP software, on 127.0.0.1 only.
+#
+# Installs (Debian packages, only when missing): postfix (for smtp-source/smtp-sink),
+# swaks, libnet-ssleay-perl (swaks' TLS support), python3-aiosmtpd, openssl.
+# Builds the relay with `cargo build --release`, then runs two relays on free ports:
+#   auth  - policy with one AUTH user only (no trusted network); delivers to an aiosmtpd
+#           sink (sink.py, SMTPUTF8 on)
+#   local - policy trusting 127.0.0.0/8; delivers to Postfix's smtp-sink
+# and checks:
+#   1. swaks STARTTLS + AUTH PLAIN / AUTH LOGIN are accepted and delivered; AUTH is not
+#      offered without TLS (and answered 538 if sent anyway); MAIL without AUTH gets 530;
+#      a wrong password gets 535
+#   2. swaks on the implicit-TLS listeners (--tlsc), with AUTH and on the trusted relay
+#   3. Python smtplib: SMTPUTF8 + 8BITMIME (non-ASCII addresses, names, 8-bit body) and a
+#      plain 8BITMIME message arrive byte-intact at the aiosmtpd sink
+#   4. smtp-source load (1000 messages, 10 sessions) -> relay -> smtp-sink: all arrive
+#   5. GET /healthz and /metrics; accepted/delivered counters match what was sent
+#   6. `optin-relay queue list` shows an empty queue once everything is delivered
+#   7. SIGTERM makes each relay exit 0 within a few seconds
+# Prints one PASS:/FAIL: line per check, exits 1 if any check failed. Every process it
+# starts is stopped on exit. Set INTEROP_KEEP=1 to keep the work directory (it is kept
+# anyway when a check failed), INTEROP_VERBOSE=1 to see each check's output on PASS too.
+#
+# Usage: tests/interop/run.sh   (as root, or with sudo available for apt-get)
+
+set -u -o pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+PY=/usr/bin/python3            # Debian's interpreter: python3-aiosmtpd lives there
+SMTP_SOURCE=/usr/sbin/smtp-source
+SMTP_SINK=/usr/sbin/smtp-sink
+PACKAGES=(postfix swaks libnet-ssleay-perl python3-aiosmtpd openssl)
+LOAD_MESSAGES=1000
+LOAD_SESSIONS=10
+DELIVERY_TIMEOUT=60            # seconds to wait for mail to reach a sink / queue to drain
+PASSWORD="interop-$RANDOM-secret"
+
+WORK=""
+PIDS=()                        # every background process we started
+FAILED=()
+PASSED=0
+STARTED_AT=$SECONDS
+
+# ---------------------------------------------------------------- reporting
+
+note() { echo "# $*"; }
+pass() { echo "PASS: $1"; PASSED=$((PASSED + 1)); }
+fail() { echo "FAIL: $1"; FAILED+=("$1"); }
+
+# check DESCRIPTION FUNCTION [ARGS...]: runs FUNCTION with its output captured; prints
+# PASS or FAIL, and on FAIL (or with INTEROP_VERBOSE) the captured output, indented.
+check() {
+    local description=$1
+    shift
+    local out="$WORK/check.out"
+    if "$@" >"$out" 2>&1; then
+        pass "$description"
+        [[ -z "${INTEROP_VERBOSE:-}" ]] || sed 's/^/    | /' "$out" | tail -n 40
+    else
+        fail "$description"
+        sed 's/^/    | /' "$out" | tail -n 40
+    fi
+}
+
+# ---------------------------------------------------------------- processes
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if [[ -n "$WORK" && -d "$WORK" ]]; then
+        if [[ ${#FAILED[@]} -gt 0 || -n "${INTEROP_KEEP:-}" ]]; then
+            note "work directory kept: $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+}
+trap cleanup EXIT
+trap 'fail "interrupted by SIGINT"; exit 130' INT
+trap 'fail "interrupted by SIGTERM"; exit 143' TERM
+
+# start NAME COMMAND...: runs COMMAND in the background, output to $WORK/NAME.log;
+# sets PID_<NAME>.
+start() {
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    printf -v "PID_$name" '%s' $!
+}
+
+# forget PID: a process we reaped ourselves; cleanup must not signal its (reusable) pid.
+forget() {
+    local keep=() p
+    for p in "${PIDS[@]}"; do
+        [[ $p == "$1" ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_ports NAME PORT...: waits until every port accepts connections while NAME's
+# process is alive.
+wait_ports() {
+    local name=$1 pid_var="PID_$1" port
+    shift
+    for port in "$@"; do
+        for _ in $(seq 300); do
+            port_open "$port" && continue 2
+            if ! kill -0 "${!pid_var}" 2>/dev/null; then
+                echo "$name exited before listening on $port; its log:"
+                cat "$WORK/$name.log"
+                return 1
+            fi
+            sleep 0.1
+        done
+        echo "$name is not listening on 127.0.0.1:$port after 30s; its log:"
+        cat "$WORK/$name.log"
+        return 1
+    done
+}
+
+# poll SECONDS COMMAND...: retries COMMAND every 0.25s until it succeeds or time runs out.
+poll() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        ((SECONDS >= deadline)) && return 1
+        sleep 0.25
+    done
+}
+
+# ---------------------------------------------------------------- setup
+
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        note "packages already installed: ${PACKAGES[*]}"
+        return 0
+    fi
+    note "installing: ${missing[*]}"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    echo "postfix postfix/main_mailer_type select No configuration" |
+        "${sudo[@]}" debconf-set-selections &&
+        "${sudo[@]}" apt-get update -q &&
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+build_relay() {
+    local target=${CARGO_TARGET_DIR:-target}
+    [[ $target = /* ]] || target="$ROOT/$target"
+    BIN="$target/release/optin-relay"
+    note "building: cargo build --release (log: $WORK/build.log)"
+    if ! (cd "$ROOT" && cargo build --release) >"$WORK/build.log" 2>&1; then
+        tail -n 60 "$WORK/build.log"
+        return 1
+    fi
+    [[ -x "$BIN" ]] || { echo "no binary at $BIN"; return 1; }
+}
+
+pick_ports() {
+    local ports
+    mapfile -t ports < <("$PY" "$HERE/util.py" ports 8) || return 1
+    [[ ${#ports[@]} -eq 8 ]] || return 1
+    AIO_PORT=${ports[0]} SINK_PORT=${ports[1]}
+    AUTH_SMTP=${ports[2]} AUTH_TLS=${ports[3]} AUTH_HTTP=${ports[4]}
+    LOCAL_SMTP=${ports[5]} LOCAL_TLS=${ports[6]} LOCAL_HTTP=${ports[7]}
+}
+
+# write_relay_config NAME SMTP TLS HTTP SMARTHOST POLICY-TEXT
+write_relay_config() {
+    local name=$1 smtp=$2 tls=$3 http=$4 smarthost=$5 policy=$6
+    local dir="$WORK/$name"
+    mkdir -p "$dir"
+    printf '%s\n' "$policy" >"$dir/policy.toml"
+    cat >"$dir/relay.toml" <<EOF
+[smtp]
+listen = ["127.0.0.1:$smtp"]
+listen_tls = ["127.0.0.1:$tls"]
+hostname = "relay-$name.test"
+[spool]
+path = "$dir/spool"
+[delivery]
+smarthost = "127.0.0.1:$smarthost"
+starttls = "opportunistic"
+connection_idle_timeout = "2s"
+[http]
+listen = "127.0.0.1:$http"
+[policy]
+path = "$dir/policy.toml"
+[log]
+level = "info"
+EOF
+}
+
+write_configs() {
+    local hash
+    hash=$(printf '%s\n' "$PASSWORD" | "$BIN" hash-password) || return 1
+    [[ $hash == '$argon2'* ]] || { echo "hash-password printed: $hash"; return 1; }
+    write_relay_config auth "$AUTH_SMTP" "$AUTH_TLS" "$AUTH_HTTP" "$AIO_PORT" \
+        "[accounts.shop]
+[[accounts.shop.users]]
+username = \"shop\"
+password_hash = \"$hash\""
+    write_relay_config local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP" "$SINK_PORT" \
+        '[accounts.local]
+networks = ["127.0.0.0/8"]'
+    "$BIN" --config "$WORK/auth/relay.toml" config check &&
+        "$BIN" --config "$WORK/local/relay.toml" config check
+}
+
+start_sinks() {
+    mkdir -p "$WORK/aio-sink"
+    start aiosink "$PY" "$HERE/sink.py" "$AIO_PORT" "$WORK/aio-sink"
+    # smtp-sink drops to "nobody" when run as root; its dump directory must be writable.
+    # Otherwise it exits at the first message ("open ...: Permission denied").
+    chmod 755 "$WORK" &&
+        SINK_DIR=$(mktemp -d "$WORK/smtp-sink.XXXXXX") && chmod 777 "$SINK_DIR" || return 1
+    local user=()
+    if [[ $(id -u) -eq 0 ]]; then
+        user=(-u nobody)
+        runuser -u nobody -- test -w "$SINK_DIR" ||
+            { echo "$SINK_DIR is not writable by nobody"; return 1; }
+    fi
+    start smtpsink "$SMTP_SINK" "${user[@]}" -d "$SINK_DIR/msg." \
+        "127.0.0.1:$SINK_PORT" 256
+    wait_ports aiosink "$AIO_PORT" && wait_ports smtpsink "$SINK_PORT"
+}
+
+start_relays() {
+    start relay_auth "$BIN" --config "$WORK/auth/relay.toml" serve
+    start relay_local "$BIN" --config "$WORK/local/relay.toml" serve
+    wait_ports relay_auth "$AUTH_SMTP" "$AUTH_TLS" "$AUTH_HTTP" &&
+        wait_ports relay_local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP"
+}
+
+# ---------------------------------------------------------------- client helpers
+
+ACCEPTED_auth=0                # messages each relay acknowledged with "queued as"
+ACCEPTED_local=0
+QUEUED_RE='250 2\.0\.0 OK queued as [0-9A-Fa-f]{16}'
+
+# swaks_run LOGNAME SWAKS-ARGS...: runs swaks with common arguments; output in
+# $WORK/LOGNAME.swaks and on stdout; returns swaks' exit status.
+swaks_run() {
+    local log="$WORK/$1.swaks"
+    shift
+    swaks --server 127.0.0.1 --helo client.test --timeout 30 \
+        --from sender@example.com --to rcpt@example.net "$@" >"$log" 2>&1
+    local rc=$?
+    cat "$log"
+    echo "(swaks exit status $rc)"
+    return $rc
+}
+
+# in_aio_sink TEXT / in_smtp_sink TEXT: a delivered message contains TEXT.
+in_aio_sink() { grep -qsF -- "$1" "$WORK"/aio-sink/*.eml; }
+in_smtp_sink() { grep -rqsF -- "$1" "$SINK_DIR"; }
+
+# expect_delivered SINK-FUNCTION TEXT
+expect_delivered() {
+    if poll "$DELIVERY_TIMEOUT" "$1" "$2"; then
+        echo "delivered: found \"$2\" at the sink"
+    else
+        echo "not delivered: \"$2\" not at the sink after ${DELIVERY_TIMEOUT}s"
+        return 1
+    fi
+}
+
+# swaks_accepted RELAY TAG SWAKS-ARGS...: the message is queued and reaches RELAY's sink.
+swaks_accepted() {
+    local relay=$1 tag=$2
+    shift 2
+    local out
+    out=$(swaks_run "$tag" --header "Subject: $tag" "$@")
+    local rc=$?
+    echo "$out"
+    grep -qE "$QUEUED_RE" <<<"$out" || { echo "no '250 … queued as' reply"; return 1; }
+    local var="ACCEPTED_$relay"
+    printf -v "$var" '%s' $((${!var} + 1))
+    [[ $rc -eq 0 ]] || { echo "swaks failed"; return 1; }
+    if [[ $relay == auth ]]; then
+        expect_delivered in_aio_sink "Subject: $tag"
+    else
+        expect_delivered in_smtp_sink "Subject: $tag"
+    fi
+}
+
+AUTH_ARGS=(--auth-user shop --auth-password "$PASSWORD")
+
+# ---------------------------------------------------------------- checks 1-2: swaks
+
+# swaks_auth MECHANISM: STARTTLS, AUTH MECHANISM (235 2.7.0), queued, delivered.
+swaks_auth() {
+    local tag="interop-auth-${1,,}-$$"
+    swaks_accepted auth "$tag" --port "$AUTH_SMTP" --tls --auth "$1" "${AUTH_ARGS[@]}" &&
+        grep -q "235 2\.7\.0" "$WORK/$tag.swaks"
+}
+
+swaks_no_tls_no_auth() {
+    local out
+    out=$(swaks_run no-tls-auth --port "$AUTH_SMTP" --auth PLAIN "${AUTH_ARGS[@]}")
+    local rc=$?
+    echo "$out"
+    [[ $rc -ne 0 ]] || { echo "swaks succeeded without TLS"; return 1; }
+    ! grep -qE '^<- +250[- ]AUTH' <<<"$out" || { echo "AUTH offered before STARTTLS"; return 1; }
+    ! grep -q '235 ' <<<"$out" || { echo "AUTH succeeded without TLS"; return 1; }
+    grep -q 'did not advertise authentication' <<<"$out"
+}
+
+auth_before_tls_538() {
+    local out
+    # AUTH PLAIN with "\0shop\0wrong" base64-encoded: refused before the password matters.
+    out=$("$PY" "$HERE/smtp_say.py" 127.0.0.1 "$AUTH_SMTP" "EHLO client.test" \
+        "AUTH PLAIN AHNob3AAd3Jvbmc=")
+    echo "$out"
+    grep -qE '^538 5\.7\.11' <<<"$out"
+}
+
+swaks_mail_without_auth() {
+    local out
+    out=$(swaks_run no-auth --port "$AUTH_SMTP" --tls)
+    local rc=$?
+    echo "$out"
+    [[ $rc -ne 0 ]] || { echo "swaks succeeded without AUTH"; return 1; }
+    grep -qE '530 5\.7\.0 Authentication required' <<<"$out"
+}
+
+swaks_mail_without_tls_or_auth() {
+    local out
+    out=$(swaks_run no-tls-no-auth --port "$AUTH_SMTP")
+    local rc=$?
+    echo "$out"
+    [[ $rc -ne 0 ]] || { echo "swaks succeeded without TLS or AUTH"; return 1; }
+    grep -qE '(530 5\.7\.0|554 5\.7\.1) ' <<<"$out"
+}
+
+swaks_wrong_password() {
+    local out
+    out=$(swaks_run wrong-password --port "$AUTH_SMTP" --tls --auth PLAIN \
+        --auth-user shop --auth-password "not-$PASSWORD")
+    local rc=$?
+    echo "$out"
+    [[ $rc -ne 0 ]] || { echo "swaks succeeded with a wrong password"; return 1; }
+    grep -qE '535 5\.7\.8' <<<"$out"
+}
+
+swaks_tlsc_auth() {
+    swaks_accepted auth "interop-tlsc-auth-$$" --port "$AUTH_TLS" --tlsc \
+        --auth PLAIN "${AUTH_ARGS[@]}"
+}
+
+swaks_tlsc_local() {
+    swaks_accepted local "interop-tlsc-local-$$" --port "$LOCAL_TLS" --tlsc
+}
+
+# ---------------------------------------------------------------- check 3: smtplib
+
+smtplib_utf8() {
+    local tag="interop-smtplib-$$" out
+    out=$("$PY" "$HERE/smtplib_utf8.py" send 127.0.0.1 "$AUTH_SMTP" shop "$PASSWORD" "$tag")
+    local rc=$?
+    echo "$out"
+    ACCEPTED_auth=$((ACCEPTED_auth + $(grep -cE "^SENT .* $QUEUED_RE" <<<"$out")))
+    [[ $rc -eq 0 ]] || return 1
+    "$PY" "$HERE/smtplib_utf8.py" verify "$WORK/aio-sink" "$tag" "$DELIVERY_TIMEOUT"
+}
+
+# ---------------------------------------------------------------- check 4: load
+
+load_sender=load-sender@example.com
+
+smtp_sink_count() { grep -rlF "X-Mail-Args: <$load_sender>" "$SINK_DIR" 2>/dev/null | wc -l; }
+load_all_arrived() { [[ $(smtp_sink_count) -ge $LOAD_MESSAGES ]]; }
+
+smtp_source_load() {
+    local started=$SECONDS
+    "$SMTP_SOURCE" -s "$LOAD_SESSIONS" -m "$LOAD_MESSAGES" -l 2048 -M client.test \
+        -f "$load_sender" -t load-rcpt@example.net "127.0.0.1:$LOCAL_SMTP"
+    local rc=$?
+    echo "smtp-source exit status $rc after $((SECONDS - started))s"
+    [[ $rc -eq 0 ]] || return 1
+    ACCEPTED_local=$((ACCEPTED_local + LOAD_MESSAGES))
+    poll "$DELIVERY_TIMEOUT" load_all_arrived
+    echo "smtp-sink has $(smtp_sink_count) of $LOAD_MESSAGES load messages" \
+        "after $((SECONDS - started))s"
+    # Nothing may arrive twice: wait a moment for stragglers, then demand the exact count.
+    sleep 1
+    [[ $(smtp_sink_count) -eq $LOAD_MESSAGES ]]
+}
+
+# ---------------------------------------------------------------- checks 5-7
+
+queue_empty() {
+    local config=$1 out
+    out=$("$BIN" --config "$config" queue list) || return 1
+    [[ $(tail -n 1 <<<"$out") == "0 message(s) queued" ]] &&
+        [[ -z $("$BIN" --config "$config" queue list --json) ]]
+}
+
+queue_drains() {
+    local name=$1 config="$WORK/$1/relay.toml"
+    if poll "$DELIVERY_TIMEOUT" queue_empty "$config"; then
+        "$BIN" --config "$config" queue list
+        return 0
+    fi
+    echo "queue of relay $name not empty after ${DELIVERY_TIMEOUT}s:"
+    "$BIN" --config "$config" queue list
+    local id
+    for id in $("$BIN" --config "$config" queue list --json | head -n 5 |
+        "$PY" -c 'import json,sys; [print(json.loads(l)["id"]) for l in sys.stdin]'); do
+        "$BIN" --config "$config" queue show "$id"
+    done
+    return 1
+}
+
+metrics_consistent() {
+    local name=$1 http=$2 accepted_var="ACCEPTED_$1" url
+    local expected=${!accepted_var}
+    url="http://127.0.0.1:$http"
+    "$PY" "$HERE/util.py" http "$url/healthz" >/dev/null || { echo "GET /healthz failed"; return 1; }
+    local accepted delivered
+    accepted=$("$PY" "$HERE/util.py" metric "$url/metrics" optin_messages_accepted_total)
+    delivered=$("$PY" "$HERE/util.py" metric "$url/metrics" \
+        optin_delivery_recipients_total result=delivered)
+    echo "relay $name: clients saw $expected accepted; metrics say" \
+        "accepted=$accepted delivered_recipients=$delivered"
+    [[ $accepted == "$expected" && $delivered == "$expected" ]]
+}
+
+sigterm_exits_zero() {
+    local name=$1 pid_var="PID_relay_$1"
+    local pid=${!pid_var} started=${EPOCHREALTIME/[.,]/}
+    kill -TERM "$pid" || return 1
+    if ! poll 10 eval "! kill -0 $pid 2>/dev/null"; then
+        echo "relay $name still running 10s after SIGTERM"
+        return 1
+    fi
+    wait "$pid"
+    local rc=$?
+    forget "$pid"
+    echo "relay $name exited with status $rc after" \
+        "$(((${EPOCHREALTIME/[.,]/} - started) / 1000))ms"
+    tail -n 5 "$WORK/relay_$name.log"
+    [[ $rc -eq 0 ]]
+}
+
+# ---------------------------------------------------------------- main
+
+# setup STEP FUNCTION: a failed setup step is a FAIL and ends the run.
+setup() {
+    local description=$1
+    shift
+    check "$description" "$@"
+    if [[ ${#FAILED[@]} -gt 0 ]]; then
+        finish
+    fi
+}
+
+finish() {
+    local failed=${#FAILED[@]}
+    if [[ $failed -gt 0 ]]; then
+        note "relay logs (last lines):"
+        local name
+        for name in relay_auth relay_local aiosink smtpsink; do
+            [[ -s "$WORK/$name.log" ]] || continue
+            echo "## $name.log"
+            tail -n 20 "$WORK/$name.log" | sed 's/^/    /'
+        done
+    fi
+    note "$PASSED passed, $failed failed, $((SECONDS - STARTED_AT))s"
+    local f
+    for f in "${FAILED[@]}"; do
+        echo "FAILED: $f"
+    done
+    [[ $failed -eq 0 ]] && exit 0
+    exit 1
+}
+
+main() {
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/optin-interop.XXXXXX") || exit 1
+    setup "install packages (${PACKAGES[*]})" install_packages
+    setup "cargo build --release" build_relay
+    setup "pick free ports on 127.0.0.1" pick_ports
+    note "ports: aiosmtpd=$AIO_PORT smtp-sink=$SINK_PORT" \
+        "auth relay smtp=$AUTH_SMTP tls=$AUTH_TLS http=$AUTH_HTTP" \
+        "local relay smtp=$LOCAL_SMTP tls=$LOCAL_TLS http=$LOCAL_HTTP"
+    setup "hash-password, write configs, config check" write_configs
+    setup "start aiosmtpd sink and smtp-sink" start_sinks
+    setup "start relays (auth-only and loopback-trusting)" start_relays
+
+    check "swaks STARTTLS + AUTH PLAIN: accepted and delivered" swaks_auth PLAIN
+    check "swaks STARTTLS + AUTH LOGIN: accepted and delivered" swaks_auth LOGIN
+    check "swaks AUTH without TLS: AUTH not offered, swaks cannot authenticate" \
+        swaks_no_tls_no_auth
+    check "AUTH before STARTTLS is answered 538 5.7.11" auth_before_tls_538
+    check "swaks STARTTLS without AUTH: MAIL refused with 530 5.7.0" swaks_mail_without_auth
+    check "swaks without TLS or AUTH: MAIL refused" swaks_mail_without_tls_or_auth
+    check "swaks STARTTLS + wrong password: 535 5.7.8" swaks_wrong_password
+    check "swaks implicit TLS (--tlsc) + AUTH PLAIN: accepted and delivered" swaks_tlsc_auth
+    check "swaks implicit TLS (--tlsc) on the loopback relay: accepted and delivered" \
+        swaks_tlsc_local
+    check "smtplib SMTPUTF8 + 8BITMIME and plain 8BITMIME: delivered intact to aiosmtpd" \
+        smtplib_utf8
+    check "smtp-source $LOAD_MESSAGES messages x $LOAD_SESSIONS sessions -> smtp-sink: all arrive exactly once" \
+        smtp_source_load
+    check "queue list: auth relay queue empty after delivery" queue_drains auth
+    check "queue list: loopback relay queue empty after delivery" queue_drains local
+    check "metrics: auth relay /healthz, accepted and delivered counters" \
+        metrics_consistent auth "$AUTH_HTTP"
+    check "metrics: loopback relay /healthz, accepted and delivered counters" \
+        metrics_consistent local "$LOCAL_HTTP"
+    check "SIGTERM: auth relay exits 0 within 10s" sigterm_exits_zero auth
+    check "SIGTERM: loopback relay exits 0 within 10s" sigterm_exits_zero local
+    finish
+}
+
+main "$@"

@@ -1,0 +1,76 @@
+#!/usr/bin/python3
+"""Small helpers for run.sh (Debian's /usr/bin/python3, standard library only).
+
+  util.py ports N            print N distinct free TCP ports on 127.0.0.1, one per line
+  util.py http URL           GET URL; print the body; exit 1 unless the status is 200
+  util.py metric URL NAME [LABEL=VALUE]
+                             GET a Prometheus text page and print the sum of every
+                             sample of NAME (optionally only those with LABEL="VALUE");
+                             prints "absent" and exits 1 when there is no such sample
+"""
+
+import re
+import socket
+import sys
+import urllib.request
+
+
+def free_ports(n):
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def get(url):
+    # No proxy: an http_proxy in the environment must not capture 127.0.0.1.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=10) as r:
+        return r.status, r.read().decode("utf-8", "replace")
+
+
+def metric_sum(text, name, label=None):
+    want = None
+    if label:
+        key, value = label.split("=", 1)
+        want = f'{key}="{value}"'
+    sample = re.compile(r"^" + re.escape(name) + r"(\{(?P<labels>[^}]*)\})?\s+(?P<v>\S+)")
+    total, seen = 0.0, False
+    for line in text.splitlines():
+        m = sample.match(line)
+        if not m:
+            continue
+        if want and want not in (m.group("labels") or ""):
+            continue
+        total += float(m.group("v"))
+        seen = True
+    return total if seen else None
+
+
+def main():
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "ports":
+        print("\n".join(map(str, free_ports(int(args[1])))))
+    elif len(args) == 2 and args[0] == "http":
+        status, body = get(args[1])
+        print(body, end="")
+        sys.exit(0 if status == 200 else 1)
+    elif len(args) in (3, 4) and args[0] == "metric":
+        _, body = get(args[1])
+        total = metric_sum(body, args[2], args[3] if len(args) == 4 else None)
+        if total is None:
+            print("absent")
+            sys.exit(1)
+        print(int(total) if total == int(total) else total)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
