@@ -279,41 +279,40 @@ async fn serve_connection(
     remote: SocketAddr,
     implicit_tls: bool,
 ) {
-    let mut peer = Peer::new(remote);
-    let handshake_limit = ctx.smtp.idle_timeout;
     let result = if implicit_tls {
-        match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
-            Ok(Ok(s)) => {
-                peer.tls = Some(crate::tls::describe(s.get_ref().1));
-                session::run(ctx, s, peer).await.map(|_| ())
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                Ok(())
-            }
-            Err(_) => Ok(()),
-        }
+        run_over_tls(ctx, tls, stream, Peer::new(remote)).await
     } else {
-        match session::run(ctx, stream, peer).await {
-            Ok(End::StartTls(stream, mut peer)) => {
-                match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
-                    Ok(Ok(s)) => {
-                        peer.tls = Some(crate::tls::describe(s.get_ref().1));
-                        session::run(ctx, s, peer).await.map(|_| ())
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "STARTTLS handshake failed");
-                        Ok(())
-                    }
-                    Err(_) => Ok(()),
-                }
-            }
+        match session::run(ctx, stream, Peer::new(remote)).await {
+            Ok(End::StartTls(stream, peer)) => run_over_tls(ctx, tls, stream, peer).await,
             Ok(End::Closed) => Ok(()),
             Err(e) => Err(e),
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "session ended with an error");
+    }
+}
+
+/// TLS handshake (bounded by the idle timeout), then the session over TLS.
+async fn run_over_tls(
+    ctx: &SessionContext,
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    mut peer: Peer,
+) -> Result<(), session::SessionError> {
+    match tokio::time::timeout(ctx.smtp.idle_timeout, tls.accept(stream)).await {
+        Ok(Ok(s)) => {
+            peer.tls = Some(crate::tls::describe(s.get_ref().1));
+            session::run(ctx, s, peer).await.map(|_| ())
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(remote = %peer.remote, error = %e, "TLS handshake failed");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::debug!(remote = %peer.remote, "TLS handshake timed out");
+            Ok(())
+        }
     }
 }
 

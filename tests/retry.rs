@@ -100,9 +100,6 @@ async fn setup_in(dir: tempfile::TempDir, extra: &str, options: MxOptions) -> Se
     }
 }
 
-/// A message already in the spool, not yet handed to delivery.
-struct Stored(Envelope, optin_relay::spool::Location, Bytes);
-
 impl Setup {
     async fn submit(
         &self,
@@ -110,24 +107,6 @@ impl Setup {
         rcpts: &[(&str, Option<Notify>)],
         envid: Option<&str>,
     ) -> u64 {
-        let stored = self.store(sender, rcpts, envid).await;
-        let id = stored.0.id;
-        self.hand_over(stored);
-        id
-    }
-
-    fn hand_over(&self, Stored(env, loc, body): Stored) {
-        self.delivery.accepted(env, loc, body);
-    }
-
-    /// Stores a message. Waiting for the spool writer thread lets paused time jump to the
-    /// next timer, so tests that watch timers store everything before they start.
-    async fn store(
-        &self,
-        sender: Option<&str>,
-        rcpts: &[(&str, Option<Notify>)],
-        envid: Option<&str>,
-    ) -> Stored {
         let env = Envelope {
             id: self.spool.next_id(),
             received_at: optin_relay::spool::now_ms(),
@@ -153,7 +132,9 @@ impl Setup {
             b"Subject: retry test\r\nMessage-ID: <r@shop.example>\r\n\r\nbody\r\n",
         );
         let loc = self.spool.store(&env, body.clone()).await.unwrap();
-        Stored(env, loc, body)
+        let id = env.id;
+        self.delivery.accepted(env, loc, body);
+        id
     }
 
     async fn stop(self) -> tempfile::TempDir {
@@ -363,16 +344,9 @@ async fn a_trickle_of_mail_reuses_one_connection() {
         MxOptions::default(),
     )
     .await;
-    let mut stored = Vec::new();
-    for _ in 0..5 {
-        stored.push(
-            s.store(Some("app@shop.example"), &[("ok@x.example", None)], None)
-                .await,
-        );
-    }
-    let mut stored = stored.into_iter();
     for n in 1..=3 {
-        s.hand_over(stored.next().unwrap());
+        s.submit(Some("app@shop.example"), &[("ok@x.example", None)], None)
+            .await;
         s.mx.wait_for(n, Duration::from_secs(5)).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -382,12 +356,14 @@ async fn a_trickle_of_mail_reuses_one_connection() {
         "three messages, two seconds apart, one connection"
     );
     // the connection has carried its three transactions: the next message dials again
-    s.hand_over(stored.next().unwrap());
+    s.submit(Some("app@shop.example"), &[("ok@x.example", None)], None)
+        .await;
     s.mx.wait_for(4, Duration::from_secs(5)).await;
     assert_eq!(s.mx.connections(), 2);
     // idle longer than connection_idle_timeout: the parked connection is closed
     tokio::time::sleep(Duration::from_secs(15)).await;
-    s.hand_over(stored.next().unwrap());
+    s.submit(Some("app@shop.example"), &[("ok@x.example", None)], None)
+        .await;
     s.mx.wait_for(5, Duration::from_secs(5)).await;
     assert_eq!(s.mx.connections(), 3);
     s.stop().await;

@@ -209,28 +209,12 @@ fn human_text(hostname: &str, original: &Envelope, reports: &[Report<'_>]) -> St
     wrap_long_lines(&t)
 }
 
-/// Keeps the human-readable part within 78-column lines where it can (long words stay).
+/// Keeps the human-readable part within 76-column lines where it can (long words stay).
 fn wrap_long_lines(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.split("\r\n") {
-        let mut col = 0;
-        for (i, word) in line.split(' ').enumerate() {
-            if i > 0 {
-                if col + 1 + word.len() > 76 && col > 0 {
-                    out.push_str("\r\n ");
-                    col = 1;
-                } else {
-                    out.push(' ');
-                    col += 1;
-                }
-            }
-            out.push_str(word);
-            col += word.len();
-        }
-        out.push_str("\r\n");
-    }
-    out.truncate(out.len() - 2);
-    out
+    text.split("\r\n")
+        .map(|line| fold_words(line, 0, 76))
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 fn status_fields(hostname: &str, original: &Envelope, reports: &[Report<'_>]) -> String {
@@ -258,7 +242,10 @@ fn status_fields(hostname: &str, original: &Envelope, reports: &[Report<'_>]) ->
             s.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
         }
         if let Some(d) = &r.diagnostic {
-            s.push_str(&format!("Diagnostic-Code: {}\r\n", fold(&clean(d))));
+            s.push_str(&format!(
+                "Diagnostic-Code: {}\r\n",
+                fold_words(&clean(d), "Diagnostic-Code: ".len(), 78)
+            ));
         }
         if let Some(t) = r.last_attempt {
             s.push_str(&format!(
@@ -277,13 +264,15 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
-/// Folds a long field value at spaces so no line passes 78 columns where avoidable.
-fn fold(value: &str) -> String {
-    let mut out = String::new();
-    let mut col = "Diagnostic-Code: ".len();
-    for (i, word) in value.split(' ').enumerate() {
+/// Breaks `text` at spaces into lines of at most `width` columns (a word longer than that
+/// stays whole), continuing with a space as header folding needs; `start` is the column the
+/// text begins at.
+fn fold_words(text: &str, start: usize, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut col = start;
+    for (i, word) in text.split(' ').enumerate() {
         if i > 0 {
-            if col + 1 + word.len() > 78 {
+            if col + 1 + word.len() > width && col > 1 {
                 out.push_str("\r\n ");
                 col = 1;
             } else {

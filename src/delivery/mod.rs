@@ -35,38 +35,18 @@ use outcome::{Attempt, Disposition, classify};
 use route::{Job, JobReport, Route, Workers};
 use transport::{RouteKey, Transport};
 
-/// Delivery settings, from `[delivery]` and the relay's hostname.
+/// Delivery settings: `[delivery]` and the relay's hostname (for DSNs).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub hostname: String,
-    pub helo_name: String,
-    pub starttls: StartTlsPolicy,
-    pub max_connections: usize,
-    pub max_messages_per_connection: usize,
-    pub command_timeout: Duration,
-    pub data_timeout: Duration,
-    pub connection_idle_timeout: Duration,
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
-    pub max_age: Duration,
-    pub delay_warning: Duration,
+    pub config: DeliveryConfig,
 }
 
 impl Settings {
     pub fn new(config: &DeliveryConfig, hostname: &str) -> Settings {
         Settings {
             hostname: hostname.to_string(),
-            helo_name: config.helo_name.clone(),
-            starttls: config.starttls,
-            max_connections: config.max_connections_per_destination,
-            max_messages_per_connection: config.max_messages_per_connection,
-            command_timeout: config.command_timeout,
-            data_timeout: config.data_timeout,
-            connection_idle_timeout: config.connection_idle_timeout,
-            retry_initial: config.retry_initial,
-            retry_max: config.retry_max,
-            max_age: config.max_age,
-            delay_warning: config.delay_warning,
+            config: config.clone(),
         }
     }
 }
@@ -113,7 +93,7 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> (Delivery, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let tls = match settings.starttls {
+    let tls = match settings.config.starttls {
         StartTlsPolicy::Opportunistic => {
             Some(TlsConnector::from(crate::tls::opportunistic_client_config()))
         }
@@ -454,7 +434,7 @@ impl Scheduler {
         let env = entry.env.clone();
         let loc = entry.loc;
         let age = Duration::from_millis(now.saturating_sub(env.received_at));
-        let expired = age >= self.settings.max_age;
+        let expired = age >= self.settings.config.max_age;
         let mut next_due = None;
         let id_text = spool::format_id(report.id);
         for (i, attempt) in &report.results {
@@ -503,7 +483,7 @@ impl Scheduler {
                     let due = now + delay.as_millis() as u64;
                     r.status = Progress::Waiting { due };
                     let warn = !r.delay_notified
-                        && age >= self.settings.delay_warning
+                        && age >= self.settings.config.delay_warning
                         && dsn::wanted(&env.recipients[i], dsn::Action::Delayed);
                     if warn {
                         r.delay_notified = true;
@@ -672,9 +652,10 @@ impl Followup {
 fn backoff(settings: &Settings, attempts: u16) -> Duration {
     let doublings = u32::from(attempts.saturating_sub(1)).min(20);
     let base = settings
+        .config
         .retry_initial
         .saturating_mul(1u32 << doublings)
-        .min(settings.retry_max);
+        .min(settings.config.retry_max);
     base.mul_f64(rand::random_range(0.8..1.2))
 }
 

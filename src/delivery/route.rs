@@ -102,7 +102,7 @@ impl Route {
         let start = {
             let mut q = self.queue.lock().expect("route lock");
             q.jobs.push_back(job);
-            if q.workers < ctx.settings.max_connections {
+            if q.workers < ctx.settings.config.max_connections_per_destination {
                 q.workers += 1;
                 true
             } else {
@@ -130,7 +130,7 @@ impl Route {
             q.parked += 1;
             let serial = q.parked;
             q.idle.push((serial, c));
-            let (route, wait) = (self.clone(), ctx.settings.connection_idle_timeout);
+            let (route, wait) = (self.clone(), ctx.settings.config.connection_idle_timeout);
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
                 let expired = {
@@ -211,7 +211,7 @@ async fn deliver(
     };
     if !sent.reusable {
         *conn = None;
-    } else if c.transactions >= ctx.settings.max_messages_per_connection
+    } else if c.transactions >= ctx.settings.config.max_messages_per_connection
         && let Some(mut c) = conn.take()
     {
         c.quit().await;
@@ -227,10 +227,10 @@ async fn connect(key: &RouteKey, ctx: &Workers) -> Result<Connection, Attempt> {
         .await
         .map_err(Attempt::Unroutable)?;
     let timeouts = Timeouts {
-        command: ctx.settings.command_timeout,
-        data: ctx.settings.data_timeout,
+        command: ctx.settings.config.command_timeout,
+        data: ctx.settings.config.data_timeout,
     };
-    let helo = &ctx.settings.helo_name;
+    let helo = &ctx.settings.config.helo_name;
     let mut last = Attempt::NoAnswer {
         stage: Stage::Connect,
         error: "no server to connect to".into(),

@@ -124,9 +124,9 @@ pub fn encode_record_head(envelope: &Envelope, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a whole record (as read back from disk) into envelope and body, checking both
-/// checksums.
-pub fn decode_record(record: &[u8]) -> Result<(Envelope, &[u8]), FormatError> {
+/// The header of a whole record read back from disk, checked and with the record long
+/// enough for the lengths it states.
+fn checked_header(record: &[u8]) -> Result<RecordHeader, FormatError> {
     let header = RecordHeader::decode(record)?;
     let needed = header.total_len();
     if (record.len() as u64) < needed {
@@ -135,35 +135,30 @@ pub fn decode_record(record: &[u8]) -> Result<(Envelope, &[u8]), FormatError> {
             available: record.len() as u64,
         });
     }
-    let env_end = RECORD_HEADER_LEN + header.envelope_len as usize;
-    let env_bytes = &record[RECORD_HEADER_LEN..env_end];
-    if crc32c::crc32c(env_bytes) != header.envelope_crc {
-        return Err(FormatError::EnvelopeChecksum);
-    }
-    let body = &record[env_end..env_end + header.body_len as usize];
-    if crc32c::crc32c(body) != header.body_crc {
-        return Err(FormatError::BodyChecksum);
-    }
-    Ok((decode_envelope(env_bytes)?, body))
+    Ok(header)
 }
 
 /// Checks a whole record's header and body checksums and returns where its body is, without
 /// decoding the envelope (the delivery path already has it in memory).
 pub fn record_body(record: &[u8]) -> Result<std::ops::Range<usize>, FormatError> {
-    let header = RecordHeader::decode(record)?;
-    let needed = header.total_len();
-    if (record.len() as u64) < needed {
-        return Err(FormatError::Truncated {
-            needed,
-            available: record.len() as u64,
-        });
-    }
+    let header = checked_header(record)?;
     let start = RECORD_HEADER_LEN + header.envelope_len as usize;
     let range = start..start + header.body_len as usize;
     if crc32c::crc32c(&record[range.clone()]) != header.body_crc {
         return Err(FormatError::BodyChecksum);
     }
     Ok(range)
+}
+
+/// Splits a whole record into envelope and body, checking every checksum.
+pub fn decode_record(record: &[u8]) -> Result<(Envelope, &[u8]), FormatError> {
+    let header = checked_header(record)?;
+    let env_bytes = &record[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.envelope_len as usize];
+    if crc32c::crc32c(env_bytes) != header.envelope_crc {
+        return Err(FormatError::EnvelopeChecksum);
+    }
+    let body = record_body(record)?;
+    Ok((decode_envelope(env_bytes)?, &record[body]))
 }
 
 // ---- envelope ---------------------------------------------------------------------------

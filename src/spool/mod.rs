@@ -5,10 +5,10 @@
 //! bytes found at start-up; `lock` keeps a second relay off the same spool.
 //!
 //! Durability contract: [`Spool::store`] returns only after the record is on stable storage
-//! (`fdatasync`; the directory is synced when a segment is created). One writer thread does
-//! all writes and commits whatever arrived while the previous sync ran as one batch (group
+//! (`fdatasync`; the directory is synced when a segment is created). One writer does all
+//! writes and commits whatever arrived while the previous sync ran as one batch (group
 //! commit), so many sessions share each fsync. Recipient-state records are written at once
-//! and synced at most once a second: a `kill -9` loses nothing the kernel has, and a power
+//! and synced at most once a second and whenever the writer goes idle: a `kill -9` loses nothing the kernel has, and a power
 //! loss can only make a finished recipient look pending — delivered again, never dropped.
 //! A segment is deleted when its last message is done. Nothing here decides anything about
 //! delivery; see [`crate::delivery`].
@@ -177,17 +177,15 @@ struct Inner {
     /// handle when it deletes the segment (an open handle would keep its disk space).
     readers: Readers,
     stats: Arc<SpoolStats>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Arc<writer::WriterTask>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the channel stops the writer after it has written and synced everything.
+        // Closing the channel lets the writer finish what is queued; then it syncs.
         let (tx, _) = std::sync::mpsc::channel();
         drop(std::mem::replace(&mut self.tx, tx));
-        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
-            let _ = handle.join();
-        }
+        self.writer.close();
     }
 }
 
@@ -227,10 +225,7 @@ impl Spool {
         );
         let report = recover::repair(scan, &mut w)?;
         let (tx, rx) = std::sync::mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || w.run(rx))
-            .map_err(|e| SpoolError::open(root, e))?;
+        let writer = writer::WriterTask::new(w, rx);
         let spool = Spool {
             inner: Arc::new(Inner {
                 queue_dir,
@@ -238,7 +233,7 @@ impl Spool {
                 last_id: AtomicU64::new(report.max_id),
                 readers,
                 stats,
-                writer: Mutex::new(Some(handle)),
+                writer,
             }),
         };
         Ok((spool, report))
@@ -274,10 +269,7 @@ impl Spool {
     pub async fn store(&self, envelope: &Envelope, body: Bytes) -> Result<Location, SpoolError> {
         let head = format::encode_record_head(envelope, &body);
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.inner
-            .tx
-            .send(writer::Cmd::Store { head, body, done })
-            .map_err(|_| SpoolError::Closed)?;
+        self.inner.send(writer::Cmd::Store { head, body, done })?;
         wait.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -288,7 +280,7 @@ impl Spool {
             rcpt,
             event,
         };
-        let _ = self.inner.tx.send(writer::Cmd::Record {
+        let _ = self.inner.send(writer::Cmd::Record {
             segment: loc.segment,
             record,
         });
@@ -296,7 +288,7 @@ impl Spool {
 
     /// The message at `loc` is done with; its segment goes when all its messages have.
     pub fn finish(&self, loc: Location) {
-        let _ = self.inner.tx.send(writer::Cmd::Finish {
+        let _ = self.inner.send(writer::Cmd::Finish {
             segment: loc.segment,
         });
     }
@@ -305,10 +297,7 @@ impl Spool {
     /// tests that inspect the files).
     pub async fn flush(&self) -> Result<(), SpoolError> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.inner
-            .tx
-            .send(writer::Cmd::Flush { done })
-            .map_err(|_| SpoolError::Closed)?;
+        self.inner.send(writer::Cmd::Flush { done })?;
         wait.await.map_err(|_| SpoolError::Closed)
     }
 
@@ -322,6 +311,12 @@ impl Spool {
 }
 
 impl Inner {
+    fn send(&self, cmd: writer::Cmd) -> Result<(), SpoolError> {
+        self.tx.send(cmd).map_err(|_| SpoolError::Closed)?;
+        self.writer.kick();
+        Ok(())
+    }
+
     fn read_blocking(&self, loc: Location) -> Result<Bytes, SpoolError> {
         use std::os::unix::fs::FileExt;
         let err = |reason: String| SpoolError::Read {

@@ -194,18 +194,24 @@ impl Scan {
         let mut pos = format::SEGMENT_HEADER_LEN;
         while pos < data.len() {
             let rest = &data[pos..];
-            let header = match RecordHeader::decode(rest) {
+            let decoded = RecordHeader::decode(rest);
+            // A record that does not fit in what is left is the tail of a write cut short.
+            let partial = match &decoded {
+                Ok(h) => h.total_len() > rest.len() as u64,
+                Err(_) => rest.len() < format::RECORD_HEADER_LEN,
+            };
+            if partial {
+                self.quarantine.put(
+                    id,
+                    pos as u64,
+                    rest,
+                    "partial record at the end (a write cut short; never acknowledged)",
+                );
+                seg.damaged = true;
+                break;
+            }
+            let header = match decoded {
                 Ok(h) => h,
-                Err(_) if rest.len() < format::RECORD_HEADER_LEN => {
-                    self.quarantine.put(
-                        id,
-                        pos as u64,
-                        rest,
-                        "partial record at the end (a write cut short; never acknowledged)",
-                    );
-                    seg.damaged = true;
-                    break;
-                }
                 Err(e) => {
                     let next = next_record(data, pos + 1).unwrap_or(data.len());
                     self.quarantine
@@ -216,16 +222,6 @@ impl Scan {
                 }
             };
             let total = header.total_len();
-            if total > rest.len() as u64 {
-                self.quarantine.put(
-                    id,
-                    pos as u64,
-                    rest,
-                    "partial record at the end (a write cut short; never acknowledged)",
-                );
-                seg.damaged = true;
-                break;
-            }
             let record = &rest[..total as usize];
             let env_bytes = &record[format::RECORD_HEADER_LEN
                 ..format::RECORD_HEADER_LEN + header.envelope_len as usize];

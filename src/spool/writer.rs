@@ -1,4 +1,4 @@
-//! The spool's single writer thread: appends message records with group commit, journals
+//! The spool's single writer: appends message records with group commit, journals
 //! recipient state, and deletes finished segments.
 //!
 //! Each loop takes everything queued (up to a bound) as one batch: all new records are
@@ -7,13 +7,20 @@
 //! once they pass the configured size. After a failed write or sync the segment is sealed
 //! and never written again (retrying fsync on the same file can report success for data
 //! the kernel already dropped); the batch's stores fail with a temporary error.
+//!
+//! The writer runs as a blocking task started on demand ([`WriterTask`]): the first command
+//! starts it, and after `LINGER` without work it syncs the recipient journals and stops.
+//! Under load it never stops. Running on tokio's blocking pool (rather than a thread of its
+//! own) also tells a test runtime with paused time that I/O is in progress, so virtual time
+//! does not jump ahead while a write is pending.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,8 +31,11 @@ use super::{Location, Readers, SpoolError, SpoolStats};
 
 /// Most commands taken into one batch.
 const MAX_BATCH: usize = 4096;
-/// Recipient-state journals are synced at most this often (see the module doc of `spool`).
+/// Recipient-state journals are synced at most this often while busy, and whenever the
+/// writer goes idle (see the module doc of `spool`).
 const RCPT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the writer waits for more work before it stops until the next command.
+const LINGER: Duration = Duration::from_millis(20);
 
 pub(super) enum Cmd {
     Store {
@@ -43,6 +53,71 @@ pub(super) enum Cmd {
     Flush {
         done: oneshot::Sender<()>,
     },
+}
+
+/// The writer and its command queue, run on demand on tokio's blocking pool.
+pub(super) struct WriterTask {
+    state: Mutex<Option<(Writer, Receiver<Cmd>)>>,
+    running: AtomicBool,
+}
+
+impl WriterTask {
+    pub(super) fn new(writer: Writer, rx: Receiver<Cmd>) -> Arc<WriterTask> {
+        Arc::new(WriterTask {
+            state: Mutex::new(Some((writer, rx))),
+            running: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes sure the writer is running; called after each command is queued.
+    pub(super) fn kick(self: &Arc<Self>) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let task = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || task.run());
+            }
+            Err(_) => {
+                std::thread::spawn(move || task.run());
+            }
+        }
+    }
+
+    fn run(&self) {
+        let mut state = self.state.lock().expect("writer lock");
+        let Some((writer, rx)) = state.as_mut() else {
+            self.running.store(false, Ordering::Release);
+            return; // closed
+        };
+        let mut first = None;
+        loop {
+            writer.run_burst(rx, first.take());
+            self.running.store(false, Ordering::Release);
+            // A command queued just before `running` was cleared started no runner: take it.
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    self.running.store(true, Ordering::Release);
+                    first = Some(cmd);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    writer.sync_rcpt_files();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes whatever is still queued and syncs; called when the spool is dropped, after
+    /// every sender is gone.
+    pub(super) fn close(&self) {
+        let mut state = self.state.lock().expect("writer lock");
+        if let Some((mut writer, rx)) = state.take() {
+            writer.run_burst(&rx, None);
+            writer.sync_rcpt_files();
+        }
+    }
 }
 
 pub(super) fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -110,28 +185,31 @@ impl Writer {
         self.live.insert(segment, live);
     }
 
-    pub(super) fn run(mut self, rx: Receiver<Cmd>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+    /// Processes commands until none came for `LINGER` (returns false) or every sender is
+    /// gone and the queue is empty (returns true).
+    fn run_burst(&mut self, rx: &Receiver<Cmd>, mut first: Option<Cmd>) -> bool {
+        let mut batch = Vec::with_capacity(64);
         loop {
-            match rx.recv_timeout(RCPT_SYNC_INTERVAL) {
-                Ok(cmd) => {
-                    batch.push(cmd);
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(cmd) => batch.push(cmd),
-                            Err(_) => break,
-                        }
-                    }
-                    self.process(&mut batch);
+            let cmd = match first.take() {
+                Some(cmd) => cmd,
+                None => match rx.recv_timeout(LINGER) {
+                    Ok(cmd) => cmd,
+                    Err(RecvTimeoutError::Timeout) => return false,
+                    Err(RecvTimeoutError::Disconnected) => return true,
+                },
+            };
+            batch.push(cmd);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.process(&mut batch);
             if self.last_rcpt_sync.elapsed() >= RCPT_SYNC_INTERVAL {
                 self.sync_rcpt_files();
             }
         }
-        self.sync_rcpt_files();
     }
 
     fn process(&mut self, batch: &mut Vec<Cmd>) {
