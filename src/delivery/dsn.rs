@@ -290,7 +290,7 @@ fn fold_words(text: &str, start: usize, width: usize) -> String {
 mod tests {
     use super::*;
     use crate::smtp::params::Notify;
-    use mail_parser::MimeHeaders;
+    use mail_parser::{MessageParser, MimeHeaders};
 
     fn original(ret: Option<Ret>) -> Envelope {
         Envelope {
@@ -333,7 +333,7 @@ mod tests {
         assert_eq!(dsn_env.sender, None);
         assert!(dsn_env.generated_dsn);
         assert_eq!(dsn_env.recipients[0].address, "app@shop.example");
-        let msg = mail_parser::MessageParser::default().parse(&bytes).unwrap();
+        let msg = MessageParser::default().parse(&bytes).unwrap();
         assert_eq!(msg.subject(), Some("Undelivered Mail Returned to Sender"));
         let ct = msg.content_type().unwrap();
         assert_eq!(ct.ctype(), "multipart");
@@ -365,10 +365,33 @@ mod tests {
     fn ret_full_returns_the_message() {
         let env = original(Some(Ret::Full));
         let (_, bytes) = build("relay.test", &env, CONTENT, &[failed(&env)]).unwrap();
-        let msg = mail_parser::MessageParser::default().parse(&bytes).unwrap();
+        let msg = MessageParser::default().parse(&bytes).unwrap();
         let part = &msg.parts[3];
         assert_eq!(part.content_type().unwrap().ctype(), "message");
         assert!(bytes.windows(16).any(|w| w == b"secret body text"));
+    }
+
+    /// mail-parser 0.11.9 hits a debug_assert! on some malformed nested message/rfc822
+    /// input (CRATES.md); the dev profile turns its debug assertions off. A DSN returning
+    /// such a message in full must build, and parse back without a panic.
+    #[test]
+    fn malformed_nested_messages_do_not_panic() {
+        let nested: &[&[u8]] = &[
+            b"Subject: outer\r\nContent-Type: message/rfc822\r\n\r\nContent-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=\"x\"\r\n\r\n--x\r\nContent-Type: message/rfc822\r\n\r\n--x",
+            b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: message/rfc822\r\n\r\nContent-Type: multipart/alternative; boundary=a\r\n\r\n--a--\r\n--a\r\n",
+            b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!!\r\nContent-Type: message/rfc822\r\n",
+            b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\nContent-Type: message/rfc822\r\n\r\n\r\n--\r\n",
+        ];
+        let env = original(Some(Ret::Full));
+        for content in nested {
+            let _ = MessageParser::default().parse(content);
+            let (_, bytes) = build("relay.test", &env, content, &[failed(&env)]).unwrap();
+            let parsed = MessageParser::default().parse(&bytes).unwrap();
+            assert_eq!(
+                parsed.subject(),
+                Some("Undelivered Mail Returned to Sender")
+            );
+        }
     }
 
     #[test]
