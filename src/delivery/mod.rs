@@ -120,6 +120,7 @@ pub fn start(
         routes: HashMap::new(),
         tx: tx.clone(),
         in_flight: 0,
+        open_rcpts: 0,
         draining: false,
     };
     for m in recovered {
@@ -215,6 +216,8 @@ struct Scheduler {
     tx: mpsc::UnboundedSender<Event>,
     /// Jobs handed to routes and not yet reported back.
     in_flight: usize,
+    /// Recipients not yet delivered or bounced (kept as a count: the queue can be huge).
+    open_rcpts: usize,
     /// Shutting down: nothing new is dispatched.
     draining: bool,
 }
@@ -291,22 +294,12 @@ impl Scheduler {
     }
 
     fn publish_metrics(&self) {
-        let rcpts = self
-            .entries
-            .values()
-            .map(|e| {
-                e.rcpts
-                    .iter()
-                    .filter(|r| r.status != Progress::Done)
-                    .count()
-            })
-            .sum();
-        crate::metrics::queue_size(self.entries.len(), rcpts);
+        crate::metrics::queue_size(self.entries.len(), self.open_rcpts);
     }
 
     fn add(&mut self, q: Queued) {
         let now = self.clock.now_ms();
-        let rcpts = q
+        let rcpts: Vec<Rcpt> = q
             .env
             .recipients
             .iter()
@@ -339,6 +332,7 @@ impl Scheduler {
             })
             .collect();
         let id = q.env.id;
+        self.open_rcpts += rcpts.iter().filter(|r| r.status != Progress::Done).count();
         self.entries.insert(
             id,
             Entry {
@@ -467,6 +461,7 @@ impl Scheduler {
             match disposition {
                 Disposition::Delivered => {
                     r.status = Progress::Done;
+                    self.open_rcpts -= 1;
                     self.spool.record(loc, i as u32, RcptEvent::Delivered);
                     crate::metrics::recipient_outcome("delivered");
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %reply_text(attempt), "delivered");
@@ -507,6 +502,7 @@ impl Scheduler {
                 }
                 Disposition::Bounced { status, diagnostic } => {
                     r.status = Progress::Done;
+                    self.open_rcpts -= 1;
                     if status.class == 5 {
                         crate::metrics::recipient_outcome("bounced");
                     }
