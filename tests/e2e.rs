@@ -42,6 +42,24 @@ async fn mx_setup(options: MxOptions) -> (FakeMx, String, tempfile::TempDir) {
     (mx, delivery, dir)
 }
 
+/// A fake MX, and a relay that sends everything to it as its smart host.
+async fn relay_to_mx(
+    options: MxOptions,
+    extra: &str,
+    policy: &str,
+) -> (FakeMx, optin_relay::server::Relay, tempfile::TempDir) {
+    let mx = FakeMx::new(options);
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(
+        dir.path(),
+        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n{extra}"),
+        policy,
+    )
+    .await;
+    (mx, relay, dir)
+}
+
 fn lettre_plain(port: u16) -> AsyncSmtpTransport<Tokio1Executor> {
     AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
         .port(port)
@@ -103,20 +121,12 @@ async fn lettre_through_the_relay_to_the_mx() {
 
 #[tokio::test]
 async fn lettre_with_starttls_and_auth() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
     let hash = optin_relay::policy::password::hash_password("s3cret");
     // No loopback network: this client is only an account after AUTH.
     let policy = format!(
         "[accounts.shop]\n[[accounts.shop.users]]\nusername = \"shop\"\npassword_hash = \"{hash}\"\n"
     );
-    let relay = start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
-        &policy,
-    )
-    .await;
+    let (mx, relay, _dir) = relay_to_mx(MxOptions::default(), "", &policy).await;
     let port = relay.smtp_addrs[0].port();
 
     // without AUTH: refused
@@ -306,15 +316,12 @@ async fn temporary_dns_failures_are_deferred_not_bounced() {
 
 #[tokio::test]
 async fn dsn_parameters_and_starttls_to_the_next_hop() {
-    let mx = FakeMx::new(MxOptions {
-        tls: true,
-        ..MxOptions::default()
-    });
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
+    let (mx, relay, _dir) = relay_to_mx(
+        MxOptions {
+            tls: true,
+            ..MxOptions::default()
+        },
+        "",
         LOOPBACK_POLICY,
     )
     .await;
@@ -360,15 +367,12 @@ async fn dsn_parameters_and_starttls_to_the_next_hop() {
 
 #[tokio::test]
 async fn success_notice_when_the_next_hop_has_no_dsn() {
-    let mx = FakeMx::new(MxOptions {
-        dsn: false,
-        ..MxOptions::default()
-    });
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
+    let (mx, relay, _dir) = relay_to_mx(
+        MxOptions {
+            dsn: false,
+            ..MxOptions::default()
+        },
+        "",
         LOOPBACK_POLICY,
     )
     .await;
@@ -405,12 +409,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn metrics_and_health_on_the_http_listener() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    let (mx, relay, _dir) = relay_to_mx(
+        MxOptions::default(),
+        "[http]\nlisten = \"127.0.0.1:0\"\n",
         LOOPBACK_POLICY,
     )
     .await;
