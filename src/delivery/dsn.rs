@@ -94,7 +94,8 @@ pub fn build(
         (false, false) => ("text/rfc822-headers", &content[..header_end]),
         (false, true) => ("message/global-headers", &content[..header_end]),
     };
-    let eight_bit = !returned.is_ascii() || !human.is_ascii();
+    let human_7bit = human.is_ascii();
+    let eight_bit = !returned.is_ascii() || !human_7bit;
     let report_type = if utf8 {
         "message/global-delivery-status"
     } else {
@@ -105,11 +106,7 @@ pub fn build(
             ContentType::new("text/plain").attribute("charset", "utf-8"),
             BodyPart::Text(human.into()),
         )
-        .transfer_encoding(if human_is_7bit(reports) {
-            "7bit"
-        } else {
-            "8bit"
-        }),
+        .transfer_encoding(if human_7bit { "7bit" } else { "8bit" }),
         MimePart::new(
             ContentType::new(report_type),
             BodyPart::Binary(status.into_bytes().into()),
@@ -168,12 +165,6 @@ pub fn build(
         }],
     };
     Some((envelope, message))
-}
-
-fn human_is_7bit(reports: &[Report<'_>]) -> bool {
-    reports
-        .iter()
-        .all(|r| r.recipient.address.is_ascii() && r.diagnostic.as_deref().unwrap_or("").is_ascii())
 }
 
 fn human_text(hostname: &str, original: &Envelope, reports: &[Report<'_>]) -> String {

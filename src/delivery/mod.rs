@@ -305,12 +305,7 @@ impl Scheduler {
             .iter()
             .zip(&q.events)
             .map(|(r, event)| match event {
-                _ if r.done => Rcpt {
-                    status: Progress::Done,
-                    attempts: 0,
-                    delay_notified: false,
-                },
-                Some(e) if e.is_final() => Rcpt {
+                _ if r.is_done(*event) => Rcpt {
                     status: Progress::Done,
                     attempts: 0,
                     delay_notified: false,

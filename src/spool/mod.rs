@@ -81,6 +81,12 @@ impl Recipient {
     pub fn notify_or_default(&self) -> Notify {
         self.notify.unwrap_or(Notify::DEFAULT)
     }
+
+    /// Finished: marked done when its record was written, or journaled as delivered or
+    /// failed since.
+    pub fn is_done(&self, last_event: Option<RcptEvent>) -> bool {
+        self.done || last_event.is_some_and(|e| e.is_final())
+    }
 }
 
 // Recipients are personal data: Debug shows the domain only.

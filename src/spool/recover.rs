@@ -30,10 +30,10 @@ pub struct RecoveredMessage {
 impl RecoveredMessage {
     /// Recipients still to deliver.
     pub fn pending(&self) -> impl Iterator<Item = usize> + '_ {
-        self.events.iter().enumerate().filter_map(|(i, e)| {
-            let done = self.envelope.recipients[i].done || e.is_some_and(|e| e.is_final());
-            (!done).then_some(i)
-        })
+        self.events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| (!self.envelope.recipients[i].is_done(*e)).then_some(i))
     }
 
     pub fn is_finished(&self) -> bool {
