@@ -1,0 +1,1500 @@
+//! Reading the lists of e-mail addresses that admins upload (`optin-relay lists import`).
+//!
+//! Three kinds of file, chosen by extension ([`Format::from_path`]):
+//!
+//! - **Text** (`.txt`, `.lst`): one address per line. Blank lines and lines starting with `#`
+//!   are skipped; a UTF-8 BOM and CRLF line ends are accepted.
+//! - **CSV** (`.csv`): a header row is required. The delimiter (`,`, `;` or tab — Excel in
+//!   many European locales writes `;`) is guessed from the header line.
+//! - **Workbooks** (`.xlsx`, `.xlsm`, `.xls`, `.ods`, read with calamine): every worksheet,
+//!   in order; in each, the first non-empty row is the header.
+//!
+//! The address column is found by its header, compared case-insensitively and ignoring
+//! spaces, `-` and `_`: the first of `email`, `emailaddress`, `mail`, `address`,
+//! `recipient`, `emailaddr` present wins (so `E-Mail`, `email_address` and `Recipient` all
+//! work). A worksheet without such a header is still read when it has exactly one non-empty
+//! column: its first row is data if it contains `@`, a header otherwise. Any other sheet or
+//! CSV file without an address column is refused, naming the headers it has.
+//!
+//! This module only finds the text of each address; it does not validate it. A row is
+//! [`Item::Invalid`] when it has no usable address text: an empty address cell in a row that
+//! has other content, a number, date, boolean or error cell, a CSV row with too few fields,
+//! text that is not UTF-8, a line too long to be an address. Fully empty rows are skipped
+//! silently. Line numbers are what a person sees in an editor or a spreadsheet (1-based,
+//! header included), so a report can send them straight to the offending row; in workbooks
+//! they restart with each sheet.
+//!
+//! Text and CSV files are streamed (they may be several GB), and so are `.xlsx` sheets, cell
+//! by cell; calamine loads `.xls` and `.ods` files whole. Nothing here panics on bad input,
+//! and a panic inside calamine on a damaged workbook is caught and returned as
+//! [`ImportError::Damaged`] (the panic hook still prints it). What cannot be caught is an
+//! allocation failure: calamine 0.38 sizes one buffer from the dimensions an `.xls` sheet
+//! declares, so a damaged `.xls` can still abort the process.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use calamine::{Data, Reader, Sheets};
+
+/// One row of a list file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// The text of the address cell/line, trimmed; not yet validated as an address.
+    Address { line: u64, text: String },
+    /// A row that has no usable address cell (empty cell, number/date/bool cell, a CSV row
+    /// with too few fields, a line that is not valid UTF-8 …), with a short reason.
+    Invalid { line: u64, reason: String },
+}
+
+/// A file that cannot be read as a list at all. Every message starts with the file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file cannot be opened (missing, no permission, a directory).
+    #[error("{path}: cannot open: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    /// Reading failed part-way.
+    #[error("{path}: read failed: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    /// The extension is not one of the [`Format`]s.
+    #[error(
+        "{path}: unsupported file type ({}); lists must be .txt, .lst, .csv, .xlsx, .xlsm, \
+         .xls or .ods",
+        describe_extension(.extension.as_deref())
+    )]
+    UnknownExtension {
+        path: PathBuf,
+        /// The extension as found (without the dot), `None` if the name has none.
+        extension: Option<String>,
+    },
+    /// A text or CSV file in an encoding other than UTF-8 that says so with its BOM.
+    #[error("{path}: the file is {encoding}; save it as UTF-8 and import it again")]
+    Encoding {
+        path: PathBuf,
+        encoding: &'static str,
+    },
+    /// A CSV file with no header row: it is empty.
+    #[error("{path}: the file is empty; a CSV list needs a header row naming the address column")]
+    NoHeader { path: PathBuf },
+    /// No header names the address column (and, in a workbook, the sheet has more than one
+    /// column).
+    #[error(
+        "{path}: {}no address column: the header row (line {header_line}) has {}; name the \
+         address column \"email\" (or e-mail, email address, mail, address, recipient){}",
+        describe_sheet(.sheet.as_deref()),
+        describe_headers(.headers),
+        csv_hint(.sheet.as_deref(), .headers)
+    )]
+    NoAddressColumn {
+        path: PathBuf,
+        /// The worksheet, for workbooks.
+        sheet: Option<String>,
+        /// The line (row) of the header.
+        header_line: u64,
+        /// The non-empty header cells, trimmed.
+        headers: Vec<String>,
+    },
+    /// The CSV reader failed other than by I/O.
+    #[error("{path}: bad CSV: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+    /// calamine cannot open the workbook (not a workbook, damaged, encrypted).
+    #[error("{path}: cannot read the workbook: {source}")]
+    Workbook {
+        path: PathBuf,
+        source: calamine::Error,
+    },
+    /// calamine cannot read one of the worksheets.
+    #[error("{path}: sheet \"{sheet}\": cannot read: {source}")]
+    Sheet {
+        path: PathBuf,
+        sheet: String,
+        source: calamine::Error,
+    },
+    /// calamine panicked on the file.
+    #[error("{path}: the workbook is damaged (the reader failed: {message})")]
+    Damaged { path: PathBuf, message: String },
+    /// No worksheet has a non-empty cell.
+    #[error("{path}: the workbook has no data (no worksheet has a non-empty cell)")]
+    EmptyWorkbook { path: PathBuf },
+}
+
+/// The kinds of file understood, chosen by extension (case-insensitive): .txt (also .lst),
+/// .csv, .xlsx (also .xlsm), .xls, .ods
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One address per line.
+    Text,
+    /// Comma-, semicolon- or tab-separated values with a header row.
+    Csv,
+    /// A spreadsheet workbook, read with calamine's `open_workbook_auto`.
+    Excel,
+}
+
+impl Format {
+    /// The format of `path`, from its extension.
+    pub fn from_path(path: &Path) -> Result<Format, ImportError> {
+        let extension = path.extension().map(|e| e.to_string_lossy().into_owned());
+        match extension.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("txt" | "lst") => Ok(Format::Text),
+            Some("csv") => Ok(Format::Csv),
+            Some("xlsx" | "xlsm" | "xls" | "ods") => Ok(Format::Excel),
+            _ => Err(ImportError::UnknownExtension {
+                path: path.to_owned(),
+                extension,
+            }),
+        }
+    }
+}
+
+/// Reads every row of `path`, calling `sink` once per data row in file order.
+/// `progress(done, total)` is called now and then (at least at the end) with a measure of
+/// how far the read is (bytes for text/csv, rows for workbooks) so a CLI can draw a progress
+/// bar. For workbooks `total` counts the rows of the sheets loaded so far, so it can grow
+/// when a later sheet is loaded. Returns the number of rows handed to `sink`.
+pub fn read_file(
+    path: &Path,
+    sink: &mut dyn FnMut(Item),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ImportError> {
+    let format = Format::from_path(path)?;
+    let open_error = |source| ImportError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(open_error)?;
+    let metadata = file.metadata().map_err(open_error)?;
+    if metadata.is_dir() {
+        return Err(open_error(io::ErrorKind::IsADirectory.into()));
+    }
+    let total = metadata.len();
+    match format {
+        Format::Text => read_text(path, file, total, sink, progress),
+        Format::Csv => read_csv(path, file, total, sink, progress),
+        Format::Excel => {
+            drop(file);
+            read_workbook(path, sink, progress)
+        }
+    }
+}
+
+// ---- shared ------------------------------------------------------------------------------
+
+/// Header names (already [`normalise_header`]ed) of the address column, preferred first.
+const ADDRESS_HEADERS: [&str; 6] = [
+    "email",
+    "emailaddress",
+    "mail",
+    "address",
+    "recipient",
+    "emailaddr",
+];
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Text and CSV files report progress about this often (in octets).
+const PROGRESS_OCTETS: u64 = 1 << 20;
+
+/// Workbooks report progress about this often (in rows).
+const PROGRESS_ROWS: u64 = 4096;
+
+/// Longest text line kept. An address is at most 254 octets; the margin allows for
+/// surrounding blanks, and the cap keeps a file with no line breaks from filling memory.
+const MAX_LINE: usize = 64 * 1024;
+
+/// How much of a CSV file is looked at to guess the delimiter.
+const CSV_SNIFF: u64 = 64 * 1024;
+
+fn normalise_header(header: &str) -> String {
+    header
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_') && !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The index of the address column among `headers`, by [`ADDRESS_HEADERS`] preference.
+fn find_address_column<S: AsRef<str>>(headers: &[S]) -> Option<usize> {
+    let normalised: Vec<String> = headers
+        .iter()
+        .map(|h| normalise_header(h.as_ref()))
+        .collect();
+    ADDRESS_HEADERS
+        .iter()
+        .find_map(|wanted| normalised.iter().position(|h| h == wanted))
+}
+
+/// Byte-order marks of encodings we do not read. Windows tools ("Unicode text" in Excel
+/// and Notepad) write UTF-16 with a BOM; reading it as UTF-8 would make every row invalid.
+fn foreign_encoding(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
+        Some("UTF-16 (\"Unicode text\")")
+    } else {
+        None
+    }
+}
+
+fn describe_extension(extension: Option<&str>) -> String {
+    match extension {
+        Some(e) => format!("\".{e}\""),
+        None => "no extension".to_owned(),
+    }
+}
+
+fn describe_sheet(sheet: Option<&str>) -> String {
+    sheet.map_or_else(String::new, |s| format!("sheet \"{s}\": "))
+}
+
+fn describe_headers(headers: &[String]) -> String {
+    const SHOWN: usize = 20;
+    if headers.is_empty() {
+        return "no names".to_owned();
+    }
+    let mut text = headers
+        .iter()
+        .take(SHOWN)
+        .map(|h| format!("\"{h}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if headers.len() > SHOWN {
+        text.push_str(&format!(" and {} more", headers.len() - SHOWN));
+    }
+    text
+}
+
+/// A one-column CSV whose "header" looks like an address is a plain list saved as .csv.
+fn csv_hint(sheet: Option<&str>, headers: &[String]) -> &'static str {
+    if sheet.is_none() && headers.len() == 1 && headers.iter().any(|h| h.contains('@')) {
+        "; a list of bare addresses without a header can be imported as .txt"
+    } else {
+        ""
+    }
+}
+
+fn address_or_invalid(line: u64, text: &str, empty_reason: &str) -> Item {
+    let text = text.trim();
+    if text.is_empty() {
+        Item::Invalid {
+            line,
+            reason: empty_reason.to_owned(),
+        }
+    } else {
+        Item::Address {
+            line,
+            text: text.to_owned(),
+        }
+    }
+}
+
+fn read_error(path: &Path) -> impl Fn(io::Error) -> ImportError + '_ {
+    move |source| ImportError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+// ---- text --------------------------------------------------------------------------------
+
+fn read_text(
+    path: &Path,
+    file: File,
+    total: u64,
+    sink: &mut dyn FnMut(Item),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ImportError> {
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let head = fill_buf_retrying(&mut reader).map_err(read_error(path))?;
+    if let Some(encoding) = foreign_encoding(head) {
+        return Err(ImportError::Encoding {
+            path: path.to_owned(),
+            encoding,
+        });
+    }
+    progress(0, total);
+    let mut buf = Vec::new();
+    let (mut line, mut done, mut rows, mut next_report) = (0u64, 0u64, 0u64, PROGRESS_OCTETS);
+    loop {
+        // Room for the line end too.
+        let (read, overflow) =
+            read_line_capped(&mut reader, &mut buf, MAX_LINE + 2).map_err(read_error(path))?;
+        if read == 0 {
+            break;
+        }
+        line += 1;
+        done += read;
+        let mut bytes = buf.as_slice();
+        if line == 1 {
+            bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+        }
+        bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let item = if overflow || bytes.len() > MAX_LINE {
+            Some(Item::Invalid {
+                line,
+                reason: format!("line longer than {MAX_LINE} octets"),
+            })
+        } else {
+            match std::str::from_utf8(bytes) {
+                Ok(text) => {
+                    let text = text.trim();
+                    (!text.is_empty() && !text.starts_with('#')).then(|| Item::Address {
+                        line,
+                        text: text.to_owned(),
+                    })
+                }
+                Err(_) => Some(Item::Invalid {
+                    line,
+                    reason: "not UTF-8".to_owned(),
+                }),
+            }
+        };
+        if let Some(item) = item {
+            sink(item);
+            rows += 1;
+        }
+        if done >= next_report {
+            progress(done, total.max(done));
+            next_report = done.saturating_add(PROGRESS_OCTETS);
+        }
+    }
+    progress(done, total.max(done));
+    Ok(rows)
+}
+
+fn fill_buf_retrying<R: BufRead>(reader: &mut R) -> io::Result<&[u8]> {
+    // The loop cannot return the borrow directly (a known borrow-checker limitation), so
+    // retry until the call succeeds or fails for good, then borrow once more.
+    loop {
+        match reader.fill_buf() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    reader.fill_buf()
+}
+
+/// Reads one line (with its `\n`, if any) into `line`, keeping at most `cap` octets of it.
+/// Returns the octets consumed (0 at end of file) and whether the line was cut.
+fn read_line_capped<R: BufRead>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> io::Result<(u64, bool)> {
+    line.clear();
+    let (mut consumed, mut overflow) = (0u64, false);
+    loop {
+        let buf = fill_buf_retrying(reader)?;
+        if buf.is_empty() {
+            return Ok((consumed, overflow));
+        }
+        let (chunk, complete) = match memchr::memchr(b'\n', buf) {
+            Some(end) => (&buf[..=end], true),
+            None => (buf, false),
+        };
+        let room = cap.saturating_sub(line.len());
+        if chunk.len() > room {
+            overflow = true;
+        }
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = chunk.len();
+        reader.consume(used);
+        consumed += used as u64;
+        if complete {
+            return Ok((consumed, overflow));
+        }
+    }
+}
+
+// ---- CSV ---------------------------------------------------------------------------------
+
+fn read_csv(
+    path: &Path,
+    mut file: File,
+    total: u64,
+    sink: &mut dyn FnMut(Item),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ImportError> {
+    let mut head = Vec::new();
+    (&mut file)
+        .take(CSV_SNIFF)
+        .read_to_end(&mut head)
+        .map_err(read_error(path))?;
+    if let Some(encoding) = foreign_encoding(&head) {
+        return Err(ImportError::Encoding {
+            path: path.to_owned(),
+            encoding,
+        });
+    }
+    // The csv crate does not skip a BOM; it would become part of the first header name.
+    let skipped = if head.starts_with(UTF8_BOM) {
+        UTF8_BOM.len() as u64
+    } else {
+        0
+    };
+    let delimiter = guess_delimiter(head.get(skipped as usize..).unwrap_or_default());
+    file.seek(SeekFrom::Start(skipped))
+        .map_err(read_error(path))?;
+    read_csv_records(path, file, delimiter, skipped, total, sink, progress)
+}
+
+/// Reads the CSV `input` (what follows the BOM, if any: `skipped` octets).
+fn read_csv_records<R: Read>(
+    path: &Path,
+    input: R,
+    delimiter: u8,
+    skipped: u64,
+    total: u64,
+    sink: &mut dyn FnMut(Item),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ImportError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(true)
+        .has_headers(true)
+        .buffer_capacity(64 * 1024)
+        .from_reader(LineTracker::new(input));
+    let csv_error = |e: csv::Error| {
+        if e.is_io_error() {
+            if let csv::ErrorKind::Io(source) = e.into_kind() {
+                return ImportError::Read {
+                    path: path.to_owned(),
+                    source,
+                };
+            }
+            // is_io_error() said it was; keep a generic error rather than panic.
+            return ImportError::Read {
+                path: path.to_owned(),
+                source: io::Error::other("I/O error"),
+            };
+        }
+        ImportError::Csv {
+            path: path.to_owned(),
+            source: e,
+        }
+    };
+
+    let header = reader.byte_headers().map_err(csv_error)?.clone();
+    if header.is_empty() {
+        return Err(ImportError::NoHeader {
+            path: path.to_owned(),
+        });
+    }
+    let header_line = reader.get_mut().record_line(&header);
+    let headers: Vec<String> = header
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_owned())
+        .collect();
+    let Some(column) = find_address_column(&headers) else {
+        return Err(ImportError::NoAddressColumn {
+            path: path.to_owned(),
+            sheet: None,
+            header_line,
+            headers: headers.into_iter().filter(|h| !h.is_empty()).collect(),
+        });
+    };
+
+    progress(0, total);
+    let mut record = csv::ByteRecord::new();
+    let (mut rows, mut next_report) = (0u64, PROGRESS_OCTETS);
+    let blank = |field: &[u8]| std::str::from_utf8(field).is_ok_and(|f| f.trim().is_empty());
+    while reader.read_byte_record(&mut record).map_err(csv_error)? {
+        let line = reader.get_mut().record_line(&record);
+        if !record.iter().all(blank) {
+            let item = match record.get(column) {
+                None => Item::Invalid {
+                    line,
+                    reason: format!(
+                        "row has {} field{}, the address is field {}",
+                        record.len(),
+                        if record.len() == 1 { "" } else { "s" },
+                        column + 1
+                    ),
+                },
+                Some(field) => match std::str::from_utf8(field) {
+                    Ok(text) => address_or_invalid(line, text, "empty field"),
+                    Err(_) => Item::Invalid {
+                        line,
+                        reason: "not UTF-8".to_owned(),
+                    },
+                },
+            };
+            sink(item);
+            rows += 1;
+        }
+        let done = reader.position().byte() + skipped;
+        if done >= next_report {
+            progress(done, total.max(done));
+            next_report = done.saturating_add(PROGRESS_OCTETS);
+        }
+    }
+    let done = reader.position().byte() + skipped;
+    progress(done, total.max(done));
+    Ok(rows)
+}
+
+/// Knows on which line each CSV record starts.
+///
+/// `csv::Position::line` cannot be used for that: a record's position is taken just after
+/// the first octet of the previous record's terminator, so after a CRLF, or after blank
+/// lines, it names an earlier line (rust-csv issues 184 and 208). Its byte offset is
+/// exact, though, and everything between it and the record is line-end octets. So this
+/// reader, placed under the csv reader, notes every CR and LF that passes, and
+/// [`LineTracker::record_line`] counts the line breaks before a record's first octet. A
+/// lone CR is a line break (old Mac files; the csv reader ends records there too). Only the
+/// line ends the csv reader has buffered but not yet passed are kept: at most its 64 KiB
+/// buffer's worth, plus those inside the record being read.
+struct LineTracker<R> {
+    inner: R,
+    /// Octets read so far.
+    offset: u64,
+    /// Offsets of the CR and LF octets not yet before a record, and whether each ends a
+    /// line (a CR followed by LF does not: the LF does).
+    line_ends: VecDeque<(u64, bool)>,
+    /// A CR that was the last octet read: a line break unless an LF comes next.
+    pending_cr: Option<u64>,
+    /// Line breaks before the first of `line_ends`.
+    breaks: u64,
+}
+
+impl<R: Read> LineTracker<R> {
+    fn new(inner: R) -> LineTracker<R> {
+        LineTracker {
+            inner,
+            offset: 0,
+            line_ends: VecDeque::new(),
+            pending_cr: None,
+            breaks: 0,
+        }
+    }
+
+    /// The 1-based line on which `record`, just read, starts.
+    fn record_line(&mut self, record: &csv::ByteRecord) -> u64 {
+        let Some(start) = record.position().map(csv::Position::byte) else {
+            return self.breaks + 1;
+        };
+        while let Some(&(at, is_break)) = self.line_ends.front() {
+            if at >= start {
+                break;
+            }
+            self.breaks += u64::from(is_break);
+            self.line_ends.pop_front();
+        }
+        // The rest of the previous record's line end, and blank lines.
+        let mut next = start;
+        while let Some(&(at, is_break)) = self.line_ends.front() {
+            if at != next {
+                break;
+            }
+            self.breaks += u64::from(is_break);
+            self.line_ends.pop_front();
+            next += 1;
+        }
+        self.breaks + 1
+    }
+}
+
+impl<R: Read> Read for LineTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        let data = buf.get(..read).unwrap_or_default();
+        if data.is_empty() {
+            if let Some(cr) = self.pending_cr.take() {
+                self.line_ends.push_back((cr, true));
+            }
+            return Ok(0);
+        }
+        for index in memchr::memchr2_iter(b'\r', b'\n', data) {
+            let at = self.offset + index as u64;
+            let is_lf = data.get(index) == Some(&b'\n');
+            if let Some(cr) = self.pending_cr.take() {
+                self.line_ends.push_back((cr, !(is_lf && cr + 1 == at)));
+            }
+            if is_lf {
+                self.line_ends.push_back((at, true));
+            } else {
+                self.pending_cr = Some(at);
+            }
+        }
+        self.offset += read as u64;
+        if let Some(cr) = self.pending_cr
+            && cr + 1 < self.offset
+        {
+            // Something other than LF followed it.
+            self.line_ends.push_back((cr, true));
+            self.pending_cr = None;
+        }
+        Ok(read)
+    }
+}
+
+/// The delimiter of the first non-blank line of `head`: whichever of `,` `;` tab occurs
+/// most often outside quotes (`,` on a tie or when there is none: a one-column file).
+fn guess_delimiter(head: &[u8]) -> u8 {
+    const CANDIDATES: [u8; 3] = [b',', b';', b'\t'];
+    let mut counts = [0usize; 3];
+    let (mut in_quotes, mut seen_text) = (false, false);
+    for &byte in head {
+        match byte {
+            b'"' => in_quotes = !in_quotes,
+            b'\n' if !in_quotes && seen_text => break,
+            _ if in_quotes => {}
+            _ => {
+                if let Some(i) = CANDIDATES.iter().position(|&c| c == byte) {
+                    counts[i] += 1;
+                }
+            }
+        }
+        seen_text |= !byte.is_ascii_whitespace();
+    }
+    let mut best = 0;
+    for i in 1..CANDIDATES.len() {
+        if counts[i] > counts[best] {
+            best = i;
+        }
+    }
+    CANDIDATES[best]
+}
+
+// ---- workbooks ---------------------------------------------------------------------------
+
+fn read_workbook(
+    path: &Path,
+    sink: &mut dyn FnMut(Item),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ImportError> {
+    match guarded(path, || calamine::open_workbook_auto(path))? {
+        Ok(mut workbook) => read_sheets(path, &mut workbook, sink, progress),
+        Err(first) => match reopen_by_content(path)? {
+            Some(mut workbook) => read_sheets(path, &mut workbook, sink, progress),
+            None => Err(ImportError::Workbook {
+                path: path.to_owned(),
+                source: first,
+            }),
+        },
+    }
+}
+
+/// Web applications often export an .xlsx file under an .xls name (or the reverse); when
+/// the reader the extension chose fails, try the one the file's first octets point to.
+fn reopen_by_content(path: &Path) -> Result<Option<Sheets<BufReader<File>>>, ImportError> {
+    let mut magic = [0u8; 8];
+    let read = File::open(path)
+        .and_then(|f| f.take(8).read(&mut magic))
+        .map_err(read_error(path))?;
+    let magic = magic.get(..read).unwrap_or_default();
+    guarded(path, || {
+        if magic.starts_with(b"PK\x03\x04") {
+            calamine::open_workbook(path)
+                .map(Sheets::Xlsx)
+                .or_else(|_| calamine::open_workbook(path).map(Sheets::Ods))
+                .ok()
+        } else if magic.starts_with(b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1") {
+            calamine::open_workbook(path).map(Sheets::Xls).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Where a workbook read is, across its sheets, for progress and the result.
+#[derive(Default)]
+struct Counts {
+    /// Rows handed to the sink.
+    rows: u64,
+    /// Rows of the sheets before the current one.
+    before: u64,
+    /// When progress was last reported (in rows).
+    reported: u64,
+}
+
+fn read_sheets<RS: Read + Seek>(
+    path: &Path,
+    workbook: &mut Sheets<RS>,
+    sink: &mut dyn FnMut(Item),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ImportError> {
+    let names: Vec<String> = workbook
+        .sheets_metadata()
+        .iter()
+        .filter(|sheet| sheet.typ == calamine::SheetType::WorkSheet)
+        .map(|sheet| sheet.name.clone())
+        .collect();
+    let mut count = Counts::default();
+    let mut any_data = false;
+    for name in names {
+        let mut sheet = match &mut *workbook {
+            Sheets::Xlsx(xlsx) => Sheet::Xlsx(xlsx),
+            other => {
+                let range = guarded(path, || other.worksheet_range(&name))?.map_err(|source| {
+                    ImportError::Sheet {
+                        path: path.to_owned(),
+                        sheet: name.clone(),
+                        source,
+                    }
+                })?;
+                Sheet::Loaded(range)
+            }
+        };
+        any_data |= read_sheet(path, &name, &mut sheet, &mut count, sink, progress)?;
+    }
+    if !any_data {
+        return Err(ImportError::EmptyWorkbook {
+            path: path.to_owned(),
+        });
+    }
+    progress(count.before, count.before);
+    Ok(count.rows)
+}
+
+/// A worksheet to read. `.xlsx` sheets are streamed cell by cell: calamine's
+/// `worksheet_range` makes a dense grid from the first to the last used cell, so one stray
+/// value in cell XFD1048576 would ask for 17 billion cells. The other formats are loaded
+/// by calamine whole anyway.
+enum Sheet<'w, RS> {
+    Loaded(calamine::Range<Data>),
+    Xlsx(&'w mut calamine::Xlsx<RS>),
+}
+
+impl<RS: Read + Seek> Sheet<'_, RS> {
+    /// A fresh pass over the rows of the sheet named `name`.
+    fn rows(&mut self, path: &Path, name: &str) -> Result<SheetRows<'_, RS>, ImportError> {
+        match self {
+            Sheet::Loaded(range) => Ok(SheetRows::Loaded {
+                start: range.start().unwrap_or_default(),
+                height: range.end().map_or(0, |(row, _)| u64::from(row) + 1),
+                rows: range.rows(),
+                next: 0,
+            }),
+            Sheet::Xlsx(xlsx) => match guarded(path, || xlsx.worksheet_cells_reader(name))? {
+                Ok(reader) => Ok(SheetRows::Xlsx {
+                    height: u64::from(reader.dimensions().end.0) + 1,
+                    reader: Some(Box::new(reader)),
+                    pending: None,
+                }),
+                // Listed as a worksheet but is not one: nothing to read, as calamine does.
+                Err(calamine::XlsxError::NotAWorksheet(_)) => Ok(SheetRows::Empty),
+                Err(source) => Err(ImportError::Sheet {
+                    path: path.to_owned(),
+                    sheet: name.to_owned(),
+                    source: calamine::Error::Xlsx(source),
+                }),
+            },
+        }
+    }
+}
+
+/// A row with content: its 0-based index and its non-blank cells (0-based column, value).
+struct SheetRow {
+    index: u32,
+    cells: Vec<(u32, Data)>,
+}
+
+/// One pass over the rows of a sheet that have content, in sheet order.
+enum SheetRows<'s, RS: Read + Seek> {
+    /// A sheet with nothing to read.
+    Empty,
+    Loaded {
+        rows: calamine::Rows<'s, Data>,
+        /// Where the range starts in the sheet (row, column).
+        start: (u32, u32),
+        /// The index of the next row in `rows`.
+        next: u32,
+        height: u64,
+    },
+    Xlsx {
+        /// `None` once the sheet is finished.
+        reader: Option<Box<calamine::XlsxCellReader<'s, RS>>>,
+        /// The first cell of the next row, read while looking for the end of a row.
+        pending: Option<(u32, u32, Data)>,
+        height: u64,
+    },
+}
+
+impl<RS: Read + Seek> SheetRows<'_, RS> {
+    /// Rows the sheet spans, from row 1 (a guess for `.xlsx`: its declared dimension).
+    fn height(&self) -> u64 {
+        match self {
+            SheetRows::Empty => 0,
+            SheetRows::Loaded { height, .. } | SheetRows::Xlsx { height, .. } => *height,
+        }
+    }
+
+    fn next_row(&mut self, path: &Path, name: &str) -> Result<Option<SheetRow>, ImportError> {
+        match self {
+            SheetRows::Empty => Ok(None),
+            SheetRows::Loaded {
+                rows, start, next, ..
+            } => {
+                for row in rows.by_ref() {
+                    let index = start.0.saturating_add(*next);
+                    *next = next.saturating_add(1);
+                    let cells: Vec<(u32, Data)> = (start.1..)
+                        .zip(row)
+                        .filter(|(_, cell)| !is_blank(cell))
+                        .map(|(column, cell)| (column, cell.clone()))
+                        .collect();
+                    if !cells.is_empty() {
+                        return Ok(Some(SheetRow { index, cells }));
+                    }
+                }
+                Ok(None)
+            }
+            SheetRows::Xlsx {
+                reader, pending, ..
+            } => {
+                let mut row = pending.take().map(|(index, column, value)| SheetRow {
+                    index,
+                    cells: vec![(column, value)],
+                });
+                let Some(cells) = reader.as_mut() else {
+                    return Ok(row);
+                };
+                loop {
+                    let cell = guarded(path, || cells.next_cell())?.map_err(|source| {
+                        ImportError::Sheet {
+                            path: path.to_owned(),
+                            sheet: name.to_owned(),
+                            source: calamine::Error::Xlsx(source),
+                        }
+                    })?;
+                    let Some(cell) = cell else {
+                        *reader = None;
+                        return Ok(row);
+                    };
+                    let value = Data::from(cell.get_value().clone());
+                    if is_blank(&value) {
+                        continue;
+                    }
+                    let (index, column) = cell.get_position();
+                    match &mut row {
+                        None => {
+                            row = Some(SheetRow {
+                                index,
+                                cells: vec![(column, value)],
+                            });
+                        }
+                        Some(current) if current.index == index => {
+                            current.cells.push((column, value));
+                        }
+                        Some(_) => {
+                            *pending = Some((index, column, value));
+                            return Ok(row);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one sheet; returns whether it had any content.
+fn read_sheet<RS: Read + Seek>(
+    path: &Path,
+    name: &str,
+    sheet: &mut Sheet<'_, RS>,
+    count: &mut Counts,
+    sink: &mut dyn FnMut(Item),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<bool, ImportError> {
+    let mut rows = sheet.rows(path, name)?;
+    let mut height = rows.height();
+    progress(count.before, count.before + height);
+    let Some(header) = rows.next_row(path, name)? else {
+        count.before += height;
+        return Ok(false);
+    };
+    let headers: Vec<(u32, String)> = header
+        .cells
+        .iter()
+        .map(|(column, cell)| (*column, cell.to_string().trim().to_owned()))
+        .collect();
+    let texts: Vec<&str> = headers.iter().map(|(_, text)| text.as_str()).collect();
+    let mut emit = |row: &SheetRow, column: u32, height: &mut u64| {
+        let cell = row.cells.iter().find(|(c, _)| *c == column).map(|(_, v)| v);
+        sink(cell_item(u64::from(row.index) + 1, cell));
+        count.rows += 1;
+        *height = (*height).max(u64::from(row.index) + 1);
+        let done = count.before + u64::from(row.index) + 1;
+        if done >= count.reported + PROGRESS_ROWS {
+            progress(done, count.before + *height);
+            count.reported = done;
+        }
+    };
+
+    if let Some(found) = find_address_column(&texts) {
+        let column = headers.get(found).map_or(0, |(column, _)| *column);
+        while let Some(row) = rows.next_row(path, name)? {
+            emit(&row, column, &mut height);
+        }
+    } else {
+        // No known header: usable only if the whole sheet is one column.
+        let only = header.cells.first().map(|(column, _)| *column);
+        let mut one_column = header.cells.len() == 1;
+        while one_column && let Some(row) = rows.next_row(path, name)? {
+            one_column = row.cells.iter().all(|(column, _)| Some(*column) == only);
+        }
+        let Some(column) = only.filter(|_| one_column) else {
+            return Err(ImportError::NoAddressColumn {
+                path: path.to_owned(),
+                sheet: Some(name.to_owned()),
+                header_line: u64::from(header.index) + 1,
+                headers: headers.into_iter().map(|(_, text)| text).collect(),
+            });
+        };
+        drop(rows);
+        let mut rows = sheet.rows(path, name)?;
+        if let Some(first) = rows.next_row(path, name)? {
+            let is_data = first
+                .cells
+                .iter()
+                .any(|(_, cell)| matches!(cell, Data::String(s) if s.contains('@')));
+            if is_data {
+                emit(&first, column, &mut height);
+            }
+        }
+        while let Some(row) = rows.next_row(path, name)? {
+            emit(&row, column, &mut height);
+        }
+    }
+    count.before += height;
+    count.reported = count.before;
+    Ok(true)
+}
+
+fn is_blank(cell: &Data) -> bool {
+    match cell {
+        Data::Empty => true,
+        Data::String(s) => s.trim().is_empty(),
+        _ => false,
+    }
+}
+
+fn cell_item(line: u64, cell: Option<&Data>) -> Item {
+    let reason = match cell {
+        Some(Data::String(text)) => return address_or_invalid(line, text, "empty cell"),
+        None | Some(Data::Empty) => "empty cell".to_owned(),
+        Some(Data::Int(_) | Data::Float(_)) => "number cell".to_owned(),
+        Some(Data::Bool(_)) => "boolean cell".to_owned(),
+        Some(Data::DateTime(value)) if value.is_duration() => "duration cell".to_owned(),
+        Some(Data::DateTime(_) | Data::DateTimeIso(_)) => "date/time cell".to_owned(),
+        Some(Data::DurationIso(_)) => "duration cell".to_owned(),
+        Some(Data::Error(error)) => format!("error cell ({error})"),
+    };
+    Item::Invalid { line, reason }
+}
+
+/// Runs a workbook-reader call, turning a panic on a damaged file into an error. Only
+/// calamine runs inside: a panic in the caller's sink is not ours to hide.
+fn guarded<T>(path: &Path, call: impl FnOnce() -> T) -> Result<T, ImportError> {
+    catch_unwind(AssertUnwindSafe(call)).map_err(|payload| ImportError::Damaged {
+        path: path.to_owned(),
+        message: panic_message(payload.as_ref()),
+    })
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "unknown error".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/lists")
+            .join(name)
+    }
+
+    /// Reads `path`, checking the count and that progress ends complete.
+    fn read(path: &Path) -> Result<Vec<Item>, ImportError> {
+        let mut items = Vec::new();
+        let mut reports = Vec::new();
+        let count = read_file(path, &mut |item| items.push(item), &mut |done, total| {
+            reports.push((done, total))
+        })?;
+        assert_eq!(count, items.len() as u64);
+        let last = reports.last().copied().expect("progress is reported");
+        assert_eq!(last.0, last.1, "the last report is complete: {reports:?}");
+        assert!(
+            reports.iter().all(|(done, total)| done <= total),
+            "{reports:?}"
+        );
+        Ok(items)
+    }
+
+    /// Writes `bytes` to a temporary file called `name` and reads it.
+    fn read_bytes(
+        name: &str,
+        bytes: &[u8],
+    ) -> (tempfile::TempDir, PathBuf, Result<Vec<Item>, ImportError>) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write the test file");
+        let result = read(&path);
+        (dir, path, result)
+    }
+
+    fn items(name: &str, bytes: &[u8]) -> Vec<Item> {
+        let (_dir, path, result) = read_bytes(name, bytes);
+        result.unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn error(name: &str, bytes: &[u8]) -> (PathBuf, ImportError) {
+        let (_dir, path, result) = read_bytes(name, bytes);
+        match result {
+            Ok(items) => panic!("{} read as {items:?}", path.display()),
+            Err(e) => {
+                let message = e.to_string();
+                let prefix = format!("{}: ", path.display());
+                assert!(message.starts_with(&prefix), "{message}");
+                (path, e)
+            }
+        }
+    }
+
+    fn address(line: u64, text: &str) -> Item {
+        Item::Address {
+            line,
+            text: text.to_owned(),
+        }
+    }
+
+    fn invalid(line: u64, reason: &str) -> Item {
+        Item::Invalid {
+            line,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The first sheet of contacts.xlsx and contacts.xls, then sheets "More" and "Legacy".
+    fn workbook_items() -> Vec<Item> {
+        vec![
+            address(2, "alice@example.com"),
+            address(3, "Bob@Example.COM"),
+            address(4, "anna@bücher.example"),
+            address(5, "not-an-address"),
+            invalid(6, "empty cell"),
+            address(8, "carol@example.org"),
+            invalid(9, "number cell"),
+            address(10, "alice@example.com"),
+            address(1, "dave@example.net"),
+            address(2, "Erin@Example.net"),
+            address(2, "gina@example.net"),
+        ]
+    }
+
+    // ---- fixtures ----
+
+    #[test]
+    fn text_fixture() {
+        let items = read(&fixture("contacts.txt")).expect("contacts.txt");
+        assert_eq!(
+            items,
+            vec![
+                address(2, "alice@example.com"),
+                address(3, "Bob@Example.COM"),
+                address(4, "anna@bücher.example"),
+                address(6, "not-an-address"),
+                address(7, "carol@example.org"),
+                address(8, "alice@example.com"),
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_fixture() {
+        let items = read(&fixture("contacts.csv")).expect("contacts.csv");
+        assert_eq!(
+            items,
+            vec![
+                address(2, "alice@example.com"),
+                address(3, "Bob@Example.COM"),
+                address(4, "anna@bücher.example"),
+                address(5, "not-an-address"),
+                invalid(7, "empty field"),
+                address(9, "carol@example.org"),
+                address(10, "alice@example.com"),
+                invalid(11, "row has 1 field, the address is field 2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn xlsx_fixture() {
+        assert_eq!(
+            read(&fixture("contacts.xlsx")).expect("contacts.xlsx"),
+            workbook_items()
+        );
+    }
+
+    #[test]
+    fn xls_fixture() {
+        assert_eq!(
+            read(&fixture("contacts.xls")).expect("contacts.xls"),
+            workbook_items()
+        );
+    }
+
+    #[test]
+    fn xlsx_saved_as_xls_is_read_by_content() {
+        let bytes = std::fs::read(fixture("contacts.xlsx")).expect("contacts.xlsx");
+        assert_eq!(items("export.xls", &bytes), workbook_items());
+        assert_eq!(items("EXPORT.XLSX", &bytes), workbook_items());
+    }
+
+    #[test]
+    fn sheet_without_address_column_is_refused() {
+        let path = fixture("no-address-column.xlsx");
+        let e = read(&path).expect_err("no address column");
+        assert!(matches!(e, ImportError::NoAddressColumn { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: sheet \"People\": no address column: the header row (line 1) has \
+                 \"Name\", \"Phone\"; name the address column \"email\" (or e-mail, email \
+                 address, mail, address, recipient)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn empty_workbook_is_refused() {
+        let path = fixture("empty.xlsx");
+        let e = read(&path).expect_err("empty workbook");
+        assert!(matches!(e, ImportError::EmptyWorkbook { .. }), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("{}: ", path.display())));
+    }
+
+    // ---- text ----
+
+    #[test]
+    fn text_bom_crlf_comments_and_bad_utf8() {
+        let data = b"\xEF\xBB\xBFa@example.com\r\n# a comment\r\n\r\n  \t\r\n\
+                     b@ex\xE4mple.com\r\n  c@example.com \r\n#@not-skipped-twice\nlast@example.com";
+        assert_eq!(
+            items("list.txt", data),
+            vec![
+                address(1, "a@example.com"),
+                invalid(5, "not UTF-8"),
+                address(6, "c@example.com"),
+                address(8, "last@example.com"),
+            ]
+        );
+    }
+
+    #[test]
+    fn text_line_too_long_is_invalid_and_reading_goes_on() {
+        let mut data = b"a@example.com\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        data.extend(b"\nb@example.com\n");
+        data.extend(std::iter::repeat_n(b' ', MAX_LINE - 1));
+        data.extend(b"c@example.com\r\n");
+        assert_eq!(
+            items("list.lst", &data),
+            vec![
+                address(1, "a@example.com"),
+                invalid(2, "line longer than 65536 octets"),
+                address(3, "b@example.com"),
+                invalid(4, "line longer than 65536 octets"),
+            ]
+        );
+    }
+
+    #[test]
+    fn text_empty_file_has_no_rows() {
+        assert_eq!(items("list.txt", b""), vec![]);
+    }
+
+    #[test]
+    fn text_progress_is_in_octets_and_grows() {
+        let data: String = (0..60_000)
+            .map(|i| format!("user{i}@example.com\n"))
+            .collect();
+        let (_dir, path, _) = read_bytes("big.txt", data.as_bytes());
+        let mut reports = Vec::new();
+        let rows = read_file(&path, &mut |_| {}, &mut |done, total| {
+            reports.push((done, total))
+        })
+        .expect("big.txt");
+        assert_eq!(rows, 60_000);
+        let size = data.len() as u64;
+        assert!(reports.len() > 2, "{reports:?}");
+        assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0), "{reports:?}");
+        assert_eq!(reports.last(), Some(&(size, size)));
+    }
+
+    #[test]
+    fn utf16_is_refused() {
+        for name in ["list.txt", "list.csv"] {
+            let (_, e) = error(name, b"\xFF\xFEe\0m\0a\0i\0l\0");
+            assert!(matches!(e, ImportError::Encoding { .. }), "{e:?}");
+            assert!(e.to_string().contains("UTF-16"), "{e}");
+        }
+    }
+
+    // ---- CSV ----
+
+    #[test]
+    fn csv_semicolon_and_tab() {
+        let semicolon = "Name;E-Mail;Ort\r\nAnna;anna@example.de;Köln, Innenstadt\r\n\
+                         \"Müller, Jörg\";joerg@example.de;Bonn\r\n";
+        assert_eq!(
+            items("liste.csv", semicolon.as_bytes()),
+            vec![
+                address(2, "anna@example.de"),
+                address(3, "joerg@example.de")
+            ]
+        );
+        let tab = "name\temail address\nA, B\ta@example.com\n";
+        assert_eq!(
+            items("list.csv", tab.as_bytes()),
+            vec![address(2, "a@example.com")]
+        );
+    }
+
+    #[test]
+    fn csv_quoted_multiline_field_keeps_line_numbers() {
+        let data = "email,note\n\
+                    a@example.com,\"first\nsecond\nthird\"\n\
+                    \n\
+                    b@example.com,\"x\"\"y\"\n\
+                    \"c@example.com\",\"one\r\ntwo\"\r\n\
+                    d@example.com,end";
+        assert_eq!(
+            items("list.csv", data.as_bytes()),
+            vec![
+                address(2, "a@example.com"),
+                address(6, "b@example.com"),
+                address(7, "c@example.com"),
+                address(9, "d@example.com"),
+            ]
+        );
+    }
+
+    /// Hands out one octet per read, so every line end falls on a read boundary.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((&byte, rest)), Some(slot)) => {
+                    *slot = byte;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn csv_line_numbers_across_line_end_styles_and_read_boundaries() {
+        // CRLF, a blank CRLF line, quoted CRLFs, a lone CR (old Mac) and LFs, no final EOL.
+        let data: &[u8] = b"email,name\r\n\r\na@x,\"multi\r\nline\r\nname\"\r\n\rb@x,B\n\n\nc@x,C";
+        let expected = vec![address(3, "a@x"), address(7, "b@x"), address(10, "c@x")];
+        let path = Path::new("memory.csv");
+        for one_byte in [false, true] {
+            let mut got = Vec::new();
+            let mut sink = |item| got.push(item);
+            let total = data.len() as u64;
+            let result = if one_byte {
+                read_csv_records(
+                    path,
+                    OneByte(data),
+                    b',',
+                    0,
+                    total,
+                    &mut sink,
+                    &mut |_, _| {},
+                )
+            } else {
+                read_csv_records(path, data, b',', 0, total, &mut sink, &mut |_, _| {})
+            };
+            assert_eq!(result.expect("records"), 3);
+            assert_eq!(got, expected, "one octet per read: {one_byte}");
+        }
+        assert_eq!(
+            items("mac.csv", b"email\rA@x\rB@x\r"),
+            vec![address(2, "A@x"), address(3, "B@x")]
+        );
+    }
+
+    #[test]
+    fn csv_bom_is_skipped() {
+        assert_eq!(
+            items(
+                "list.csv",
+                "\u{FEFF}Email;Name\nx@example.com;X\n".as_bytes()
+            ),
+            vec![address(2, "x@example.com")]
+        );
+    }
+
+    #[test]
+    fn csv_invalid_rows() {
+        let data = b"name,email,city\n\
+                     Short\n\
+                     ,,\n\
+                     Bad,\xFF@example.com,X\n\
+                     Good,ok@example.com,M\xFCnchen\n\
+                     Empty,  ,Y\n";
+        assert_eq!(
+            items("list.csv", data),
+            vec![
+                invalid(2, "row has 1 field, the address is field 2"),
+                invalid(4, "not UTF-8"),
+                address(5, "ok@example.com"),
+                invalid(6, "empty field"),
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_header_preference() {
+        let cases: [(&str, &str); 5] = [
+            ("address,email\nhome,x@y\n", "x@y"),
+            ("Recipient,Mail\nr@y,m@y\n", "m@y"),
+            (" E_Mail Address ;E-Mail-Addr\nx@y;z@y\n", "x@y"),
+            ("ID,RECIPIENT\n1,r@y\n", "r@y"),
+            ("emailaddr,address\na@y,b@y\n", "b@y"),
+        ];
+        for (data, wanted) in cases {
+            assert_eq!(
+                items("list.csv", data.as_bytes()),
+                vec![address(2, wanted)],
+                "{data:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn csv_missing_column_names_the_headers() {
+        let (path, e) = error("list.csv", b"name,phone\nAlice,123\n");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: no address column: the header row (line 1) has \"name\", \"phone\"; name \
+                 the address column \"email\" (or e-mail, email address, mail, address, \
+                 recipient)",
+                path.display()
+            )
+        );
+        let (_, e) = error("list.csv", b"alice@example.com\nbob@example.com\n");
+        assert!(e.to_string().ends_with("can be imported as .txt"), "{e}");
+        let (_, e) = error("list.csv", b"");
+        assert!(matches!(e, ImportError::NoHeader { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn delimiter_guess() {
+        assert_eq!(guess_delimiter(b"a,b;c,d\n"), b',');
+        assert_eq!(guess_delimiter(b"\"Name, full\";E-Mail\nx,y,z,w\n"), b';');
+        assert_eq!(guess_delimiter(b"\n\r\nname\temail\n"), b'\t');
+        assert_eq!(guess_delimiter(b"email\n"), b',');
+        assert_eq!(guess_delimiter(b""), b',');
+    }
+
+    // ---- files and formats ----
+
+    #[test]
+    fn formats_by_extension() {
+        let cases = [
+            ("a.txt", Format::Text),
+            ("a.Lst", Format::Text),
+            ("A.CSV", Format::Csv),
+            ("a.xlsx", Format::Excel),
+            ("a.XLSM", Format::Excel),
+            ("a.xls", Format::Excel),
+            ("a.ods", Format::Excel),
+        ];
+        for (name, format) in cases {
+            assert_eq!(
+                Format::from_path(Path::new(name)).ok(),
+                Some(format),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_extension_names_the_supported_ones() {
+        let e = Format::from_path(Path::new("/tmp/list.pdf")).expect_err("pdf");
+        assert_eq!(
+            e.to_string(),
+            "/tmp/list.pdf: unsupported file type (\".pdf\"); lists must be .txt, .lst, .csv, \
+             .xlsx, .xlsm, .xls or .ods"
+        );
+        let e = read(Path::new("/tmp/README")).expect_err("no extension");
+        assert!(
+            e.to_string()
+                .starts_with("/tmp/README: unsupported file type (no extension)")
+        );
+    }
+
+    #[test]
+    fn missing_file_and_directory_are_open_errors() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let missing = dir.path().join("missing.csv");
+        let e = read(&missing).expect_err("missing");
+        assert!(matches!(e, ImportError::Open { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: cannot open: ", missing.display()))
+        );
+        let folder = dir.path().join("folder.txt");
+        std::fs::create_dir(&folder).expect("mkdir");
+        assert!(matches!(read(&folder), Err(ImportError::Open { .. })));
+    }
+
+    #[test]
+    fn garbage_and_truncated_workbooks_are_errors() {
+        for name in ["list.xlsx", "list.xls", "list.ods", "list.xlsm"] {
+            let (_, e) = error(name, b"name,email\nAlice,alice@example.com\n");
+            assert!(matches!(e, ImportError::Workbook { .. }), "{name}: {e:?}");
+        }
+        for fixture_name in ["contacts.xlsx", "contacts.xls"] {
+            let bytes = std::fs::read(fixture(fixture_name)).expect("fixture");
+            let (_, e) = error(
+                fixture_name,
+                bytes.get(..bytes.len() / 2).unwrap_or_default(),
+            );
+            assert!(
+                matches!(e, ImportError::Workbook { .. } | ImportError::Sheet { .. }),
+                "{fixture_name}: {e:?}"
+            );
+            // Every cut, a step at a time, is an error, or the whole content when the cut
+            // only loses unused trailing octets. calamine 0.38 panics on some truncated .xls
+            // files (slice indexes): those come back as Damaged.
+            for cut in (0..bytes.len()).step_by(97) {
+                let (_dir, _path, result) = read_bytes(fixture_name, &bytes[..cut]);
+                if let Ok(items) = result {
+                    assert_eq!(items, workbook_items(), "{fixture_name} cut at {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_means_a_caught_panic() {
+        let e = guarded(Path::new("x.xls"), || -> u8 {
+            panic!("index out of bounds")
+        })
+        .expect_err("caught");
+        assert_eq!(
+            e.to_string(),
+            "x.xls: the workbook is damaged (the reader failed: index out of bounds)"
+        );
+    }
+}
