@@ -69,6 +69,9 @@ async fn main() {
                 smtputf8: false,
                 eight_bit_content: false,
                 generated_dsn: false,
+                stream: optin_relay::policy::Stream::Transactional,
+                list: None,
+                campaign: None,
                 recipients: (0..rcpts)
                     .map(|r| Recipient {
                         address: format!(

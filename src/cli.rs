@@ -1,5 +1,5 @@
 //! The `optin-relay` command line: `serve`, `config check`, `queue list|show`,
-//! `hash-password`.
+//! `lists import|compile|check|grant|revoke|status`, `suppress add|remove`, `hash-password`.
 //!
 //! Each subcommand loads the config it needs (the embedded default when no `--config` is
 //! given), prints what an operator needs, and exits non-zero with a clear message when
@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
+mod lists;
 
 use crate::config::{Config, LogFormat};
 use crate::policy::Policy;
@@ -47,6 +49,16 @@ pub enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// Consent and suppression lists: import, compile, check, grant, revoke.
+    Lists {
+        #[command(subcommand)]
+        command: lists::ListsCommand,
+    },
+    /// Add or lift suppressions (in force at once, also in a running relay).
+    Suppress {
+        #[command(subcommand)]
+        command: lists::SuppressCommand,
     },
     /// Hash a password for a policy user (reads the password from standard input).
     HashPassword,
@@ -111,6 +123,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 QueueCommand::List { json } => queue_list(&messages, json),
                 QueueCommand::Show { id } => queue_show(&messages, &id),
             }
+        }
+        Command::Lists { command } => {
+            let config = load_config(cli.config.as_deref())?;
+            let policy = load_policy(&config)?;
+            lists::lists(&config, &policy, command)
+        }
+        Command::Suppress { command } => {
+            let config = load_config(cli.config.as_deref())?;
+            let policy = load_policy(&config)?;
+            lists::suppress(&config, &policy, command)
         }
         Command::HashPassword => {
             let mut password = String::new();
@@ -294,6 +316,18 @@ fn queue_show(messages: &[RecoveredMessage], id: &str) -> Result<ExitCode, Strin
     println!("id:        {}", spool::format_id(e.id));
     println!("received:  {} ago", age(e.received_at));
     println!("account:   {}", e.account);
+    println!(
+        "stream:    {}{}{}",
+        e.stream,
+        e.list
+            .as_deref()
+            .map(|l| format!(", list {l}"))
+            .unwrap_or_default(),
+        e.campaign
+            .as_deref()
+            .map(|c| format!(", campaign {c}"))
+            .unwrap_or_default()
+    );
     println!("sender:    <{}>", e.sender.as_deref().unwrap_or(""));
     println!("size:      {} octets (record)", m.loc.len);
     println!("segment:   {:016x} offset {}", m.loc.segment, m.loc.offset);

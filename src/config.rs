@@ -37,6 +37,8 @@ pub const DEFAULT_AUTH_FAILURE_DELAY: HumanDuration = HumanDuration::secs(1);
 pub const DEFAULT_SHUTDOWN_GRACE: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_SEGMENT_SIZE: ByteSize = ByteSize::mib(64);
 pub const DEFAULT_MX_PORT: u16 = 25;
+pub const DEFAULT_LISTS_REFRESH: HumanDuration = HumanDuration::millis(250);
+pub const DEFAULT_COMPACT_AFTER: usize = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_DESTINATION: usize = 20;
 pub const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 1000;
 pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::secs(30);
@@ -56,7 +58,24 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
     pub policy: PolicyConfig,
+    pub lists: ListsConfig,
     pub log: LogConfig,
+}
+
+/// The consent and suppression data (see `crate::consent`).
+#[derive(Debug, Clone)]
+pub struct ListsConfig {
+    /// Directory of the secret, the snapshot and the journals (default: `lists` in the
+    /// spool directory).
+    pub path: PathBuf,
+    /// How often the relay looks for changes made by other processes (`optin-relay
+    /// suppress …`, a new snapshot copied in).
+    pub refresh_interval: Duration,
+    /// Bloom filter size of new snapshots.
+    pub bloom_bits_per_key: u32,
+    /// The relay folds the journal into a new snapshot once this many addresses changed
+    /// since the last one (0: only `optin-relay lists compile` does).
+    pub compact_after: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +264,7 @@ impl Config {
             let policy = PolicyConfig {
                 path: root.section("policy").get::<PathBuf>("path"),
             };
+            let lists = read_lists(&mut root.section("lists"), &spool.path);
             let log = read_log(&mut root.section("log"));
             Config {
                 smtp,
@@ -253,6 +273,7 @@ impl Config {
                 delivery,
                 http,
                 policy,
+                lists,
                 log,
             }
         };
@@ -374,6 +395,28 @@ fn read_spool(s: &mut Section<'_>) -> SpoolConfig {
         path: s.get_or("path", PathBuf::from(DEFAULT_SPOOL_PATH)),
         fsync: s.get_or("fsync", true),
         segment_size,
+    }
+}
+
+fn read_lists(s: &mut Section<'_>, spool: &Path) -> ListsConfig {
+    let bloom_bits_per_key = s.get_or(
+        "bloom_bits_per_key",
+        crate::consent::snapshot::DEFAULT_BITS_PER_KEY,
+    );
+    if !(8..=64).contains(&bloom_bits_per_key) {
+        s.problem("bloom_bits_per_key", "must be between 8 and 64");
+    }
+    let refresh_interval = s.get_or("refresh_interval", DEFAULT_LISTS_REFRESH).get();
+    if refresh_interval.is_zero() {
+        s.problem("refresh_interval", "must be greater than zero");
+    }
+    ListsConfig {
+        path: s
+            .get::<PathBuf>("path")
+            .unwrap_or_else(|| spool.join("lists")),
+        refresh_interval,
+        bloom_bits_per_key,
+        compact_after: s.get_or("compact_after", DEFAULT_COMPACT_AFTER),
     }
 }
 

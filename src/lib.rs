@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod delivery;
 pub mod http;
 pub mod metrics;

@@ -24,6 +24,12 @@ pub const QUEUE_RECIPIENTS: &str = "optin_queue_recipients";
 pub const DELIVERY_ATTEMPTS: &str = "optin_delivery_attempts_total";
 pub const DELIVERY_RECIPIENTS: &str = "optin_delivery_recipients_total";
 pub const DSN_GENERATED: &str = "optin_dsn_generated_total";
+pub const RECIPIENTS_WITHHELD: &str = "optin_recipients_withheld_total";
+pub const LISTS_ENTRIES: &str = "optin_lists_snapshot_entries";
+pub const LISTS_DELTA: &str = "optin_lists_delta_entries";
+pub const LISTS_SNAPSHOT_AGE: &str = "optin_lists_snapshot_age_seconds";
+pub const LISTS_ERRORS: &str = "optin_lists_refresh_errors_total";
+pub const LISTS_COMPACTIONS: &str = "optin_lists_compactions_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -66,6 +72,29 @@ fn describe() {
         "SMTP replies sent, by class (2xx, 3xx, 4xx, 5xx)."
     );
     describe_counter!(MESSAGES_ACCEPTED, "Messages accepted into the spool.");
+    describe_counter!(
+        RECIPIENTS_WITHHELD,
+        "Recipients refused by the consent and suppression policy, by reason \
+         (consent_missing, unsubscribed_list, unsubscribed_all, bounced, complaint, blocked) \
+         and stage (rcpt, data)."
+    );
+    describe_gauge!(
+        LISTS_ENTRIES,
+        "Entries in the consent and suppression snapshot in service."
+    );
+    describe_gauge!(
+        LISTS_DELTA,
+        "Addresses changed by the journal since the snapshot (folded by compaction)."
+    );
+    describe_gauge!(LISTS_SNAPSHOT_AGE, "Age of the snapshot in service.");
+    describe_counter!(
+        LISTS_ERRORS,
+        "Failures to follow the lists directory (a refused snapshot, an unreadable journal)."
+    );
+    describe_counter!(
+        LISTS_COMPACTIONS,
+        "Journal compactions into a new snapshot."
+    );
     describe_counter!(
         MESSAGES_REFUSED,
         "Messages refused at the end of DATA/BDAT, by reason."
@@ -139,4 +168,25 @@ pub fn recipient_outcome(result: &'static str) {
 
 pub fn dsn_generated(action: &'static str) {
     counter!(DSN_GENERATED, "action" => action).increment(1);
+}
+
+pub fn recipient_withheld(reason: &'static str, stage: &'static str) {
+    counter!(RECIPIENTS_WITHHELD, "reason" => reason, "stage" => stage).increment(1);
+}
+
+pub fn lists_state(stats: &crate::consent::ListsStats) {
+    gauge!(LISTS_ENTRIES).set(stats.snapshot_entries as f64);
+    gauge!(LISTS_DELTA).set(stats.delta_entries as f64);
+    if let Some(created) = stats.snapshot_created_ms {
+        let age = crate::spool::now_ms().saturating_sub(created) as f64 / 1000.0;
+        gauge!(LISTS_SNAPSHOT_AGE).set(age);
+    }
+}
+
+pub fn lists_error() {
+    counter!(LISTS_ERRORS).increment(1);
+}
+
+pub fn lists_compacted() {
+    counter!(LISTS_COMPACTIONS).increment(1);
 }

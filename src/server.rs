@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::consent::Lists;
 use crate::delivery::transport::{NetTransport, Transport};
 use crate::delivery::{self, Delivery};
 use crate::policy::Policy;
@@ -44,6 +45,8 @@ pub enum StartError {
     },
     #[error("delivery: {0}")]
     Delivery(String),
+    #[error("lists: {0}")]
+    Lists(#[from] crate::consent::ListsError),
     #[error("log key {path}: {source}")]
     LogKey {
         path: String,
@@ -61,6 +64,7 @@ pub struct Relay {
     pub policy: Arc<ArcSwap<Policy>>,
     pub spool: Spool,
     pub delivery: Delivery,
+    pub lists: Arc<Lists>,
     stop_accepting: CancellationToken,
     sessions: TaskTracker,
     stop_delivery: CancellationToken,
@@ -97,6 +101,18 @@ impl Relay {
                 path: key_path.display().to_string(),
                 source,
             })?;
+        let lists = Arc::new(Lists::open(
+            &config.lists.path,
+            config.lists.bloom_bits_per_key,
+        )?);
+        let stats = lists.stats();
+        tracing::info!(
+            path = %config.lists.path.display(),
+            entries = stats.snapshot_entries,
+            journal_changes = stats.delta_entries,
+            "lists opened"
+        );
+        crate::metrics::lists_state(&stats);
         let stop_delivery = CancellationToken::new();
         let (delivery, scheduler) = delivery::start(
             delivery::Settings::new(&config.delivery, &config.smtp.hostname),
@@ -115,6 +131,7 @@ impl Relay {
         let ctx = Arc::new(SessionContext {
             smtp: config.smtp.clone(),
             policy: policy.clone(),
+            lists: lists.clone(),
             passwords: Arc::new(PasswordCache::default()),
             spool: spool.clone(),
             intake: Arc::new(delivery.clone()),
@@ -145,6 +162,12 @@ impl Relay {
             };
             tokio::spawn(accept.run(listener, stop_accepting.clone()));
         }
+        crate::consent::follow::spawn(
+            lists.clone(),
+            config.lists.refresh_interval,
+            config.lists.compact_after,
+            stop_accepting.clone(),
+        );
         let http_addr = match config.http.listen {
             Some(addr) => Some(
                 crate::http::serve(addr, metrics, stop_accepting.clone())
@@ -160,6 +183,7 @@ impl Relay {
             policy,
             spool,
             delivery,
+            lists,
             stop_accepting,
             sessions,
             stop_delivery,

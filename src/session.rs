@@ -11,6 +11,7 @@
 
 mod auth;
 mod conn;
+mod consent;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub trait Intake: Send + Sync {
 pub struct SessionContext {
     pub smtp: SmtpConfig,
     pub policy: Arc<ArcSwap<Policy>>,
+    /// Consent and suppression data.
+    pub lists: Arc<crate::consent::Lists>,
     pub passwords: Arc<PasswordCache>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
@@ -379,6 +382,8 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     to: Option<Address>,
     params: RcptParams,
 ) -> Result<Flow, Refusal> {
+    // RFC 5321 §4.5.1: mail to the postmaster is always accepted.
+    let is_postmaster = to.is_none();
     let to = to.unwrap_or_else(|| ctx.smtp.postmaster.clone());
     let Some(txn) = state.txn.as_mut() else {
         return Err(Refusal::BadSequence("need MAIL before RCPT"));
@@ -391,6 +396,12 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if !to.is_ascii() && !txn.params.smtputf8 {
         return Err(Refusal::NeedsSmtpUtf8);
+    }
+    if !is_postmaster {
+        let policy = ctx.policy.load();
+        if let Some(account) = policy.account(&txn.account) {
+            consent::check_rcpt(ctx, account, &to)?;
+        }
     }
     if !txn.rcpts.iter().any(|(a, _)| *a == to) {
         txn.rcpts.push((to, params));
@@ -527,11 +538,39 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         crate::metrics::message_refused(reason);
         return refuse(ctx, conn, state, refusal);
     }
+    let mut body = body;
+    let policy = ctx.policy.load();
+    let Some(account) = policy.account(&txn.account) else {
+        // The account was removed by a policy reload during the transaction.
+        crate::metrics::message_refused("account_gone");
+        return refuse(ctx, conn, state, Refusal::RelayDenied);
+    };
+    let class = match consent::classify(account, &mut body) {
+        Ok(class) => class,
+        Err(refusal) => {
+            crate::metrics::message_refused("optin_header");
+            return refuse(ctx, conn, state, refusal);
+        }
+    };
+    drop(policy);
+    let addresses: Vec<&Address> = txn.rcpts.iter().map(|(a, _)| a).collect();
+    let mut verdicts = consent::verdicts(ctx, &txn.account, &class, &addresses);
+    for (v, a) in verdicts.iter_mut().zip(&addresses) {
+        if **a == ctx.smtp.postmaster {
+            *v = None;
+        }
+    }
+    if verdicts.iter().all(Option::is_some) {
+        crate::metrics::message_refused("withheld");
+        let why = verdicts[0].expect("all withheld");
+        let refusal = Refusal::AllWithheld(addresses[0].to_string(), why, addresses.len() - 1);
+        return refuse(ctx, conn, state, refusal);
+    }
     let id = ctx.spool.next_id();
     let mut content = received_header(ctx, state, &txn, id).into_bytes();
     content.extend_from_slice(&body);
     drop(body);
-    let envelope = Envelope {
+    let mut envelope = Envelope {
         id,
         received_at: spool::now_ms(),
         account: txn.account,
@@ -542,6 +581,9 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         smtputf8: txn.params.smtputf8,
         eight_bit_content: report.eight_bit,
         generated_dsn: false,
+        stream: class.stream,
+        list: class.list,
+        campaign: class.campaign,
         recipients: txn
             .rcpts
             .into_iter()
@@ -555,6 +597,8 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
             })
             .collect(),
     };
+    // The withheld recipients leave the envelope; a copy keeps them for the DSN.
+    let withheld = consent::split_withheld(&mut envelope, &verdicts);
     let content = Bytes::from(content);
     match ctx.spool.store(&envelope, content.clone()).await {
         Ok(loc) => {
@@ -562,12 +606,17 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::info!(
                 id = %id_text,
                 account = %envelope.account,
+                stream = %envelope.stream,
                 recipients = envelope.recipients.len(),
+                withheld = withheld.as_ref().map_or(0, |w| w.0.recipients.len()),
                 size = content.len(),
                 client = %state.peer.remote.ip(),
                 "message accepted"
             );
             crate::metrics::message_accepted();
+            if let Some((original, reasons)) = withheld {
+                consent::notify_withheld(ctx, &original, &content, &reasons).await;
+            }
             ctx.intake.accepted(envelope, loc, content);
             conn.reply(&Reply::new(
                 250,

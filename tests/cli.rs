@@ -62,6 +62,9 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "retry_max",
         "max_age",
         "delay_warning",
+        "refresh_interval",
+        "bloom_bits_per_key",
+        "compact_after",
         "level",
         "format",
     ] {
@@ -70,6 +73,202 @@ fn the_example_config_and_policy_load_and_document_every_key() {
             "{key} is not in the example"
         );
     }
+    let text = std::fs::read_to_string("config/policy.toml").unwrap();
+    for key in [
+        "description",
+        "networks",
+        "username",
+        "password_hash",
+        "streams",
+        "default_stream",
+        "default_list",
+        "name",
+        "consent_statement",
+        "consent_source",
+    ] {
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "{key} is not in the example policy"
+        );
+    }
+    let newsletter = policy.account("newsletter").unwrap();
+    assert_eq!(newsletter.default_list.as_deref(), Some("weekly"));
+    assert_eq!(newsletter.lists.len(), 2);
+}
+
+const LISTS_POLICY: &str = r#"
+[accounts.shop]
+networks = ["127.0.0.0/8"]
+streams = ["marketing", "transactional"]
+default_stream = "marketing"
+[accounts.shop.lists.news]
+consent_statement = "You subscribed to {list}."
+"#;
+
+fn lists_config(dir: &std::path::Path) -> String {
+    std::fs::write(dir.join("policy.toml"), LISTS_POLICY).unwrap();
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[spool]\npath = \"{}\"\n[policy]\npath = \"{}\"\n",
+            dir.join("spool").display(),
+            dir.join("policy.toml").display()
+        ),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_string()
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = bin().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn lists_import_reads_every_file_type_then_check_and_revoke() {
+    // (file, rows, valid, invalid, an invalid row it names)
+    let cases = [
+        (
+            "contacts.txt",
+            6,
+            5,
+            1,
+            "contacts.txt:6: not a valid address",
+        ),
+        ("contacts.csv", 8, 5, 3, "contacts.csv:11: row has 1 field"),
+        ("contacts.xlsx", 11, 8, 3, "contacts.xlsx:9: number cell"),
+        ("contacts.xls", 11, 8, 3, "contacts.xls:6: empty cell"),
+    ];
+    for (file, rows, valid, invalid, named) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = lists_config(dir.path());
+        let path = format!("tests/fixtures/lists/{file}");
+        let (ok, out, err) = run(&[
+            "--config",
+            &cfg,
+            "lists",
+            "import",
+            "--kind",
+            "consent",
+            "--account",
+            "shop",
+            "--list",
+            "news",
+            &path,
+        ]);
+        assert!(ok, "{file}: {out}{err}");
+        assert!(
+            out.contains(&format!("read {rows} row(s) from 1 file(s)"))
+                && out.contains(&format!("{valid} valid, {invalid} invalid")),
+            "{file}: {out}"
+        );
+        assert!(err.contains(named), "{file}: {err}");
+        for (address, allowed) in [
+            ("bob@example.com", true),
+            ("  ALICE@example.COM ", true),
+            ("anna@xn--bcher-kva.example", true),
+            ("zed@example.com", false),
+        ] {
+            let (ok, out, _) = run(&[
+                "--config",
+                &cfg,
+                "lists",
+                "check",
+                address,
+                "--account",
+                "shop",
+            ]);
+            assert_eq!(ok, allowed, "{file} {address}: {out}");
+            let verdict = if allowed {
+                "verdict:     allowed"
+            } else {
+                "verdict:     refused: 550 5.7.1"
+            };
+            assert!(out.contains(verdict), "{file} {address}: {out}");
+        }
+        // A revocation is in force at once, and survives compilation.
+        let (ok, ..) = run(&[
+            "--config",
+            &cfg,
+            "lists",
+            "revoke",
+            "bob@example.com",
+            "--account",
+            "shop",
+        ]);
+        assert!(ok);
+        let (ok, out, _) = run(&["--config", &cfg, "lists", "compile"]);
+        assert!(ok && out.contains("1 journal change(s)"), "{out}");
+        let (ok, out, _) = run(&[
+            "--config",
+            &cfg,
+            "lists",
+            "check",
+            "bob@example.com",
+            "--account",
+            "shop",
+        ]);
+        assert!(!ok && out.contains("no consent recorded"), "{out}");
+        // Nothing in the lists directory holds an address.
+        for entry in std::fs::read_dir(dir.path().join("spool/lists")).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(7).any(|w| w.eq_ignore_ascii_case(b"example")));
+        }
+    }
+}
+
+#[test]
+fn lists_tools_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lists_config(dir.path());
+    let (ok, _, err) = run(&[
+        "--config",
+        &cfg,
+        "lists",
+        "import",
+        "--kind",
+        "consent",
+        "--account",
+        "nobody",
+        "x.txt",
+    ]);
+    assert!(!ok && err.contains("no account \"nobody\""), "{err}");
+    let (ok, _, err) = run(&[
+        "--config",
+        &cfg,
+        "lists",
+        "import",
+        "--kind",
+        "consent",
+        "--account",
+        "shop",
+        "--list",
+        "nope",
+        "x.txt",
+    ]);
+    assert!(!ok && err.contains("has no list \"nope\""), "{err}");
+    let (ok, _, err) = run(&["--config", &cfg, "suppress", "add", "not an address"]);
+    assert!(!ok && err.contains("not a valid address"), "{err}");
+    let (ok, _, err) = run(&[
+        "--config",
+        &cfg,
+        "lists",
+        "import",
+        "--kind",
+        "suppression",
+        "tests/fixtures/lists/no-address-column.xlsx",
+    ]);
+    assert!(!ok && err.contains("no-address-column.xlsx"), "{err}");
+    // A snapshot that is not one is refused by every tool, naming the file.
+    std::fs::create_dir_all(dir.path().join("spool/lists")).unwrap();
+    std::fs::write(dir.path().join("spool/lists/snapshot"), b"junk").unwrap();
+    let (ok, _, err) = run(&["--config", &cfg, "lists", "status"]);
+    assert!(!ok && err.contains("not an optin-relay snapshot"), "{err}");
 }
 
 #[test]

@@ -118,6 +118,9 @@ impl Setup {
             smtputf8: false,
             eight_bit_content: false,
             generated_dsn: false,
+            stream: optin_relay::policy::Stream::Transactional,
+            list: None,
+            campaign: None,
             recipients: rcpts
                 .iter()
                 .map(|(a, n)| Recipient {

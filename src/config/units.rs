@@ -98,6 +98,9 @@ impl HumanDuration {
     pub const fn secs(n: u64) -> HumanDuration {
         HumanDuration(std::time::Duration::from_secs(n))
     }
+    pub const fn millis(n: u64) -> HumanDuration {
+        HumanDuration(std::time::Duration::from_millis(n))
+    }
     pub fn get(self) -> std::time::Duration {
         self.0
     }

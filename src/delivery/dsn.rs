@@ -157,6 +157,9 @@ pub fn build(
         smtputf8: utf8 && !sender.is_ascii(),
         eight_bit_content: !message.is_ascii(),
         generated_dsn: true,
+        stream: crate::policy::Stream::Transactional,
+        list: None,
+        campaign: None,
         recipients: vec![Recipient {
             address: sender.clone(),
             notify: None,
@@ -295,6 +298,9 @@ mod tests {
             smtputf8: false,
             eight_bit_content: false,
             generated_dsn: false,
+            stream: crate::policy::Stream::Transactional,
+            list: None,
+            campaign: None,
             recipients: vec![Recipient {
                 address: "gone@x.example".into(),
                 notify: Some(Notify::DEFAULT),

@@ -10,6 +10,8 @@
 //! policy that was validated when loaded; password checking lives in [`password`].
 
 pub mod password;
+pub mod streams;
+pub mod verdict;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,6 +20,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use crate::config::reader::{Collector, Problems, Section};
+pub use streams::{List, Stream};
 
 /// The policy used when the config names no policy file: clients on loopback are the
 /// account `local`, nobody else may send.
@@ -25,6 +28,7 @@ pub const EMBEDDED_DEFAULT_POLICY: &str = r#"
 [accounts.local]
 description = "Clients on this machine (embedded default policy)"
 networks = ["127.0.0.0/8", "::1/128"]
+streams = ["transactional"]
 "#;
 
 #[derive(Debug, Clone)]
@@ -33,6 +37,33 @@ pub struct Account {
     pub description: String,
     pub networks: Vec<IpNet>,
     pub users: Vec<User>,
+    /// The streams the account may use, and the one used when a message names none.
+    pub streams: Vec<Stream>,
+    pub default_stream: Stream,
+    pub lists: Vec<List>,
+    /// The list used when a message names none.
+    pub default_list: Option<String>,
+}
+
+impl Account {
+    pub fn allows(&self, stream: Stream) -> bool {
+        self.streams.contains(&stream)
+    }
+
+    pub fn list(&self, id: &str) -> Option<&List> {
+        self.lists.iter().find(|l| l.id == id)
+    }
+
+    /// The stream every message of this account uses, when a header cannot change it (the
+    /// account may use only one).
+    pub fn fixed_stream(&self) -> Option<Stream> {
+        (self.streams.len() == 1).then_some(self.streams[0])
+    }
+
+    /// The list every marketing message of this account uses, when it has only one.
+    pub fn fixed_list(&self) -> Option<&List> {
+        (self.lists.len() == 1).then(|| &self.lists[0])
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -157,12 +188,8 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 fn read_account(name: String, s: &mut Section<'_>) -> Account {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    {
-        s.problem("", "account names use a-z, 0-9, - and _ only");
+    if !streams::valid_name(&name) {
+        s.problem("", "account names use a-z, 0-9, - and _ only (at most 64)");
     }
     let description = s.get_or("description", String::new());
     let networks = s
@@ -208,11 +235,16 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
             })
         })
         .collect();
+    let sending = streams::read_sending(s);
     Account {
         name,
         description,
         networks,
         users,
+        streams: sending.streams,
+        default_stream: sending.default_stream,
+        lists: sending.lists,
+        default_list: sending.default_list,
     }
 }
 

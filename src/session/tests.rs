@@ -56,6 +56,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
     let ctx = Arc::new(SessionContext {
         smtp: config.smtp,
         policy: Arc::new(ArcSwap::from_pointee(policy)),
+        lists: Arc::new(crate::consent::Lists::open(&dir.path().join("lists"), 24).unwrap()),
         passwords: Arc::new(PasswordCache::default()),
         spool,
         intake: intake.clone(),

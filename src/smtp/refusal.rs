@@ -81,6 +81,62 @@ pub enum Refusal {
     SpoolUnavailable,
     #[error("TLS not available")]
     TlsUnavailable,
+
+    // ---- consent and suppression ------------------------------------------------------
+    /// The recipient (as the client spelled it) may not receive this mail.
+    #[error("recipient withheld: {1:?}")]
+    RecipientWithheld(String, Withheld),
+    /// Every recipient was withheld at the end of DATA; the first one and how many others.
+    #[error("all recipients withheld")]
+    AllWithheld(String, Withheld, usize),
+    #[error("stream not allowed for this account")]
+    StreamNotAllowed(&'static str),
+    #[error("bad X-Optin-Stream")]
+    BadStream,
+    #[error("unknown list")]
+    UnknownList(String),
+    #[error("marketing mail without a list")]
+    NoList,
+    #[error("bad X-Optin-Campaign")]
+    BadCampaign,
+}
+
+/// Why the consent and suppression policy withholds mail from a recipient. The texts say
+/// no more than the sender knows or needs: which of its own actions or its recipient's
+/// choices stops the mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Withheld {
+    UnsubscribedList,
+    UnsubscribedAll,
+    Bounced,
+    Complained,
+    Blocked,
+    NoConsent,
+}
+
+impl Withheld {
+    pub fn text(self) -> &'static str {
+        match self {
+            Withheld::UnsubscribedList => "has unsubscribed from this list",
+            Withheld::UnsubscribedAll => "has unsubscribed from all mail of this sender",
+            Withheld::Bounced => "is suppressed after a hard bounce",
+            Withheld::Complained => "is suppressed after a spam complaint",
+            Withheld::Blocked => "may not receive mail through this relay",
+            Withheld::NoConsent => "has no consent recorded for this list",
+        }
+    }
+
+    /// For metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Withheld::UnsubscribedList => "unsubscribed_list",
+            Withheld::UnsubscribedAll => "unsubscribed_all",
+            Withheld::Bounced => "bounced",
+            Withheld::Complained => "complaint",
+            Withheld::Blocked => "blocked",
+            Withheld::NoConsent => "consent_missing",
+        }
+    }
 }
 
 impl Refusal {
@@ -175,6 +231,48 @@ impl Refusal {
                 "Temporary failure storing the message, try again later".into(),
             ),
             TlsUnavailable => (454, (4, 7, 0), "TLS not available".into()),
+            RecipientWithheld(rcpt, why) => (550, (5, 7, 1), format!("<{rcpt}> {}", why.text())),
+            AllWithheld(rcpt, why, 0) => (
+                550,
+                (5, 7, 1),
+                format!(
+                    "No recipient may receive this message: <{rcpt}> {}",
+                    why.text()
+                ),
+            ),
+            AllWithheld(rcpt, why, others) => (
+                550,
+                (5, 7, 1),
+                format!(
+                    "No recipient may receive this message: <{rcpt}> {} (and {others} more)",
+                    why.text()
+                ),
+            ),
+            StreamNotAllowed(stream) => (
+                550,
+                (5, 7, 1),
+                format!("This account may not send {stream} mail"),
+            ),
+            BadStream => (
+                554,
+                (5, 6, 0),
+                "X-Optin-Stream must be marketing or transactional".into(),
+            ),
+            UnknownList(list) => (
+                550,
+                (5, 7, 1),
+                format!("Unknown list {:?} for this account", printable(list)),
+            ),
+            BadCampaign => (
+                554,
+                (5, 6, 0),
+                "X-Optin-Campaign must be 1 to 128 visible ASCII characters".into(),
+            ),
+            NoList => (
+                550,
+                (5, 7, 1),
+                "Marketing mail needs a list: name one with X-Optin-List".into(),
+            ),
         };
         Reply::new(code, Status::new(status.0, status.1, status.2), text)
     }
@@ -210,6 +308,11 @@ impl Refusal {
                 | AuthMalformed
         )
     }
+}
+
+/// At most 64 printable characters of a client-supplied value, for a reply.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 fn capitalise(e: &impl std::fmt::Display) -> String {

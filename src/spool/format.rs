@@ -11,6 +11,7 @@
 //! happened to each recipient since the message was stored. Everything is little-endian.
 
 use super::{Envelope, Recipient};
+use crate::policy::Stream;
 use crate::smtp::params::{BodyType, Notify, Ret};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"ORSPOOL\0";
@@ -19,7 +20,9 @@ pub const SEGMENT_HEADER_LEN: usize = 16;
 
 pub const RECORD_MAGIC: &[u8; 4] = b"ORM1";
 pub const RECORD_HEADER_LEN: usize = 32;
-const ENVELOPE_VERSION: u8 = 1;
+/// Version 2 added stream, list and campaign; version 1 envelopes (transactional, no list)
+/// are still read.
+const ENVELOPE_VERSION: u8 = 2;
 
 pub const RCPT_RECORD_LEN: usize = 32;
 
@@ -201,6 +204,12 @@ pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
     put_str(&mut out, &e.account);
     put_str(&mut out, e.sender.as_deref().unwrap_or(""));
     put_str(&mut out, e.envid.as_deref().unwrap_or(""));
+    out.push(match e.stream {
+        Stream::Transactional => 0,
+        Stream::Marketing => 1,
+    });
+    put_str(&mut out, e.list.as_deref().unwrap_or(""));
+    put_str(&mut out, e.campaign.as_deref().unwrap_or(""));
     out.extend_from_slice(&(e.recipients.len() as u32).to_le_bytes());
     for r in &e.recipients {
         put_str(&mut out, &r.address);
@@ -249,7 +258,8 @@ fn non_empty(s: String) -> Option<String> {
 
 pub fn decode_envelope(data: &[u8]) -> Result<Envelope, FormatError> {
     let mut c = Cursor { data, pos: 0 };
-    if c.u8()? != ENVELOPE_VERSION {
+    let version = c.u8()?;
+    if version != 1 && version != ENVELOPE_VERSION {
         return Err(FormatError::Envelope("unknown envelope version"));
     }
     let id = c.u64()?;
@@ -264,6 +274,16 @@ pub fn decode_envelope(data: &[u8]) -> Result<Envelope, FormatError> {
     let account = c.string()?;
     let sender = non_empty(c.string()?);
     let envid = non_empty(c.string()?);
+    let (stream, list, campaign) = if version >= 2 {
+        let stream = match c.u8()? {
+            0 => Stream::Transactional,
+            1 => Stream::Marketing,
+            _ => return Err(FormatError::Envelope("bad stream")),
+        };
+        (stream, non_empty(c.string()?), non_empty(c.string()?))
+    } else {
+        (Stream::Transactional, None, None)
+    };
     let n = c.u32()? as usize;
     if n == 0 || n > 1_000_000 {
         return Err(FormatError::Envelope("bad recipient count"));
@@ -299,6 +319,9 @@ pub fn decode_envelope(data: &[u8]) -> Result<Envelope, FormatError> {
         smtputf8: flags & FLAG_SMTPUTF8 != 0,
         eight_bit_content: flags & FLAG_EIGHT_BIT_CONTENT != 0,
         generated_dsn: flags & FLAG_GENERATED_DSN != 0,
+        stream,
+        list,
+        campaign,
         recipients,
     })
 }
@@ -401,6 +424,9 @@ mod tests {
             smtputf8: true,
             eight_bit_content: true,
             generated_dsn: false,
+            stream: Stream::Marketing,
+            list: Some("news".into()),
+            campaign: Some("spring-sale".into()),
             recipients: vec![
                 Recipient {
                     address: "a@x.example".into(),
@@ -420,6 +446,22 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn version_1_envelopes_are_still_read() {
+        let mut env = sample();
+        env.stream = Stream::Transactional;
+        env.list = None;
+        env.campaign = None;
+        let v2 = encode_envelope(&env);
+        // Version 1 had no stream octet and no list and campaign strings after ENVID.
+        let tail = 1 + 2 + 2;
+        let at = 1 + 8 + 8 + 1 + 1 + (2 + 4) + (2 + 19) + (2 + 5);
+        assert_eq!(&v2[at..at + tail], &[0, 0, 0, 0, 0]);
+        let mut v1 = [&v2[..at], &v2[at + tail..]].concat();
+        v1[0] = 1;
+        assert_eq!(decode_envelope(&v1).unwrap(), env);
     }
 
     #[test]

@@ -63,6 +63,12 @@ pub struct Envelope {
     pub eight_bit_content: bool,
     /// A DSN this relay generated: never answered with another DSN.
     pub generated_dsn: bool,
+    /// Marketing or transactional (from `X-Optin-Stream` or the account's default).
+    pub stream: crate::policy::Stream,
+    /// The account's list a marketing message goes to (`X-Optin-List` or the default).
+    pub list: Option<String>,
+    /// `X-Optin-Campaign`, when given.
+    pub campaign: Option<String>,
     pub recipients: Vec<Recipient>,
 }
 

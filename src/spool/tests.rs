@@ -24,6 +24,9 @@ fn envelope(spool: &Spool, rcpts: &[&str]) -> Envelope {
         smtputf8: false,
         eight_bit_content: false,
         generated_dsn: false,
+        stream: crate::policy::Stream::Transactional,
+        list: None,
+        campaign: None,
         recipients: rcpts
             .iter()
             .map(|a| Recipient {

@@ -1,0 +1,174 @@
+//! Compaction: folding the journal (and imported lists) into a new snapshot.
+//!
+//! Under `compile.lock` (one compiler at a time, in any process): start a new journal so
+//! appends go on elsewhere, read the snapshot on disk and the closed journals after it,
+//! apply the journal changes in order and then the imported batches, merge everything in
+//! one sorted pass, write the new snapshot (temp file, fsync, rename) and delete the folded
+//! journals. Running relays notice the new file at their next refresh and swap it in.
+
+use std::fs::OpenOptions;
+use std::time::{Duration, Instant};
+
+use super::snapshot::{self, Snapshot};
+use super::{FpMap, Lists, ListsError, Op, io_error, journal};
+
+/// Imported entries: fingerprints that get `tags` added.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub fps: Vec<u64>,
+    pub tags: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompileReport {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Journal records folded in.
+    pub journal_changes: u64,
+    /// Imported fingerprints that were not in force before.
+    pub imported_new: u64,
+    pub elapsed: Duration,
+}
+
+impl Lists {
+    /// Folds every journal and `batches` into a new snapshot and puts it in service here.
+    pub fn compile(&self, mut batches: Vec<Batch>) -> Result<CompileReport, ListsError> {
+        let started = Instant::now();
+        let dir = self.dir();
+        let lock_path = dir.join("compile.lock");
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        lock.lock().map_err(io_error(&lock_path))?;
+
+        let closed = journal::roll(dir).map_err(io_error(dir))?;
+        let path = self.snapshot_path();
+        let base = if path.exists() {
+            let s = Snapshot::open(&path, self.secret().id())?;
+            s.verify()?;
+            Some(s)
+        } else {
+            None
+        };
+        let base_get = |fp| base.as_ref().map_or(0, |s| s.get(fp));
+
+        // Journal changes, as absolute values, in journal order.
+        let mut changed: FpMap<u8> = FpMap::default();
+        let mut journal_changes = 0u64;
+        let folded_before = base.as_ref().map_or(0, Snapshot::folded);
+        let numbers = journal::list(dir).map_err(io_error(dir))?;
+        let folded: Vec<u64> = numbers.into_iter().filter(|&n| n <= closed).collect();
+        for &n in folded.iter().filter(|&&n| n > folded_before) {
+            let read =
+                journal::read_from(dir, n, 0).map_err(io_error(&journal::path_of(dir, n)))?;
+            if read.damaged > 0 {
+                tracing::error!(
+                    journal = %journal::path_of(dir, n).display(),
+                    records = read.damaged,
+                    "damaged journal records skipped while compiling"
+                );
+            }
+            for c in read.changes {
+                journal_changes += 1;
+                let current = changed
+                    .get(&c.fp)
+                    .copied()
+                    .unwrap_or_else(|| base_get(c.fp));
+                let new = match c.op {
+                    Op::Add => current | c.tags,
+                    Op::Remove => current & !c.tags,
+                };
+                changed.insert(c.fp, new);
+            }
+        }
+        let mut changed: Vec<(u64, u8)> = changed.into_iter().collect();
+        changed.sort_unstable_by_key(|&(fp, _)| fp);
+        for b in &mut batches {
+            b.fps.sort_unstable();
+            b.fps.dedup();
+        }
+
+        let capacity = base.as_ref().map_or(0, |s| s.len() as usize)
+            + changed.len()
+            + batches.iter().map(|b| b.fps.len()).sum::<usize>();
+        let mut fps = Vec::with_capacity(capacity);
+        let mut tags = Vec::with_capacity(capacity);
+        let mut imported_new = 0u64;
+        {
+            let mut old = base.iter().flat_map(|s| s.entries()).peekable();
+            let mut upd = changed.iter().copied().peekable();
+            let mut imports: Vec<_> = batches
+                .iter()
+                .map(|b| (b.tags, b.fps.iter().copied().peekable()))
+                .collect();
+            loop {
+                let mut next = u64::MAX;
+                let mut any = false;
+                let heads = old
+                    .peek()
+                    .map(|e| e.0)
+                    .into_iter()
+                    .chain(upd.peek().map(|e| e.0))
+                    .chain(imports.iter_mut().filter_map(|(_, it)| it.peek().copied()));
+                for h in heads {
+                    any = true;
+                    next = next.min(h);
+                }
+                if !any {
+                    break;
+                }
+                let mut value = 0;
+                if old.peek().is_some_and(|e| e.0 == next) {
+                    value = old.next().expect("peeked").1;
+                }
+                if upd.peek().is_some_and(|e| e.0 == next) {
+                    value = upd.next().expect("peeked").1;
+                }
+                let before = value;
+                for (t, it) in &mut imports {
+                    if it.peek() == Some(&next) {
+                        it.next();
+                        value |= *t;
+                    }
+                }
+                if value != before {
+                    imported_new += 1;
+                }
+                if value != 0 {
+                    fps.push(next);
+                    tags.push(value);
+                }
+            }
+        }
+        drop(batches);
+        let written = snapshot::write(
+            &path,
+            self.secret().id(),
+            closed,
+            self.bits_per_key(),
+            &fps,
+            &tags,
+        )?;
+        drop(base);
+        for n in folded {
+            let p = journal::path_of(dir, n);
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(io_error(&p)(e));
+            }
+        }
+        drop(lock);
+        self.refresh()?;
+        Ok(CompileReport {
+            entries: written.entries,
+            bytes: written.bytes,
+            journal_changes,
+            imported_new,
+            elapsed: started.elapsed(),
+        })
+    }
+}

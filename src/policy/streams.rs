@@ -1,0 +1,208 @@
+//! What an account sends: its streams (marketing, transactional) and its lists.
+//!
+//! Marketing mail needs recorded consent for one of the account's lists; transactional mail
+//! (service and security notices) does not, but still never reaches addresses that bounced,
+//! complained, were blocked or erased. An account may only use the streams its policy
+//! allows. A list carries what the footer of its mail says about consent.
+
+use crate::config::reader::Section;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Stream {
+    Marketing,
+    Transactional,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Marketing => "marketing",
+            Stream::Transactional => "transactional",
+        }
+    }
+
+    /// The value of an `X-Optin-Stream` header or a policy key (case-insensitive).
+    pub fn parse(s: &str) -> Option<Stream> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("marketing") {
+            Some(Stream::Marketing)
+        } else if s.eq_ignore_ascii_case("transactional") {
+            Some(Stream::Transactional)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A mailing list of an account.
+#[derive(Debug, Clone)]
+pub struct List {
+    /// `[a-z0-9_-]`, as in `X-Optin-List` and `lists import --list`.
+    pub id: String,
+    /// The name people know the list by.
+    pub name: String,
+    /// The footer sentence saying why the recipient gets the mail; may use `{list}`,
+    /// `{account}`, `{source}` and `{unsubscribe}`.
+    pub consent_statement: String,
+    /// Where and how people subscribed (`{source}` in the statement).
+    pub consent_source: String,
+}
+
+/// The placeholders a consent statement may use.
+pub const PLACEHOLDERS: [&str; 4] = ["list", "account", "source", "unsubscribe"];
+
+/// Checks `{…}` placeholders: known names, balanced braces.
+pub fn check_template(text: &str) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest[open..].starts_with('}') {
+            return Err("has a '}' without '{'".into());
+        }
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err("has a '{' without '}'".into());
+        };
+        let name = &after[..close];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder {{{name}}} (known: {})",
+                PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+/// Names of accounts and lists: a-z, 0-9, `-` and `_`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The streams and lists keys of one account section.
+pub struct Sending {
+    pub streams: Vec<Stream>,
+    pub default_stream: Stream,
+    pub lists: Vec<List>,
+    pub default_list: Option<String>,
+}
+
+pub fn read_sending(s: &mut Section<'_>) -> Sending {
+    let mut streams = Vec::new();
+    for name in s
+        .get::<Vec<String>>("streams")
+        .unwrap_or_else(|| vec!["transactional".into()])
+    {
+        match Stream::parse(&name) {
+            Some(st) if !streams.contains(&st) => streams.push(st),
+            Some(_) => {}
+            None => s.problem(
+                "streams",
+                format!("{name:?} is not a stream (marketing, transactional)"),
+            ),
+        }
+    }
+    if streams.is_empty() {
+        s.problem("streams", "at least one stream is needed");
+        streams.push(Stream::Transactional);
+    }
+    let default_stream = match s.get::<String>("default_stream") {
+        Some(name) => match Stream::parse(&name) {
+            Some(st) if streams.contains(&st) => st,
+            Some(st) => {
+                s.problem("default_stream", format!("{st} is not in streams"));
+                streams[0]
+            }
+            None => {
+                s.problem(
+                    "default_stream",
+                    format!("{name:?} is not a stream (marketing, transactional)"),
+                );
+                streams[0]
+            }
+        },
+        None if streams.len() == 1 => streams[0],
+        None => {
+            s.problem(
+                "default_stream",
+                "required when the account may use both streams",
+            );
+            streams[0]
+        }
+    };
+    let lists: Vec<List> = s
+        .named_sections("lists")
+        .into_iter()
+        .map(|(id, mut l)| {
+            if !valid_name(&id) {
+                l.problem("", "list ids use a-z, 0-9, - and _ only (at most 64)");
+            }
+            let consent_statement = l.get::<String>("consent_statement").unwrap_or_else(|| {
+                l.problem("consent_statement", "missing (the footer needs it)");
+                String::new()
+            });
+            if let Err(e) = check_template(&consent_statement) {
+                l.problem("consent_statement", e);
+            }
+            List {
+                name: l.get_or("name", id.clone()),
+                consent_source: l.get_or("consent_source", String::new()),
+                consent_statement,
+                id,
+            }
+        })
+        .collect();
+    if streams.contains(&Stream::Marketing) && lists.is_empty() {
+        s.problem(
+            "lists",
+            "an account that may send marketing mail needs a list",
+        );
+    }
+    let default_list = match s.get::<String>("default_list") {
+        Some(id) if lists.iter().any(|l| l.id == id) => Some(id),
+        Some(id) => {
+            s.problem(
+                "default_list",
+                format!("{id:?} is not one of the account's lists"),
+            );
+            None
+        }
+        None if lists.len() == 1 => Some(lists[0].id.clone()),
+        None => None,
+    };
+    Sending {
+        streams,
+        default_stream,
+        lists,
+        default_list,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        assert!(check_template("You get {list} from {account} because of {source}.").is_ok());
+        assert!(check_template("no placeholders").is_ok());
+        assert!(check_template("{unsubscribe}").is_ok());
+        assert!(
+            check_template("{nope}")
+                .unwrap_err()
+                .contains("unknown placeholder {nope}")
+        );
+        assert!(check_template("{list").is_err());
+        assert!(check_template("list}").is_err());
+    }
+}

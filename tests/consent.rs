@@ -1,0 +1,512 @@
+//! Consent and suppression enforced by the running relay: over real sockets, from lists
+//! changed in-process, by the `optin-relay` binary beside it, and across a `kill -9`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{FakeMx, MxOptions};
+use optin_relay::consent::{CONSENT, Change, Kind, Lists, Op, Origin, Reason, Scope};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `news` (127.0.0.2) may send marketing only, to its one list: its verdicts are known at
+/// RCPT. `shop` (the rest of loopback) sends both streams and has two lists: marketing is
+/// decided at the end of DATA from the X-Optin-* headers.
+const POLICY: &str = r#"
+[accounts.shop]
+networks = ["127.0.0.0/8"]
+streams = ["marketing", "transactional"]
+default_stream = "transactional"
+[accounts.shop.lists.deals]
+name = "Deals"
+consent_statement = "You get {list} because you signed up at {source}."
+[accounts.shop.lists.tips]
+consent_statement = "You get {list} because you asked for it."
+
+[accounts.news]
+networks = ["127.0.0.2/32"]
+streams = ["marketing"]
+[accounts.news.lists.weekly]
+consent_statement = "You subscribed to {list}."
+"#;
+
+struct Setup {
+    mx: FakeMx,
+    relay: optin_relay::server::Relay,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[delivery]\nsmarthost = \"{mx_addr}\"\n[lists]\nrefresh_interval = \"50ms\"\n[policy]\npath = \"{}\"\n",
+        dir.path().join("policy.toml").display()
+    );
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n{extra}",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let relay = common::start_relay(dir.path(), &extra, POLICY).await;
+    Setup {
+        mx,
+        relay,
+        config,
+        _dir: dir,
+    }
+}
+
+fn record(lists: &Lists, kind: Kind, scope: Scope<'_>, addr: &str, tags: u8) {
+    let fp = lists.secret().fingerprint(kind, scope, addr);
+    lists
+        .record(&[Change {
+            op: Op::Add,
+            fp,
+            tags,
+            origin: Origin::Operator,
+            time_ms: 0,
+        }])
+        .unwrap();
+}
+
+/// A hand-written client that shows every reply.
+struct Client {
+    io: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(relay: SocketAddr, from_ip: &str) -> Client {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{from_ip}:0").parse().unwrap())
+            .unwrap();
+        let stream = socket.connect(relay).await.unwrap();
+        let mut c = Client {
+            io: BufReader::new(stream),
+        };
+        c.reply().await;
+        c.say("EHLO client.test").await;
+        c
+    }
+
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            assert!(
+                self.io.read_line(&mut l).await.unwrap() > 0,
+                "connection closed"
+            );
+            all.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return all.trim_end().to_string();
+            }
+        }
+    }
+
+    async fn say(&mut self, line: &str) -> String {
+        self.io
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+
+    /// MAIL, RCPTs (their replies), DATA with `headers` and a body; the final reply.
+    async fn send(&mut self, from: &str, to: &[&str], headers: &str) -> (Vec<String>, String) {
+        assert!(
+            self.say(&format!("MAIL FROM:<{from}>"))
+                .await
+                .starts_with("250")
+        );
+        let mut rcpt = Vec::new();
+        for t in to {
+            rcpt.push(self.say(&format!("RCPT TO:<{t}>")).await);
+        }
+        if !rcpt.iter().any(|r| r.starts_with("250")) {
+            self.say("RSET").await;
+            return (rcpt, String::new());
+        }
+        assert!(self.say("DATA").await.starts_with("354"));
+        let end = self
+            .say(&format!(
+                "From: <{from}>\r\nSubject: hello\r\n{headers}\r\nHello there.\r\n."
+            ))
+            .await;
+        (rcpt, end)
+    }
+}
+
+#[tokio::test]
+async fn marketing_account_refuses_at_rcpt_and_delivers_to_consented_recipients() {
+    let s = setup().await;
+    let lists = &s.relay.lists;
+    let weekly = Scope::List("news", "weekly");
+    record(lists, Kind::Consent, weekly, "yes@example.net", CONSENT);
+    record(lists, Kind::Consent, weekly, "gone@example.net", CONSENT);
+    record(
+        lists,
+        Kind::Suppression,
+        weekly,
+        "gone@example.net",
+        Reason::Unsubscribe.bit(),
+    );
+    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.2").await;
+    let (rcpt, end) = c
+        .send(
+            "news@sender.example",
+            &["Yes@Example.NET", "gone@example.net", "never@example.net"],
+            "",
+        )
+        .await;
+    assert!(rcpt[0].starts_with("250"), "{rcpt:?}");
+    assert_eq!(
+        rcpt[1],
+        "550 5.7.1 <gone@example.net> has unsubscribed from this list"
+    );
+    assert_eq!(
+        rcpt[2],
+        "550 5.7.1 <never@example.net> has no consent recorded for this list"
+    );
+    assert!(end.starts_with("250"), "{end}");
+    let got = s.mx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].rcpt_to, ["Yes@Example.NET"]);
+    s.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
+    let s = setup().await;
+    let lists = &s.relay.lists;
+    let deals = Scope::List("shop", "deals");
+    record(lists, Kind::Consent, deals, "fan@example.net", CONSENT);
+    record(lists, Kind::Consent, deals, "left@example.net", CONSENT);
+    record(
+        lists,
+        Kind::Suppression,
+        Scope::Account("shop"),
+        "left@example.net",
+        Reason::Unsubscribe.bit(),
+    );
+    record(
+        lists,
+        Kind::Suppression,
+        Scope::Global,
+        "dead@example.net",
+        Reason::Bounce.bit(),
+    );
+    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.1").await;
+
+    // Transactional (the account's default): an unsubscribe does not stop it, a hard
+    // bounce does, and right at RCPT (nothing in the message could change that).
+    let (rcpt, end) = c
+        .send(
+            "shop@sender.example",
+            &["left@example.net", "dead@example.net"],
+            "",
+        )
+        .await;
+    assert!(rcpt[0].starts_with("250"), "{rcpt:?}");
+    assert_eq!(
+        rcpt[1],
+        "550 5.7.1 <dead@example.net> is suppressed after a hard bounce"
+    );
+    assert!(end.starts_with("250"), "{end}");
+    let got = s.mx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].rcpt_to, ["left@example.net"]);
+
+    // Marketing to the deals list: one consented, one unsubscribed, one never asked. The
+    // message is accepted for the consented one; the sender gets a DSN about the others.
+    let (rcpt, end) = c
+        .send(
+            "shop@sender.example",
+            &[
+                "fan@example.net",
+                "left@example.net",
+                "stranger@example.net",
+            ],
+            "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\nX-Optin-Campaign: spring-1\r\n",
+        )
+        .await;
+    assert!(rcpt.iter().all(|r| r.starts_with("250")), "{rcpt:?}");
+    assert!(end.starts_with("250"), "{end}");
+    let got = s.mx.wait_for(3, WAIT).await;
+    let to_fan = got
+        .iter()
+        .find(|d| d.rcpt_to == ["fan@example.net"])
+        .expect("delivered to the consented recipient");
+    assert!(
+        !to_fan.text().to_ascii_lowercase().contains("x-optin"),
+        "{}",
+        to_fan.text()
+    );
+    let dsn = got
+        .iter()
+        .find(|d| d.rcpt_to == ["shop@sender.example"])
+        .expect("a DSN to the sender");
+    assert_eq!(dsn.mail_from, "");
+    // Unfolded, so long lines can be matched.
+    let text = dsn.text().replace("\r\n ", " ");
+    assert!(
+        text.contains("Final-Recipient: rfc822; left@example.net"),
+        "{text}"
+    );
+    assert!(
+        text.contains("has unsubscribed from all mail of this sender"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Final-Recipient: rfc822; stranger@example.net"),
+        "{text}"
+    );
+    assert!(
+        text.contains("has no consent recorded for this list"),
+        "{text}"
+    );
+    assert!(!text.contains("rfc822; fan@example.net"), "{text}");
+
+    // Everyone refused: a 550 for the message.
+    let (_, end) = c
+        .send(
+            "shop@sender.example",
+            &["left@example.net", "stranger@example.net"],
+            "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\n",
+        )
+        .await;
+    assert_eq!(
+        end,
+        "550 5.7.1 No recipient may receive this message: <left@example.net> has unsubscribed from all mail of this sender (and 1 more)"
+    );
+    // Bad headers.
+    let (_, end) = c
+        .send(
+            "shop@sender.example",
+            &["fan@example.net"],
+            "X-Optin-List: nope\r\n",
+        )
+        .await;
+    assert_eq!(end, "550 5.7.1 Unknown list \"nope\" for this account");
+    let (_, end) = c
+        .send(
+            "shop@sender.example",
+            &["fan@example.net"],
+            "X-Optin-Stream: marketing\r\n",
+        )
+        .await;
+    assert!(
+        end.starts_with("550 5.7.1 Marketing mail needs a list"),
+        "{end}"
+    );
+    s.relay.shutdown().await;
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_optin-relay"))
+}
+
+#[tokio::test]
+async fn a_suppression_from_the_command_line_is_in_force_in_the_running_relay() {
+    let s = setup().await;
+    record(
+        &s.relay.lists,
+        Kind::Consent,
+        Scope::List("news", "weekly"),
+        "reader@example.net",
+        CONSENT,
+    );
+    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.2").await;
+    assert!(
+        c.say("MAIL FROM:<news@sender.example>")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.say("RCPT TO:<reader@example.net>")
+            .await
+            .starts_with("250")
+    );
+    c.say("RSET").await;
+
+    let out = bin()
+        .args(["--config", s.config.to_str().unwrap()])
+        .args([
+            "suppress",
+            "add",
+            "Reader@EXAMPLE.net",
+            "--account",
+            "news",
+            "--reason",
+            "complaint",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The relay follows the journal every 50 ms.
+    let mut refused = String::new();
+    for _ in 0..100 {
+        assert!(
+            c.say("MAIL FROM:<news@sender.example>")
+                .await
+                .starts_with("250")
+        );
+        refused = c.say("RCPT TO:<reader@example.net>").await;
+        c.say("RSET").await;
+        if refused.starts_with("550") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        refused,
+        "550 5.7.1 <reader@example.net> is suppressed after a spam complaint"
+    );
+    // Lifted again.
+    let out = bin()
+        .args(["--config", s.config.to_str().unwrap()])
+        .args([
+            "suppress",
+            "remove",
+            "reader@example.net",
+            "--account",
+            "news",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    s.relay.lists.refresh().unwrap();
+    assert!(
+        c.say("MAIL FROM:<news@sender.example>")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.say("RCPT TO:<reader@example.net>")
+            .await
+            .starts_with("250")
+    );
+    s.relay.shutdown().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..500 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("relay did not come up on {addr}");
+}
+
+fn write_config(dir: &Path, port: u16, mx: SocketAddr) -> std::path::PathBuf {
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[delivery]\nsmarthost = \"{mx}\"\n[lists]\nrefresh_interval = \"20ms\"\n[policy]\npath = \"{}\"\n",
+            dir.join("spool").display(),
+            dir.join("policy.toml").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn an_acknowledged_unsubscribe_survives_kill_9() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, mx_addr);
+    let cfg = config.to_str().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = || {
+        bin()
+            .args(["--config", cfg, "serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let grant = bin()
+        .args([
+            "--config",
+            cfg,
+            "lists",
+            "grant",
+            "u@example.net",
+            "--account",
+            "news",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        grant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grant.stderr)
+    );
+    let mut relay = start();
+    wait_listening(addr).await;
+    let out = bin()
+        .args(["--config", cfg, "suppress", "add", "u@example.net"])
+        .args([
+            "--account",
+            "news",
+            "--list",
+            "weekly",
+            "--reason",
+            "unsubscribe",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Killed the moment the change is acknowledged.
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let mut relay = start();
+    wait_listening(addr).await;
+    let mut c = Client::connect(addr, "127.0.0.2").await;
+    assert!(
+        c.say("MAIL FROM:<news@sender.example>")
+            .await
+            .starts_with("250")
+    );
+    assert_eq!(
+        c.say("RCPT TO:<u@example.net>").await,
+        "550 5.7.1 <u@example.net> has unsubscribed from this list"
+    );
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+}
