@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions};
+use common::{FakeMx, MxOptions, free_port, wait_listening};
 use optin_relay::consent::{CONSENT, Change, Kind, Lists, Op, Origin, Reason, Scope};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -404,24 +404,6 @@ async fn a_suppression_from_the_command_line_is_in_force_in_the_running_relay() 
             .starts_with("250")
     );
     s.relay.shutdown().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    for _ in 0..500 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("relay did not come up on {addr}");
 }
 
 fn write_config(dir: &Path, port: u16, mx: SocketAddr) -> std::path::PathBuf {

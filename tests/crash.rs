@@ -12,21 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions};
+use common::{FakeMx, MxOptions, free_port, wait_listening};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const CLIENTS: usize = 4;
 const KILLS: usize = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -40,16 +32,6 @@ fn start(config: &Path, log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .expect("start optin-relay")
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    for _ in 0..500 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("relay did not come up on {addr}");
 }
 
 async fn reply(io: &mut BufReader<TcpStream>) -> std::io::Result<String> {

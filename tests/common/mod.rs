@@ -473,3 +473,23 @@ pub async fn raw_send(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> 
     say(&mut io, "QUIT\r\n".into()).await;
     last
 }
+
+/// A port that was free a moment ago (for a relay run as a separate process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("relay did not come up on {addr}");
+}
