@@ -2,7 +2,8 @@
 //!
 //! For each size (default 1 M, 10 M and 100 M entries; `OPTIN_BENCH_SIZES=1000000,…` to
 //! choose) a snapshot of random fingerprints is written to a temporary directory and
-//! mapped, and the same fingerprints go into a `HashSet<u64>`. Measured: a lookup that hits
+//! mapped — once loaded into memory as the relay serves it (`snapshot_*`), once straight
+//! from the file map (`file_map_*`) — and the same fingerprints go into a `HashSet<u64>`. Measured: a lookup that hits
 //! and one that misses (random keys, so the caches do not help either side), the time to
 //! open the snapshot, and — printed, not timed — the false-positive rate of the bloom layer
 //! next to its design rate. `compile` measures the import path end to end: reading a text
@@ -74,6 +75,11 @@ fn lookups(c: &mut Criterion) {
         let started = std::time::Instant::now();
         snap.verify().unwrap();
         let verify_time = started.elapsed();
+        let file_snap = snap.clone();
+        // As the relay puts a snapshot into service (`[lists] load_into_memory`).
+        let started = std::time::Instant::now();
+        let snap = snap.load_into_memory();
+        let load_time = started.elapsed();
 
         // The bloom layer's false-positive rate, measured on 10 M non-members.
         let mut probes = 0u64;
@@ -88,7 +94,7 @@ fn lookups(c: &mut Criterion) {
             positives += u64::from(snap.maybe_contains(k));
         }
         eprintln!(
-            "lists/{}: snapshot {} MB (written in {write_time:.2?}, verified in {verify_time:.2?}); \
+            "lists/{}: snapshot {} MB (written in {write_time:.2?}, verified in {verify_time:.2?}, loaded into memory in {load_time:.2?}); \
              bloom {:.1} bits/entry, {} probes: false positives {:.2e} measured, {:.2e} design",
             label(n),
             snap.file_size() / 1_000_000,
@@ -107,6 +113,20 @@ fn lookups(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) & (SAMPLE - 1);
                 black_box(snap.get(black_box(members[i])))
+            })
+        });
+        g.bench_function(id("file_map_hit"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & (SAMPLE - 1);
+                black_box(file_snap.get(black_box(members[i])))
+            })
+        });
+        g.bench_function(id("file_map_miss"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % misses.len();
+                black_box(file_snap.get(black_box(misses[i])))
             })
         });
         g.bench_function(id("hashset_hit"), |b| {
@@ -136,6 +156,7 @@ fn lookups(c: &mut Criterion) {
         g.finish();
         drop(set);
         drop(snap);
+        drop(file_snap);
         std::fs::remove_file(&path).unwrap();
     }
 }

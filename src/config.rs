@@ -76,6 +76,9 @@ pub struct ListsConfig {
     /// The relay folds the journal into a new snapshot once this many addresses changed
     /// since the last one (0: only `optin-relay lists compile` does).
     pub compact_after: usize,
+    /// Copy each snapshot into memory (huge pages) before it serves: faster lookups at
+    /// large sizes for RAM equal to the snapshot's size.
+    pub load_into_memory: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -417,6 +420,7 @@ fn read_lists(s: &mut Section<'_>, spool: &Path) -> ListsConfig {
         refresh_interval,
         bloom_bits_per_key,
         compact_after: s.get_or("compact_after", DEFAULT_COMPACT_AFTER),
+        load_into_memory: s.get_or("load_into_memory", true),
     }
 }
 

@@ -101,9 +101,10 @@ impl Relay {
                 path: key_path.display().to_string(),
                 source,
             })?;
-        let lists = Arc::new(Lists::open(
+        let lists = Arc::new(Lists::open_with(
             &config.lists.path,
             config.lists.bloom_bits_per_key,
+            config.lists.load_into_memory,
         )?);
         let stats = lists.stats();
         tracing::info!(

@@ -65,6 +65,7 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "refresh_interval",
         "bloom_bits_per_key",
         "compact_after",
+        "load_into_memory",
         "level",
         "format",
     ] {

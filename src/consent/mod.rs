@@ -207,6 +207,8 @@ pub struct Lists {
     dir: PathBuf,
     secret: Secret,
     bits_per_key: u32,
+    /// Snapshots are copied into (huge-page) memory before they serve.
+    in_memory: bool,
     view: ArcSwap<View>,
     tail: Mutex<Tail>,
 }
@@ -222,6 +224,13 @@ impl Lists {
     /// in full) and the journals since. A damaged snapshot is an error here: with nothing
     /// in service yet there is nothing safe to fall back to.
     pub fn open(dir: &Path, bits_per_key: u32) -> Result<Lists, ListsError> {
+        Lists::open_with(dir, bits_per_key, false)
+    }
+
+    /// [`Lists::open`] for a long-running relay: with `in_memory`, each snapshot is copied
+    /// into memory backed by huge pages before it serves (see
+    /// [`Snapshot::load_into_memory`]); without, lookups read the file map.
+    pub fn open_with(dir: &Path, bits_per_key: u32, in_memory: bool) -> Result<Lists, ListsError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let secret_path = dir.join("secret");
         let secret = Secret::load_or_create(&secret_path).map_err(io_error(&secret_path))?;
@@ -229,6 +238,7 @@ impl Lists {
             dir: dir.to_path_buf(),
             secret,
             bits_per_key,
+            in_memory,
             view: ArcSwap::from_pointee(View {
                 snapshot: None,
                 folded: 0,
@@ -316,7 +326,11 @@ impl Lists {
             Some(_) => {
                 let opened = Snapshot::open(&path, self.secret.id()).and_then(|s| {
                     s.verify()?;
-                    Ok(s)
+                    Ok(if self.in_memory {
+                        s.load_into_memory()
+                    } else {
+                        s
+                    })
                 });
                 match opened {
                     Ok(s) => Some(s),
