@@ -251,8 +251,11 @@ impl Lists {
                 refused: None,
             }),
         };
+        let path = lists.snapshot_path();
+        let file = file_id(&path).map_err(io_error(&path))?;
+        let snapshot = lists.prepare(file)?;
         let mut tail = lists.tail.lock().expect("tail lock");
-        lists.reload(&mut tail)?;
+        lists.install(&mut tail, snapshot, file)?;
         drop(tail);
         Ok(lists)
     }
@@ -306,42 +309,53 @@ impl Lists {
     /// in; journal records appended since the last call are applied. Returns whether a new
     /// snapshot was put into service. On error the view in service is unchanged.
     pub fn refresh(&self) -> Result<bool, ListsError> {
-        let mut tail = self.tail.lock().expect("tail lock");
         let path = self.snapshot_path();
         let current = file_id(&path).map_err(io_error(&path))?;
-        if current != self.view.load().file && current != tail.refused {
-            return self.reload(&mut tail).map(|()| true);
+        let refused = self.tail.lock().expect("tail lock").refused;
+        if current != self.view.load().file && current != refused {
+            // Verifying and loading a large snapshot takes seconds: done without the lock,
+            // so changes are recorded and looked up meanwhile.
+            let prepared = self.prepare(current);
+            let mut tail = self.tail.lock().expect("tail lock");
+            return match prepared {
+                Ok(snapshot) => self.install(&mut tail, snapshot, current),
+                Err(e) => {
+                    tail.refused = current;
+                    Err(e)
+                }
+            };
         }
+        let mut tail = self.tail.lock().expect("tail lock");
         self.catch_up(&mut tail)?;
         Ok(false)
     }
 
-    /// Builds a fresh view from the snapshot file and every journal after it, then swaps
-    /// it in.
-    fn reload(&self, tail: &mut Tail) -> Result<(), ListsError> {
-        let path = self.snapshot_path();
-        let file = file_id(&path).map_err(io_error(&path))?;
-        let snapshot = match file {
-            None => None,
-            Some(_) => {
-                let opened = Snapshot::open(&path, self.secret.id()).and_then(|s| {
-                    s.verify()?;
-                    Ok(if self.in_memory {
-                        s.load_into_memory()
-                    } else {
-                        s
-                    })
-                });
-                match opened {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        tail.refused = file;
-                        return Err(e.into());
-                    }
-                }
-            }
-        };
+    /// Opens, verifies and (when configured) loads the snapshot file.
+    fn prepare(&self, file: Option<FileId>) -> Result<Option<Snapshot>, ListsError> {
+        if file.is_none() {
+            return Ok(None);
+        }
+        let s = Snapshot::open(&self.snapshot_path(), self.secret.id())?;
+        s.verify()?;
+        Ok(Some(if self.in_memory {
+            s.load_into_memory()
+        } else {
+            s
+        }))
+    }
+
+    /// Puts a prepared snapshot into service with every journal after it replayed, unless
+    /// the view already serves a newer one. Returns whether it did.
+    fn install(
+        &self,
+        tail: &mut Tail,
+        snapshot: Option<Snapshot>,
+        file: Option<FileId>,
+    ) -> Result<bool, ListsError> {
         let folded = snapshot.as_ref().map_or(0, Snapshot::folded);
+        if folded < self.view.load().folded {
+            return Ok(false);
+        }
         let view = View {
             snapshot,
             folded,
@@ -356,7 +370,7 @@ impl Lists {
         apply_journals(&self.dir, &view, &mut fresh)?;
         self.view.store(std::sync::Arc::new(view));
         *tail = fresh;
-        Ok(())
+        Ok(true)
     }
 
     fn catch_up(&self, tail: &mut Tail) -> Result<(), ListsError> {
