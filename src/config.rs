@@ -59,7 +59,21 @@ pub struct Config {
     pub http: HttpConfig,
     pub policy: PolicyConfig,
     pub lists: ListsConfig,
+    pub unsubscribe: UnsubscribeConfig,
     pub log: LogConfig,
+}
+
+/// Where recipients unsubscribe, and the keys of the tokens in the links.
+#[derive(Debug, Clone)]
+pub struct UnsubscribeConfig {
+    /// The HTTP listener as recipients reach it (usually through a TLS proxy), without a
+    /// trailing slash: links are `<public_url>/u/TOKEN`.
+    pub public_url: String,
+    /// The domain of `mailto:unsubscribe+TOKEN@<mail_domain>`; the relay accepts mail to
+    /// such addresses without AUTH.
+    pub mail_domain: String,
+    /// The token key file (created on first use, mode 0600).
+    pub keys: PathBuf,
 }
 
 /// The consent and suppression data (see `crate::consent`).
@@ -268,6 +282,12 @@ impl Config {
                 path: root.section("policy").get::<PathBuf>("path"),
             };
             let lists = read_lists(&mut root.section("lists"), &spool.path);
+            let unsubscribe = read_unsubscribe(
+                &mut root.section("unsubscribe"),
+                &smtp.hostname,
+                http.listen,
+                &spool.path,
+            );
             let log = read_log(&mut root.section("log"));
             Config {
                 smtp,
@@ -277,6 +297,7 @@ impl Config {
                 http,
                 policy,
                 lists,
+                unsubscribe,
                 log,
             }
         };
@@ -491,6 +512,46 @@ fn read_http(s: &mut Section<'_>) -> HttpConfig {
         },
     };
     HttpConfig { listen }
+}
+
+fn read_unsubscribe(
+    s: &mut Section<'_>,
+    hostname: &str,
+    http: Option<SocketAddr>,
+    spool: &Path,
+) -> UnsubscribeConfig {
+    let public_url = match s.get::<String>("public_url") {
+        Some(u) => {
+            let trimmed = u.trim_end_matches('/').to_string();
+            let ok = (trimmed.starts_with("https://") || trimmed.starts_with("http://"))
+                && trimmed.len() > "https://".len()
+                && !trimmed.contains(['?', '#', ' ', '<', '>', '"']);
+            if !ok {
+                s.problem(
+                    "public_url",
+                    format!("{u:?} is not an http(s) URL without query or fragment"),
+                );
+            }
+            trimmed
+        }
+        None => match http {
+            Some(a) => format!("http://{a}"),
+            None => format!("https://{hostname}"),
+        },
+    };
+    let mail_domain = s
+        .get::<String>("mail_domain")
+        .unwrap_or_else(|| hostname.to_string());
+    if crate::smtp::address::check_domain(&mail_domain).is_err() {
+        s.problem("mail_domain", format!("{mail_domain:?} is not a domain"));
+    }
+    UnsubscribeConfig {
+        public_url,
+        mail_domain: mail_domain.to_ascii_lowercase(),
+        keys: s
+            .get::<PathBuf>("keys")
+            .unwrap_or_else(|| spool.join("unsubscribe.keys")),
+    }
 }
 
 fn read_log(s: &mut Section<'_>) -> LogConfig {

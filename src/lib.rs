@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod policy;
 pub mod privacy;
+pub mod rewrite;
 pub mod server;
 pub mod session;
 pub mod smtp;

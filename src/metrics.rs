@@ -30,6 +30,7 @@ pub const LISTS_DELTA: &str = "optin_lists_delta_entries";
 pub const LISTS_SNAPSHOT_AGE: &str = "optin_lists_snapshot_age_seconds";
 pub const LISTS_ERRORS: &str = "optin_lists_refresh_errors_total";
 pub const LISTS_COMPACTIONS: &str = "optin_lists_compactions_total";
+pub const UNSUBSCRIBES: &str = "optin_unsubscribes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -189,4 +190,8 @@ pub fn lists_error() {
 
 pub fn lists_compacted() {
     counter!(LISTS_COMPACTIONS).increment(1);
+}
+
+pub fn unsubscribe_received(scope: &'static str) {
+    counter!(UNSUBSCRIBES, "scope" => scope).increment(1);
 }

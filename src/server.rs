@@ -45,6 +45,8 @@ pub enum StartError {
     },
     #[error("delivery: {0}")]
     Delivery(String),
+    #[error("unsubscribe keys: {0}")]
+    Keys(String),
     #[error("lists: {0}")]
     Lists(#[from] crate::consent::ListsError),
     #[error("log key {path}: {source}")]
@@ -114,9 +116,20 @@ impl Relay {
             "lists opened"
         );
         crate::metrics::lists_state(&stats);
+        let token_keys = Arc::new(
+            crate::rewrite::token::TokenKeys::load_or_create(&config.unsubscribe.keys)
+                .map_err(|e| StartError::Keys(e.to_string()))?,
+        );
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let mut settings = delivery::Settings::new(&config.delivery, &config.smtp.hostname);
+        settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
+            policy.clone(),
+            token_keys.clone(),
+            &config.unsubscribe,
+        )));
         let stop_delivery = CancellationToken::new();
         let (delivery, scheduler) = delivery::start(
-            delivery::Settings::new(&config.delivery, &config.smtp.hostname),
+            settings,
             spool.clone(),
             transport,
             tagger,
@@ -127,12 +140,12 @@ impl Relay {
             &config.tls,
             &config.smtp.hostname,
         )?);
-        let policy = Arc::new(ArcSwap::from_pointee(policy));
         let stop_accepting = CancellationToken::new();
         let ctx = Arc::new(SessionContext {
             smtp: config.smtp.clone(),
             policy: policy.clone(),
             lists: lists.clone(),
+            own_domain: config.unsubscribe.mail_domain.clone(),
             passwords: Arc::new(PasswordCache::default()),
             spool: spool.clone(),
             intake: Arc::new(delivery.clone()),
@@ -171,9 +184,22 @@ impl Relay {
         );
         let http_addr = match config.http.listen {
             Some(addr) => Some(
-                crate::http::serve(addr, metrics, stop_accepting.clone())
-                    .await
-                    .map_err(|source| StartError::Listen { addr, source })?,
+                crate::http::serve(
+                    addr,
+                    crate::http::router(metrics).merge(crate::http::unsubscribe::router(
+                        crate::http::unsubscribe::UnsubscribeState {
+                            lists: lists.clone(),
+                            keys: token_keys,
+                            policy: policy.clone(),
+                            events: Arc::new(crate::http::unsubscribe::EventLog::new(
+                                &config.spool.path.join("events/unsubscribes.jsonl"),
+                            )),
+                        },
+                    )),
+                    stop_accepting.clone(),
+                )
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?,
             ),
             None => None,
         };

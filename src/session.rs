@@ -12,6 +12,7 @@
 mod auth;
 mod conn;
 mod consent;
+mod identity;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct SessionContext {
     pub policy: Arc<ArcSwap<Policy>>,
     /// Consent and suppression data.
     pub lists: Arc<crate::consent::Lists>,
+    /// The relay's own mail domain (bounces, unsubscribe addresses).
+    pub own_domain: String,
     pub passwords: Arc<PasswordCache>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
@@ -552,6 +555,10 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
             return refuse(ctx, conn, state, refusal);
         }
     };
+    if let Err(refusal) = identity::check(account, &ctx.own_domain, txn.sender.as_ref(), &body) {
+        crate::metrics::message_refused("sender_identity");
+        return refuse(ctx, conn, state, refusal);
+    }
     drop(policy);
     let addresses: Vec<&Address> = txn.rcpts.iter().map(|(a, _)| a).collect();
     let mut verdicts = consent::verdicts(ctx, &txn.account, &class, &addresses);

@@ -66,6 +66,9 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "bloom_bits_per_key",
         "compact_after",
         "load_into_memory",
+        "public_url",
+        "mail_domain",
+        "keys",
         "level",
         "format",
     ] {
@@ -86,9 +89,15 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "name",
         "consent_statement",
         "consent_source",
+        "from_domains",
+        "feedback_id",
+        "transactional_unsubscribe",
+        "domain",
+        "selector",
+        "private_key",
     ] {
         assert!(
-            text.contains(&format!("\n{key} = ")),
+            text.contains(&format!("\n{key} = ")) || text.contains(&format!("# {key} = ")),
             "{key} is not in the example policy"
         );
     }

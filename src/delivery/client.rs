@@ -268,7 +268,7 @@ impl Connection {
             return Sent {
                 results: rcpts
                     .iter()
-                    .map(|(i, _)| (*i, Attempt::Refused(refusal)))
+                    .map(|(i, _)| (*i, Attempt::Refused(refusal.clone())))
                     .collect(),
                 reusable: true,
             };

@@ -40,6 +40,8 @@ use transport::{RouteKey, Transport};
 pub struct Settings {
     pub hostname: String,
     pub config: DeliveryConfig,
+    /// The per-recipient rewrite stage; `None` sends the spooled content as it is.
+    pub rewriter: Option<Arc<crate::rewrite::Rewriter>>,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
         Settings {
             hostname: hostname.to_string(),
             config: config.clone(),
+            rewriter: None,
         }
     }
 }

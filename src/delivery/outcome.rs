@@ -39,7 +39,7 @@ impl Stage {
 }
 
 /// Why the relay itself would not send a message to a destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalRefusal {
     /// The message needs SMTPUTF8 and the server does not offer it.
     NeedsSmtpUtf8,
@@ -51,6 +51,8 @@ pub enum LocalRefusal {
     MalformedContent,
     /// The content in the spool failed its checksum.
     DamagedInSpool,
+    /// The per-recipient rewrite (unsubscribe headers, footer, signature) failed.
+    Rewrite(String),
 }
 
 /// Why a destination could not be found.
@@ -167,6 +169,10 @@ pub fn classify(attempt: &Attempt) -> Disposition {
                 LocalRefusal::DamagedInSpool => (
                     Status::new(5, 3, 0),
                     "the message was damaged in the relay's storage".to_string(),
+                ),
+                LocalRefusal::Rewrite(why) => (
+                    Status::new(5, 6, 0),
+                    format!("the message could not be prepared for sending: {why}"),
                 ),
             };
             Disposition::Bounced {

@@ -181,42 +181,83 @@ async fn deliver(
             }
         },
     };
-    if conn.is_none() {
-        match connect(key, ctx).await {
-            Ok(c) => *conn = Some(c),
-            Err(attempt) => {
-                crate::metrics::delivery_attempt(false);
-                return JobReport {
-                    id: job.id,
-                    results: everyone(attempt, &job.rcpts),
-                    remote: None,
-                    next_hop_dsn: false,
-                };
+    // Marketing mail is rewritten for each recipient (its own unsubscribe link), so each
+    // recipient is its own transaction; other mail is prepared once for all of them.
+    let rewriter = ctx.settings.rewriter.clone();
+    let groups: Vec<(Vec<u32>, Result<Bytes, String>)> = match &rewriter {
+        Some(r) if r.per_recipient(&job.env) => job
+            .rcpts
+            .iter()
+            .map(|&i| {
+                let rcpt = &job.env.recipients[i as usize];
+                let content = r.prepare(&job.env, Some(rcpt), &body).map(Bytes::from);
+                (vec![i], content.map_err(|e| e.to_string()))
+            })
+            .collect(),
+        Some(r) => vec![(
+            job.rcpts.clone(),
+            r.prepare(&job.env, None, &body)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string()),
+        )],
+        None => vec![(job.rcpts.clone(), Ok(body))],
+    };
+    let mut results = Vec::with_capacity(job.rcpts.len());
+    let mut remote = None;
+    let mut next_hop_dsn = false;
+    // Once no server can be reached, the other recipients of the job are not tried again.
+    let mut unreachable: Option<Attempt> = None;
+    for (rcpts, content) in groups {
+        if let Some(attempt) = &unreachable {
+            results.extend(everyone(attempt.clone(), &rcpts));
+            continue;
+        }
+        let content = match content {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::error!(id = %crate::spool::format_id(job.id), error = %why, "rewrite failed");
+                results.extend(everyone(
+                    Attempt::Refused(LocalRefusal::Rewrite(why)),
+                    &rcpts,
+                ));
+                continue;
+            }
+        };
+        if conn.is_none() {
+            match connect(key, ctx).await {
+                Ok(c) => *conn = Some(c),
+                Err(attempt) => {
+                    crate::metrics::delivery_attempt(false);
+                    results.extend(everyone(attempt.clone(), &rcpts));
+                    unreachable = Some(attempt);
+                    continue;
+                }
             }
         }
+        let c = conn.as_mut().expect("connected above");
+        let with_rcpt: Vec<(u32, &Recipient)> = rcpts
+            .iter()
+            .map(|&i| (i, &job.env.recipients[i as usize]))
+            .collect();
+        let sent = c.send(&job.env, &with_rcpt, &content).await;
+        crate::metrics::delivery_attempt(sent.reusable);
+        results.extend(sent.results);
+        remote = Some(c.host.clone());
+        next_hop_dsn = c.caps.dsn;
+        if !sent.reusable {
+            *conn = None;
+        } else if c.transactions >= ctx.settings.config.max_messages_per_connection
+            && let Some(mut c) = conn.take()
+        {
+            c.quit().await;
+        }
     }
-    let c = conn.as_mut().expect("connected above");
-    let rcpts: Vec<(u32, &Recipient)> = job
-        .rcpts
-        .iter()
-        .map(|&i| (i, &job.env.recipients[i as usize]))
-        .collect();
-    let sent = c.send(&job.env, &rcpts, &body).await;
-    crate::metrics::delivery_attempt(sent.reusable);
-    let report = JobReport {
+    JobReport {
         id: job.id,
-        results: sent.results,
-        remote: Some(c.host.clone()),
-        next_hop_dsn: c.caps.dsn,
-    };
-    if !sent.reusable {
-        *conn = None;
-    } else if c.transactions >= ctx.settings.config.max_messages_per_connection
-        && let Some(mut c) = conn.take()
-    {
-        c.quit().await;
+        results,
+        remote,
+        next_hop_dsn,
     }
-    report
 }
 
 /// Resolves the route and opens a connection to the first server that greets us properly.

@@ -1,6 +1,9 @@
-//! The HTTP listener (`[http] listen`): Prometheus metrics at `GET /metrics` and a liveness
-//! check at `GET /healthz`. The unsubscribe endpoints and the admin API of later issues
-//! mount here. It binds loopback by default and serves nothing that carries personal data.
+//! The HTTP listener (`[http] listen`): Prometheus metrics at `GET /metrics`, a liveness
+//! check at `GET /healthz`, and the unsubscribe endpoints ([`unsubscribe`]). The admin API
+//! of a later issue mounts here. It binds loopback by default; put a TLS proxy in front for
+//! the public unsubscribe links.
+
+pub mod unsubscribe;
 
 use std::net::SocketAddr;
 
@@ -35,14 +38,14 @@ pub fn router(metrics: PrometheusHandle) -> Router {
 /// Binds `addr` and serves until `stop` is cancelled; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
-    metrics: PrometheusHandle,
+    app: Router,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "HTTP listening");
     tokio::spawn(async move {
-        let result = axum::serve(listener, router(metrics))
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await;
         if let Err(e) = result {

@@ -9,6 +9,7 @@
 //! Deciding is pure: [`Policy::identify_by_ip`] and [`Policy::user`] look things up in a
 //! policy that was validated when loaded; password checking lives in [`password`].
 
+pub mod identity;
 pub mod password;
 pub mod streams;
 pub mod verdict;
@@ -43,6 +44,13 @@ pub struct Account {
     pub lists: Vec<List>,
     /// The list used when a message names none.
     pub default_list: Option<String>,
+    /// Domains the account sends as (header From, envelope sender); empty: not checked.
+    pub from_domains: Vec<String>,
+    pub dkim: Vec<identity::DkimConfig>,
+    /// Gmail's Feedback-ID sender id; none: no Feedback-ID header.
+    pub feedback_id: Option<String>,
+    /// Transactional mail gets the unsubscribe headers too.
+    pub transactional_unsubscribe: bool,
 }
 
 impl Account {
@@ -236,6 +244,7 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         })
         .collect();
     let sending = streams::read_sending(s);
+    let identity = identity::read_identity(s);
     Account {
         name,
         description,
@@ -245,6 +254,10 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         default_stream: sending.default_stream,
         lists: sending.lists,
         default_list: sending.default_list,
+        from_domains: identity.from_domains,
+        dkim: identity.dkim,
+        feedback_id: identity.feedback_id,
+        transactional_unsubscribe: identity.transactional_unsubscribe,
     }
 }
 

@@ -14,6 +14,7 @@ use crate::consent::key::normalise;
 use crate::delivery::dsn;
 use crate::policy::verdict::{decide, decide_early};
 use crate::policy::{Account, Stream};
+use crate::rewrite::headers;
 use crate::smtp::Status;
 use crate::smtp::refusal::Withheld;
 use crate::smtp::{Address, Refusal};
@@ -64,46 +65,24 @@ struct OptinFields {
 /// of each is used; all are removed.
 fn scan_headers(content: &[u8]) -> OptinFields {
     let mut out = OptinFields::default();
-    let mut pos = 0;
-    while pos < content.len() {
-        let line_end = |from: usize| {
-            memchr::memmem::find(&content[from..], b"\r\n").map_or(content.len(), |i| from + i + 2)
+    let (fields, _) = headers::fields(content);
+    for f in fields {
+        let name = &content[f.name.clone()];
+        if name.len() <= 8 || !name[..8].eq_ignore_ascii_case(b"x-optin-") {
+            continue;
+        }
+        let slot = match name[8..].to_ascii_lowercase().as_slice() {
+            b"stream" => Some(&mut out.stream),
+            b"list" => Some(&mut out.list),
+            b"campaign" => Some(&mut out.campaign),
+            _ => None,
         };
-        if content[pos..].starts_with(b"\r\n") {
-            break;
+        if let Some(slot) = slot
+            && slot.is_none()
+        {
+            *slot = Some(headers::value(content, &f));
         }
-        // One field: its first line and every continuation line.
-        let start = pos;
-        let mut end = line_end(pos);
-        while end < content.len() && matches!(content[end], b' ' | b'\t') {
-            end = line_end(end);
-        }
-        let field = &content[start..end];
-        let name_end = memchr::memchr(b':', field).unwrap_or(0);
-        let name = &field[..name_end];
-        if name.len() > 8 && name[..8].eq_ignore_ascii_case(b"x-optin-") {
-            out.ranges.push(start..end);
-            let value = String::from_utf8_lossy(&field[name_end + 1..]);
-            let value: String = value
-                .split("\r\n")
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ")
-                .trim()
-                .to_string();
-            let slot = match name[8..].to_ascii_lowercase().as_slice() {
-                b"stream" => Some(&mut out.stream),
-                b"list" => Some(&mut out.list),
-                b"campaign" => Some(&mut out.campaign),
-                _ => None,
-            };
-            if let Some(slot) = slot
-                && slot.is_none()
-            {
-                *slot = Some(value);
-            }
-        }
-        pos = end;
+        out.ranges.push(f.whole);
     }
     out
 }

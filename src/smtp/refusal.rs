@@ -99,6 +99,13 @@ pub enum Refusal {
     NoList,
     #[error("bad X-Optin-Campaign")]
     BadCampaign,
+
+    // ---- sender identity -----------------------------------------------------------------
+    /// The From (or envelope sender) domain is not one of the account's.
+    #[error("{0} domain not the account's")]
+    SenderNotAccount(&'static str, String),
+    #[error("no From header")]
+    NoFrom,
 }
 
 /// Why the consent and suppression policy withholds mail from a recipient. The texts say
@@ -263,6 +270,15 @@ impl Refusal {
                 (5, 7, 1),
                 format!("Unknown list {:?} for this account", printable(list)),
             ),
+            SenderNotAccount(which, domain) => (
+                550,
+                (5, 7, 1),
+                format!(
+                    "The {which} domain {} is not one of this account's domains",
+                    printable(domain)
+                ),
+            ),
+            NoFrom => (550, (5, 6, 0), "The message has no From header".into()),
             BadCampaign => (
                 554,
                 (5, 6, 0),

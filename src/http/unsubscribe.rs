@@ -1,0 +1,226 @@
+//! The unsubscribe endpoints: `POST /u/TOKEN` (RFC 8058 one-click, and the buttons of the
+//! page) and `GET /u/TOKEN` (a small page for people who click the link).
+//!
+//! A genuine token becomes an `unsubscribe` suppression for its list — or, from the page's
+//! second button, for everything the account sends as marketing — written to the lists
+//! journal (fsynced) before the answer, so the next message to that address is refused.
+//! Repeating it is harmless. Each unsubscribe is also appended to the account's event log
+//! (`events/unsubscribes.jsonl` beside the spool, mode 0600: the address, for the
+//! account's own systems). A bad token gets a 400 page; nothing here shows an error's
+//! internals.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::consent::{Change, Kind, Lists, Op, Origin, Reason, Scope};
+use crate::policy::Policy;
+use crate::rewrite::token::{TokenKeys, Unsubscribe};
+
+/// Appends unsubscribe events, one JSON object per line.
+#[derive(Debug)]
+pub struct EventLog {
+    path: PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl EventLog {
+    pub fn new(path: &Path) -> EventLog {
+        EventLog {
+            path: path.to_path_buf(),
+            file: Mutex::new(None),
+        }
+    }
+
+    fn append(&self, event: &serde_json::Value) -> std::io::Result<()> {
+        let mut guard = self.file.lock().expect("event log lock");
+        if guard.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.append(true).create(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            *guard = Some(options.open(&self.path)?);
+        }
+        let f = guard.as_mut().expect("opened above");
+        let mut line = event.to_string();
+        line.push('\n');
+        f.write_all(line.as_bytes())
+    }
+}
+
+#[derive(Clone)]
+pub struct UnsubscribeState {
+    pub lists: Arc<Lists>,
+    pub keys: Arc<TokenKeys>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub events: Arc<EventLog>,
+}
+
+pub fn router(state: UnsubscribeState) -> Router {
+    Router::new()
+        .route("/u/{token}", get(page).post(unsubscribe))
+        .with_state(state)
+}
+
+/// Minimal HTML escaping for text and attribute values.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn html(status: StatusCode, title: &str, body: &str) -> Response {
+    let page = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"robots\" content=\"noindex\">\n<title>{t}</title>\n\
+         <style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}\
+         button{{font-size:1rem;padding:.6rem 1rem;margin:.3rem 0;cursor:pointer}}</style>\n\
+         </head>\n<body>\n<main>\n<h1>{t}</h1>\n{body}\n</main>\n</body>\n</html>\n",
+        t = escape(title)
+    );
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+fn bad_token() -> Response {
+    html(
+        StatusCode::BAD_REQUEST,
+        "This unsubscribe link is not valid",
+        "<p>The link may have been cut off or changed. Please use the complete link from \
+         the message, or reply to the sender.</p>",
+    )
+}
+
+fn names(policy: &Policy, u: &Unsubscribe) -> (String, String) {
+    let account = policy.account(&u.account);
+    let list = account
+        .and_then(|a| a.list(&u.list))
+        .map_or_else(|| u.list.clone(), |l| l.name.clone());
+    let sender = account
+        .map(|a| a.description.clone())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| u.account.clone());
+    (list, sender)
+}
+
+async fn page(State(st): State<UnsubscribeState>, UrlPath(token): UrlPath<String>) -> Response {
+    let Ok(u) = st.keys.open(&token) else {
+        return bad_token();
+    };
+    let (list, sender) = names(&st.policy.load(), &u);
+    let action = format!("/u/{}", escape(&token));
+    html(
+        StatusCode::OK,
+        "Unsubscribe",
+        &format!(
+            "<p>Stop receiving <strong>{list}</strong> from {sender}?</p>\n\
+             <form method=\"post\" action=\"{action}\">\n\
+             <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\n\
+             <button type=\"submit\">Unsubscribe from {list}</button>\n</form>\n\
+             <form method=\"post\" action=\"{action}\">\n\
+             <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\n\
+             <input type=\"hidden\" name=\"scope\" value=\"account\">\n\
+             <button type=\"submit\">Unsubscribe from all marketing mail of {sender}</button>\n</form>",
+            list = escape(&list),
+            sender = escape(&sender),
+        ),
+    )
+}
+
+async fn unsubscribe(
+    State(st): State<UnsubscribeState>,
+    UrlPath(token): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(u) = st.keys.open(&token) else {
+        return bad_token();
+    };
+    // RFC 8058: the body is `List-Unsubscribe=One-Click`, form-urlencoded or multipart.
+    if memchr::memmem::find(&body, b"One-Click").is_none() {
+        return html(
+            StatusCode::BAD_REQUEST,
+            "Nothing was changed",
+            "<p>This request did not ask to unsubscribe.</p>",
+        );
+    }
+    let whole_account = memchr::memmem::find(&body, b"scope=account").is_some();
+    let secret = st.lists.secret();
+    let fp = if whole_account {
+        secret.fingerprint(Kind::Suppression, Scope::Account(&u.account), &u.address)
+    } else {
+        secret.fingerprint(
+            Kind::Suppression,
+            Scope::List(&u.account, &u.list),
+            &u.address,
+        )
+    };
+    let change = Change {
+        op: Op::Add,
+        fp,
+        tags: Reason::Unsubscribe.bit(),
+        origin: Origin::Unsubscribe,
+        time_ms: crate::spool::now_ms(),
+    };
+    let lists = st.lists.clone();
+    let recorded = tokio::task::spawn_blocking(move || lists.record(&[change])).await;
+    if !matches!(recorded, Ok(Ok(()))) {
+        tracing::error!(account = %u.account, "could not record an unsubscribe");
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again",
+            "<p>Your request could not be saved just now. Please try again in a minute.</p>",
+        );
+    }
+    crate::metrics::unsubscribe_received(if whole_account { "account" } else { "list" });
+    let event = serde_json::json!({
+        "time_ms": change.time_ms,
+        "account": u.account,
+        "list": u.list,
+        "scope": if whole_account { "account" } else { "list" },
+        "address": u.address,
+        "via": "http",
+    });
+    if let Err(e) = st.events.append(&event) {
+        tracing::error!(error = %e, "could not append to the unsubscribe event log");
+    }
+    tracing::info!(account = %u.account, list = %u.list, whole_account, "unsubscribed");
+    let (list, sender) = names(&st.policy.load(), &u);
+    let what = if whole_account {
+        format!("all marketing mail of {}", escape(&sender))
+    } else {
+        escape(&list)
+    };
+    html(
+        StatusCode::OK,
+        "You are unsubscribed",
+        &format!("<p>You will not receive {what} any more.</p>"),
+    )
+}

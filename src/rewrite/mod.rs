@@ -1,0 +1,155 @@
+//! The per-recipient rewrite stage, run at delivery time: unsubscribe tokens and headers,
+//! the consent footer, and DKIM signing after every other change.
+
+pub mod headers;
+pub mod token;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::consent::key::normalise;
+use crate::policy::{Account, List, Policy, Stream};
+use crate::spool::{Envelope, Recipient};
+use token::{TokenKeys, Unsubscribe};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("account {0:?} is no longer in the policy")]
+    NoAccount(String),
+    #[error("list {0:?} is no longer a list of the account")]
+    NoList(String),
+    #[error("the recipient address cannot be normalised")]
+    BadRecipient,
+}
+
+/// The unsubscribe links of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links {
+    pub token: String,
+    /// `<public_url>/u/TOKEN`
+    pub url: String,
+    /// `unsubscribe+TOKEN@<mail_domain>`
+    pub mailto: String,
+}
+
+/// Prepares spooled content for sending (see the module doc).
+#[derive(Debug)]
+pub struct Rewriter {
+    policy: Arc<ArcSwap<Policy>>,
+    keys: Arc<TokenKeys>,
+    public_url: String,
+    mail_domain: String,
+}
+
+impl Rewriter {
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        keys: Arc<TokenKeys>,
+        config: &crate::config::UnsubscribeConfig,
+    ) -> Rewriter {
+        Rewriter {
+            policy,
+            keys,
+            public_url: config.public_url.clone(),
+            mail_domain: config.mail_domain.clone(),
+        }
+    }
+
+    /// The links for one recipient of `account`'s `list`.
+    pub fn links(&self, account: &str, list: &str, normalised: &str) -> Links {
+        let token = self.keys.seal(&Unsubscribe {
+            account: account.to_string(),
+            list: list.to_string(),
+            address: normalised.to_string(),
+        });
+        Links {
+            url: format!("{}/u/{token}", self.public_url),
+            mailto: format!("unsubscribe+{token}@{}", self.mail_domain),
+            token,
+        }
+    }
+
+    fn wants_unsubscribe(env: &Envelope, account: &Account) -> bool {
+        !env.generated_dsn
+            && env.list.is_some()
+            && (env.stream == Stream::Marketing || account.transactional_unsubscribe)
+    }
+
+    /// Whether each recipient of `env` gets content of its own.
+    pub fn per_recipient(&self, env: &Envelope) -> bool {
+        let policy = self.policy.load();
+        match policy.account(&env.account) {
+            Some(account) => Rewriter::wants_unsubscribe(env, account),
+            // Marketing of a vanished account fails in prepare, recipient by recipient.
+            None => env.stream == Stream::Marketing,
+        }
+    }
+
+    /// The content to send to `rcpt` (or to every recipient when `None`).
+    pub fn prepare(
+        &self,
+        env: &Envelope,
+        rcpt: Option<&Recipient>,
+        content: &[u8],
+    ) -> Result<Vec<u8>, RewriteError> {
+        if env.generated_dsn {
+            return Ok(content.to_vec());
+        }
+        let policy = self.policy.load();
+        let Some(account) = policy.account(&env.account) else {
+            if env.stream == Stream::Marketing {
+                return Err(RewriteError::NoAccount(env.account.clone()));
+            }
+            return Ok(headers::rewrite(content, &[], false, &self.mail_domain));
+        };
+        let unsubscribe = Rewriter::wants_unsubscribe(env, account);
+        let mut added = Vec::new();
+        if let (true, Some(rcpt), Some(list_id)) = (unsubscribe, rcpt, &env.list) {
+            let list = account
+                .list(list_id)
+                .ok_or_else(|| RewriteError::NoList(list_id.clone()))?;
+            let normalised = normalise(&rcpt.address).map_err(|_| RewriteError::BadRecipient)?;
+            let links = self.links(&account.name, &list.id, &normalised);
+            added = self.list_fields(env, account, list, &links);
+        }
+        Ok(headers::rewrite(
+            content,
+            &added,
+            unsubscribe,
+            &self.mail_domain,
+        ))
+    }
+
+    fn list_fields(
+        &self,
+        env: &Envelope,
+        account: &Account,
+        list: &List,
+        links: &Links,
+    ) -> Vec<String> {
+        let mut fields = vec![
+            format!(
+                "List-Unsubscribe: <{}>,\r\n <mailto:{}>\r\n",
+                links.url, links.mailto
+            ),
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n".to_string(),
+            format!(
+                "List-Id: {} <{}.{}.{}>\r\n",
+                headers::phrase(&list.name),
+                list.id,
+                account.name,
+                self.mail_domain
+            ),
+        ];
+        if let Some(sender) = &account.feedback_id {
+            fields.push(format!(
+                "Feedback-ID: {}:{}:{}:{sender}\r\n",
+                env.campaign.as_deref().unwrap_or("none"),
+                list.id,
+                account.name
+            ));
+        }
+        fields
+    }
+}

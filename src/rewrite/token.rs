@@ -1,0 +1,334 @@
+//! Unsubscribe tokens: who unsubscribes from what, sealed so that nobody can read or forge
+//! them.
+//!
+//! A token names an account, one of its lists and the (normalised) recipient address. It
+//! is sealed with ChaCha20-Poly1305 (ring) under a key from the key file, and written as
+//! URL-safe base64 without padding: `key id ‖ nonce ‖ ciphertext ‖ tag`. It carries no
+//! readable personal data; a token that was altered, forged, or sealed with a key no
+//! longer in the file is refused.
+//!
+//! The key file holds one key per line, `<id> <base64 of 32 octets>`; the last line seals
+//! new tokens, every line opens them. [`TokenKeys::rotate`] appends a new key: tokens in mail
+//! already sent keep working until their key's line is deleted. The file is created on first
+//! use with mode 0600.
+
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+const TAG_LEN: usize = 16;
+const VERSION: u8 = 1;
+/// Longest token accepted (an address of 254 octets with long names fits well within).
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// What a token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsubscribe {
+    pub account: String,
+    pub list: String,
+    /// The normalised recipient address.
+    pub address: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("not a token")]
+    Malformed,
+    #[error("unknown key")]
+    UnknownKey,
+    #[error("the token does not authenticate")]
+    Forged,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {what}")]
+    Bad {
+        path: String,
+        line: usize,
+        what: &'static str,
+    },
+    #[error("{path}: no keys")]
+    Empty { path: String },
+}
+
+pub struct TokenKeys {
+    /// (id, key); the last one seals.
+    keys: Vec<(u8, LessSafeKey)>,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<u8> = self.keys.iter().map(|(id, _)| *id).collect();
+        f.debug_struct("TokenKeys").field("ids", &ids).finish()
+    }
+}
+
+fn aead_key(bytes: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("32-octet key"))
+}
+
+fn random_key(rng: &SystemRandom) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    rng.fill(&mut k).expect("system randomness");
+    k
+}
+
+impl TokenKeys {
+    /// Keys from `(id, key)` pairs; the last seals. For tests and tools.
+    pub fn from_keys(keys: &[(u8, [u8; 32])]) -> TokenKeys {
+        TokenKeys {
+            keys: keys.iter().map(|(id, k)| (*id, aead_key(k))).collect(),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// Reads the key file, creating it with one fresh key (mode 0600) if it is missing.
+    pub fn load_or_create(path: &Path) -> Result<TokenKeys, KeyFileError> {
+        let p = || path.display().to_string();
+        let io = |source| KeyFileError::Io { path: p(), source };
+        if !path.exists() {
+            let rng = SystemRandom::new();
+            let line = format!("1 {}\n", URL_SAFE_NO_PAD.encode(random_key(&rng)));
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(path) {
+                Ok(mut f) => {
+                    f.write_all(line.as_bytes()).map_err(io)?;
+                    f.sync_all().map_err(io)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let mut keys: Vec<(u8, LessSafeKey)> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |what| KeyFileError::Bad {
+                path: p(),
+                line: n + 1,
+                what,
+            };
+            let (id, key) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| bad("expected `<id> <base64 key>`"))?;
+            let id: u8 = id.parse().map_err(|_| bad("the id must be 0-255"))?;
+            let key: [u8; 32] = URL_SAFE_NO_PAD
+                .decode(key.trim())
+                .ok()
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| bad("the key must be 32 octets in URL-safe base64"))?;
+            if keys.iter().any(|(other, _)| *other == id) {
+                return Err(bad("this id is used twice"));
+            }
+            keys.push((id, aead_key(&key)));
+        }
+        if keys.is_empty() {
+            return Err(KeyFileError::Empty { path: p() });
+        }
+        Ok(TokenKeys {
+            keys,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// Appends a new key, which seals from now on; returns its id.
+    pub fn rotate(path: &Path) -> Result<u8, KeyFileError> {
+        let current = TokenKeys::load_or_create(path)?;
+        let used: Vec<u8> = current.keys.iter().map(|(id, _)| *id).collect();
+        let last = *used.last().expect("not empty");
+        let id = (1..=255u16)
+            .map(|d| last.wrapping_add(d as u8))
+            .find(|id| !used.contains(id))
+            .ok_or(KeyFileError::Bad {
+                path: path.display().to_string(),
+                line: used.len(),
+                what: "all 256 key ids are in use: delete old keys first",
+            })?;
+        let line = format!(
+            "{id} {}\n",
+            URL_SAFE_NO_PAD.encode(random_key(&current.rng))
+        );
+        let io = |source| KeyFileError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(line.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        Ok(id)
+    }
+
+    /// The URL-safe token for `u`.
+    pub fn seal(&self, u: &Unsubscribe) -> String {
+        let (id, key) = self.keys.last().expect("at least one key");
+        let mut plain = Vec::with_capacity(3 + u.account.len() + u.list.len() + u.address.len());
+        plain.push(VERSION);
+        for field in [&u.account, &u.list] {
+            plain.push(u8::try_from(field.len()).unwrap_or(u8::MAX));
+            plain.extend_from_slice(&field.as_bytes()[..field.len().min(255)]);
+        }
+        plain.extend_from_slice(u.address.as_bytes());
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).expect("system randomness");
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from([*id]),
+            &mut plain,
+        )
+        .expect("sealing cannot fail for these sizes");
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + plain.len());
+        out.push(*id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&plain);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// What `token` says, if it is genuine.
+    pub fn open(&self, token: &str) -> Result<Unsubscribe, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| TokenError::Malformed)?;
+        if raw.len() < 1 + NONCE_LEN + TAG_LEN + 3 {
+            return Err(TokenError::Malformed);
+        }
+        let id = raw[0];
+        let key = self
+            .keys
+            .iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, key)| key)
+            .ok_or(TokenError::UnknownKey)?;
+        let nonce: [u8; NONCE_LEN] = raw[1..1 + NONCE_LEN].try_into().expect("length checked");
+        let mut sealed = raw[1 + NONCE_LEN..].to_vec();
+        let plain = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from([id]),
+                &mut sealed,
+            )
+            .map_err(|_| TokenError::Forged)?;
+        decode_plain(plain).ok_or(TokenError::Malformed)
+    }
+}
+
+fn decode_plain(p: &[u8]) -> Option<Unsubscribe> {
+    let (&version, mut rest) = p.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let mut take = || -> Option<String> {
+        let (&len, tail) = rest.split_first()?;
+        let (field, tail) = tail.split_at_checked(len as usize)?;
+        rest = tail;
+        String::from_utf8(field.to_vec()).ok()
+    };
+    let account = take()?;
+    let list = take()?;
+    let address = String::from_utf8(rest.to_vec()).ok()?;
+    Some(Unsubscribe {
+        account,
+        list,
+        address,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Unsubscribe {
+        Unsubscribe {
+            account: "shop".into(),
+            list: "weekly".into(),
+            address: "jane.doe@example.com".into(),
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_hide_the_address() {
+        let keys = TokenKeys::from_keys(&[(7, [1; 32])]);
+        let t = keys.seal(&sample());
+        assert!(
+            t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert!(t.len() < 120, "{} octets", t.len());
+        assert!(!t.contains("jane") && !t.contains("shop"));
+        assert_eq!(keys.open(&t), Ok(sample()));
+        // Two tokens for the same recipient differ (random nonce).
+        assert_ne!(keys.seal(&sample()), t);
+    }
+
+    #[test]
+    fn altered_forged_and_unknown_key_tokens_are_refused() {
+        let keys = TokenKeys::from_keys(&[(7, [1; 32])]);
+        let t = keys.seal(&sample());
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        for i in [1, 20, raw.len() - 1] {
+            raw[i] ^= 1;
+            assert_eq!(
+                keys.open(&URL_SAFE_NO_PAD.encode(&raw)),
+                Err(TokenError::Forged),
+                "flip at {i}"
+            );
+            raw[i] ^= 1;
+        }
+        raw[0] = 8;
+        assert_eq!(
+            keys.open(&URL_SAFE_NO_PAD.encode(&raw)),
+            Err(TokenError::UnknownKey)
+        );
+        let other = TokenKeys::from_keys(&[(7, [2; 32])]);
+        assert_eq!(other.open(&t), Err(TokenError::Forged));
+        for junk in ["", "abc", "!!!!", &"A".repeat(2000)] {
+            assert!(keys.open(junk).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn key_file_creation_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unsubscribe.keys");
+        let first = TokenKeys::load_or_create(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let old = first.seal(&sample());
+        assert_eq!(TokenKeys::rotate(&path).unwrap(), 2);
+        let rotated = TokenKeys::load_or_create(&path).unwrap();
+        // Old tokens still open; new ones use the new key.
+        assert_eq!(rotated.open(&old), Ok(sample()));
+        let new = rotated.seal(&sample());
+        assert_eq!(URL_SAFE_NO_PAD.decode(&new).unwrap()[0], 2);
+        assert_eq!(first.open(&new), Err(TokenError::UnknownKey));
+        std::fs::write(&path, "1 tooshort\n").unwrap();
+        let err = TokenKeys::load_or_create(&path).unwrap_err().to_string();
+        assert!(err.contains(":1: the key must be 32 octets"), "{err}");
+    }
+}

@@ -1,0 +1,273 @@
+//! Unsubscribe links end to end: a marketing message arrives with one-click headers; a
+//! one-click POST (RFC 8058) or the page's buttons unsubscribe; the next message to that
+//! address is refused.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{FakeMx, MxOptions};
+use optin_relay::consent::{CONSENT, Change, Kind, Op, Origin, Scope};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const POLICY: &str = r#"
+[accounts.news]
+description = "Example News"
+networks = ["127.0.0.0/8"]
+streams = ["marketing", "transactional"]
+default_stream = "marketing"
+from_domains = ["news.example"]
+feedback_id = "optin"
+[accounts.news.lists.weekly]
+name = "The Weekly"
+consent_statement = "You subscribed to {list}."
+[accounts.news.lists.deals]
+consent_statement = "You asked for {list}."
+"#;
+
+/// A minimal HTTP/1.1 client: status and body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn consent(relay: &optin_relay::server::Relay, list: &str, addr: &str) {
+    let l = &relay.lists;
+    l.record(&[Change {
+        op: Op::Add,
+        fp: l
+            .secret()
+            .fingerprint(Kind::Consent, Scope::List("news", list), addr),
+        tags: CONSENT,
+        origin: Origin::Operator,
+        time_ms: 0,
+    }])
+    .unwrap();
+}
+
+fn marketing(list: &str, to: &str) -> String {
+    format!(
+        "From: News <hello@news.example>\r\nTo: <{to}>\r\nSubject: This week\r\nX-Optin-List: {list}\r\nList-Unsubscribe: <mailto:sender-own@news.example>\r\n\r\nHello.\r\n"
+    )
+}
+
+/// The https link's token from a delivered message.
+fn token_of(text: &str) -> String {
+    let unfolded = text.replace("\r\n ", " ");
+    let line = unfolded
+        .lines()
+        .find(|l| l.starts_with("List-Unsubscribe: "))
+        .unwrap_or_else(|| panic!("no List-Unsubscribe in {text}"));
+    let start = line.find("/u/").unwrap() + 3;
+    line[start..line[start..].find('>').unwrap() + start].to_string()
+}
+
+#[tokio::test]
+async fn one_click_unsubscribe_stops_the_next_message() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = common::start_relay(
+        dir.path(),
+        &format!(
+            "[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n"
+        ),
+        POLICY,
+    )
+    .await;
+    let smtp = relay.smtp_addrs[0];
+    let web = relay.http_addr.unwrap();
+    consent(&relay, "weekly", "reader@example.net");
+    consent(&relay, "deals", "reader@example.net");
+
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("weekly", "reader@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = mx.wait_for(1, WAIT).await;
+    let text = got[0].text();
+    let unfolded = text.replace("\r\n ", " ");
+    let token = token_of(&text);
+    assert!(
+        unfolded.contains(&format!(
+            "List-Unsubscribe: <https://unsub.example/u/{token}>, <mailto:unsubscribe+{token}@relay.test>\r\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
+    assert!(text.contains("\r\nList-Id: \"The Weekly\" <weekly.news.relay.test>\r\n"));
+    assert!(text.contains("\r\nFeedback-ID: none:weekly:news:optin\r\n"));
+    assert!(text.contains("\r\nMessage-ID: <") && text.contains("\r\nDate: "));
+    assert!(
+        !text.contains("sender-own@") && !text.contains("X-Optin"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("reader@example.net>,"),
+        "the address is not in the link"
+    );
+
+    // The page shows the list and two buttons; a bad token gets a 400 page.
+    let (status, page) = http(web, "GET", &format!("/u/{token}"), "").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("The Weekly") && page.contains("Example News"),
+        "{page}"
+    );
+    assert!(page.contains("name=\"scope\" value=\"account\""));
+    let mut forged = token.clone().into_bytes();
+    forged[10] = if forged[10] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for (m, p) in [
+        ("GET", &forged),
+        ("POST", &forged),
+        ("GET", &"x".to_string()),
+    ] {
+        let (status, body) = http(web, m, &format!("/u/{p}"), "List-Unsubscribe=One-Click").await;
+        assert_eq!(status, 400, "{m} {p}");
+        assert!(body.contains("not valid") && !body.to_lowercase().contains("panic"));
+    }
+
+    // RFC 8058 one-click, twice (harmless).
+    for _ in 0..2 {
+        let (status, body) = http(
+            web,
+            "POST",
+            &format!("/u/{token}"),
+            "List-Unsubscribe=One-Click",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The next message to that list is refused; another list still works.
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("weekly", "reader@example.net"),
+    )
+    .await;
+    assert!(
+        reply.contains("550 5.7.1") && reply.contains("has unsubscribed from this list"),
+        "{reply}"
+    );
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("deals", "reader@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = mx.wait_for(2, WAIT).await;
+    let deals_token = token_of(&got[1].text());
+
+    // The page's second button: everything this sender sends as marketing.
+    let (status, _) = http(
+        web,
+        "POST",
+        &format!("/u/{deals_token}"),
+        "List-Unsubscribe=One-Click&scope=account",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("deals", "reader@example.net"),
+    )
+    .await;
+    assert!(
+        reply.contains("unsubscribed from all mail of this sender"),
+        "{reply}"
+    );
+
+    // The account's event log has both, with the address.
+    let events =
+        std::fs::read_to_string(dir.path().join("spool/events/unsubscribes.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["address"], "reader@example.net");
+    assert_eq!(lines[0]["list"], "weekly");
+    assert_eq!(lines[2]["scope"], "account");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_headers() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = common::start_relay(
+        dir.path(),
+        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
+        POLICY,
+    )
+    .await;
+    let smtp = relay.smtp_addrs[0];
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["x@example.net"],
+        "From: <hello@elsewhere.example>\r\nX-Optin-Stream: transactional\r\nSubject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    assert_eq!(
+        reply,
+        "550 5.7.1 The From domain elsewhere.example is not one of this account's domains"
+    );
+    let reply = common::raw_send(
+        smtp,
+        "bounce@other.example",
+        &["x@example.net"],
+        "From: <hello@news.example>\r\nX-Optin-Stream: transactional\r\nSubject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(
+        reply.contains("envelope sender domain other.example"),
+        "{reply}"
+    );
+    let reply = common::raw_send(
+        smtp,
+        "bounce@mail.news.example",
+        &["x@example.net"],
+        "From: <hello@news.example>\r\nX-Optin-Stream: transactional\r\nList-Unsubscribe: <mailto:own@news.example>\r\nSubject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = mx.wait_for(1, WAIT).await;
+    let text = got[0].text();
+    assert!(
+        text.contains("List-Unsubscribe: <mailto:own@news.example>"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("List-Unsubscribe-Post") && !text.contains("List-Id"),
+        "{text}"
+    );
+    relay.shutdown().await;
+}
