@@ -21,3 +21,4 @@ pub mod session;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod unsubscribe;

@@ -127,6 +127,14 @@ impl Relay {
             token_keys.clone(),
             &config.unsubscribe,
         )));
+        let unsubscribes = Arc::new(crate::unsubscribe::Unsubscribes {
+            lists: lists.clone(),
+            keys: token_keys.clone(),
+            policy: policy.clone(),
+            events: Arc::new(crate::unsubscribe::EventLog::new(
+                &config.spool.path.join("events/unsubscribes.jsonl"),
+            )),
+        });
         let stop_delivery = CancellationToken::new();
         let (delivery, scheduler) = delivery::start(
             settings,
@@ -146,6 +154,7 @@ impl Relay {
             policy: policy.clone(),
             lists: lists.clone(),
             own_domain: config.unsubscribe.mail_domain.clone(),
+            unsubscribes: Some(unsubscribes.clone()),
             passwords: Arc::new(PasswordCache::default()),
             spool: spool.clone(),
             intake: Arc::new(delivery.clone()),
@@ -186,16 +195,8 @@ impl Relay {
             Some(addr) => Some(
                 crate::http::serve(
                     addr,
-                    crate::http::router(metrics).merge(crate::http::unsubscribe::router(
-                        crate::http::unsubscribe::UnsubscribeState {
-                            lists: lists.clone(),
-                            keys: token_keys,
-                            policy: policy.clone(),
-                            events: Arc::new(crate::http::unsubscribe::EventLog::new(
-                                &config.spool.path.join("events/unsubscribes.jsonl"),
-                            )),
-                        },
-                    )),
+                    crate::http::router(metrics)
+                        .merge(crate::http::unsubscribe::router(unsubscribes.clone())),
                     stop_accepting.clone(),
                 )
                 .await

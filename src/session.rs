@@ -13,6 +13,7 @@ mod auth;
 mod conn;
 mod consent;
 mod identity;
+mod unsubscribe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct SessionContext {
     pub lists: Arc<crate::consent::Lists>,
     /// The relay's own mail domain (bounces, unsubscribe addresses).
     pub own_domain: String,
+    /// Records mail to the unsubscribe addresses; `None`: they are not taken.
+    pub unsubscribes: Option<Arc<crate::unsubscribe::Unsubscribes>>,
     pub passwords: Arc<PasswordCache>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
@@ -101,7 +104,10 @@ pub enum SessionError {
 }
 
 struct Transaction {
-    account: String,
+    /// `None`: a client no account knows, who may only write to unsubscribe addresses.
+    account: Option<String>,
+    /// Valid unsubscribe tokens among the recipients (recorded at the end of DATA).
+    unsubscribes: Vec<crate::rewrite::token::Unsubscribe>,
     sender: Option<Address>,
     params: MailParams,
     rcpts: Vec<(Address, RcptParams)>,
@@ -340,7 +346,12 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     if state.txn.is_some() {
         return Err(Refusal::BadSequence("nested MAIL command"));
     }
-    let account = identify(ctx, state)?;
+    let account = match identify(ctx, state) {
+        Ok(a) => Some(a),
+        // Anyone may write to the relay's unsubscribe addresses; RCPT refuses the rest.
+        Err(_) if ctx.unsubscribes.is_some() => None,
+        Err(refusal) => return Err(refusal),
+    };
     if let Some(size) = params.size
         && size > ctx.smtp.max_message_size
     {
@@ -351,6 +362,7 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     }
     state.txn = Some(Transaction {
         account,
+        unsubscribes: Vec::new(),
         sender: from,
         params,
         rcpts: Vec::new(),
@@ -394,15 +406,27 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     if txn.bdat.is_some() {
         return Err(Refusal::BadSequence("RCPT not allowed after BDAT"));
     }
-    if txn.rcpts.len() >= ctx.smtp.max_recipients {
+    if txn.rcpts.len() + txn.unsubscribes.len() >= ctx.smtp.max_recipients {
         return Err(Refusal::TooManyRecipients);
     }
     if !to.is_ascii() && !txn.params.smtputf8 {
         return Err(Refusal::NeedsSmtpUtf8);
     }
+    if let Some(checked) = unsubscribe::check(ctx, &to) {
+        let u = checked?;
+        if !txn.unsubscribes.contains(&u) {
+            txn.unsubscribes.push(u);
+        }
+        conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
+        return Ok(Flow::Continue);
+    }
+    let Some(account_name) = &txn.account else {
+        let state = &*state;
+        return Err(identify(ctx, state).err().unwrap_or(Refusal::RelayDenied));
+    };
     if !is_postmaster {
         let policy = ctx.policy.load();
-        if let Some(account) = policy.account(&txn.account) {
+        if let Some(account) = policy.account(account_name) {
             consent::check_rcpt(ctx, account, &to)?;
         }
     }
@@ -416,7 +440,9 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
 fn ready_for_content(state: &State) -> Result<(), Refusal> {
     match &state.txn {
         None => Err(Refusal::BadSequence("need MAIL and RCPT first")),
-        Some(t) if t.rcpts.is_empty() => Err(Refusal::BadSequence("need RCPT first")),
+        Some(t) if t.rcpts.is_empty() && t.unsubscribes.is_empty() => {
+            Err(Refusal::BadSequence("need RCPT first"))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -541,9 +567,28 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         crate::metrics::message_refused(reason);
         return refuse(ctx, conn, state, refusal);
     }
+    let mut txn = txn;
+    if !txn.unsubscribes.is_empty() {
+        let all = std::mem::take(&mut txn.unsubscribes);
+        if let Err(refusal) = unsubscribe::record(ctx, all).await {
+            return refuse(ctx, conn, state, refusal);
+        }
+        if txn.rcpts.is_empty() {
+            conn.reply(&Reply::new(
+                250,
+                Status::new(2, 0, 0),
+                "OK unsubscribe recorded",
+            ));
+            return Flow::Continue;
+        }
+    }
+    let Some(account_name) = txn.account.clone() else {
+        // Recipients other than unsubscribe addresses need an account (RCPT checked).
+        return refuse(ctx, conn, state, Refusal::RelayDenied);
+    };
     let mut body = body;
     let policy = ctx.policy.load();
-    let Some(account) = policy.account(&txn.account) else {
+    let Some(account) = policy.account(&account_name) else {
         // The account was removed by a policy reload during the transaction.
         crate::metrics::message_refused("account_gone");
         return refuse(ctx, conn, state, Refusal::RelayDenied);
@@ -561,7 +606,7 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     }
     drop(policy);
     let addresses: Vec<&Address> = txn.rcpts.iter().map(|(a, _)| a).collect();
-    let mut verdicts = consent::verdicts(ctx, &txn.account, &class, &addresses);
+    let mut verdicts = consent::verdicts(ctx, &account_name, &class, &addresses);
     for (v, a) in verdicts.iter_mut().zip(&addresses) {
         if **a == ctx.smtp.postmaster {
             *v = None;
@@ -580,7 +625,7 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     let mut envelope = Envelope {
         id,
         received_at: spool::now_ms(),
-        account: txn.account,
+        account: account_name,
         sender: txn.sender.map(|a| a.to_string()),
         envid: txn.params.envid,
         ret: txn.params.ret,

@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const POLICY: &str = r#"
 [accounts.news]
 description = "Example News"
-networks = ["127.0.0.0/8"]
+networks = ["127.0.0.1/32"]
 streams = ["marketing", "transactional"]
 default_stream = "marketing"
 from_domains = ["news.example"]
@@ -269,5 +269,106 @@ async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_he
         !text.contains("List-Unsubscribe-Post") && !text.contains("List-Id"),
         "{text}"
     );
+    relay.shutdown().await;
+}
+
+/// A client at 127.0.0.9, which no account knows.
+async fn stranger(relay: SocketAddr) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(relay).await.unwrap();
+    tokio::io::BufReader::new(stream)
+}
+
+async fn say(io: &mut tokio::io::BufReader<tokio::net::TcpStream>, line: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    if !line.is_empty() {
+        io.get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut all = String::new();
+    loop {
+        let mut l = String::new();
+        io.read_line(&mut l).await.unwrap();
+        all.push_str(&l);
+        if l.as_bytes().get(3) != Some(&b'-') {
+            return all.trim_end().to_string();
+        }
+    }
+}
+
+#[tokio::test]
+async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = common::start_relay(
+        dir.path(),
+        &format!(
+            "[delivery]\nsmarthost = \"{mx_addr}\"\n[unsubscribe]\nmail_domain = \"relay.test\"\n"
+        ),
+        POLICY,
+    )
+    .await;
+    let smtp = relay.smtp_addrs[0];
+    consent(&relay, "weekly", "reader@example.net");
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("weekly", "reader@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let text = mx.wait_for(1, WAIT).await[0].text().replace("\r\n ", " ");
+    let start = text.find("<mailto:").unwrap() + "<mailto:".len();
+    let mailto = &text[start..start + text[start..].find('>').unwrap()];
+    assert!(mailto.starts_with("unsubscribe+") && mailto.ends_with("@relay.test"));
+
+    let mut c = stranger(smtp).await;
+    say(&mut c, "").await;
+    say(&mut c, "EHLO mailbox-provider.example").await;
+    assert!(
+        say(&mut c, "MAIL FROM:<reader@example.net>")
+            .await
+            .starts_with("250")
+    );
+    // Nothing but the unsubscribe addresses: no open relay.
+    assert!(
+        say(&mut c, "RCPT TO:<victim@example.org>")
+            .await
+            .starts_with("554 5.7.1")
+    );
+    assert!(
+        say(&mut c, "RCPT TO:<unsubscribe+forged@relay.test>")
+            .await
+            .starts_with("550 5.1.1")
+    );
+    assert!(
+        say(&mut c, &format!("RCPT TO:<{mailto}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(say(&mut c, "DATA").await.starts_with("354"));
+    assert_eq!(
+        say(&mut c, "Subject: unsubscribe\r\n\r\nplease\r\n.").await,
+        "250 2.0.0 OK unsubscribe recorded"
+    );
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("weekly", "reader@example.net"),
+    )
+    .await;
+    assert!(reply.contains("has unsubscribed from this list"), "{reply}");
+    // Nothing was relayed or queued for the stranger.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(mx.delivered().len(), 1);
+    let events =
+        std::fs::read_to_string(dir.path().join("spool/events/unsubscribes.jsonl")).unwrap();
+    assert!(events.contains("\"via\":\"mail\""), "{events}");
     relay.shutdown().await;
 }

@@ -1,19 +1,14 @@
 //! The unsubscribe endpoints: `POST /u/TOKEN` (RFC 8058 one-click, and the buttons of the
 //! page) and `GET /u/TOKEN` (a small page for people who click the link).
 //!
-//! A genuine token becomes an `unsubscribe` suppression for its list — or, from the page's
-//! second button, for everything the account sends as marketing — written to the lists
-//! journal (fsynced) before the answer, so the next message to that address is refused.
-//! Repeating it is harmless. Each unsubscribe is also appended to the account's event log
-//! (`events/unsubscribes.jsonl` beside the spool, mode 0600: the address, for the
-//! account's own systems). A bad token gets a 400 page; nothing here shows an error's
-//! internals.
+//! A genuine token becomes an unsubscribe for its list — or, from the page's second
+//! button, for everything the account sends as marketing — recorded by
+//! [`crate::unsubscribe`] before the answer, so the next message to that address is
+//! refused. Repeating it is harmless. A bad token gets a 400 page; nothing here shows an
+//! error's internals.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
@@ -21,53 +16,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::consent::{Change, Kind, Lists, Op, Origin, Reason, Scope};
 use crate::policy::Policy;
-use crate::rewrite::token::{TokenKeys, Unsubscribe};
+use crate::rewrite::token::Unsubscribe;
+use crate::unsubscribe::{Unsubscribes, Via};
 
-/// Appends unsubscribe events, one JSON object per line.
-#[derive(Debug)]
-pub struct EventLog {
-    path: PathBuf,
-    file: Mutex<Option<std::fs::File>>,
-}
-
-impl EventLog {
-    pub fn new(path: &Path) -> EventLog {
-        EventLog {
-            path: path.to_path_buf(),
-            file: Mutex::new(None),
-        }
-    }
-
-    fn append(&self, event: &serde_json::Value) -> std::io::Result<()> {
-        let mut guard = self.file.lock().expect("event log lock");
-        if guard.is_none() {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut options = std::fs::OpenOptions::new();
-            options.append(true).create(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            *guard = Some(options.open(&self.path)?);
-        }
-        let f = guard.as_mut().expect("opened above");
-        let mut line = event.to_string();
-        line.push('\n');
-        f.write_all(line.as_bytes())
-    }
-}
-
-#[derive(Clone)]
-pub struct UnsubscribeState {
-    pub lists: Arc<Lists>,
-    pub keys: Arc<TokenKeys>,
-    pub policy: Arc<ArcSwap<Policy>>,
-    pub events: Arc<EventLog>,
-}
-
-pub fn router(state: UnsubscribeState) -> Router {
+pub fn router(state: Arc<Unsubscribes>) -> Router {
     Router::new()
         .route("/u/{token}", get(page).post(unsubscribe))
         .with_state(state)
@@ -131,7 +84,7 @@ fn names(policy: &Policy, u: &Unsubscribe) -> (String, String) {
     (list, sender)
 }
 
-async fn page(State(st): State<UnsubscribeState>, UrlPath(token): UrlPath<String>) -> Response {
+async fn page(State(st): State<Arc<Unsubscribes>>, UrlPath(token): UrlPath<String>) -> Response {
     let Ok(u) = st.keys.open(&token) else {
         return bad_token();
     };
@@ -156,7 +109,7 @@ async fn page(State(st): State<UnsubscribeState>, UrlPath(token): UrlPath<String
 }
 
 async fn unsubscribe(
-    State(st): State<UnsubscribeState>,
+    State(st): State<Arc<Unsubscribes>>,
     UrlPath(token): UrlPath<String>,
     body: Bytes,
 ) -> Response {
@@ -172,46 +125,17 @@ async fn unsubscribe(
         );
     }
     let whole_account = memchr::memmem::find(&body, b"scope=account").is_some();
-    let secret = st.lists.secret();
-    let fp = if whole_account {
-        secret.fingerprint(Kind::Suppression, Scope::Account(&u.account), &u.address)
-    } else {
-        secret.fingerprint(
-            Kind::Suppression,
-            Scope::List(&u.account, &u.list),
-            &u.address,
-        )
-    };
-    let change = Change {
-        op: Op::Add,
-        fp,
-        tags: Reason::Unsubscribe.bit(),
-        origin: Origin::Unsubscribe,
-        time_ms: crate::spool::now_ms(),
-    };
-    let lists = st.lists.clone();
-    let recorded = tokio::task::spawn_blocking(move || lists.record(&[change])).await;
+    let recorder = st.clone();
+    let done = u.clone();
+    let recorded =
+        tokio::task::spawn_blocking(move || recorder.record(&done, whole_account, Via::Http)).await;
     if !matches!(recorded, Ok(Ok(()))) {
-        tracing::error!(account = %u.account, "could not record an unsubscribe");
         return html(
             StatusCode::SERVICE_UNAVAILABLE,
             "Please try again",
             "<p>Your request could not be saved just now. Please try again in a minute.</p>",
         );
     }
-    crate::metrics::unsubscribe_received(if whole_account { "account" } else { "list" });
-    let event = serde_json::json!({
-        "time_ms": change.time_ms,
-        "account": u.account,
-        "list": u.list,
-        "scope": if whole_account { "account" } else { "list" },
-        "address": u.address,
-        "via": "http",
-    });
-    if let Err(e) = st.events.append(&event) {
-        tracing::error!(error = %e, "could not append to the unsubscribe event log");
-    }
-    tracing::info!(account = %u.account, list = %u.list, whole_account, "unsubscribed");
     let (list, sender) = names(&st.policy.load(), &u);
     let what = if whole_account {
         format!("all marketing mail of {}", escape(&sender))

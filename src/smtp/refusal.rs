@@ -106,6 +106,8 @@ pub enum Refusal {
     SenderNotAccount(&'static str, String),
     #[error("no From header")]
     NoFrom,
+    #[error("unknown unsubscribe address")]
+    UnknownUnsubscribe,
 }
 
 /// Why the consent and suppression policy withholds mail from a recipient. The texts say
@@ -279,6 +281,11 @@ impl Refusal {
                 ),
             ),
             NoFrom => (550, (5, 6, 0), "The message has no From header".into()),
+            UnknownUnsubscribe => (
+                550,
+                (5, 1, 1),
+                "Unknown unsubscribe address: use the complete link from the message".into(),
+            ),
             BadCampaign => (
                 554,
                 (5, 6, 0),

@@ -1,0 +1,116 @@
+//! Unsubscribes from every channel — the one-click POST and the page of the HTTP listener,
+//! and mail to `unsubscribe+TOKEN@<mail_domain>` — recorded the same way: an `unsubscribe`
+//! suppression for the token's list (or the whole account) written to the lists journal
+//! (fsynced, in force at once), a metric, and an event for the account's own systems in
+//! `events/unsubscribes.jsonl` beside the spool (mode 0600; it carries the address).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::consent::{Change, Kind, Lists, ListsError, Op, Origin, Reason, Scope};
+use crate::policy::Policy;
+use crate::rewrite::token::{TokenKeys, Unsubscribe};
+
+/// How the unsubscribe arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Http,
+    Mail,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Http => "http",
+            Via::Mail => "mail",
+        }
+    }
+}
+
+/// Appends unsubscribe events, one JSON object per line.
+#[derive(Debug)]
+pub struct EventLog {
+    path: PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl EventLog {
+    pub fn new(path: &Path) -> EventLog {
+        EventLog {
+            path: path.to_path_buf(),
+            file: Mutex::new(None),
+        }
+    }
+
+    fn append(&self, event: &serde_json::Value) -> std::io::Result<()> {
+        let mut guard = self.file.lock().expect("event log lock");
+        if guard.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.append(true).create(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            *guard = Some(options.open(&self.path)?);
+        }
+        let f = guard.as_mut().expect("opened above");
+        let mut line = event.to_string();
+        line.push('\n');
+        f.write_all(line.as_bytes())
+    }
+}
+
+/// What recording unsubscribes needs.
+pub struct Unsubscribes {
+    pub lists: Arc<Lists>,
+    pub keys: Arc<TokenKeys>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub events: Arc<EventLog>,
+}
+
+impl Unsubscribes {
+    /// Records one unsubscribe durably and in force at once (blocking: call from a
+    /// blocking context).
+    pub fn record(&self, u: &Unsubscribe, whole_account: bool, via: Via) -> Result<(), ListsError> {
+        let secret = self.lists.secret();
+        let fp = if whole_account {
+            secret.fingerprint(Kind::Suppression, Scope::Account(&u.account), &u.address)
+        } else {
+            secret.fingerprint(
+                Kind::Suppression,
+                Scope::List(&u.account, &u.list),
+                &u.address,
+            )
+        };
+        let change = Change {
+            op: Op::Add,
+            fp,
+            tags: Reason::Unsubscribe.bit(),
+            origin: Origin::Unsubscribe,
+            time_ms: crate::spool::now_ms(),
+        };
+        if let Err(e) = self.lists.record(&[change]) {
+            tracing::error!(account = %u.account, error = %e, "could not record an unsubscribe");
+            return Err(e);
+        }
+        let scope = if whole_account { "account" } else { "list" };
+        crate::metrics::unsubscribe_received(scope);
+        let event = serde_json::json!({
+            "time_ms": change.time_ms,
+            "account": u.account,
+            "list": u.list,
+            "scope": scope,
+            "address": u.address,
+            "via": via.as_str(),
+        });
+        if let Err(e) = self.events.append(&event) {
+            tracing::error!(error = %e, "could not append to the unsubscribe event log");
+        }
+        tracing::info!(account = %u.account, list = %u.list, scope, via = via.as_str(), "unsubscribed");
+        Ok(())
+    }
+}
