@@ -604,6 +604,10 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         crate::metrics::message_refused("sender_identity");
         return refuse(ctx, conn, state, refusal);
     }
+    if let Err(refusal) = identity::check_operator_contacts(policy.operator_contacts(), &body) {
+        crate::metrics::message_refused("operator_contact");
+        return refuse(ctx, conn, state, refusal);
+    }
     drop(policy);
     let addresses: Vec<&Address> = txn.rcpts.iter().map(|(a, _)| a).collect();
     let mut verdicts = consent::verdicts(ctx, &account_name, &class, &addresses);

@@ -92,6 +92,7 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "from_domains",
         "feedback_id",
         "transactional_unsubscribe",
+        "operator_contacts",
         "domain",
         "selector",
         "private_key",

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 
 use crate::config::reader::Section;
 
-/// A DKIM key of an account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A DKIM key of an account, loaded when the policy is.
+#[derive(Debug, Clone)]
 pub struct DkimConfig {
     /// The signing domain (`d=`): one of the account's from_domains or a parent of one.
     pub domain: String,
     pub selector: String,
     /// PEM private key: RSA (2048 bits or more) or Ed25519.
     pub private_key: PathBuf,
+    pub key: std::sync::Arc<crate::rewrite::dkim::DkimKey>,
 }
 
 /// The identity keys of one account section.
@@ -100,19 +101,22 @@ pub fn read_identity(s: &mut Section<'_>) -> Identity {
                     None
                 }
             };
-            match &private_key {
-                None => k.problem("private_key", "missing"),
-                Some(p) if !p.is_file() => k.problem(
-                    "private_key",
-                    format!("{} is not a readable file", p.display()),
-                ),
-                Some(_) => {}
+            if private_key.is_none() {
+                k.problem("private_key", "missing");
             }
-            Some(DkimConfig {
-                domain: domain?,
-                selector: selector?,
-                private_key: private_key?,
-            })
+            let (domain, selector, private_key) = (domain?, selector?, private_key?);
+            match crate::rewrite::dkim::DkimKey::from_pem_file(&domain, &selector, &private_key) {
+                Ok(key) => Some(DkimConfig {
+                    domain,
+                    selector,
+                    private_key,
+                    key: std::sync::Arc::new(key),
+                }),
+                Err(e) => {
+                    k.problem("private_key", e.to_string());
+                    None
+                }
+            }
         })
         .collect();
     let feedback_id = s.get::<String>("feedback_id");

@@ -88,6 +88,9 @@ pub struct Policy {
     networks: Vec<(IpNet, usize)>,
     /// username → (account index, user index).
     users: HashMap<String, (usize, usize)>,
+    /// The relay operator's own contact addresses and domains (lower case), which customer
+    /// messages may not contain.
+    operator_contacts: Vec<String>,
 }
 
 impl Policy {
@@ -113,14 +116,29 @@ impl Policy {
         let Some(table) = c.parse(text) else {
             return Err(c.finish(()).unwrap_err());
         };
-        let accounts = {
+        let (accounts, operator_contacts) = {
             let mut root = c.root(&table);
-            root.named_sections("accounts")
+            let accounts = root
+                .named_sections("accounts")
                 .into_iter()
                 .map(|(name, mut section)| read_account(name, &mut section))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            let contacts: Vec<String> = root
+                .get::<Vec<String>>("operator_contacts")
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.trim().to_lowercase())
+                .collect();
+            if contacts.iter().any(|c| c.len() < 4) {
+                root.problem(
+                    "operator_contacts",
+                    "entries must be addresses or domains (4 characters or more)",
+                );
+            }
+            (accounts, contacts)
         };
-        let policy = Policy::index(accounts, &c);
+        let mut policy = Policy::index(accounts, &c);
+        policy.operator_contacts = operator_contacts;
         c.finish(policy)
     }
 
@@ -153,6 +171,7 @@ impl Policy {
             accounts,
             networks,
             users,
+            operator_contacts: Vec::new(),
         }
     }
 
@@ -178,6 +197,10 @@ impl Policy {
         let (ai, ui) = *self.users.get(username)?;
         let account = &self.accounts[ai];
         Some((account, &account.users[ui]))
+    }
+
+    pub fn operator_contacts(&self) -> &[String] {
+        &self.operator_contacts
     }
 
     /// Whether any account can authenticate at all (AUTH is only offered if so).

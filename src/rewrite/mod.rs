@@ -1,7 +1,14 @@
 //! The per-recipient rewrite stage, run at delivery time: unsubscribe tokens and headers,
 //! the consent footer, and DKIM signing after every other change.
+//!
+//! [`Rewriter::prepare`] turns spooled content into what goes on the wire: marketing mail
+//! (and transactional mail with a list when the account asks) gets its recipient's
+//! unsubscribe headers and footer; every message of an account with DKIM keys for its From
+//! domain is signed last, with each matching key.
 
+pub mod dkim;
 pub mod headers;
+pub mod statement;
 pub mod token;
 
 use std::sync::Arc;
@@ -113,12 +120,8 @@ impl Rewriter {
             let links = self.links(&account.name, &list.id, &normalised);
             added = self.list_fields(env, account, list, &links);
         }
-        Ok(headers::rewrite(
-            content,
-            &added,
-            unsubscribe,
-            &self.mail_domain,
-        ))
+        let out = headers::rewrite(content, &added, unsubscribe, &self.mail_domain);
+        Ok(sign(account, out))
     }
 
     fn list_fields(
@@ -152,4 +155,45 @@ impl Rewriter {
         }
         fields
     }
+}
+
+/// Prepends a DKIM signature for each of the account's keys whose domain is the header
+/// From domain or a parent of it (relaxed alignment, as DMARC wants).
+fn sign(account: &Account, message: Vec<u8>) -> Vec<u8> {
+    if account.dkim.is_empty() {
+        return message;
+    }
+    let Some(from) = from_domain(&message) else {
+        return message;
+    };
+    let mut signatures = String::new();
+    for k in &account.dkim {
+        if !crate::policy::identity::domain_allowed(std::slice::from_ref(&k.domain), &from) {
+            continue;
+        }
+        match k.key.sign(&message) {
+            Ok(header) => signatures.push_str(&header),
+            Err(e) => {
+                tracing::error!(domain = %k.domain, selector = %k.selector, error = %e, "DKIM signing failed")
+            }
+        }
+    }
+    if signatures.is_empty() {
+        return message;
+    }
+    let mut out = Vec::with_capacity(signatures.len() + message.len());
+    out.extend_from_slice(signatures.as_bytes());
+    out.extend_from_slice(&message);
+    out
+}
+
+/// The (canonical) domain of the first From address.
+fn from_domain(message: &[u8]) -> Option<String> {
+    let (fields, _) = headers::fields(message);
+    let from = fields.iter().find(|f| headers::is(message, f, "from"))?;
+    let value = headers::value(message, from);
+    let field = format!("From: {value}\r\n\r\n");
+    let parsed = mail_parser::MessageParser::new().parse_headers(field.as_bytes())?;
+    let address = parsed.from()?.first()?.address()?.to_string();
+    crate::policy::identity::canonical_domain(address.rsplit_once('@')?.1)
 }

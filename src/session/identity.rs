@@ -51,6 +51,38 @@ pub(super) fn check(
     Ok(())
 }
 
+/// The relay operator's own contact details (`operator_contacts` in the policy) may not
+/// appear in what a customer's message says: Subject, and every text and HTML body,
+/// decoded. Returns the first one found.
+pub(super) fn check_operator_contacts(contacts: &[String], content: &[u8]) -> Result<(), Refusal> {
+    if contacts.is_empty() {
+        return Ok(());
+    }
+    let Some(message) = mail_parser::MessageParser::new().parse(content) else {
+        return Ok(());
+    };
+    let mut texts: Vec<String> = Vec::new();
+    if let Some(subject) = message.subject() {
+        texts.push(subject.to_lowercase());
+    }
+    for i in 0..message.text_body_count() + message.html_body_count() {
+        let body = if i < message.text_body_count() {
+            message.body_text(i)
+        } else {
+            message.body_html(i - message.text_body_count())
+        };
+        if let Some(b) = body {
+            texts.push(b.to_lowercase());
+        }
+    }
+    for c in contacts {
+        if texts.iter().any(|t| t.contains(c.as_str())) {
+            return Err(Refusal::OperatorContact);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +145,32 @@ mod tests {
         let open = policy.account("open").unwrap();
         assert_eq!(
             check(open, "relay.test", None, b"Subject: x\r\n\r\n"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn operator_contacts_may_not_appear_in_customer_text() {
+        let contacts = vec![
+            "abuse@relay.example".to_string(),
+            "relay.example".to_string(),
+        ];
+        let clean = b"Subject: hi\r\n\r\nHello\r\n";
+        assert_eq!(check_operator_contacts(&contacts, clean), Ok(()));
+        for bad in [
+            &b"Subject: write to ABUSE@relay.example\r\n\r\nHello\r\n"[..],
+            b"Subject: hi\r\nContent-Type: text/html\r\n\r\n<a href=\"https://relay.example/x\">x</a>\r\n",
+            b"Subject: hi\r\nContent-Transfer-Encoding: base64\r\n\r\ndmlzaXQgcmVsYXkuZXhhbXBsZQ==\r\n",
+        ] {
+            assert_eq!(
+                check_operator_contacts(&contacts, bad),
+                Err(Refusal::OperatorContact),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            check_operator_contacts(&[], b"Subject: relay.example\r\n\r\n"),
             Ok(())
         );
     }

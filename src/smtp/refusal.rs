@@ -108,6 +108,8 @@ pub enum Refusal {
     NoFrom,
     #[error("unknown unsubscribe address")]
     UnknownUnsubscribe,
+    #[error("the relay operator's contact details in customer text")]
+    OperatorContact,
 }
 
 /// Why the consent and suppression policy withholds mail from a recipient. The texts say
@@ -281,6 +283,11 @@ impl Refusal {
                 ),
             ),
             NoFrom => (550, (5, 6, 0), "The message has no From header".into()),
+            OperatorContact => (
+                550,
+                (5, 7, 1),
+                "The message names the relay operator's own contact details; use your own".into(),
+            ),
             UnknownUnsubscribe => (
                 550,
                 (5, 1, 1),
