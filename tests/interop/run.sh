@@ -2,11 +2,15 @@
 # Interop test: optin-relay against real outside SMTP software, on 127.0.0.1 only.
 #
 # Installs (Debian packages, only when missing): postfix (for smtp-source/smtp-sink),
-# swaks, libnet-ssleay-perl (swaks' TLS support), python3-aiosmtpd, openssl.
-# Builds the relay with `cargo build --release`, then runs two relays on free ports:
+# swaks, libnet-ssleay-perl (swaks' TLS support), python3-aiosmtpd, openssl, chromium
+# (headless browser) and python3-websocket (drives it over the DevTools protocol).
+# Builds the relay with `cargo build --release`, then runs three relays on free ports:
 #   auth  - policy with one AUTH user only (no trusted network); delivers to an aiosmtpd
 #           sink (sink.py, SMTPUTF8 on)
 #   local - policy trusting 127.0.0.0/8; delivers to Postfix's smtp-sink
+#   news  - one marketing-only account "news" trusting 127.0.0.0/8 (from_domains
+#           news.example, one list "weekly" named "The Weekly"), unsubscribe links on its
+#           own HTTP port; delivers to a second aiosmtpd sink
 # and checks:
 #   1. swaks STARTTLS + AUTH PLAIN / AUTH LOGIN are accepted and delivered; AUTH is not
 #      offered without TLS (and answered 538 if sent anyway); MAIL without AUTH gets 530;
@@ -18,6 +22,15 @@
 #   5. GET /healthz and /metrics; accepted/delivered counters match what was sent
 #   6. `optin-relay queue list` shows an empty queue once everything is delivered
 #   7. SIGTERM makes each relay exit 0 within a few seconds
+#   8. news: `lists grant` (CLI) beside the running relay, which follows the journal;
+#      marketing to the granted reader is delivered with List-Unsubscribe (http + mailto,
+#      one token), List-Unsubscribe-Post (one-click) and List-Id; to a stranger it is
+#      refused at RCPT (550 5.7.1 no consent recorded)
+#   9. news: headless Chromium opens the http unsubscribe link of the delivered message,
+#      the page names "The Weekly", a real click on "Unsubscribe from The Weekly" POSTs the
+#      form and shows "You are unsubscribed"; the same message is then refused at RCPT
+#      (550 5.7.1 has unsubscribed from this list); events/unsubscribes.jsonl in the spool
+#      has exactly that one unsubscribe (via http); metrics count it
 # Prints one PASS:/FAIL: line per check, exits 1 if any check failed. Every process it
 # starts is stopped on exit. Set INTEROP_KEEP=1 to keep the work directory (it is kept
 # anyway when a check failed), INTEROP_VERBOSE=1 to see each check's output on PASS too.
@@ -31,14 +44,20 @@ ROOT=$(cd "$HERE/../.." && pwd)
 PY=/usr/bin/python3            # Debian's interpreter: python3-aiosmtpd lives there
 SMTP_SOURCE=/usr/sbin/smtp-source
 SMTP_SINK=/usr/sbin/smtp-sink
-PACKAGES=(postfix swaks libnet-ssleay-perl python3-aiosmtpd openssl)
+CHROMIUM=/usr/bin/chromium     # Debian's launcher (it execs /usr/lib/chromium/chromium)
+PACKAGES=(postfix swaks libnet-ssleay-perl python3-aiosmtpd openssl chromium python3-websocket)
 LOAD_MESSAGES=1000
 LOAD_SESSIONS=10
 DELIVERY_TIMEOUT=60            # seconds to wait for mail to reach a sink / queue to drain
 PASSWORD="interop-$RANDOM-secret"
+NEWS_MAIL_DOMAIN=relay.test    # the news relay's [unsubscribe] mail_domain
+NEWS_LIST_NAME="The Weekly"    # the name of the news account's only list, "weekly"
+NEWS_READER=reader@example.net # granted consent, then unsubscribes in the browser
+NEWS_STRANGER=stranger@example.net   # never granted
 
 WORK=""
 PIDS=()                        # every background process we started
+PGROUPS=()                     # process groups we started (setsid): killed whole on exit
 FAILED=()
 PASSED=0
 STARTED_AT=$SECONDS
@@ -78,6 +97,11 @@ cleanup() {
         done
         kill -KILL "$pid" 2>/dev/null
         wait "$pid" 2>/dev/null
+    done
+    # Whatever is left of a process group we started (a browser's helper processes).
+    local group
+    for group in "${PGROUPS[@]}"; do
+        kill -KILL -- "-$group" 2>/dev/null
     done
     if [[ -n "$WORK" && -d "$WORK" ]]; then
         if [[ ${#FAILED[@]} -gt 0 || -n "${INTEROP_KEEP:-}" ]]; then
@@ -179,11 +203,14 @@ build_relay() {
 
 pick_ports() {
     local ports
-    mapfile -t ports < <("$PY" "$HERE/util.py" ports 8) || return 1
-    [[ ${#ports[@]} -eq 8 ]] || return 1
+    mapfile -t ports < <("$PY" "$HERE/util.py" ports 13) || return 1
+    [[ ${#ports[@]} -eq 13 ]] || return 1
     AIO_PORT=${ports[0]} SINK_PORT=${ports[1]}
     AUTH_SMTP=${ports[2]} AUTH_TLS=${ports[3]} AUTH_HTTP=${ports[4]}
     LOCAL_SMTP=${ports[5]} LOCAL_TLS=${ports[6]} LOCAL_HTTP=${ports[7]}
+    NEWS_SINK_PORT=${ports[8]} NEWS_SMTP=${ports[9]} NEWS_TLS=${ports[10]}
+    NEWS_HTTP=${ports[11]} CDP_PORT=${ports[12]}
+    NEWS_URL="http://127.0.0.1:$NEWS_HTTP"
 }
 
 # write_relay_config NAME SMTP TLS HTTP SMARTHOST POLICY-TEXT
@@ -224,13 +251,31 @@ password_hash = \"$hash\""
     write_relay_config local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP" "$SINK_PORT" \
         '[accounts.local]
 networks = ["127.0.0.0/8"]'
+    write_relay_config news "$NEWS_SMTP" "$NEWS_TLS" "$NEWS_HTTP" "$NEWS_SINK_PORT" \
+        '[accounts.news]
+networks = ["127.0.0.0/8"]
+streams = ["marketing"]
+from_domains = ["news.example"]
+[accounts.news.lists.weekly]
+name = "The Weekly"
+consent_statement = "You receive {list} because you subscribed at {source}. Unsubscribe: {unsubscribe}"
+consent_source = "news.example/subscribe"'
+    cat >>"$WORK/news/relay.toml" <<EOF
+[unsubscribe]
+public_url = "$NEWS_URL"
+mail_domain = "$NEWS_MAIL_DOMAIN"
+[lists]
+refresh_interval = "100ms"
+EOF
     "$BIN" --config "$WORK/auth/relay.toml" config check &&
-        "$BIN" --config "$WORK/local/relay.toml" config check
+        "$BIN" --config "$WORK/local/relay.toml" config check &&
+        "$BIN" --config "$WORK/news/relay.toml" config check
 }
 
 start_sinks() {
-    mkdir -p "$WORK/aio-sink"
+    mkdir -p "$WORK/aio-sink" "$WORK/news-sink"
     start aiosink "$PY" "$HERE/sink.py" "$AIO_PORT" "$WORK/aio-sink"
+    start newssink "$PY" "$HERE/sink.py" "$NEWS_SINK_PORT" "$WORK/news-sink"
     # smtp-sink drops to "nobody" when run as root; its dump directory must be writable.
     # Otherwise it exits at the first message ("open ...: Permission denied").
     chmod 755 "$WORK" &&
@@ -243,20 +288,24 @@ start_sinks() {
     fi
     start smtpsink "$SMTP_SINK" "${user[@]}" -d "$SINK_DIR/msg." \
         "127.0.0.1:$SINK_PORT" 256
-    wait_ports aiosink "$AIO_PORT" && wait_ports smtpsink "$SINK_PORT"
+    wait_ports aiosink "$AIO_PORT" && wait_ports newssink "$NEWS_SINK_PORT" &&
+        wait_ports smtpsink "$SINK_PORT"
 }
 
 start_relays() {
     start relay_auth "$BIN" --config "$WORK/auth/relay.toml" serve
     start relay_local "$BIN" --config "$WORK/local/relay.toml" serve
+    start relay_news "$BIN" --config "$WORK/news/relay.toml" serve
     wait_ports relay_auth "$AUTH_SMTP" "$AUTH_TLS" "$AUTH_HTTP" &&
-        wait_ports relay_local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP"
+        wait_ports relay_local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP" &&
+        wait_ports relay_news "$NEWS_SMTP" "$NEWS_TLS" "$NEWS_HTTP"
 }
 
 # ---------------------------------------------------------------- client helpers
 
 ACCEPTED_auth=0                # messages each relay acknowledged with "queued as"
 ACCEPTED_local=0
+ACCEPTED_news=0
 QUEUED_RE='250 2\.0\.0 OK queued as [0-9A-Fa-f]{16}'
 
 # swaks_run LOGNAME SWAKS-ARGS...: runs swaks with common arguments; output in
@@ -272,9 +321,10 @@ swaks_run() {
     return $rc
 }
 
-# in_aio_sink TEXT / in_smtp_sink TEXT: a delivered message contains TEXT.
+# in_aio_sink TEXT / in_news_sink TEXT / in_smtp_sink TEXT: a delivered message contains TEXT.
 in_aio_sink() { grep -qsF -- "$1" "$WORK"/aio-sink/*.eml; }
 in_smtp_sink() { grep -rqsF -- "$1" "$SINK_DIR"; }
+in_news_sink() { grep -qsF -- "$1" "$WORK"/news-sink/*.eml; }
 
 # expect_delivered SINK-FUNCTION TEXT
 expect_delivered() {
@@ -298,11 +348,11 @@ swaks_accepted() {
     local var="ACCEPTED_$relay"
     printf -v "$var" '%s' $((${!var} + 1))
     [[ $rc -eq 0 ]] || { echo "swaks failed"; return 1; }
-    if [[ $relay == auth ]]; then
-        expect_delivered in_aio_sink "Subject: $tag"
-    else
-        expect_delivered in_smtp_sink "Subject: $tag"
-    fi
+    case $relay in
+        auth) expect_delivered in_aio_sink "Subject: $tag" ;;
+        news) expect_delivered in_news_sink "Subject: $tag" ;;
+        *) expect_delivered in_smtp_sink "Subject: $tag" ;;
+    esac
 }
 
 AUTH_ARGS=(--auth-user shop --auth-password "$PASSWORD")
@@ -408,6 +458,141 @@ smtp_source_load() {
     [[ $(smtp_sink_count) -eq $LOAD_MESSAGES ]]
 }
 
+# ---------------------------------------------------------------- check 8: consent, headers
+
+# A marketing message of the account "news" (its only stream and list: no X-Optin-* needed).
+NEWS_SWAKS=(--from bounce@news.example --header "From: hello@news.example")
+NEWS_TAG="interop-news-weekly-$$"
+NEWS_UNSUBSCRIBE_URL=""        # the http link of the delivered message, for the browser
+
+news_relay_follows_grant() {
+    local n
+    n=$("$PY" "$HERE/util.py" metric "$NEWS_URL/metrics" optin_lists_delta_entries)
+    echo "news relay: optin_lists_delta_entries=$n"
+    [[ $n =~ ^[0-9]+$ && $n -ge 1 ]]
+}
+
+# lists grant from the CLI beside the running relay; the relay picks it up from the journal.
+news_grant() {
+    local config="$WORK/news/relay.toml"
+    "$BIN" --config "$config" lists grant "$NEWS_READER" --account news || return 1
+    "$BIN" --config "$config" lists check "$NEWS_READER" --account news || return 1
+    poll 10 news_relay_follows_grant
+}
+
+news_marketing_delivered() {
+    local out
+    swaks_accepted news "$NEWS_TAG" --port "$NEWS_SMTP" "${NEWS_SWAKS[@]}" \
+        --to "$NEWS_READER" || return 1
+    out=$("$PY" "$HERE/list_headers.py" "$WORK/news-sink" "$NEWS_TAG" "$NEWS_READER" \
+        bounce@news.example "$NEWS_URL" "$NEWS_MAIL_DOMAIN" \
+        "\"$NEWS_LIST_NAME\" <weekly.news.$NEWS_MAIL_DOMAIN>")
+    local rc=$?
+    echo "$out"
+    NEWS_UNSUBSCRIBE_URL=$(sed -n 's/^URL //p' <<<"$out")
+    [[ $rc -eq 0 && -n $NEWS_UNSUBSCRIBE_URL ]]
+}
+
+# news_refused_at_rcpt RCPT REASON: swaks' RCPT TO:<RCPT> is answered 550 5.7.1 <RCPT> REASON.
+news_refused_at_rcpt() {
+    local rcpt=$1 reason=$2 out
+    out=$(swaks_run "news-refused-${rcpt%@*}" --port "$NEWS_SMTP" "${NEWS_SWAKS[@]}" \
+        --to "$rcpt" --header "Subject: $NEWS_TAG refused")
+    local rc=$?
+    echo "$out"
+    [[ $rc -ne 0 ]] || { echo "swaks succeeded"; return 1; }
+    ! grep -qE "$QUEUED_RE" <<<"$out" || { echo "the message was queued"; return 1; }
+    grep -A1 -F -- "-> RCPT TO:<$rcpt>" <<<"$out" | tail -n 1 |
+        grep -qF -- "<** 550 5.7.1 <$rcpt> $reason" ||
+        { echo "RCPT TO:<$rcpt> not answered \"550 5.7.1 <$rcpt> $reason\""; return 1; }
+}
+
+# ---------------------------------------------------------------- check 9: browser
+
+# group_members PGID: pids of the processes in process group PGID (from /proc).
+group_members() {
+    local f stat pgrp
+    for f in /proc/[0-9]*/stat; do
+        { stat=$(<"$f"); } 2>/dev/null || continue   # the process may just have gone
+        # After "pid (comm) " come state, ppid, pgrp, ...
+        read -r _ _ pgrp _ <<<"${stat##*) }"
+        [[ $pgrp == "$1" ]] && { f=${f#/proc/}; echo "${f%/stat}"; }
+    done
+    return 0
+}
+
+start_chromium() {
+    mkdir -p "$WORK/chromium/home" || return 1
+    # setsid: its own process group, so cleanup can also reach the helper processes.
+    # HOME in the work directory: nothing written to the real home. Chromium refuses some
+    # ports (6000, 10080, ...: ERR_UNSAFE_PORT); the relay's HTTP port is allowed explicitly.
+    start chromium setsid env HOME="$WORK/chromium/home" "$CHROMIUM" --headless --no-sandbox \
+        --remote-debugging-port="$CDP_PORT" --user-data-dir="$WORK/chromium/profile" \
+        --explicitly-allowed-ports="$NEWS_HTTP" \
+        --no-first-run --no-default-browser-check --no-proxy-server \
+        --disable-background-networking --disable-component-update --disable-sync \
+        about:blank
+    PGROUPS+=("$PID_chromium")
+    wait_ports chromium "$CDP_PORT"
+}
+
+# stop_chromium: SIGTERM; the browser and every helper process must be gone within 10s.
+stop_chromium() {
+    local pid=$PID_chromium rc
+    kill -TERM "$pid" 2>/dev/null
+    poll 10 eval "! kill -0 $pid 2>/dev/null" || { echo "chromium still running"; return 1; }
+    wait "$pid"
+    rc=$?
+    forget "$pid"
+    if ! poll 10 eval "[[ -z \$(group_members $pid) ]]"; then
+        echo "chromium helper processes left after the browser exited:" $(group_members "$pid")
+        return 1
+    fi
+    local keep=() g
+    for g in "${PGROUPS[@]}"; do
+        [[ $g == "$pid" ]] || keep+=("$g")
+    done
+    PGROUPS=("${keep[@]}")
+    echo "chromium stopped (exit status $rc), no helper process left"
+}
+
+browser_unsubscribe() {
+    [[ -n $NEWS_UNSUBSCRIBE_URL ]] ||
+        { echo "no unsubscribe link: the delivery check did not pass"; return 1; }
+    start_chromium || return 1
+    "$PY" "$HERE/browser_unsubscribe.py" "$CDP_PORT" "$NEWS_UNSUBSCRIBE_URL" "$NEWS_LIST_NAME"
+    local rc=$?
+    stop_chromium || rc=1
+    return $rc
+}
+
+news_event_logged() {
+    local log="$WORK/news/spool/events/unsubscribes.jsonl"
+    [[ -f $log ]] || { echo "no $log"; return 1; }
+    echo "$log (mode $(stat -c %a "$log")):"
+    cat "$log"
+    [[ $(wc -l <"$log") -eq 1 ]] || { echo "expected exactly one line"; return 1; }
+    grep -F "\"address\":\"$NEWS_READER\"" "$log" | grep -qF '"via":"http"' ||
+        { echo "no line with \"address\":\"$NEWS_READER\" and \"via\":\"http\""; return 1; }
+    [[ $(stat -c %a "$log") == 600 ]] || { echo "mode is not 0600"; return 1; }
+}
+
+# news_metric EXPECTED NAME [LABEL=VALUE]
+news_metric() {
+    local value
+    value=$("$PY" "$HERE/util.py" metric "$NEWS_URL/metrics" "$2" ${3:+"$3"})
+    echo "news relay: $2${3:+{$3\}}=$value (expected $1)"
+    [[ $value == "$1" ]]
+}
+
+news_unsubscribe_metrics() {
+    local ok=0
+    news_metric 1 optin_unsubscribes_total scope=list || ok=1
+    news_metric 1 optin_recipients_withheld_total reason=consent_missing || ok=1
+    news_metric 1 optin_recipients_withheld_total reason=unsubscribed_list || ok=1
+    return $ok
+}
+
 # ---------------------------------------------------------------- checks 5-7
 
 queue_empty() {
@@ -481,7 +666,7 @@ finish() {
     if [[ $failed -gt 0 ]]; then
         note "relay logs (last lines):"
         local name
-        for name in relay_auth relay_local aiosink smtpsink; do
+        for name in relay_auth relay_local relay_news aiosink newssink smtpsink chromium; do
             [[ -s "$WORK/$name.log" ]] || continue
             echo "## $name.log"
             tail -n 20 "$WORK/$name.log" | sed 's/^/    /'
@@ -503,10 +688,12 @@ main() {
     setup "pick free ports on 127.0.0.1" pick_ports
     note "ports: aiosmtpd=$AIO_PORT smtp-sink=$SINK_PORT" \
         "auth relay smtp=$AUTH_SMTP tls=$AUTH_TLS http=$AUTH_HTTP" \
-        "local relay smtp=$LOCAL_SMTP tls=$LOCAL_TLS http=$LOCAL_HTTP"
+        "local relay smtp=$LOCAL_SMTP tls=$LOCAL_TLS http=$LOCAL_HTTP" \
+        "news sink=$NEWS_SINK_PORT news relay smtp=$NEWS_SMTP tls=$NEWS_TLS" \
+        "http=$NEWS_HTTP chromium devtools=$CDP_PORT"
     setup "hash-password, write configs, config check" write_configs
-    setup "start aiosmtpd sink and smtp-sink" start_sinks
-    setup "start relays (auth-only and loopback-trusting)" start_relays
+    setup "start aiosmtpd sinks and smtp-sink" start_sinks
+    setup "start relays (auth-only, loopback-trusting, news with unsubscribe links)" start_relays
 
     check "swaks STARTTLS + AUTH PLAIN: accepted and delivered" swaks_auth PLAIN
     check "swaks STARTTLS + AUTH LOGIN: accepted and delivered" swaks_auth LOGIN
@@ -523,14 +710,30 @@ main() {
         smtplib_utf8
     check "smtp-source $LOAD_MESSAGES messages x $LOAD_SESSIONS sessions -> smtp-sink: all arrive exactly once" \
         smtp_source_load
+    check "news: lists grant (CLI) for $NEWS_READER, followed by the running relay" news_grant
+    check "news: marketing to $NEWS_READER delivered with List-Unsubscribe (http + mailto), List-Unsubscribe-Post, List-Id" \
+        news_marketing_delivered
+    check "news: marketing to $NEWS_STRANGER refused at RCPT: 550 5.7.1 no consent recorded" \
+        news_refused_at_rcpt "$NEWS_STRANGER" "has no consent recorded for this list"
+    check "news: headless Chromium opens the unsubscribe link, clicks \"Unsubscribe from $NEWS_LIST_NAME\": \"You are unsubscribed\"" \
+        browser_unsubscribe
+    check "news: marketing to $NEWS_READER again refused at RCPT: 550 5.7.1 has unsubscribed from this list" \
+        news_refused_at_rcpt "$NEWS_READER" "has unsubscribed from this list"
+    check "news: events/unsubscribes.jsonl has one line, $NEWS_READER via http" news_event_logged
     check "queue list: auth relay queue empty after delivery" queue_drains auth
     check "queue list: loopback relay queue empty after delivery" queue_drains local
+    check "queue list: news relay queue empty after delivery" queue_drains news
     check "metrics: auth relay /healthz, accepted and delivered counters" \
         metrics_consistent auth "$AUTH_HTTP"
     check "metrics: loopback relay /healthz, accepted and delivered counters" \
         metrics_consistent local "$LOCAL_HTTP"
+    check "metrics: news relay /healthz, accepted and delivered counters" \
+        metrics_consistent news "$NEWS_HTTP"
+    check "metrics: news relay unsubscribe and withheld-recipient counters" \
+        news_unsubscribe_metrics
     check "SIGTERM: auth relay exits 0 within 10s" sigterm_exits_zero auth
     check "SIGTERM: loopback relay exits 0 within 10s" sigterm_exits_zero local
+    check "SIGTERM: news relay exits 0 within 10s" sigterm_exits_zero news
     finish
 }
 
