@@ -2,15 +2,18 @@
 # Interop test: optin-relay against real outside SMTP software, on 127.0.0.1 only.
 #
 # Installs (Debian packages, only when missing): postfix (for smtp-source/smtp-sink),
-# swaks, libnet-ssleay-perl (swaks' TLS support), python3-aiosmtpd, openssl, chromium
-# (headless browser) and python3-websocket (drives it over the DevTools protocol).
+# swaks, libnet-ssleay-perl (swaks' TLS support), python3-aiosmtpd, openssl (also makes the
+# DKIM keys), chromium (headless browser), python3-websocket (drives it over the DevTools
+# protocol), python3-dkim (verifies DKIM) and python3-nacl (its Ed25519 support).
 # Builds the relay with `cargo build --release`, then runs three relays on free ports:
 #   auth  - policy with one AUTH user only (no trusted network); delivers to an aiosmtpd
 #           sink (sink.py, SMTPUTF8 on)
 #   local - policy trusting 127.0.0.0/8; delivers to Postfix's smtp-sink
 #   news  - one marketing-only account "news" trusting 127.0.0.0/8 (from_domains
 #           news.example, one list "weekly" named "The Weekly"), unsubscribe links on its
-#           own HTTP port; delivers to a second aiosmtpd sink
+#           own HTTP port, and two DKIM keys for news.example made with openssl at run
+#           time (RSA-2048, selector rsa2026; Ed25519, selector ed2026); delivers to a
+#           second aiosmtpd sink
 # and checks:
 #   1. swaks STARTTLS + AUTH PLAIN / AUTH LOGIN are accepted and delivered; AUTH is not
 #      offered without TLS (and answered 538 if sent anyway); MAIL without AUTH gets 530;
@@ -26,7 +29,13 @@
 #      marketing to the granted reader is delivered with List-Unsubscribe (http + mailto,
 #      one token), List-Unsubscribe-Post (one-click) and List-Id; to a stranger it is
 #      refused at RCPT (550 5.7.1 no consent recorded)
-#   9. news: headless Chromium opens the http unsubscribe link of the delivered message,
+#   9. news: the delivered marketing message has one DKIM-Signature per key (d=news.example,
+#      rsa-sha256 and ed25519-sha256); python3-dkim (dkim_verify.py) verifies each, asking
+#      a fake DNS function for the TXT records made from the keys with openssl (k=rsa with
+#      the SubjectPublicKeyInfo, k=ed25519 with the raw key, RFC 8463); each h= lists From,
+#      Subject, List-Unsubscribe and List-Unsubscribe-Post; the same message with the
+#      Subject changed, or with a second List-Unsubscribe on top, fails each signature
+#  10. news: headless Chromium opens the http unsubscribe link of the delivered message,
 #      the page names "The Weekly", a real click on "Unsubscribe from The Weekly" POSTs the
 #      form and shows "You are unsubscribed"; the same message is then refused at RCPT
 #      (550 5.7.1 has unsubscribed from this list); events/unsubscribes.jsonl in the spool
@@ -45,7 +54,8 @@ PY=/usr/bin/python3            # Debian's interpreter: python3-aiosmtpd lives th
 SMTP_SOURCE=/usr/sbin/smtp-source
 SMTP_SINK=/usr/sbin/smtp-sink
 CHROMIUM=/usr/bin/chromium     # Debian's launcher (it execs /usr/lib/chromium/chromium)
-PACKAGES=(postfix swaks libnet-ssleay-perl python3-aiosmtpd openssl chromium python3-websocket)
+PACKAGES=(postfix swaks libnet-ssleay-perl python3-aiosmtpd openssl chromium python3-websocket
+    python3-dkim python3-nacl)
 LOAD_MESSAGES=1000
 LOAD_SESSIONS=10
 DELIVERY_TIMEOUT=60            # seconds to wait for mail to reach a sink / queue to drain
@@ -54,6 +64,10 @@ NEWS_MAIL_DOMAIN=relay.test    # the news relay's [unsubscribe] mail_domain
 NEWS_LIST_NAME="The Weekly"    # the name of the news account's only list, "weekly"
 NEWS_READER=reader@example.net # granted consent, then unsubscribes in the browser
 NEWS_STRANGER=stranger@example.net   # never granted
+NEWS_DKIM_DOMAIN=news.example  # d= of the news account's two DKIM keys
+NEWS_DKIM_RSA_SELECTOR=rsa2026
+NEWS_DKIM_ED_SELECTOR=ed2026
+NEWS_DKIM_KEYS=()              # SELECTOR:ALGORITHM:TXT-RECORD, for dkim_verify.py
 
 WORK=""
 PIDS=()                        # every background process we started
@@ -239,8 +253,52 @@ level = "info"
 EOF
 }
 
+# dkim_record KEYFILE TYPE: the TXT record for KEYFILE's public key (RFC 6376 §3.6.1):
+# k=rsa with the base64 DER SubjectPublicKeyInfo; k=ed25519 with the raw 32-octet key
+# (RFC 8463 §4.2), the last 32 octets of the 44-octet DER SubjectPublicKeyInfo.
+dkim_record() {
+    local key=$1 type=$2 der p
+    der="$key.pub.der"
+    openssl pkey -in "$key" -pubout -outform DER -out "$der" || return 1
+    case $type in
+        rsa) p=$(base64 -w0 <"$der") ;;
+        ed25519)
+            [[ $(stat -c %s "$der") -eq 44 ]] ||
+                { echo "$der: $(stat -c %s "$der") octets, expected 44" >&2; return 1; }
+            p=$(tail -c 32 "$der" | base64 -w0)
+            ;;
+    esac
+    [[ -n $p ]] || return 1
+    echo "v=DKIM1; k=$type; p=$p"
+}
+
+# make_dkim_keys: an RSA-2048 and an Ed25519 key for the news account, made with openssl
+# in $WORK/dkim; sets NEWS_DKIM_KEYS and prints the policy sections that use them.
+make_dkim_keys() {
+    local dir="$WORK/dkim" rsa ed
+    mkdir -p "$dir" && chmod 700 "$dir" || return 1
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/rsa.pem" \
+        2>"$dir/genpkey.log" &&
+        openssl genpkey -algorithm ed25519 -out "$dir/ed25519.pem" 2>>"$dir/genpkey.log" ||
+        { cat "$dir/genpkey.log" >&2; return 1; }
+    rsa=$(dkim_record "$dir/rsa.pem" rsa) && ed=$(dkim_record "$dir/ed25519.pem" ed25519) ||
+        return 1
+    NEWS_DKIM_KEYS=("$NEWS_DKIM_RSA_SELECTOR:rsa-sha256:$rsa"
+        "$NEWS_DKIM_ED_SELECTOR:ed25519-sha256:$ed")
+    cat <<EOF
+[[accounts.news.dkim]]
+domain = "$NEWS_DKIM_DOMAIN"
+selector = "$NEWS_DKIM_RSA_SELECTOR"
+private_key = "$dir/rsa.pem"
+[[accounts.news.dkim]]
+domain = "$NEWS_DKIM_DOMAIN"
+selector = "$NEWS_DKIM_ED_SELECTOR"
+private_key = "$dir/ed25519.pem"
+EOF
+}
+
 write_configs() {
-    local hash
+    local hash dkim_policy
     hash=$(printf '%s\n' "$PASSWORD" | "$BIN" hash-password) || return 1
     [[ $hash == '$argon2'* ]] || { echo "hash-password printed: $hash"; return 1; }
     write_relay_config auth "$AUTH_SMTP" "$AUTH_TLS" "$AUTH_HTTP" "$AIO_PORT" \
@@ -251,6 +309,10 @@ password_hash = \"$hash\""
     write_relay_config local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP" "$SINK_PORT" \
         '[accounts.local]
 networks = ["127.0.0.0/8"]'
+    # Not in a $(...) subshell: make_dkim_keys sets NEWS_DKIM_KEYS.
+    make_dkim_keys >"$WORK/dkim-policy.toml" || return 1
+    dkim_policy=$(<"$WORK/dkim-policy.toml")
+    printf 'DKIM record: %.100s...\n' "${NEWS_DKIM_KEYS[@]}"
     write_relay_config news "$NEWS_SMTP" "$NEWS_TLS" "$NEWS_HTTP" "$NEWS_SINK_PORT" \
         '[accounts.news]
 networks = ["127.0.0.0/8"]
@@ -259,7 +321,8 @@ from_domains = ["news.example"]
 [accounts.news.lists.weekly]
 name = "The Weekly"
 consent_statement = "You receive {list} because you subscribed at {source}. Unsubscribe: {unsubscribe}"
-consent_source = "news.example/subscribe"'
+consent_source = "news.example/subscribe"
+'"$dkim_policy"
     cat >>"$WORK/news/relay.toml" <<EOF
 [unsubscribe]
 public_url = "$NEWS_URL"
@@ -493,6 +556,16 @@ news_marketing_delivered() {
     [[ $rc -eq 0 && -n $NEWS_UNSUBSCRIBE_URL ]]
 }
 
+# ---------------------------------------------------------------- check 9: DKIM
+
+# The delivered marketing message carries one DKIM-Signature per key (RSA and Ed25519);
+# python3-dkim verifies each against the records made from the keys (a fake DNS function).
+news_dkim_verified() {
+    [[ ${#NEWS_DKIM_KEYS[@]} -eq 2 ]] || { echo "no DKIM keys: setup did not make them"; return 1; }
+    "$PY" "$HERE/dkim_verify.py" "$WORK/news-sink" "$NEWS_TAG" "$NEWS_DKIM_DOMAIN" \
+        "${NEWS_DKIM_KEYS[@]}"
+}
+
 # news_refused_at_rcpt RCPT REASON: swaks' RCPT TO:<RCPT> is answered 550 5.7.1 <RCPT> REASON.
 news_refused_at_rcpt() {
     local rcpt=$1 reason=$2 out
@@ -507,7 +580,7 @@ news_refused_at_rcpt() {
         { echo "RCPT TO:<$rcpt> not answered \"550 5.7.1 <$rcpt> $reason\""; return 1; }
 }
 
-# ---------------------------------------------------------------- check 9: browser
+# ---------------------------------------------------------------- check 10: browser
 
 # group_members PGID: pids of the processes in process group PGID (from /proc).
 group_members() {
@@ -713,6 +786,8 @@ main() {
     check "news: lists grant (CLI) for $NEWS_READER, followed by the running relay" news_grant
     check "news: marketing to $NEWS_READER delivered with List-Unsubscribe (http + mailto), List-Unsubscribe-Post, List-Id" \
         news_marketing_delivered
+    check "news: DKIM signatures ($NEWS_DKIM_RSA_SELECTOR rsa-sha256, $NEWS_DKIM_ED_SELECTOR ed25519-sha256) verify with python3-dkim; h= has List-Unsubscribe(-Post); a changed Subject fails" \
+        news_dkim_verified
     check "news: marketing to $NEWS_STRANGER refused at RCPT: 550 5.7.1 no consent recorded" \
         news_refused_at_rcpt "$NEWS_STRANGER" "has no consent recorded for this list"
     check "news: headless Chromium opens the unsubscribe link, clicks \"Unsubscribe from $NEWS_LIST_NAME\": \"You are unsubscribed\"" \
