@@ -600,6 +600,12 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
             return refuse(ctx, conn, state, refusal);
         }
     };
+    if class.stream == crate::policy::Stream::Marketing
+        && let Err(e) = crate::rewrite::footer::check(&body)
+    {
+        crate::metrics::message_refused("footer_impossible");
+        return refuse(ctx, conn, state, Refusal::FooterImpossible(e.to_string()));
+    }
     if let Err(refusal) = identity::check(account, &ctx.own_domain, txn.sender.as_ref(), &body) {
         crate::metrics::message_refused("sender_identity");
         return refuse(ctx, conn, state, refusal);

@@ -130,3 +130,182 @@ fn a_bad_dkim_key_is_a_policy_problem() {
         "{err}"
     );
 }
+
+/// Sends `message` as it is (dot-stuffed) from the trusted network; the reply to the end
+/// of DATA.
+async fn submit(relay: std::net::SocketAddr, from: &str, to: &str, message: &[u8]) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(relay).await.unwrap();
+    let mut io = BufReader::new(stream);
+    async fn reply(io: &mut BufReader<tokio::net::TcpStream>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            io.read_line(&mut l).await.unwrap();
+            all.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return all.trim_end().to_string();
+            }
+        }
+    }
+    reply(&mut io).await;
+    for cmd in [
+        "EHLO test".to_string(),
+        format!("MAIL FROM:<{from}> BODY=8BITMIME"),
+        format!("RCPT TO:<{to}>"),
+        "DATA".to_string(),
+    ] {
+        io.get_mut()
+            .write_all(format!("{cmd}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = reply(&mut io).await;
+        assert!(r.starts_with('2') || r.starts_with('3'), "{cmd}: {r}");
+    }
+    let mut wire = Vec::new();
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    if !wire.ends_with(b"\r\n") {
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b".\r\n");
+    io.get_mut().write_all(&wire).await.unwrap();
+    reply(&mut io).await
+}
+
+#[tokio::test]
+async fn every_mime_shape_gets_the_footer_in_each_text_body_and_stays_signed() {
+    use mail_parser::{MessageParser, MimeHeaders};
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        r#"
+[accounts.shop]
+description = "Example Shop"
+networks = ["127.0.0.0/8"]
+streams = ["marketing"]
+from_domains = ["shop.example"]
+[accounts.shop.lists.picks]
+name = "Weekly picks"
+consent_source = "shop.example/signup"
+consent_statement = "Vous recevez {{list}} — inscrit sur {{source}}."
+[[accounts.shop.dkim]]
+domain = "shop.example"
+selector = "ed"
+private_key = "{}"
+"#,
+        fixture("ed25519-pkcs8.pem")
+    );
+    let relay = common::start_relay(
+        dir.path(),
+        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
+        &policy,
+    )
+    .await;
+    let to = "ann@example.net";
+    let l = &relay.lists;
+    l.record(&[Change {
+        op: Op::Add,
+        fp: l
+            .secret()
+            .fingerprint(Kind::Consent, Scope::List("shop", "picks"), to),
+        tags: CONSENT,
+        origin: Origin::Operator,
+        time_ms: 0,
+    }])
+    .unwrap();
+    let record =
+        DkimKey::from_pem_file("shop.example", "ed", fixture("ed25519-pkcs8.pem").as_ref())
+            .unwrap()
+            .dns_record();
+    let mime_dir = format!("{}/tests/fixtures/mime", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<String> = std::fs::read_dir(&mime_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".eml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 15);
+    let mut delivered = 0;
+    for name in &names {
+        let original = std::fs::read(format!("{mime_dir}/{name}")).unwrap();
+        let reply = submit(relay.smtp_addrs[0], "bounce@shop.example", to, &original).await;
+        let refused = ["signed", "smime", "pgp", "attachment-only"]
+            .iter()
+            .any(|k| name.contains(k));
+        if refused {
+            assert!(
+                reply.starts_with("550 5.7.1 Marketing mail: "),
+                "{name}: {reply}"
+            );
+            continue;
+        }
+        assert!(reply.starts_with("250"), "{name}: {reply}");
+        delivered += 1;
+        let got = mx.wait_for(delivered, WAIT).await;
+        let out = &got[delivered - 1].data;
+        verify_with_record(out, "shop.example", "ed", &record)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            out.split(|&b| b == b'\n').all(|l| l.len() <= 999),
+            "{name}: a line over 998 octets"
+        );
+        let before = MessageParser::new().parse(&original).unwrap();
+        let after = MessageParser::new().parse(out).unwrap();
+        assert_eq!(
+            before.parts.len(),
+            after.parts.len(),
+            "{name}: structure changed"
+        );
+        // A part without Content-Type is text/plain (and may gain one: charset, encoding).
+        let kind = |p: &mail_parser::MessagePart| {
+            p.content_type()
+                .map_or(("text".to_string(), Some("plain".to_string())), |c| {
+                    (
+                        c.ctype().to_ascii_lowercase(),
+                        c.subtype().map(str::to_ascii_lowercase),
+                    )
+                })
+        };
+        for (a, b) in before.parts.iter().zip(&after.parts) {
+            assert_eq!(kind(a), kind(b), "{name}");
+        }
+        // Every body part a reader sees (text and HTML, as they are, not converted).
+        let mut ids: Vec<u32> = after
+            .text_body
+            .iter()
+            .chain(&after.html_body)
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let bodies: Vec<String> = ids
+            .iter()
+            .filter_map(|&i| after.parts[i as usize].text_contents().map(str::to_string))
+            .collect();
+        assert!(!bodies.is_empty(), "{name}");
+        for b in &bodies {
+            assert_eq!(
+                b.matches("Vous recevez Weekly picks — inscrit sur shop.example/signup.")
+                    .count(),
+                1,
+                "{name}: footer not exactly once in {b}"
+            );
+        }
+        // The footer's link is the recipient's List-Unsubscribe link.
+        let text = String::from_utf8_lossy(out).replace("\r\n ", " ");
+        let s = text.find("List-Unsubscribe: <").unwrap() + "List-Unsubscribe: <".len();
+        let url = &text[s..s + text[s..].find('>').unwrap()];
+        assert!(
+            bodies.iter().all(|b| b.contains(url)),
+            "{name}: footer without the link"
+        );
+    }
+    assert!(delivered >= 12, "{delivered}");
+    relay.shutdown().await;
+}

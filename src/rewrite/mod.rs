@@ -7,7 +7,9 @@
 //! domain is signed last, with each matching key.
 
 pub mod dkim;
+pub mod footer;
 pub mod headers;
+mod mime;
 pub mod statement;
 pub mod token;
 
@@ -28,6 +30,8 @@ pub enum RewriteError {
     NoList(String),
     #[error("the recipient address cannot be normalised")]
     BadRecipient,
+    #[error("the consent footer cannot be added: {0}")]
+    Footer(#[from] footer::FooterError),
 }
 
 /// The unsubscribe links of one recipient.
@@ -112,6 +116,7 @@ impl Rewriter {
         };
         let unsubscribe = Rewriter::wants_unsubscribe(env, account);
         let mut added = Vec::new();
+        let mut rendered = None;
         if let (true, Some(rcpt), Some(list_id)) = (unsubscribe, rcpt, &env.list) {
             let list = account
                 .list(list_id)
@@ -119,8 +124,20 @@ impl Rewriter {
             let normalised = normalise(&rcpt.address).map_err(|_| RewriteError::BadRecipient)?;
             let links = self.links(&account.name, &list.id, &normalised);
             added = self.list_fields(env, account, list, &links);
+            if env.stream == Stream::Marketing {
+                rendered = Some(statement::render(account, list, &links));
+            }
         }
-        let out = headers::rewrite(content, &added, unsubscribe, &self.mail_domain);
+        let mut out = headers::rewrite(content, &added, unsubscribe, &self.mail_domain);
+        if let Some(r) = rendered {
+            out = footer::add_footer(
+                &out,
+                &footer::Footer {
+                    text: &r.text,
+                    html: &r.html,
+                },
+            )?;
+        }
         Ok(sign(account, out))
     }
 

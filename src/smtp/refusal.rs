@@ -108,6 +108,9 @@ pub enum Refusal {
     NoFrom,
     #[error("unknown unsubscribe address")]
     UnknownUnsubscribe,
+    /// Marketing mail that cannot carry the mandatory footer (signed, encrypted, no text).
+    #[error("footer impossible: {0}")]
+    FooterImpossible(String),
     #[error("the relay operator's contact details in customer text")]
     OperatorContact,
 }
@@ -288,6 +291,11 @@ impl Refusal {
                 (5, 7, 1),
                 "The message names the relay operator's own contact details; use your own".into(),
             ),
+            FooterImpossible(why) => (
+                550,
+                (5, 7, 1),
+                format!("Marketing mail: {}", printable_long(why)),
+            ),
             UnknownUnsubscribe => (
                 550,
                 (5, 1, 1),
@@ -338,6 +346,11 @@ impl Refusal {
                 | AuthMalformed
         )
     }
+}
+
+/// At most 200 printable characters of a relay-made explanation, for a reply.
+fn printable_long(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 /// At most 64 printable characters of a client-supplied value, for a reply.
