@@ -185,15 +185,18 @@ async fn deliver(
     // recipient is its own transaction; other mail is prepared once for all of them.
     let rewriter = ctx.settings.rewriter.clone();
     let groups: Vec<(Vec<u32>, Result<Bytes, String>)> = match &rewriter {
-        Some(r) if r.per_recipient(&job.env) => job
-            .rcpts
-            .iter()
-            .map(|&i| {
-                let rcpt = &job.env.recipients[i as usize];
-                let content = r.prepare(&job.env, Some(rcpt), &body).map(Bytes::from);
-                (vec![i], content.map_err(|e| e.to_string()))
-            })
-            .collect(),
+        Some(r) if r.per_recipient(&job.env) => {
+            let rcpts: Vec<&Recipient> = job
+                .rcpts
+                .iter()
+                .map(|&i| &job.env.recipients[i as usize])
+                .collect();
+            job.rcpts
+                .iter()
+                .zip(r.prepare_each(&job.env, &rcpts, &body))
+                .map(|(&i, content)| (vec![i], content.map(Bytes::from).map_err(|e| e.to_string())))
+                .collect()
+        }
         Some(r) => vec![(
             job.rcpts.clone(),
             r.prepare(&job.env, None, &body)

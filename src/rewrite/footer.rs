@@ -81,19 +81,94 @@ pub fn check(message: &[u8]) -> Result<(), FooterError> {
 
 /// Returns the message with the footer added to every body text part.
 pub fn add_footer(message: &[u8], footer: &Footer<'_>) -> Result<Vec<u8>, FooterError> {
-    let parsed = parse(message)?;
-    let text = crlf_lines(footer.text);
-    let html = crlf_lines(footer.html);
-    let mut edits = Vec::new();
-    for target in targets(message, &parsed)? {
-        let part = parsed
-            .parts
-            .get(target.id)
-            .ok_or_else(|| malformed("lost part"))?;
-        let footer = if target.html { &html } else { &text };
-        rewrite_part(message, part, target, footer, &mut edits)?;
+    Plan::new(message)?.apply(message, footer)
+}
+
+/// What parsing a message tells about where its footers go. The parse is most of the
+/// cost; a plan made once per message puts each recipient's own footer in with a splice.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    parts: Vec<PartPlan>,
+}
+
+/// One body part that gets the footer, with everything its rewrite needs.
+#[derive(Debug, Clone)]
+struct PartPlan {
+    target: Target,
+    /// The body's octets in the message.
+    start: usize,
+    end: usize,
+    charset: Charset,
+    /// mail-parser's decoded text, for charsets only it knows.
+    parsed: String,
+    content_type: Option<HeaderSpan>,
+    transfer_encoding: Option<HeaderSpan>,
+    /// The part is the message itself and it has no MIME-Version field.
+    needs_mime_version: bool,
+    header_end: Option<usize>,
+}
+
+/// Where a header field and its value are.
+#[derive(Debug, Clone, Copy)]
+struct HeaderSpan {
+    field: usize,
+    start: usize,
+    end: usize,
+}
+
+impl HeaderSpan {
+    fn of(h: &Header<'_>) -> HeaderSpan {
+        HeaderSpan {
+            field: h.offset_field as usize,
+            start: h.offset_start as usize,
+            end: h.offset_end as usize,
+        }
     }
-    splice(message, edits)
+}
+
+impl Plan {
+    /// Parses `message` and finds its body parts, or why it cannot take the footer.
+    pub fn new(message: &[u8]) -> Result<Plan, FooterError> {
+        let parsed = parse(message)?;
+        let parts = targets(message, &parsed)?
+            .into_iter()
+            .map(|target| {
+                let part = parsed
+                    .parts
+                    .get(target.id)
+                    .ok_or_else(|| malformed("lost part"))?;
+                Ok(PartPlan {
+                    target,
+                    start: part.offset_body as usize,
+                    end: part.offset_end as usize,
+                    charset: Charset::of(content_type(part).and_then(|ct| ct.attribute("charset"))),
+                    parsed: match &part.body {
+                        PartType::Text(text) | PartType::Html(text) => text.to_string(),
+                        _ => String::new(),
+                    },
+                    content_type: last_header(part, HeaderName::ContentType).map(HeaderSpan::of),
+                    transfer_encoding: last_header(part, HeaderName::ContentTransferEncoding)
+                        .map(HeaderSpan::of),
+                    needs_mime_version: part.offset_header == 0
+                        && last_header(part, HeaderName::MimeVersion).is_none(),
+                    header_end: header_end(message, part),
+                })
+            })
+            .collect::<Result<Vec<_>, FooterError>>()?;
+        Ok(Plan { parts })
+    }
+
+    /// `message` (the one the plan was made from) with `footer` in every body part.
+    pub fn apply(&self, message: &[u8], footer: &Footer<'_>) -> Result<Vec<u8>, FooterError> {
+        let text = crlf_lines(footer.text);
+        let html = crlf_lines(footer.html);
+        let mut edits = Vec::new();
+        for part in &self.parts {
+            let footer = if part.target.html { &html } else { &text };
+            rewrite_part(message, part, footer, &mut edits)?;
+        }
+        splice(message, edits)
+    }
 }
 
 /// Deeper nesting is refused rather than walked: real mail stays far below, and the walk
@@ -319,16 +394,14 @@ fn splice(raw: &[u8], mut edits: Vec<Edit>) -> Result<Vec<u8>, FooterError> {
 /// Adds the footer to one body part, as edits of the original message.
 fn rewrite_part(
     raw: &[u8],
-    part: &MessagePart<'_>,
-    target: Target,
+    part: &PartPlan,
     footer: &str,
     edits: &mut Vec<Edit>,
 ) -> Result<(), FooterError> {
-    let (start, end) = (part.offset_body as usize, part.offset_end as usize);
+    let (start, end, target, charset) = (part.start, part.end, part.target, part.charset);
     let body = raw
         .get(start..end)
         .ok_or_else(|| malformed("part offsets out of range"))?;
-    let charset = Charset::of(content_type(part).and_then(|ct| ct.attribute("charset")));
     let in_charset = charset.encode(footer);
     if let Some(encoded) = &in_charset {
         let spliced = match target.cte {
@@ -351,10 +424,7 @@ fn rewrite_part(
         Cte::QuotedPrintable => Cow::Owned(qp_decode(body)),
         Cte::Base64 => Cow::Owned(b64_decode(body)),
     };
-    let parsed = match &part.body {
-        PartType::Text(text) | PartType::Html(text) => text.as_ref(),
-        _ => "",
-    };
+    let parsed = part.parsed.as_str();
     let (content, footer, relabel) = match &in_charset {
         Some(encoded) => (decoded, encoded.as_ref(), false),
         None => (charset.to_utf8(&decoded, parsed), footer.as_bytes(), true),
@@ -387,20 +457,20 @@ fn rewrite_part(
 /// encoding switched to quoted-printable.
 fn header_edits(
     raw: &[u8],
-    part: &MessagePart<'_>,
+    part: &PartPlan,
     relabel: bool,
     to_qp: bool,
     edits: &mut Vec<Edit>,
 ) -> Result<(), FooterError> {
     let mut added = Vec::new();
     if relabel {
-        match last_header(part, HeaderName::ContentType) {
+        match part.content_type {
             Some(header) => edits.push(charset_edit(raw, header)),
             None => added.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n"),
         }
     }
     if to_qp {
-        match last_header(part, HeaderName::ContentTransferEncoding) {
+        match part.transfer_encoding {
             Some(header) => {
                 let (start, end) = value_span(raw, header);
                 edits.push(Edit {
@@ -414,10 +484,12 @@ fn header_edits(
     }
     if !added.is_empty() {
         // Only the top-level part can lack MIME-Version; adding MIME fields requires it.
-        if part.offset_header == 0 && last_header(part, HeaderName::MimeVersion).is_none() {
+        if part.needs_mime_version {
             added.splice(0..0, *b"MIME-Version: 1.0\r\n");
         }
-        let at = header_end(raw, part).ok_or_else(|| malformed("no header/body separator"))?;
+        let at = part
+            .header_end
+            .ok_or_else(|| malformed("no header/body separator"))?;
         edits.push(Edit {
             start: at,
             end: at,
@@ -428,9 +500,9 @@ fn header_edits(
 }
 
 /// The value of a header field, without its final line break.
-fn value_span(raw: &[u8], header: &Header<'_>) -> (usize, usize) {
-    let start = (header.offset_start as usize).min(raw.len());
-    let mut end = (header.offset_end as usize).min(raw.len()).max(start);
+fn value_span(raw: &[u8], header: HeaderSpan) -> (usize, usize) {
+    let start = header.start.min(raw.len());
+    let mut end = header.end.min(raw.len()).max(start);
     while end > start && matches!(raw[end - 1], b'\r' | b'\n') {
         end -= 1;
     }
@@ -439,7 +511,7 @@ fn value_span(raw: &[u8], header: &Header<'_>) -> (usize, usize) {
 
 /// Sets `charset=utf-8` in a Content-Type field, replacing the parameter's value or
 /// appending the parameter.
-fn charset_edit(raw: &[u8], header: &Header<'_>) -> Edit {
+fn charset_edit(raw: &[u8], header: HeaderSpan) -> Edit {
     let (start, end) = value_span(raw, header);
     let value = raw.get(start..end).unwrap_or_default();
     if let Some((from, to)) = charset_value(value) {
@@ -449,7 +521,7 @@ fn charset_edit(raw: &[u8], header: &Header<'_>) -> Edit {
             bytes: Cow::Borrowed(b"utf-8"),
         };
     }
-    let field = end.saturating_sub(header.offset_field as usize);
+    let field = end.saturating_sub(header.field);
     let line = memrchr(b'\n', value).map_or(field, |nl| value.len() - nl);
     let bytes: &'static [u8] = if line + 16 > MAX_LINE {
         b";\r\n charset=utf-8"

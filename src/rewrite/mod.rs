@@ -22,7 +22,7 @@ use crate::policy::{Account, List, Policy, Stream};
 use crate::spool::{Envelope, Recipient};
 use token::{TokenKeys, Unsubscribe};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RewriteError {
     #[error("account {0:?} is no longer in the policy")]
     NoAccount(String),
@@ -104,6 +104,83 @@ impl Rewriter {
         rcpt: Option<&Recipient>,
         content: &[u8],
     ) -> Result<Vec<u8>, RewriteError> {
+        match rcpt {
+            Some(r) => self
+                .prepare_each(env, &[r], content)
+                .pop()
+                .expect("one result per recipient"),
+            None => self.prepare_shared(env, content),
+        }
+    }
+
+    /// The content for each of `rcpts`, each with its own unsubscribe link and footer. The
+    /// message is parsed for the footer once; each recipient costs a splice and a signature.
+    pub fn prepare_each(
+        &self,
+        env: &Envelope,
+        rcpts: &[&Recipient],
+        content: &[u8],
+    ) -> Vec<Result<Vec<u8>, RewriteError>> {
+        let policy = self.policy.load();
+        let account = match policy.account(&env.account) {
+            Some(a) if Rewriter::wants_unsubscribe(env, a) => a,
+            _ => {
+                let shared = self.prepare_shared(env, content);
+                return rcpts.iter().map(|_| shared.clone()).collect();
+            }
+        };
+        let list_id = env
+            .list
+            .as_deref()
+            .expect("wants_unsubscribe checked the list");
+        let Some(list) = account.list(list_id) else {
+            return rcpts
+                .iter()
+                .map(|_| Err(RewriteError::NoList(list_id.to_string())))
+                .collect();
+        };
+        let plan = if env.stream == Stream::Marketing {
+            match footer::Plan::new(content) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    return rcpts
+                        .iter()
+                        .map(|_| Err(RewriteError::Footer(e.clone())))
+                        .collect();
+                }
+            }
+        } else {
+            None
+        };
+        rcpts
+            .iter()
+            .map(|rcpt| {
+                let normalised =
+                    normalise(&rcpt.address).map_err(|_| RewriteError::BadRecipient)?;
+                let links = self.links(&account.name, &list.id, &normalised);
+                let with_footer;
+                let body = match &plan {
+                    Some(plan) => {
+                        let r = statement::render(account, list, &links);
+                        let footer = footer::Footer {
+                            text: &r.text,
+                            html: &r.html,
+                        };
+                        with_footer = plan.apply(content, &footer)?;
+                        &with_footer[..]
+                    }
+                    None => content,
+                };
+                let added = self.list_fields(env, account, list, &links);
+                let out = headers::rewrite(body, &added, true, &self.mail_domain);
+                Ok(sign(account, out))
+            })
+            .collect()
+    }
+
+    /// The content every recipient of `env` gets when nothing in it is personal: Date and
+    /// Message-ID when missing, the signature.
+    fn prepare_shared(&self, env: &Envelope, content: &[u8]) -> Result<Vec<u8>, RewriteError> {
         if env.generated_dsn {
             return Ok(content.to_vec());
         }
@@ -114,30 +191,7 @@ impl Rewriter {
             }
             return Ok(headers::rewrite(content, &[], false, &self.mail_domain));
         };
-        let unsubscribe = Rewriter::wants_unsubscribe(env, account);
-        let mut added = Vec::new();
-        let mut rendered = None;
-        if let (true, Some(rcpt), Some(list_id)) = (unsubscribe, rcpt, &env.list) {
-            let list = account
-                .list(list_id)
-                .ok_or_else(|| RewriteError::NoList(list_id.clone()))?;
-            let normalised = normalise(&rcpt.address).map_err(|_| RewriteError::BadRecipient)?;
-            let links = self.links(&account.name, &list.id, &normalised);
-            added = self.list_fields(env, account, list, &links);
-            if env.stream == Stream::Marketing {
-                rendered = Some(statement::render(account, list, &links));
-            }
-        }
-        let mut out = headers::rewrite(content, &added, unsubscribe, &self.mail_domain);
-        if let Some(r) = rendered {
-            out = footer::add_footer(
-                &out,
-                &footer::Footer {
-                    text: &r.text,
-                    html: &r.html,
-                },
-            )?;
-        }
+        let out = headers::rewrite(content, &[], false, &self.mail_domain);
         Ok(sign(account, out))
     }
 
