@@ -31,6 +31,7 @@ pub const LISTS_SNAPSHOT_AGE: &str = "optin_lists_snapshot_age_seconds";
 pub const LISTS_ERRORS: &str = "optin_lists_refresh_errors_total";
 pub const LISTS_COMPACTIONS: &str = "optin_lists_compactions_total";
 pub const UNSUBSCRIBES: &str = "optin_unsubscribes_total";
+pub const BOUNCE_SUPPRESSIONS: &str = "optin_bounce_suppressions_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -194,4 +195,8 @@ pub fn lists_compacted() {
 
 pub fn unsubscribe_received(scope: &'static str) {
     counter!(UNSUBSCRIBES, "scope" => scope).increment(1);
+}
+
+pub fn bounce_suppressed() {
+    counter!(BOUNCE_SUPPRESSIONS).increment(1);
 }

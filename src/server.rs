@@ -122,6 +122,7 @@ impl Relay {
         );
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let mut settings = delivery::Settings::new(&config.delivery, &config.smtp.hostname);
+        settings.lists = Some(lists.clone());
         settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
             policy.clone(),
             token_keys.clone(),

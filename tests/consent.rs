@@ -492,3 +492,56 @@ async fn an_acknowledged_unsubscribe_survives_kill_9() {
     relay.kill().unwrap();
     relay.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
+    let s = setup().await;
+    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.1").await;
+    // The fake MX answers 550 5.1.1 for permfail… recipients.
+    let (rcpt, end) = c
+        .send("shop@sender.example", &["permfail-gone@example.net"], "")
+        .await;
+    assert!(
+        rcpt[0].starts_with("250") && end.starts_with("250"),
+        "{rcpt:?} {end}"
+    );
+    // The DSN to the sender shows the bounce happened.
+    s.mx.wait_for(1, WAIT).await;
+    let mut reply = String::new();
+    for _ in 0..100 {
+        assert!(
+            c.say("MAIL FROM:<shop@sender.example>")
+                .await
+                .starts_with("250")
+        );
+        reply = c.say("RCPT TO:<PermFail-Gone@Example.NET>").await;
+        c.say("RSET").await;
+        if reply.starts_with("550") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        reply,
+        "550 5.7.1 <PermFail-Gone@Example.NET> is suppressed after a hard bounce"
+    );
+    // A refusal about the message, not the address, suppresses nothing: datafail… gets
+    // 554 after DATA.
+    let (_, end) = c
+        .send("shop@sender.example", &["datafail-x@example.net"], "")
+        .await;
+    assert!(end.starts_with("250"), "{end}");
+    s.mx.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        c.say("MAIL FROM:<shop@sender.example>")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.say("RCPT TO:<datafail-x@example.net>")
+            .await
+            .starts_with("250")
+    );
+    s.relay.shutdown().await;
+}

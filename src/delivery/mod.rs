@@ -42,6 +42,8 @@ pub struct Settings {
     pub config: DeliveryConfig,
     /// The per-recipient rewrite stage; `None` sends the spooled content as it is.
     pub rewriter: Option<Arc<crate::rewrite::Rewriter>>,
+    /// Where hard bounces become `bounce` suppressions; `None`: they do not.
+    pub lists: Option<Arc<crate::consent::Lists>>,
 }
 
 impl Settings {
@@ -50,6 +52,7 @@ impl Settings {
             hostname: hostname.to_string(),
             config: config.clone(),
             rewriter: None,
+            lists: None,
         }
     }
 }
@@ -504,7 +507,11 @@ impl Scheduler {
                     if status.class == 5 {
                         crate::metrics::recipient_outcome("bounced");
                     }
-                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %diagnostic, "bounced");
+                    let hard = outcome::hard_bounce(attempt);
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %diagnostic, hard, "bounced");
+                    if hard {
+                        suppress_bounce(&self.settings, &env.recipients[i].address);
+                    }
                     if dsn::wanted(&env.recipients[i], dsn::Action::Failed)
                         && env.sender.is_some()
                         && !env.generated_dsn
@@ -639,6 +646,33 @@ impl Followup {
             }
         }
     }
+}
+
+/// Records a hard bounce as a global `bounce` suppression (the address does not exist for
+/// anyone), so the next submission to it is refused. The journal write (fsync) runs on
+/// the blocking pool: the scheduler never waits for a disk.
+fn suppress_bounce(settings: &Settings, address: &str) {
+    let Some(lists) = settings.lists.clone() else {
+        return;
+    };
+    let Ok(normalised) = crate::consent::key::normalise(address) else {
+        return;
+    };
+    let change = crate::consent::Change {
+        op: crate::consent::Op::Add,
+        fp: lists.secret().fingerprint(
+            crate::consent::Kind::Suppression,
+            crate::consent::Scope::Global,
+            &normalised,
+        ),
+        tags: crate::consent::Reason::Bounce.bit(),
+        origin: crate::consent::Origin::Delivery,
+        time_ms: spool::now_ms(),
+    };
+    tokio::task::spawn_blocking(move || match lists.record(&[change]) {
+        Ok(()) => crate::metrics::bounce_suppressed(),
+        Err(e) => tracing::error!(error = %e, "could not record a hard bounce as a suppression"),
+    });
 }
 
 /// Exponential backoff from `retry_initial`, capped at `retry_max`, with ±20 % jitter so that

@@ -183,6 +183,42 @@ pub fn classify(attempt: &Attempt) -> Disposition {
     }
 }
 
+/// Whether a failure says the address itself is dead — unknown or disabled mailbox, moved
+/// without forwarding, a domain that does not exist or takes no mail — as opposed to a
+/// refusal of this message (content, size, policy, reputation). Only these become `bounce`
+/// suppressions.
+pub fn hard_bounce(attempt: &Attempt) -> bool {
+    match attempt {
+        Attempt::Replied {
+            stage: Stage::Rcpt | Stage::Data,
+            reply,
+        } if reply.severity() == Severity::Permanent => match reply.status {
+            Some(s) => {
+                s.class == 5
+                    && matches!(
+                        (s.subject, s.detail),
+                        (1, 1) | (1, 2) | (1, 6) | (1, 10) | (2, 1)
+                    )
+            }
+            None => {
+                let text = reply.text.to_ascii_lowercase();
+                reply.code == 550
+                    && [
+                        "user unknown",
+                        "unknown user",
+                        "no such user",
+                        "does not exist",
+                        "mailbox unavailable",
+                    ]
+                    .iter()
+                    .any(|p| text.contains(p))
+            }
+        },
+        Attempt::Unroutable(ResolveFailure::NoSuchDomain | ResolveFailure::NullMx) => true,
+        _ => false,
+    }
+}
+
 /// An enhanced code for servers that send none (RFC 3463 §3: X.0.0 by class, with the
 /// subject the stage implies).
 fn default_status(code: u16, stage: Stage) -> Status {
@@ -271,5 +307,68 @@ mod tests {
             Disposition::Bounced { status, .. } => assert_eq!(status, Status::new(5, 6, 7)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn hard_bounces_are_about_the_address_not_the_message() {
+        let at = |stage, code, status: Option<Status>, text: &'static str| Attempt::Replied {
+            stage,
+            reply: Reply {
+                code,
+                status,
+                text: text.into(),
+            },
+        };
+        assert!(hard_bounce(&at(
+            Stage::Rcpt,
+            550,
+            Some(Status::new(5, 1, 1)),
+            "no mailbox"
+        )));
+        assert!(hard_bounce(&at(
+            Stage::Rcpt,
+            550,
+            Some(Status::new(5, 2, 1)),
+            "disabled"
+        )));
+        assert!(hard_bounce(&at(Stage::Rcpt, 550, None, "User unknown")));
+        assert!(hard_bounce(&Attempt::Unroutable(ResolveFailure::NullMx)));
+        assert!(hard_bounce(&Attempt::Unroutable(
+            ResolveFailure::NoSuchDomain
+        )));
+        // The message, not the address: spam, size, policy.
+        assert!(!hard_bounce(&at(
+            Stage::Data,
+            554,
+            Some(Status::new(5, 7, 1)),
+            "spam"
+        )));
+        assert!(!hard_bounce(&at(
+            Stage::Rcpt,
+            552,
+            Some(Status::new(5, 2, 2)),
+            "over quota"
+        )));
+        assert!(!hard_bounce(&at(
+            Stage::Rcpt,
+            550,
+            None,
+            "rejected by policy"
+        )));
+        assert!(!hard_bounce(&at(
+            Stage::Rcpt,
+            450,
+            Some(Status::new(4, 1, 1)),
+            "try later"
+        )));
+        assert!(!hard_bounce(&at(
+            Stage::Mail,
+            550,
+            Some(Status::new(5, 1, 1)),
+            "sender"
+        )));
+        assert!(!hard_bounce(&Attempt::Unroutable(
+            ResolveFailure::NoAddresses
+        )));
     }
 }
