@@ -203,6 +203,8 @@ pub struct DeliveryConfig {
     pub retry_max: Duration,
     pub max_age: Duration,
     pub delay_warning: Duration,
+    /// The delivery log (JSON lines); `None`: off.
+    pub log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -276,7 +278,8 @@ impl Config {
             let smtp = read_smtp(&mut root.section("smtp"));
             let tls = read_tls(&mut root.section("tls"));
             let spool = read_spool(&mut root.section("spool"));
-            let delivery = read_delivery(&mut root.section("delivery"), &smtp.hostname);
+            let delivery =
+                read_delivery(&mut root.section("delivery"), &smtp.hostname, &spool.path);
             let http = read_http(&mut root.section("http"));
             let policy = PolicyConfig {
                 path: root.section("policy").get::<PathBuf>("path"),
@@ -445,7 +448,7 @@ fn read_lists(s: &mut Section<'_>, spool: &Path) -> ListsConfig {
     }
 }
 
-fn read_delivery(s: &mut Section<'_>, hostname: &str) -> DeliveryConfig {
+fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryConfig {
     let smarthost = s
         .get::<String>("smarthost")
         .and_then(|v| match v.parse::<HostPort>() {
@@ -496,6 +499,11 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str) -> DeliveryConfig {
         retry_max,
         max_age: positive(s, "max_age", max_age),
         delay_warning: s.get_or("delay_warning", DEFAULT_DELAY_WARNING).get(),
+        log: match s.get::<String>("log") {
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => Some(spool.join("log/delivery.jsonl")),
+        },
     }
 }
 

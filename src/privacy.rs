@@ -53,6 +53,29 @@ impl AddressTagger {
         }
     }
 
+    /// `text` (a server's reply, say) with every spelling of `address` in it, in any
+    /// case, replaced by its tag: servers often quote the recipient back.
+    pub fn scrub(&self, text: &str, address: &str) -> String {
+        if address.is_empty() || text.len() < address.len() {
+            return text.to_string();
+        }
+        let lower_text = text.to_lowercase();
+        let lower_addr = address.to_lowercase();
+        if lower_text.len() != text.len() || !lower_text.contains(&lower_addr) {
+            return text.to_string();
+        }
+        let tag = self.tag(address);
+        let mut out = String::with_capacity(text.len());
+        let mut rest = 0;
+        for (at, _) in lower_text.match_indices(&lower_addr) {
+            out.push_str(&text[rest..at]);
+            out.push_str(&tag);
+            rest = at + lower_addr.len();
+        }
+        out.push_str(&text[rest..]);
+        out
+    }
+
     /// `h:<hash>@domain` for logs.
     pub fn tag(&self, address: &str) -> String {
         let normalised = address.to_lowercase();
@@ -75,6 +98,20 @@ mod tests {
         assert!(!a.to_lowercase().contains("jane"));
         assert_eq!(a, t.tag("jane.doe@example.com"));
         assert_ne!(a, AddressTagger::new([8; 32]).tag("jane.doe@example.com"));
+    }
+
+    #[test]
+    fn replies_are_scrubbed_of_the_address() {
+        let t = AddressTagger::new([7; 32]);
+        let tag = t.tag("jane@example.com");
+        assert_eq!(
+            t.scrub(
+                "550 5.1.1 <Jane@Example.COM>: user unknown (jane@example.com)",
+                "jane@example.com"
+            ),
+            format!("550 5.1.1 <{tag}>: user unknown ({tag})")
+        );
+        assert_eq!(t.scrub("250 ok", "jane@example.com"), "250 ok");
     }
 
     #[test]

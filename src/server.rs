@@ -49,7 +49,7 @@ pub enum StartError {
     Keys(String),
     #[error("lists: {0}")]
     Lists(#[from] crate::consent::ListsError),
-    #[error("log key {path}: {source}")]
+    #[error("{path}: {source}")]
     LogKey {
         path: String,
         source: std::io::Error,
@@ -123,6 +123,18 @@ impl Relay {
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let mut settings = delivery::Settings::new(&config.delivery, &config.smtp.hostname);
         settings.lists = Some(lists.clone());
+        let delivery_log = match &config.delivery.log {
+            Some(path) => Some(
+                crate::delivery::log::DeliveryLog::open(path, tagger.clone()).map_err(
+                    |source| StartError::LogKey {
+                        path: path.display().to_string(),
+                        source,
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        settings.log = delivery_log.clone();
         settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
             policy.clone(),
             token_keys.clone(),
@@ -156,6 +168,7 @@ impl Relay {
             lists: lists.clone(),
             own_domain: config.unsubscribe.mail_domain.clone(),
             unsubscribes: Some(unsubscribes.clone()),
+            log: delivery_log,
             passwords: Arc::new(PasswordCache::default()),
             spool: spool.clone(),
             intake: Arc::new(delivery.clone()),

@@ -50,6 +50,8 @@ pub struct SessionContext {
     pub own_domain: String,
     /// Records mail to the unsubscribe addresses; `None`: they are not taken.
     pub unsubscribes: Option<Arc<crate::unsubscribe::Unsubscribes>>,
+    /// The delivery log (accepted and suppressed recipients).
+    pub log: Option<crate::delivery::log::DeliveryLog>,
     pub passwords: Arc<PasswordCache>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
@@ -676,6 +678,19 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
                 "message accepted"
             );
             crate::metrics::message_accepted();
+            if let Some(log) = &ctx.log {
+                for r in &envelope.recipients {
+                    log.event(
+                        crate::delivery::log::Kind::Accepted,
+                        &r.address,
+                        &crate::delivery::log::Details {
+                            id: Some(id),
+                            account: &envelope.account,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
             if let Some((original, reasons)) = withheld {
                 consent::notify_withheld(ctx, &original, &content, &reasons).await;
             }

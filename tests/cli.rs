@@ -62,6 +62,7 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "retry_max",
         "max_age",
         "delay_warning",
+        "log",
         "refresh_interval",
         "bloom_bits_per_key",
         "compact_after",

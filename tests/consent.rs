@@ -544,4 +544,39 @@ async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
             .starts_with("250")
     );
     s.relay.shutdown().await;
+
+    // The delivery log tells the story with tags, never the addresses.
+    let log_path = s._dir.path().join("spool/log/delivery.jsonl");
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..150 {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            !text.contains("permfail-gone@"),
+            "a plain address in the log"
+        );
+        events = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if events.iter().any(|e| e["event"] == "suppressed") && events.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for k in ["accepted", "bounced", "suppressed"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let bounced = events.iter().find(|e| e["event"] == "bounced").unwrap();
+    assert!(bounced["rcpt"].as_str().unwrap().starts_with("h:"));
+    assert!(bounced["rcpt"].as_str().unwrap().ends_with("@example.net"));
+    assert!(
+        bounced["reply"].as_str().unwrap().contains("5.1.1"),
+        "{bounced}"
+    );
+    assert_eq!(bounced["account"], "shop");
+    assert!(bounced["id"].as_str().unwrap().len() == 16);
 }

@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod dsn;
+pub mod log;
 pub mod outcome;
 mod route;
 pub mod transport;
@@ -44,6 +45,8 @@ pub struct Settings {
     pub rewriter: Option<Arc<crate::rewrite::Rewriter>>,
     /// Where hard bounces become `bounce` suppressions; `None`: they do not.
     pub lists: Option<Arc<crate::consent::Lists>>,
+    /// The delivery log; `None`: no log.
+    pub log: Option<log::DeliveryLog>,
 }
 
 impl Settings {
@@ -53,6 +56,7 @@ impl Settings {
             config: config.clone(),
             rewriter: None,
             lists: None,
+            log: None,
         }
     }
 }
@@ -447,7 +451,7 @@ impl Scheduler {
             r.attempts = r.attempts.saturating_add(1);
             let disposition = match classify(attempt) {
                 Disposition::Deferred { reason } if expired => {
-                    tracing::warn!(id = %id_text, rcpt = %rcpt_tag, attempts = r.attempts, reason = %reason, "expired: giving up");
+                    tracing::warn!(id = %id_text, rcpt = %rcpt_tag, attempts = r.attempts, reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "expired: giving up");
                     crate::metrics::recipient_outcome("expired");
                     Disposition::Bounced {
                         status: Status::new(4, 4, 7),
@@ -459,13 +463,39 @@ impl Scheduler {
                 }
                 d => d,
             };
+            if let Some(dlog) = &self.settings.log {
+                let (kind, reply) = match &disposition {
+                    Disposition::Delivered => (log::Kind::Delivered, reply_text(attempt)),
+                    Disposition::Deferred { reason } => (log::Kind::Deferred, reason.clone()),
+                    Disposition::Bounced { status, diagnostic }
+                        if *status == Status::new(4, 4, 7) =>
+                    {
+                        (log::Kind::Expired, diagnostic.clone())
+                    }
+                    Disposition::Bounced { diagnostic, .. } => {
+                        (log::Kind::Bounced, diagnostic.clone())
+                    }
+                };
+                dlog.event(
+                    kind,
+                    &env.recipients[i].address,
+                    &log::Details {
+                        id: Some(report.id),
+                        account: &env.account,
+                        route: Some(remote),
+                        reply: Some(&reply),
+                        attempts: Some(r.attempts),
+                        delay_ms: Some(age.as_millis() as u64),
+                    },
+                );
+            }
             match disposition {
                 Disposition::Delivered => {
                     r.status = Progress::Done;
                     self.open_rcpts -= 1;
                     self.spool.record(loc, i as u32, RcptEvent::Delivered);
                     crate::metrics::recipient_outcome("delivered");
-                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %reply_text(attempt), "delivered");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %self.tagger.scrub(&reply_text(attempt), &env.recipients[i].address), "delivered");
                     if !report.next_hop_dsn && dsn::wanted(&env.recipients[i], dsn::Action::Relayed)
                     {
                         entry.notices.relayed.push(notice(
@@ -499,7 +529,7 @@ impl Scheduler {
                     );
                     next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
                     crate::metrics::recipient_outcome("deferred");
-                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %reason, "deferred");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "deferred");
                 }
                 Disposition::Bounced { status, diagnostic } => {
                     r.status = Progress::Done;
@@ -508,7 +538,7 @@ impl Scheduler {
                         crate::metrics::recipient_outcome("bounced");
                     }
                     let hard = outcome::hard_bounce(attempt);
-                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %diagnostic, hard, "bounced");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %self.tagger.scrub(&diagnostic, &env.recipients[i].address), hard, "bounced");
                     if hard {
                         suppress_bounce(&self.settings, &env.recipients[i].address);
                     }

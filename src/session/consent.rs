@@ -39,8 +39,23 @@ pub(super) fn check_rcpt(
         .standing(&account.name, list.map(|l| l.id.as_str()), &normalised);
     decide_early(account.fixed_stream(), list.is_some(), &standing).map_err(|why| {
         crate::metrics::recipient_withheld(why.label(), "rcpt");
+        log_suppressed(ctx, &account.name, to.as_str(), why);
         Refusal::RecipientWithheld(to.to_string(), why)
     })
+}
+
+fn log_suppressed(ctx: &SessionContext, account: &str, address: &str, why: Withheld) {
+    if let Some(log) = &ctx.log {
+        log.event(
+            crate::delivery::log::Kind::Suppressed,
+            address,
+            &crate::delivery::log::Details {
+                account,
+                reply: Some(why.label()),
+                ..Default::default()
+            },
+        );
+    }
 }
 
 /// What the message's `X-Optin-*` headers (or the account's defaults) say.
@@ -147,6 +162,7 @@ pub(super) fn verdicts(
             let why = decide(class.stream, &standing).err();
             if let Some(w) = why {
                 crate::metrics::recipient_withheld(w.label(), "data");
+                log_suppressed(ctx, account, to.as_str(), w);
             }
             why
         })

@@ -59,6 +59,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         lists: Arc::new(crate::consent::Lists::open(&dir.path().join("lists"), 24).unwrap()),
         own_domain: "relay.test".into(),
         unsubscribes: None,
+        log: None,
         passwords: Arc::new(PasswordCache::default()),
         spool,
         intake: intake.clone(),
