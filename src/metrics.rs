@@ -32,6 +32,7 @@ pub const LISTS_ERRORS: &str = "optin_lists_refresh_errors_total";
 pub const LISTS_COMPACTIONS: &str = "optin_lists_compactions_total";
 pub const UNSUBSCRIBES: &str = "optin_unsubscribes_total";
 pub const BOUNCE_SUPPRESSIONS: &str = "optin_bounce_suppressions_total";
+pub const ACCOUNT_RECIPIENTS: &str = "optin_account_recipients_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -67,6 +67,8 @@ pub struct Relay {
     pub spool: Spool,
     pub delivery: Delivery,
     pub lists: Arc<Lists>,
+    /// Delivery results per account since start (for governance).
+    pub account_counts: Arc<crate::delivery::counts::AccountCounts>,
     stop_accepting: CancellationToken,
     sessions: TaskTracker,
     stop_delivery: CancellationToken,
@@ -135,6 +137,7 @@ impl Relay {
             None => None,
         };
         settings.log = delivery_log.clone();
+        let account_counts = settings.counts.clone();
         settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
             policy.clone(),
             token_keys.clone(),
@@ -226,6 +229,7 @@ impl Relay {
             spool,
             delivery,
             lists,
+            account_counts,
             stop_accepting,
             sessions,
             stop_delivery,

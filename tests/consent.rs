@@ -543,6 +543,13 @@ async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
             .await
             .starts_with("250")
     );
+    // Per-account results for governance: one hard, one soft bounce.
+    let counts = s.relay.account_counts.get("shop");
+    assert_eq!(
+        (counts.hard_bounced, counts.soft_bounced),
+        (1, 1),
+        "{counts:?}"
+    );
     s.relay.shutdown().await;
 
     // The delivery log tells the story with tags, never the addresses.
@@ -579,4 +586,63 @@ async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
     );
     assert_eq!(bounced["account"], "shop");
     assert!(bounced["id"].as_str().unwrap().len() == 16);
+}
+
+#[tokio::test]
+async fn transactional_mail_overtakes_a_queued_campaign() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = common::start_relay(
+        dir.path(),
+        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\nmax_connections_per_destination = 1\n"),
+        POLICY,
+    )
+    .await;
+    let deals = Scope::List("shop", "deals");
+    let campaign: Vec<String> = (0..6).map(|i| format!("fan{i}@example.net")).collect();
+    record(
+        &relay.lists,
+        Kind::Consent,
+        deals,
+        "slow-first@example.net",
+        CONSENT,
+    );
+    for a in &campaign {
+        record(&relay.lists, Kind::Consent, deals, a, CONSENT);
+    }
+    let marketing = "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\n";
+    let mut c = Client::connect(relay.smtp_addrs[0], "127.0.0.1").await;
+    // The one connection is busy with a slow server while the campaign queues up.
+    let (_, end) = c
+        .send(
+            "shop@sender.example",
+            &["slow-first@example.net"],
+            marketing,
+        )
+        .await;
+    assert!(end.starts_with("250"), "{end}");
+    for a in &campaign {
+        let (_, end) = c
+            .send("shop@sender.example", &[a.as_str()], marketing)
+            .await;
+        assert!(end.starts_with("250"), "{end}");
+    }
+    let (_, end) = c
+        .send("shop@sender.example", &["reset@example.net"], "")
+        .await;
+    assert!(end.starts_with("250"), "{end}");
+    let got = mx.wait_for(8, WAIT).await;
+    let order: Vec<&str> = got.iter().map(|d| d.rcpt_to[0].as_str()).collect();
+    let reset = order
+        .iter()
+        .position(|r| *r == "reset@example.net")
+        .unwrap();
+    let last_fan = order.iter().rposition(|r| r.starts_with("fan")).unwrap();
+    assert!(
+        reset < last_fan,
+        "the transactional message waited behind the campaign: {order:?}"
+    );
+    assert!(reset <= 2, "{order:?}");
+    relay.shutdown().await;
 }

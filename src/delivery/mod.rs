@@ -11,6 +11,7 @@
 //! tests with paused time drive retries and expiry exactly as days of real time would.
 
 pub mod client;
+pub mod counts;
 pub mod dsn;
 pub mod log;
 pub mod outcome;
@@ -47,6 +48,8 @@ pub struct Settings {
     pub lists: Option<Arc<crate::consent::Lists>>,
     /// The delivery log; `None`: no log.
     pub log: Option<log::DeliveryLog>,
+    /// Per-account results, for governance.
+    pub counts: Arc<counts::AccountCounts>,
 }
 
 impl Settings {
@@ -57,6 +60,7 @@ impl Settings {
             rewriter: None,
             lists: None,
             log: None,
+            counts: Arc::default(),
         }
     }
 }
@@ -489,6 +493,17 @@ impl Scheduler {
                     },
                 );
             }
+            self.settings.counts.add(
+                &env.account,
+                match &disposition {
+                    Disposition::Delivered => counts::Result::Delivered,
+                    Disposition::Deferred { .. } => counts::Result::Deferred,
+                    Disposition::Bounced { .. } if outcome::hard_bounce(attempt) => {
+                        counts::Result::HardBounced
+                    }
+                    Disposition::Bounced { .. } => counts::Result::SoftBounced,
+                },
+            );
             match disposition {
                 Disposition::Delivered => {
                     r.status = Progress::Done;

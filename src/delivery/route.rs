@@ -53,6 +53,8 @@ pub(super) struct Workers {
 }
 
 struct Queue {
+    /// The priority lane: transactional mail and DSNs, taken before any marketing.
+    urgent: VecDeque<Job>,
     jobs: VecDeque<Job>,
     /// Workers running; each holds at most one connection.
     workers: usize,
@@ -72,6 +74,7 @@ impl Route {
         Route {
             key,
             queue: Mutex::new(Queue {
+                urgent: VecDeque::new(),
                 jobs: VecDeque::new(),
                 workers: 0,
                 idle: Vec::new(),
@@ -83,17 +86,15 @@ impl Route {
     /// Jobs waiting, and whether anything (a worker or a parked connection) is still alive.
     pub fn is_unused(&self) -> bool {
         let q = self.queue.lock().expect("route lock");
-        q.jobs.is_empty() && q.workers == 0 && q.idle.is_empty()
+        q.jobs.is_empty() && q.urgent.is_empty() && q.workers == 0 && q.idle.is_empty()
     }
 
     /// Removes and returns the jobs no worker has started (at shutdown).
     pub fn take_queued(&self) -> Vec<Job> {
-        self.queue
-            .lock()
-            .expect("route lock")
-            .jobs
-            .drain(..)
-            .collect()
+        let mut q = self.queue.lock().expect("route lock");
+        let mut all: Vec<Job> = q.urgent.drain(..).collect();
+        all.extend(q.jobs.drain(..));
+        all
     }
 
     /// Queues a job and starts a worker if the route may have another; otherwise a running
@@ -101,7 +102,12 @@ impl Route {
     pub fn push(self: &Arc<Self>, job: Job, ctx: &Arc<Workers>) {
         let start = {
             let mut q = self.queue.lock().expect("route lock");
-            q.jobs.push_back(job);
+            // A large campaign must never hold up a password reset or a bounce report.
+            if job.env.stream == crate::policy::Stream::Transactional || job.env.generated_dsn {
+                q.urgent.push_back(job);
+            } else {
+                q.jobs.push_back(job);
+            }
             if q.workers < ctx.settings.config.max_connections_per_destination {
                 q.workers += 1;
                 true
@@ -119,7 +125,7 @@ impl Route {
     /// same lock, so a concurrent push starts a new worker that finds the connection.
     fn next(self: &Arc<Self>, conn: &mut Option<Connection>, ctx: &Workers) -> Option<Job> {
         let mut q = self.queue.lock().expect("route lock");
-        if let Some(job) = q.jobs.pop_front() {
+        if let Some(job) = q.urgent.pop_front().or_else(|| q.jobs.pop_front()) {
             if conn.is_none() {
                 *conn = q.idle.pop().map(|(_, c)| c);
             }

@@ -59,7 +59,8 @@ impl Default for MxOptions {
 
 /// Scripted by the recipient's local part:
 /// `tempfail…` → 451 at RCPT, `permfail…` → 550 5.1.1 at RCPT, `flaky…` → 451 for the
-/// first `flaky_failures` tries of that address, `datafail…` → 554 after DATA, anything
+/// first `flaky_failures` tries of that address, `datafail…` → 554 after DATA, `slow…` →
+/// accepted 400 ms after the data, anything
 /// else accepted.
 #[derive(Clone)]
 pub struct FakeMx {
@@ -237,6 +238,13 @@ impl FakeMx {
                 }
                 io.get_mut().write_all(b"354 go ahead\r\n").await?;
                 let data = read_data(&mut io).await?;
+                // `slow…` recipients: a server that takes its time to accept.
+                if rcpts
+                    .iter()
+                    .any(|(r, _)| r.to_ascii_lowercase().starts_with("slow"))
+                {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
                 let (mail_from, mail_params) = from.take().unwrap_or_default();
                 let rcpts_now = std::mem::take(&mut rcpts);
                 if rcpts_now
