@@ -33,6 +33,7 @@ pub const LISTS_COMPACTIONS: &str = "optin_lists_compactions_total";
 pub const UNSUBSCRIBES: &str = "optin_unsubscribes_total";
 pub const BOUNCE_SUPPRESSIONS: &str = "optin_bounce_suppressions_total";
 pub const ACCOUNT_RECIPIENTS: &str = "optin_account_recipients_total";
+pub const THROTTLE_WAIT: &str = "optin_throttle_wait_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -200,4 +201,8 @@ pub fn unsubscribe_received(scope: &'static str) {
 
 pub fn bounce_suppressed() {
     counter!(BOUNCE_SUPPRESSIONS).increment(1);
+}
+
+pub fn throttle_wait(wait: Duration) {
+    histogram!(THROTTLE_WAIT).record(wait.as_secs_f64());
 }

@@ -138,6 +138,7 @@ impl Relay {
         };
         settings.log = delivery_log.clone();
         let account_counts = settings.counts.clone();
+        settings.policy = Some(policy.clone());
         settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
             policy.clone(),
             token_keys.clone(),

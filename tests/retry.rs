@@ -74,6 +74,10 @@ async fn setup(extra: &str, options: MxOptions) -> Setup {
 }
 
 async fn setup_in(dir: tempfile::TempDir, extra: &str, options: MxOptions) -> Setup {
+    setup_with(dir, settings(extra), options).await
+}
+
+async fn setup_with(dir: tempfile::TempDir, settings: Settings, options: MxOptions) -> Setup {
     let mx = FakeMx::new(options);
     let (spool, report) = Spool::open(&optin_relay::config::SpoolConfig {
         path: dir.path().to_path_buf(),
@@ -83,7 +87,7 @@ async fn setup_in(dir: tempfile::TempDir, extra: &str, options: MxOptions) -> Se
     .unwrap();
     let stop = CancellationToken::new();
     let (delivery, scheduler) = delivery::start(
-        settings(extra),
+        settings,
         spool.clone(),
         Arc::new(InMemory(mx.clone())),
         AddressTagger::new([1; 32]),
@@ -372,4 +376,38 @@ async fn a_trickle_of_mail_reuses_one_connection() {
     s.mx.wait_for(5, Duration::from_secs(5)).await;
     assert_eq!(s.mx.connections(), 3);
     s.stop().await;
+}
+
+/// The policy's message rate holds within ±3 % over a minute (virtual time), and mail over
+/// the rate waits instead of being refused.
+#[tokio::test(start_paused = true)]
+async fn message_rate_is_accurate_over_a_minute() {
+    let mut settings = settings("");
+    let policy = optin_relay::policy::Policy::from_toml(
+        "p",
+        "[throttles.\"*\"]\nmessage_rate = \"300/min\"\n",
+    )
+    .unwrap();
+    settings.policy = Some(Arc::new(arc_swap::ArcSwap::from_pointee(policy)));
+    let s = setup_with(tempfile::tempdir().unwrap(), settings, MxOptions::default()).await;
+    let start = Instant::now();
+    for i in 0..350 {
+        s.submit(
+            Some("s@shop.example"),
+            &[(&format!("r{i}@example.net"), None)],
+            None,
+        )
+        .await;
+    }
+    // Let delivery run for one virtual minute.
+    tokio::time::sleep_until(start + Duration::from_secs(60)).await;
+    let in_a_minute = s.mx.delivered().len();
+    assert!(
+        (291..=309).contains(&in_a_minute),
+        "{in_a_minute} messages in a minute at 300/min"
+    );
+    // Nothing is lost: the rest follows at the same pace.
+    let all = s.mx.wait_for(350, Duration::from_secs(120)).await;
+    assert_eq!(all.len(), 350);
+    assert!(Instant::now() - start >= Duration::from_secs(69));
 }

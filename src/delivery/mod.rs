@@ -50,6 +50,8 @@ pub struct Settings {
     pub log: Option<log::DeliveryLog>,
     /// Per-account results, for governance.
     pub counts: Arc<counts::AccountCounts>,
+    /// The policy, for its throttles; `None`: no throttles.
+    pub policy: Option<Arc<arc_swap::ArcSwap<crate::policy::Policy>>>,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
             lists: None,
             log: None,
             counts: Arc::default(),
+            policy: None,
         }
     }
 }

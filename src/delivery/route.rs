@@ -67,12 +67,15 @@ struct Queue {
 pub(super) struct Route {
     key: RouteKey,
     queue: Mutex<Queue>,
+    /// GCRA: the earliest time the next message may start (the theoretical arrival time).
+    next_send: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Route {
     pub fn new(key: RouteKey) -> Route {
         Route {
             key,
+            next_send: Mutex::new(None),
             queue: Mutex::new(Queue {
                 urgent: VecDeque::new(),
                 jobs: VecDeque::new(),
@@ -80,6 +83,36 @@ impl Route {
                 idle: Vec::new(),
                 parked: 0,
             }),
+        }
+    }
+
+    /// The policy's throttle for this destination (the smart host counts as `*`).
+    fn throttle(&self, ctx: &Workers) -> crate::policy::throttle::Throttle {
+        let Some(policy) = &ctx.settings.policy else {
+            return Default::default();
+        };
+        let policy = policy.load();
+        match &self.key {
+            RouteKey::Domain(d) => policy.throttle(d),
+            RouteKey::Smarthost => policy.throttle("*"),
+        }
+    }
+
+    /// Waits until the message rate allows the next message, and books its slot. Messages
+    /// are spaced evenly by the rate's interval (GCRA without burst), so a minute at
+    /// "600/min" carries 600 of them.
+    async fn pace(&self, rate: Option<crate::policy::throttle::Rate>) {
+        let Some(rate) = rate else { return };
+        let now = tokio::time::Instant::now();
+        let start = {
+            let mut next = self.next_send.lock().expect("pace lock");
+            let start = next.map_or(now, |t| t.max(now));
+            *next = Some(start + rate.interval());
+            start
+        };
+        if start > now {
+            crate::metrics::throttle_wait(start - now);
+            tokio::time::sleep_until(start).await;
         }
     }
 
@@ -108,7 +141,13 @@ impl Route {
             } else {
                 q.jobs.push_back(job);
             }
-            if q.workers < ctx.settings.config.max_connections_per_destination {
+            let cap = self
+                .throttle(ctx)
+                .connections
+                .map_or(ctx.settings.config.max_connections_per_destination, |c| {
+                    c.min(ctx.settings.config.max_connections_per_destination)
+                });
+            if q.workers < cap {
                 q.workers += 1;
                 true
             } else {
@@ -156,7 +195,7 @@ impl Route {
 async fn worker(route: Arc<Route>, ctx: Arc<Workers>) {
     let mut conn: Option<Connection> = None;
     while let Some(job) = route.next(&mut conn, &ctx) {
-        let report = deliver(&route.key, &ctx, &mut conn, job).await;
+        let report = deliver(&route, &ctx, &mut conn, job).await;
         if ctx.events.send(Event::Done(report)).is_err() {
             return; // the scheduler has stopped
         }
@@ -164,7 +203,7 @@ async fn worker(route: Arc<Route>, ctx: Arc<Workers>) {
 }
 
 async fn deliver(
-    key: &RouteKey,
+    route: &Route,
     ctx: &Workers,
     conn: &mut Option<Connection>,
     mut job: Job,
@@ -211,6 +250,13 @@ async fn deliver(
         )],
         None => vec![(job.rcpts.clone(), Ok(body))],
     };
+    let key = &route.key;
+    let throttle = route.throttle(ctx);
+    let per_connection = throttle
+        .messages_per_connection
+        .map_or(ctx.settings.config.max_messages_per_connection, |m| {
+            m.min(ctx.settings.config.max_messages_per_connection)
+        });
     let mut results = Vec::with_capacity(job.rcpts.len());
     let mut remote = None;
     let mut next_hop_dsn = false;
@@ -243,6 +289,7 @@ async fn deliver(
                 }
             }
         }
+        route.pace(throttle.message_rate).await;
         let c = conn.as_mut().expect("connected above");
         let with_rcpt: Vec<(u32, &Recipient)> = rcpts
             .iter()
@@ -255,7 +302,7 @@ async fn deliver(
         next_hop_dsn = c.caps.dsn;
         if !sent.reusable {
             *conn = None;
-        } else if c.transactions >= ctx.settings.config.max_messages_per_connection
+        } else if c.transactions >= per_connection
             && let Some(mut c) = conn.take()
         {
             c.quit().await;

@@ -12,6 +12,7 @@
 pub mod identity;
 pub mod password;
 pub mod streams;
+pub mod throttle;
 pub mod verdict;
 
 use std::collections::HashMap;
@@ -91,6 +92,8 @@ pub struct Policy {
     /// The relay operator's own contact addresses and domains (lower case), which customer
     /// messages may not contain.
     operator_contacts: Vec<String>,
+    /// Delivery throttles by destination domain (lower case) or `*`.
+    throttles: HashMap<String, throttle::Throttle>,
 }
 
 impl Policy {
@@ -116,7 +119,7 @@ impl Policy {
         let Some(table) = c.parse(text) else {
             return Err(c.finish(()).unwrap_err());
         };
-        let (accounts, operator_contacts) = {
+        let (accounts, operator_contacts, throttles) = {
             let mut root = c.root(&table);
             let accounts = root
                 .named_sections("accounts")
@@ -135,10 +138,24 @@ impl Policy {
                     "entries must be addresses or domains (4 characters or more)",
                 );
             }
-            (accounts, contacts)
+            let throttles: HashMap<String, throttle::Throttle> = root
+                .named_sections("throttles")
+                .into_iter()
+                .map(|(name, mut section)| {
+                    let key = name.to_ascii_lowercase();
+                    if key != "*"
+                        && identity::canonical_domain(&key).as_deref() != Some(key.as_str())
+                    {
+                        section.problem("", "use \"*\" or a lower-case (A-label) domain");
+                    }
+                    (key, throttle::read_throttle(&mut section))
+                })
+                .collect();
+            (accounts, contacts, throttles)
         };
         let mut policy = Policy::index(accounts, &c);
         policy.operator_contacts = operator_contacts;
+        policy.throttles = throttles;
         c.finish(policy)
     }
 
@@ -172,6 +189,7 @@ impl Policy {
             networks,
             users,
             operator_contacts: Vec::new(),
+            throttles: HashMap::new(),
         }
     }
 
@@ -197,6 +215,15 @@ impl Policy {
         let (ai, ui) = *self.users.get(username)?;
         let account = &self.accounts[ai];
         Some((account, &account.users[ui]))
+    }
+
+    /// The throttle for a destination domain (its own keys, the rest from `*`).
+    pub fn throttle(&self, domain: &str) -> throttle::Throttle {
+        let all = self.throttles.get("*").copied().unwrap_or_default();
+        match self.throttles.get(domain) {
+            Some(t) => t.or(all),
+            None => all,
+        }
     }
 
     pub fn operator_contacts(&self) -> &[String] {
