@@ -34,6 +34,7 @@ pub const UNSUBSCRIBES: &str = "optin_unsubscribes_total";
 pub const BOUNCE_SUPPRESSIONS: &str = "optin_bounce_suppressions_total";
 pub const ACCOUNT_RECIPIENTS: &str = "optin_account_recipients_total";
 pub const THROTTLE_WAIT: &str = "optin_throttle_wait_seconds";
+pub const SHAPING_ACTIONS: &str = "optin_shaping_actions_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -205,4 +206,8 @@ pub fn bounce_suppressed() {
 
 pub fn throttle_wait(wait: Duration) {
     histogram!(THROTTLE_WAIT).record(wait.as_secs_f64());
+}
+
+pub fn shaping_action(action: &'static str) {
+    counter!(SHAPING_ACTIONS, "action" => action).increment(1);
 }

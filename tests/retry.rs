@@ -411,3 +411,83 @@ async fn message_rate_is_accurate_over_a_minute() {
     assert_eq!(all.len(), 350);
     assert!(Instant::now() - start >= Duration::from_secs(69));
 }
+
+fn shaped(policy: &str) -> Settings {
+    let mut settings = settings("retry_initial = \"1h\"");
+    let policy =
+        optin_relay::policy::Policy::from_toml("p", policy).unwrap_or_else(|e| panic!("{e}"));
+    settings.policy = Some(Arc::new(arc_swap::ArcSwap::from_pointee(policy)));
+    settings
+}
+
+/// A "rate limited" reply suspends the destination for the rule's duration: later mail
+/// waits, then goes.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_reply_suspends_the_destination() {
+    let settings = shaped(
+        "[[shaping]]\nname = \"yahoo-tss04\"\ncode = 451\ntext = \"tss04\"\naction = \"suspend\"\nduration = \"10m\"\n",
+    );
+    let s = setup_with(tempfile::tempdir().unwrap(), settings, MxOptions::default()).await;
+    let start = Instant::now();
+    s.submit(
+        Some("s@shop.example"),
+        &[("ratelimited-1@example.net", None)],
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.submit(
+        Some("s@shop.example"),
+        &[("reader@example.net", None)],
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+    assert!(s.mx.delivered().is_empty(), "sent during the suspension");
+    let got = s.mx.wait_for(1, Duration::from_secs(10 * 60)).await;
+    assert_eq!(got[0].rcpt_to, ["reader@example.net"]);
+    assert!(Instant::now() - start >= Duration::from_secs(600));
+}
+
+/// A "slow down" reply halves the destination's rate; it climbs back step by step.
+#[tokio::test(start_paused = true)]
+async fn a_slow_down_reply_cuts_the_rate_and_it_recovers() {
+    let settings = shaped(
+        "[throttles.\"*\"]\nmessage_rate = \"60/min\"\n\
+         [[shaping]]\ncode = 451\ntext = \"rate limited\"\naction = \"slow\"\nfactor = 0.5\n\
+         [shaping_recovery]\nstep = 0.5\nevery = \"2m\"\n",
+    );
+    let s = setup_with(tempfile::tempdir().unwrap(), settings, MxOptions::default()).await;
+    s.submit(
+        Some("s@shop.example"),
+        &[("ratelimited-1@example.net", None)],
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    for i in 0..200 {
+        s.submit(
+            Some("s@shop.example"),
+            &[(&format!("r{i}@example.net"), None)],
+            None,
+        )
+        .await;
+    }
+    // Half of 60/min for the first minute: about 30 messages.
+    tokio::time::sleep_until(start + Duration::from_secs(60)).await;
+    let first = s.mx.delivered().len();
+    assert!(
+        (28..=32).contains(&first),
+        "{first} in the first minute at half rate"
+    );
+    // After the recovery interval the full rate is back: about 60 in a minute.
+    tokio::time::sleep_until(start + Duration::from_secs(180)).await;
+    let before = s.mx.delivered().len();
+    tokio::time::sleep_until(start + Duration::from_secs(240)).await;
+    let full = s.mx.delivered().len() - before;
+    assert!(
+        (57..=63).contains(&full),
+        "{full} in a minute after recovery"
+    );
+}

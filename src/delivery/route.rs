@@ -69,6 +69,18 @@ pub(super) struct Route {
     queue: Mutex<Queue>,
     /// GCRA: the earliest time the next message may start (the theoretical arrival time).
     next_send: Mutex<Option<tokio::time::Instant>>,
+    /// Adaptive shaping: what the destination's replies did to its pace.
+    shaping: Mutex<Shaping>,
+}
+
+/// The destination's own pace, set by replies that say "too much" (see
+/// [`crate::policy::throttle::ShapingRule`]).
+struct Shaping {
+    /// The share of the configured message rate in force (1.0: all of it).
+    factor: f64,
+    suspended_until: Option<tokio::time::Instant>,
+    /// When the factor last changed (recovery counts from here).
+    since: tokio::time::Instant,
 }
 
 impl Route {
@@ -76,6 +88,11 @@ impl Route {
         Route {
             key,
             next_send: Mutex::new(None),
+            shaping: Mutex::new(Shaping {
+                factor: 1.0,
+                suspended_until: None,
+                since: tokio::time::Instant::now(),
+            }),
             queue: Mutex::new(Queue {
                 urgent: VecDeque::new(),
                 jobs: VecDeque::new(),
@@ -101,19 +118,76 @@ impl Route {
     /// Waits until the message rate allows the next message, and books its slot. Messages
     /// are spaced evenly by the rate's interval (GCRA without burst), so a minute at
     /// "600/min" carries 600 of them.
-    async fn pace(&self, rate: Option<crate::policy::throttle::Rate>) {
-        let Some(rate) = rate else { return };
+    /// Returns whether the destination was suspended (a kept connection is stale then).
+    async fn pace(&self, ctx: &Workers, rate: Option<crate::policy::throttle::Rate>) -> bool {
         let now = tokio::time::Instant::now();
+        let recovery = ctx
+            .settings
+            .policy
+            .as_ref()
+            .map(|p| p.load().shaping_recovery())
+            .unwrap_or_default();
+        let (suspended, factor) = {
+            let mut sh = self.shaping.lock().expect("shaping lock");
+            if sh.factor < 1.0 && !recovery.every.is_zero() {
+                let steps = ((now - sh.since).as_secs_f64() / recovery.every.as_secs_f64()).floor();
+                if steps >= 1.0 {
+                    sh.factor = (sh.factor + steps * recovery.step).min(1.0);
+                    sh.since = now;
+                    tracing::info!(route = %self.key, share = sh.factor, "adaptive shaping: rate recovering");
+                }
+            }
+            (sh.suspended_until.filter(|t| *t > now), sh.factor)
+        };
+        if let Some(until) = suspended {
+            crate::metrics::throttle_wait(until - now);
+            tokio::time::sleep_until(until).await;
+        }
+        let Some(rate) = rate else {
+            return suspended.is_some();
+        };
+        let now = tokio::time::Instant::now();
+        let interval = rate.interval().div_f64(factor.max(0.01));
         let start = {
             let mut next = self.next_send.lock().expect("pace lock");
             let start = next.map_or(now, |t| t.max(now));
-            *next = Some(start + rate.interval());
+            *next = Some(start + interval);
             start
         };
         if start > now {
             crate::metrics::throttle_wait(start - now);
             tokio::time::sleep_until(start).await;
         }
+        suspended.is_some()
+    }
+
+    /// Applies the policy's shaping rule matched by a server's reply, if any.
+    fn shape(&self, ctx: &Workers, attempt: &Attempt) {
+        let (Some(policy), Attempt::Replied { reply, .. }) = (&ctx.settings.policy, attempt) else {
+            return;
+        };
+        if reply.is_positive() {
+            return;
+        }
+        let policy = policy.load();
+        let Some(rule) = policy.shaping_rule(reply.code, &reply.one_line()) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let mut sh = self.shaping.lock().expect("shaping lock");
+        match rule.action {
+            crate::policy::throttle::Action::Slow { factor } => {
+                sh.factor = (sh.factor * factor).max(0.01);
+                tracing::warn!(route = %self.key, rule = %rule.name, share = sh.factor, reply = %reply.code, "adaptive shaping: rate cut");
+                crate::metrics::shaping_action("slow");
+            }
+            crate::policy::throttle::Action::Suspend { duration } => {
+                sh.suspended_until = Some(now + duration);
+                tracing::warn!(route = %self.key, rule = %rule.name, suspended = ?duration, reply = %reply.code, "adaptive shaping: destination suspended");
+                crate::metrics::shaping_action("suspend");
+            }
+        }
+        sh.since = now;
     }
 
     /// Jobs waiting, and whether anything (a worker or a parked connection) is still alive.
@@ -278,18 +352,24 @@ async fn deliver(
                 continue;
             }
         };
+        if route.pace(ctx, throttle.message_rate).await {
+            // A connection kept through a suspension has most likely timed out.
+            if let Some(mut stale) = conn.take() {
+                stale.quit().await;
+            }
+        }
         if conn.is_none() {
             match connect(key, ctx).await {
                 Ok(c) => *conn = Some(c),
                 Err(attempt) => {
                     crate::metrics::delivery_attempt(false);
+                    route.shape(ctx, &attempt);
                     results.extend(everyone(attempt.clone(), &rcpts));
                     unreachable = Some(attempt);
                     continue;
                 }
             }
         }
-        route.pace(throttle.message_rate).await;
         let c = conn.as_mut().expect("connected above");
         let with_rcpt: Vec<(u32, &Recipient)> = rcpts
             .iter()
@@ -297,6 +377,14 @@ async fn deliver(
             .collect();
         let sent = c.send(&job.env, &with_rcpt, &content).await;
         crate::metrics::delivery_attempt(sent.reusable);
+        // One transaction shapes the pace once, however many recipients it refused.
+        if let Some((_, attempt)) = sent
+            .results
+            .iter()
+            .find(|(_, a)| matches!(a, Attempt::Replied { reply, .. } if !reply.is_positive()))
+        {
+            route.shape(ctx, attempt);
+        }
         results.extend(sent.results);
         remote = Some(c.host.clone());
         next_hop_dsn = c.caps.dsn;

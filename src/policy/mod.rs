@@ -94,6 +94,9 @@ pub struct Policy {
     operator_contacts: Vec<String>,
     /// Delivery throttles by destination domain (lower case) or `*`.
     throttles: HashMap<String, throttle::Throttle>,
+    /// Adaptive shaping: replies that slow down or suspend a destination.
+    shaping: Vec<throttle::ShapingRule>,
+    recovery: throttle::Recovery,
 }
 
 impl Policy {
@@ -119,7 +122,7 @@ impl Policy {
         let Some(table) = c.parse(text) else {
             return Err(c.finish(()).unwrap_err());
         };
-        let (accounts, operator_contacts, throttles) = {
+        let (accounts, operator_contacts, throttles, shaping, recovery) = {
             let mut root = c.root(&table);
             let accounts = root
                 .named_sections("accounts")
@@ -151,11 +154,33 @@ impl Policy {
                     (key, throttle::read_throttle(&mut section))
                 })
                 .collect();
-            (accounts, contacts, throttles)
+            let shaping: Vec<throttle::ShapingRule> = root
+                .array_sections("shaping")
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, mut section)| throttle::read_shaping(&mut section, i))
+                .collect();
+            let recovery = {
+                let mut r = root.section("shaping_recovery");
+                let d = throttle::Recovery::default();
+                let step = r.get_or("step", d.step);
+                if !(step > 0.0 && step <= 1.0) {
+                    r.problem("step", "must be above 0 and at most 1");
+                }
+                throttle::Recovery {
+                    step,
+                    every: r
+                        .get::<crate::config::units::HumanDuration>("every")
+                        .map_or(d.every, |h| h.get()),
+                }
+            };
+            (accounts, contacts, throttles, shaping, recovery)
         };
         let mut policy = Policy::index(accounts, &c);
         policy.operator_contacts = operator_contacts;
         policy.throttles = throttles;
+        policy.shaping = shaping;
+        policy.recovery = recovery;
         c.finish(policy)
     }
 
@@ -190,6 +215,8 @@ impl Policy {
             users,
             operator_contacts: Vec::new(),
             throttles: HashMap::new(),
+            shaping: Vec::new(),
+            recovery: throttle::Recovery::default(),
         }
     }
 
@@ -224,6 +251,15 @@ impl Policy {
             Some(t) => t.or(all),
             None => all,
         }
+    }
+
+    /// The first shaping rule a reply matches.
+    pub fn shaping_rule(&self, code: u16, text: &str) -> Option<&throttle::ShapingRule> {
+        self.shaping.iter().find(|r| r.matches(code, text))
+    }
+
+    pub fn shaping_recovery(&self) -> throttle::Recovery {
+        self.recovery
     }
 
     pub fn operator_contacts(&self) -> &[String] {

@@ -112,3 +112,97 @@ mod tests {
         }
     }
 }
+
+/// What an adaptive-shaping rule does to a destination.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Action {
+    /// Multiply the destination's message rate by `factor` (0 < factor < 1).
+    Slow { factor: f64 },
+    /// Send nothing to the destination for this long.
+    Suspend { duration: Duration },
+}
+
+/// `[[shaping]]`: a reply that says "too much" and what to do about it. After the action,
+/// the rate climbs back by `recover_step` (a fraction of the configured rate) every
+/// `recover_every` without another match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapingRule {
+    pub name: String,
+    /// The reply code the rule applies to (e.g. 421, 451, 452, 550).
+    pub code: Option<u16>,
+    /// Lower-case text to find in the reply (enhanced code or words, e.g. "tss04").
+    pub text: Option<String>,
+    pub action: Action,
+}
+
+/// How the rate recovers after a slow-down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recovery {
+    pub step: f64,
+    pub every: Duration,
+}
+
+impl Default for Recovery {
+    fn default() -> Recovery {
+        Recovery {
+            step: 0.1,
+            every: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ShapingRule {
+    /// Whether a reply (code and one-line text) matches.
+    pub fn matches(&self, code: u16, text: &str) -> bool {
+        self.code.is_none_or(|c| c == code)
+            && self
+                .text
+                .as_deref()
+                .is_none_or(|t| text.to_ascii_lowercase().contains(t))
+    }
+}
+
+pub fn read_shaping(s: &mut Section<'_>, index: usize) -> Option<ShapingRule> {
+    let name = s.get_or("name", format!("rule {index}"));
+    let code = s.get::<u16>("code");
+    if code.is_some_and(|c| !(400..600).contains(&c)) {
+        s.problem("code", "must be a 4xx or 5xx reply code");
+    }
+    let text = s.get::<String>("text").map(|t| t.to_ascii_lowercase());
+    if code.is_none() && text.is_none() {
+        s.problem("", "a rule needs a code, a text, or both");
+    }
+    let action = match s.get::<String>("action").as_deref() {
+        Some("slow") => {
+            let factor = s.get_or("factor", 0.5f64);
+            if !(factor > 0.0 && factor < 1.0) {
+                s.problem("factor", "must be between 0 and 1");
+            }
+            Action::Slow { factor }
+        }
+        Some("suspend") => {
+            let duration = s
+                .get::<crate::config::units::HumanDuration>("duration")
+                .map(|d| d.get())
+                .unwrap_or_else(|| {
+                    s.problem("duration", "missing (e.g. \"15m\")");
+                    Duration::ZERO
+                });
+            Action::Suspend { duration }
+        }
+        Some(other) => {
+            s.problem("action", format!("{other:?} is not slow or suspend"));
+            return None;
+        }
+        None => {
+            s.problem("action", "missing (slow or suspend)");
+            return None;
+        }
+    };
+    Some(ShapingRule {
+        name,
+        code,
+        text,
+        action,
+    })
+}

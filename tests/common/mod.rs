@@ -58,7 +58,7 @@ impl Default for MxOptions {
 }
 
 /// Scripted by the recipient's local part:
-/// `tempfail…` → 451 at RCPT, `permfail…` → 550 5.1.1 at RCPT, `flaky…` → 451 for the
+/// `tempfail…` → 451 at RCPT, `ratelimited…` → 451 4.7.0 [TSS04] at RCPT, `permfail…` → 550 5.1.1 at RCPT, `flaky…` → 451 for the
 /// first `flaky_failures` tries of that address, `datafail…` → 554 after DATA, `slow…` →
 /// accepted 400 ms after the data, anything
 /// else accepted.
@@ -214,6 +214,8 @@ impl FakeMx {
                 let local = path.split('@').next().unwrap_or("").to_ascii_lowercase();
                 if from.is_none() {
                     "503 5.5.1 need MAIL\r\n".into()
+                } else if local.starts_with("ratelimited") {
+                    "451 4.7.0 Rate limited [TSS04], try again later\r\n".into()
                 } else if local.starts_with("tempfail") {
                     "451 4.2.1 mailbox busy, try later\r\n".into()
                 } else if local.starts_with("permfail") {
