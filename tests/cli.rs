@@ -104,6 +104,7 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "duration",
         "step",
         "every",
+        "tls",
         "domain",
         "selector",
         "private_key",

@@ -565,3 +565,44 @@ async fn shutdown_lets_a_transaction_finish_and_closes_idle_sessions() {
     let left = optin_relay::spool::Spool::inspect(&dir.path().join("spool")).unwrap();
     assert_eq!(left.len(), 1, "the accepted message stays queued");
 }
+
+/// `[destinations."*"] tls = "required"`: no plain-text fallback, mail waits for a server
+/// that speaks TLS.
+#[tokio::test]
+async fn tls_required_by_policy_never_falls_back_to_plain_text() {
+    let policy = format!("{LOOPBACK_POLICY}[destinations.\"*\"]\ntls = \"required\"\n");
+    let (mx, relay, _dir) = relay_to_mx(MxOptions::default(), "", &policy).await;
+    let reply = common::raw_send(
+        relay.smtp_addrs[0],
+        "app@shop.example",
+        &["a@example.net"],
+        "Subject: secret\r\n\r\nonly over TLS\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(mx.delivered().is_empty(), "sent in plain text");
+    assert!(mx.connections() >= 1, "the relay did try");
+    relay.shutdown().await;
+
+    let (mx, relay, _dir) = relay_to_mx(
+        MxOptions {
+            tls: true,
+            ..MxOptions::default()
+        },
+        "",
+        &policy,
+    )
+    .await;
+    let reply = common::raw_send(
+        relay.smtp_addrs[0],
+        "app@shop.example",
+        &["a@example.net"],
+        "Subject: secret\r\n\r\nonly over TLS\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = mx.wait_for(1, WAIT).await;
+    assert!(got[0].tls, "delivered without TLS");
+    relay.shutdown().await;
+}

@@ -115,6 +115,18 @@ impl Route {
         }
     }
 
+    /// Whether the policy allows this destination's mail only over TLS.
+    fn tls_required(&self, ctx: &Workers) -> bool {
+        let Some(policy) = &ctx.settings.policy else {
+            return false;
+        };
+        let policy = policy.load();
+        match &self.key {
+            RouteKey::Domain(d) => policy.tls_required(d),
+            RouteKey::Smarthost => policy.tls_required("*"),
+        }
+    }
+
     /// Waits until the message rate allows the next message, and books its slot. Messages
     /// are spaced evenly by the rate's interval (GCRA without burst), so a minute at
     /// "600/min" carries 600 of them.
@@ -359,7 +371,7 @@ async fn deliver(
             }
         }
         if conn.is_none() {
-            match connect(key, ctx).await {
+            match connect(key, ctx, route.tls_required(ctx)).await {
                 Ok(c) => *conn = Some(c),
                 Err(attempt) => {
                     crate::metrics::delivery_attempt(false);
@@ -405,7 +417,15 @@ async fn deliver(
 }
 
 /// Resolves the route and opens a connection to the first server that greets us properly.
-async fn connect(key: &RouteKey, ctx: &Workers) -> Result<Connection, Attempt> {
+async fn connect(key: &RouteKey, ctx: &Workers, tls_required: bool) -> Result<Connection, Attempt> {
+    if tls_required && ctx.tls.is_none() {
+        return Err(Attempt::NoAnswer {
+            stage: Stage::StartTls,
+            error:
+                "the policy requires TLS for this destination but [delivery] starttls is disabled"
+                    .into(),
+        });
+    }
     let targets = ctx
         .transport
         .resolve(key)
@@ -433,7 +453,19 @@ async fn connect(key: &RouteKey, ctx: &Workers) -> Result<Connection, Attempt> {
             }
         };
         match Connection::open(stream, target, helo, ctx.tls.as_ref(), timeouts).await {
+            Ok(mut c) if tls_required && !c.tls => {
+                c.quit().await;
+                tracing::warn!(route = %key, host = %target.host, "TLS required by policy; the server offers no STARTTLS");
+                last = Attempt::NoAnswer {
+                    stage: Stage::StartTls,
+                    error: format!(
+                        "{}: TLS required by policy, no STARTTLS offered",
+                        target.host
+                    ),
+                };
+            }
             Ok(c) => return Ok(c),
+            Err(OpenError { attempt, .. }) if tls_required => last = attempt,
             Err(OpenError {
                 attempt,
                 tls_failed: true,

@@ -97,6 +97,8 @@ pub struct Policy {
     /// Adaptive shaping: replies that slow down or suspend a destination.
     shaping: Vec<throttle::ShapingRule>,
     recovery: throttle::Recovery,
+    /// Destinations (domain or `*`) whose mail may only go over TLS.
+    tls_required: HashMap<String, bool>,
 }
 
 impl Policy {
@@ -122,7 +124,7 @@ impl Policy {
         let Some(table) = c.parse(text) else {
             return Err(c.finish(()).unwrap_err());
         };
-        let (accounts, operator_contacts, throttles, shaping, recovery) = {
+        let (accounts, operator_contacts, throttles, shaping, recovery, tls_required) = {
             let mut root = c.root(&table);
             let accounts = root
                 .named_sections("accounts")
@@ -174,13 +176,45 @@ impl Policy {
                         .map_or(d.every, |h| h.get()),
                 }
             };
-            (accounts, contacts, throttles, shaping, recovery)
+            let tls_required: HashMap<String, bool> = root
+                .named_sections("destinations")
+                .into_iter()
+                .map(|(name, mut section)| {
+                    let key = name.to_ascii_lowercase();
+                    if key != "*"
+                        && identity::canonical_domain(&key).as_deref() != Some(key.as_str())
+                    {
+                        section.problem("", "use \"*\" or a lower-case (A-label) domain");
+                    }
+                    let required = match section.get::<String>("tls").as_deref() {
+                        None | Some("opportunistic") => false,
+                        Some("required") => true,
+                        Some(other) => {
+                            section.problem(
+                                "tls",
+                                format!("{other:?} is not \"required\" or \"opportunistic\""),
+                            );
+                            false
+                        }
+                    };
+                    (key, required)
+                })
+                .collect();
+            (
+                accounts,
+                contacts,
+                throttles,
+                shaping,
+                recovery,
+                tls_required,
+            )
         };
         let mut policy = Policy::index(accounts, &c);
         policy.operator_contacts = operator_contacts;
         policy.throttles = throttles;
         policy.shaping = shaping;
         policy.recovery = recovery;
+        policy.tls_required = tls_required;
         c.finish(policy)
     }
 
@@ -217,6 +251,7 @@ impl Policy {
             throttles: HashMap::new(),
             shaping: Vec::new(),
             recovery: throttle::Recovery::default(),
+            tls_required: HashMap::new(),
         }
     }
 
@@ -251,6 +286,16 @@ impl Policy {
             Some(t) => t.or(all),
             None => all,
         }
+    }
+
+    /// Whether mail to `domain` may only go over TLS (`[destinations.D] tls = "required"`,
+    /// or `*`).
+    pub fn tls_required(&self, domain: &str) -> bool {
+        self.tls_required
+            .get(domain)
+            .or_else(|| self.tls_required.get("*"))
+            .copied()
+            .unwrap_or(false)
     }
 
     /// The first shaping rule a reply matches.
