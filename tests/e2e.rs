@@ -606,3 +606,48 @@ async fn tls_required_by_policy_never_falls_back_to_plain_text() {
     assert!(got[0].tls, "delivered without TLS");
     relay.shutdown().await;
 }
+
+/// MX fallback in preference order: the first MX refuses connections, the second is too
+/// busy to greet, the third takes the mail. Three fake servers on 127.0.0.2-4, one port.
+#[tokio::test]
+async fn delivery_falls_back_through_the_mx_list() {
+    let good = FakeMx::new(MxOptions::default());
+    let port = good.listen_at("127.0.0.4:0").await.port();
+    let busy = FakeMx::new(MxOptions {
+        busy: true,
+        ..MxOptions::default()
+    });
+    busy.listen_at(&format!("127.0.0.3:{port}")).await;
+    let dns = FakeDns::start(
+        "multi.example. MX 10 mx1.multi.example.
+         multi.example. MX 20 mx2.multi.example.
+         multi.example. MX 30 mx3.multi.example.
+         mx1.multi.example. A 127.0.0.2
+         mx2.multi.example. A 127.0.0.3
+         mx3.multi.example. A 127.0.0.4",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(
+        dir.path(),
+        &format!(
+            "[delivery]\ndns = \"{}\"\nmx_port = {port}\nretry_initial = \"1h\"\n",
+            dns.addr
+        ),
+        LOOPBACK_POLICY,
+    )
+    .await;
+    let reply = common::raw_send(
+        relay.smtp_addrs[0],
+        "app@shop.example",
+        &["someone@multi.example"],
+        "Subject: fallback\r\n\r\nhello\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = good.wait_for(1, WAIT).await;
+    assert_eq!(got[0].rcpt_to, ["someone@multi.example"]);
+    assert_eq!(busy.connections(), 1, "the busy MX was tried first");
+    assert!(busy.delivered().is_empty());
+    relay.shutdown().await;
+}

@@ -44,6 +44,8 @@ pub struct MxOptions {
     pub smtputf8: bool,
     /// `flaky…@` recipients get 451 this many times before 250.
     pub flaky_failures: u32,
+    /// Greet with `421 4.3.2` and hang up (a server too busy to talk).
+    pub busy: bool,
 }
 
 impl Default for MxOptions {
@@ -53,6 +55,7 @@ impl Default for MxOptions {
             dsn: true,
             smtputf8: true,
             flaky_failures: 2,
+            busy: false,
         }
     }
 }
@@ -98,7 +101,13 @@ impl FakeMx {
 
     /// Listens on 127.0.0.1:0 and serves every connection.
     pub async fn listen(&self) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.listen_at("127.0.0.1:0").await
+    }
+
+    /// Listens on `addr` (another loopback address, a given port) and serves every
+    /// connection.
+    pub async fn listen_at(&self, addr: &str) -> SocketAddr {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mx = self.clone();
         tokio::spawn(async move {
@@ -154,6 +163,12 @@ impl FakeMx {
     async fn session(&self, stream: Box<dyn Stream>) -> std::io::Result<()> {
         let mut io = BufReader::new(stream);
         let mut tls = false;
+        if self.inner.options.busy {
+            io.get_mut()
+                .write_all(b"421 4.3.2 mx.test too busy, try another\r\n")
+                .await?;
+            return Ok(());
+        }
         io.get_mut()
             .write_all(b"220 mx.test ESMTP fake\r\n")
             .await?;
