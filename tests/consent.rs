@@ -646,3 +646,65 @@ async fn transactional_mail_overtakes_a_queued_campaign() {
     assert!(reset <= 2, "{order:?}");
     relay.shutdown().await;
 }
+
+/// Marketing of one account does not wait behind another account's large campaign: the
+/// route serves accounts round robin.
+#[tokio::test]
+async fn accounts_take_turns_on_a_busy_destination() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "{POLICY}\n[accounts.small]\nnetworks = [\"127.0.0.3/32\"]\nstreams = [\"marketing\"]\n[accounts.small.lists.notes]\nconsent_statement = \"You asked for {{list}}.\"\n"
+    );
+    let relay = common::start_relay(
+        dir.path(),
+        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\nmax_connections_per_destination = 1\n"),
+        &policy,
+    )
+    .await;
+    let weekly = Scope::List("news", "weekly");
+    let campaign: Vec<String> = (0..8).map(|i| format!("reader{i}@example.net")).collect();
+    record(
+        &relay.lists,
+        Kind::Consent,
+        weekly,
+        "slow-first@example.net",
+        CONSENT,
+    );
+    for a in &campaign {
+        record(&relay.lists, Kind::Consent, weekly, a, CONSENT);
+    }
+    record(
+        &relay.lists,
+        Kind::Consent,
+        Scope::List("small", "notes"),
+        "friend@example.net",
+        CONSENT,
+    );
+    // news (127.0.0.2): a slow first message holds the one connection while its campaign
+    // queues; then small (127.0.0.3) sends one message.
+    let mut big = Client::connect(relay.smtp_addrs[0], "127.0.0.2").await;
+    big.send("news@sender.example", &["slow-first@example.net"], "")
+        .await;
+    for a in &campaign {
+        let (_, end) = big.send("news@sender.example", &[a.as_str()], "").await;
+        assert!(end.starts_with("250"), "{end}");
+    }
+    let mut small = Client::connect(relay.smtp_addrs[0], "127.0.0.3").await;
+    let (_, end) = small
+        .send("small@sender.example", &["friend@example.net"], "")
+        .await;
+    assert!(end.starts_with("250"), "{end}");
+    let got = mx.wait_for(10, WAIT).await;
+    let order: Vec<&str> = got.iter().map(|d| d.rcpt_to[0].as_str()).collect();
+    let friend = order
+        .iter()
+        .position(|r| *r == "friend@example.net")
+        .unwrap();
+    assert!(
+        friend <= 3,
+        "the small account waited behind the campaign: {order:?}"
+    );
+    relay.shutdown().await;
+}

@@ -52,10 +52,50 @@ pub(super) struct Workers {
     pub events: mpsc::UnboundedSender<Event>,
 }
 
+/// Marketing jobs, one queue per account, served round robin: a large campaign of one
+/// account does not hold up the others.
+#[derive(Default)]
+struct FairQueue {
+    accounts: VecDeque<(String, VecDeque<Job>)>,
+}
+
+impl FairQueue {
+    fn push(&mut self, job: Job) {
+        match self
+            .accounts
+            .iter_mut()
+            .find(|(a, _)| *a == job.env.account)
+        {
+            Some((_, q)) => q.push_back(job),
+            None => {
+                let account = job.env.account.clone();
+                self.accounts.push_back((account, VecDeque::from([job])));
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        let (account, mut q) = self.accounts.pop_front()?;
+        let job = q.pop_front();
+        if !q.is_empty() {
+            self.accounts.push_back((account, q));
+        }
+        job
+    }
+
+    fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Job> + '_ {
+        self.accounts.drain(..).flat_map(|(_, q)| q)
+    }
+}
+
 struct Queue {
     /// The priority lane: transactional mail and DSNs, taken before any marketing.
     urgent: VecDeque<Job>,
-    jobs: VecDeque<Job>,
+    jobs: FairQueue,
     /// Workers running; each holds at most one connection.
     workers: usize,
     /// Connections parked between jobs, newest last, each with a serial number so that its
@@ -95,7 +135,7 @@ impl Route {
             }),
             queue: Mutex::new(Queue {
                 urgent: VecDeque::new(),
-                jobs: VecDeque::new(),
+                jobs: FairQueue::default(),
                 workers: 0,
                 idle: Vec::new(),
                 parked: 0,
@@ -212,7 +252,7 @@ impl Route {
     pub fn take_queued(&self) -> Vec<Job> {
         let mut q = self.queue.lock().expect("route lock");
         let mut all: Vec<Job> = q.urgent.drain(..).collect();
-        all.extend(q.jobs.drain(..));
+        all.extend(q.jobs.drain());
         all
     }
 
@@ -225,7 +265,7 @@ impl Route {
             if job.env.stream == crate::policy::Stream::Transactional || job.env.generated_dsn {
                 q.urgent.push_back(job);
             } else {
-                q.jobs.push_back(job);
+                q.jobs.push(job);
             }
             let cap = self
                 .throttle(ctx)
@@ -250,7 +290,7 @@ impl Route {
     /// same lock, so a concurrent push starts a new worker that finds the connection.
     fn next(self: &Arc<Self>, conn: &mut Option<Connection>, ctx: &Workers) -> Option<Job> {
         let mut q = self.queue.lock().expect("route lock");
-        if let Some(job) = q.urgent.pop_front().or_else(|| q.jobs.pop_front()) {
+        if let Some(job) = q.urgent.pop_front().or_else(|| q.jobs.pop()) {
             if conn.is_none() {
                 *conn = q.idle.pop().map(|(_, c)| c);
             }
