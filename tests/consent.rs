@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, free_port, wait_listening};
-use optin_relay::consent::{CONSENT, Change, Kind, Lists, Op, Origin, Reason, Scope};
+use common::{FakeMx, MxOptions, free_port, record, wait_listening};
+use optin_relay::consent::{CONSENT, Kind, Reason, Scope};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -68,19 +68,6 @@ async fn setup() -> Setup {
         config,
         _dir: dir,
     }
-}
-
-fn record(lists: &Lists, kind: Kind, scope: Scope<'_>, addr: &str, tags: u8) {
-    let fp = lists.secret().fingerprint(kind, scope, addr);
-    lists
-        .record(&[Change {
-            op: Op::Add,
-            fp,
-            tags,
-            origin: Origin::Operator,
-            time_ms: 0,
-        }])
-        .unwrap();
 }
 
 /// A hand-written client that shows every reply.

@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::{FakeMx, MxOptions};
-use optin_relay::consent::{CONSENT, Change, Kind, Op, Origin, Scope};
 use optin_relay::rewrite::dkim::{DkimKey, verify_with_record};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -60,17 +59,7 @@ async fn marketing_mail_arrives_signed_with_per_recipient_unsubscribe_headers() 
     )
     .await;
     for to in ["a@example.net", "b@example.net"] {
-        let l = &relay.lists;
-        l.record(&[Change {
-            op: Op::Add,
-            fp: l
-                .secret()
-                .fingerprint(Kind::Consent, Scope::List("news", "weekly"), to),
-            tags: CONSENT,
-            origin: Origin::Operator,
-            time_ms: 0,
-        }])
-        .unwrap();
+        common::grant(&relay, "news", "weekly", to);
     }
     let reply = common::raw_send(
         relay.smtp_addrs[0],
@@ -208,17 +197,7 @@ private_key = "{}"
     )
     .await;
     let to = "ann@example.net";
-    let l = &relay.lists;
-    l.record(&[Change {
-        op: Op::Add,
-        fp: l
-            .secret()
-            .fingerprint(Kind::Consent, Scope::List("shop", "picks"), to),
-        tags: CONSENT,
-        origin: Origin::Operator,
-        time_ms: 0,
-    }])
-    .unwrap();
+    common::grant(&relay, "shop", "picks", to);
     let record =
         DkimKey::from_pem_file("shop.example", "ed", fixture("ed25519-pkcs8.pem").as_ref())
             .unwrap()

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{FakeMx, MxOptions};
-use optin_relay::consent::{CONSENT, Change, Kind, Op, Origin, Scope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -48,17 +47,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
 }
 
 fn consent(relay: &optin_relay::server::Relay, list: &str, addr: &str) {
-    let l = &relay.lists;
-    l.record(&[Change {
-        op: Op::Add,
-        fp: l
-            .secret()
-            .fingerprint(Kind::Consent, Scope::List("news", list), addr),
-        tags: CONSENT,
-        origin: Origin::Operator,
-        time_ms: 0,
-    }])
-    .unwrap();
+    common::grant(relay, "news", list, addr);
 }
 
 fn marketing(list: &str, to: &str) -> String {

@@ -518,3 +518,33 @@ pub async fn wait_listening(addr: SocketAddr) {
     }
     panic!("relay did not come up on {addr}");
 }
+
+/// Records a consent for `account`'s `list` in a running relay's lists, in force at once.
+pub fn grant(relay: &optin_relay::server::Relay, account: &str, list: &str, address: &str) {
+    record(
+        &relay.lists,
+        optin_relay::consent::Kind::Consent,
+        optin_relay::consent::Scope::List(account, list),
+        address,
+        optin_relay::consent::CONSENT,
+    );
+}
+
+/// Adds `tags` for `address` in `scope` to the lists, in force at once.
+pub fn record(
+    lists: &optin_relay::consent::Lists,
+    kind: optin_relay::consent::Kind,
+    scope: optin_relay::consent::Scope<'_>,
+    address: &str,
+    tags: u8,
+) {
+    lists
+        .record(&[optin_relay::consent::Change {
+            op: optin_relay::consent::Op::Add,
+            fp: lists.secret().fingerprint(kind, scope, address),
+            tags,
+            origin: optin_relay::consent::Origin::Operator,
+            time_ms: 0,
+        }])
+        .unwrap();
+}
