@@ -10,7 +10,7 @@ use std::fs::OpenOptions;
 use std::time::{Duration, Instant};
 
 use super::snapshot::{self, Snapshot};
-use super::{FpMap, Lists, ListsError, Op, io_error, journal};
+use super::{FpMap, Lists, ListsError, io_error, journal};
 
 /// Imported entries: fingerprints that get `tags` added.
 #[derive(Debug, Clone, Default)]
@@ -77,11 +77,7 @@ impl Lists {
                     .get(&c.fp)
                     .copied()
                     .unwrap_or_else(|| base_get(c.fp));
-                let new = match c.op {
-                    Op::Add => current | c.tags,
-                    Op::Remove => current & !c.tags,
-                };
-                changed.insert(c.fp, new);
+                changed.insert(c.fp, c.apply(current));
             }
         }
         let mut changed: Vec<(u64, u8)> = changed.into_iter().collect();

@@ -61,6 +61,14 @@ pub struct Change {
 }
 
 impl Change {
+    /// The tags after this change, given the tags before it.
+    pub fn apply(&self, current: u8) -> u8 {
+        match self.op {
+            Op::Add => current | self.tags,
+            Op::Remove => current & !self.tags,
+        }
+    }
+
     pub fn encode(&self) -> [u8; RECORD_LEN] {
         let mut r = [0u8; RECORD_LEN];
         r[4] = match self.op {

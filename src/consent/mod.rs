@@ -419,11 +419,7 @@ fn apply_journals(dir: &Path, view: &View, tail: &mut Tail) -> Result<(), ListsE
                     Some(&t) => t,
                     None => view.snapshot.as_ref().map_or(0, |s| s.get(c.fp)),
                 };
-                let new = match c.op {
-                    Op::Add => current | c.tags,
-                    Op::Remove => current & !c.tags,
-                };
-                delta.insert(c.fp, new);
+                delta.insert(c.fp, c.apply(current));
             }
         }
         tail.journal = n;

@@ -496,14 +496,14 @@ impl Scheduler {
                     },
                 );
             }
+            let hard =
+                matches!(disposition, Disposition::Bounced { .. }) && outcome::hard_bounce(attempt);
             self.settings.counts.add(
                 &env.account,
                 match &disposition {
                     Disposition::Delivered => counts::Result::Delivered,
                     Disposition::Deferred { .. } => counts::Result::Deferred,
-                    Disposition::Bounced { .. } if outcome::hard_bounce(attempt) => {
-                        counts::Result::HardBounced
-                    }
+                    Disposition::Bounced { .. } if hard => counts::Result::HardBounced,
                     Disposition::Bounced { .. } => counts::Result::SoftBounced,
                 },
             );
@@ -555,7 +555,6 @@ impl Scheduler {
                     if status.class == 5 {
                         crate::metrics::recipient_outcome("bounced");
                     }
-                    let hard = outcome::hard_bounce(attempt);
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %self.tagger.scrub(&diagnostic, &env.recipients[i].address), hard, "bounced");
                     if hard {
                         suppress_bounce(&self.settings, &env.recipients[i].address);
