@@ -7,7 +7,6 @@
 //! (`log.key`, mode 0600), created on first start and kept, so tags stay stable across
 //! restarts. The domain stays readable: it is what operators debug delivery by.
 
-use std::io::Write;
 use std::path::Path;
 
 #[derive(Clone)]
@@ -26,31 +25,12 @@ impl AddressTagger {
         AddressTagger { key }
     }
 
-    /// Loads the key from `path`, creating it (0600) if it does not exist.
+    /// Loads the key from `path`, creating it (0600) if it does not exist; the same key
+    /// file handling as the lists' secret.
     pub fn load_or_create(path: &Path) -> std::io::Result<AddressTagger> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{} is not a 32-octet key", path.display()),
-                    )
-                })?;
-                Ok(AddressTagger { key })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key: [u8; 32] = rand::random();
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut f = options.open(path)?;
-                f.write_all(&key)?;
-                f.sync_all()?;
-                Ok(AddressTagger { key })
-            }
-            Err(e) => Err(e),
-        }
+        crate::consent::key::Secret::load_or_create(path).map(|s| AddressTagger {
+            key: *s.key_bytes(),
+        })
     }
 
     /// `text` (a server's reply, say) with every spelling of `address` in it, in any

@@ -148,6 +148,11 @@ impl Secret {
         }
     }
 
+    /// The key itself, for other keyed hashes of the relay (log tags).
+    pub(crate) fn key_bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
     /// A public identifier of the secret (not the secret), stored in snapshot headers so a
     /// snapshot made with another secret is refused instead of silently matching nothing.
     pub fn id(&self) -> u64 {

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::policy::Policy;
+use crate::rewrite::statement::escape;
 use crate::rewrite::token::Unsubscribe;
 use crate::unsubscribe::{Unsubscribes, Via};
 
@@ -24,22 +25,6 @@ pub fn router(state: Arc<Unsubscribes>) -> Router {
     Router::new()
         .route("/u/{token}", get(page).post(unsubscribe))
         .with_state(state)
-}
-
-/// Minimal HTML escaping for text and attribute values.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn html(status: StatusCode, title: &str, body: &str) -> Response {

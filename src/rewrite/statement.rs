@@ -15,7 +15,8 @@ pub struct Rendered {
     pub html: String,
 }
 
-fn escape(s: &str) -> String {
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -23,6 +24,7 @@ fn escape(s: &str) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
             c => out.push(c),
         }
     }
