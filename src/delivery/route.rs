@@ -370,9 +370,7 @@ async fn deliver(
         }
         Some(r) => vec![(
             job.rcpts.clone(),
-            r.prepare(&job.env, None, &body)
-                .map(Bytes::from)
-                .map_err(|e| e.to_string()),
+            r.prepare(&job.env, None, &body).map_err(|e| e.to_string()),
         )],
         None => vec![(job.rcpts.clone(), Ok(body))],
     };

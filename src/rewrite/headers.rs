@@ -3,6 +3,7 @@
 //! `Feedback-ID` fields go, ours come in front, and `Date` and `Message-ID` are added when
 //! missing. The body and every other field stay byte for byte.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// One header field: its name and the whole field with continuation lines and CRLF.
@@ -61,14 +62,32 @@ const REPLACED: [&str; 4] = [
 
 /// Returns `content` with `X-Optin-*` removed, the [`REPLACED`] fields removed when
 /// `replace_list_fields`, `added` (complete fields, each ending in CRLF) in front, and
-/// `Date` / `Message-ID` added when missing.
-pub fn rewrite(
-    content: &[u8],
+/// `Date` / `Message-ID` added when missing. A message that needs none of it is returned
+/// as it is, uncopied.
+pub fn rewrite<'a>(
+    content: &'a [u8],
     added: &[String],
     replace_list_fields: bool,
     message_id_domain: &str,
-) -> Vec<u8> {
+) -> Cow<'a, [u8]> {
     let (fields, _) = fields(content);
+    let dropped = |f: &Field| {
+        let name = &content[f.name.clone()];
+        (name.len() > 8 && name[..8].eq_ignore_ascii_case(b"x-optin-"))
+            || (replace_list_fields
+                && REPLACED
+                    .iter()
+                    .any(|r| name.eq_ignore_ascii_case(r.as_bytes())))
+    };
+    let (mut has_date, mut has_id, mut drops) = (false, false, false);
+    for f in &fields {
+        has_date |= is(content, f, "date");
+        has_id |= is(content, f, "message-id");
+        drops |= dropped(f);
+    }
+    if added.is_empty() && has_date && has_id && !drops {
+        return Cow::Borrowed(content);
+    }
     // New fields go below the trace fields at the top (Received, Return-Path), which
     // stay first as RFC 5321 §4.4 wants.
     let trace_end = fields
@@ -80,11 +99,6 @@ pub fn rewrite(
     out.extend_from_slice(&content[..trace_end]);
     for a in added {
         out.extend_from_slice(a.as_bytes());
-    }
-    let (mut has_date, mut has_id) = (false, false);
-    for f in &fields {
-        has_date |= is(content, f, "date");
-        has_id |= is(content, f, "message-id");
     }
     if !has_date {
         let date = mail_builder::headers::date::Date::new(crate::spool::now_ms() as i64 / 1000);
@@ -101,19 +115,13 @@ pub fn rewrite(
     }
     let mut copied = trace_end;
     for f in fields.iter().filter(|f| f.whole.start >= trace_end) {
-        let name = &content[f.name.clone()];
-        let drop = (name.len() > 8 && name[..8].eq_ignore_ascii_case(b"x-optin-"))
-            || (replace_list_fields
-                && REPLACED
-                    .iter()
-                    .any(|r| name.eq_ignore_ascii_case(r.as_bytes())));
-        if drop {
+        if dropped(f) {
             out.extend_from_slice(&content[copied..f.whole.start]);
             copied = f.whole.end;
         }
     }
     out.extend_from_slice(&content[copied..]);
-    out
+    Cow::Owned(out)
 }
 
 /// `"Name" <id>` for List-Id, with an RFC 2047 encoded word for a non-ASCII name.
@@ -160,7 +168,7 @@ mod tests {
             true,
             "relay.test",
         );
-        let text = String::from_utf8(out).unwrap();
+        let text = String::from_utf8(out.into_owned()).unwrap();
         assert!(
             text.starts_with("List-Id: <news.shop.relay.test>\r\nDate: "),
             "{text}"
@@ -180,7 +188,7 @@ mod tests {
         // Transactional without unsubscribe headers: the sender's list fields stay.
         let kept = rewrite(m, &[], false, "relay.test");
         assert!(
-            String::from_utf8(kept)
+            String::from_utf8(kept.into_owned())
                 .unwrap()
                 .contains("List-Unsubscribe: <mailto:x@y>")
         );
@@ -192,13 +200,16 @@ mod tests {
             "r.test",
         );
         assert!(
-            String::from_utf8(traced)
+            String::from_utf8(traced.into_owned())
                 .unwrap()
                 .starts_with("Received: from a\r\n\tby b\r\nList-Id: <l>\r\nDate: ")
         );
         // Existing Date and Message-ID are kept, not doubled.
         let m2 = b"Date: Sat, 1 Jan 2000 00:00:00 +0000\r\nMessage-ID: <a@b>\r\n\r\nx";
-        assert_eq!(rewrite(m2, &[], true, "relay.test"), m2.to_vec());
+        assert_eq!(
+            rewrite(m2, &[], true, "relay.test").into_owned(),
+            m2.to_vec()
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ mod mime;
 pub mod statement;
 pub mod token;
 
+use std::borrow::Cow;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use arc_swap::ArcSwap;
 
@@ -102,13 +105,14 @@ impl Rewriter {
         &self,
         env: &Envelope,
         rcpt: Option<&Recipient>,
-        content: &[u8],
-    ) -> Result<Vec<u8>, RewriteError> {
+        content: &Bytes,
+    ) -> Result<Bytes, RewriteError> {
         match rcpt {
             Some(r) => self
                 .prepare_each(env, &[r], content)
                 .pop()
-                .expect("one result per recipient"),
+                .expect("one result per recipient")
+                .map(Bytes::from),
             None => self.prepare_shared(env, content),
         }
     }
@@ -125,7 +129,7 @@ impl Rewriter {
         let account = match policy.account(&env.account) {
             Some(a) if Rewriter::wants_unsubscribe(env, a) => a,
             _ => {
-                let shared = self.prepare_shared(env, content);
+                let shared = self.shared(env, content).map(Cow::into_owned);
                 return rcpts.iter().map(|_| shared.clone()).collect();
             }
         };
@@ -173,26 +177,35 @@ impl Rewriter {
                 };
                 let added = self.list_fields(env, account, list, &links);
                 let out = headers::rewrite(body, &added, true, &self.mail_domain);
-                Ok(sign(account, out))
+                Ok(sign(account, out).into_owned())
             })
             .collect()
     }
 
     /// The content every recipient of `env` gets when nothing in it is personal: Date and
-    /// Message-ID when missing, the signature.
-    fn prepare_shared(&self, env: &Envelope, content: &[u8]) -> Result<Vec<u8>, RewriteError> {
+    /// Message-ID when missing, the signature. Content that needs none of it is passed on
+    /// without a copy.
+    fn prepare_shared(&self, env: &Envelope, content: &Bytes) -> Result<Bytes, RewriteError> {
+        Ok(match self.shared(env, content)? {
+            Cow::Borrowed(_) => content.clone(),
+            Cow::Owned(v) => Bytes::from(v),
+        })
+    }
+
+    fn shared<'a>(&self, env: &Envelope, content: &'a [u8]) -> Result<Cow<'a, [u8]>, RewriteError> {
         if env.generated_dsn {
-            return Ok(content.to_vec());
+            return Ok(Cow::Borrowed(content));
         }
         let policy = self.policy.load();
-        let Some(account) = policy.account(&env.account) else {
-            if env.stream == Stream::Marketing {
-                return Err(RewriteError::NoAccount(env.account.clone()));
-            }
-            return Ok(headers::rewrite(content, &[], false, &self.mail_domain));
-        };
+        let account = policy.account(&env.account);
+        if account.is_none() && env.stream == Stream::Marketing {
+            return Err(RewriteError::NoAccount(env.account.clone()));
+        }
         let out = headers::rewrite(content, &[], false, &self.mail_domain);
-        Ok(sign(account, out))
+        Ok(match account {
+            Some(a) => sign(a, out),
+            None => out,
+        })
     }
 
     fn list_fields(
@@ -230,7 +243,7 @@ impl Rewriter {
 
 /// Prepends a DKIM signature for each of the account's keys whose domain is the header
 /// From domain or a parent of it (relaxed alignment, as DMARC wants).
-fn sign(account: &Account, message: Vec<u8>) -> Vec<u8> {
+fn sign<'a>(account: &Account, message: Cow<'a, [u8]>) -> Cow<'a, [u8]> {
     if account.dkim.is_empty() {
         return message;
     }
@@ -255,7 +268,7 @@ fn sign(account: &Account, message: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(signatures.len() + message.len());
     out.extend_from_slice(signatures.as_bytes());
     out.extend_from_slice(&message);
-    out
+    Cow::Owned(out)
 }
 
 /// The (canonical) domain of the first From address.
