@@ -148,10 +148,15 @@ impl Route {
         let Some(policy) = &ctx.settings.policy else {
             return Default::default();
         };
-        let policy = policy.load();
+        policy.load().throttle(self.destination())
+    }
+
+    /// The name the policy's per-destination settings use: the domain, or `*` for the
+    /// smart host.
+    fn destination(&self) -> &str {
         match &self.key {
-            RouteKey::Domain(d) => policy.throttle(d),
-            RouteKey::Smarthost => policy.throttle("*"),
+            RouteKey::Domain(d) => d,
+            RouteKey::Smarthost => "*",
         }
     }
 
@@ -160,11 +165,7 @@ impl Route {
         let Some(policy) = &ctx.settings.policy else {
             return false;
         };
-        let policy = policy.load();
-        match &self.key {
-            RouteKey::Domain(d) => policy.tls_required(d),
-            RouteKey::Smarthost => policy.tls_required("*"),
-        }
+        policy.load().tls_required(self.destination())
     }
 
     /// Waits until the message rate allows the next message, and books its slot. Messages

@@ -147,12 +147,7 @@ impl Policy {
                 .named_sections("throttles")
                 .into_iter()
                 .map(|(name, mut section)| {
-                    let key = name.to_ascii_lowercase();
-                    if key != "*"
-                        && identity::canonical_domain(&key).as_deref() != Some(key.as_str())
-                    {
-                        section.problem("", "use \"*\" or a lower-case (A-label) domain");
-                    }
+                    let key = destination_key(&name, &section);
                     (key, throttle::read_throttle(&mut section))
                 })
                 .collect();
@@ -180,12 +175,7 @@ impl Policy {
                 .named_sections("destinations")
                 .into_iter()
                 .map(|(name, mut section)| {
-                    let key = name.to_ascii_lowercase();
-                    if key != "*"
-                        && identity::canonical_domain(&key).as_deref() != Some(key.as_str())
-                    {
-                        section.problem("", "use \"*\" or a lower-case (A-label) domain");
-                    }
+                    let key = destination_key(&name, &section);
                     let required = match section.get::<String>("tls").as_deref() {
                         None | Some("opportunistic") => false,
                         Some("required") => true,
@@ -315,6 +305,16 @@ impl Policy {
     pub fn has_users(&self) -> bool {
         !self.users.is_empty()
     }
+}
+
+/// The key of a per-destination table (`[throttles.X]`, `[destinations.X]`): `*` or a
+/// lower-case A-label domain, as routes name destinations.
+fn destination_key(name: &str, section: &Section<'_>) -> String {
+    let key = name.to_ascii_lowercase();
+    if key != "*" && identity::canonical_domain(&key).as_deref() != Some(key.as_str()) {
+        section.problem("", "use \"*\" or a lower-case (A-label) domain");
+    }
+    key
 }
 
 /// IPv4-mapped IPv6 clients (`::ffff:192.0.2.1`, seen on dual-stack listeners) match IPv4
