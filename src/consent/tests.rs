@@ -1,3 +1,5 @@
+//! Tests of the lists engine: recording, following other processes, compaction order, refused snapshots, swaps under concurrent lookups.
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 

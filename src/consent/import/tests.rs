@@ -1,3 +1,5 @@
+//! Tests of the list file readers against the fixtures in tests/fixtures/lists and in-memory edge cases (delimiters, BOM, line numbers, damaged workbooks).
+
 use super::*;
 
 fn fixture(name: &str) -> PathBuf {

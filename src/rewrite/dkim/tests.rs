@@ -1,3 +1,5 @@
+//! Tests of DKIM signing: both key types verified with mail-auth, tampering detected, h= contents, key-file errors.
+
 use super::*;
 use proptest::prelude::*;
 use rustls_pki_types::SubjectPublicKeyInfoDer;

@@ -1,3 +1,5 @@
+//! Tests of the footer splice over the MIME fixtures in tests/fixtures/mime: structure kept, footer once per body, encodings and charsets, malformed input.
+
 use std::mem::{Discriminant, discriminant};
 use std::sync::LazyLock;
 
