@@ -1,5 +1,6 @@
 //! Tests of the list file readers against the fixtures in tests/fixtures/lists and in-memory edge cases (delimiters, BOM, line numbers, damaged workbooks).
 
+use super::workbook::guarded;
 use super::*;
 
 fn fixture(name: &str) -> PathBuf {
