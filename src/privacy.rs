@@ -9,6 +9,19 @@
 
 use std::path::Path;
 
+/// Opens `path` for appending, creating it (mode 0600, it may hold personal data) and its
+/// directory if needed: the relay's event logs.
+pub fn open_private_log(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 #[derive(Clone)]
 pub struct AddressTagger {
     key: [u8; 32],

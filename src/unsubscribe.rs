@@ -48,14 +48,7 @@ impl EventLog {
     fn append(&self, event: &serde_json::Value) -> std::io::Result<()> {
         let mut guard = self.file.lock().expect("event log lock");
         if guard.is_none() {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut options = std::fs::OpenOptions::new();
-            options.append(true).create(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            *guard = Some(options.open(&self.path)?);
+            *guard = Some(crate::privacy::open_private_log(&self.path)?);
         }
         let f = guard.as_mut().expect("opened above");
         let mut line = event.to_string();

@@ -77,14 +77,7 @@ impl DeliveryLog {
 
     /// Opens (appends to) `path`, mode 0600, and starts its writer thread.
     pub fn open(path: &Path, tagger: AddressTagger) -> std::io::Result<DeliveryLog> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(path)?;
+        let file = crate::privacy::open_private_log(path)?;
         let (tx, rx) = mpsc::channel::<String>();
         let name = PathBuf::from(path);
         std::thread::Builder::new()
