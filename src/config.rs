@@ -193,6 +193,12 @@ pub struct DeliveryConfig {
     pub mx_port: u16,
     pub helo_name: String,
     pub starttls: StartTlsPolicy,
+    /// Look up and enforce MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// Port of the MTA-STS policy hosts (443 on the Internet; other values for tests).
+    pub mta_sts_port: u16,
+    /// Extra CA certificates (PEM) trusted for MTA-STS, besides the Mozilla roots.
+    pub tls_roots: Option<PathBuf>,
     pub max_connections_per_destination: usize,
     pub max_messages_per_connection: usize,
     pub connect_timeout: Duration,
@@ -487,6 +493,22 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
         mx_port: positive(s, "mx_port", mx_port),
         helo_name,
         starttls: s.get_or("starttls", StartTlsPolicy::Opportunistic),
+        mta_sts: s.get_or("mta_sts", true),
+        mta_sts_port: {
+            let port = s.get_or("mta_sts_port", 443u16);
+            positive(s, "mta_sts_port", port)
+        },
+        tls_roots: match s.get::<String>("tls_roots") {
+            Some(p) if p.is_empty() => None,
+            Some(p) => {
+                let path = PathBuf::from(p);
+                if let Err(e) = crate::tls::verifying_client_config(Some(&path)) {
+                    s.problem("tls_roots", e.to_string());
+                }
+                Some(path)
+            }
+            None => None,
+        },
         max_connections_per_destination: positive(s, "max_connections_per_destination", max_conns),
         max_messages_per_connection: positive(s, "max_messages_per_connection", max_msgs),
         connect_timeout: s.get_or("connect_timeout", DEFAULT_CONNECT_TIMEOUT).get(),

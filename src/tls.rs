@@ -105,6 +105,29 @@ pub fn opportunistic_client_config() -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// A client configuration that verifies server certificates against the Mozilla roots
+/// (webpki-roots) plus `extra_roots` (PEM file of CA certificates, e.g. a private CA), for
+/// MTA-STS policy fetches and MTA-STS-enforced SMTP.
+pub fn verifying_client_config(extra_roots: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut store = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = extra_roots {
+        for cert in load_chain(path)? {
+            store.add(cert).map_err(|e| TlsError::Certificate {
+                path: path.display().to_string(),
+                message: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Accepts any certificate but checks handshake signatures with the provider's algorithms.
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);

@@ -14,8 +14,11 @@ pub mod client;
 pub mod counts;
 pub mod dsn;
 pub mod log;
+pub mod mta_sts;
 pub mod outcome;
+mod queue;
 mod route;
+mod sites;
 pub mod transport;
 
 use std::cmp::Reverse;
@@ -34,6 +37,7 @@ use crate::session::Intake;
 use crate::smtp::reply::Status;
 use crate::spool::{self, Envelope, Location, RcptEvent, RecoveredMessage, Spool};
 use outcome::{Attempt, Disposition, classify};
+use queue::{Clock, Entry, Hot, Notice, Notices, Progress, Rcpt, Rcpts, Residence};
 use route::{Job, JobReport, Route, Workers};
 use transport::{RouteKey, Transport};
 
@@ -71,6 +75,16 @@ impl Settings {
 enum Event {
     New(Box<Queued>),
     Done(JobReport),
+    /// A cold message's envelope and content, read back from the spool.
+    Loaded {
+        id: u64,
+        result: Result<(Envelope, Bytes), spool::SpoolError>,
+    },
+    /// A domain's site lookup ended.
+    Resolved {
+        domain: String,
+        result: Result<(RouteKey, Duration), outcome::ResolveFailure>,
+    },
 }
 
 struct Queued {
@@ -116,6 +130,18 @@ pub fn start(
         }
         StartTlsPolicy::Disabled => None,
     };
+    let verified_tls = match (&tls, settings.config.mta_sts) {
+        (Some(_), true) => {
+            match crate::tls::verifying_client_config(settings.config.tls_roots.as_deref()) {
+                Ok(config) => Some(TlsConnector::from(config)),
+                Err(e) => {
+                    tracing::error!(error = %e, "MTA-STS: cannot build the verifying TLS client; enforced domains will wait");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let settings = Arc::new(settings);
     let by_domain = transport.routes_by_domain();
     let workers = Arc::new(Workers {
@@ -123,6 +149,7 @@ pub fn start(
         transport,
         spool: spool.clone(),
         tls,
+        verified_tls,
         events: tx.clone(),
     });
     let mut scheduler = Scheduler {
@@ -135,88 +162,24 @@ pub fn start(
         entries: HashMap::new(),
         timers: BinaryHeap::new(),
         routes: HashMap::new(),
+        sites: sites::Sites::default(),
         tx: tx.clone(),
         in_flight: 0,
         open_rcpts: 0,
         draining: false,
     };
+    // Taken in here, not through the channel: a message waiting for a later retry keeps no
+    // envelope in memory, so a large recovered queue costs little.
     for m in recovered {
-        let _ = tx.send(Event::New(Box::new(Queued {
+        scheduler.add(Queued {
             env: Arc::new(m.envelope),
             loc: m.loc,
             body: None,
             events: m.events,
-        })));
+        });
     }
     let handle = tokio::spawn(async move { scheduler.run(rx, shutdown).await });
     (Delivery { tx }, handle)
-}
-
-/// Unix milliseconds that advance with tokio's clock (see the module doc).
-struct Clock {
-    wall: u64,
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            wall: spool::now_ms(),
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.wall + self.start.elapsed().as_millis() as u64
-    }
-
-    fn instant_at(&self, ms: u64) -> tokio::time::Instant {
-        self.start + Duration::from_millis(ms.saturating_sub(self.wall))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
-    Waiting { due: u64 },
-    InFlight,
-    Done,
-}
-
-struct Rcpt {
-    status: Progress,
-    attempts: u16,
-    delay_notified: bool,
-}
-
-struct Entry {
-    env: Arc<Envelope>,
-    loc: Location,
-    body: Option<Bytes>,
-    rcpts: Vec<Rcpt>,
-    /// DSN lines collected until no recipient is in flight, so that a message whose
-    /// recipients fail on several routes produces one DSN, not one per route.
-    notices: Notices,
-}
-
-/// One recipient's line in a DSN still to be sent.
-struct Notice {
-    rcpt: usize,
-    status: Status,
-    diagnostic: Option<String>,
-    remote: Option<String>,
-}
-
-#[derive(Default)]
-struct Notices {
-    failed: Vec<Notice>,
-    delayed: Vec<Notice>,
-    relayed: Vec<Notice>,
-}
-
-impl Notices {
-    fn is_empty(&self) -> bool {
-        self.failed.is_empty() && self.delayed.is_empty() && self.relayed.is_empty()
-    }
 }
 
 struct Scheduler {
@@ -230,6 +193,8 @@ struct Scheduler {
     /// (due, message id); stale entries are skipped when popped.
     timers: BinaryHeap<Reverse<(u64, u64)>>,
     routes: HashMap<RouteKey, Arc<Route>>,
+    /// Each recipient domain's site.
+    sites: sites::Sites,
     tx: mpsc::UnboundedSender<Event>,
     /// Jobs handed to routes and not yet reported back.
     in_flight: usize,
@@ -270,6 +235,43 @@ impl Scheduler {
                 self.in_flight -= 1;
                 self.complete(report);
             }
+            Event::Resolved { domain, result } => self.resolved(&domain, result),
+            Event::Loaded { id, result } => self.loaded(id, result),
+        }
+    }
+
+    /// A domain's lookup ended: its waiting recipients go to the site's queue, or fail.
+    fn resolved(
+        &mut self,
+        domain: &str,
+        result: Result<(RouteKey, Duration), outcome::ResolveFailure>,
+    ) {
+        let waiting = self
+            .sites
+            .resolved(domain, &result, tokio::time::Instant::now());
+        match result {
+            Ok((key, _)) => {
+                tracing::debug!(domain, site = %key, "site resolved");
+                let domains = [domain.to_string()];
+                for w in waiting {
+                    self.queue_job(key.clone(), &domains, w);
+                }
+            }
+            Err(failure) => {
+                for w in waiting {
+                    let results = w
+                        .rcpts
+                        .iter()
+                        .map(|&i| (i, Attempt::Unroutable(failure.clone())))
+                        .collect();
+                    self.complete(JobReport {
+                        id: w.id,
+                        results,
+                        remote: None,
+                        next_hop_dsn: false,
+                    });
+                }
+            }
         }
     }
 
@@ -284,8 +286,15 @@ impl Scheduler {
                 self.in_flight -= 1;
                 if let Some(entry) = self.entries.get_mut(&job.id) {
                     for i in job.rcpts {
-                        entry.rcpts[i as usize].status = Progress::Waiting { due: now };
+                        entry.rcpts[i as usize].set(Progress::Waiting { due: now });
                     }
+                }
+            }
+        }
+        for w in self.sites.take_waiting() {
+            if let Some(entry) = self.entries.get_mut(&w.id) {
+                for i in w.rcpts {
+                    entry.rcpts[i as usize].set(Progress::Waiting { due: now });
                 }
             }
         }
@@ -297,7 +306,7 @@ impl Scheduler {
                     self.complete(report);
                 }
                 // New messages (DSNs) are in the spool already; they wait for the next start.
-                Ok(Some(Event::New(_))) => {}
+                Ok(Some(Event::New(_) | Event::Resolved { .. } | Event::Loaded { .. })) => {}
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
@@ -316,101 +325,205 @@ impl Scheduler {
 
     fn add(&mut self, q: Queued) {
         let now = self.clock.now_ms();
-        let rcpts: Vec<Rcpt> = q
+        let rcpts: Rcpts = q
             .env
             .recipients
             .iter()
             .zip(&q.events)
             .map(|(r, event)| match event {
-                _ if r.is_done(*event) => Rcpt {
-                    status: Progress::Done,
-                    attempts: 0,
-                    delay_notified: false,
-                },
+                _ if r.is_done(*event) => Rcpt::new(Progress::Done, 0, false),
                 Some(RcptEvent::Deferred {
                     attempts,
                     next_attempt,
                     delay_notified,
-                }) => Rcpt {
-                    status: Progress::Waiting { due: *next_attempt },
-                    attempts: *attempts,
-                    delay_notified: *delay_notified,
-                },
-                _ => Rcpt {
-                    status: Progress::Waiting { due: now },
-                    attempts: 0,
-                    delay_notified: false,
-                },
+                }) => Rcpt::new(
+                    Progress::Waiting { due: *next_attempt },
+                    *attempts,
+                    *delay_notified,
+                ),
+                _ => Rcpt::new(Progress::Waiting { due: now }, 0, false),
             })
             .collect();
         let id = q.env.id;
-        self.open_rcpts += rcpts.iter().filter(|r| r.status != Progress::Done).count();
+        self.open_rcpts += rcpts
+            .iter()
+            .filter(|r| r.status() != Progress::Done)
+            .count();
+        let due_now = rcpts
+            .iter()
+            .any(|r| matches!(r.status(), Progress::Waiting { due } if due <= now));
+        let residence = if due_now {
+            Residence::Hot(Box::new(Hot {
+                env: q.env,
+                body: q.body,
+                notices: Notices::default(),
+            }))
+        } else {
+            // Nothing to do before a later retry: keep the state only.
+            Residence::Cold
+        };
         self.entries.insert(
             id,
             Entry {
-                env: q.env,
                 loc: q.loc,
-                body: q.body,
                 rcpts,
-                notices: Notices::default(),
+                residence,
             },
         );
         self.dispatch(id);
     }
 
-    fn route_key(&self, address: &str) -> RouteKey {
-        if !self.by_domain {
-            return RouteKey::Smarthost;
+    /// A cold message's envelope is back from the spool: dispatch it.
+    fn loaded(&mut self, id: u64, result: Result<(Envelope, Bytes), spool::SpoolError>) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        match result {
+            Ok((env, body)) => {
+                entry.residence = Residence::Hot(Box::new(Hot {
+                    env: Arc::new(env),
+                    body: Some(body),
+                    notices: Notices::default(),
+                }));
+                self.dispatch(id);
+            }
+            Err(e) => {
+                // The spool checked this record at start; a read failing now is the disk's
+                // doing. Nothing is dropped: the recipients wait and the read is retried.
+                tracing::error!(id = %spool::format_id(id), error = %e, "cannot read a queued message back from the spool; retrying later");
+                entry.residence = Residence::Cold;
+                let due = self.clock.now_ms() + self.settings.config.retry_max.as_millis() as u64;
+                for r in entry.rcpts.iter_mut() {
+                    if matches!(r.status(), Progress::Waiting { .. }) {
+                        r.set(Progress::Waiting { due });
+                    }
+                }
+                self.timers.push(Reverse((due, id)));
+            }
         }
-        let domain = address.rsplit_once('@').map_or(address, |(_, d)| d);
-        RouteKey::Domain(crate::smtp::address::routing_domain(domain))
     }
 
-    /// Sends every due recipient of a message to its route; schedules the rest.
+    /// Sends every due recipient of a message to its site's queue (looking the site up
+    /// first when its domain is new or expired); schedules the rest.
     fn dispatch(&mut self, id: u64) {
         if self.draining {
             return;
         }
         let now = self.clock.now_ms();
-        let Some(entry) = self.entries.get(&id) else {
+        let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        let mut groups: HashMap<RouteKey, Vec<u32>> = HashMap::new();
+        let due_now = entry
+            .rcpts
+            .iter()
+            .any(|r| matches!(r.status(), Progress::Waiting { due } if due <= now));
+        if !due_now {
+            if let Some(due) = entry.next_due() {
+                self.timers.push(Reverse((due, id)));
+            }
+            return;
+        }
+        let hot = match &mut entry.residence {
+            Residence::Hot(hot) => hot,
+            Residence::Loading => return,
+            Residence::Cold => {
+                // Read the envelope back; dispatch goes on when it is here.
+                entry.residence = Residence::Loading;
+                let (spool, tx, loc) = (self.spool.clone(), self.tx.clone(), entry.loc);
+                tokio::spawn(async move {
+                    let result = spool.read_message(loc).await;
+                    let _ = tx.send(Event::Loaded { id, result });
+                });
+                return;
+            }
+        };
+        // Recipients by routing domain (one group for everything when a smart host takes it).
+        let mut groups: HashMap<String, Vec<u32>> = HashMap::new();
         let mut next_due: Option<u64> = None;
-        for (i, r) in entry.rcpts.iter().enumerate() {
-            match r.status {
-                Progress::Waiting { due } if due <= now => groups
-                    .entry(self.route_key(&entry.env.recipients[i].address))
-                    .or_default()
-                    .push(i as u32),
+        for (i, r) in entry.rcpts.iter_mut().enumerate() {
+            match r.status() {
+                Progress::Waiting { due } if due <= now => {
+                    r.set(Progress::InFlight);
+                    let domain = if self.by_domain {
+                        let address = &hot.env.recipients[i].address;
+                        let domain = address
+                            .rsplit_once('@')
+                            .map_or(address.as_str(), |(_, d)| d);
+                        crate::smtp::address::routing_domain(domain)
+                    } else {
+                        String::new()
+                    };
+                    groups.entry(domain).or_default().push(i as u32);
+                }
                 Progress::Waiting { due } => next_due = Some(next_due.map_or(due, |d| d.min(due))),
                 _ => {}
             }
         }
-        let entry = self.entries.get_mut(&id).expect("checked above");
-        // The in-memory copy serves the first attempt only; retries read the spool.
-        let body = entry.body.take();
-        for (key, rcpts) in groups {
-            for &i in &rcpts {
-                entry.rcpts[i as usize].status = Progress::InFlight;
-            }
-            let job = Job {
-                id,
-                env: entry.env.clone(),
-                loc: entry.loc,
-                body: body.clone(),
-                rcpts,
-            };
-            let route = self
-                .routes
-                .entry(key.clone())
-                .or_insert_with(|| Arc::new(Route::new(key)));
-            self.in_flight += 1;
-            route.push(job, &self.workers);
-        }
+        // The in-memory copy serves this attempt only; the next reads the spool again.
+        let body = hot.body.take();
         if let Some(due) = next_due {
             self.timers.push(Reverse((due, id)));
         }
+        let tnow = tokio::time::Instant::now();
+        // Domains of one site share a transaction (when the content allows, see route.rs).
+        let mut by_site: HashMap<RouteKey, (Vec<String>, Vec<u32>)> = HashMap::new();
+        for (domain, rcpts) in groups {
+            let known = if self.by_domain {
+                self.sites.route(&domain, tnow)
+            } else {
+                Some(RouteKey::Smarthost)
+            };
+            if let Some(key) = known {
+                let (domains, all) = by_site.entry(key).or_default();
+                domains.push(domain);
+                all.extend(rcpts);
+                continue;
+            }
+            let waiting = sites::Waiting {
+                id,
+                rcpts,
+                body: body.clone(),
+            };
+            if self.sites.wait(&domain, waiting) {
+                let (workers, tx) = (self.workers.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let result = sites::resolve(&workers, &domain).await;
+                    let _ = tx.send(Event::Resolved { domain, result });
+                });
+            }
+        }
+        for (key, (domains, mut rcpts)) in by_site {
+            rcpts.sort_unstable();
+            let waiting = sites::Waiting {
+                id,
+                rcpts,
+                body: body.clone(),
+            };
+            self.queue_job(key, &domains, waiting);
+        }
+    }
+
+    /// Hands recipients (already marked in flight) to a route as one job.
+    fn queue_job(&mut self, key: RouteKey, domains: &[String], w: sites::Waiting) {
+        let Some((entry, Some(env))) = self.entries.get(&w.id).map(|e| (e, e.env())) else {
+            return;
+        };
+        let job = Job {
+            id: w.id,
+            env: env.clone(),
+            loc: entry.loc,
+            body: w.body,
+            rcpts: w.rcpts,
+        };
+        let route = self
+            .routes
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Route::new(key)));
+        for domain in domains.iter().filter(|d| !d.is_empty()) {
+            route.carries(domain);
+        }
+        self.in_flight += 1;
+        route.push(job, &self.workers);
     }
 
     fn fire_timers(&mut self) {
@@ -429,15 +542,16 @@ impl Scheduler {
         }
         // Routes with nothing queued and no workers are dropped so the map stays small.
         self.routes.retain(|_, r| !r.is_unused());
+        self.sites.expire(tokio::time::Instant::now());
     }
 
     /// Applies a worker's report.
     fn complete(&mut self, report: JobReport) {
         let now = self.clock.now_ms();
-        let Some(entry) = self.entries.get(&report.id) else {
+        let Some((entry, Some(env))) = self.entries.get(&report.id).map(|e| (e, e.env())) else {
             return;
         };
-        let env = entry.env.clone();
+        let env = env.clone();
         let loc = entry.loc;
         let age = Duration::from_millis(now.saturating_sub(env.received_at));
         let expired = age >= self.settings.config.max_age;
@@ -509,14 +623,14 @@ impl Scheduler {
             );
             match disposition {
                 Disposition::Delivered => {
-                    r.status = Progress::Done;
+                    r.set(Progress::Done);
                     self.open_rcpts -= 1;
                     self.spool.record(loc, i as u32, RcptEvent::Delivered);
                     crate::metrics::recipient_outcome("delivered");
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %self.tagger.scrub(&reply_text(attempt), &env.recipients[i].address), "delivered");
                     if !report.next_hop_dsn && dsn::wanted(&env.recipients[i], dsn::Action::Relayed)
                     {
-                        entry.notices.relayed.push(notice(
+                        entry.residence.notices().relayed.push(notice(
                             Status::new(2, 0, 0),
                             format!("smtp; {}", reply_text(attempt)),
                         ));
@@ -525,13 +639,13 @@ impl Scheduler {
                 Disposition::Deferred { reason } => {
                     let delay = backoff(&self.settings, r.attempts);
                     let due = now + delay.as_millis() as u64;
-                    r.status = Progress::Waiting { due };
+                    r.set(Progress::Waiting { due });
                     let warn = !r.delay_notified
                         && age >= self.settings.config.delay_warning
                         && dsn::wanted(&env.recipients[i], dsn::Action::Delayed);
                     if warn {
                         r.delay_notified = true;
-                        entry.notices.delayed.push(notice(
+                        entry.residence.notices().delayed.push(notice(
                             Status::new(4, 0, 0),
                             format!("x-optin-relay; {reason}"),
                         ));
@@ -550,7 +664,7 @@ impl Scheduler {
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "deferred");
                 }
                 Disposition::Bounced { status, diagnostic } => {
-                    r.status = Progress::Done;
+                    r.set(Progress::Done);
                     self.open_rcpts -= 1;
                     if status.class == 5 {
                         crate::metrics::recipient_outcome("bounced");
@@ -564,7 +678,11 @@ impl Scheduler {
                         && !env.generated_dsn
                     {
                         // Journaled as failed only once its DSN is safely stored.
-                        entry.notices.failed.push(notice(status, diagnostic));
+                        entry
+                            .residence
+                            .notices()
+                            .failed
+                            .push(notice(status, diagnostic));
                     } else {
                         self.spool.record(loc, i as u32, RcptEvent::Failed);
                     }
@@ -575,13 +693,19 @@ impl Scheduler {
             self.timers.push(Reverse((due, report.id)));
         }
         let entry = self.entries.get_mut(&report.id).expect("checked above");
-        if entry.rcpts.iter().any(|r| r.status == Progress::InFlight) {
+        if entry.in_flight() {
             return; // the rest of this round is still out; notices wait for it
         }
-        let finished = entry.rcpts.iter().all(|r| r.status == Progress::Done);
-        let notices = std::mem::take(&mut entry.notices);
+        let finished = entry.rcpts.iter().all(|r| r.status() == Progress::Done);
+        let notices = entry
+            .hot()
+            .map(|h| std::mem::take(&mut h.notices))
+            .unwrap_or_default();
         if finished {
             self.entries.remove(&report.id);
+        } else {
+            // Every open recipient now waits for a later retry: keep the state only.
+            entry.residence = Residence::Cold;
         }
         if notices.is_empty() {
             if finished {

@@ -1,5 +1,5 @@
-//! One route's (smart host's or domain's) job queue, its delivery workers and its pool of
-//! idle connections.
+//! One route's (smart host's or site's) job queue, its delivery workers and its pool of
+//! idle connections, its pace (throttles) and its adaptive-shaping state.
 //!
 //! Workers are started on demand, up to `max_connections_per_destination` per route. A
 //! worker takes jobs until the queue is empty, then parks its connection in the route's
@@ -11,7 +11,7 @@
 //! failed TLS handshake is retried once in plain text (opportunistic TLS must never make
 //! mail undeliverable).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use super::client::{Connection, OpenError, Timeouts};
 use super::outcome::{Attempt, LocalRefusal, Stage};
-use super::transport::{RouteKey, Transport};
+use super::transport::{RouteKey, TlsDemand, Transport};
 use super::{Event, Settings};
 use crate::spool::{Envelope, Location, Recipient, Spool};
 
@@ -49,6 +49,8 @@ pub(super) struct Workers {
     pub transport: Arc<dyn Transport>,
     pub spool: Spool,
     pub tls: Option<TlsConnector>,
+    /// STARTTLS that verifies the server's certificate (MTA-STS `enforce`).
+    pub verified_tls: Option<TlsConnector>,
     pub events: mpsc::UnboundedSender<Event>,
 }
 
@@ -111,6 +113,8 @@ pub(super) struct Route {
     next_send: Mutex<Option<tokio::time::Instant>>,
     /// Adaptive shaping: what the destination's replies did to its pace.
     shaping: Mutex<Shaping>,
+    /// The recipient domains sent to this route (for the policy's per-domain throttles).
+    domains: Mutex<HashSet<String>>,
 }
 
 /// The destination's own pace, set by replies that say "too much" (see
@@ -127,6 +131,7 @@ impl Route {
     pub fn new(key: RouteKey) -> Route {
         Route {
             key,
+            domains: Mutex::default(),
             next_send: Mutex::new(None),
             shaping: Mutex::new(Shaping {
                 factor: 1.0,
@@ -143,29 +148,49 @@ impl Route {
         }
     }
 
-    /// The policy's throttle for this destination (the smart host counts as `*`).
+    /// Notes that mail for `domain` goes this way.
+    pub fn carries(&self, domain: &str) {
+        let mut domains = self.domains.lock().expect("domains lock");
+        if !domains.contains(domain) {
+            domains.insert(domain.to_string());
+        }
+    }
+
+    /// The policy's throttle for this route: the smart host counts as `*`; a site takes an
+    /// `mx:` key matching one of its hosts, else the key of a domain it carries.
     fn throttle(&self, ctx: &Workers) -> crate::policy::throttle::Throttle {
         let Some(policy) = &ctx.settings.policy else {
             return Default::default();
         };
-        policy.load().throttle(self.destination())
-    }
-
-    /// The name the policy's per-destination settings use: the domain, or `*` for the
-    /// smart host.
-    fn destination(&self) -> &str {
+        let policy = policy.load();
         match &self.key {
-            RouteKey::Domain(d) => d,
-            RouteKey::Smarthost => "*",
+            RouteKey::Smarthost => policy.throttle("*"),
+            RouteKey::Site(site) => {
+                let domains = self.domains.lock().expect("domains lock");
+                policy.site_throttle(site.mx.iter().map(|(_, h)| h.as_str()), |d| {
+                    domains.contains(d)
+                })
+            }
         }
     }
 
-    /// Whether the policy allows this destination's mail only over TLS.
-    fn tls_required(&self, ctx: &Workers) -> bool {
-        let Some(policy) = &ctx.settings.policy else {
-            return false;
-        };
-        policy.load().tls_required(self.destination())
+    /// What TLS this route's mail needs (the smart host: `[destinations."*"]`).
+    fn tls_demand(&self, ctx: &Workers) -> TlsDemand {
+        match &self.key {
+            RouteKey::Site(site) => site.tls,
+            RouteKey::Smarthost => {
+                let required = ctx
+                    .settings
+                    .policy
+                    .as_ref()
+                    .is_some_and(|p| p.load().tls_required("*"));
+                if required {
+                    TlsDemand::Required
+                } else {
+                    TlsDemand::Opportunistic
+                }
+            }
+        }
     }
 
     /// Waits until the message rate allows the next message, and books its slot. Messages
@@ -243,10 +268,26 @@ impl Route {
         sh.since = now;
     }
 
-    /// Jobs waiting, and whether anything (a worker or a parked connection) is still alive.
+    /// Nothing queued, nothing alive (a worker or a parked connection), and no pace or
+    /// shaping state that forgetting would undo: the route can be dropped.
     pub fn is_unused(&self) -> bool {
+        let now = tokio::time::Instant::now();
         let q = self.queue.lock().expect("route lock");
-        q.jobs.is_empty() && q.urgent.is_empty() && q.workers == 0 && q.idle.is_empty()
+        let at_rest = {
+            let sh = self.shaping.lock().expect("shaping lock");
+            sh.factor >= 1.0 && sh.suspended_until.is_none_or(|t| t <= now)
+        };
+        let paced = self
+            .next_send
+            .lock()
+            .expect("pace lock")
+            .is_some_and(|t| t > now);
+        q.jobs.is_empty()
+            && q.urgent.is_empty()
+            && q.workers == 0
+            && q.idle.is_empty()
+            && at_rest
+            && !paced
     }
 
     /// Removes and returns the jobs no worker has started (at shutdown).
@@ -410,7 +451,7 @@ async fn deliver(
             }
         }
         if conn.is_none() {
-            match connect(key, ctx, route.tls_required(ctx)).await {
+            match connect(key, ctx, route.tls_demand(ctx)).await {
                 Ok(c) => *conn = Some(c),
                 Err(attempt) => {
                     crate::metrics::delivery_attempt(false);
@@ -456,13 +497,17 @@ async fn deliver(
 }
 
 /// Resolves the route and opens a connection to the first server that greets us properly.
-async fn connect(key: &RouteKey, ctx: &Workers, tls_required: bool) -> Result<Connection, Attempt> {
-    if tls_required && ctx.tls.is_none() {
+async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Connection, Attempt> {
+    let tls_required = demand != TlsDemand::Opportunistic;
+    let connector = match demand {
+        TlsDemand::Verified => ctx.verified_tls.as_ref(),
+        _ => ctx.tls.as_ref(),
+    };
+    if tls_required && connector.is_none() {
         return Err(Attempt::NoAnswer {
             stage: Stage::StartTls,
-            error:
-                "the policy requires TLS for this destination but [delivery] starttls is disabled"
-                    .into(),
+            error: "TLS is required for this destination but [delivery] starttls is disabled"
+                .into(),
         });
     }
     let targets = ctx
@@ -491,20 +536,20 @@ async fn connect(key: &RouteKey, ctx: &Workers, tls_required: bool) -> Result<Co
                 continue;
             }
         };
-        match Connection::open(stream, target, helo, ctx.tls.as_ref(), timeouts).await {
+        match Connection::open(stream, target, helo, connector, timeouts).await {
             Ok(mut c) if tls_required && !c.tls => {
                 c.quit().await;
-                tracing::warn!(route = %key, host = %target.host, "TLS required by policy; the server offers no STARTTLS");
+                tracing::warn!(route = %key, host = %target.host, "TLS required; the server offers no STARTTLS");
                 last = Attempt::NoAnswer {
                     stage: Stage::StartTls,
-                    error: format!(
-                        "{}: TLS required by policy, no STARTTLS offered",
-                        target.host
-                    ),
+                    error: format!("{}: TLS required, no STARTTLS offered", target.host),
                 };
             }
             Ok(c) => return Ok(c),
-            Err(OpenError { attempt, .. }) if tls_required => last = attempt,
+            Err(OpenError { attempt, .. }) if tls_required => {
+                tracing::warn!(route = %key, host = %target.host, "TLS required and the handshake failed");
+                last = attempt;
+            }
             Err(OpenError {
                 attempt,
                 tls_failed: true,

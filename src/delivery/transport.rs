@@ -1,14 +1,24 @@
-//! How delivery reaches a next hop: resolve a route to targets, connect to one.
+//! How delivery reaches a next hop: find a domain's site, resolve a site to targets,
+//! connect to one.
+//!
+//! A *site* is a set of MX hosts (MX rollup): every domain whose MX records name the same
+//! hosts (all the domains Google hosts, say) shares one site, and with it one queue, one
+//! connection pool, one set of throttles and one adaptive-shaping state. How mail to the
+//! site must be protected (opportunistic STARTTLS, TLS required by the policy, or MTA-STS
+//! `enforce`) is part of the site, so a domain that demands more never shares a plain-text
+//! connection with one that does not.
 //!
 //! [`Transport`] is a trait so the delivery engine can be tested over in-memory streams with
 //! paused time; [`NetTransport`] is the real one — a smart host from the config, or MX
 //! lookup with hickory-resolver (preference order, equal preferences shuffled, the domain's
 //! own A/AAAA when it has no MX, RFC 7505 null MX and NXDOMAIN as permanent, anything else
-//! as temporary). The resolver caches answers for their TTL.
+//! as temporary) and MTA-STS ([`super::mta_sts`]). The resolver caches answers for their
+//! TTL; the scheduler keeps each domain's site for the MX records' TTL.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -18,6 +28,7 @@ use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::mta_sts::MtaSts;
 use super::outcome::ResolveFailure;
 use crate::config::{DeliveryConfig, HostPort};
 
@@ -26,22 +37,71 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 pub type BoxStream = Box<dyn Stream>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where a recipient's mail goes: every recipient shares the smart host, otherwise each
-/// recipient domain is its own route.
+/// Where a recipient's mail goes: every recipient shares the smart host, otherwise the
+/// site of the recipient's domain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RouteKey {
     Smarthost,
-    /// Lower-case A-label domain, or an address literal like `[192.0.2.1]`.
-    Domain(String),
+    Site(Arc<Site>),
+}
+
+/// The mail servers some domains share, and how mail to them must be protected.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Site {
+    /// (preference, host), lowest preference first; host names are lower case without the
+    /// trailing dot, and may be an IP address (for address literals like `[192.0.2.1]`).
+    pub mx: Vec<(u16, String)>,
+    pub tls: TlsDemand,
+}
+
+/// What TLS a site's mail needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsDemand {
+    /// STARTTLS when offered, any certificate; plain text otherwise.
+    Opportunistic,
+    /// STARTTLS or nothing (`[destinations.D] tls = "required"`); any certificate.
+    Required,
+    /// STARTTLS with a certificate valid for the MX host's name (MTA-STS `enforce`).
+    Verified,
+}
+
+impl Site {
+    /// A domain's site when it has MX hosts `mx` and needs `tls`.
+    pub fn new(mut mx: Vec<(u16, String)>, tls: TlsDemand) -> Site {
+        // Sorted by preference then name, so that equal sets make equal sites.
+        mx.sort();
+        mx.dedup();
+        Site { mx, tls }
+    }
 }
 
 impl std::fmt::Display for RouteKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RouteKey::Smarthost => f.write_str("smarthost"),
-            RouteKey::Domain(d) => f.write_str(d),
+            RouteKey::Site(site) => {
+                for (i, (_, host)) in site.mx.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(host)?;
+                }
+                match site.tls {
+                    TlsDemand::Opportunistic => Ok(()),
+                    TlsDemand::Required => f.write_str(" (tls required)"),
+                    TlsDemand::Verified => f.write_str(" (mta-sts)"),
+                }
+            }
         }
     }
+}
+
+/// A domain's MX hosts and how long the answer may be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHosts {
+    /// (preference, host) as in [`Site::mx`].
+    pub hosts: Vec<(u16, String)>,
+    pub ttl: Duration,
 }
 
 /// One server to try: its name (for TLS SNI and DSN `Remote-MTA`) and address.
@@ -52,6 +112,22 @@ pub struct Target {
 }
 
 pub trait Transport: Send + Sync + 'static {
+    /// A domain's MX hosts (its own name when it has no MX records). The default treats the
+    /// domain as its own, single mail server, kept for an hour (transports in tests).
+    fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<MxHosts, ResolveFailure>> {
+        Box::pin(async move {
+            Ok(MxHosts {
+                hosts: vec![(0, domain.to_string())],
+                ttl: Duration::from_secs(3600),
+            })
+        })
+    }
+
+    /// MTA-STS policy discovery; `None`: MTA-STS is not used.
+    fn mta_sts(&self) -> Option<&MtaSts> {
+        None
+    }
+
     /// The servers for a route, most preferred first.
     fn resolve<'a>(
         &'a self,
@@ -69,6 +145,7 @@ pub struct NetTransport {
     resolver: TokioResolver,
     mx_port: u16,
     connect_timeout: Duration,
+    mta_sts: Option<MtaSts>,
 }
 
 impl NetTransport {
@@ -95,8 +172,24 @@ impl NetTransport {
         let resolver = builder
             .build()
             .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        let mta_sts = if config.mta_sts
+            && config.smarthost.is_none()
+            && config.starttls == crate::config::StartTlsPolicy::Opportunistic
+        {
+            let tls = crate::tls::verifying_client_config(config.tls_roots.as_deref())
+                .map_err(|e| e.to_string())?;
+            Some(MtaSts::new(
+                resolver.clone(),
+                tls,
+                config.mta_sts_port,
+                Duration::from_secs(10),
+            ))
+        } else {
+            None
+        };
         Ok(NetTransport {
             smarthost: config.smarthost.clone(),
+            mta_sts,
             resolver,
             mx_port: config.mx_port,
             connect_timeout: config.connect_timeout,
@@ -115,51 +208,66 @@ impl NetTransport {
         }
     }
 
-    async fn resolve_domain(&self, domain: &str) -> Result<Vec<Target>, ResolveFailure> {
+    async fn mx_hosts(&self, domain: &str) -> Result<MxHosts, ResolveFailure> {
         if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
             let ip = literal.strip_prefix("IPv6:").unwrap_or(literal);
             let ip: IpAddr = ip.parse().map_err(|_| ResolveFailure::NoAddresses)?;
-            return Ok(vec![Target {
-                host: ip.to_string(),
-                addr: SocketAddr::new(ip, self.mx_port),
-            }]);
+            return Ok(MxHosts {
+                hosts: vec![(0, ip.to_string())],
+                ttl: Duration::from_secs(86400),
+            });
         }
-        let mut exchanges: Vec<(u16, String)> = match self.resolver.mx_lookup(fqdn(domain)).await {
-            Ok(lookup) => lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::MX(mx) => Some((mx.preference, mx.exchange.clone())),
-                    _ => None,
-                })
-                .map(|(pref, name)| {
-                    let host = if name.is_root() {
-                        String::new()
-                    } else {
-                        name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
-                    };
-                    (pref, host)
-                })
-                .collect(),
-            Err(e) if e.is_nx_domain() => return Err(ResolveFailure::NoSuchDomain),
-            Err(e) if e.is_no_records_found() => Vec::new(),
-            Err(e) => return Err(ResolveFailure::Temporary(e.to_string())),
-        };
-        if exchanges.len() == 1 && exchanges[0].1.is_empty() {
+        let (mut hosts, ttl): (Vec<(u16, String)>, Duration) =
+            match self.resolver.mx_lookup(fqdn(domain)).await {
+                Ok(lookup) => {
+                    let ttl = lookup
+                        .valid_until()
+                        .saturating_duration_since(std::time::Instant::now());
+                    let hosts = lookup
+                        .answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::MX(mx) => Some((mx.preference, mx.exchange.clone())),
+                            _ => None,
+                        })
+                        .map(|(pref, name)| {
+                            let host = if name.is_root() {
+                                String::new()
+                            } else {
+                                name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
+                            };
+                            (pref, host)
+                        })
+                        .collect();
+                    (hosts, ttl)
+                }
+                Err(e) if e.is_nx_domain() => return Err(ResolveFailure::NoSuchDomain),
+                Err(e) if e.is_no_records_found() => (Vec::new(), MIN_SITE_TTL),
+                Err(e) => return Err(ResolveFailure::Temporary(e.to_string())),
+            };
+        if hosts.len() == 1 && hosts[0].1.is_empty() {
             return Err(ResolveFailure::NullMx);
         }
-        exchanges.retain(|(_, host)| !host.is_empty());
-        if exchanges.is_empty() {
+        hosts.retain(|(_, host)| !host.is_empty());
+        if hosts.is_empty() {
             // RFC 5321 §5.1: no MX records, so the domain itself is the implicit MX.
-            exchanges.push((0, domain.to_string()));
+            hosts.push((0, domain.to_string()));
         }
+        Ok(MxHosts {
+            hosts,
+            ttl: ttl.clamp(MIN_SITE_TTL, MAX_SITE_TTL),
+        })
+    }
+
+    async fn resolve_site(&self, site: &Site) -> Result<Vec<Target>, ResolveFailure> {
         // Lowest preference first; equal preferences in random order to spread load.
-        exchanges.shuffle(&mut rand::rng());
-        exchanges.sort_by_key(|(pref, _)| *pref);
+        let mut hosts: Vec<&(u16, String)> = site.mx.iter().collect();
+        hosts.shuffle(&mut rand::rng());
+        hosts.sort_by_key(|(pref, _)| *pref);
         let mut targets = Vec::new();
         let mut last_error = ResolveFailure::NoAddresses;
-        for (_, host) in exchanges {
-            match self.addresses(&host).await {
+        for (_, host) in hosts {
+            match self.addresses(host).await {
                 Ok(ips) => targets.extend(ips.into_iter().map(|ip| Target {
                     host: host.clone(),
                     addr: SocketAddr::new(ip, self.mx_port),
@@ -171,8 +279,8 @@ impl NetTransport {
             }
         }
         if targets.is_empty() {
-            // A domain whose MX hosts all fail temporarily is retried; one whose MX hosts do
-            // not exist has no mail server.
+            // A site whose hosts all fail temporarily is retried; one whose hosts do not
+            // exist has no mail server.
             return Err(match last_error {
                 ResolveFailure::Temporary(e) => ResolveFailure::Temporary(e),
                 _ => ResolveFailure::NoAddresses,
@@ -181,6 +289,11 @@ impl NetTransport {
         Ok(targets)
     }
 }
+
+/// How long a domain's site is kept at least (very short TTLs would mean a lookup per
+/// message) and at most (so MX changes are seen within the hour).
+const MIN_SITE_TTL: Duration = Duration::from_secs(60);
+const MAX_SITE_TTL: Duration = Duration::from_secs(3600);
 
 /// A fully-qualified query name, so that resolv.conf search domains never apply.
 fn fqdn(name: &str) -> String {
@@ -192,6 +305,14 @@ fn fqdn(name: &str) -> String {
 }
 
 impl Transport for NetTransport {
+    fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<MxHosts, ResolveFailure>> {
+        Box::pin(self.mx_hosts(domain))
+    }
+
+    fn mta_sts(&self) -> Option<&MtaSts> {
+        self.mta_sts.as_ref()
+    }
+
     fn resolve<'a>(
         &'a self,
         route: &'a RouteKey,
@@ -218,7 +339,7 @@ impl Transport for NetTransport {
                 (RouteKey::Smarthost, None) => {
                     Err(ResolveFailure::Temporary("no smarthost configured".into()))
                 }
-                (RouteKey::Domain(d), _) => self.resolve_domain(d).await,
+                (RouteKey::Site(site), _) => self.resolve_site(site).await,
             }
         })
     }

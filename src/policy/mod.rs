@@ -15,7 +15,7 @@ pub mod streams;
 pub mod throttle;
 pub mod verdict;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -92,8 +92,8 @@ pub struct Policy {
     /// The relay operator's own contact addresses and domains (lower case), which customer
     /// messages may not contain.
     operator_contacts: Vec<String>,
-    /// Delivery throttles by destination domain (lower case) or `*`.
-    throttles: HashMap<String, throttle::Throttle>,
+    /// Delivery throttles by destination domain (lower case), `mx:` host suffix, or `*`.
+    throttles: BTreeMap<String, throttle::Throttle>,
     /// Adaptive shaping: replies that slow down or suspend a destination.
     shaping: Vec<throttle::ShapingRule>,
     recovery: throttle::Recovery,
@@ -143,11 +143,14 @@ impl Policy {
                     "entries must be addresses or domains (4 characters or more)",
                 );
             }
-            let throttles: HashMap<String, throttle::Throttle> = root
+            let throttles: BTreeMap<String, throttle::Throttle> = root
                 .named_sections("throttles")
                 .into_iter()
                 .map(|(name, mut section)| {
-                    let key = destination_key(&name, &section);
+                    let key = match name.strip_prefix("mx:") {
+                        Some(suffix) => format!("mx:{}", destination_key(suffix, &section)),
+                        None => destination_key(&name, &section),
+                    };
                     (key, throttle::read_throttle(&mut section))
                 })
                 .collect();
@@ -238,7 +241,7 @@ impl Policy {
             networks,
             users,
             operator_contacts: Vec::new(),
-            throttles: HashMap::new(),
+            throttles: BTreeMap::new(),
             shaping: Vec::new(),
             recovery: throttle::Recovery::default(),
             tls_required: HashMap::new(),
@@ -274,6 +277,36 @@ impl Policy {
         let all = self.throttles.get("*").copied().unwrap_or_default();
         match self.throttles.get(domain) {
             Some(t) => t.or(all),
+            None => all,
+        }
+    }
+
+    /// The throttle for a site (see [`crate::delivery::transport::Site`]) with MX hosts
+    /// `hosts`: the first `mx:SUFFIX` key naming one of the hosts (or a parent domain of
+    /// one), else the first (by name) key of a domain the site `carries`, with the rest
+    /// from `*`.
+    pub fn site_throttle<'a>(
+        &self,
+        hosts: impl Iterator<Item = &'a str> + Clone,
+        carries: impl Fn(&str) -> bool,
+    ) -> throttle::Throttle {
+        let all = self.throttles.get("*").copied().unwrap_or_default();
+        let by_mx = self.throttles.iter().find(|(key, _)| {
+            key.strip_prefix("mx:").is_some_and(|suffix| {
+                hosts.clone().any(|h| {
+                    h == suffix
+                        || h.strip_suffix(suffix)
+                            .is_some_and(|rest| rest.ends_with('.'))
+                })
+            })
+        });
+        let own = by_mx.or_else(|| {
+            self.throttles
+                .iter()
+                .find(|(key, _)| *key != "*" && !key.starts_with("mx:") && carries(key))
+        });
+        match own {
+            Some((_, t)) => t.or(all),
             None => all,
         }
     }

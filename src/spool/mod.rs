@@ -322,6 +322,16 @@ impl Spool {
     }
 }
 
+impl Spool {
+    /// Reads a message's envelope and content back, checking its checksums.
+    pub async fn read_message(&self, loc: Location) -> Result<(Envelope, Bytes), SpoolError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.read_message_blocking(loc))
+            .await
+            .map_err(|_| SpoolError::Closed)?
+    }
+}
+
 impl Inner {
     fn send(&self, cmd: writer::Cmd) -> Result<(), SpoolError> {
         self.tx.send(cmd).map_err(|_| SpoolError::Closed)?;
@@ -330,12 +340,22 @@ impl Inner {
     }
 
     fn read_blocking(&self, loc: Location) -> Result<Bytes, SpoolError> {
+        let record = self.read_record(loc)?;
+        let body = format::record_body(&record).map_err(|e| read_error(loc, e.to_string()))?;
+        Ok(Bytes::from(record).slice(body))
+    }
+
+    fn read_message_blocking(&self, loc: Location) -> Result<(Envelope, Bytes), SpoolError> {
+        let record = Bytes::from(self.read_record(loc)?);
+        let (envelope, body) =
+            format::decode_record(&record).map_err(|e| read_error(loc, e.to_string()))?;
+        let body = record.slice_ref(body);
+        Ok((envelope, body))
+    }
+
+    fn read_record(&self, loc: Location) -> Result<Vec<u8>, SpoolError> {
         use std::os::unix::fs::FileExt;
-        let err = |reason: String| SpoolError::Read {
-            id: format!("at offset {}", loc.offset),
-            segment: loc.segment,
-            reason,
-        };
+        let err = |reason: String| read_error(loc, reason);
         let file = {
             let mut readers = self.readers.lock().expect("reader cache lock");
             match readers.get(&loc.segment) {
@@ -355,8 +375,15 @@ impl Inner {
         let mut record = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut record, loc.offset)
             .map_err(|e| err(e.to_string()))?;
-        let body = format::record_body(&record).map_err(|e| err(e.to_string()))?;
-        Ok(Bytes::from(record).slice(body))
+        Ok(record)
+    }
+}
+
+fn read_error(loc: Location, reason: String) -> SpoolError {
+    SpoolError::Read {
+        id: format!("at offset {}", loc.offset),
+        segment: loc.segment,
+        reason,
     }
 }
 

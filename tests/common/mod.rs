@@ -38,8 +38,11 @@ impl Delivered {
 
 #[derive(Clone)]
 pub struct MxOptions {
-    /// Offer STARTTLS with a self-signed certificate.
+    /// Offer STARTTLS (with a self-signed certificate for "mx.test" unless `tls_config`).
     pub tls: bool,
+    /// With `tls`: the TLS configuration STARTTLS uses instead of the self-signed
+    /// certificate (e.g. one from [`TestCa::leaf`]).
+    pub tls_config: Option<Arc<rustls::ServerConfig>>,
     pub dsn: bool,
     pub smtputf8: bool,
     /// `flaky…@` recipients get 451 this many times before 250.
@@ -52,6 +55,7 @@ impl Default for MxOptions {
     fn default() -> Self {
         MxOptions {
             tls: false,
+            tls_config: None,
             dsn: true,
             smtputf8: true,
             flaky_failures: 2,
@@ -77,13 +81,17 @@ struct MxInner {
     tries: Mutex<HashMap<String, u32>>,
     connections: AtomicUsize,
     rcpt_attempts: AtomicUsize,
+    mail_attempts: AtomicUsize,
+    starttls_attempts: AtomicUsize,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl FakeMx {
     pub fn new(options: MxOptions) -> FakeMx {
         let tls = options.tls.then(|| {
-            let cfg = optin_relay::tls::server_config(&Default::default(), "mx.test").unwrap();
+            let cfg = options.tls_config.clone().unwrap_or_else(|| {
+                optin_relay::tls::server_config(&Default::default(), "mx.test").unwrap()
+            });
             tokio_rustls::TlsAcceptor::from(cfg)
         });
         FakeMx {
@@ -94,6 +102,8 @@ impl FakeMx {
                 tries: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
                 rcpt_attempts: AtomicUsize::new(0),
+                mail_attempts: AtomicUsize::new(0),
+                starttls_attempts: AtomicUsize::new(0),
                 tls,
             }),
         }
@@ -137,6 +147,16 @@ impl FakeMx {
 
     pub fn rcpt_attempts(&self) -> usize {
         self.inner.rcpt_attempts.load(Ordering::SeqCst)
+    }
+
+    /// MAIL FROM commands received (transactions begun, whether or not they completed).
+    pub fn mail_attempts(&self) -> usize {
+        self.inner.mail_attempts.load(Ordering::SeqCst)
+    }
+
+    /// STARTTLS commands received (whether or not the handshake then succeeded).
+    pub fn starttls_attempts(&self) -> usize {
+        self.inner.starttls_attempts.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `n` transactions arrived.
@@ -204,6 +224,7 @@ impl FakeMx {
             } else if upper.starts_with("HELO") {
                 "250 mx.test\r\n".into()
             } else if upper == "STARTTLS" {
+                self.inner.starttls_attempts.fetch_add(1, Ordering::SeqCst);
                 let Some(acceptor) = &self.inner.tls else {
                     io.get_mut().write_all(b"502 5.5.1 no TLS\r\n").await?;
                     continue;
@@ -217,6 +238,7 @@ impl FakeMx {
                 rcpts.clear();
                 continue;
             } else if let Some(rest) = upper.strip_prefix("MAIL FROM:") {
+                self.inner.mail_attempts.fetch_add(1, Ordering::SeqCst);
                 let rest = &text[text.len() - rest.len()..];
                 let (path, params) = split_path(rest);
                 from = Some((path, params));
@@ -339,8 +361,10 @@ async fn read_data(io: &mut BufReader<Box<dyn Stream>>) -> std::io::Result<Vec<u
 
 /// A UDP DNS server answering from zone text, one record per line:
 /// `example.net. MX 10 mx.example.net.`, `mx.example.net. A 127.0.0.1`,
-/// `null.example. MX 0 .`, `broken.example. SERVFAIL`. Names with no records are
-/// NXDOMAIN; a known name without the asked type is NOERROR with no answers.
+/// `null.example. MX 0 .`, `broken.example. SERVFAIL`,
+/// `_mta-sts.sts.test. TXT v=STSv1; id=1` (the rest of the line after `TXT` is the text).
+/// Names with no records are NXDOMAIN; a known name without the asked type is NOERROR with
+/// no answers.
 pub struct FakeDns {
     pub addr: SocketAddr,
     pub queries: Arc<AtomicUsize>,
@@ -349,7 +373,7 @@ pub struct FakeDns {
 impl FakeDns {
     pub async fn start(zone: &str) -> FakeDns {
         use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-        use hickory_proto::rr::rdata::{A, AAAA, MX};
+        use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
         use hickory_proto::rr::{Name, RData, Record, RecordType};
 
         let mut records: HashMap<(String, RecordType), Vec<RData>> = HashMap::new();
@@ -381,6 +405,20 @@ impl FakeDns {
                     .entry((name.clone(), RecordType::AAAA))
                     .or_default()
                     .push(RData::AAAA(AAAA(f[2].parse().unwrap()))),
+                "TXT" => {
+                    // Everything after the type, split into character-strings of at most
+                    // 255 octets (RFC 1035 §3.3.14); readers concatenate them.
+                    let text = line[f[0].len()..].trim_start()["TXT".len()..].trim_start();
+                    let strings = text
+                        .as_bytes()
+                        .chunks(255)
+                        .map(|c| String::from_utf8(c.to_vec()).expect("ASCII TXT text"))
+                        .collect();
+                    records
+                        .entry((name.clone(), RecordType::TXT))
+                        .or_default()
+                        .push(RData::TXT(TXT::new(strings)))
+                }
                 other => panic!("fake DNS: unknown record type {other}"),
             }
             names.entry(name).or_insert(false);
@@ -547,4 +585,142 @@ pub fn record(
             time_ms: 0,
         }])
         .unwrap();
+}
+
+// ---- TLS with a private CA, and an HTTPS server for MTA-STS policies ---------------------
+
+/// A private certificate authority: server certificates it signs verify against its
+/// certificate, which [`TestCa::write_pem`] writes for the relay's `[delivery] tls_roots`.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "optin-relay test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes the CA certificate (PEM) to `path`.
+    pub fn write_pem(&self, path: &std::path::Path) {
+        std::fs::write(path, &self.pem).unwrap();
+    }
+
+    /// A server configuration whose certificate, signed by this CA, is valid for `name`.
+    pub fn leaf(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::PrivateKeyDer;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(optin_relay::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        Arc::new(config)
+    }
+}
+
+/// An HTTPS server for MTA-STS policy files (see [`serve_policy`]).
+pub struct PolicyServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl PolicyServer {
+    /// Requests received (after a completed TLS handshake).
+    pub fn requests(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// The `Host` header of each request, in order.
+    pub fn hosts(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Serves HTTPS on `addr` with `config`: `GET /.well-known/mta-sts.txt` is answered
+/// `200 OK`, `text/plain`, with `body`; anything else `404`. One request per connection.
+pub async fn serve_policy(
+    addr: &str,
+    config: Arc<rustls::ServerConfig>,
+    body: String,
+) -> PolicyServer {
+    use tokio::io::AsyncReadExt;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let log = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body, log) = (acceptor.clone(), body.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    if head.len() > 16384 {
+                        return;
+                    }
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let host = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("host")
+                            .then(|| value.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                log.lock().unwrap().push(host);
+                let (status, text) =
+                    if head.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n") {
+                        ("200 OK", body.as_str())
+                    } else {
+                        ("404 Not Found", "not here\n")
+                    };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    PolicyServer { addr, requests }
 }

@@ -1,0 +1,242 @@
+//! What the scheduler keeps in memory per queued message, kept small: a large deferred
+//! queue (a million messages waiting for their retry) must fit in little RAM.
+//!
+//! A message is *hot* while any of its recipients is due or in flight: its envelope (and,
+//! on the first attempt, its content) is in memory, with the DSN lines collected for it. It
+//! turns *cold* when every open recipient waits for a later retry: then only the spool
+//! location and the recipients' retry state stay — under 200 bytes for a one-recipient
+//! message, counting the map and the timer — and the envelope is read back from the spool when the next recipient is due.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::smtp::reply::Status;
+use crate::spool::{self, Envelope, Location};
+
+/// Unix milliseconds that advance with tokio's clock (see the module doc of
+/// [`super`]).
+pub(super) struct Clock {
+    wall: u64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            wall: spool::now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.wall + self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn instant_at(&self, ms: u64) -> tokio::time::Instant {
+        self.start + Duration::from_millis(ms.saturating_sub(self.wall))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Progress {
+    Waiting { due: u64 },
+    InFlight,
+    Done,
+}
+
+/// One recipient's delivery state, in 16 bytes.
+pub(super) struct Rcpt {
+    /// When `state` is waiting: unix milliseconds when it is due.
+    due: u64,
+    pub attempts: u16,
+    pub delay_notified: bool,
+    state: u8,
+}
+
+const WAITING: u8 = 0;
+const IN_FLIGHT: u8 = 1;
+const DONE: u8 = 2;
+
+impl Rcpt {
+    pub fn new(status: Progress, attempts: u16, delay_notified: bool) -> Rcpt {
+        let mut r = Rcpt {
+            due: 0,
+            attempts,
+            delay_notified,
+            state: DONE,
+        };
+        r.set(status);
+        r
+    }
+
+    pub fn status(&self) -> Progress {
+        match self.state {
+            WAITING => Progress::Waiting { due: self.due },
+            IN_FLIGHT => Progress::InFlight,
+            _ => Progress::Done,
+        }
+    }
+
+    pub fn set(&mut self, status: Progress) {
+        match status {
+            Progress::Waiting { due } => {
+                self.state = WAITING;
+                self.due = due;
+            }
+            Progress::InFlight => self.state = IN_FLIGHT,
+            Progress::Done => self.state = DONE,
+        }
+    }
+}
+
+/// The envelope and what goes with it while a message is being worked on.
+pub(super) struct Hot {
+    pub env: Arc<Envelope>,
+    /// The content when still in memory (first attempt, or just read back).
+    pub body: Option<Bytes>,
+    /// DSN lines collected until no recipient is in flight, so that a message whose
+    /// recipients fail on several routes produces one DSN, not one per route.
+    pub notices: Notices,
+}
+
+pub(super) enum Residence {
+    /// Only the state below is in memory.
+    Cold,
+    /// The envelope is being read back from the spool.
+    Loading,
+    Hot(Box<Hot>),
+}
+
+impl Residence {
+    /// The DSN lines of a message being worked on (which is always hot).
+    pub fn notices(&mut self) -> &mut Notices {
+        match self {
+            Residence::Hot(h) => &mut h.notices,
+            _ => unreachable!("a message being worked on is in memory"),
+        }
+    }
+}
+
+/// A message's recipients: the common single recipient inline, so that a queued
+/// one-recipient message makes no allocation of its own (a million small allocations would
+/// also scatter over the heap and keep it from shrinking).
+pub(super) enum Rcpts {
+    One(Rcpt),
+    Many(Box<[Rcpt]>),
+}
+
+impl FromIterator<Rcpt> for Rcpts {
+    fn from_iter<I: IntoIterator<Item = Rcpt>>(iter: I) -> Rcpts {
+        let mut all: Vec<Rcpt> = iter.into_iter().collect();
+        if all.len() == 1 {
+            Rcpts::One(all.pop().expect("one"))
+        } else {
+            Rcpts::Many(all.into_boxed_slice())
+        }
+    }
+}
+
+impl std::ops::Deref for Rcpts {
+    type Target = [Rcpt];
+    fn deref(&self) -> &[Rcpt] {
+        match self {
+            Rcpts::One(r) => std::slice::from_ref(r),
+            Rcpts::Many(all) => all,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Rcpts {
+    fn deref_mut(&mut self) -> &mut [Rcpt] {
+        match self {
+            Rcpts::One(r) => std::slice::from_mut(r),
+            Rcpts::Many(all) => all,
+        }
+    }
+}
+
+pub(super) struct Entry {
+    pub loc: Location,
+    pub rcpts: Rcpts,
+    pub residence: Residence,
+}
+
+impl Entry {
+    pub fn hot(&mut self) -> Option<&mut Hot> {
+        match &mut self.residence {
+            Residence::Hot(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub fn env(&self) -> Option<&Arc<Envelope>> {
+        match &self.residence {
+            Residence::Hot(h) => Some(&h.env),
+            _ => None,
+        }
+    }
+
+    /// The earliest time a waiting recipient is due.
+    pub fn next_due(&self) -> Option<u64> {
+        self.rcpts
+            .iter()
+            .filter_map(|r| match r.status() {
+                Progress::Waiting { due } => Some(due),
+                _ => None,
+            })
+            .min()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.rcpts.iter().any(|r| r.status() == Progress::InFlight)
+    }
+}
+
+/// One recipient's line in a DSN still to be sent.
+pub(super) struct Notice {
+    pub rcpt: usize,
+    pub status: Status,
+    pub diagnostic: Option<String>,
+    pub remote: Option<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Notices {
+    pub failed: Vec<Notice>,
+    pub delayed: Vec<Notice>,
+    pub relayed: Vec<Notice>,
+}
+
+impl Notices {
+    pub fn is_empty(&self) -> bool {
+        self.failed.is_empty() && self.delayed.is_empty() && self.relayed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_stay_small() {
+        assert_eq!(std::mem::size_of::<Rcpt>(), 16);
+        assert!(
+            std::mem::size_of::<Entry>() <= 64,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
+    #[test]
+    fn recipient_states_round_trip() {
+        for p in [
+            Progress::Waiting { due: 42 },
+            Progress::InFlight,
+            Progress::Done,
+        ] {
+            assert_eq!(Rcpt::new(p, 3, true).status(), p);
+        }
+    }
+}
