@@ -449,18 +449,19 @@ async fn a_rate_limit_reply_suspends_the_destination() {
     assert!(Instant::now() - start >= Duration::from_secs(600));
 }
 
-/// A "slow down" reply halves the destination's rate; it climbs back step by step.
+/// A "slow down" reply (Gmail's 421 4.7.28, the connection closed) halves the
+/// destination's rate; it climbs back step by step.
 #[tokio::test(start_paused = true)]
 async fn a_slow_down_reply_cuts_the_rate_and_it_recovers() {
     let settings = shaped(
         "[throttles.\"*\"]\nmessage_rate = \"60/min\"\n\
-         [[shaping]]\ncode = 451\ntext = \"rate limited\"\naction = \"slow\"\nfactor = 0.5\n\
+         [[shaping]]\ncode = 421\ntext = \"4.7.28\"\naction = \"slow\"\nfactor = 0.5\n\
          [shaping_recovery]\nstep = 0.5\nevery = \"2m\"\n",
     );
     let s = setup_with(tempfile::tempdir().unwrap(), settings, MxOptions::default()).await;
     s.submit(
         Some("s@shop.example"),
-        &[("ratelimited-1@example.net", None)],
+        &[("throttled-1@example.net", None)],
         None,
     )
     .await;

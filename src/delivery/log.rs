@@ -1,6 +1,6 @@
 //! The delivery log: one JSON object per line for every recipient event — `accepted`,
 //! `suppressed` (withheld by the consent and suppression policy), `delivered`, `deferred`,
-//! `bounced`, `expired` — with the queue id, account, route, reply, attempts and time
+//! `bounced`, `expired` — with the queue id, account, site, route, reply, attempts and time
 //! since acceptance. The recipient appears only as its keyed tag (`h:<hash>@domain`, see
 //! [`crate::privacy`]): the log holds no plain address.
 //!
@@ -45,8 +45,10 @@ impl Kind {
 pub struct Details<'a> {
     pub id: Option<u64>,
     pub account: &'a str,
-    /// The route (smart host or domain) or, for refusals, `-`.
+    /// The server that answered (or `-`).
     pub route: Option<&'a str>,
+    /// The site (its MX hosts) or `smarthost`.
+    pub site: Option<&'a str>,
     /// The server's reply or the reason.
     pub reply: Option<&'a str>,
     pub attempts: Option<u16>,
@@ -101,6 +103,9 @@ impl DeliveryLog {
         let obj = line.as_object_mut().expect("an object");
         if let Some(id) = d.id {
             obj.insert("id".into(), crate::spool::format_id(id).into());
+        }
+        if let Some(site) = d.site {
+            obj.insert("site".into(), site.into());
         }
         if let Some(r) = d.route {
             obj.insert("route".into(), r.into());
@@ -160,7 +165,8 @@ mod tests {
             &Details {
                 id: Some(0xabc),
                 account: "shop",
-                route: Some("example.com"),
+                route: Some("mx.example.com"),
+                site: Some("mx.example.com,mx2.example.com"),
                 reply: Some("250 2.0.0 ok"),
                 attempts: Some(1),
                 delay_ms: Some(12),
@@ -178,6 +184,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["event"], "delivered");
         assert_eq!(v["id"], "0000000000000ABC");
+        assert_eq!(v["site"], "mx.example.com,mx2.example.com");
+        assert_eq!(v["delay_ms"], 12);
         assert!(v["rcpt"].as_str().unwrap().ends_with("@example.com"));
         assert!(!text.to_lowercase().contains("jane"));
         #[cfg(unix)]

@@ -269,6 +269,7 @@ impl Scheduler {
                         results,
                         remote: None,
                         next_hop_dsn: false,
+                        site: format!("{domain} (no site)"),
                     });
                 }
             }
@@ -604,6 +605,7 @@ impl Scheduler {
                         id: Some(report.id),
                         account: &env.account,
                         route: Some(remote),
+                        site: Some(&report.site),
                         reply: Some(&reply),
                         attempts: Some(r.attempts),
                         delay_ms: Some(age.as_millis() as u64),

@@ -42,6 +42,8 @@ pub(super) struct JobReport {
     pub remote: Option<String>,
     /// The next hop took the DSN parameters (so it, not we, reports success).
     pub next_hop_dsn: bool,
+    /// The route's name (the site's MX hosts, or `smarthost`), for the delivery log.
+    pub site: String,
 }
 
 pub(super) struct Workers {
@@ -390,6 +392,7 @@ async fn deliver(
                     results: everyone(Attempt::Refused(LocalRefusal::DamagedInSpool), &job.rcpts),
                     remote: None,
                     next_hop_dsn: false,
+                    site: route.key.to_string(),
                 };
             }
         },
@@ -493,6 +496,7 @@ async fn deliver(
         results,
         remote,
         next_hop_dsn,
+        site: key.to_string(),
     }
 }
 

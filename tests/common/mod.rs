@@ -65,7 +65,7 @@ impl Default for MxOptions {
 }
 
 /// Scripted by the recipient's local part:
-/// `tempfail…` → 451 at RCPT, `ratelimited…` → 451 4.7.0 [TSS04] at RCPT, `permfail…` → 550 5.1.1 at RCPT, `flaky…` → 451 for the
+/// `tempfail…` → 451 at RCPT, `ratelimited…` → 451 4.7.0 [TSS04] at RCPT, `throttled…` → 421 4.7.28 at RCPT and the connection closed, `permfail…` → 550 5.1.1 at RCPT, `flaky…` → 451 for the
 /// first `flaky_failures` tries of that address, `datafail…` → 554 after DATA, `slow…` →
 /// accepted 400 ms after the data, anything
 /// else accepted.
@@ -253,6 +253,12 @@ impl FakeMx {
                     "503 5.5.1 need MAIL\r\n".into()
                 } else if local.starts_with("ratelimited") {
                     "451 4.7.0 Rate limited [TSS04], try again later\r\n".into()
+                } else if local.starts_with("throttled") {
+                    // Gmail's way: 421 and the connection closed.
+                    io.get_mut()
+                        .write_all(b"421 4.7.28 Unusual rate of mail from your IP address, rate limited; try again later\r\n")
+                        .await?;
+                    return Ok(());
                 } else if local.starts_with("tempfail") {
                     "451 4.2.1 mailbox busy, try later\r\n".into()
                 } else if local.starts_with("permfail") {
