@@ -1,4 +1,4 @@
-//! Sites (MX rollup) and connection throttles with paused time: the delivery engine runs
+//! Sites (MX rollup) and connection throttles (count and rate) with paused time: the delivery engine runs
 //! over in-memory streams into one fake MX, behind a transport whose MX table the test
 //! writes, which counts lookups and the connections open at once per site.
 
@@ -388,5 +388,33 @@ async fn null_mx_and_unknown_domains_bounce() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(s.zone.lookups("null.example"), 2);
     assert_eq!(s.zone.mx.delivered().len(), 1);
+    s.stop().await;
+}
+
+/// `connection_rate` spaces new connections evenly: with one message per connection, a
+/// minute at "12/min" opens about 12 connections (and so delivers about 12 messages),
+/// and the rest follows at the same pace.
+#[tokio::test(start_paused = true)]
+async fn the_connection_rate_spaces_new_connections() {
+    let s = setup(
+        "[throttles.\"*\"]\nconnection_rate = \"12/min\"\nmessages_per_connection = 1\n",
+        &[("f.example", hosts(&[(10, "mx.f.test")]))],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    for i in 0..20 {
+        s.submit(&[&format!("r{i}@f.example")]).await;
+    }
+    tokio::time::sleep_until(start + Duration::from_secs(60)).await;
+    let opened = s.zone.gauge("mx.f.test").opened.load(Ordering::SeqCst);
+    assert!(
+        (12..=13).contains(&opened),
+        "{opened} connections in a minute at 12/min"
+    );
+    assert_eq!(s.zone.mx.delivered().len(), opened);
+    let all = s.zone.mx.wait_for(20, Duration::from_secs(120)).await;
+    assert_eq!(all.len(), 20);
+    assert!(tokio::time::Instant::now() - start >= Duration::from_secs(95));
     s.stop().await;
 }

@@ -113,6 +113,8 @@ pub(super) struct Route {
     queue: Mutex<Queue>,
     /// GCRA: the earliest time the next message may start (the theoretical arrival time).
     next_send: Mutex<Option<tokio::time::Instant>>,
+    /// The same for opening the next connection.
+    next_connect: Mutex<Option<tokio::time::Instant>>,
     /// Adaptive shaping: what the destination's replies did to its pace.
     shaping: Mutex<Shaping>,
     /// The recipient domains sent to this route (for the policy's per-domain throttles).
@@ -135,6 +137,7 @@ impl Route {
             key,
             domains: Mutex::default(),
             next_send: Mutex::new(None),
+            next_connect: Mutex::new(None),
             shaping: Mutex::new(Shaping {
                 factor: 1.0,
                 suspended_until: None,
@@ -226,19 +229,15 @@ impl Route {
         let Some(rate) = rate else {
             return suspended.is_some();
         };
-        let now = tokio::time::Instant::now();
-        let interval = rate.interval().div_f64(factor.max(0.01));
-        let start = {
-            let mut next = self.next_send.lock().expect("pace lock");
-            let start = next.map_or(now, |t| t.max(now));
-            *next = Some(start + interval);
-            start
-        };
-        if start > now {
-            crate::metrics::throttle_wait(start - now);
-            tokio::time::sleep_until(start).await;
-        }
+        wait_for_slot(&self.next_send, rate.interval().div_f64(factor.max(0.01))).await;
         suspended.is_some()
+    }
+
+    /// Waits until the connection rate allows opening another connection.
+    async fn pace_connections(&self, rate: Option<crate::policy::throttle::Rate>) {
+        if let Some(rate) = rate {
+            wait_for_slot(&self.next_connect, rate.interval()).await;
+        }
     }
 
     /// Applies the policy's shaping rule matched by a server's reply, if any.
@@ -279,11 +278,9 @@ impl Route {
             let sh = self.shaping.lock().expect("shaping lock");
             sh.factor >= 1.0 && sh.suspended_until.is_none_or(|t| t <= now)
         };
-        let paced = self
-            .next_send
-            .lock()
-            .expect("pace lock")
-            .is_some_and(|t| t > now);
+        let paced = [&self.next_send, &self.next_connect]
+            .iter()
+            .any(|slot| slot.lock().expect("pace lock").is_some_and(|t| t > now));
         q.jobs.is_empty()
             && q.urgent.is_empty()
             && q.workers == 0
@@ -359,6 +356,22 @@ impl Route {
             });
         }
         None
+    }
+}
+
+/// GCRA without burst: books the next slot `interval` after the last one (or now) and
+/// waits for it, so a minute at "600/min" carries 600 of them.
+async fn wait_for_slot(slot: &Mutex<Option<tokio::time::Instant>>, interval: std::time::Duration) {
+    let now = tokio::time::Instant::now();
+    let start = {
+        let mut next = slot.lock().expect("pace lock");
+        let start = next.map_or(now, |t| t.max(now));
+        *next = Some(start + interval);
+        start
+    };
+    if start > now {
+        crate::metrics::throttle_wait(start - now);
+        tokio::time::sleep_until(start).await;
     }
 }
 
@@ -454,6 +467,7 @@ async fn deliver(
             }
         }
         if conn.is_none() {
+            route.pace_connections(throttle.connection_rate).await;
             match connect(key, ctx, route.tls_demand(ctx)).await {
                 Ok(c) => *conn = Some(c),
                 Err(attempt) => {

@@ -3,6 +3,7 @@
 //!
 //! - `message_rate = "600/min"`: messages (SMTP transactions) per second, minute or hour,
 //!   spaced evenly (GCRA without burst): over-limit mail waits, it is never refused.
+//! - `connection_rate = "10/min"`: new connections opened, spaced evenly the same way.
 //! - `connections = 5`: concurrent connections (at most `[delivery]
 //!   max_connections_per_destination`).
 //! - `messages_per_connection = 100`: transactions before a connection is closed.
@@ -47,6 +48,7 @@ impl Rate {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Throttle {
     pub message_rate: Option<Rate>,
+    pub connection_rate: Option<Rate>,
     pub connections: Option<usize>,
     pub messages_per_connection: Option<usize>,
 }
@@ -56,6 +58,7 @@ impl Throttle {
     pub fn or(self, fallback: Throttle) -> Throttle {
         Throttle {
             message_rate: self.message_rate.or(fallback.message_rate),
+            connection_rate: self.connection_rate.or(fallback.connection_rate),
             connections: self.connections.or(fallback.connections),
             messages_per_connection: self
                 .messages_per_connection
@@ -65,15 +68,17 @@ impl Throttle {
 }
 
 pub fn read_throttle(s: &mut Section<'_>) -> Throttle {
-    let message_rate = s
-        .get::<String>("message_rate")
-        .and_then(|r| match Rate::parse(&r) {
+    let rate = |s: &mut Section<'_>, key: &str| {
+        s.get::<String>(key).and_then(|r| match Rate::parse(&r) {
             Ok(rate) => Some(rate),
             Err(e) => {
-                s.problem("message_rate", e);
+                s.problem(key, e);
                 None
             }
-        });
+        })
+    };
+    let message_rate = rate(s, "message_rate");
+    let connection_rate = rate(s, "connection_rate");
     let positive = |s: &mut Section<'_>, key: &str| {
         let v = s.get::<i64>(key)?;
         if v <= 0 {
@@ -84,6 +89,7 @@ pub fn read_throttle(s: &mut Section<'_>) -> Throttle {
     };
     Throttle {
         message_rate,
+        connection_rate,
         connections: positive(s, "connections"),
         messages_per_connection: positive(s, "messages_per_connection"),
     }
