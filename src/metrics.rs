@@ -35,6 +35,11 @@ pub const BOUNCE_SUPPRESSIONS: &str = "optin_bounce_suppressions_total";
 pub const ACCOUNT_RECIPIENTS: &str = "optin_account_recipients_total";
 pub const THROTTLE_WAIT: &str = "optin_throttle_wait_seconds";
 pub const SHAPING_ACTIONS: &str = "optin_shaping_actions_total";
+pub const POLICY_RELOADS: &str = "optin_policy_reloads_total";
+pub const POLICY_GENERATION: &str = "optin_policy_generation";
+pub const QUEUE_SITE_RECIPIENTS: &str = "optin_queue_site_recipients";
+pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
+pub const DELIVERY_SITE_RECIPIENTS: &str = "optin_delivery_site_recipients_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -117,6 +122,28 @@ fn describe() {
     describe_counter!(
         DELIVERY_RECIPIENTS,
         "Recipient outcomes, by result (delivered, deferred, bounced, expired)."
+    );
+    describe_counter!(
+        POLICY_RELOADS,
+        "Policy reloads (file change, SIGHUP or admin API), by result (ok, refused)."
+    );
+    describe_gauge!(
+        POLICY_GENERATION,
+        "How many policies have been in force since start (1: the one loaded at start)."
+    );
+    describe_gauge!(
+        QUEUE_SITE_RECIPIENTS,
+        "Recipients queued, by site (the busiest sites by name, the rest as other, \
+         unresolved for domains not yet looked up)."
+    );
+    describe_gauge!(
+        QUEUE_SITE_OLDEST,
+        "Age of the oldest queued message, by site (as optin_queue_site_recipients)."
+    );
+    describe_counter!(
+        DELIVERY_SITE_RECIPIENTS,
+        "Recipient outcomes, by site (as optin_queue_site_recipients) and result \
+         (delivered, deferred, bounced, expired)."
     );
     describe_counter!(
         DSN_GENERATED,
@@ -210,4 +237,21 @@ pub fn throttle_wait(wait: Duration) {
 
 pub fn shaping_action(action: &'static str) {
     counter!(SHAPING_ACTIONS, "action" => action).increment(1);
+}
+
+/// A policy reload ended; `generation` counts the policies in force since start.
+pub fn policy_reload(ok: bool, generation: u64) {
+    counter!(POLICY_RELOADS, "result" => if ok { "ok" } else { "refused" }).increment(1);
+    gauge!(POLICY_GENERATION).set(generation as f64);
+}
+
+/// The queue by site; `site` is a bounded label (see [`crate::delivery`]).
+pub fn queue_site(site: &str, recipients: usize, oldest: Duration) {
+    gauge!(QUEUE_SITE_RECIPIENTS, "site" => site.to_string()).set(recipients as f64);
+    gauge!(QUEUE_SITE_OLDEST, "site" => site.to_string()).set(oldest.as_secs_f64());
+}
+
+pub fn site_outcome(site: &str, result: &'static str) {
+    counter!(DELIVERY_SITE_RECIPIENTS, "site" => site.to_string(), "result" => result)
+        .increment(1);
 }
