@@ -1,22 +1,29 @@
-//! The `optin-relay` command line: `serve`, `config check`, `queue list|show`,
-//! `lists import|compile|check|grant|revoke|status`, `suppress add|remove`, `hash-password`.
+//! The `optin-relay` command line: `serve`, `config check`, `queue
+//! summary|list|show|retry|bounce|delete`, `account list|show|freeze|unfreeze`, `lists
+//! import|compile|check|grant|revoke|status`, `suppress add|remove|check`, `erase`, `policy
+//! status|reload`, `hash-password`.
 //!
 //! Each subcommand loads the config it needs (the embedded default when no `--config` is
 //! given), prints what an operator needs, and exits non-zero with a clear message when
-//! something is wrong. `serve` runs until SIGTERM or SIGINT, then drains; SIGHUP reloads the
-//! policy file (a bad file is refused with every problem logged, and the running policy
-//! stays).
+//! something is wrong. Some work on files and need no running relay (`queue list|show`
+//! read the spool, `lists` and `suppress add|remove` the lists); the others ask the running
+//! relay the config names through its admin API (see [`admin`]: exit 1 when the API says
+//! no, 2 when the relay cannot be reached). `serve` runs until SIGTERM or SIGINT, then
+//! drains; SIGHUP reloads the policy file, as an edit to it does (see [`crate::reload`]: a
+//! bad file is refused with every problem logged, and the running policy stays).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+mod admin;
 mod lists;
 
 use crate::config::{Config, LogFormat};
 use crate::policy::Policy;
+use crate::reload::{PolicyReloader, Trigger};
 use crate::server::Relay;
 use crate::spool::{self, RecoveredMessage, Spool};
 
@@ -45,23 +52,56 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Look into the queue (reads the spool; safe beside a running relay).
+    /// The queue: list and show read the spool (or ask the running relay with --live);
+    /// summary, retry, bounce and delete ask the running relay.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// Accounts of the running relay: status, freeze, unfreeze.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
     },
     /// Consent and suppression lists: import, compile, check, grant, revoke.
     Lists {
         #[command(subcommand)]
         command: lists::ListsCommand,
     },
-    /// Add or lift suppressions (in force at once, also in a running relay).
+    /// Add or lift suppressions (written to the lists journal, no relay needed; a running
+    /// relay follows it and has them in force within `[lists] refresh_interval`, 250 ms),
+    /// or check an address with the running relay.
     Suppress {
         #[command(subcommand)]
-        command: lists::SuppressCommand,
+        command: SuppressCommand,
+    },
+    /// Erase an address in the running relay: the mail queued to it is dropped and a
+    /// global erasure suppression is recorded, so nothing more goes to it.
+    Erase {
+        /// The address (normalised as the relay does: trimmed, lower case, IDNA domain).
+        address: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The running relay's policy: status, reload.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Hash a password for a policy user (reads the password from standard input).
     HashPassword,
+}
+
+/// How to reach the running relay, and how to print its answer (every admin API command).
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Print the admin API's JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The relay's HTTP listener, e.g. http://127.0.0.1:8025 (default: `[http] listen` of
+    /// the config). The token still comes from the config.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,16 +112,139 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// One line per queued message.
+    /// Totals, then the queue by site and by account (asks the running relay).
+    Summary {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One line per queued message (reads the spool; --live asks the running relay).
     List {
-        /// Print JSON lines instead of a table.
+        /// Print JSON instead of a table (JSON lines from the spool; the API's JSON with
+        /// --live).
         #[arg(long)]
         json: bool,
+        /// Only this account's messages.
+        #[arg(long)]
+        account: Option<String>,
+        /// At most this many messages, the oldest (with --live: default 100, at most
+        /// 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Ask the running relay (admin API): its view, with held and in-flight states.
+        #[arg(long)]
+        live: bool,
+        /// With --live: the relay's HTTP listener (default: `[http] listen` of the config).
+        #[arg(long, value_name = "URL", requires = "live")]
+        url: Option<String>,
     },
-    /// Envelope and recipient states of one message.
+    /// Envelope and recipient states of one message (reads the spool; --live asks the
+    /// running relay).
     Show {
         /// Queue id (16 hex digits, as in `queue list` and `250 … queued as`).
         id: String,
+        /// Ask the running relay (admin API) instead of reading the spool.
+        #[arg(long)]
+        live: bool,
+        /// With --live: print the API's JSON.
+        #[arg(long, requires = "live")]
+        json: bool,
+        /// With --live: the relay's HTTP listener (default: `[http] listen` of the config).
+        #[arg(long, value_name = "URL", requires = "live")]
+        url: Option<String>,
+    },
+    /// Try every waiting recipient of a message now (asks the running relay).
+    Retry {
+        /// Queue id (16 hex digits).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Return a message: every waiting recipient fails, with a DSN to the sender (asks the
+    /// running relay).
+    Bounce {
+        /// Queue id (16 hex digits).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Drop a message's waiting recipients, without a DSN (asks the running relay).
+    Delete {
+        /// Queue id (16 hex digits).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Every account of the policy: queued mail, delivery results, frozen or not.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One account's status.
+    Show {
+        /// The account (as named in the policy).
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Freeze an account: its submissions are refused (554 5.7.1 account frozen: REASON)
+    /// and its queued marketing mail is held, until unfrozen (also across restarts).
+    Freeze {
+        /// The account (as named in the policy).
+        name: String,
+        /// Why (shown to its clients in the 554 reply, and in `account show`).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Unfreeze an account: it may submit again and its held mail is released.
+    Unfreeze {
+        /// The account (as named in the policy).
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuppressCommand {
+    #[command(flatten)]
+    Journal(lists::SuppressCommand),
+    /// Ask the running relay what its lists say about an address: suppressions (global
+    /// only without --account), and with --account the consent and the verdict.
+    Check {
+        /// The address (normalised as the relay does: trimmed, lower case, IDNA domain).
+        address: String,
+        /// The sending account.
+        #[arg(long)]
+        account: Option<String>,
+        /// The list (default: the account's default list).
+        #[arg(long, requires = "account")]
+        list: Option<String>,
+        /// The stream (default: the account's default stream).
+        #[arg(long, value_enum, requires = "account")]
+        stream: Option<crate::policy::Stream>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The policy in force: its file, generation, when it was loaded, the last reload.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Reload the policy file now; a bad file is refused with every problem (exit 1) and
+    /// the running policy stays.
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -116,24 +279,47 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Config {
             command: ConfigCommand::Check,
         } => config_check(cli.config.as_deref()),
-        Command::Queue { command } => {
-            let config = load_config(cli.config.as_deref())?;
-            let messages = Spool::inspect(&config.spool.path).map_err(|e| e.to_string())?;
-            match command {
-                QueueCommand::List { json } => queue_list(&messages, json),
-                QueueCommand::Show { id } => queue_show(&messages, &id),
-            }
-        }
+        Command::Queue { command } => queue(cli.config.as_deref(), command),
+        Command::Account { command } => Ok(account(cli.config.as_deref(), command)),
         Command::Lists { command } => {
             let config = load_config(cli.config.as_deref())?;
             let policy = load_policy(&config)?;
             lists::lists(&config, &policy, command)
         }
-        Command::Suppress { command } => {
+        Command::Suppress {
+            command: SuppressCommand::Journal(command),
+        } => {
             let config = load_config(cli.config.as_deref())?;
             let policy = load_policy(&config)?;
             lists::suppress(&config, &policy, command)
         }
+        Command::Suppress {
+            command:
+                SuppressCommand::Check {
+                    address,
+                    account,
+                    list,
+                    stream,
+                    api,
+                },
+        } => Ok(admin::call(
+            cli.config.as_deref(),
+            &api,
+            admin::suppression_check(&address, account.as_deref(), list.as_deref(), stream),
+        )),
+        Command::Erase { address, api } => Ok(admin::call(
+            cli.config.as_deref(),
+            &api,
+            admin::erase(&address),
+        )),
+        Command::Policy { command } => Ok(match command {
+            PolicyCommand::Status { api } => {
+                admin::call(cli.config.as_deref(), &api, admin::policy_status())
+            }
+            PolicyCommand::Reload { api } => {
+                admin::call(cli.config.as_deref(), &api, admin::policy_reload())
+            }
+        }),
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin()
@@ -147,6 +333,65 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `queue …`: `list` and `show` read the spool unless `--live`; the rest ask the relay.
+fn queue(path: Option<&Path>, command: QueueCommand) -> Result<ExitCode, String> {
+    let (api, call) = match command {
+        QueueCommand::List {
+            json,
+            account,
+            limit,
+            live: false,
+            ..
+        } => {
+            let messages = spool_messages(path)?;
+            return queue_list(&messages, account.as_deref(), limit, json);
+        }
+        QueueCommand::Show {
+            id, live: false, ..
+        } => return queue_show(&spool_messages(path)?, &id),
+        QueueCommand::List {
+            json,
+            account,
+            limit,
+            url,
+            ..
+        } => (
+            ApiArgs { json, url },
+            admin::queue_list(
+                account.as_deref(),
+                limit.unwrap_or(admin::DEFAULT_LIST_LIMIT),
+            ),
+        ),
+        QueueCommand::Show { id, json, url, .. } => (ApiArgs { json, url }, admin::queue_show(&id)),
+        QueueCommand::Summary { api } => (api, admin::queue_summary()),
+        QueueCommand::Retry { id, api } => (api, admin::queue_retry(&id)),
+        QueueCommand::Bounce { id, api } => (api, admin::queue_bounce(&id)),
+        QueueCommand::Delete { id, api } => (api, admin::queue_delete(&id)),
+    };
+    Ok(admin::call(path, &api, call))
+}
+
+/// `account …`: every verb asks the running relay.
+fn account(path: Option<&Path>, command: AccountCommand) -> ExitCode {
+    let (api, call) = match command {
+        AccountCommand::List { api } => (api, admin::account_list()),
+        AccountCommand::Show { name, api } => (api, admin::account_show(&name)),
+        AccountCommand::Freeze { name, reason, api } => {
+            (api, admin::account_freeze(&name, &reason))
+        }
+        AccountCommand::Unfreeze { name, api } => (api, admin::account_unfreeze(&name)),
+    };
+    admin::call(path, &api, call)
+}
+
+/// The messages in the spool of the config, oldest first.
+fn spool_messages(path: Option<&Path>) -> Result<Vec<RecoveredMessage>, String> {
+    let config = load_config(path)?;
+    let mut messages = Spool::inspect(&config.spool.path).map_err(|e| e.to_string())?;
+    messages.sort_by_key(|m| m.envelope.id); // ids grow with time
+    Ok(messages)
 }
 
 fn config_check(path: Option<&Path>) -> Result<ExitCode, String> {
@@ -210,20 +455,17 @@ fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let policy_path = config.policy.path.clone();
         let relay = Relay::start(config, policy)
             .await
             .map_err(|e| e.to_string())?;
-        wait_for_signals(&relay.policy, policy_path.as_deref()).await?;
+        wait_for_signals(&relay.reloader).await?;
         relay.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn wait_for_signals(
-    policy: &Arc<arc_swap::ArcSwap<Policy>>,
-    policy_path: Option<&Path>,
-) -> Result<(), String> {
+/// Returns on SIGTERM or SIGINT; reloads the policy on SIGHUP.
+async fn wait_for_signals(reloader: &Arc<PolicyReloader>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -232,18 +474,12 @@ async fn wait_for_signals(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match policy_path {
-                None => tracing::info!("SIGHUP: the embedded policy has nothing to reload"),
-                Some(p) => match Policy::load(p) {
-                    Ok(new) => {
-                        policy.store(Arc::new(new));
-                        tracing::info!(path = %p.display(), "policy reloaded");
-                    }
-                    Err(problems) => tracing::error!(
-                        "policy reload refused; the running policy stays. {problems}"
-                    ),
-                },
-            },
+            _ = hup.recv() => {
+                // Loading reads files and checks DKIM keys: off the async threads. The
+                // outcome is logged and recorded by the reloader.
+                let reloader = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+            }
         }
     }
 }
@@ -253,14 +489,25 @@ fn age(received_at: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
-fn queue_list(messages: &[RecoveredMessage], json: bool) -> Result<ExitCode, String> {
+/// One line per message from the spool (of `account`, at most `limit`).
+fn queue_list(
+    messages: &[RecoveredMessage],
+    account: Option<&str>,
+    limit: Option<usize>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let messages: Vec<&RecoveredMessage> = messages
+        .iter()
+        .filter(|m| account.is_none_or(|a| m.envelope.account == a))
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
     if !json {
         println!(
             "{:<16}  {:>10}  {:>8}  {:<12}  {:>7}  {:<30}  DOMAINS",
             "ID", "AGE", "SIZE", "ACCOUNT", "PENDING", "SENDER"
         );
     }
-    for m in messages {
+    for m in &messages {
         let pending: Vec<usize> = m.pending().collect();
         let mut domains: Vec<&str> = pending
             .iter()

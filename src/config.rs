@@ -49,6 +49,8 @@ pub const DEFAULT_RETRY_INITIAL: HumanDuration = HumanDuration::secs(300);
 pub const DEFAULT_RETRY_MAX: HumanDuration = HumanDuration::secs(3600);
 pub const DEFAULT_MAX_AGE: HumanDuration = HumanDuration::secs(5 * 86400);
 pub const DEFAULT_DELAY_WARNING: HumanDuration = HumanDuration::secs(4 * 3600);
+/// How often the policy file is checked for changes (see `crate::reload`).
+pub const DEFAULT_POLICY_WATCH_INTERVAL: HumanDuration = HumanDuration::secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,10 +59,19 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub delivery: DeliveryConfig,
     pub http: HttpConfig,
+    pub admin: AdminConfig,
     pub policy: PolicyConfig,
     pub lists: ListsConfig,
     pub unsubscribe: UnsubscribeConfig,
     pub log: LogConfig,
+}
+
+/// The admin API's bearer token: given here, or kept in a file (created with a random
+/// token on first start, mode 0600) that the CLI on the same machine reads.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub token: Option<String>,
+    pub token_file: PathBuf,
 }
 
 /// Where recipients unsubscribe, and the keys of the tokens in the links.
@@ -223,6 +234,9 @@ pub struct HttpConfig {
 pub struct PolicyConfig {
     /// `None`: the embedded default policy (loopback clients are the account `local`).
     pub path: Option<PathBuf>,
+    /// How often the running relay looks for a changed policy file; zero: never (SIGHUP
+    /// still reloads it).
+    pub watch_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -287,9 +301,8 @@ impl Config {
             let delivery =
                 read_delivery(&mut root.section("delivery"), &smtp.hostname, &spool.path);
             let http = read_http(&mut root.section("http"));
-            let policy = PolicyConfig {
-                path: root.section("policy").get::<PathBuf>("path"),
-            };
+            let admin = read_admin(&mut root.section("admin"), &spool.path);
+            let policy = read_policy(&mut root.section("policy"));
             let lists = read_lists(&mut root.section("lists"), &spool.path);
             let unsubscribe = read_unsubscribe(
                 &mut root.section("unsubscribe"),
@@ -304,6 +317,7 @@ impl Config {
                 spool,
                 delivery,
                 http,
+                admin,
                 policy,
                 lists,
                 unsubscribe,
@@ -542,6 +556,36 @@ fn read_http(s: &mut Section<'_>) -> HttpConfig {
         },
     };
     HttpConfig { listen }
+}
+
+fn read_admin(s: &mut Section<'_>, spool: &Path) -> AdminConfig {
+    let token = match s.get::<String>("token") {
+        Some(t) if t.is_empty() => None,
+        Some(t) if t.len() < 16 => {
+            s.problem(
+                "token",
+                "must be at least 16 characters (or empty: use token_file)",
+            );
+            None
+        }
+        Some(t) => Some(t),
+        None => None,
+    };
+    AdminConfig {
+        token,
+        token_file: s
+            .get::<PathBuf>("token_file")
+            .unwrap_or_else(|| spool.join("admin.token")),
+    }
+}
+
+fn read_policy(s: &mut Section<'_>) -> PolicyConfig {
+    PolicyConfig {
+        path: s.get::<PathBuf>("path"),
+        watch_interval: s
+            .get_or("watch_interval", DEFAULT_POLICY_WATCH_INTERVAL)
+            .get(),
+    }
 }
 
 fn read_unsubscribe(

@@ -5,6 +5,10 @@
 //! Prometheus one ([`install`]) and the HTTP listener renders it at `GET /metrics`. Without
 //! a recorder (unit tests) recording is a no-op. Label values are drawn from small fixed
 //! sets — reply classes, results, reasons — never from addresses or other personal data.
+//! The fixed sets are listed here ([`COMMAND_VERBS`], [`VERDICT_REASONS`], …) and every
+//! combination is registered at zero by [`install`], so dashboards and `promtool` see each
+//! series before the first event. The only open-ended labels are `site` (bounded by
+//! [`crate::delivery`]) and `account` (the policy's account names).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -12,10 +16,17 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::smtp::refusal::Withheld;
+
 pub const SMTP_CONNECTIONS: &str = "optin_smtp_connections_total";
 pub const SMTP_CONNECTIONS_REFUSED: &str = "optin_smtp_connections_refused_total";
 pub const SMTP_SESSIONS_ACTIVE: &str = "optin_smtp_sessions_active";
 pub const SMTP_REPLIES: &str = "optin_smtp_replies_total";
+pub const SMTP_COMMANDS: &str = "optin_smtp_commands_total";
+pub const POLICY_VERDICTS: &str = "optin_policy_verdicts_total";
+pub const SPOOL_BYTES: &str = "optin_spool_bytes";
+pub const SPOOL_SEGMENTS: &str = "optin_spool_segments";
+pub const LISTS_SNAPSHOT_BYTES: &str = "optin_lists_snapshot_bytes";
 pub const MESSAGES_ACCEPTED: &str = "optin_messages_accepted_total";
 pub const MESSAGES_REFUSED: &str = "optin_messages_refused_total";
 pub const SPOOL_COMMIT_SECONDS: &str = "optin_spool_commit_seconds";
@@ -41,6 +52,106 @@ pub const QUEUE_SITE_RECIPIENTS: &str = "optin_queue_site_recipients";
 pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
 pub const DELIVERY_SITE_RECIPIENTS: &str = "optin_delivery_site_recipients_total";
 
+/// `verb` of [`SMTP_COMMANDS`]: the commands the server knows, and `unknown` for the rest.
+pub const COMMAND_VERBS: [&str; 15] = [
+    "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP",
+    "STARTTLS", "AUTH", "unknown",
+];
+/// `reason` of [`POLICY_VERDICTS`]: `allowed`, or why a recipient was refused.
+pub const VERDICT_REASONS: [&str; 8] = [
+    "allowed",
+    "consent_missing",
+    "unsubscribed",
+    "bounced",
+    "complaint",
+    "blocked",
+    "frozen",
+    "content",
+];
+/// `reason` of [`MESSAGES_REFUSED`].
+pub const MESSAGE_REFUSAL_REASONS: [&str; 12] = [
+    "account_frozen",
+    "too_big",
+    "bare_line_ending",
+    "line_too_long",
+    "mail_loop",
+    "spool_error",
+    "optin_header",
+    "withheld",
+    "account_gone",
+    "sender_identity",
+    "operator_contact",
+    "footer_impossible",
+];
+/// `reason` of [`RECIPIENTS_WITHHELD`] (the labels of [`Withheld`]).
+pub const WITHHELD_REASONS: [&str; 6] = [
+    "consent_missing",
+    "unsubscribed_list",
+    "unsubscribed_all",
+    "bounced",
+    "complaint",
+    "blocked",
+];
+/// `result` of [`DELIVERY_RECIPIENTS`] and [`DELIVERY_SITE_RECIPIENTS`].
+pub const RECIPIENT_RESULTS: [&str; 4] = ["delivered", "deferred", "bounced", "expired"];
+
+/// One series' labels, as `(name, value)` pairs.
+type Labels = &'static [(&'static str, &'static str)];
+
+/// Every counter with fixed labels and each of its label sets, registered at zero.
+const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
+    (
+        SMTP_CONNECTIONS,
+        &[&[("kind", "plain")], &[("kind", "tls")]],
+    ),
+    (
+        SMTP_CONNECTIONS_REFUSED,
+        &[&[("reason", "total")], &[("reason", "per_ip")]],
+    ),
+    (
+        SMTP_REPLIES,
+        &[
+            &[("class", "2xx")],
+            &[("class", "3xx")],
+            &[("class", "4xx")],
+            &[("class", "5xx")],
+        ],
+    ),
+    (MESSAGES_ACCEPTED, &[&[]]),
+    (
+        DELIVERY_ATTEMPTS,
+        &[&[("result", "ok")], &[("result", "failed")]],
+    ),
+    (
+        DSN_GENERATED,
+        &[
+            &[("action", "failed")],
+            &[("action", "delayed")],
+            &[("action", "relayed")],
+        ],
+    ),
+    (LISTS_ERRORS, &[&[]]),
+    (LISTS_COMPACTIONS, &[&[]]),
+    (
+        UNSUBSCRIBES,
+        &[
+            &[("scope", "list"), ("via", "mail")],
+            &[("scope", "list"), ("via", "http")],
+            &[("scope", "account"), ("via", "mail")],
+            &[("scope", "account"), ("via", "http")],
+        ],
+    ),
+    (BOUNCE_SUPPRESSIONS, &[&[]]),
+    (
+        SHAPING_ACTIONS,
+        &[&[("action", "slow")], &[("action", "suspend")]],
+    ),
+    (
+        POLICY_RELOADS,
+        &[&[("result", "ok")], &[("result", "refused")]],
+    ),
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder once per process and returns its handle. Later calls
@@ -56,12 +167,20 @@ pub fn install() -> PrometheusHandle {
                     ],
                 )
                 .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(THROTTLE_WAIT.into()),
+                    &[
+                        0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                    ],
+                )
+                .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (a test harness); ours then only
             // renders what it sees, which is nothing, and that is acceptable there.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            register_at_zero();
             handle
         })
         .clone()
@@ -81,7 +200,18 @@ fn describe() {
         SMTP_REPLIES,
         "SMTP replies sent, by class (2xx, 3xx, 4xx, 5xx)."
     );
+    describe_counter!(
+        SMTP_COMMANDS,
+        "SMTP command lines received (complete lines within the length limit), by verb \
+         (EHLO, HELO, MAIL, RCPT, DATA, BDAT, RSET, NOOP, QUIT, VRFY, EXPN, HELP, STARTTLS, \
+         AUTH; unknown for anything else)."
+    );
     describe_counter!(MESSAGES_ACCEPTED, "Messages accepted into the spool.");
+    describe_counter!(
+        POLICY_VERDICTS,
+        "Consent and suppression verdicts, one per recipient decided, by reason (allowed, \
+         consent_missing, unsubscribed, bounced, complaint, blocked, frozen, content)."
+    );
     describe_counter!(
         RECIPIENTS_WITHHELD,
         "Recipients refused by the consent and suppression policy, by reason \
@@ -96,7 +226,14 @@ fn describe() {
         LISTS_DELTA,
         "Addresses changed by the journal since the snapshot (folded by compaction)."
     );
-    describe_gauge!(LISTS_SNAPSHOT_AGE, "Age of the snapshot in service.");
+    describe_gauge!(
+        LISTS_SNAPSHOT_AGE,
+        "Age of the snapshot in service, in seconds."
+    );
+    describe_gauge!(
+        LISTS_SNAPSHOT_BYTES,
+        "Size of the snapshot file in service, in bytes."
+    );
     describe_counter!(
         LISTS_ERRORS,
         "Failures to follow the lists directory (a refused snapshot, an unreadable journal)."
@@ -107,11 +244,21 @@ fn describe() {
     );
     describe_counter!(
         MESSAGES_REFUSED,
-        "Messages refused at the end of DATA/BDAT, by reason."
+        "Messages refused, by reason: account_frozen at MAIL; too_big, bare_line_ending, \
+         line_too_long, mail_loop, spool_error, optin_header, withheld, account_gone, \
+         sender_identity, operator_contact, footer_impossible at the end of DATA/BDAT."
     );
     describe_histogram!(
         SPOOL_COMMIT_SECONDS,
-        "Time of one spool group commit (write + fdatasync)."
+        "Time of one spool group commit (write + fdatasync), in seconds."
+    );
+    describe_gauge!(
+        SPOOL_BYTES,
+        "Bytes of the spool's queue files (message segments and recipient journals)."
+    );
+    describe_gauge!(
+        SPOOL_SEGMENTS,
+        "Spool segments on disk (each deleted once its last message is done)."
     );
     describe_gauge!(QUEUE_MESSAGES, "Messages in the delivery queue.");
     describe_gauge!(QUEUE_RECIPIENTS, "Recipients not yet delivered or bounced.");
@@ -149,12 +296,77 @@ fn describe() {
         DSN_GENERATED,
         "Delivery status notifications generated, by action (failed, delayed, relayed)."
     );
+    describe_counter!(
+        UNSUBSCRIBES,
+        "Unsubscribes recorded through the relay's links, by scope (list, account) and \
+         via (mail, http)."
+    );
+    describe_counter!(
+        BOUNCE_SUPPRESSIONS,
+        "Hard bounces recorded as suppressions."
+    );
+    describe_counter!(
+        ACCOUNT_RECIPIENTS,
+        "Recipient outcomes, by account (from the policy) and result (delivered, deferred, \
+         hard_bounced, soft_bounced)."
+    );
+    describe_histogram!(
+        THROTTLE_WAIT,
+        "How long a message waited for its destination's rate limits, in seconds."
+    );
+    describe_counter!(
+        SHAPING_ACTIONS,
+        "Adaptive shaping on a destination's replies, by action (slow, suspend)."
+    );
 }
 
+/// Registers every series with fixed labels at zero (without changing one that already
+/// has a value), so it is exposed before the first event.
+fn register_at_zero() {
+    for (name, label_sets) in FIXED_COUNTERS {
+        for labels in *label_sets {
+            counter!(*name, *labels).increment(0);
+        }
+    }
+    for verb in COMMAND_VERBS {
+        counter!(SMTP_COMMANDS, "verb" => verb).increment(0);
+    }
+    for reason in VERDICT_REASONS {
+        counter!(POLICY_VERDICTS, "reason" => reason).increment(0);
+    }
+    for reason in MESSAGE_REFUSAL_REASONS {
+        counter!(MESSAGES_REFUSED, "reason" => reason).increment(0);
+    }
+    for reason in WITHHELD_REASONS {
+        for stage in ["rcpt", "data"] {
+            counter!(RECIPIENTS_WITHHELD, "reason" => reason, "stage" => stage).increment(0);
+        }
+    }
+    for result in RECIPIENT_RESULTS {
+        counter!(DELIVERY_RECIPIENTS, "result" => result).increment(0);
+    }
+    for name in [
+        SMTP_SESSIONS_ACTIVE,
+        QUEUE_MESSAGES,
+        QUEUE_RECIPIENTS,
+        SPOOL_BYTES,
+        SPOOL_SEGMENTS,
+        LISTS_ENTRIES,
+        LISTS_DELTA,
+        LISTS_SNAPSHOT_BYTES,
+    ] {
+        gauge!(name).increment(0.0);
+    }
+    let _ = histogram!(SPOOL_COMMIT_SECONDS);
+    let _ = histogram!(THROTTLE_WAIT);
+}
+
+/// One spool group commit (write + fdatasync) took `took`.
 pub fn spool_commit(took: Duration) {
     histogram!(SPOOL_COMMIT_SECONDS).record(took.as_secs_f64());
 }
 
+/// The session sent a reply with `code`.
 pub fn reply_sent(code: u16) {
     let class = match code / 100 {
         2 => "2xx",
@@ -165,49 +377,63 @@ pub fn reply_sent(code: u16) {
     counter!(SMTP_REPLIES, "class" => class).increment(1);
 }
 
+/// An SMTP connection was accepted on a `plain` or `tls` listener.
 pub fn connection(kind: &'static str) {
     counter!(SMTP_CONNECTIONS, "kind" => kind).increment(1);
 }
 
+/// An SMTP connection was refused at once (`total` or `per_ip` limit).
 pub fn connection_refused(reason: &'static str) {
     counter!(SMTP_CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
+/// A session opened (`1.0`) or closed (`-1.0`).
 pub fn sessions_active(delta: f64) {
     gauge!(SMTP_SESSIONS_ACTIVE).increment(delta);
 }
 
+/// A message is safely in the spool and answered 250.
 pub fn message_accepted() {
     counter!(MESSAGES_ACCEPTED).increment(1);
 }
 
+/// A message was refused (at MAIL or at the end of DATA/BDAT); `reason` is one of
+/// [`MESSAGE_REFUSAL_REASONS`].
 pub fn message_refused(reason: &'static str) {
     counter!(MESSAGES_REFUSED, "reason" => reason).increment(1);
 }
 
+/// The delivery queue now holds `messages` with `recipients` still to do.
 pub fn queue_size(messages: usize, recipients: usize) {
     gauge!(QUEUE_MESSAGES).set(messages as f64);
     gauge!(QUEUE_RECIPIENTS).set(recipients as f64);
 }
 
+/// One delivery transaction ended, successfully or not.
 pub fn delivery_attempt(ok: bool) {
     counter!(DELIVERY_ATTEMPTS, "result" => if ok { "ok" } else { "failed" }).increment(1);
 }
 
+/// What happened to one recipient; `result` is one of [`RECIPIENT_RESULTS`].
 pub fn recipient_outcome(result: &'static str) {
     counter!(DELIVERY_RECIPIENTS, "result" => result).increment(1);
 }
 
+/// A DSN was queued for the sender.
 pub fn dsn_generated(action: &'static str) {
     counter!(DSN_GENERATED, "action" => action).increment(1);
 }
 
+/// The policy refused a recipient; `reason` is a [`Withheld`] label, `stage` `rcpt` or
+/// `data`.
 pub fn recipient_withheld(reason: &'static str, stage: &'static str) {
     counter!(RECIPIENTS_WITHHELD, "reason" => reason, "stage" => stage).increment(1);
 }
 
+/// The lists in service now (after start, a refresh or a compaction).
 pub fn lists_state(stats: &crate::consent::ListsStats) {
     gauge!(LISTS_ENTRIES).set(stats.snapshot_entries as f64);
+    gauge!(LISTS_SNAPSHOT_BYTES).set(stats.snapshot_bytes as f64);
     gauge!(LISTS_DELTA).set(stats.delta_entries as f64);
     if let Some(created) = stats.snapshot_created_ms {
         let age = crate::spool::now_ms().saturating_sub(created) as f64 / 1000.0;
@@ -215,28 +441,88 @@ pub fn lists_state(stats: &crate::consent::ListsStats) {
     }
 }
 
+/// Following or compacting the lists failed.
 pub fn lists_error() {
     counter!(LISTS_ERRORS).increment(1);
 }
 
+/// The journal was folded into a new snapshot.
 pub fn lists_compacted() {
     counter!(LISTS_COMPACTIONS).increment(1);
 }
 
-pub fn unsubscribe_received(scope: &'static str) {
-    counter!(UNSUBSCRIBES, "scope" => scope).increment(1);
+/// An unsubscribe was recorded: `scope` `list` or `account`, `via` `mail` or `http`.
+pub fn unsubscribe_received(scope: &'static str, via: &'static str) {
+    counter!(UNSUBSCRIBES, "scope" => scope, "via" => via).increment(1);
 }
 
+/// A hard bounce was recorded as a suppression.
 pub fn bounce_suppressed() {
     counter!(BOUNCE_SUPPRESSIONS).increment(1);
 }
 
+/// A command line was received; counted by its verb (see [`COMMAND_VERBS`]), never by
+/// its arguments.
+pub fn smtp_command(line: &[u8]) {
+    counter!(SMTP_COMMANDS, "verb" => command_verb(line)).increment(1);
+}
+
+/// The [`COMMAND_VERBS`] entry for a command line: its first word, case-insensitively.
+pub fn command_verb(line: &[u8]) -> &'static str {
+    let word = line.split(|&b| b == b' ').next().unwrap_or_default();
+    COMMAND_VERBS
+        .iter()
+        .find(|v| v.as_bytes().eq_ignore_ascii_case(word))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// The consent and suppression verdict for one recipient (`None`: allowed).
+pub fn policy_verdict(why: Option<Withheld>) {
+    policy_verdict_reason(verdict_reason(why));
+}
+
+/// A verdict by its [`VERDICT_REASONS`] label, for refusals that are not a [`Withheld`]
+/// (`frozen`, `content`).
+pub fn policy_verdict_reason(reason: &'static str) {
+    debug_assert!(
+        VERDICT_REASONS.contains(&reason),
+        "unknown verdict {reason}"
+    );
+    counter!(POLICY_VERDICTS, "reason" => reason).increment(1);
+}
+
+/// The [`VERDICT_REASONS`] label of a verdict: both kinds of unsubscribe are one.
+pub fn verdict_reason(why: Option<Withheld>) -> &'static str {
+    match why {
+        None => "allowed",
+        Some(Withheld::NoConsent) => "consent_missing",
+        Some(Withheld::UnsubscribedList | Withheld::UnsubscribedAll) => "unsubscribed",
+        Some(Withheld::Bounced) => "bounced",
+        Some(Withheld::Complained) => "complaint",
+        Some(Withheld::Blocked) => "blocked",
+    }
+}
+
+/// The spool's queue files now take `bytes` in `segments` segments.
+pub fn spool_size(bytes: u64, segments: u64) {
+    gauge!(SPOOL_BYTES).set(bytes as f64);
+    gauge!(SPOOL_SEGMENTS).set(segments as f64);
+}
+
+/// A message waited `wait` for its destination's rate limits.
 pub fn throttle_wait(wait: Duration) {
     histogram!(THROTTLE_WAIT).record(wait.as_secs_f64());
 }
 
+/// Adaptive shaping acted on a destination (`slow`, `suspend`).
 pub fn shaping_action(action: &'static str) {
     counter!(SHAPING_ACTIONS, "action" => action).increment(1);
+}
+
+/// The policy loaded at start is in force (generation 1).
+pub fn policy_started() {
+    gauge!(POLICY_GENERATION).set(1.0);
 }
 
 /// A policy reload ended; `generation` counts the policies in force since start.
@@ -251,7 +537,74 @@ pub fn queue_site(site: &str, recipients: usize, oldest: Duration) {
     gauge!(QUEUE_SITE_OLDEST, "site" => site.to_string()).set(oldest.as_secs_f64());
 }
 
+/// What happened to one recipient at `site` (as [`queue_site`]).
 pub fn site_outcome(site: &str, result: &'static str) {
-    counter!(DELIVERY_SITE_RECIPIENTS, "site" => site.to_string(), "result" => result)
-        .increment(1);
+    counter!(DELIVERY_SITE_RECIPIENTS, "site" => site.to_string(), "result" => result).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_come_from_the_fixed_set() {
+        assert_eq!(command_verb(b"ehlo client.test"), "EHLO");
+        assert_eq!(command_verb(b"MAIL FROM:<a@b.example>"), "MAIL");
+        assert_eq!(command_verb(b"StartTLS"), "STARTTLS");
+        assert_eq!(command_verb(b"XCLIENT ADDR=1.2.3.4"), "unknown");
+        assert_eq!(command_verb(b"a@b.example"), "unknown");
+        assert_eq!(command_verb(b""), "unknown");
+        assert_eq!(command_verb(b"MAILFROM:<x>"), "unknown");
+    }
+
+    #[test]
+    fn verdicts_map_onto_the_fixed_set() {
+        use Withheld::*;
+        for why in [
+            None,
+            Some(UnsubscribedList),
+            Some(UnsubscribedAll),
+            Some(Bounced),
+            Some(Complained),
+            Some(Blocked),
+            Some(NoConsent),
+        ] {
+            assert!(VERDICT_REASONS.contains(&verdict_reason(why)), "{why:?}");
+        }
+        assert_eq!(verdict_reason(Some(UnsubscribedAll)), "unsubscribed");
+        for w in [
+            UnsubscribedList,
+            UnsubscribedAll,
+            Bounced,
+            Complained,
+            Blocked,
+            NoConsent,
+        ] {
+            assert!(WITHHELD_REASONS.contains(&w.label()), "{w:?}");
+        }
+    }
+
+    /// Every series registered at start has a HELP line, and the counters are at zero.
+    #[test]
+    fn registered_series_are_described_and_zero() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            register_at_zero();
+        });
+        let text = handle.render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        }
+        for name in [SMTP_COMMANDS, POLICY_VERDICTS, SPOOL_BYTES, UNSUBSCRIBES] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
+        }
+        assert!(text.contains("optin_smtp_commands_total{verb=\"unknown\"} 0"));
+        assert!(text.contains("optin_policy_verdicts_total{reason=\"frozen\"} 0"));
+    }
 }

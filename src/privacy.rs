@@ -70,6 +70,13 @@ impl AddressTagger {
     }
 
     /// `h:<hash>@domain` for logs.
+    /// 32 bits of the address's keyed hash (case-blind), for finding an address in memory
+    /// without keeping it there.
+    pub fn short(&self, address: &str) -> u32 {
+        let hash = blake3::keyed_hash(&self.key, address.to_lowercase().as_bytes());
+        u32::from_le_bytes(hash.as_bytes()[..4].try_into().expect("4 bytes"))
+    }
+
     pub fn tag(&self, address: &str) -> String {
         let normalised = address.to_lowercase();
         let hash = blake3::keyed_hash(&self.key, normalised.as_bytes());

@@ -28,6 +28,7 @@ use crate::delivery::{self, Delivery};
 use crate::policy::Policy;
 use crate::policy::password::PasswordCache;
 use crate::privacy::AddressTagger;
+use crate::reload::PolicyReloader;
 use crate::session::{self, End, Peer, SessionContext};
 use crate::smtp::Refusal;
 use crate::spool::Spool;
@@ -47,6 +48,9 @@ pub enum StartError {
     Delivery(String),
     #[error("unsubscribe keys: {0}")]
     Keys(String),
+    /// The relay's own state files (frozen accounts, admin token).
+    #[error("{0}")]
+    State(String),
     #[error("lists: {0}")]
     Lists(#[from] crate::consent::ListsError),
     #[error("{path}: {source}")]
@@ -64,15 +68,22 @@ pub struct Relay {
     pub smtp_tls_addrs: Vec<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
     pub policy: Arc<ArcSwap<Policy>>,
+    /// Reloads `policy` from its file: SIGHUP, the admin API, and the file watcher.
+    pub reloader: Arc<PolicyReloader>,
     pub spool: Spool,
     pub delivery: Delivery,
     pub lists: Arc<Lists>,
+    /// Frozen accounts.
+    pub freezes: Arc<crate::governance::freeze::Freezes>,
     /// Delivery results per account since start (for governance).
     pub account_counts: Arc<crate::delivery::counts::AccountCounts>,
     stop_accepting: CancellationToken,
     sessions: TaskTracker,
     stop_delivery: CancellationToken,
     scheduler: tokio::task::JoinHandle<()>,
+    /// The policy file watcher (none without a file or with `watch_interval = "0s"`).
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    stop_watching: CancellationToken,
     grace: std::time::Duration,
 }
 
@@ -90,6 +101,14 @@ impl Relay {
         transport: Arc<dyn Transport>,
     ) -> Result<Relay, StartError> {
         let metrics = crate::metrics::install();
+        crate::metrics::policy_started();
+        // First, so the reloader notes the file's content before a slow spool recovery and
+        // an edit made meanwhile is picked up.
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let reloader = Arc::new(PolicyReloader::new(
+            config.policy.path.clone(),
+            policy.clone(),
+        ));
         let (spool, report) = Spool::open(&config.spool)?;
         tracing::info!(
             path = %config.spool.path.display(),
@@ -118,11 +137,14 @@ impl Relay {
             "lists opened"
         );
         crate::metrics::lists_state(&stats);
+        let freezes = Arc::new(
+            crate::governance::freeze::Freezes::open(&config.spool.path)
+                .map_err(|e| StartError::State(e.to_string()))?,
+        );
         let token_keys = Arc::new(
             crate::rewrite::token::TokenKeys::load_or_create(&config.unsubscribe.keys)
                 .map_err(|e| StartError::Keys(e.to_string()))?,
         );
-        let policy = Arc::new(ArcSwap::from_pointee(policy));
         let mut settings = delivery::Settings::new(&config.delivery, &config.smtp.hostname);
         settings.lists = Some(lists.clone());
         let delivery_log = match &config.delivery.log {
@@ -139,6 +161,7 @@ impl Relay {
         settings.log = delivery_log.clone();
         let account_counts = settings.counts.clone();
         settings.policy = Some(policy.clone());
+        settings.freezes = Some(freezes.clone());
         settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
             policy.clone(),
             token_keys.clone(),
@@ -173,6 +196,7 @@ impl Relay {
             own_domain: config.unsubscribe.mail_domain.clone(),
             unsubscribes: Some(unsubscribes.clone()),
             log: delivery_log,
+            freezes: Some(freezes.clone()),
             passwords: Arc::new(PasswordCache::default()),
             spool: spool.clone(),
             intake: Arc::new(delivery.clone()),
@@ -214,7 +238,19 @@ impl Relay {
                 crate::http::serve(
                     addr,
                     crate::http::router(metrics)
-                        .merge(crate::http::unsubscribe::router(unsubscribes.clone())),
+                        .merge(crate::http::unsubscribe::router(unsubscribes.clone()))
+                        .merge(crate::http::admin::router(crate::http::admin::Admin {
+                            token: crate::http::admin::token(&config.admin, true)
+                                .map_err(StartError::State)?
+                                .into(),
+                            delivery: delivery.clone(),
+                            spool: spool.clone(),
+                            lists: lists.clone(),
+                            freezes: freezes.clone(),
+                            policy: policy.clone(),
+                            reloader: reloader.clone(),
+                            counts: account_counts.clone(),
+                        })),
                     stop_accepting.clone(),
                 )
                 .await
@@ -222,19 +258,30 @@ impl Relay {
             ),
             None => None,
         };
+        let stop_watching = CancellationToken::new();
+        let watcher = (config.policy.path.is_some() && !config.policy.watch_interval.is_zero())
+            .then(|| {
+                reloader
+                    .clone()
+                    .watch(config.policy.watch_interval, stop_watching.clone())
+            });
         Ok(Relay {
             smtp_addrs,
             smtp_tls_addrs,
             http_addr,
             policy,
+            reloader,
             spool,
             delivery,
             lists,
+            freezes,
             account_counts,
             stop_accepting,
             sessions,
             stop_delivery,
             scheduler,
+            watcher,
+            stop_watching,
             grace: config.smtp.shutdown_grace,
         })
     }
@@ -249,6 +296,10 @@ impl Relay {
             .is_err()
         {
             tracing::warn!(grace = ?self.grace, "sessions still open after the grace period; closing them");
+        }
+        self.stop_watching.cancel();
+        if let Some(watcher) = self.watcher {
+            let _ = watcher.await;
         }
         self.stop_delivery.cancel();
         let _ = self.scheduler.await;

@@ -52,6 +52,8 @@ pub struct SessionContext {
     pub unsubscribes: Option<Arc<crate::unsubscribe::Unsubscribes>>,
     /// The delivery log (accepted and suppressed recipients).
     pub log: Option<crate::delivery::log::DeliveryLog>,
+    /// Frozen accounts, whose submissions are refused; `None`: none are.
+    pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
     pub passwords: Arc<PasswordCache>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
@@ -178,6 +180,7 @@ where
             Some(Line::TooLong) => Err(Refusal::LineTooLong),
             Some(Line::BadEnding) => Err(Refusal::BareLineEnding),
             Some(Line::Command(bytes)) => {
+                crate::metrics::smtp_command(bytes);
                 let extended = state.helo.as_ref().is_none_or(|(_, ehlo)| *ehlo);
                 parse_command(bytes, extended)
             }
@@ -354,6 +357,13 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) if ctx.unsubscribes.is_some() => None,
         Err(refusal) => return Err(refusal),
     };
+    if let (Some(name), Some(freezes)) = (&account, &ctx.freezes)
+        && let Some(frozen) = freezes.get(name)
+    {
+        crate::metrics::message_refused("account_frozen");
+        crate::metrics::policy_verdict_reason("frozen");
+        return Err(Refusal::AccountFrozen(frozen.reason));
+    }
     if let Some(size) = params.size
         && size > ctx.smtp.max_message_size
     {
@@ -623,6 +633,7 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         if **a == ctx.smtp.postmaster {
             *v = None;
         }
+        crate::metrics::policy_verdict(*v);
     }
     if verdicts.iter().all(Option::is_some) {
         crate::metrics::message_refused("withheld");

@@ -45,7 +45,7 @@ impl EventLog {
         }
     }
 
-    fn append(&self, event: &serde_json::Value) -> std::io::Result<()> {
+    pub fn append(&self, event: &serde_json::Value) -> std::io::Result<()> {
         let mut guard = self.file.lock().expect("event log lock");
         if guard.is_none() {
             *guard = Some(crate::privacy::open_private_log(&self.path)?);
@@ -91,7 +91,7 @@ impl Unsubscribes {
             return Err(e);
         }
         let scope = if whole_account { "account" } else { "list" };
-        crate::metrics::unsubscribe_received(scope);
+        crate::metrics::unsubscribe_received(scope, via.as_str());
         let event = serde_json::json!({
             "time_ms": change.time_ms,
             "account": u.account,

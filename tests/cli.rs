@@ -67,6 +67,7 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "bloom_bits_per_key",
         "compact_after",
         "load_into_memory",
+        "watch_interval",
         "public_url",
         "mail_domain",
         "keys",

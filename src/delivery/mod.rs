@@ -11,6 +11,7 @@
 //! tests with paused time drive retries and expiry exactly as days of real time would.
 
 pub mod client;
+pub mod control;
 pub mod counts;
 pub mod dsn;
 pub mod log;
@@ -37,7 +38,7 @@ use crate::session::Intake;
 use crate::smtp::reply::Status;
 use crate::spool::{self, Envelope, Location, RcptEvent, RecoveredMessage, Spool};
 use outcome::{Attempt, Disposition, classify};
-use queue::{Clock, Entry, Hot, Notice, Notices, Progress, Rcpt, Rcpts, Residence};
+use queue::{Clock, Entry, Hot, Names, Notice, Notices, Progress, Rcpt, Rcpts, Residence};
 use route::{Job, JobReport, Route, Workers};
 use transport::{RouteKey, Transport};
 
@@ -56,6 +57,8 @@ pub struct Settings {
     pub counts: Arc<counts::AccountCounts>,
     /// The policy, for its throttles; `None`: no throttles.
     pub policy: Option<Arc<arc_swap::ArcSwap<crate::policy::Policy>>>,
+    /// Frozen accounts, whose marketing mail is held; `None`: nothing is held.
+    pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
 }
 
 impl Settings {
@@ -68,6 +71,7 @@ impl Settings {
             log: None,
             counts: Arc::default(),
             policy: None,
+            freezes: None,
         }
     }
 }
@@ -80,6 +84,8 @@ enum Event {
         id: u64,
         result: Result<(Envelope, Bytes), spool::SpoolError>,
     },
+    /// The operator's commands (admin API, CLI).
+    Control(control::Command),
     /// A domain's site lookup ended.
     Resolved {
         domain: String,
@@ -163,6 +169,9 @@ pub fn start(
         timers: BinaryHeap::new(),
         routes: HashMap::new(),
         sites: sites::Sites::default(),
+        names: Names::default(),
+        actions: HashMap::new(),
+        named_sites: Default::default(),
         tx: tx.clone(),
         in_flight: 0,
         open_rcpts: 0,
@@ -195,6 +204,12 @@ struct Scheduler {
     routes: HashMap<RouteKey, Arc<Route>>,
     /// Each recipient domain's site.
     sites: sites::Sites,
+    /// Account names and recipient domains by number (see [`queue::Names`]).
+    names: Names,
+    /// What the operator asked for messages not yet in memory (applied when they are).
+    actions: HashMap<u64, control::Action>,
+    /// The sites named in metrics labels (the busiest at the last count).
+    named_sites: std::collections::HashSet<String>,
     tx: mpsc::UnboundedSender<Event>,
     /// Jobs handed to routes and not yet reported back.
     in_flight: usize,
@@ -204,11 +219,28 @@ struct Scheduler {
     draining: bool,
 }
 
+/// The lower-case A-label domain mail to `address` is routed by.
+fn routing_domain(address: &str) -> String {
+    let domain = address.rsplit_once('@').map_or(address, |(_, d)| d);
+    crate::smtp::address::routing_domain(domain)
+}
+
+/// A recipient outcome by site, with the site's name when it is a named one.
+fn site_outcome(named: &std::collections::HashSet<String>, site: &str, result: &'static str) {
+    let label = if named.contains(site) { site } else { "other" };
+    crate::metrics::site_outcome(label, result);
+}
+
+/// How often the queue by site is computed for metrics.
+const SITE_METRICS_EVERY: Duration = Duration::from_secs(10);
+
 /// How long shutdown waits for delivery transactions under way.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 impl Scheduler {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>, shutdown: CancellationToken) {
+        let mut site_metrics = tokio::time::interval(SITE_METRICS_EVERY);
+        site_metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self
                 .timers
@@ -222,6 +254,7 @@ impl Scheduler {
                     None => return,
                 },
                 () = sleep_until_opt(next_timer) => self.fire_timers(),
+                _ = site_metrics.tick() => self.publish_site_metrics(),
             }
             self.publish_metrics();
         }
@@ -237,6 +270,7 @@ impl Scheduler {
             }
             Event::Resolved { domain, result } => self.resolved(&domain, result),
             Event::Loaded { id, result } => self.loaded(id, result),
+            Event::Control(command) => self.control(command),
         }
     }
 
@@ -307,7 +341,12 @@ impl Scheduler {
                     self.complete(report);
                 }
                 // New messages (DSNs) are in the spool already; they wait for the next start.
-                Ok(Some(Event::New(_) | Event::Resolved { .. } | Event::Loaded { .. })) => {}
+                Ok(Some(
+                    Event::New(_)
+                    | Event::Resolved { .. }
+                    | Event::Loaded { .. }
+                    | Event::Control(_),
+                )) => {}
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(
@@ -324,28 +363,41 @@ impl Scheduler {
         crate::metrics::queue_size(self.entries.len(), self.open_rcpts);
     }
 
+    /// The queue by site for metrics: the busiest sites by name, the rest as `other`; a
+    /// site that dropped out is set to zero. Outcomes are labelled with the same names.
+    fn publish_site_metrics(&mut self) {
+        let summary = self.summary();
+        let named: std::collections::HashSet<String> =
+            summary.by_site.iter().map(|s| s.site.clone()).collect();
+        for gone in self.named_sites.difference(&named) {
+            crate::metrics::queue_site(gone, 0, Duration::ZERO);
+        }
+        for s in &summary.by_site {
+            crate::metrics::queue_site(&s.site, s.recipients, Duration::from_secs(s.oldest_s));
+        }
+        self.named_sites = named;
+    }
+
     fn add(&mut self, q: Queued) {
         let now = self.clock.now_ms();
+        let names = &mut self.names;
+        let tagger = &self.tagger;
         let rcpts: Rcpts = q
             .env
             .recipients
             .iter()
             .zip(&q.events)
-            .map(|(r, event)| match event {
-                _ if r.is_done(*event) => Rcpt::new(Progress::Done, 0, false),
-                Some(RcptEvent::Deferred {
-                    attempts,
-                    next_attempt,
-                    delay_notified,
-                }) => Rcpt::new(
-                    Progress::Waiting { due: *next_attempt },
-                    *attempts,
-                    *delay_notified,
-                ),
-                _ => Rcpt::new(Progress::Waiting { due: now }, 0, false),
+            .map(|(r, event)| {
+                let mut rcpt = Self::rcpt_state(r, *event, now);
+                rcpt.addr_hash = tagger.short(&r.address);
+                rcpt.domain = names.id(&routing_domain(&r.address));
+                rcpt
             })
             .collect();
         let id = q.env.id;
+        let account = self.names.id(&q.env.account);
+        let marketing = q.env.stream == crate::policy::Stream::Marketing && !q.env.generated_dsn;
+        let received_s = (q.env.received_at / 1000) as u32;
         self.open_rcpts += rcpts
             .iter()
             .filter(|r| r.status() != Progress::Done)
@@ -369,9 +421,29 @@ impl Scheduler {
                 loc: q.loc,
                 rcpts,
                 residence,
+                account,
+                marketing,
+                received_s,
             },
         );
         self.dispatch(id);
+    }
+
+    /// A recipient's state from its last journaled event.
+    fn rcpt_state(r: &spool::Recipient, event: Option<RcptEvent>, now: u64) -> Rcpt {
+        match event {
+            _ if r.is_done(event) => Rcpt::new(Progress::Done, 0, false),
+            Some(RcptEvent::Deferred {
+                attempts,
+                next_attempt,
+                delay_notified,
+            }) => Rcpt::new(
+                Progress::Waiting { due: next_attempt },
+                attempts,
+                delay_notified,
+            ),
+            _ => Rcpt::new(Progress::Waiting { due: now }, 0, false),
+        }
     }
 
     /// A cold message's envelope is back from the spool: dispatch it.
@@ -411,17 +483,32 @@ impl Scheduler {
             return;
         }
         let now = self.clock.now_ms();
-        let Some(entry) = self.entries.get_mut(&id) else {
+        let Some(entry) = self.entries.get(&id) else {
             return;
         };
-        let due_now = entry
-            .rcpts
-            .iter()
-            .any(|r| matches!(r.status(), Progress::Waiting { due } if due <= now));
-        if !due_now {
-            if let Some(due) = entry.next_due() {
-                self.timers.push(Reverse((due, id)));
+        let acted_on = self.actions.contains_key(&id);
+        if !acted_on {
+            let due_now = entry
+                .rcpts
+                .iter()
+                .any(|r| matches!(r.status(), Progress::Waiting { due } if due <= now));
+            if !due_now {
+                if let Some(due) = entry.next_due() {
+                    self.timers.push(Reverse((due, id)));
+                }
+                return;
             }
+            if self.held(entry) {
+                return; // kept waiting until the account is unfrozen (control::Command::Release)
+            }
+        }
+        let entry = self.entries.get_mut(&id).expect("checked above");
+        if acted_on && entry.in_flight() {
+            return; // the action waits for the attempt under way (see `complete`)
+        }
+        if acted_on && matches!(entry.residence, Residence::Hot(_)) {
+            let action = self.actions.remove(&id).expect("checked above");
+            self.apply(id, action);
             return;
         }
         let hot = match &mut entry.residence {
@@ -575,6 +662,7 @@ impl Scheduler {
                 Disposition::Deferred { reason } if expired => {
                     tracing::warn!(id = %id_text, rcpt = %rcpt_tag, attempts = r.attempts, reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "expired: giving up");
                     crate::metrics::recipient_outcome("expired");
+                    site_outcome(&self.named_sites, &report.site, "expired");
                     Disposition::Bounced {
                         status: Status::new(4, 4, 7),
                         diagnostic: format!(
@@ -629,6 +717,7 @@ impl Scheduler {
                     self.open_rcpts -= 1;
                     self.spool.record(loc, i as u32, RcptEvent::Delivered);
                     crate::metrics::recipient_outcome("delivered");
+                    site_outcome(&self.named_sites, &report.site, "delivered");
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %self.tagger.scrub(&reply_text(attempt), &env.recipients[i].address), "delivered");
                     if !report.next_hop_dsn && dsn::wanted(&env.recipients[i], dsn::Action::Relayed)
                     {
@@ -663,6 +752,7 @@ impl Scheduler {
                     );
                     next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
                     crate::metrics::recipient_outcome("deferred");
+                    site_outcome(&self.named_sites, &report.site, "deferred");
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "deferred");
                 }
                 Disposition::Bounced { status, diagnostic } => {
@@ -670,6 +760,7 @@ impl Scheduler {
                     self.open_rcpts -= 1;
                     if status.class == 5 {
                         crate::metrics::recipient_outcome("bounced");
+                        site_outcome(&self.named_sites, &report.site, "bounced");
                     }
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %self.tagger.scrub(&diagnostic, &env.recipients[i].address), hard, "bounced");
                     if hard {
@@ -698,6 +789,7 @@ impl Scheduler {
         if entry.in_flight() {
             return; // the rest of this round is still out; notices wait for it
         }
+        let acted_on = self.actions.contains_key(&report.id);
         let finished = entry.rcpts.iter().all(|r| r.status() == Progress::Done);
         let notices = entry
             .hot()
@@ -705,29 +797,31 @@ impl Scheduler {
             .unwrap_or_default();
         if finished {
             self.entries.remove(&report.id);
-        } else {
+        } else if !acted_on {
             // Every open recipient now waits for a later retry: keep the state only.
             entry.residence = Residence::Cold;
         }
-        if notices.is_empty() {
-            if finished {
-                self.spool.finish(loc);
-            }
-            return;
+        if !notices.is_empty() {
+            let followup = Followup {
+                env,
+                loc,
+                now,
+                notices,
+                finished,
+            };
+            let (spool, tx, hostname) = (
+                self.spool.clone(),
+                self.tx.clone(),
+                self.settings.hostname.clone(),
+            );
+            tokio::spawn(followup.run(spool, tx, hostname));
+        } else if finished {
+            self.spool.finish(loc);
         }
-        let followup = Followup {
-            env,
-            loc,
-            now,
-            notices,
-            finished,
-        };
-        let (spool, tx, hostname) = (
-            self.spool.clone(),
-            self.tx.clone(),
-            self.settings.hostname.clone(),
-        );
-        tokio::spawn(followup.run(spool, tx, hostname));
+        if acted_on && !finished {
+            // The operator's action waited for this attempt; it applies now.
+            self.dispatch(report.id);
+        }
     }
 }
 

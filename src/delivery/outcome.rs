@@ -53,6 +53,8 @@ pub enum LocalRefusal {
     DamagedInSpool,
     /// The per-recipient rewrite (unsubscribe headers, footer, signature) failed.
     Rewrite(String),
+    /// The relay's operator returned the message (admin API or CLI).
+    ReturnedByOperator,
 }
 
 /// Why a destination could not be found.
@@ -173,6 +175,10 @@ pub fn classify(attempt: &Attempt) -> Disposition {
                 LocalRefusal::Rewrite(why) => (
                     Status::new(5, 6, 0),
                     format!("the message could not be prepared for sending: {why}"),
+                ),
+                LocalRefusal::ReturnedByOperator => (
+                    Status::new(5, 3, 0),
+                    "the relay's operator returned the message undelivered".to_string(),
                 ),
             };
             Disposition::Bounced {

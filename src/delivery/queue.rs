@@ -46,10 +46,15 @@ pub(super) enum Progress {
     Done,
 }
 
-/// One recipient's delivery state, in 16 bytes.
+/// One recipient's delivery state, in 24 bytes.
 pub(super) struct Rcpt {
     /// When `state` is waiting: unix milliseconds when it is due.
     due: u64,
+    /// 32 bits of the address's keyed hash: finds the candidates for an erasure without
+    /// reading every envelope back (a match is confirmed on the envelope).
+    pub addr_hash: u32,
+    /// The recipient's routing domain ([`Names`] id), for the queue by site.
+    pub domain: u32,
     pub attempts: u16,
     pub delay_notified: bool,
     state: u8,
@@ -63,6 +68,8 @@ impl Rcpt {
     pub fn new(status: Progress, attempts: u16, delay_notified: bool) -> Rcpt {
         let mut r = Rcpt {
             due: 0,
+            addr_hash: 0,
+            domain: 0,
             attempts,
             delay_notified,
             state: DONE,
@@ -161,6 +168,12 @@ pub(super) struct Entry {
     pub loc: Location,
     pub rcpts: Rcpts,
     pub residence: Residence,
+    /// The account ([`Names`] id).
+    pub account: u32,
+    /// Marketing mail (held while its account is frozen).
+    pub marketing: bool,
+    /// Unix seconds when the message was accepted.
+    pub received_s: u32,
 }
 
 impl Entry {
@@ -194,6 +207,36 @@ impl Entry {
     }
 }
 
+/// Account names and recipient domains as small numbers, so queued messages need not
+/// carry strings. Names are never forgotten (their number is small: accounts, and the
+/// domains mail went to).
+#[derive(Default)]
+pub(super) struct Names {
+    names: Vec<Arc<str>>,
+    ids: std::collections::HashMap<Arc<str>, u32>,
+}
+
+impl Names {
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    pub fn find(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |n| n)
+    }
+}
+
 /// One recipient's line in a DSN still to be sent.
 pub(super) struct Notice {
     pub rcpt: usize,
@@ -221,9 +264,9 @@ mod tests {
 
     #[test]
     fn entries_stay_small() {
-        assert_eq!(std::mem::size_of::<Rcpt>(), 16);
+        assert_eq!(std::mem::size_of::<Rcpt>(), 24);
         assert!(
-            std::mem::size_of::<Entry>() <= 64,
+            std::mem::size_of::<Entry>() <= 88,
             "{}",
             std::mem::size_of::<Entry>()
         );

@@ -1,8 +1,9 @@
 //! The HTTP listener (`[http] listen`): Prometheus metrics at `GET /metrics`, a liveness
-//! check at `GET /healthz`, and the unsubscribe endpoints ([`unsubscribe`]). The admin API
-//! of a later issue mounts here. It binds loopback by default; put a TLS proxy in front for
+//! check at `GET /healthz`, the unsubscribe endpoints ([`unsubscribe`]) and the admin API
+//! ([`admin`]). It binds loopback by default; put a TLS proxy in front for
 //! the public unsubscribe links.
 
+pub mod admin;
 pub mod unsubscribe;
 
 use std::net::SocketAddr;

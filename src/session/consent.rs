@@ -39,6 +39,7 @@ pub(super) fn check_rcpt(
         .standing(&account.name, list.map(|l| l.id.as_str()), &normalised);
     decide_early(account.fixed_stream(), list.is_some(), &standing).map_err(|why| {
         crate::metrics::recipient_withheld(why.label(), "rcpt");
+        crate::metrics::policy_verdict(Some(why));
         log_suppressed(ctx, &account.name, to.as_str(), why);
         Refusal::RecipientWithheld(to.to_string(), why)
     })

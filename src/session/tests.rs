@@ -60,6 +60,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         own_domain: "relay.test".into(),
         unsubscribes: None,
         log: None,
+        freezes: None,
         passwords: Arc::new(PasswordCache::default()),
         spool,
         intake: intake.clone(),

@@ -82,6 +82,10 @@ pub enum Refusal {
     #[error("TLS not available")]
     TlsUnavailable,
 
+    /// The sending account is frozen (the reason, as the operator or rule gave it).
+    #[error("account frozen")]
+    AccountFrozen(String),
+
     // ---- consent and suppression ------------------------------------------------------
     /// The recipient (as the client spelled it) may not receive this mail.
     #[error("recipient withheld: {1:?}")]
@@ -245,6 +249,7 @@ impl Refusal {
                 "Temporary failure storing the message, try again later".into(),
             ),
             TlsUnavailable => (454, (4, 7, 0), "TLS not available".into()),
+            AccountFrozen(reason) => (554, (5, 7, 1), format!("account frozen: {reason}")),
             RecipientWithheld(rcpt, why) => (550, (5, 7, 1), format!("<{rcpt}> {}", why.text())),
             AllWithheld(rcpt, why, 0) => (
                 550,

@@ -164,12 +164,23 @@ pub struct SpoolStats {
     pub stored: AtomicU64,
     /// Batches committed (one write + one fdatasync each).
     pub commits: AtomicU64,
+    /// Bytes of the queue files: segments and their recipient journals.
+    pub bytes: AtomicU64,
+    /// Segments on disk.
+    pub segments: AtomicU64,
 }
 
 impl SpoolStats {
     fn record_commit(&self, took: std::time::Duration) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         crate::metrics::spool_commit(took);
+    }
+
+    /// The queue files now take `bytes` in `segments` segments.
+    fn record_size(&self, bytes: u64, segments: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.segments.store(segments, Ordering::Relaxed);
+        crate::metrics::spool_size(bytes, segments);
     }
 }
 

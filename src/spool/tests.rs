@@ -140,6 +140,52 @@ async fn finished_segments_are_deleted() {
     );
 }
 
+/// The size the writer reports is what the queue directory holds.
+fn assert_size_matches_files(spool: &Spool, dir: &Path) {
+    let files = segment_files(dir);
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(dir.join("queue").join(f)).unwrap().len())
+        .sum();
+    let segments = files.iter().filter(|f| f.ends_with(".msg")).count() as u64;
+    let stats = spool.stats();
+    assert_eq!(stats.bytes.load(Ordering::Relaxed), bytes, "{files:?}");
+    assert_eq!(
+        stats.segments.load(Ordering::Relaxed),
+        segments,
+        "{files:?}"
+    );
+}
+
+#[tokio::test]
+async fn size_stats_follow_segments_and_journals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+    let mut locs = Vec::new();
+    for i in 0..3 {
+        let env = envelope(&spool, &["a@x.example", "b@x.example"]);
+        // Each fills a segment, so the next goes to a new one.
+        let big = Bytes::from(vec![b'x'; (1 << 20) + i]);
+        locs.push(spool.store(&env, big).await.unwrap());
+    }
+    spool.record(locs[0], 0, RcptEvent::Delivered);
+    spool.record(locs[2], 1, RcptEvent::Delivered);
+    spool.flush().await.unwrap();
+    assert_eq!(spool.stats().segments.load(Ordering::Relaxed), 3);
+    assert_size_matches_files(&spool, dir.path());
+
+    spool.finish(locs[0]);
+    spool.flush().await.unwrap();
+    assert_eq!(spool.stats().segments.load(Ordering::Relaxed), 2);
+    assert_size_matches_files(&spool, dir.path());
+
+    // Recovery adopts what is left, with its journals.
+    drop(spool);
+    let (spool, report) = Spool::open(&config(dir.path())).unwrap();
+    assert_eq!(report.messages.len(), 2);
+    assert_size_matches_files(&spool, dir.path());
+}
+
 #[tokio::test]
 async fn concurrent_stores_share_commits() {
     let dir = tempfile::tempdir().unwrap();

@@ -148,6 +148,9 @@ pub(super) struct Writer {
     last_rcpt_sync: Instant,
     readers: Readers,
     stats: Arc<SpoolStats>,
+    /// Bytes on disk per segment (its `.msg` and `.rcpt`), and their sum, for the metrics.
+    disk: HashMap<u64, u64>,
+    disk_total: u64,
     /// Held for the writer's lifetime: the spool's exclusive lock.
     _lock: File,
     buf: Vec<u8>,
@@ -175,6 +178,8 @@ impl Writer {
             last_rcpt_sync: Instant::now(),
             readers,
             stats,
+            disk: HashMap::new(),
+            disk_total: 0,
             _lock: lock,
             buf: Vec::with_capacity(1 << 20),
         }
@@ -183,6 +188,17 @@ impl Writer {
     /// Registers a segment found at recovery with its number of unfinished messages.
     pub(super) fn adopt(&mut self, segment: u64, live: u64) {
         self.live.insert(segment, live);
+        let len = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        let bytes = len(segment_path(&self.dir, segment)) + len(rcpt_path(&self.dir, segment));
+        self.grow(segment, bytes);
+    }
+
+    /// `bytes` more of `segment` are on disk.
+    fn grow(&mut self, segment: u64, bytes: u64) {
+        *self.disk.entry(segment).or_insert(0) += bytes;
+        self.disk_total += bytes;
+        self.stats
+            .record_size(self.disk_total, self.disk.len() as u64);
     }
 
     /// Processes commands until none came for `LINGER` (returns false) or every sender is
@@ -316,9 +332,11 @@ impl Writer {
         });
         match result {
             Ok(()) => {
-                active.size += self.buf.len() as u64;
+                let (segment, written) = (active.id, self.buf.len() as u64);
+                active.size += written;
                 self.buf.clear();
                 self.stats.record_commit(started.elapsed());
+                self.grow(segment, written);
                 Ok(())
             }
             Err(e) => {
@@ -352,6 +370,7 @@ impl Writer {
             file,
             size: format::SEGMENT_HEADER_LEN as u64,
         });
+        self.grow(id, format::SEGMENT_HEADER_LEN as u64);
         Ok(())
     }
 
@@ -378,6 +397,11 @@ impl Writer {
 
     pub(super) fn delete_segment(&mut self, segment: u64) {
         self.live.remove(&segment);
+        if let Some(bytes) = self.disk.remove(&segment) {
+            self.disk_total -= bytes;
+            self.stats
+                .record_size(self.disk_total, self.disk.len() as u64);
+        }
         self.rcpt_files.remove(&segment);
         self.rcpt_unsynced.remove(&segment);
         self.readers
@@ -424,6 +448,7 @@ impl Writer {
             return;
         }
         self.rcpt_unsynced.insert(segment);
+        self.grow(segment, bytes.len() as u64);
     }
 
     fn sync_rcpt_files(&mut self) {

@@ -4,7 +4,8 @@
 # Installs (Debian packages, only when missing): postfix (for smtp-source/smtp-sink),
 # swaks, libnet-ssleay-perl (swaks' TLS support), python3-aiosmtpd, openssl (also makes the
 # DKIM keys), chromium (headless browser), python3-websocket (drives it over the DevTools
-# protocol), python3-dkim (verifies DKIM) and python3-nacl (its Ed25519 support).
+# protocol), python3-dkim (verifies DKIM), python3-nacl (its Ed25519 support) and
+# prometheus (the Prometheus server and promtool).
 # Builds the relay with `cargo build --release`, then runs three relays on free ports:
 #   auth  - policy with one AUTH user only (no trusted network); delivers to an aiosmtpd
 #           sink (sink.py, SMTPUTF8 on)
@@ -40,6 +41,9 @@
 #      form and shows "You are unsubscribed"; the same message is then refused at RCPT
 #      (550 5.7.1 has unsubscribed from this list); events/unsubscribes.jsonl in the spool
 #      has exactly that one unsubscribe (via http); metrics count it
+#  11. each relay's /metrics passes `promtool check metrics`; a real Prometheus (on a free
+#      port, its TSDB in the work directory) scrapes the loopback relay every second until
+#      up{job="optin-relay"} is 1 and optin_messages_accepted_total is positive, then stops
 # Prints one PASS:/FAIL: line per check, exits 1 if any check failed. Every process it
 # starts is stopped on exit. Set INTEROP_KEEP=1 to keep the work directory (it is kept
 # anyway when a check failed), INTEROP_VERBOSE=1 to see each check's output on PASS too.
@@ -55,7 +59,10 @@ SMTP_SOURCE=/usr/sbin/smtp-source
 SMTP_SINK=/usr/sbin/smtp-sink
 CHROMIUM=/usr/bin/chromium     # Debian's launcher (it execs /usr/lib/chromium/chromium)
 PACKAGES=(postfix swaks libnet-ssleay-perl python3-aiosmtpd openssl chromium python3-websocket
-    python3-dkim python3-nacl)
+    python3-dkim python3-nacl prometheus)
+PROMETHEUS=/usr/bin/prometheus # Debian's prometheus package: the server and promtool
+PROMTOOL=/usr/bin/promtool
+PROMETHEUS_TIMEOUT=30          # seconds for Prometheus to start and to see the relay
 LOAD_MESSAGES=1000
 LOAD_SESSIONS=10
 DELIVERY_TIMEOUT=60            # seconds to wait for mail to reach a sink / queue to drain
@@ -200,7 +207,8 @@ install_packages() {
         "${sudo[@]}" debconf-set-selections &&
         "${sudo[@]}" apt-get update -q &&
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -q --no-install-recommends "${missing[@]}"
+            apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+        { echo "could not install the Debian packages: ${missing[*]}"; return 1; }
 }
 
 build_relay() {
@@ -217,13 +225,13 @@ build_relay() {
 
 pick_ports() {
     local ports
-    mapfile -t ports < <("$PY" "$HERE/util.py" ports 13) || return 1
-    [[ ${#ports[@]} -eq 13 ]] || return 1
+    mapfile -t ports < <("$PY" "$HERE/util.py" ports 14) || return 1
+    [[ ${#ports[@]} -eq 14 ]] || return 1
     AIO_PORT=${ports[0]} SINK_PORT=${ports[1]}
     AUTH_SMTP=${ports[2]} AUTH_TLS=${ports[3]} AUTH_HTTP=${ports[4]}
     LOCAL_SMTP=${ports[5]} LOCAL_TLS=${ports[6]} LOCAL_HTTP=${ports[7]}
     NEWS_SINK_PORT=${ports[8]} NEWS_SMTP=${ports[9]} NEWS_TLS=${ports[10]}
-    NEWS_HTTP=${ports[11]} CDP_PORT=${ports[12]}
+    NEWS_HTTP=${ports[11]} CDP_PORT=${ports[12]} PROM_PORT=${ports[13]}
     NEWS_URL="http://127.0.0.1:$NEWS_HTTP"
 }
 
@@ -666,6 +674,73 @@ news_unsubscribe_metrics() {
     return $ok
 }
 
+# ---------------------------------------------------------------- check 11: Prometheus
+
+# promtool_check NAME HTTP-PORT: the relay's exposition passes `promtool check metrics`
+# (format, a HELP line per metric, naming conventions).
+promtool_check() {
+    local name=$1 out="$WORK/metrics-$1.txt" rc
+    "$PY" "$HERE/util.py" http "http://127.0.0.1:$2/metrics" >"$out" ||
+        { echo "GET /metrics of relay $name failed"; return 1; }
+    echo "relay $name: $(grep -c '^# HELP ' "$out") metrics, $(grep -vc '^#' "$out") samples"
+    timeout 30 "$PROMTOOL" check metrics <"$out"
+    rc=$?
+    echo "promtool check metrics exit status $rc"
+    return $rc
+}
+
+# prom_value QUERY TEST: Prometheus answers QUERY with one series whose value passes the
+# awk condition TEST on $1 (e.g. '$1 == 1').
+prom_value() {
+    local values
+    values=$("$PY" "$HERE/util.py" prom-query "http://127.0.0.1:$PROM_PORT" "$1") || return 1
+    echo "$1 = $values"
+    [[ $(wc -l <<<"$values") -eq 1 ]] && awk "{ exit !($2) }" <<<"$values"
+}
+
+# prometheus_scrapes: a real Prometheus scrapes the loopback relay every second; up is 1
+# and the accepted-messages counter it stored is positive. Stopped (SIGTERM) at the end.
+prometheus_scrapes() {
+    local dir="$WORK/prometheus" rc=0 pid
+    mkdir -p "$dir/data" || return 1
+    cat >"$dir/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: optin-relay
+    static_configs:
+      - targets: ["127.0.0.1:$LOCAL_HTTP"]
+EOF
+    "$PROMTOOL" check config "$dir/prometheus.yml" || return 1
+    start prometheus "$PROMETHEUS" --config.file="$dir/prometheus.yml" \
+        --storage.tsdb.path="$dir/data" --web.listen-address="127.0.0.1:$PROM_PORT" \
+        --log.level=warn
+    wait_ports prometheus "$PROM_PORT" || return 1
+    poll "$PROMETHEUS_TIMEOUT" prom_value 'up{job="optin-relay"}' '$1 == 1' >"$dir/up.out" ||
+        rc=1
+    tail -n 1 "$dir/up.out"
+    if [[ $rc -eq 0 ]]; then
+        poll "$PROMETHEUS_TIMEOUT" prom_value \
+            'optin_messages_accepted_total{job="optin-relay"}' '$1 > 0' >"$dir/accepted.out" ||
+            rc=1
+        tail -n 1 "$dir/accepted.out"
+    fi
+    [[ $rc -eq 0 ]] || "$PY" "$HERE/util.py" http "http://127.0.0.1:$PROM_PORT/api/v1/targets"
+    pid=$PID_prometheus
+    kill -TERM "$pid" 2>/dev/null
+    if ! poll 10 eval "! kill -0 $pid 2>/dev/null"; then
+        echo "prometheus still running 10s after SIGTERM"
+        return 1
+    fi
+    wait "$pid"
+    echo "prometheus stopped (exit status $?)"
+    forget "$pid"
+    [[ $rc -eq 0 ]] || { echo "## prometheus.log"; tail -n 20 "$WORK/prometheus.log"; }
+    return $rc
+}
+
 # ---------------------------------------------------------------- checks 5-7
 
 queue_empty() {
@@ -739,7 +814,8 @@ finish() {
     if [[ $failed -gt 0 ]]; then
         note "relay logs (last lines):"
         local name
-        for name in relay_auth relay_local relay_news aiosink newssink smtpsink chromium; do
+        for name in relay_auth relay_local relay_news aiosink newssink smtpsink chromium \
+            prometheus; do
             [[ -s "$WORK/$name.log" ]] || continue
             echo "## $name.log"
             tail -n 20 "$WORK/$name.log" | sed 's/^/    /'
@@ -763,7 +839,7 @@ main() {
         "auth relay smtp=$AUTH_SMTP tls=$AUTH_TLS http=$AUTH_HTTP" \
         "local relay smtp=$LOCAL_SMTP tls=$LOCAL_TLS http=$LOCAL_HTTP" \
         "news sink=$NEWS_SINK_PORT news relay smtp=$NEWS_SMTP tls=$NEWS_TLS" \
-        "http=$NEWS_HTTP chromium devtools=$CDP_PORT"
+        "http=$NEWS_HTTP chromium devtools=$CDP_PORT prometheus=$PROM_PORT"
     setup "hash-password, write configs, config check" write_configs
     setup "start aiosmtpd sinks and smtp-sink" start_sinks
     setup "start relays (auth-only, loopback-trusting, news with unsubscribe links)" start_relays
@@ -806,6 +882,11 @@ main() {
         metrics_consistent news "$NEWS_HTTP"
     check "metrics: news relay unsubscribe and withheld-recipient counters" \
         news_unsubscribe_metrics
+    check "promtool check metrics: auth relay /metrics" promtool_check auth "$AUTH_HTTP"
+    check "promtool check metrics: loopback relay /metrics" promtool_check local "$LOCAL_HTTP"
+    check "promtool check metrics: news relay /metrics" promtool_check news "$NEWS_HTTP"
+    check "prometheus scrapes the loopback relay every 1s: up == 1, optin_messages_accepted_total > 0" \
+        prometheus_scrapes
     check "SIGTERM: auth relay exits 0 within 10s" sigterm_exits_zero auth
     check "SIGTERM: loopback relay exits 0 within 10s" sigterm_exits_zero local
     check "SIGTERM: news relay exits 0 within 10s" sigterm_exits_zero news

@@ -7,11 +7,17 @@
                              GET a Prometheus text page and print the sum of every
                              sample of NAME (optionally only those with LABEL="VALUE");
                              prints "absent" and exits 1 when there is no such sample
+  util.py prom-query URL QUERY
+                             ask the Prometheus server at URL (its /api/v1/query) for
+                             QUERY; print the value of each series of the answer, one per
+                             line; exit 1 when the query failed or had no series
 """
 
+import json
 import re
 import socket
 import sys
+import urllib.parse
 import urllib.request
 
 
@@ -53,6 +59,18 @@ def metric_sum(text, name, label=None):
     return total if seen else None
 
 
+def prom_query(url, query):
+    try:
+        status, body = get(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+        answer = json.loads(body)
+    except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+        print(f"query failed: {e}", file=sys.stderr)
+        return None
+    if status != 200 or answer.get("status") != "success":
+        return None
+    return [r["value"][1] for r in answer["data"]["result"]]
+
+
 def main():
     args = sys.argv[1:]
     if len(args) == 2 and args[0] == "ports":
@@ -68,6 +86,12 @@ def main():
             print("absent")
             sys.exit(1)
         print(int(total) if total == int(total) else total)
+    elif len(args) == 3 and args[0] == "prom-query":
+        values = prom_query(args[1], args[2])
+        if not values:
+            print("no answer" if values is None else "no series")
+            sys.exit(1)
+        print("\n".join(values))
     else:
         sys.exit(__doc__)
 

@@ -1,0 +1,998 @@
+//! The client side of the admin API: `optin-relay queue summary|retry|bounce|delete`,
+//! `queue list|show --live`, `account …`, `suppress check`, `erase` and `policy …` ask the
+//! running relay over its HTTP listener (see `crate::http::admin` and `openapi.json`).
+//!
+//! The relay is the one the config names: its `[http] listen` (or `--url`) and its admin
+//! token (`[admin] token`, else the token file the relay wrote beside the spool). One
+//! request per command, plain HTTP/1.1, within [`TIMEOUT`]. The answer is printed as text
+//! (aligned tables), or as the API's JSON with `--json`.
+//!
+//! Exit codes: 0 done; 1 the API said no (a 4xx: its `error` on standard error, and every
+//! one of its `problems`); 2 the relay cannot be reached or failed (5xx), or bad usage.
+
+use std::path::Path;
+use std::pin::pin;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use super::ApiArgs;
+use crate::policy::Stream;
+
+/// How long a command waits for the relay: connecting, asking and reading the answer.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default `limit` of `GET /admin/queue/messages`.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// The most `GET /admin/queue/messages` returns, whatever the `limit`.
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// One admin API request, and how to print its answer as text.
+pub struct Call {
+    method: Method,
+    /// The path under `/admin`, its parts percent-encoded, with any query.
+    path: String,
+    body: Option<Value>,
+    print: Box<dyn Fn(&Value)>,
+}
+
+impl Call {
+    fn new(method: Method, path: String, print: impl Fn(&Value) + 'static) -> Call {
+        Call {
+            method,
+            path,
+            body: None,
+            print: Box::new(print),
+        }
+    }
+
+    fn with_body(mut self, body: Value) -> Call {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// Why a command failed.
+enum Failure {
+    /// Exit 2: the relay cannot be reached, failed, or the command cannot be sent.
+    Unreachable(String),
+    /// Exit 1: the API refused (4xx) with this status, `error`, `problems` and body.
+    Refused {
+        status: u16,
+        error: String,
+        problems: Vec<String>,
+        body: Option<Value>,
+    },
+}
+
+/// Sends `call` to the relay the config (or `--url`) names and prints the answer; returns
+/// the exit code (see the module documentation).
+pub fn call(config: Option<&Path>, api: &ApiArgs, call: Call) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return unreachable_exit(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(ask(config, api, &call)) {
+        Ok(answer) => {
+            if api.json {
+                print_json(&answer);
+            } else {
+                (call.print)(&answer);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Unreachable(why)) => unreachable_exit(&why),
+        Err(Failure::Refused {
+            status,
+            error,
+            problems,
+            body,
+        }) => {
+            if let (true, Some(body)) = (api.json, &body) {
+                print_json(body);
+            }
+            eprintln!("optin-relay: {error} (HTTP {status})");
+            for p in &problems {
+                eprintln!("{}", indented(p));
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn unreachable_exit(why: &str) -> ExitCode {
+    eprintln!("optin-relay: {why}");
+    ExitCode::from(2)
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("a JSON value prints")
+    );
+}
+
+/// Finds the relay and its token, then sends the request.
+async fn ask(config: Option<&Path>, api: &ApiArgs, call: &Call) -> Result<Value, Failure> {
+    let config = super::load_config(config).map_err(Failure::Unreachable)?;
+    let target = match &api.url {
+        Some(url) => Target::parse(url),
+        None => Target::from_config(&config),
+    }
+    .map_err(Failure::Unreachable)?;
+    let token = crate::http::admin::token(&config.admin, false).map_err(Failure::Unreachable)?;
+    match tokio::time::timeout(TIMEOUT, send(&target, &token, call)).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::Unreachable(format!(
+            "the relay's admin API at {} did not answer within {}s",
+            target.url,
+            TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+// ---- the HTTP client -------------------------------------------------------------------
+
+/// Where the admin API is: `http://HOST[:PORT][/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// As given, without a trailing slash (for messages).
+    url: String,
+    /// The host to connect to (no brackets around an IPv6 address).
+    host: String,
+    port: u16,
+    /// The authority as written, for the `Host` header.
+    authority: String,
+    /// A path before `/admin` (a proxy's), empty or starting with `/`.
+    prefix: String,
+}
+
+impl Target {
+    /// The relay's `[http] listen`; an unspecified address (0.0.0.0, ::) means loopback.
+    fn from_config(config: &crate::config::Config) -> Result<Target, String> {
+        let mut addr = config.http.listen.ok_or(
+            "the HTTP listener is off in this config ([http] listen = \"\"), so the \
+             admin API is not reachable; give --url to reach a relay elsewhere",
+        )?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Target::parse(&format!("http://{addr}"))
+    }
+
+    /// Parses an `http://` URL (no user info; the port defaults to 80).
+    fn parse(url: &str) -> Result<Target, String> {
+        let bad = |why: &str| format!("--url {url:?}: {why}");
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("https://") {
+            return Err(bad(
+                "https is not supported: the admin API is plain HTTP on the relay's \
+                 listener (use an SSH tunnel or a local proxy for a relay elsewhere)",
+            ));
+        }
+        if !lower.starts_with("http://") {
+            return Err(bad("not an http:// URL, e.g. http://127.0.0.1:8025"));
+        }
+        let rest = &url["http://".len()..];
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.contains('@') {
+            return Err(bad(
+                "user info is not supported; the token comes from the config",
+            ));
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            None => 80,
+            Some(p) => p.parse().map_err(|_| bad(&format!("bad port {p:?}")))?,
+        };
+        let path = path.trim_end_matches('/');
+        Ok(Target {
+            url: url.trim_end_matches('/').to_string(),
+            host: host.to_string(),
+            port,
+            authority: authority.to_string(),
+            prefix: if path.is_empty() {
+                String::new()
+            } else {
+                format!("/{path}")
+            },
+        })
+    }
+}
+
+/// One request on a fresh connection; the answer's JSON for a 2xx.
+async fn send(target: &Target, token: &str, call: &Call) -> Result<Value, Failure> {
+    let url = &target.url;
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| {
+            Failure::Unreachable(format!(
+                "cannot reach the relay's admin API at {url}: {} — is `optin-relay serve` \
+                 running with this config?",
+                io_text(&e)
+            ))
+        })?;
+    let broke = |e: hyper::Error| {
+        Failure::Unreachable(format!("the relay's admin API at {url} broke off: {e}"))
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(broke)?;
+    let request = build(target, token, call).map_err(Failure::Unreachable)?;
+    let exchange = async {
+        let response = sender.send_request(request).await.map_err(broke)?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(broke)?;
+        Ok((status, body.to_bytes()))
+    };
+    // The connection future does the I/O; driven here so nothing outlives the command.
+    let (mut exchange, mut conn) = (pin!(exchange), pin!(conn));
+    let (status, body) = tokio::select! {
+        result = &mut exchange => result?,
+        done = &mut conn => match done {
+            Ok(()) => exchange.await?,
+            Err(e) => return Err(broke(e)),
+        },
+    };
+    answer(url, status, &body)
+}
+
+/// The request for `call`, with the token and, for a body, its JSON.
+fn build(target: &Target, token: &str, call: &Call) -> Result<Request<Full<Bytes>>, String> {
+    let mut request = Request::builder()
+        .method(call.method.clone())
+        .uri(format!("{}/admin{}", target.prefix, call.path))
+        .header(HOST, &target.authority)
+        .header(AUTHORIZATION, format!("Bearer {token}"));
+    let body = match &call.body {
+        Some(v) => {
+            request = request.header(CONTENT_TYPE, "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    request
+        .body(Full::new(body))
+        .map_err(|e| format!("cannot build the request: {e}"))
+}
+
+/// The JSON of a 2xx; a refusal for a 4xx; the relay failed for anything else.
+fn answer(url: &str, status: StatusCode, body: &[u8]) -> Result<Value, Failure> {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    if status.is_success() {
+        return json.ok_or_else(|| {
+            Failure::Unreachable(format!(
+                "the relay at {url} answered {status} without JSON: is this optin-relay's \
+                 HTTP listener?"
+            ))
+        });
+    }
+    let error = json
+        .as_ref()
+        .and_then(|v| v["error"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body).trim().to_string();
+            if text.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                text
+            }
+        });
+    if !status.is_client_error() {
+        return Err(Failure::Unreachable(format!(
+            "the relay's admin API at {url} failed: {error} (HTTP {})",
+            status.as_u16()
+        )));
+    }
+    let problems = json
+        .as_ref()
+        .and_then(|v| v["problems"].as_array())
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    Err(Failure::Refused {
+        status: status.as_u16(),
+        error,
+        problems,
+        body: json,
+    })
+}
+
+/// An I/O error as an operator reads it ("connection refused", not "os error 111").
+fn io_text(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Percent-encodes a path segment or query value: everything but unreserved characters
+/// (RFC 3986 §2.3), so `@`, `+`, `/` and spaces arrive as given.
+fn encode(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    for b in part.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `?k=v&…` of the pairs with a value (empty when none has one).
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+// ---- the calls -------------------------------------------------------------------------
+
+/// `GET /admin/queue`: totals, then by site, then by account.
+pub fn queue_summary() -> Call {
+    Call::new(Method::GET, "/queue".into(), print_summary)
+}
+
+/// `GET /admin/queue/messages`: oldest first, at most `limit` (and at most what the API
+/// gives at once).
+pub fn queue_list(account: Option<&str>, limit: usize) -> Call {
+    let limit = limit.min(MAX_LIST_LIMIT);
+    let limit_text = limit.to_string();
+    let path = format!(
+        "/queue/messages{}",
+        query(&[("account", account), ("limit", Some(&limit_text))])
+    );
+    Call::new(Method::GET, path, move |v| print_messages(v, limit))
+}
+
+/// `GET /admin/queue/messages/{id}`.
+pub fn queue_show(id: &str) -> Call {
+    Call::new(
+        Method::GET,
+        format!("/queue/messages/{}", encode(id)),
+        print_message,
+    )
+}
+
+/// `POST /admin/queue/messages/{id}/retry`.
+pub fn queue_retry(id: &str) -> Call {
+    action(
+        Method::POST,
+        id,
+        "/retry",
+        "waiting recipient(s) are tried now",
+    )
+}
+
+/// `POST /admin/queue/messages/{id}/bounce`.
+pub fn queue_bounce(id: &str) -> Call {
+    action(
+        Method::POST,
+        id,
+        "/bounce",
+        "waiting recipient(s) failed; a DSN goes to the sender",
+    )
+}
+
+/// `DELETE /admin/queue/messages/{id}`.
+pub fn queue_delete(id: &str) -> Call {
+    action(
+        Method::DELETE,
+        id,
+        "",
+        "waiting recipient(s) dropped, without a DSN",
+    )
+}
+
+fn action(method: Method, id: &str, suffix: &str, what: &'static str) -> Call {
+    let path = format!("/queue/messages/{}{suffix}", encode(id));
+    Call::new(method, path, move |v| {
+        println!(
+            "message {}: {} {what}",
+            text(&v["id"]),
+            num(&v["recipients"])
+        );
+    })
+}
+
+/// `GET /admin/accounts`.
+pub fn account_list() -> Call {
+    Call::new(Method::GET, "/accounts".into(), print_accounts)
+}
+
+/// `GET /admin/accounts/{name}`.
+pub fn account_show(name: &str) -> Call {
+    Call::new(
+        Method::GET,
+        format!("/accounts/{}", encode(name)),
+        print_account,
+    )
+}
+
+/// `POST /admin/accounts/{name}/freeze` with the reason.
+pub fn account_freeze(name: &str, reason: &str) -> Call {
+    Call::new(
+        Method::POST,
+        format!("/accounts/{}/freeze", encode(name)),
+        |v| {
+            let account = text(&v["account"]);
+            if v["changed"].as_bool() == Some(true) {
+                println!(
+                    "account {account} frozen: {}; its submissions are refused (554 5.7.1) \
+                     and its queued marketing mail is held",
+                    text(&v["frozen"]["reason"])
+                );
+            } else {
+                println!(
+                    "account {account} was already frozen ({}); left as it was",
+                    frozen_text(&v["frozen"])
+                );
+            }
+        },
+    )
+    .with_body(json!({ "reason": reason }))
+}
+
+/// `POST /admin/accounts/{name}/unfreeze`.
+pub fn account_unfreeze(name: &str) -> Call {
+    Call::new(
+        Method::POST,
+        format!("/accounts/{}/unfreeze", encode(name)),
+        |v| {
+            let account = text(&v["account"]);
+            if v["changed"].as_bool() == Some(true) {
+                println!("account {account} unfrozen; its held mail is released");
+            } else {
+                println!("account {account} was not frozen");
+            }
+        },
+    )
+}
+
+/// `GET /admin/suppressions/{address}`: the standing of an address (for an account).
+pub fn suppression_check(
+    address: &str,
+    account: Option<&str>,
+    list: Option<&str>,
+    stream: Option<Stream>,
+) -> Call {
+    let path = format!(
+        "/suppressions/{}{}",
+        encode(address),
+        query(&[
+            ("account", account),
+            ("list", list),
+            ("stream", stream.map(Stream::as_str)),
+        ])
+    );
+    Call::new(Method::GET, path, print_standing)
+}
+
+/// `POST /admin/erase`.
+pub fn erase(address: &str) -> Call {
+    Call::new(Method::POST, "/erase".into(), |v| {
+        println!(
+            "erased {}: {} queued recipient(s) dropped; an erasure suppression (global) is \
+             recorded",
+            text(&v["address"]),
+            num(&v["queued_recipients_dropped"])
+        );
+    })
+    .with_body(json!({ "address": address }))
+}
+
+/// `GET /admin/policy`.
+pub fn policy_status() -> Call {
+    Call::new(Method::GET, "/policy".into(), print_policy)
+}
+
+/// `POST /admin/policy/reload` (a 409 lists every problem).
+pub fn policy_reload() -> Call {
+    Call::new(Method::POST, "/policy/reload".into(), |v| {
+        println!("policy reloaded: generation {}", num(&v["generation"]));
+    })
+}
+
+// ---- printing --------------------------------------------------------------------------
+
+/// A string as is, a number or boolean as text, null (or absent) as empty.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Seconds as `1h 2m 3s`.
+fn duration(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Unix milliseconds as an RFC 3339 time and how long ago it was.
+fn when(ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    let ago = SystemTime::now()
+        .duration_since(at)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{} ({} ago)",
+        humantime::format_rfc3339_seconds(at),
+        duration(ago)
+    )
+}
+
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Prints `rows` under `columns`, each column as wide as its widest cell, two spaces
+/// apart; the last column is not padded.
+fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = columns.iter().map(|(h, _)| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| match (columns[i].1, i == last) {
+                (Align::Left, true) => cell.clone(),
+                (Align::Left, false) => format!("{cell:<w$}", w = widths[i]),
+                (Align::Right, _) => format!("{cell:>w$}", w = widths[i]),
+            })
+            .collect();
+        println!("{}", cells.join("  "));
+    }
+}
+
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
+fn print_summary(v: &Value) {
+    println!(
+        "queued: {} message(s), {} recipient(s) to deliver, {} held (frozen accounts)",
+        num(&v["messages"]),
+        num(&v["recipients"]),
+        num(&v["held"])
+    );
+    let sites: Vec<Vec<String>> = items(&v["by_site"])
+        .iter()
+        .map(|s| {
+            vec![
+                text(&s["site"]),
+                num(&s["recipients"]).to_string(),
+                duration(num(&s["oldest_s"])),
+            ]
+        })
+        .collect();
+    if !sites.is_empty() {
+        println!();
+        table(
+            &[
+                ("SITE", Align::Left),
+                ("RECIPIENTS", Align::Right),
+                ("OLDEST", Align::Right),
+            ],
+            &sites,
+        );
+    }
+    let accounts: Vec<Vec<String>> = items(&v["by_account"])
+        .iter()
+        .map(|a| {
+            vec![
+                text(&a["account"]),
+                num(&a["messages"]).to_string(),
+                num(&a["recipients"]).to_string(),
+                num(&a["held"]).to_string(),
+            ]
+        })
+        .collect();
+    if !accounts.is_empty() {
+        println!();
+        table(
+            &[
+                ("ACCOUNT", Align::Left),
+                ("MESSAGES", Align::Right),
+                ("RECIPIENTS", Align::Right),
+                ("HELD", Align::Right),
+            ],
+            &accounts,
+        );
+    }
+}
+
+/// The recipients of a message state not done yet.
+fn undone(m: &Value) -> impl Iterator<Item = &Value> {
+    items(&m["recipients"])
+        .iter()
+        .filter(|r| r["status"].as_str() != Some("done"))
+}
+
+/// One row of `queue list --live`.
+fn message_row(m: &Value) -> Vec<String> {
+    let total = items(&m["recipients"]).len();
+    let pending = undone(m).count();
+    let next = undone(m)
+        .filter_map(|r| r["next_attempt_in_s"].as_u64())
+        .min()
+        .map_or("-".to_string(), |s| {
+            if s == 0 { "now".into() } else { duration(s) }
+        });
+    let state = if m["held"].as_bool() == Some(true) {
+        "held"
+    } else if undone(m).any(|r| r["status"].as_str() == Some("in_flight")) {
+        "sending"
+    } else {
+        "waiting"
+    };
+    let mut domains: Vec<String> = undone(m).map(|r| text(&r["domain"])).collect();
+    domains.sort_unstable();
+    domains.dedup();
+    vec![
+        text(&m["id"]),
+        duration(num(&m["age_s"])),
+        text(&m["account"]),
+        stream_of(m).to_string(),
+        state.to_string(),
+        format!("{pending}/{total}"),
+        next,
+        domains.join(","),
+    ]
+}
+
+fn stream_of(m: &Value) -> &'static str {
+    if m["marketing"].as_bool() == Some(true) {
+        "marketing"
+    } else {
+        "transactional"
+    }
+}
+
+fn print_messages(v: &Value, limit: usize) {
+    let rows: Vec<Vec<String>> = items(v).iter().map(message_row).collect();
+    table(
+        &[
+            ("ID", Align::Left),
+            ("AGE", Align::Right),
+            ("ACCOUNT", Align::Left),
+            ("STREAM", Align::Left),
+            ("STATE", Align::Left),
+            ("PENDING", Align::Right),
+            ("NEXT TRY", Align::Right),
+            ("DOMAINS", Align::Left),
+        ],
+        &rows,
+    );
+    if rows.len() >= limit {
+        println!(
+            "{} message(s) shown: the oldest; --limit N for more",
+            rows.len()
+        );
+    } else {
+        println!("{} message(s) queued", rows.len());
+    }
+}
+
+fn print_message(m: &Value) {
+    println!("id:        {}", text(&m["id"]));
+    println!("age:       {}", duration(num(&m["age_s"])));
+    println!("account:   {}", text(&m["account"]));
+    let mut stream = text(&m["stream"]);
+    if let Some(l) = m["list"].as_str() {
+        stream.push_str(&format!(", list {l}"));
+    }
+    if let Some(c) = m["campaign"].as_str() {
+        stream.push_str(&format!(", campaign {c}"));
+    }
+    println!("stream:    {stream}");
+    println!("sender:    <{}>", text(&m["sender"]));
+    println!("size:      {} octets", num(&m["size"]));
+    if m["held"].as_bool() == Some(true) {
+        println!("held:      yes (the account is frozen)");
+    }
+    println!("recipients:");
+    for r in items(&m["recipients"]) {
+        let state = match r["status"].as_str().unwrap_or("") {
+            "waiting" => {
+                let next = r["next_attempt_in_s"].as_u64().unwrap_or(0);
+                format!(
+                    "waiting, {} attempt(s), next {}",
+                    num(&r["attempts"]),
+                    if next == 0 {
+                        "now".to_string()
+                    } else {
+                        format!("in {}", duration(next))
+                    }
+                )
+            }
+            "in_flight" => format!("being delivered, {} attempt(s) before", num(&r["attempts"])),
+            other => other.to_string(),
+        };
+        println!("  <{}>  {state}", text(&r["address"]));
+    }
+}
+
+/// `since … by …: reason` of a `Frozen` object, or `no`.
+fn frozen_text(f: &Value) -> String {
+    if f.is_null() {
+        return "no".into();
+    }
+    format!(
+        "since {}, by {}: {}",
+        when(num(&f["since_ms"])),
+        text(&f["by"]),
+        text(&f["reason"])
+    )
+}
+
+fn print_accounts(v: &Value) {
+    let rows: Vec<Vec<String>> = items(v)
+        .iter()
+        .map(|a| {
+            let (q, r) = (&a["queued"], &a["results"]);
+            vec![
+                text(&a["account"]),
+                num(&q["messages"]).to_string(),
+                num(&q["recipients"]).to_string(),
+                num(&q["held"]).to_string(),
+                num(&r["delivered"]).to_string(),
+                num(&r["deferred"]).to_string(),
+                num(&r["hard_bounced"]).to_string(),
+                num(&r["soft_bounced"]).to_string(),
+                frozen_text(&a["frozen"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            ("ACCOUNT", Align::Left),
+            ("QUEUED", Align::Right),
+            ("RECIPIENTS", Align::Right),
+            ("HELD", Align::Right),
+            ("DELIVERED", Align::Right),
+            ("DEFERRED", Align::Right),
+            ("HARD BOUNCED", Align::Right),
+            ("SOFT BOUNCED", Align::Right),
+            ("FROZEN", Align::Left),
+        ],
+        &rows,
+    );
+}
+
+fn print_account(a: &Value) {
+    let (q, r) = (&a["queued"], &a["results"]);
+    println!("account:  {}", text(&a["account"]));
+    println!("frozen:   {}", frozen_text(&a["frozen"]));
+    println!(
+        "queued:   {} message(s), {} recipient(s) to deliver, {} held",
+        num(&q["messages"]),
+        num(&q["recipients"]),
+        num(&q["held"])
+    );
+    println!(
+        "results:  {} delivered, {} deferred, {} hard bounced, {} soft bounced (recipients, \
+         since the relay started)",
+        num(&r["delivered"]),
+        num(&r["deferred"]),
+        num(&r["hard_bounced"]),
+        num(&r["soft_bounced"])
+    );
+}
+
+/// Reasons as `bounce, manual`, or `none`.
+fn reasons(v: &Value) -> String {
+    let all: Vec<String> = items(v).iter().map(text).collect();
+    if all.is_empty() {
+        "none".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+fn print_standing(v: &Value) {
+    println!("address:     {}", text(&v["address"]));
+    let Some(account) = v["account"].as_str() else {
+        println!(
+            "suppressed:  global: {}",
+            reasons(&v["suppressed"]["global"])
+        );
+        println!("(give --account for its consent, every scope and the verdict)");
+        return;
+    };
+    let list = v["list"].as_str();
+    println!(
+        "sending as:  account {account}, list {}, stream {}",
+        list.unwrap_or("(none)"),
+        text(&v["stream"])
+    );
+    match list {
+        Some(l) => println!(
+            "consent:     {} ({account}/{l})",
+            if v["consent"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+        ),
+        None => println!("consent:     (no list)"),
+    }
+    let s = &v["suppressed"];
+    println!("suppressed:  global: {}", reasons(&s["global"]));
+    println!("             account {account}: {}", reasons(&s["account"]));
+    if let Some(l) = list {
+        println!("             list {account}/{l}: {}", reasons(&s["list"]));
+    }
+    println!("verdict:     {}", text(&v["verdict"]));
+}
+
+fn print_policy(v: &Value) {
+    match v["path"].as_str() {
+        Some(p) => println!("policy file:  {p}"),
+        None => println!("policy file:  none (the embedded policy; nothing to reload)"),
+    }
+    println!("generation:   {}", num(&v["generation"]));
+    println!("loaded:       {}", when(num(&v["loaded_at_ms"])));
+    let Some(at) = v["last_attempt_ms"].as_u64() else {
+        println!("last reload:  none since the start");
+        return;
+    };
+    let problems = items(&v["last_error"]);
+    println!(
+        "last reload:  {}, by {}: {}",
+        when(at),
+        text(&v["last_trigger"]),
+        if v["last_error"].is_null() {
+            "ok".to_string()
+        } else {
+            format!(
+                "refused ({} problem(s)); the policy above stays",
+                problems.len()
+            )
+        }
+    );
+    for p in problems {
+        println!("{}", indented(&text(p)));
+    }
+}
+
+/// A problem under its heading: every line indented (TOML errors span several).
+fn indented(problem: &str) -> String {
+    problem
+        .lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_keeps_only_unreserved_characters() {
+        assert_eq!(encode("a.b-c_d~9"), "a.b-c_d~9");
+        assert_eq!(encode("Tom+news@x.example"), "Tom%2Bnews%40x.example");
+        assert_eq!(encode("a b/é"), "a%20b%2F%C3%A9");
+    }
+
+    #[test]
+    fn query_skips_absent_values() {
+        assert_eq!(query(&[("a", None), ("b", None)]), "");
+        assert_eq!(
+            query(&[
+                ("account", Some("a b")),
+                ("list", None),
+                ("limit", Some("5"))
+            ]),
+            "?account=a%20b&limit=5"
+        );
+    }
+
+    #[test]
+    fn urls_parse_with_ports_prefixes_and_ipv6() {
+        let t = Target::parse("http://127.0.0.1:8025/").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.prefix.as_str(), t.url.as_str()),
+            ("127.0.0.1", 8025, "", "http://127.0.0.1:8025")
+        );
+        let t = Target::parse("http://[::1]:9000/relay/").unwrap();
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.prefix.as_str(),
+                t.authority.as_str()
+            ),
+            ("::1", 9000, "/relay", "[::1]:9000")
+        );
+        assert_eq!(Target::parse("http://relay.internal").unwrap().port, 80);
+        for bad in [
+            "https://x:1",
+            "127.0.0.1:8025",
+            "http://:8025",
+            "http://u@x:1",
+            "http://x:port",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_split_into_refusals_and_failures() {
+        let body = br#"{"error":"policy refused","status":409,"problems":["a","b"]}"#;
+        match answer("u", StatusCode::CONFLICT, body) {
+            Err(Failure::Refused {
+                status,
+                error,
+                problems,
+                ..
+            }) => {
+                assert_eq!((status, error.as_str()), (409, "policy refused"));
+                assert_eq!(problems, ["a", "b"]);
+            }
+            _ => panic!("a 409 is a refusal"),
+        }
+        assert!(matches!(
+            answer("u", StatusCode::BAD_REQUEST, b"plain text"),
+            Err(Failure::Refused { error, .. }) if error == "plain text"
+        ));
+        assert!(matches!(
+            answer(
+                "u",
+                StatusCode::SERVICE_UNAVAILABLE,
+                br#"{"error":"stopping"}"#
+            ),
+            Err(Failure::Unreachable(_))
+        ));
+        assert!(matches!(
+            answer("u", StatusCode::OK, b"<html>"),
+            Err(Failure::Unreachable(_))
+        ));
+    }
+}

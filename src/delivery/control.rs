@@ -1,0 +1,456 @@
+//! The operator's hold on the queue (admin API and CLI): a summary by site and account,
+//! message inspection, retry now, return (bounce) or delete a message, drop the mail queued
+//! to an erased address, and release an unfrozen account's held mail.
+//!
+//! Commands reach the scheduler through its event channel and are answered on a oneshot,
+//! so they see the queue exactly as delivery does, with no lock. An action on a message
+//! whose envelope is not in memory (a cold message, see [`super::queue`]) is remembered and
+//! applied once the envelope has been read back, before anything else happens to it.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::outcome::{Attempt, LocalRefusal};
+use super::queue::Progress;
+use super::route::JobReport;
+use super::{Delivery, Event, Residence, Scheduler};
+use crate::spool::{self, RcptEvent};
+
+/// What the operator does to one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Every waiting recipient is tried now.
+    Retry,
+    /// Every waiting recipient fails with a DSN to the sender.
+    Bounce,
+    /// Every waiting recipient is dropped, without a DSN.
+    Delete,
+    /// The waiting recipients with this address are dropped, without a DSN.
+    Erase(String),
+}
+
+pub(super) enum Command {
+    Summary(oneshot::Sender<QueueSummary>),
+    List {
+        account: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<MessageState>>,
+    },
+    Show {
+        id: u64,
+        reply: oneshot::Sender<Option<MessageState>>,
+    },
+    Act {
+        id: u64,
+        action: Action,
+        reply: oneshot::Sender<Result<usize, ControlError>>,
+    },
+    Erase {
+        address: String,
+        reply: oneshot::Sender<usize>,
+    },
+    /// An account was unfrozen: its held mail goes.
+    Release {
+        account: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("no message {0} in the queue")]
+    NoSuchMessage(String),
+    #[error("the relay is shutting down")]
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueSummary {
+    pub messages: usize,
+    /// Recipients not yet delivered or bounced.
+    pub recipients: usize,
+    /// Recipients held because their account is frozen.
+    pub held: usize,
+    /// The busiest sites first; the rest summed as `other`.
+    pub by_site: Vec<SiteQueue>,
+    pub by_account: Vec<AccountQueue>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteQueue {
+    /// The site's MX hosts, `smarthost`, or `unresolved` (domains not looked up yet).
+    pub site: String,
+    pub recipients: usize,
+    /// Age of the oldest message with a recipient here, in seconds.
+    pub oldest_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountQueue {
+    pub account: String,
+    pub messages: usize,
+    pub recipients: usize,
+    pub held: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageState {
+    /// The queue id (16 hex digits).
+    pub id: String,
+    pub account: String,
+    pub marketing: bool,
+    pub age_s: u64,
+    /// Held because the account is frozen.
+    pub held: bool,
+    pub recipients: Vec<RcptState>,
+    #[serde(skip)]
+    pub loc: spool::Location,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RcptState {
+    pub index: usize,
+    pub domain: String,
+    /// `waiting`, `in_flight` or `done`.
+    pub status: &'static str,
+    /// Seconds until the next attempt (0: due), for waiting recipients.
+    pub next_attempt_in_s: Option<u64>,
+    pub attempts: u16,
+}
+
+/// The busiest sites named in the summary (and in metrics labels); the rest are `other`.
+pub const NAMED_SITES: usize = 20;
+
+impl Delivery {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Control(make(tx)))
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+
+    pub async fn summary(&self) -> Result<QueueSummary, ControlError> {
+        self.ask(Command::Summary).await
+    }
+
+    /// Messages in the queue (oldest first), at most `limit`, of one account or all.
+    pub async fn list(
+        &self,
+        account: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<MessageState>, ControlError> {
+        self.ask(|reply| Command::List {
+            account,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn show(&self, id: u64) -> Result<Option<MessageState>, ControlError> {
+        self.ask(|reply| Command::Show { id, reply }).await
+    }
+
+    /// Applies an action to a message; returns how many recipients it concerns.
+    pub async fn act(&self, id: u64, action: Action) -> Result<usize, ControlError> {
+        self.ask(|reply| Command::Act { id, action, reply }).await?
+    }
+
+    /// Drops every waiting recipient with this address; returns how many were queued.
+    pub async fn erase(&self, address: &str) -> Result<usize, ControlError> {
+        let address = address.to_string();
+        self.ask(|reply| Command::Erase { address, reply }).await
+    }
+
+    /// Releases an unfrozen account's held mail.
+    pub fn release(&self, account: &str) {
+        let _ = self.tx.send(Event::Control(Command::Release {
+            account: account.to_string(),
+        }));
+    }
+}
+
+impl Scheduler {
+    pub(super) fn control(&mut self, command: Command) {
+        match command {
+            Command::Summary(reply) => {
+                let _ = reply.send(self.summary());
+            }
+            Command::List {
+                account,
+                limit,
+                reply,
+            } => {
+                let account = account.map(|a| self.names.find(&a));
+                let mut ids: Vec<u64> = self
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| account.is_none_or(|a| a == Some(e.account)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.sort_unstable(); // ids grow with time: oldest first
+                ids.truncate(limit);
+                let list = ids.iter().filter_map(|id| self.state(*id)).collect();
+                let _ = reply.send(list);
+            }
+            Command::Show { id, reply } => {
+                let _ = reply.send(self.state(id));
+            }
+            Command::Act { id, action, reply } => {
+                let _ = reply.send(self.act(id, action));
+            }
+            Command::Erase { address, reply } => {
+                let hash = self.tagger.short(&address);
+                let ids: Vec<u64> = self
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| {
+                        e.rcpts
+                            .iter()
+                            .any(|r| r.addr_hash == hash && r.status() != Progress::Done)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                let mut candidates = 0;
+                for id in ids {
+                    if let Ok(n) = self.act(id, Action::Erase(address.clone())) {
+                        candidates += n;
+                    }
+                }
+                let _ = reply.send(candidates);
+            }
+            Command::Release { account } => {
+                let Some(account) = self.names.find(&account) else {
+                    return;
+                };
+                let ids: Vec<u64> = self
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.account == account)
+                    .map(|(id, _)| *id)
+                    .collect();
+                tracing::info!(messages = ids.len(), "releasing an unfrozen account's mail");
+                for id in ids {
+                    self.dispatch(id);
+                }
+            }
+        }
+    }
+
+    /// Whether a message is held: marketing of a frozen account.
+    pub(super) fn held(&self, entry: &super::Entry) -> bool {
+        entry.marketing
+            && self
+                .settings
+                .freezes
+                .as_ref()
+                .is_some_and(|f| f.is_frozen(self.names.name(entry.account)))
+    }
+
+    fn act(&mut self, id: u64, action: Action) -> Result<usize, ControlError> {
+        let now = self.clock.now_ms();
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return Err(ControlError::NoSuchMessage(spool::format_id(id)));
+        };
+        let hash = match &action {
+            Action::Erase(address) => Some(self.tagger.short(address)),
+            _ => None,
+        };
+        // Waiting recipients, and those in flight (the action waits for their attempt: if
+        // it does not finish them, the action does).
+        let mut n = 0;
+        for r in entry.rcpts.iter_mut() {
+            let open = matches!(r.status(), Progress::Waiting { .. } | Progress::InFlight);
+            if open && hash.is_none_or(|h| h == r.addr_hash) {
+                n += 1;
+                if action == Action::Retry && r.status() != Progress::InFlight {
+                    r.set(Progress::Waiting { due: now });
+                }
+            }
+        }
+        tracing::info!(id = %spool::format_id(id), action = ?ActionName(&action), recipients = n, "operator action");
+        if action != Action::Retry {
+            self.actions.insert(id, action);
+        }
+        self.dispatch(id);
+        Ok(n)
+    }
+
+    /// Applies a remembered action to a message now in memory.
+    pub(super) fn apply(&mut self, id: u64, action: Action) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let Residence::Hot(hot) = &entry.residence else {
+            return;
+        };
+        let env = hot.env.clone();
+        let chosen: Vec<u32> = entry
+            .rcpts
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| {
+                matches!(r.status(), Progress::Waiting { .. })
+                    && match &action {
+                        Action::Erase(address) => {
+                            env.recipients[*i].address.eq_ignore_ascii_case(address)
+                        }
+                        _ => true,
+                    }
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        if action == Action::Bounce {
+            for &i in &chosen {
+                entry.rcpts[i as usize].set(Progress::InFlight);
+            }
+            let results = chosen
+                .iter()
+                .map(|&i| (i, Attempt::Refused(LocalRefusal::ReturnedByOperator)))
+                .collect();
+            self.complete(JobReport {
+                id,
+                results,
+                remote: None,
+                next_hop_dsn: false,
+                site: "-".into(),
+            });
+            return;
+        }
+        // Delete and erase: journaled as failed, no DSN, nothing more sent.
+        let loc = entry.loc;
+        for &i in &chosen {
+            entry.rcpts[i as usize].set(Progress::Done);
+            self.spool.record(loc, i, RcptEvent::Failed);
+        }
+        self.open_rcpts -= chosen.len();
+        let finished = entry.rcpts.iter().all(|r| r.status() == Progress::Done);
+        if finished {
+            self.entries.remove(&id);
+            self.spool.finish(loc);
+        } else if !entry.in_flight() {
+            entry.residence = Residence::Cold;
+            if let Some(due) = entry.next_due() {
+                self.timers.push(std::cmp::Reverse((due, id)));
+            }
+        }
+    }
+
+    fn state(&self, id: u64) -> Option<MessageState> {
+        let e = self.entries.get(&id)?;
+        let now = self.clock.now_ms();
+        Some(MessageState {
+            id: spool::format_id(id),
+            account: self.names.name(e.account).to_string(),
+            marketing: e.marketing,
+            age_s: (now / 1000).saturating_sub(e.received_s as u64),
+            held: self.held(e),
+            recipients: e
+                .rcpts
+                .iter()
+                .enumerate()
+                .map(|(index, r)| {
+                    let (status, next) = match r.status() {
+                        Progress::Waiting { due } => {
+                            ("waiting", Some(due.saturating_sub(now) / 1000))
+                        }
+                        Progress::InFlight => ("in_flight", None),
+                        Progress::Done => ("done", None),
+                    };
+                    RcptState {
+                        index,
+                        domain: self.names.name(r.domain).to_string(),
+                        status,
+                        next_attempt_in_s: next,
+                        attempts: r.attempts,
+                    }
+                })
+                .collect(),
+            loc: e.loc,
+        })
+    }
+
+    /// The queue by site and account (see [`QueueSummary`]).
+    pub(super) fn summary(&self) -> QueueSummary {
+        let now_s = self.clock.now_ms() / 1000;
+        let tnow = tokio::time::Instant::now();
+        let mut site_of: HashMap<u32, String> = HashMap::new();
+        let mut by_site: HashMap<String, (usize, u64)> = HashMap::new();
+        let mut by_account: HashMap<u32, AccountQueue> = HashMap::new();
+        let mut held_total = 0;
+        for e in self.entries.values() {
+            let held = self.held(e);
+            let age = now_s.saturating_sub(e.received_s as u64);
+            let acc = by_account.entry(e.account).or_insert_with(|| AccountQueue {
+                account: self.names.name(e.account).to_string(),
+                messages: 0,
+                recipients: 0,
+                held: 0,
+            });
+            acc.messages += 1;
+            for r in e.rcpts.iter().filter(|r| r.status() != Progress::Done) {
+                acc.recipients += 1;
+                if held {
+                    acc.held += 1;
+                    held_total += 1;
+                }
+                let site = site_of.entry(r.domain).or_insert_with(|| {
+                    if !self.by_domain {
+                        return "smarthost".to_string();
+                    }
+                    self.sites
+                        .route(self.names.name(r.domain), tnow)
+                        .map_or_else(|| "unresolved".to_string(), |k| k.to_string())
+                });
+                let slot = by_site.entry(site.clone()).or_default();
+                slot.0 += 1;
+                slot.1 = slot.1.max(age);
+            }
+        }
+        let mut sites: Vec<SiteQueue> = by_site
+            .into_iter()
+            .map(|(site, (recipients, oldest_s))| SiteQueue {
+                site,
+                recipients,
+                oldest_s,
+            })
+            .collect();
+        sites.sort_by(|a, b| b.recipients.cmp(&a.recipients).then(a.site.cmp(&b.site)));
+        if sites.len() > NAMED_SITES {
+            let rest = sites.split_off(NAMED_SITES);
+            sites.push(SiteQueue {
+                site: "other".into(),
+                recipients: rest.iter().map(|s| s.recipients).sum(),
+                oldest_s: rest.iter().map(|s| s.oldest_s).max().unwrap_or(0),
+            });
+        }
+        let mut accounts: Vec<AccountQueue> = by_account.into_values().collect();
+        accounts.sort_by(|a, b| a.account.cmp(&b.account));
+        QueueSummary {
+            messages: self.entries.len(),
+            recipients: self.open_rcpts,
+            held: held_total,
+            by_site: sites,
+            by_account: accounts,
+        }
+    }
+}
+
+/// An action for the log, without the erased address.
+struct ActionName<'a>(&'a Action);
+
+impl std::fmt::Debug for ActionName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Action::Retry => "retry",
+            Action::Bounce => "bounce",
+            Action::Delete => "delete",
+            Action::Erase(_) => "erase",
+        })
+    }
+}

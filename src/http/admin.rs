@@ -1,0 +1,581 @@
+//! The admin API: JSON over the HTTP listener under `/admin/`, every request with
+//! `Authorization: Bearer <token>` (`[admin] token`, or the token file the relay writes
+//! beside the spool). It steers the running relay: the queue (summary by site and account,
+//! inspection, retry, bounce, delete), accounts (status, freeze, unfreeze), suppressions
+//! (check, add, remove), erasure of an address, and the policy (status, reload).
+//!
+//! Errors are JSON `{"error": "...", "status": N}` with the HTTP status: 400 bad input, 401
+//! no or wrong token, 404 nothing there, 409 a conflict, 503 shutting down. The OpenAPI
+//! description (`openapi.json`, served at `GET /admin/openapi.json`) is checked against
+//! the routes by a test.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clap::ValueEnum;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::consent::{self, Change, Kind, Lists, Op, Origin, Reason, Scope};
+use crate::delivery::Delivery;
+use crate::delivery::control::{Action, ControlError};
+use crate::governance::freeze::Freezes;
+use crate::policy::{Policy, Stream};
+use crate::reload::{PolicyReloader, Trigger};
+use crate::spool::Spool;
+
+/// The OpenAPI 3 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// What the admin API works on.
+#[derive(Clone)]
+pub struct Admin {
+    pub token: Arc<str>,
+    pub delivery: Delivery,
+    pub spool: Spool,
+    pub lists: Arc<Lists>,
+    pub freezes: Arc<Freezes>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub reloader: Arc<PolicyReloader>,
+    pub counts: Arc<crate::delivery::counts::AccountCounts>,
+}
+
+/// The token from the config, else from the token file; `create` makes the file (a random
+/// token, mode 0600) when it does not exist (the relay does; the CLI only reads).
+pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String, String> {
+    if let Some(t) = &config.token {
+        return Ok(t.clone());
+    }
+    let path = &config.token_file;
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_string()),
+        Ok(_) => return Err(format!("admin token file {}: too short", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
+        Err(e) => {
+            return Err(format!(
+                "admin token file {}: {e} (is the relay running with this config?)",
+                path.display()
+            ));
+        }
+    }
+    let mut raw = [0u8; 24];
+    rand::Rng::fill(&mut rand::rng(), &mut raw);
+    let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
+        .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "admin API token created");
+    Ok(token)
+}
+
+/// An error reply.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.1, "status": self.0.as_u16()});
+        let mut response = (self.0, axum::Json(body)).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid"));
+        }
+        response
+    }
+}
+
+fn bad(why: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, why.into())
+}
+
+fn internal(why: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, why.into())
+}
+
+fn not_found(why: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, why.into())
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        match e {
+            ControlError::NoSuchMessage(_) => not_found(e.to_string()),
+            ControlError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+}
+
+type ApiResult = Result<axum::Json<Value>, ApiError>;
+
+fn ok(v: impl serde::Serialize) -> ApiResult {
+    Ok(axum::Json(serde_json::to_value(v).expect("serialisable")))
+}
+
+pub fn router(admin: Admin) -> Router {
+    let api = Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/queue", get(queue_summary))
+        .route("/queue/messages", get(queue_list))
+        .route(
+            "/queue/messages/{id}",
+            get(message_show).delete(message_delete),
+        )
+        .route("/queue/messages/{id}/retry", post(message_retry))
+        .route("/queue/messages/{id}/bounce", post(message_bounce))
+        .route("/accounts", get(accounts_list))
+        .route("/accounts/{name}", get(account_show))
+        .route("/accounts/{name}/freeze", post(account_freeze))
+        .route("/accounts/{name}/unfreeze", post(account_unfreeze))
+        .route(
+            "/suppressions/{address}",
+            get(suppression_check).delete(suppression_remove),
+        )
+        .route("/suppressions", post(suppression_add))
+        .route("/erase", post(erase))
+        .route("/policy", get(policy_status))
+        .route("/policy/reload", post(policy_reload))
+        .fallback(|| async { not_found("no such admin endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method".into(),
+            )
+        })
+        .layer(middleware::from_fn_with_state(admin.clone(), authorise))
+        .with_state(admin);
+    Router::new().nest("/admin", api)
+}
+
+/// Every admin request needs the bearer token (compared in constant time).
+async fn authorise(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // blake3::Hash compares in constant time; hashing first hides the length too.
+    let same = blake3::hash(given.as_bytes()) == blake3::hash(admin.token.as_bytes());
+    if !same {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    crate::spool::parse_id(id).ok_or_else(|| bad(format!("{id:?} is not a queue id")))
+}
+
+/// A JSON body, with a 400 naming what is wrong.
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| bad(format!("bad JSON body: {e}")))
+}
+
+// ---- queue ---------------------------------------------------------------------------
+
+async fn queue_summary(State(a): State<Admin>) -> ApiResult {
+    ok(a.delivery.summary().await?)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    account: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A query string, with a 400 in JSON naming what is wrong.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| bad(format!("bad query: {}", e.body_text())))
+}
+
+async fn queue_list(
+    State(a): State<Admin>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    if let Some(name) = &q.account {
+        known_account(&a, name)?;
+    }
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    ok(a.delivery.list(q.account, limit).await?)
+}
+
+async fn message_show(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
+    let n = parse_id(&id)?;
+    let state = a
+        .delivery
+        .show(n)
+        .await?
+        .ok_or_else(|| not_found(format!("no message {id} in the queue")))?;
+    let (envelope, content) = a
+        .spool
+        .read_message(state.loc)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut v = serde_json::to_value(&state).expect("serialisable");
+    let obj = v.as_object_mut().expect("an object");
+    obj.insert("sender".into(), json!(envelope.sender.unwrap_or_default()));
+    obj.insert("size".into(), json!(content.len()));
+    obj.insert("stream".into(), json!(envelope.stream.to_string()));
+    obj.insert("list".into(), json!(envelope.list));
+    obj.insert("campaign".into(), json!(envelope.campaign));
+    if let Some(rcpts) = obj.get_mut("recipients").and_then(Value::as_array_mut) {
+        for (r, e) in rcpts.iter_mut().zip(&envelope.recipients) {
+            r["address"] = json!(e.address);
+        }
+    }
+    Ok(axum::Json(v))
+}
+
+async fn act(a: &Admin, id: &str, action: Action, done: &str) -> ApiResult {
+    let n = a.delivery.act(parse_id(id)?, action).await?;
+    ok(json!({"id": id, "recipients": n, "result": done}))
+}
+
+async fn message_retry(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
+    act(&a, &id, Action::Retry, "retrying").await
+}
+
+async fn message_bounce(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
+    act(&a, &id, Action::Bounce, "bounced").await
+}
+
+async fn message_delete(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
+    act(&a, &id, Action::Delete, "deleted").await
+}
+
+// ---- accounts ------------------------------------------------------------------------
+
+fn account_json(
+    a: &Admin,
+    name: &str,
+    queued: Option<&crate::delivery::control::AccountQueue>,
+) -> Value {
+    json!({
+        "account": name,
+        "frozen": a.freezes.get(name),
+        "results": a.counts.get(name),
+        "queued": {
+            "messages": queued.map_or(0, |q| q.messages),
+            "recipients": queued.map_or(0, |q| q.recipients),
+            "held": queued.map_or(0, |q| q.held),
+        },
+    })
+}
+
+async fn accounts_list(State(a): State<Admin>) -> ApiResult {
+    let summary = a.delivery.summary().await?;
+    let policy = a.policy.load();
+    // The policy's accounts, and any frozen one the policy no longer has.
+    let mut names: Vec<String> = policy.accounts().iter().map(|a| a.name.clone()).collect();
+    names.extend(a.freezes.all().into_keys());
+    names.sort();
+    names.dedup();
+    let all: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let q = summary.by_account.iter().find(|q| &q.account == name);
+            account_json(&a, name, q)
+        })
+        .collect();
+    ok(all)
+}
+
+async fn account_show(State(a): State<Admin>, Path(name): Path<String>) -> ApiResult {
+    known_account(&a, &name)?;
+    let summary = a.delivery.summary().await?;
+    let q = summary.by_account.iter().find(|q| q.account == name);
+    Ok(axum::Json(account_json(&a, &name, q)))
+}
+
+fn known_account(a: &Admin, name: &str) -> Result<(), ApiError> {
+    if a.policy.load().account(name).is_none() && a.freezes.get(name).is_none() {
+        return Err(not_found(format!("no account {name:?} in the policy")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct FreezeBody {
+    reason: String,
+}
+
+async fn account_freeze(State(a): State<Admin>, Path(name): Path<String>, raw: Bytes) -> ApiResult {
+    known_account(&a, &name)?;
+    let b: FreezeBody = body(&raw)?;
+    let freezes = a.freezes.clone();
+    let who = name.clone();
+    let changed = tokio::task::spawn_blocking(move || freezes.freeze(&who, &b.reason, "admin"))
+        .await
+        .map_err(|_| internal("the freeze task failed"))?
+        .map_err(|e| match e {
+            crate::governance::freeze::FreezeError::NoReason => bad(e.to_string()),
+            other => internal(other.to_string()),
+        })?;
+    ok(json!({"account": name, "frozen": a.freezes.get(&name), "changed": changed}))
+}
+
+async fn account_unfreeze(State(a): State<Admin>, Path(name): Path<String>) -> ApiResult {
+    known_account(&a, &name)?;
+    let freezes = a.freezes.clone();
+    let who = name.clone();
+    let changed = tokio::task::spawn_blocking(move || freezes.unfreeze(&who, "admin"))
+        .await
+        .map_err(|_| internal("the unfreeze task failed"))?
+        .map_err(|e| internal(e.to_string()))?;
+    if changed {
+        a.delivery.release(&name);
+    }
+    ok(json!({"account": name, "frozen": null, "changed": changed}))
+}
+
+// ---- suppressions --------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+struct ScopeQuery {
+    account: Option<String>,
+    list: Option<String>,
+    reason: Option<String>,
+    stream: Option<String>,
+}
+
+/// The scope named (none: global); the account and list must exist.
+fn scope_of<'q>(policy: &Policy, q: &'q ScopeQuery) -> Result<Scope<'q>, ApiError> {
+    match (&q.account, &q.list) {
+        (None, None) => Ok(Scope::Global),
+        (None, Some(_)) => Err(bad("a list needs its account")),
+        (Some(a), list) => {
+            let acc = policy
+                .account(a)
+                .ok_or_else(|| not_found(format!("no account {a:?} in the policy")))?;
+            match list {
+                None => Ok(Scope::Account(a)),
+                Some(l) if acc.list(l).is_some() => Ok(Scope::List(a, l)),
+                Some(l) => Err(not_found(format!("account {a:?} has no list {l:?}"))),
+            }
+        }
+    }
+}
+
+fn reason_of(text: Option<&str>) -> Result<Option<Reason>, ApiError> {
+    text.map(|r| {
+        Reason::from_str(r, true).map_err(|_| {
+            bad(format!(
+                "{r:?} is not a reason (unsubscribe, bounce, complaint, manual, erasure)"
+            ))
+        })
+    })
+    .transpose()
+}
+
+fn normalised(address: &str) -> Result<String, ApiError> {
+    consent::key::normalise(address).map_err(|e| bad(format!("{address:?}: {e}")))
+}
+
+fn record(a: &Admin, scope: Scope<'_>, op: Op, tags: u8, address: &str) -> Result<(), ApiError> {
+    let change = Change {
+        op,
+        fp: a
+            .lists
+            .secret()
+            .fingerprint(Kind::Suppression, scope, address),
+        tags,
+        origin: Origin::Operator,
+        time_ms: crate::spool::now_ms(),
+    };
+    a.lists
+        .record(&[change])
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn reasons(tags: u8) -> Vec<&'static str> {
+    Reason::from_tags(tags).map(Reason::as_str).collect()
+}
+
+async fn suppression_check(
+    State(a): State<Admin>,
+    Path(address): Path<String>,
+    q: Result<Query<ScopeQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let address = normalised(&address)?;
+    let policy = a.policy.load();
+    let Some(name) = &q.account else {
+        if q.list.is_some() || q.stream.is_some() {
+            return Err(bad("a list or stream needs its account"));
+        }
+        let st = a.lists.standing("", None, &address);
+        return ok(json!({"address": address, "suppressed": {"global": reasons(st.global)}}));
+    };
+    let acc = policy
+        .account(name)
+        .ok_or_else(|| not_found(format!("no account {name:?} in the policy")))?;
+    let list = match &q.list {
+        Some(l) if acc.list(l).is_none() => {
+            return Err(not_found(format!("account {name:?} has no list {l:?}")));
+        }
+        Some(l) => Some(l.clone()),
+        None => acc.default_list.clone(),
+    };
+    let stream = match q.stream.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => acc.default_stream,
+        Some("marketing") => Stream::Marketing,
+        Some("transactional") => Stream::Transactional,
+        Some(_) => {
+            return Err(bad(format!(
+                "{:?} is not marketing or transactional",
+                q.stream.unwrap_or_default()
+            )));
+        }
+    };
+    let st = a.lists.standing(name, list.as_deref(), &address);
+    let verdict = if !acc.allows(stream) {
+        format!("refused: account {name} may not send {stream} mail")
+    } else if stream == Stream::Marketing && list.is_none() {
+        "refused: marketing mail needs a list".to_string()
+    } else {
+        match crate::policy::verdict::decide(stream, &st) {
+            Ok(()) => "allowed".to_string(),
+            Err(why) => format!("refused: 550 5.7.1 <{address}> {}", why.text()),
+        }
+    };
+    ok(json!({
+        "address": address,
+        "account": name,
+        "list": list,
+        "stream": stream.to_string(),
+        "consent": st.consent,
+        "suppressed": {
+            "global": reasons(st.global),
+            "account": reasons(st.account),
+            "list": reasons(st.list),
+        },
+        "verdict": verdict,
+    }))
+}
+
+#[derive(Deserialize)]
+struct SuppressBody {
+    address: String,
+    account: Option<String>,
+    list: Option<String>,
+    reason: Option<String>,
+}
+
+async fn suppression_add(State(a): State<Admin>, raw: Bytes) -> ApiResult {
+    let b: SuppressBody = body(&raw)?;
+    let address = normalised(&b.address)?;
+    let reason = reason_of(b.reason.as_deref())?.unwrap_or(Reason::Manual);
+    let q = ScopeQuery {
+        account: b.account,
+        list: b.list,
+        ..Default::default()
+    };
+    let policy = a.policy.load();
+    let scope = scope_of(&policy, &q)?;
+    record(&a, scope, Op::Add, reason.bit(), &address)?;
+    ok(
+        json!({"address": address, "scope": scope.to_string(), "reason": reason.as_str(), "result": "suppressed"}),
+    )
+}
+
+async fn suppression_remove(
+    State(a): State<Admin>,
+    Path(address): Path<String>,
+    q: Result<Query<ScopeQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let address = normalised(&address)?;
+    let reason = reason_of(q.reason.as_deref())?;
+    let policy = a.policy.load();
+    let scope = scope_of(&policy, &q)?;
+    let bits = reason.map_or(consent::ALL_REASONS, Reason::bit);
+    record(&a, scope, Op::Remove, bits, &address)?;
+    ok(json!({
+        "address": address,
+        "scope": scope.to_string(),
+        "reason": reason.map_or("all", Reason::as_str),
+        "result": "lifted",
+    }))
+}
+
+// ---- erasure -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct EraseBody {
+    address: String,
+}
+
+/// Drops the mail queued to an address and records an `erasure` suppression (global), so
+/// nothing more is sent to it and nothing of it stays queued. The suppression comes first:
+/// if the queue cannot be reached (shutting down), nothing more is sent and a second
+/// request finishes the job.
+async fn erase(State(a): State<Admin>, raw: Bytes) -> ApiResult {
+    let b: EraseBody = body(&raw)?;
+    let address = normalised(&b.address)?;
+    record(&a, Scope::Global, Op::Add, Reason::Erasure.bit(), &address)?;
+    let dropped = a.delivery.erase(&address).await?;
+    tracing::info!(
+        recipients = dropped,
+        "erasure: queued mail dropped, suppression recorded"
+    );
+    ok(json!({"address": address, "queued_recipients_dropped": dropped, "suppressed": "erasure"}))
+}
+
+// ---- policy --------------------------------------------------------------------------
+
+async fn policy_status(State(a): State<Admin>) -> ApiResult {
+    ok(a.reloader.status())
+}
+
+async fn policy_reload(State(a): State<Admin>) -> Response {
+    // Reading the file and loading DKIM keys block: off the async threads.
+    let reloader = a.reloader.clone();
+    let result = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin))
+        .await
+        .unwrap_or_else(|_| Err(vec!["the reload task failed".into()]));
+    match result {
+        Ok(generation) => {
+            axum::Json(json!({"result": "reloaded", "generation": generation})).into_response()
+        }
+        Err(problems) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({
+                "error": "policy refused; the running policy stays",
+                "status": 409,
+                "problems": problems,
+            })),
+        )
+            .into_response(),
+    }
+}

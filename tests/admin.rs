@@ -1,0 +1,597 @@
+//! The admin API through a running relay: every endpoint with its token check, bad input
+//! and the happy path; freezes refusing submissions and holding queued marketing until
+//! unfrozen; erasure dropping queued mail; and the OpenAPI description kept in step with
+//! the routes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{FakeMx, MxOptions, grant, raw_send};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// `shop` sends both streams; marketing to its list `deals`.
+const POLICY: &str = r#"
+[accounts.shop]
+networks = ["127.0.0.0/8"]
+streams = ["marketing", "transactional"]
+default_stream = "transactional"
+[accounts.shop.lists.deals]
+consent_statement = "You get {list} because you signed up."
+"#;
+
+struct Setup {
+    mx: FakeMx,
+    relay: optin_relay::server::Relay,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(mx_options: MxOptions) -> Setup {
+    let mx = FakeMx::new(mx_options);
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+    );
+    let relay = common::start_relay(dir.path(), &extra, POLICY).await;
+    let http = relay.http_addr.unwrap();
+    Setup {
+        mx,
+        relay,
+        http,
+        _dir: dir,
+    }
+}
+
+/// One HTTP/1.1 request; returns the status, the headers and the body as JSON (or a
+/// string when it is not JSON).
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String, Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    (status, head.to_string(), value)
+}
+
+async fn get(s: &Setup, path: &str) -> (u16, Value) {
+    let (status, _, v) = call(s.http, "GET", path, Some(TOKEN), None).await;
+    (status, v)
+}
+
+async fn send(s: &Setup, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (status, _, v) = call(s.http, method, path, Some(TOKEN), body).await;
+    (status, v)
+}
+
+fn smtp(s: &Setup) -> SocketAddr {
+    s.relay.smtp_addrs[0]
+}
+
+/// Waits until the queue summary says `n` messages.
+async fn queued(s: &Setup, n: u64) -> Value {
+    for _ in 0..200 {
+        let (_, v) = get(s, "/admin/queue").await;
+        if v["messages"] == n {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "queue never had {n} messages: {:?}",
+        get(s, "/admin/queue").await
+    );
+}
+
+/// Waits until no recipient is in flight (every queued one has had its attempt).
+async fn settled(s: &Setup) {
+    for _ in 0..200 {
+        let (_, list) = get(s, "/admin/queue/messages").await;
+        let busy = list.as_array().unwrap().iter().any(|m| {
+            m["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["status"] == "in_flight" || r["attempts"] == 0)
+        });
+        if !busy {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("recipients still in flight");
+}
+
+#[tokio::test]
+async fn every_request_needs_the_token() {
+    let s = setup(MxOptions::default()).await;
+    let (status, head, v) = call(s.http, "GET", "/admin/queue", None, None).await;
+    assert_eq!(status, 401);
+    assert!(
+        head.to_lowercase().contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    assert_eq!(v["status"], 401);
+    assert!(v["error"].as_str().unwrap().contains("token"));
+    let (status, _, _) = call(
+        s.http,
+        "GET",
+        "/admin/queue",
+        Some("wrong-token-0123456789"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = call(
+        s.http,
+        "POST",
+        "/admin/erase",
+        None,
+        Some(json!({"address": "a@b.example"})),
+    )
+    .await;
+    assert_eq!(status, 401, "no action without the token");
+    // unknown endpoints: 404 in JSON, but only with the token
+    let (status, _, _) = call(s.http, "GET", "/admin/nope", None, None).await;
+    assert_eq!(status, 401);
+    let (status, v) = get(&s, "/admin/nope").await;
+    assert_eq!((status, v["status"].clone()), (404, json!(404)));
+    // a wrong method and a bad query are JSON errors too
+    let (status, v) = send(&s, "PUT", "/admin/queue", None).await;
+    assert_eq!((status, v["status"].clone()), (405, json!(405)));
+    let (status, v) = get(&s, "/admin/queue/messages?limit=abc").await;
+    assert_eq!((status, v["status"].clone()), (400, json!(400)));
+    assert!(v["error"].as_str().unwrap().starts_with("bad query"), "{v}");
+    let (status, _) = get(&s, "/admin/queue/messages?account=nobody").await;
+    assert_eq!(status, 404);
+    let (status, _) = get(&s, "/admin/suppressions/a%40b.example?list=deals").await;
+    assert_eq!(status, 400, "a list without its account");
+    // the public endpoints stay public
+    let (status, _, _) = call(s.http, "GET", "/healthz", None, None).await;
+    assert_eq!(status, 200);
+}
+
+/// Every operation in the OpenAPI description is routed, and every route in the source
+/// is described: the description cannot drift from the API.
+#[tokio::test]
+async fn the_openapi_description_matches_the_routes() {
+    let s = setup(MxOptions::default()).await;
+    let (status, doc) = get(&s, "/admin/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut described = Vec::new();
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            described.push((method.to_uppercase(), path.clone()));
+            let concrete = path
+                .replace("{id}", "00000000000000FF")
+                .replace("{name}", "shop")
+                .replace("{address}", "someone%40example.net");
+            let body = (method == "post").then(|| json!({}));
+            let (status, v) = send(&s, &method.to_uppercase(), &concrete, body).await;
+            assert_ne!(status, 405, "{method} {path} is not routed");
+            assert_ne!(
+                v["error"], "no such admin endpoint",
+                "{method} {path} is not routed"
+            );
+        }
+    }
+    // The routes in the source, as the router is built.
+    let source = include_str!("../src/http/admin.rs");
+    let mut routed = Vec::new();
+    let start = source.find("pub fn router").unwrap();
+    let router = &source[start..start + source[start..].find("\n}\n").unwrap()];
+    for piece in router.split(".route(").skip(1) {
+        let path = piece.split('"').nth(1).unwrap();
+        let handlers = &piece[..piece.find("))").unwrap_or(piece.len())];
+        for (name, method) in [("get(", "GET"), ("post(", "POST"), ("delete(", "DELETE")] {
+            if handlers.contains(name) {
+                routed.push((method.to_string(), format!("/admin{path}")));
+            }
+        }
+    }
+    described.sort();
+    routed.sort();
+    assert_eq!(described, routed, "the OpenAPI paths and the router differ");
+}
+
+#[tokio::test]
+async fn the_queue_can_be_inspected_retried_bounced_and_deleted() {
+    let s = setup(MxOptions::default()).await;
+    // 451 at RCPT: the messages stay queued (retry in an hour)
+    for n in 0..3 {
+        let r = raw_send(
+            smtp(&s),
+            "app@shop.example",
+            &[&format!("tempfail-{n}@example.net")],
+            "Subject: queued\r\n\r\nhello",
+        )
+        .await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    queued(&s, 3).await;
+    settled(&s).await;
+    let (_, summary) = get(&s, "/admin/queue").await;
+    assert_eq!(summary["recipients"], 3);
+    assert_eq!(summary["by_account"][0]["account"], "shop");
+    assert_eq!(summary["by_account"][0]["messages"], 3);
+    assert_eq!(summary["by_site"][0]["site"], "smarthost");
+    assert_eq!(summary["by_site"][0]["recipients"], 3);
+
+    let (status, list) = get(&s, "/admin/queue/messages?account=shop&limit=2").await;
+    assert_eq!(status, 200);
+    let list = list.as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "limit");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["recipients"][0]["status"], "waiting");
+    assert_eq!(list[0]["recipients"][0]["attempts"], 1);
+    assert!(
+        list[0]["recipients"][0].get("address").is_none(),
+        "no addresses in lists"
+    );
+
+    let (status, detail) = get(&s, &format!("/admin/queue/messages/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["sender"], "app@shop.example");
+    assert_eq!(detail["recipients"][0]["address"], "tempfail-0@example.net");
+    assert!(detail["size"].as_u64().unwrap() > 10);
+
+    // bad and unknown ids
+    let (status, v) = get(&s, "/admin/queue/messages/not-an-id").await;
+    assert_eq!((status, v["status"].clone()), (400, json!(400)));
+    let (status, _) = get(&s, "/admin/queue/messages/00000000000000FF").await;
+    assert_eq!(status, 404);
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/admin/queue/messages/00000000000000FF/retry",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // retry now: tried again at once (still 451), attempts go up
+    let (status, v) = send(
+        &s,
+        "POST",
+        &format!("/admin/queue/messages/{id}/retry"),
+        None,
+    )
+    .await;
+    assert_eq!((status, v["recipients"].clone()), (200, json!(1)));
+    let mut attempts = 0;
+    for _ in 0..200 {
+        let (_, d) = get(&s, &format!("/admin/queue/messages/{id}")).await;
+        attempts = d["recipients"][0]["attempts"].as_u64().unwrap();
+        if attempts == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(attempts, 2, "retried");
+
+    // bounce: the sender gets a DSN (through the smart host), the message leaves
+    let id2 = list[1]["id"].as_str().unwrap().to_string();
+    let (status, v) = send(
+        &s,
+        "POST",
+        &format!("/admin/queue/messages/{id2}/bounce"),
+        None,
+    )
+    .await;
+    assert_eq!((status, v["result"].clone()), (200, json!("bounced")));
+    let got = s.mx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].rcpt_to, ["app@shop.example"]);
+    let dsn = got[0].text();
+    assert!(dsn.contains("operator returned the message"), "{dsn}");
+    queued(&s, 2).await;
+
+    // delete: gone without a DSN
+    let (status, _) = send(&s, "DELETE", &format!("/admin/queue/messages/{id}"), None).await;
+    assert_eq!(status, 200);
+    queued(&s, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.mx.delivered().len(), 1, "no DSN for a deletion");
+}
+
+#[tokio::test]
+async fn a_frozen_account_is_refused_and_its_marketing_held_until_unfrozen() {
+    let s = setup(MxOptions::default()).await;
+    let (status, all) = get(&s, "/admin/accounts").await;
+    assert_eq!(status, 200);
+    assert_eq!(all[0]["account"], "shop");
+    assert_eq!(all[0]["frozen"], Value::Null);
+
+    // Marketing queued for later: the first attempt of a tempfail recipient fails, so the
+    // message waits an hour; freeze, then retry it by hand: it is held, not sent.
+    grant(&s.relay, "shop", "deals", "tempfail-m@example.net");
+    grant(&s.relay, "shop", "deals", "reader@example.net");
+    let marketing = |to: &str| {
+        format!(
+            "From: <news@shop.example>\r\nSubject: deals\r\nX-Optin-Stream: marketing\r\n\
+             X-Optin-List: deals\r\n\r\nBuy {to}"
+        )
+    };
+    let r = raw_send(
+        smtp(&s),
+        "news@shop.example",
+        &["tempfail-m@example.net"],
+        &marketing("m"),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    queued(&s, 1).await;
+    settled(&s).await;
+
+    // bad input
+    let (status, v) = send(&s, "POST", "/admin/accounts/shop/freeze", Some(json!({}))).await;
+    assert_eq!(status, 400, "{v}");
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/admin/accounts/shop/freeze",
+        Some(json!({"reason": " "})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/admin/accounts/nobody/freeze",
+        Some(json!({"reason": "x"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/accounts/shop/freeze",
+        Some(json!({"reason": "complaint rate 0.5%"})),
+    )
+    .await;
+    assert_eq!((status, v["changed"].clone()), (200, json!(true)));
+    assert_eq!(v["frozen"]["reason"], "complaint rate 0.5%");
+    assert_eq!(v["frozen"]["by"], "admin");
+
+    // new submissions refused at MAIL with the reason
+    let r = raw_send(
+        smtp(&s),
+        "news@shop.example",
+        &["reader@example.net"],
+        &marketing("r"),
+    )
+    .await;
+    let mut c = tokio::net::TcpStream::connect(smtp(&s)).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let _ = c.read(&mut buf).await.unwrap();
+    c.write_all(b"EHLO t\r\nMAIL FROM:<news@shop.example>\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    while !reply.contains("554") {
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{reply}");
+        reply.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        reply.contains("554 5.7.1 account frozen: complaint rate 0.5%"),
+        "{reply}"
+    );
+    assert!(!r.starts_with("250"), "{r}");
+
+    // the queued marketing is held: a retry by hand does not send it
+    let (_, list) = get(&s, "/admin/queue/messages").await;
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["held"], true);
+    let (_, v) = get(&s, "/admin/queue").await;
+    assert_eq!(v["held"], 1);
+    let tries = s.mx.rcpt_attempts();
+    send(
+        &s,
+        "POST",
+        &format!("/admin/queue/messages/{id}/retry"),
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.mx.rcpt_attempts(), tries, "held mail was tried");
+
+    // unfreeze: submissions go again and the held message is tried at once
+    let (status, v) = send(&s, "POST", "/admin/accounts/shop/unfreeze", None).await;
+    assert_eq!((status, v["changed"].clone()), (200, json!(true)));
+    for _ in 0..200 {
+        if s.mx.rcpt_attempts() > tries {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(s.mx.rcpt_attempts() > tries, "released after unfreeze");
+    let r = raw_send(
+        smtp(&s),
+        "news@shop.example",
+        &["reader@example.net"],
+        &marketing("r"),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let (_, v) = get(&s, "/admin/accounts/shop").await;
+    assert_eq!(v["frozen"], Value::Null);
+    let events = std::fs::read_to_string(s._dir.path().join("spool/events/freezes.jsonl")).unwrap();
+    assert_eq!(events.lines().count(), 2, "{events}");
+}
+
+#[tokio::test]
+async fn suppressions_are_checked_added_and_removed() {
+    let s = setup(MxOptions::default()).await;
+    let path = "/admin/suppressions/Someone%40Example.net?account=shop&list=deals&stream=marketing";
+    let (status, v) = get(&s, path).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["address"], "someone@example.net");
+    assert_eq!(v["consent"], false);
+    assert!(v["verdict"].as_str().unwrap().starts_with("refused"), "{v}");
+
+    // bad input
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/admin/suppressions",
+        Some(json!({"address": "not an address"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/admin/suppressions",
+        Some(json!({"address": "a@b.example", "reason": "boredom"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/admin/suppressions",
+        Some(json!({"address": "a@b.example", "account": "shop", "list": "nope"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = send(
+        &s,
+        "POST",
+        "/admin/suppressions",
+        Some(json!(["not", "an object"])),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/suppressions",
+        Some(json!({"address": "someone@example.net", "reason": "complaint"})),
+    )
+    .await;
+    assert_eq!((status, v["scope"].clone()), (200, json!("global")));
+    // in force at once: transactional mail to it is refused at RCPT
+    let r = raw_send(
+        smtp(&s),
+        "app@shop.example",
+        &["someone@example.net"],
+        "Subject: x\r\n\r\nx",
+    )
+    .await;
+    assert!(!r.starts_with("250"), "{r}");
+    let (_, v) = get(
+        &s,
+        "/admin/suppressions/someone%40example.net?account=shop&stream=transactional",
+    )
+    .await;
+    assert_eq!(v["suppressed"]["global"], json!(["complaint"]));
+    assert!(v["verdict"].as_str().unwrap().starts_with("refused"), "{v}");
+
+    let (status, v) = send(
+        &s,
+        "DELETE",
+        "/admin/suppressions/someone%40example.net",
+        None,
+    )
+    .await;
+    assert_eq!((status, v["reason"].clone()), (200, json!("all")));
+    let (_, v) = get(
+        &s,
+        "/admin/suppressions/someone%40example.net?account=shop&stream=transactional",
+    )
+    .await;
+    assert_eq!(v["verdict"], "allowed");
+}
+
+#[tokio::test]
+async fn erasure_drops_queued_mail_and_suppresses_the_address() {
+    let s = setup(MxOptions::default()).await;
+    let r = raw_send(
+        smtp(&s),
+        "app@shop.example",
+        &["tempfail-erase@example.net", "tempfail-keep@example.net"],
+        "Subject: two\r\n\r\nhello",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = raw_send(
+        smtp(&s),
+        "app@shop.example",
+        &["Tempfail-Erase@example.net"],
+        "Subject: one\r\n\r\nhello",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let v = queued(&s, 2).await;
+    assert_eq!(v["recipients"], 3);
+    // (no settling: recipients in flight are dropped when their attempt comes back)
+
+    let (status, _) = send(&s, "POST", "/admin/erase", Some(json!({"address": "nope"}))).await;
+    assert_eq!(status, 400);
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/erase",
+        Some(json!({"address": "tempfail-erase@example.net"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["queued_recipients_dropped"], 2);
+    // the one-recipient message is gone, the other keeps its other recipient
+    let v = queued(&s, 1).await;
+    assert_eq!(v["recipients"], 1);
+    let (_, list) = get(&s, "/admin/queue/messages").await;
+    let id = list[0]["id"].as_str().unwrap();
+    let (_, detail) = get(&s, &format!("/admin/queue/messages/{id}")).await;
+    assert_eq!(detail["recipients"][0]["status"], "done");
+    assert_eq!(detail["recipients"][1]["status"], "waiting");
+    // and nothing more goes to it
+    let r = raw_send(
+        smtp(&s),
+        "app@shop.example",
+        &["tempfail-erase@example.net"],
+        "Subject: x\r\n\r\nx",
+    )
+    .await;
+    assert!(!r.starts_with("250"), "{r}");
+    let (_, v) = get(&s, "/admin/suppressions/tempfail-erase%40example.net").await;
+    assert_eq!(v["suppressed"]["global"], json!(["erasure"]));
+}
+
+#[tokio::test]
+async fn the_policy_status_and_reload() {
+    let s = setup(MxOptions::default()).await;
+    let (status, v) = get(&s, "/admin/policy").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["generation"], 1);
+    // the embedded test policy has no file: a reload is refused with the reason
+    let (status, v) = send(&s, "POST", "/admin/policy/reload", None).await;
+    assert_eq!(status, 409);
+    assert!(!v["problems"].as_array().unwrap().is_empty(), "{v}");
+}
