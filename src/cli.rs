@@ -19,6 +19,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 mod admin;
+mod campaign;
 mod lists;
 
 use crate::config::{Config, LogFormat};
@@ -62,6 +63,12 @@ pub enum Command {
     Account {
         #[command(subcommand)]
         command: AccountCommand,
+    },
+    /// Campaigns of the running relay (staged release): list, show, declare, release,
+    /// decline.
+    Campaign {
+        #[command(subcommand)]
+        command: campaign::CampaignCommand,
     },
     /// Consent and suppression lists: import, compile, check, grant, revoke.
     Lists {
@@ -281,6 +288,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         } => config_check(cli.config.as_deref()),
         Command::Queue { command } => queue(cli.config.as_deref(), command),
         Command::Account { command } => Ok(account(cli.config.as_deref(), command)),
+        Command::Campaign { command } => {
+            let (api, call) = campaign::call(command);
+            Ok(admin::call(cli.config.as_deref(), &api, call))
+        }
         Command::Lists { command } => {
             let config = load_config(cli.config.as_deref())?;
             let policy = load_policy(&config)?;

@@ -69,8 +69,9 @@ pub const VERDICT_REASONS: [&str; 8] = [
     "content",
 ];
 /// `reason` of [`MESSAGES_REFUSED`].
-pub const MESSAGE_REFUSAL_REASONS: [&str; 12] = [
+pub const MESSAGE_REFUSAL_REASONS: [&str; 13] = [
     "account_frozen",
+    "campaign_declined",
     "too_big",
     "bare_line_ending",
     "line_too_long",

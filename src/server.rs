@@ -141,6 +141,10 @@ impl Relay {
             crate::governance::freeze::Freezes::open(&config.spool.path)
                 .map_err(|e| StartError::State(e.to_string()))?,
         );
+        let campaigns = Arc::new(
+            crate::governance::campaign::Campaigns::open(&config.spool.path)
+                .map_err(|e| StartError::State(e.to_string()))?,
+        );
         let token_keys = Arc::new(
             crate::rewrite::token::TokenKeys::load_or_create(&config.unsubscribe.keys)
                 .map_err(|e| StartError::Keys(e.to_string()))?,
@@ -162,6 +166,7 @@ impl Relay {
         let account_counts = settings.counts.clone();
         settings.policy = Some(policy.clone());
         settings.freezes = Some(freezes.clone());
+        settings.campaigns = Some(campaigns.clone());
         settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
             policy.clone(),
             token_keys.clone(),
@@ -174,6 +179,7 @@ impl Relay {
             events: Arc::new(crate::unsubscribe::EventLog::new(
                 &config.spool.path.join("events/unsubscribes.jsonl"),
             )),
+            campaigns: Some(campaigns.clone()),
         });
         let stop_delivery = CancellationToken::new();
         let (delivery, scheduler) = delivery::start(
@@ -197,6 +203,7 @@ impl Relay {
             unsubscribes: Some(unsubscribes.clone()),
             log: delivery_log,
             freezes: Some(freezes.clone()),
+            campaigns: Some(campaigns.clone()),
             passwords: Arc::new(PasswordCache::default()),
             spool: spool.clone(),
             intake: Arc::new(delivery.clone()),
@@ -247,6 +254,7 @@ impl Relay {
                             spool: spool.clone(),
                             lists: lists.clone(),
                             freezes: freezes.clone(),
+                            campaigns: campaigns.clone(),
                             policy: policy.clone(),
                             reloader: reloader.clone(),
                             counts: account_counts.clone(),

@@ -54,6 +54,8 @@ pub struct SessionContext {
     pub log: Option<crate::delivery::log::DeliveryLog>,
     /// Frozen accounts, whose submissions are refused; `None`: none are.
     pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
+    /// Campaigns, whose mail is refused once declined; `None`: not checked.
+    pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
     pub passwords: Arc<PasswordCache>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
@@ -612,6 +614,15 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
             return refuse(ctx, conn, state, refusal);
         }
     };
+    if class.stream == crate::policy::Stream::Marketing
+        && let (Some(campaigns), Some(id)) = (&ctx.campaigns, &class.campaign)
+        && let Some(c) = campaigns.get(&crate::governance::campaign::key(&account_name, id))
+        && c.stage == crate::governance::campaign::Stage::Declined
+    {
+        crate::metrics::message_refused("campaign_declined");
+        let why = c.reason.unwrap_or_else(|| "declined".into());
+        return refuse(ctx, conn, state, Refusal::CampaignDeclined(id.clone(), why));
+    }
     if class.stream == crate::policy::Stream::Marketing
         && let Err(e) = crate::rewrite::footer::check(&body)
     {

@@ -63,6 +63,8 @@ pub struct Unsubscribes {
     pub keys: Arc<TokenKeys>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub events: Arc<EventLog>,
+    /// Campaigns in their canary count the unsubscribes from their list.
+    pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
 }
 
 impl Unsubscribes {
@@ -92,6 +94,9 @@ impl Unsubscribes {
         }
         let scope = if whole_account { "account" } else { "list" };
         crate::metrics::unsubscribe_received(scope, via.as_str());
+        if let Some(campaigns) = &self.campaigns {
+            campaigns.unsubscribed(&u.account, &u.list);
+        }
         let event = serde_json::json!({
             "time_ms": change.time_ms,
             "account": u.account,

@@ -558,6 +558,54 @@ async fn failures_have_their_exit_codes_and_say_why() {
 }
 
 #[tokio::test]
+async fn campaign_verbs_declare_list_release_and_decline() {
+    let s = setup().await;
+    let out = s
+        .cli(&["campaign", "declare", "shop", "spring", "--size", "30"])
+        .await;
+    assert!(
+        out.ok()
+            .contains("campaign spring of shop: size 30 declared, canary 3"),
+        "{out:#?}"
+    );
+    let out = s.cli(&["campaign", "list"]).await;
+    let text = out.ok();
+    assert!(text.contains("spring") && text.contains("canary"), "{text}");
+    assert!(text.contains("1 campaign(s)"), "{text}");
+    let out = s
+        .cli(&["campaign", "show", "shop", "spring", "--json"])
+        .await;
+    assert_eq!(out.json()["canary_size"], 3);
+    let out = s.cli(&["campaign", "show", "shop", "spring"]).await;
+    assert!(out.ok().contains("declared:     30 recipients"), "{out:#?}");
+    let out = s.cli(&["campaign", "release", "shop", "spring"]).await;
+    assert!(out.ok().contains("released"), "{out:#?}");
+    // a second verdict is refused by the API: exit 1 with its reason
+    let out = s
+        .cli(&["campaign", "decline", "shop", "spring", "--reason", "late"])
+        .await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("(HTTP 409)"), "{out:#?}");
+    s.cli(&["campaign", "declare", "shop", "autumn", "--size", "10"])
+        .await
+        .ok();
+    let out = s
+        .cli(&[
+            "campaign",
+            "decline",
+            "shop",
+            "autumn",
+            "--reason",
+            "wrong list",
+        ])
+        .await;
+    assert!(out.ok().contains("declined"), "{out:#?}");
+    let out = s.cli(&["campaign", "show", "shop", "nope"]).await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    s.relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn every_new_verb_has_help() {
     let config = Path::new("/nonexistent/optin-relay.toml");
     for verb in [
@@ -578,6 +626,12 @@ async fn every_new_verb_has_help() {
         &["policy"],
         &["policy", "status"],
         &["policy", "reload"],
+        &["campaign"],
+        &["campaign", "list"],
+        &["campaign", "show"],
+        &["campaign", "declare"],
+        &["campaign", "release"],
+        &["campaign", "decline"],
     ] {
         let mut args = verb.to_vec();
         args.push("--help");

@@ -44,7 +44,7 @@ pub struct Call {
 }
 
 impl Call {
-    fn new(method: Method, path: String, print: impl Fn(&Value) + 'static) -> Call {
+    pub(super) fn new(method: Method, path: String, print: impl Fn(&Value) + 'static) -> Call {
         Call {
             method,
             path,
@@ -53,7 +53,7 @@ impl Call {
         }
     }
 
-    fn with_body(mut self, body: Value) -> Call {
+    pub(super) fn with_body(mut self, body: Value) -> Call {
         self.body = Some(body);
         self
     }
@@ -334,7 +334,7 @@ fn io_text(e: &std::io::Error) -> String {
 
 /// Percent-encodes a path segment or query value: everything but unreserved characters
 /// (RFC 3986 §2.3), so `@`, `+`, `/` and spaces arrive as given.
-fn encode(part: &str) -> String {
+pub(super) fn encode(part: &str) -> String {
     let mut out = String::with_capacity(part.len());
     for b in part.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -529,7 +529,7 @@ pub fn policy_reload() -> Call {
 // ---- printing --------------------------------------------------------------------------
 
 /// A string as is, a number or boolean as text, null (or absent) as empty.
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -537,7 +537,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn num(v: &Value) -> u64 {
+pub(super) fn num(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
@@ -547,7 +547,7 @@ fn duration(secs: u64) -> String {
 }
 
 /// Unix milliseconds as an RFC 3339 time and how long ago it was.
-fn when(ms: u64) -> String {
+pub(super) fn when(ms: u64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(ms);
     let ago = SystemTime::now()
         .duration_since(at)
@@ -560,14 +560,14 @@ fn when(ms: u64) -> String {
 }
 
 #[derive(Clone, Copy)]
-enum Align {
+pub(super) enum Align {
     Left,
     Right,
 }
 
 /// Prints `rows` under `columns`, each column as wide as its widest cell, two spaces
 /// apart; the last column is not padded.
-fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) {
+pub(super) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -590,7 +590,7 @@ fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) {
     }
 }
 
-fn items(v: &Value) -> &[Value] {
+pub(super) fn items(v: &Value) -> &[Value] {
     v.as_array().map_or(&[], Vec::as_slice)
 }
 

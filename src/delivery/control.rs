@@ -16,6 +16,7 @@ use super::outcome::{Attempt, LocalRefusal};
 use super::queue::Progress;
 use super::route::JobReport;
 use super::{Delivery, Event, Residence, Scheduler};
+use crate::governance::campaign::{Campaign, Stage};
 use crate::spool::{self, RcptEvent};
 
 /// What the operator does to one message.
@@ -54,6 +55,10 @@ pub(super) enum Command {
     /// An account was unfrozen: its held mail goes.
     Release {
         account: String,
+    },
+    /// A campaign had its verdict (by an admin): its held mail goes or is removed.
+    Verdict {
+        key: String,
     },
 }
 
@@ -167,6 +172,13 @@ impl Delivery {
         self.ask(|reply| Command::Erase { address, reply }).await
     }
 
+    /// Applies a campaign's verdict (already in the registry) to its held mail.
+    pub fn campaign_verdict(&self, key: &str) {
+        let _ = self.tx.send(Event::Control(Command::Verdict {
+            key: key.to_string(),
+        }));
+    }
+
     /// Releases an unfrozen account's held mail.
     pub fn release(&self, account: &str) {
         let _ = self.tx.send(Event::Control(Command::Release {
@@ -224,6 +236,7 @@ impl Scheduler {
                 }
                 let _ = reply.send(candidates);
             }
+            Command::Verdict { key } => self.campaign_verdict(&key),
             Command::Release { account } => {
                 let Some(account) = self.names.find(&account) else {
                     return;
@@ -242,14 +255,115 @@ impl Scheduler {
         }
     }
 
-    /// Whether a message is held: marketing of a frozen account.
+    /// Whether a message is held: marketing of a frozen account, or of a campaign still in
+    /// its canary when the message is not part of it.
     pub(super) fn held(&self, entry: &super::Entry) -> bool {
-        entry.marketing
-            && self
-                .settings
+        let frozen = || {
+            self.settings
                 .freezes
                 .as_ref()
                 .is_some_and(|f| f.is_frozen(self.names.name(entry.account)))
+        };
+        let waiting_for_verdict = || {
+            entry.campaign_held
+                && self.settings.campaigns.as_ref().is_some_and(|c| {
+                    c.stage(self.names.name(entry.campaign)) == Some(Stage::Canary)
+                })
+        };
+        entry.marketing && (frozen() || waiting_for_verdict())
+    }
+
+    /// Judges the campaigns whose window has passed (and writes the registry).
+    pub(super) fn judge_campaigns(&mut self) {
+        let Some(campaigns) = self.settings.campaigns.clone() else {
+            return;
+        };
+        let rules = self
+            .settings
+            .policy
+            .as_ref()
+            .map(|p| p.load().campaign_rules())
+            .unwrap_or_default();
+        for (key, _) in campaigns.judge_due(&rules, self.clock.now_ms()) {
+            self.campaign_verdict(&key);
+        }
+        campaigns.flush();
+    }
+
+    /// A campaign's verdict reaches its held mail: released, it goes now; declined, it is
+    /// removed (no DSN: the account gets one report for the whole campaign).
+    fn campaign_verdict(&mut self, key: &str) {
+        let Some(campaigns) = self.settings.campaigns.clone() else {
+            return;
+        };
+        let Some(campaign) = campaigns.get(key) else {
+            return;
+        };
+        let ids: Vec<u64> = match self.names.find(key) {
+            Some(name) => self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.campaign == name && e.campaign_held)
+                .map(|(id, _)| *id)
+                .collect(),
+            None => Vec::new(),
+        };
+        match campaign.stage {
+            Stage::Canary => {}
+            Stage::Released => {
+                tracing::info!(
+                    campaign = key,
+                    messages = ids.len(),
+                    "campaign released: held mail goes"
+                );
+                for id in ids {
+                    if let Some(e) = self.entries.get_mut(&id) {
+                        e.campaign_held = false;
+                    }
+                    self.dispatch(id);
+                }
+            }
+            Stage::Declined => {
+                tracing::warn!(
+                    campaign = key,
+                    messages = ids.len(),
+                    "campaign declined: held mail removed"
+                );
+                for id in ids {
+                    self.actions.insert(id, Action::Delete);
+                    self.dispatch(id);
+                }
+                self.send_report(&campaign);
+            }
+        }
+    }
+
+    /// Queues the decline report to the campaign's sender.
+    fn send_report(&self, campaign: &Campaign) {
+        let Some((env, body)) = crate::governance::campaign::report(
+            &self.settings.hostname,
+            campaign,
+            self.spool.next_id(),
+            self.clock.now_ms(),
+        ) else {
+            tracing::warn!(account = %campaign.account, campaign = %campaign.id, "declined campaign has no sender to report to");
+            return;
+        };
+        let (spool, tx) = (self.spool.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            match spool.store(&env, body.clone()).await {
+                Ok(loc) => {
+                    let n = env.recipients.len();
+                    let _ = tx.send(Event::New(Box::new(super::Queued {
+                        env: std::sync::Arc::new(env),
+                        loc,
+                        body: Some(body),
+                        events: vec![None; n],
+                    })));
+                }
+                Err(e) => tracing::error!(error = %e, "could not store a campaign report"),
+            }
+        });
     }
 
     fn act(&mut self, id: u64, action: Action) -> Result<usize, ControlError> {

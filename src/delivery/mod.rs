@@ -38,7 +38,9 @@ use crate::session::Intake;
 use crate::smtp::reply::Status;
 use crate::spool::{self, Envelope, Location, RcptEvent, RecoveredMessage, Spool};
 use outcome::{Attempt, Disposition, classify};
-use queue::{Clock, Entry, Hot, Names, Notice, Notices, Progress, Rcpt, Rcpts, Residence};
+use queue::{
+    Clock, Entry, Hot, NO_CAMPAIGN, Names, Notice, Notices, Progress, Rcpt, Rcpts, Residence,
+};
 use route::{Job, JobReport, Route, Workers};
 use transport::{RouteKey, Transport};
 
@@ -59,6 +61,8 @@ pub struct Settings {
     pub policy: Option<Arc<arc_swap::ArcSwap<crate::policy::Policy>>>,
     /// Frozen accounts, whose marketing mail is held; `None`: nothing is held.
     pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
+    /// Staged campaign release; `None`: campaigns are not staged.
+    pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
 }
 
 impl Settings {
@@ -72,6 +76,7 @@ impl Settings {
             counts: Arc::default(),
             policy: None,
             freezes: None,
+            campaigns: None,
         }
     }
 }
@@ -172,6 +177,7 @@ pub fn start(
         names: Names::default(),
         actions: HashMap::new(),
         named_sites: Default::default(),
+        readmit_budget: Default::default(),
         tx: tx.clone(),
         in_flight: 0,
         open_rcpts: 0,
@@ -208,6 +214,9 @@ struct Scheduler {
     names: Names,
     /// What the operator asked for messages not yet in memory (applied when they are).
     actions: HashMap<u64, control::Action>,
+    /// Recovery: how many pending recipients of each campaign in its canary are still
+    /// canary ones (see [`crate::governance::campaign::Campaigns::readmit`]).
+    readmit_budget: std::collections::BTreeMap<String, u64>,
     /// The sites named in metrics labels (the busiest at the last count).
     named_sites: std::collections::HashSet<String>,
     tx: mpsc::UnboundedSender<Event>,
@@ -241,6 +250,8 @@ impl Scheduler {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>, shutdown: CancellationToken) {
         let mut site_metrics = tokio::time::interval(SITE_METRICS_EVERY);
         site_metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut campaign_tick = tokio::time::interval(Duration::from_secs(1));
+        campaign_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self
                 .timers
@@ -255,6 +266,7 @@ impl Scheduler {
                 },
                 () = sleep_until_opt(next_timer) => self.fire_timers(),
                 _ = site_metrics.tick() => self.publish_site_metrics(),
+                _ = campaign_tick.tick(), if self.settings.campaigns.is_some() => self.judge_campaigns(),
             }
             self.publish_metrics();
         }
@@ -398,6 +410,21 @@ impl Scheduler {
         let account = self.names.id(&q.env.account);
         let marketing = q.env.stream == crate::policy::Stream::Marketing && !q.env.generated_dsn;
         let received_s = (q.env.received_at / 1000) as u32;
+        let open = rcpts
+            .iter()
+            .filter(|r| r.status() != Progress::Done)
+            .count();
+        let (campaign, campaign_held) = match self.admit(&q, marketing, open as u64) {
+            Some(admission) => admission,
+            None => {
+                // The campaign was declined: its mail is dropped (the account has its report).
+                for i in 0..rcpts.len() {
+                    self.spool.record(q.loc, i as u32, RcptEvent::Failed);
+                }
+                self.spool.finish(q.loc);
+                return;
+            }
+        };
         self.open_rcpts += rcpts
             .iter()
             .filter(|r| r.status() != Progress::Done)
@@ -424,9 +451,48 @@ impl Scheduler {
                 account,
                 marketing,
                 received_s,
+                campaign,
+                campaign_held,
             },
         );
         self.dispatch(id);
+    }
+
+    /// Staged release: whether a marketing message of a campaign goes now or waits for the
+    /// verdict; `None` when the campaign was declined (the message is dropped).
+    fn admit(&mut self, q: &Queued, marketing: bool, open: u64) -> Option<(u32, bool)> {
+        use crate::governance::campaign::{Admission, key};
+        let (Some(campaigns), Some(id), true) =
+            (&self.settings.campaigns, &q.env.campaign, marketing)
+        else {
+            return Some((NO_CAMPAIGN, false));
+        };
+        let k = key(&q.env.account, id);
+        let admission = if q.body.is_some() {
+            let rules = self
+                .settings
+                .policy
+                .as_ref()
+                .map(|p| p.load().campaign_rules())
+                .unwrap_or_default();
+            campaigns.admit(
+                &q.env.account,
+                id,
+                q.env.list.as_deref(),
+                q.env.sender.as_deref(),
+                open,
+                &rules,
+                self.clock.now_ms(),
+            )
+        } else {
+            campaigns.readmit(&k, open, &mut self.readmit_budget)
+        };
+        let name = self.names.id(&k);
+        match admission {
+            Admission::Send => Some((name, false)),
+            Admission::Hold => Some((name, true)),
+            Admission::Declined(_) => None,
+        }
     }
 
     /// A recipient's state from its last journaled event.
@@ -641,6 +707,13 @@ impl Scheduler {
         };
         let env = env.clone();
         let loc = entry.loc;
+        // The canary's figures, for staged release.
+        let canary = match &self.settings.campaigns {
+            Some(c) if entry.campaign != NO_CAMPAIGN && !entry.campaign_held => {
+                Some((c.clone(), self.names.name(entry.campaign).to_string()))
+            }
+            _ => None,
+        };
         let age = Duration::from_millis(now.saturating_sub(env.received_at));
         let expired = age >= self.settings.config.max_age;
         let mut next_due = None;
@@ -702,6 +775,13 @@ impl Scheduler {
             }
             let hard =
                 matches!(disposition, Disposition::Bounced { .. }) && outcome::hard_bounce(attempt);
+            if let Some((campaigns, key)) = &canary {
+                match &disposition {
+                    Disposition::Delivered => campaigns.outcome(key, true, false),
+                    Disposition::Bounced { .. } => campaigns.outcome(key, false, hard),
+                    Disposition::Deferred { .. } => {}
+                }
+            }
             self.settings.counts.add(
                 &env.account,
                 match &disposition {

@@ -174,7 +174,13 @@ pub(super) struct Entry {
     pub marketing: bool,
     /// Unix seconds when the message was accepted.
     pub received_s: u32,
+    /// The campaign ([`Names`] id of its registry key), or [`NO_CAMPAIGN`].
+    pub campaign: u32,
+    /// Held until the campaign's verdict (not part of its canary).
+    pub campaign_held: bool,
 }
+
+pub(super) const NO_CAMPAIGN: u32 = u32::MAX;
 
 impl Entry {
     pub fn hot(&mut self) -> Option<&mut Hot> {

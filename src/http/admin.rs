@@ -2,7 +2,8 @@
 //! `Authorization: Bearer <token>` (`[admin] token`, or the token file the relay writes
 //! beside the spool). It steers the running relay: the queue (summary by site and account,
 //! inspection, retry, bounce, delete), accounts (status, freeze, unfreeze), suppressions
-//! (check, add, remove), erasure of an address, and the policy (status, reload).
+//! (check, add, remove), erasure of an address, campaigns (list, declare a size, release,
+//! decline), and the policy (status, reload).
 //!
 //! Errors are JSON `{"error": "...", "status": N}` with the HTTP status: 400 bad input, 401
 //! no or wrong token, 404 nothing there, 409 a conflict, 503 shutting down. The OpenAPI
@@ -43,6 +44,7 @@ pub struct Admin {
     pub spool: Spool,
     pub lists: Arc<Lists>,
     pub freezes: Arc<Freezes>,
+    pub campaigns: Arc<crate::governance::campaign::Campaigns>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub reloader: Arc<PolicyReloader>,
     pub counts: Arc<crate::delivery::counts::AccountCounts>,
@@ -149,6 +151,11 @@ pub fn router(admin: Admin) -> Router {
         )
         .route("/suppressions", post(suppression_add))
         .route("/erase", post(erase))
+        .route("/campaigns", get(campaigns_list))
+        .route("/campaigns/{account}/{id}", get(campaign_show))
+        .route("/campaigns/{account}/{id}/declare", post(campaign_declare))
+        .route("/campaigns/{account}/{id}/release", post(campaign_release))
+        .route("/campaigns/{account}/{id}/decline", post(campaign_decline))
         .route("/policy", get(policy_status))
         .route("/policy/reload", post(policy_reload))
         .fallback(|| async { not_found("no such admin endpoint") })
@@ -550,6 +557,112 @@ async fn erase(State(a): State<Admin>, raw: Bytes) -> ApiResult {
         "erasure: queued mail dropped, suppression recorded"
     );
     ok(json!({"address": address, "queued_recipients_dropped": dropped, "suppressed": "erasure"}))
+}
+
+// ---- campaigns -----------------------------------------------------------------------
+
+async fn campaigns_list(State(a): State<Admin>) -> ApiResult {
+    ok(a.campaigns.list())
+}
+
+fn campaign_of(
+    a: &Admin,
+    account: &str,
+    id: &str,
+) -> Result<crate::governance::campaign::Campaign, ApiError> {
+    a.campaigns
+        .get(&crate::governance::campaign::key(account, id))
+        .ok_or_else(|| not_found(format!("no campaign {id:?} of account {account:?}")))
+}
+
+async fn campaign_show(
+    State(a): State<Admin>,
+    Path((account, id)): Path<(String, String)>,
+) -> ApiResult {
+    ok(campaign_of(&a, &account, &id)?)
+}
+
+#[derive(Deserialize)]
+struct DeclareBody {
+    size: u64,
+}
+
+/// Declares a campaign's size (before its mail, or during its canary): the canary becomes
+/// the policy's share of it.
+async fn campaign_declare(
+    State(a): State<Admin>,
+    Path((account, id)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    known_account(&a, &account)?;
+    let b: DeclareBody = body(&raw)?;
+    if b.size == 0 {
+        return Err(bad("size must be at least 1"));
+    }
+    let rules = a.policy.load().campaign_rules();
+    let campaigns = a.campaigns.clone();
+    let c = tokio::task::spawn_blocking(move || {
+        campaigns.declare(&account, &id, b.size, &rules, crate::spool::now_ms())
+    })
+    .await
+    .map_err(|_| internal("the declare task failed"))?
+    .map_err(campaign_error)?;
+    ok(c)
+}
+
+fn campaign_error(e: crate::governance::campaign::CampaignError) -> ApiError {
+    use crate::governance::campaign::CampaignError as E;
+    match e {
+        E::NoSuchCampaign(_) => not_found(e.to_string()),
+        E::Decided(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
+        E::File { .. } => internal(e.to_string()),
+    }
+}
+
+async fn verdict(a: &Admin, account: &str, id: &str, why: Option<String>) -> ApiResult {
+    campaign_of(a, account, id)?;
+    let key = crate::governance::campaign::key(account, id);
+    let campaigns = a.campaigns.clone();
+    let k = key.clone();
+    let c = tokio::task::spawn_blocking(move || {
+        campaigns.decide(&k, why, "admin", crate::spool::now_ms())
+    })
+    .await
+    .map_err(|_| internal("the verdict task failed"))?
+    .map_err(campaign_error)?;
+    a.delivery.campaign_verdict(&key);
+    ok(c)
+}
+
+async fn campaign_release(
+    State(a): State<Admin>,
+    Path((account, id)): Path<(String, String)>,
+) -> ApiResult {
+    verdict(&a, &account, &id, None).await
+}
+
+#[derive(Deserialize)]
+struct DeclineBody {
+    reason: String,
+}
+
+async fn campaign_decline(
+    State(a): State<Admin>,
+    Path((account, id)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    let b: DeclineBody = body(&raw)?;
+    let reason = b.reason.trim();
+    if reason.is_empty() {
+        return Err(bad("a decline needs a reason"));
+    }
+    verdict(
+        &a,
+        &account,
+        &id,
+        Some(format!("declined by the relay operator: {reason}")),
+    )
+    .await
 }
 
 // ---- policy --------------------------------------------------------------------------

@@ -97,6 +97,8 @@ pub struct Policy {
     /// Adaptive shaping: replies that slow down or suspend a destination.
     shaping: Vec<throttle::ShapingRule>,
     recovery: throttle::Recovery,
+    /// Staged release of campaigns (`[campaigns]`).
+    campaigns: crate::governance::campaign::Rules,
     /// Destinations (domain or `*`) whose mail may only go over TLS.
     tls_required: HashMap<String, bool>,
 }
@@ -124,7 +126,7 @@ impl Policy {
         let Some(table) = c.parse(text) else {
             return Err(c.finish(()).unwrap_err());
         };
-        let (accounts, operator_contacts, throttles, shaping, recovery, tls_required) = {
+        let (accounts, operator_contacts, throttles, shaping, recovery, tls_required, campaigns) = {
             let mut root = c.root(&table);
             let accounts = root
                 .named_sections("accounts")
@@ -193,6 +195,7 @@ impl Policy {
                     (key, required)
                 })
                 .collect();
+            let campaigns = read_campaigns(&mut root.section("campaigns"));
             (
                 accounts,
                 contacts,
@@ -200,6 +203,7 @@ impl Policy {
                 shaping,
                 recovery,
                 tls_required,
+                campaigns,
             )
         };
         let mut policy = Policy::index(accounts, &c);
@@ -208,6 +212,7 @@ impl Policy {
         policy.shaping = shaping;
         policy.recovery = recovery;
         policy.tls_required = tls_required;
+        policy.campaigns = campaigns;
         c.finish(policy)
     }
 
@@ -245,6 +250,7 @@ impl Policy {
             shaping: Vec::new(),
             recovery: throttle::Recovery::default(),
             tls_required: HashMap::new(),
+            campaigns: Default::default(),
         }
     }
 
@@ -326,6 +332,10 @@ impl Policy {
         self.shaping.iter().find(|r| r.matches(code, text))
     }
 
+    pub fn campaign_rules(&self) -> crate::governance::campaign::Rules {
+        self.campaigns
+    }
+
     pub fn shaping_recovery(&self) -> throttle::Recovery {
         self.recovery
     }
@@ -348,6 +358,42 @@ fn destination_key(name: &str, section: &Section<'_>) -> String {
         section.problem("", "use \"*\" or a lower-case (A-label) domain");
     }
     key
+}
+
+/// `[campaigns]`: the canary and the thresholds of staged release.
+fn read_campaigns(s: &mut Section<'_>) -> crate::governance::campaign::Rules {
+    let d = crate::governance::campaign::Rules::default();
+    let window = s
+        .get::<crate::config::units::HumanDuration>("evaluation_window")
+        .map_or(d.window, |h| h.get());
+    let rate = |s: &mut Section<'_>, key: &str, default: f64| {
+        let v = s.get_or(key, default);
+        if !(0.0..=1.0).contains(&v) {
+            s.problem(key, "must be a share between 0 and 1 (0.003 is 0.3%)");
+        }
+        v
+    };
+    let share = rate(s, "canary_share", d.share);
+    let max_hard_bounce_rate = rate(s, "max_hard_bounce_rate", d.max_hard_bounce_rate);
+    let max_complaint_rate = rate(s, "max_complaint_rate", d.max_complaint_rate);
+    let max_unsubscribe_rate = rate(s, "max_unsubscribe_rate", d.max_unsubscribe_rate);
+    let max = s.get_or("canary_max", d.max as i64);
+    if !(1..=1000).contains(&max) {
+        s.problem("canary_max", "must be between 1 and 1000");
+    }
+    let count = s.get_or("canary_count", d.count as i64);
+    if count < 1 {
+        s.problem("canary_count", "must be at least 1");
+    }
+    crate::governance::campaign::Rules {
+        window,
+        share,
+        count: count.max(1) as u64,
+        max: max.clamp(1, 1000) as u64,
+        max_hard_bounce_rate,
+        max_complaint_rate,
+        max_unsubscribe_rate,
+    }
 }
 
 /// IPv4-mapped IPv6 clients (`::ffff:192.0.2.1`, seen on dual-stack listeners) match IPv4

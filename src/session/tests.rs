@@ -61,6 +61,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         unsubscribes: None,
         log: None,
         freezes: None,
+        campaigns: None,
         passwords: Arc::new(PasswordCache::default()),
         spool,
         intake: intake.clone(),

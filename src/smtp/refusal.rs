@@ -85,6 +85,9 @@ pub enum Refusal {
     /// The sending account is frozen (the reason, as the operator or rule gave it).
     #[error("account frozen")]
     AccountFrozen(String),
+    /// The campaign (`X-Optin-Campaign`) was declined after its canary (id, reason).
+    #[error("campaign declined")]
+    CampaignDeclined(String, String),
 
     // ---- consent and suppression ------------------------------------------------------
     /// The recipient (as the client spelled it) may not receive this mail.
@@ -250,6 +253,11 @@ impl Refusal {
             ),
             TlsUnavailable => (454, (4, 7, 0), "TLS not available".into()),
             AccountFrozen(reason) => (554, (5, 7, 1), format!("account frozen: {reason}")),
+            CampaignDeclined(id, reason) => (
+                550,
+                (5, 7, 1),
+                format!("campaign {id} was declined: {reason}"),
+            ),
             RecipientWithheld(rcpt, why) => (550, (5, 7, 1), format!("<{rcpt}> {}", why.text())),
             AllWithheld(rcpt, why, 0) => (
                 550,

@@ -1,0 +1,659 @@
+//! Staged campaign release. Marketing mail carrying `X-Optin-Campaign` forms a campaign
+//! (per account). Its first recipients — the canary: a share of the declared size, or a
+//! configured count when none was declared, never more than the cap — are delivered; the
+//! rest are held in the spool. When the evaluation window has passed, the canary's hard
+//! bounce, complaint and unsubscribe rates are compared with the policy's thresholds: the
+//! campaign is released (held mail goes) or declined (held mail is removed, the account
+//! gets a report mail, and the figures are kept). An admin can release or decline at any
+//! time; recipients that arrive after the verdict follow it.
+//!
+//! The registry lives in `state/campaigns.json` beside the spool (written atomically on
+//! every verdict and at most once a second otherwise, so a crash can forget up to a
+//! second of canary counts) and every verdict is an event in `events/campaigns.jsonl`.
+//! Admission is in arrival order, so after a restart the oldest pending recipients of a
+//! campaign still in its canary are the canary ones.
+//!
+//! Unsubscribes carry the list, not the campaign: one for a list counts toward every
+//! campaign of that account and list still in its canary.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::unsubscribe::EventLog;
+
+/// `[campaigns]` in the policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    /// How long the canary is watched before the verdict.
+    pub window: Duration,
+    /// The canary's share of the declared size.
+    pub share: f64,
+    /// The canary when no size was declared.
+    pub count: u64,
+    /// The canary is never larger.
+    pub max: u64,
+    pub max_hard_bounce_rate: f64,
+    pub max_complaint_rate: f64,
+    pub max_unsubscribe_rate: f64,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            window: Duration::from_secs(6 * 3600),
+            share: 0.10,
+            count: 500,
+            max: 1000,
+            max_hard_bounce_rate: 0.05,
+            max_complaint_rate: 0.003,
+            max_unsubscribe_rate: 0.02,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The canary is out; the rest is held.
+    Canary,
+    Released,
+    Declined,
+}
+
+/// What the canary did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figures {
+    /// Canary recipients handed to delivery.
+    pub admitted: u64,
+    /// Canary recipients finished (delivered or bounced).
+    pub finished: u64,
+    pub delivered: u64,
+    pub hard_bounced: u64,
+    pub complaints: u64,
+    pub unsubscribes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub account: String,
+    pub id: String,
+    pub list: Option<String>,
+    /// Declared through the admin API.
+    pub declared_size: Option<u64>,
+    pub canary_size: u64,
+    pub stage: Stage,
+    pub started_ms: u64,
+    /// When the canary is judged (unix ms).
+    pub evaluate_at_ms: u64,
+    pub decided_ms: Option<u64>,
+    /// `policy` or `admin`.
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub canary: Figures,
+    /// Recipients held (waiting for the verdict) or removed by a decline.
+    pub held: u64,
+    /// Where the decline report goes: the envelope sender of the campaign's first message.
+    pub report_to: Option<String>,
+}
+
+impl Campaign {
+    fn rate(&self, n: u64) -> f64 {
+        if self.canary.finished == 0 {
+            0.0
+        } else {
+            n as f64 / self.canary.finished as f64
+        }
+    }
+
+    /// The verdict the policy gives the canary's figures: `None` releases, `Some(why)`
+    /// declines.
+    pub fn judge(&self, rules: &Rules) -> Option<String> {
+        let checks = [
+            (
+                "hard bounce",
+                self.canary.hard_bounced,
+                rules.max_hard_bounce_rate,
+            ),
+            (
+                "complaint",
+                self.canary.complaints,
+                rules.max_complaint_rate,
+            ),
+            (
+                "unsubscribe",
+                self.canary.unsubscribes,
+                rules.max_unsubscribe_rate,
+            ),
+        ];
+        checks.iter().find_map(|(what, n, max)| {
+            let rate = self.rate(*n);
+            (rate > *max).then(|| {
+                format!(
+                    "canary {what} rate {:.2}% over the {:.2}% allowed ({n} of {})",
+                    rate * 100.0,
+                    max * 100.0,
+                    self.canary.finished
+                )
+            })
+        })
+    }
+}
+
+/// What happens to a new message of a campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Send,
+    Hold,
+    Declined(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    #[error("campaigns file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("no campaign {0:?}")]
+    NoSuchCampaign(String),
+    #[error("campaign {0:?} has had its verdict already")]
+    Decided(String),
+}
+
+#[derive(Debug)]
+pub struct Campaigns {
+    path: PathBuf,
+    all: Mutex<BTreeMap<String, Campaign>>,
+    dirty: AtomicBool,
+    events: EventLog,
+}
+
+/// The registry key of a campaign.
+pub fn key(account: &str, id: &str) -> String {
+    format!("{account}/{id}")
+}
+
+impl Campaigns {
+    pub fn open(spool_dir: &Path) -> Result<Campaigns, CampaignError> {
+        let path = spool_dir.join("state/campaigns.json");
+        let all = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CampaignError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(CampaignError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        Ok(Campaigns {
+            events: EventLog::new(&spool_dir.join("events/campaigns.jsonl")),
+            path,
+            all: Mutex::new(all),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Campaign>> {
+        self.all.lock().expect("campaigns lock")
+    }
+
+    pub fn get(&self, key: &str) -> Option<Campaign> {
+        self.lock().get(key).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Campaign> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub fn stage(&self, key: &str) -> Option<Stage> {
+        self.lock().get(key).map(|c| c.stage)
+    }
+
+    /// Decides a new message with `n` recipients: part of the canary, held, or refused
+    /// after a decline. The first message starts the campaign.
+    #[allow(clippy::too_many_arguments)]
+    pub fn admit(
+        &self,
+        account: &str,
+        id: &str,
+        list: Option<&str>,
+        sender: Option<&str>,
+        n: u64,
+        rules: &Rules,
+        now_ms: u64,
+    ) -> Admission {
+        let mut all = self.lock();
+        let c = all.entry(key(account, id)).or_insert_with(|| {
+            tracing::info!(account, campaign = id, "campaign started: canary first");
+            Campaign {
+                account: account.to_string(),
+                id: id.to_string(),
+                list: list.map(str::to_string),
+                declared_size: None,
+                canary_size: rules.count.min(rules.max),
+                stage: Stage::Canary,
+                started_ms: now_ms,
+                evaluate_at_ms: now_ms + rules.window.as_millis() as u64,
+                decided_ms: None,
+                decided_by: None,
+                reason: None,
+                canary: Figures::default(),
+                held: 0,
+                report_to: sender.map(str::to_string),
+            }
+        });
+        self.dirty.store(true, Ordering::Relaxed);
+        match c.stage {
+            Stage::Released => Admission::Send,
+            Stage::Declined => {
+                Admission::Declined(c.reason.clone().unwrap_or_else(|| "declined".into()))
+            }
+            Stage::Canary if c.canary.admitted < c.canary_size => {
+                c.canary.admitted += n;
+                Admission::Send
+            }
+            Stage::Canary => {
+                c.held += n;
+                Admission::Hold
+            }
+        }
+    }
+
+    /// A message recovered from the spool: canary recipients still pending are re-admitted
+    /// in arrival order (see the module doc); the rest is held again.
+    pub fn readmit(&self, key: &str, n: u64, budget: &mut BTreeMap<String, u64>) -> Admission {
+        let all = self.lock();
+        let Some(c) = all.get(key) else {
+            return Admission::Send; // unknown (registry lost): nothing to hold it for
+        };
+        match c.stage {
+            Stage::Released => Admission::Send,
+            Stage::Declined => {
+                Admission::Declined(c.reason.clone().unwrap_or_else(|| "declined".into()))
+            }
+            Stage::Canary => {
+                let left = budget
+                    .entry(key.to_string())
+                    .or_insert_with(|| c.canary.admitted.saturating_sub(c.canary.finished));
+                if *left >= n {
+                    *left -= n;
+                    Admission::Send
+                } else {
+                    Admission::Hold
+                }
+            }
+        }
+    }
+
+    /// Declares a campaign's size (admin API): the canary becomes the policy's share of it
+    /// (at least one, at most the cap). A campaign not seen yet is created waiting for mail.
+    pub fn declare(
+        &self,
+        account: &str,
+        id: &str,
+        size: u64,
+        rules: &Rules,
+        now_ms: u64,
+    ) -> Result<Campaign, CampaignError> {
+        let mut all = self.lock();
+        let c = all.entry(key(account, id)).or_insert_with(|| Campaign {
+            account: account.to_string(),
+            id: id.to_string(),
+            list: None,
+            declared_size: None,
+            canary_size: 0,
+            stage: Stage::Canary,
+            started_ms: now_ms,
+            evaluate_at_ms: now_ms + rules.window.as_millis() as u64,
+            decided_ms: None,
+            decided_by: None,
+            reason: None,
+            canary: Figures::default(),
+            held: 0,
+            report_to: None,
+        });
+        if c.stage != Stage::Canary {
+            return Err(CampaignError::Decided(key(account, id)));
+        }
+        c.declared_size = Some(size);
+        c.canary_size = ((size as f64 * rules.share).ceil() as u64).clamp(1, rules.max);
+        let c = c.clone();
+        drop(all);
+        self.save()?;
+        Ok(c)
+    }
+
+    /// A canary recipient finished (outcomes after the verdict are not the canary's).
+    pub fn outcome(&self, key: &str, delivered: bool, hard_bounce: bool) {
+        if let Some(c) = self.lock().get_mut(key)
+            && c.stage == Stage::Canary
+        {
+            c.canary.finished += 1;
+            if delivered {
+                c.canary.delivered += 1;
+            }
+            if hard_bounce {
+                c.canary.hard_bounced += 1;
+            }
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// An unsubscribe from a list: counted for the account's campaigns on that list still
+    /// in their canary.
+    pub fn unsubscribed(&self, account: &str, list: &str) {
+        for c in self.lock().values_mut() {
+            if c.stage == Stage::Canary && c.account == account && c.list.as_deref() == Some(list) {
+                c.canary.unsubscribes += 1;
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A spam complaint about a campaign's message.
+    pub fn complaint(&self, key: &str) {
+        if let Some(c) = self.lock().get_mut(key)
+            && c.stage == Stage::Canary
+        {
+            c.canary.complaints += 1;
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Campaigns whose window has passed and whose canary has results: judged now by the
+    /// policy. Returns the verdicts given (key, declined reason or none).
+    pub fn judge_due(&self, rules: &Rules, now_ms: u64) -> Vec<(String, Option<String>)> {
+        let due: Vec<(String, Option<String>)> = self
+            .lock()
+            .iter()
+            .filter(|(_, c)| {
+                c.stage == Stage::Canary && c.evaluate_at_ms <= now_ms && c.canary.finished > 0
+            })
+            .map(|(k, c)| (k.clone(), c.judge(rules)))
+            .collect();
+        for (k, why) in &due {
+            let _ = self.decide(k, why.clone(), "policy", now_ms);
+        }
+        due
+    }
+
+    /// Gives a campaign its verdict: released (`why` none) or declined.
+    pub fn decide(
+        &self,
+        key: &str,
+        why: Option<String>,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<Campaign, CampaignError> {
+        let mut all = self.lock();
+        let c = all
+            .get_mut(key)
+            .ok_or_else(|| CampaignError::NoSuchCampaign(key.to_string()))?;
+        if c.stage != Stage::Canary {
+            return Err(CampaignError::Decided(key.to_string()));
+        }
+        c.stage = if why.is_some() {
+            Stage::Declined
+        } else {
+            Stage::Released
+        };
+        c.reason = why;
+        c.decided_ms = Some(now_ms);
+        c.decided_by = Some(by.to_string());
+        let c = c.clone();
+        drop(all);
+        match c.stage {
+            Stage::Declined => {
+                tracing::warn!(account = %c.account, campaign = %c.id, reason = ?c.reason, by, "campaign declined")
+            }
+            _ => tracing::info!(account = %c.account, campaign = %c.id, by, "campaign released"),
+        }
+        let event = serde_json::json!({
+            "time_ms": now_ms,
+            "event": if c.stage == Stage::Declined { "declined" } else { "released" },
+            "account": c.account,
+            "campaign": c.id,
+            "by": by,
+            "reason": c.reason,
+            "canary": c.canary,
+            "held": c.held,
+        });
+        if let Err(e) = self.events.append(&event) {
+            tracing::error!(error = %e, "cannot write the campaign event log");
+        }
+        self.save()?;
+        Ok(c)
+    }
+
+    /// Writes the registry if anything changed since the last write.
+    pub fn flush(&self) {
+        if self.dirty.swap(false, Ordering::Relaxed)
+            && let Err(e) = self.save()
+        {
+            tracing::error!(error = %e, "cannot write the campaigns file");
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn save(&self) -> Result<(), CampaignError> {
+        let text = serde_json::to_vec_pretty(&*self.lock()).expect("serialisable");
+        let err = |e: std::io::Error| CampaignError::File {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let dir = self
+            .path
+            .parent()
+            .expect("state/campaigns.json has a parent");
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&text).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        Ok(())
+    }
+}
+
+/// The report a declined campaign's account gets: a plain-text message from the relay to
+/// the envelope sender of the campaign's first message, with the reason and the figures.
+/// `None` when there is no one to send it to.
+pub fn report(
+    hostname: &str,
+    c: &Campaign,
+    id: u64,
+    now_ms: u64,
+) -> Option<(crate::spool::Envelope, bytes::Bytes)> {
+    use mail_builder::MessageBuilder;
+    use mail_builder::headers::address::Address;
+    let to = c.report_to.clone().filter(|a| !a.is_empty())?;
+    let text = format!(
+        "This is the mail system at {hostname}.\r\n\r\n\
+         Your campaign \"{id}\" (account {account}) was declined after its first \
+         recipients:\r\n{reason}.\r\n\r\n\
+         Canary: {admitted} recipients sent, {finished} finished, {delivered} delivered, \
+         {hard} hard bounces, {complaints} complaints, {unsubscribes} unsubscribes.\r\n\
+         The {held} recipients held for the rest of the campaign were removed; nothing more \
+         of it will be sent. Review the list and the content before sending again under a \
+         new campaign name.\r\n",
+        id = c.id,
+        account = c.account,
+        reason = c.reason.as_deref().unwrap_or("declined"),
+        admitted = c.canary.admitted,
+        finished = c.canary.finished,
+        delivered = c.canary.delivered,
+        hard = c.canary.hard_bounced,
+        complaints = c.canary.complaints,
+        unsubscribes = c.canary.unsubscribes,
+        held = c.held,
+    );
+    let message = MessageBuilder::new()
+        .from(Address::new_address(
+            Some("Mail Delivery System"),
+            format!("MAILER-DAEMON@{hostname}"),
+        ))
+        .to(Address::new_address(None::<&str>, to.clone()))
+        .subject(format!("Campaign \"{}\" declined", c.id))
+        .date(mail_builder::headers::date::Date::new(
+            (now_ms / 1000) as i64,
+        ))
+        .message_id(format!(
+            "campaign.{}.{}@{hostname}",
+            crate::spool::format_id(id),
+            rand::random::<u32>()
+        ))
+        .header(
+            "Auto-Submitted",
+            mail_builder::headers::raw::Raw::new("auto-generated"),
+        )
+        .text_body(text)
+        .write_to_vec()
+        .ok()?;
+    let envelope = crate::spool::Envelope {
+        id,
+        received_at: now_ms,
+        account: c.account.clone(),
+        sender: None,
+        envid: None,
+        ret: None,
+        body_type: crate::smtp::params::BodyType::SevenBit,
+        smtputf8: !to.is_ascii(),
+        eight_bit_content: !message.is_ascii(),
+        generated_dsn: true,
+        stream: crate::policy::Stream::Transactional,
+        list: None,
+        campaign: None,
+        recipients: vec![crate::spool::Recipient {
+            address: to,
+            notify: None,
+            orcpt: None,
+            done: false,
+        }],
+    };
+    Some((envelope, bytes::Bytes::from(message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            count: 3,
+            ..Rules::default()
+        }
+    }
+
+    #[test]
+    fn the_canary_goes_and_the_rest_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Campaigns::open(dir.path()).unwrap();
+        let r = rules();
+        let got: Vec<Admission> = (0..5)
+            .map(|_| c.admit("shop", "spring", Some("deals"), Some("s@x"), 1, &r, 0))
+            .collect();
+        assert_eq!(
+            got[..3],
+            [Admission::Send, Admission::Send, Admission::Send]
+        );
+        assert_eq!(got[3..], [Admission::Hold, Admission::Hold]);
+        assert_eq!(c.get("shop/spring").unwrap().held, 2);
+    }
+
+    #[test]
+    fn a_declared_size_sets_the_canary_share_with_a_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Campaigns::open(dir.path()).unwrap();
+        let r = Rules::default();
+        assert_eq!(
+            c.declare("shop", "a", 2000, &r, 0).unwrap().canary_size,
+            200
+        );
+        assert_eq!(
+            c.declare("shop", "b", 50_000, &r, 0).unwrap().canary_size,
+            1000
+        );
+        assert_eq!(c.declare("shop", "c", 3, &r, 0).unwrap().canary_size, 1);
+    }
+
+    #[test]
+    fn the_verdict_follows_the_rates_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Campaigns::open(dir.path()).unwrap();
+        let r = rules();
+        for _ in 0..3 {
+            c.admit("shop", "bad", Some("deals"), None, 1, &r, 0);
+            c.admit("shop", "good", Some("deals"), None, 1, &r, 0);
+        }
+        c.outcome("shop/bad", false, true);
+        c.outcome("shop/bad", true, false);
+        c.outcome("shop/good", true, false);
+        // not yet due
+        assert!(c.judge_due(&r, 1000).is_empty());
+        let later = r.window.as_millis() as u64 + 1;
+        let verdicts = c.judge_due(&r, later);
+        assert_eq!(verdicts.len(), 2);
+        let bad = c.get("shop/bad").unwrap();
+        assert_eq!(bad.stage, Stage::Declined);
+        assert!(bad.reason.unwrap().contains("hard bounce rate 50.00%"));
+        assert_eq!(c.get("shop/good").unwrap().stage, Stage::Released);
+        // after the verdict: new mail follows it
+        assert!(matches!(
+            c.admit("shop", "bad", None, None, 1, &r, later),
+            Admission::Declined(_)
+        ));
+        assert_eq!(
+            c.admit("shop", "good", None, None, 1, &r, later),
+            Admission::Send
+        );
+        // kept across a restart, and no second verdict
+        let again = Campaigns::open(dir.path()).unwrap();
+        assert_eq!(again.stage("shop/bad"), Some(Stage::Declined));
+        assert!(again.decide("shop/good", None, "admin", later).is_err());
+        let events = std::fs::read_to_string(dir.path().join("events/campaigns.jsonl")).unwrap();
+        assert_eq!(events.lines().count(), 2);
+    }
+
+    #[test]
+    fn unsubscribes_count_for_the_lists_campaigns_in_canary() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Campaigns::open(dir.path()).unwrap();
+        let r = rules();
+        c.admit("shop", "a", Some("deals"), None, 1, &r, 0);
+        c.admit("shop", "b", Some("tips"), None, 1, &r, 0);
+        c.unsubscribed("shop", "deals");
+        assert_eq!(c.get("shop/a").unwrap().canary.unsubscribes, 1);
+        assert_eq!(c.get("shop/b").unwrap().canary.unsubscribes, 0);
+    }
+
+    #[test]
+    fn readmission_after_a_restart_keeps_the_canary_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Campaigns::open(dir.path()).unwrap();
+        let r = rules();
+        for _ in 0..5 {
+            c.admit("shop", "s", None, None, 1, &r, 0);
+        }
+        c.outcome("shop/s", true, false); // one canary recipient done
+        let mut budget = BTreeMap::new();
+        let got: Vec<Admission> = (0..4)
+            .map(|_| c.readmit("shop/s", 1, &mut budget))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Admission::Send,
+                Admission::Send,
+                Admission::Hold,
+                Admission::Hold
+            ]
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! Staged campaign release through a running relay: the canary goes, the rest is held;
+//! after the evaluation window a clean canary releases the campaign and a bouncing one
+//! declines it (held mail removed, a report to the sender, later mail refused); an admin
+//! declares sizes, releases and declines by hand.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{FakeMx, MxOptions, grant, raw_send};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "campaign-token-0123456789";
+
+fn policy(window: &str) -> String {
+    format!(
+        r#"
+[accounts.shop]
+networks = ["127.0.0.0/8"]
+streams = ["marketing", "transactional"]
+default_stream = "transactional"
+[accounts.shop.lists.deals]
+consent_statement = "You get {{list}} because you signed up."
+
+[campaigns]
+evaluation_window = "{window}"
+canary_count = 3
+"#
+    )
+}
+
+struct Setup {
+    mx: FakeMx,
+    relay: optin_relay::server::Relay,
+    http: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+async fn setup(window: &str) -> Setup {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+    );
+    let relay = common::start_relay(dir.path(), &extra, &policy(window)).await;
+    let http = relay.http_addr.unwrap();
+    Setup {
+        mx,
+        relay,
+        http,
+        dir,
+    }
+}
+
+async fn api(s: &Setup, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut c = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Sends one marketing message of `campaign` to `to` (consent granted first).
+async fn send(s: &Setup, campaign: &str, to: &str) -> String {
+    grant(&s.relay, "shop", "deals", to);
+    raw_send(
+        s.relay.smtp_addrs[0],
+        "news@shop.example",
+        &[to],
+        &format!(
+            "From: <news@shop.example>\r\nSubject: spring sale\r\nX-Optin-Stream: marketing\r\n\
+             X-Optin-List: deals\r\nX-Optin-Campaign: {campaign}\r\n\r\nBuy now."
+        ),
+    )
+    .await
+}
+
+/// Messages delivered to the campaign's recipients (not reports or DSNs to the sender).
+fn to_recipients(s: &Setup) -> usize {
+    s.mx.delivered()
+        .iter()
+        .filter(|d| d.rcpt_to.iter().all(|r| r != "news@shop.example"))
+        .count()
+}
+
+async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting: {what}");
+}
+
+#[tokio::test]
+async fn a_clean_canary_releases_the_rest_after_the_window() {
+    let s = setup("1s").await;
+    for i in 0..10 {
+        let r = send(&s, "spring", &format!("reader{i}@example.net")).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    wait_until("the canary delivered", async || to_recipients(&s) == 3).await;
+    let (_, c) = api(&s, "GET", "/admin/campaigns/shop/spring", None).await;
+    assert_eq!(c["stage"], "canary");
+    assert_eq!(c["canary_size"], 3);
+    assert_eq!(c["held"], 7);
+    let (_, q) = api(&s, "GET", "/admin/queue", None).await;
+    assert_eq!(q["held"], 7, "{q}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(to_recipients(&s), 3, "held mail went before the verdict");
+    // after the window: released by the policy, the rest goes
+    wait_until("the rest delivered", async || to_recipients(&s) == 10).await;
+    let (_, c) = api(&s, "GET", "/admin/campaigns/shop/spring", None).await;
+    assert_eq!(c["stage"], "released");
+    assert_eq!(c["decided_by"], "policy");
+    assert_eq!(c["canary"]["delivered"], 3);
+    // later mail of the campaign follows the verdict: straight out
+    let r = send(&s, "spring", "late@example.net").await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until("late mail delivered", async || to_recipients(&s) == 11).await;
+}
+
+#[tokio::test]
+async fn a_bouncing_canary_declines_the_campaign() {
+    let s = setup("1s").await;
+    for i in 0..3 {
+        let r = send(&s, "winter", &format!("permfail-{i}@example.net")).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    for i in 0..5 {
+        let r = send(&s, "winter", &format!("reader{i}@example.net")).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    // the verdict: every canary recipient hard-bounced
+    wait_until("declined", async || {
+        api(&s, "GET", "/admin/campaigns/shop/winter", None).await.1["stage"] == "declined"
+    })
+    .await;
+    let (_, c) = api(&s, "GET", "/admin/campaigns/shop/winter", None).await;
+    assert_eq!(c["canary"]["hard_bounced"], 3);
+    assert!(
+        c["reason"]
+            .as_str()
+            .unwrap()
+            .contains("hard bounce rate 100.00%"),
+        "{c}"
+    );
+    // the report reaches the sender; the held mail never goes and leaves the queue
+    wait_until("the report", async || {
+        s.mx.delivered()
+            .iter()
+            .any(|d| d.text().contains("Campaign \"winter\" declined"))
+    })
+    .await;
+    let report =
+        s.mx.delivered()
+            .into_iter()
+            .find(|d| d.text().contains("Campaign \"winter\" declined"))
+            .unwrap();
+    assert_eq!(report.rcpt_to, ["news@shop.example"]);
+    assert!(
+        report.text().contains("5 recipients held"),
+        "{}",
+        report.text()
+    );
+    wait_until("queue empty", async || {
+        api(&s, "GET", "/admin/queue", None).await.1["messages"] == 0
+    })
+    .await;
+    assert_eq!(to_recipients(&s), 0);
+    // new mail of the campaign is refused at the end of DATA
+    let r = send(&s, "winter", "reader9@example.net").await;
+    assert!(
+        r.starts_with("550 5.7.1 campaign winter was declined"),
+        "{r}"
+    );
+    let events =
+        std::fs::read_to_string(s.dir.path().join("spool/events/campaigns.jsonl")).unwrap();
+    assert!(events.contains("\"declined\""), "{events}");
+}
+
+#[tokio::test]
+async fn an_admin_declares_releases_and_declines() {
+    let s = setup("1h").await;
+    // declared size 20: the canary is 10 %, 2 recipients
+    let (status, c) = api(
+        &s,
+        "POST",
+        "/admin/campaigns/shop/autumn/declare",
+        Some(json!({"size": 20})),
+    )
+    .await;
+    assert_eq!((status, c["canary_size"].clone()), (200, json!(2)));
+    for i in 0..5 {
+        send(&s, "autumn", &format!("a{i}@example.net")).await;
+    }
+    wait_until("canary of 2", async || to_recipients(&s) == 2).await;
+    let (status, c) = api(&s, "POST", "/admin/campaigns/shop/autumn/release", None).await;
+    assert_eq!((status, c["stage"].clone()), (200, json!("released")));
+    assert_eq!(c["decided_by"], "admin");
+    wait_until("released by hand", async || to_recipients(&s) == 5).await;
+    let (status, _) = api(&s, "POST", "/admin/campaigns/shop/autumn/release", None).await;
+    assert_eq!(status, 409, "a second verdict");
+
+    // declined by hand: the held one is removed, the sender told
+    for i in 0..4 {
+        send(&s, "summer", &format!("b{i}@example.net")).await;
+    }
+    wait_until("canary of 3", async || to_recipients(&s) == 8).await;
+    let (status, _) = api(
+        &s,
+        "POST",
+        "/admin/campaigns/shop/summer/decline",
+        Some(json!({"reason": " "})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, c) = api(
+        &s,
+        "POST",
+        "/admin/campaigns/shop/summer/decline",
+        Some(json!({"reason": "wrong list"})),
+    )
+    .await;
+    assert_eq!((status, c["stage"].clone()), (200, json!("declined")));
+    wait_until("report", async || {
+        s.mx.delivered()
+            .iter()
+            .any(|d| d.text().contains("wrong list"))
+    })
+    .await;
+    wait_until("queue empty", async || {
+        api(&s, "GET", "/admin/queue", None).await.1["messages"] == 0
+    })
+    .await;
+    assert_eq!(
+        to_recipients(&s),
+        8,
+        "the held message was removed, not sent"
+    );
+
+    let (status, all) = api(&s, "GET", "/admin/campaigns", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (status, _) = api(&s, "GET", "/admin/campaigns/shop/nope", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = api(
+        &s,
+        "POST",
+        "/admin/campaigns/nobody/x/declare",
+        Some(json!({"size": 5})),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
