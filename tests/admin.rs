@@ -173,8 +173,9 @@ async fn every_request_needs_the_token() {
     assert_eq!(status, 200);
 }
 
-/// Every operation in the OpenAPI description is routed, and every route in the source
-/// is described: the description cannot drift from the API.
+/// Every operation in the OpenAPI description is routed and refuses a request without the
+/// token, and every route in the source is described: the description cannot drift from
+/// the API.
 #[tokio::test]
 async fn the_openapi_description_matches_the_routes() {
     let s = setup(MxOptions::default()).await;
@@ -191,6 +192,15 @@ async fn the_openapi_description_matches_the_routes() {
                 .replace("{name}", "shop")
                 .replace("{address}", "someone%40example.net");
             let body = (method == "post").then(|| json!({}));
+            let (status, _, _) = call(
+                s.http,
+                &method.to_uppercase(),
+                &concrete,
+                None,
+                body.clone(),
+            )
+            .await;
+            assert_eq!(status, 401, "{method} {path} without the token");
             let (status, v) = send(&s, &method.to_uppercase(), &concrete, body).await;
             assert_ne!(status, 405, "{method} {path} is not routed");
             assert_ne!(
