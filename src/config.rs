@@ -51,6 +51,10 @@ pub const DEFAULT_MAX_AGE: HumanDuration = HumanDuration::secs(5 * 86400);
 pub const DEFAULT_DELAY_WARNING: HumanDuration = HumanDuration::secs(4 * 3600);
 /// How often the policy file is checked for changes (see `crate::reload`).
 pub const DEFAULT_POLICY_WATCH_INTERVAL: HumanDuration = HumanDuration::secs(2);
+/// Days the delivery log's day files are kept (see `crate::privacy::retention`).
+pub const DEFAULT_DELIVERY_LOG_DAYS: u32 = 30;
+/// Days event lines with addresses and kept-aside complaint reports are kept.
+pub const DEFAULT_EVENT_LOG_DAYS: u32 = 90;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -63,7 +67,28 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub lists: ListsConfig,
     pub unsubscribe: UnsubscribeConfig,
+    pub complaints: ComplaintsConfig,
+    pub webhooks: WebhooksConfig,
+    pub privacy: PrivacyConfig,
     pub log: LogConfig,
+}
+
+/// How long what holds personal data is kept (see `crate::privacy::retention`).
+#[derive(Debug, Clone)]
+pub struct PrivacyConfig {
+    /// Days of the delivery log (recipients as keyed tags) kept, by day file.
+    pub delivery_log_days: u32,
+    /// Days of event lines that carry addresses (`events/*.jsonl`) and of complaint
+    /// reports kept aside.
+    pub event_log_days: u32,
+}
+
+/// The accounts' signed webhooks (see `crate::governance::webhook`; each account's URL and
+/// secret are in the policy).
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// The first retry delay after a failed delivery; it doubles up to an hour.
+    pub retry_initial: Duration,
 }
 
 /// The admin API's bearer token: given here, or kept in a file (created with a random
@@ -85,6 +110,16 @@ pub struct UnsubscribeConfig {
     pub mail_domain: String,
     /// The token key file (created on first use, mode 0600).
     pub keys: PathBuf,
+}
+
+/// Where mailbox providers send spam complaints (ARF reports, RFC 5965); see
+/// `crate::governance::complaints`.
+#[derive(Debug, Clone)]
+pub struct ComplaintsConfig {
+    /// Take reports at `address` (from anyone, without AUTH) and serve the report form.
+    pub enabled: bool,
+    /// The feedback address registered with the providers' feedback loops.
+    pub address: crate::smtp::Address,
 }
 
 /// The consent and suppression data (see `crate::consent`).
@@ -310,6 +345,10 @@ impl Config {
                 http.listen,
                 &spool.path,
             );
+            let complaints =
+                read_complaints(&mut root.section("complaints"), &unsubscribe.mail_domain);
+            let webhooks = read_webhooks(&mut root.section("webhooks"));
+            let privacy = read_privacy(&mut root.section("privacy"));
             let log = read_log(&mut root.section("log"));
             Config {
                 smtp,
@@ -321,6 +360,9 @@ impl Config {
                 policy,
                 lists,
                 unsubscribe,
+                complaints,
+                webhooks,
+                privacy,
                 log,
             }
         };
@@ -628,6 +670,45 @@ fn read_unsubscribe(
     }
 }
 
+fn read_complaints(s: &mut Section<'_>, mail_domain: &str) -> ComplaintsConfig {
+    let default = || {
+        crate::smtp::Address::parse(&format!("fbl@{mail_domain}"))
+            .or_else(|_| crate::smtp::Address::parse("fbl@localhost"))
+            .expect("fbl@localhost is a mailbox")
+    };
+    let address = match s.get::<String>("address") {
+        None => default(),
+        Some(a) => crate::smtp::Address::parse(a.trim()).unwrap_or_else(|e| {
+            s.problem("address", format!("{a:?} is not a mailbox: {e}"));
+            default()
+        }),
+    };
+    ComplaintsConfig {
+        enabled: s.get_or("enabled", true),
+        address,
+    }
+}
+
+fn read_webhooks(s: &mut Section<'_>) -> WebhooksConfig {
+    let default = crate::governance::webhook::DEFAULT_RETRY_INITIAL;
+    let retry_initial = s
+        .get::<HumanDuration>("retry_initial")
+        .map_or(default, |h| h.get());
+    if retry_initial.is_zero() || retry_initial > crate::governance::webhook::RETRY_MAX {
+        s.problem("retry_initial", "must be above zero and at most 1h");
+    }
+    WebhooksConfig { retry_initial }
+}
+
+fn read_privacy(s: &mut Section<'_>) -> PrivacyConfig {
+    let delivery_log_days = s.get_or("delivery_log_days", DEFAULT_DELIVERY_LOG_DAYS);
+    let event_log_days = s.get_or("event_log_days", DEFAULT_EVENT_LOG_DAYS);
+    PrivacyConfig {
+        delivery_log_days: positive(s, "delivery_log_days", delivery_log_days),
+        event_log_days: positive(s, "event_log_days", event_log_days),
+    }
+}
+
 fn read_log(s: &mut Section<'_>) -> LogConfig {
     let level = s.get_or("level", "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
@@ -729,6 +810,61 @@ mod tests {
                 "tls.certificate",
                 "unknown",
             ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn complaints_address_defaults_to_the_mail_domain() {
+        let c = Config::from_toml("t", "[unsubscribe]\nmail_domain = \"Relay.Test\"\n").unwrap();
+        assert!(c.complaints.enabled);
+        assert_eq!(c.complaints.address.as_str(), "fbl@relay.test");
+        let c = Config::from_toml(
+            "t",
+            "[complaints]\naddress = \"abuse-reports@fbl.example\"\nenabled = false\n",
+        )
+        .unwrap();
+        assert!(!c.complaints.enabled);
+        assert_eq!(c.complaints.address.as_str(), "abuse-reports@fbl.example");
+        let err = Config::from_toml("t", "[complaints]\naddress = \"no at sign\"\n").unwrap_err();
+        assert_eq!(err.list[0].path, "complaints.address", "{err}");
+    }
+
+    #[test]
+    fn webhook_retry_initial() {
+        let c = Config::embedded_default();
+        assert_eq!(c.webhooks.retry_initial, Duration::from_secs(30));
+        let c = Config::from_toml("t", "[webhooks]\nretry_initial = \"100ms\"\n").unwrap();
+        assert_eq!(c.webhooks.retry_initial, Duration::from_millis(100));
+        let err = Config::from_toml("t", "[webhooks]\nretry_initial = \"2h\"\n").unwrap_err();
+        assert_eq!(err.list[0].path, "webhooks.retry_initial", "{err}");
+    }
+
+    #[test]
+    fn privacy_retention_has_defaults_and_refuses_zero() {
+        let c = Config::embedded_default();
+        assert_eq!(
+            (c.privacy.delivery_log_days, c.privacy.event_log_days),
+            (30, 90)
+        );
+        let c = Config::from_toml(
+            "t",
+            "[privacy]\ndelivery_log_days = 7\nevent_log_days = 14\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.privacy.delivery_log_days, c.privacy.event_log_days),
+            (7, 14)
+        );
+        let err = Config::from_toml(
+            "t",
+            "[privacy]\ndelivery_log_days = 0\nevent_log_days = -1\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.list.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["privacy.delivery_log_days", "privacy.event_log_days"],
             "{err}"
         );
     }

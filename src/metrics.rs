@@ -43,10 +43,13 @@ pub const LISTS_ERRORS: &str = "optin_lists_refresh_errors_total";
 pub const LISTS_COMPACTIONS: &str = "optin_lists_compactions_total";
 pub const UNSUBSCRIBES: &str = "optin_unsubscribes_total";
 pub const BOUNCE_SUPPRESSIONS: &str = "optin_bounce_suppressions_total";
+pub const COMPLAINTS: &str = "optin_complaints_received_total";
+pub const COMPLAINT_REPORTS_MALFORMED: &str = "optin_complaint_reports_malformed_total";
 pub const ACCOUNT_RECIPIENTS: &str = "optin_account_recipients_total";
 pub const THROTTLE_WAIT: &str = "optin_throttle_wait_seconds";
 pub const SHAPING_ACTIONS: &str = "optin_shaping_actions_total";
 pub const POLICY_RELOADS: &str = "optin_policy_reloads_total";
+pub const ACCOUNTS_FROZEN: &str = "optin_accounts_frozen_total";
 pub const POLICY_GENERATION: &str = "optin_policy_generation";
 pub const QUEUE_SITE_RECIPIENTS: &str = "optin_queue_site_recipients";
 pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
@@ -69,7 +72,7 @@ pub const VERDICT_REASONS: [&str; 8] = [
     "content",
 ];
 /// `reason` of [`MESSAGES_REFUSED`].
-pub const MESSAGE_REFUSAL_REASONS: [&str; 13] = [
+pub const MESSAGE_REFUSAL_REASONS: [&str; 14] = [
     "account_frozen",
     "campaign_declined",
     "too_big",
@@ -83,6 +86,7 @@ pub const MESSAGE_REFUSAL_REASONS: [&str; 13] = [
     "sender_identity",
     "operator_contact",
     "footer_impossible",
+    "prohibited_content",
 ];
 /// `reason` of [`RECIPIENTS_WITHHELD`] (the labels of [`Withheld`]).
 pub const WITHHELD_REASONS: [&str; 6] = [
@@ -143,6 +147,8 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
         ],
     ),
     (BOUNCE_SUPPRESSIONS, &[&[]]),
+    (COMPLAINTS, &[&[("via", "arf")], &[("via", "form")]]),
+    (COMPLAINT_REPORTS_MALFORMED, &[&[]]),
     (
         SHAPING_ACTIONS,
         &[&[("action", "slow")], &[("action", "suspend")]],
@@ -272,6 +278,10 @@ fn describe() {
         "Recipient outcomes, by result (delivered, deferred, bounced, expired)."
     );
     describe_counter!(
+        ACCOUNTS_FROZEN,
+        "Accounts frozen, by what froze them (health, content, admin)."
+    );
+    describe_counter!(
         POLICY_RELOADS,
         "Policy reloads (file change, SIGHUP or admin API), by result (ok, refused)."
     );
@@ -307,6 +317,16 @@ fn describe() {
         "Hard bounces recorded as suppressions."
     );
     describe_counter!(
+        COMPLAINTS,
+        "Spam complaints recorded as suppressions, by via (arf: a feedback report mailed to \
+         the feedback address; form: the report form of the HTTP listener)."
+    );
+    describe_counter!(
+        COMPLAINT_REPORTS_MALFORMED,
+        "Mail to the feedback address that was not a usable feedback report (kept aside in \
+         complaints/malformed in the spool directory)."
+    );
+    describe_counter!(
         ACCOUNT_RECIPIENTS,
         "Recipient outcomes, by account (from the policy) and result (delivered, deferred, \
          hard_bounced, soft_bounced)."
@@ -337,6 +357,9 @@ fn register_at_zero() {
     }
     for reason in MESSAGE_REFUSAL_REASONS {
         counter!(MESSAGES_REFUSED, "reason" => reason).increment(0);
+    }
+    for by in ["health", "content", "admin"] {
+        counter!(ACCOUNTS_FROZEN, "by" => by).increment(0);
     }
     for reason in WITHHELD_REASONS {
         for stage in ["rcpt", "data"] {
@@ -462,6 +485,16 @@ pub fn bounce_suppressed() {
     counter!(BOUNCE_SUPPRESSIONS).increment(1);
 }
 
+/// A spam complaint was recorded: `via` `arf` or `form`.
+pub fn complaint_received(via: &'static str) {
+    counter!(COMPLAINTS, "via" => via).increment(1);
+}
+
+/// Mail to the feedback address was not a usable feedback report.
+pub fn complaint_report_malformed() {
+    counter!(COMPLAINT_REPORTS_MALFORMED).increment(1);
+}
+
 /// A command line was received; counted by its verb (see [`COMMAND_VERBS`]), never by
 /// its arguments.
 pub fn smtp_command(line: &[u8]) {
@@ -519,6 +552,11 @@ pub fn throttle_wait(wait: Duration) {
 /// Adaptive shaping acted on a destination (`slow`, `suspend`).
 pub fn shaping_action(action: &'static str) {
     counter!(SHAPING_ACTIONS, "action" => action).increment(1);
+}
+
+/// An account was frozen, `by` health (a threshold), content, or admin.
+pub fn account_frozen(by: &'static str) {
+    counter!(ACCOUNTS_FROZEN, "by" => by).increment(1);
 }
 
 /// The policy loaded at start is in force (generation 1).

@@ -75,8 +75,14 @@ pub struct Relay {
     pub lists: Arc<Lists>,
     /// Frozen accounts.
     pub freezes: Arc<crate::governance::freeze::Freezes>,
+    /// Account health and automatic freezes.
+    pub governor: Arc<crate::governance::Governor>,
     /// Delivery results per account since start (for governance).
     pub account_counts: Arc<crate::delivery::counts::AccountCounts>,
+    /// The accounts' signed webhooks (their outbox and sender).
+    pub webhooks: Arc<crate::governance::webhook::Webhooks>,
+    /// Delivers the webhook outbox; stops with delivery.
+    webhook_worker: tokio::task::JoinHandle<()>,
     stop_accepting: CancellationToken,
     sessions: TaskTracker,
     stop_delivery: CancellationToken,
@@ -167,6 +173,18 @@ impl Relay {
         settings.policy = Some(policy.clone());
         settings.freezes = Some(freezes.clone());
         settings.campaigns = Some(campaigns.clone());
+        let governor = Arc::new(crate::governance::Governor {
+            health: Default::default(),
+            freezes: freezes.clone(),
+            policy: policy.clone(),
+        });
+        settings.governor = Some(governor.clone());
+        let webhooks = Arc::new(crate::governance::webhook::Webhooks::new(
+            &config.spool.path,
+            policy.clone(),
+            config.webhooks.retry_initial,
+        )?);
+        settings.webhooks = Some(webhooks.clone());
         settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
             policy.clone(),
             token_keys.clone(),
@@ -180,6 +198,23 @@ impl Relay {
                 &config.spool.path.join("events/unsubscribes.jsonl"),
             )),
             campaigns: Some(campaigns.clone()),
+            governor: Some(governor.clone()),
+            webhooks: Some(webhooks.clone()),
+        });
+        let complaints = config.complaints.enabled.then(|| {
+            Arc::new(
+                crate::governance::complaints::Complaints::new(
+                    config.complaints.address.clone(),
+                    &config.spool.path,
+                    lists.clone(),
+                    token_keys.clone(),
+                    policy.clone(),
+                    account_counts.clone(),
+                    tagger.clone(),
+                )
+                .with_governor(governor.clone())
+                .with_webhooks(webhooks.clone()),
+            )
         });
         let stop_delivery = CancellationToken::new();
         let (delivery, scheduler) = delivery::start(
@@ -190,6 +225,7 @@ impl Relay {
             report.messages,
             stop_delivery.clone(),
         );
+        let webhook_worker = webhooks.spawn_worker(stop_delivery.clone());
         let acceptor = TlsAcceptor::from(crate::tls::server_config(
             &config.tls,
             &config.smtp.hostname,
@@ -201,6 +237,7 @@ impl Relay {
             lists: lists.clone(),
             own_domain: config.unsubscribe.mail_domain.clone(),
             unsubscribes: Some(unsubscribes.clone()),
+            complaints: complaints.clone(),
             log: delivery_log,
             freezes: Some(freezes.clone()),
             campaigns: Some(campaigns.clone()),
@@ -240,12 +277,18 @@ impl Relay {
             config.lists.compact_after,
             stop_accepting.clone(),
         );
+        // Personal data past its time goes now and every hour (`[privacy]`).
+        crate::privacy::retention::spawn(
+            crate::privacy::retention::Retention::new(&config),
+            stop_accepting.clone(),
+        );
         let http_addr = match config.http.listen {
             Some(addr) => Some(
                 crate::http::serve(
                     addr,
                     crate::http::router(metrics)
                         .merge(crate::http::unsubscribe::router(unsubscribes.clone()))
+                        .merge(crate::http::complaint::router(complaints))
                         .merge(crate::http::admin::router(crate::http::admin::Admin {
                             token: crate::http::admin::token(&config.admin, true)
                                 .map_err(StartError::State)?
@@ -283,7 +326,10 @@ impl Relay {
             delivery,
             lists,
             freezes,
+            governor,
             account_counts,
+            webhooks,
+            webhook_worker,
             stop_accepting,
             sessions,
             stop_delivery,
@@ -311,6 +357,7 @@ impl Relay {
         }
         self.stop_delivery.cancel();
         let _ = self.scheduler.await;
+        let _ = self.webhook_worker.await;
         if let Err(e) = self.spool.flush().await {
             tracing::error!(error = %e, "final spool flush failed");
         }

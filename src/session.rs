@@ -10,6 +10,7 @@
 //! replies come from [`Refusal`]; this file never writes reply codes of its own for errors.
 
 mod auth;
+mod complaint;
 mod conn;
 mod consent;
 mod identity;
@@ -50,6 +51,8 @@ pub struct SessionContext {
     pub own_domain: String,
     /// Records mail to the unsubscribe addresses; `None`: they are not taken.
     pub unsubscribes: Option<Arc<crate::unsubscribe::Unsubscribes>>,
+    /// Takes ARF reports mailed to the feedback address; `None`: it is not taken.
+    pub complaints: Option<Arc<crate::governance::complaints::Complaints>>,
     /// The delivery log (accepted and suppressed recipients).
     pub log: Option<crate::delivery::log::DeliveryLog>,
     /// Frozen accounts, whose submissions are refused; `None`: none are.
@@ -110,10 +113,13 @@ pub enum SessionError {
 }
 
 struct Transaction {
-    /// `None`: a client no account knows, who may only write to unsubscribe addresses.
+    /// `None`: a client no account knows, who may only write to unsubscribe addresses
+    /// and the feedback address.
     account: Option<String>,
     /// Valid unsubscribe tokens among the recipients (recorded at the end of DATA).
     unsubscribes: Vec<crate::rewrite::token::Unsubscribe>,
+    /// The feedback address is a recipient (the report is handled at the end of DATA).
+    complaint: bool,
     sender: Option<Address>,
     params: MailParams,
     rcpts: Vec<(Address, RcptParams)>,
@@ -355,8 +361,9 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let account = match identify(ctx, state) {
         Ok(a) => Some(a),
-        // Anyone may write to the relay's unsubscribe addresses; RCPT refuses the rest.
-        Err(_) if ctx.unsubscribes.is_some() => None,
+        // Anyone may write to the relay's unsubscribe and feedback addresses; RCPT refuses
+        // the rest.
+        Err(_) if ctx.unsubscribes.is_some() || ctx.complaints.is_some() => None,
         Err(refusal) => return Err(refusal),
     };
     if let (Some(name), Some(freezes)) = (&account, &ctx.freezes)
@@ -377,6 +384,7 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     state.txn = Some(Transaction {
         account,
         unsubscribes: Vec::new(),
+        complaint: false,
         sender: from,
         params,
         rcpts: Vec::new(),
@@ -434,6 +442,11 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
         conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
         return Ok(Flow::Continue);
     }
+    if complaint::is_feedback(ctx, &to) {
+        txn.complaint = true;
+        conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
+        return Ok(Flow::Continue);
+    }
     let Some(account_name) = &txn.account else {
         let state = &*state;
         return Err(identify(ctx, state).err().unwrap_or(Refusal::RelayDenied));
@@ -454,7 +467,7 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
 fn ready_for_content(state: &State) -> Result<(), Refusal> {
     match &state.txn {
         None => Err(Refusal::BadSequence("need MAIL and RCPT first")),
-        Some(t) if t.rcpts.is_empty() && t.unsubscribes.is_empty() => {
+        Some(t) if t.rcpts.is_empty() && t.unsubscribes.is_empty() && !t.complaint => {
             Err(Refusal::BadSequence("need RCPT first"))
         }
         Some(_) => Ok(()),
@@ -582,19 +595,25 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         return refuse(ctx, conn, state, refusal);
     }
     let mut txn = txn;
+    let mut taken = None;
     if !txn.unsubscribes.is_empty() {
         let all = std::mem::take(&mut txn.unsubscribes);
         if let Err(refusal) = unsubscribe::record(ctx, all).await {
             return refuse(ctx, conn, state, refusal);
         }
-        if txn.rcpts.is_empty() {
-            conn.reply(&Reply::new(
-                250,
-                Status::new(2, 0, 0),
-                "OK unsubscribe recorded",
-            ));
-            return Flow::Continue;
+        taken = Some("OK unsubscribe recorded");
+    }
+    if txn.complaint {
+        if let Err(refusal) = complaint::receive(ctx, body.clone()).await {
+            return refuse(ctx, conn, state, refusal);
         }
+        taken = Some("OK feedback report received");
+    }
+    if let Some(text) = taken
+        && txn.rcpts.is_empty()
+    {
+        conn.reply(&Reply::new(250, Status::new(2, 0, 0), text));
+        return Flow::Continue;
     }
     let Some(account_name) = txn.account.clone() else {
         // Recipients other than unsubscribe addresses need an account (RCPT checked).
@@ -636,6 +655,32 @@ async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     if let Err(refusal) = identity::check_operator_contacts(policy.operator_contacts(), &body) {
         crate::metrics::message_refused("operator_contact");
         return refuse(ctx, conn, state, refusal);
+    }
+    if let Some(found) = policy.content().check(&body) {
+        // `[content] freeze_account`: the account is frozen too (the file write off the
+        // async threads; the refusal does not wait for it).
+        if found.freeze
+            && let Some(freezes) = ctx.freezes.clone()
+        {
+            let (account, why) = (
+                account_name.clone(),
+                format!("prohibited content: {}", found.category),
+            );
+            tokio::task::spawn_blocking(move || {
+                if let Ok(true) = freezes.freeze(&account, &why, "content") {
+                    crate::metrics::account_frozen("content");
+                }
+            });
+        }
+        tracing::info!(
+            account = %account_name,
+            category = %found.category,
+            rule = %found.rule,
+            "message refused: prohibited content"
+        );
+        crate::metrics::message_refused("prohibited_content");
+        crate::metrics::policy_verdict_reason("content");
+        return refuse(ctx, conn, state, Refusal::ProhibitedContent(found.category));
     }
     drop(policy);
     let addresses: Vec<&Address> = txn.rcpts.iter().map(|(a, _)| a).collect();

@@ -2,9 +2,9 @@
 //! and mail to `unsubscribe+TOKEN@<mail_domain>` — recorded the same way: an `unsubscribe`
 //! suppression for the token's list (or the whole account) written to the lists journal
 //! (fsynced, in force at once), a metric, and an event for the account's own systems in
-//! `events/unsubscribes.jsonl` beside the spool (mode 0600; it carries the address).
+//! `events/unsubscribes.jsonl` beside the spool (mode 0600; it carries the address), and
+//! the account's signed webhook when it has one (`crate::governance::webhook`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -45,15 +45,13 @@ impl EventLog {
         }
     }
 
+    /// Appends one event; follows the file when retention or erasure rewrote it (see
+    /// `crate::privacy::jsonl`).
     pub fn append(&self, event: &serde_json::Value) -> std::io::Result<()> {
         let mut guard = self.file.lock().expect("event log lock");
-        if guard.is_none() {
-            *guard = Some(crate::privacy::open_private_log(&self.path)?);
-        }
-        let f = guard.as_mut().expect("opened above");
         let mut line = event.to_string();
         line.push('\n');
-        f.write_all(line.as_bytes())
+        crate::privacy::jsonl::append_line(&mut guard, &self.path, line.as_bytes())
     }
 }
 
@@ -65,6 +63,10 @@ pub struct Unsubscribes {
     pub events: Arc<EventLog>,
     /// Campaigns in their canary count the unsubscribes from their list.
     pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
+    /// Account health counts unsubscribes.
+    pub governor: Option<Arc<crate::governance::Governor>>,
+    /// The account's webhook is told; `None`: nobody is told.
+    pub webhooks: Option<Arc<crate::governance::webhook::Webhooks>>,
 }
 
 impl Unsubscribes {
@@ -97,6 +99,9 @@ impl Unsubscribes {
         if let Some(campaigns) = &self.campaigns {
             campaigns.unsubscribed(&u.account, &u.list);
         }
+        if let Some(governor) = &self.governor {
+            governor.observe(&u.account, crate::governance::health::Signal::Unsubscribe);
+        }
         let event = serde_json::json!({
             "time_ms": change.time_ms,
             "account": u.account,
@@ -107,6 +112,19 @@ impl Unsubscribes {
         });
         if let Err(e) = self.events.append(&event) {
             tracing::error!(error = %e, "could not append to the unsubscribe event log");
+        }
+        if let Some(webhooks) = &self.webhooks {
+            // On disk before the caller answers (this runs on a blocking thread).
+            webhooks.send_blocking(
+                &u.account,
+                crate::governance::webhook::WebhookEvent {
+                    kind: crate::governance::webhook::Kind::Unsubscribe,
+                    address: u.address.clone(),
+                    list: Some(u.list.clone()),
+                    time_ms: change.time_ms,
+                    detail: serde_json::json!({"scope": scope, "via": via.as_str()}),
+                },
+            );
         }
         tracing::info!(account = %u.account, list = %u.list, scope, via = via.as_str(), "unsubscribed");
         Ok(())

@@ -71,6 +71,10 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "public_url",
         "mail_domain",
         "keys",
+        "address",
+        "enabled",
+        "delivery_log_days",
+        "event_log_days",
         "level",
         "format",
     ] {

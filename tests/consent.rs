@@ -540,10 +540,16 @@ async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
     s.relay.shutdown().await;
 
     // The delivery log tells the story with tags, never the addresses.
-    let log_path = s._dir.path().join("spool/log/delivery.jsonl");
+    // (written per UTC day: delivery-YYYY-MM-DD.jsonl beside the configured delivery.jsonl)
+    let log_dir = s._dir.path().join("spool/log");
     let mut events: Vec<serde_json::Value> = Vec::new();
     for _ in 0..150 {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&log_dir).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("delivery-") {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
         assert!(
             !text.contains("permfail-gone@"),
             "a plain address in the log"

@@ -270,7 +270,20 @@ impl Scheduler {
                     c.stage(self.names.name(entry.campaign)) == Some(Stage::Canary)
                 })
         };
-        entry.marketing && (frozen() || waiting_for_verdict())
+        let hold_transactional = || {
+            self.settings
+                .policy
+                .as_ref()
+                .is_some_and(|p| p.load().health_rules().hold_transactional)
+        };
+        if entry.report {
+            return false;
+        }
+        if entry.marketing {
+            frozen() || waiting_for_verdict()
+        } else {
+            frozen() && hold_transactional()
+        }
     }
 
     /// Judges the campaigns whose window has passed (and writes the registry).

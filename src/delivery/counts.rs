@@ -1,7 +1,9 @@
 //! Per-account delivery counts — delivered, deferred, hard and soft bounced recipients —
-//! kept since start for the governance work (bounce and complaint rates, account freeze)
-//! and exported as `optin_account_recipients_total{account, result}` (accounts come from
-//! the policy, so the label set stays bounded).
+//! and spam complaints, kept since start for the governance work (bounce and complaint
+//! rates, account freeze). Delivery results are exported as
+//! `optin_account_recipients_total{account, result}` (accounts come from the policy, so the
+//! label set stays bounded); complaints are counted here by
+//! `crate::governance::complaints`, once per recipient newly suppressed.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +14,8 @@ pub struct Counts {
     pub deferred: u64,
     pub hard_bounced: u64,
     pub soft_bounced: u64,
+    /// Spam complaints tied to the account (ARF reports and the report form).
+    pub complaints: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,15 @@ impl AccountCounts {
             "result" => result.label()
         )
         .increment(1);
+    }
+
+    /// Counts one spam complaint about the account's mail.
+    pub fn add_complaint(&self, account: &str) {
+        let mut map = self.inner.lock().expect("counts lock");
+        match map.get_mut(account) {
+            Some(c) => c.complaints += 1,
+            None => map.entry(account.to_string()).or_default().complaints += 1,
+        }
     }
 
     /// The counts of one account.

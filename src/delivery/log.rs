@@ -4,10 +4,15 @@
 //! since acceptance. The recipient appears only as its keyed tag (`h:<hash>@domain`, see
 //! [`crate::privacy`]): the log holds no plain address.
 //!
+//! The log is written per UTC day: the configured path `log/delivery.jsonl` names the
+//! files `log/delivery-YYYY-MM-DD.jsonl` (mode 0600), each line going to the file of its
+//! event's date, so that [`crate::privacy::retention`] can delete whole days once they are
+//! older than `[privacy] delivery_log_days`.
+//!
 //! Lines are handed to a writer thread through a channel, so neither sessions nor the
-//! scheduler wait for the disk; the thread flushes at least once a second. The log is for
-//! operators and accounts' reporting, not for durability: a crash may lose its last
-//! second.
+//! scheduler wait for the disk; the thread flushes at least once a second and whenever it
+//! moves to another day's file. The log is for operators and accounts' reporting, not for
+//! durability: a crash may lose its last second.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +20,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::privacy::AddressTagger;
+use crate::privacy::retention::{DAY_MS, day_file};
 
 /// One recipient event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +62,13 @@ pub struct Details<'a> {
     pub delay_ms: Option<u64>,
 }
 
+/// One line for the writer: the UTC day it belongs to and its text.
+type Line = (u64, String);
+
 /// A handle to the delivery log; cheap to clone. A disabled log drops everything.
 #[derive(Clone)]
 pub struct DeliveryLog {
-    tx: Option<mpsc::Sender<String>>,
+    tx: Option<mpsc::Sender<Line>>,
     tagger: AddressTagger,
 }
 
@@ -77,14 +86,20 @@ impl DeliveryLog {
         DeliveryLog { tx: None, tagger }
     }
 
-    /// Opens (appends to) `path`, mode 0600, and starts its writer thread.
+    /// Opens (appends to) today's file of the log configured as `path`, mode 0600, so a
+    /// log that cannot be written fails at start, and starts its writer thread.
     pub fn open(path: &Path, tagger: AddressTagger) -> std::io::Result<DeliveryLog> {
-        let file = crate::privacy::open_private_log(path)?;
-        let (tx, rx) = mpsc::channel::<String>();
-        let name = PathBuf::from(path);
+        let today = crate::spool::now_ms() / DAY_MS;
+        let file = crate::privacy::open_private_log(&day_file(path, today))?;
+        let (tx, rx) = mpsc::channel::<Line>();
+        let current = DayFile {
+            day: today,
+            out: std::io::BufWriter::with_capacity(64 * 1024, file),
+        };
+        let log = PathBuf::from(path);
         std::thread::Builder::new()
             .name("delivery-log".into())
-            .spawn(move || writer(file, rx, name))?;
+            .spawn(move || writer(Some(current), rx, log))?;
         Ok(DeliveryLog {
             tx: Some(tx),
             tagger,
@@ -94,8 +109,9 @@ impl DeliveryLog {
     /// Logs one event about `address`.
     pub fn event(&self, kind: Kind, address: &str, d: &Details<'_>) {
         let Some(tx) = &self.tx else { return };
+        let time_ms = crate::spool::now_ms();
         let mut line = serde_json::json!({
-            "time_ms": crate::spool::now_ms(),
+            "time_ms": time_ms,
             "event": kind.as_str(),
             "account": d.account,
             "rcpt": self.tagger.tag(address),
@@ -119,34 +135,73 @@ impl DeliveryLog {
         if let Some(ms) = d.delay_ms {
             obj.insert("delay_ms".into(), ms.into());
         }
-        let _ = tx.send(line.to_string());
+        let _ = tx.send((time_ms / DAY_MS, line.to_string()));
     }
 }
 
-fn writer(file: std::fs::File, rx: mpsc::Receiver<String>, path: PathBuf) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
+/// The day file being appended to.
+struct DayFile {
+    day: u64,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+/// The writer thread: appends each line to its day's file, switching files when the day
+/// changes, and flushes at least once a second. A failure is logged once until a write
+/// succeeds again.
+fn writer(mut current: Option<DayFile>, rx: mpsc::Receiver<Line>, log: PathBuf) {
     let mut failed = false;
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) => {
-                let written = out
-                    .write_all(line.as_bytes())
-                    .and_then(|()| out.write_all(b"\n"));
-                if let Err(e) = written
-                    && !failed
-                {
-                    failed = true;
-                    tracing::error!(path = %path.display(), error = %e, "cannot write the delivery log");
+            Ok((day, line)) => {
+                let written = day_writer(&mut current, &log, day).and_then(|out| {
+                    out.write_all(line.as_bytes())
+                        .and_then(|()| out.write_all(b"\n"))
+                });
+                match written {
+                    Ok(()) => failed = false,
+                    Err(e) if !failed => {
+                        failed = true;
+                        let path = day_file(&log, day);
+                        tracing::error!(path = %path.display(), error = %e, "cannot write the delivery log");
+                    }
+                    Err(_) => {}
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = out.flush();
+                if let Some(c) = &mut current {
+                    let _ = c.out.flush();
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
+                if let Some(c) = &mut current {
+                    let _ = c.out.flush();
+                }
                 return;
             }
         }
+    }
+}
+
+/// The writer of `day`'s file, opening it (and flushing the previous one) when the day
+/// differs from the current file's.
+fn day_writer<'a>(
+    current: &'a mut Option<DayFile>,
+    log: &Path,
+    day: u64,
+) -> std::io::Result<&'a mut std::io::BufWriter<std::fs::File>> {
+    if current.as_ref().is_none_or(|c| c.day != day) {
+        if let Some(mut previous) = current.take() {
+            previous.out.flush()?;
+        }
+        let file = crate::privacy::open_private_log(&day_file(log, day))?;
+        *current = Some(DayFile {
+            day,
+            out: std::io::BufWriter::with_capacity(64 * 1024, file),
+        });
+    }
+    match current {
+        Some(c) => Ok(&mut c.out),
+        None => Err(std::io::Error::other("no day file")),
     }
 }
 
@@ -174,13 +229,22 @@ mod tests {
         );
         drop(log);
         let mut text = String::new();
+        let mut file = PathBuf::new();
         for _ in 0..100 {
-            text = std::fs::read_to_string(&path).unwrap_or_default();
+            // (today's file: the event and the check straddle midnight at most once)
+            for day in [0, 1].map(|back| crate::spool::now_ms() / DAY_MS - back) {
+                file = day_file(&path, day);
+                text = std::fs::read_to_string(&file).unwrap_or_default();
+                if !text.is_empty() {
+                    break;
+                }
+            }
             if !text.is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        assert!(!path.exists(), "no undated file any more");
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["event"], "delivered");
         assert_eq!(v["id"], "0000000000000ABC");
@@ -191,8 +255,25 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn each_line_goes_to_the_file_of_its_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log/delivery.jsonl");
+        let (tx, rx) = mpsc::channel();
+        // 2026-11-20, then 2026-11-21, and a late line of the 20th
+        for (day, line) in [(20_777, "a"), (20_778, "b"), (20_778, "c"), (20_777, "d")] {
+            tx.send((day, line.to_string())).unwrap();
+        }
+        drop(tx);
+        writer(None, rx, log.clone());
+        let read = |name: &str| std::fs::read_to_string(dir.path().join("log").join(name)).unwrap();
+        assert_eq!(read("delivery-2026-11-20.jsonl"), "a\nd\n");
+        assert_eq!(read("delivery-2026-11-21.jsonl"), "b\nc\n");
+        assert!(!log.exists());
     }
 }

@@ -63,6 +63,10 @@ pub struct Settings {
     pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
     /// Staged campaign release; `None`: campaigns are not staged.
     pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
+    /// Account health (deliveries and hard bounces count); `None`: not watched.
+    pub governor: Option<Arc<crate::governance::Governor>>,
+    /// The accounts' webhooks, told of hard bounces; `None`: nobody is told.
+    pub webhooks: Option<Arc<crate::governance::webhook::Webhooks>>,
 }
 
 impl Settings {
@@ -77,6 +81,8 @@ impl Settings {
             policy: None,
             freezes: None,
             campaigns: None,
+            governor: None,
+            webhooks: None,
         }
     }
 }
@@ -410,6 +416,7 @@ impl Scheduler {
         let account = self.names.id(&q.env.account);
         let marketing = q.env.stream == crate::policy::Stream::Marketing && !q.env.generated_dsn;
         let received_s = (q.env.received_at / 1000) as u32;
+        let report = q.env.generated_dsn;
         let open = rcpts
             .iter()
             .filter(|r| r.status() != Progress::Done)
@@ -450,6 +457,7 @@ impl Scheduler {
                 residence,
                 account,
                 marketing,
+                report,
                 received_s,
                 campaign,
                 campaign_held,
@@ -775,6 +783,19 @@ impl Scheduler {
             }
             let hard =
                 matches!(disposition, Disposition::Bounced { .. }) && outcome::hard_bounce(attempt);
+            if let Some(governor) = &self.settings.governor {
+                let signal = match &disposition {
+                    Disposition::Delivered => Some(crate::governance::health::Signal::Delivered),
+                    Disposition::Bounced { .. } if hard => {
+                        Some(crate::governance::health::Signal::HardBounce)
+                    }
+                    _ => None,
+                };
+                if let Some(why) = signal.and_then(|s| governor.count(&env.account, s)) {
+                    let (governor, account) = (governor.clone(), env.account.clone());
+                    tokio::task::spawn_blocking(move || governor.freeze_for(&account, &why));
+                }
+            }
             if let Some((campaigns, key)) = &canary {
                 match &disposition {
                     Disposition::Delivered => campaigns.outcome(key, true, false),
@@ -845,6 +866,21 @@ impl Scheduler {
                     tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %self.tagger.scrub(&diagnostic, &env.recipients[i].address), hard, "bounced");
                     if hard {
                         suppress_bounce(&self.settings, &env.recipients[i].address);
+                        if let Some(webhooks) = &self.settings.webhooks {
+                            // The account's own systems get the address: it is the point.
+                            webhooks.send(
+                                &env.account,
+                                crate::governance::webhook::WebhookEvent::now(
+                                    crate::governance::webhook::Kind::Bounce,
+                                    &env.recipients[i].address,
+                                    env.list.as_deref(),
+                                    serde_json::json!({
+                                        "status": status.to_string(),
+                                        "diagnostic": diagnostic,
+                                    }),
+                                ),
+                            );
+                        }
                     }
                     if dsn::wanted(&env.recipients[i], dsn::Action::Failed)
                         && env.sender.is_some()

@@ -172,6 +172,8 @@ pub(super) struct Entry {
     pub account: u32,
     /// Marketing mail (held while its account is frozen).
     pub marketing: bool,
+    /// A report this relay made (DSN, campaign report): never held.
+    pub report: bool,
     /// Unix seconds when the message was accepted.
     pub received_s: u32,
     /// The campaign ([`Names`] id of its registry key), or [`NO_CAMPAIGN`].

@@ -1,7 +1,68 @@
 //! Governance: what the relay decides about accounts and campaigns as a whole, beyond
 //! single messages: freezing an account ([`freeze`]: its new submissions are refused and its
 //! queued marketing mail is held until an operator unfreezes it), and staged campaign
-//! release ([`campaign`]: a canary first, the rest after a verdict on its figures).
+//! release ([`campaign`]: a canary first, the rest after a verdict on its figures), and
+//! spam complaints ([`complaints`]: feedback reports and the report form, turned into
+//! suppressions and per-account counts), and account health ([`health`]: rolling rates
+//! that freeze an account crossing the policy's thresholds), and signed webhooks
+//! ([`webhook`]: unsubscribes, complaints and hard bounces told to the account's systems).
 
 pub mod campaign;
+pub mod complaints;
 pub mod freeze;
+pub mod health;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::policy::Policy;
+
+/// Account health wired to freezes: what the delivery engine, unsubscribes and complaints
+/// report goes through here.
+pub struct Governor {
+    pub health: health::Health,
+    pub freezes: Arc<freeze::Freezes>,
+    pub policy: Arc<ArcSwap<Policy>>,
+}
+
+impl std::fmt::Debug for Governor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governor").finish_non_exhaustive()
+    }
+}
+
+impl Governor {
+    /// Counts a signal for an account; returns why the account must be frozen when it now
+    /// crosses a threshold (and the policy freezes on crossings) and is not frozen yet.
+    /// Never blocks.
+    pub fn count(&self, account: &str, signal: health::Signal) -> Option<String> {
+        let rules = self.policy.load().health_rules();
+        let why = self
+            .health
+            .record(account, signal, &rules, crate::spool::now_ms())?;
+        if !rules.freeze {
+            tracing::warn!(account, reason = %why, "account health threshold crossed (freeze off)");
+            return None;
+        }
+        (!self.freezes.is_frozen(account)).then_some(why)
+    }
+
+    /// Freezes an account for a crossing [`Governor::count`] reported (blocking: writes the
+    /// frozen-accounts file).
+    pub fn freeze_for(&self, account: &str, why: &str) {
+        match self.freezes.freeze(account, why, "health") {
+            Ok(true) => crate::metrics::account_frozen("health"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(account, error = %e, "could not freeze an account"),
+        }
+    }
+
+    /// [`Governor::count`] and [`Governor::freeze_for`] together (blocking on a crossing).
+    pub fn observe(&self, account: &str, signal: health::Signal) {
+        if let Some(why) = self.count(account, signal) {
+            self.freeze_for(account, &why);
+        }
+    }
+}

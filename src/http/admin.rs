@@ -349,6 +349,9 @@ async fn account_freeze(State(a): State<Admin>, Path(name): Path<String>, raw: B
             crate::governance::freeze::FreezeError::NoReason => bad(e.to_string()),
             other => internal(other.to_string()),
         })?;
+    if changed {
+        crate::metrics::account_frozen("admin");
+    }
     ok(json!({"account": name, "frozen": a.freezes.get(&name), "changed": changed}))
 }
 
@@ -552,11 +555,33 @@ async fn erase(State(a): State<Admin>, raw: Bytes) -> ApiResult {
     let address = normalised(&b.address)?;
     record(&a, Scope::Global, Op::Add, Reason::Erasure.bit(), &address)?;
     let dropped = a.delivery.erase(&address).await?;
+    // Then every plain copy on disk: event lines, kept-aside reports, the webhook outbox,
+    // and the address's octets in spool records (crate::privacy::erase).
+    let scrubbed = crate::privacy::erase::erase(&a.spool, &address)
+        .await
+        .map_err(|e| bad(format!("{e}")))?;
+    if !scrubbed.problems.is_empty() {
+        tracing::error!(problems = ?scrubbed.problems, "erasure incomplete");
+        return Err(internal(format!(
+            "erasure incomplete (queued mail dropped and suppression recorded; repeating \
+             the request is harmless): {}",
+            scrubbed.problems.join("; ")
+        )));
+    }
     tracing::info!(
         recipients = dropped,
-        "erasure: queued mail dropped, suppression recorded"
+        spool_records = scrubbed.spool_records,
+        event_lines = scrubbed.event_lines,
+        complaint_reports = scrubbed.complaint_reports,
+        webhook_files = scrubbed.webhook_files,
+        "erasure: queued mail dropped, suppression recorded, plain copies removed"
     );
-    ok(json!({"address": address, "queued_recipients_dropped": dropped, "suppressed": "erasure"}))
+    ok(json!({
+        "address": address,
+        "queued_recipients_dropped": dropped,
+        "suppressed": "erasure",
+        "scrubbed": scrubbed,
+    }))
 }
 
 // ---- campaigns -----------------------------------------------------------------------

@@ -1,9 +1,10 @@
 //! The HTTP listener (`[http] listen`): Prometheus metrics at `GET /metrics`, a liveness
-//! check at `GET /healthz`, the unsubscribe endpoints ([`unsubscribe`]) and the admin API
-//! ([`admin`]). It binds loopback by default; put a TLS proxy in front for
-//! the public unsubscribe links.
+//! check at `GET /healthz`, the unsubscribe endpoints ([`unsubscribe`]), the spam report
+//! form ([`complaint`]) and the admin API ([`admin`]). It binds loopback by default; put a
+//! TLS proxy in front for the public unsubscribe links.
 
 pub mod admin;
+pub mod complaint;
 pub mod unsubscribe;
 
 use std::net::SocketAddr;

@@ -9,6 +9,7 @@
 //! Deciding is pure: [`Policy::identify_by_ip`] and [`Policy::user`] look things up in a
 //! policy that was validated when loaded; password checking lives in [`password`].
 
+pub mod content;
 pub mod identity;
 pub mod password;
 pub mod streams;
@@ -52,6 +53,8 @@ pub struct Account {
     pub feedback_id: Option<String>,
     /// Transactional mail gets the unsubscribe headers too.
     pub transactional_unsubscribe: bool,
+    /// Where unsubscribes, complaints and hard bounces are told (`[accounts.NAME.webhook]`).
+    pub webhook: Option<crate::governance::webhook::Webhook>,
 }
 
 impl Account {
@@ -99,8 +102,12 @@ pub struct Policy {
     recovery: throttle::Recovery,
     /// Staged release of campaigns (`[campaigns]`).
     campaigns: crate::governance::campaign::Rules,
+    /// Account health thresholds (`[health]`).
+    health: crate::governance::health::Rules,
     /// Destinations (domain or `*`) whose mail may only go over TLS.
     tls_required: HashMap<String, bool>,
+    /// Prohibited content categories (`[content]`), compiled once per load.
+    content: content::Content,
 }
 
 impl Policy {
@@ -126,6 +133,7 @@ impl Policy {
         let Some(table) = c.parse(text) else {
             return Err(c.finish(()).unwrap_err());
         };
+        let content_rules: content::Content;
         let (accounts, operator_contacts, throttles, shaping, recovery, tls_required, campaigns) = {
             let mut root = c.root(&table);
             let accounts = root
@@ -195,7 +203,11 @@ impl Policy {
                     (key, required)
                 })
                 .collect();
-            let campaigns = read_campaigns(&mut root.section("campaigns"));
+            let campaigns = (
+                read_campaigns(&mut root.section("campaigns")),
+                read_health(&mut root.section("health")),
+            );
+            content_rules = content::read(&mut root);
             (
                 accounts,
                 contacts,
@@ -212,7 +224,9 @@ impl Policy {
         policy.shaping = shaping;
         policy.recovery = recovery;
         policy.tls_required = tls_required;
-        policy.campaigns = campaigns;
+        policy.campaigns = campaigns.0;
+        policy.health = campaigns.1;
+        policy.content = content_rules;
         c.finish(policy)
     }
 
@@ -251,6 +265,8 @@ impl Policy {
             recovery: throttle::Recovery::default(),
             tls_required: HashMap::new(),
             campaigns: Default::default(),
+            health: Default::default(),
+            content: content::Content::default(),
         }
     }
 
@@ -336,6 +352,15 @@ impl Policy {
         self.campaigns
     }
 
+    pub fn health_rules(&self) -> crate::governance::health::Rules {
+        self.health
+    }
+
+    /// The prohibited content categories, checked on every submitted message.
+    pub fn content(&self) -> &content::Content {
+        &self.content
+    }
+
     pub fn shaping_recovery(&self) -> throttle::Recovery {
         self.recovery
     }
@@ -358,6 +383,51 @@ fn destination_key(name: &str, section: &Section<'_>) -> String {
         section.problem("", "use \"*\" or a lower-case (A-label) domain");
     }
     key
+}
+
+/// `[health]`: the rolling window and thresholds that freeze an account.
+fn read_health(s: &mut Section<'_>) -> crate::governance::health::Rules {
+    let d = crate::governance::health::Rules::default();
+    let window = s
+        .get::<crate::config::units::HumanDuration>("window")
+        .map_or(d.window, |h| h.get());
+    if window < std::time::Duration::from_secs(60) {
+        s.problem("window", "must be at least a minute");
+    }
+    let rate = |s: &mut Section<'_>, key: &str| -> Option<f64> {
+        let v = s.get::<f64>(key)?;
+        if !(0.0..=1.0).contains(&v) {
+            s.problem(key, "must be a share between 0 and 1 (0.003 is 0.3%)");
+        }
+        Some(v)
+    };
+    let max_complaint_rate = rate(s, "max_complaint_rate").unwrap_or(d.max_complaint_rate);
+    let max_hard_bounce_rate = rate(s, "max_hard_bounce_rate").unwrap_or(d.max_hard_bounce_rate);
+    let max_unsubscribe_rate = rate(s, "max_unsubscribe_rate");
+    let min_volume = s.get_or("min_volume", d.min_volume as i64);
+    if min_volume < 1 {
+        s.problem("min_volume", "must be at least 1");
+    }
+    let hold_transactional = match s.get::<String>("frozen_transactional").as_deref() {
+        None | Some("send") => false,
+        Some("hold") => true,
+        Some(other) => {
+            s.problem(
+                "frozen_transactional",
+                format!("{other:?} is not send or hold"),
+            );
+            false
+        }
+    };
+    crate::governance::health::Rules {
+        window,
+        min_volume: min_volume.max(1) as u64,
+        max_complaint_rate,
+        max_hard_bounce_rate,
+        max_unsubscribe_rate,
+        freeze: s.get_or("freeze", d.freeze),
+        hold_transactional,
+    }
 }
 
 /// `[campaigns]`: the canary and the thresholds of staged release.
@@ -455,6 +525,10 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         .collect();
     let sending = streams::read_sending(s);
     let identity = identity::read_identity(s);
+    // Read only when present: an absent table is no webhook, not a missing url.
+    let webhook = s
+        .get::<toml::Value>("webhook")
+        .and_then(|_| crate::governance::webhook::read_policy(&mut s.section("webhook")));
     Account {
         name,
         description,
@@ -468,6 +542,7 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         dkim: identity.dkim,
         feedback_id: identity.feedback_id,
         transactional_unsubscribe: identity.transactional_unsubscribe,
+        webhook,
     }
 }
 

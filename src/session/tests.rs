@@ -59,6 +59,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         lists: Arc::new(crate::consent::Lists::open(&dir.path().join("lists"), 24).unwrap()),
         own_domain: "relay.test".into(),
         unsubscribes: None,
+        complaints: None,
         log: None,
         freezes: None,
         campaigns: None,

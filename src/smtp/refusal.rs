@@ -120,6 +120,9 @@ pub enum Refusal {
     FooterImpossible(String),
     #[error("the relay operator's contact details in customer text")]
     OperatorContact,
+    /// The message matched a prohibited content category of the policy (its name).
+    #[error("prohibited content: {0}")]
+    ProhibitedContent(String),
 }
 
 /// Why the consent and suppression policy withholds mail from a recipient. The texts say
@@ -304,6 +307,11 @@ impl Refusal {
                 (5, 7, 1),
                 "The message names the relay operator's own contact details; use your own".into(),
             ),
+            ProhibitedContent(category) => (
+                550,
+                (5, 7, 1),
+                format!("prohibited content: {}", printable(category)),
+            ),
             FooterImpossible(why) => (
                 550,
                 (5, 7, 1),
@@ -419,6 +427,12 @@ mod tests {
         assert_eq!(
             Refusal::AuthRequired.reply().one_line(),
             "530 5.7.0 Authentication required"
+        );
+        assert_eq!(
+            Refusal::ProhibitedContent("stock-tips".into())
+                .reply()
+                .one_line(),
+            "550 5.7.1 prohibited content: stock-tips"
         );
         assert!(Refusal::IdleTimeout.closes_session());
         assert!(!Refusal::TooBig(1).closes_session());

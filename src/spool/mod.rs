@@ -18,6 +18,7 @@
 
 pub mod format;
 mod recover;
+mod scrub;
 mod writer;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ type Readers = Arc<Mutex<HashMap<u64, Arc<File>>>>;
 use crate::smtp::params::{BodyType, Notify, Ret};
 pub use format::RcptEvent;
 pub use recover::{RecoveredMessage, RecoveryReport};
+pub use scrub::{Redactor, ScrubReport, blank};
 
 /// Where a message record lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -201,6 +203,9 @@ struct Inner {
     readers: Readers,
     stats: Arc<SpoolStats>,
     writer: Arc<writer::WriterTask>,
+    /// Taken shared by every read of a record and exclusively by a scrub rewriting one in
+    /// place (`scrub.rs`), so a reader never sees a record half rewritten.
+    records: std::sync::RwLock<()>,
 }
 
 impl Drop for Inner {
@@ -257,6 +262,7 @@ impl Spool {
                 readers,
                 stats,
                 writer,
+                records: std::sync::RwLock::new(()),
             }),
         };
         Ok((spool, report))
@@ -384,6 +390,7 @@ impl Inner {
             }
         };
         let mut record = vec![0u8; loc.len as usize];
+        let _reading = self.records.read().unwrap_or_else(|e| e.into_inner());
         file.read_exact_at(&mut record, loc.offset)
             .map_err(|e| err(e.to_string()))?;
         Ok(record)

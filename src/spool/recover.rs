@@ -173,8 +173,11 @@ impl Scan {
             if f.metadata()?.len() == 0 {
                 return Ok(None);
             }
-            // SAFETY: segments are only ever appended to, never truncated or rewritten in
-            // place, so the mapped range stays valid while the map lives.
+            // SAFETY: segments are only ever appended to, never truncated, so the mapped
+            // range stays valid while the map lives. The one in-place rewrite (an erasure,
+            // `scrub.rs`) keeps every length and runs in the relay that holds the spool
+            // lock, never during its own recovery; an `inspect` beside it may read a record
+            // mid-rewrite, which fails a checksum like any damage.
             unsafe { Mmap::map(&f) }.map(Some)
         }) {
             Ok(m) => m,

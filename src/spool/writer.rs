@@ -53,6 +53,23 @@ pub(super) enum Cmd {
     Flush {
         done: oneshot::Sender<()>,
     },
+    /// Asks where committed data ends (answered after the batch it came in is written):
+    /// what an in-place scrub may touch (see `scrub.rs`).
+    Committed {
+        done: oneshot::Sender<Committed>,
+    },
+}
+
+/// Where the committed (written, and synced when `fsync` is on) part of the queue ends at
+/// one moment. Segments below `next_segment` other than the active one are sealed: never
+/// written again. Records are only ever appended, so everything below these bounds stays
+/// where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Committed {
+    /// The segment being appended to and its committed length.
+    pub(super) active: Option<(u64, u64)>,
+    /// Segments with this id or above did not exist yet.
+    pub(super) next_segment: u64,
 }
 
 /// The writer and its command queue, run on demand on tokio's blocking pool.
@@ -238,6 +255,7 @@ impl Writer {
         }
         let mut acks = Vec::new();
         let mut flushes = Vec::new();
+        let mut committed = Vec::new();
         let mut records: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut finished = Vec::new();
         let mut open_error = None;
@@ -268,6 +286,7 @@ impl Writer {
                 }
                 Cmd::Finish { segment } => finished.push(segment),
                 Cmd::Flush { done } => flushes.push(done),
+                Cmd::Committed { done } => committed.push(done),
             }
         }
         if !acks.is_empty() {
@@ -283,6 +302,12 @@ impl Writer {
                     Err(e) => Err(SpoolError::Write(e.clone())),
                 });
             }
+        }
+        for done in committed {
+            let _ = done.send(Committed {
+                active: self.active.as_ref().map(|a| (a.id, a.size)),
+                next_segment: self.next_segment,
+            });
         }
         for (segment, bytes) in records {
             self.write_records(segment, &bytes);

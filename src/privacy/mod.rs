@@ -1,4 +1,6 @@
-//! Keeping recipient addresses out of logs.
+//! Personal data: keeping recipient addresses out of logs, keeping what must hold them
+//! only as long as configured ([`retention`]), and erasing an address from everything on
+//! disk ([`erase`]). README's *Personal data* lists every place and its limit.
 //!
 //! Log lines name a recipient only as `h:<16 hex>@domain`: a keyed BLAKE3 hash of the
 //! normalised address (lower-cased), so an operator can follow one recipient through the
@@ -6,6 +8,13 @@
 //! log itself reveals no address. The key is 32 random octets in a file beside the spool
 //! (`log.key`, mode 0600), created on first start and kept, so tags stay stable across
 //! restarts. The domain stays readable: it is what operators debug delivery by.
+//!
+//! Nothing here may log an address, or leave a plain copy behind when it rewrites a file
+//! (rewrites go through a temporary file renamed over the original, see [`jsonl`]).
+
+pub mod erase;
+pub mod jsonl;
+pub mod retention;
 
 use std::path::Path;
 
@@ -22,6 +31,7 @@ pub fn open_private_log(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
+/// Turns addresses into the keyed tags that logs carry instead (see the module doc).
 #[derive(Clone)]
 pub struct AddressTagger {
     key: [u8; 32],
@@ -34,6 +44,7 @@ impl std::fmt::Debug for AddressTagger {
 }
 
 impl AddressTagger {
+    /// A tagger with this key (tests; the relay loads its key file).
     pub fn new(key: [u8; 32]) -> AddressTagger {
         AddressTagger { key }
     }
@@ -69,7 +80,6 @@ impl AddressTagger {
         out
     }
 
-    /// `h:<hash>@domain` for logs.
     /// 32 bits of the address's keyed hash (case-blind), for finding an address in memory
     /// without keeping it there.
     pub fn short(&self, address: &str) -> u32 {
@@ -77,6 +87,7 @@ impl AddressTagger {
         u32::from_le_bytes(hash.as_bytes()[..4].try_into().expect("4 bytes"))
     }
 
+    /// `h:<hash>@domain` for logs.
     pub fn tag(&self, address: &str) -> String {
         let normalised = address.to_lowercase();
         let hash = blake3::keyed_hash(&self.key, normalised.as_bytes());

@@ -1,0 +1,265 @@
+//! Account health: rolling per-account counts of delivered mail, hard bounces, complaints
+//! and unsubscribes over the policy's window (`[health] window`, in 60 buckets, so the
+//! window slides a sixtieth at a time), and the thresholds that freeze an account that
+//! crosses them (defaults: complaints 0.3 % of delivered, hard bounces 5 % of attempts,
+//! once the window holds at least `min_volume` messages).
+//!
+//! Counts live in memory: a restart starts the windows afresh (the freeze itself, once
+//! made, is kept in `state/frozen.json`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// `[health]` in the policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    pub window: Duration,
+    /// Below this many delivered plus hard-bounced in the window, no rate is judged.
+    pub min_volume: u64,
+    /// Complaints per delivered message.
+    pub max_complaint_rate: f64,
+    /// Hard bounces per attempt (delivered plus hard-bounced).
+    pub max_hard_bounce_rate: f64,
+    /// Unsubscribes per delivered message; `None`: not judged.
+    pub max_unsubscribe_rate: Option<f64>,
+    /// Freeze the account on a crossing (false: only log and count).
+    pub freeze: bool,
+    /// A frozen account's queued transactional mail is held too (false: it still goes).
+    pub hold_transactional: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            window: Duration::from_secs(24 * 3600),
+            min_volume: 500,
+            max_complaint_rate: 0.003,
+            max_hard_bounce_rate: 0.05,
+            max_unsubscribe_rate: None,
+            freeze: true,
+            hold_transactional: false,
+        }
+    }
+}
+
+/// What happened to an account's mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Delivered,
+    HardBounce,
+    Complaint,
+    Unsubscribe,
+}
+
+const BUCKETS: u64 = 60;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub delivered: u64,
+    pub hard_bounces: u64,
+    pub complaints: u64,
+    pub unsubscribes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Which slot (time / bucket length) the counts are for.
+    slot: u64,
+    counts: Window,
+}
+
+struct Account {
+    buckets: [Bucket; BUCKETS as usize],
+}
+
+impl Default for Account {
+    fn default() -> Account {
+        Account {
+            buckets: [Bucket::default(); BUCKETS as usize],
+        }
+    }
+}
+
+impl Account {
+    fn add(&mut self, slot: u64, signal: Signal) {
+        let b = &mut self.buckets[(slot % BUCKETS) as usize];
+        if b.slot != slot {
+            *b = Bucket {
+                slot,
+                counts: Window::default(),
+            };
+        }
+        let c = &mut b.counts;
+        match signal {
+            Signal::Delivered => c.delivered += 1,
+            Signal::HardBounce => c.hard_bounces += 1,
+            Signal::Complaint => c.complaints += 1,
+            Signal::Unsubscribe => c.unsubscribes += 1,
+        }
+    }
+
+    fn window(&self, slot: u64) -> Window {
+        let mut w = Window::default();
+        for b in self
+            .buckets
+            .iter()
+            .filter(|b| b.slot + BUCKETS > slot && b.slot <= slot)
+        {
+            w.delivered += b.counts.delivered;
+            w.hard_bounces += b.counts.hard_bounces;
+            w.complaints += b.counts.complaints;
+            w.unsubscribes += b.counts.unsubscribes;
+        }
+        w
+    }
+}
+
+#[derive(Default)]
+pub struct Health {
+    accounts: Mutex<HashMap<String, Account>>,
+}
+
+fn slot(now_ms: u64, rules: &Rules) -> u64 {
+    let len = (rules.window.as_millis() as u64 / BUCKETS).max(1);
+    now_ms / len
+}
+
+impl Health {
+    /// Counts a signal; returns why the account crosses a threshold now, if it does.
+    pub fn record(
+        &self,
+        account: &str,
+        signal: Signal,
+        rules: &Rules,
+        now_ms: u64,
+    ) -> Option<String> {
+        let slot = slot(now_ms, rules);
+        let mut all = self.accounts.lock().expect("health lock");
+        let a = all.entry(account.to_string()).or_default();
+        a.add(slot, signal);
+        judge(&a.window(slot), rules)
+    }
+
+    /// The account's counts in the current window.
+    pub fn window(&self, account: &str, rules: &Rules, now_ms: u64) -> Window {
+        let slot = slot(now_ms, rules);
+        self.accounts
+            .lock()
+            .expect("health lock")
+            .get(account)
+            .map(|a| a.window(slot))
+            .unwrap_or_default()
+    }
+}
+
+/// Why a window crosses the rules, if it does.
+pub fn judge(w: &Window, rules: &Rules) -> Option<String> {
+    let attempts = w.delivered + w.hard_bounces;
+    if attempts < rules.min_volume.max(1) {
+        return None;
+    }
+    let pct = |n: u64, of: u64| 100.0 * n as f64 / of.max(1) as f64;
+    let hours = rules.window.as_secs_f64() / 3600.0;
+    if pct(w.complaints, w.delivered) > rules.max_complaint_rate * 100.0 {
+        return Some(format!(
+            "complaint rate {:.2}% over {:.2}% ({} of {} delivered in {hours:.0}h)",
+            pct(w.complaints, w.delivered),
+            rules.max_complaint_rate * 100.0,
+            w.complaints,
+            w.delivered
+        ));
+    }
+    if pct(w.hard_bounces, attempts) > rules.max_hard_bounce_rate * 100.0 {
+        return Some(format!(
+            "hard bounce rate {:.2}% over {:.2}% ({} of {attempts} in {hours:.0}h)",
+            pct(w.hard_bounces, attempts),
+            rules.max_hard_bounce_rate * 100.0,
+            w.hard_bounces
+        ));
+    }
+    if let Some(max) = rules.max_unsubscribe_rate
+        && pct(w.unsubscribes, w.delivered) > max * 100.0
+    {
+        return Some(format!(
+            "unsubscribe rate {:.2}% over {:.2}% ({} of {} delivered in {hours:.0}h)",
+            pct(w.unsubscribes, w.delivered),
+            max * 100.0,
+            w.unsubscribes,
+            w.delivered
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            window: Duration::from_secs(3600),
+            min_volume: 100,
+            ..Rules::default()
+        }
+    }
+
+    #[test]
+    fn no_verdict_below_the_minimum_volume() {
+        let h = Health::default();
+        let r = rules();
+        for _ in 0..10 {
+            assert_eq!(h.record("shop", Signal::HardBounce, &r, 0), None);
+        }
+    }
+
+    #[test]
+    fn complaints_over_the_threshold_are_named() {
+        let h = Health::default();
+        let r = rules();
+        for _ in 0..1000 {
+            assert_eq!(h.record("shop", Signal::Delivered, &r, 1000), None);
+        }
+        for _ in 0..3 {
+            assert_eq!(h.record("shop", Signal::Complaint, &r, 1000), None);
+        }
+        let why = h.record("shop", Signal::Complaint, &r, 1000).unwrap();
+        assert!(why.starts_with("complaint rate 0.40% over 0.30%"), "{why}");
+        assert_eq!(h.window("other", &r, 1000), Window::default());
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let h = Health::default();
+        let r = rules();
+        for _ in 0..200 {
+            h.record("shop", Signal::Delivered, &r, 0);
+        }
+        assert_eq!(h.window("shop", &r, 3_000_000).delivered, 200);
+        // a full window later, the old counts are gone
+        assert_eq!(h.window("shop", &r, 3_600_000 + 60_000).delivered, 0);
+        for _ in 0..20 {
+            h.record("shop", Signal::HardBounce, &r, 3_700_000);
+        }
+        assert_eq!(h.window("shop", &r, 3_700_000).hard_bounces, 20);
+    }
+
+    #[test]
+    fn hard_bounces_cross_at_five_percent_of_attempts() {
+        let r = rules();
+        let w = Window {
+            delivered: 95,
+            hard_bounces: 5,
+            ..Window::default()
+        };
+        assert_eq!(judge(&w, &r), None, "exactly 5 % is allowed");
+        let w = Window {
+            delivered: 94,
+            hard_bounces: 6,
+            ..Window::default()
+        };
+        assert!(judge(&w, &r).unwrap().starts_with("hard bounce rate 6.00%"));
+    }
+}

@@ -1,0 +1,921 @@
+//! Signed webhooks: unsubscribes, complaints and hard bounces told to the sending account's
+//! own systems (`[accounts.NAME.webhook]` in the policy), so it can update its records.
+//!
+//! [`Webhooks::send`] never blocks and never fails its caller. Each event first becomes a
+//! file `state/webhooks/<time>-<random>.json` in the spool directory (mode 0600, fsynced,
+//! renamed into place), holding the exact JSON body that will be POSTed; the file is the
+//! outbox entry and is deleted once the account's endpoint answered 2xx. A worker task
+//! delivers due events oldest first, one at a time per account (a failing endpoint holds
+//! that account's later events back and nobody else's), and retries a failure (non-2xx,
+//! connection error, no answer within [`ATTEMPT_TIMEOUT`]) after `[webhooks]
+//! retry_initial`, doubling up to [`RETRY_MAX`], each delay shortened by up to a fifth at
+//! random. An event still undelivered [`GIVE_UP_AFTER`] after it happened is given up:
+//! logged, and its file moved to `state/webhooks/failed/`. At start the worker picks up
+//! every file a previous run left: delivery is at least once, and receivers dedupe on
+//! `X-Optin-Id`. Retry counts live in memory only, so a restart retries at once.
+//!
+//! Every request is signed: `X-Optin-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+//! "<t>.<body>" keyed with the account's secret>` (see [`signature`]). The URL and the
+//! secret are read from the policy in force at each attempt, so an edited webhook applies
+//! to events already queued; an account whose webhook is gone (or no longer takes that kind
+//! of event) has its queued events dropped, with a log line.
+//!
+//! The events carry the recipient's address — it is the point of them — so this module
+//! must never log one: log lines name the account, the event id and its kind only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use ring::hmac;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::reader::Section;
+use crate::policy::Policy;
+
+/// The first retry delay when the config names none (`[webhooks] retry_initial`).
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(30);
+/// The longest delay between two attempts for one account.
+pub const RETRY_MAX: Duration = Duration::from_secs(3600);
+/// An event not delivered this long after it happened is given up.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(3 * 86_400);
+/// One attempt (resolving, connecting, TLS, request, response head) may take this long.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest secret the policy accepts.
+pub const MIN_SECRET_LEN: usize = 16;
+/// Deliveries in flight at once, over all accounts.
+const MAX_IN_FLIGHT: usize = 16;
+/// The outbox, inside the spool directory.
+const OUTBOX: &str = "state/webhooks";
+
+/// What happened to a recipient, as the account is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Unsubscribe,
+    Complaint,
+    Bounce,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Unsubscribe, Kind::Complaint, Kind::Bounce];
+
+    /// The name in the policy's `events`, the `event` field and `X-Optin-Event`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Unsubscribe => "unsubscribe",
+            Kind::Complaint => "complaint",
+            Kind::Bounce => "bounce",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// One event for an account's webhook.
+#[derive(Clone)]
+pub struct WebhookEvent {
+    pub kind: Kind,
+    /// The recipient the event is about (personal data: never logged).
+    pub address: String,
+    /// The list, when the event concerns one.
+    pub list: Option<String>,
+    /// When it happened, Unix milliseconds.
+    pub time_ms: u64,
+    /// Kind-specific facts (a bounce's `status` and `diagnostic`, say).
+    pub detail: serde_json::Value,
+}
+
+impl WebhookEvent {
+    /// An event that happens now.
+    pub fn now(
+        kind: Kind,
+        address: &str,
+        list: Option<&str>,
+        detail: serde_json::Value,
+    ) -> WebhookEvent {
+        WebhookEvent {
+            kind,
+            address: address.to_string(),
+            list: list.map(str::to_string),
+            time_ms: crate::spool::now_ms(),
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No address: a Debug print must not leak one into a log.
+        f.debug_struct("WebhookEvent")
+            .field("kind", &self.kind)
+            .field("list", &self.list)
+            .field("time_ms", &self.time_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An account's webhook, as the policy configures it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// `https://…`, or `http://` to a loopback host.
+    pub url: String,
+    /// The HMAC key of the signatures.
+    pub secret: String,
+    /// The kinds of event sent (default: all).
+    pub events: Vec<Kind>,
+}
+
+impl Webhook {
+    pub fn wants(&self, kind: Kind) -> bool {
+        self.events.contains(&kind)
+    }
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// Reads `[accounts.NAME.webhook]` (`url`, `secret`, `events`), reporting a bad URL, a
+/// short secret and unknown events as problems of the section.
+pub fn read_policy(s: &mut Section<'_>) -> Option<Webhook> {
+    let url = match s.get::<String>("url") {
+        None => {
+            s.problem("url", "missing");
+            None
+        }
+        Some(u) => match Target::parse(&u) {
+            Ok(t) if !t.https && !is_loopback(&t.host) => {
+                s.problem(
+                    "url",
+                    format!("{u:?}: http:// is allowed only for a loopback host; use https://"),
+                );
+                None
+            }
+            Ok(_) => Some(u),
+            Err(e) => {
+                s.problem("url", format!("{u:?}: {e}"));
+                None
+            }
+        },
+    };
+    let secret = match s.get::<String>("secret") {
+        None => {
+            s.problem("secret", "missing");
+            None
+        }
+        Some(secret) if secret.chars().count() < MIN_SECRET_LEN => {
+            s.problem(
+                "secret",
+                format!("must be at least {MIN_SECRET_LEN} characters"),
+            );
+            None
+        }
+        Some(secret) => Some(secret),
+    };
+    let events = match s.get::<Vec<String>>("events") {
+        None => Kind::ALL.to_vec(),
+        Some(names) => {
+            let mut kinds = Vec::new();
+            for name in &names {
+                match Kind::parse(name) {
+                    Some(k) if !kinds.contains(&k) => kinds.push(k),
+                    Some(_) => {}
+                    None => s.problem(
+                        "events",
+                        format!("{name:?} is not unsubscribe, complaint or bounce"),
+                    ),
+                }
+            }
+            if names.is_empty() {
+                s.problem(
+                    "events",
+                    "names no event (remove the webhook table to send none)",
+                );
+            }
+            kinds
+        }
+    };
+    Some(Webhook {
+        url: url?,
+        secret: secret?,
+        events,
+    })
+}
+
+/// `t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`: the `X-Optin-Signature` value.
+pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(t.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    let mut out = format!("t={t},v1=");
+    for b in ctx.sign().as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The delay before the next attempt after `failures` failed ones in a row, without
+/// jitter: `initial` doubling, at most [`RETRY_MAX`].
+pub fn backoff_base(initial: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    initial.saturating_mul(1 << doublings).min(RETRY_MAX)
+}
+
+/// [`backoff_base`] shortened by up to a fifth at random, so that accounts whose endpoints
+/// failed together do not come back together (and never later than the cap).
+pub fn backoff(initial: Duration, failures: u32) -> Duration {
+    backoff_base(initial, failures).mul_f64(rand::random_range(0.8..=1.0))
+}
+
+/// Whether an event that happened at `time_ms` is past [`GIVE_UP_AFTER`] at `now_ms`.
+pub fn expired(time_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(time_ms) >= GIVE_UP_AFTER.as_millis() as u64
+}
+
+/// The webhook outbox and its sender.
+pub struct Webhooks {
+    /// `state/webhooks` in the spool directory.
+    dir: PathBuf,
+    /// Read at every send and every attempt: webhooks follow policy reloads.
+    policy: Arc<ArcSwap<Policy>>,
+    retry_initial: Duration,
+    /// Verifies https endpoints against the Mozilla roots.
+    tls: Arc<ClientConfig>,
+    /// Stored events for the worker.
+    wake: mpsc::UnboundedSender<Queued>,
+    /// The worker's end, taken when it starts.
+    inbox: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    /// The last id's time (µs): ids, and so file names, sort in the order of sends.
+    last_us: AtomicU64,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An event stored in the outbox, as the worker knows it (no address in memory).
+#[derive(Debug, Clone)]
+struct Queued {
+    /// The event id, also the file's stem.
+    id: String,
+    account: String,
+    kind: Kind,
+    time_ms: u64,
+}
+
+/// What the stored file holds besides the address, read back at start.
+#[derive(serde::Deserialize)]
+struct StoredHead {
+    account: String,
+    event: String,
+    time_ms: u64,
+}
+
+/// The POSTed body, stored as is.
+#[derive(serde::Serialize)]
+struct Payload<'a> {
+    id: &'a str,
+    account: &'a str,
+    event: &'static str,
+    address: &'a str,
+    list: Option<&'a str>,
+    time_ms: u64,
+    detail: &'a serde_json::Value,
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+enum Outcome {
+    /// A 2xx answer: the file is gone.
+    Delivered(StatusCode),
+    /// Not to be sent (any more): the file is gone.
+    Dropped(&'static str),
+    /// To be retried.
+    Failed(String),
+}
+
+impl Webhooks {
+    /// The outbox in `spool_dir`, retrying after `retry_initial` first. Nothing is sent
+    /// until [`Webhooks::spawn_worker`].
+    pub fn new(
+        spool_dir: &Path,
+        policy: Arc<ArcSwap<Policy>>,
+        retry_initial: Duration,
+    ) -> Result<Webhooks, crate::tls::TlsError> {
+        let (wake, inbox) = mpsc::unbounded_channel();
+        Ok(Webhooks {
+            dir: spool_dir.join(OUTBOX),
+            policy,
+            retry_initial,
+            tls: crate::tls::verifying_client_config(None)?,
+            wake,
+            inbox: Mutex::new(Some(inbox)),
+            last_us: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues `event` for `account`'s webhook, when the account has one that takes this
+    /// kind. Never blocks (the file is written on the blocking pool) and never fails: a
+    /// file that cannot be written is logged.
+    pub fn send(&self, account: &str, event: WebhookEvent) {
+        let Some(job) = self.prepare(account, &event) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || job.store());
+            }
+            Err(_) => job.store(),
+        }
+    }
+
+    /// [`Webhooks::send`] for callers already on a blocking thread: returns once the
+    /// event is on disk, so a crash right after cannot lose it.
+    pub fn send_blocking(&self, account: &str, event: WebhookEvent) {
+        if let Some(job) = self.prepare(account, &event) {
+            job.store();
+        }
+    }
+
+    /// The file to write for an event, if the account's webhook wants it.
+    fn prepare(&self, account: &str, event: &WebhookEvent) -> Option<Store> {
+        let policy = self.policy.load();
+        let hook = policy.account(account)?.webhook.as_ref()?;
+        if !hook.wants(event.kind) {
+            return None;
+        }
+        let id = self.next_id();
+        let body = serde_json::to_vec(&Payload {
+            id: &id,
+            account,
+            event: event.kind.as_str(),
+            address: &event.address,
+            list: event.list.as_deref(),
+            time_ms: event.time_ms,
+            detail: &event.detail,
+        })
+        .ok()?;
+        Some(Store {
+            dir: self.dir.clone(),
+            wake: self.wake.clone(),
+            body,
+            queued: Queued {
+                id,
+                account: account.to_string(),
+                kind: event.kind,
+                time_ms: event.time_ms,
+            },
+        })
+    }
+
+    /// `<µs since 1970, 16 digits>-<16 hex random>`: unique, and in the order of sends.
+    fn next_id(&self) -> String {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let prev = self
+            .last_us
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now_us.max(last + 1))
+            })
+            .unwrap_or(now_us);
+        let us = now_us.max(prev + 1);
+        format!("{us:016}-{:016x}", rand::random::<u64>())
+    }
+
+    /// Starts the worker: it picks up what a previous run left, then delivers until
+    /// `stop` (an attempt under way is abandoned; its event stays for the next start).
+    /// Call once; a second call returns a task that does nothing.
+    pub fn spawn_worker(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let inbox = self.inbox.lock().ok().and_then(|mut i| i.take());
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            match inbox {
+                Some(inbox) => Worker::new(hooks, inbox).run(stop).await,
+                None => tracing::error!("the webhook worker was started twice"),
+            }
+        })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// One delivery attempt of a stored event, with the policy in force now.
+    async fn attempt(&self, q: &Queued) -> Outcome {
+        let hook = {
+            let policy = self.policy.load();
+            policy.account(&q.account).and_then(|a| a.webhook.clone())
+        };
+        let hook = match hook {
+            None => return self.drop_event(q, "the account has no webhook now").await,
+            Some(h) if !h.wants(q.kind) => {
+                return self
+                    .drop_event(q, "the account's webhook no longer takes this event")
+                    .await;
+            }
+            Some(h) => h,
+        };
+        let path = self.path(&q.id);
+        let body = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Outcome::Dropped("its file is gone");
+            }
+            Err(e) => return Outcome::Failed(format!("cannot read {}: {e}", path.display())),
+        };
+        let t = crate::spool::now_ms() / 1000;
+        let headers = [
+            ("x-optin-event", q.kind.as_str().to_string()),
+            ("x-optin-id", q.id.clone()),
+            (
+                "x-optin-signature",
+                signature(hook.secret.as_bytes(), t, &body),
+            ),
+        ];
+        let result = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            post(&hook.url, self.tls.clone(), &headers, body),
+        )
+        .await;
+        match result {
+            Ok(Ok(status)) if status.is_success() => {
+                if let Err(e) = tokio::fs::remove_file(&path).await {
+                    // Delivered again at the next start: at least once.
+                    tracing::error!(account = %q.account, id = %q.id, error = %e, "could not remove a delivered webhook event");
+                }
+                Outcome::Delivered(status)
+            }
+            Ok(Ok(status)) => Outcome::Failed(format!("answered {status}")),
+            Ok(Err(e)) => Outcome::Failed(e),
+            Err(_) => Outcome::Failed(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
+        }
+    }
+
+    /// Removes an event that is not to be sent.
+    async fn drop_event(&self, q: &Queued, why: &'static str) -> Outcome {
+        match tokio::fs::remove_file(self.path(&q.id)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(account = %q.account, id = %q.id, error = %e, "could not remove a dropped webhook event")
+            }
+        }
+        Outcome::Dropped(why)
+    }
+}
+
+/// Writing one event's file (on a blocking thread).
+struct Store {
+    dir: PathBuf,
+    wake: mpsc::UnboundedSender<Queued>,
+    body: Vec<u8>,
+    queued: Queued,
+}
+
+impl Store {
+    /// Writes the file durably, then hands the event to the worker.
+    fn store(self) {
+        let Store {
+            dir,
+            wake,
+            body,
+            queued,
+        } = self;
+        match write_durably(&dir, &queued.id, &body) {
+            Ok(()) => {
+                tracing::debug!(account = %queued.account, id = %queued.id, event = queued.kind.as_str(), "webhook event queued");
+                // No worker (yet, or any more): the file is picked up at the next start.
+                let _ = wake.send(queued);
+            }
+            Err(e) => {
+                tracing::error!(account = %queued.account, id = %queued.id, event = queued.kind.as_str(), dir = %dir.display(), error = %e, "could not store a webhook event; it is lost")
+            }
+        }
+    }
+}
+
+/// `<dir>/<id>.json`, mode 0600: written to a temporary name, fsynced, renamed, and the
+/// directory fsynced, so the worker and a restart see a whole file or none.
+fn write_durably(dir: &Path, id: &str, body: &[u8]) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    let tmp = dir.join(format!("{id}.json.tmp"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(format!("{id}.json")))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The outbox files a previous run left (blocking). Half-written temporary files are
+/// removed (their send never returned); unreadable files go to `failed/`.
+fn pick_up(dir: &Path) -> Vec<Queued> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot read the webhook outbox");
+            return Vec::new();
+        }
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".json.tmp") {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let Some(id) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let head = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<StoredHead>(&b).map_err(|e| e.to_string()))
+            .and_then(|h| match Kind::parse(&h.event) {
+                Some(kind) => Ok((h, kind)),
+                None => Err(format!("unknown event {:?}", h.event)),
+            });
+        match head {
+            Ok((h, kind)) => found.push(Queued {
+                id: id.to_string(),
+                account: h.account,
+                kind,
+                time_ms: h.time_ms,
+            }),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "unreadable webhook event set aside");
+                set_aside(dir, id);
+            }
+        }
+    }
+    found
+}
+
+/// Moves `<dir>/<id>.json` to `<dir>/failed/` (blocking).
+fn set_aside(dir: &Path, id: &str) {
+    let failed = dir.join("failed");
+    let name = format!("{id}.json");
+    let result = std::fs::create_dir_all(&failed)
+        .and_then(|()| std::fs::rename(dir.join(&name), failed.join(&name)));
+    if let Err(e) = result {
+        tracing::error!(id, error = %e, "could not move a webhook event to failed/");
+    }
+}
+
+/// One account's queued events and its retry state.
+struct Backlog {
+    /// By id: oldest first.
+    events: BTreeMap<String, Queued>,
+    /// Failed attempts in a row.
+    failures: u32,
+    due: Instant,
+    /// An attempt is under way.
+    busy: bool,
+}
+
+/// The delivery task: the earliest due account's oldest event next.
+struct Worker {
+    hooks: Arc<Webhooks>,
+    inbox: mpsc::UnboundedReceiver<Queued>,
+    accounts: BTreeMap<String, Backlog>,
+    in_flight: JoinSet<Outcome>,
+    /// Which (account, event id) each attempt is about.
+    attempts: HashMap<tokio::task::Id, (String, String)>,
+}
+
+impl Worker {
+    fn new(hooks: Arc<Webhooks>, inbox: mpsc::UnboundedReceiver<Queued>) -> Worker {
+        Worker {
+            hooks,
+            inbox,
+            accounts: BTreeMap::new(),
+            in_flight: JoinSet::new(),
+            attempts: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, stop: CancellationToken) {
+        let dir = self.hooks.dir.clone();
+        match tokio::task::spawn_blocking(move || pick_up(&dir)).await {
+            Ok(found) => {
+                if !found.is_empty() {
+                    tracing::info!(
+                        events = found.len(),
+                        "webhook events picked up from the outbox"
+                    );
+                }
+                found.into_iter().for_each(|q| self.add(q));
+            }
+            Err(e) => tracing::error!(error = %e, "could not read the webhook outbox"),
+        }
+        loop {
+            self.dispatch();
+            let next = self.next_due();
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(q) = self.inbox.recv() => self.add(q),
+                Some(done) = self.in_flight.join_next_with_id() => self.finish(done),
+                () = sleep_until_opt(next) => {}
+            }
+        }
+        // Dropping the JoinSet abandons attempts under way; their files stay.
+    }
+
+    fn add(&mut self, q: Queued) {
+        let backlog = self
+            .accounts
+            .entry(q.account.clone())
+            .or_insert_with(|| Backlog {
+                events: BTreeMap::new(),
+                failures: 0,
+                due: Instant::now(),
+                busy: false,
+            });
+        backlog.events.entry(q.id.clone()).or_insert(q);
+    }
+
+    /// When the earliest idle account with events is due.
+    fn next_due(&self) -> Option<Instant> {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            return None; // a finished attempt wakes the loop
+        }
+        self.accounts
+            .values()
+            .filter(|b| !b.busy && !b.events.is_empty())
+            .map(|b| b.due)
+            .min()
+    }
+
+    /// Starts an attempt for every due idle account (the longest waiting first, so no
+    /// account starves behind others when [`MAX_IN_FLIGHT`] is reached), each with its
+    /// oldest event.
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        let mut ready: Vec<(Instant, String)> = self
+            .accounts
+            .iter()
+            .filter(|(_, b)| !b.busy && b.due <= now && !b.events.is_empty())
+            .map(|(account, b)| (b.due, account.clone()))
+            .collect();
+        ready.sort();
+        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight.len());
+        for (_, account) in ready.into_iter().take(room) {
+            let Some(backlog) = self.accounts.get_mut(&account) else {
+                continue;
+            };
+            let Some(q) = backlog.events.values().next().cloned() else {
+                continue;
+            };
+            backlog.busy = true;
+            let hooks = self.hooks.clone();
+            let id = q.id.clone();
+            let handle = self.in_flight.spawn(async move { hooks.attempt(&q).await });
+            self.attempts.insert(handle.id(), (account, id));
+        }
+        // Keep an idle account only while it has events or is backing off.
+        self.accounts
+            .retain(|_, b| b.busy || !b.events.is_empty() || b.due > now);
+    }
+
+    /// Applies an attempt's outcome.
+    fn finish(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
+        let (task, outcome) = match done {
+            Ok((task, outcome)) => (task, outcome),
+            Err(e) => (e.id(), Outcome::Failed(format!("the attempt failed: {e}"))),
+        };
+        let Some((account, id)) = self.attempts.remove(&task) else {
+            return;
+        };
+        let Some(backlog) = self.accounts.get_mut(&account) else {
+            return;
+        };
+        backlog.busy = false;
+        let kind = backlog.events.get(&id).map_or("", |q| q.kind.as_str());
+        match outcome {
+            Outcome::Delivered(status) => {
+                tracing::info!(
+                    account,
+                    id,
+                    event = kind,
+                    status = status.as_u16(),
+                    "webhook delivered"
+                );
+                backlog.events.remove(&id);
+                backlog.failures = 0;
+                backlog.due = Instant::now();
+            }
+            Outcome::Dropped(why) => {
+                tracing::info!(
+                    account,
+                    id,
+                    event = kind,
+                    reason = why,
+                    "webhook event dropped"
+                );
+                backlog.events.remove(&id);
+                backlog.due = Instant::now();
+            }
+            Outcome::Failed(reason) => {
+                backlog.failures = backlog.failures.saturating_add(1);
+                let delay = backoff(self.hooks.retry_initial, backlog.failures);
+                backlog.due = Instant::now() + delay;
+                tracing::warn!(account, id, event = kind, failures = backlog.failures, retry_in = ?delay, reason = %reason, "webhook delivery failed");
+                let now_ms = crate::spool::now_ms();
+                let old: Vec<String> = backlog
+                    .events
+                    .values()
+                    .filter(|q| expired(q.time_ms, now_ms))
+                    .map(|q| q.id.clone())
+                    .collect();
+                for id in old {
+                    backlog.events.remove(&id);
+                    tracing::warn!(account, id, after = ?GIVE_UP_AFTER, "webhook event given up; moved to failed/");
+                    let dir = self.hooks.dir.clone();
+                    tokio::task::spawn_blocking(move || set_aside(&dir, &id));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where a webhook URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    https: bool,
+    /// Without brackets (an IPv6 address is bare).
+    host: String,
+    port: u16,
+    /// `host[:port]` as written: the Host field.
+    authority: String,
+    /// Path and query, at least `/`.
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, String> {
+        if url.contains(['#', ' ', '\t', '\r', '\n']) {
+            return Err("has a fragment or white space".into());
+        }
+        let uri: Uri = url.parse().map_err(|_| "is not a URL".to_string())?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("must start with https://".into()),
+        };
+        let authority = uri.authority().ok_or("has no host")?;
+        if authority.as_str().contains('@') {
+            return Err("must not carry a user name or password".into());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err("has no host".into());
+        }
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        Ok(Target {
+            https,
+            host: host.to_string(),
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            authority: authority.as_str().to_string(),
+            path: if path.is_empty() { "/" } else { path }.to_string(),
+        })
+    }
+}
+
+/// `localhost` or a loopback address: where plain http is allowed (tests).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// POSTs `body` as JSON to `url` with `headers`; the answer's status.
+async fn post(
+    url: &str,
+    tls: Arc<ClientConfig>,
+    headers: &[(&'static str, String)],
+    body: Vec<u8>,
+) -> Result<StatusCode, String> {
+    let target = Target::parse(url).map_err(|e| format!("{url:?} {e}"))?;
+    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?;
+    let mut tcp = None;
+    let mut last_error = format!("{} has no address", target.host);
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last_error = format!("cannot connect to {addr}: {e}"),
+        }
+    }
+    let tcp = tcp.ok_or(last_error)?;
+    let mut request = Request::post(target.path.as_str())
+        .header(HOST, target.authority.as_str())
+        .header(CONTENT_TYPE, "application/json")
+        .header(
+            USER_AGENT,
+            concat!("optin-relay/", env!("CARGO_PKG_VERSION")),
+        );
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    if target.https {
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|_| format!("{:?} is not a valid TLS server name", target.host))?;
+        let stream = TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {}: {e}", target.host))?;
+        exchange(stream, request, &target.host).await
+    } else {
+        exchange(tcp, request, &target.host).await
+    }
+}
+
+/// Sends one request over `io` and waits for the response head.
+async fn exchange<S>(io: S, request: Request<Full<Bytes>>, host: &str) -> Result<StatusCode, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP with {host}: {e}"))?;
+    let exchange = async {
+        sender
+            .send_request(request)
+            .await
+            .map(|r| r.status())
+            .map_err(|e| format!("HTTP with {host}: {e}"))
+    };
+    // The connection future does the I/O; driven here, so nothing outlives the attempt.
+    let (mut exchange, mut conn) = (pin!(exchange), pin!(conn));
+    tokio::select! {
+        result = &mut exchange => result,
+        done = &mut conn => match done {
+            Ok(()) => exchange.await,
+            Err(e) => Err(format!("HTTP with {host}: {e}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

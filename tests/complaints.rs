@@ -1,0 +1,627 @@
+//! Spam complaints end to end: ARF reports (RFC 5965) built around copies the relay really
+//! delivered, mailed to the feedback address by a client no account knows, become
+//! `complaint` suppressions for the account (counted, logged, in the metrics) that stop
+//! the next message of every stream; unusable reports are kept aside; the feedback
+//! address opens no relay; the report form records complaints by token.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{FakeMx, MxOptions};
+use optin_relay::consent::Reason;
+use optin_relay::server::Relay;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const POLICY: &str = r#"
+[accounts.news]
+description = "Example News"
+networks = ["127.0.0.1/32"]
+streams = ["marketing", "transactional"]
+default_stream = "marketing"
+from_domains = ["news.example"]
+[accounts.news.lists.weekly]
+name = "The Weekly"
+consent_statement = "You subscribed to {list}."
+[accounts.news.lists.deals]
+consent_statement = "You asked for {list}."
+[accounts.shop]
+networks = ["127.0.0.2/32"]
+streams = ["transactional"]
+from_domains = ["shop.example"]
+"#;
+
+/// A relay delivering to `mx`, with HTTP on a free port and `relay.test` as mail domain.
+async fn relay(dir: &std::path::Path, mx: SocketAddr, extra: &str) -> Relay {
+    common::start_relay(
+        dir,
+        &format!(
+            "[delivery]\nsmarthost = \"{mx}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n{extra}"
+        ),
+        POLICY,
+    )
+    .await
+}
+
+/// An SMTP client from a chosen loopback address, reading one (multi-line) reply per line.
+struct Client {
+    io: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(relay: SocketAddr, from_ip: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{from_ip}:0").parse().unwrap())
+            .unwrap();
+        let mut c = Client {
+            io: BufReader::new(socket.connect(relay).await.unwrap()),
+        };
+        c.say("").await;
+        c
+    }
+
+    async fn say(&mut self, line: &str) -> String {
+        if !line.is_empty() {
+            self.io
+                .get_mut()
+                .write_all(format!("{line}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            if self.io.read_line(&mut l).await.unwrap() == 0 {
+                return all;
+            }
+            all.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return all.trim_end().to_string();
+            }
+        }
+    }
+}
+
+/// Mails `body` to the feedback address from 127.0.0.9, which no account knows; returns
+/// the reply to the end of DATA.
+async fn report(smtp: SocketAddr, body: &str) -> String {
+    let mut c = Client::connect(smtp, "127.0.0.9").await;
+    c.say("EHLO feedback.isp.example").await;
+    assert!(
+        c.say("MAIL FROM:<fbl@isp.example>")
+            .await
+            .starts_with("250")
+    );
+    let rcpt = c.say("RCPT TO:<fbl@relay.test>").await;
+    assert!(rcpt.starts_with("250"), "{rcpt}");
+    assert!(c.say("DATA").await.starts_with("354"));
+    let reply = c.say(&format!("{body}\r\n.")).await;
+    c.say("QUIT").await;
+    reply
+}
+
+/// An ARF report: the human part, the feedback fields, then the original (or its header
+/// section) as a part of type `original_type`.
+fn arf(feedback: &str, original_type: &str, original: &str) -> String {
+    format!(
+        "From: <fbl@isp.example>\r\nTo: <fbl@relay.test>\r\nSubject: Abuse report\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=feedback-report;\r\n\tboundary=\"arf-1\"\r\n\r\n\
+         --arf-1\r\nContent-Type: text/plain\r\n\r\nA user of ours reported this message.\r\n\
+         --arf-1\r\nContent-Type: message/feedback-report\r\n\r\n{feedback}\r\n\
+         --arf-1\r\nContent-Type: {original_type}\r\n\r\n{original}\r\n--arf-1--"
+    )
+}
+
+fn feedback(rcpt: &str) -> String {
+    format!(
+        "Feedback-Type: abuse\r\nUser-Agent: ISP-FBL/2.1\r\nVersion: 1\r\n\
+         Original-Rcpt-To: {rcpt}\r\nArrival-Date: Tue, 5 May 2026 10:00:00 +0000"
+    )
+}
+
+fn marketing(list: &str, to: &str) -> String {
+    format!(
+        "From: News <hello@news.example>\r\nTo: <{to}>\r\nSubject: This week\r\nX-Optin-List: {list}\r\n\r\nHello.\r\n"
+    )
+}
+
+fn transactional(from: &str, to: &str) -> String {
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: Your receipt\r\nX-Optin-Stream: transactional\r\n\r\nThanks.\r\n"
+    )
+}
+
+/// The header section of a delivered message, with its final CRLF.
+fn header_section(text: &str) -> &str {
+    &text[..text.find("\r\n\r\n").unwrap() + 2]
+}
+
+/// The token of the https link of a delivered message.
+fn token_of(text: &str) -> String {
+    let unfolded = text.replace("\r\n ", " ");
+    let line = unfolded
+        .lines()
+        .find(|l| l.starts_with("List-Unsubscribe: "))
+        .unwrap_or_else(|| panic!("no List-Unsubscribe in {text}"));
+    let start = line.find("/u/").unwrap() + 3;
+    line[start..line[start..].find('>').unwrap() + start].to_string()
+}
+
+/// Whether `address` has a complaint suppression in `account`'s scope (or globally).
+fn complained(relay: &Relay, account: &str, address: &str) -> (bool, bool) {
+    let s = relay.lists.standing(account, None, address);
+    let bit = Reason::Complaint.bit();
+    (s.account & bit != 0, s.global & bit != 0)
+}
+
+/// A minimal HTTP/1.1 client: status and body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// One sample of the exposition (0 when absent). Metrics are shared by the tests of this
+/// binary, which run at once, so tests compare with what they read before.
+async fn metric(relay: &Relay, series: &str) -> f64 {
+    let (_, text) = http(relay.http_addr.unwrap(), "GET", "/metrics", "").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn events(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("spool/events/complaints.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn kept_aside(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(dir.join("spool/complaints/malformed")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_report_of_a_delivered_message_stops_every_stream_of_that_account() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), mx_addr, "").await;
+    let smtp = relay.smtp_addrs[0];
+    common::grant(&relay, "news", "weekly", "reader@example.net");
+    common::grant(&relay, "news", "deals", "reader@example.net");
+    common::grant(&relay, "news", "deals", "other@example.net");
+    let arf_before = metric(&relay, "optin_complaints_received_total{via=\"arf\"}").await;
+
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("weekly", "reader@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = mx.wait_for(1, WAIT).await[0].text();
+    assert!(delivered.contains("List-Unsubscribe: "), "{delivered}");
+
+    // The provider's report, with the delivered copy attached as message/rfc822.
+    let reply = report(
+        smtp,
+        &arf(
+            &feedback("reader@example.net"),
+            "message/rfc822",
+            &delivered,
+        ),
+    )
+    .await;
+    assert_eq!(reply, "250 2.0.0 OK feedback report received");
+    assert_eq!(
+        complained(&relay, "news", "reader@example.net"),
+        (true, false)
+    );
+    assert_eq!(relay.account_counts.get("news").complaints, 1);
+    let lines = events(dir.path());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["address"], "reader@example.net");
+    assert_eq!(lines[0]["account"], "news");
+    assert_eq!(lines[0]["list"], "weekly");
+    assert_eq!(lines[0]["scope"], "account");
+    assert_eq!(lines[0]["via"], "arf");
+    assert_eq!(lines[0]["feedback_type"], "abuse");
+    assert!(lines[0]["time_ms"].as_u64().unwrap() > 0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("spool/events/complaints.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let arf_after = metric(&relay, "optin_complaints_received_total{via=\"arf\"}").await;
+    assert!(arf_after >= arf_before + 1.0, "{arf_before} → {arf_after}");
+    assert!(kept_aside(dir.path()).is_empty());
+
+    // Marketing from any list, and transactional mail, are refused at RCPT now.
+    let mut c = Client::connect(smtp, "127.0.0.1").await;
+    c.say("EHLO app.news.example").await;
+    for body in [
+        marketing("deals", "reader@example.net"),
+        transactional("hello@news.example", "reader@example.net"),
+    ] {
+        assert!(
+            c.say("MAIL FROM:<bounce@news.example>")
+                .await
+                .starts_with("250")
+        );
+        assert_eq!(
+            c.say("RCPT TO:<reader@example.net>").await,
+            "550 5.7.1 <reader@example.net> is suppressed after a spam complaint"
+        );
+        // The same message still reaches someone else.
+        assert!(
+            c.say("RCPT TO:<other@example.net>")
+                .await
+                .starts_with("250")
+        );
+        assert!(c.say("DATA").await.starts_with("354"));
+        let reply = c.say(&format!("{body}.")).await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    c.say("QUIT").await;
+    let got = mx.wait_for(3, WAIT).await;
+    assert!(
+        got[1..].iter().all(|d| d.rcpt_to == ["other@example.net"]),
+        "{got:#?}"
+    );
+    // The complaint is the news account's: another account may still write.
+    let mut shop = Client::connect(smtp, "127.0.0.2").await;
+    shop.say("EHLO shop").await;
+    shop.say("MAIL FROM:<orders@shop.example>").await;
+    assert!(
+        shop.say("RCPT TO:<reader@example.net>")
+            .await
+            .starts_with("250")
+    );
+    shop.say("QUIT").await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_only_reports_and_reports_without_a_token_are_tied_back() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), mx_addr, "").await;
+    let smtp = relay.smtp_addrs[0];
+    common::grant(&relay, "news", "weekly", "second@example.net");
+
+    // Marketing, reported with its header section only (text/rfc822-headers) and the
+    // recipient redacted: the token alone ties it back.
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["second@example.net"],
+        &marketing("weekly", "second@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = mx.wait_for(1, WAIT).await[0].text();
+    let reply = report(
+        smtp,
+        &arf(
+            "Feedback-Type: abuse\r\nUser-Agent: ISP-FBL/2.1\r\nVersion: 1\r\nOriginal-Rcpt-To: redacted",
+            "text/rfc822-headers",
+            header_section(&delivered),
+        ),
+    )
+    .await;
+    assert_eq!(reply, "250 2.0.0 OK feedback report received");
+    assert_eq!(
+        complained(&relay, "news", "second@example.net"),
+        (true, false)
+    );
+
+    // Transactional mail carries no token: Original-Rcpt-To names the recipient and the
+    // From domain the account.
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["buyer@example.org"],
+        &transactional("hello@news.example", "buyer@example.org"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = mx.wait_for(2, WAIT).await;
+    let receipt = got[1].text();
+    assert!(!receipt.contains("List-Unsubscribe"), "{receipt}");
+    let reply = report(
+        smtp,
+        &arf(
+            &feedback("<Buyer@Example.ORG>"),
+            "text/rfc822-headers",
+            header_section(&receipt),
+        ),
+    )
+    .await;
+    assert_eq!(reply, "250 2.0.0 OK feedback report received");
+    assert_eq!(
+        complained(&relay, "news", "buyer@example.org"),
+        (true, false)
+    );
+    assert_eq!(relay.account_counts.get("news").complaints, 2);
+
+    // A sender domain no account has: a global complaint for the address.
+    let reply = report(
+        smtp,
+        &arf(
+            &feedback("stranger@example.com"),
+            "text/rfc822-headers",
+            "From: <x@unknown.example>\r\nSubject: hi\r\n",
+        ),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(
+        complained(&relay, "news", "stranger@example.com"),
+        (false, true)
+    );
+    let lines = events(dir.path());
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[1]["list"], serde_json::Value::Null);
+    assert_eq!(lines[2]["scope"], "global");
+    assert_eq!(lines[2]["account"], serde_json::Value::Null);
+    assert!(kept_aside(dir.path()).is_empty());
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn unusable_reports_are_kept_aside_and_change_nothing() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), mx_addr, "").await;
+    let smtp = relay.smtp_addrs[0];
+    let before = metric(&relay, "optin_complaint_reports_malformed_total").await;
+    let unusable = [
+        // A person writing to the feedback address.
+        "From: <angry@example.net>\r\nSubject: STOP\r\n\r\nStop mailing victim@example.net!\r\n".to_string(),
+        // A report without its feedback part.
+        "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"x\"\r\n\r\n\
+         --x\r\nContent-Type: text/plain\r\n\r\nOriginal-Rcpt-To: victim@example.net\r\n--x--\r\n"
+            .to_string(),
+        // Garbage MIME: a broken header, an unterminated multipart, nonsense base64.
+        "Content-Type: multipart/report;;; boundary=\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+         --\r\n!!!=== not base64 ===!!!\r\n--\r\n"
+            .to_string(),
+        // Truncated after the feedback type: nothing to tie it to.
+        "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"y\"\r\n\r\n\
+         --y\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Ag"
+            .to_string(),
+    ];
+    for body in &unusable {
+        let reply = report(smtp, body).await;
+        assert_eq!(reply, "250 2.0.0 OK feedback report received", "{body}");
+    }
+    let kept = kept_aside(dir.path());
+    assert_eq!(kept.len(), unusable.len(), "{kept:?}");
+    for file in &kept {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(name.ends_with(".eml") && name.contains('-'), "{name}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+    let mut contents: Vec<String> = kept
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    contents.sort();
+    assert!(contents.iter().any(|c| c.contains("Stop mailing victim")));
+    // Nothing suppressed, nothing counted, nothing relayed.
+    for address in ["victim@example.net", "angry@example.net"] {
+        assert_eq!(complained(&relay, "news", address), (false, false));
+    }
+    assert_eq!(relay.account_counts.get("news").complaints, 0);
+    assert!(events(dir.path()).is_empty());
+    let after = metric(&relay, "optin_complaint_reports_malformed_total").await;
+    assert!(
+        after >= before + unusable.len() as f64,
+        "{before} → {after}"
+    );
+    // The relay goes on as before.
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["victim@example.net"],
+        &transactional("hello@news.example", "victim@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(mx.wait_for(1, WAIT).await.len(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_feedback_address_opens_no_relay() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), mx_addr, "").await;
+    let smtp = relay.smtp_addrs[0];
+    let mut c = Client::connect(smtp, "127.0.0.9").await;
+    c.say("EHLO somewhere.example").await;
+    assert!(
+        c.say("MAIL FROM:<x@somewhere.example>")
+            .await
+            .starts_with("250")
+    );
+    for other in [
+        "victim@example.org",
+        "abuse@relay.test",
+        "fbl2@relay.test",
+        "fbl+x@relay.test",
+        "fbl@other.test",
+        "postmaster@relay.test",
+    ] {
+        let reply = c.say(&format!("RCPT TO:<{other}>")).await;
+        assert!(reply.starts_with("554 5.7.1"), "{other}: {reply}");
+    }
+    assert!(c.say("RCPT TO:<FBL@Relay.Test>").await.starts_with("250"));
+    assert!(c.say("DATA").await.starts_with("354"));
+    let reply = c
+        .say("To: <victim@example.org>\r\nSubject: relay me\r\n\r\nhi\r\n.")
+        .await;
+    assert_eq!(reply, "250 2.0.0 OK feedback report received");
+    c.say("QUIT").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(mx.delivered().is_empty(), "nothing is relayed");
+    assert_eq!(kept_aside(dir.path()).len(), 1);
+    relay.shutdown().await;
+
+    // With complaints turned off, the feedback address is as closed as any other.
+    let dir = tempfile::tempdir().unwrap();
+    let relay = self::relay(dir.path(), mx_addr, "[complaints]\nenabled = false\n").await;
+    let mut c = Client::connect(relay.smtp_addrs[0], "127.0.0.9").await;
+    c.say("EHLO somewhere.example").await;
+    c.say("MAIL FROM:<x@somewhere.example>").await;
+    let reply = c.say("RCPT TO:<fbl@relay.test>").await;
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    let (status, _) = http(relay.http_addr.unwrap(), "GET", "/complaint/x", "").await;
+    assert_eq!(status, 404);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_report_form_records_a_complaint_by_token() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay(dir.path(), mx_addr, "").await;
+    let smtp = relay.smtp_addrs[0];
+    let web = relay.http_addr.unwrap();
+    common::grant(&relay, "news", "weekly", "reader@example.net");
+    let form_before = metric(&relay, "optin_complaints_received_total{via=\"form\"}").await;
+    let reply = common::raw_send(
+        smtp,
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("weekly", "reader@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let token = token_of(&mx.wait_for(1, WAIT).await[0].text());
+
+    let (status, page) = http(web, "GET", &format!("/complaint/{token}"), "").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Report this message as unwanted"), "{page}");
+    assert!(
+        page.contains("The Weekly") && page.contains("Example News"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("action=\"/complaint/{token}\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains("name=\"report\" value=\"unwanted\""),
+        "{page}"
+    );
+    assert!(
+        !page.contains("reader@example.net"),
+        "the page names no address"
+    );
+
+    // Forged and junk tokens: 404, whatever the method.
+    let mut forged = token.clone().into_bytes();
+    forged[10] = if forged[10] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for (method, t) in [
+        ("GET", forged.as_str()),
+        ("POST", forged.as_str()),
+        ("GET", "x"),
+    ] {
+        let (status, body) = http(web, method, &format!("/complaint/{t}"), "report=unwanted").await;
+        assert_eq!(status, 404, "{method} {t}");
+        assert!(body.contains("not valid"), "{body}");
+    }
+    // A POST that is not the form's button changes nothing.
+    let (status, _) = http(web, "POST", &format!("/complaint/{token}"), "").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        complained(&relay, "news", "reader@example.net"),
+        (false, false)
+    );
+
+    let (status, body) = http(
+        web,
+        "POST",
+        &format!("/complaint/{token}"),
+        "report=unwanted",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Thank you"), "{body}");
+    assert_eq!(
+        complained(&relay, "news", "reader@example.net"),
+        (true, false)
+    );
+    assert_eq!(relay.account_counts.get("news").complaints, 1);
+    let lines = events(dir.path());
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["via"], "form");
+    assert_eq!(lines[0]["list"], "weekly");
+    let form_after = metric(&relay, "optin_complaints_received_total{via=\"form\"}").await;
+    assert!(
+        form_after >= form_before + 1.0,
+        "{form_before} → {form_after}"
+    );
+
+    // A second click: harmless, not counted twice.
+    let (status, _) = http(
+        web,
+        "POST",
+        &format!("/complaint/{token}"),
+        "report=unwanted",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(relay.account_counts.get("news").complaints, 1);
+
+    let mut c = Client::connect(smtp, "127.0.0.1").await;
+    c.say("EHLO app.news.example").await;
+    c.say("MAIL FROM:<bounce@news.example>").await;
+    let reply = c.say("RCPT TO:<reader@example.net>").await;
+    assert!(
+        reply.contains("is suppressed after a spam complaint"),
+        "{reply}"
+    );
+    c.say("QUIT").await;
+    relay.shutdown().await;
+}

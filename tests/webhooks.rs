@@ -1,0 +1,403 @@
+//! Signed webhooks through a running relay: an unsubscribe and a hard bounce each reach the
+//! account's endpoint as one signed JSON POST; a failing endpoint gets the event again
+//! after the (shortened) backoff; events wait in the outbox across a restart; an account
+//! without a webhook sends nothing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use common::{FakeMx, MxOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "s3cret-s3cret-s3cret";
+
+/// The account `news`, with a webhook to `hook` when given.
+fn policy(hook: Option<SocketAddr>) -> String {
+    let mut p = String::from(
+        r#"
+[accounts.news]
+networks = ["127.0.0.1/32"]
+streams = ["marketing", "transactional"]
+default_stream = "marketing"
+from_domains = ["news.example"]
+[accounts.news.lists.weekly]
+consent_statement = "You subscribed to {list}."
+"#,
+    );
+    if let Some(addr) = hook {
+        p.push_str(&format!(
+            "[accounts.news.webhook]\nurl = \"http://{addr}/hooks/optin?src=relay\"\nsecret = \"{SECRET}\"\n"
+        ));
+    }
+    p
+}
+
+fn config(mx: SocketAddr) -> String {
+    format!(
+        "[delivery]\nsmarthost = \"{mx}\"\nretry_initial = \"100ms\"\n[http]\nlisten = \"127.0.0.1:0\"\n[webhooks]\nretry_initial = \"100ms\"\n"
+    )
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Hit {
+    headers: HeaderMap,
+    body: Bytes,
+    path: String,
+    /// What the receiver answered.
+    status: u16,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A webhook endpoint that records every request and answers 500 to the first
+/// `fail_first`.
+#[derive(Clone, Default)]
+struct Receiver {
+    fail_first: Arc<AtomicUsize>,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Receiver {
+    fn new(fail_first: usize) -> Receiver {
+        let r = Receiver::default();
+        r.fail_first.store(fail_first, Ordering::SeqCst);
+        r
+    }
+
+    /// Serves on `addr` (port 0: any).
+    async fn listen(&self, addr: &str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(self.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        bound
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// Waits for `n` requests answered 2xx; returns all requests.
+    async fn wait_delivered(&self, n: usize) -> Vec<Hit> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.changed.notified();
+            let hits = self.hits();
+            if hits.iter().filter(|h| h.status == 200).count() >= n {
+                return hits;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("receiver: expected {n} deliveries, got {hits:#?}");
+            }
+        }
+    }
+}
+
+async fn record(
+    State(r): State<Receiver>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let fail = r
+        .fail_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if fail {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    r.hits.lock().unwrap().push(Hit {
+        headers,
+        body,
+        path: uri.to_string(),
+        status: status.as_u16(),
+    });
+    r.changed.notify_waiters();
+    status
+}
+
+/// Recomputes the signature of `hit` with `secret`: HMAC-SHA256 over "<t>.<body>".
+fn signature_verifies(hit: &Hit, secret: &str) -> bool {
+    let header = hit.header("x-optin-signature");
+    let Some((t, v1)) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+    else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut signed = format!("{t}.").into_bytes();
+    signed.extend_from_slice(&hit.body);
+    let expected: String = ring::hmac::sign(&key, &signed)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let fresh = t
+        .parse::<u64>()
+        .is_ok_and(|t| t.abs_diff(optin_relay::spool::now_ms() / 1000) < 300);
+    expected == v1 && fresh
+}
+
+/// A minimal HTTP/1.1 client: status and body.
+async fn http(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn marketing(to: &str) -> String {
+    format!(
+        "From: News <hello@news.example>\r\nTo: <{to}>\r\nSubject: This week\r\nX-Optin-List: weekly\r\n\r\nHello.\r\n"
+    )
+}
+
+/// The https link's token from a delivered message.
+fn token_of(text: &str) -> String {
+    let unfolded = text.replace("\r\n ", " ");
+    let line = unfolded
+        .lines()
+        .find(|l| l.starts_with("List-Unsubscribe: "))
+        .unwrap_or_else(|| panic!("no List-Unsubscribe in {text}"));
+    let start = line.find("/u/").unwrap() + 3;
+    line[start..line[start..].find('>').unwrap() + start].to_string()
+}
+
+/// Sends `reader@example.net` a marketing message and unsubscribes it with the one-click
+/// POST of the delivered copy.
+async fn unsubscribe_reader(relay: &optin_relay::server::Relay, mx: &FakeMx) {
+    common::grant(relay, "news", "weekly", "reader@example.net");
+    let reply = common::raw_send(
+        relay.smtp_addrs[0],
+        "bounce@news.example",
+        &["reader@example.net"],
+        &marketing("reader@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = mx.wait_for(1, WAIT).await;
+    let token = token_of(&got[0].text());
+    let (status, body) = http(
+        relay.http_addr.unwrap(),
+        &format!("/u/{token}"),
+        "List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The event files waiting in the outbox.
+fn outbox(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(dir.join("spool/state/webhooks")) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn an_unsubscribe_posts_one_signed_event() {
+    let receiver = Receiver::new(0);
+    let hook = receiver.listen("127.0.0.1:0").await;
+    let mx = FakeMx::new(MxOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let relay =
+        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+
+    unsubscribe_reader(&relay, &mx).await;
+    let hits = receiver.wait_delivered(1).await;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    let hit = &hits[0];
+    assert_eq!(hit.path, "/hooks/optin?src=relay");
+    assert_eq!(hit.header("content-type"), "application/json");
+    assert_eq!(hit.header("x-optin-event"), "unsubscribe");
+    let body = hit.json();
+    assert_eq!(hit.header("x-optin-id"), body["id"].as_str().unwrap());
+    assert_eq!(body["account"], "news");
+    assert_eq!(body["event"], "unsubscribe");
+    assert_eq!(body["address"], "reader@example.net");
+    assert_eq!(body["list"], "weekly");
+    assert_eq!(body["detail"]["scope"], "list");
+    assert_eq!(body["detail"]["via"], "http");
+    let now = optin_relay::spool::now_ms();
+    let time_ms = body["time_ms"].as_u64().unwrap();
+    assert!(time_ms <= now && now - time_ms < 60_000, "{body}");
+    assert!(
+        signature_verifies(hit, SECRET),
+        "{:?}",
+        hit.header("x-optin-signature")
+    );
+    assert!(!signature_verifies(hit, "another-secret-entirely"));
+
+    // Delivered: the outbox is empty, and nothing else arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(outbox(dir.path()).is_empty());
+    assert_eq!(receiver.hits().len(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hard_bounce_posts_a_bounce_event() {
+    let receiver = Receiver::new(0);
+    let hook = receiver.listen("127.0.0.1:0").await;
+    let mx = FakeMx::new(MxOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let relay =
+        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+
+    common::grant(&relay, "news", "weekly", "permfail@example.net");
+    let reply = common::raw_send(
+        relay.smtp_addrs[0],
+        "bounce@news.example",
+        &["permfail@example.net"],
+        &marketing("permfail@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let hits = receiver.wait_delivered(1).await;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    let body = hits[0].json();
+    assert_eq!(hits[0].header("x-optin-event"), "bounce");
+    assert_eq!(body["event"], "bounce");
+    assert_eq!(body["account"], "news");
+    assert_eq!(body["address"], "permfail@example.net");
+    assert_eq!(body["list"], "weekly");
+    assert_eq!(body["detail"]["status"], "5.1.1");
+    assert!(
+        body["detail"]["diagnostic"]
+            .as_str()
+            .is_some_and(|d| d.contains("550")),
+        "{body}"
+    );
+    assert!(signature_verifies(&hits[0], SECRET));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_the_event_on_the_third_try() {
+    let receiver = Receiver::new(2);
+    let hook = receiver.listen("127.0.0.1:0").await;
+    let mx = FakeMx::new(MxOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let relay =
+        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+
+    unsubscribe_reader(&relay, &mx).await;
+    let hits = receiver.wait_delivered(1).await;
+    let statuses: Vec<u16> = hits.iter().map(|h| h.status).collect();
+    assert_eq!(statuses, vec![500, 500, 200]);
+    // The same event each time (receivers dedupe on the id), each signed.
+    let ids: Vec<&str> = hits.iter().map(|h| h.header("x-optin-id")).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0] && !id.is_empty()),
+        "{ids:?}"
+    );
+    assert!(hits.iter().all(|h| h.body == hits[0].body));
+    assert!(hits.iter().all(|h| signature_verifies(h, SECRET)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(outbox(dir.path()).is_empty());
+    assert_eq!(receiver.hits().len(), 3);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_wait_in_the_outbox_across_a_restart() {
+    // The receiver's port, with nothing listening yet: every attempt is refused.
+    let hook: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = common::start_relay(dir.path(), &config(mx_addr), &policy(Some(hook))).await;
+    unsubscribe_reader(&relay, &mx).await;
+    // The event is on disk before the one-click POST is answered; let a few attempts fail.
+    assert_eq!(outbox(dir.path()).len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.shutdown().await;
+    let files = outbox(dir.path());
+    assert_eq!(files.len(), 1, "still waiting after the stop");
+    let stored = std::fs::read(&files[0]).unwrap();
+
+    let receiver = Receiver::new(0);
+    receiver.listen(&hook.to_string()).await;
+    let relay = common::start_relay(dir.path(), &config(mx_addr), &policy(Some(hook))).await;
+    let hits = receiver.wait_delivered(1).await;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(
+        hits[0].body.as_ref(),
+        stored.as_slice(),
+        "the stored body, as is"
+    );
+    assert_eq!(hits[0].json()["address"], "reader@example.net");
+    assert!(signature_verifies(&hits[0], SECRET));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(outbox(dir.path()).is_empty());
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_account_without_a_webhook_sends_nothing() {
+    let receiver = Receiver::new(0);
+    receiver.listen("127.0.0.1:0").await;
+    let mx = FakeMx::new(MxOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let relay = common::start_relay(dir.path(), &config(mx.listen().await), &policy(None)).await;
+
+    unsubscribe_reader(&relay, &mx).await;
+    common::grant(&relay, "news", "weekly", "permfail@example.net");
+    let reply = common::raw_send(
+        relay.smtp_addrs[0],
+        "bounce@news.example",
+        &["permfail@example.net"],
+        &marketing("permfail@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    // The bounce's DSN to the sender shows the bounce was handled.
+    mx.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.hits().is_empty());
+    assert!(outbox(dir.path()).is_empty(), "nothing stored either");
+    relay.shutdown().await;
+}
