@@ -213,7 +213,8 @@ impl Relay {
                     tagger.clone(),
                 )
                 .with_governor(governor.clone())
-                .with_webhooks(webhooks.clone()),
+                .with_webhooks(webhooks.clone())
+                .with_campaigns(campaigns.clone()),
             )
         });
         let stop_delivery = CancellationToken::new();

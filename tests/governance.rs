@@ -176,32 +176,65 @@ async fn the_policy_can_hold_a_frozen_accounts_transactional_mail_too() {
     wait_until("released", || mx.rcpt_attempts() == 2).await;
 }
 
-/// Complaints count against the account's delivered mail: one complaint over four
-/// delivered messages (25 % over the policy's 20 %) freezes it.
+/// Complaints count against the account's delivered mail: four marketing messages
+/// delivered, then one recipient reports theirs through the report-spam form (as an ARF
+/// report would): 25 % over the policy's 20 % freezes the account by itself.
 #[tokio::test]
-async fn complaints_over_the_threshold_freeze_the_account() {
-    let (mx, relay, _dir) = setup("send").await;
+async fn a_complaint_through_the_form_freezes_the_account() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra =
+        format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    let policy = policy("send").replace(
+        "max_hard_bounce_rate = 0.2",
+        "max_hard_bounce_rate = 0.2\nmax_complaint_rate = 0.2",
+    );
+    let relay = common::start_relay(dir.path(), &extra, &policy).await;
     for i in 0..4 {
         assert!(
-            send(&relay, &format!("ok{i}@example.net"), false)
+            send(&relay, &format!("reader{i}@example.net"), true)
                 .await
                 .starts_with("250")
         );
     }
     wait_until("4 delivered", || mx.delivered().len() == 4).await;
-    // what a recorded complaint (ARF or the form) reports to account health
-    tokio::task::spawn_blocking({
-        let governor = relay.governor.clone();
-        move || governor.observe("shop", optin_relay::governance::health::Signal::Complaint)
-    })
+    assert!(relay.freezes.get("shop").is_none());
+    // the token of one delivered copy's one-click link
+    let text = mx.delivered()[0].text().replace("\r\n ", " ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("List-Unsubscribe: "))
+        .expect("List-Unsubscribe");
+    let start = line.find("/u/").unwrap() + 3;
+    let token = &line[start..start + line[start..].find('>').unwrap()];
+    let mut c = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = "report=unwanted";
+    c.write_all(
+        format!(
+            "POST /complaint/{token} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
     .await
     .unwrap();
-    let frozen = relay.freezes.get("shop").expect("frozen");
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    wait_until("frozen", || relay.freezes.get("shop").is_some()).await;
+    let frozen = relay.freezes.get("shop").unwrap();
+    assert_eq!(frozen.by, "health");
     assert!(
         frozen
             .reason
-            .starts_with("complaint rate 25.00% over 0.30%"),
+            .starts_with("complaint rate 25.00% over 20.00%"),
         "{}",
         frozen.reason
     );
+    assert_eq!(relay.account_counts.get("shop").complaints, 1);
 }

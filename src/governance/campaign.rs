@@ -13,8 +13,8 @@
 //! Admission is in arrival order, so after a restart the oldest pending recipients of a
 //! campaign still in its canary are the canary ones.
 //!
-//! Unsubscribes carry the list, not the campaign: one for a list counts toward every
-//! campaign of that account and list still in its canary.
+//! Unsubscribes and complaints carry the list, not the campaign: one for a list counts
+//! toward every campaign of that account and list still in its canary.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -357,13 +357,15 @@ impl Campaigns {
         }
     }
 
-    /// A spam complaint about a campaign's message.
-    pub fn complaint(&self, key: &str) {
-        if let Some(c) = self.lock().get_mut(key)
-            && c.stage == Stage::Canary
-        {
-            c.canary.complaints += 1;
-            self.dirty.store(true, Ordering::Relaxed);
+    /// A spam complaint about mail of an account's list: counted, like an unsubscribe, for
+    /// the account's campaigns on that list still in their canary (reports carry the list's
+    /// token, not the campaign).
+    pub fn complained(&self, account: &str, list: &str) {
+        for c in self.lock().values_mut() {
+            if c.stage == Stage::Canary && c.account == account && c.list.as_deref() == Some(list) {
+                c.canary.complaints += 1;
+                self.dirty.store(true, Ordering::Relaxed);
+            }
         }
     }
 
@@ -622,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn unsubscribes_count_for_the_lists_campaigns_in_canary() {
+    fn unsubscribes_and_complaints_count_for_the_lists_campaigns_in_canary() {
         let dir = tempfile::tempdir().unwrap();
         let c = Campaigns::open(dir.path()).unwrap();
         let r = rules();
@@ -631,6 +633,9 @@ mod tests {
         c.unsubscribed("shop", "deals");
         assert_eq!(c.get("shop/a").unwrap().canary.unsubscribes, 1);
         assert_eq!(c.get("shop/b").unwrap().canary.unsubscribes, 0);
+        c.complained("shop", "tips");
+        assert_eq!(c.get("shop/b").unwrap().canary.complaints, 1);
+        assert_eq!(c.get("shop/a").unwrap().canary.complaints, 0);
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! (fsynced, in force at once), the account's complaint counter
 //! ([`AccountCounts::add_complaint`], once per address newly suppressed in that scope),
 //! `optin_complaints_received_total{via}`, and a JSON line in `events/complaints.jsonl`
-//! beside the spool (mode 0600; it carries the address). Tokens carry no campaign, so a
-//! complaint is not counted against a campaign's canary.
+//! beside the spool (mode 0600; it carries the address). Tokens carry the list, not the
+//! campaign: a complaint counts for the account's campaigns on that list still in their
+//! canary ([`crate::governance::campaign::Campaigns::complained`]).
 //!
 //! A report that cannot be used — not `multipart/report; report-type=feedback-report`, no
 //! `message/feedback-report` part, no or an unknown `Feedback-Type`, nothing to tie it to,
@@ -170,6 +171,8 @@ pub struct Complaints {
     pub governor: Option<Arc<crate::governance::Governor>>,
     /// The account's webhook hears of every complaint.
     pub webhooks: Option<Arc<crate::governance::webhook::Webhooks>>,
+    /// Campaigns in their canary count the complaints about their list.
+    pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
 }
 
 impl std::fmt::Debug for Complaints {
@@ -204,7 +207,17 @@ impl Complaints {
             malformed_dir: spool.join("complaints/malformed"),
             governor: None,
             webhooks: None,
+            campaigns: None,
         }
+    }
+
+    /// Counts complaints about a list toward its campaigns' canaries.
+    pub fn with_campaigns(
+        mut self,
+        campaigns: Arc<crate::governance::campaign::Campaigns>,
+    ) -> Complaints {
+        self.campaigns = Some(campaigns);
+        self
     }
 
     /// Sends complaints to the accounts' webhooks.
@@ -303,6 +316,9 @@ impl Complaints {
             self.counts.add_complaint(account);
             if let Some(governor) = &self.governor {
                 governor.observe(account, crate::governance::health::Signal::Complaint);
+            }
+            if let (Some(campaigns), Some(list)) = (&self.campaigns, &complaint.list) {
+                campaigns.complained(account, list);
             }
         }
         crate::metrics::complaint_received(complaint.via.as_str());
