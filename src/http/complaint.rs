@@ -10,14 +10,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 
+use super::unsubscribe::{html, names};
 use crate::governance::complaints::{Complaint, Complaints, Via};
-use crate::policy::Policy;
 use crate::rewrite::statement::escape;
-use crate::rewrite::token::Unsubscribe;
 
 /// The form's routes; none when complaints are not taken.
 pub fn router(complaints: Option<Arc<Complaints>>) -> Router {
@@ -29,28 +28,6 @@ pub fn router(complaints: Option<Arc<Complaints>>) -> Router {
         .with_state(state)
 }
 
-/// A small page in the style of the unsubscribe pages.
-fn html(status: StatusCode, title: &str, body: &str) -> Response {
-    let page = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <meta name=\"robots\" content=\"noindex\">\n<title>{t}</title>\n\
-         <style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}\
-         button{{font-size:1rem;padding:.6rem 1rem;margin:.3rem 0;cursor:pointer}}</style>\n\
-         </head>\n<body>\n<main>\n<h1>{t}</h1>\n{body}\n</main>\n</body>\n</html>\n",
-        t = escape(title)
-    );
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        page,
-    )
-        .into_response()
-}
-
 fn bad_token() -> Response {
     html(
         StatusCode::NOT_FOUND,
@@ -58,19 +35,6 @@ fn bad_token() -> Response {
         "<p>The link may have been cut off or changed. Please use the complete link from \
          the message.</p>",
     )
-}
-
-/// The list's and the sender's names for the page.
-fn names(policy: &Policy, u: &Unsubscribe) -> (String, String) {
-    let account = policy.account(&u.account);
-    let list = account
-        .and_then(|a| a.list(&u.list))
-        .map_or_else(|| u.list.clone(), |l| l.name.clone());
-    let sender = account
-        .map(|a| a.description.clone())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| u.account.clone());
-    (list, sender)
 }
 
 async fn page(State(st): State<Arc<Complaints>>, UrlPath(token): UrlPath<String>) -> Response {

@@ -27,7 +27,8 @@ pub fn router(state: Arc<Unsubscribes>) -> Router {
         .with_state(state)
 }
 
-fn html(status: StatusCode, title: &str, body: &str) -> Response {
+/// A small, plain page (also the report-spam form's, [`super::complaint`]).
+pub(super) fn html(status: StatusCode, title: &str, body: &str) -> Response {
     let page = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
@@ -57,7 +58,8 @@ fn bad_token() -> Response {
     )
 }
 
-fn names(policy: &Policy, u: &Unsubscribe) -> (String, String) {
+/// The list's and the sender's names for a page about a token's message.
+pub(super) fn names(policy: &Policy, u: &Unsubscribe) -> (String, String) {
     let account = policy.account(&u.account);
     let list = account
         .and_then(|a| a.list(&u.list))

@@ -1,0 +1,389 @@
+//! What the scheduler does with a worker's report: classify each recipient's attempt,
+//! journal it, schedule the retry or give up, count it (per account, per site, account
+//! health, a campaign's canary), and send the DSNs of the round ([`Followup`]), with the
+//! helpers for hard-bounce suppressions and backoff.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::outcome::{self, Attempt, Disposition, classify};
+use super::queue::{NO_CAMPAIGN, Notice, Notices, Progress, Residence};
+use super::route::JobReport;
+use super::{Event, Queued, Scheduler, Settings, counts, dsn, log, site_outcome};
+use crate::smtp::reply::Status;
+use crate::spool::{self, Envelope, Location, RcptEvent, Spool};
+
+impl Scheduler {
+    /// Applies a worker's report.
+    pub(super) fn complete(&mut self, report: JobReport) {
+        let now = self.clock.now_ms();
+        let Some((entry, Some(env))) = self.entries.get(&report.id).map(|e| (e, e.env())) else {
+            return;
+        };
+        let env = env.clone();
+        let loc = entry.loc;
+        // The canary's figures, for staged release.
+        let canary = match &self.settings.campaigns {
+            Some(c) if entry.campaign != NO_CAMPAIGN && !entry.campaign_held => {
+                Some((c.clone(), self.names.name(entry.campaign).to_string()))
+            }
+            _ => None,
+        };
+        let age = Duration::from_millis(now.saturating_sub(env.received_at));
+        let expired = age >= self.settings.config.max_age;
+        let mut next_due = None;
+        let id_text = spool::format_id(report.id);
+        for (i, attempt) in &report.results {
+            let i = *i as usize;
+            let rcpt_tag = self.tagger.tag(&env.recipients[i].address);
+            let remote = report.remote.as_deref().unwrap_or("-");
+            let entry = self.entries.get_mut(&report.id).expect("checked above");
+            let notice = |status, diagnostic| Notice {
+                rcpt: i,
+                status,
+                diagnostic: Some(diagnostic),
+                remote: report.remote.clone(),
+            };
+            let r = &mut entry.rcpts[i];
+            r.attempts = r.attempts.saturating_add(1);
+            let disposition = match classify(attempt) {
+                Disposition::Deferred { reason } if expired => {
+                    tracing::warn!(id = %id_text, rcpt = %rcpt_tag, attempts = r.attempts, reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "expired: giving up");
+                    crate::metrics::recipient_outcome("expired");
+                    site_outcome(&self.named_sites, &report.site, "expired");
+                    Disposition::Bounced {
+                        status: Status::new(4, 4, 7),
+                        diagnostic: format!(
+                            "x-optin-relay; delivery time expired after {} attempts; last error: {reason}",
+                            r.attempts
+                        ),
+                    }
+                }
+                d => d,
+            };
+            if let Some(dlog) = &self.settings.log {
+                let (kind, reply) = match &disposition {
+                    Disposition::Delivered => (log::Kind::Delivered, reply_text(attempt)),
+                    Disposition::Deferred { reason } => (log::Kind::Deferred, reason.clone()),
+                    Disposition::Bounced { status, diagnostic }
+                        if *status == Status::new(4, 4, 7) =>
+                    {
+                        (log::Kind::Expired, diagnostic.clone())
+                    }
+                    Disposition::Bounced { diagnostic, .. } => {
+                        (log::Kind::Bounced, diagnostic.clone())
+                    }
+                };
+                dlog.event(
+                    kind,
+                    &env.recipients[i].address,
+                    &log::Details {
+                        id: Some(report.id),
+                        account: &env.account,
+                        route: Some(remote),
+                        site: Some(&report.site),
+                        reply: Some(&reply),
+                        attempts: Some(r.attempts),
+                        delay_ms: Some(age.as_millis() as u64),
+                    },
+                );
+            }
+            let hard =
+                matches!(disposition, Disposition::Bounced { .. }) && outcome::hard_bounce(attempt);
+            if let Some(governor) = &self.settings.governor {
+                let signal = match &disposition {
+                    Disposition::Delivered => Some(crate::governance::health::Signal::Delivered),
+                    Disposition::Bounced { .. } if hard => {
+                        Some(crate::governance::health::Signal::HardBounce)
+                    }
+                    _ => None,
+                };
+                if let Some(why) = signal.and_then(|s| governor.count(&env.account, s)) {
+                    let (governor, account) = (governor.clone(), env.account.clone());
+                    tokio::task::spawn_blocking(move || governor.freeze_for(&account, &why));
+                }
+            }
+            if let Some((campaigns, key)) = &canary {
+                match &disposition {
+                    Disposition::Delivered => campaigns.outcome(key, true, false),
+                    Disposition::Bounced { .. } => campaigns.outcome(key, false, hard),
+                    Disposition::Deferred { .. } => {}
+                }
+            }
+            self.settings.counts.add(
+                &env.account,
+                match &disposition {
+                    Disposition::Delivered => counts::Result::Delivered,
+                    Disposition::Deferred { .. } => counts::Result::Deferred,
+                    Disposition::Bounced { .. } if hard => counts::Result::HardBounced,
+                    Disposition::Bounced { .. } => counts::Result::SoftBounced,
+                },
+            );
+            match disposition {
+                Disposition::Delivered => {
+                    r.set(Progress::Done);
+                    self.open_rcpts -= 1;
+                    self.spool.record(loc, i as u32, RcptEvent::Delivered);
+                    crate::metrics::recipient_outcome("delivered");
+                    site_outcome(&self.named_sites, &report.site, "delivered");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %self.tagger.scrub(&reply_text(attempt), &env.recipients[i].address), "delivered");
+                    if !report.next_hop_dsn && dsn::wanted(&env.recipients[i], dsn::Action::Relayed)
+                    {
+                        entry.residence.notices().relayed.push(notice(
+                            Status::new(2, 0, 0),
+                            format!("smtp; {}", reply_text(attempt)),
+                        ));
+                    }
+                }
+                Disposition::Deferred { reason } => {
+                    let delay = backoff(&self.settings, r.attempts);
+                    let due = now + delay.as_millis() as u64;
+                    r.set(Progress::Waiting { due });
+                    let warn = !r.delay_notified
+                        && age >= self.settings.config.delay_warning
+                        && dsn::wanted(&env.recipients[i], dsn::Action::Delayed);
+                    if warn {
+                        r.delay_notified = true;
+                        entry.residence.notices().delayed.push(notice(
+                            Status::new(4, 0, 0),
+                            format!("x-optin-relay; {reason}"),
+                        ));
+                    }
+                    self.spool.record(
+                        loc,
+                        i as u32,
+                        RcptEvent::Deferred {
+                            attempts: r.attempts,
+                            next_attempt: due,
+                            delay_notified: r.delay_notified,
+                        },
+                    );
+                    next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
+                    crate::metrics::recipient_outcome("deferred");
+                    site_outcome(&self.named_sites, &report.site, "deferred");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "deferred");
+                }
+                Disposition::Bounced { status, diagnostic } => {
+                    r.set(Progress::Done);
+                    self.open_rcpts -= 1;
+                    if status.class == 5 {
+                        crate::metrics::recipient_outcome("bounced");
+                        site_outcome(&self.named_sites, &report.site, "bounced");
+                    }
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %self.tagger.scrub(&diagnostic, &env.recipients[i].address), hard, "bounced");
+                    if hard {
+                        suppress_bounce(&self.settings, &env.recipients[i].address);
+                        if let Some(webhooks) = &self.settings.webhooks {
+                            // The account's own systems get the address: it is the point.
+                            webhooks.send(
+                                &env.account,
+                                crate::governance::webhook::WebhookEvent::now(
+                                    crate::governance::webhook::Kind::Bounce,
+                                    &env.recipients[i].address,
+                                    env.list.as_deref(),
+                                    serde_json::json!({
+                                        "status": status.to_string(),
+                                        "diagnostic": diagnostic,
+                                    }),
+                                ),
+                            );
+                        }
+                    }
+                    if dsn::wanted(&env.recipients[i], dsn::Action::Failed)
+                        && env.sender.is_some()
+                        && !env.generated_dsn
+                    {
+                        // Journaled as failed only once its DSN is safely stored.
+                        entry
+                            .residence
+                            .notices()
+                            .failed
+                            .push(notice(status, diagnostic));
+                    } else {
+                        self.spool.record(loc, i as u32, RcptEvent::Failed);
+                    }
+                }
+            }
+        }
+        if let Some(due) = next_due {
+            self.timers.push(Reverse((due, report.id)));
+        }
+        let entry = self.entries.get_mut(&report.id).expect("checked above");
+        if entry.in_flight() {
+            return; // the rest of this round is still out; notices wait for it
+        }
+        let acted_on = self.actions.contains_key(&report.id);
+        let finished = entry.rcpts.iter().all(|r| r.status() == Progress::Done);
+        let notices = entry
+            .hot()
+            .map(|h| std::mem::take(&mut h.notices))
+            .unwrap_or_default();
+        if finished {
+            self.entries.remove(&report.id);
+        } else if !acted_on {
+            // Every open recipient now waits for a later retry: keep the state only.
+            entry.residence = Residence::Cold;
+        }
+        if !notices.is_empty() {
+            let followup = Followup {
+                env,
+                loc,
+                now,
+                notices,
+                finished,
+            };
+            let (spool, tx, hostname) = (
+                self.spool.clone(),
+                self.tx.clone(),
+                self.settings.hostname.clone(),
+            );
+            tokio::spawn(followup.run(spool, tx, hostname));
+        } else if finished {
+            self.spool.finish(loc);
+        }
+        if acted_on && !finished {
+            // The operator's action waited for this attempt; it applies now.
+            self.dispatch(report.id);
+        }
+    }
+}
+
+/// DSNs for one round of a message, sent in the background (storing them waits for an
+/// fsync). Failed recipients are journaled after their DSN is stored, and the message is
+/// finished after that, so a crash in between retries the recipient rather than losing the
+/// bounce.
+struct Followup {
+    env: Arc<Envelope>,
+    loc: Location,
+    now: u64,
+    notices: Notices,
+    finished: bool,
+}
+
+impl Followup {
+    async fn run(self, spool: Spool, tx: mpsc::UnboundedSender<Event>, hostname: String) {
+        let content = match spool.read(self.loc).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "original content unavailable for the DSN; returning none");
+                Bytes::new()
+            }
+        };
+        for (action, notices) in [
+            (dsn::Action::Failed, &self.notices.failed),
+            (dsn::Action::Delayed, &self.notices.delayed),
+            (dsn::Action::Relayed, &self.notices.relayed),
+        ] {
+            if !notices.is_empty() {
+                self.send(&spool, &tx, &hostname, &content, action, notices)
+                    .await;
+            }
+        }
+        for n in &self.notices.failed {
+            spool.record(self.loc, n.rcpt as u32, RcptEvent::Failed);
+        }
+        if self.finished {
+            spool.finish(self.loc);
+        }
+    }
+
+    async fn send(
+        &self,
+        spool: &Spool,
+        tx: &mpsc::UnboundedSender<Event>,
+        hostname: &str,
+        content: &[u8],
+        action: dsn::Action,
+        notices: &[Notice],
+    ) {
+        let reports: Vec<dsn::Report<'_>> = notices
+            .iter()
+            .map(|n| dsn::Report {
+                recipient: &self.env.recipients[n.rcpt],
+                action,
+                status: n.status,
+                diagnostic: n.diagnostic.clone(),
+                remote_mta: n.remote.clone(),
+                last_attempt: Some(self.now / 1000),
+            })
+            .collect();
+        let Some((mut dsn_env, message)) = dsn::build(hostname, &self.env, content, &reports)
+        else {
+            return;
+        };
+        dsn_env.id = spool.next_id();
+        dsn_env.received_at = self.now;
+        let body = Bytes::from(message);
+        match spool.store(&dsn_env, body.clone()).await {
+            Ok(dsn_loc) => {
+                crate::metrics::dsn_generated(action.metric_label());
+                tracing::info!(
+                    id = %spool::format_id(dsn_env.id),
+                    about = %spool::format_id(self.env.id),
+                    action = action.metric_label(),
+                    "DSN queued"
+                );
+                let n = dsn_env.recipients.len();
+                let _ = tx.send(Event::New(Box::new(Queued {
+                    env: Arc::new(dsn_env),
+                    loc: dsn_loc,
+                    body: Some(body),
+                    events: vec![None; n],
+                })));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, about = %spool::format_id(self.env.id), "could not store a DSN")
+            }
+        }
+    }
+}
+
+/// Records a hard bounce as a global `bounce` suppression (the address does not exist for
+/// anyone), so the next submission to it is refused. The journal write (fsync) runs on
+/// the blocking pool: the scheduler never waits for a disk.
+fn suppress_bounce(settings: &Settings, address: &str) {
+    let Some(lists) = settings.lists.clone() else {
+        return;
+    };
+    let Ok(normalised) = crate::consent::key::normalise(address) else {
+        return;
+    };
+    let change = crate::consent::Change {
+        op: crate::consent::Op::Add,
+        fp: lists.secret().fingerprint(
+            crate::consent::Kind::Suppression,
+            crate::consent::Scope::Global,
+            &normalised,
+        ),
+        tags: crate::consent::Reason::Bounce.bit(),
+        origin: crate::consent::Origin::Delivery,
+        time_ms: spool::now_ms(),
+    };
+    tokio::task::spawn_blocking(move || match lists.record(&[change]) {
+        Ok(()) => crate::metrics::bounce_suppressed(),
+        Err(e) => tracing::error!(error = %e, "could not record a hard bounce as a suppression"),
+    });
+}
+
+/// Exponential backoff from `retry_initial`, capped at `retry_max`, with ±20 % jitter so that
+/// a burst of failures does not come back as a burst.
+fn backoff(settings: &Settings, attempts: u16) -> Duration {
+    let doublings = u32::from(attempts.saturating_sub(1)).min(20);
+    let base = settings
+        .config
+        .retry_initial
+        .saturating_mul(1u32 << doublings)
+        .min(settings.config.retry_max);
+    base.mul_f64(rand::random_range(0.8..1.2))
+}
+
+fn reply_text(attempt: &Attempt) -> String {
+    match attempt {
+        Attempt::Replied { reply, .. } => reply.one_line(),
+        other => format!("{other:?}"),
+    }
+}
