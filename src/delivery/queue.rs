@@ -4,8 +4,10 @@
 //! A message is *hot* while any of its recipients is due or in flight: its envelope (and,
 //! on the first attempt, its content) is in memory, with the DSN lines collected for it. It
 //! turns *cold* when every open recipient waits for a later retry: then only the spool
-//! location and the recipients' retry state stay — under 200 bytes for a one-recipient
-//! message, counting the map and the timer — and the envelope is read back from the spool when the next recipient is due.
+//! location, the account, campaign and flags, and each recipient's retry state, domain and
+//! address hash stay (what the admin API needs) — about 210 bytes for a one-recipient
+//! message, counting the map and the timer — and the envelope is read back from the spool
+//! when the next recipient is due.
 
 use std::sync::Arc;
 use std::time::Duration;
