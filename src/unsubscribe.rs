@@ -71,8 +71,16 @@ pub struct Unsubscribes {
 
 impl Unsubscribes {
     /// Records one unsubscribe durably and in force at once (blocking: call from a
-    /// blocking context).
+    /// blocking context). A repeat (the same link clicked again) is recorded again but not
+    /// counted, told or logged as an event a second time.
     pub fn record(&self, u: &Unsubscribe, whole_account: bool, via: Via) -> Result<(), ListsError> {
+        let before = self.lists.standing(&u.account, Some(&u.list), &u.address);
+        let bit = Reason::Unsubscribe.bit();
+        let repeat = if whole_account {
+            before.account & bit != 0
+        } else {
+            before.list & bit != 0
+        };
         let secret = self.lists.secret();
         let fp = if whole_account {
             secret.fingerprint(Kind::Suppression, Scope::Account(&u.account), &u.address)
@@ -95,6 +103,10 @@ impl Unsubscribes {
             return Err(e);
         }
         let scope = if whole_account { "account" } else { "list" };
+        if repeat {
+            tracing::info!(account = %u.account, list = %u.list, scope, via = via.as_str(), "unsubscribed again (already in force)");
+            return Ok(());
+        }
         crate::metrics::unsubscribe_received(scope, via.as_str());
         if let Some(campaigns) = &self.campaigns {
             campaigns.unsubscribed(&u.account, &u.list);
