@@ -120,6 +120,9 @@ pub struct ComplaintsConfig {
     pub enabled: bool,
     /// The feedback address registered with the providers' feedback loops.
     pub address: crate::smtp::Address,
+    /// Take only reports whose copy carries a genuine unsubscribe token (a report without
+    /// one could be forged by anyone); others are kept aside.
+    pub require_token: bool,
 }
 
 /// The consent and suppression data (see `crate::consent`).
@@ -686,6 +689,7 @@ fn read_complaints(s: &mut Section<'_>, mail_domain: &str) -> ComplaintsConfig {
     ComplaintsConfig {
         enabled: s.get_or("enabled", true),
         address,
+        require_token: s.get_or("require_token", false),
     }
 }
 

@@ -214,7 +214,8 @@ impl Relay {
                 )
                 .with_governor(governor.clone())
                 .with_webhooks(webhooks.clone())
-                .with_campaigns(campaigns.clone()),
+                .with_campaigns(campaigns.clone())
+                .requiring_token(config.complaints.require_token),
             )
         });
         let stop_delivery = CancellationToken::new();

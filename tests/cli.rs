@@ -73,6 +73,7 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "keys",
         "address",
         "enabled",
+        "require_token",
         "delivery_log_days",
         "event_log_days",
         "level",

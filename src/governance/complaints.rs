@@ -167,6 +167,8 @@ pub struct Complaints {
     pub events: EventLog,
     /// `complaints/malformed` in the spool directory.
     pub malformed_dir: PathBuf,
+    /// Only reports with a genuine token are taken (`[complaints] require_token`).
+    pub require_token: bool,
     /// Account health: a new complaint counts toward the account's complaint rate.
     pub governor: Option<Arc<crate::governance::Governor>>,
     /// The account's webhook hears of every complaint.
@@ -208,7 +210,14 @@ impl Complaints {
             governor: None,
             webhooks: None,
             campaigns: None,
+            require_token: false,
         }
+    }
+
+    /// Takes only reports whose copy carries a genuine unsubscribe token.
+    pub fn requiring_token(mut self, require: bool) -> Complaints {
+        self.require_token = require;
+        self
     }
 
     /// Counts complaints about a list toward its campaigns' canaries.
@@ -277,6 +286,9 @@ impl Complaints {
                 feedback_type,
                 via: Via::Arf,
             });
+        }
+        if self.require_token {
+            return None;
         }
         let address = report.original_rcpt.clone()?;
         Some(Complaint {

@@ -236,6 +236,27 @@ fn without_a_token_the_recipient_and_domains_decide() {
 }
 
 #[test]
+fn requiring_a_token_keeps_untokened_reports_aside() {
+    let s = setup();
+    let c = s.complaints.requiring_token(true);
+    let raw = arf(FEEDBACK, "message/rfc822", &original("forgedtoken"));
+    assert!(matches!(
+        c.receive(&raw).unwrap(),
+        Outcome::KeptAside { .. }
+    ));
+    assert!(!suppressed(
+        &c,
+        Scope::Account("news"),
+        "reader@example.net"
+    ));
+    // a genuine token still works
+    let t = token(&s.keys, "reader@example.net");
+    let raw = arf(FEEDBACK, "message/rfc822", &original(&t));
+    assert!(matches!(c.receive(&raw).unwrap(), Outcome::Recorded(_)));
+    assert!(suppressed(&c, Scope::Account("news"), "reader@example.net"));
+}
+
+#[test]
 fn unusable_reports_are_kept_aside_and_non_complaints_ignored() {
     let s = setup();
     let c = &s.complaints;
