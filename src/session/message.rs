@@ -1,0 +1,263 @@
+//! The end of a message: the checks on its content (loops, `X-Optin-*` headers, sender
+//! identity, operator contacts, content rules, declined campaigns), the consent verdict
+//! for each recipient, the Received field, storing it durably, the 250, and the hand-over
+//! to delivery (with a DSN for recipients the policy withheld).
+
+use super::*;
+
+/// Checks received content, stores it durably and answers. The transaction ends either way.
+pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &SessionContext,
+    conn: &mut Conn<S>,
+    state: &mut State,
+    report: ContentReport,
+    body: Vec<u8>,
+) -> Flow {
+    let txn = state.txn.take().expect("content follows a transaction");
+    let refusal = if report.exceeds(ctx.smtp.max_message_size) {
+        Some((Refusal::TooBig(ctx.smtp.max_message_size), "too_big"))
+    } else if report.bare_line_ending {
+        Some((Refusal::DataBareLineEnding, "bare_line_ending"))
+    } else if report.line_too_long {
+        Some((
+            Refusal::DataLineTooLong(ctx.smtp.max_line_length),
+            "line_too_long",
+        ))
+    } else {
+        let hops = count_received(&body);
+        (hops > ctx.smtp.max_received_headers).then_some((Refusal::MailLoop(hops), "mail_loop"))
+    };
+    if let Some((refusal, reason)) = refusal {
+        crate::metrics::message_refused(reason);
+        return refuse(ctx, conn, state, refusal);
+    }
+    let mut txn = txn;
+    let mut taken = None;
+    if !txn.unsubscribes.is_empty() {
+        let all = std::mem::take(&mut txn.unsubscribes);
+        if let Err(refusal) = unsubscribe::record(ctx, all).await {
+            return refuse(ctx, conn, state, refusal);
+        }
+        taken = Some("OK unsubscribe recorded");
+    }
+    if txn.complaint {
+        if let Err(refusal) = complaint::receive(ctx, body.clone()).await {
+            return refuse(ctx, conn, state, refusal);
+        }
+        taken = Some("OK feedback report received");
+    }
+    if let Some(text) = taken
+        && txn.rcpts.is_empty()
+    {
+        conn.reply(&Reply::new(250, Status::new(2, 0, 0), text));
+        return Flow::Continue;
+    }
+    let Some(account_name) = txn.account.clone() else {
+        // Recipients other than unsubscribe addresses need an account (RCPT checked).
+        return refuse(ctx, conn, state, Refusal::RelayDenied);
+    };
+    let mut body = body;
+    let policy = ctx.policy.load();
+    let Some(account) = policy.account(&account_name) else {
+        // The account was removed by a policy reload during the transaction.
+        crate::metrics::message_refused("account_gone");
+        return refuse(ctx, conn, state, Refusal::RelayDenied);
+    };
+    let class = match consent::classify(account, &mut body) {
+        Ok(class) => class,
+        Err(refusal) => {
+            crate::metrics::message_refused("optin_header");
+            return refuse(ctx, conn, state, refusal);
+        }
+    };
+    if class.stream == crate::policy::Stream::Marketing
+        && let (Some(campaigns), Some(id)) = (&ctx.campaigns, &class.campaign)
+        && let Some(c) = campaigns.get(&crate::governance::campaign::key(&account_name, id))
+        && c.stage == crate::governance::campaign::Stage::Declined
+    {
+        crate::metrics::message_refused("campaign_declined");
+        let why = c.reason.unwrap_or_else(|| "declined".into());
+        return refuse(ctx, conn, state, Refusal::CampaignDeclined(id.clone(), why));
+    }
+    if class.stream == crate::policy::Stream::Marketing
+        && let Err(e) = crate::rewrite::footer::check(&body)
+    {
+        crate::metrics::message_refused("footer_impossible");
+        return refuse(ctx, conn, state, Refusal::FooterImpossible(e.to_string()));
+    }
+    if let Err(refusal) = identity::check(account, &ctx.own_domain, txn.sender.as_ref(), &body) {
+        crate::metrics::message_refused("sender_identity");
+        return refuse(ctx, conn, state, refusal);
+    }
+    if let Err(refusal) = identity::check_operator_contacts(policy.operator_contacts(), &body) {
+        crate::metrics::message_refused("operator_contact");
+        return refuse(ctx, conn, state, refusal);
+    }
+    if let Some(found) = policy.content().check(&body) {
+        // `[content] freeze_account`: the account is frozen too (the file write off the
+        // async threads; the refusal does not wait for it).
+        if found.freeze
+            && let Some(freezes) = ctx.freezes.clone()
+        {
+            let (account, why) = (
+                account_name.clone(),
+                format!("prohibited content: {}", found.category),
+            );
+            tokio::task::spawn_blocking(move || {
+                if let Ok(true) = freezes.freeze(&account, &why, "content") {
+                    crate::metrics::account_frozen("content");
+                }
+            });
+        }
+        tracing::info!(
+            account = %account_name,
+            category = %found.category,
+            rule = %found.rule,
+            "message refused: prohibited content"
+        );
+        crate::metrics::message_refused("prohibited_content");
+        crate::metrics::policy_verdict_reason("content");
+        return refuse(ctx, conn, state, Refusal::ProhibitedContent(found.category));
+    }
+    drop(policy);
+    let addresses: Vec<&Address> = txn.rcpts.iter().map(|(a, _)| a).collect();
+    let mut verdicts = consent::verdicts(ctx, &account_name, &class, &addresses);
+    for (v, a) in verdicts.iter_mut().zip(&addresses) {
+        if **a == ctx.smtp.postmaster {
+            *v = None;
+        }
+        crate::metrics::policy_verdict(*v);
+    }
+    if verdicts.iter().all(Option::is_some) {
+        crate::metrics::message_refused("withheld");
+        let why = verdicts[0].expect("all withheld");
+        let refusal = Refusal::AllWithheld(addresses[0].to_string(), why, addresses.len() - 1);
+        return refuse(ctx, conn, state, refusal);
+    }
+    let id = ctx.spool.next_id();
+    let mut content = received_header(ctx, state, &txn, id).into_bytes();
+    content.extend_from_slice(&body);
+    drop(body);
+    let mut envelope = Envelope {
+        id,
+        received_at: spool::now_ms(),
+        account: account_name,
+        sender: txn.sender.map(|a| a.to_string()),
+        envid: txn.params.envid,
+        ret: txn.params.ret,
+        body_type: txn.params.body.unwrap_or(BodyType::SevenBit),
+        smtputf8: txn.params.smtputf8,
+        eight_bit_content: report.eight_bit,
+        generated_dsn: false,
+        stream: class.stream,
+        list: class.list,
+        campaign: class.campaign,
+        recipients: txn
+            .rcpts
+            .into_iter()
+            .map(|(address, params)| Recipient {
+                address: address.to_string(),
+                notify: params.notify,
+                orcpt: params
+                    .orcpt
+                    .map(|o| format!("{};{}", o.addr_type, o.address)),
+                done: false,
+            })
+            .collect(),
+    };
+    // The withheld recipients leave the envelope; a copy keeps them for the DSN.
+    let withheld = consent::split_withheld(&mut envelope, &verdicts);
+    let content = Bytes::from(content);
+    match ctx.spool.store(&envelope, content.clone()).await {
+        Ok(loc) => {
+            let id_text = spool::format_id(id);
+            tracing::info!(
+                id = %id_text,
+                account = %envelope.account,
+                stream = %envelope.stream,
+                recipients = envelope.recipients.len(),
+                withheld = withheld.as_ref().map_or(0, |w| w.0.recipients.len()),
+                size = content.len(),
+                client = %state.peer.remote.ip(),
+                "message accepted"
+            );
+            crate::metrics::message_accepted();
+            if let Some(log) = &ctx.log {
+                for r in &envelope.recipients {
+                    log.event(
+                        crate::delivery::log::Kind::Accepted,
+                        &r.address,
+                        &crate::delivery::log::Details {
+                            id: Some(id),
+                            account: &envelope.account,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+            if let Some((original, reasons)) = withheld {
+                consent::notify_withheld(ctx, &original, &content, &reasons).await;
+            }
+            ctx.intake.accepted(envelope, loc, content);
+            conn.reply(&Reply::new(
+                250,
+                Status::new(2, 0, 0),
+                format!("OK queued as {id_text}"),
+            ));
+            Flow::Continue
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store an accepted message");
+            crate::metrics::message_refused("spool_error");
+            refuse(ctx, conn, state, Refusal::SpoolUnavailable)
+        }
+    }
+}
+
+/// Number of `Received:` fields in the header section, for loop detection.
+fn count_received(message: &[u8]) -> usize {
+    let header_end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
+    let headers = &message[..header_end];
+    let mut n = usize::from(headers.len() >= 9 && headers[..9].eq_ignore_ascii_case(b"received:"));
+    for i in memchr::memmem::find_iter(headers, b"\r\n") {
+        let line = &headers[i + 2..];
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// RFC 5321 §4.4 trace field, with the RFC 3848 protocol keyword. It names the client's IP
+/// and EHLO name (the submitting application, not a recipient) and never a recipient.
+fn received_header(ctx: &SessionContext, state: &State, txn: &Transaction, id: u64) -> String {
+    let (helo, extended) = state
+        .helo
+        .clone()
+        .unwrap_or_else(|| ("unknown".into(), false));
+    let mut with = String::from(match (extended, txn.params.smtputf8) {
+        (false, _) => "SMTP",
+        (true, false) => "ESMTP",
+        (true, true) => "UTF8SMTP",
+    });
+    if extended && state.peer.tls.is_some() {
+        with.push('S');
+    }
+    if extended && state.authenticated.is_some() {
+        with.push('A');
+    }
+    let tls = state
+        .peer
+        .tls
+        .as_ref()
+        .map(|t| format!("\r\n\t(using {} with cipher {})", t.protocol, t.cipher))
+        .unwrap_or_default();
+    let date = mail_builder::headers::date::Date::new(spool::now_ms() as i64 / 1000).to_rfc822();
+    let helo: String = helo.chars().filter(|c| !c.is_control()).take(100).collect();
+    format!(
+        "Received: from {helo} ([{ip}]){tls}\r\n\tby {host} (optin-relay) with {with} id {id};\r\n\t{date}\r\n",
+        ip = state.peer.remote.ip(),
+        host = ctx.smtp.hostname,
+        id = spool::format_id(id),
+    )
+}
