@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::reader::Section;
 use crate::policy::Policy;
+use http::{Target, is_loopback, post};
 
 /// The first retry delay when the config names none (`[webhooks] retry_initial`).
 pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(30);
@@ -790,132 +791,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Where a webhook URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    https: bool,
-    /// Without brackets (an IPv6 address is bare).
-    host: String,
-    port: u16,
-    /// `host[:port]` as written: the Host field.
-    authority: String,
-    /// Path and query, at least `/`.
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
-        if url.contains(['#', ' ', '\t', '\r', '\n']) {
-            return Err("has a fragment or white space".into());
-        }
-        let uri: Uri = url.parse().map_err(|_| "is not a URL".to_string())?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err("must start with https://".into()),
-        };
-        let authority = uri.authority().ok_or("has no host")?;
-        if authority.as_str().contains('@') {
-            return Err("must not carry a user name or password".into());
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if host.is_empty() {
-            return Err("has no host".into());
-        }
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        Ok(Target {
-            https,
-            host: host.to_string(),
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            authority: authority.as_str().to_string(),
-            path: if path.is_empty() { "/" } else { path }.to_string(),
-        })
-    }
-}
-
-/// `localhost` or a loopback address: where plain http is allowed (tests).
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// POSTs `body` as JSON to `url` with `headers`; the answer's status.
-async fn post(
-    url: &str,
-    tls: Arc<ClientConfig>,
-    headers: &[(&'static str, String)],
-    body: Vec<u8>,
-) -> Result<StatusCode, String> {
-    let target = Target::parse(url).map_err(|e| format!("{url:?} {e}"))?;
-    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?;
-    let mut tcp = None;
-    let mut last_error = format!("{} has no address", target.host);
-    for addr in addrs {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => last_error = format!("cannot connect to {addr}: {e}"),
-        }
-    }
-    let tcp = tcp.ok_or(last_error)?;
-    let mut request = Request::post(target.path.as_str())
-        .header(HOST, target.authority.as_str())
-        .header(CONTENT_TYPE, "application/json")
-        .header(
-            USER_AGENT,
-            concat!("optin-relay/", env!("CARGO_PKG_VERSION")),
-        );
-    for (name, value) in headers {
-        request = request.header(*name, value.as_str());
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("cannot build the request: {e}"))?;
-    if target.https {
-        let name = ServerName::try_from(target.host.clone())
-            .map_err(|_| format!("{:?} is not a valid TLS server name", target.host))?;
-        let stream = TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {}: {e}", target.host))?;
-        exchange(stream, request, &target.host).await
-    } else {
-        exchange(tcp, request, &target.host).await
-    }
-}
-
-/// Sends one request over `io` and waits for the response head.
-async fn exchange<S>(io: S, request: Request<Full<Bytes>>, host: &str) -> Result<StatusCode, String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP with {host}: {e}"))?;
-    let exchange = async {
-        sender
-            .send_request(request)
-            .await
-            .map(|r| r.status())
-            .map_err(|e| format!("HTTP with {host}: {e}"))
-    };
-    // The connection future does the I/O; driven here, so nothing outlives the attempt.
-    let (mut exchange, mut conn) = (pin!(exchange), pin!(conn));
-    tokio::select! {
-        result = &mut exchange => result,
-        done = &mut conn => match done {
-            Ok(()) => exchange.await,
-            Err(e) => Err(format!("HTTP with {host}: {e}")),
-        },
-    }
-}
+mod http;
 
 #[cfg(test)]
 mod tests;
