@@ -1,0 +1,386 @@
+//! How the admin CLI prints the API's answers as text: aligned tables, durations and
+//! times, and one printer per kind of answer (`--json` prints the JSON instead).
+
+use super::*;
+
+/// A string as is, a number or boolean as text, null (or absent) as empty.
+pub(crate) fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Seconds as `1h 2m 3s`.
+pub(crate) fn duration(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Unix milliseconds as an RFC 3339 time and how long ago it was.
+pub(crate) fn when(ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    let ago = SystemTime::now()
+        .duration_since(at)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{} ({} ago)",
+        humantime::format_rfc3339_seconds(at),
+        duration(ago)
+    )
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Align {
+    Left,
+    Right,
+}
+
+/// Prints `rows` under `columns`, each column as wide as its widest cell, two spaces
+/// apart; the last column is not padded.
+pub(crate) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = columns.iter().map(|(h, _)| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| match (columns[i].1, i == last) {
+                (Align::Left, true) => cell.clone(),
+                (Align::Left, false) => format!("{cell:<w$}", w = widths[i]),
+                (Align::Right, _) => format!("{cell:>w$}", w = widths[i]),
+            })
+            .collect();
+        println!("{}", cells.join("  "));
+    }
+}
+
+pub(crate) fn items(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
+pub(crate) fn print_summary(v: &Value) {
+    println!(
+        "queued: {} message(s), {} recipient(s) to deliver, {} held (frozen accounts)",
+        num(&v["messages"]),
+        num(&v["recipients"]),
+        num(&v["held"])
+    );
+    let sites: Vec<Vec<String>> = items(&v["by_site"])
+        .iter()
+        .map(|s| {
+            vec![
+                text(&s["site"]),
+                num(&s["recipients"]).to_string(),
+                duration(num(&s["oldest_s"])),
+            ]
+        })
+        .collect();
+    if !sites.is_empty() {
+        println!();
+        table(
+            &[
+                ("SITE", Align::Left),
+                ("RECIPIENTS", Align::Right),
+                ("OLDEST", Align::Right),
+            ],
+            &sites,
+        );
+    }
+    let accounts: Vec<Vec<String>> = items(&v["by_account"])
+        .iter()
+        .map(|a| {
+            vec![
+                text(&a["account"]),
+                num(&a["messages"]).to_string(),
+                num(&a["recipients"]).to_string(),
+                num(&a["held"]).to_string(),
+            ]
+        })
+        .collect();
+    if !accounts.is_empty() {
+        println!();
+        table(
+            &[
+                ("ACCOUNT", Align::Left),
+                ("MESSAGES", Align::Right),
+                ("RECIPIENTS", Align::Right),
+                ("HELD", Align::Right),
+            ],
+            &accounts,
+        );
+    }
+}
+
+/// The recipients of a message state not done yet.
+pub(crate) fn undone(m: &Value) -> impl Iterator<Item = &Value> {
+    items(&m["recipients"])
+        .iter()
+        .filter(|r| r["status"].as_str() != Some("done"))
+}
+
+/// One row of `queue list --live`.
+pub(crate) fn message_row(m: &Value) -> Vec<String> {
+    let total = items(&m["recipients"]).len();
+    let pending = undone(m).count();
+    let next = undone(m)
+        .filter_map(|r| r["next_attempt_in_s"].as_u64())
+        .min()
+        .map_or("-".to_string(), |s| {
+            if s == 0 { "now".into() } else { duration(s) }
+        });
+    let state = if m["held"].as_bool() == Some(true) {
+        "held"
+    } else if undone(m).any(|r| r["status"].as_str() == Some("in_flight")) {
+        "sending"
+    } else {
+        "waiting"
+    };
+    let mut domains: Vec<String> = undone(m).map(|r| text(&r["domain"])).collect();
+    domains.sort_unstable();
+    domains.dedup();
+    vec![
+        text(&m["id"]),
+        duration(num(&m["age_s"])),
+        text(&m["account"]),
+        stream_of(m).to_string(),
+        state.to_string(),
+        format!("{pending}/{total}"),
+        next,
+        domains.join(","),
+    ]
+}
+
+pub(crate) fn stream_of(m: &Value) -> &'static str {
+    if m["marketing"].as_bool() == Some(true) {
+        "marketing"
+    } else {
+        "transactional"
+    }
+}
+
+pub(crate) fn print_messages(v: &Value, limit: usize) {
+    let rows: Vec<Vec<String>> = items(v).iter().map(message_row).collect();
+    table(
+        &[
+            ("ID", Align::Left),
+            ("AGE", Align::Right),
+            ("ACCOUNT", Align::Left),
+            ("STREAM", Align::Left),
+            ("STATE", Align::Left),
+            ("PENDING", Align::Right),
+            ("NEXT TRY", Align::Right),
+            ("DOMAINS", Align::Left),
+        ],
+        &rows,
+    );
+    if rows.len() >= limit {
+        println!(
+            "{} message(s) shown: the oldest; --limit N for more",
+            rows.len()
+        );
+    } else {
+        println!("{} message(s) queued", rows.len());
+    }
+}
+
+pub(crate) fn print_message(m: &Value) {
+    println!("id:        {}", text(&m["id"]));
+    println!("age:       {}", duration(num(&m["age_s"])));
+    println!("account:   {}", text(&m["account"]));
+    let mut stream = text(&m["stream"]);
+    if let Some(l) = m["list"].as_str() {
+        stream.push_str(&format!(", list {l}"));
+    }
+    if let Some(c) = m["campaign"].as_str() {
+        stream.push_str(&format!(", campaign {c}"));
+    }
+    println!("stream:    {stream}");
+    println!("sender:    <{}>", text(&m["sender"]));
+    println!("size:      {} octets", num(&m["size"]));
+    if m["held"].as_bool() == Some(true) {
+        println!("held:      yes (the account is frozen)");
+    }
+    println!("recipients:");
+    for r in items(&m["recipients"]) {
+        let state = match r["status"].as_str().unwrap_or("") {
+            "waiting" => {
+                let next = r["next_attempt_in_s"].as_u64().unwrap_or(0);
+                format!(
+                    "waiting, {} attempt(s), next {}",
+                    num(&r["attempts"]),
+                    if next == 0 {
+                        "now".to_string()
+                    } else {
+                        format!("in {}", duration(next))
+                    }
+                )
+            }
+            "in_flight" => format!("being delivered, {} attempt(s) before", num(&r["attempts"])),
+            other => other.to_string(),
+        };
+        println!("  <{}>  {state}", text(&r["address"]));
+    }
+}
+
+/// `since … by …: reason` of a `Frozen` object, or `no`.
+pub(crate) fn frozen_text(f: &Value) -> String {
+    if f.is_null() {
+        return "no".into();
+    }
+    format!(
+        "since {}, by {}: {}",
+        when(num(&f["since_ms"])),
+        text(&f["by"]),
+        text(&f["reason"])
+    )
+}
+
+pub(crate) fn print_accounts(v: &Value) {
+    let rows: Vec<Vec<String>> = items(v)
+        .iter()
+        .map(|a| {
+            let (q, r) = (&a["queued"], &a["results"]);
+            vec![
+                text(&a["account"]),
+                num(&q["messages"]).to_string(),
+                num(&q["recipients"]).to_string(),
+                num(&q["held"]).to_string(),
+                num(&r["delivered"]).to_string(),
+                num(&r["deferred"]).to_string(),
+                num(&r["hard_bounced"]).to_string(),
+                num(&r["soft_bounced"]).to_string(),
+                frozen_text(&a["frozen"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            ("ACCOUNT", Align::Left),
+            ("QUEUED", Align::Right),
+            ("RECIPIENTS", Align::Right),
+            ("HELD", Align::Right),
+            ("DELIVERED", Align::Right),
+            ("DEFERRED", Align::Right),
+            ("HARD BOUNCED", Align::Right),
+            ("SOFT BOUNCED", Align::Right),
+            ("FROZEN", Align::Left),
+        ],
+        &rows,
+    );
+}
+
+pub(crate) fn print_account(a: &Value) {
+    let (q, r) = (&a["queued"], &a["results"]);
+    println!("account:  {}", text(&a["account"]));
+    println!("frozen:   {}", frozen_text(&a["frozen"]));
+    println!(
+        "queued:   {} message(s), {} recipient(s) to deliver, {} held",
+        num(&q["messages"]),
+        num(&q["recipients"]),
+        num(&q["held"])
+    );
+    println!(
+        "results:  {} delivered, {} deferred, {} hard bounced, {} soft bounced (recipients, \
+         since the relay started)",
+        num(&r["delivered"]),
+        num(&r["deferred"]),
+        num(&r["hard_bounced"]),
+        num(&r["soft_bounced"])
+    );
+}
+
+/// Reasons as `bounce, manual`, or `none`.
+pub(crate) fn reasons(v: &Value) -> String {
+    let all: Vec<String> = items(v).iter().map(text).collect();
+    if all.is_empty() {
+        "none".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+pub(crate) fn print_standing(v: &Value) {
+    println!("address:     {}", text(&v["address"]));
+    let Some(account) = v["account"].as_str() else {
+        println!(
+            "suppressed:  global: {}",
+            reasons(&v["suppressed"]["global"])
+        );
+        println!("(give --account for its consent, every scope and the verdict)");
+        return;
+    };
+    let list = v["list"].as_str();
+    println!(
+        "sending as:  account {account}, list {}, stream {}",
+        list.unwrap_or("(none)"),
+        text(&v["stream"])
+    );
+    match list {
+        Some(l) => println!(
+            "consent:     {} ({account}/{l})",
+            if v["consent"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+        ),
+        None => println!("consent:     (no list)"),
+    }
+    let s = &v["suppressed"];
+    println!("suppressed:  global: {}", reasons(&s["global"]));
+    println!("             account {account}: {}", reasons(&s["account"]));
+    if let Some(l) = list {
+        println!("             list {account}/{l}: {}", reasons(&s["list"]));
+    }
+    println!("verdict:     {}", text(&v["verdict"]));
+}
+
+pub(crate) fn print_policy(v: &Value) {
+    match v["path"].as_str() {
+        Some(p) => println!("policy file:  {p}"),
+        None => println!("policy file:  none (the embedded policy; nothing to reload)"),
+    }
+    println!("generation:   {}", num(&v["generation"]));
+    println!("loaded:       {}", when(num(&v["loaded_at_ms"])));
+    let Some(at) = v["last_attempt_ms"].as_u64() else {
+        println!("last reload:  none since the start");
+        return;
+    };
+    let problems = items(&v["last_error"]);
+    println!(
+        "last reload:  {}, by {}: {}",
+        when(at),
+        text(&v["last_trigger"]),
+        if v["last_error"].is_null() {
+            "ok".to_string()
+        } else {
+            format!(
+                "refused ({} problem(s)); the policy above stays",
+                problems.len()
+            )
+        }
+    );
+    for p in problems {
+        println!("{}", indented(&text(p)));
+    }
+}
+
+/// A problem under its heading: every line indented (TOML errors span several).
+pub(crate) fn indented(problem: &str) -> String {
+    problem
+        .lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
