@@ -1,3 +1,6 @@
+//! Tests of MTA-STS: policy and TXT parsing, MX patterns, fetches against a local HTTPS
+//! server with a test CA, and discovery and caching against an in-test DNS server.
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

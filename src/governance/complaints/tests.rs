@@ -1,3 +1,6 @@
+//! Tests of complaint intake: ARF parsing, every reason a report is unusable, tokens,
+//! tying a report to an account, recording once, and reports kept aside.
+
 use super::*;
 
 use crate::rewrite::token::Unsubscribe;

@@ -1,3 +1,6 @@
+//! Tests of the webhooks: signatures, backoff and expiry, the policy keys, and the durable
+//! outbox (file modes, pick-up after a restart, half-written and unreadable files).
+
 use super::*;
 
 const POLICY: &str = r#"
