@@ -604,12 +604,9 @@ impl Scheduler {
             match r.status() {
                 Progress::Waiting { due } if due <= now => {
                     r.set(Progress::InFlight);
+                    // The routing domain, interned when the message was added.
                     let domain = if self.by_domain {
-                        let address = &hot.env.recipients[i].address;
-                        let domain = address
-                            .rsplit_once('@')
-                            .map_or(address.as_str(), |(_, d)| d);
-                        crate::smtp::address::routing_domain(domain)
+                        self.names.name(r.domain).to_string()
                     } else {
                         String::new()
                     };
