@@ -103,6 +103,27 @@ pub struct Campaign {
 }
 
 impl Campaign {
+    /// A campaign just seen (or declared): in its canary, with the undeclared canary size,
+    /// judged a window from now.
+    fn new(account: &str, id: &str, rules: &Rules, now_ms: u64) -> Campaign {
+        Campaign {
+            account: account.to_string(),
+            id: id.to_string(),
+            list: None,
+            declared_size: None,
+            canary_size: rules.count.min(rules.max),
+            stage: Stage::Canary,
+            started_ms: now_ms,
+            evaluate_at_ms: now_ms + rules.window.as_millis() as u64,
+            decided_ms: None,
+            decided_by: None,
+            reason: None,
+            canary: Figures::default(),
+            held: 0,
+            report_to: None,
+        }
+    }
+
     fn rate(&self, n: u64) -> f64 {
         if self.canary.finished == 0 {
             0.0
@@ -232,23 +253,15 @@ impl Campaigns {
         let mut all = self.lock();
         let c = all.entry(key(account, id)).or_insert_with(|| {
             tracing::info!(account, campaign = id, "campaign started: canary first");
-            Campaign {
-                account: account.to_string(),
-                id: id.to_string(),
-                list: list.map(str::to_string),
-                declared_size: None,
-                canary_size: rules.count.min(rules.max),
-                stage: Stage::Canary,
-                started_ms: now_ms,
-                evaluate_at_ms: now_ms + rules.window.as_millis() as u64,
-                decided_ms: None,
-                decided_by: None,
-                reason: None,
-                canary: Figures::default(),
-                held: 0,
-                report_to: sender.map(str::to_string),
-            }
+            Campaign::new(account, id, rules, now_ms)
         });
+        // A campaign declared before its first message learns its list and sender here.
+        if c.list.is_none() {
+            c.list = list.map(str::to_string);
+        }
+        if c.report_to.is_none() {
+            c.report_to = sender.map(str::to_string);
+        }
         self.dirty.store(true, Ordering::Relaxed);
         match c.stage {
             Stage::Released => Admission::Send,
@@ -303,22 +316,9 @@ impl Campaigns {
         now_ms: u64,
     ) -> Result<Campaign, CampaignError> {
         let mut all = self.lock();
-        let c = all.entry(key(account, id)).or_insert_with(|| Campaign {
-            account: account.to_string(),
-            id: id.to_string(),
-            list: None,
-            declared_size: None,
-            canary_size: 0,
-            stage: Stage::Canary,
-            started_ms: now_ms,
-            evaluate_at_ms: now_ms + rules.window.as_millis() as u64,
-            decided_ms: None,
-            decided_by: None,
-            reason: None,
-            canary: Figures::default(),
-            held: 0,
-            report_to: None,
-        });
+        let c = all
+            .entry(key(account, id))
+            .or_insert_with(|| Campaign::new(account, id, rules, now_ms));
         if c.stage != Stage::Canary {
             return Err(CampaignError::Decided(key(account, id)));
         }
@@ -583,6 +583,21 @@ mod tests {
             1000
         );
         assert_eq!(c.declare("shop", "c", 3, &r, 0).unwrap().canary_size, 1);
+    }
+
+    #[test]
+    fn a_campaign_declared_before_its_mail_learns_its_list_and_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Campaigns::open(dir.path()).unwrap();
+        let r = Rules::default();
+        c.declare("shop", "early", 100, &r, 0).unwrap();
+        c.admit("shop", "early", Some("deals"), Some("s@shop.example"), 1, &r, 0);
+        let got = c.get("shop/early").unwrap();
+        assert_eq!(got.list.as_deref(), Some("deals"));
+        assert_eq!(got.report_to.as_deref(), Some("s@shop.example"));
+        assert_eq!(got.canary_size, 10);
+        c.unsubscribed("shop", "deals");
+        assert_eq!(c.get("shop/early").unwrap().canary.unsubscribes, 1);
     }
 
     #[test]
