@@ -17,7 +17,6 @@
 //! toward every campaign of that account and list still in its canary.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -445,22 +444,11 @@ impl Campaigns {
     }
 
     fn save(&self) -> Result<(), CampaignError> {
-        let text = serde_json::to_vec_pretty(&*self.lock()).expect("serialisable");
-        let err = |e: std::io::Error| CampaignError::File {
+        let all = self.lock().clone();
+        super::write_state(&self.path, &all).map_err(|e| CampaignError::File {
             path: self.path.display().to_string(),
             reason: e.to_string(),
-        };
-        let dir = self
-            .path
-            .parent()
-            .expect("state/campaigns.json has a parent");
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&text).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        Ok(())
+        })
     }
 }
 

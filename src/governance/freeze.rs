@@ -7,7 +7,6 @@
 //! the scheduler releases it. Its transactional mail (password resets, receipts) still goes.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -136,22 +135,10 @@ impl Freezes {
     }
 
     fn write(&self, frozen: &BTreeMap<String, Frozen>) -> Result<(), FreezeError> {
-        let err = |e: std::io::Error| FreezeError::File {
+        super::write_state(&self.path, frozen).map_err(|e| FreezeError::File {
             path: self.path.display().to_string(),
             reason: e.to_string(),
-        };
-        let dir = self.path.parent().expect("state/frozen.json has a parent");
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        let text = serde_json::to_vec_pretty(frozen).expect("serialisable");
-        f.write_all(&text).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-        Ok(())
+        })
     }
 }
 

@@ -13,11 +13,26 @@ pub mod freeze;
 pub mod health;
 pub mod webhook;
 
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::policy::Policy;
+
+/// Writes a state file (`state/*.json`) so a crash leaves the old or the new content,
+/// never half of one: a temporary file, fsynced, renamed over, the directory fsynced.
+pub(crate) fn write_state(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let dir = path.parent().expect("a state file has a directory");
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(value).expect("serialisable"))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    crate::consent::sync_dir(dir)
+}
 
 /// Account health wired to freezes: what the delivery engine, unsubscribes and complaints
 /// report goes through here.
