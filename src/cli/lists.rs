@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::consent::compile::Batch;
 use crate::consent::import::{self, Item};
 use crate::consent::key::normalise;
-use crate::consent::{self, CONSENT, Change, Kind, Lists, Op, Origin, Reason, Scope};
+use crate::consent::{self, CONSENT, Kind, Lists, Op, Origin, Reason, Scope};
 use crate::policy::verdict::decide;
 use crate::policy::{Account, Policy, Stream};
 
@@ -180,18 +180,9 @@ fn record(
     tags: u8,
     addrs: &[String],
 ) -> Result<(), String> {
-    let now = crate::spool::now_ms();
-    let changes: Vec<Change> = addrs
-        .iter()
-        .map(|a| Change {
-            op,
-            fp: lists.secret().fingerprint(kind, scope, a),
-            tags,
-            origin: Origin::Operator,
-            time_ms: now,
-        })
-        .collect();
-    lists.record(&changes).map_err(|e| e.to_string())
+    lists
+        .record_addresses(kind, scope, op, tags, Origin::Operator, addrs)
+        .map_err(|e| e.to_string())
 }
 
 pub fn suppress(

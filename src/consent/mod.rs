@@ -305,6 +305,31 @@ impl Lists {
         self.refresh().map(|_| ())
     }
 
+    /// The same change (add or remove `tags` of `kind` in `scope`) for each of some
+    /// normalised addresses, recorded as [`Lists::record`] does.
+    pub fn record_addresses(
+        &self,
+        kind: Kind,
+        scope: Scope<'_>,
+        op: Op,
+        tags: u8,
+        origin: Origin,
+        addresses: &[String],
+    ) -> Result<(), ListsError> {
+        let time_ms = crate::spool::now_ms();
+        let changes: Vec<Change> = addresses
+            .iter()
+            .map(|a| Change {
+                op,
+                fp: self.secret.fingerprint(kind, scope, a),
+                tags,
+                origin,
+                time_ms,
+            })
+            .collect();
+        self.record(&changes)
+    }
+
     /// Follows what other processes did: a new snapshot is opened, verified and swapped
     /// in; journal records appended since the last call are applied. Returns whether a new
     /// snapshot was put into service. On error the view in service is unchanged.

@@ -25,7 +25,7 @@ use clap::ValueEnum;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::consent::{self, Change, Kind, Lists, Op, Origin, Reason, Scope};
+use crate::consent::{self, Kind, Lists, Op, Origin, Reason, Scope};
 use crate::delivery::Delivery;
 use crate::delivery::control::{Action, ControlError};
 use crate::governance::freeze::Freezes;
@@ -413,19 +413,16 @@ fn normalised(address: &str) -> Result<String, ApiError> {
 }
 
 fn record(a: &Admin, scope: Scope<'_>, op: Op, tags: u8, address: &str) -> Result<(), ApiError> {
-    let change = Change {
-        op,
-        fp: a
-            .lists
-            .secret()
-            .fingerprint(Kind::Suppression, scope, address),
-        tags,
-        origin: Origin::Operator,
-        time_ms: crate::spool::now_ms(),
-    };
     a.lists
-        .record(&[change])
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .record_addresses(
+            Kind::Suppression,
+            scope,
+            op,
+            tags,
+            Origin::Operator,
+            &[address.to_string()],
+        )
+        .map_err(|e| internal(e.to_string()))
 }
 
 fn reasons(tags: u8) -> Vec<&'static str> {
