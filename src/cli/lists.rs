@@ -17,7 +17,7 @@ use crate::consent::compile::Batch;
 use crate::consent::import::{self, Item};
 use crate::consent::key::normalise;
 use crate::consent::{self, CONSENT, Kind, Lists, Op, Origin, Reason, Scope};
-use crate::policy::verdict::decide;
+use crate::policy::verdict::explain;
 use crate::policy::{Account, Policy, Stream};
 
 #[derive(Debug, Subcommand)]
@@ -367,21 +367,13 @@ fn check(
     if let Some(l) = &list {
         println!("             list {name}/{l}: {}", reasons_text(st.list));
     }
-    if !acc.allows(stream) {
-        println!("verdict:     refused: account {name} may not send {stream} mail");
-        return Ok(ExitCode::from(1));
-    }
-    if stream == Stream::Marketing && list.is_none() {
-        println!("verdict:     refused: marketing mail needs a list");
-        return Ok(ExitCode::from(1));
-    }
-    match decide(stream, &st) {
+    match explain(acc, stream, list.as_deref(), &st, address) {
         Ok(()) => {
             println!("verdict:     allowed");
             Ok(ExitCode::SUCCESS)
         }
         Err(why) => {
-            println!("verdict:     refused: 550 5.7.1 <{address}> {}", why.text());
+            println!("verdict:     refused: {why}");
             Ok(ExitCode::from(1))
         }
     }

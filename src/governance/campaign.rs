@@ -579,7 +579,15 @@ mod tests {
         let c = Campaigns::open(dir.path()).unwrap();
         let r = Rules::default();
         c.declare("shop", "early", 100, &r, 0).unwrap();
-        c.admit("shop", "early", Some("deals"), Some("s@shop.example"), 1, &r, 0);
+        c.admit(
+            "shop",
+            "early",
+            Some("deals"),
+            Some("s@shop.example"),
+            1,
+            &r,
+            0,
+        );
         let got = c.get("shop/early").unwrap();
         assert_eq!(got.list.as_deref(), Some("deals"));
         assert_eq!(got.report_to.as_deref(), Some("s@shop.example"));

@@ -466,15 +466,10 @@ async fn suppression_check(
         }
     };
     let st = a.lists.standing(name, list.as_deref(), &address);
-    let verdict = if !acc.allows(stream) {
-        format!("refused: account {name} may not send {stream} mail")
-    } else if stream == Stream::Marketing && list.is_none() {
-        "refused: marketing mail needs a list".to_string()
-    } else {
-        match crate::policy::verdict::decide(stream, &st) {
-            Ok(()) => "allowed".to_string(),
-            Err(why) => format!("refused: 550 5.7.1 <{address}> {}", why.text()),
-        }
+    let verdict = match crate::policy::verdict::explain(acc, stream, list.as_deref(), &st, &address)
+    {
+        Ok(()) => "allowed".to_string(),
+        Err(why) => format!("refused: {why}"),
     };
     ok(json!({
         "address": address,

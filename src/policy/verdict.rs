@@ -11,6 +11,28 @@ use crate::smtp::refusal::Withheld;
 
 use super::Stream;
 
+/// What `lists check` and the admin API's suppression check tell an operator: `Ok` when
+/// `account` may send `stream` mail (to `list`, the one it would use) to an address with
+/// this standing, else why not, as they print it (with the reply the relay would give).
+pub fn explain(
+    account: &super::Account,
+    stream: Stream,
+    list: Option<&str>,
+    standing: &Standing,
+    address: &str,
+) -> Result<(), String> {
+    if !account.allows(stream) {
+        return Err(format!(
+            "account {} may not send {stream} mail",
+            account.name
+        ));
+    }
+    if stream == Stream::Marketing && list.is_none() {
+        return Err("marketing mail needs a list".into());
+    }
+    decide(stream, standing).map_err(|why| format!("550 5.7.1 <{address}> {}", why.text()))
+}
+
 /// `Ok` when the recipient may get this stream's mail, else why not (the most serious
 /// reason first).
 pub fn decide(stream: Stream, standing: &Standing) -> Result<(), Withheld> {
