@@ -9,10 +9,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions};
+use common::{FakeMx, MxOptions, http};
 use optin_relay::consent::Reason;
 use optin_relay::server::Relay;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -159,25 +159,6 @@ fn complained(relay: &Relay, account: &str, address: &str) -> (bool, bool) {
     let s = relay.lists.standing(account, None, address);
     let bit = Reason::Complaint.bit();
     (s.account & bit != 0, s.global & bit != 0)
-}
-
-/// A minimal HTTP/1.1 client: status and body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
 }
 
 /// One sample of the exposition (0 when absent). Metrics are shared by the tests of this

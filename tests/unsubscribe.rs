@@ -7,8 +7,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{FakeMx, MxOptions, http};
+use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -26,25 +26,6 @@ consent_statement = "You subscribed to {list}."
 [accounts.news.lists.deals]
 consent_statement = "You asked for {list}."
 "#;
-
-/// A minimal HTTP/1.1 client: status and body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
 
 fn consent(relay: &optin_relay::server::Relay, list: &str, addr: &str) {
     common::grant(relay, "news", list, addr);

@@ -14,7 +14,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::{FakeMx, MxOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "s3cret-s3cret-s3cret";
@@ -164,23 +163,9 @@ fn signature_verifies(hit: &Hit, secret: &str) -> bool {
     expected == v1 && fresh
 }
 
-/// A minimal HTTP/1.1 client: status and body.
+/// A form POST to the relay's HTTP listener: status and body.
 async fn http(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    common::http(addr, "POST", path, body).await
 }
 
 fn marketing(to: &str) -> String {
