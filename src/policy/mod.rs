@@ -385,6 +385,15 @@ fn destination_key(name: &str, section: &Section<'_>) -> String {
     key
 }
 
+/// A share (a rate threshold) between 0 and 1, when given.
+fn share(s: &mut Section<'_>, key: &str) -> Option<f64> {
+    let v = s.get::<f64>(key)?;
+    if !(0.0..=1.0).contains(&v) {
+        s.problem(key, "must be a share between 0 and 1 (0.003 is 0.3%)");
+    }
+    Some(v)
+}
+
 /// `[health]`: the rolling window and thresholds that freeze an account.
 fn read_health(s: &mut Section<'_>) -> crate::governance::health::Rules {
     let d = crate::governance::health::Rules::default();
@@ -394,13 +403,7 @@ fn read_health(s: &mut Section<'_>) -> crate::governance::health::Rules {
     if window < std::time::Duration::from_secs(60) {
         s.problem("window", "must be at least a minute");
     }
-    let rate = |s: &mut Section<'_>, key: &str| -> Option<f64> {
-        let v = s.get::<f64>(key)?;
-        if !(0.0..=1.0).contains(&v) {
-            s.problem(key, "must be a share between 0 and 1 (0.003 is 0.3%)");
-        }
-        Some(v)
-    };
+    let rate = share;
     let max_complaint_rate = rate(s, "max_complaint_rate").unwrap_or(d.max_complaint_rate);
     let max_hard_bounce_rate = rate(s, "max_hard_bounce_rate").unwrap_or(d.max_hard_bounce_rate);
     let max_unsubscribe_rate = rate(s, "max_unsubscribe_rate");
@@ -436,13 +439,7 @@ fn read_campaigns(s: &mut Section<'_>) -> crate::governance::campaign::Rules {
     let window = s
         .get::<crate::config::units::HumanDuration>("evaluation_window")
         .map_or(d.window, |h| h.get());
-    let rate = |s: &mut Section<'_>, key: &str, default: f64| {
-        let v = s.get_or(key, default);
-        if !(0.0..=1.0).contains(&v) {
-            s.problem(key, "must be a share between 0 and 1 (0.003 is 0.3%)");
-        }
-        v
-    };
+    let rate = |s: &mut Section<'_>, key: &str, default: f64| share(s, key).unwrap_or(default);
     let share = rate(s, "canary_share", d.share);
     let max_hard_bounce_rate = rate(s, "max_hard_bounce_rate", d.max_hard_bounce_rate);
     let max_complaint_rate = rate(s, "max_complaint_rate", d.max_complaint_rate);
