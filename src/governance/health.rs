@@ -138,7 +138,11 @@ impl Health {
     ) -> Option<String> {
         let slot = slot(now_ms, rules);
         let mut all = self.accounts.lock().expect("health lock");
-        let a = all.entry(account.to_string()).or_default();
+        // Called for every delivered recipient: no allocation once the account is known.
+        if !all.contains_key(account) {
+            all.insert(account.to_string(), Account::default());
+        }
+        let a = all.get_mut(account).expect("inserted above");
         a.add(slot, signal);
         judge(&a.window(slot), rules)
     }

@@ -72,11 +72,14 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if class.stream == crate::policy::Stream::Marketing
         && let (Some(campaigns), Some(id)) = (&ctx.campaigns, &class.campaign)
-        && let Some(c) = campaigns.get(&crate::governance::campaign::key(&account_name, id))
-        && c.stage == crate::governance::campaign::Stage::Declined
+        && let key = crate::governance::campaign::key(&account_name, id)
+        && campaigns.stage(&key) == Some(crate::governance::campaign::Stage::Declined)
     {
         crate::metrics::message_refused("campaign_declined");
-        let why = c.reason.unwrap_or_else(|| "declined".into());
+        let why = campaigns
+            .get(&key)
+            .and_then(|c| c.reason)
+            .unwrap_or_else(|| "declined".into());
         return refuse(ctx, conn, state, Refusal::CampaignDeclined(id.clone(), why));
     }
     if class.stream == crate::policy::Stream::Marketing
