@@ -72,11 +72,12 @@ pub const VERDICT_REASONS: [&str; 8] = [
     "content",
 ];
 /// `reason` of [`MESSAGES_REFUSED`].
-pub const MESSAGE_REFUSAL_REASONS: [&str; 14] = [
+pub const MESSAGE_REFUSAL_REASONS: [&str; 15] = [
     "account_frozen",
     "campaign_declined",
     "too_big",
     "bare_line_ending",
+    "nul",
     "line_too_long",
     "mail_loop",
     "spool_error",
@@ -251,7 +252,7 @@ fn describe() {
     );
     describe_counter!(
         MESSAGES_REFUSED,
-        "Messages refused, by reason: account_frozen at MAIL; too_big, bare_line_ending, \
+        "Messages refused, by reason: account_frozen at MAIL; too_big, bare_line_ending, nul, \
          line_too_long, mail_loop, spool_error, optin_header, withheld, account_gone, \
          sender_identity, operator_contact, footer_impossible at the end of DATA/BDAT."
     );

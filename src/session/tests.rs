@@ -385,6 +385,76 @@ async fn smuggling_attempt_is_one_refused_message() {
 }
 
 #[tokio::test]
+async fn lf_dot_crlf_cannot_smuggle_a_second_message() {
+    // The pattern of the published SMTP smuggling attacks: a false end (`<LF>.<CR><LF>`)
+    // followed by a whole second transaction. It is all one message, refused for its bare
+    // LF; nothing after the false end is taken as a command.
+    for false_end in ["\n.\r\n", "\r.\r\n", "\n.\n", "\r\n.\n", "\r\n\0.\r\n"] {
+        let h = harness();
+        let mut c = greeted(&h, "127.0.0.1:5000").await;
+        c.cmd("EHLO c").await;
+        c.cmd("MAIL FROM:<a@b.example>").await;
+        c.cmd("RCPT TO:<c@d.example>").await;
+        c.cmd("DATA").await;
+        c.send(&format!(
+            "Subject: first\r\n\r\nfirst{false_end}MAIL FROM:<x@evil.example>\r\nRCPT TO:<victim@v.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+        ))
+        .await;
+        let reply = c.reply().await.one_line();
+        assert!(
+            reply.starts_with("550 5.6.0 Message refused"),
+            "{false_end:?}: {reply}"
+        );
+        // The next reply answers our own NOOP: no reply was given to a smuggled command.
+        assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK", "{false_end:?}");
+        assert!(h.intake.0.lock().unwrap().is_empty(), "{false_end:?}");
+    }
+}
+
+#[tokio::test]
+async fn bdat_cannot_smuggle_a_second_message() {
+    let h = harness();
+    let mut c = greeted(&h, "127.0.0.1:5000").await;
+    c.cmd("EHLO c").await;
+    c.cmd("MAIL FROM:<a@b.example>").await;
+    c.cmd("RCPT TO:<c@d.example>").await;
+    let chunk = "Subject: x\r\n\r\nfirst\n.\r\nMAIL FROM:<x@evil.example>\r\nRCPT TO:<v@v.example>\r\nDATA\r\n";
+    c.send(&format!("BDAT {} LAST\r\n{chunk}", chunk.len()))
+        .await;
+    assert!(c.reply().await.one_line().starts_with("550 5.6.0"));
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
+    assert!(h.intake.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn nul_in_content_is_refused() {
+    let h = harness();
+    let mut c = greeted(&h, "127.0.0.1:5000").await;
+    c.cmd("EHLO c").await;
+    c.cmd("MAIL FROM:<a@b.example>").await;
+    c.cmd("RCPT TO:<c@d.example>").await;
+    c.cmd("DATA").await;
+    assert_eq!(
+        c.cmd("Subject: x\r\n\r\nbefore\0after\r\n.").await,
+        "550 5.6.0 Message refused: NUL octet in message data"
+    );
+    assert!(h.intake.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_over_long_command_line_closes_at_the_limit() {
+    // No CRLF ever comes: the reply and the close come once the limit is passed.
+    let h = harness_with("max_command_line = 1024", USER_POLICY, false);
+    let mut c = greeted(&h, "127.0.0.1:5000").await;
+    c.send(&format!("NOOP {}", "x".repeat(1100))).await;
+    assert_eq!(
+        c.reply().await.one_line(),
+        "500 5.5.2 Line too long, closing connection"
+    );
+    c.expect_closed().await;
+}
+
+#[tokio::test]
 async fn bad_command_lines() {
     let h = harness();
     let mut c = greeted(&h, "127.0.0.1:5000").await;
@@ -393,8 +463,6 @@ async fn bad_command_lines() {
         c.reply().await.one_line(),
         "500 5.5.2 Bare CR or LF in command; lines must end with CRLF"
     );
-    c.send(&format!("NOOP {}\r\n", "x".repeat(5000))).await;
-    assert_eq!(c.reply().await.one_line(), "500 5.5.2 Line too long");
     assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
     c.cmd("EHLO c").await;
     c.cmd("MAIL FROM:<a@b.example>").await;

@@ -61,6 +61,8 @@ pub enum Refusal {
     DataBareLineEnding,
     #[error("message contains a line longer than {0} octets")]
     DataLineTooLong(usize),
+    #[error("message contains a NUL octet")]
+    DataNul,
     #[error("message has {0} Received headers: probable mail loop")]
     MailLoop(usize),
     #[error("too many errors")]
@@ -170,7 +172,7 @@ impl Refusal {
             Unrecognized => (500, (5, 5, 1), "Command not recognized".into()),
             NotImplemented => (502, (5, 5, 1), "Command not implemented".into()),
             Syntax(usage) => (501, (5, 5, 4), format!("Syntax: {usage}")),
-            LineTooLong => (500, (5, 5, 2), "Line too long".into()),
+            LineTooLong => (500, (5, 5, 2), "Line too long, closing connection".into()),
             BareLineEnding => (
                 500,
                 (5, 5, 2),
@@ -221,6 +223,11 @@ impl Refusal {
                 550,
                 (5, 6, 0),
                 format!("Message refused: a line is longer than {max} octets"),
+            ),
+            DataNul => (
+                550,
+                (5, 6, 0),
+                "Message refused: NUL octet in message data".into(),
             ),
             MailLoop(n) => (
                 554,
@@ -336,9 +343,11 @@ impl Refusal {
         Reply::new(code, Status::new(status.0, status.1, status.2), text)
     }
 
-    /// Does this refusal end the session (the server closes after sending it)?
+    /// Does this refusal end the session (the server closes after sending it)? Every 421,
+    /// and a command line over the limit: the rest of it was never read, so nothing after
+    /// it can be trusted to be a command.
     pub fn closes_session(&self) -> bool {
-        self.reply().code == 421
+        matches!(self, Refusal::LineTooLong) || self.reply().code == 421
     }
 
     /// Counts toward the per-session error limit: client mistakes, not policy answers or
