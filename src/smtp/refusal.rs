@@ -51,6 +51,10 @@ pub enum Refusal {
     AuthCancelled,
     #[error("malformed authentication data")]
     AuthMalformed,
+    #[error("too many failed authentication attempts")]
+    AuthLockedOut,
+    #[error("no password verification slot free")]
+    AuthBusy,
 
     // ---- limits -------------------------------------------------------------------------
     #[error("too many recipients")]
@@ -208,6 +212,16 @@ impl Refusal {
             AuthFailed => (535, (5, 7, 8), "Authentication credentials invalid".into()),
             AuthCancelled => (501, (5, 0, 0), "Authentication cancelled".into()),
             AuthMalformed => (501, (5, 5, 2), "Malformed authentication data".into()),
+            AuthLockedOut => (
+                454,
+                (4, 7, 0),
+                "Too many failed authentication attempts, try again later".into(),
+            ),
+            AuthBusy => (
+                454,
+                (4, 7, 0),
+                "Temporary authentication failure, try again later".into(),
+            ),
             TooManyRecipients => (452, (4, 5, 3), "Too many recipients".into()),
             TooBig(limit) => (
                 552,
@@ -374,6 +388,7 @@ impl Refusal {
                 | AuthFailed
                 | AuthCancelled
                 | AuthMalformed
+                | AuthLockedOut
         )
     }
 }
