@@ -17,6 +17,7 @@ const TOKEN: &str = "test-token-0123456789";
 /// `shop` sends both streams; marketing to its list `deals`.
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["shop.example", "b.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -237,7 +238,7 @@ async fn the_queue_can_be_inspected_retried_bounced_and_deleted() {
             smtp(&s),
             "app@shop.example",
             &[&format!("tempfail-{n}@example.net")],
-            "Subject: queued\r\n\r\nhello",
+            "From: <app@shop.example>\r\nSubject: queued\r\n\r\nhello",
         )
         .await;
         assert!(r.starts_with("250"), "{r}");
@@ -511,7 +512,7 @@ async fn suppressions_are_checked_added_and_removed() {
         smtp(&s),
         "app@shop.example",
         &["someone@example.net"],
-        "Subject: x\r\n\r\nx",
+        "From: <app@shop.example>\r\nSubject: x\r\n\r\nx",
     )
     .await;
     assert!(!r.starts_with("250"), "{r}");
@@ -546,7 +547,7 @@ async fn erasure_drops_queued_mail_and_suppresses_the_address() {
         smtp(&s),
         "app@shop.example",
         &["tempfail-erase@example.net", "tempfail-keep@example.net"],
-        "Subject: two\r\n\r\nhello",
+        "From: <app@shop.example>\r\nSubject: two\r\n\r\nhello",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -554,7 +555,7 @@ async fn erasure_drops_queued_mail_and_suppresses_the_address() {
         smtp(&s),
         "app@shop.example",
         &["Tempfail-Erase@example.net"],
-        "Subject: one\r\n\r\nhello",
+        "From: <app@shop.example>\r\nSubject: one\r\n\r\nhello",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -586,7 +587,7 @@ async fn erasure_drops_queued_mail_and_suppresses_the_address() {
         smtp(&s),
         "app@shop.example",
         &["tempfail-erase@example.net"],
-        "Subject: x\r\n\r\nx",
+        "From: <app@shop.example>\r\nSubject: x\r\n\r\nx",
     )
     .await;
     assert!(!r.starts_with("250"), "{r}");

@@ -21,6 +21,7 @@ const TOKEN: &str = "admin-cli-test-token-0123456789";
 /// `shop` (all of loopback) sends transactional mail by default, and marketing to `news`.
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["shop.example", "x.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"

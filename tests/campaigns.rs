@@ -18,6 +18,7 @@ fn policy(window: &str) -> String {
     format!(
         r#"
 [accounts.shop]
+from_domains = ["shop.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"

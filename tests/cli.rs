@@ -127,6 +127,7 @@ fn the_example_config_and_policy_load_and_document_every_key() {
 
 const LISTS_POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["shop.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "marketing"

@@ -22,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// sends marketing to its one list, decided at RCPT.
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["sender.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -29,6 +30,7 @@ default_stream = "transactional"
 consent_statement = "You get {list} because you signed up."
 
 [accounts.news]
+from_domains = ["sender.example"]
 networks = ["127.0.0.2/32"]
 streams = ["marketing"]
 [accounts.news.lists.weekly]

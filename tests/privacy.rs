@@ -21,6 +21,7 @@ const ADDRESS: &str = "tempfail-erase@example.net";
 
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["shop.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -141,7 +142,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
         smtp,
         "app@shop.example",
         &["accept@example.net"],
-        &format!("Subject: delivered\r\n\r\nCc'd: {ADDRESS}"),
+        &format!("From: <app@shop.example>\r\nSubject: delivered\r\n\r\nCc'd: {ADDRESS}"),
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -151,7 +152,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
         smtp,
         "app@shop.example",
         &[ADDRESS, "tempfail-keep@example.net"],
-        "Subject: two\r\n\r\nhello",
+        "From: <app@shop.example>\r\nSubject: two\r\n\r\nhello",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -160,7 +161,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
         smtp,
         "app@shop.example",
         &["flaky-keep@example.net"],
-        &format!("To: Tempfail-Erase@Example.net\r\nSubject: about\r\n\r\nWrite to <{ADDRESS}>."),
+        &format!("From: <app@shop.example>\r\nTo: Tempfail-Erase@Example.net\r\nSubject: about\r\n\r\nWrite to <{ADDRESS}>."),
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -305,7 +306,7 @@ async fn retention_runs_when_the_relay_starts_and_the_delivery_log_is_daily() {
         relay.smtp_addrs[0],
         "app@shop.example",
         &["someone@example.net"],
-        "Subject: hi\r\n\r\nhi",
+        "From: <app@shop.example>\r\nSubject: hi\r\n\r\nhi",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
