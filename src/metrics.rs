@@ -54,6 +54,13 @@ pub const POLICY_GENERATION: &str = "optin_policy_generation";
 pub const QUEUE_SITE_RECIPIENTS: &str = "optin_queue_site_recipients";
 pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
 pub const DELIVERY_SITE_RECIPIENTS: &str = "optin_delivery_site_recipients_total";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "optin_http_connections_refused_total";
+pub const HTTP_TIMEOUTS: &str = "optin_http_timeouts_total";
+
+/// `listener` of the HTTP metrics: the public one and the operator one.
+pub const HTTP_LISTENERS: [&str; 2] = ["public", "admin"];
+/// `stage` of [`HTTP_TIMEOUTS`]: where a client was too slow.
+pub const HTTP_TIMEOUT_STAGES: [&str; 4] = ["tls", "header", "body", "idle"];
 
 /// `verb` of [`SMTP_COMMANDS`]: the commands the server knows, and `unknown` for the rest.
 pub const COMMAND_VERBS: [&str; 15] = [
@@ -339,6 +346,17 @@ fn describe() {
         SHAPING_ACTIONS,
         "Adaptive shaping on a destination's replies, by action (slow, suspend)."
     );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused at once, by listener (public, admin) and reason (total: \
+         max_connections, per_ip: max_connections_per_ip)."
+    );
+    describe_counter!(
+        HTTP_TIMEOUTS,
+        "HTTP connections closed because the client was too slow, by listener (public, \
+         admin) and stage (tls: the handshake, header: the request head, body: the request \
+         body, idle: silence between requests or while it should read the answer)."
+    );
 }
 
 /// Registers every series with fixed labels at zero (without changing one that already
@@ -369,6 +387,15 @@ fn register_at_zero() {
     for result in RECIPIENT_RESULTS {
         counter!(DELIVERY_RECIPIENTS, "result" => result).increment(0);
     }
+    for listener in HTTP_LISTENERS {
+        for reason in ["total", "per_ip"] {
+            counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
+                .increment(0);
+        }
+        for stage in HTTP_TIMEOUT_STAGES {
+            counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(0);
+        }
+    }
     for name in [
         SMTP_SESSIONS_ACTIVE,
         QUEUE_MESSAGES,
@@ -383,6 +410,16 @@ fn register_at_zero() {
     }
     let _ = histogram!(SPOOL_COMMIT_SECONDS);
     let _ = histogram!(THROTTLE_WAIT);
+}
+
+/// An HTTP connection refused at once (`reason`: total or per_ip).
+pub fn http_connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// An HTTP connection closed because its client was too slow at `stage`.
+pub fn http_timeout(listener: &'static str, stage: &'static str) {
+    counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(1);
 }
 
 /// One spool group commit (write + fdatasync) took `took`.
