@@ -13,6 +13,7 @@ mod auth;
 mod complaint;
 mod conn;
 mod consent;
+pub mod guard;
 mod identity;
 mod message;
 mod unsubscribe;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SmtpConfig;
 use crate::policy::Policy;
-use crate::policy::password::PasswordCache;
+use crate::policy::password::Passwords;
 use crate::smtp::data::{BdatReceiver, ContentReport, DataReceiver, DataStatus};
 use crate::smtp::ehlo::{Offer, ehlo_reply};
 use crate::smtp::line::{Line, LineReader};
@@ -61,7 +62,10 @@ pub struct SessionContext {
     pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
     /// Campaigns, whose mail is refused once declined; `None`: not checked.
     pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
-    pub passwords: Arc<PasswordCache>,
+    /// Verifies AUTH passwords within bounded memory and CPU.
+    pub passwords: Arc<Passwords>,
+    /// Failed AUTHs per client address and username, across sessions.
+    pub auth_guard: Arc<guard::AuthGuard>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
     /// A TLS acceptor exists, so STARTTLS can be offered.
@@ -76,6 +80,13 @@ pub struct TlsInfo {
     pub cipher: String,
 }
 
+/// The listener's hold on one connection: told when the client becomes trusted (it
+/// authenticated), so that it no longer counts against the lower connection limit for
+/// strangers.
+pub trait ConnectionSlot: Send + Sync + std::fmt::Debug {
+    fn trusted(&self);
+}
+
 /// What survives across STARTTLS: the connection facts, never the protocol state.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -84,6 +95,8 @@ pub struct Peer {
     pub started: Instant,
     /// The 220 greeting has been sent (it is not repeated after STARTTLS).
     pub greeted: bool,
+    /// The listener's connection slot, when it keeps one.
+    pub slot: Option<Arc<dyn ConnectionSlot>>,
 }
 
 impl Peer {
@@ -93,6 +106,7 @@ impl Peer {
             tls: None,
             started: Instant::now(),
             greeted: false,
+            slot: None,
         }
     }
 }

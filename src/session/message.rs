@@ -18,6 +18,8 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         Some((Refusal::TooBig(ctx.smtp.max_message_size), "too_big"))
     } else if report.bare_line_ending {
         Some((Refusal::DataBareLineEnding, "bare_line_ending"))
+    } else if report.nul {
+        Some((Refusal::DataNul, "nul"))
     } else if report.line_too_long {
         Some((
             Refusal::DataLineTooLong(ctx.smtp.max_line_length),
