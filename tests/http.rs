@@ -252,7 +252,7 @@ async fn slowloris_is_cut_off_and_the_connection_caps_hold() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(
         dir.path(),
-        "max_connections = 3\nmax_connections_per_ip = 2\nheader_timeout = \"1500ms\"",
+        "max_connections = 3\nmax_connections_per_ip = 2\nheader_timeout = \"3s\"",
     )
     .await;
     let web = relay.http_addr.unwrap();
@@ -403,7 +403,7 @@ async fn with_a_certificate_the_public_listener_speaks_only_https() {
     let relay = relay(
         dir.path(),
         &format!(
-            "certificate = \"{}\"\nprivate_key = \"{}\"\nheader_timeout = \"500ms\"",
+            "certificate = \"{}\"\nprivate_key = \"{}\"\nheader_timeout = \"2s\"",
             cert_path.display(),
             key_path.display()
         ),
