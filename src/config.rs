@@ -44,6 +44,12 @@ pub const DEFAULT_POLICY_WATCH_INTERVAL: HumanDuration = HumanDuration::secs(2);
 pub const DEFAULT_DELIVERY_LOG_DAYS: u32 = 30;
 /// Days event lines with addresses and kept-aside complaint reports are kept.
 pub const DEFAULT_EVENT_LOG_DAYS: u32 = 90;
+/// Largest mail a stranger may send to an unsubscribe address (a one-line request).
+pub const DEFAULT_MAX_UNSUBSCRIBE_MAIL_SIZE: ByteSize = ByteSize::kib(64);
+/// Largest mail a stranger may send to the feedback address (an ARF report with a copy).
+pub const DEFAULT_MAX_REPORT_SIZE: ByteSize = ByteSize::mib(1);
+/// Feedback reports per client address and hour.
+pub const DEFAULT_MAX_REPORTS_PER_IP: u32 = 3600;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -91,6 +97,8 @@ pub struct UnsubscribeConfig {
     pub mail_domain: String,
     /// The token key file (created on first use, mode 0600).
     pub keys: PathBuf,
+    /// Largest mail to an unsubscribe address from a client no account knows.
+    pub max_mail_size: u64,
 }
 
 /// Where mailbox providers send spam complaints (ARF reports, RFC 5965); see
@@ -101,9 +109,15 @@ pub struct ComplaintsConfig {
     pub enabled: bool,
     /// The feedback address registered with the providers' feedback loops.
     pub address: crate::smtp::Address,
-    /// Take only reports whose copy carries a genuine unsubscribe token (a report without
-    /// one could be forged by anyone); others are kept aside.
+    /// Take only reports whose copy carries a genuine unsubscribe token, even from the
+    /// allow-listed reporters; others are kept aside.
     pub require_token: bool,
+    /// Domains whose valid DKIM signature makes a tokenless report count (canonical).
+    pub reporters: Vec<String>,
+    /// Largest mail to the feedback address from a client no account knows.
+    pub max_report_size: u64,
+    /// Reports taken per client address (IPv6: /64) per hour; more get `450 4.7.1`.
+    pub max_reports_per_ip: u32,
 }
 
 /// The consent and suppression data (see `crate::consent`).
@@ -509,6 +523,9 @@ fn read_unsubscribe(
         keys: s
             .get::<PathBuf>("keys")
             .unwrap_or_else(|| spool.join("unsubscribe.keys")),
+        max_mail_size: s
+            .get_or("max_mail_size", DEFAULT_MAX_UNSUBSCRIBE_MAIL_SIZE)
+            .get(),
     }
 }
 
@@ -525,10 +542,21 @@ fn read_complaints(s: &mut Section<'_>, mail_domain: &str) -> ComplaintsConfig {
             default()
         }),
     };
+    let mut reporters = Vec::new();
+    for d in s.get::<Vec<String>>("reporters").unwrap_or_default() {
+        match crate::policy::identity::canonical_domain(&d) {
+            Some(c) => reporters.push(c),
+            None => s.problem("reporters", format!("{d:?} is not a domain")),
+        }
+    }
+    let max_reports_per_ip = s.get_or("max_reports_per_ip", DEFAULT_MAX_REPORTS_PER_IP);
     ComplaintsConfig {
         enabled: s.get_or("enabled", true),
         address,
         require_token: s.get_or("require_token", false),
+        reporters,
+        max_report_size: s.get_or("max_report_size", DEFAULT_MAX_REPORT_SIZE).get(),
+        max_reports_per_ip: positive(s, "max_reports_per_ip", max_reports_per_ip),
     }
 }
 

@@ -206,22 +206,37 @@ impl Relay {
             governor: Some(governor.clone()),
             webhooks: Some(webhooks.clone()),
         });
+        // Tokenless reports count only when DKIM-signed by an allow-listed reporter, whose
+        // keys are looked up through the relay's resolver.
+        let reporters = if config.complaints.reporters.is_empty() {
+            None
+        } else {
+            Some(crate::governance::complaints::reporter::Reporters::new(
+                config.complaints.reporters.clone(),
+                crate::dns::resolver(config.delivery.dns).map_err(StartError::Delivery)?,
+            ))
+        };
         let complaints = config.complaints.enabled.then(|| {
-            Arc::new(
-                crate::governance::complaints::Complaints::new(
-                    config.complaints.address.clone(),
-                    &config.spool.path,
-                    lists.clone(),
-                    token_keys.clone(),
-                    policy.clone(),
-                    account_counts.clone(),
-                    tagger.clone(),
-                )
-                .with_governor(governor.clone())
-                .with_webhooks(webhooks.clone())
-                .with_campaigns(campaigns.clone())
-                .requiring_token(config.complaints.require_token),
+            let mut c = crate::governance::complaints::Complaints::new(
+                config.complaints.address.clone(),
+                &config.spool.path,
+                lists.clone(),
+                token_keys.clone(),
+                policy.clone(),
+                account_counts.clone(),
+                tagger.clone(),
             )
+            .with_governor(governor.clone())
+            .with_webhooks(webhooks.clone())
+            .with_campaigns(campaigns.clone())
+            .requiring_token(config.complaints.require_token)
+            .with_limits(crate::governance::complaints::Limits {
+                max_reports_per_ip: config.complaints.max_reports_per_ip,
+            });
+            if let Some(reporters) = reporters {
+                c = c.with_reporters(reporters);
+            }
+            Arc::new(c)
         });
         let stop_delivery = CancellationToken::new();
         let (delivery, scheduler) = delivery::start(
@@ -252,6 +267,10 @@ impl Relay {
             auth_guard: Arc::new(session::guard::AuthGuard::new(config.smtp.auth.clone())),
             spool: spool.clone(),
             intake: Arc::new(delivery.clone()),
+            own_limits: session::OwnLimits {
+                report: config.complaints.max_report_size,
+                unsubscribe: config.unsubscribe.max_mail_size,
+            },
             tls_available: true,
             shutdown: stop_accepting.clone(),
         });

@@ -68,6 +68,10 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         auth_guard,
         spool,
         intake: intake.clone(),
+        own_limits: OwnLimits {
+            report: 1 << 20,
+            unsubscribe: 64 << 10,
+        },
         tls_available: tls,
         shutdown: CancellationToken::new(),
     });

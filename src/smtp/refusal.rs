@@ -121,6 +121,12 @@ pub enum Refusal {
     NoFrom,
     #[error("unknown unsubscribe address")]
     UnknownUnsubscribe,
+    /// Too many reports from one client address this hour.
+    #[error("too many feedback reports")]
+    ReportRate,
+    /// A report with too many MIME parts or too deep a nesting to read.
+    #[error("feedback report too complex")]
+    ReportTooComplex,
     /// Marketing mail that cannot carry the mandatory footer (signed, encrypted, no text).
     #[error("footer impossible: {0}")]
     FooterImpossible(String),
@@ -342,6 +348,16 @@ impl Refusal {
                 550,
                 (5, 1, 1),
                 "Unknown unsubscribe address: use the complete link from the message".into(),
+            ),
+            ReportRate => (
+                450,
+                (4, 7, 1),
+                "Too many reports from your address, try again later".into(),
+            ),
+            ReportTooComplex => (
+                550,
+                (5, 6, 0),
+                "Report refused: too many MIME parts or too deep a nesting".into(),
             ),
             BadCampaign => (
                 554,
