@@ -56,6 +56,13 @@ pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
 pub const DELIVERY_SITE_RECIPIENTS: &str = "optin_delivery_site_recipients_total";
 pub const AUTH_ATTEMPTS: &str = "optin_auth_attempts_total";
 pub const UNTRUSTED_REFUSALS: &str = "optin_untrusted_refusals_total";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "optin_http_connections_refused_total";
+pub const HTTP_TIMEOUTS: &str = "optin_http_timeouts_total";
+
+/// `listener` of the HTTP metrics: the public one and the operator one.
+pub const HTTP_LISTENERS: [&str; 2] = ["public", "admin"];
+/// `stage` of [`HTTP_TIMEOUTS`]: where a client was too slow.
+pub const HTTP_TIMEOUT_STAGES: [&str; 4] = ["tls", "header", "body", "idle"];
 
 /// `verb` of [`SMTP_COMMANDS`]: the commands the server knows, and `unknown` for the rest.
 pub const COMMAND_VERBS: [&str; 15] = [
@@ -376,6 +383,17 @@ fn describe() {
          limit of mail to the relay's own addresses), mime_budget (too many MIME parts or \
          too deep a nesting to parse)."
     );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused at once, by listener (public, admin) and reason (total: \
+         max_connections, per_ip: max_connections_per_ip)."
+    );
+    describe_counter!(
+        HTTP_TIMEOUTS,
+        "HTTP connections closed because the client was too slow, by listener (public, \
+         admin) and stage (tls: the handshake, header: the request head, body: the request \
+         body, idle: silence between requests or while it should read the answer)."
+    );
 }
 
 /// Registers every series with fixed labels at zero (without changing one that already
@@ -406,6 +424,15 @@ fn register_at_zero() {
     for result in RECIPIENT_RESULTS {
         counter!(DELIVERY_RECIPIENTS, "result" => result).increment(0);
     }
+    for listener in HTTP_LISTENERS {
+        for reason in ["total", "per_ip"] {
+            counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
+                .increment(0);
+        }
+        for stage in HTTP_TIMEOUT_STAGES {
+            counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(0);
+        }
+    }
     for name in [
         SMTP_SESSIONS_ACTIVE,
         QUEUE_MESSAGES,
@@ -420,6 +447,16 @@ fn register_at_zero() {
     }
     let _ = histogram!(SPOOL_COMMIT_SECONDS);
     let _ = histogram!(THROTTLE_WAIT);
+}
+
+/// An HTTP connection refused at once (`reason`: total or per_ip).
+pub fn http_connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// An HTTP connection closed because its client was too slow at `stage`.
+pub fn http_timeout(listener: &'static str, stage: &'static str) {
+    counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(1);
 }
 
 /// One spool group commit (write + fdatasync) took `took`.

@@ -58,7 +58,7 @@ async fn setup() -> Setup {
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n{extra}",
+            "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n{extra}",
             dir.path().join("spool").display()
         ),
     )
@@ -475,7 +475,7 @@ fn write_config(dir: &Path, port: u16, mx: SocketAddr) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[delivery]\nsmarthost = \"{mx}\"\n[lists]\nrefresh_interval = \"20ms\"\n[policy]\npath = \"{}\"\n",
+            "[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[delivery]\nsmarthost = \"{mx}\"\n[lists]\nrefresh_interval = \"20ms\"\n[policy]\npath = \"{}\"\n",
             dir.join("spool").display(),
             dir.join("policy.toml").display()
         ),

@@ -149,11 +149,11 @@ async fn the_exposition_counts_the_traffic_and_names_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let relay = common::start_relay(
         dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
         POLICY,
     )
     .await;
-    let http = relay.http_addr.expect("the HTTP listener");
+    let http = relay.admin_addr.expect("the operator listener");
     let smtp = relay.smtp_addrs[0];
     let lists = &relay.lists;
     let weekly = Scope::List("news", "weekly");

@@ -32,7 +32,7 @@ consent_statement = "You get {list} because you signed up."
 fn config(mx: SocketAddr) -> String {
     format!(
         "[delivery]\nsmarthost = \"{mx}\"\nretry_initial = \"1h\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
     )
 }
 
@@ -134,7 +134,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;
-    let http = relay.http_addr.unwrap();
+    let http = relay.admin_addr.unwrap();
     let smtp = relay.smtp_addrs[0];
 
     // Delivered at once, but its record stays in the segment the queued mail keeps live.
@@ -166,7 +166,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     .await;
     assert!(r.starts_with("250"), "{r}");
     settled(http, 2).await;
-    unsubscribe(http, &spool, ADDRESS).await;
+    unsubscribe(relay.http_addr.unwrap(), &spool, ADDRESS).await;
     let before = files_holding(&spool, ADDRESS);
     let names: Vec<String> = before
         .iter()
@@ -259,7 +259,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     assert_eq!(report.messages.len(), 1);
     drop(reopened);
     let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;
-    let list = settled(relay.http_addr.unwrap(), 1).await;
+    let list = settled(relay.admin_addr.unwrap(), 1).await;
     assert_eq!(list[0]["recipients"][1]["status"], "waiting");
     assert_eq!(
         std::fs::read_dir(spool.join("quarantine")).unwrap().count(),
