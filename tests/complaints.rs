@@ -621,7 +621,7 @@ async fn the_feedback_address_opens_no_relay() {
         "fbl2@relay.test",
         "fbl+x@relay.test",
         "fbl@other.test",
-        "postmaster@relay.test",
+        "postmaster@other.test",
     ] {
         let reply = c.say(&format!("RCPT TO:<{other}>")).await;
         assert!(reply.starts_with("554 5.7.1"), "{other}: {reply}");
