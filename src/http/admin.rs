@@ -58,7 +58,12 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     }
     let path = &config.token_file;
     match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_string()),
+        Ok(t) if t.trim().len() >= 16 => {
+            // A token others can read is no secret: refused, with the fix in the message.
+            crate::privacy::files::check_private(path)
+                .map_err(|e| format!("admin token file {e}"))?;
+            return Ok(t.trim().to_string());
+        }
         Ok(_) => return Err(format!("admin token file {}: too short", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
         Err(e) => {
@@ -72,14 +77,9 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     rand::Rng::fill(&mut rand::rng(), &mut raw);
     let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::privacy::files::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
+    let mut f = crate::privacy::files::create_new(path)
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
