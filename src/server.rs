@@ -121,7 +121,7 @@ impl Relay {
             messages = report.messages.len(),
             segments = report.segments,
             quarantined = report.quarantined,
-            relocated = report.relocated,
+            repaired = report.repaired,
             "spool recovered"
         );
         let key_path = config.spool.path.join("log.key");

@@ -478,6 +478,50 @@ impl FakeDns {
     }
 }
 
+// ---- delivery over in-memory pipes -------------------------------------------------------
+
+/// A delivery transport whose every route leads to `FakeMx` over an in-memory pipe (no
+/// sockets, so tests with paused time run days of retries in milliseconds).
+pub struct InMemoryMx(pub FakeMx);
+
+impl optin_relay::delivery::transport::Transport for InMemoryMx {
+    fn resolve<'a>(
+        &'a self,
+        _: &'a optin_relay::delivery::transport::RouteKey,
+    ) -> optin_relay::delivery::transport::BoxFuture<
+        'a,
+        Result<
+            Vec<optin_relay::delivery::transport::Target>,
+            optin_relay::delivery::outcome::ResolveFailure,
+        >,
+    > {
+        Box::pin(async {
+            Ok(vec![optin_relay::delivery::transport::Target {
+                host: "mx.test".into(),
+                addr: "127.0.0.1:25".parse().unwrap(),
+            }])
+        })
+    }
+
+    fn connect<'a>(
+        &'a self,
+        _: &'a optin_relay::delivery::transport::Target,
+    ) -> optin_relay::delivery::transport::BoxFuture<
+        'a,
+        std::io::Result<optin_relay::delivery::transport::BoxStream>,
+    > {
+        Box::pin(async {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            self.0.serve(theirs);
+            Ok(Box::new(ours) as optin_relay::delivery::transport::BoxStream)
+        })
+    }
+
+    fn routes_by_domain(&self) -> bool {
+        false
+    }
+}
+
 // ---- relay helpers ----------------------------------------------------------------------
 
 /// Starts a relay in-process on 127.0.0.1:0 with `extra` appended to a base config whose
