@@ -421,6 +421,12 @@ fn config_check(path: Option<&Path>) -> Result<ExitCode, String> {
                     p.display().to_string()
                 });
             match load_policy(&config) {
+                Ok(p) if p.accounts().is_empty() => {
+                    for problem in crate::reload::account_problems(&p, None) {
+                        println!("{policy_name}: {problem}");
+                    }
+                    ok = false;
+                }
                 Ok(p) => println!("{policy_name}: ok ({} accounts)", p.accounts().len()),
                 Err(e) => {
                     println!("{e}");
@@ -457,6 +463,11 @@ fn init_logging(config: &Config) {
 fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
     let config = load_config(path)?;
     let policy = load_policy(&config)?;
+    // A policy that would refuse every client (an emptied file) is no policy to start on.
+    if let Some(problem) = crate::reload::account_problems(&policy, None).first() {
+        let file = config.policy.path.as_deref().unwrap_or(Path::new("policy"));
+        return Err(format!("{}: {problem}", file.display()));
+    }
     init_logging(&config);
     if path.is_none() {
         tracing::info!("no --config given: running on the embedded default configuration");
@@ -486,10 +497,9 @@ async fn wait_for_signals(reloader: &Arc<PolicyReloader>) -> Result<(), String> 
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                // Loading reads files and checks DKIM keys: off the async threads. The
-                // outcome is logged and recorded by the reloader.
-                let reloader = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+                // Checked against the queue, loaded off the async threads; the outcome is
+                // logged and recorded by the reloader.
+                let _ = reloader.reload_now(Trigger::Signal).await;
             }
         }
     }

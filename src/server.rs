@@ -228,6 +228,8 @@ impl Relay {
             stop_delivery.clone(),
         );
         let webhook_worker = webhooks.spawn_worker(stop_delivery.clone());
+        // Reloads check the new policy against the accounts with queued mail.
+        reloader.set_queue(Arc::new(delivery.clone()));
         let acceptor = TlsAcceptor::from(crate::tls::server_config(
             &config.tls,
             &config.smtp.hostname,

@@ -689,11 +689,8 @@ async fn policy_status(State(a): State<Admin>) -> ApiResult {
 }
 
 async fn policy_reload(State(a): State<Admin>) -> Response {
-    // Reading the file and loading DKIM keys block: off the async threads.
-    let reloader = a.reloader.clone();
-    let result = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin))
-        .await
-        .unwrap_or_else(|_| Err(vec!["the reload task failed".into()]));
+    // Checked against the queue; the file is read off the async threads.
+    let result = a.reloader.reload_now(Trigger::Admin).await;
     match result {
         Ok(generation) => {
             axum::Json(json!({"result": "reloaded", "generation": generation})).into_response()
