@@ -357,7 +357,16 @@ fn queue(path: Option<&Path>, command: QueueCommand) -> Result<ExitCode, String>
             ..
         } => {
             let messages = spool_messages(path)?;
-            return queue_list(&messages, account.as_deref(), limit, json);
+            let code = queue_list(&messages, account.as_deref(), limit, json)?;
+            let spool = load_config(path)?.spool.path;
+            let damaged = Spool::quarantined(&spool);
+            if damaged > 0 && !json {
+                println!(
+                    "{damaged} damaged piece(s) of spool data kept in {} (the relay's log says what each held)",
+                    spool.join("quarantine").display()
+                );
+            }
+            return Ok(code);
         }
         QueueCommand::Show {
             id, live: false, ..

@@ -374,6 +374,12 @@ async fn a_corrupted_segment_header_loses_no_acknowledged_message() {
     assert_eq!(delivered, sent, "log:\n{}", relay.log());
     assert!(relay.log().contains("damaged spool data quarantined"));
     terminate(child).await;
+    // Only the 16 damaged octets were put aside, and `queue list` says so.
+    let (ok, out) = relay.run(&["queue", "list"]);
+    assert!(
+        ok && out.contains("1 damaged piece(s) of spool data kept in"),
+        "{out}"
+    );
 }
 
 /// Item 12 against the binary: the lists snapshot deleted under the running relay, then a

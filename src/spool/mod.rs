@@ -299,6 +299,17 @@ impl Spool {
         Ok(recover::scan(&queue_dir, None)?.live_messages())
     }
 
+    /// The damaged pieces kept in a spool's `quarantine/` (for `queue list`).
+    pub fn quarantined(path: &Path) -> usize {
+        std::fs::read_dir(path.join("quarantine")).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".bad"))
+            })
+            .count()
+        })
+    }
+
     pub fn stats(&self) -> &SpoolStats {
         &self.inner.stats
     }
