@@ -143,6 +143,60 @@ async fn a_message_damaged_in_the_spool_is_returned_once_not_retried_forever() {
     scheduler.await.unwrap();
 }
 
+/// Item 11, at start: a message recovered from the spool whose content no longer verifies
+/// is returned when its first attempt reads it, once.
+#[tokio::test(start_paused = true)]
+async fn a_message_damaged_before_a_restart_is_returned_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        path: dir.path().to_path_buf(),
+        fsync: false,
+        segment_size: 1 << 20,
+    };
+    let (spool, _) = Spool::open(&config).unwrap();
+    let env = envelope(&spool, Some("app@shop.example"), "reader@x.example");
+    let body = Bytes::from_static(b"Subject: stored\r\n\r\nbody of the message\r\n");
+    let loc = spool.store(&env, body).await.unwrap();
+    spool.flush().await.unwrap();
+    drop(spool);
+    damage_body(dir.path(), loc);
+
+    let (spool, report) = Spool::open(&config).unwrap();
+    assert_eq!(report.messages.len(), 1, "recovery reads envelopes only");
+    let mx = FakeMx::new(MxOptions::default());
+    let settings = Config::from_toml("t", "[smtp]\nhostname = \"relay.test\"\n").unwrap();
+    let stop = CancellationToken::new();
+    let (_delivery, scheduler) = delivery::start(
+        Settings::new(&settings.delivery, &settings.smtp.hostname),
+        spool.clone(),
+        Arc::new(InMemoryMx(mx.clone())),
+        AddressTagger::new([1; 32]),
+        report.messages,
+        stop.clone(),
+    );
+    let got = mx.wait_for(1, Duration::from_secs(600)).await;
+    assert_eq!(
+        (got[0].mail_from.as_str(), got[0].rcpt_to.as_slice()),
+        ("", &["app@shop.example".to_string()][..])
+    );
+    let status = String::from_utf8_lossy(
+        MessageParser::default().parse(&got[0].data).unwrap().parts[2].contents(),
+    )
+    .into_owned();
+    assert!(status.contains("Status: 5.3.0"), "{status}");
+    tokio::time::sleep(Duration::from_secs(6 * 86400)).await;
+    assert_eq!(mx.delivered().len(), 1);
+    assert_eq!(
+        mx.rcpt_attempts(),
+        1,
+        "the damaged message itself never went out"
+    );
+    spool.flush().await.unwrap();
+    assert!(Spool::inspect(dir.path()).unwrap().is_empty());
+    stop.cancel();
+    scheduler.await.unwrap();
+}
+
 // ---- against the real binary --------------------------------------------------------------
 
 const TOKEN: &str = "faults-admin-token-0123456789";
