@@ -486,29 +486,47 @@ fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
+        // Taken before the listeners open: a SIGTERM that arrives while the relay starts
+        // (a long spool recovery, say) waits for it and drains, instead of killing it.
+        let mut signals = Signals::new()?;
         let relay = Relay::start(config, policy)
             .await
             .map_err(|e| e.to_string())?;
-        wait_for_signals(&relay.reloader).await?;
+        signals.wait(&relay.reloader).await;
         relay.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Returns on SIGTERM or SIGINT; reloads the policy on SIGHUP.
-async fn wait_for_signals(reloader: &Arc<PolicyReloader>) -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
+/// The signals `serve` handles: SIGTERM and SIGINT stop it, SIGHUP reloads the policy.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let take = |kind| signal(kind).map_err(|e| e.to_string());
+        Ok(Signals {
+            term: take(SignalKind::terminate())?,
+            int: take(SignalKind::interrupt())?,
+            hup: take(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads the policy on SIGHUP.
+    async fn wait(&mut self, reloader: &Arc<PolicyReloader>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
                 // Checked against the queue, loaded off the async threads; the outcome is
                 // logged and recorded by the reloader.
-                let _ = reloader.reload_now(Trigger::Signal).await;
+                    let _ = reloader.reload_now(Trigger::Signal).await;
+                }
             }
         }
     }
