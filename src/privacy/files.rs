@@ -24,14 +24,22 @@ const STICKY: u32 = 0o1000;
 
 /// Creates `dir` (and missing parents) with mode 0700; when it exists already and group or
 /// others may use it, it is tightened to 0700 (unless it is a sticky directory such as
-/// `/tmp`, which is shared on purpose).
+/// `/tmp`, which is shared on purpose, or another user's, which is only warned about).
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {
             let mode = meta.permissions().mode();
             if mode & SHARED != 0 && mode & STICKY == 0 {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
-                tracing::info!(dir = %dir.display(), was = format!("{:o}", mode & 0o7777), "directory made private (mode 700)");
+                match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)) {
+                    Ok(()) => {
+                        tracing::info!(dir = %dir.display(), was = format!("{:o}", mode & 0o7777), "directory made private (mode 700)")
+                    }
+                    // Someone else's directory: said loudly, but not a reason to stop.
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o7777), error = %e, "directory is not private and cannot be made so (not ours): keep it to the relay's user")
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Ok(())
         }
