@@ -6,9 +6,10 @@
 //! Each subcommand loads the config it needs (the embedded default when no `--config` is
 //! given), prints what an operator needs, and exits non-zero with a clear message when
 //! something is wrong. Some work on files and need no running relay (`queue list|show`
-//! read the spool, `lists` and `suppress add|remove` the lists); the others ask the running
-//! relay the config names through its admin API (see [`admin`]: exit 1 when the API says
-//! no, 2 when the relay cannot be reached). `serve` runs until SIGTERM or SIGINT, then
+//! read the spool, `lists import|compile|check|status` the lists); `suppress add|remove`
+//! and `lists grant|revoke` go through the running relay when one answers, else write the
+//! lists journal; the others ask the running relay the config names through its admin API
+//! (see [`admin`]: exit 1 when the API says no, 2 when the relay cannot be reached). `serve` runs until SIGTERM or SIGINT, then
 //! drains; SIGHUP reloads the policy file, as an edit to it does (see [`crate::reload`]: a
 //! bad file is refused with every problem logged, and the running policy stays).
 
@@ -36,7 +37,8 @@ use crate::spool::{self, RecoveredMessage, Spool};
 )]
 pub struct Cli {
     /// Main configuration file (default: the embedded configuration: SMTP on
-    /// 127.0.0.1:2525, HTTP on 127.0.0.1:8025, spool in ./data, delivery by MX lookup).
+    /// 127.0.0.1:2525, public HTTP on 127.0.0.1:8025, the operator listener (admin API,
+    /// metrics) on 127.0.0.1:8026, spool in ./data, delivery by MX lookup).
     #[arg(short, long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -75,9 +77,10 @@ pub enum Command {
         #[command(subcommand)]
         command: lists::ListsCommand,
     },
-    /// Add or lift suppressions (written to the lists journal, no relay needed; a running
-    /// relay follows it and has them in force within `[lists] refresh_interval`, 250 ms),
-    /// or check an address with the running relay.
+    /// Add or lift suppressions (through the running relay, in force when the command
+    /// returns; with no relay answering, written to the lists journal, which a relay picks
+    /// up within `[lists] refresh_interval` or at its start), or check an address with the
+    /// running relay.
     Suppress {
         #[command(subcommand)]
         command: SuppressCommand,
@@ -105,15 +108,16 @@ pub struct ApiArgs {
     /// Print the admin API's JSON answer instead of text.
     #[arg(long)]
     pub json: bool,
-    /// The relay's HTTP listener, e.g. http://127.0.0.1:8025 (default: `[http] listen` of
-    /// the config). The token still comes from the config.
+    /// The relay's operator listener, e.g. http://127.0.0.1:8026 (default: `[admin]
+    /// listen` of the config). The token still comes from the config.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Load the main config and the policy it names; list every problem.
+    /// Load the main config and the policy it names; list every problem (exit 1), and
+    /// warnings about settings that are legal but unwise (exit 0).
     Check,
 }
 
@@ -140,7 +144,8 @@ pub enum QueueCommand {
         /// Ask the running relay (admin API): its view, with held and in-flight states.
         #[arg(long)]
         live: bool,
-        /// With --live: the relay's HTTP listener (default: `[http] listen` of the config).
+        /// With --live: the relay's operator listener (default: `[admin] listen` of the
+        /// config).
         #[arg(long, value_name = "URL", requires = "live")]
         url: Option<String>,
     },
@@ -155,7 +160,8 @@ pub enum QueueCommand {
         /// With --live: print the API's JSON.
         #[arg(long, requires = "live")]
         json: bool,
-        /// With --live: the relay's HTTP listener (default: `[http] listen` of the config).
+        /// With --live: the relay's operator listener (default: `[admin] listen` of the
+        /// config).
         #[arg(long, value_name = "URL", requires = "live")]
         url: Option<String>,
     },
@@ -421,7 +427,14 @@ fn config_check(path: Option<&Path>) -> Result<ExitCode, String> {
     });
     match load_config(path) {
         Ok(config) => {
-            println!("{name}: ok");
+            let warnings = config.warnings();
+            match warnings.len() {
+                0 => println!("{name}: ok"),
+                n => println!("{name}: ok, {n} warning(s)"),
+            }
+            for w in &warnings {
+                println!("  warning: {w}");
+            }
             let policy_name = config
                 .policy
                 .path

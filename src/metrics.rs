@@ -59,6 +59,13 @@ pub const UNTRUSTED_REFUSALS: &str = "optin_untrusted_refusals_total";
 pub const SPOOL_QUARANTINED: &str = "optin_spool_quarantined_total";
 pub const SPOOL_UNREADABLE: &str = "optin_spool_unreadable_messages_total";
 pub const LISTS_SNAPSHOT_REFUSED: &str = "optin_lists_snapshot_refused";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "optin_http_connections_refused_total";
+pub const HTTP_TIMEOUTS: &str = "optin_http_timeouts_total";
+
+/// `listener` of the HTTP metrics: the public one and the operator one.
+pub const HTTP_LISTENERS: [&str; 2] = ["public", "admin"];
+/// `stage` of [`HTTP_TIMEOUTS`]: where a client was too slow.
+pub const HTTP_TIMEOUT_STAGES: [&str; 4] = ["tls", "header", "body", "idle"];
 
 /// `verb` of [`SMTP_COMMANDS`]: the commands the server knows, and `unknown` for the rest.
 pub const COMMAND_VERBS: [&str; 15] = [
@@ -385,6 +392,17 @@ fn describe() {
          too deep a nesting to parse)."
     );
     describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused at once, by listener (public, admin) and reason (total: \
+         max_connections, per_ip: max_connections_per_ip)."
+    );
+    describe_counter!(
+        HTTP_TIMEOUTS,
+        "HTTP connections closed because the client was too slow, by listener (public, \
+         admin) and stage (tls: the handshake, header: the request head, body: the request \
+         body, idle: silence between requests or while it should read the answer)."
+    );
+    describe_counter!(
         SPOOL_QUARANTINED,
         "Damaged spool data copied to quarantine/ (found at start, or when a message was \
          read back for delivery)."
@@ -430,6 +448,15 @@ fn register_at_zero() {
     for result in RECIPIENT_RESULTS {
         counter!(DELIVERY_RECIPIENTS, "result" => result).increment(0);
     }
+    for listener in HTTP_LISTENERS {
+        for reason in ["total", "per_ip"] {
+            counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
+                .increment(0);
+        }
+        for stage in HTTP_TIMEOUT_STAGES {
+            counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(0);
+        }
+    }
     for name in [
         SMTP_SESSIONS_ACTIVE,
         QUEUE_MESSAGES,
@@ -445,6 +472,16 @@ fn register_at_zero() {
     }
     let _ = histogram!(SPOOL_COMMIT_SECONDS);
     let _ = histogram!(THROTTLE_WAIT);
+}
+
+/// An HTTP connection refused at once (`reason`: total or per_ip).
+pub fn http_connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// An HTTP connection closed because its client was too slow at `stage`.
+pub fn http_timeout(listener: &'static str, stage: &'static str) {
+    counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(1);
 }
 
 /// One spool group commit (write + fdatasync) took `took`.

@@ -207,7 +207,8 @@ struct Binary {
     dir: std::path::PathBuf,
     config: std::path::PathBuf,
     smtp: std::net::SocketAddr,
-    http: std::net::SocketAddr,
+    /// The operator listener: admin API and metrics.
+    admin: std::net::SocketAddr,
 }
 
 impl Binary {
@@ -217,12 +218,12 @@ impl Binary {
         let smtp: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
             .parse()
             .unwrap();
-        let http: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
             .parse()
             .unwrap();
         std::fs::write(dir.join("policy.toml"), policy).unwrap();
-        let admin = if token {
-            format!("[admin]\ntoken = \"{TOKEN}\"\n")
+        let token = if token {
+            format!("token = \"{TOKEN}\"\n")
         } else {
             String::new()
         };
@@ -234,7 +235,7 @@ impl Binary {
                  [spool]\npath = \"{spool}\"\n\
                  [delivery]\nsmarthost = \"{smarthost}\"\nretry_initial = \"1s\"\n\
                  retry_max = \"2s\"\nconnection_idle_timeout = \"1s\"\n\
-                 [http]\nlisten = \"{http}\"\n{admin}\
+                 [http]\nlisten = \"\"\n[admin]\nlisten = \"{admin_addr}\"\n{token}\
                  [policy]\npath = \"{policy}\"\nwatch_interval = \"100ms\"\n\
                  [lists]\nrefresh_interval = \"100ms\"\n",
                 spool = dir.join("spool").display(),
@@ -246,7 +247,7 @@ impl Binary {
             dir: dir.to_path_buf(),
             config,
             smtp,
-            http,
+            admin: admin_addr,
         }
     }
 
@@ -329,7 +330,7 @@ impl Binary {
     }
 
     async fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        common::http_as(self.http, Some(TOKEN), method, path, body).await
+        common::http_as(self.admin, Some(TOKEN), method, path, body).await
     }
 }
 
@@ -464,7 +465,7 @@ async fn a_deleted_lists_snapshot_keeps_suppressions_and_stops_a_restart() {
             .await
             .starts_with("250")
     );
-    let (_, metrics) = common::http(relay.http, "GET", "/metrics", "").await;
+    let (_, metrics) = common::http(relay.admin, "GET", "/metrics", "").await;
     assert_eq!(metric(&metrics, "optin_lists_snapshot_refused"), Some(1.0));
     assert!(relay.log().contains("is missing"), "{}", relay.log());
     terminate(child).await;
@@ -523,7 +524,7 @@ async fn an_emptied_policy_is_refused_live_and_at_start() {
     );
     let (_, status) = relay.api("GET", "/admin/policy", "").await;
     assert!(status.contains("no account"), "{status}");
-    let (_, metrics) = common::http(relay.http, "GET", "/metrics", "").await;
+    let (_, metrics) = common::http(relay.admin, "GET", "/metrics", "").await;
     assert_eq!(
         metric(&metrics, "optin_policy_reloads_total{result=\"refused\"}"),
         Some(1.0)
@@ -596,7 +597,7 @@ async fn files_are_private_whatever_the_umask() {
     assert!(reply.starts_with("250"), "{reply}");
     let token = std::fs::read_to_string(relay.spool().join("admin.token")).unwrap();
     let (code, body) = common::http_as(
-        relay.http,
+        relay.admin,
         Some(token.trim()),
         "POST",
         "/admin/accounts/local/freeze",

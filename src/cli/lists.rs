@@ -1,11 +1,14 @@
 //! `optin-relay lists …` and `optin-relay suppress …`: the consent and suppression data
 //! from the command line.
 //!
-//! Every change is written to the lists journal (fsynced) before the command reports
-//! success; a running relay puts it in force at its next refresh (`[lists]
-//! refresh_interval`). `lists import` reads address files, reports invalid rows with their
-//! line numbers and goes on, then compiles a new snapshot. Account and list names are
-//! checked against the policy, so a typo cannot create a scope nothing ever looks at.
+//! `suppress add|remove` and `lists grant|revoke` make their change through the running
+//! relay when one answers at the config's operator listener (`super::admin::change_lists`):
+//! the relay records it (journal fsynced) and has it in force before the command returns.
+//! When no relay answers they write the lists journal themselves (fsynced), which a relay
+//! picks up at its next refresh (`[lists] refresh_interval`) or start — never both, and
+//! the message says which. `lists import` reads address files, reports invalid rows with
+//! their line numbers and goes on, then compiles a new snapshot. Account and list names
+//! are checked against the policy, so a typo cannot create a scope nothing ever looks at.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,7 +63,8 @@ pub enum ListsCommand {
         #[arg(long, value_enum)]
         stream: Option<Stream>,
     },
-    /// Record consent for addresses on a list, at once.
+    /// Record consent for addresses on a list: through the running relay (in force at
+    /// once), or in the journal when no relay answers.
     Grant {
         #[arg(required = true)]
         addresses: Vec<String>,
@@ -69,7 +73,8 @@ pub enum ListsCommand {
         #[arg(long)]
         list: Option<String>,
     },
-    /// Revoke consent for addresses on a list, at once.
+    /// Revoke consent for addresses on a list: through the running relay (in force at
+    /// once), or in the journal when no relay answers.
     Revoke {
         #[arg(required = true)]
         addresses: Vec<String>,
@@ -223,12 +228,50 @@ fn record(
         .map_err(|e| e.to_string())
 }
 
+/// How a change was made: through the running relay, or, when none answers, in the
+/// journal (with why, and when a relay has it).
+enum Made {
+    Relay,
+    Journal(String),
+}
+
+impl Made {
+    fn text(&self) -> String {
+        match self {
+            Made::Relay => "through the running relay; in force now".into(),
+            Made::Journal(why) => why.clone(),
+        }
+    }
+}
+
+/// Offers the change to the running relay; when none answers, writes it to the journal.
+/// `Err(code)`: the relay refused or failed (already said), nothing written here.
+fn change(
+    config: &Config,
+    path: &str,
+    fields: serde_json::Value,
+    addrs: &[String],
+    journal: impl FnOnce(&Lists) -> Result<(), String>,
+) -> Result<Result<Made, ExitCode>, String> {
+    match super::admin::change_lists(config, path, &fields, addrs) {
+        super::admin::Relayed::Done => Ok(Ok(Made::Relay)),
+        super::admin::Relayed::Failed(code) => Ok(Err(code)),
+        super::admin::Relayed::Absent(why) => {
+            journal(&open_journal(config)?)?;
+            Ok(Ok(Made::Journal(format!(
+                "written to the lists journal ({why}); a relay has it within {} \
+                 ([lists] refresh_interval), or when it starts",
+                humantime::format_duration(config.lists.refresh_interval)
+            ))))
+        }
+    }
+}
+
 pub fn suppress(
     config: &Config,
     policy: &Policy,
     command: SuppressCommand,
 ) -> Result<ExitCode, String> {
-    let lists = open_journal(config)?;
     match command {
         SuppressCommand::Add {
             addresses,
@@ -238,11 +281,19 @@ pub fn suppress(
             let (a, l) = scope_names(policy, &s)?;
             let addrs = normalised_all(&addresses)?;
             let sc = scope(a.as_deref(), l.as_deref());
-            record(&lists, Kind::Suppression, sc, Op::Add, reason.bit(), &addrs)?;
+            let fields = serde_json::json!({"account": a, "list": l, "reason": reason.as_str()});
+            let made = change(config, "/suppressions", fields, &addrs, |lists| {
+                record(lists, Kind::Suppression, sc, Op::Add, reason.bit(), &addrs)
+            })?;
+            let made = match made {
+                Ok(m) => m,
+                Err(code) => return Ok(code),
+            };
             println!(
-                "suppressed {} address(es) ({}, {sc}); in force now",
+                "suppressed {} address(es) ({}, {sc}) {}",
                 addrs.len(),
-                reason.as_str()
+                reason.as_str(),
+                made.text()
             );
         }
         SuppressCommand::Remove {
@@ -254,11 +305,20 @@ pub fn suppress(
             let addrs = normalised_all(&addresses)?;
             let sc = scope(a.as_deref(), l.as_deref());
             let bits = reason.map_or(consent::ALL_REASONS, Reason::bit);
-            record(&lists, Kind::Suppression, sc, Op::Remove, bits, &addrs)?;
+            let fields =
+                serde_json::json!({"account": a, "list": l, "reason": reason.map(Reason::as_str)});
+            let made = change(config, "/suppressions/remove", fields, &addrs, |lists| {
+                record(lists, Kind::Suppression, sc, Op::Remove, bits, &addrs)
+            })?;
+            let made = match made {
+                Ok(m) => m,
+                Err(code) => return Ok(code),
+            };
             println!(
-                "lifted {} suppression(s) of {} address(es) ({sc}); in force now",
+                "lifted {} suppression(s) of {} address(es) ({sc}) {}",
                 reason.map_or("all", Reason::as_str),
-                addrs.len()
+                addrs.len(),
+                made.text()
             );
         }
     }
@@ -354,19 +414,23 @@ fn consent_change(
     let acc = account(policy, name)?;
     let list = list_of(acc, list)?;
     let addrs = normalised_all(addresses)?;
-    let lists = open_journal(config)?;
-    record(
-        &lists,
-        Kind::Consent,
-        Scope::List(name, &list),
-        op,
-        CONSENT,
-        &addrs,
-    )?;
+    let (path, done) = match op {
+        Op::Add => ("/consent/grant", "recorded"),
+        Op::Remove => ("/consent/revoke", "revoked"),
+    };
+    let fields = serde_json::json!({"account": name, "list": list});
+    let made = change(config, path, fields, &addrs, |lists| {
+        let scope = Scope::List(name, &list);
+        record(lists, Kind::Consent, scope, op, CONSENT, &addrs)
+    })?;
+    let made = match made {
+        Ok(m) => m,
+        Err(code) => return Ok(code),
+    };
     println!(
-        "consent {} for {} address(es) on {name}/{list}; in force now",
-        if op == Op::Add { "recorded" } else { "revoked" },
-        addrs.len()
+        "consent {done} for {} address(es) on {name}/{list} {}",
+        addrs.len(),
+        made.text()
     );
     Ok(ExitCode::SUCCESS)
 }

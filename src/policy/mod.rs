@@ -535,6 +535,14 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         .collect();
     let sending = streams::read_sending(s);
     let identity = identity::read_identity(s);
+    if sending.streams.contains(&Stream::Marketing) && identity.from_domains.is_empty() {
+        // Its sender identity is what keeps its bounce notices, which can carry its
+        // content, away from people who never agreed to receive it.
+        s.problem(
+            "from_domains",
+            "an account that may send marketing needs from_domains (its own sender domains)",
+        );
+    }
     // Read only when present: an absent table is no webhook, not a missing url.
     let webhook = s
         .get::<toml::Value>("webhook")

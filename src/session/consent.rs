@@ -192,8 +192,10 @@ pub(super) fn split_withheld(
     Some((original, reasons))
 }
 
-/// Tells the sender which recipients were dropped and why: a DSN, stored and queued like
-/// any message (unless the sender is null or asked for no failure notices).
+/// Tells the sender which recipients were dropped and why: a DSN with the header section
+/// only, stored and queued like any message — unless the sender is null, asked for no
+/// failure notices, or may not get one ([`dsn::may_notify`]: not the account's own
+/// address, or suppressed).
 pub(super) async fn notify_withheld(
     ctx: &SessionContext,
     original: &Envelope,
@@ -218,8 +220,24 @@ pub(super) async fn notify_withheld(
             last_attempt: Some(now / 1000),
         })
         .collect();
-    let Some((mut env, message)) = dsn::build(&ctx.smtp.hostname, original, content, &reports)
-    else {
+    if let Err(why) = dsn::may_notify(&ctx.policy.load(), Some(&ctx.lists), original) {
+        tracing::info!(
+            about = %spool::format_id(original.id),
+            withheld = withheld.len(),
+            why = %why,
+            "withheld recipients not reported"
+        );
+        return;
+    }
+    // Headers only, whatever RET asked: the content was refused for these recipients.
+    let built = dsn::build(
+        &ctx.smtp.hostname,
+        original,
+        content,
+        &reports,
+        dsn::Returned::HeadersOnly,
+    );
+    let Some((mut env, message)) = built else {
         tracing::info!(
             about = %spool::format_id(original.id),
             withheld = withheld.len(),
@@ -261,6 +279,7 @@ mod tests {
             [accounts.shop]
             streams = ["marketing", "transactional"]
             default_stream = "transactional"
+            from_domains = ["shop.example"]
             [accounts.shop.lists.news]
             consent_statement = "You subscribed to {list}."
             [accounts.shop.lists.deals]

@@ -525,29 +525,40 @@ impl optin_relay::delivery::transport::Transport for InMemoryMx {
 // ---- relay helpers ----------------------------------------------------------------------
 
 /// Starts a relay in-process on 127.0.0.1:0 with `extra` appended to a base config whose
-/// spool lives in `dir`.
+/// spool lives in `dir`. The HTTP listeners (`[http]`, `[admin]`) are off unless `extra`
+/// gives their `listen`.
 pub async fn start_relay(
     dir: &std::path::Path,
     extra: &str,
     policy: &str,
 ) -> optin_relay::server::Relay {
-    // Never the default HTTP port: tests run in parallel.
-    let http = if extra.contains("[http]") {
-        ""
-    } else {
-        "[http]\nlisten = \"\"\n"
-    };
     let text = format!(
-        "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n{http}{extra}",
+        "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n{extra}",
         dir.join("spool").display()
     );
-    let config =
-        optin_relay::config::Config::from_toml("test", &text).unwrap_or_else(|e| panic!("{e}"));
+    let config = optin_relay::config::Config::from_toml("test", &without_default_ports(&text))
+        .unwrap_or_else(|e| panic!("{e}"));
     let policy =
         optin_relay::policy::Policy::from_toml("policy", policy).unwrap_or_else(|e| panic!("{e}"));
     optin_relay::server::Relay::start(config, policy)
         .await
         .unwrap()
+}
+
+/// `text` (a main config) with `listen = ""` for each HTTP listener it does not place:
+/// never the default ports, since tests run in parallel.
+pub fn without_default_ports(text: &str) -> String {
+    let mut table: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for section in ["http", "admin"] {
+        let t = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t.as_table_mut()
+            .expect("a table")
+            .entry("listen")
+            .or_insert_with(|| "".into());
+    }
+    toml::to_string(&table).unwrap()
 }
 
 pub const LOOPBACK_POLICY: &str = "[accounts.local]\nnetworks = [\"127.0.0.0/8\"]\n";
@@ -676,6 +687,35 @@ impl TestCa {
         std::fs::write(path, &self.pem).unwrap();
     }
 
+    /// A certificate for `name` signed by this CA and its key, both PEM (for a relay's
+    /// `certificate` and `private_key`).
+    pub fn leaf_pem(&self, name: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client configuration that trusts this CA only.
+    pub fn client(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(optin_relay::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
     /// A server configuration whose certificate, signed by this CA, is valid for `name`.
     pub fn leaf(&self, name: &str) -> Arc<rustls::ServerConfig> {
         use rustls::pki_types::PrivateKeyDer;
@@ -775,12 +815,38 @@ pub async fn serve_policy(
     PolicyServer { addr, requests }
 }
 
-/// A minimal HTTP/1.1 client for the relay's HTTP listener (a form body): status and body.
+/// A minimal HTTP/1.1 client for the relay's HTTP listeners (a form body): status and body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    http_as(addr, None, method, path, body).await
+    let answer = http_on(
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        method,
+        path,
+        body,
+    )
+    .await;
+    (answer.status, answer.body)
 }
 
-/// [`http`] with the admin API's bearer token, when given.
+/// An HTTP answer: status, header section (lower-cased names) and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// Every value of header `name`.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// [`http`] with the admin API's bearer token (a body starting with `{` goes as JSON).
 pub async fn http_as(
     addr: SocketAddr,
     token: Option<&str>,
@@ -788,9 +854,25 @@ pub async fn http_as(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = request_on(stream, token, method, path, body).await;
+    (answer.status, answer.body)
+}
+
+/// One request (a form body, `Connection: close`) over any stream; the whole answer.
+pub async fn http_on<S: Stream>(s: S, method: &str, path: &str, body: &str) -> Answer {
+    request_on(s, None, method, path, body).await
+}
+
+async fn request_on<S: Stream>(
+    mut s: S,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Answer {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let kind = if body.starts_with('{') {
+    let kind = if token.is_some() && body.starts_with('{') {
         "application/json"
     } else {
         "application/x-www-form-urlencoded"
@@ -801,14 +883,23 @@ pub async fn http_as(
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut resp = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut resp)
-        .await
-        .unwrap();
+    // A TLS peer may close without close_notify after the answer: keep what arrived.
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut resp).await;
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
 }

@@ -87,6 +87,8 @@ retry_max = "2s"
 connection_idle_timeout = "1s"
 [http]
 listen = "127.0.0.1:$HTTP"
+[admin]
+listen = ""
 [policy]
 path = "$WORK/policy.toml"
 watch_interval = "0s"
