@@ -363,7 +363,16 @@ fn queue(path: Option<&Path>, command: QueueCommand) -> Result<ExitCode, String>
             ..
         } => {
             let messages = spool_messages(path)?;
-            return queue_list(&messages, account.as_deref(), limit, json);
+            let code = queue_list(&messages, account.as_deref(), limit, json)?;
+            let spool = load_config(path)?.spool.path;
+            let damaged = Spool::quarantined(&spool);
+            if damaged > 0 && !json {
+                println!(
+                    "{damaged} damaged piece(s) of spool data kept in {} (the relay's log says what each held)",
+                    spool.join("quarantine").display()
+                );
+            }
+            return Ok(code);
         }
         QueueCommand::Show {
             id, live: false, ..
@@ -434,6 +443,12 @@ fn config_check(path: Option<&Path>) -> Result<ExitCode, String> {
                     p.display().to_string()
                 });
             match load_policy(&config) {
+                Ok(p) if p.accounts().is_empty() => {
+                    for problem in crate::reload::account_problems(&p, None) {
+                        println!("{policy_name}: {problem}");
+                    }
+                    ok = false;
+                }
                 Ok(p) => println!("{policy_name}: ok ({} accounts)", p.accounts().len()),
                 Err(e) => {
                     println!("{e}");
@@ -470,6 +485,11 @@ fn init_logging(config: &Config) {
 fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
     let config = load_config(path)?;
     let policy = load_policy(&config)?;
+    // A policy that would refuse every client (an emptied file) is no policy to start on.
+    if let Some(problem) = crate::reload::account_problems(&policy, None).first() {
+        let file = config.policy.path.as_deref().unwrap_or(Path::new("policy"));
+        return Err(format!("{}: {problem}", file.display()));
+    }
     init_logging(&config);
     if path.is_none() {
         tracing::info!("no --config given: running on the embedded default configuration");
@@ -479,30 +499,47 @@ fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
+        // Taken before the listeners open: a SIGTERM that arrives while the relay starts
+        // (a long spool recovery, say) waits for it and drains, instead of killing it.
+        let mut signals = Signals::new()?;
         let relay = Relay::start(config, policy)
             .await
             .map_err(|e| e.to_string())?;
-        wait_for_signals(&relay.reloader).await?;
+        signals.wait(&relay.reloader).await;
         relay.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Returns on SIGTERM or SIGINT; reloads the policy on SIGHUP.
-async fn wait_for_signals(reloader: &Arc<PolicyReloader>) -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                // Loading reads files and checks DKIM keys: off the async threads. The
-                // outcome is logged and recorded by the reloader.
-                let reloader = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+/// The signals `serve` handles: SIGTERM and SIGINT stop it, SIGHUP reloads the policy.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let take = |kind| signal(kind).map_err(|e| e.to_string());
+        Ok(Signals {
+            term: take(SignalKind::terminate())?,
+            int: take(SignalKind::interrupt())?,
+            hup: take(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads the policy on SIGHUP.
+    async fn wait(&mut self, reloader: &Arc<PolicyReloader>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                // Checked against the queue, loaded off the async threads; the outcome is
+                // logged and recorded by the reloader.
+                    let _ = reloader.reload_now(Trigger::Signal).await;
+                }
             }
         }
     }

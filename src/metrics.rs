@@ -56,6 +56,9 @@ pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
 pub const DELIVERY_SITE_RECIPIENTS: &str = "optin_delivery_site_recipients_total";
 pub const AUTH_ATTEMPTS: &str = "optin_auth_attempts_total";
 pub const UNTRUSTED_REFUSALS: &str = "optin_untrusted_refusals_total";
+pub const SPOOL_QUARANTINED: &str = "optin_spool_quarantined_total";
+pub const SPOOL_UNREADABLE: &str = "optin_spool_unreadable_messages_total";
+pub const LISTS_SNAPSHOT_REFUSED: &str = "optin_lists_snapshot_refused";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "optin_http_connections_refused_total";
 pub const HTTP_TIMEOUTS: &str = "optin_http_timeouts_total";
 
@@ -187,6 +190,11 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
     (
         POLICY_RELOADS,
         &[&[("result", "ok")], &[("result", "refused")]],
+    ),
+    (SPOOL_QUARANTINED, &[&[]]),
+    (
+        SPOOL_UNREADABLE,
+        &[&[("outcome", "returned")], &[("outcome", "dropped")]],
     ),
 ];
 
@@ -394,6 +402,22 @@ fn describe() {
          admin) and stage (tls: the handshake, header: the request head, body: the request \
          body, idle: silence between requests or while it should read the answer)."
     );
+    describe_counter!(
+        SPOOL_QUARANTINED,
+        "Damaged spool data copied to quarantine/ (found at start, or when a message was \
+         read back for delivery)."
+    );
+    describe_counter!(
+        SPOOL_UNREADABLE,
+        "Queued messages that could not be read back from the spool, by outcome (returned: \
+         bounced to the sender with a DSN built from the envelope; dropped: no envelope to \
+         return it with, the record is in quarantine/)."
+    );
+    describe_gauge!(
+        LISTS_SNAPSHOT_REFUSED,
+        "1 while the lists snapshot file is missing, empty, damaged or older than the last \
+         one compiled, and the last good snapshot keeps serving; 0 otherwise."
+    );
 }
 
 /// Registers every series with fixed labels at zero (without changing one that already
@@ -442,6 +466,7 @@ fn register_at_zero() {
         LISTS_ENTRIES,
         LISTS_DELTA,
         LISTS_SNAPSHOT_BYTES,
+        LISTS_SNAPSHOT_REFUSED,
     ] {
         gauge!(name).increment(0.0);
     }
@@ -542,6 +567,21 @@ pub fn lists_state(stats: &crate::consent::ListsStats) {
 /// Following or compacting the lists failed.
 pub fn lists_error() {
     counter!(LISTS_ERRORS).increment(1);
+}
+
+/// Whether the lists snapshot file on disk is refused while the last good one serves.
+pub fn lists_snapshot_refused(refused: bool) {
+    gauge!(LISTS_SNAPSHOT_REFUSED).set(if refused { 1.0 } else { 0.0 });
+}
+
+/// Damaged spool data was copied to quarantine.
+pub fn spool_quarantined() {
+    counter!(SPOOL_QUARANTINED).increment(1);
+}
+
+/// A queued message could not be read back: `returned` to its sender, or `dropped`.
+pub fn spool_unreadable(outcome: &'static str) {
+    counter!(SPOOL_UNREADABLE, "outcome" => outcome).increment(1);
 }
 
 /// The journal was folded into a new snapshot.

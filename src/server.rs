@@ -126,7 +126,7 @@ impl Relay {
             messages = report.messages.len(),
             segments = report.segments,
             quarantined = report.quarantined,
-            relocated = report.relocated,
+            repaired = report.repaired,
             "spool recovered"
         );
         let key_path = config.spool.path.join("log.key");
@@ -248,6 +248,8 @@ impl Relay {
             stop_delivery.clone(),
         );
         let webhook_worker = webhooks.spawn_worker(stop_delivery.clone());
+        // Reloads check the new policy against the accounts with queued mail.
+        reloader.set_queue(Arc::new(delivery.clone()));
         let acceptor = TlsAcceptor::from(crate::tls::server_config(
             &config.tls,
             &config.smtp.hostname,

@@ -248,14 +248,14 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     let record = &segment[m.loc.offset as usize..(m.loc.offset + m.loc.len) as usize];
     optin_relay::spool::format::decode_record(record).expect("sound checksums");
 
-    // A restart recovers it as it is: nothing quarantined, nothing relocated.
+    // A restart recovers it as it is: nothing quarantined, nothing repaired.
     let (reopened, report) = optin_relay::spool::Spool::open(&optin_relay::config::SpoolConfig {
         path: spool.clone(),
         fsync: true,
         segment_size: 64 << 20,
     })
     .unwrap();
-    assert_eq!((report.quarantined, report.relocated), (0, 0), "{report:?}");
+    assert_eq!((report.quarantined, report.repaired), (0, 0), "{report:?}");
     assert_eq!(report.messages.len(), 1);
     drop(reopened);
     let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;

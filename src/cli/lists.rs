@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::consent::compile::Batch;
 use crate::consent::import::{self, Item};
 use crate::consent::key::normalise;
-use crate::consent::{self, CONSENT, Kind, Lists, Op, Origin, Reason, Scope};
+use crate::consent::{self, CONSENT, Kind, Lists, Mode, Op, Origin, Reason, Scope};
 use crate::policy::verdict::explain;
 use crate::policy::{Account, Policy, Stream};
 
@@ -38,9 +38,18 @@ pub enum ListsCommand {
         /// Files to read (one address per line, or an address column found by its header).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Start a new snapshot from the journal and these files alone, without the current
+        /// snapshot (to recover from a lost or damaged one: re-import every list).
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Fold the journal of live changes into a new snapshot.
-    Compile,
+    Compile {
+        /// Start a new snapshot from the journal alone, without the current snapshot (what
+        /// it held is gone: re-import the lists with `lists import` next).
+        #[arg(long)]
+        rebuild: bool,
+    },
     /// Show what the lists say about an address, and the verdict.
     Check {
         address: String,
@@ -118,7 +127,36 @@ pub enum SuppressCommand {
 }
 
 fn open(config: &Config) -> Result<Lists, String> {
-    Lists::open(&config.lists.path, config.lists.bloom_bits_per_key).map_err(|e| e.to_string())
+    open_mode(config, Mode::Strict)
+}
+
+/// Opens the lists; outside [`Mode::Strict`] a lost snapshot is tolerated (and said so).
+fn open_mode(config: &Config, mode: Mode) -> Result<Lists, String> {
+    let lists = Lists::open_mode(
+        &config.lists.path,
+        config.lists.bloom_bits_per_key,
+        false,
+        mode,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(problem) = lists.snapshot_problem() {
+        match mode {
+            Mode::JournalOnly => {
+                eprintln!("warning: {problem}\nThe change is recorded in the journal all the same.")
+            }
+            _ => eprintln!("warning: {problem}"),
+        }
+    }
+    Ok(lists)
+}
+
+/// Journal writers tolerate a lost snapshot: recording a change never harms.
+fn open_journal(config: &Config) -> Result<Lists, String> {
+    open_mode(config, Mode::JournalOnly)
+}
+
+fn compile_mode(rebuild: bool) -> Mode {
+    if rebuild { Mode::Rebuild } else { Mode::Strict }
 }
 
 fn account<'p>(policy: &'p Policy, name: &str) -> Result<&'p Account, String> {
@@ -219,7 +257,7 @@ fn change(
         super::admin::Relayed::Done => Ok(Ok(Made::Relay)),
         super::admin::Relayed::Failed(code) => Ok(Err(code)),
         super::admin::Relayed::Absent(why) => {
-            journal(&open(config)?)?;
+            journal(&open_journal(config)?)?;
             Ok(Ok(Made::Journal(format!(
                 "written to the lists journal ({why}); a relay has it within {} \
                  ([lists] refresh_interval), or when it starts",
@@ -294,9 +332,18 @@ pub fn lists(config: &Config, policy: &Policy, command: ListsCommand) -> Result<
             scope: s,
             reason,
             files,
-        } => import_files(config, policy, kind, &s, reason, &files),
-        ListsCommand::Compile => {
-            let lists = open(config)?;
+            rebuild,
+        } => import_files(
+            config,
+            policy,
+            kind,
+            &s,
+            reason,
+            &files,
+            compile_mode(rebuild),
+        ),
+        ListsCommand::Compile { rebuild } => {
+            let lists = open_mode(config, compile_mode(rebuild))?;
             let r = lists.compile(Vec::new()).map_err(|e| e.to_string())?;
             println!(
                 "snapshot: {} entries, {} octets; {} journal change(s) folded in {:.2?}",
@@ -453,6 +500,7 @@ fn import_files(
     s: &ScopeArgs,
     reason: Reason,
     files: &[PathBuf],
+    mode: Mode,
 ) -> Result<ExitCode, String> {
     let (account_name, list) = match kind {
         ImportKind::Consent => {
@@ -472,7 +520,7 @@ fn import_files(
         ImportKind::Consent => (Kind::Consent, CONSENT),
         ImportKind::Suppression => (Kind::Suppression, reason.bit()),
     };
-    let lists = open(config)?;
+    let lists = open_mode(config, mode)?;
     let sc = scope(account_name.as_deref(), list.as_deref());
     let mut fps = Vec::new();
     let (mut rows, mut invalid) = (0u64, 0u64);

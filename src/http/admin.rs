@@ -61,7 +61,12 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     }
     let path = &config.token_file;
     match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_string()),
+        Ok(t) if t.trim().len() >= 16 => {
+            // A token others can read is no secret: refused, with the fix in the message.
+            crate::privacy::files::check_private(path)
+                .map_err(|e| format!("admin token file {e}"))?;
+            return Ok(t.trim().to_string());
+        }
         Ok(_) => return Err(format!("admin token file {}: too short", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
         Err(e) => {
@@ -75,14 +80,9 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     rand::Rng::fill(&mut rand::rng(), &mut raw);
     let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::privacy::files::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
+    let mut f = crate::privacy::files::create_new(path)
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
@@ -540,11 +540,8 @@ async fn policy_status(State(a): State<Admin>) -> ApiResult {
 }
 
 async fn policy_reload(State(a): State<Admin>) -> Response {
-    // Reading the file and loading DKIM keys block: off the async threads.
-    let reloader = a.reloader.clone();
-    let result = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin))
-        .await
-        .unwrap_or_else(|_| Err(vec!["the reload task failed".into()]));
+    // Checked against the queue; the file is read off the async threads.
+    let result = a.reloader.reload_now(Trigger::Admin).await;
     match result {
         Ok(generation) => {
             axum::Json(json!({"result": "reloaded", "generation": generation})).into_response()

@@ -478,6 +478,50 @@ impl FakeDns {
     }
 }
 
+// ---- delivery over in-memory pipes -------------------------------------------------------
+
+/// A delivery transport whose every route leads to `FakeMx` over an in-memory pipe (no
+/// sockets, so tests with paused time run days of retries in milliseconds).
+pub struct InMemoryMx(pub FakeMx);
+
+impl optin_relay::delivery::transport::Transport for InMemoryMx {
+    fn resolve<'a>(
+        &'a self,
+        _: &'a optin_relay::delivery::transport::RouteKey,
+    ) -> optin_relay::delivery::transport::BoxFuture<
+        'a,
+        Result<
+            Vec<optin_relay::delivery::transport::Target>,
+            optin_relay::delivery::outcome::ResolveFailure,
+        >,
+    > {
+        Box::pin(async {
+            Ok(vec![optin_relay::delivery::transport::Target {
+                host: "mx.test".into(),
+                addr: "127.0.0.1:25".parse().unwrap(),
+            }])
+        })
+    }
+
+    fn connect<'a>(
+        &'a self,
+        _: &'a optin_relay::delivery::transport::Target,
+    ) -> optin_relay::delivery::transport::BoxFuture<
+        'a,
+        std::io::Result<optin_relay::delivery::transport::BoxStream>,
+    > {
+        Box::pin(async {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            self.0.serve(theirs);
+            Ok(Box::new(ours) as optin_relay::delivery::transport::BoxStream)
+        })
+    }
+
+    fn routes_by_domain(&self) -> bool {
+        false
+    }
+}
+
 // ---- relay helpers ----------------------------------------------------------------------
 
 /// Starts a relay in-process on 127.0.0.1:0 with `extra` appended to a base config whose
@@ -802,10 +846,39 @@ impl Answer {
     }
 }
 
+/// [`http`] with the admin API's bearer token (a body starting with `{` goes as JSON).
+pub async fn http_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = request_on(stream, token, method, path, body).await;
+    (answer.status, answer.body)
+}
+
 /// One request (a form body, `Connection: close`) over any stream; the whole answer.
-pub async fn http_on<S: Stream>(mut s: S, method: &str, path: &str, body: &str) -> Answer {
+pub async fn http_on<S: Stream>(s: S, method: &str, path: &str, body: &str) -> Answer {
+    request_on(s, None, method, path, body).await
+}
+
+async fn request_on<S: Stream>(
+    mut s: S,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Answer {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let kind = if token.is_some() && body.starts_with('{') {
+        "application/json"
+    } else {
+        "application/x-www-form-urlencoded"
+    };
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\n{auth}Content-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
