@@ -183,6 +183,31 @@ pub(super) fn qp_decode(encoded: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether mail-parser (which reads the message at the receiving end of our tests and in
+/// many programs) fails on this quoted-printable body: an `=` while an escape is still
+/// open, as in `==` or `=A=`. Mirrors its state machine, line breaks included.
+pub(super) fn qp_undecodable(encoded: &[u8]) -> bool {
+    #[derive(PartialEq)]
+    enum State {
+        Text,
+        Eq,
+        Hex1,
+    }
+    let mut state = State::Text;
+    for &c in encoded {
+        state = match (c, state) {
+            (b'=', State::Text) => State::Eq,
+            (b'=', _) => return true,
+            (b'\n', State::Eq) => State::Text,
+            (b'\n' | b'\r', state) => state,
+            (c, State::Eq) if c.is_ascii_hexdigit() => State::Hex1,
+            (c, State::Eq) if c.is_ascii_whitespace() => State::Eq,
+            _ => State::Text,
+        };
+    }
+    false
+}
+
 pub(super) fn qp_encode(decoded: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(decoded.len() * 11 / 10 + 16);
     qp_encode_into(decoded, &mut out);
@@ -310,6 +335,36 @@ mod tests {
         assert!(longest_line(&encoded) <= ENCODED_LINE);
         assert_eq!(qp_encode(b"a \r\nb\t"), b"a=20\r\nb=09");
         assert_eq!(qp_encode(b"x=1\ry\n"), b"x=3D1=0Dy=0A");
+    }
+
+    #[test]
+    fn undecodable_quoted_printable_is_what_mail_parser_refuses() {
+        for bad in [&b"a==b"[..], b"=A=", b"= \t=", b"=A\r\n=41"] {
+            assert!(qp_undecodable(bad), "{bad:?}");
+        }
+        for good in [
+            &b"caf=C3=A9 =\r\nau lait"[..],
+            b"=XY=41",
+            b"=\r\n=41",
+            b"a=\n=\n",
+        ] {
+            assert!(!qp_undecodable(good), "{good:?}");
+        }
+        for body in [&b"a==b"[..], b"=A=", b"=XY=41", b"=\r\n=41"] {
+            let message = [
+                &b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"[..],
+                body,
+            ]
+            .concat();
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&message)
+                .unwrap();
+            assert_eq!(
+                parsed.parts[0].is_encoding_problem,
+                qp_undecodable(body),
+                "{body:?}"
+            );
+        }
     }
 
     #[test]
