@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod consent;
 pub mod delivery;
+pub mod dns;
 pub mod governance;
 pub mod http;
 pub mod metrics;

@@ -54,6 +54,8 @@ pub const POLICY_GENERATION: &str = "optin_policy_generation";
 pub const QUEUE_SITE_RECIPIENTS: &str = "optin_queue_site_recipients";
 pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
 pub const DELIVERY_SITE_RECIPIENTS: &str = "optin_delivery_site_recipients_total";
+pub const AUTH_ATTEMPTS: &str = "optin_auth_attempts_total";
+pub const UNTRUSTED_REFUSALS: &str = "optin_untrusted_refusals_total";
 
 /// `verb` of [`SMTP_COMMANDS`]: the commands the server knows, and `unknown` for the rest.
 pub const COMMAND_VERBS: [&str; 15] = [
@@ -72,11 +74,12 @@ pub const VERDICT_REASONS: [&str; 8] = [
     "content",
 ];
 /// `reason` of [`MESSAGES_REFUSED`].
-pub const MESSAGE_REFUSAL_REASONS: [&str; 14] = [
+pub const MESSAGE_REFUSAL_REASONS: [&str; 15] = [
     "account_frozen",
     "campaign_declined",
     "too_big",
     "bare_line_ending",
+    "nul",
     "line_too_long",
     "mail_loop",
     "spool_error",
@@ -111,7 +114,28 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
     ),
     (
         SMTP_CONNECTIONS_REFUSED,
-        &[&[("reason", "total")], &[("reason", "per_ip")]],
+        &[
+            &[("reason", "total")],
+            &[("reason", "per_ip")],
+            &[("reason", "untrusted_per_ip")],
+        ],
+    ),
+    (
+        AUTH_ATTEMPTS,
+        &[
+            &[("result", "ok")],
+            &[("result", "failed")],
+            &[("result", "locked")],
+            &[("result", "busy")],
+        ],
+    ),
+    (
+        UNTRUSTED_REFUSALS,
+        &[
+            &[("reason", "report_rate")],
+            &[("reason", "too_big")],
+            &[("reason", "mime_budget")],
+        ],
     ),
     (
         SMTP_REPLIES,
@@ -200,7 +224,7 @@ fn describe() {
     );
     describe_counter!(
         SMTP_CONNECTIONS_REFUSED,
-        "SMTP connections refused at once, by reason (total, per_ip)."
+        "SMTP connections refused at once, by reason (total, per_ip, untrusted_per_ip)."
     );
     describe_gauge!(SMTP_SESSIONS_ACTIVE, "SMTP sessions currently open.");
     describe_counter!(
@@ -251,7 +275,7 @@ fn describe() {
     );
     describe_counter!(
         MESSAGES_REFUSED,
-        "Messages refused, by reason: account_frozen at MAIL; too_big, bare_line_ending, \
+        "Messages refused, by reason: account_frozen at MAIL; too_big, bare_line_ending, nul, \
          line_too_long, mail_loop, spool_error, optin_header, withheld, account_gone, \
          sender_identity, operator_contact, footer_impossible at the end of DATA/BDAT."
     );
@@ -338,6 +362,19 @@ fn describe() {
     describe_counter!(
         SHAPING_ACTIONS,
         "Adaptive shaping on a destination's replies, by action (slow, suspend)."
+    );
+    describe_counter!(
+        AUTH_ATTEMPTS,
+        "SMTP AUTH attempts, by result: ok, failed (wrong credentials), locked (refused \
+         without a check: too many failures of the client address or username), busy \
+         (every password verification slot was taken)."
+    );
+    describe_counter!(
+        UNTRUSTED_REFUSALS,
+        "Mail from clients no account knows refused by its own limits, by reason: \
+         report_rate (too many reports from one client address), too_big (over the size \
+         limit of mail to the relay's own addresses), mime_budget (too many MIME parts or \
+         too deep a nesting to parse)."
     );
 }
 
@@ -493,6 +530,16 @@ pub fn complaint_received(via: &'static str) {
 /// Mail to the feedback address was not a usable feedback report.
 pub fn complaint_report_malformed() {
     counter!(COMPLAINT_REPORTS_MALFORMED).increment(1);
+}
+
+/// An AUTH attempt ended: `ok`, `failed`, `locked` or `busy`.
+pub fn auth_attempt(result: &'static str) {
+    counter!(AUTH_ATTEMPTS, "result" => result).increment(1);
+}
+
+/// Mail from an unknown client refused by one of its own limits (see [`UNTRUSTED_REFUSALS`]).
+pub fn untrusted_refused(reason: &'static str) {
+    counter!(UNTRUSTED_REFUSALS, "reason" => reason).increment(1);
 }
 
 /// A command line was received; counted by its verb (see [`COMMAND_VERBS`]), never by

@@ -13,6 +13,7 @@ mod auth;
 mod complaint;
 mod conn;
 mod consent;
+pub mod guard;
 mod identity;
 mod message;
 mod unsubscribe;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SmtpConfig;
 use crate::policy::Policy;
-use crate::policy::password::PasswordCache;
+use crate::policy::password::Passwords;
 use crate::smtp::data::{BdatReceiver, ContentReport, DataReceiver, DataStatus};
 use crate::smtp::ehlo::{Offer, ehlo_reply};
 use crate::smtp::line::{Line, LineReader};
@@ -61,12 +62,27 @@ pub struct SessionContext {
     pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
     /// Campaigns, whose mail is refused once declined; `None`: not checked.
     pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
-    pub passwords: Arc<PasswordCache>,
+    /// Verifies AUTH passwords within bounded memory and CPU.
+    pub passwords: Arc<Passwords>,
+    /// Failed AUTHs per client address and username, across sessions.
+    pub auth_guard: Arc<guard::AuthGuard>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
+    /// Size limits of mail from clients no account knows, to the relay's own addresses.
+    pub own_limits: OwnLimits,
     /// A TLS acceptor exists, so STARTTLS can be offered.
     pub tls_available: bool,
     pub shutdown: CancellationToken,
+}
+
+/// How large mail from a client no account knows may be: it can only be a feedback report
+/// or an unsubscribe request, and neither needs the size an account's mail may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnLimits {
+    /// `[complaints] max_report_size`: a transaction with the feedback address.
+    pub report: u64,
+    /// `[unsubscribe] max_mail_size`: a transaction with only unsubscribe addresses.
+    pub unsubscribe: u64,
 }
 
 /// The negotiated TLS parameters, for the Received header and logs.
@@ -74,6 +90,13 @@ pub struct SessionContext {
 pub struct TlsInfo {
     pub protocol: String,
     pub cipher: String,
+}
+
+/// The listener's hold on one connection: told when the client becomes trusted (it
+/// authenticated), so that it no longer counts against the lower connection limit for
+/// strangers.
+pub trait ConnectionSlot: Send + Sync + std::fmt::Debug {
+    fn trusted(&self);
 }
 
 /// What survives across STARTTLS: the connection facts, never the protocol state.
@@ -84,6 +107,8 @@ pub struct Peer {
     pub started: Instant,
     /// The 220 greeting has been sent (it is not repeated after STARTTLS).
     pub greeted: bool,
+    /// The listener's connection slot, when it keeps one.
+    pub slot: Option<Arc<dyn ConnectionSlot>>,
 }
 
 impl Peer {
@@ -93,6 +118,7 @@ impl Peer {
             tls: None,
             started: Instant::now(),
             greeted: false,
+            slot: None,
         }
     }
 }
@@ -375,10 +401,18 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
         crate::metrics::policy_verdict_reason("frozen");
         return Err(Refusal::AccountFrozen(frozen.reason));
     }
+    let most = if account.is_some() {
+        ctx.smtp.max_message_size
+    } else {
+        ctx.own_limits.report.max(ctx.own_limits.unsubscribe)
+    };
     if let Some(size) = params.size
-        && size > ctx.smtp.max_message_size
+        && size > most
     {
-        return Err(Refusal::TooBig(ctx.smtp.max_message_size));
+        if account.is_none() {
+            crate::metrics::untrusted_refused("too_big");
+        }
+        return Err(Refusal::TooBig(most));
     }
     if from.as_ref().is_some_and(|a| !a.is_ascii()) && !params.smtputf8 {
         return Err(Refusal::NeedsSmtpUtf8);
@@ -438,6 +472,9 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if let Some(checked) = unsubscribe::check(ctx, &to) {
         let u = checked?;
+        if txn.account.is_none() && !txn.complaint {
+            declared_size_within(txn, ctx.own_limits.unsubscribe)?;
+        }
         if !txn.unsubscribes.contains(&u) {
             txn.unsubscribes.push(u);
         }
@@ -445,6 +482,18 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(Flow::Continue);
     }
     if complaint::is_feedback(ctx, &to) {
+        if txn.account.is_none() && !txn.complaint {
+            declared_size_within(txn, ctx.own_limits.report)?;
+            let admitted = ctx
+                .complaints
+                .as_ref()
+                .is_none_or(|c| c.admit_report(state.peer.remote.ip()));
+            if !admitted {
+                crate::metrics::untrusted_refused("report_rate");
+                return Err(Refusal::ReportRate);
+            }
+        }
+        let txn = state.txn.as_mut().expect("checked above");
         txn.complaint = true;
         conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
         return Ok(Flow::Continue);
@@ -464,6 +513,27 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     }
     conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
     Ok(Flow::Continue)
+}
+
+/// A stranger's transaction that declared (`SIZE=`) more than `limit` is refused now.
+fn declared_size_within(txn: &Transaction, limit: u64) -> Result<(), Refusal> {
+    match txn.params.size {
+        Some(size) if size > limit => {
+            crate::metrics::untrusted_refused("too_big");
+            Err(Refusal::TooBig(limit))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The largest message this transaction may carry: an account's mail may be
+/// `max_message_size`; a stranger's only a report or an unsubscribe request.
+fn size_limit(ctx: &SessionContext, txn: &Transaction) -> u64 {
+    match (&txn.account, txn.complaint) {
+        (Some(_), _) => ctx.smtp.max_message_size,
+        (None, true) => ctx.own_limits.report,
+        (None, false) => ctx.own_limits.unsubscribe,
+    }
 }
 
 fn ready_for_content(state: &State) -> Result<(), Refusal> {
@@ -495,7 +565,7 @@ where
         return Ok(refuse(ctx, conn, state, refusal));
     }
     conn.reply(&Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
-    let max = ctx.smtp.max_message_size;
+    let max = size_limit(ctx, state.txn.as_ref().expect("ready_for_content checked"));
     let mut rx = DataReceiver::new(max, ctx.smtp.max_line_length);
     let expected = state
         .txn
@@ -525,8 +595,11 @@ async fn bdat<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let max = ctx.smtp.max_message_size;
     let ready = ready_for_content(state);
+    let max = state
+        .txn
+        .as_ref()
+        .map_or(ctx.smtp.max_message_size, |t| size_limit(ctx, t));
     let mut remaining = size;
     // RFC 3030: the chunk is read in full even when the command is refused.
     while remaining > 0 {

@@ -378,7 +378,7 @@ fn hash_password_makes_a_hash_the_policy_accepts() {
     .unwrap();
     let (_, user) = policy.user("u").unwrap();
     assert!(
-        optin_relay::policy::password::PasswordCache::default().verify(
+        optin_relay::policy::password::Passwords::default().verify_blocking(
             "u",
             "correct horse",
             &user.password_hash

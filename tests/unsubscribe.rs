@@ -322,6 +322,31 @@ async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() 
             .await
             .starts_with("250")
     );
+    // A stranger's unsubscribe mail is small (64 KiB by default): more is refused, and
+    // records nothing.
+    assert!(say(&mut c, "DATA").await.starts_with("354"));
+    let big = "0123456789012345678901234567890123456789\r\n".repeat(2000);
+    assert_eq!(
+        say(&mut c, &format!("Subject: unsubscribe\r\n\r\n{big}.")).await,
+        "552 5.3.4 Message exceeds the size limit of 65536 octets"
+    );
+    assert!(
+        !dir.path().join("spool/events/unsubscribes.jsonl").exists(),
+        "nothing recorded"
+    );
+    assert!(
+        say(&mut c, "MAIL FROM:<reader@example.net> SIZE=100000")
+            .await
+            .starts_with("250"),
+        "a report may still be that large"
+    );
+    assert_eq!(
+        say(&mut c, &format!("RCPT TO:<{mailto}>")).await,
+        "552 5.3.4 Message exceeds the size limit of 65536 octets"
+    );
+    say(&mut c, "RSET").await;
+    say(&mut c, "MAIL FROM:<reader@example.net>").await;
+    say(&mut c, &format!("RCPT TO:<{mailto}>")).await;
     assert!(say(&mut c, "DATA").await.starts_with("354"));
     assert_eq!(
         say(&mut c, "Subject: unsubscribe\r\n\r\nplease\r\n.").await,

@@ -472,6 +472,19 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The unit every per-client limit counts by: an IPv4 address, or the /64 an IPv6
+/// address is in (one host usually holds a whole /64, so counting single IPv6 addresses
+/// would let it open limits 2^64 times over). IPv4-mapped addresses count as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 fn read_account(name: String, s: &mut Section<'_>) -> Account {
     if !streams::valid_name(&name) {
         s.problem("", "account names use a-z, 0-9, - and _ only (at most 64)");
@@ -566,6 +579,16 @@ mod tests {
         );
         assert!(p.identify_by_ip("192.0.2.1".parse().unwrap()).is_none());
         assert!(!p.has_users());
+    }
+
+    #[test]
+    fn clients_count_by_address_or_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 
     #[test]

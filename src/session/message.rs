@@ -11,13 +11,19 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     state: &mut State,
     report: ContentReport,
-    body: Vec<u8>,
+    mut body: Vec<u8>,
 ) -> Flow {
     let txn = state.txn.take().expect("content follows a transaction");
-    let refusal = if report.exceeds(ctx.smtp.max_message_size) {
-        Some((Refusal::TooBig(ctx.smtp.max_message_size), "too_big"))
+    let limit = size_limit(ctx, &txn);
+    let refusal = if report.exceeds(limit) {
+        if txn.account.is_none() {
+            crate::metrics::untrusted_refused("too_big");
+        }
+        Some((Refusal::TooBig(limit), "too_big"))
     } else if report.bare_line_ending {
         Some((Refusal::DataBareLineEnding, "bare_line_ending"))
+    } else if report.nul {
+        Some((Refusal::DataNul, "nul"))
     } else if report.line_too_long {
         Some((
             Refusal::DataLineTooLong(ctx.smtp.max_line_length),
@@ -41,7 +47,13 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         taken = Some("OK unsubscribe recorded");
     }
     if txn.complaint {
-        if let Err(refusal) = complaint::receive(ctx, body.clone()).await {
+        // A report alone (the usual case) hands its content over without a copy.
+        let report = if txn.rcpts.is_empty() {
+            Bytes::from(std::mem::take(&mut body))
+        } else {
+            Bytes::copy_from_slice(&body)
+        };
+        if let Err(refusal) = complaint::receive(ctx, report).await {
             return refuse(ctx, conn, state, refusal);
         }
         taken = Some("OK feedback report received");
@@ -56,7 +68,6 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         // Recipients other than unsubscribe addresses need an account (RCPT checked).
         return refuse(ctx, conn, state, Refusal::RelayDenied);
     };
-    let mut body = body;
     let policy = ctx.policy.load();
     let Some(account) = policy.account(&account_name) else {
         // The account was removed by a policy reload during the transaction.
