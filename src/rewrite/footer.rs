@@ -128,6 +128,30 @@ struct PartPlan {
     header_end: Option<usize>,
 }
 
+impl PartPlan {
+    /// The body decoded to text (lossily where its charset says otherwise).
+    fn text(&self, raw: &[u8]) -> String {
+        let encoded = raw.get(self.start..self.end).unwrap_or_default();
+        let decoded = decode(self.cte, encoded);
+        match self.charset {
+            // `to_utf8` serves transcoding, which a UTF-8 part never needs.
+            Charset::Utf8 => String::from_utf8_lossy(&decoded).into_owned(),
+            charset => {
+                String::from_utf8_lossy(&charset.to_utf8(&decoded, &self.parsed)).into_owned()
+            }
+        }
+    }
+}
+
+/// A body's transfer encoding undone (the identity for 7bit, 8bit and binary).
+fn decode(cte: Cte, encoded: &[u8]) -> Cow<'_, [u8]> {
+    match cte {
+        Cte::QuotedPrintable => Cow::Owned(qp_decode(encoded)),
+        Cte::Base64 => Cow::Owned(b64_decode(encoded)),
+        _ => Cow::Borrowed(encoded),
+    }
+}
+
 /// Where a header field and its value are.
 #[derive(Debug, Clone, Copy)]
 struct HeaderSpan {
@@ -320,17 +344,10 @@ fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
     }
     let label = e.content_type.param("charset");
     let charset = Charset::of(label);
-    let decode = |encoded: &[u8]| -> Vec<u8> {
-        match e.cte {
-            Cte::QuotedPrintable => qp_decode(encoded),
-            Cte::Base64 => b64_decode(encoded),
-            _ => encoded.to_vec(),
-        }
-    };
     // Only the charsets this module does not decode itself need the whole text.
     let parsed = match charset {
         Charset::AsciiCompatible | Charset::Stateful => {
-            let decoded = decode(encoded);
+            let decoded = decode(e.cte, encoded);
             match label
                 .and_then(|l| mail_parser::decoders::charsets::map::charset_decoder(l.as_bytes()))
             {
@@ -342,7 +359,7 @@ fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
     };
     let start: Cow<'_, str> = if parsed.is_empty() {
         let probe = &encoded[..encoded.len().min(ARMOUR_PROBE)];
-        Cow::Owned(String::from_utf8_lossy(&decode(probe)).into_owned())
+        Cow::Owned(String::from_utf8_lossy(&decode(e.cte, probe)).into_owned())
     } else {
         Cow::Borrowed(&parsed)
     };
@@ -365,6 +382,24 @@ fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
         needs_mime_version: e.start == 0 && e.field("mime-version", raw).is_none(),
         header_end: Some(header_end),
     })
+}
+
+/// For the fuzz targets and tests: what a reader finds where the footer goes.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{FooterError, Plan};
+
+    /// Each body [`Plan::new`] would give the footer — `(html, decoded text)` in message
+    /// order — or an empty list when it would wrap the message. Run on a rewritten
+    /// message, every text must hold its footer.
+    pub fn bodies(message: &[u8]) -> Result<Vec<(bool, String)>, FooterError> {
+        let plan = Plan::new(message)?;
+        Ok(plan
+            .parts
+            .iter()
+            .map(|part| (part.html, part.text(message)))
+            .collect())
+    }
 }
 
 #[cfg(test)]

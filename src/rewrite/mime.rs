@@ -215,7 +215,9 @@ pub(super) fn qp_encode(decoded: &[u8]) -> Vec<u8> {
 }
 
 /// Quoted-printable encoding in lines of at most 76 characters; CRLF pairs stay hard line
-/// breaks, lone CR or LF are escaped.
+/// breaks, lone CR or LF are escaped. A `-` that would start a line is escaped too: line
+/// breaks land elsewhere than in the original, and a line starting with `--` could be read
+/// as a multipart delimiter (RFC 2046 §5.1.1) — encoded lines never start with one.
 pub(super) fn qp_encode_into(decoded: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut column = 0;
@@ -229,17 +231,21 @@ pub(super) fn qp_encode_into(decoded: &[u8], out: &mut Vec<u8>) {
             continue;
         }
         let line_end = next.is_none() || next == Some(b'\r') && decoded.get(i + 2) == Some(&b'\n');
-        let literal = match c {
+        let mut literal = match c {
             b' ' | b'\t' => !line_end,
             b'=' => false,
             33..=126 => true,
             _ => false,
         };
-        let width = if literal { 1 } else { 3 };
-        if column + width > ENCODED_LINE - 1 {
+        let width = |literal: bool| if literal { 1 } else { 3 };
+        if column + width(literal) > ENCODED_LINE - 1 {
             out.extend_from_slice(b"=\r\n");
             column = 0;
         }
+        if column == 0 && c == b'-' {
+            literal = false;
+        }
+        let width = width(literal);
         if literal {
             out.push(c);
         } else {
@@ -335,6 +341,12 @@ mod tests {
         assert!(longest_line(&encoded) <= ENCODED_LINE);
         assert_eq!(qp_encode(b"a \r\nb\t"), b"a=20\r\nb=09");
         assert_eq!(qp_encode(b"x=1\ry\n"), b"x=3D1=0Dy=0A");
+        assert_eq!(qp_encode(b"--b\r\n-x--"), b"=2D-b\r\n=2Dx--");
+        let wrapped = qp_encode(format!("{}--b", "x".repeat(75)).as_bytes());
+        assert_eq!(
+            wrapped,
+            format!("{}=\r\n=2D-b", "x".repeat(75)).into_bytes()
+        );
     }
 
     #[test]
@@ -420,6 +432,7 @@ mod tests {
         fn codecs_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
             let encoded = qp_encode(&bytes);
             prop_assert!(longest_line(&encoded) <= ENCODED_LINE);
+            prop_assert!(!encoded.starts_with(b"-") && memchr::memmem::find(&encoded, b"\n-").is_none());
             prop_assert_eq!(qp_decode(&encoded), bytes.clone());
             prop_assert_eq!(b64_decode(&b64_encode(&bytes, false)), bytes);
         }

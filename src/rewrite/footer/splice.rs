@@ -90,7 +90,7 @@ pub(super) fn rewrite_part(
     let mut to_qp = false;
     let encoded = match cte {
         Cte::SevenBit | Cte::EightBit | Cte::Other => {
-            to_qp = (cte == Cte::SevenBit && !new.is_ascii()) || longest_line(&new) > MAX_LINE;
+            to_qp = !identity_safe(&new, cte);
             if to_qp { qp_encode(&new) } else { new }
         }
         Cte::QuotedPrintable => qp_encode(&new),
@@ -102,6 +102,21 @@ pub(super) fn rewrite_part(
         bytes: encoded.into(),
     });
     header_edits(raw, part, relabel, to_qp, edits)
+}
+
+/// Whether `content` can go out as it is in a 7bit or 8bit part: CRLF line breaks only, no
+/// NUL, lines within 998 octets, and ASCII for 7bit. Transcoded text may break any of it
+/// (UTF-7 `+AAo-` is a bare line feed).
+fn identity_safe(content: &[u8], cte: Cte) -> bool {
+    let bare = content.iter().enumerate().any(|(i, &c)| match c {
+        b'\r' => content.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || content[i - 1] != b'\r',
+        _ => false,
+    });
+    !bare
+        && !content.contains(&0)
+        && longest_line(content) <= MAX_LINE
+        && (cte != Cte::SevenBit || content.is_ascii())
 }
 
 /// The changes a part's header block needs: charset relabelled to UTF-8, transfer

@@ -786,3 +786,52 @@ fn hostile_structures_are_answered_without_quadratic_work_or_deep_recursion() {
     let output = plan.apply(nested.as_bytes(), &ASCII).expect("wrapped");
     assert!(output.len() < nested.len() + 1024);
 }
+
+#[test]
+fn a_transcoded_part_never_gets_a_bare_line_break_or_nul() {
+    // UTF-7 cannot hold the footer, so the part becomes UTF-8; `+AAo-` is a line feed and
+    // `+AAA-` a NUL, which 8bit cannot carry as they are (found by fuzz/footer_splice).
+    let input = single(
+        "text/plain; charset=utf-7",
+        "8bit",
+        "Hi+AAo-there+AAA-.\r\n",
+    );
+    let output = add_footer(&input, &FRENCH).expect("rewrite");
+    assert!(
+        !output
+            .windows(2)
+            .any(|w| (w[1] == b'\n') != (w[0] == b'\r'))
+            && !output.contains(&0),
+        "{}",
+        String::from_utf8_lossy(&output)
+    );
+    let text = String::from_utf8_lossy(&output);
+    assert!(text.contains("charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n"));
+    assert!(decoded_body(&output).starts_with("Hi\nthere\0."));
+}
+
+#[test]
+fn re_encoding_never_turns_text_into_a_delimiter_line() {
+    // A boundary-like string in the middle of a line is text (RFC 2046 §5.1.1); encoded
+    // as quoted-printable, a soft line break must not put it at the start of a line,
+    // where it would split the part (found by fuzz/footer_splice).
+    // "<p>" and 12 two-octet characters fill a 75-character encoded line exactly.
+    let filler = "\u{d8}".repeat(12);
+    let input = format!(
+        "From: a@shop.example\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n\
+         --alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nplain\r\n\
+         --alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>{filler}--alt and more</p>\r\n\
+         --alt--\r\n"
+    );
+    let output = add_footer(input.as_bytes(), &FRENCH).expect("rewrite");
+    let text = String::from_utf8_lossy(&output);
+    assert!(
+        text.contains("Content-Transfer-Encoding: quoted-printable"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\r\n--alt").count(), 3, "{text}");
+    let bodies = fuzzing::bodies(&output).expect("reads again");
+    assert_eq!(bodies.len(), 2);
+    assert!(bodies[1].1.contains(&format!("{filler}--alt and more")));
+}
