@@ -21,16 +21,29 @@ pub const MAX_MULTIPARTS: usize = 16;
 pub fn within_mime_budget(raw: &[u8]) -> bool {
     let mut boundaries = 0;
     let mut multiparts = 0;
+    // Inside a Content-Type field (its folded continuation lines belong to it), and
+    // whether that field was counted already.
+    let (mut in_type, mut counted) = (false, false);
     for line in raw.split(|&b| b == b'\n') {
+        let continuation = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
         if line.starts_with(b"--") {
+            in_type = false;
             boundaries += 1;
             if boundaries > MAX_BOUNDARY_LINES {
                 return false;
             }
-        } else if line.len() >= 13
-            && line[..13].eq_ignore_ascii_case(b"content-type:")
-            && memchr::memmem::find(&line.to_ascii_lowercase(), b"multipart").is_some()
-        {
+            continue;
+        }
+        if continuation && in_type {
+            // `Content-Type:\r\n multipart/mixed` is one field: look at the folded rest.
+        } else if line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"content-type:") {
+            (in_type, counted) = (true, false);
+        } else {
+            in_type = false;
+            continue;
+        }
+        if !counted && memchr::memmem::find(&line.to_ascii_lowercase(), b"multipart").is_some() {
+            counted = true;
             multiparts += 1;
             if multiparts > MAX_MULTIPARTS {
                 return false;

@@ -401,6 +401,24 @@ fn a_hostile_mime_tree_is_refused_before_parsing() {
         );
     }
     assert_eq!(take(c, &nested, None), Outcome::TooComplex);
+    // folding the field does not hide the type (found by tests/interop/attacks.sh)
+    let mut folded = Vec::new();
+    for i in 0..20 {
+        folded.extend_from_slice(
+            format!("Content-Type:\r\n multipart/mixed;\r\n\tboundary=f{i}\r\n\r\n--f{i}\r\n")
+                .as_bytes(),
+        );
+    }
+    assert!(!arf::within_mime_budget(&folded));
+    // a type folded after the word, and parameters mentioning it, count once per field
+    let mut one = Vec::new();
+    for i in 0..16 {
+        one.extend_from_slice(
+            format!("Content-Type: multipart/mixed;\r\n boundary=\"multipart-{i}\"\r\n\r\n--multipart-{i}\r\n")
+                .as_bytes(),
+        );
+    }
+    assert!(arf::within_mime_budget(&one));
     // a real report is well within it
     assert!(arf::within_mime_budget(&arf(
         FEEDBACK,
