@@ -11,6 +11,12 @@
   attack_reports.py folded PORT SOURCE FEEDBACK SPOOL
       20 nested multiparts with every Content-Type field folded after its colon (legal
       header syntax): over the budget as well, so 550 5.6.0 and nothing kept.
+  attack_reports.py inflight PORT PREFIX ADDRESSES PER-ADDRESS FEEDBACK MAX-REPORT RELAY-PID
+      PER-ADDRESS connections from each of PREFIX.1 .. PREFIX.ADDRESSES (strangers) each
+      send a report of MAX-REPORT octets less 1 KiB without its end (the relay must keep
+      it all, it may still become a valid report). The relay's RSS may grow by no more
+      than MAX-REPORT and 128 KiB (its read buffer, allocation slack) per connection and
+      32 MiB; once they disconnect it falls back (to within 64 MiB of where it was). Prints the figures: what the limits allow strangers to hold.
   attack_reports.py rate PORT SOURCE FEEDBACK CAP
       CAP small reports from SOURCE are taken (250); the next one's RCPT gets 450 4.7.1.
   attack_reports.py forged PORT PROMO-SOURCE STRANGER FEEDBACK SINK OPS-URL TOKEN READER
@@ -144,6 +150,40 @@ def folded(port, source, feedback, spool):
     expect(r[-1].startswith("550 5.6.0"),
            f"20 nested multiparts, each Content-Type folded, in {len(deep)} octets: {r[-1]}")
     expect(kept(spool) == before, f"files kept aside: {before} -> {kept(spool)}")
+
+
+def inflight(port, prefix, addresses, per_address, feedback, max_report, pid):
+    before = rss(pid)[0]
+    held = []
+    part = b"Subject: slow report\r\n\r\n" + (b"x" * 76 + b"\r\n") * (
+        (max_report - 1024) // 78)
+    started = time.monotonic()
+    try:
+        for a in range(1, addresses + 1):
+            for _ in range(per_address):
+                c = Client(port, f"{prefix}.{a}")
+                held.append(c)
+                c.ehlo()
+                c.expect("MAIL FROM:<fbl@reporter.example>", 250)
+                c.expect(f"RCPT TO:<{feedback}>", 250)
+                c.expect("DATA", 354)
+                c.send(part)
+    except (AssertionError, Closed, OSError) as e:
+        expect(False, f"connection {len(held)}: {e}")
+    time.sleep(1)
+    peak = rss(pid)[0]
+    sent = len(held) * len(part) // 1024
+    bound = len(held) * (max_report // 1024 + 128) + 32 * 1024
+    expect(peak - before <= bound,
+           f"{len(held)} strangers' connections each in the middle of a "
+           f"{len(part) // 1024} KiB report ({time.monotonic() - started:.1f}s): relay RSS "
+           f"{mib(before)} -> {mib(peak)} (+{mib(peak - before)} for {mib(sent)} sent; "
+           f"at most +{mib(bound)})")
+    for c in held:
+        c.close()
+    time.sleep(2)
+    after = rss(pid)[0]
+    expect(after - before <= 64 * 1024, f"after they disconnect: {mib(after)}")
 
 
 def rate(port, source, feedback, cap):
@@ -318,6 +358,8 @@ def main():
         limits(int(a[1]), a[2], a[3], int(a[4]), a[5], int(a[6]))
     elif len(a) == 5 and a[0] == "folded":
         folded(int(a[1]), a[2], a[3], a[4])
+    elif len(a) == 8 and a[0] == "inflight":
+        inflight(int(a[1]), a[2], int(a[3]), int(a[4]), a[5], int(a[6]), int(a[7]))
     elif len(a) == 5 and a[0] == "rate":
         rate(int(a[1]), a[2], a[3], int(a[4]))
     elif len(a) == 9 and a[0] == "unsubscribe":

@@ -38,7 +38,9 @@
 #      at SIZE= and after DATA, nothing kept), 24 MiB of empty MIME parts (552, peak RSS
 #      printed), over the MIME budget within the size (550 5.6.0), the budget's nesting
 #      limit with folded Content-Type fields (550 5.6.0), over the per-client hourly cap
-#      (450 4.7.1); to an unsubscribe+TOKEN@ address over 64 KiB (552, nothing recorded)
+#      (450 4.7.1); 200 connections (40 addresses) each in the middle of a 1 MiB report
+#      (the RSS they cost, printed, and returned when they leave); to an unsubscribe+TOKEN@
+#      address over 64 KiB (552, nothing recorded)
 #   5. forged complaints: tokenless unsigned ARF reports (and one with a forged token)
 #      about a really delivered marketing message change nothing (admin API: not frozen,
 #      no complaint counted, no suppression, verdict allowed); the same report with the
@@ -363,6 +365,13 @@ unsubscribe_size() {
             "$SINK" "$OPS_URL" "$ADMIN_TOKEN" "$reader" 65536
 }
 
+# 40 addresses x 5 connections (the hourly report cap of each) in the middle of a 1 MiB
+# report.
+report_inflight() {
+    "$PY" "$HERE/attack_reports.py" inflight "$SMTP" 127.0.6 40 5 "$FEEDBACK" 1048576 \
+        "$RELAY_PID"
+}
+
 report_rate() {
     "$PY" "$HERE/attack_reports.py" rate "$SMTP" 127.0.4.3 "$FEEDBACK" 5 &&
         echo "optin_untrusted_refusals_total{reason=report_rate}:" \
@@ -599,6 +608,8 @@ main() {
     check "4. a report nested over the MIME budget with folded Content-Type fields: 550 5.6.0" \
         report_folded
     check "4. reports over the per-client hourly cap: 450 4.7.1" report_rate
+    check "4. 200 strangers' connections in the middle of a 1 MiB report: RSS bounded by what they sent, returned after" \
+        report_inflight
     check "4. a stranger's mail to an unsubscribe+TOKEN@ address over 64 KiB: 552 (SIZE= and after DATA), nothing recorded" \
         unsubscribe_size
     check "5. forged complaints (tokenless unsigned, forged token) change nothing; the genuine token does (control)" \
