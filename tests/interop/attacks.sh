@@ -11,7 +11,8 @@
 # 3s, session 30s, TLS handshake 2s, 10 connections per stranger, 20 per client; HTTP: 8
 # per client, 40 in all, header and body 2s, idle 4s; 5 reports per client and hour; AUTH
 # delays 100-400ms, lockout after 10 failures per client and 50 per username, for 15
-# min; retries every 10s), delivering to an aiosmtpd sink as its smart host. Its policy:
+# min, one password check at a time, so that a burst finds it busy on any machine;
+# retries every 10s), delivering to an aiosmtpd sink as its smart host. Its policy:
 # "app" (transactional, network 127.0.0.6/32), "shop" (AUTH users shop and target),
 # "news" (marketing, lists weekly and daily, network 127.0.0.5/32) and "promo"
 # (marketing, network 127.0.0.7/32), [health] min_volume = 1 (one counted complaint
@@ -180,6 +181,7 @@ auth_failure_delay_max = "400ms"
 auth_max_failures = 10
 auth_max_failures_per_user = 50
 auth_lockout = "15m"
+auth_concurrency = 1
 [spool]
 path = "$dir/spool"
 [delivery]
