@@ -70,7 +70,9 @@
 # Touches nothing beyond 127.0.0.0/8; every process it starts is stopped on exit.
 #
 # Usage: tests/interop/attacks.sh   (as root, or with sudo available for apt-get).
-#        INTEROP_KEEP=1 keeps the work directory (it is kept anyway when a check failed).
+#        INTEROP_KEEP=1 keeps the work directory (it is kept anyway when a check failed);
+#        ATTACKS_LOG_LEVEL=info makes the relay log every message (default warn);
+#        ATTACKS_BACKLOG=N queues N messages in check 11 (default 30000).
 
 set -u -o pipefail
 
@@ -90,6 +92,9 @@ PROMO_SOURCE=127.0.0.7         # the account "promo"'s network
 RSS_LIMIT_KIB=$((300 * 1000))  # 300 MB
 BACKLOG=${ATTACKS_BACKLOG:-30000}  # messages queued while the next hop is down (check 11)
 RELAY_PID="" RELAY_LOG=""      # the running relay
+# The relay's log level: "warn" keeps the work directory (kept when a check failed) small
+# after the backlog; ATTACKS_LOG_LEVEL=info logs every message and delivery.
+LOG_LEVEL=${ATTACKS_LOG_LEVEL:-warn}
 
 source "$HERE/lib.sh"
 
@@ -189,6 +194,7 @@ smarthost = "127.0.0.1:$SINK_PORT"
 connection_idle_timeout = "2s"
 retry_initial = "10s"
 retry_max = "10s"
+log = ""
 [http]
 listen = "127.0.0.1:$HTTP"
 max_connections = 40
@@ -209,7 +215,7 @@ max_reports_per_ip = 5
 [lists]
 refresh_interval = "100ms"
 [log]
-level = "info"
+level = "$LOG_LEVEL"
 EOF
     CONFIG="$dir/relay.toml"
     "$BIN" --config "$CONFIG" config check
