@@ -26,9 +26,10 @@ impl Scheduler {
         };
         let env = env.clone();
         let loc = entry.loc;
-        // The canary's figures, for staged release.
+        // The canary's figures, for staged release (held recipients are not the canary's;
+        // once released, outcomes no longer count: see `Campaigns::outcome`).
         let canary = match &self.settings.campaigns {
-            Some(c) if entry.campaign != NO_CAMPAIGN && !entry.campaign_held => {
+            Some(c) if entry.campaign != NO_CAMPAIGN => {
                 Some((c.clone(), self.names.name(entry.campaign).to_string()))
             }
             _ => None,
@@ -107,7 +108,7 @@ impl Scheduler {
                     tokio::task::spawn_blocking(move || governor.freeze_for(&account, &why));
                 }
             }
-            if let Some((campaigns, key)) = &canary {
+            if let Some((campaigns, key)) = canary.as_ref().filter(|_| !r.held) {
                 match &disposition {
                     Disposition::Delivered => campaigns.outcome(key, true, false),
                     Disposition::Bounced { .. } => campaigns.outcome(key, false, hard),

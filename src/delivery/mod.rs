@@ -275,6 +275,10 @@ impl Scheduler {
             self.publish_metrics();
         }
         self.drain(&mut rx).await;
+        // What the canaries did since the last tick survives a clean stop.
+        if let Some(campaigns) = &self.settings.campaigns {
+            campaigns.flush();
+        }
     }
 
     fn handle(&mut self, event: Event) {
@@ -419,8 +423,21 @@ impl Scheduler {
             .iter()
             .filter(|r| r.status() != Progress::Done)
             .count();
-        let (campaign, campaign_held) = match self.admit(&q, marketing, open as u64) {
-            Some(admission) => admission,
+        let mut rcpts = rcpts;
+        let campaign = match self.admit(&q, marketing, open as u64) {
+            Some((campaign, sending)) => {
+                // The canary's share is the first open recipients; the others wait for
+                // the campaign's verdict.
+                let mut left = sending;
+                for r in rcpts.iter_mut().filter(|r| r.status() != Progress::Done) {
+                    if left > 0 {
+                        left -= 1;
+                    } else {
+                        r.held = true;
+                    }
+                }
+                campaign
+            }
             None => {
                 // The campaign was declined: its mail is dropped (the account has its report).
                 for i in 0..rcpts.len() {
@@ -458,20 +475,20 @@ impl Scheduler {
                 report,
                 received_s,
                 campaign,
-                campaign_held,
             },
         );
         self.dispatch(id);
     }
 
-    /// Staged release: whether a marketing message of a campaign goes now or waits for the
-    /// verdict; `None` when the campaign was declined (the message is dropped).
-    fn admit(&mut self, q: &Queued, marketing: bool, open: u64) -> Option<(u32, bool)> {
-        use crate::governance::campaign::{Admission, key};
+    /// Staged release: the message's campaign and how many of its `open` recipients go
+    /// now (the rest wait for the verdict); `None` when the campaign was declined (the
+    /// message is dropped).
+    fn admit(&mut self, q: &Queued, marketing: bool, open: u64) -> Option<(u32, u64)> {
+        use crate::governance::campaign::key;
         let (Some(campaigns), Some(id), true) =
             (&self.settings.campaigns, &q.env.campaign, marketing)
         else {
-            return Some((NO_CAMPAIGN, false));
+            return Some((NO_CAMPAIGN, open));
         };
         let k = key(&q.env.account, id);
         let admission = if q.body.is_some() {
@@ -494,11 +511,7 @@ impl Scheduler {
             campaigns.readmit(&k, open, &mut self.readmit_budget)
         };
         let name = self.names.id(&k);
-        match admission {
-            Admission::Send => Some((name, false)),
-            Admission::Hold => Some((name, true)),
-            Admission::Declined(_) => None,
-        }
+        admission.sending(open).map(|sending| (name, sending))
     }
 
     /// A recipient's state from its last journaled event.
@@ -559,18 +572,21 @@ impl Scheduler {
             return;
         };
         let acted_on = self.actions.contains_key(&id);
+        // Recipients held for their campaign's verdict are left alone until it comes
+        // (control::campaign_verdict dispatches them).
+        let skip_held = self.campaign_waits(entry);
         if !acted_on {
-            let due_now = entry
-                .rcpts
-                .iter()
-                .any(|r| matches!(r.status(), Progress::Waiting { due } if due <= now));
+            let due_now = entry.rcpts.iter().any(|r| {
+                !(skip_held && r.held)
+                    && matches!(r.status(), Progress::Waiting { due } if due <= now)
+            });
             if !due_now {
-                if let Some(due) = entry.next_due() {
+                if let Some(due) = entry.next_due(skip_held) {
                     self.timers.push(Reverse((due, id)));
                 }
                 return;
             }
-            if self.held(entry) {
+            if self.frozen_holds(entry) {
                 return; // kept waiting until the account is unfrozen (control::Command::Release)
             }
         }
@@ -601,6 +617,9 @@ impl Scheduler {
         let mut groups: HashMap<String, Vec<u32>> = HashMap::new();
         let mut next_due: Option<u64> = None;
         for (i, r) in entry.rcpts.iter_mut().enumerate() {
+            if skip_held && r.held {
+                continue;
+            }
             match r.status() {
                 Progress::Waiting { due } if due <= now => {
                     r.set(Progress::InFlight);

@@ -59,6 +59,8 @@ pub(super) struct Rcpt {
     pub domain: u32,
     pub attempts: u16,
     pub delay_notified: bool,
+    /// Held for its campaign's verdict (not part of the canary); fits in the padding.
+    pub held: bool,
     state: u8,
 }
 
@@ -74,6 +76,7 @@ impl Rcpt {
             domain: 0,
             attempts,
             delay_notified,
+            held: false,
             state: DONE,
         };
         r.set(status);
@@ -178,10 +181,9 @@ pub(super) struct Entry {
     pub report: bool,
     /// Unix seconds when the message was accepted.
     pub received_s: u32,
-    /// The campaign ([`Names`] id of its registry key), or [`NO_CAMPAIGN`].
+    /// The campaign ([`Names`] id of its registry key), or [`NO_CAMPAIGN`]. Which of its
+    /// recipients wait for the campaign's verdict is [`Rcpt::held`].
     pub campaign: u32,
-    /// Held until the campaign's verdict (not part of its canary).
-    pub campaign_held: bool,
 }
 
 pub(super) const NO_CAMPAIGN: u32 = u32::MAX;
@@ -201,15 +203,24 @@ impl Entry {
         }
     }
 
-    /// The earliest time a waiting recipient is due.
-    pub fn next_due(&self) -> Option<u64> {
+    /// The earliest time a waiting recipient is due; with `skip_held`, recipients held for
+    /// their campaign's verdict do not count (they wait for it, not for a time).
+    pub fn next_due(&self, skip_held: bool) -> Option<u64> {
         self.rcpts
             .iter()
+            .filter(|r| !(skip_held && r.held))
             .filter_map(|r| match r.status() {
                 Progress::Waiting { due } => Some(due),
                 _ => None,
             })
             .min()
+    }
+
+    /// Whether any open recipient is held for the campaign's verdict.
+    pub fn campaign_holds(&self) -> bool {
+        self.rcpts
+            .iter()
+            .any(|r| r.held && r.status() != Progress::Done)
     }
 
     pub fn in_flight(&self) -> bool {

@@ -574,6 +574,31 @@ pub fn grant(relay: &optin_relay::server::Relay, account: &str, list: &str, addr
     );
 }
 
+/// Records consent for many addresses of `account`'s `list` at once (one journal write).
+pub fn grant_all(
+    relay: &optin_relay::server::Relay,
+    account: &str,
+    list: &str,
+    addresses: &[String],
+) {
+    let lists = &relay.lists;
+    let changes: Vec<optin_relay::consent::Change> = addresses
+        .iter()
+        .map(|a| optin_relay::consent::Change {
+            op: optin_relay::consent::Op::Add,
+            fp: lists.secret().fingerprint(
+                optin_relay::consent::Kind::Consent,
+                optin_relay::consent::Scope::List(account, list),
+                a,
+            ),
+            tags: optin_relay::consent::CONSENT,
+            origin: optin_relay::consent::Origin::Operator,
+            time_ms: 0,
+        })
+        .collect();
+    lists.record(&changes).unwrap();
+}
+
 /// Adds `tags` for `address` in `scope` to the lists, in force at once.
 pub fn record(
     lists: &optin_relay::consent::Lists,
