@@ -41,6 +41,8 @@ pub const DEFAULT_LISTS_REFRESH: HumanDuration = HumanDuration::millis(250);
 pub const DEFAULT_COMPACT_AFTER: usize = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_DESTINATION: usize = 20;
 pub const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 1000;
+/// Message content delivery holds in memory at once (see `crate::delivery`'s budget).
+pub const DEFAULT_MAX_CONTENT_IN_FLIGHT: ByteSize = ByteSize::mib(128);
 pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_COMMAND_TIMEOUT: HumanDuration = HumanDuration::secs(300);
 pub const DEFAULT_DATA_TIMEOUT: HumanDuration = HumanDuration::secs(600);
@@ -250,6 +252,9 @@ pub struct DeliveryConfig {
     pub tls_roots: Option<PathBuf>,
     pub max_connections_per_destination: usize,
     pub max_messages_per_connection: usize,
+    /// Octets of message content (and its rewritten copies) in memory at once for
+    /// sending; workers wait for room beyond it.
+    pub max_content_in_flight: u64,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
@@ -546,6 +551,12 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
         DEFAULT_MAX_MESSAGES_PER_CONNECTION,
     );
     let max_age = s.get_or("max_age", DEFAULT_MAX_AGE).get();
+    let max_content_in_flight = s
+        .get_or("max_content_in_flight", DEFAULT_MAX_CONTENT_IN_FLIGHT)
+        .get();
+    if max_content_in_flight < 1 << 20 {
+        s.problem("max_content_in_flight", "must be at least 1MiB");
+    }
     DeliveryConfig {
         smarthost,
         dns: s.get::<SocketAddr>("dns"),
@@ -570,6 +581,7 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
         },
         max_connections_per_destination: positive(s, "max_connections_per_destination", max_conns),
         max_messages_per_connection: positive(s, "max_messages_per_connection", max_msgs),
+        max_content_in_flight,
         connect_timeout: s.get_or("connect_timeout", DEFAULT_CONNECT_TIMEOUT).get(),
         command_timeout: s.get_or("command_timeout", DEFAULT_COMMAND_TIMEOUT).get(),
         data_timeout: s.get_or("data_timeout", DEFAULT_DATA_TIMEOUT).get(),

@@ -459,20 +459,22 @@ impl Scheduler {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        let Residence::Hot(hot) = &entry.residence else {
+        // In memory for erase and bounce (see `dispatch`); delete does without.
+        let env = entry.env().cloned();
+        if env.is_none() && action != Action::Delete {
             return;
-        };
-        let env = hot.env.clone();
+        }
         let chosen: Vec<u32> = entry
             .rcpts
             .iter()
             .enumerate()
             .filter(|(i, r)| {
                 matches!(r.status(), Progress::Waiting { .. })
-                    && match &action {
-                        Action::Erase(address) => {
+                    && match (&action, &env) {
+                        (Action::Erase(address), Some(env)) => {
                             env.recipients[*i].address.eq_ignore_ascii_case(address)
                         }
+                        (Action::Erase(_), None) => false,
                         _ => true,
                     }
             })
@@ -488,6 +490,7 @@ impl Scheduler {
                 .collect();
             self.complete(JobReport {
                 id,
+                env,
                 results,
                 remote: None,
                 next_hop_dsn: false,

@@ -10,6 +10,7 @@
 //! Time: due times are unix milliseconds from a clock anchored on tokio's `Instant`, so
 //! tests with paused time drive retries and expiry exactly as days of real time would.
 
+mod budget;
 pub mod client;
 mod complete;
 pub mod control;
@@ -88,10 +89,10 @@ impl Settings {
 enum Event {
     New(Box<Queued>),
     Done(JobReport),
-    /// A cold message's envelope and content, read back from the spool.
+    /// A cold message's envelope, read back from the spool for an operator's action.
     Loaded {
         id: u64,
-        result: Result<(Envelope, Bytes), spool::SpoolError>,
+        result: Result<Envelope, spool::SpoolError>,
     },
     /// The operator's commands (admin API, CLI).
     Control(control::Command),
@@ -105,6 +106,8 @@ enum Event {
 struct Queued {
     env: Arc<Envelope>,
     loc: Location,
+    /// A fresh message's content (kept for its first attempt when the budget allows);
+    /// `None` for a message recovered from the spool.
     body: Option<Bytes>,
     events: Vec<Option<RcptEvent>>,
 }
@@ -157,6 +160,7 @@ pub fn start(
         }
         _ => None,
     };
+    let content = budget::ContentBudget::new(settings.config.max_content_in_flight);
     let settings = Arc::new(settings);
     let by_domain = transport.routes_by_domain();
     let workers = Arc::new(Workers {
@@ -166,6 +170,7 @@ pub fn start(
         tls,
         verified_tls,
         events: tx.clone(),
+        content,
     });
     let mut scheduler = Scheduler {
         settings,
@@ -187,8 +192,8 @@ pub fn start(
         open_rcpts: 0,
         draining: false,
     };
-    // Taken in here, not through the channel: a message waiting for a later retry keeps no
-    // envelope in memory, so a large recovered queue costs little.
+    // Taken in here, not through the channel: a queued message keeps no envelope in memory
+    // (the worker sending it reads it back), so a large recovered queue costs little.
     for m in recovered {
         scheduler.add(Queued {
             env: Arc::new(m.envelope),
@@ -269,7 +274,10 @@ impl Scheduler {
                     None => return,
                 },
                 () = sleep_until_opt(next_timer) => self.fire_timers(),
-                _ = site_metrics.tick() => self.publish_site_metrics(),
+                _ = site_metrics.tick() => {
+                    self.publish_site_metrics();
+                    self.compact();
+                }
                 _ = campaign_tick.tick(), if self.settings.campaigns.is_some() => self.judge_campaigns(),
             }
             self.publish_metrics();
@@ -318,12 +326,32 @@ impl Scheduler {
                         .iter()
                         .map(|&i| (i, Attempt::Unroutable(failure.clone())))
                         .collect();
-                    self.complete(JobReport {
+                    let mut report = JobReport {
                         id: w.id,
+                        env: w.loaded.map(|l| l.env),
                         results,
                         remote: None,
                         next_hop_dsn: false,
                         site: format!("{domain} (no site)"),
+                    };
+                    if report.env.is_some() {
+                        self.complete(report);
+                        continue;
+                    }
+                    // The outcome needs the envelope (logs, DSNs): read it like a worker
+                    // would, and report as one.
+                    let Some(loc) = self.entries.get(&w.id).map(|e| e.loc) else {
+                        continue;
+                    };
+                    self.in_flight += 1;
+                    let (spool, tx) = (self.spool.clone(), self.tx.clone());
+                    tokio::spawn(async move {
+                        report.env = spool
+                            .read_message(loc)
+                            .await
+                            .ok()
+                            .map(|(env, _)| Arc::new(env));
+                        let _ = tx.send(Event::Done(report));
                     });
                 }
             }
@@ -340,7 +368,7 @@ impl Scheduler {
             for job in route.take_queued() {
                 self.in_flight -= 1;
                 if let Some(entry) = self.entries.get_mut(&job.id) {
-                    for i in job.rcpts {
+                    for &i in job.rcpts.iter() {
                         entry.rcpts[i as usize].set(Progress::Waiting { due: now });
                     }
                 }
@@ -348,7 +376,7 @@ impl Scheduler {
         }
         for w in self.sites.take_waiting() {
             if let Some(entry) = self.entries.get_mut(&w.id) {
-                for i in w.rcpts {
+                for &i in w.rcpts.iter() {
                     entry.rcpts[i as usize].set(Progress::Waiting { due: now });
                 }
             }
@@ -376,6 +404,24 @@ impl Scheduler {
                     break;
                 }
             }
+        }
+    }
+
+    /// Gives back what a drained backlog left in the scheduler's tables: a map or heap
+    /// never shrinks by itself, and a million due messages make both large.
+    fn compact(&mut self) {
+        let roomy = |len: usize, capacity: usize| capacity > 4096 && capacity > 4 * len;
+        let mut shrunk = false;
+        if roomy(self.entries.len(), self.entries.capacity()) {
+            self.entries.shrink_to(self.entries.len() * 2);
+            shrunk = true;
+        }
+        if roomy(self.timers.len(), self.timers.capacity()) {
+            self.timers.shrink_to(self.timers.len() * 2);
+            shrunk = true;
+        }
+        if shrunk {
+            give_back_memory();
         }
     }
 
@@ -451,25 +497,33 @@ impl Scheduler {
             .iter()
             .filter(|r| r.status() != Progress::Done)
             .count();
-        let due_now = rcpts
+        // A fresh message's content is in memory already: it serves the first attempt when
+        // the budget has room to spare (see budget.rs); otherwise the worker reads it.
+        let sending = rcpts
             .iter()
-            .any(|r| matches!(r.status(), Progress::Waiting { due } if due <= now));
-        let residence = if due_now {
-            Residence::Hot(Box::new(Hot {
-                env: q.env,
-                body: q.body,
-                notices: Notices::default(),
-            }))
-        } else {
-            // Nothing to do before a later retry: keep the state only.
-            Residence::Cold
+            .filter(|r| !r.held && matches!(r.status(), Progress::Waiting { due } if due <= now))
+            .count();
+        let loaded = match q.body {
+            Some(body) if sending > 0 => {
+                self.workers
+                    .content
+                    .take_spare(q.loc.len, sending)
+                    .map(|share| {
+                        Box::new(route::Loaded {
+                            env: q.env.clone(),
+                            body,
+                            share: Arc::new(share),
+                        })
+                    })
+            }
+            _ => None,
         };
         self.entries.insert(
             id,
             Entry {
                 loc: q.loc,
                 rcpts,
-                residence,
+                residence: Residence::Cold,
                 account,
                 marketing,
                 report,
@@ -477,7 +531,7 @@ impl Scheduler {
                 campaign,
             },
         );
-        self.dispatch(id);
+        self.dispatch_with(id, loaded);
     }
 
     /// Staged release: the message's campaign and how many of its `open` recipients go
@@ -531,18 +585,19 @@ impl Scheduler {
         }
     }
 
-    /// A cold message's envelope is back from the spool: dispatch it.
-    fn loaded(&mut self, id: u64, result: Result<(Envelope, Bytes), spool::SpoolError>) {
+    /// A cold message's envelope is back from the spool: the operator's action applies.
+    fn loaded(&mut self, id: u64, result: Result<Envelope, spool::SpoolError>) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
         match result {
-            Ok((env, body)) => {
-                entry.residence = Residence::Hot(Box::new(Hot {
-                    env: Arc::new(env),
-                    body: Some(body),
-                    notices: Notices::default(),
-                }));
+            Ok(env) => {
+                if !matches!(entry.residence, Residence::Hot(_)) {
+                    entry.residence = Residence::Hot(Box::new(Hot {
+                        env: Arc::new(env),
+                        notices: Notices::default(),
+                    }));
+                }
                 self.dispatch(id);
             }
             Err(e) => {
@@ -564,6 +619,12 @@ impl Scheduler {
     /// Sends every due recipient of a message to its site's queue (looking the site up
     /// first when its domain is new or expired); schedules the rest.
     fn dispatch(&mut self, id: u64) {
+        self.dispatch_with(id, None);
+    }
+
+    /// [`Self::dispatch`], with the message's envelope and content when they are in memory
+    /// already (a fresh message).
+    fn dispatch_with(&mut self, id: u64, loaded: Option<Box<route::Loaded>>) {
         if self.draining {
             return;
         }
@@ -591,28 +652,31 @@ impl Scheduler {
             }
         }
         let entry = self.entries.get_mut(&id).expect("checked above");
-        if acted_on && entry.in_flight() {
-            return; // the action waits for the attempt under way (see `complete`)
-        }
-        if acted_on && matches!(entry.residence, Residence::Hot(_)) {
+        if acted_on {
+            if entry.in_flight() {
+                return; // the action waits for the attempt under way (see `complete`)
+            }
+            // Erase and bounce need the envelope (addresses, the DSN); delete does not.
+            let needs_envelope = self.actions.get(&id) != Some(&control::Action::Delete);
+            match &entry.residence {
+                Residence::Hot(_) => {}
+                _ if !needs_envelope => {}
+                Residence::Loading => return,
+                Residence::Cold => {
+                    // Read the envelope back; the action applies when it is here.
+                    entry.residence = Residence::Loading;
+                    let (spool, tx, loc) = (self.spool.clone(), self.tx.clone(), entry.loc);
+                    tokio::spawn(async move {
+                        let result = spool.read_message(loc).await.map(|(env, _)| env);
+                        let _ = tx.send(Event::Loaded { id, result });
+                    });
+                    return;
+                }
+            }
             let action = self.actions.remove(&id).expect("checked above");
             self.apply(id, action);
             return;
         }
-        let hot = match &mut entry.residence {
-            Residence::Hot(hot) => hot,
-            Residence::Loading => return,
-            Residence::Cold => {
-                // Read the envelope back; dispatch goes on when it is here.
-                entry.residence = Residence::Loading;
-                let (spool, tx, loc) = (self.spool.clone(), self.tx.clone(), entry.loc);
-                tokio::spawn(async move {
-                    let result = spool.read_message(loc).await;
-                    let _ = tx.send(Event::Loaded { id, result });
-                });
-                return;
-            }
-        };
         // Recipients by routing domain (one group for everything when a smart host takes it).
         let mut groups: HashMap<String, Vec<u32>> = HashMap::new();
         let mut next_due: Option<u64> = None;
@@ -635,8 +699,6 @@ impl Scheduler {
                 _ => {}
             }
         }
-        // The in-memory copy serves this attempt only; the next reads the spool again.
-        let body = hot.body.take();
         if let Some(due) = next_due {
             self.timers.push(Reverse((due, id)));
         }
@@ -657,8 +719,8 @@ impl Scheduler {
             }
             let waiting = sites::Waiting {
                 id,
-                rcpts,
-                body: body.clone(),
+                rcpts: rcpts.into(),
+                loaded: loaded.clone(),
             };
             if self.sites.wait(&domain, waiting) {
                 let (workers, tx) = (self.workers.clone(), self.tx.clone());
@@ -672,8 +734,8 @@ impl Scheduler {
             rcpts.sort_unstable();
             let waiting = sites::Waiting {
                 id,
-                rcpts,
-                body: body.clone(),
+                rcpts: rcpts.into(),
+                loaded: loaded.clone(),
             };
             self.queue_job(key, &domains, waiting);
         }
@@ -681,15 +743,16 @@ impl Scheduler {
 
     /// Hands recipients (already marked in flight) to a route as one job.
     fn queue_job(&mut self, key: RouteKey, domains: &[String], w: sites::Waiting) {
-        let Some((entry, Some(env))) = self.entries.get(&w.id).map(|e| (e, e.env())) else {
+        let Some(entry) = self.entries.get(&w.id) else {
             return;
         };
         let job = Job {
             id: w.id,
-            env: env.clone(),
             loc: entry.loc,
-            body: w.body,
             rcpts: w.rcpts,
+            account: entry.account,
+            urgent: !entry.marketing,
+            loaded: w.loaded,
         };
         let route = self
             .routes
@@ -721,6 +784,22 @@ impl Scheduler {
         self.sites.expire(tokio::time::Instant::now());
     }
 }
+
+/// glibc keeps what a drained backlog freed in its arenas (fragmented, so it seldom returns
+/// by itself: the resident set stayed at the backlog's peak); hand it back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn give_back_memory() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heaps.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_back_memory() {}
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {

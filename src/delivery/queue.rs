@@ -1,18 +1,18 @@
 //! What the scheduler keeps in memory per queued message, kept small: a large deferred
-//! queue (a million messages waiting for their retry) must fit in little RAM.
+//! queue (a million messages waiting for their retry) must fit in little RAM, and so must
+//! a backlog of a million messages coming due at once.
 //!
-//! A message is *hot* while any of its recipients is due or in flight: its envelope (and,
-//! on the first attempt, its content) is in memory, with the DSN lines collected for it. It
-//! turns *cold* when every open recipient waits for a later retry: then only the spool
-//! location, the account, campaign and flags, and each recipient's retry state, domain and
-//! address hash stay (what the admin API needs) — about 210 bytes for a one-recipient
-//! message, counting the map and the timer — and the envelope is read back from the spool
-//! when the next recipient is due.
+//! A message is normally *cold*: only its spool location, account, campaign and flags, and
+//! each recipient's retry state, domain and address hash are in memory (what dispatching
+//! and the admin API need) — about 210 bytes for a one-recipient message, counting the map
+//! and the timer. Dispatching needs no more; the worker that sends a job reads envelope
+//! and content from the spool when its connection is ready (see `budget.rs`). A message is
+//! *hot* — its envelope in memory — only while an attempt's results are being collected
+//! (the DSN lines of a message whose recipients went several ways) or an operator's action
+//! that needs the envelope (erase, bounce) is applied.
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use bytes::Bytes;
 
 use crate::smtp::reply::Status;
 use crate::spool::{self, Envelope, Location};
@@ -103,11 +103,9 @@ impl Rcpt {
     }
 }
 
-/// The envelope and what goes with it while a message is being worked on.
+/// The envelope and what goes with it while a message's results are being collected.
 pub(super) struct Hot {
     pub env: Arc<Envelope>,
-    /// The content when still in memory (first attempt, or just read back).
-    pub body: Option<Bytes>,
     /// DSN lines collected until no recipient is in flight, so that a message whose
     /// recipients fail on several routes produces one DSN, not one per route.
     pub notices: Notices,

@@ -11,18 +11,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::outcome::ResolveFailure;
-use super::route::Workers;
+use super::route::{Indexes, Loaded, Workers};
 use super::transport::{RouteKey, Site, TlsDemand};
 
 /// Recipients of one message waiting for their domain's site.
 pub(super) struct Waiting {
     pub id: u64,
-    pub rcpts: Vec<u32>,
-    pub body: Option<Bytes>,
+    pub rcpts: Indexes,
+    /// A fresh message's envelope and content, kept for its first attempt.
+    pub loaded: Option<Box<Loaded>>,
 }
 
 enum Known {

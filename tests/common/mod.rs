@@ -6,6 +6,8 @@
 //! bug in the server that checks it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod memory;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
