@@ -8,6 +8,7 @@
 //! `./data`, delivery by MX lookup). Relative paths are relative to the working directory.
 
 pub mod reader;
+pub mod smarthost;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reader::{Collector, OneOrMany, Problems, Section};
+pub use smarthost::{Credentials, Secret, Smarthost, TlsLevel};
 use units::{ByteSize, HumanDuration};
 
 pub const DEFAULT_SMTP_LISTEN: &str = "127.0.0.1:2525";
@@ -237,8 +239,8 @@ impl std::fmt::Display for HostPort {
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
-    /// Send everything here instead of looking up MX records.
-    pub smarthost: Option<HostPort>,
+    /// Send everything here instead of looking up MX records (see [`smarthost`]).
+    pub smarthost: Option<Smarthost>,
     /// Nameserver for MX lookups (default: the system's resolv.conf).
     pub dns: Option<SocketAddr>,
     pub mx_port: u16,
@@ -248,7 +250,9 @@ pub struct DeliveryConfig {
     pub mta_sts: bool,
     /// Port of the MTA-STS policy hosts (443 on the Internet; other values for tests).
     pub mta_sts_port: u16,
-    /// Extra CA certificates (PEM) trusted for MTA-STS, besides the Mozilla roots.
+    /// Extra CA certificates (PEM) trusted wherever certificates are verified (MTA-STS,
+    /// `tls = "verify"` destinations, a smart host without its own `ca_file`), besides the
+    /// Mozilla roots.
     pub tls_roots: Option<PathBuf>,
     pub max_connections_per_destination: usize,
     pub max_messages_per_connection: usize,
@@ -519,15 +523,7 @@ fn read_lists(s: &mut Section<'_>, spool: &Path) -> ListsConfig {
 }
 
 fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryConfig {
-    let smarthost = s
-        .get::<String>("smarthost")
-        .and_then(|v| match v.parse::<HostPort>() {
-            Ok(hp) => Some(hp),
-            Err(e) => {
-                s.problem("smarthost", e);
-                None
-            }
-        });
+    let smarthost = smarthost::read(s);
     let helo_name = match s.get::<String>("helo_name") {
         Some(h) if crate::smtp::address::check_domain(&h).is_ok() => h,
         Some(h) => {
@@ -557,12 +553,23 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
     if max_content_in_flight < 1 << 20 {
         s.problem("max_content_in_flight", "must be at least 1MiB");
     }
+    let starttls = s.get_or("starttls", StartTlsPolicy::Opportunistic);
+    if starttls == StartTlsPolicy::Disabled
+        && smarthost
+            .as_ref()
+            .is_some_and(|h| h.tls != TlsLevel::Opportunistic && !h.implicit_tls)
+    {
+        s.problem(
+            "starttls",
+            "is \"disabled\", but the smart host's tls needs STARTTLS",
+        );
+    }
     DeliveryConfig {
         smarthost,
         dns: s.get::<SocketAddr>("dns"),
         mx_port: positive(s, "mx_port", mx_port),
         helo_name,
-        starttls: s.get_or("starttls", StartTlsPolicy::Opportunistic),
+        starttls,
         mta_sts: s.get_or("mta_sts", true),
         mta_sts_port: {
             let port = s.get_or("mta_sts_port", 443u16);

@@ -130,6 +130,33 @@ impl Intake for Delivery {
     }
 }
 
+/// The TLS client configurations delivery uses: one taking any certificate
+/// (opportunistic STARTTLS, `tls = "required"`; also TLS from the first byte to a smart
+/// host), and one verifying certificates — against the smart host's own `ca_file`, else
+/// the Mozilla roots and `tls_roots`.
+fn connectors(config: &DeliveryConfig) -> (Option<TlsConnector>, Option<TlsConnector>) {
+    let smarthost = config.smarthost.as_ref();
+    // With a smart host there are no MX sites, so this never turns STARTTLS on for them.
+    let any = config.starttls == StartTlsPolicy::Opportunistic
+        || smarthost.is_some_and(|s| s.implicit_tls);
+    let tls = any.then(|| TlsConnector::from(crate::tls::opportunistic_client_config()));
+    let verifying = match smarthost.and_then(|s| s.ca_file.as_deref()) {
+        Some(ca_file) => crate::tls::private_ca_client_config(ca_file),
+        None => crate::tls::verifying_client_config(config.tls_roots.as_deref()),
+    };
+    let verified_tls = match verifying {
+        // `starttls = "disabled"` means no TLS at all, except to a smart host from the start
+        // (the config refuses a smart host that would need STARTTLS then).
+        _ if config.starttls == StartTlsPolicy::Disabled && smarthost.is_none() => None,
+        Ok(config) => Some(TlsConnector::from(config)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the verifying TLS client; mail that needs verified TLS will wait");
+            None
+        }
+    };
+    (tls, verified_tls)
+}
+
 /// Starts the scheduler with the messages recovered from the spool. It runs until
 /// `shutdown` is cancelled; in-flight attempts are then abandoned (their recipients are
 /// still pending in the spool and are retried at the next start).
@@ -142,24 +169,7 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> (Delivery, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let tls = match settings.config.starttls {
-        StartTlsPolicy::Opportunistic => {
-            Some(TlsConnector::from(crate::tls::opportunistic_client_config()))
-        }
-        StartTlsPolicy::Disabled => None,
-    };
-    let verified_tls = match (&tls, settings.config.mta_sts) {
-        (Some(_), true) => {
-            match crate::tls::verifying_client_config(settings.config.tls_roots.as_deref()) {
-                Ok(config) => Some(TlsConnector::from(config)),
-                Err(e) => {
-                    tracing::error!(error = %e, "MTA-STS: cannot build the verifying TLS client; enforced domains will wait");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let (tls, verified_tls) = connectors(&settings.config);
     let content = budget::ContentBudget::new(settings.config.max_content_in_flight);
     let settings = Arc::new(settings);
     let by_domain = transport.routes_by_domain();

@@ -8,8 +8,9 @@
 //! is closed (QUIT) after `connection_idle_timeout`, and any connection after
 //! `max_messages_per_connection` transactions. Connections in use plus parked ones never
 //! exceed the route's limit. Resolving and connecting try each MX in preference order; a
-//! failed TLS handshake is retried once in plain text (opportunistic TLS must never make
-//! mail undeliverable).
+//! failed TLS handshake is retried once in plain text when TLS is opportunistic (it must
+//! never make mail undeliverable), and never when the destination demands TLS (`required`,
+//! `verify`, MTA-STS `enforce`, a smart host that takes a login): then the mail waits.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,12 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 use super::budget::{ContentBudget, Share};
+use super::client::TlsStart;
 use super::client::{Connection, OpenError, Timeouts};
 use super::outcome::{Attempt, LocalRefusal, Stage};
 use super::transport::{RouteKey, TlsDemand, Transport};
 use super::{Event, Settings};
+use crate::config::TlsLevel;
 use crate::spool::{Envelope, Location, Recipient, Spool};
 
 /// Some recipients of one message, all on this route. A queued job is small: the worker
@@ -93,8 +96,11 @@ pub(super) struct Workers {
     pub settings: Arc<Settings>,
     pub transport: Arc<dyn Transport>,
     pub spool: Spool,
+    /// TLS that takes any certificate (opportunistic STARTTLS, `tls = "required"`); `None`
+    /// when `[delivery] starttls = "disabled"` and no smart host wants TLS from the start.
     pub tls: Option<TlsConnector>,
-    /// STARTTLS that verifies the server's certificate (MTA-STS `enforce`).
+    /// TLS that verifies the server's certificate for its name (`tls = "verify"`, MTA-STS
+    /// `enforce`, a smart host's `ca_file`).
     pub verified_tls: Option<TlsConnector>,
     pub events: mpsc::UnboundedSender<Event>,
     /// Content in memory at once (`[delivery] max_content_in_flight`).
@@ -220,21 +226,24 @@ impl Route {
         }
     }
 
-    /// What TLS this route's mail needs (the smart host: `[destinations."*"]`).
+    /// What TLS this route's mail needs (the smart host: the stricter of its own `tls`
+    /// and the policy's `[destinations."*"]`).
     fn tls_demand(&self, ctx: &Workers) -> TlsDemand {
         match &self.key {
             RouteKey::Site(site) => site.tls,
             RouteKey::Smarthost => {
-                let required = ctx
+                let configured = ctx
+                    .settings
+                    .config
+                    .smarthost
+                    .as_ref()
+                    .map_or(TlsLevel::Opportunistic, |s| s.tls);
+                let policy = ctx
                     .settings
                     .policy
                     .as_ref()
-                    .is_some_and(|p| p.load().tls_required("*"));
-                if required {
-                    TlsDemand::Required
-                } else {
-                    TlsDemand::Opportunistic
-                }
+                    .map_or(TlsLevel::Opportunistic, |p| p.load().destination_tls("*"));
+                configured.max(policy).into()
             }
         }
     }
@@ -613,6 +622,8 @@ async fn ready(
 }
 
 /// Resolves the route and opens a connection to the first server that greets us properly.
+/// Under a TLS demand nothing goes in plain text: a server without STARTTLS or a failed
+/// handshake moves on to the next server, never back to plain text.
 async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Connection, Attempt> {
     let tls_required = demand != TlsDemand::Opportunistic;
     let connector = match demand {
@@ -626,6 +637,16 @@ async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Con
                 .into(),
         });
     }
+    let smarthost = match key {
+        RouteKey::Smarthost => ctx.settings.config.smarthost.as_ref(),
+        RouteKey::Site(_) => None,
+    };
+    let auth = smarthost.and_then(|s| s.auth.as_ref());
+    let start = match connector {
+        Some(c) if smarthost.is_some_and(|s| s.implicit_tls) => TlsStart::Implicit(c),
+        Some(c) => TlsStart::StartTls(c),
+        None => TlsStart::Never,
+    };
     let targets = ctx
         .transport
         .resolve(key)
@@ -652,7 +673,7 @@ async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Con
                 continue;
             }
         };
-        match Connection::open(stream, target, helo, connector, timeouts).await {
+        match Connection::open(stream, target, helo, start, auth, timeouts).await {
             Ok(mut c) if tls_required && !c.tls => {
                 c.quit().await;
                 tracing::warn!(route = %key, host = %target.host, "TLS required; the server offers no STARTTLS");
@@ -663,7 +684,7 @@ async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Con
             }
             Ok(c) => return Ok(c),
             Err(OpenError { attempt, .. }) if tls_required => {
-                tracing::warn!(route = %key, host = %target.host, "TLS required and the handshake failed");
+                tracing::warn!(route = %key, host = %target.host, "TLS required and the handshake or login failed; not falling back to plain text");
                 last = attempt;
             }
             Err(OpenError {
@@ -672,7 +693,9 @@ async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Con
             }) => {
                 tracing::warn!(route = %key, host = %target.host, "TLS handshake failed; retrying without TLS");
                 if let Ok(stream) = ctx.transport.connect(target).await
-                    && let Ok(c) = Connection::open(stream, target, helo, None, timeouts).await
+                    && let Ok(c) =
+                        Connection::open(stream, target, helo, TlsStart::Never, auth, timeouts)
+                            .await
                 {
                     return Ok(c);
                 }

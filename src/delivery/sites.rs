@@ -105,24 +105,22 @@ impl Sites {
 }
 
 /// Looks a domain up: its MX hosts, then what TLS its mail needs — the policy's
-/// `[destinations.D] tls`, and an MTA-STS policy in `enforce` mode, which also limits the
-/// site to the MX hosts the policy names. Returns the site and how long it may be kept.
+/// `[destinations.D] tls` (`verify`: a certificate valid for the MX host's name), and an
+/// MTA-STS policy in `enforce` mode, which also limits the site to the MX hosts the policy
+/// names. Returns the site and how long it may be kept.
 pub(super) async fn resolve(
     ctx: &Workers,
     domain: &str,
 ) -> Result<(RouteKey, Duration), ResolveFailure> {
     let mx = ctx.transport.mx(domain).await?;
     let mut hosts = mx.hosts;
-    let required = ctx
+    let mut tls = ctx
         .settings
         .policy
         .as_ref()
-        .is_some_and(|p| p.load().tls_required(domain));
-    let mut tls = if required {
-        TlsDemand::Required
-    } else {
-        TlsDemand::Opportunistic
-    };
+        .map_or(TlsDemand::Opportunistic, |p| {
+            p.load().destination_tls(domain).into()
+        });
     if let Some(sts) = ctx.transport.mta_sts()
         && let Some(policy) = sts.policy(domain).await
     {
