@@ -3,40 +3,29 @@
 //!
 //! Parsing is strict: unknown keys, wrong types and impossible values are problems, and every
 //! problem in the file is reported at once with its key path (see [`reader`]). Every default
-//! is a named constant below; with no file at all, [`Config::embedded_default`] gives the
-//! relay DESIGN.md describes (SMTP on 127.0.0.1:2525, HTTP on 127.0.0.1:8025, spool in
-//! `./data`, delivery by MX lookup). Relative paths are relative to the working directory.
+//! is a named constant below (the HTTP listeners' in [`http`]); with no file at all,
+//! [`Config::embedded_default`] gives the relay DESIGN.md describes (SMTP on
+//! 127.0.0.1:2525, the public HTTP listener on 127.0.0.1:8025, the operator listener on
+//! 127.0.0.1:8026, spool in `./data`, delivery by MX lookup). Relative paths are relative
+//! to the working directory.
 
+pub mod http;
 pub mod reader;
 pub mod smarthost;
+mod smtp;
 pub mod units;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reader::{Collector, OneOrMany, Problems, Section};
+pub use http::{AdminConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_HTTP_LISTEN, HttpConfig, HttpLimits};
+use reader::{Collector, Problems, Section};
 pub use smarthost::{Credentials, Secret, Smarthost, TlsLevel};
+pub use smtp::*;
 use units::{ByteSize, HumanDuration};
 
-pub const DEFAULT_SMTP_LISTEN: &str = "127.0.0.1:2525";
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8025";
 pub const DEFAULT_SPOOL_PATH: &str = "./data";
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 200;
-pub const DEFAULT_MAX_MESSAGE_SIZE: ByteSize = ByteSize::mib(25);
-pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
-/// Longest command line, CRLF included. RFC 5321 sets 512 as the floor; AUTH lines and
-/// SMTPUTF8 paths with parameters need more.
-pub const DEFAULT_MAX_COMMAND_LINE: usize = 2048;
-/// Longest message line without its CRLF (RFC 5322 §2.1.1).
-pub const DEFAULT_MAX_LINE_LENGTH: usize = 998;
-pub const DEFAULT_MAX_ERRORS: u32 = 10;
-pub const DEFAULT_IDLE_TIMEOUT: HumanDuration = HumanDuration::secs(300);
-pub const DEFAULT_SESSION_TIMEOUT: HumanDuration = HumanDuration::secs(1800);
-pub const DEFAULT_MAX_RECEIVED_HEADERS: usize = 50;
-pub const DEFAULT_AUTH_FAILURE_DELAY: HumanDuration = HumanDuration::secs(1);
-pub const DEFAULT_SHUTDOWN_GRACE: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_SEGMENT_SIZE: ByteSize = ByteSize::mib(64);
 pub const DEFAULT_MX_PORT: u16 = 25;
 pub const DEFAULT_LISTS_REFRESH: HumanDuration = HumanDuration::millis(250);
@@ -59,6 +48,12 @@ pub const DEFAULT_POLICY_WATCH_INTERVAL: HumanDuration = HumanDuration::secs(2);
 pub const DEFAULT_DELIVERY_LOG_DAYS: u32 = 30;
 /// Days event lines with addresses and kept-aside complaint reports are kept.
 pub const DEFAULT_EVENT_LOG_DAYS: u32 = 90;
+/// Largest mail a stranger may send to an unsubscribe address (a one-line request).
+pub const DEFAULT_MAX_UNSUBSCRIBE_MAIL_SIZE: ByteSize = ByteSize::kib(64);
+/// Largest mail a stranger may send to the feedback address (an ARF report with a copy).
+pub const DEFAULT_MAX_REPORT_SIZE: ByteSize = ByteSize::mib(1);
+/// Feedback reports per client address and hour.
+pub const DEFAULT_MAX_REPORTS_PER_IP: u32 = 3600;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -95,14 +90,6 @@ pub struct WebhooksConfig {
     pub retry_initial: Duration,
 }
 
-/// The admin API's bearer token: given here, or kept in a file (created with a random
-/// token on first start, mode 0600) that the CLI on the same machine reads.
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub token: Option<String>,
-    pub token_file: PathBuf,
-}
-
 /// Where recipients unsubscribe, and the keys of the tokens in the links.
 #[derive(Debug, Clone)]
 pub struct UnsubscribeConfig {
@@ -114,6 +101,8 @@ pub struct UnsubscribeConfig {
     pub mail_domain: String,
     /// The token key file (created on first use, mode 0600).
     pub keys: PathBuf,
+    /// Largest mail to an unsubscribe address from a client no account knows.
+    pub max_mail_size: u64,
 }
 
 /// Where mailbox providers send spam complaints (ARF reports, RFC 5965); see
@@ -124,9 +113,15 @@ pub struct ComplaintsConfig {
     pub enabled: bool,
     /// The feedback address registered with the providers' feedback loops.
     pub address: crate::smtp::Address,
-    /// Take only reports whose copy carries a genuine unsubscribe token (a report without
-    /// one could be forged by anyone); others are kept aside.
+    /// Take only reports whose copy carries a genuine unsubscribe token, even from the
+    /// allow-listed reporters; others are kept aside.
     pub require_token: bool,
+    /// Domains whose valid DKIM signature makes a tokenless report count (canonical).
+    pub reporters: Vec<String>,
+    /// Largest mail to the feedback address from a client no account knows.
+    pub max_report_size: u64,
+    /// Reports taken per client address (IPv6: /64) per hour; more get `450 4.7.1`.
+    pub max_reports_per_ip: u32,
 }
 
 /// The consent and suppression data (see `crate::consent`).
@@ -146,30 +141,6 @@ pub struct ListsConfig {
     /// Copy each snapshot into memory (huge pages) before it serves: faster lookups at
     /// large sizes for RAM equal to the snapshot's size.
     pub load_into_memory: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct SmtpConfig {
-    /// Plain listeners (STARTTLS offered when TLS is available).
-    pub listen: Vec<SocketAddr>,
-    /// Implicit-TLS listeners (the port 465 style).
-    pub listen_tls: Vec<SocketAddr>,
-    /// Our name in the greeting, EHLO, Received headers and DSNs.
-    pub hostname: String,
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    pub max_message_size: u64,
-    pub max_recipients: usize,
-    pub max_command_line: usize,
-    pub max_line_length: usize,
-    pub max_errors: u32,
-    pub idle_timeout: Duration,
-    pub session_timeout: Duration,
-    pub max_received_headers: usize,
-    pub auth_failure_delay: Duration,
-    pub shutdown_grace: Duration,
-    /// Where `RCPT TO:<postmaster>` (no domain) goes.
-    pub postmaster: crate::smtp::Address,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -271,12 +242,6 @@ pub struct DeliveryConfig {
     pub log: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// `None` when `listen = ""` turns HTTP off.
-    pub listen: Option<SocketAddr>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct PolicyConfig {
     /// `None`: the embedded default policy (loopback clients are the account `local`).
@@ -342,19 +307,19 @@ impl Config {
         };
         let config = {
             let mut root = c.root(&table);
-            let smtp = read_smtp(&mut root.section("smtp"));
+            let smtp = smtp::read_smtp(&mut root.section("smtp"));
             let tls = read_tls(&mut root.section("tls"));
             let spool = read_spool(&mut root.section("spool"));
             let delivery =
                 read_delivery(&mut root.section("delivery"), &smtp.hostname, &spool.path);
-            let http = read_http(&mut root.section("http"));
-            let admin = read_admin(&mut root.section("admin"), &spool.path);
+            let http = http::read_http(&mut root.section("http"));
+            let admin = http::read_admin(&mut root.section("admin"), &spool.path, http.listen);
             let policy = read_policy(&mut root.section("policy"));
             let lists = read_lists(&mut root.section("lists"), &spool.path);
             let unsubscribe = read_unsubscribe(
                 &mut root.section("unsubscribe"),
                 &smtp.hostname,
-                http.listen,
+                &http,
                 &spool.path,
             );
             let complaints =
@@ -386,6 +351,7 @@ impl Config {
         let mut all = self.smtp.listen.clone();
         all.extend(&self.smtp.listen_tls);
         all.extend(self.http.listen);
+        all.extend(self.admin.listen);
         all
     }
 }
@@ -395,84 +361,6 @@ fn positive<T: PartialOrd + Default + Copy>(s: &Section<'_>, key: &str, v: T) ->
         s.problem(key, "must be greater than zero");
     }
     v
-}
-
-fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
-    let listen: Vec<SocketAddr> = s
-        .get::<OneOrMany<SocketAddr>>("listen")
-        .map(OneOrMany::into_vec)
-        .unwrap_or_else(|| vec![addr(DEFAULT_SMTP_LISTEN)]);
-    let listen_tls: Vec<SocketAddr> = s
-        .get::<OneOrMany<SocketAddr>>("listen_tls")
-        .map(OneOrMany::into_vec)
-        .unwrap_or_default();
-    if listen.is_empty() && listen_tls.is_empty() {
-        s.problem(
-            "listen",
-            "at least one listen or listen_tls address is needed",
-        );
-    }
-    let hostname = match s.get::<String>("hostname") {
-        Some(h) if crate::smtp::address::check_domain(&h).is_ok() => h,
-        Some(h) => {
-            s.problem("hostname", format!("{h:?} is not a valid host name"));
-            system_hostname()
-        }
-        None => system_hostname(),
-    };
-    let max_command_line = s.get_or("max_command_line", DEFAULT_MAX_COMMAND_LINE);
-    if max_command_line < 512 {
-        s.problem(
-            "max_command_line",
-            "must be at least 512 (RFC 5321 §4.5.3.1.4)",
-        );
-    }
-    let max_line_length = s.get_or("max_line_length", DEFAULT_MAX_LINE_LENGTH);
-    if !(78..=998).contains(&max_line_length) {
-        s.problem(
-            "max_line_length",
-            "must be between 78 and 998 (the relay never emits longer lines)",
-        );
-    }
-    let max_message_size = s.get_or("max_message_size", DEFAULT_MAX_MESSAGE_SIZE).get();
-    if max_message_size < 1024 {
-        s.problem("max_message_size", "must be at least 1KiB");
-    }
-    let default_postmaster = crate::smtp::Address::parse(&format!("postmaster@{hostname}"))
-        .expect("a valid hostname makes a valid address");
-    let postmaster = match s.get::<String>("postmaster") {
-        None => default_postmaster,
-        Some(p) => crate::smtp::Address::parse(&p).unwrap_or_else(|e| {
-            s.problem("postmaster", format!("{p:?} is not a mailbox: {e}"));
-            default_postmaster
-        }),
-    };
-    let max_connections = s.get_or("max_connections", DEFAULT_MAX_CONNECTIONS);
-    let max_connections_per_ip = s.get_or("max_connections_per_ip", DEFAULT_MAX_CONNECTIONS_PER_IP);
-    let max_recipients = s.get_or("max_recipients", DEFAULT_MAX_RECIPIENTS);
-    let max_errors = s.get_or("max_errors", DEFAULT_MAX_ERRORS);
-    let idle_timeout = s.get_or("idle_timeout", DEFAULT_IDLE_TIMEOUT).get();
-    let session_timeout = s.get_or("session_timeout", DEFAULT_SESSION_TIMEOUT).get();
-    SmtpConfig {
-        listen,
-        listen_tls,
-        hostname,
-        max_connections: positive(s, "max_connections", max_connections),
-        max_connections_per_ip: positive(s, "max_connections_per_ip", max_connections_per_ip),
-        max_message_size,
-        max_recipients: positive(s, "max_recipients", max_recipients),
-        max_command_line,
-        max_line_length,
-        max_errors: positive(s, "max_errors", max_errors),
-        idle_timeout: positive(s, "idle_timeout", idle_timeout),
-        session_timeout: positive(s, "session_timeout", session_timeout),
-        max_received_headers: s.get_or("max_received_headers", DEFAULT_MAX_RECEIVED_HEADERS),
-        auth_failure_delay: s
-            .get_or("auth_failure_delay", DEFAULT_AUTH_FAILURE_DELAY)
-            .get(),
-        shutdown_grace: s.get_or("shutdown_grace", DEFAULT_SHUTDOWN_GRACE).get(),
-        postmaster,
-    }
 }
 
 fn read_tls(s: &mut Section<'_>) -> TlsConfig {
@@ -607,42 +495,6 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
     }
 }
 
-fn read_http(s: &mut Section<'_>) -> HttpConfig {
-    let listen = match s.get::<String>("listen") {
-        None => Some(addr(DEFAULT_HTTP_LISTEN)),
-        Some(v) if v.is_empty() => None,
-        Some(v) => match v.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                s.problem("listen", format!("{v:?} is not an ip:port address"));
-                None
-            }
-        },
-    };
-    HttpConfig { listen }
-}
-
-fn read_admin(s: &mut Section<'_>, spool: &Path) -> AdminConfig {
-    let token = match s.get::<String>("token") {
-        Some(t) if t.is_empty() => None,
-        Some(t) if t.len() < 16 => {
-            s.problem(
-                "token",
-                "must be at least 16 characters (or empty: use token_file)",
-            );
-            None
-        }
-        Some(t) => Some(t),
-        None => None,
-    };
-    AdminConfig {
-        token,
-        token_file: s
-            .get::<PathBuf>("token_file")
-            .unwrap_or_else(|| spool.join("admin.token")),
-    }
-}
-
 fn read_policy(s: &mut Section<'_>) -> PolicyConfig {
     PolicyConfig {
         path: s.get::<PathBuf>("path"),
@@ -655,7 +507,7 @@ fn read_policy(s: &mut Section<'_>) -> PolicyConfig {
 fn read_unsubscribe(
     s: &mut Section<'_>,
     hostname: &str,
-    http: Option<SocketAddr>,
+    http: &HttpConfig,
     spool: &Path,
 ) -> UnsubscribeConfig {
     let public_url = match s.get::<String>("public_url") {
@@ -672,7 +524,8 @@ fn read_unsubscribe(
             }
             trimmed
         }
-        None => match http {
+        None => match http.listen {
+            Some(a) if http.tls() => format!("https://{a}"),
             Some(a) => format!("http://{a}"),
             None => format!("https://{hostname}"),
         },
@@ -689,6 +542,9 @@ fn read_unsubscribe(
         keys: s
             .get::<PathBuf>("keys")
             .unwrap_or_else(|| spool.join("unsubscribe.keys")),
+        max_mail_size: s
+            .get_or("max_mail_size", DEFAULT_MAX_UNSUBSCRIBE_MAIL_SIZE)
+            .get(),
     }
 }
 
@@ -705,10 +561,21 @@ fn read_complaints(s: &mut Section<'_>, mail_domain: &str) -> ComplaintsConfig {
             default()
         }),
     };
+    let mut reporters = Vec::new();
+    for d in s.get::<Vec<String>>("reporters").unwrap_or_default() {
+        match crate::policy::identity::canonical_domain(&d) {
+            Some(c) => reporters.push(c),
+            None => s.problem("reporters", format!("{d:?} is not a domain")),
+        }
+    }
+    let max_reports_per_ip = s.get_or("max_reports_per_ip", DEFAULT_MAX_REPORTS_PER_IP);
     ComplaintsConfig {
         enabled: s.get_or("enabled", true),
         address,
         require_token: s.get_or("require_token", false),
+        reporters,
+        max_report_size: s.get_or("max_report_size", DEFAULT_MAX_REPORT_SIZE).get(),
+        max_reports_per_ip: positive(s, "max_reports_per_ip", max_reports_per_ip),
     }
 }
 

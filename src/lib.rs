@@ -10,7 +10,9 @@
 pub mod cli;
 pub mod config;
 pub mod consent;
+pub mod cpu;
 pub mod delivery;
+pub mod dns;
 pub mod governance;
 pub mod http;
 pub mod metrics;

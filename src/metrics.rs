@@ -54,6 +54,18 @@ pub const POLICY_GENERATION: &str = "optin_policy_generation";
 pub const QUEUE_SITE_RECIPIENTS: &str = "optin_queue_site_recipients";
 pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
 pub const DELIVERY_SITE_RECIPIENTS: &str = "optin_delivery_site_recipients_total";
+pub const AUTH_ATTEMPTS: &str = "optin_auth_attempts_total";
+pub const UNTRUSTED_REFUSALS: &str = "optin_untrusted_refusals_total";
+pub const SPOOL_QUARANTINED: &str = "optin_spool_quarantined_total";
+pub const SPOOL_UNREADABLE: &str = "optin_spool_unreadable_messages_total";
+pub const LISTS_SNAPSHOT_REFUSED: &str = "optin_lists_snapshot_refused";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "optin_http_connections_refused_total";
+pub const HTTP_TIMEOUTS: &str = "optin_http_timeouts_total";
+
+/// `listener` of the HTTP metrics: the public one and the operator one.
+pub const HTTP_LISTENERS: [&str; 2] = ["public", "admin"];
+/// `stage` of [`HTTP_TIMEOUTS`]: where a client was too slow.
+pub const HTTP_TIMEOUT_STAGES: [&str; 4] = ["tls", "header", "body", "idle"];
 
 /// `verb` of [`SMTP_COMMANDS`]: the commands the server knows, and `unknown` for the rest.
 pub const COMMAND_VERBS: [&str; 15] = [
@@ -72,11 +84,12 @@ pub const VERDICT_REASONS: [&str; 8] = [
     "content",
 ];
 /// `reason` of [`MESSAGES_REFUSED`].
-pub const MESSAGE_REFUSAL_REASONS: [&str; 14] = [
+pub const MESSAGE_REFUSAL_REASONS: [&str; 15] = [
     "account_frozen",
     "campaign_declined",
     "too_big",
     "bare_line_ending",
+    "nul",
     "line_too_long",
     "mail_loop",
     "spool_error",
@@ -111,7 +124,28 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
     ),
     (
         SMTP_CONNECTIONS_REFUSED,
-        &[&[("reason", "total")], &[("reason", "per_ip")]],
+        &[
+            &[("reason", "total")],
+            &[("reason", "per_ip")],
+            &[("reason", "untrusted_per_ip")],
+        ],
+    ),
+    (
+        AUTH_ATTEMPTS,
+        &[
+            &[("result", "ok")],
+            &[("result", "failed")],
+            &[("result", "locked")],
+            &[("result", "busy")],
+        ],
+    ),
+    (
+        UNTRUSTED_REFUSALS,
+        &[
+            &[("reason", "report_rate")],
+            &[("reason", "too_big")],
+            &[("reason", "mime_budget")],
+        ],
     ),
     (
         SMTP_REPLIES,
@@ -156,6 +190,11 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
     (
         POLICY_RELOADS,
         &[&[("result", "ok")], &[("result", "refused")]],
+    ),
+    (SPOOL_QUARANTINED, &[&[]]),
+    (
+        SPOOL_UNREADABLE,
+        &[&[("outcome", "returned")], &[("outcome", "dropped")]],
     ),
 ];
 
@@ -215,7 +254,7 @@ fn describe() {
     );
     describe_counter!(
         SMTP_CONNECTIONS_REFUSED,
-        "SMTP connections refused at once, by reason (total, per_ip)."
+        "SMTP connections refused at once, by reason (total, per_ip, untrusted_per_ip)."
     );
     describe_gauge!(SMTP_SESSIONS_ACTIVE, "SMTP sessions currently open.");
     describe_counter!(
@@ -266,7 +305,7 @@ fn describe() {
     );
     describe_counter!(
         MESSAGES_REFUSED,
-        "Messages refused, by reason: account_frozen at MAIL; too_big, bare_line_ending, \
+        "Messages refused, by reason: account_frozen at MAIL; too_big, bare_line_ending, nul, \
          line_too_long, mail_loop, spool_error, optin_header, withheld, account_gone, \
          sender_identity, operator_contact, footer_impossible at the end of DATA/BDAT."
     );
@@ -354,6 +393,46 @@ fn describe() {
         SHAPING_ACTIONS,
         "Adaptive shaping on a destination's replies, by action (slow, suspend)."
     );
+    describe_counter!(
+        AUTH_ATTEMPTS,
+        "SMTP AUTH attempts, by result: ok, failed (wrong credentials), locked (refused \
+         without a check: too many failures of the client address or username), busy \
+         (every password verification slot was taken)."
+    );
+    describe_counter!(
+        UNTRUSTED_REFUSALS,
+        "Mail from clients no account knows refused by its own limits, by reason: \
+         report_rate (too many reports from one client address), too_big (over the size \
+         limit of mail to the relay's own addresses), mime_budget (too many MIME parts or \
+         too deep a nesting to parse)."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused at once, by listener (public, admin) and reason (total: \
+         max_connections, per_ip: max_connections_per_ip)."
+    );
+    describe_counter!(
+        HTTP_TIMEOUTS,
+        "HTTP connections closed because the client was too slow, by listener (public, \
+         admin) and stage (tls: the handshake, header: the request head, body: the request \
+         body, idle: silence between requests or while it should read the answer)."
+    );
+    describe_counter!(
+        SPOOL_QUARANTINED,
+        "Damaged spool data copied to quarantine/ (found at start, or when a message was \
+         read back for delivery)."
+    );
+    describe_counter!(
+        SPOOL_UNREADABLE,
+        "Queued messages that could not be read back from the spool, by outcome (returned: \
+         bounced to the sender with a DSN built from the envelope; dropped: no envelope to \
+         return it with, the record is in quarantine/)."
+    );
+    describe_gauge!(
+        LISTS_SNAPSHOT_REFUSED,
+        "1 while the lists snapshot file is missing, empty, damaged or older than the last \
+         one compiled, and the last good snapshot keeps serving; 0 otherwise."
+    );
 }
 
 /// Registers every series with fixed labels at zero (without changing one that already
@@ -384,6 +463,15 @@ fn register_at_zero() {
     for result in RECIPIENT_RESULTS {
         counter!(DELIVERY_RECIPIENTS, "result" => result).increment(0);
     }
+    for listener in HTTP_LISTENERS {
+        for reason in ["total", "per_ip"] {
+            counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
+                .increment(0);
+        }
+        for stage in HTTP_TIMEOUT_STAGES {
+            counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(0);
+        }
+    }
     for name in [
         SMTP_SESSIONS_ACTIVE,
         QUEUE_MESSAGES,
@@ -393,11 +481,22 @@ fn register_at_zero() {
         LISTS_ENTRIES,
         LISTS_DELTA,
         LISTS_SNAPSHOT_BYTES,
+        LISTS_SNAPSHOT_REFUSED,
     ] {
         gauge!(name).increment(0.0);
     }
     let _ = histogram!(SPOOL_COMMIT_SECONDS);
     let _ = histogram!(THROTTLE_WAIT);
+}
+
+/// An HTTP connection refused at once (`reason`: total or per_ip).
+pub fn http_connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// An HTTP connection closed because its client was too slow at `stage`.
+pub fn http_timeout(listener: &'static str, stage: &'static str) {
+    counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(1);
 }
 
 /// One spool group commit (write + fdatasync) took `took`.
@@ -485,6 +584,21 @@ pub fn lists_error() {
     counter!(LISTS_ERRORS).increment(1);
 }
 
+/// Whether the lists snapshot file on disk is refused while the last good one serves.
+pub fn lists_snapshot_refused(refused: bool) {
+    gauge!(LISTS_SNAPSHOT_REFUSED).set(if refused { 1.0 } else { 0.0 });
+}
+
+/// Damaged spool data was copied to quarantine.
+pub fn spool_quarantined() {
+    counter!(SPOOL_QUARANTINED).increment(1);
+}
+
+/// A queued message could not be read back: `returned` to its sender, or `dropped`.
+pub fn spool_unreadable(outcome: &'static str) {
+    counter!(SPOOL_UNREADABLE, "outcome" => outcome).increment(1);
+}
+
 /// The journal was folded into a new snapshot.
 pub fn lists_compacted() {
     counter!(LISTS_COMPACTIONS).increment(1);
@@ -508,6 +622,16 @@ pub fn complaint_received(via: &'static str) {
 /// Mail to the feedback address was not a usable feedback report.
 pub fn complaint_report_malformed() {
     counter!(COMPLAINT_REPORTS_MALFORMED).increment(1);
+}
+
+/// An AUTH attempt ended: `ok`, `failed`, `locked` or `busy`.
+pub fn auth_attempt(result: &'static str) {
+    counter!(AUTH_ATTEMPTS, "result" => result).increment(1);
+}
+
+/// Mail from an unknown client refused by one of its own limits (see [`UNTRUSTED_REFUSALS`]).
+pub fn untrusted_refused(reason: &'static str) {
+    counter!(UNTRUSTED_REFUSALS, "reason" => reason).increment(1);
 }
 
 /// A command line was received; counted by its verb (see [`COMMAND_VERBS`]), never by

@@ -26,7 +26,7 @@ use crate::consent::Lists;
 use crate::delivery::transport::{NetTransport, Transport};
 use crate::delivery::{self, Delivery};
 use crate::policy::Policy;
-use crate::policy::password::PasswordCache;
+use crate::policy::password::Passwords;
 use crate::privacy::AddressTagger;
 use crate::reload::PolicyReloader;
 use crate::session::{self, End, Peer, SessionContext};
@@ -53,6 +53,8 @@ pub enum StartError {
     State(String),
     #[error("lists: {0}")]
     Lists(#[from] crate::consent::ListsError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("{path}: {source}")]
     LogKey {
         path: String,
@@ -66,7 +68,10 @@ pub struct Relay {
     pub smtp_addrs: Vec<SocketAddr>,
     /// Bound addresses of the implicit-TLS listeners.
     pub smtp_tls_addrs: Vec<SocketAddr>,
+    /// The public HTTP listener (unsubscribe links, report form).
     pub http_addr: Option<SocketAddr>,
+    /// The operator listener (admin API, `/metrics`).
+    pub admin_addr: Option<SocketAddr>,
     pub policy: Arc<ArcSwap<Policy>>,
     /// Reloads `policy` from its file: SIGHUP, the admin API, and the file watcher.
     pub reloader: Arc<PolicyReloader>,
@@ -121,7 +126,7 @@ impl Relay {
             messages = report.messages.len(),
             segments = report.segments,
             quarantined = report.quarantined,
-            relocated = report.relocated,
+            repaired = report.repaired,
             "spool recovered"
         );
         let key_path = config.spool.path.join("log.key");
@@ -201,22 +206,37 @@ impl Relay {
             governor: Some(governor.clone()),
             webhooks: Some(webhooks.clone()),
         });
+        // Tokenless reports count only when DKIM-signed by an allow-listed reporter, whose
+        // keys are looked up through the relay's resolver.
+        let reporters = if config.complaints.reporters.is_empty() {
+            None
+        } else {
+            Some(crate::governance::complaints::reporter::Reporters::new(
+                config.complaints.reporters.clone(),
+                crate::dns::resolver(config.delivery.dns).map_err(StartError::Delivery)?,
+            ))
+        };
         let complaints = config.complaints.enabled.then(|| {
-            Arc::new(
-                crate::governance::complaints::Complaints::new(
-                    config.complaints.address.clone(),
-                    &config.spool.path,
-                    lists.clone(),
-                    token_keys.clone(),
-                    policy.clone(),
-                    account_counts.clone(),
-                    tagger.clone(),
-                )
-                .with_governor(governor.clone())
-                .with_webhooks(webhooks.clone())
-                .with_campaigns(campaigns.clone())
-                .requiring_token(config.complaints.require_token),
+            let mut c = crate::governance::complaints::Complaints::new(
+                config.complaints.address.clone(),
+                &config.spool.path,
+                lists.clone(),
+                token_keys.clone(),
+                policy.clone(),
+                account_counts.clone(),
+                tagger.clone(),
             )
+            .with_governor(governor.clone())
+            .with_webhooks(webhooks.clone())
+            .with_campaigns(campaigns.clone())
+            .requiring_token(config.complaints.require_token)
+            .with_limits(crate::governance::complaints::Limits {
+                max_reports_per_ip: config.complaints.max_reports_per_ip,
+            });
+            if let Some(reporters) = reporters {
+                c = c.with_reporters(reporters);
+            }
+            Arc::new(c)
         });
         let stop_delivery = CancellationToken::new();
         let (delivery, scheduler) = delivery::start(
@@ -228,6 +248,8 @@ impl Relay {
             stop_delivery.clone(),
         );
         let webhook_worker = webhooks.spawn_worker(stop_delivery.clone());
+        // Reloads check the new policy against the accounts with queued mail.
+        reloader.set_queue(Arc::new(delivery.clone()));
         let acceptor = TlsAcceptor::from(crate::tls::server_config(
             &config.tls,
             &config.smtp.hostname,
@@ -243,15 +265,21 @@ impl Relay {
             log: delivery_log,
             freezes: Some(freezes.clone()),
             campaigns: Some(campaigns.clone()),
-            passwords: Arc::new(PasswordCache::default()),
+            passwords: Arc::new(Passwords::new(config.smtp.auth.concurrency)),
+            auth_guard: Arc::new(session::guard::AuthGuard::new(config.smtp.auth.clone())),
             spool: spool.clone(),
             intake: Arc::new(delivery.clone()),
+            own_limits: session::OwnLimits {
+                report: config.complaints.max_report_size,
+                unsubscribe: config.unsubscribe.max_mail_size,
+            },
             tls_available: true,
             shutdown: stop_accepting.clone(),
         });
         let limiter = Arc::new(Limiter::new(
             config.smtp.max_connections,
             config.smtp.max_connections_per_ip,
+            config.smtp.max_untrusted_connections_per_ip,
         ));
         let sessions = TaskTracker::new();
         let plain = bind_all(&config.smtp.listen)?;
@@ -284,33 +312,36 @@ impl Relay {
             crate::privacy::retention::Retention::new(&config),
             stop_accepting.clone(),
         );
-        let http_addr = match config.http.listen {
-            Some(addr) => Some(
-                crate::http::serve(
-                    addr,
-                    crate::http::router(metrics)
-                        .merge(crate::http::unsubscribe::router(unsubscribes.clone()))
-                        .merge(crate::http::complaint::router(complaints))
-                        .merge(crate::http::admin::router(crate::http::admin::Admin {
-                            token: crate::http::admin::token(&config.admin, true)
-                                .map_err(StartError::State)?
-                                .into(),
-                            delivery: delivery.clone(),
-                            spool: spool.clone(),
-                            lists: lists.clone(),
-                            freezes: freezes.clone(),
-                            campaigns: campaigns.clone(),
-                            policy: policy.clone(),
-                            reloader: reloader.clone(),
-                            counts: account_counts.clone(),
-                        })),
-                    stop_accepting.clone(),
-                )
-                .await
-                .map_err(|source| StartError::Listen { addr, source })?,
-            ),
+        let admin = match config.admin.listen {
+            Some(_) => Some(crate::http::admin::Admin {
+                token: crate::http::admin::token(&config.admin, true)
+                    .map_err(StartError::State)?
+                    .into(),
+                delivery: delivery.clone(),
+                spool: spool.clone(),
+                lists: lists.clone(),
+                freezes: freezes.clone(),
+                campaigns: campaigns.clone(),
+                policy: policy.clone(),
+                reloader: reloader.clone(),
+                counts: account_counts.clone(),
+            }),
             None => None,
         };
+        for warning in config.warnings() {
+            tracing::warn!("config: {warning}");
+        }
+        let http = crate::http::start(
+            &config,
+            crate::http::Services {
+                metrics,
+                unsubscribes: unsubscribes.clone(),
+                complaints,
+                admin,
+            },
+            stop_accepting.clone(),
+        )
+        .await?;
         let stop_watching = CancellationToken::new();
         let watcher = (config.policy.path.is_some() && !config.policy.watch_interval.is_zero())
             .then(|| {
@@ -321,7 +352,8 @@ impl Relay {
         Ok(Relay {
             smtp_addrs,
             smtp_tls_addrs,
-            http_addr,
+            http_addr: http.public,
+            admin_addr: http.admin,
             policy,
             reloader,
             spool,
@@ -420,22 +452,23 @@ impl Acceptor {
                 },
             };
             let _ = stream.set_nodelay(true);
-            match self.limiter.acquire(remote.ip()) {
+            // A client on an account's network is trusted from the start; anyone else
+            // counts against the lower limit for strangers until it authenticates.
+            let trusted = self.ctx.policy.load().identify_by_ip(remote.ip()).is_some();
+            match self.limiter.acquire(remote.ip(), trusted) {
                 Ok(permit) => {
                     crate::metrics::connection(if self.implicit_tls { "tls" } else { "plain" });
                     let ctx = self.ctx.clone();
                     let tls = self.tls.clone();
                     let implicit = self.implicit_tls;
                     self.sessions.spawn(async move {
-                        let _permit = permit;
-                        serve_connection(&ctx, &tls, stream, remote, implicit).await;
+                        let mut peer = Peer::new(remote);
+                        peer.slot = Some(permit);
+                        serve_connection(&ctx, &tls, stream, peer, implicit).await;
                     });
                 }
-                Err(refusal) => {
-                    crate::metrics::connection_refused(match refusal {
-                        Refusal::TooManyConnectionsFromIp => "per_ip",
-                        _ => "total",
-                    });
+                Err((refusal, reason)) => {
+                    crate::metrics::connection_refused(reason);
                     tokio::spawn(refuse_connection(stream, refusal));
                 }
             }
@@ -455,13 +488,13 @@ async fn serve_connection(
     ctx: &SessionContext,
     tls: &TlsAcceptor,
     stream: TcpStream,
-    remote: SocketAddr,
+    peer: Peer,
     implicit_tls: bool,
 ) {
     let result = if implicit_tls {
-        run_over_tls(ctx, tls, stream, Peer::new(remote)).await
+        run_over_tls(ctx, tls, stream, peer).await
     } else {
-        match session::run(ctx, stream, Peer::new(remote)).await {
+        match session::run(ctx, stream, peer).await {
             Ok(End::StartTls(stream, peer)) => run_over_tls(ctx, tls, stream, peer).await,
             Ok(End::Closed) => Ok(()),
             Err(e) => Err(e),
@@ -472,14 +505,15 @@ async fn serve_connection(
     }
 }
 
-/// TLS handshake (bounded by the idle timeout), then the session over TLS.
+/// TLS handshake (bounded by its own short timeout: a stalled handshake holds a connection
+/// slot and a TLS state), then the session over TLS.
 async fn run_over_tls(
     ctx: &SessionContext,
     tls: &TlsAcceptor,
     stream: TcpStream,
     mut peer: Peer,
 ) -> Result<(), session::SessionError> {
-    match tokio::time::timeout(ctx.smtp.idle_timeout, tls.accept(stream)).await {
+    match tokio::time::timeout(ctx.smtp.tls_handshake_timeout, tls.accept(stream)).await {
         Ok(Ok(s)) => {
             peer.tls = Some(crate::tls::describe(s.get_ref().1));
             session::run(ctx, s, peer).await.map(|_| ())
@@ -495,54 +529,101 @@ async fn run_over_tls(
     }
 }
 
-/// Counts open connections overall and per client address.
+/// Counts open connections overall and per client address (IPv6: per /64), with a lower
+/// limit for clients that are neither on a trusted network nor authenticated.
 struct Limiter {
     max_total: usize,
     max_per_ip: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    max_untrusted_per_ip: usize,
+    open: Mutex<Open>,
 }
 
+#[derive(Default)]
+struct Open {
+    total: usize,
+    /// Per client key: (all connections, those not trusted yet).
+    per_ip: HashMap<IpAddr, (usize, usize)>,
+}
+
+/// One open connection's place in the [`Limiter`]; released on drop.
+#[derive(Debug)]
 struct Permit {
     limiter: Arc<Limiter>,
-    ip: IpAddr,
+    key: IpAddr,
+    untrusted: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").finish_non_exhaustive()
+    }
 }
 
 impl Limiter {
-    fn new(max_total: usize, max_per_ip: usize) -> Limiter {
+    fn new(max_total: usize, max_per_ip: usize, max_untrusted_per_ip: usize) -> Limiter {
         Limiter {
             max_total,
             max_per_ip,
-            open: Mutex::new((0, HashMap::new())),
+            max_untrusted_per_ip,
+            open: Mutex::new(Open::default()),
         }
     }
 
-    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
+    /// A place for a new connection from `ip`, or the refusal and its metric reason.
+    fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        trusted: bool,
+    ) -> Result<Arc<Permit>, (Refusal, &'static str)> {
+        let key = crate::policy::client_key(ip);
         let mut open = self.open.lock().expect("limiter lock");
-        if open.0 >= self.max_total {
-            return Err(Refusal::TooManyConnections);
+        if open.total >= self.max_total {
+            return Err((Refusal::TooManyConnections, "total"));
         }
-        let per_ip = open.1.entry(ip).or_insert(0);
-        if *per_ip >= self.max_per_ip {
-            return Err(Refusal::TooManyConnectionsFromIp);
+        let (all, untrusted) = open.per_ip.entry(key).or_insert((0, 0));
+        if *all >= self.max_per_ip {
+            return Err((Refusal::TooManyConnectionsFromIp, "per_ip"));
         }
-        *per_ip += 1;
-        open.0 += 1;
+        if !trusted && *untrusted >= self.max_untrusted_per_ip {
+            return Err((Refusal::TooManyConnectionsFromIp, "untrusted_per_ip"));
+        }
+        *all += 1;
+        if !trusted {
+            *untrusted += 1;
+        }
+        open.total += 1;
         crate::metrics::sessions_active(1.0);
-        Ok(Permit {
+        Ok(Arc::new(Permit {
             limiter: self.clone(),
-            ip,
-        })
+            key,
+            untrusted: (!trusted).into(),
+        }))
+    }
+}
+
+impl session::ConnectionSlot for Permit {
+    fn trusted(&self) {
+        use std::sync::atomic::Ordering;
+        if self.untrusted.swap(false, Ordering::AcqRel) {
+            let mut open = self.limiter.open.lock().expect("limiter lock");
+            if let Some((_, untrusted)) = open.per_ip.get_mut(&self.key) {
+                *untrusted -= 1;
+            }
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut open = self.limiter.open.lock().expect("limiter lock");
-        open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.ip);
+        open.total -= 1;
+        if let Some((all, untrusted)) = open.per_ip.get_mut(&self.key) {
+            *all -= 1;
+            if *self.untrusted.get_mut() {
+                *untrusted -= 1;
+            }
+            if *all == 0 {
+                open.per_ip.remove(&self.key);
             }
         }
         crate::metrics::sessions_active(-1.0);
@@ -553,17 +634,54 @@ impl Drop for Permit {
 mod tests {
     use super::*;
 
+    use crate::session::ConnectionSlot;
+
+    fn reason<T>(r: Result<T, (Refusal, &'static str)>) -> Option<&'static str> {
+        r.err().map(|(_, why)| why)
+    }
+
     #[test]
     fn limits_overall_and_per_ip() {
-        let l = Arc::new(Limiter::new(3, 2));
+        let l = Arc::new(Limiter::new(3, 2, 2));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let p1 = l.acquire(a).unwrap();
-        let _p2 = l.acquire(a).unwrap();
-        assert_eq!(l.acquire(a).err(), Some(Refusal::TooManyConnectionsFromIp));
-        let _p3 = l.acquire(b).unwrap();
-        assert_eq!(l.acquire(b).err(), Some(Refusal::TooManyConnections));
+        let p1 = l.acquire(a, true).unwrap();
+        let _p2 = l.acquire(a, true).unwrap();
+        assert_eq!(reason(l.acquire(a, true)), Some("per_ip"));
+        let _p3 = l.acquire(b, true).unwrap();
+        assert_eq!(reason(l.acquire(b, true)), Some("total"));
         drop(p1);
-        assert!(l.acquire(a).is_ok());
+        assert!(l.acquire(a, true).is_ok());
+    }
+
+    #[test]
+    fn strangers_have_a_lower_limit_until_they_authenticate() {
+        let l = Arc::new(Limiter::new(100, 5, 2));
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let s1 = l.acquire(a, false).unwrap();
+        let _s2 = l.acquire(a, false).unwrap();
+        assert_eq!(reason(l.acquire(a, false)), Some("untrusted_per_ip"));
+        // one of them authenticates: its place no longer counts as a stranger's
+        s1.trusted();
+        let _s3 = l.acquire(a, false).unwrap();
+        assert_eq!(reason(l.acquire(a, false)), Some("untrusted_per_ip"));
+        // the overall per-address limit still holds for trusted ones
+        let _t1 = l.acquire(a, true).unwrap();
+        let _t2 = l.acquire(a, true).unwrap();
+        assert_eq!(reason(l.acquire(a, true)), Some("per_ip"));
+        drop(s1);
+        assert!(l.acquire(a, true).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client() {
+        let l = Arc::new(Limiter::new(100, 100, 2));
+        let _a = l.acquire("2001:db8::1".parse().unwrap(), false).unwrap();
+        let _b = l.acquire("2001:db8::2".parse().unwrap(), false).unwrap();
+        assert_eq!(
+            reason(l.acquire("2001:db8::ffff:3".parse().unwrap(), false)),
+            Some("untrusted_per_ip")
+        );
+        assert!(l.acquire("2001:db8:0:1::1".parse().unwrap(), false).is_ok());
     }
 }

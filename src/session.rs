@@ -10,9 +10,11 @@
 //! replies come from [`Refusal`]; this file never writes reply codes of its own for errors.
 
 mod auth;
+mod checks;
 mod complaint;
 mod conn;
 mod consent;
+pub mod guard;
 mod identity;
 mod message;
 mod unsubscribe;
@@ -28,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SmtpConfig;
 use crate::policy::Policy;
-use crate::policy::password::PasswordCache;
+use crate::policy::password::Passwords;
 use crate::smtp::data::{BdatReceiver, ContentReport, DataReceiver, DataStatus};
 use crate::smtp::ehlo::{Offer, ehlo_reply};
 use crate::smtp::line::{Line, LineReader};
@@ -37,6 +39,10 @@ use crate::smtp::{Address, Command, Refusal, Reply, Status, parse_command};
 use crate::spool::{self, Envelope, Location, Recipient, Spool};
 use conn::{Conn, Interrupt};
 use message::finish_message;
+
+/// The account name of the relay's own mail: a stranger's message to the postmaster. It
+/// cannot be a policy account's name (those are `a-z`, `0-9`, `-`, `_`).
+pub const RELAY_ACCOUNT: &str = "(relay)";
 
 /// Where accepted messages go once they are safely in the spool (the delivery queue).
 pub trait Intake: Send + Sync {
@@ -61,12 +67,27 @@ pub struct SessionContext {
     pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
     /// Campaigns, whose mail is refused once declined; `None`: not checked.
     pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
-    pub passwords: Arc<PasswordCache>,
+    /// Verifies AUTH passwords within bounded memory and CPU.
+    pub passwords: Arc<Passwords>,
+    /// Failed AUTHs per client address and username, across sessions.
+    pub auth_guard: Arc<guard::AuthGuard>,
     pub spool: Spool,
     pub intake: Arc<dyn Intake>,
+    /// Size limits of mail from clients no account knows, to the relay's own addresses.
+    pub own_limits: OwnLimits,
     /// A TLS acceptor exists, so STARTTLS can be offered.
     pub tls_available: bool,
     pub shutdown: CancellationToken,
+}
+
+/// How large mail from a client no account knows may be: it can only be a feedback report
+/// or an unsubscribe request, and neither needs the size an account's mail may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnLimits {
+    /// `[complaints] max_report_size`: a transaction with the feedback address.
+    pub report: u64,
+    /// `[unsubscribe] max_mail_size`: a transaction with only unsubscribe addresses.
+    pub unsubscribe: u64,
 }
 
 /// The negotiated TLS parameters, for the Received header and logs.
@@ -74,6 +95,13 @@ pub struct SessionContext {
 pub struct TlsInfo {
     pub protocol: String,
     pub cipher: String,
+}
+
+/// The listener's hold on one connection: told when the client becomes trusted (it
+/// authenticated), so that it no longer counts against the lower connection limit for
+/// strangers.
+pub trait ConnectionSlot: Send + Sync + std::fmt::Debug {
+    fn trusted(&self);
 }
 
 /// What survives across STARTTLS: the connection facts, never the protocol state.
@@ -84,6 +112,8 @@ pub struct Peer {
     pub started: Instant,
     /// The 220 greeting has been sent (it is not repeated after STARTTLS).
     pub greeted: bool,
+    /// The listener's connection slot, when it keeps one.
+    pub slot: Option<Arc<dyn ConnectionSlot>>,
 }
 
 impl Peer {
@@ -93,6 +123,7 @@ impl Peer {
             tls: None,
             started: Instant::now(),
             greeted: false,
+            slot: None,
         }
     }
 }
@@ -122,6 +153,8 @@ struct Transaction {
     unsubscribes: Vec<crate::rewrite::token::Unsubscribe>,
     /// The feedback address is a recipient (the report is handled at the end of DATA).
     complaint: bool,
+    /// A client no account knows wrote to the postmaster (RFC 5321 §4.5.1).
+    postmaster: bool,
     sender: Option<Address>,
     params: MailParams,
     rcpts: Vec<(Address, RcptParams)>,
@@ -361,13 +394,9 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     if state.txn.is_some() {
         return Err(Refusal::BadSequence("nested MAIL command"));
     }
-    let account = match identify(ctx, state) {
-        Ok(a) => Some(a),
-        // Anyone may write to the relay's unsubscribe and feedback addresses; RCPT refuses
-        // the rest.
-        Err(_) if ctx.unsubscribes.is_some() || ctx.complaints.is_some() => None,
-        Err(refusal) => return Err(refusal),
-    };
+    // Anyone may write to the postmaster and the relay's unsubscribe and feedback
+    // addresses; RCPT refuses the rest.
+    let account = identify(ctx, state).ok();
     if let (Some(name), Some(freezes)) = (&account, &ctx.freezes)
         && let Some(frozen) = freezes.get(name)
     {
@@ -375,10 +404,18 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
         crate::metrics::policy_verdict_reason("frozen");
         return Err(Refusal::AccountFrozen(frozen.reason));
     }
+    let most = if account.is_some() {
+        ctx.smtp.max_message_size
+    } else {
+        ctx.own_limits.report.max(ctx.own_limits.unsubscribe)
+    };
     if let Some(size) = params.size
-        && size > ctx.smtp.max_message_size
+        && size > most
     {
-        return Err(Refusal::TooBig(ctx.smtp.max_message_size));
+        if account.is_none() {
+            crate::metrics::untrusted_refused("too_big");
+        }
+        return Err(Refusal::TooBig(most));
     }
     if from.as_ref().is_some_and(|a| !a.is_ascii()) && !params.smtputf8 {
         return Err(Refusal::NeedsSmtpUtf8);
@@ -387,6 +424,7 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
         account,
         unsubscribes: Vec::new(),
         complaint: false,
+        postmaster: false,
         sender: from,
         params,
         rcpts: Vec::new(),
@@ -421,9 +459,14 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     to: Option<Address>,
     params: RcptParams,
 ) -> Result<Flow, Refusal> {
-    // RFC 5321 §4.5.1: mail to the postmaster is always accepted.
-    let is_postmaster = to.is_none();
-    let to = to.unwrap_or_else(|| ctx.smtp.postmaster.clone());
+    // RFC 5321 §4.5.1: mail to the postmaster is always accepted, from anyone: `<postmaster>`
+    // and `postmaster@` the relay's own names go to the configured postmaster.
+    let is_postmaster = to.as_ref().is_none_or(|a| is_own_postmaster(ctx, a));
+    let to = if is_postmaster {
+        ctx.smtp.postmaster.clone()
+    } else {
+        to.expect("checked above")
+    };
     let Some(txn) = state.txn.as_mut() else {
         return Err(Refusal::BadSequence("need MAIL before RCPT"));
     };
@@ -438,6 +481,9 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if let Some(checked) = unsubscribe::check(ctx, &to) {
         let u = checked?;
+        if txn.account.is_none() && !txn.complaint {
+            declared_size_within(txn, ctx.own_limits.unsubscribe)?;
+        }
         if !txn.unsubscribes.contains(&u) {
             txn.unsubscribes.push(u);
         }
@@ -445,7 +491,38 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(Flow::Continue);
     }
     if complaint::is_feedback(ctx, &to) {
+        if txn.account.is_none() && !txn.complaint {
+            declared_size_within(txn, ctx.own_limits.report)?;
+            let admitted = ctx
+                .complaints
+                .as_ref()
+                .is_none_or(|c| c.admit_report(state.peer.remote.ip()));
+            if !admitted {
+                crate::metrics::untrusted_refused("report_rate");
+                return Err(Refusal::ReportRate);
+            }
+        }
+        let txn = state.txn.as_mut().expect("checked above");
         txn.complaint = true;
+        conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
+        return Ok(Flow::Continue);
+    }
+    if is_postmaster && txn.account.is_none() {
+        declared_size_within(txn, ctx.own_limits.report)?;
+        // The postmaster's mailbox is no channel for floods: it shares the report cap.
+        let admitted = ctx
+            .complaints
+            .as_ref()
+            .is_none_or(|c| c.admit_report(state.peer.remote.ip()));
+        if !admitted {
+            crate::metrics::untrusted_refused("report_rate");
+            return Err(Refusal::ReportRate);
+        }
+        let txn = state.txn.as_mut().expect("checked above");
+        txn.postmaster = true;
+        if !txn.rcpts.iter().any(|(a, _)| *a == to) {
+            txn.rcpts.push((to, params));
+        }
         conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
         return Ok(Flow::Continue);
     }
@@ -464,6 +541,34 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     }
     conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
     Ok(Flow::Continue)
+}
+
+/// A stranger's transaction that declared (`SIZE=`) more than `limit` is refused now.
+fn declared_size_within(txn: &Transaction, limit: u64) -> Result<(), Refusal> {
+    match txn.params.size {
+        Some(size) if size > limit => {
+            crate::metrics::untrusted_refused("too_big");
+            Err(Refusal::TooBig(limit))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The largest message this transaction may carry: an account's mail may be
+/// `max_message_size`; a stranger's only a report or an unsubscribe request.
+fn size_limit(ctx: &SessionContext, txn: &Transaction) -> u64 {
+    match (&txn.account, txn.complaint || txn.postmaster) {
+        (Some(_), _) => ctx.smtp.max_message_size,
+        (None, true) => ctx.own_limits.report,
+        (None, false) => ctx.own_limits.unsubscribe,
+    }
+}
+
+/// `postmaster@` one of the relay's own names (its host name or mail domain).
+fn is_own_postmaster(ctx: &SessionContext, to: &Address) -> bool {
+    to.local_part().eq_ignore_ascii_case("postmaster")
+        && (to.domain().eq_ignore_ascii_case(&ctx.smtp.hostname)
+            || to.domain().eq_ignore_ascii_case(&ctx.own_domain))
 }
 
 fn ready_for_content(state: &State) -> Result<(), Refusal> {
@@ -495,7 +600,7 @@ where
         return Ok(refuse(ctx, conn, state, refusal));
     }
     conn.reply(&Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
-    let max = ctx.smtp.max_message_size;
+    let max = size_limit(ctx, state.txn.as_ref().expect("ready_for_content checked"));
     let mut rx = DataReceiver::new(max, ctx.smtp.max_line_length);
     let expected = state
         .txn
@@ -525,8 +630,11 @@ async fn bdat<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let max = ctx.smtp.max_message_size;
     let ready = ready_for_content(state);
+    let max = state
+        .txn
+        .as_ref()
+        .map_or(ctx.smtp.max_message_size, |t| size_limit(ctx, t));
     let mut remaining = size;
     // RFC 3030: the chunk is read in full even when the command is refused.
     while remaining > 0 {

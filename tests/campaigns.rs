@@ -18,6 +18,7 @@ fn policy(window: &str) -> String {
     format!(
         r#"
 [accounts.shop]
+from_domains = ["shop.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -44,7 +45,7 @@ async fn setup(window: &str) -> Setup {
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start(dir.path(), mx_addr, window).await;
-    let http = relay.http_addr.unwrap();
+    let http = relay.admin_addr.unwrap();
     Setup {
         mx,
         mx_addr,
@@ -57,7 +58,7 @@ async fn setup(window: &str) -> Setup {
 async fn start(dir: &std::path::Path, mx: SocketAddr, window: &str) -> optin_relay::server::Relay {
     let extra = format!(
         "[delivery]\nsmarthost = \"{mx}\"\nretry_initial = \"1h\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
     );
     common::start_relay(dir, &extra, &policy(window)).await
 }
@@ -73,7 +74,7 @@ async fn restart(s: Setup, window: &str) -> Setup {
     } = s;
     relay.shutdown().await;
     let relay = start(dir.path(), mx_addr, window).await;
-    let http = relay.http_addr.unwrap();
+    let http = relay.admin_addr.unwrap();
     Setup {
         mx,
         mx_addr,

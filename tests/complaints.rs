@@ -35,13 +35,26 @@ streams = ["transactional"]
 from_domains = ["shop.example"]
 "#;
 
-/// A relay delivering to `mx`, with HTTP on a free port and `relay.test` as mail domain.
+/// A relay delivering to `mx`, with both HTTP listeners on free ports and `relay.test` as mail domain.
 async fn relay(dir: &std::path::Path, mx: SocketAddr, extra: &str) -> Relay {
+    relay_with(dir, mx, "", "", extra).await
+}
+
+/// The same, with more keys for `[delivery]` and `[unsubscribe]`.
+async fn relay_with(
+    dir: &std::path::Path,
+    mx: SocketAddr,
+    delivery: &str,
+    unsubscribe: &str,
+    extra: &str,
+) -> Relay {
     common::start_relay(
         dir,
         &format!(
-            "[delivery]\nsmarthost = \"{mx}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n{extra}"
+            "[delivery]\nsmarthost = \"{mx}\"\n{delivery}\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n\
+             {unsubscribe}\n{extra}"
         ),
         POLICY,
     )
@@ -164,7 +177,7 @@ fn complained(relay: &Relay, account: &str, address: &str) -> (bool, bool) {
 /// One sample of the exposition (0 when absent). Metrics are shared by the tests of this
 /// binary, which run at once, so tests compare with what they read before.
 async fn metric(relay: &Relay, series: &str) -> f64 {
-    let (_, text) = http(relay.http_addr.unwrap(), "GET", "/metrics", "").await;
+    let (_, text) = http(relay.admin_addr.unwrap(), "GET", "/metrics", "").await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())
@@ -292,7 +305,7 @@ async fn a_report_of_a_delivered_message_stops_every_stream_of_that_account() {
 }
 
 #[tokio::test]
-async fn header_only_reports_and_reports_without_a_token_are_tied_back() {
+async fn a_header_only_report_is_tied_back_by_its_token() {
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
@@ -325,9 +338,51 @@ async fn header_only_reports_and_reports_without_a_token_are_tied_back() {
         complained(&relay, "news", "second@example.net"),
         (true, false)
     );
+    assert_eq!(relay.account_counts.get("news").complaints, 1);
+    assert!(kept_aside(dir.path()).is_empty());
+    relay.shutdown().await;
+}
 
-    // Transactional mail carries no token: Original-Rcpt-To names the recipient and the
-    // From domain the account.
+/// The DKIM key of the feedback loop `fbl.isp.example` (selector `fbl`), and its record.
+fn reporter_key(domain: &str) -> (optin_relay::rewrite::dkim::DkimKey, String) {
+    let pem = format!(
+        "{}/tests/fixtures/dkim/ed25519-pkcs8.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let key =
+        optin_relay::rewrite::dkim::DkimKey::from_pem_file(domain, "fbl", pem.as_ref()).unwrap();
+    let record = format!("fbl._domainkey.{domain}. TXT {}", key.dns_record());
+    (key, record)
+}
+
+/// `report` with the reporter's DKIM-Signature on top.
+fn signed(key: &optin_relay::rewrite::dkim::DkimKey, report: &str) -> String {
+    let signature = key.sign(report.as_bytes()).unwrap();
+    format!(
+        "{}{report}",
+        signature.trim_end_matches("\r\n").to_string() + "\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_tokenless_report_counts_only_when_an_allowed_reporter_signed_it() {
+    let (isp, isp_record) = reporter_key("fbl.isp.example");
+    let (stranger, stranger_record) = reporter_key("forger.example");
+    let dns = common::FakeDns::start(&format!("{isp_record}\n{stranger_record}\n")).await;
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with(
+        dir.path(),
+        mx_addr,
+        &format!("dns = \"{}\"", dns.addr),
+        "",
+        "[complaints]\nreporters = [\"fbl.isp.example\"]\n",
+    )
+    .await;
+    let smtp = relay.smtp_addrs[0];
+
+    // Transactional mail carries no token.
     let reply = common::raw_send(
         smtp,
         "bounce@news.example",
@@ -336,46 +391,143 @@ async fn header_only_reports_and_reports_without_a_token_are_tied_back() {
     )
     .await;
     assert!(reply.starts_with("250"), "{reply}");
-    let got = mx.wait_for(2, WAIT).await;
-    let receipt = got[1].text();
+    let receipt = mx.wait_for(1, WAIT).await[0].text();
     assert!(!receipt.contains("List-Unsubscribe"), "{receipt}");
-    let reply = report(
-        smtp,
-        &arf(
-            &feedback("<Buyer@Example.ORG>"),
-            "text/rfc822-headers",
-            header_section(&receipt),
-        ),
-    )
-    .await;
-    assert_eq!(reply, "250 2.0.0 OK feedback report received");
+    let complaint = arf(
+        &feedback("<Buyer@Example.ORG>"),
+        "text/rfc822-headers",
+        header_section(&receipt),
+    );
+
+    // Anyone can write that report: unsigned, or signed by a domain nobody allowed, it is
+    // kept aside and changes nothing — however often it comes.
+    for forged in [
+        complaint.clone(),
+        complaint.clone(),
+        signed(&stranger, &complaint),
+    ] {
+        assert_eq!(
+            report(smtp, &forged).await,
+            "250 2.0.0 OK feedback report received"
+        );
+    }
+    assert_eq!(
+        complained(&relay, "news", "buyer@example.org"),
+        (false, false)
+    );
+    assert_eq!(relay.account_counts.get("news").complaints, 0);
+    assert_eq!(kept_aside(dir.path()).len(), 3);
+    assert!(events(dir.path()).is_empty());
+
+    // Signed by the allow-listed feedback loop: Original-Rcpt-To names the recipient and
+    // the From domain the account.
+    assert_eq!(
+        report(smtp, &signed(&isp, &complaint)).await,
+        "250 2.0.0 OK feedback report received"
+    );
     assert_eq!(
         complained(&relay, "news", "buyer@example.org"),
         (true, false)
     );
-    assert_eq!(relay.account_counts.get("news").complaints, 2);
+    assert_eq!(relay.account_counts.get("news").complaints, 1);
 
-    // A sender domain no account has: a global complaint for the address.
-    let reply = report(
-        smtp,
-        &arf(
-            &feedback("stranger@example.com"),
-            "text/rfc822-headers",
-            "From: <x@unknown.example>\r\nSubject: hi\r\n",
-        ),
-    )
-    .await;
-    assert!(reply.starts_with("250"), "{reply}");
+    // Even a genuine reporter's report about a sender no account has suppresses nothing,
+    // and never globally.
+    let unknown = arf(
+        &feedback("stranger@example.com"),
+        "text/rfc822-headers",
+        "From: <x@unknown.example>\r\nSubject: hi\r\n",
+    );
+    assert_eq!(
+        report(smtp, &signed(&isp, &unknown)).await,
+        "250 2.0.0 OK feedback report received"
+    );
     assert_eq!(
         complained(&relay, "news", "stranger@example.com"),
-        (false, true)
+        (false, false)
     );
     let lines = events(dir.path());
-    assert_eq!(lines.len(), 3);
-    assert_eq!(lines[1]["list"], serde_json::Value::Null);
-    assert_eq!(lines[2]["scope"], "global");
-    assert_eq!(lines[2]["account"], serde_json::Value::Null);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["scope"], "account");
+    assert_eq!(lines[0]["list"], serde_json::Value::Null);
+    assert_eq!(kept_aside(dir.path()).len(), 4);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn mail_to_the_relays_own_addresses_has_its_own_small_limits() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = relay_with(
+        dir.path(),
+        mx_addr,
+        "",
+        "max_mail_size = \"2KiB\"",
+        "[complaints]\nmax_report_size = \"8KiB\"\nmax_reports_per_ip = 3\n",
+    )
+    .await;
+    let smtp = relay.smtp_addrs[0];
+    // Declared sizes are refused before any data: at MAIL over the larger of the two, at
+    // RCPT over the one that applies.
+    let mut c = Client::connect(smtp, "127.0.0.9").await;
+    c.say("EHLO feedback.isp.example").await;
+    assert_eq!(
+        c.say("MAIL FROM:<fbl@isp.example> SIZE=25000000").await,
+        "552 5.3.4 Message exceeds the size limit of 8192 octets"
+    );
+    assert!(
+        c.say("MAIL FROM:<fbl@isp.example> SIZE=4000")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.say("RCPT TO:<fbl@relay.test>").await.starts_with("250"));
+    assert!(c.say("RSET").await.starts_with("250"));
+    // Undeclared: the data itself is cut off at the limit, nothing is kept.
+    assert!(
+        c.say("MAIL FROM:<fbl@isp.example>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.say("RCPT TO:<fbl@relay.test>").await.starts_with("250"));
+    assert!(c.say("DATA").await.starts_with("354"));
+    let big = format!(
+        "Subject: x\r\n\r\n{}",
+        "0123456789012345678901234567890123456789\r\n".repeat(500)
+    );
+    assert_eq!(
+        c.say(&format!("{big}.")).await,
+        "552 5.3.4 Message exceeds the size limit of 8192 octets"
+    );
+    // A third report in this hour is still taken; the fourth must wait.
+    assert!(
+        c.say("MAIL FROM:<fbl@isp.example>")
+            .await
+            .starts_with("250")
+    );
+    let reply = c.say("RCPT TO:<fbl@relay.test>").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(c.say("RSET").await.starts_with("250"));
+    assert!(
+        c.say("MAIL FROM:<fbl@isp.example>")
+            .await
+            .starts_with("250")
+    );
+    assert_eq!(
+        c.say("RCPT TO:<fbl@relay.test>").await,
+        "450 4.7.1 Too many reports from your address, try again later"
+    );
+    c.say("QUIT").await;
     assert!(kept_aside(dir.path()).is_empty());
+    assert!(
+        metric(
+            &relay,
+            "optin_untrusted_refusals_total{reason=\"report_rate\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(metric(&relay, "optin_untrusted_refusals_total{reason=\"too_big\"}").await >= 2.0);
     relay.shutdown().await;
 }
 
@@ -469,7 +621,7 @@ async fn the_feedback_address_opens_no_relay() {
         "fbl2@relay.test",
         "fbl+x@relay.test",
         "fbl@other.test",
-        "postmaster@relay.test",
+        "postmaster@other.test",
     ] {
         let reply = c.say(&format!("RCPT TO:<{other}>")).await;
         assert!(reply.starts_with("554 5.7.1"), "{other}: {reply}");

@@ -168,7 +168,6 @@ async fn submit(relay: std::net::SocketAddr, from: &str, to: &str, message: &[u8
 
 #[tokio::test]
 async fn every_mime_shape_gets_the_footer_in_each_text_body_and_stays_signed() {
-    use mail_parser::{MessageParser, MimeHeaders};
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
@@ -214,9 +213,7 @@ private_key = "{}"
     for name in &names {
         let original = std::fs::read(format!("{mime_dir}/{name}")).unwrap();
         let reply = submit(relay.smtp_addrs[0], "bounce@shop.example", to, &original).await;
-        let refused = ["signed", "smime", "pgp", "attachment-only"]
-            .iter()
-            .any(|k| name.contains(k));
+        let refused = ["signed", "smime", "pgp"].iter().any(|k| name.contains(k));
         if refused {
             assert!(
                 reply.starts_with("550 5.7.1 Marketing mail: "),
@@ -228,63 +225,137 @@ private_key = "{}"
         delivered += 1;
         let got = mx.wait_for(delivered, WAIT).await;
         let out = &got[delivered - 1].data;
-        verify_with_record(out, "shop.example", "ed", &record)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(
-            out.split(|&b| b == b'\n').all(|l| l.len() <= 999),
-            "{name}: a line over 998 octets"
-        );
-        let before = MessageParser::new().parse(&original).unwrap();
-        let after = MessageParser::new().parse(out).unwrap();
-        assert_eq!(
-            before.parts.len(),
-            after.parts.len(),
-            "{name}: structure changed"
-        );
-        // A part without Content-Type is text/plain (and may gain one: charset, encoding).
-        let kind = |p: &mail_parser::MessagePart| {
-            p.content_type()
-                .map_or(("text".to_string(), Some("plain".to_string())), |c| {
-                    (
-                        c.ctype().to_ascii_lowercase(),
-                        c.subtype().map(str::to_ascii_lowercase),
-                    )
-                })
-        };
-        for (a, b) in before.parts.iter().zip(&after.parts) {
-            assert_eq!(kind(a), kind(b), "{name}");
+        check_delivered(name, &original, out, &record);
+    }
+    assert!(delivered >= 15, "{delivered}");
+
+    // A 100 000-part alternative (4 MB): the footer goes into MAX_FOOTERS alternatives,
+    // not into every one (it once went out at 13 MB).
+    let mut big = String::from(
+        "From: Shop <news@shop.example>\r\nTo: ann@example.net\r\nSubject: Many\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n",
+    );
+    for i in 0..100_000 {
+        let kind = if i % 2 == 0 { "plain" } else { "html" };
+        big.push_str(&format!(
+            "--alt\r\nContent-Type: text/{kind}\r\n\r\nalt {i}\r\n"
+        ));
+    }
+    big.push_str("--alt--\r\n");
+    let reply = submit(
+        relay.smtp_addrs[0],
+        "bounce@shop.example",
+        to,
+        big.as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let got = mx.wait_for(delivered + 1, WAIT).await;
+    let out = &got[delivered].data;
+    verify_with_record(out, "shop.example", "ed", &record).unwrap();
+    let parsed = mail_parser::MessageParser::new().parse(out).unwrap();
+    let with_footer: Vec<&str> = parsed
+        .parts
+        .iter()
+        .filter_map(|p| p.text_contents())
+        .filter(|t| t.contains(STATEMENT))
+        .collect();
+    assert_eq!(with_footer.len(), optin_relay::rewrite::footer::MAX_FOOTERS);
+    assert!(with_footer.iter().all(|t| t.contains("alt 999")));
+    assert!(
+        out.len() < big.len() + 8 * 1024,
+        "{} -> {}",
+        big.len(),
+        out.len()
+    );
+    relay.shutdown().await;
+}
+
+const STATEMENT: &str = "Vous recevez Weekly picks — inscrit sur shop.example/signup.";
+
+/// What a MIME fixture must look like at the MX: signed, lines within limits, the same
+/// parts of the same types, and the statement with the recipient's link exactly once in
+/// each body a reader sees — or, for a message without such a body, in a first
+/// `text/plain` part of a `multipart/mixed` around the original.
+fn check_delivered(name: &str, original: &[u8], out: &[u8], record: &str) {
+    use mail_parser::{MessageParser, MimeHeaders};
+    verify_with_record(out, "shop.example", "ed", record).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(
+        out.split(|&b| b == b'\n').all(|l| l.len() <= 999),
+        "{name}: a line over 998 octets"
+    );
+    let before = MessageParser::new().parse(original).unwrap();
+    let after = MessageParser::new().parse(out).unwrap();
+    let wrapped = ["attachment-only", "image-only", "6bit-only"]
+        .iter()
+        .any(|k| name.contains(k));
+    // A part without Content-Type is text/plain (and may gain one: charset, encoding).
+    let kind = |p: &mail_parser::MessagePart| {
+        p.content_type()
+            .map_or(("text".to_string(), Some("plain".to_string())), |c| {
+                (
+                    c.ctype().to_ascii_lowercase(),
+                    c.subtype().map(str::to_ascii_lowercase),
+                )
+            })
+    };
+    let skip = if wrapped { 2 } else { 0 };
+    assert_eq!(
+        before.parts.len() + skip,
+        after.parts.len(),
+        "{name}: structure changed"
+    );
+    for (a, b) in before.parts.iter().zip(&after.parts[skip..]) {
+        assert_eq!(kind(a), kind(b), "{name}");
+        if wrapped {
+            assert_eq!(a.contents(), b.contents(), "{name}: content changed");
         }
-        // Every body part a reader sees (text and HTML, as they are, not converted).
-        let mut ids: Vec<u32> = after
+    }
+    // Every body part a reader sees (text and HTML, as they are, not converted), but the
+    // opaque ones (a transfer encoding nobody can decode).
+    let ids: Vec<usize> = if wrapped {
+        assert_eq!(
+            kind(&after.parts[0]),
+            ("multipart".into(), Some("mixed".into()))
+        );
+        vec![1]
+    } else {
+        let mut ids: Vec<usize> = after
             .text_body
             .iter()
             .chain(&after.html_body)
-            .copied()
+            .map(|&i| i as usize)
+            .filter(|&i| {
+                after.parts[i]
+                    .content_transfer_encoding()
+                    .is_none_or(|cte| {
+                        ["7bit", "8bit", "binary", "quoted-printable", "base64"]
+                            .contains(&cte.to_ascii_lowercase().as_str())
+                    })
+            })
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let bodies: Vec<String> = ids
-            .iter()
-            .filter_map(|&i| after.parts[i as usize].text_contents().map(str::to_string))
-            .collect();
-        assert!(!bodies.is_empty(), "{name}");
-        for b in &bodies {
-            assert_eq!(
-                b.matches("Vous recevez Weekly picks — inscrit sur shop.example/signup.")
-                    .count(),
-                1,
-                "{name}: footer not exactly once in {b}"
-            );
-        }
-        // The footer's link is the recipient's List-Unsubscribe link.
-        let text = String::from_utf8_lossy(out).replace("\r\n ", " ");
-        let s = text.find("List-Unsubscribe: <").unwrap() + "List-Unsubscribe: <".len();
-        let url = &text[s..s + text[s..].find('>').unwrap()];
-        assert!(
-            bodies.iter().all(|b| b.contains(url)),
-            "{name}: footer without the link"
+        ids
+    };
+    let bodies: Vec<String> = ids
+        .iter()
+        .filter_map(|&i| after.parts[i].text_contents().map(str::to_string))
+        .collect();
+    assert!(!bodies.is_empty(), "{name}");
+    for b in &bodies {
+        assert_eq!(
+            b.matches(STATEMENT).count(),
+            1,
+            "{name}: footer not exactly once in {b}"
         );
     }
-    assert!(delivered >= 12, "{delivered}");
-    relay.shutdown().await;
+    // The footer's link is the recipient's List-Unsubscribe link.
+    let text = String::from_utf8_lossy(out).replace("\r\n ", " ");
+    let s = text.find("List-Unsubscribe: <").unwrap() + "List-Unsubscribe: <".len();
+    let url = &text[s..s + text[s..].find('>').unwrap()];
+    assert!(
+        bodies.iter().all(|b| b.contains(url)),
+        "{name}: footer without the link"
+    );
 }

@@ -15,6 +15,9 @@ use serde::de::{self, Deserializer, Visitor};
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    pub const fn kib(n: u64) -> ByteSize {
+        ByteSize(n * 1024)
+    }
     pub const fn mib(n: u64) -> ByteSize {
         ByteSize(n * 1024 * 1024)
     }

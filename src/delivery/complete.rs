@@ -24,9 +24,17 @@ impl Scheduler {
         let Some(entry) = self.entries.get_mut(&report.id) else {
             return;
         };
-        let Some(env) = report.env.clone().or_else(|| entry.env().cloned()) else {
-            self.unread(report);
+        if let Some(error) = report.unreadable {
+            // Nothing was tried: the recipients wait again, and the failed read decides.
+            for (i, _) in &report.results {
+                entry.rcpts[*i as usize].set(Progress::Waiting { due: now });
+            }
+            self.unreadable(report.id, error);
+            self.settle(report.id, now);
             return;
+        }
+        let Some(env) = report.env.clone().or_else(|| entry.env().cloned()) else {
+            return; // every report but an unreadable one carries the envelope
         };
         if !matches!(entry.residence, Residence::Hot(_)) {
             // Results are collected (DSN lines) until no recipient is in flight.
@@ -249,12 +257,20 @@ impl Scheduler {
             entry.residence = Residence::Cold;
         }
         if let Some(env) = env.filter(|_| !notices.is_empty()) {
+            // A DSN obeys the account's rules like its own mail (dsn::may_notify).
+            let notify = match &self.settings.policy {
+                Some(policy) => {
+                    dsn::may_notify(&policy.load(), self.settings.lists.as_deref(), &env)
+                }
+                None => Ok(()),
+            };
             let followup = Followup {
                 env,
                 loc,
                 now,
                 notices,
                 finished,
+                notify,
             };
             let (spool, tx, hostname) = (
                 self.spool.clone(),
@@ -272,24 +288,6 @@ impl Scheduler {
     }
 }
 
-impl Scheduler {
-    /// The worker could not read the message from the spool (the disk's doing: recovery
-    /// checked every record at start). Nothing was tried and nothing is dropped: the
-    /// recipients wait and the read is tried again after `retry_max`.
-    fn unread(&mut self, report: JobReport) {
-        let now = self.clock.now_ms();
-        let due = now + self.settings.config.retry_max.as_millis() as u64;
-        let Some(entry) = self.entries.get_mut(&report.id) else {
-            return;
-        };
-        for (i, _) in &report.results {
-            entry.rcpts[*i as usize].set(Progress::Waiting { due });
-        }
-        self.timers.push(Reverse((due, report.id)));
-        self.settle(report.id, now);
-    }
-}
-
 /// DSNs for one round of a message, sent in the background (storing them waits for an
 /// fsync). Failed recipients are journaled after their DSN is stored, and the message is
 /// finished after that, so a crash in between retries the recipient rather than losing the
@@ -300,10 +298,22 @@ struct Followup {
     now: u64,
     notices: Notices,
     finished: bool,
+    /// Whether the envelope sender may get a DSN at all.
+    notify: Result<(), dsn::NoNotice>,
 }
 
 impl Followup {
     async fn run(self, spool: Spool, tx: mpsc::UnboundedSender<Event>, hostname: String) {
+        if let Err(why) = &self.notify {
+            tracing::info!(
+                about = %spool::format_id(self.env.id),
+                account = %self.env.account,
+                why = %why,
+                "no DSN sent"
+            );
+            self.finish_round(&spool);
+            return;
+        }
         let content = match spool.read(self.loc).await {
             Ok(c) => c,
             Err(e) => {
@@ -321,6 +331,12 @@ impl Followup {
                     .await;
             }
         }
+        self.finish_round(&spool);
+    }
+
+    /// Journals the failed recipients (after their DSN, if any, is stored) and finishes
+    /// the message when nothing is left of it.
+    fn finish_round(&self, spool: &Spool) {
         for n in &self.notices.failed {
             spool.record(self.loc, n.rcpt as u32, RcptEvent::Failed);
         }
@@ -349,8 +365,13 @@ impl Followup {
                 last_attempt: Some(self.now / 1000),
             })
             .collect();
-        let Some((mut dsn_env, message)) = dsn::build(hostname, &self.env, content, &reports)
-        else {
+        let Some((mut dsn_env, message)) = dsn::build(
+            hostname,
+            &self.env,
+            content,
+            &reports,
+            dsn::Returned::AsAsked,
+        ) else {
             return;
         };
         dsn_env.id = spool.next_id();

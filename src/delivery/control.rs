@@ -491,6 +491,7 @@ impl Scheduler {
             self.complete(JobReport {
                 id,
                 env,
+                unreadable: None,
                 results,
                 remote: None,
                 next_hop_dsn: false,

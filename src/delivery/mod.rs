@@ -23,6 +23,7 @@ mod queue;
 mod route;
 mod sites;
 pub mod transport;
+mod unreadable;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -339,6 +340,7 @@ impl Scheduler {
                     let mut report = JobReport {
                         id: w.id,
                         env: w.loaded.map(|l| l.env),
+                        unreadable: None,
                         results,
                         remote: None,
                         next_hop_dsn: false,
@@ -356,11 +358,10 @@ impl Scheduler {
                     self.in_flight += 1;
                     let (spool, tx) = (self.spool.clone(), self.tx.clone());
                     tokio::spawn(async move {
-                        report.env = spool
-                            .read_message(loc)
-                            .await
-                            .ok()
-                            .map(|(env, _)| Arc::new(env));
+                        match spool.read_message(loc).await {
+                            Ok((env, _)) => report.env = Some(Arc::new(env)),
+                            Err(e) => report.unreadable = Some(e),
+                        }
                         let _ = tx.send(Event::Done(report));
                     });
                 }
@@ -610,19 +611,8 @@ impl Scheduler {
                 }
                 self.dispatch(id);
             }
-            Err(e) => {
-                // The spool checked this record at start; a read failing now is the disk's
-                // doing. Nothing is dropped: the recipients wait and the read is retried.
-                tracing::error!(id = %spool::format_id(id), error = %e, "cannot read a queued message back from the spool; retrying later");
-                entry.residence = Residence::Cold;
-                let due = self.clock.now_ms() + self.settings.config.retry_max.as_millis() as u64;
-                for r in entry.rcpts.iter_mut() {
-                    if matches!(r.status(), Progress::Waiting { .. }) {
-                        r.set(Progress::Waiting { due });
-                    }
-                }
-                self.timers.push(Reverse((due, id)));
-            }
+            // Never retried forever: see `unreadable.rs`.
+            Err(e) => self.unreadable(id, e),
         }
     }
 

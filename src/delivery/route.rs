@@ -77,12 +77,40 @@ pub(super) struct Loaded {
     pub share: Arc<Share>,
 }
 
+/// The content each group of a job's recipients gets: one group per recipient when each
+/// gets its own (marketing), else one for all.
+fn prepare(
+    r: &crate::rewrite::Rewriter,
+    env: &Envelope,
+    job_rcpts: &[u32],
+    body: &Bytes,
+) -> Vec<(Vec<u32>, Result<Bytes, String>)> {
+    if r.per_recipient(env) {
+        let rcpts: Vec<&Recipient> = job_rcpts
+            .iter()
+            .map(|&i| &env.recipients[i as usize])
+            .collect();
+        job_rcpts
+            .iter()
+            .zip(r.prepare_each(env, &rcpts, body))
+            .map(|(&i, content)| (vec![i], content.map(Bytes::from).map_err(|e| e.to_string())))
+            .collect()
+    } else {
+        vec![(
+            job_rcpts.to_vec(),
+            r.prepare(env, None, body).map_err(|e| e.to_string()),
+        )]
+    }
+}
+
 /// What a worker tells the scheduler after a job.
 pub(super) struct JobReport {
     pub id: u64,
-    /// The envelope as read for the attempt; `None`: the message could not be read from
-    /// the spool (nothing was tried; `results` names the recipients).
+    /// The envelope as read for the attempt (`None` when it could not be read).
     pub env: Option<Arc<Envelope>>,
+    /// The message could not be read from the spool: nothing was tried (`results` names
+    /// the job's recipients), see `unreadable.rs`.
+    pub unreadable: Option<crate::spool::SpoolError>,
     pub results: Vec<(u32, Attempt)>,
     /// The server that answered, for DSNs.
     pub remote: Option<String>,
@@ -474,10 +502,10 @@ async fn deliver(
                     share: Arc::new(share),
                 },
                 Err(e) => {
-                    tracing::error!(id = %crate::spool::format_id(job.id), error = %e, "cannot read a queued message from the spool; retrying later");
                     return JobReport {
                         id: job.id,
                         env: None,
+                        unreadable: Some(e),
                         results: everyone(
                             Attempt::Refused(LocalRefusal::DamagedInSpool),
                             &job.rcpts,
@@ -493,6 +521,7 @@ async fn deliver(
     let mut report = JobReport {
         id: job.id,
         env: Some(env.clone()),
+        unreadable: None,
         results: Vec::with_capacity(job.rcpts.len()),
         remote: None,
         next_hop_dsn: false,
@@ -504,7 +533,9 @@ async fn deliver(
     }
     // Marketing mail is rewritten for each recipient (its own unsubscribe link), so each
     // recipient is its own transaction, their copies made a batch at a time; other mail
-    // is prepared once for all of them.
+    // is prepared once for all of them. The rewrite parses the message and DKIM hashes all
+    // of it: on a CPU slot, off the async threads (crate::cpu), so a large message never
+    // stalls other sessions.
     let rewriter = ctx.settings.rewriter.clone();
     let per_recipient = rewriter.as_ref().is_some_and(|r| r.per_recipient(&env));
     let batch = if per_recipient {
@@ -517,20 +548,11 @@ async fn deliver(
     // The slot and connection `ready` gave above serve the first transaction.
     let mut slot_used = false;
     for chunk in job.rcpts.chunks(batch) {
-        let contents: Vec<(Vec<u32>, Result<Bytes, String>)> = match &rewriter {
-            Some(r) if per_recipient => {
-                let rcpts: Vec<&Recipient> =
-                    chunk.iter().map(|&i| &env.recipients[i as usize]).collect();
-                chunk
-                    .iter()
-                    .zip(r.prepare_each(&env, &rcpts, &body))
-                    .map(|(&i, c)| (vec![i], c.map(Bytes::from).map_err(|e| e.to_string())))
-                    .collect()
+        let contents: Vec<(Vec<u32>, Result<Bytes, String>)> = match rewriter.clone() {
+            Some(r) => {
+                let (env, chunk, body) = (env.clone(), chunk.to_vec(), body.clone());
+                crate::cpu::run(move || prepare(&r, &env, &chunk, &body)).await
             }
-            Some(r) => vec![(
-                chunk.to_vec(),
-                r.prepare(&env, None, &body).map_err(|e| e.to_string()),
-            )],
             None => vec![(chunk.to_vec(), Ok(body.clone()))],
         };
         for (rcpts, content) in contents {

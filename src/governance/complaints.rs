@@ -2,16 +2,23 @@
 //! (`[complaints] address`), and the "report this message" form of the HTTP listener
 //! (`crate::http::complaint`), turned into `complaint` suppressions.
 //!
-//! A report is tied back to what it complains about through the unsubscribe token the
-//! relay put in the reported message's `List-Unsubscribe` field (the https or the mailto
-//! form): the token names the account, the list and the recipient, and cannot be forged.
-//! Without a genuine token (transactional mail, or a provider that strips the field) the
-//! recipient comes from `Original-Rcpt-To`, and the account from the reported copy's From
-//! and DKIM `d=` domains when exactly one account's `from_domains` covers them. The
-//! suppression is account-wide (`Scope::Account`: a complaint stops every stream of that
-//! account to that address), or global when no account can be named. Anyone may mail the
-//! feedback address, so a report without a token is taken on trust; README's *Known
-//! limits* says what that allows.
+//! Anyone may mail the feedback address, so a report is acted on only when it is
+//! authenticated, one of two ways:
+//!
+//! - the unsubscribe token the relay put in the reported message's `List-Unsubscribe` field
+//!   (the https or the mailto form): it names the account, the list and the recipient, and
+//!   cannot be forged — only someone who has that message can quote it;
+//! - without a token (transactional mail, or a provider that strips the field), a valid
+//!   DKIM signature by a reporter domain on `[complaints] reporters` (the mailbox
+//!   providers' feedback loops sign their reports; [`reporter`]): then the recipient comes
+//!   from `Original-Rcpt-To`, and the account from the reported copy's From and DKIM `d=`
+//!   domains when exactly one account's `from_domains` covers them.
+//!
+//! Everything else — a tokenless report from anyone else, or one that names no account —
+//! is kept aside and changes nothing: unauthenticated input never freezes an account,
+//! counts toward health or canary figures, or creates a global suppression. The
+//! suppression is always account-wide (`Scope::Account`: a complaint stops every stream of
+//! that account to that address).
 //!
 //! Recording is durable before the SMTP answer or the HTTP page: the lists journal
 //! (fsynced, in force at once), the account's complaint counter
@@ -21,34 +28,56 @@
 //! campaign: a complaint counts for the account's campaigns on that list still in their
 //! canary ([`crate::governance::campaign::Campaigns::complained`]).
 //!
-//! A report that cannot be used — not `multipart/report; report-type=feedback-report`, no
-//! `message/feedback-report` part, no or an unknown `Feedback-Type`, nothing to tie it to,
-//! garbage — is kept aside as `complaints/malformed/<time>-<random>.eml` in the spool
-//! directory (mode 0600) for an operator, and counted in
-//! `optin_complaint_reports_malformed_total`; the SMTP answer is still 250, since the relay
-//! took responsibility for it. `not-spam` and `auth-failure` reports are no complaints:
-//! they are logged and dropped. Nothing here logs an address: recipients appear as
-//! [`AddressTagger`] tags.
+//! Mail to the feedback address is bounded before it is read: its size
+//! (`[complaints] max_report_size`, enforced by the session at `SIZE=` and during DATA),
+//! reports per client address and hour (`max_reports_per_ip`, [`Complaints::admit_report`]),
+//! and its MIME structure ([`arf::within_mime_budget`], checked before mail-parser sees it;
+//! over budget it is refused). A report that cannot be used — not `multipart/report;
+//! report-type=feedback-report`, no `message/feedback-report` part, no or an unknown
+//! `Feedback-Type`, not authenticated, nothing to tie it to, garbage — is kept aside as
+//! `complaints/malformed/<time>-<random>.eml` in the spool directory (mode 0600) for an
+//! operator, at most [`MAX_KEPT_ASIDE`] files and [`MAX_KEPT_ASIDE_BYTES`] in all (past
+//! that it is logged and dropped), and counted in `optin_complaint_reports_malformed_total`;
+//! the SMTP answer is still 250, since the relay took responsibility for it. `not-spam` and
+//! `auth-failure` reports are no complaints: they are logged and dropped. Nothing here logs
+//! an address: recipients appear as [`AddressTagger`] tags, and what the reporter wrote
+//! (its `User-Agent`) is logged escaped.
 
+pub mod arf;
+pub mod reporter;
+
+use std::collections::HashMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use mail_parser::{MessageParser, MessagePart, MimeHeaders};
+use bytes::Bytes;
+
+pub use arf::{is_complaint, parse, tokens_in};
 
 use crate::consent::{Change, Kind, Lists, ListsError, Op, Origin, Reason, Scope};
 use crate::delivery::counts::AccountCounts;
 use crate::policy::Policy;
-use crate::policy::identity::{canonical_domain, domain_allowed};
+use crate::policy::identity::domain_allowed;
 use crate::privacy::AddressTagger;
-use crate::rewrite::token::{MAX_TOKEN_LEN, TokenKeys};
+use crate::rewrite::token::TokenKeys;
 use crate::smtp::Address;
+use crate::smtp::text::Escaped;
 use crate::unsubscribe::EventLog;
 
 /// At most this many malformed reports are kept aside; later ones are logged and dropped,
 /// because the feedback address takes mail from anyone and the disk must not fill with it.
 pub const MAX_KEPT_ASIDE: usize = 10_000;
+/// … and at most this many octets of them in all.
+pub const MAX_KEPT_ASIDE_BYTES: u64 = 64 << 20;
+/// How often the kept-aside directory's totals are counted afresh (the retention sweep
+/// deletes old files behind our back).
+const ASIDE_RECOUNT: Duration = Duration::from_secs(60);
+/// Client addresses whose report counts are remembered at most.
+const MAX_RATE_CLIENTS: usize = 65_536;
 /// Longest `Feedback-Type` accepted (the registered ones are short).
 const MAX_FEEDBACK_TYPE: usize = 32;
 
@@ -70,11 +99,12 @@ impl Via {
     }
 }
 
-/// A complaint about one recipient's mail, ready to be recorded.
+/// A complaint about one recipient's mail, ready to be recorded. It always names an
+/// account: no complaint is ever global.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Complaint {
-    /// The account whose mail was reported; `None`: unknown, the suppression is global.
-    pub account: Option<String>,
+    /// The account whose mail was reported.
+    pub account: String,
     /// The list, when a token named it (informational: the suppression is account-wide).
     pub list: Option<String>,
     /// The normalised recipient address.
@@ -126,8 +156,14 @@ pub enum Malformed {
     NoFeedbackType,
     #[error("the Feedback-Type is not one this relay knows")]
     UnknownFeedbackType,
-    #[error("neither a genuine unsubscribe token nor an Original-Rcpt-To to tie it to")]
+    #[error(
+        "no genuine unsubscribe token, and no valid DKIM signature of an allow-listed reporter"
+    )]
+    Unverified,
+    #[error("no genuine unsubscribe token and no Original-Rcpt-To to tie it to")]
     Untraceable,
+    #[error("no single account's from_domains cover the reported message's sender")]
+    NoAccount,
 }
 
 /// What became of one message to the feedback address.
@@ -136,11 +172,44 @@ pub enum Outcome {
     Recorded(Recorded),
     /// A well-formed report that is no complaint (`not-spam`, `auth-failure`).
     NotAComplaint,
-    /// Kept aside in `file`, or dropped (`None`) because [`MAX_KEPT_ASIDE`] are there.
+    /// Kept aside in `file`, or dropped (`None`) because [`MAX_KEPT_ASIDE`] files or
+    /// [`MAX_KEPT_ASIDE_BYTES`] are there.
     KeptAside {
         file: Option<PathBuf>,
         why: Malformed,
     },
+    /// Too many MIME parts or too deep a nesting to be read: refused, not kept.
+    TooComplex,
+}
+
+/// The first, blocking look at a report ([`Complaints::examine`]).
+#[derive(Debug)]
+pub enum Examined {
+    Done(Outcome),
+    /// A tokenless complaint: it counts only if an allow-listed reporter signed it.
+    NeedsReporter(Report),
+}
+
+/// The limits on mail to the feedback address (`[complaints]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Reports accepted per client address (IPv6: /64) per hour.
+    pub max_reports_per_ip: u32,
+}
+
+/// Report counts per client address in fixed one-hour windows.
+#[derive(Debug, Default)]
+struct RateWindow {
+    started: Option<Instant>,
+    counts: HashMap<IpAddr, u32>,
+}
+
+/// What the kept-aside directory holds, as last counted.
+#[derive(Debug, Default)]
+struct AsideUsage {
+    counted: Option<Instant>,
+    files: usize,
+    bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +221,8 @@ pub enum ComplaintError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("handling the report failed: {0}")]
+    Task(String),
 }
 
 /// What taking complaints needs.
@@ -169,6 +240,13 @@ pub struct Complaints {
     pub malformed_dir: PathBuf,
     /// Only reports with a genuine token are taken (`[complaints] require_token`).
     pub require_token: bool,
+    /// Reporters whose DKIM-signed tokenless reports are taken; `None`: none are.
+    pub reporters: Option<reporter::Reporters>,
+    pub limits: Limits,
+    rate: Mutex<RateWindow>,
+    aside: Mutex<AsideUsage>,
+    /// [`MAX_KEPT_ASIDE`] and [`MAX_KEPT_ASIDE_BYTES`] (smaller in tests).
+    aside_cap: (usize, u64),
     /// Account health: a new complaint counts toward the account's complaint rate.
     pub governor: Option<Arc<crate::governance::Governor>>,
     /// The account's webhook hears of every complaint.
@@ -211,7 +289,49 @@ impl Complaints {
             webhooks: None,
             campaigns: None,
             require_token: false,
+            reporters: None,
+            limits: Limits {
+                max_reports_per_ip: u32::MAX,
+            },
+            rate: Mutex::default(),
+            aside: Mutex::default(),
+            aside_cap: (MAX_KEPT_ASIDE, MAX_KEPT_ASIDE_BYTES),
         }
+    }
+
+    /// Takes tokenless reports DKIM-signed by these reporters.
+    pub fn with_reporters(mut self, reporters: reporter::Reporters) -> Complaints {
+        self.reporters = (!reporters.is_empty()).then_some(reporters);
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Complaints {
+        self.limits = limits;
+        self
+    }
+
+    /// Whether one more report may come from `client` this hour (counts it when yes).
+    pub fn admit_report(&self, client: IpAddr) -> bool {
+        let key = crate::policy::client_key(client);
+        let now = Instant::now();
+        let mut rate = self.rate.lock().expect("report rate lock");
+        if rate
+            .started
+            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(3600))
+        {
+            rate.started = Some(now);
+            rate.counts.clear();
+        }
+        if !rate.counts.contains_key(&key) && rate.counts.len() >= MAX_RATE_CLIENTS {
+            // So many clients in one hour is a flood of its own: newcomers wait.
+            return false;
+        }
+        let n = rate.counts.entry(key).or_insert(0);
+        if *n >= self.limits.max_reports_per_ip {
+            return false;
+        }
+        *n += 1;
+        true
     }
 
     /// Takes only reports whose copy carries a genuine unsubscribe token.
@@ -249,53 +369,101 @@ impl Complaints {
         to.as_str().eq_ignore_ascii_case(self.address.as_str())
     }
 
-    /// Takes one message mailed to the feedback address: records the complaint, or keeps
-    /// the message aside when it is no usable report. Errors only when neither could be
-    /// stored (blocking: call from a blocking context).
-    pub fn receive(&self, raw: &[u8]) -> Result<Outcome, ComplaintError> {
+    /// Takes one message mailed to the feedback address: records the complaint, keeps the
+    /// message aside when it is no usable report, or refuses it when it is too complex to
+    /// read. Errors only when neither could be stored. The parsing and file work run on the
+    /// blocking pool; the reporter's DKIM check, when one is needed, in between.
+    pub async fn receive(self: &Arc<Self>, raw: Bytes) -> Result<Outcome, ComplaintError> {
+        let this = self.clone();
+        let first = raw.clone();
+        let examined = tokio::task::spawn_blocking(move || this.examine(&first))
+            .await
+            .map_err(|e| ComplaintError::Task(e.to_string()))??;
+        let report = match examined {
+            Examined::Done(outcome) => return Ok(outcome),
+            Examined::NeedsReporter(report) => report,
+        };
+        let reporter = match &self.reporters {
+            Some(reporters) => reporters.verified(&raw).await,
+            None => None,
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.finish(&raw, report, reporter))
+            .await
+            .map_err(|e| ComplaintError::Task(e.to_string()))?
+    }
+
+    /// The blocking first part of [`Complaints::receive`]: budget, parse, token.
+    pub fn examine(&self, raw: &[u8]) -> Result<Examined, ComplaintError> {
+        if !arf::within_mime_budget(raw) {
+            crate::metrics::untrusted_refused("mime_budget");
+            tracing::warn!(
+                size = raw.len(),
+                "feedback report refused: too many MIME parts or too deep a nesting"
+            );
+            return Ok(Examined::Done(Outcome::TooComplex));
+        }
         // mail-parser has tripped assertions on malformed input before (CRATES.md): a
         // report that makes it panic is garbage like any other.
         let parsed = std::panic::catch_unwind(|| parse(raw)).unwrap_or(Err(Malformed::Unparsable));
         let report = match parsed {
             Ok(report) => report,
-            Err(why) => return self.keep_aside(raw, why),
+            Err(why) => return self.keep_aside(raw, why).map(Examined::Done),
         };
         if is_complaint(&report.feedback_type) == Some(false) {
             tracing::info!(
                 feedback_type = %report.feedback_type,
-                user_agent = report.user_agent.as_deref().unwrap_or(""),
+                user_agent = %Escaped(report.user_agent.as_deref().unwrap_or("")),
                 "feedback report that is no complaint ignored"
             );
-            return Ok(Outcome::NotAComplaint);
+            return Ok(Examined::Done(Outcome::NotAComplaint));
         }
-        let Some(complaint) = self.tie(&report) else {
-            return self.keep_aside(raw, Malformed::Untraceable);
-        };
-        Ok(Outcome::Recorded(self.record(complaint)?))
+        if let Some(complaint) = self.tie_by_token(&report) {
+            return Ok(Examined::Done(Outcome::Recorded(self.record(complaint)?)));
+        }
+        if self.require_token || self.reporters.is_none() {
+            return self
+                .keep_aside(raw, Malformed::Unverified)
+                .map(Examined::Done);
+        }
+        Ok(Examined::NeedsReporter(report))
     }
 
-    /// Whom and what a report is about: its first genuine token; else `Original-Rcpt-To`
-    /// with the account its sender domains name (none: a global complaint).
-    pub fn tie(&self, report: &Report) -> Option<Complaint> {
-        let feedback_type = report.feedback_type.clone();
-        if let Some(u) = report.tokens.iter().find_map(|t| self.keys.open(t).ok()) {
-            return Some(Complaint {
-                account: Some(u.account),
-                list: Some(u.list),
-                address: u.address,
-                feedback_type,
-                via: Via::Arf,
-            });
-        }
-        if self.require_token {
-            return None;
-        }
-        let address = report.original_rcpt.clone()?;
-        Some(Complaint {
-            account: account_for(&self.policy.load(), &report.sender_domains),
+    /// The blocking last part of [`Complaints::receive`] for a tokenless report:
+    /// `reporter` is the allow-listed domain whose DKIM signature verified, if any.
+    pub fn finish(
+        &self,
+        raw: &[u8],
+        report: Report,
+        reporter: Option<String>,
+    ) -> Result<Outcome, ComplaintError> {
+        let Some(reporter) = reporter else {
+            return self.keep_aside(raw, Malformed::Unverified);
+        };
+        let Some(address) = report.original_rcpt.clone() else {
+            return self.keep_aside(raw, Malformed::Untraceable);
+        };
+        let Some(account) = account_for(&self.policy.load(), &report.sender_domains) else {
+            return self.keep_aside(raw, Malformed::NoAccount);
+        };
+        tracing::info!(%reporter, "tokenless feedback report signed by an allowed reporter");
+        Ok(Outcome::Recorded(self.record(Complaint {
+            account,
             list: None,
             address,
-            feedback_type,
+            feedback_type: report.feedback_type,
+            via: Via::Arf,
+        })?))
+    }
+
+    /// The complaint a report's first genuine token names.
+    pub fn tie_by_token(&self, report: &Report) -> Option<Complaint> {
+        let u = report.tokens.iter().find_map(|t| self.keys.open(t).ok())?;
+        Some(Complaint {
+            account: u.account,
+            list: Some(u.list),
+            address: u.address,
+            feedback_type: report.feedback_type.clone(),
             via: Via::Arf,
         })
     }
@@ -304,46 +472,53 @@ impl Complaints {
     /// its event (blocking: call from a blocking context). This is the one place every
     /// complaint goes through.
     pub fn record(&self, complaint: Complaint) -> Result<Recorded, ListsError> {
-        let scope = match &complaint.account {
-            Some(account) => Scope::Account(account),
-            None => Scope::Global,
-        };
+        let account = complaint.account.as_str();
+        let scope = Scope::Account(account);
         let fp = self
             .lists
             .secret()
             .fingerprint(Kind::Suppression, scope, &complaint.address);
+        let time_ms = crate::spool::now_ms();
         let new = self.lists.get(fp) & Reason::Complaint.bit() == 0;
+        crate::metrics::complaint_received(complaint.via.as_str());
+        if !new {
+            // Providers repeat reports and people click twice; anyone holding the message
+            // can replay its report. Nothing is written for a complaint already in force.
+            tracing::info!(
+                account,
+                recipient = %self.tagger.tag(&complaint.address),
+                via = complaint.via.as_str(),
+                "repeated complaint: already in force"
+            );
+            return Ok(Recorded {
+                complaint,
+                time_ms,
+                new,
+            });
+        }
         let change = Change {
             op: Op::Add,
             fp,
             tags: Reason::Complaint.bit(),
             origin: Origin::Feedback,
-            time_ms: crate::spool::now_ms(),
+            time_ms,
         };
         if let Err(e) = self.lists.record(&[change]) {
-            tracing::error!(account = ?complaint.account, error = %e, "could not record a complaint");
+            tracing::error!(account, error = %e, "could not record a complaint");
             return Err(e);
         }
-        if let (Some(account), true) = (&complaint.account, new) {
-            self.counts.add_complaint(account);
-            if let Some(governor) = &self.governor {
-                governor.observe(account, crate::governance::health::Signal::Complaint);
-            }
-            if let (Some(campaigns), Some(list)) = (&self.campaigns, &complaint.list) {
-                campaigns.complained(account, list);
-            }
+        self.counts.add_complaint(account);
+        if let Some(governor) = &self.governor {
+            governor.observe(account, crate::governance::health::Signal::Complaint);
         }
-        crate::metrics::complaint_received(complaint.via.as_str());
-        let scope_name = if complaint.account.is_some() {
-            "account"
-        } else {
-            "global"
-        };
+        if let (Some(campaigns), Some(list)) = (&self.campaigns, &complaint.list) {
+            campaigns.complained(account, list);
+        }
         let event = serde_json::json!({
-            "time_ms": change.time_ms,
-            "account": complaint.account,
+            "time_ms": time_ms,
+            "account": account,
             "list": complaint.list,
-            "scope": scope_name,
+            "scope": "account",
             "address": complaint.address,
             "via": complaint.via.as_str(),
             "feedback_type": complaint.feedback_type,
@@ -351,7 +526,7 @@ impl Complaints {
         if let Err(e) = self.events.append(&event) {
             tracing::error!(error = %e, "could not append to the complaint event log");
         }
-        if let (Some(webhooks), Some(account)) = (&self.webhooks, &complaint.account) {
+        if let Some(webhooks) = &self.webhooks {
             use crate::governance::webhook::{Kind, WebhookEvent};
             webhooks.send_blocking(
                 account,
@@ -359,7 +534,7 @@ impl Complaints {
                     kind: Kind::Complaint,
                     address: complaint.address.clone(),
                     list: complaint.list.clone(),
-                    time_ms: change.time_ms,
+                    time_ms,
                     detail: serde_json::json!({
                         "feedback_type": complaint.feedback_type,
                         "via": complaint.via.as_str(),
@@ -369,18 +544,16 @@ impl Complaints {
             );
         }
         tracing::info!(
-            account = complaint.account.as_deref().unwrap_or(""),
+            account,
             list = complaint.list.as_deref().unwrap_or(""),
             recipient = %self.tagger.tag(&complaint.address),
-            scope = scope_name,
             via = complaint.via.as_str(),
             feedback_type = %complaint.feedback_type,
-            new,
             "complaint recorded"
         );
         Ok(Recorded {
             complaint,
-            time_ms: change.time_ms,
+            time_ms,
             new,
         })
     }
@@ -404,7 +577,6 @@ impl Complaints {
             None => tracing::warn!(
                 why = %why,
                 size = raw.len(),
-                kept = MAX_KEPT_ASIDE,
                 "unusable feedback report dropped: the malformed directory is full"
             ),
         }
@@ -412,11 +584,24 @@ impl Complaints {
     }
 
     /// Writes `raw` to a new file of the malformed directory (0600, fsynced); `None`
-    /// when [`MAX_KEPT_ASIDE`] files are there already.
+    /// when [`MAX_KEPT_ASIDE`] files or [`MAX_KEPT_ASIDE_BYTES`] are there already.
     fn store_aside(&self, raw: &[u8]) -> std::io::Result<Option<PathBuf>> {
         let dir = &self.malformed_dir;
-        std::fs::create_dir_all(dir)?;
-        if std::fs::read_dir(dir)?.take(MAX_KEPT_ASIDE).count() >= MAX_KEPT_ASIDE {
+        crate::privacy::files::private_dir(dir)?;
+        let mut usage = self.aside.lock().expect("kept-aside lock");
+        if usage.counted.is_none_or(|t| t.elapsed() >= ASIDE_RECOUNT) {
+            let (files, bytes) = std::fs::read_dir(dir)?
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .fold((0, 0), |(n, b), m| (n + 1, b + m.len()));
+            *usage = AsideUsage {
+                counted: Some(Instant::now()),
+                files,
+                bytes,
+            };
+        }
+        let (max_files, max_bytes) = self.aside_cap;
+        if usage.files >= max_files || usage.bytes + raw.len() as u64 > max_bytes {
             return Ok(None);
         }
         let path = dir.join(format!(
@@ -424,222 +609,14 @@ impl Complaints {
             crate::spool::now_ms(),
             rand::random::<u64>()
         ));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&path)?;
+        let mut f = crate::privacy::files::create_new(&path)?;
         f.write_all(raw)?;
         f.sync_all()?;
         crate::consent::sync_dir(dir)?;
+        usage.files += 1;
+        usage.bytes += raw.len() as u64;
         Ok(Some(path))
     }
-}
-
-/// Whether a (lower-case) `Feedback-Type` is a complaint (`Some(true)`), a report that
-/// is none (`Some(false)`), or one this relay does not know (`None`).
-pub fn is_complaint(feedback_type: &str) -> Option<bool> {
-    match feedback_type {
-        "abuse" | "fraud" | "virus" | "other" => Some(true),
-        "not-spam" | "auth-failure" => Some(false),
-        _ => None,
-    }
-}
-
-/// Reads an ARF report (RFC 5965): a `multipart/report; report-type=feedback-report`
-/// with a `message/feedback-report` part and, usually, the reported message or its
-/// header section (`message/rfc822`, `text/rfc822-headers`, or their `global` forms).
-pub fn parse(raw: &[u8]) -> Result<Report, Malformed> {
-    let message = MessageParser::new()
-        .parse(raw)
-        .ok_or(Malformed::Unparsable)?;
-    let ct = message.content_type().ok_or(Malformed::NotReport)?;
-    if !ct.ctype().eq_ignore_ascii_case("multipart")
-        || !ct
-            .subtype()
-            .is_some_and(|s| s.eq_ignore_ascii_case("report"))
-    {
-        return Err(Malformed::NotReport);
-    }
-    let report_type = ct
-        .attributes()
-        .unwrap_or_default()
-        .iter()
-        .find(|a| a.name.eq_ignore_ascii_case("report-type"))
-        .map(|a| a.value.trim());
-    if !report_type.is_some_and(|t| t.eq_ignore_ascii_case("feedback-report")) {
-        return Err(Malformed::NotFeedbackReport);
-    }
-    // Part 0 is the root; the report's parts follow, at any depth of this message (a
-    // message/rfc822 part's own parts live inside it).
-    let parts = message.parts.get(1..).unwrap_or_default();
-    let feedback = parts
-        .iter()
-        .position(|p| is_type(p, "message", &["feedback-report"]))
-        .ok_or(Malformed::NoFeedbackPart)?;
-    let fields = report_fields(&String::from_utf8_lossy(parts[feedback].contents()));
-    let field = |name: &'static str| {
-        fields
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v)
-    };
-    let feedback_type = field("feedback-type")
-        .next()
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| !v.is_empty())
-        .ok_or(Malformed::NoFeedbackType)?;
-    if feedback_type.len() > MAX_FEEDBACK_TYPE || is_complaint(&feedback_type).is_none() {
-        return Err(Malformed::UnknownFeedbackType);
-    }
-    let original_rcpt = field("original-rcpt-to").find_map(|v| rcpt_address(v));
-    let user_agent = field("user-agent")
-        .next()
-        .map(|v| v.chars().take(100).collect());
-    // RFC 5965 puts the original third; a report that puts it elsewhere still counts.
-    let (tokens, sender_domains) = parts
-        .iter()
-        .find(|p| {
-            is_type(
-                p,
-                "message",
-                &["rfc822", "global", "rfc822-headers", "global-headers"],
-            ) || is_type(p, "text", &["rfc822-headers"])
-        })
-        .map(|p| original_facts(p.contents()))
-        .unwrap_or_default();
-    Ok(Report {
-        feedback_type,
-        user_agent,
-        tokens,
-        original_rcpt,
-        sender_domains,
-    })
-}
-
-/// Whether `part` is `ctype/<one of subtypes>`.
-fn is_type(part: &MessagePart<'_>, ctype: &str, subtypes: &[&str]) -> bool {
-    part.content_type().is_some_and(|ct| {
-        ct.ctype().eq_ignore_ascii_case(ctype)
-            && ct
-                .subtype()
-                .is_some_and(|s| subtypes.iter().any(|t| s.eq_ignore_ascii_case(t)))
-    })
-}
-
-/// The fields of a `message/feedback-report` body (header syntax), unfolded, with
-/// lower-case names.
-fn report_fields(text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = out.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-        } else if let Some((name, value)) = line.split_once(':') {
-            out.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        }
-    }
-    out
-}
-
-/// The normalised address of an `Original-Rcpt-To` value (`addr`, `<addr>`, or with the
-/// DSN-style `rfc822;` prefix); `None` when it is none (providers often redact it).
-fn rcpt_address(value: &str) -> Option<String> {
-    let mut v = value.trim();
-    if v.get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("rfc822;"))
-    {
-        v = v[7..].trim();
-    }
-    let v = v.strip_prefix('<').unwrap_or(v);
-    let v = v.strip_suffix('>').unwrap_or(v);
-    crate::consent::key::normalise(v).ok()
-}
-
-/// Tokens and sender domains of the reported message (or its header section).
-fn original_facts(original: &[u8]) -> (Vec<String>, Vec<String>) {
-    let Some(headers) = MessageParser::new().parse_headers(original) else {
-        return Default::default();
-    };
-    let mut tokens = Vec::new();
-    let mut domains = Vec::new();
-    let mut add_domain = |d: Option<String>| {
-        if let Some(d) = d
-            && !domains.contains(&d)
-        {
-            domains.push(d);
-        }
-    };
-    add_domain(
-        headers
-            .from()
-            .and_then(|a| a.first())
-            .and_then(|a| a.address())
-            .and_then(|a| a.rsplit_once('@'))
-            .and_then(|(_, d)| canonical_domain(d)),
-    );
-    for (name, value) in headers.headers_raw() {
-        if name.eq_ignore_ascii_case("list-unsubscribe") {
-            for t in tokens_in(value) {
-                if !tokens.contains(&t) {
-                    tokens.push(t);
-                }
-            }
-        } else if name.eq_ignore_ascii_case("dkim-signature") {
-            add_domain(dkim_domain(value));
-        }
-    }
-    (tokens, domains)
-}
-
-/// The candidate unsubscribe tokens of a `List-Unsubscribe` value: `<…/u/TOKEN>` and
-/// `<mailto:unsubscribe+TOKEN@…>`, unchecked. White space inside the brackets (folding)
-/// is ignored, as RFC 2369 asks.
-pub fn tokens_in(value: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut rest = value;
-    while let Some(start) = rest.find('<') {
-        let after = &rest[start + 1..];
-        let Some(end) = after.find('>') else { break };
-        let uri: String = after[..end]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        rest = &after[end + 1..];
-        let candidate = if uri
-            .get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case("mailto:"))
-        {
-            let local = uri[7..].split('@').next().unwrap_or_default();
-            local
-                .get(..12)
-                .filter(|p| p.eq_ignore_ascii_case("unsubscribe+"))
-                .map(|_| &local[12..])
-        } else {
-            uri.rfind("/u/")
-                .and_then(|i| uri[i + 3..].split(['?', '#', '/']).next())
-        };
-        if let Some(t) = candidate
-            && !t.is_empty()
-            && t.len() <= MAX_TOKEN_LEN
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !out.iter().any(|o| o == t)
-        {
-            out.push(t.to_string());
-        }
-    }
-    out
-}
-
-/// The `d=` domain of a DKIM-Signature value, canonical.
-fn dkim_domain(value: &str) -> Option<String> {
-    value.split(';').find_map(|tag| {
-        let tag: String = tag.chars().filter(|c| !c.is_whitespace()).collect();
-        tag.strip_prefix("d=").and_then(canonical_domain)
-    })
 }
 
 /// The one account whose `from_domains` cover one of `domains`; `None` when none or

@@ -79,7 +79,7 @@ async fn report(
     }
     let (list, sender) = names(&st.policy.load(), &u);
     let complaint = Complaint {
-        account: Some(u.account),
+        account: u.account,
         list: Some(u.list),
         address: u.address,
         feedback_type: "abuse".into(),

@@ -1,13 +1,25 @@
 //! The consent footer: a short consent statement with a visible unsubscribe link, added at
-//! delivery time, per recipient, to every body a reader sees.
+//! delivery time, per recipient, to the body a reader sees.
 //!
 //! Which parts get it: a message without MIME structure, or a `text/plain` / `text/html`
-//! message, is one body. In `multipart/alternative` every plain and HTML alternative gets
-//! it; in `multipart/mixed`, `multipart/related` and any other multipart only the first
-//! part does (or, when that part is itself a multipart, the body found inside it by the
-//! same rules). Plain text gets the text footer on lines of its own after a blank line;
-//! HTML gets the HTML footer right before its last `</body>`, or at its end. Attachments,
-//! non-text parts, `text/*` other than plain and HTML, `message/rfc822` and
+//! message, is one body. In `multipart/mixed`, `multipart/related` and any other multipart
+//! but `alternative` the body is found in the first part, by the same rules. In
+//! `multipart/alternative` each alternative's body gets it (a reader's program shows one
+//! alternative); a nested `multipart/alternative` counts its alternatives with the outer
+//! one's. The footer goes into at most [`MAX_FOOTERS`] bodies: with more alternatives the
+//! last plain one, the last HTML one (what a program that shows the last alternative it can
+//! display will show, RFC 2046 §5.1.4) and those nearest the end get it. Plain text gets
+//! the text footer on lines of its own after a blank line; HTML gets the HTML footer right
+//! before its last `</body>`, or at its end.
+//!
+//! A message without such a body — only attachments, an image, a text in a transfer
+//! encoding that cannot be edited (`6bit` and other unknown ones are opaque data, RFC 2045
+//! §6.4) — is wrapped: it becomes the second part of a new `multipart/mixed` whose first
+//! part is the text footer (`text/plain`, UTF-8, quoted-printable), so the statement and
+//! link are always there. Its `Content-*` fields move into the wrapped part, every other
+//! field stays at the top.
+//!
+//! Attachments, non-text parts, `text/*` other than plain and HTML, `message/rfc822` and
 //! `message/global` parts (never entered) and the parts after the body keep every byte.
 //! Signed and encrypted messages are refused: a footer would break the signature or could
 //! not be read, and the footer is mandatory.
@@ -22,27 +34,30 @@
 //! decoded and re-encoded in 76-character lines.
 //!
 //! Why splicing: the rewrite runs once per recipient, so it copies the original bytes
-//! around the changed parts verbatim (at the offsets mail-parser reports) instead of
+//! around the changed parts verbatim (at the offsets `entity.rs` finds) instead of
 //! rebuilding the message; it is both faster and the only way to keep every other byte —
-//! headers, attachments, forwarded messages — exactly as the sender wrote them. Nearly all
-//! of the time goes to mail-parser's parse, which decodes every part; the splice adds a few
-//! percent (`benches/rewrite.rs`).
+//! headers, attachments, forwarded messages — exactly as the sender wrote them. The
+//! structure is read once per message ([`Plan`]); each recipient then costs a splice.
+//!
+//! Bounded work: reading the structure is linear in the message, the walk goes at most
+//! [`MAX_DEPTH`] multiparts deep, and the output grows by at most [`MAX_FOOTERS`] footers
+//! (plus the re-encoding of the parts that get one, or the wrapper).
 //!
 //! It must never panic, whatever the input: a message it cannot read is refused with
 //! [`FooterError::Malformed`] rather than returned without its footer.
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
 
-use mail_parser::{
-    ContentType, Encoding, Header, HeaderName, HeaderValue, Message, MessageParser, MessagePart,
-    PartType,
-};
-use memchr::{memmem, memrchr};
+use super::entity::{Cte, Entity, SplitError, split};
+use super::headers::Field;
+use super::mime::{Charset, b64_decode, qp_decode, qp_undecodable};
 
-use super::mime::{
-    Charset, MAX_LINE, b64_decode, b64_encode, longest_line, qp_decode, qp_encode, qp_encode_into,
-};
+mod splice;
+mod wrap;
+
+#[cfg(test)]
+use splice::{before, charset_value, footer_lines, insertion_point, last_body_close};
+use splice::{crlf_lines, rewrite_part};
 
 /// The footer in both forms. `text` is plain text (UTF-8, lines separated by "\n" or
 /// "\r\n"); `html` is an HTML fragment, already escaped, inserted as is.
@@ -63,49 +78,78 @@ pub enum FooterError {
     /// inline "-----BEGIN PGP MESSAGE-----"
     #[error("the message is encrypted; it cannot take the mandatory footer")]
     Encrypted,
-    /// no text/plain or text/html body part that a reader would see (e.g. only attachments)
-    #[error("the message has no text body for the footer")]
-    NoTextBody,
-    /// structure mail-parser cannot make sense of (unterminated multipart, no header/body
-    /// separator …), with a short reason
+    /// structure that cannot be read without guessing (unterminated multipart, no
+    /// header/body separator, nesting too deep …), with a short reason
     #[error("malformed MIME: {0}")]
     Malformed(String),
 }
 
 /// Checks at submission whether the message can carry the footer (same rules as
-/// [`add_footer`], no output). Cheap: one parse, no body is re-encoded.
+/// [`add_footer`], no output). Cheap: the structure is read, no body is re-encoded.
 pub fn check(message: &[u8]) -> Result<(), FooterError> {
-    let parsed = parse(message)?;
-    targets(message, &parsed).map(|_| ())
+    Plan::new(message).map(|_| ())
 }
 
-/// Returns the message with the footer added to every body text part.
+/// Returns the message with the footer added to its body (or bodies, or as a part).
 pub fn add_footer(message: &[u8], footer: &Footer<'_>) -> Result<Vec<u8>, FooterError> {
     Plan::new(message)?.apply(message, footer)
 }
 
-/// What parsing a message tells about where its footers go. The parse is most of the
-/// cost; a plan made once per message puts each recipient's own footer in with a splice.
+/// Multiparts nested deeper on the way to the body are refused rather than walked: real
+/// mail stays far below, and the walk recurses.
+pub const MAX_DEPTH: usize = 32;
+/// The most bodies that get the footer in one message (see the module doc for which).
+pub const MAX_FOOTERS: usize = 8;
+
+/// Where a message's footers go. Reading the structure is most of the cost; a plan made
+/// once per message puts each recipient's own footer in with a splice.
 #[derive(Debug, Clone)]
 pub struct Plan {
     parts: Vec<PartPlan>,
+    /// Set when no part can take the footer: the message is wrapped instead.
+    wrap: Option<wrap::Wrap>,
 }
 
 /// One body part that gets the footer, with everything its rewrite needs.
 #[derive(Debug, Clone)]
 struct PartPlan {
-    target: Target,
+    html: bool,
+    cte: Cte,
     /// The body's octets in the message.
     start: usize,
     end: usize,
     charset: Charset,
-    /// mail-parser's decoded text, for charsets only it knows.
+    /// The body decoded to text, for the charsets only mail-parser's decoders know.
     parsed: String,
     content_type: Option<HeaderSpan>,
     transfer_encoding: Option<HeaderSpan>,
     /// The part is the message itself and it has no MIME-Version field.
     needs_mime_version: bool,
     header_end: Option<usize>,
+}
+
+impl PartPlan {
+    /// The body decoded to text (lossily where its charset says otherwise).
+    fn text(&self, raw: &[u8]) -> String {
+        let encoded = raw.get(self.start..self.end).unwrap_or_default();
+        let decoded = decode(self.cte, encoded);
+        match self.charset {
+            // `to_utf8` serves transcoding, which a UTF-8 part never needs.
+            Charset::Utf8 => String::from_utf8_lossy(&decoded).into_owned(),
+            charset => {
+                String::from_utf8_lossy(&charset.to_utf8(&decoded, &self.parsed)).into_owned()
+            }
+        }
+    }
+}
+
+/// A body's transfer encoding undone (the identity for 7bit, 8bit and binary).
+fn decode(cte: Cte, encoded: &[u8]) -> Cow<'_, [u8]> {
+    match cte {
+        Cte::QuotedPrintable => Cow::Owned(qp_decode(encoded)),
+        Cte::Base64 => Cow::Owned(b64_decode(encoded)),
+        _ => Cow::Borrowed(encoded),
+    }
 }
 
 /// Where a header field and its value are.
@@ -117,629 +161,245 @@ struct HeaderSpan {
 }
 
 impl HeaderSpan {
-    fn of(h: &Header<'_>) -> HeaderSpan {
+    fn of(f: &Field) -> HeaderSpan {
         HeaderSpan {
-            field: h.offset_field as usize,
-            start: h.offset_start as usize,
-            end: h.offset_end as usize,
+            field: f.whole.start,
+            start: (f.name.end + 1).min(f.whole.end),
+            end: f.whole.end,
         }
     }
 }
 
 impl Plan {
-    /// Parses `message` and finds its body parts, or why it cannot take the footer.
+    /// Reads `message` and finds where its footers go, or why it cannot take one.
     pub fn new(message: &[u8]) -> Result<Plan, FooterError> {
-        let parsed = parse(message)?;
-        let parts = targets(message, &parsed)?
-            .into_iter()
-            .map(|target| {
-                let part = parsed
-                    .parts
-                    .get(target.id)
-                    .ok_or_else(|| malformed("lost part"))?;
-                Ok(PartPlan {
-                    target,
-                    start: part.offset_body as usize,
-                    end: part.offset_end as usize,
-                    charset: Charset::of(content_type(part).and_then(|ct| ct.attribute("charset"))),
-                    parsed: match &part.body {
-                        PartType::Text(text) | PartType::Html(text) => text.to_string(),
-                        _ => String::new(),
-                    },
-                    content_type: last_header(part, HeaderName::ContentType).map(HeaderSpan::of),
-                    transfer_encoding: last_header(part, HeaderName::ContentTransferEncoding)
-                        .map(HeaderSpan::of),
-                    needs_mime_version: part.offset_header == 0
-                        && last_header(part, HeaderName::MimeVersion).is_none(),
-                    header_end: header_end(message, part),
-                })
-            })
-            .collect::<Result<Vec<_>, FooterError>>()?;
-        Ok(Plan { parts })
+        let root = Entity::read(message, 0..message.len(), false);
+        if root.header_end.is_none() {
+            return Err(malformed("no header/body separator"));
+        }
+        let mut found = Vec::new();
+        collect(message, &root, 0, &mut found)?;
+        if found.is_empty() {
+            return Ok(Plan {
+                parts: Vec::new(),
+                wrap: Some(wrap::Wrap::new(message, &root)?),
+            });
+        }
+        let parts = select(found)
+            .iter()
+            .map(|body| part_plan(message, body))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Plan { parts, wrap: None })
+    }
+
+    /// How many bodies get the footer (0 when the message is wrapped).
+    pub fn bodies(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Whether the footer comes as a part of its own, the message wrapped.
+    pub fn wraps(&self) -> bool {
+        self.wrap.is_some()
     }
 
     /// `message` (the one the plan was made from) with `footer` in every body part.
     pub fn apply(&self, message: &[u8], footer: &Footer<'_>) -> Result<Vec<u8>, FooterError> {
         let text = crlf_lines(footer.text);
-        let html = crlf_lines(footer.html);
         let mut edits = Vec::new();
+        if let Some(wrap) = &self.wrap {
+            wrap.edits(message, &text, &mut edits);
+        }
+        let html = crlf_lines(footer.html);
         for part in &self.parts {
-            let footer = if part.target.html { &html } else { &text };
+            let footer = if part.html { &html } else { &text };
             rewrite_part(message, part, footer, &mut edits)?;
         }
-        splice(message, edits)
+        splice::splice(message, edits)
     }
 }
-
-/// Deeper nesting is refused rather than walked: real mail stays far below, and the walk
-/// recurses.
-const MAX_DEPTH: usize = 32;
-/// Only the MIME fields matter here; leaving the others unparsed saves a third of the parse.
-static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
-    MessageParser::new()
-        .header_content_type(HeaderName::ContentType)
-        .header_content_type(HeaderName::ContentDisposition)
-        .header_raw(HeaderName::ContentTransferEncoding)
-        .default_header_ignore()
-});
 
 fn malformed(reason: impl Into<String>) -> FooterError {
     FooterError::Malformed(reason.into())
 }
 
-/// Parses the message and refuses the structures whose offsets cannot be trusted.
-fn parse(raw: &[u8]) -> Result<Message<'_>, FooterError> {
-    let message = PARSER
-        .parse(raw)
-        .ok_or_else(|| malformed("no header fields"))?;
-    let root = message
-        .parts
-        .first()
-        .ok_or_else(|| malformed("no header fields"))?;
-    if header_end(raw, root).is_none() {
-        return Err(malformed("no header/body separator"));
-    }
-    for part in &message.parts {
-        let Some(ct) = content_type(part) else {
-            continue;
-        };
-        if ct.ctype() != "multipart" || !matches!(part.body, PartType::Multipart(_)) {
-            continue;
-        }
-        let boundary = ct.attribute("boundary").unwrap_or_default();
-        let close = [b"--", boundary.as_bytes(), b"--"].concat();
-        let range = raw.get(part.offset_body as usize..part.offset_end as usize);
-        if range.is_none_or(|range| memmem::rfind(range, &close).is_none()) {
-            return Err(malformed(format!(
-                "unterminated multipart (boundary {boundary:?})"
-            )));
-        }
-    }
-    Ok(message)
-}
-
-/// A body part that gets the footer.
-#[derive(Debug, Clone, Copy)]
-struct Target {
-    id: usize,
+/// A body that can take the footer: where its entity is (read again if chosen, so that a
+/// message of many parts holds only this much per part).
+struct Body {
+    entity: std::ops::Range<usize>,
     html: bool,
-    cte: Cte,
 }
 
-/// The body parts to change, in message order, or why the message cannot take the footer.
-fn targets(raw: &[u8], message: &Message<'_>) -> Result<Vec<Target>, FooterError> {
-    let mut found = Vec::with_capacity(2);
-    collect(raw, message, 0, 0, &mut found)?;
-    if found.is_empty() {
-        return Err(FooterError::NoTextBody);
-    }
-    Ok(found)
-}
-
-/// Walks the parts a reader would see as the body, refusing signed or encrypted ones.
+/// Walks the parts a reader would see as the body, refusing signed or encrypted ones;
+/// appends the bodies found, in message order.
 fn collect(
     raw: &[u8],
-    message: &Message<'_>,
-    id: usize,
+    entity: &Entity,
     depth: usize,
-    found: &mut Vec<Target>,
+    found: &mut Vec<Body>,
 ) -> Result<(), FooterError> {
-    if depth > MAX_DEPTH {
-        return Err(malformed("multiparts nested too deeply"));
+    if let Some(why) = entity.ambiguous {
+        return Err(malformed(why));
     }
-    let part = message
-        .parts
-        .get(id)
-        .ok_or_else(|| malformed("dangling part"))?;
-    let ct = content_type(part);
-    let ctype = ct.map_or("text", ContentType::ctype);
-    let subtype = ct
-        .map_or(Some("plain"), ContentType::subtype)
-        .unwrap_or_default();
-    let lower = |name: &str| {
-        ct.and_then(|ct| ct.attribute(name))
-            .map(str::to_ascii_lowercase)
-    };
-    match (ctype, subtype) {
+    let ct = &entity.content_type;
+    match (ct.ctype.as_str(), ct.subtype.as_str()) {
         ("multipart", "signed") => Err(FooterError::Signed),
         ("multipart", "encrypted") | ("application", "pgp-encrypted") => {
             Err(FooterError::Encrypted)
         }
-        ("application", "pkcs7-mime" | "x-pkcs7-mime") => match lower("smime-type").as_deref() {
-            Some("signed-data") => Err(FooterError::Signed),
-            None | Some("enveloped-data" | "authenveloped-data") => Err(FooterError::Encrypted),
-            Some(_) => Ok(()),
-        },
+        ("application", "pkcs7-mime" | "x-pkcs7-mime") => {
+            match ct
+                .param("smime-type")
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("signed-data") => Err(FooterError::Signed),
+                None | Some("enveloped-data" | "authenveloped-data") => Err(FooterError::Encrypted),
+                Some(_) => Ok(()),
+            }
+        }
         ("multipart", subtype) => {
-            let PartType::Multipart(children) = &part.body else {
+            if depth >= MAX_DEPTH {
+                return Err(malformed("multiparts nested too deeply"));
+            }
+            let boundary = ct.param("boundary").unwrap_or_default();
+            if boundary.is_empty() {
                 return Err(malformed("multipart without a usable boundary"));
-            };
+            }
+            let children = split(raw, entity.body.clone(), boundary).map_err(|e| match e {
+                SplitError::Unterminated => {
+                    malformed(format!("unterminated multipart (boundary {boundary:?})"))
+                }
+                SplitError::BoundaryInPart => malformed(format!(
+                    "a line in a part starts with its boundary {boundary:?}"
+                )),
+            })?;
             let take = if subtype == "alternative" {
                 children.len()
             } else {
                 1
             };
-            for &child in children.iter().take(take) {
-                let child = child as usize;
-                if child <= id {
-                    return Err(malformed("part tree out of order"));
-                }
-                collect(raw, message, child, depth + 1, found)?;
+            for child in children.into_iter().take(take) {
+                let child = Entity::read(raw, child, subtype == "digest");
+                collect(raw, &child, depth + 1, found)?;
             }
             Ok(())
         }
-        ("text", "plain" | "html") if !is_attachment(part) => {
-            let (PartType::Text(text) | PartType::Html(text)) = &part.body else {
-                return Ok(());
-            };
-            if part.is_encoding_problem {
-                return Err(malformed("undecodable text body"));
+        ("text", subtype @ ("plain" | "html")) if !entity.attachment => {
+            if entity.cte != Cte::Other {
+                found.push(Body {
+                    entity: entity.start..entity.body.end,
+                    html: subtype == "html",
+                });
             }
-            let start = text.trim_start();
-            if start.starts_with("-----BEGIN PGP SIGNED MESSAGE-----") {
-                return Err(FooterError::Signed);
-            }
-            if start.starts_with("-----BEGIN PGP MESSAGE-----") {
-                return Err(FooterError::Encrypted);
-            }
-            let body = raw.get(part.offset_body as usize..part.offset_end as usize);
-            if body.is_none() || header_end(raw, part).is_none() {
-                return Err(malformed("text part offsets out of range"));
-            }
-            let cte = Cte::of(part)?;
-            found.push(Target {
-                id,
-                html: subtype == "html",
-                cte,
-            });
             Ok(())
         }
         _ => Ok(()),
     }
 }
 
-fn last_header<'p, 'x>(part: &'p MessagePart<'x>, name: HeaderName<'_>) -> Option<&'p Header<'x>> {
-    part.headers.iter().rev().find(|header| header.name == name)
-}
-
-fn content_type<'p>(part: &'p MessagePart<'_>) -> Option<&'p ContentType<'p>> {
-    last_header(part, HeaderName::ContentType).and_then(|h| h.value.as_content_type())
-}
-
-fn is_attachment(part: &MessagePart<'_>) -> bool {
-    last_header(part, HeaderName::ContentDisposition)
-        .and_then(|h| h.value.as_content_type())
-        .is_some_and(ContentType::is_attachment)
-}
-
-/// A part's Content-Transfer-Encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cte {
-    SevenBit,
-    EightBit,
-    QuotedPrintable,
-    Base64,
-}
-
-impl Cte {
-    /// Follows mail-parser's reading for quoted-printable and base64; anything it does not
-    /// decode must be an identity encoding, or the body cannot be edited safely.
-    fn of(part: &MessagePart<'_>) -> Result<Cte, FooterError> {
-        match part.encoding {
-            Encoding::QuotedPrintable => return Ok(Cte::QuotedPrintable),
-            Encoding::Base64 => return Ok(Cte::Base64),
-            Encoding::None => {}
+/// The bodies that get the footer: all of them up to [`MAX_FOOTERS`]; beyond, the last
+/// plain and the last HTML one, then those nearest the end. Message order is kept.
+fn select(found: Vec<Body>) -> Vec<Body> {
+    if found.len() <= MAX_FOOTERS {
+        return found;
+    }
+    let mut keep = vec![false; found.len()];
+    let last_plain = found.iter().rposition(|b| !b.html);
+    let last_html = found.iter().rposition(|b| b.html);
+    for i in [last_plain, last_html].into_iter().flatten() {
+        keep[i] = true;
+    }
+    let mut kept = keep.iter().filter(|&&k| k).count();
+    for k in keep.iter_mut().rev() {
+        if kept == MAX_FOOTERS {
+            break;
         }
-        let value = match last_header(part, HeaderName::ContentTransferEncoding).map(|h| &h.value) {
-            Some(HeaderValue::Text(value)) => value.trim(),
-            _ => return Ok(Cte::SevenBit),
-        };
-        if value.eq_ignore_ascii_case("7bit") {
-            Ok(Cte::SevenBit)
-        } else if value.eq_ignore_ascii_case("8bit") || value.eq_ignore_ascii_case("binary") {
-            Ok(Cte::EightBit)
-        } else {
-            Err(malformed(format!(
-                "unsupported Content-Transfer-Encoding {value:?}"
-            )))
+        if !*k {
+            *k = true;
+            kept += 1;
         }
     }
+    found
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(body, keep)| keep.then_some(body))
+        .collect()
 }
 
-/// Replaces a byte range of the original message (an insertion when `start == end`).
-struct Edit {
-    start: usize,
-    end: usize,
-    bytes: Cow<'static, [u8]>,
-}
+/// Octets decoded from the start of a body to look for an inline PGP armour line.
+const ARMOUR_PROBE: usize = 512;
 
-/// Copies the message with the edits applied; everything between them is copied verbatim.
-fn splice(raw: &[u8], mut edits: Vec<Edit>) -> Result<Vec<u8>, FooterError> {
-    edits.sort_by_key(|edit| (edit.start, edit.end));
-    let added: usize = edits.iter().map(|edit| edit.bytes.len()).sum();
-    let mut out = Vec::with_capacity(raw.len() + added);
-    let mut cursor = 0;
-    for edit in &edits {
-        let kept = raw
-            .get(cursor..edit.start)
-            .ok_or_else(|| malformed("overlapping parts"))?;
-        out.extend_from_slice(kept);
-        out.extend_from_slice(&edit.bytes);
-        cursor = edit.end;
-    }
-    out.extend_from_slice(raw.get(cursor..).unwrap_or_default());
-    Ok(out)
-}
-
-/// Adds the footer to one body part, as edits of the original message.
-fn rewrite_part(
-    raw: &[u8],
-    part: &PartPlan,
-    footer: &str,
-    edits: &mut Vec<Edit>,
-) -> Result<(), FooterError> {
-    let (start, end, target, charset) = (part.start, part.end, part.target, part.charset);
-    let body = raw
-        .get(start..end)
+/// Everything the rewrite of one body needs, and the refusals only its text can tell.
+fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
+    // A text body is never a part of a digest (whose default is message/rfc822).
+    let e = &Entity::read(raw, body.entity.clone(), false);
+    let header_end = e
+        .header_end
+        .ok_or_else(|| malformed("a text part without header/body separator"))?;
+    let encoded = raw
+        .get(e.body.clone())
         .ok_or_else(|| malformed("part offsets out of range"))?;
-    let in_charset = charset.encode(footer);
-    if let Some(encoded) = &in_charset {
-        let spliced = match target.cte {
-            Cte::SevenBit | Cte::EightBit => raw_splice(body, target, encoded),
-            Cte::QuotedPrintable => qp_splice(body, target.html, encoded),
-            Cte::Base64 => None,
-        };
-        if let Some((at, bytes)) = spliced {
-            edits.push(Edit {
-                start: start + at,
-                end: start + at,
-                bytes: bytes.into(),
-            });
-            return Ok(());
-        }
+    if e.cte == Cte::QuotedPrintable && qp_undecodable(encoded) {
+        return Err(malformed("undecodable text body"));
     }
-    // The slow path: decode, insert, re-encode the whole part.
-    let decoded: Cow<'_, [u8]> = match target.cte {
-        Cte::SevenBit | Cte::EightBit => Cow::Borrowed(body),
-        Cte::QuotedPrintable => Cow::Owned(qp_decode(body)),
-        Cte::Base64 => Cow::Owned(b64_decode(body)),
-    };
-    let parsed = part.parsed.as_str();
-    let (content, footer, relabel) = match &in_charset {
-        Some(encoded) => (decoded, encoded.as_ref(), false),
-        None => (charset.to_utf8(&decoded, parsed), footer.as_bytes(), true),
-    };
-    let at = insertion_point(&content, target.html);
-    let insert = footer_lines(before(&content[..at]), target.html, footer);
-    let mut new = Vec::with_capacity(content.len() + insert.len());
-    new.extend_from_slice(&content[..at]);
-    new.extend_from_slice(&insert);
-    new.extend_from_slice(&content[at..]);
-    let mut to_qp = false;
-    let encoded = match target.cte {
-        Cte::SevenBit | Cte::EightBit => {
-            to_qp =
-                (target.cte == Cte::SevenBit && !new.is_ascii()) || longest_line(&new) > MAX_LINE;
-            if to_qp { qp_encode(&new) } else { new }
-        }
-        Cte::QuotedPrintable => qp_encode(&new),
-        Cte::Base64 => b64_encode(&new, body.ends_with(b"\n")),
-    };
-    edits.push(Edit {
-        start,
-        end,
-        bytes: encoded.into(),
-    });
-    header_edits(raw, part, relabel, to_qp, edits)
-}
-
-/// The changes a part's header block needs: charset relabelled to UTF-8, transfer
-/// encoding switched to quoted-printable.
-fn header_edits(
-    raw: &[u8],
-    part: &PartPlan,
-    relabel: bool,
-    to_qp: bool,
-    edits: &mut Vec<Edit>,
-) -> Result<(), FooterError> {
-    let mut added = Vec::new();
-    if relabel {
-        match part.content_type {
-            Some(header) => edits.push(charset_edit(raw, header)),
-            None => added.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n"),
-        }
-    }
-    if to_qp {
-        match part.transfer_encoding {
-            Some(header) => {
-                let (start, end) = value_span(raw, header);
-                edits.push(Edit {
-                    start,
-                    end,
-                    bytes: Cow::Borrowed(b" quoted-printable"),
-                });
+    let label = e.content_type.param("charset");
+    let charset = Charset::of(label);
+    // Only the charsets this module does not decode itself need the whole text.
+    let parsed = match charset {
+        Charset::AsciiCompatible | Charset::Stateful => {
+            let decoded = decode(e.cte, encoded);
+            match label
+                .and_then(|l| mail_parser::decoders::charsets::map::charset_decoder(l.as_bytes()))
+            {
+                Some(decoder) => decoder(&decoded),
+                None => String::from_utf8_lossy(&decoded).into_owned(),
             }
-            None => added.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n"),
         }
-    }
-    if !added.is_empty() {
-        // Only the top-level part can lack MIME-Version; adding MIME fields requires it.
-        if part.needs_mime_version {
-            added.splice(0..0, *b"MIME-Version: 1.0\r\n");
-        }
-        let at = part
-            .header_end
-            .ok_or_else(|| malformed("no header/body separator"))?;
-        edits.push(Edit {
-            start: at,
-            end: at,
-            bytes: added.into(),
-        });
-    }
-    Ok(())
-}
-
-/// The value of a header field, without its final line break.
-fn value_span(raw: &[u8], header: HeaderSpan) -> (usize, usize) {
-    let start = header.start.min(raw.len());
-    let mut end = header.end.min(raw.len()).max(start);
-    while end > start && matches!(raw[end - 1], b'\r' | b'\n') {
-        end -= 1;
-    }
-    (start, end)
-}
-
-/// Sets `charset=utf-8` in a Content-Type field, replacing the parameter's value or
-/// appending the parameter.
-fn charset_edit(raw: &[u8], header: HeaderSpan) -> Edit {
-    let (start, end) = value_span(raw, header);
-    let value = raw.get(start..end).unwrap_or_default();
-    if let Some((from, to)) = charset_value(value) {
-        return Edit {
-            start: start + from,
-            end: start + to,
-            bytes: Cow::Borrowed(b"utf-8"),
-        };
-    }
-    let field = end.saturating_sub(header.field);
-    let line = memrchr(b'\n', value).map_or(field, |nl| value.len() - nl);
-    let bytes: &'static [u8] = if line + 16 > MAX_LINE {
-        b";\r\n charset=utf-8"
+        _ => String::new(),
+    };
+    let start: Cow<'_, str> = if parsed.is_empty() {
+        let probe = &encoded[..encoded.len().min(ARMOUR_PROBE)];
+        Cow::Owned(String::from_utf8_lossy(&decode(e.cte, probe)).into_owned())
     } else {
-        b"; charset=utf-8"
+        Cow::Borrowed(&parsed)
     };
-    Edit {
-        start: end,
-        end,
-        bytes: Cow::Borrowed(bytes),
+    let start = start.trim_start();
+    if start.starts_with("-----BEGIN PGP SIGNED MESSAGE-----") {
+        return Err(FooterError::Signed);
     }
-}
-
-/// The span of the `charset` parameter's value (quotes included) in a Content-Type value.
-fn charset_value(value: &[u8]) -> Option<(usize, usize)> {
-    let skip_ws = |mut i: usize| {
-        while value.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
-        i
-    };
-    let skip_quoted = |mut i: usize| {
-        i += 1;
-        while let Some(&c) = value.get(i) {
-            i += if c == b'\\' { 2 } else { 1 };
-            if c == b'"' {
-                break;
-            }
-        }
-        i.min(value.len())
-    };
-    let mut i = 0;
-    while i < value.len() {
-        match value[i] {
-            b'"' => i = skip_quoted(i),
-            b';' => {
-                let name_start = skip_ws(i + 1);
-                let mut j = name_start;
-                while value
-                    .get(j)
-                    .is_some_and(|&c| !matches!(c, b'=' | b';' | b'"') && !c.is_ascii_whitespace())
-                {
-                    j += 1;
-                }
-                let name = &value[name_start..j];
-                j = skip_ws(j);
-                if value.get(j) == Some(&b'=') && name.eq_ignore_ascii_case(b"charset") {
-                    let from = skip_ws(j + 1);
-                    let to = if value.get(from) == Some(&b'"') {
-                        skip_quoted(from)
-                    } else {
-                        let mut to = from;
-                        while value
-                            .get(to)
-                            .is_some_and(|&c| c != b';' && !c.is_ascii_whitespace())
-                        {
-                            to += 1;
-                        }
-                        to
-                    };
-                    return Some((from, to));
-                }
-                i = name_start.max(i + 1);
-            }
-            _ => i += 1,
-        }
+    if start.starts_with("-----BEGIN PGP MESSAGE-----") {
+        return Err(FooterError::Encrypted);
     }
-    None
+    Ok(PartPlan {
+        html: body.html,
+        cte: e.cte,
+        start: e.body.start,
+        end: e.body.end,
+        charset,
+        parsed,
+        content_type: e.content_type_field.map(|i| HeaderSpan::of(&e.fields[i])),
+        transfer_encoding: e.cte_field.map(|i| HeaderSpan::of(&e.fields[i])),
+        needs_mime_version: e.start == 0 && e.field("mime-version", raw).is_none(),
+        header_end: Some(header_end),
+    })
 }
 
-/// Where header fields can be added to a part: the start of the blank line that ends its
-/// header block. `None` when the block does not end with one.
-fn header_end(raw: &[u8], part: &MessagePart<'_>) -> Option<usize> {
-    let start = part.offset_header as usize;
-    let block = raw
-        .get(start..part.offset_body as usize)?
-        .strip_suffix(b"\n")?;
-    let line = memrchr(b'\n', block).map_or(0, |nl| nl + 1);
-    block[line..]
-        .iter()
-        .all(|&c| matches!(c, b' ' | b'\t' | b'\r'))
-        .then_some(start + line)
-}
+/// For the fuzz targets and tests: what a reader finds where the footer goes.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{FooterError, Plan};
 
-/// Where the decoded body ends before the insertion point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Before {
-    Nothing,
-    Newline,
-    Text,
-}
-
-fn before(prefix: &[u8]) -> Before {
-    match prefix.last() {
-        None => Before::Nothing,
-        Some(b'\n') => Before::Newline,
-        Some(_) => Before::Text,
+    /// Each body [`Plan::new`] would give the footer — `(html, decoded text)` in message
+    /// order — or an empty list when it would wrap the message. Run on a rewritten
+    /// message, every text must hold its footer.
+    pub fn bodies(message: &[u8]) -> Result<Vec<(bool, String)>, FooterError> {
+        let plan = Plan::new(message)?;
+        Ok(plan
+            .parts
+            .iter()
+            .map(|part| (part.html, part.text(message)))
+            .collect())
     }
-}
-
-/// The decoded bytes to insert: the footer on lines of its own, separated from plain text
-/// by a blank line. Starts with a line break whenever the text before does not end with one.
-fn footer_lines(before: Before, html: bool, footer: &[u8]) -> Vec<u8> {
-    let lead: &[u8] = match (before, html) {
-        (Before::Nothing, _) | (Before::Newline, true) => b"",
-        (Before::Newline, false) | (Before::Text, true) => b"\r\n",
-        (Before::Text, false) => b"\r\n\r\n",
-    };
-    [lead, footer, b"\r\n"].concat()
-}
-
-/// Plain text takes the footer at its end; HTML right before its last `</body>`, or at
-/// its end when there is none.
-fn insertion_point(body: &[u8], html: bool) -> usize {
-    if html {
-        last_body_close(body).unwrap_or(body.len())
-    } else {
-        body.len()
-    }
-}
-
-/// The last `</body>` (any case); also valid in a quoted-printable encoding, where `<`
-/// is always a literal character.
-fn last_body_close(hay: &[u8]) -> Option<usize> {
-    let mut end = hay.len();
-    while let Some(at) = memrchr(b'<', &hay[..end]) {
-        let tag = hay
-            .get(at + 1..at + 6)
-            .is_some_and(|tag| tag.eq_ignore_ascii_case(b"/body"));
-        if tag
-            && hay
-                .get(at + 6)
-                .is_none_or(|&c| c == b'>' || c.is_ascii_whitespace())
-        {
-            return Some(at);
-        }
-        end = at;
-    }
-    None
-}
-
-/// Inserts the footer into a 7bit/8bit/binary body as it is, when that keeps the encoding
-/// valid; `None` sends the part to the re-encoding path.
-fn raw_splice(body: &[u8], target: Target, footer: &[u8]) -> Option<(usize, Vec<u8>)> {
-    let at = insertion_point(body, target.html);
-    let insert = footer_lines(before(&body[..at]), target.html, footer);
-    let ascii_ok = target.cte != Cte::SevenBit || insert.is_ascii();
-    (ascii_ok && longest_line(&insert) <= MAX_LINE && longest_line(body) <= MAX_LINE)
-        .then_some((at, insert))
-}
-
-/// Inserts the footer into a quoted-printable body without re-encoding the original
-/// lines. `None` when the insertion point cannot be found in the encoded form (a `</body>`
-/// split by a soft line break, say).
-fn qp_splice(body: &[u8], html: bool, footer: &[u8]) -> Option<(usize, Vec<u8>)> {
-    let at = match html.then(|| last_body_close(body)) {
-        Some(Some(at)) if last_body_close(&qp_decode(&body[at + 1..])).is_none() => at,
-        Some(None) if last_body_close(&qp_decode(body)).is_none() => body.len(),
-        None => body.len(),
-        Some(_) => return None,
-    };
-    let prefix = &body[..at];
-    let line = &prefix[memrchr(b'\n', prefix).map_or(0, |nl| nl + 1)..];
-    let mut out = Vec::with_capacity(footer.len() * 11 / 10 + 16);
-    if line.trim_ascii_end().ends_with(b"=") {
-        if at != body.len() {
-            return None;
-        }
-        // A soft line break left dangling at the end: complete it.
-        out.extend_from_slice(b"\r\n");
-    } else if line.ends_with(b" ") || line.ends_with(b"\t") {
-        // A hard break would make this white space trailing, and decoders drop that.
-        out.extend_from_slice(b"=\r\n");
-    }
-    qp_encode_into(&footer_lines(qp_before(prefix), html, footer), &mut out);
-    Some((at, out))
-}
-
-/// How the decoded text ends at the end of a quoted-printable `prefix`: walks back over
-/// the lines that decode to nothing (soft line breaks alone).
-fn qp_before(prefix: &[u8]) -> Before {
-    let mut end = prefix.len();
-    while end > 0 {
-        let start = memrchr(b'\n', &prefix[..end - 1]).map_or(0, |nl| nl + 1);
-        let line = &prefix[start..end];
-        // White space is trailing (and dropped) only before a line break.
-        let (content, hard) = match line.strip_suffix(b"\n") {
-            Some(content) => (content.trim_ascii_end(), true),
-            None => (line, false),
-        };
-        let (content, soft) = match content.trim_ascii_end().strip_suffix(b"=") {
-            Some(content) => (content, true),
-            None => (content, false),
-        };
-        if hard && !soft {
-            return Before::Newline;
-        }
-        if !content.is_empty() {
-            return Before::Text;
-        }
-        end = start;
-    }
-    Before::Nothing
-}
-
-/// The footer with CRLF line breaks and no trailing ones.
-fn crlf_lines(footer: &str) -> String {
-    let footer = footer.trim_end_matches(['\r', '\n']);
-    let mut out = String::with_capacity(footer.len() + 8);
-    let mut lines = footer.split('\n').peekable();
-    while let Some(line) = lines.next() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        out.push_str(&line.replace('\r', "\r\n"));
-        if lines.peek().is_some() {
-            out.push_str("\r\n");
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -183,6 +183,31 @@ pub(super) fn qp_decode(encoded: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether mail-parser (which reads the message at the receiving end of our tests and in
+/// many programs) fails on this quoted-printable body: an `=` while an escape is still
+/// open, as in `==` or `=A=`. Mirrors its state machine, line breaks included.
+pub(super) fn qp_undecodable(encoded: &[u8]) -> bool {
+    #[derive(PartialEq)]
+    enum State {
+        Text,
+        Eq,
+        Hex1,
+    }
+    let mut state = State::Text;
+    for &c in encoded {
+        state = match (c, state) {
+            (b'=', State::Text) => State::Eq,
+            (b'=', _) => return true,
+            (b'\n', State::Eq) => State::Text,
+            (b'\n' | b'\r', state) => state,
+            (c, State::Eq) if c.is_ascii_hexdigit() => State::Hex1,
+            (c, State::Eq) if c.is_ascii_whitespace() => State::Eq,
+            _ => State::Text,
+        };
+    }
+    false
+}
+
 pub(super) fn qp_encode(decoded: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(decoded.len() * 11 / 10 + 16);
     qp_encode_into(decoded, &mut out);
@@ -190,7 +215,9 @@ pub(super) fn qp_encode(decoded: &[u8]) -> Vec<u8> {
 }
 
 /// Quoted-printable encoding in lines of at most 76 characters; CRLF pairs stay hard line
-/// breaks, lone CR or LF are escaped.
+/// breaks, lone CR or LF are escaped. A `-` that would start a line is escaped too: line
+/// breaks land elsewhere than in the original, and a line starting with `--` could be read
+/// as a multipart delimiter (RFC 2046 §5.1.1) — encoded lines never start with one.
 pub(super) fn qp_encode_into(decoded: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut column = 0;
@@ -204,17 +231,21 @@ pub(super) fn qp_encode_into(decoded: &[u8], out: &mut Vec<u8>) {
             continue;
         }
         let line_end = next.is_none() || next == Some(b'\r') && decoded.get(i + 2) == Some(&b'\n');
-        let literal = match c {
+        let mut literal = match c {
             b' ' | b'\t' => !line_end,
             b'=' => false,
             33..=126 => true,
             _ => false,
         };
-        let width = if literal { 1 } else { 3 };
-        if column + width > ENCODED_LINE - 1 {
+        let width = |literal: bool| if literal { 1 } else { 3 };
+        if column + width(literal) > ENCODED_LINE - 1 {
             out.extend_from_slice(b"=\r\n");
             column = 0;
         }
+        if column == 0 && c == b'-' {
+            literal = false;
+        }
+        let width = width(literal);
         if literal {
             out.push(c);
         } else {
@@ -310,6 +341,42 @@ mod tests {
         assert!(longest_line(&encoded) <= ENCODED_LINE);
         assert_eq!(qp_encode(b"a \r\nb\t"), b"a=20\r\nb=09");
         assert_eq!(qp_encode(b"x=1\ry\n"), b"x=3D1=0Dy=0A");
+        assert_eq!(qp_encode(b"--b\r\n-x--"), b"=2D-b\r\n=2Dx--");
+        let wrapped = qp_encode(format!("{}--b", "x".repeat(75)).as_bytes());
+        assert_eq!(
+            wrapped,
+            format!("{}=\r\n=2D-b", "x".repeat(75)).into_bytes()
+        );
+    }
+
+    #[test]
+    fn undecodable_quoted_printable_is_what_mail_parser_refuses() {
+        for bad in [&b"a==b"[..], b"=A=", b"= \t=", b"=A\r\n=41"] {
+            assert!(qp_undecodable(bad), "{bad:?}");
+        }
+        for good in [
+            &b"caf=C3=A9 =\r\nau lait"[..],
+            b"=XY=41",
+            b"=\r\n=41",
+            b"a=\n=\n",
+        ] {
+            assert!(!qp_undecodable(good), "{good:?}");
+        }
+        for body in [&b"a==b"[..], b"=A=", b"=XY=41", b"=\r\n=41"] {
+            let message = [
+                &b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"[..],
+                body,
+            ]
+            .concat();
+            let parsed = mail_parser::MessageParser::default()
+                .parse(&message)
+                .unwrap();
+            assert_eq!(
+                parsed.parts[0].is_encoding_problem,
+                qp_undecodable(body),
+                "{body:?}"
+            );
+        }
     }
 
     #[test]
@@ -365,6 +432,7 @@ mod tests {
         fn codecs_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
             let encoded = qp_encode(&bytes);
             prop_assert!(longest_line(&encoded) <= ENCODED_LINE);
+            prop_assert!(!encoded.starts_with(b"-") && memchr::memmem::find(&encoded, b"\n-").is_none());
             prop_assert_eq!(qp_decode(&encoded), bytes.clone());
             prop_assert_eq!(b64_decode(&b64_encode(&bytes, false)), bytes);
         }

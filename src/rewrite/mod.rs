@@ -7,6 +7,7 @@
 //! domain is signed last, with each matching key.
 
 pub mod dkim;
+mod entity;
 pub mod footer;
 pub mod headers;
 mod mime;

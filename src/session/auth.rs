@@ -1,9 +1,14 @@
 //! The AUTH exchange (RFC 4954) for PLAIN and LOGIN, only over TLS.
 //!
-//! Checking a password runs Argon2 off the async threads. An unknown username is checked
-//! against a dummy hash so that timing does not tell which usernames exist, and every
-//! failure waits `auth_failure_delay` before answering, which slows guessing without
-//! holding more than the one session.
+//! Before a password is checked, the failure counters shared by all sessions
+//! ([`super::guard`]) may refuse it outright (`454 4.7.0`, no Argon2 run) when the client
+//! address or the username has failed too often. Checking runs Argon2 in one of a bounded
+//! number of slots off the async threads ([`crate::policy::password`]); when every slot
+//! stays busy the answer is `454 4.7.0` too. An unknown username is checked against a dummy
+//! hash so that timing does not tell which usernames exist, and every failure waits a delay
+//! that grows with the failures of that client and username before answering, which slows
+//! guessing without holding more than the one session. Usernames reach the log escaped
+//! ([`crate::smtp::text::Escaped`]).
 
 use std::sync::OnceLock;
 
@@ -11,9 +16,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::{Conn, Interrupt};
 use super::{Flow, SessionContext, State, refuse};
-use crate::policy::password;
+use crate::policy::password::{self, Busy};
 use crate::smtp::line::{Line, LineReader};
 use crate::smtp::sasl::{self, Credentials};
+use crate::smtp::text::Escaped;
 use crate::smtp::{AuthMechanism, Refusal, Reply, Status};
 
 /// Whether AUTH may start now.
@@ -52,15 +58,29 @@ where
         Ok(c) => c,
         Err(refusal) => return Ok(refuse(ctx, conn, state, refusal)),
     };
+    let client = state.peer.remote.ip();
+    let username = Escaped(&creds.username);
+    if let Err(locked) = ctx.auth_guard.admit(client, &creds.username) {
+        crate::metrics::auth_attempt("locked");
+        tracing::warn!(%username, %client, by = ?locked, "authentication refused: too many failures");
+        // A short pause, so that a locked-out client cannot spin on instant answers.
+        tokio::time::sleep(ctx.smtp.auth.failure_delay).await;
+        return Ok(refuse(ctx, conn, state, Refusal::AuthLockedOut));
+    }
     match check(ctx, &creds).await {
-        Some(account) => {
-            tracing::info!(
-                account = %account,
-                username = %creds.username,
-                client = %state.peer.remote.ip(),
-                "authenticated"
-            );
+        Err(Busy) => {
+            crate::metrics::auth_attempt("busy");
+            tracing::warn!(%username, %client, "authentication deferred: every verification slot busy");
+            Ok(refuse(ctx, conn, state, Refusal::AuthBusy))
+        }
+        Ok(Some(account)) => {
+            crate::metrics::auth_attempt("ok");
+            ctx.auth_guard.succeeded(&creds.username);
+            tracing::info!(account = %account, %username, %client, "authenticated");
             state.authenticated = Some((account, creds.username));
+            if let Some(slot) = &state.peer.slot {
+                slot.trusted();
+            }
             conn.reply(&Reply::new(
                 235,
                 Status::new(2, 7, 0),
@@ -68,13 +88,11 @@ where
             ));
             Ok(Flow::Continue)
         }
-        None => {
-            tracing::warn!(
-                username = %creds.username,
-                client = %state.peer.remote.ip(),
-                "authentication failed"
-            );
-            tokio::time::sleep(ctx.smtp.auth_failure_delay).await;
+        Ok(None) => {
+            crate::metrics::auth_attempt("failed");
+            let delay = ctx.auth_guard.failed(client, &creds.username);
+            tracing::warn!(%username, %client, delay = ?delay, "authentication failed");
+            tokio::time::sleep(delay).await;
             Ok(refuse(ctx, conn, state, Refusal::AuthFailed))
         }
     }
@@ -157,8 +175,9 @@ where
     }
 }
 
-/// The account name when the credentials are right.
-async fn check(ctx: &SessionContext, creds: &Credentials) -> Option<String> {
+/// The account name when the credentials are right; `Err(Busy)` when no verification
+/// slot came free in time.
+async fn check(ctx: &SessionContext, creds: &Credentials) -> Result<Option<String>, Busy> {
     static DUMMY: OnceLock<String> = OnceLock::new();
     let policy = ctx.policy.load_full();
     let (account, stored) = match policy.user(&creds.username) {
@@ -170,10 +189,9 @@ async fn check(ctx: &SessionContext, creds: &Credentials) -> Option<String> {
                 .clone(),
         ),
     };
-    let cache = ctx.passwords.clone();
-    let (username, pw) = (creds.username.clone(), creds.password.clone());
-    let ok = tokio::task::spawn_blocking(move || cache.verify(&username, &pw, &stored))
-        .await
-        .unwrap_or(false);
-    account.filter(|_| ok)
+    let ok = ctx
+        .passwords
+        .verify(&creds.username, &creds.password, &stored)
+        .await?;
+    Ok(account.filter(|_| ok))
 }

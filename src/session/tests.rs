@@ -53,6 +53,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
     })
     .unwrap();
     let intake = Arc::new(Collect::default());
+    let auth_guard = Arc::new(guard::AuthGuard::new(config.smtp.auth.clone()));
     let ctx = Arc::new(SessionContext {
         smtp: config.smtp,
         policy: Arc::new(ArcSwap::from_pointee(policy)),
@@ -63,9 +64,14 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         log: None,
         freezes: None,
         campaigns: None,
-        passwords: Arc::new(PasswordCache::default()),
+        passwords: Arc::new(Passwords::new(2)),
+        auth_guard,
         spool,
         intake: intake.clone(),
+        own_limits: OwnLimits {
+            report: 1 << 20,
+            unsubscribe: 64 << 10,
+        },
         tls_available: tls,
         shutdown: CancellationToken::new(),
     });
@@ -286,22 +292,40 @@ async fn strangers_cannot_relay() {
     let h = harness_with("", "[accounts.local]\nnetworks = [\"127.0.0.0/8\"]\n", true);
     let mut c = greeted(&h, "192.0.2.9:5000").await;
     c.cmd("EHLO stranger").await;
+    // MAIL is taken (the postmaster is open to anyone); RCPT refuses everyone else.
     assert_eq!(
         c.cmd("MAIL FROM:<a@b.example>").await,
-        "554 5.7.1 Relay access denied: this client is not allowed to send through this relay"
+        "250 2.1.0 Sender OK"
     );
-    assert_eq!(
-        c.cmd("RCPT TO:<a@b.example>").await,
-        "503 5.5.1 Bad sequence of commands: need MAIL before RCPT"
-    );
+    for rcpt in [
+        "a@b.example",
+        "postmaster@b.example",
+        "\"victim@else.example\"@relay.test",
+        "victim%else.example@relay.test",
+        "@relay.test:victim@else.example",
+    ] {
+        let reply = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+        assert!(
+            reply
+                == "554 5.7.1 Relay access denied: this client is not allowed to send through this relay"
+                || reply.starts_with("501"),
+            "{rcpt}: {reply}"
+        );
+    }
+    c.cmd("RSET").await;
     // with users and TLS on offer: authenticate first
     let h = harness_with("", USER_POLICY, true);
     let mut c = greeted(&h, "192.0.2.9:5000").await;
     c.cmd("EHLO stranger").await;
     assert_eq!(
         c.cmd("MAIL FROM:<a@b.example>").await,
+        "250 2.1.0 Sender OK"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<a@b.example>").await,
         "530 5.7.0 Authentication required"
     );
+    c.cmd("RSET").await;
     assert_eq!(
         c.cmd("AUTH PLAIN AHNob3AAczNjcmV0").await,
         "538 5.7.11 Encryption required for requested authentication mechanism"
@@ -353,6 +377,46 @@ async fn postmaster_without_a_domain_is_accepted() {
 }
 
 #[tokio::test]
+async fn anyone_may_write_to_the_postmaster_and_nobody_else() {
+    let h = harness_with(
+        "postmaster = \"ops@relay.example\"\nmax_message_size = \"10MiB\"",
+        USER_POLICY,
+        true,
+    );
+    let mut c = greeted(&h, "192.0.2.9:5000").await;
+    c.cmd("EHLO stranger").await;
+    // a stranger's mail to the postmaster is small, like a report
+    assert_eq!(
+        c.cmd("MAIL FROM:<someone@else.example> SIZE=5000000").await,
+        "552 5.3.4 Message exceeds the size limit of 1048576 octets"
+    );
+    c.cmd("MAIL FROM:<someone@else.example>").await;
+    for postmaster in ["<postmaster>", "<Postmaster@relay.test>"] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:{postmaster}")).await,
+            "250 2.1.5 Recipient OK"
+        );
+    }
+    assert_eq!(
+        c.cmd("RCPT TO:<victim@else.example>").await,
+        "530 5.7.0 Authentication required"
+    );
+    c.cmd("DATA").await;
+    assert!(
+        c.cmd("Subject: your relay\r\nX-Optin-Stream: marketing\r\n\r\nhello\r\n.")
+            .await
+            .starts_with("250 2.0.0 OK queued")
+    );
+    let got = h.intake.0.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    let (env, _) = &got[0];
+    assert_eq!(env.account, RELAY_ACCOUNT);
+    assert_eq!(env.stream, crate::policy::Stream::Transactional);
+    let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(to, ["ops@relay.example"]);
+}
+
+#[tokio::test]
 async fn recipient_limit() {
     let h = harness_with("max_recipients = 2", USER_POLICY, false);
     let mut c = greeted(&h, "127.0.0.1:5000").await;
@@ -385,6 +449,76 @@ async fn smuggling_attempt_is_one_refused_message() {
 }
 
 #[tokio::test]
+async fn lf_dot_crlf_cannot_smuggle_a_second_message() {
+    // The pattern of the published SMTP smuggling attacks: a false end (`<LF>.<CR><LF>`)
+    // followed by a whole second transaction. It is all one message, refused for its bare
+    // LF; nothing after the false end is taken as a command.
+    for false_end in ["\n.\r\n", "\r.\r\n", "\n.\n", "\r\n.\n", "\r\n\0.\r\n"] {
+        let h = harness();
+        let mut c = greeted(&h, "127.0.0.1:5000").await;
+        c.cmd("EHLO c").await;
+        c.cmd("MAIL FROM:<a@b.example>").await;
+        c.cmd("RCPT TO:<c@d.example>").await;
+        c.cmd("DATA").await;
+        c.send(&format!(
+            "Subject: first\r\n\r\nfirst{false_end}MAIL FROM:<x@evil.example>\r\nRCPT TO:<victim@v.example>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+        ))
+        .await;
+        let reply = c.reply().await.one_line();
+        assert!(
+            reply.starts_with("550 5.6.0 Message refused"),
+            "{false_end:?}: {reply}"
+        );
+        // The next reply answers our own NOOP: no reply was given to a smuggled command.
+        assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK", "{false_end:?}");
+        assert!(h.intake.0.lock().unwrap().is_empty(), "{false_end:?}");
+    }
+}
+
+#[tokio::test]
+async fn bdat_cannot_smuggle_a_second_message() {
+    let h = harness();
+    let mut c = greeted(&h, "127.0.0.1:5000").await;
+    c.cmd("EHLO c").await;
+    c.cmd("MAIL FROM:<a@b.example>").await;
+    c.cmd("RCPT TO:<c@d.example>").await;
+    let chunk = "Subject: x\r\n\r\nfirst\n.\r\nMAIL FROM:<x@evil.example>\r\nRCPT TO:<v@v.example>\r\nDATA\r\n";
+    c.send(&format!("BDAT {} LAST\r\n{chunk}", chunk.len()))
+        .await;
+    assert!(c.reply().await.one_line().starts_with("550 5.6.0"));
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
+    assert!(h.intake.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn nul_in_content_is_refused() {
+    let h = harness();
+    let mut c = greeted(&h, "127.0.0.1:5000").await;
+    c.cmd("EHLO c").await;
+    c.cmd("MAIL FROM:<a@b.example>").await;
+    c.cmd("RCPT TO:<c@d.example>").await;
+    c.cmd("DATA").await;
+    assert_eq!(
+        c.cmd("Subject: x\r\n\r\nbefore\0after\r\n.").await,
+        "550 5.6.0 Message refused: NUL octet in message data"
+    );
+    assert!(h.intake.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_over_long_command_line_closes_at_the_limit() {
+    // No CRLF ever comes: the reply and the close come once the limit is passed.
+    let h = harness_with("max_command_line = 1024", USER_POLICY, false);
+    let mut c = greeted(&h, "127.0.0.1:5000").await;
+    c.send(&format!("NOOP {}", "x".repeat(1100))).await;
+    assert_eq!(
+        c.reply().await.one_line(),
+        "500 5.5.2 Line too long, closing connection"
+    );
+    c.expect_closed().await;
+}
+
+#[tokio::test]
 async fn bad_command_lines() {
     let h = harness();
     let mut c = greeted(&h, "127.0.0.1:5000").await;
@@ -393,8 +527,6 @@ async fn bad_command_lines() {
         c.reply().await.one_line(),
         "500 5.5.2 Bare CR or LF in command; lines must end with CRLF"
     );
-    c.send(&format!("NOOP {}\r\n", "x".repeat(5000))).await;
-    assert_eq!(c.reply().await.one_line(), "500 5.5.2 Line too long");
     assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
     c.cmd("EHLO c").await;
     c.cmd("MAIL FROM:<a@b.example>").await;
@@ -723,4 +855,92 @@ async fn starttls_without_a_certificate_is_refused() {
     c.cmd("EHLO c").await;
     assert_eq!(c.cmd("STARTTLS").await, "454 4.7.0 TLS not available");
     let _ = &c.task;
+}
+
+fn plain(username: &str, password: &str) -> String {
+    use base64::Engine;
+    let raw = format!("\0{username}\0{password}");
+    format!(
+        "AUTH PLAIN {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+#[tokio::test]
+async fn repeated_auth_failures_lock_the_client_out_across_sessions() {
+    let h = harness_with(
+        "auth_failure_delay = \"10ms\"\nauth_failure_delay_max = \"40ms\"\nauth_max_failures = 3",
+        USER_POLICY,
+        true,
+    );
+    let (mut tls, mut buf) = tls_client(&h, "192.0.2.9:5000", "").await;
+    tls_cmd(&mut tls, &mut buf, "EHLO c").await;
+    let started = tokio::time::Instant::now();
+    for guess in ["a", "b", "c"] {
+        assert_eq!(
+            tls_cmd(&mut tls, &mut buf, &plain("shop", guess)).await,
+            "535 5.7.8 Authentication credentials invalid"
+        );
+    }
+    // the delays grew: 10 + 20 + 40 ms
+    assert!(started.elapsed() >= Duration::from_millis(70));
+    // now even the right password is not checked, in this session or a new one
+    assert_eq!(
+        tls_cmd(&mut tls, &mut buf, &plain("shop", "s3cret")).await,
+        "454 4.7.0 Too many failed authentication attempts, try again later"
+    );
+    let (mut tls, mut buf) = tls_client(&h, "192.0.2.9:6000", "").await;
+    tls_cmd(&mut tls, &mut buf, "EHLO c").await;
+    assert_eq!(
+        tls_cmd(&mut tls, &mut buf, &plain("shop", "s3cret")).await,
+        "454 4.7.0 Too many failed authentication attempts, try again later"
+    );
+    // another client is not locked out
+    let (mut tls, mut buf) = tls_client(&h, "192.0.2.10:5000", "").await;
+    tls_cmd(&mut tls, &mut buf, "EHLO c").await;
+    assert_eq!(
+        tls_cmd(&mut tls, &mut buf, &plain("shop", "s3cret")).await,
+        "235 2.7.0 Authentication successful"
+    );
+}
+
+#[tokio::test]
+async fn a_username_cannot_inject_log_lines() {
+    use std::io::Write;
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test runtime has one thread: the session's task logs through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let h = harness_with("auth_failure_delay = \"1ms\"", USER_POLICY, true);
+    let (mut tls, mut buf) = tls_client(&h, "192.0.2.9:5000", "").await;
+    tls_cmd(&mut tls, &mut buf, "EHLO c").await;
+    let forged = "mallory\n2026-12-05T00:00:00Z  INFO optin_relay::session::auth: authenticated account=shop\r\x1b[2K";
+    assert!(
+        tls_cmd(&mut tls, &mut buf, &plain(forged, "x"))
+            .await
+            .starts_with("535")
+    );
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(log.contains(r"mallory\n2026-12-05"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-05T00:00:00Z")),
+        "{log}"
+    );
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log}");
 }

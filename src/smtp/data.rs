@@ -3,11 +3,14 @@
 //!
 //! Both receivers are fed whatever bytes arrived, copy the content into the caller's buffer
 //! and never buffer more than the size limit: past it they keep reading (so the client gets
-//! a reply at the end, not a hang) but store nothing. Only `<CR><LF>.<CR><LF>` ends DATA —
-//! a `.` line after a bare LF is content, which is what defeats SMTP smuggling — and any
-//! bare CR or LF, or a line over the limit, marks the message as refused. The spool
-//! therefore only ever holds CRLF text with lines of at most 998 octets, which is what the
-//! delivery side must emit.
+//! a reply at the end, not a hang) but store nothing. Only `<CR><LF>.<CR><LF>` ends DATA:
+//! a `.` line counts as the end only when the line before it ended in CRLF (or it is the
+//! first line), so `<LF>.<CR><LF>`, `<CR>.<CR><LF>` and `<LF>.<LF>` are content. That is
+//! what defeats SMTP smuggling: whatever follows such a false end is read as content up to
+//! the true end, never as commands. Any bare CR or LF, a NUL octet, or a line over the
+//! limit marks the message as refused. The spool therefore only ever holds CRLF text
+//! without NULs, with lines of at most 998 octets, which is what the delivery side must
+//! emit.
 
 use memchr::{memchr, memchr2_iter};
 
@@ -22,6 +25,8 @@ pub struct ContentReport {
     pub line_too_long: bool,
     /// Any octet above 127.
     pub eight_bit: bool,
+    /// A NUL octet (RFC 5322 text excludes it; many receivers truncate at it).
+    pub nul: bool,
 }
 
 impl ContentReport {
@@ -50,9 +55,7 @@ impl LineCheck {
     }
 
     fn scan(&mut self, bytes: &[u8]) {
-        if !self.report.eight_bit && !bytes.is_ascii() {
-            self.report.eight_bit = true;
-        }
+        self.octets(bytes);
         let mut last = 0;
         for i in memchr2_iter(b'\r', b'\n', bytes) {
             self.plain(i - last);
@@ -71,6 +74,16 @@ impl LineCheck {
             last = i + 1;
         }
         self.plain(bytes.len() - last);
+    }
+
+    /// The checks that look at octets, not lines: 8-bit and NUL.
+    fn octets(&mut self, bytes: &[u8]) {
+        if !self.report.eight_bit && !bytes.is_ascii() {
+            self.report.eight_bit = true;
+        }
+        if !self.report.nul && memchr(0, bytes).is_some() {
+            self.report.nul = true;
+        }
     }
 
     /// `n` octets that are neither CR nor LF.
@@ -103,6 +116,11 @@ pub struct DataReceiver {
     max_size: u64,
     /// Inside a line too long to buffer: skip to its LF.
     skipping: bool,
+    /// The line being read began right after a CRLF (or is the first line), so a `.`
+    /// line here is the end of the data. After a bare LF it is content.
+    after_crlf: bool,
+    /// The last octet of an over-long line being skipped was a CR.
+    skipped_cr: bool,
 }
 
 impl DataReceiver {
@@ -112,6 +130,9 @@ impl DataReceiver {
             check: LineCheck::new(max_line),
             max_size,
             skipping: false,
+            // DATA itself ended with CRLF: an immediate `.` line is an empty message.
+            after_crlf: true,
+            skipped_cr: false,
         }
     }
 
@@ -125,13 +146,24 @@ impl DataReceiver {
                 match memchr(b'\n', &input[pos..]) {
                     Some(i) => {
                         self.count(&input[pos..pos + i + 1]);
+                        // The over-long line ended in CRLF only if a CR came right before
+                        // its LF (possibly at the end of the previous piece).
+                        self.after_crlf = if i > 0 {
+                            input[pos + i - 1] == b'\r'
+                        } else {
+                            self.skipped_cr
+                        };
                         pos += i + 1;
                         span = pos;
                         self.skipping = false;
+                        self.skipped_cr = false;
                         self.check.line_len = 0;
                         self.check.cr_pending = false;
                     }
                     None => {
+                        if pos < input.len() {
+                            self.skipped_cr = input[input.len() - 1] == b'\r';
+                        }
                         self.count(&input[pos..]);
                         pos = input.len();
                         span = pos;
@@ -155,13 +187,14 @@ impl DataReceiver {
                 }
                 Some(i) => {
                     let line = &rest[..=i];
-                    if line == b".\r\n" {
+                    if self.after_crlf && line == b".\r\n" {
                         self.store(&input[span..pos], out);
                         pos += 3;
                         span = pos;
                         break DataStatus::Done;
                     }
                     self.check.scan(line);
+                    self.after_crlf = line.ends_with(b"\r\n");
                     if line[0] == b'.' {
                         // dot-unstuffing: drop the leading dot of this line
                         self.store(&input[span..pos], out);
@@ -178,9 +211,7 @@ impl DataReceiver {
     /// Counts (and checks) bytes of an over-long line without storing them.
     fn count(&mut self, bytes: &[u8]) {
         self.check.report.size += bytes.len() as u64;
-        if !self.check.report.eight_bit && !bytes.is_ascii() {
-            self.check.report.eight_bit = true;
-        }
+        self.check.octets(bytes);
     }
 
     fn store(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
@@ -338,6 +369,193 @@ mod tests {
         let mut rx = BdatReceiver::new(1000, 998);
         rx.feed(b"a\r", &mut Vec::new());
         assert!(rx.finish(&mut Vec::new()).bare_line_ending);
+    }
+
+    /// Where DATA must end for `wire`: just after the first `<CR><LF>.<CR><LF>`, counting
+    /// the CRLF that ended the DATA command. Returns (content length, octets used).
+    fn true_end(wire: &[u8]) -> Option<(usize, usize)> {
+        let mut with_command = b"\r\n".to_vec();
+        with_command.extend_from_slice(wire);
+        memchr::memmem::find(&with_command, b"\r\n.\r\n").map(|i| (i, i + 3))
+    }
+
+    /// A CR not followed by LF or an LF not preceded by CR.
+    fn has_bare_ending(content: &[u8]) -> bool {
+        content.iter().enumerate().any(|(i, &b)| {
+            (b == b'\r' && content.get(i + 1) != Some(&b'\n'))
+                || (b == b'\n' && (i == 0 || content[i - 1] != b'\r'))
+        })
+    }
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_data() {
+        // Every combination of CR, LF, CRLF and NUL before and after the dot: only a dot
+        // line between two CRLFs ends the data; everything else is content.
+        let around: [&[u8]; 6] = [b"\r", b"\n", b"\r\n", b"\0", b"\r\0", b""];
+        for before in around {
+            for after in around {
+                let mut wire = b"first".to_vec();
+                wire.extend_from_slice(before);
+                wire.push(b'.');
+                wire.extend_from_slice(after);
+                wire.extend_from_slice(b"MAIL FROM:<x@evil.example>\r\nRCPT TO:<v@victim.example>\r\nDATA\r\nsmuggled\r\n.\r\nQUIT\r\n");
+                let ends_early = before == b"\r\n" && after == b"\r\n";
+                for piece in [1, 2, 3, 7, 4096] {
+                    let (out, report, used) = receive_in_pieces(&wire, piece, 10_000);
+                    let (content_len, want_used) = true_end(&wire).unwrap();
+                    assert_eq!(
+                        used, want_used,
+                        "{before:?} . {after:?} in pieces of {piece}"
+                    );
+                    assert_eq!(used == 10, ends_early, "{before:?} . {after:?}");
+                    if !ends_early {
+                        // The rest, up to the true end, is the message: never commands.
+                        assert!(out.ends_with(b"smuggled\r\n"), "{before:?} . {after:?}");
+                    }
+                    // Content with a bare CR or LF or a NUL is refused; a dot-stuffed or a
+                    // plain line with a dot in it is ordinary content.
+                    let content = &wire[..content_len];
+                    let bad = has_bare_ending(content) || content.contains(&0);
+                    assert_eq!(
+                        report.bare_line_ending || report.nul,
+                        bad,
+                        "{before:?} . {after:?}"
+                    );
+                    assert_eq!(
+                        bad,
+                        !(before == b"\r\n" || before.is_empty())
+                            || !(after == b"\r\n" || after.is_empty())
+                    );
+                    assert!(out.len() <= content_len);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nul_octets_are_reported() {
+        let (_, report, _) = receive_in_pieces(b"a\0b\r\n.\r\n", 2, 1000);
+        assert!(report.nul);
+        let (_, report, _) = receive_in_pieces(b"ab\r\n.\r\n", 2, 1000);
+        assert!(!report.nul);
+        let mut long = vec![b'x'; 2000];
+        long[1500] = 0;
+        long.extend_from_slice(b"\r\n.\r\n");
+        let (_, report, _) = receive_in_pieces(&long, 100, 100_000);
+        assert!(report.nul && report.line_too_long);
+        let mut rx = BdatReceiver::new(1000, 998);
+        rx.feed(b"a\0\r\n", &mut Vec::new());
+        assert!(rx.finish(&mut Vec::new()).nul);
+    }
+
+    #[test]
+    fn a_false_end_inside_an_over_long_line_is_content() {
+        // The CR before the skipped line's LF arrives in an earlier piece than the LF.
+        let mut wire = vec![b'x'; 40];
+        wire.extend_from_slice(b"\n.\r\nstill content\r\n.\r\n");
+        for piece in 1..45 {
+            let mut rx = DataReceiver::new(1000, 16);
+            let mut out = Vec::new();
+            let mut buf = Vec::new();
+            let mut used_total = 0;
+            for chunk in wire.chunks(piece) {
+                buf.extend_from_slice(chunk);
+                let (used, status) = rx.feed(&buf, &mut out);
+                buf.drain(..used);
+                used_total += used;
+                if status == DataStatus::Done {
+                    break;
+                }
+            }
+            assert_eq!(used_total, wire.len(), "pieces of {piece}");
+            assert!(rx.report().line_too_long && out.ends_with(b"still content\r\n"));
+        }
+    }
+
+    #[test]
+    fn bdat_chunks_are_content_whatever_they_hold() {
+        // BDAT has no terminator: a chunk holding a false end and commands is content, and
+        // its bare line endings refuse the message.
+        let mut rx = BdatReceiver::new(10_000, 998);
+        let mut out = Vec::new();
+        rx.feed(b"first\n.\r\nMAIL FROM:<x@evil.example>\r\n.\r\n", &mut out);
+        let report = rx.finish(&mut out);
+        assert!(report.bare_line_ending);
+        assert_eq!(out, b"first\n.\r\nMAIL FROM:<x@evil.example>\r\n.\r\n");
+    }
+
+    fn wire_token() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"\r".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\0".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"..".to_vec()),
+            Just(b"x".to_vec()),
+            Just(b"MAIL FROM:<a@b.example>".to_vec()),
+            Just(vec![b'y'; 20]),
+        ]
+    }
+
+    proptest! {
+        // Whatever mix of CR, LF, CRLF, NUL and dots arrives, however it is cut: DATA ends
+        // exactly after the first <CR><LF>.<CR><LF>, never earlier, never later, and any
+        // bare CR or LF or NUL before it refuses the message.
+        #[test]
+        fn data_ends_only_at_the_true_end(
+            tokens in proptest::collection::vec(wire_token(), 0..60),
+            piece in 1usize..64,
+        ) {
+            let mut wire: Vec<u8> = tokens.concat();
+            wire.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+            let (content_len, want_used) = true_end(&wire).unwrap();
+            let mut rx = DataReceiver::new(1 << 20, 16);
+            let mut out = Vec::new();
+            let mut buf = Vec::new();
+            let mut used_total = 0;
+            let mut done = false;
+            for chunk in wire.chunks(piece) {
+                buf.extend_from_slice(chunk);
+                let (used, status) = rx.feed(&buf, &mut out);
+                buf.drain(..used);
+                used_total += used;
+                if status == DataStatus::Done {
+                    done = true;
+                    break;
+                }
+            }
+            prop_assert!(done);
+            prop_assert_eq!(used_total, want_used);
+            let content = &wire[..content_len];
+            let report = rx.report();
+            prop_assert_eq!(report.size as usize >= out.len(), true);
+            if has_bare_ending(content) {
+                prop_assert!(report.bare_line_ending || report.line_too_long);
+            }
+            if !has_bare_ending(content) {
+                prop_assert!(!report.bare_line_ending);
+            }
+            prop_assert_eq!(report.nul, content.contains(&0));
+        }
+
+        // BDAT: every octet of every chunk is content; the checks see the same things.
+        #[test]
+        fn bdat_takes_every_octet(
+            tokens in proptest::collection::vec(wire_token(), 0..60),
+            piece in 1usize..64,
+        ) {
+            let wire: Vec<u8> = tokens.concat();
+            let mut rx = BdatReceiver::new(1 << 20, 998);
+            let mut out = Vec::new();
+            for chunk in wire.chunks(piece) {
+                rx.feed(chunk, &mut out);
+            }
+            let report = rx.finish(&mut out);
+            prop_assert_eq!(&out[..wire.len()], &wire[..]);
+            prop_assert_eq!(report.nul, wire.contains(&0));
+            prop_assert_eq!(report.bare_line_ending, has_bare_ending(&wire));
+        }
     }
 
     proptest! {

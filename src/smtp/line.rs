@@ -3,8 +3,9 @@
 //! "Need more bytes" is an ordinary outcome. Only CRLF ends a line; a bare LF also ends one
 //! (so a client that sends LF-only lines gets an answer instead of a hang) but is reported as
 //! [`Line::BadEnding`], and so is a CR anywhere else in the line. A line longer than the
-//! limit is skipped to its end without being buffered, and reported once as
-//! [`Line::TooLong`].
+//! limit is reported as [`Line::TooLong`] as soon as the limit is passed, without waiting
+//! for its end: the session answers and closes, so a client cannot make the relay read an
+//! endless line (nor resynchronise on whatever follows it).
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line<'a> {
@@ -12,7 +13,7 @@ pub enum Line<'a> {
     Command(&'a [u8]),
     /// A line with a bare LF or a stray CR.
     BadEnding,
-    /// A line over the limit, now skipped.
+    /// A line over the limit: the session must close, the rest of it was never read.
     TooLong,
 }
 
@@ -20,30 +21,18 @@ pub enum Line<'a> {
 pub struct LineReader {
     /// Longest command line accepted, counting the CRLF.
     max_len: usize,
-    /// Inside an over-long line: drop bytes until its LF.
-    skipping: bool,
 }
 
 impl LineReader {
     pub fn new(max_len: usize) -> LineReader {
         LineReader {
             max_len: max_len.max(3),
-            skipping: false,
         }
     }
 
     /// Looks for the next line in `buf`. Returns how many bytes were used (the caller drops
-    /// them from its buffer) and the line, if one is complete.
+    /// them from its buffer) and the line, if one is complete or too long already.
     pub fn next<'a>(&mut self, buf: &'a [u8]) -> (usize, Option<Line<'a>>) {
-        if self.skipping {
-            return match memchr::memchr(b'\n', buf) {
-                Some(i) => {
-                    self.skipping = false;
-                    (i + 1, Some(Line::TooLong))
-                }
-                None => (buf.len(), None),
-            };
-        }
         let window = &buf[..buf.len().min(self.max_len)];
         match memchr::memchr(b'\n', window) {
             Some(i) => {
@@ -56,14 +45,8 @@ impl LineReader {
                 };
                 (i + 1, Some(line))
             }
-            None if buf.len() >= self.max_len => match memchr::memchr(b'\n', buf) {
-                // the whole over-long line is already here
-                Some(i) => (i + 1, Some(Line::TooLong)),
-                None => {
-                    self.skipping = true;
-                    (buf.len(), None)
-                }
-            },
+            // No end within the limit: too long, whatever follows.
+            None if buf.len() >= self.max_len => (buf.len(), Some(Line::TooLong)),
             None => (0, None),
         }
     }
@@ -93,16 +76,17 @@ mod tests {
     }
 
     #[test]
-    fn long_lines_are_skipped_not_buffered() {
+    fn long_lines_are_reported_once_the_limit_is_passed() {
         let mut r = LineReader::new(10);
-        assert_eq!(r.next(b"0123456789ab"), (12, None));
-        assert_eq!(r.next(b"cdef"), (4, None));
-        assert_eq!(r.next(b"gh\r\nNOOP\r\n"), (4, Some(Line::TooLong)));
-        assert_eq!(r.next(b"NOOP\r\n"), (6, Some(Line::Command(b"NOOP"))));
+        // not yet at the limit: wait for more
+        assert_eq!(r.next(b"012345678"), (0, None));
+        // the limit is reached without an end: too long now, not when the CRLF comes
+        assert_eq!(r.next(b"0123456789"), (10, Some(Line::TooLong)));
+        assert_eq!(r.next(b"0123456789ab"), (12, Some(Line::TooLong)));
         // an over-long line that arrived whole
         assert_eq!(
             r.next(b"0123456789abc\r\nQUIT\r\n"),
-            (15, Some(Line::TooLong))
+            (21, Some(Line::TooLong))
         );
         // exactly at the limit is fine
         assert_eq!(

@@ -14,6 +14,7 @@ pub mod params;
 pub mod refusal;
 pub mod reply;
 pub mod sasl;
+pub mod text;
 
 pub use address::Address;
 pub use command::{AuthMechanism, Command, parse_command};

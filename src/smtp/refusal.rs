@@ -51,6 +51,10 @@ pub enum Refusal {
     AuthCancelled,
     #[error("malformed authentication data")]
     AuthMalformed,
+    #[error("too many failed authentication attempts")]
+    AuthLockedOut,
+    #[error("no password verification slot free")]
+    AuthBusy,
 
     // ---- limits -------------------------------------------------------------------------
     #[error("too many recipients")]
@@ -61,6 +65,8 @@ pub enum Refusal {
     DataBareLineEnding,
     #[error("message contains a line longer than {0} octets")]
     DataLineTooLong(usize),
+    #[error("message contains a NUL octet")]
+    DataNul,
     #[error("message has {0} Received headers: probable mail loop")]
     MailLoop(usize),
     #[error("too many errors")]
@@ -115,6 +121,12 @@ pub enum Refusal {
     NoFrom,
     #[error("unknown unsubscribe address")]
     UnknownUnsubscribe,
+    /// Too many reports from one client address this hour.
+    #[error("too many feedback reports")]
+    ReportRate,
+    /// A report with too many MIME parts or too deep a nesting to read.
+    #[error("feedback report too complex")]
+    ReportTooComplex,
     /// Marketing mail that cannot carry the mandatory footer (signed, encrypted, no text).
     #[error("footer impossible: {0}")]
     FooterImpossible(String),
@@ -170,7 +182,7 @@ impl Refusal {
             Unrecognized => (500, (5, 5, 1), "Command not recognized".into()),
             NotImplemented => (502, (5, 5, 1), "Command not implemented".into()),
             Syntax(usage) => (501, (5, 5, 4), format!("Syntax: {usage}")),
-            LineTooLong => (500, (5, 5, 2), "Line too long".into()),
+            LineTooLong => (500, (5, 5, 2), "Line too long, closing connection".into()),
             BareLineEnding => (
                 500,
                 (5, 5, 2),
@@ -206,6 +218,16 @@ impl Refusal {
             AuthFailed => (535, (5, 7, 8), "Authentication credentials invalid".into()),
             AuthCancelled => (501, (5, 0, 0), "Authentication cancelled".into()),
             AuthMalformed => (501, (5, 5, 2), "Malformed authentication data".into()),
+            AuthLockedOut => (
+                454,
+                (4, 7, 0),
+                "Too many failed authentication attempts, try again later".into(),
+            ),
+            AuthBusy => (
+                454,
+                (4, 7, 0),
+                "Temporary authentication failure, try again later".into(),
+            ),
             TooManyRecipients => (452, (4, 5, 3), "Too many recipients".into()),
             TooBig(limit) => (
                 552,
@@ -221,6 +243,11 @@ impl Refusal {
                 550,
                 (5, 6, 0),
                 format!("Message refused: a line is longer than {max} octets"),
+            ),
+            DataNul => (
+                550,
+                (5, 6, 0),
+                "Message refused: NUL octet in message data".into(),
             ),
             MailLoop(n) => (
                 554,
@@ -322,6 +349,16 @@ impl Refusal {
                 (5, 1, 1),
                 "Unknown unsubscribe address: use the complete link from the message".into(),
             ),
+            ReportRate => (
+                450,
+                (4, 7, 1),
+                "Too many reports from your address, try again later".into(),
+            ),
+            ReportTooComplex => (
+                550,
+                (5, 6, 0),
+                "Report refused: too many MIME parts or too deep a nesting".into(),
+            ),
             BadCampaign => (
                 554,
                 (5, 6, 0),
@@ -336,9 +373,11 @@ impl Refusal {
         Reply::new(code, Status::new(status.0, status.1, status.2), text)
     }
 
-    /// Does this refusal end the session (the server closes after sending it)?
+    /// Does this refusal end the session (the server closes after sending it)? Every 421,
+    /// and a command line over the limit: the rest of it was never read, so nothing after
+    /// it can be trusted to be a command.
     pub fn closes_session(&self) -> bool {
-        self.reply().code == 421
+        matches!(self, Refusal::LineTooLong) || self.reply().code == 421
     }
 
     /// Counts toward the per-session error limit: client mistakes, not policy answers or
@@ -365,6 +404,7 @@ impl Refusal {
                 | AuthFailed
                 | AuthCancelled
                 | AuthMalformed
+                | AuthLockedOut
         )
     }
 }

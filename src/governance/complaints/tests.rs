@@ -73,6 +73,27 @@ fn setup() -> Setup {
     }
 }
 
+/// Takes a report as the relay does; a tokenless complaint is finished as if `reporter`
+/// (the domain whose DKIM signature verified) had signed it.
+fn take(c: &Complaints, raw: &[u8], reporter: Option<&str>) -> Outcome {
+    match c.examine(raw).unwrap() {
+        Examined::Done(outcome) => outcome,
+        Examined::NeedsReporter(report) => {
+            c.finish(raw, report, reporter.map(str::to_string)).unwrap()
+        }
+    }
+}
+
+/// Takes tokenless reports signed by `fbl.isp.example` (the DNS is never asked here:
+/// [`take`] plays the signature check).
+fn with_reporters(c: Complaints) -> Complaints {
+    let resolver = crate::dns::resolver(Some("127.0.0.1:9".parse().unwrap())).unwrap();
+    c.with_reporters(reporter::Reporters::new(
+        vec!["fbl.isp.example".into()],
+        resolver,
+    ))
+}
+
 fn token(keys: &TokenKeys, address: &str) -> String {
     keys.seal(&Unsubscribe {
         account: "news".into(),
@@ -189,24 +210,27 @@ fn a_report_with_a_token_suppresses_for_the_account_once() {
     let c = &s.complaints;
     let t = token(&s.keys, "reader@example.net");
     let raw = arf(FEEDBACK, "message/rfc822", &original(&t));
-    let Outcome::Recorded(r) = c.receive(&raw).unwrap() else {
+    let Outcome::Recorded(r) = take(c, &raw, None) else {
         panic!("not recorded")
     };
-    assert_eq!(r.complaint.account.as_deref(), Some("news"));
+    assert_eq!(r.complaint.account, "news");
     assert_eq!(r.complaint.list.as_deref(), Some("weekly"));
     assert_eq!(r.complaint.via, Via::Arf);
     assert!(r.new);
     assert!(suppressed(c, Scope::Account("news"), "reader@example.net"));
     assert!(!suppressed(c, Scope::Global, "reader@example.net"));
     assert_eq!(c.counts.get("news").complaints, 1);
-    // The same report again: recorded, not counted twice.
-    let Outcome::Recorded(again) = c.receive(&raw).unwrap() else {
+    let journal = c.lists.stats().delta_entries;
+    // The same report again (anyone who has the message can replay it): nothing written,
+    // nothing counted twice.
+    let Outcome::Recorded(again) = take(c, &raw, None) else {
         panic!("not recorded")
     };
     assert!(!again.new);
     assert_eq!(c.counts.get("news").complaints, 1);
+    assert_eq!(c.lists.stats().delta_entries, journal);
     let events = std::fs::read_to_string(s._dir.path().join("events/complaints.jsonl")).unwrap();
-    assert_eq!(events.lines().count(), 2);
+    assert_eq!(events.lines().count(), 1);
     let first: serde_json::Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
     assert_eq!(first["address"], "reader@example.net");
     assert_eq!(first["feedback_type"], "abuse");
@@ -214,37 +238,69 @@ fn a_report_with_a_token_suppresses_for_the_account_once() {
 }
 
 #[test]
-fn without_a_token_the_recipient_and_domains_decide() {
-    let s = setup();
-    let c = &s.complaints;
-    // A forged token is ignored; Original-Rcpt-To and the From/DKIM domain remain.
+fn a_tokenless_report_counts_only_when_an_allowed_reporter_signed_it() {
+    // A forged token is ignored; what remains is a stranger's word.
     let raw = arf(FEEDBACK, "message/rfc822", &original("forgedtoken"));
-    let Outcome::Recorded(r) = c.receive(&raw).unwrap() else {
+    let s = setup();
+    assert!(matches!(
+        take(&s.complaints, &raw, None),
+        Outcome::KeptAside {
+            why: Malformed::Unverified,
+            ..
+        }
+    ));
+    assert!(!suppressed(
+        &s.complaints,
+        Scope::Account("news"),
+        "reader@example.net"
+    ));
+    assert_eq!(s.complaints.counts.get("news").complaints, 0);
+
+    let s = setup();
+    let c = with_reporters(s.complaints);
+    // not signed by an allowed reporter: kept aside, nothing counted
+    assert!(matches!(
+        take(&c, &raw, None),
+        Outcome::KeptAside {
+            why: Malformed::Unverified,
+            ..
+        }
+    ));
+    assert!(!suppressed(
+        &c,
+        Scope::Account("news"),
+        "reader@example.net"
+    ));
+    // signed: Original-Rcpt-To and the From/DKIM domain decide
+    let Outcome::Recorded(r) = take(&c, &raw, Some("fbl.isp.example")) else {
         panic!("not recorded")
     };
-    assert_eq!(r.complaint.account.as_deref(), Some("news"));
+    assert_eq!(r.complaint.account, "news");
     assert_eq!(r.complaint.list, None);
-    assert!(suppressed(c, Scope::Account("news"), "reader@example.net"));
-    // No account fits: a global complaint.
+    assert!(suppressed(&c, Scope::Account("news"), "reader@example.net"));
+    // No account fits: kept aside, never a global complaint.
     let raw = arf(
         "Feedback-Type: fraud\r\nOriginal-Rcpt-To: someone@example.org",
         "text/rfc822-headers",
         "From: <x@unknown.example>\r\nSubject: x\r\n",
     );
-    let Outcome::Recorded(r) = c.receive(&raw).unwrap() else {
-        panic!("not recorded")
-    };
-    assert_eq!(r.complaint.account, None);
-    assert!(suppressed(c, Scope::Global, "someone@example.org"));
+    assert!(matches!(
+        take(&c, &raw, Some("fbl.isp.example")),
+        Outcome::KeptAside {
+            why: Malformed::NoAccount,
+            ..
+        }
+    ));
+    assert!(!suppressed(&c, Scope::Global, "someone@example.org"));
 }
 
 #[test]
 fn requiring_a_token_keeps_untokened_reports_aside() {
     let s = setup();
-    let c = s.complaints.requiring_token(true);
+    let c = with_reporters(s.complaints).requiring_token(true);
     let raw = arf(FEEDBACK, "message/rfc822", &original("forgedtoken"));
     assert!(matches!(
-        c.receive(&raw).unwrap(),
+        take(&c, &raw, Some("fbl.isp.example")),
         Outcome::KeptAside { .. }
     ));
     assert!(!suppressed(
@@ -255,16 +311,16 @@ fn requiring_a_token_keeps_untokened_reports_aside() {
     // a genuine token still works
     let t = token(&s.keys, "reader@example.net");
     let raw = arf(FEEDBACK, "message/rfc822", &original(&t));
-    assert!(matches!(c.receive(&raw).unwrap(), Outcome::Recorded(_)));
+    assert!(matches!(take(&c, &raw, None), Outcome::Recorded(_)));
     assert!(suppressed(&c, Scope::Account("news"), "reader@example.net"));
 }
 
 #[test]
 fn unusable_reports_are_kept_aside_and_non_complaints_ignored() {
     let s = setup();
-    let c = &s.complaints;
+    let c = with_reporters(s.complaints);
     let raw = b"Subject: you spammed me\r\n\r\nstop it\r\n";
-    let Outcome::KeptAside { file, why } = c.receive(raw).unwrap() else {
+    let Outcome::KeptAside { file, why } = take(&c, raw, None) else {
         panic!("not kept aside")
     };
     assert_eq!(why, Malformed::NotReport);
@@ -278,14 +334,14 @@ fn unusable_reports_are_kept_aside_and_non_complaints_ignored() {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    // Nothing to tie it to.
+    // Nothing to tie it to, even from an allowed reporter.
     let raw = arf(
         "Feedback-Type: abuse\r\nOriginal-Rcpt-To: redacted",
         "text/rfc822-headers",
         "Subject: x\r\n",
     );
     assert!(matches!(
-        c.receive(&raw).unwrap(),
+        take(&c, &raw, Some("fbl.isp.example")),
         Outcome::KeptAside {
             why: Malformed::Untraceable,
             ..
@@ -298,13 +354,76 @@ fn unusable_reports_are_kept_aside_and_non_complaints_ignored() {
         "message/rfc822",
         &original(&t),
     );
-    assert_eq!(c.receive(&raw).unwrap(), Outcome::NotAComplaint);
-    assert!(!suppressed(c, Scope::Account("news"), "fan@example.net"));
+    assert_eq!(take(&c, &raw, None), Outcome::NotAComplaint);
+    assert!(!suppressed(&c, Scope::Account("news"), "fan@example.net"));
     assert_eq!(c.counts.get("news").complaints, 0);
     let kept = std::fs::read_dir(s._dir.path().join("complaints/malformed"))
         .unwrap()
         .count();
     assert_eq!(kept, 2);
+}
+
+#[test]
+fn what_is_kept_aside_is_capped_in_files_and_bytes() {
+    let s = setup();
+    let mut c = s.complaints;
+    c.aside_cap = (3, 1000);
+    let garbage = vec![b'x'; 400];
+    let kept = |o: Outcome| matches!(o, Outcome::KeptAside { file: Some(_), .. });
+    assert!(kept(take(&c, &garbage, None)));
+    assert!(kept(take(&c, &garbage, None)));
+    // a third of 400 octets would pass 1000: dropped (still counted and answered)
+    assert!(!kept(take(&c, &garbage, None)));
+    assert!(kept(take(&c, b"tiny", None)));
+    assert!(!kept(take(&c, b"tiny", None)), "three files at most");
+    let dir = s._dir.path().join("complaints/malformed");
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 3);
+}
+
+#[test]
+fn a_hostile_mime_tree_is_refused_before_parsing() {
+    let s = setup();
+    let c = &s.complaints;
+    // 100 000 empty parts in 1 MB: mail-parser would build every one of them.
+    let mut raw =
+        b"Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n".to_vec();
+    for _ in 0..100_000 {
+        raw.extend_from_slice(b"--b\r\n\r\n");
+    }
+    raw.extend_from_slice(b"--b--\r\n");
+    assert!(!arf::within_mime_budget(&raw));
+    assert_eq!(take(c, &raw, None), Outcome::TooComplex);
+    // deep nesting too
+    let mut nested = Vec::new();
+    for i in 0..40 {
+        nested.extend_from_slice(
+            format!("Content-Type: multipart/mixed; boundary=n{i}\r\n\r\n--n{i}\r\n").as_bytes(),
+        );
+    }
+    assert_eq!(take(c, &nested, None), Outcome::TooComplex);
+    // a real report is well within it
+    assert!(arf::within_mime_budget(&arf(
+        FEEDBACK,
+        "message/rfc822",
+        &original("t")
+    )));
+    assert!(!s._dir.path().join("complaints/malformed").exists());
+}
+
+#[test]
+fn reports_per_client_address_are_capped_per_hour() {
+    let s = setup();
+    let c = s.complaints.with_limits(Limits {
+        max_reports_per_ip: 3,
+    });
+    let a: IpAddr = "198.51.100.7".parse().unwrap();
+    assert!((0..3).all(|_| c.admit_report(a)));
+    assert!(!c.admit_report(a));
+    assert!(c.admit_report("198.51.100.8".parse().unwrap()));
+    // an IPv6 /64 is one client
+    let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+    assert!((0..3).all(|i| c.admit_report(v6(&format!("2001:db8::{i}")))));
+    assert!(!c.admit_report(v6("2001:db8::ffff")));
 }
 
 #[test]
