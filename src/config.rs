@@ -11,6 +11,7 @@
 
 pub mod http;
 pub mod reader;
+pub mod smarthost;
 mod smtp;
 pub mod units;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use http::{AdminConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_HTTP_LISTEN, HttpConfig, HttpLimits};
 use reader::{Collector, Problems, Section};
+pub use smarthost::{Credentials, Secret, Smarthost, TlsLevel};
 pub use smtp::*;
 use units::{ByteSize, HumanDuration};
 
@@ -30,6 +32,8 @@ pub const DEFAULT_LISTS_REFRESH: HumanDuration = HumanDuration::millis(250);
 pub const DEFAULT_COMPACT_AFTER: usize = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_DESTINATION: usize = 20;
 pub const DEFAULT_MAX_MESSAGES_PER_CONNECTION: usize = 1000;
+/// Message content delivery holds in memory at once (see `crate::delivery`'s budget).
+pub const DEFAULT_MAX_CONTENT_IN_FLIGHT: ByteSize = ByteSize::mib(128);
 pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::secs(30);
 pub const DEFAULT_COMMAND_TIMEOUT: HumanDuration = HumanDuration::secs(300);
 pub const DEFAULT_DATA_TIMEOUT: HumanDuration = HumanDuration::secs(600);
@@ -206,8 +210,8 @@ impl std::fmt::Display for HostPort {
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
-    /// Send everything here instead of looking up MX records.
-    pub smarthost: Option<HostPort>,
+    /// Send everything here instead of looking up MX records (see [`smarthost`]).
+    pub smarthost: Option<Smarthost>,
     /// Nameserver for MX lookups (default: the system's resolv.conf).
     pub dns: Option<SocketAddr>,
     pub mx_port: u16,
@@ -217,10 +221,15 @@ pub struct DeliveryConfig {
     pub mta_sts: bool,
     /// Port of the MTA-STS policy hosts (443 on the Internet; other values for tests).
     pub mta_sts_port: u16,
-    /// Extra CA certificates (PEM) trusted for MTA-STS, besides the Mozilla roots.
+    /// Extra CA certificates (PEM) trusted wherever certificates are verified (MTA-STS,
+    /// `tls = "verify"` destinations, a smart host without its own `ca_file`), besides the
+    /// Mozilla roots.
     pub tls_roots: Option<PathBuf>,
     pub max_connections_per_destination: usize,
     pub max_messages_per_connection: usize,
+    /// Octets of message content (and its rewritten copies) in memory at once for
+    /// sending; workers wait for room beyond it.
+    pub max_content_in_flight: u64,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
@@ -402,15 +411,7 @@ fn read_lists(s: &mut Section<'_>, spool: &Path) -> ListsConfig {
 }
 
 fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryConfig {
-    let smarthost = s
-        .get::<String>("smarthost")
-        .and_then(|v| match v.parse::<HostPort>() {
-            Ok(hp) => Some(hp),
-            Err(e) => {
-                s.problem("smarthost", e);
-                None
-            }
-        });
+    let smarthost = smarthost::read(s);
     let helo_name = match s.get::<String>("helo_name") {
         Some(h) if crate::smtp::address::check_domain(&h).is_ok() => h,
         Some(h) => {
@@ -434,12 +435,29 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
         DEFAULT_MAX_MESSAGES_PER_CONNECTION,
     );
     let max_age = s.get_or("max_age", DEFAULT_MAX_AGE).get();
+    let max_content_in_flight = s
+        .get_or("max_content_in_flight", DEFAULT_MAX_CONTENT_IN_FLIGHT)
+        .get();
+    if max_content_in_flight < 1 << 20 {
+        s.problem("max_content_in_flight", "must be at least 1MiB");
+    }
+    let starttls = s.get_or("starttls", StartTlsPolicy::Opportunistic);
+    if starttls == StartTlsPolicy::Disabled
+        && smarthost
+            .as_ref()
+            .is_some_and(|h| h.tls != TlsLevel::Opportunistic && !h.implicit_tls)
+    {
+        s.problem(
+            "starttls",
+            "is \"disabled\", but the smart host's tls needs STARTTLS",
+        );
+    }
     DeliveryConfig {
         smarthost,
         dns: s.get::<SocketAddr>("dns"),
         mx_port: positive(s, "mx_port", mx_port),
         helo_name,
-        starttls: s.get_or("starttls", StartTlsPolicy::Opportunistic),
+        starttls,
         mta_sts: s.get_or("mta_sts", true),
         mta_sts_port: {
             let port = s.get_or("mta_sts_port", 443u16);
@@ -458,6 +476,7 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
         },
         max_connections_per_destination: positive(s, "max_connections_per_destination", max_conns),
         max_messages_per_connection: positive(s, "max_messages_per_connection", max_msgs),
+        max_content_in_flight,
         connect_timeout: s.get_or("connect_timeout", DEFAULT_CONNECT_TIMEOUT).get(),
         command_timeout: s.get_or("command_timeout", DEFAULT_COMMAND_TIMEOUT).get(),
         data_timeout: s.get_or("data_timeout", DEFAULT_DATA_TIMEOUT).get(),

@@ -200,6 +200,11 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets. The recorder keeps every
+/// sample until then (or until a scrape renders them): without this, a relay nobody
+/// scrapes grows by each message's samples, for ever.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the Prometheus recorder once per process and returns its handle. Later calls
 /// (a second relay in the same test process) share it.
 pub fn install() -> PrometheusHandle {
@@ -222,6 +227,16 @@ pub fn install() -> PrometheusHandle {
                 .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("a thread for metrics upkeep");
             // Another recorder may already be installed (a test harness); ours then only
             // renders what it sees, which is nothing, and that is acceptable there.
             let _ = metrics::set_global_recorder(recorder);

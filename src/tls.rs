@@ -5,7 +5,10 @@
 //! self-signed certificate for the relay's hostname made at start and announced in the log.
 //! Outbound: opportunistic STARTTLS, where (as in every MTA's opportunistic mode) the
 //! server's certificate is not checked against a CA or name, but the handshake signatures
-//! still are, so the session is encrypted against passive listeners.
+//! still are, so the session is encrypted against passive listeners; and verified TLS
+//! (MTA-STS, `tls = "verify"` destinations, a smart host), where the certificate must
+//! chain to the Mozilla roots plus configured extra CAs — or, for a smart host with its
+//! own `ca_file`, to that CA only — and be valid for the server's name.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -119,6 +122,24 @@ pub fn verifying_client_config(extra_roots: Option<&Path>) -> Result<Arc<ClientC
                 message: format!("not a usable CA certificate: {e}"),
             })?;
         }
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A client configuration that verifies server certificates against the CA certificates
+/// in `ca_file` (PEM) only: a smart host under a provider's or an organisation's own CA.
+pub fn private_ca_client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in load_chain(ca_file)? {
+        store.add(cert).map_err(|e| TlsError::Certificate {
+            path: ca_file.display().to_string(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
     }
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, grant, raw_send};
+use common::{FakeMx, MxOptions, grant, grant_all, raw_send};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,6 +34,7 @@ canary_count = 3
 
 struct Setup {
     mx: FakeMx,
+    mx_addr: SocketAddr,
     relay: optin_relay::server::Relay,
     http: SocketAddr,
     dir: tempfile::TempDir,
@@ -43,14 +44,40 @@ async fn setup(window: &str) -> Setup {
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
-    );
-    let relay = common::start_relay(dir.path(), &extra, &policy(window)).await;
+    let relay = start(dir.path(), mx_addr, window).await;
     let http = relay.admin_addr.unwrap();
     Setup {
         mx,
+        mx_addr,
+        relay,
+        http,
+        dir,
+    }
+}
+
+async fn start(dir: &std::path::Path, mx: SocketAddr, window: &str) -> optin_relay::server::Relay {
+    let extra = format!(
+        "[delivery]\nsmarthost = \"{mx}\"\nretry_initial = \"1h\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+    );
+    common::start_relay(dir, &extra, &policy(window)).await
+}
+
+/// Stops the relay and starts it again on the same spool (and the same fake MX).
+async fn restart(s: Setup, window: &str) -> Setup {
+    let Setup {
+        mx,
+        mx_addr,
+        relay,
+        dir,
+        ..
+    } = s;
+    relay.shutdown().await;
+    let relay = start(dir.path(), mx_addr, window).await;
+    let http = relay.admin_addr.unwrap();
+    Setup {
+        mx,
+        mx_addr,
         relay,
         http,
         dir,
@@ -98,7 +125,8 @@ fn to_recipients(s: &Setup) -> usize {
 }
 
 async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..400 {
+    // Generous: a debug build delivering a thousand rewritten transactions takes a while.
+    for _ in 0..2400 {
         if check().await {
             return;
         }
@@ -267,4 +295,141 @@ async fn an_admin_declares_releases_and_declines() {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// Issue 12 item 6: one message with as many recipients as the whole campaign must not
+/// carry the campaign past its canary. The canary counts recipients: only its share of the
+/// message's recipients goes, the rest is held until the verdict.
+#[tokio::test]
+async fn the_canary_counts_recipients_not_messages() {
+    let s = setup("1h").await;
+    let (status, _) = api(
+        &s,
+        "POST",
+        "/admin/campaigns/shop/bulk/declare",
+        Some(json!({"size": 1000})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let to: Vec<String> = (0..1000)
+        .map(|i| format!("reader{i}@example.net"))
+        .collect();
+    grant_all(&s.relay, "shop", "deals", &to);
+    let refs: Vec<&str> = to.iter().map(String::as_str).collect();
+    let r = raw_send(
+        s.relay.smtp_addrs[0],
+        "news@shop.example",
+        &refs,
+        "From: <news@shop.example>\r\nSubject: all at once\r\nX-Optin-Stream: marketing\r\n\
+         X-Optin-List: deals\r\nX-Optin-Campaign: bulk\r\n\r\nBuy now.",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until("the canary delivered", async || to_recipients(&s) >= 100).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(to_recipients(&s), 100, "more than the canary went");
+    let (_, c) = api(&s, "GET", "/admin/campaigns/shop/bulk", None).await;
+    assert_eq!(c["stage"], "canary");
+    assert_eq!(c["canary_size"], 100);
+    assert_eq!(c["canary"]["admitted"], 100, "{c}");
+    assert_eq!(c["held"], 900, "{c}");
+    let (_, q) = api(&s, "GET", "/admin/queue", None).await;
+    assert_eq!(q["held"], 900, "{q}");
+    let (_, m) = api(&s, "GET", "/admin/queue/messages", None).await;
+    assert_eq!(m[0]["held"], true, "{m}");
+    // released: exactly the held 900 go, nobody twice
+    let (status, _) = api(&s, "POST", "/admin/campaigns/shop/bulk/release", None).await;
+    assert_eq!(status, 200);
+    wait_until("the rest delivered", async || to_recipients(&s) >= 1000).await;
+    let mut got: Vec<String> =
+        s.mx.delivered()
+            .into_iter()
+            .flat_map(|d| d.rcpt_to)
+            .filter(|r| r != "news@shop.example")
+            .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 1000);
+    assert_eq!(to_recipients(&s), 1000);
+    wait_until("queue empty", async || {
+        api(&s, "GET", "/admin/queue", None).await.1["messages"] == 0
+    })
+    .await;
+}
+
+/// A message split by the end of the canary keeps the split across a restart (its first
+/// recipients are the canary's, the rest held again), and a decline removes only the held
+/// ones while the canary's recipients stay queued for their retry.
+#[tokio::test]
+async fn a_split_message_is_readmitted_after_a_restart_and_declined_in_part() {
+    let s = setup("1h").await;
+    let to: Vec<String> = (0..5).map(|i| format!("tempfail{i}@example.net")).collect();
+    grant_all(&s.relay, "shop", "deals", &to);
+    let refs: Vec<&str> = to.iter().map(String::as_str).collect();
+    let r = raw_send(
+        s.relay.smtp_addrs[0],
+        "news@shop.example",
+        &refs,
+        "From: <news@shop.example>\r\nSubject: split\r\nX-Optin-Stream: marketing\r\n\
+         X-Optin-List: deals\r\nX-Optin-Campaign: split\r\n\r\nBuy now.",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    // the canary (3) is tried and deferred; two recipients are held
+    wait_until("the canary tried", async || s.mx.rcpt_attempts() >= 3).await;
+    wait_until("the canary deferred", async || {
+        let (_, m) = api(&s, "GET", "/admin/queue/messages", None).await;
+        m[0]["recipients"]
+            .as_array()
+            .is_some_and(|r| r.iter().filter(|r| r["attempts"] == 1).count() == 3)
+    })
+    .await;
+    let (_, m) = api(&s, "GET", "/admin/queue/messages", None).await;
+    let held: Vec<bool> = m[0]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["held"].as_bool().unwrap())
+        .collect();
+    assert_eq!(held, [false, false, false, true, true], "{m}");
+    let (_, c) = api(&s, "GET", "/admin/campaigns/shop/split", None).await;
+    assert_eq!(
+        (c["canary"]["admitted"].clone(), c["held"].clone()),
+        (json!(3), json!(2))
+    );
+    let s = restart(s, "1h").await;
+    let (_, q) = api(&s, "GET", "/admin/queue", None).await;
+    assert_eq!(
+        (q["recipients"].clone(), q["held"].clone()),
+        (json!(5), json!(2)),
+        "{q}"
+    );
+    let (_, m) = api(&s, "GET", "/admin/queue/messages", None).await;
+    let held: Vec<bool> = m[0]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["held"].as_bool().unwrap())
+        .collect();
+    assert_eq!(held, [false, false, false, true, true], "{m}");
+    // declined: the held two go, the canary's three wait for their retry
+    let (status, _) = api(
+        &s,
+        "POST",
+        "/admin/campaigns/shop/split/decline",
+        Some(json!({"reason": "test"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_until("held removed", async || {
+        api(&s, "GET", "/admin/queue", None).await.1["recipients"] == 3
+    })
+    .await;
+    let (_, q) = api(&s, "GET", "/admin/queue", None).await;
+    assert_eq!(
+        (q["messages"].clone(), q["held"].clone()),
+        (json!(1), json!(0)),
+        "{q}"
+    );
+    assert_eq!(s.mx.rcpt_attempts(), 3, "nothing more was tried");
 }

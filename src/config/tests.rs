@@ -40,7 +40,7 @@ fn reads_keys_tests_rely_on() {
     assert_eq!(c.smtp.max_message_size, 10 << 20);
     assert_eq!(c.smtp.idle_timeout, Duration::from_secs(30));
     assert_eq!(
-        c.delivery.smarthost,
+        c.delivery.smarthost.map(|s| s.address),
         Some(HostPort {
             host: "127.0.0.1".into(),
             port: 2526

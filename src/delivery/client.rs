@@ -1,8 +1,10 @@
 //! The SMTP client side of delivery: one connection to a next hop, reused for several
 //! transactions.
 //!
-//! [`Connection::open`] reads the greeting, says EHLO (HELO if refused), and upgrades with
-//! STARTTLS when offered and allowed. [`Connection::send`] runs one transaction, pipelined
+//! [`Connection::open`] reads the greeting (after a TLS handshake first when the next hop
+//! wants TLS from the first byte), says EHLO (HELO if refused), upgrades with STARTTLS
+//! when offered and allowed, and logs in (AUTH PLAIN, else LOGIN) when it has credentials
+//! for the next hop — only ever over TLS: on a plain connection it sends nothing of them. [`Connection::send`] runs one transaction, pipelined
 //! when the server offers PIPELINING, and reports an [`Attempt`] per recipient: the reply
 //! that decided it, or why there was none. It passes DSN parameters on when the server
 //! speaks DSN, and refuses (rather than mangles) what the server cannot take: SMTPUTF8
@@ -19,6 +21,7 @@ use tokio_rustls::TlsConnector;
 
 use super::outcome::{Attempt, LocalRefusal, Stage};
 use super::transport::{BoxStream, Target};
+use crate::config::Credentials;
 use crate::smtp::ehlo::Capabilities;
 use crate::smtp::encode::dot_stuff;
 use crate::smtp::params::{BodyType, Ret, xtext_encode};
@@ -29,6 +32,17 @@ use crate::spool::{Envelope, Recipient};
 pub struct Timeouts {
     pub command: Duration,
     pub data: Duration,
+}
+
+/// How a connection gets its TLS.
+#[derive(Clone, Copy)]
+pub enum TlsStart<'a> {
+    /// Never (`[delivery] starttls = "disabled"`).
+    Never,
+    /// STARTTLS when the server offers it.
+    StartTls(&'a TlsConnector),
+    /// A TLS handshake before anything else (port 465 style).
+    Implicit(&'a TlsConnector),
 }
 
 /// Why opening a connection failed: the attempt to report, and whether a retry without
@@ -46,9 +60,41 @@ pub struct Connection {
     /// The server's name as we know it (MX host or smart host), for DSNs and logs.
     pub host: String,
     pub tls: bool,
+    /// The AUTH mechanisms the server announced that the client speaks.
+    auth: AuthMechanisms,
     timeouts: Timeouts,
     /// Transactions completed on this connection.
     pub transactions: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct AuthMechanisms {
+    plain: bool,
+    login: bool,
+}
+
+impl AuthMechanisms {
+    /// From an EHLO reply's `AUTH …` (or the old `AUTH=…`) line.
+    fn from_ehlo(reply: &Reply) -> AuthMechanisms {
+        let mut found = AuthMechanisms::default();
+        for line in reply.text.lines().skip(1) {
+            let upper = line.to_ascii_uppercase();
+            let Some(rest) = upper
+                .strip_prefix("AUTH ")
+                .or_else(|| upper.strip_prefix("AUTH="))
+            else {
+                continue;
+            };
+            for mechanism in rest.split_ascii_whitespace() {
+                match mechanism {
+                    "PLAIN" => found.plain = true,
+                    "LOGIN" => found.login = true,
+                    _ => {}
+                }
+            }
+        }
+        found
+    }
 }
 
 /// The result of one transaction.
@@ -67,12 +113,14 @@ fn no_answer(stage: Stage, error: impl std::fmt::Display) -> Attempt {
 }
 
 impl Connection {
-    /// Greets the server and negotiates. `tls` is `Some` for opportunistic STARTTLS.
+    /// Greets the server, negotiates TLS as `tls` says, and logs in with `auth` (only
+    /// over TLS).
     pub async fn open(
         stream: BoxStream,
         target: &Target,
         helo: &str,
-        tls: Option<&TlsConnector>,
+        tls: TlsStart<'_>,
+        auth: Option<&Credentials>,
         timeouts: Timeouts,
     ) -> Result<Connection, OpenError> {
         let fail = |attempt| OpenError {
@@ -85,9 +133,16 @@ impl Connection {
             caps: Capabilities::default(),
             host: target.host.clone(),
             tls: false,
+            auth: AuthMechanisms::default(),
             timeouts,
             transactions: 0,
         };
+        if let TlsStart::Implicit(connector) = tls {
+            let name = server_name(&target.host, target.addr.ip());
+            conn.stream =
+                handshake(connector, name, conn.stream, timeouts.command, Stage::Tls).await?;
+            conn.tls = true;
+        }
         let greeting = conn.read_reply(Stage::Greeting).await.map_err(fail)?;
         if greeting.code != 220 {
             conn.quit().await;
@@ -97,7 +152,7 @@ impl Connection {
             }));
         }
         conn.hello(helo).await.map_err(fail)?;
-        if let Some(connector) = tls
+        if let TlsStart::StartTls(connector) = tls
             && conn.caps.starttls
         {
             let reply = conn
@@ -106,25 +161,70 @@ impl Connection {
                 .map_err(fail)?;
             if reply.code == 220 {
                 let name = server_name(&target.host, target.addr.ip());
-                conn.stream = match connector.connect(name, conn.stream).await {
-                    Ok(tls) => Box::new(tls),
-                    Err(e) => {
-                        return Err(OpenError {
-                            attempt: no_answer(
-                                Stage::StartTls,
-                                format!("TLS handshake failed: {e}"),
-                            ),
-                            tls_failed: true,
-                        });
-                    }
-                };
+                conn.stream = handshake(
+                    connector,
+                    name,
+                    conn.stream,
+                    timeouts.command,
+                    Stage::StartTls,
+                )
+                .await?;
                 conn.buf.clear();
                 conn.tls = true;
                 conn.hello(helo).await.map_err(fail)?;
             }
             // Any other answer: carry on in plain text (opportunistic).
         }
+        if let Some(credentials) = auth {
+            if !conn.tls {
+                // Never a password in plain text, whatever the server offers.
+                conn.quit().await;
+                return Err(fail(no_answer(
+                    Stage::Auth,
+                    "credentials are only sent over TLS, and this connection has none",
+                )));
+            }
+            conn.login(credentials).await.map_err(fail)?;
+        }
         Ok(conn)
+    }
+
+    /// AUTH PLAIN (with its initial response), else AUTH LOGIN (RFC 4954). The password
+    /// goes out only here, base64-encoded on the wire, and is never logged.
+    async fn login(&mut self, credentials: &Credentials) -> Result<(), Attempt> {
+        use base64::Engine;
+        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+        let (user, password) = (&credentials.username, credentials.password.expose());
+        let reply = if self.auth.plain {
+            let response = b64(&format!("\0{user}\0{password}"));
+            self.command(&format!("AUTH PLAIN {response}\r\n"), Stage::Auth)
+                .await?
+        } else if self.auth.login {
+            let mut reply = self.command("AUTH LOGIN\r\n", Stage::Auth).await?;
+            for answer in [user.as_str(), password] {
+                if reply.code != 334 {
+                    break;
+                }
+                reply = self
+                    .command(&format!("{}\r\n", b64(answer)), Stage::Auth)
+                    .await?;
+            }
+            reply
+        } else {
+            self.quit().await;
+            return Err(no_answer(
+                Stage::Auth,
+                "the server offers neither AUTH PLAIN nor AUTH LOGIN",
+            ));
+        };
+        if reply.code == 235 {
+            return Ok(());
+        }
+        self.quit().await;
+        Err(Attempt::Replied {
+            stage: Stage::Auth,
+            reply,
+        })
     }
 
     async fn hello(&mut self, helo: &str) -> Result<(), Attempt> {
@@ -133,6 +233,7 @@ impl Connection {
             .await?;
         if reply.is_positive() {
             self.caps = Capabilities::from_ehlo(&reply);
+            self.auth = AuthMechanisms::from_ehlo(&reply);
             return Ok(());
         }
         let reply = self
@@ -140,6 +241,7 @@ impl Connection {
             .await?;
         if reply.is_positive() {
             self.caps = Capabilities::default();
+            self.auth = AuthMechanisms::default();
             return Ok(());
         }
         self.quit().await;
@@ -429,6 +531,26 @@ impl Connection {
             let _ = self.stream.shutdown().await;
         })
         .await;
+    }
+}
+
+/// A TLS handshake as the client, within `limit`: a server that stops answering in the
+/// middle of one must not hold the connection (and its worker) for ever.
+async fn handshake(
+    connector: &TlsConnector,
+    name: ServerName<'static>,
+    stream: BoxStream,
+    limit: Duration,
+    stage: Stage,
+) -> Result<BoxStream, OpenError> {
+    let failed = |why: String| OpenError {
+        attempt: no_answer(stage, why),
+        tls_failed: true,
+    };
+    match tokio::time::timeout(limit, connector.connect(name, stream)).await {
+        Ok(Ok(secured)) => Ok(Box::new(secured)),
+        Ok(Err(e)) => Err(failed(format!("TLS handshake failed: {e}"))),
+        Err(_) => Err(failed("timed out in the TLS handshake".into())),
     }
 }
 

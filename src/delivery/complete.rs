@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::outcome::{self, Attempt, Disposition, classify};
-use super::queue::{NO_CAMPAIGN, Notice, Notices, Progress, Residence};
+use super::queue::{Hot, NO_CAMPAIGN, Notice, Notices, Progress, Residence};
 use super::route::JobReport;
 use super::{Event, Queued, Scheduler, Settings, counts, dsn, log, site_outcome};
 use crate::smtp::reply::Status;
@@ -21,14 +21,33 @@ impl Scheduler {
     /// Applies a worker's report.
     pub(super) fn complete(&mut self, report: JobReport) {
         let now = self.clock.now_ms();
-        let Some((entry, Some(env))) = self.entries.get(&report.id).map(|e| (e, e.env())) else {
+        let Some(entry) = self.entries.get_mut(&report.id) else {
             return;
         };
-        let env = env.clone();
+        if let Some(error) = report.unreadable {
+            // Nothing was tried: the recipients wait again, and the failed read decides.
+            for (i, _) in &report.results {
+                entry.rcpts[*i as usize].set(Progress::Waiting { due: now });
+            }
+            self.unreadable(report.id, error);
+            self.settle(report.id, now);
+            return;
+        }
+        let Some(env) = report.env.clone().or_else(|| entry.env().cloned()) else {
+            return; // every report but an unreadable one carries the envelope
+        };
+        if !matches!(entry.residence, Residence::Hot(_)) {
+            // Results are collected (DSN lines) until no recipient is in flight.
+            entry.residence = Residence::Hot(Box::new(Hot {
+                env: env.clone(),
+                notices: Notices::default(),
+            }));
+        }
         let loc = entry.loc;
-        // The canary's figures, for staged release.
+        // The canary's figures, for staged release (held recipients are not the canary's;
+        // once released, outcomes no longer count: see `Campaigns::outcome`).
         let canary = match &self.settings.campaigns {
-            Some(c) if entry.campaign != NO_CAMPAIGN && !entry.campaign_held => {
+            Some(c) if entry.campaign != NO_CAMPAIGN => {
                 Some((c.clone(), self.names.name(entry.campaign).to_string()))
             }
             _ => None,
@@ -107,7 +126,7 @@ impl Scheduler {
                     tokio::task::spawn_blocking(move || governor.freeze_for(&account, &why));
                 }
             }
-            if let Some((campaigns, key)) = &canary {
+            if let Some((campaigns, key)) = canary.as_ref().filter(|_| !r.held) {
                 match &disposition {
                     Disposition::Delivered => campaigns.outcome(key, true, false),
                     Disposition::Bounced { .. } => campaigns.outcome(key, false, hard),
@@ -212,23 +231,32 @@ impl Scheduler {
         if let Some(due) = next_due {
             self.timers.push(Reverse((due, report.id)));
         }
-        let entry = self.entries.get_mut(&report.id).expect("checked above");
+        self.settle(report.id, now);
+    }
+
+    /// Once no recipient of the message is in flight: the round's DSNs go out, and the
+    /// message leaves the queue (finished) or keeps its state only until its next retry.
+    fn settle(&mut self, id: u64, now: u64) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
         if entry.in_flight() {
             return; // the rest of this round is still out; notices wait for it
         }
-        let acted_on = self.actions.contains_key(&report.id);
+        let loc = entry.loc;
+        let acted_on = self.actions.contains_key(&id);
         let finished = entry.rcpts.iter().all(|r| r.status() == Progress::Done);
-        let notices = entry
-            .hot()
-            .map(|h| std::mem::take(&mut h.notices))
-            .unwrap_or_default();
+        let (env, notices) = match entry.hot() {
+            Some(h) => (Some(h.env.clone()), std::mem::take(&mut h.notices)),
+            None => (None, Notices::default()),
+        };
         if finished {
-            self.entries.remove(&report.id);
+            self.entries.remove(&id);
         } else if !acted_on {
             // Every open recipient now waits for a later retry: keep the state only.
             entry.residence = Residence::Cold;
         }
-        if !notices.is_empty() {
+        if let Some(env) = env.filter(|_| !notices.is_empty()) {
             // A DSN obeys the account's rules like its own mail (dsn::may_notify).
             let notify = match &self.settings.policy {
                 Some(policy) => {
@@ -255,7 +283,7 @@ impl Scheduler {
         }
         if acted_on && !finished {
             // The operator's action waited for this attempt; it applies now.
-            self.dispatch(report.id);
+            self.dispatch(id);
         }
     }
 }

@@ -75,7 +75,7 @@ pub struct QueueSummary {
     pub messages: usize,
     /// Recipients not yet delivered or bounced.
     pub recipients: usize,
-    /// Recipients held because their account is frozen.
+    /// Recipients held: their account is frozen, or they wait for a campaign's verdict.
     pub held: usize,
     /// The busiest sites first; the rest summed as `other`.
     pub by_site: Vec<SiteQueue>,
@@ -106,7 +106,7 @@ pub struct MessageState {
     pub account: String,
     pub marketing: bool,
     pub age_s: u64,
-    /// Held because the account is frozen.
+    /// Some recipient is held: the account is frozen, or the campaign's canary is out.
     pub held: bool,
     pub recipients: Vec<RcptState>,
     #[serde(skip)]
@@ -122,6 +122,8 @@ pub struct RcptState {
     /// Seconds until the next attempt (0: due), for waiting recipients.
     pub next_attempt_in_s: Option<u64>,
     pub attempts: u16,
+    /// Held: the account is frozen, or it waits for its campaign's verdict.
+    pub held: bool,
 }
 
 /// The busiest sites named in the summary (and in metrics labels); the rest are `other`.
@@ -255,20 +257,14 @@ impl Scheduler {
         }
     }
 
-    /// Whether a message is held: marketing of a frozen account, or of a campaign still in
-    /// its canary when the message is not part of it.
-    pub(super) fn held(&self, entry: &super::Entry) -> bool {
+    /// Whether the whole message is held because its account is frozen: its marketing
+    /// (and its transactional mail when the policy says so), never the relay's reports.
+    pub(super) fn frozen_holds(&self, entry: &super::Entry) -> bool {
         let frozen = || {
             self.settings
                 .freezes
                 .as_ref()
                 .is_some_and(|f| f.is_frozen(self.names.name(entry.account)))
-        };
-        let waiting_for_verdict = || {
-            entry.campaign_held
-                && self.settings.campaigns.as_ref().is_some_and(|c| {
-                    c.stage(self.names.name(entry.campaign)) == Some(Stage::Canary)
-                })
         };
         let hold_transactional = || {
             self.settings
@@ -280,9 +276,34 @@ impl Scheduler {
             return false;
         }
         if entry.marketing {
-            frozen() || waiting_for_verdict()
+            frozen()
         } else {
             frozen() && hold_transactional()
+        }
+    }
+
+    /// Whether the message's recipients marked [`super::queue::Rcpt::held`] still wait:
+    /// its campaign is in its canary.
+    pub(super) fn campaign_waits(&self, entry: &super::Entry) -> bool {
+        entry.campaign != super::queue::NO_CAMPAIGN
+            && self
+                .settings
+                .campaigns
+                .as_ref()
+                .is_some_and(|c| c.stage(self.names.name(entry.campaign)) == Some(Stage::Canary))
+            && entry.campaign_holds()
+    }
+
+    /// How many of the message's open recipients are held (frozen account, or waiting for
+    /// the campaign's verdict).
+    pub(super) fn held_recipients(&self, entry: &super::Entry) -> usize {
+        let open = entry.rcpts.iter().filter(|r| r.status() != Progress::Done);
+        if self.frozen_holds(entry) {
+            open.count()
+        } else if self.campaign_waits(entry) {
+            open.filter(|r| r.held).count()
+        } else {
+            0
         }
     }
 
@@ -316,7 +337,7 @@ impl Scheduler {
             Some(name) => self
                 .entries
                 .iter()
-                .filter(|(_, e)| e.campaign == name && e.campaign_held)
+                .filter(|(_, e)| e.campaign == name && e.campaign_holds())
                 .map(|(id, _)| *id)
                 .collect(),
             None => Vec::new(),
@@ -331,7 +352,9 @@ impl Scheduler {
                 );
                 for id in ids {
                     if let Some(e) = self.entries.get_mut(&id) {
-                        e.campaign_held = false;
+                        for r in e.rcpts.iter_mut() {
+                            r.held = false;
+                        }
                     }
                     self.dispatch(id);
                 }
@@ -343,11 +366,34 @@ impl Scheduler {
                     "campaign declined: held mail removed"
                 );
                 for id in ids {
-                    self.actions.insert(id, Action::Delete);
-                    self.dispatch(id);
+                    self.drop_held(id);
                 }
                 self.send_report(&campaign);
             }
+        }
+    }
+
+    /// A declined campaign's held recipients of one message are removed (journaled as
+    /// failed, no DSN); its canary recipients are left to finish. Needs no envelope.
+    fn drop_held(&mut self, id: u64) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let loc = entry.loc;
+        let mut dropped = 0;
+        for (i, r) in entry.rcpts.iter_mut().enumerate() {
+            if r.held && matches!(r.status(), Progress::Waiting { .. }) {
+                r.set(Progress::Done);
+                r.held = false;
+                self.spool.record(loc, i as u32, RcptEvent::Failed);
+                dropped += 1;
+            }
+        }
+        self.open_rcpts -= dropped;
+        if entry.rcpts.iter().all(|r| r.status() == Progress::Done) {
+            self.entries.remove(&id);
+            self.actions.remove(&id);
+            self.spool.finish(loc);
         }
     }
 
@@ -413,20 +459,22 @@ impl Scheduler {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        let Residence::Hot(hot) = &entry.residence else {
+        // In memory for erase and bounce (see `dispatch`); delete does without.
+        let env = entry.env().cloned();
+        if env.is_none() && action != Action::Delete {
             return;
-        };
-        let env = hot.env.clone();
+        }
         let chosen: Vec<u32> = entry
             .rcpts
             .iter()
             .enumerate()
             .filter(|(i, r)| {
                 matches!(r.status(), Progress::Waiting { .. })
-                    && match &action {
-                        Action::Erase(address) => {
+                    && match (&action, &env) {
+                        (Action::Erase(address), Some(env)) => {
                             env.recipients[*i].address.eq_ignore_ascii_case(address)
                         }
+                        (Action::Erase(_), None) => false,
                         _ => true,
                     }
             })
@@ -442,6 +490,8 @@ impl Scheduler {
                 .collect();
             self.complete(JobReport {
                 id,
+                env,
+                unreadable: None,
                 results,
                 remote: None,
                 next_hop_dsn: false,
@@ -462,7 +512,7 @@ impl Scheduler {
             self.spool.finish(loc);
         } else if !entry.in_flight() {
             entry.residence = Residence::Cold;
-            if let Some(due) = entry.next_due() {
+            if let Some(due) = entry.next_due(false) {
                 self.timers.push(std::cmp::Reverse((due, id)));
             }
         }
@@ -471,17 +521,20 @@ impl Scheduler {
     fn state(&self, id: u64) -> Option<MessageState> {
         let e = self.entries.get(&id)?;
         let now = self.clock.now_ms();
+        let (frozen, campaign_waits) = (self.frozen_holds(e), self.campaign_waits(e));
         Some(MessageState {
             id: spool::format_id(id),
             account: self.names.name(e.account).to_string(),
             marketing: e.marketing,
             age_s: (now / 1000).saturating_sub(e.received_s as u64),
-            held: self.held(e),
+            held: self.held_recipients(e) > 0,
             recipients: e
                 .rcpts
                 .iter()
                 .enumerate()
                 .map(|(index, r)| {
+                    let open = r.status() != Progress::Done;
+                    let held = open && (frozen || (campaign_waits && r.held));
                     let (status, next) = match r.status() {
                         Progress::Waiting { due } => {
                             ("waiting", Some(due.saturating_sub(now) / 1000))
@@ -495,6 +548,7 @@ impl Scheduler {
                         status,
                         next_attempt_in_s: next,
                         attempts: r.attempts,
+                        held,
                     }
                 })
                 .collect(),
@@ -511,7 +565,7 @@ impl Scheduler {
         let mut by_account: HashMap<u32, AccountQueue> = HashMap::new();
         let mut held_total = 0;
         for e in self.entries.values() {
-            let held = self.held(e);
+            let held = self.held_recipients(e);
             let age = now_s.saturating_sub(e.received_s as u64);
             let acc = by_account.entry(e.account).or_insert_with(|| AccountQueue {
                 account: self.names.name(e.account).to_string(),
@@ -520,12 +574,10 @@ impl Scheduler {
                 held: 0,
             });
             acc.messages += 1;
+            acc.held += held;
+            held_total += held;
             for r in e.rcpts.iter().filter(|r| r.status() != Progress::Done) {
                 acc.recipients += 1;
-                if held {
-                    acc.held += 1;
-                    held_total += 1;
-                }
                 let site = site_of.entry(r.domain).or_insert_with(|| {
                     if !self.by_domain {
                         return "smarthost".to_string();

@@ -10,6 +10,7 @@
 //! Time: due times are unix milliseconds from a clock anchored on tokio's `Instant`, so
 //! tests with paused time drive retries and expiry exactly as days of real time would.
 
+mod budget;
 pub mod client;
 mod complete;
 pub mod control;
@@ -89,10 +90,10 @@ impl Settings {
 enum Event {
     New(Box<Queued>),
     Done(JobReport),
-    /// A cold message's envelope and content, read back from the spool.
+    /// A cold message's envelope, read back from the spool for an operator's action.
     Loaded {
         id: u64,
-        result: Result<(Envelope, Bytes), spool::SpoolError>,
+        result: Result<Envelope, spool::SpoolError>,
     },
     /// The operator's commands (admin API, CLI).
     Control(control::Command),
@@ -106,6 +107,8 @@ enum Event {
 struct Queued {
     env: Arc<Envelope>,
     loc: Location,
+    /// A fresh message's content (kept for its first attempt when the budget allows);
+    /// `None` for a message recovered from the spool.
     body: Option<Bytes>,
     events: Vec<Option<RcptEvent>>,
 }
@@ -128,6 +131,33 @@ impl Intake for Delivery {
     }
 }
 
+/// The TLS client configurations delivery uses: one taking any certificate
+/// (opportunistic STARTTLS, `tls = "required"`; also TLS from the first byte to a smart
+/// host), and one verifying certificates — against the smart host's own `ca_file`, else
+/// the Mozilla roots and `tls_roots`.
+fn connectors(config: &DeliveryConfig) -> (Option<TlsConnector>, Option<TlsConnector>) {
+    let smarthost = config.smarthost.as_ref();
+    // With a smart host there are no MX sites, so this never turns STARTTLS on for them.
+    let any = config.starttls == StartTlsPolicy::Opportunistic
+        || smarthost.is_some_and(|s| s.implicit_tls);
+    let tls = any.then(|| TlsConnector::from(crate::tls::opportunistic_client_config()));
+    let verifying = match smarthost.and_then(|s| s.ca_file.as_deref()) {
+        Some(ca_file) => crate::tls::private_ca_client_config(ca_file),
+        None => crate::tls::verifying_client_config(config.tls_roots.as_deref()),
+    };
+    let verified_tls = match verifying {
+        // `starttls = "disabled"` means no TLS at all, except to a smart host from the start
+        // (the config refuses a smart host that would need STARTTLS then).
+        _ if config.starttls == StartTlsPolicy::Disabled && smarthost.is_none() => None,
+        Ok(config) => Some(TlsConnector::from(config)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the verifying TLS client; mail that needs verified TLS will wait");
+            None
+        }
+    };
+    (tls, verified_tls)
+}
+
 /// Starts the scheduler with the messages recovered from the spool. It runs until
 /// `shutdown` is cancelled; in-flight attempts are then abandoned (their recipients are
 /// still pending in the spool and are retried at the next start).
@@ -140,24 +170,8 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> (Delivery, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let tls = match settings.config.starttls {
-        StartTlsPolicy::Opportunistic => {
-            Some(TlsConnector::from(crate::tls::opportunistic_client_config()))
-        }
-        StartTlsPolicy::Disabled => None,
-    };
-    let verified_tls = match (&tls, settings.config.mta_sts) {
-        (Some(_), true) => {
-            match crate::tls::verifying_client_config(settings.config.tls_roots.as_deref()) {
-                Ok(config) => Some(TlsConnector::from(config)),
-                Err(e) => {
-                    tracing::error!(error = %e, "MTA-STS: cannot build the verifying TLS client; enforced domains will wait");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let (tls, verified_tls) = connectors(&settings.config);
+    let content = budget::ContentBudget::new(settings.config.max_content_in_flight);
     let settings = Arc::new(settings);
     let by_domain = transport.routes_by_domain();
     let workers = Arc::new(Workers {
@@ -167,6 +181,7 @@ pub fn start(
         tls,
         verified_tls,
         events: tx.clone(),
+        content,
     });
     let mut scheduler = Scheduler {
         settings,
@@ -188,8 +203,8 @@ pub fn start(
         open_rcpts: 0,
         draining: false,
     };
-    // Taken in here, not through the channel: a message waiting for a later retry keeps no
-    // envelope in memory, so a large recovered queue costs little.
+    // Taken in here, not through the channel: a queued message keeps no envelope in memory
+    // (the worker sending it reads it back), so a large recovered queue costs little.
     for m in recovered {
         scheduler.add(Queued {
             env: Arc::new(m.envelope),
@@ -270,12 +285,19 @@ impl Scheduler {
                     None => return,
                 },
                 () = sleep_until_opt(next_timer) => self.fire_timers(),
-                _ = site_metrics.tick() => self.publish_site_metrics(),
+                _ = site_metrics.tick() => {
+                    self.publish_site_metrics();
+                    self.compact();
+                }
                 _ = campaign_tick.tick(), if self.settings.campaigns.is_some() => self.judge_campaigns(),
             }
             self.publish_metrics();
         }
         self.drain(&mut rx).await;
+        // What the canaries did since the last tick survives a clean stop.
+        if let Some(campaigns) = &self.settings.campaigns {
+            campaigns.flush();
+        }
     }
 
     fn handle(&mut self, event: Event) {
@@ -315,12 +337,32 @@ impl Scheduler {
                         .iter()
                         .map(|&i| (i, Attempt::Unroutable(failure.clone())))
                         .collect();
-                    self.complete(JobReport {
+                    let mut report = JobReport {
                         id: w.id,
+                        env: w.loaded.map(|l| l.env),
+                        unreadable: None,
                         results,
                         remote: None,
                         next_hop_dsn: false,
                         site: format!("{domain} (no site)"),
+                    };
+                    if report.env.is_some() {
+                        self.complete(report);
+                        continue;
+                    }
+                    // The outcome needs the envelope (logs, DSNs): read it like a worker
+                    // would, and report as one.
+                    let Some(loc) = self.entries.get(&w.id).map(|e| e.loc) else {
+                        continue;
+                    };
+                    self.in_flight += 1;
+                    let (spool, tx) = (self.spool.clone(), self.tx.clone());
+                    tokio::spawn(async move {
+                        match spool.read_message(loc).await {
+                            Ok((env, _)) => report.env = Some(Arc::new(env)),
+                            Err(e) => report.unreadable = Some(e),
+                        }
+                        let _ = tx.send(Event::Done(report));
                     });
                 }
             }
@@ -337,7 +379,7 @@ impl Scheduler {
             for job in route.take_queued() {
                 self.in_flight -= 1;
                 if let Some(entry) = self.entries.get_mut(&job.id) {
-                    for i in job.rcpts {
+                    for &i in job.rcpts.iter() {
                         entry.rcpts[i as usize].set(Progress::Waiting { due: now });
                     }
                 }
@@ -345,7 +387,7 @@ impl Scheduler {
         }
         for w in self.sites.take_waiting() {
             if let Some(entry) = self.entries.get_mut(&w.id) {
-                for i in w.rcpts {
+                for &i in w.rcpts.iter() {
                     entry.rcpts[i as usize].set(Progress::Waiting { due: now });
                 }
             }
@@ -373,6 +415,24 @@ impl Scheduler {
                     break;
                 }
             }
+        }
+    }
+
+    /// Gives back what a drained backlog left in the scheduler's tables: a map or heap
+    /// never shrinks by itself, and a million due messages make both large.
+    fn compact(&mut self) {
+        let roomy = |len: usize, capacity: usize| capacity > 4096 && capacity > 4 * len;
+        let mut shrunk = false;
+        if roomy(self.entries.len(), self.entries.capacity()) {
+            self.entries.shrink_to(self.entries.len() * 2);
+            shrunk = true;
+        }
+        if roomy(self.timers.len(), self.timers.capacity()) {
+            self.timers.shrink_to(self.timers.len() * 2);
+            shrunk = true;
+        }
+        if shrunk {
+            give_back_memory();
         }
     }
 
@@ -420,8 +480,21 @@ impl Scheduler {
             .iter()
             .filter(|r| r.status() != Progress::Done)
             .count();
-        let (campaign, campaign_held) = match self.admit(&q, marketing, open as u64) {
-            Some(admission) => admission,
+        let mut rcpts = rcpts;
+        let campaign = match self.admit(&q, marketing, open as u64) {
+            Some((campaign, sending)) => {
+                // The canary's share is the first open recipients; the others wait for
+                // the campaign's verdict.
+                let mut left = sending;
+                for r in rcpts.iter_mut().filter(|r| r.status() != Progress::Done) {
+                    if left > 0 {
+                        left -= 1;
+                    } else {
+                        r.held = true;
+                    }
+                }
+                campaign
+            }
             None => {
                 // The campaign was declined: its mail is dropped (the account has its report).
                 for i in 0..rcpts.len() {
@@ -435,44 +508,52 @@ impl Scheduler {
             .iter()
             .filter(|r| r.status() != Progress::Done)
             .count();
-        let due_now = rcpts
+        // A fresh message's content is in memory already: it serves the first attempt when
+        // the budget has room to spare (see budget.rs); otherwise the worker reads it.
+        let sending = rcpts
             .iter()
-            .any(|r| matches!(r.status(), Progress::Waiting { due } if due <= now));
-        let residence = if due_now {
-            Residence::Hot(Box::new(Hot {
-                env: q.env,
-                body: q.body,
-                notices: Notices::default(),
-            }))
-        } else {
-            // Nothing to do before a later retry: keep the state only.
-            Residence::Cold
+            .filter(|r| !r.held && matches!(r.status(), Progress::Waiting { due } if due <= now))
+            .count();
+        let loaded = match q.body {
+            Some(body) if sending > 0 => {
+                self.workers
+                    .content
+                    .take_spare(q.loc.len, sending)
+                    .map(|share| {
+                        Box::new(route::Loaded {
+                            env: q.env.clone(),
+                            body,
+                            share: Arc::new(share),
+                        })
+                    })
+            }
+            _ => None,
         };
         self.entries.insert(
             id,
             Entry {
                 loc: q.loc,
                 rcpts,
-                residence,
+                residence: Residence::Cold,
                 account,
                 marketing,
                 report,
                 received_s,
                 campaign,
-                campaign_held,
             },
         );
-        self.dispatch(id);
+        self.dispatch_with(id, loaded);
     }
 
-    /// Staged release: whether a marketing message of a campaign goes now or waits for the
-    /// verdict; `None` when the campaign was declined (the message is dropped).
-    fn admit(&mut self, q: &Queued, marketing: bool, open: u64) -> Option<(u32, bool)> {
-        use crate::governance::campaign::{Admission, key};
+    /// Staged release: the message's campaign and how many of its `open` recipients go
+    /// now (the rest wait for the verdict); `None` when the campaign was declined (the
+    /// message is dropped).
+    fn admit(&mut self, q: &Queued, marketing: bool, open: u64) -> Option<(u32, u64)> {
+        use crate::governance::campaign::key;
         let (Some(campaigns), Some(id), true) =
             (&self.settings.campaigns, &q.env.campaign, marketing)
         else {
-            return Some((NO_CAMPAIGN, false));
+            return Some((NO_CAMPAIGN, open));
         };
         let k = key(&q.env.account, id);
         let admission = if q.body.is_some() {
@@ -495,11 +576,7 @@ impl Scheduler {
             campaigns.readmit(&k, open, &mut self.readmit_budget)
         };
         let name = self.names.id(&k);
-        match admission {
-            Admission::Send => Some((name, false)),
-            Admission::Hold => Some((name, true)),
-            Admission::Declined(_) => None,
-        }
+        admission.sending(open).map(|sending| (name, sending))
     }
 
     /// A recipient's state from its last journaled event.
@@ -519,18 +596,19 @@ impl Scheduler {
         }
     }
 
-    /// A cold message's envelope is back from the spool: dispatch it.
-    fn loaded(&mut self, id: u64, result: Result<(Envelope, Bytes), spool::SpoolError>) {
+    /// A cold message's envelope is back from the spool: the operator's action applies.
+    fn loaded(&mut self, id: u64, result: Result<Envelope, spool::SpoolError>) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
         match result {
-            Ok((env, body)) => {
-                entry.residence = Residence::Hot(Box::new(Hot {
-                    env: Arc::new(env),
-                    body: Some(body),
-                    notices: Notices::default(),
-                }));
+            Ok(env) => {
+                if !matches!(entry.residence, Residence::Hot(_)) {
+                    entry.residence = Residence::Hot(Box::new(Hot {
+                        env: Arc::new(env),
+                        notices: Notices::default(),
+                    }));
+                }
                 self.dispatch(id);
             }
             // Never retried forever: see `unreadable.rs`.
@@ -541,6 +619,12 @@ impl Scheduler {
     /// Sends every due recipient of a message to its site's queue (looking the site up
     /// first when its domain is new or expired); schedules the rest.
     fn dispatch(&mut self, id: u64) {
+        self.dispatch_with(id, None);
+    }
+
+    /// [`Self::dispatch`], with the message's envelope and content when they are in memory
+    /// already (a fresh message).
+    fn dispatch_with(&mut self, id: u64, loaded: Option<Box<route::Loaded>>) {
         if self.draining {
             return;
         }
@@ -549,48 +633,57 @@ impl Scheduler {
             return;
         };
         let acted_on = self.actions.contains_key(&id);
+        // Recipients held for their campaign's verdict are left alone until it comes
+        // (control::campaign_verdict dispatches them).
+        let skip_held = self.campaign_waits(entry);
         if !acted_on {
-            let due_now = entry
-                .rcpts
-                .iter()
-                .any(|r| matches!(r.status(), Progress::Waiting { due } if due <= now));
+            let due_now = entry.rcpts.iter().any(|r| {
+                !(skip_held && r.held)
+                    && matches!(r.status(), Progress::Waiting { due } if due <= now)
+            });
             if !due_now {
-                if let Some(due) = entry.next_due() {
+                if let Some(due) = entry.next_due(skip_held) {
                     self.timers.push(Reverse((due, id)));
                 }
                 return;
             }
-            if self.held(entry) {
+            if self.frozen_holds(entry) {
                 return; // kept waiting until the account is unfrozen (control::Command::Release)
             }
         }
         let entry = self.entries.get_mut(&id).expect("checked above");
-        if acted_on && entry.in_flight() {
-            return; // the action waits for the attempt under way (see `complete`)
-        }
-        if acted_on && matches!(entry.residence, Residence::Hot(_)) {
+        if acted_on {
+            if entry.in_flight() {
+                return; // the action waits for the attempt under way (see `complete`)
+            }
+            // Erase and bounce need the envelope (addresses, the DSN); delete does not.
+            let needs_envelope = self.actions.get(&id) != Some(&control::Action::Delete);
+            match &entry.residence {
+                Residence::Hot(_) => {}
+                _ if !needs_envelope => {}
+                Residence::Loading => return,
+                Residence::Cold => {
+                    // Read the envelope back; the action applies when it is here.
+                    entry.residence = Residence::Loading;
+                    let (spool, tx, loc) = (self.spool.clone(), self.tx.clone(), entry.loc);
+                    tokio::spawn(async move {
+                        let result = spool.read_message(loc).await.map(|(env, _)| env);
+                        let _ = tx.send(Event::Loaded { id, result });
+                    });
+                    return;
+                }
+            }
             let action = self.actions.remove(&id).expect("checked above");
             self.apply(id, action);
             return;
         }
-        let hot = match &mut entry.residence {
-            Residence::Hot(hot) => hot,
-            Residence::Loading => return,
-            Residence::Cold => {
-                // Read the envelope back; dispatch goes on when it is here.
-                entry.residence = Residence::Loading;
-                let (spool, tx, loc) = (self.spool.clone(), self.tx.clone(), entry.loc);
-                tokio::spawn(async move {
-                    let result = spool.read_message(loc).await;
-                    let _ = tx.send(Event::Loaded { id, result });
-                });
-                return;
-            }
-        };
         // Recipients by routing domain (one group for everything when a smart host takes it).
         let mut groups: HashMap<String, Vec<u32>> = HashMap::new();
         let mut next_due: Option<u64> = None;
         for (i, r) in entry.rcpts.iter_mut().enumerate() {
+            if skip_held && r.held {
+                continue;
+            }
             match r.status() {
                 Progress::Waiting { due } if due <= now => {
                     r.set(Progress::InFlight);
@@ -606,8 +699,6 @@ impl Scheduler {
                 _ => {}
             }
         }
-        // The in-memory copy serves this attempt only; the next reads the spool again.
-        let body = hot.body.take();
         if let Some(due) = next_due {
             self.timers.push(Reverse((due, id)));
         }
@@ -628,8 +719,8 @@ impl Scheduler {
             }
             let waiting = sites::Waiting {
                 id,
-                rcpts,
-                body: body.clone(),
+                rcpts: rcpts.into(),
+                loaded: loaded.clone(),
             };
             if self.sites.wait(&domain, waiting) {
                 let (workers, tx) = (self.workers.clone(), self.tx.clone());
@@ -643,8 +734,8 @@ impl Scheduler {
             rcpts.sort_unstable();
             let waiting = sites::Waiting {
                 id,
-                rcpts,
-                body: body.clone(),
+                rcpts: rcpts.into(),
+                loaded: loaded.clone(),
             };
             self.queue_job(key, &domains, waiting);
         }
@@ -652,15 +743,16 @@ impl Scheduler {
 
     /// Hands recipients (already marked in flight) to a route as one job.
     fn queue_job(&mut self, key: RouteKey, domains: &[String], w: sites::Waiting) {
-        let Some((entry, Some(env))) = self.entries.get(&w.id).map(|e| (e, e.env())) else {
+        let Some(entry) = self.entries.get(&w.id) else {
             return;
         };
         let job = Job {
             id: w.id,
-            env: env.clone(),
             loc: entry.loc,
-            body: w.body,
             rcpts: w.rcpts,
+            account: entry.account,
+            urgent: !entry.marketing,
+            loaded: w.loaded,
         };
         let route = self
             .routes
@@ -692,6 +784,22 @@ impl Scheduler {
         self.sites.expire(tokio::time::Instant::now());
     }
 }
+
+/// glibc keeps what a drained backlog freed in its arenas (fragmented, so it seldom returns
+/// by itself: the resident set stayed at the backlog's peak); hand it back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn give_back_memory() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heaps.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn give_back_memory() {}
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {

@@ -15,6 +15,10 @@ pub enum Stage {
     Greeting,
     Ehlo,
     StartTls,
+    /// The handshake of TLS from the first byte (port 465 style).
+    Tls,
+    /// Logging in to a smart host.
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -30,6 +34,8 @@ impl Stage {
             Stage::Greeting => "the greeting",
             Stage::Ehlo => "EHLO",
             Stage::StartTls => "STARTTLS",
+            Stage::Tls => "the TLS handshake",
+            Stage::Auth => "AUTH",
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",
             Stage::Data => "DATA",
@@ -105,9 +111,11 @@ pub enum Disposition {
 pub fn classify(attempt: &Attempt) -> Disposition {
     match attempt {
         // A server that refuses the session itself says nothing about the recipient: the
-        // next attempt may reach another MX or the same one in a better mood.
+        // next attempt may reach another MX or the same one in a better mood. A refused
+        // login is the relay's configuration, never the recipient's fault: the mail waits.
         Attempt::Replied {
-            stage: stage @ (Stage::Greeting | Stage::Ehlo | Stage::StartTls),
+            stage:
+                stage @ (Stage::Greeting | Stage::Ehlo | Stage::StartTls | Stage::Tls | Stage::Auth),
             reply,
         } if !reply.is_positive() => Disposition::Deferred {
             reason: format!("{} during {}", reply.one_line(), stage.as_str()),
@@ -282,6 +290,11 @@ mod tests {
         ));
         assert!(matches!(
             classify(&replied(Stage::Ehlo, 550, None)),
+            Disposition::Deferred { .. }
+        ));
+        // a smart host refusing our login: the mail waits for the operator to fix it
+        assert!(matches!(
+            classify(&replied(Stage::Auth, 535, Some(Status::new(5, 7, 8)))),
             Disposition::Deferred { .. }
         ));
     }

@@ -1,18 +1,18 @@
 //! What the scheduler keeps in memory per queued message, kept small: a large deferred
-//! queue (a million messages waiting for their retry) must fit in little RAM.
+//! queue (a million messages waiting for their retry) must fit in little RAM, and so must
+//! a backlog of a million messages coming due at once.
 //!
-//! A message is *hot* while any of its recipients is due or in flight: its envelope (and,
-//! on the first attempt, its content) is in memory, with the DSN lines collected for it. It
-//! turns *cold* when every open recipient waits for a later retry: then only the spool
-//! location, the account, campaign and flags, and each recipient's retry state, domain and
-//! address hash stay (what the admin API needs) — about 210 bytes for a one-recipient
-//! message, counting the map and the timer — and the envelope is read back from the spool
-//! when the next recipient is due.
+//! A message is normally *cold*: only its spool location, account, campaign and flags, and
+//! each recipient's retry state, domain and address hash are in memory (what dispatching
+//! and the admin API need) — about 210 bytes for a one-recipient message, counting the map
+//! and the timer. Dispatching needs no more; the worker that sends a job reads envelope
+//! and content from the spool when its connection is ready (see `budget.rs`). A message is
+//! *hot* — its envelope in memory — only while an attempt's results are being collected
+//! (the DSN lines of a message whose recipients went several ways) or an operator's action
+//! that needs the envelope (erase, bounce) is applied.
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use bytes::Bytes;
 
 use crate::smtp::reply::Status;
 use crate::spool::{self, Envelope, Location};
@@ -59,6 +59,8 @@ pub(super) struct Rcpt {
     pub domain: u32,
     pub attempts: u16,
     pub delay_notified: bool,
+    /// Held for its campaign's verdict (not part of the canary); fits in the padding.
+    pub held: bool,
     state: u8,
 }
 
@@ -74,6 +76,7 @@ impl Rcpt {
             domain: 0,
             attempts,
             delay_notified,
+            held: false,
             state: DONE,
         };
         r.set(status);
@@ -100,11 +103,9 @@ impl Rcpt {
     }
 }
 
-/// The envelope and what goes with it while a message is being worked on.
+/// The envelope and what goes with it while a message's results are being collected.
 pub(super) struct Hot {
     pub env: Arc<Envelope>,
-    /// The content when still in memory (first attempt, or just read back).
-    pub body: Option<Bytes>,
     /// DSN lines collected until no recipient is in flight, so that a message whose
     /// recipients fail on several routes produces one DSN, not one per route.
     pub notices: Notices,
@@ -178,10 +179,9 @@ pub(super) struct Entry {
     pub report: bool,
     /// Unix seconds when the message was accepted.
     pub received_s: u32,
-    /// The campaign ([`Names`] id of its registry key), or [`NO_CAMPAIGN`].
+    /// The campaign ([`Names`] id of its registry key), or [`NO_CAMPAIGN`]. Which of its
+    /// recipients wait for the campaign's verdict is [`Rcpt::held`].
     pub campaign: u32,
-    /// Held until the campaign's verdict (not part of its canary).
-    pub campaign_held: bool,
 }
 
 pub(super) const NO_CAMPAIGN: u32 = u32::MAX;
@@ -201,15 +201,24 @@ impl Entry {
         }
     }
 
-    /// The earliest time a waiting recipient is due.
-    pub fn next_due(&self) -> Option<u64> {
+    /// The earliest time a waiting recipient is due; with `skip_held`, recipients held for
+    /// their campaign's verdict do not count (they wait for it, not for a time).
+    pub fn next_due(&self, skip_held: bool) -> Option<u64> {
         self.rcpts
             .iter()
+            .filter(|r| !(skip_held && r.held))
             .filter_map(|r| match r.status() {
                 Progress::Waiting { due } => Some(due),
                 _ => None,
             })
             .min()
+    }
+
+    /// Whether any open recipient is held for the campaign's verdict.
+    pub fn campaign_holds(&self) -> bool {
+        self.rcpts
+            .iter()
+            .any(|r| r.held && r.status() != Progress::Done)
     }
 
     pub fn in_flight(&self) -> bool {

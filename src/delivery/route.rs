@@ -8,8 +8,9 @@
 //! is closed (QUIT) after `connection_idle_timeout`, and any connection after
 //! `max_messages_per_connection` transactions. Connections in use plus parked ones never
 //! exceed the route's limit. Resolving and connecting try each MX in preference order; a
-//! failed TLS handshake is retried once in plain text (opportunistic TLS must never make
-//! mail undeliverable).
+//! failed TLS handshake is retried once in plain text when TLS is opportunistic (it must
+//! never make mail undeliverable), and never when the destination demands TLS (`required`,
+//! `verify`, MTA-STS `enforce`, a smart host that takes a login): then the mail waits.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,20 +19,62 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
+use super::budget::{ContentBudget, Share};
+use super::client::TlsStart;
 use super::client::{Connection, OpenError, Timeouts};
 use super::outcome::{Attempt, LocalRefusal, Stage};
 use super::transport::{RouteKey, TlsDemand, Transport};
 use super::{Event, Settings};
+use crate::config::TlsLevel;
 use crate::spool::{Envelope, Location, Recipient, Spool};
 
-/// Some recipients of one message, all on this route.
+/// Some recipients of one message, all on this route. A queued job is small: the worker
+/// reads the envelope and content when it is about to send (see `budget.rs`).
 pub(super) struct Job {
     pub id: u64,
-    pub env: Arc<Envelope>,
     pub loc: Location,
-    /// The content when still in memory (first attempt); otherwise read from the spool.
-    pub body: Option<Bytes>,
-    pub rcpts: Vec<u32>,
+    pub rcpts: Indexes,
+    /// The account ([`super::queue::Names`] id), for round robin between accounts.
+    pub account: u32,
+    /// Transactional mail and the relay's reports: the priority lane.
+    pub urgent: bool,
+    /// Envelope and content already in memory (a fresh message, within the budget).
+    pub loaded: Option<Box<Loaded>>,
+}
+
+/// A job's recipients (their indexes in the envelope): the common single one inline, so a
+/// queued job makes no allocation of its own — a backlog of a million due messages is a
+/// million queued jobs.
+pub(super) enum Indexes {
+    One(u32),
+    Many(Box<[u32]>),
+}
+
+impl From<Vec<u32>> for Indexes {
+    fn from(mut all: Vec<u32>) -> Indexes {
+        match all.len() {
+            1 => Indexes::One(all.pop().expect("one")),
+            _ => Indexes::Many(all.into_boxed_slice()),
+        }
+    }
+}
+
+impl std::ops::Deref for Indexes {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match self {
+            Indexes::One(i) => std::slice::from_ref(i),
+            Indexes::Many(all) => all,
+        }
+    }
+}
+
+/// A message's envelope and content in memory, with the budget share they hold.
+#[derive(Clone)]
+pub(super) struct Loaded {
+    pub env: Arc<Envelope>,
+    pub body: Bytes,
+    pub share: Arc<Share>,
 }
 
 /// The content each group of a job's recipients gets: one group per recipient when each
@@ -63,6 +106,11 @@ fn prepare(
 /// What a worker tells the scheduler after a job.
 pub(super) struct JobReport {
     pub id: u64,
+    /// The envelope as read for the attempt (`None` when it could not be read).
+    pub env: Option<Arc<Envelope>>,
+    /// The message could not be read from the spool: nothing was tried (`results` names
+    /// the job's recipients), see `unreadable.rs`.
+    pub unreadable: Option<crate::spool::SpoolError>,
     pub results: Vec<(u32, Attempt)>,
     /// The server that answered, for DSNs.
     pub remote: Option<String>,
@@ -76,29 +124,30 @@ pub(super) struct Workers {
     pub settings: Arc<Settings>,
     pub transport: Arc<dyn Transport>,
     pub spool: Spool,
+    /// TLS that takes any certificate (opportunistic STARTTLS, `tls = "required"`); `None`
+    /// when `[delivery] starttls = "disabled"` and no smart host wants TLS from the start.
     pub tls: Option<TlsConnector>,
-    /// STARTTLS that verifies the server's certificate (MTA-STS `enforce`).
+    /// TLS that verifies the server's certificate for its name (`tls = "verify"`, MTA-STS
+    /// `enforce`, a smart host's `ca_file`).
     pub verified_tls: Option<TlsConnector>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Content in memory at once (`[delivery] max_content_in_flight`).
+    pub content: ContentBudget,
 }
 
 /// Marketing jobs, one queue per account, served round robin: a large campaign of one
 /// account does not hold up the others.
 #[derive(Default)]
 struct FairQueue {
-    accounts: VecDeque<(String, VecDeque<Job>)>,
+    accounts: VecDeque<(u32, VecDeque<Job>)>,
 }
 
 impl FairQueue {
     fn push(&mut self, job: Job) {
-        match self
-            .accounts
-            .iter_mut()
-            .find(|(a, _)| *a == job.env.account)
-        {
+        match self.accounts.iter_mut().find(|(a, _)| *a == job.account) {
             Some((_, q)) => q.push_back(job),
             None => {
-                let account = job.env.account.clone();
+                let account = job.account;
                 self.accounts.push_back((account, VecDeque::from([job])));
             }
         }
@@ -205,21 +254,24 @@ impl Route {
         }
     }
 
-    /// What TLS this route's mail needs (the smart host: `[destinations."*"]`).
+    /// What TLS this route's mail needs (the smart host: the stricter of its own `tls`
+    /// and the policy's `[destinations."*"]`).
     fn tls_demand(&self, ctx: &Workers) -> TlsDemand {
         match &self.key {
             RouteKey::Site(site) => site.tls,
             RouteKey::Smarthost => {
-                let required = ctx
+                let configured = ctx
+                    .settings
+                    .config
+                    .smarthost
+                    .as_ref()
+                    .map_or(TlsLevel::Opportunistic, |s| s.tls);
+                let policy = ctx
                     .settings
                     .policy
                     .as_ref()
-                    .is_some_and(|p| p.load().tls_required("*"));
-                if required {
-                    TlsDemand::Required
-                } else {
-                    TlsDemand::Opportunistic
-                }
+                    .map_or(TlsLevel::Opportunistic, |p| p.load().destination_tls("*"));
+                configured.max(policy).into()
             }
         }
     }
@@ -329,7 +381,7 @@ impl Route {
         let start = {
             let mut q = self.queue.lock().expect("route lock");
             // A large campaign must never hold up a password reset or a bounce report.
-            if job.env.stream == crate::policy::Stream::Transactional || job.env.generated_dsn {
+            if job.urgent {
                 q.urgent.push_back(job);
             } else {
                 q.jobs.push(job);
@@ -364,6 +416,10 @@ impl Route {
             return Some(job);
         }
         q.workers -= 1;
+        if q.workers == 0 && q.urgent.capacity() > 1024 {
+            // A drained backlog's queue gives its memory back (a VecDeque never shrinks).
+            q.urgent = VecDeque::new();
+        }
         if let Some(c) = conn.take() {
             q.parked += 1;
             let serial = q.parked;
@@ -420,116 +476,176 @@ async fn deliver(
     let everyone = |attempt: Attempt, rcpts: &[u32]| -> Vec<(u32, Attempt)> {
         rcpts.iter().map(|&i| (i, attempt.clone())).collect()
     };
-    let body = match job.body.take() {
-        Some(b) => b,
-        None => match ctx.spool.read(job.loc).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(id = %crate::spool::format_id(job.id), error = %e, "cannot read message content from the spool");
-                return JobReport {
-                    id: job.id,
-                    results: everyone(Attempt::Refused(LocalRefusal::DamagedInSpool), &job.rcpts),
-                    remote: None,
-                    next_hop_dsn: false,
-                    site: route.key.to_string(),
-                };
-            }
-        },
-    };
-    // Marketing mail is rewritten for each recipient (its own unsubscribe link), so each
-    // recipient is its own transaction; other mail is prepared once for all of them. The
-    // rewrite parses the message and DKIM hashes all of it: on a CPU slot, off the async
-    // threads (crate::cpu), so a large message never stalls other sessions.
-    let groups: Vec<(Vec<u32>, Result<Bytes, String>)> = match ctx.settings.rewriter.clone() {
-        Some(r) => {
-            let (env, job_rcpts) = (job.env.clone(), job.rcpts.clone());
-            crate::cpu::run(move || prepare(&r, &env, &job_rcpts, &body)).await
-        }
-        None => vec![(job.rcpts.clone(), Ok(body))],
-    };
     let key = &route.key;
     let throttle = route.throttle(ctx);
+    let demand = route.tls_demand(ctx);
     let per_connection = throttle
         .messages_per_connection
         .map_or(ctx.settings.config.max_messages_per_connection, |m| {
             m.min(ctx.settings.config.max_messages_per_connection)
         });
-    let mut results = Vec::with_capacity(job.rcpts.len());
-    let mut remote = None;
-    let mut next_hop_dsn = false;
-    // Once no server can be reached, the other recipients of the job are not tried again.
-    let mut unreachable: Option<Attempt> = None;
-    for (rcpts, content) in groups {
-        if let Some(attempt) = &unreachable {
-            results.extend(everyone(attempt.clone(), &rcpts));
-            continue;
-        }
-        let content = match content {
-            Ok(c) => c,
-            Err(why) => {
-                tracing::error!(id = %crate::spool::format_id(job.id), error = %why, "rewrite failed");
-                results.extend(everyone(
-                    Attempt::Refused(LocalRefusal::Rewrite(why)),
-                    &rcpts,
-                ));
-                continue;
-            }
-        };
-        if route.pace(ctx, throttle.message_rate).await {
-            // A connection kept through a suspension has most likely timed out.
-            if let Some(mut stale) = conn.take() {
-                stale.quit().await;
-            }
-        }
-        if conn.is_none() {
-            route.pace_connections(throttle.connection_rate).await;
-            match connect(key, ctx, route.tls_demand(ctx)).await {
-                Ok(c) => *conn = Some(c),
-                Err(attempt) => {
-                    crate::metrics::delivery_attempt(false);
-                    route.shape(ctx, &attempt);
-                    results.extend(everyone(attempt.clone(), &rcpts));
-                    unreachable = Some(attempt);
-                    continue;
+    // The first transaction's slot and a connection come before anything is read: a
+    // worker waiting for a slow or dead next hop holds no content.
+    let first = ready(route, ctx, conn, &throttle, demand).await;
+    let Loaded {
+        env,
+        body,
+        share: _share, // given back when this attempt is over
+    } = match job.loaded.take() {
+        Some(loaded) => *loaded,
+        None => {
+            let share = ctx.content.take(job.loc.len, job.rcpts.len()).await;
+            match ctx.spool.read_message(job.loc).await {
+                Ok((env, body)) => Loaded {
+                    env: Arc::new(env),
+                    body,
+                    share: Arc::new(share),
+                },
+                Err(e) => {
+                    return JobReport {
+                        id: job.id,
+                        env: None,
+                        unreadable: Some(e),
+                        results: everyone(
+                            Attempt::Refused(LocalRefusal::DamagedInSpool),
+                            &job.rcpts,
+                        ),
+                        remote: None,
+                        next_hop_dsn: false,
+                        site: key.to_string(),
+                    };
                 }
             }
         }
-        let c = conn.as_mut().expect("connected above");
-        let with_rcpt: Vec<(u32, &Recipient)> = rcpts
-            .iter()
-            .map(|&i| (i, &job.env.recipients[i as usize]))
-            .collect();
-        let sent = c.send(&job.env, &with_rcpt, &content).await;
-        crate::metrics::delivery_attempt(sent.reusable);
-        // One transaction shapes the pace once, however many recipients it refused.
-        if let Some((_, attempt)) = sent
-            .results
-            .iter()
-            .find(|(_, a)| matches!(a, Attempt::Replied { reply, .. } if !reply.is_positive()))
-        {
-            route.shape(ctx, attempt);
-        }
-        results.extend(sent.results);
-        remote = Some(c.host.clone());
-        next_hop_dsn = c.caps.dsn;
-        if !sent.reusable {
-            *conn = None;
-        } else if c.transactions >= per_connection
-            && let Some(mut c) = conn.take()
-        {
-            c.quit().await;
-        }
-    }
-    JobReport {
+    };
+    let mut report = JobReport {
         id: job.id,
-        results,
-        remote,
-        next_hop_dsn,
+        env: Some(env.clone()),
+        unreadable: None,
+        results: Vec::with_capacity(job.rcpts.len()),
+        remote: None,
+        next_hop_dsn: false,
         site: key.to_string(),
+    };
+    if let Err(attempt) = first {
+        report.results = everyone(attempt, &job.rcpts);
+        return report;
     }
+    // Marketing mail is rewritten for each recipient (its own unsubscribe link), so each
+    // recipient is its own transaction, their copies made a batch at a time; other mail
+    // is prepared once for all of them. The rewrite parses the message and DKIM hashes all
+    // of it: on a CPU slot, off the async threads (crate::cpu), so a large message never
+    // stalls other sessions.
+    let rewriter = ctx.settings.rewriter.clone();
+    let per_recipient = rewriter.as_ref().is_some_and(|r| r.per_recipient(&env));
+    let batch = if per_recipient {
+        super::budget::batch(job.loc.len, job.rcpts.len())
+    } else {
+        job.rcpts.len().max(1)
+    };
+    // Once no server can be reached, the other recipients of the job are not tried again.
+    let mut unreachable: Option<Attempt> = None;
+    // The slot and connection `ready` gave above serve the first transaction.
+    let mut slot_used = false;
+    for chunk in job.rcpts.chunks(batch) {
+        let contents: Vec<(Vec<u32>, Result<Bytes, String>)> = match rewriter.clone() {
+            Some(r) => {
+                let (env, chunk, body) = (env.clone(), chunk.to_vec(), body.clone());
+                crate::cpu::run(move || prepare(&r, &env, &chunk, &body)).await
+            }
+            None => vec![(chunk.to_vec(), Ok(body.clone()))],
+        };
+        for (rcpts, content) in contents {
+            if let Some(attempt) = &unreachable {
+                report.results.extend(everyone(attempt.clone(), &rcpts));
+                continue;
+            }
+            let content = match content {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::error!(id = %crate::spool::format_id(job.id), error = %why, "rewrite failed");
+                    report.results.extend(everyone(
+                        Attempt::Refused(LocalRefusal::Rewrite(why)),
+                        &rcpts,
+                    ));
+                    continue;
+                }
+            };
+            if slot_used && let Err(attempt) = ready(route, ctx, conn, &throttle, demand).await {
+                report.results.extend(everyone(attempt.clone(), &rcpts));
+                unreachable = Some(attempt);
+                continue;
+            }
+            slot_used = true;
+            let c = conn.as_mut().expect("ready opened a connection");
+            let with_rcpt: Vec<(u32, &Recipient)> = rcpts
+                .iter()
+                .map(|&i| (i, &env.recipients[i as usize]))
+                .collect();
+            let sent = c.send(&env, &with_rcpt, &content).await;
+            crate::metrics::delivery_attempt(sent.reusable);
+            // One transaction shapes the pace once, however many recipients it refused.
+            if let Some((_, attempt)) = sent
+                .results
+                .iter()
+                .find(|(_, a)| matches!(a, Attempt::Replied { reply, .. } if !reply.is_positive()))
+            {
+                route.shape(ctx, attempt);
+            }
+            report.results.extend(sent.results);
+            report.remote = Some(c.host.clone());
+            report.next_hop_dsn = c.caps.dsn;
+            if !sent.reusable {
+                *conn = None;
+            } else if c.transactions >= per_connection
+                && let Some(mut c) = conn.take()
+            {
+                c.quit().await;
+            }
+        }
+    }
+    report
+}
+
+/// Waits for the route's next message slot (its rate, a suspension) and makes sure a
+/// connection fit for the route's TLS demand is open; the attempt to report when none can
+/// be opened.
+async fn ready(
+    route: &Route,
+    ctx: &Workers,
+    conn: &mut Option<Connection>,
+    throttle: &crate::policy::throttle::Throttle,
+    demand: TlsDemand,
+) -> Result<(), Attempt> {
+    if route.pace(ctx, throttle.message_rate).await {
+        // A connection kept through a suspension has most likely timed out.
+        if let Some(mut stale) = conn.take() {
+            stale.quit().await;
+        }
+    }
+    // A connection parked while the policy asked less (it changed since) is not reused.
+    if demand != TlsDemand::Opportunistic
+        && let Some(mut lax) = conn.take_if(|c| !c.tls)
+    {
+        lax.quit().await;
+    }
+    if conn.is_none() {
+        route.pace_connections(throttle.connection_rate).await;
+        match connect(&route.key, ctx, demand).await {
+            Ok(c) => *conn = Some(c),
+            Err(attempt) => {
+                crate::metrics::delivery_attempt(false);
+                route.shape(ctx, &attempt);
+                return Err(attempt);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resolves the route and opens a connection to the first server that greets us properly.
+/// Under a TLS demand nothing goes in plain text: a server without STARTTLS or a failed
+/// handshake moves on to the next server, never back to plain text.
 async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Connection, Attempt> {
     let tls_required = demand != TlsDemand::Opportunistic;
     let connector = match demand {
@@ -543,6 +659,16 @@ async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Con
                 .into(),
         });
     }
+    let smarthost = match key {
+        RouteKey::Smarthost => ctx.settings.config.smarthost.as_ref(),
+        RouteKey::Site(_) => None,
+    };
+    let auth = smarthost.and_then(|s| s.auth.as_ref());
+    let start = match connector {
+        Some(c) if smarthost.is_some_and(|s| s.implicit_tls) => TlsStart::Implicit(c),
+        Some(c) => TlsStart::StartTls(c),
+        None => TlsStart::Never,
+    };
     let targets = ctx
         .transport
         .resolve(key)
@@ -569,7 +695,7 @@ async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Con
                 continue;
             }
         };
-        match Connection::open(stream, target, helo, connector, timeouts).await {
+        match Connection::open(stream, target, helo, start, auth, timeouts).await {
             Ok(mut c) if tls_required && !c.tls => {
                 c.quit().await;
                 tracing::warn!(route = %key, host = %target.host, "TLS required; the server offers no STARTTLS");
@@ -580,7 +706,7 @@ async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Con
             }
             Ok(c) => return Ok(c),
             Err(OpenError { attempt, .. }) if tls_required => {
-                tracing::warn!(route = %key, host = %target.host, "TLS required and the handshake failed");
+                tracing::warn!(route = %key, host = %target.host, "TLS required and the handshake or login failed; not falling back to plain text");
                 last = attempt;
             }
             Err(OpenError {
@@ -589,7 +715,9 @@ async fn connect(key: &RouteKey, ctx: &Workers, demand: TlsDemand) -> Result<Con
             }) => {
                 tracing::warn!(route = %key, host = %target.host, "TLS handshake failed; retrying without TLS");
                 if let Ok(stream) = ctx.transport.connect(target).await
-                    && let Ok(c) = Connection::open(stream, target, helo, None, timeouts).await
+                    && let Ok(c) =
+                        Connection::open(stream, target, helo, TlsStart::Never, auth, timeouts)
+                            .await
                 {
                     return Ok(c);
                 }

@@ -11,18 +11,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::outcome::ResolveFailure;
-use super::route::Workers;
+use super::route::{Indexes, Loaded, Workers};
 use super::transport::{RouteKey, Site, TlsDemand};
 
 /// Recipients of one message waiting for their domain's site.
 pub(super) struct Waiting {
     pub id: u64,
-    pub rcpts: Vec<u32>,
-    pub body: Option<Bytes>,
+    pub rcpts: Indexes,
+    /// A fresh message's envelope and content, kept for its first attempt.
+    pub loaded: Option<Box<Loaded>>,
 }
 
 enum Known {
@@ -105,24 +105,22 @@ impl Sites {
 }
 
 /// Looks a domain up: its MX hosts, then what TLS its mail needs — the policy's
-/// `[destinations.D] tls`, and an MTA-STS policy in `enforce` mode, which also limits the
-/// site to the MX hosts the policy names. Returns the site and how long it may be kept.
+/// `[destinations.D] tls` (`verify`: a certificate valid for the MX host's name), and an
+/// MTA-STS policy in `enforce` mode, which also limits the site to the MX hosts the policy
+/// names. Returns the site and how long it may be kept.
 pub(super) async fn resolve(
     ctx: &Workers,
     domain: &str,
 ) -> Result<(RouteKey, Duration), ResolveFailure> {
     let mx = ctx.transport.mx(domain).await?;
     let mut hosts = mx.hosts;
-    let required = ctx
+    let mut tls = ctx
         .settings
         .policy
         .as_ref()
-        .is_some_and(|p| p.load().tls_required(domain));
-    let mut tls = if required {
-        TlsDemand::Required
-    } else {
-        TlsDemand::Opportunistic
-    };
+        .map_or(TlsDemand::Opportunistic, |p| {
+            p.load().destination_tls(domain).into()
+        });
     if let Some(sts) = ctx.transport.mta_sts()
         && let Some(policy) = sts.policy(domain).await
     {

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::mta_sts::MtaSts;
 use super::outcome::ResolveFailure;
-use crate::config::{DeliveryConfig, HostPort};
+use crate::config::{DeliveryConfig, HostPort, TlsLevel};
 
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -54,15 +54,26 @@ pub struct Site {
     pub tls: TlsDemand,
 }
 
-/// What TLS a site's mail needs.
+/// What TLS a site's (or the smart host's) mail needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsDemand {
     /// STARTTLS when offered, any certificate; plain text otherwise.
     Opportunistic,
-    /// STARTTLS or nothing (`[destinations.D] tls = "required"`); any certificate.
+    /// TLS or nothing (`tls = "required"`); any certificate.
     Required,
-    /// STARTTLS with a certificate valid for the MX host's name (MTA-STS `enforce`).
+    /// TLS with a certificate valid for the server's name, or nothing (`tls = "verify"`,
+    /// MTA-STS `enforce`).
     Verified,
+}
+
+impl From<TlsLevel> for TlsDemand {
+    fn from(level: TlsLevel) -> TlsDemand {
+        match level {
+            TlsLevel::Opportunistic => TlsDemand::Opportunistic,
+            TlsLevel::Required => TlsDemand::Required,
+            TlsLevel::Verify => TlsDemand::Verified,
+        }
+    }
 }
 
 impl Site {
@@ -89,7 +100,7 @@ impl std::fmt::Display for RouteKey {
                 match site.tls {
                     TlsDemand::Opportunistic => Ok(()),
                     TlsDemand::Required => f.write_str(" (tls required)"),
-                    TlsDemand::Verified => f.write_str(" (mta-sts)"),
+                    TlsDemand::Verified => f.write_str(" (tls verified)"),
                 }
             }
         }
@@ -141,7 +152,8 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 pub struct NetTransport {
-    smarthost: Option<HostPort>,
+    /// The smart host's address, and the name it is known by (SNI, its certificate).
+    smarthost: Option<(HostPort, String)>,
     resolver: TokioResolver,
     mx_port: u16,
     connect_timeout: Duration,
@@ -188,7 +200,10 @@ impl NetTransport {
             None
         };
         Ok(NetTransport {
-            smarthost: config.smarthost.clone(),
+            smarthost: config
+                .smarthost
+                .as_ref()
+                .map(|s| (s.address.clone(), s.server_name.clone())),
             mta_sts,
             resolver,
             mx_port: config.mx_port,
@@ -319,7 +334,7 @@ impl Transport for NetTransport {
     ) -> BoxFuture<'a, Result<Vec<Target>, ResolveFailure>> {
         Box::pin(async move {
             match (route, &self.smarthost) {
-                (RouteKey::Smarthost, Some(hp)) => {
+                (RouteKey::Smarthost, Some((hp, name))) => {
                     let ips = self.addresses(&hp.host).await.map_err(|e| match e {
                         // A smart host that does not resolve is a configuration problem,
                         // never the recipient's fault: keep the mail and retry.
@@ -331,7 +346,7 @@ impl Transport for NetTransport {
                     Ok(ips
                         .into_iter()
                         .map(|ip| Target {
-                            host: hp.host.clone(),
+                            host: name.clone(),
                             addr: SocketAddr::new(ip, hp.port),
                         })
                         .collect())

@@ -14,7 +14,8 @@
 //!
 //! Each case is logged once per message and counted in
 //! `optin_spool_unreadable_messages_total{outcome}`. Nothing here reads the spool: the
-//! scheduler hands over the result of a read that failed.
+//! scheduler hands over the result of a read that failed (the worker's, before sending, or
+//! its own for an operator's action).
 
 use std::cmp::Reverse;
 use std::sync::Arc;
@@ -43,9 +44,9 @@ impl Scheduler {
             } => {
                 tracing::error!(id = %id_text, %reason, "queued message damaged in the spool; returned to its sender (the record is in quarantine/)");
                 crate::metrics::spool_unreadable("returned");
+                let env = Arc::new(*env);
                 entry.residence = Residence::Hot(Box::new(Hot {
-                    env: Arc::new(*env),
-                    body: None,
+                    env: env.clone(),
                     notices: Notices::default(),
                 }));
                 let waiting: Vec<u32> = entry
@@ -64,6 +65,8 @@ impl Scheduler {
                     .collect();
                 self.complete(JobReport {
                     id,
+                    env: Some(env),
+                    unreadable: None,
                     results,
                     remote: None,
                     next_hop_dsn: false,
@@ -86,14 +89,16 @@ impl Scheduler {
                 if entry.rcpts.iter().all(|r| r.status() == Progress::Done) {
                     self.entries.remove(&id);
                     self.spool.finish(loc);
-                } else {
+                } else if !entry.in_flight() {
                     entry.residence = Residence::Cold;
                 }
             }
             error => {
                 // The disk's doing, not the data's: wait and read again.
                 tracing::error!(id = %id_text, %error, "cannot read a queued message back from the spool; retrying later");
-                entry.residence = Residence::Cold;
+                if !entry.in_flight() {
+                    entry.residence = Residence::Cold;
+                }
                 let due = now + self.settings.config.retry_max.as_millis() as u64;
                 for r in entry.rcpts.iter_mut() {
                     if matches!(r.status(), Progress::Waiting { .. }) {

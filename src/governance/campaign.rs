@@ -10,8 +10,10 @@
 //! The registry lives in `state/campaigns.json` beside the spool (written atomically on
 //! every verdict and at most once a second otherwise, so a crash can forget up to a
 //! second of canary counts) and every verdict is an event in `events/campaigns.jsonl`.
-//! Admission is in arrival order, so after a restart the oldest pending recipients of a
-//! campaign still in its canary are the canary ones.
+//! Admission counts recipients, in arrival order and within a message in recipient order:
+//! a message that crosses the end of the canary sends its first recipients and holds the
+//! others. So after a restart the oldest pending recipients of a campaign still in its
+//! canary are the canary ones.
 //!
 //! Unsubscribes and complaints carry the list, not the campaign: one for a list counts
 //! toward every campaign of that account and list still in its canary.
@@ -165,12 +167,44 @@ impl Campaign {
     }
 }
 
-/// What happens to a new message of a campaign.
+/// What happens to the recipients of a new message of a campaign. The canary counts
+/// recipients, not messages: a message that crosses the canary's end sends the canary's
+/// remaining share of its recipients (the first ones) and holds the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
+    /// Every recipient goes (released, or all within the canary).
     Send,
+    /// The first `send` recipients go (the end of the canary); the others are held.
+    Partial {
+        send: u64,
+    },
+    /// Every recipient is held until the verdict.
     Hold,
     Declined(String),
+}
+
+impl Admission {
+    /// How many of `n` recipients go now (the first ones); the rest are held. `None`:
+    /// declined, nothing goes.
+    pub fn sending(&self, n: u64) -> Option<u64> {
+        match self {
+            Admission::Send => Some(n),
+            Admission::Partial { send } => Some((*send).min(n)),
+            Admission::Hold => Some(0),
+            Admission::Declined(_) => None,
+        }
+    }
+
+    /// `send` of `n` recipients go now.
+    fn of(send: u64, n: u64) -> Admission {
+        if send >= n {
+            Admission::Send
+        } else if send == 0 {
+            Admission::Hold
+        } else {
+            Admission::Partial { send }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +270,9 @@ impl Campaigns {
         self.lock().get(key).map(|c| c.stage)
     }
 
-    /// Decides a new message with `n` recipients: part of the canary, held, or refused
-    /// after a decline. The first message starts the campaign.
+    /// Decides a new message with `n` recipients: how many of them are part of the canary
+    /// (the rest is held), or refused after a decline. The first message starts the
+    /// campaign.
     #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &self,
@@ -267,19 +302,18 @@ impl Campaigns {
             Stage::Declined => {
                 Admission::Declined(c.reason.clone().unwrap_or_else(|| "declined".into()))
             }
-            Stage::Canary if c.canary.admitted < c.canary_size => {
-                c.canary.admitted += n;
-                Admission::Send
-            }
             Stage::Canary => {
-                c.held += n;
-                Admission::Hold
+                let send = c.canary_size.saturating_sub(c.canary.admitted).min(n);
+                c.canary.admitted += send;
+                c.held += n - send;
+                Admission::of(send, n)
             }
         }
     }
 
-    /// A message recovered from the spool: canary recipients still pending are re-admitted
-    /// in arrival order (see the module doc); the rest is held again.
+    /// A message recovered from the spool with `n` pending recipients: canary recipients
+    /// still pending are re-admitted in arrival order, a message's first recipients first
+    /// (see the module doc); the rest is held again.
     pub fn readmit(&self, key: &str, n: u64, budget: &mut BTreeMap<String, u64>) -> Admission {
         let all = self.lock();
         let Some(c) = all.get(key) else {
@@ -294,12 +328,9 @@ impl Campaigns {
                 let left = budget
                     .entry(key.to_string())
                     .or_insert_with(|| c.canary.admitted.saturating_sub(c.canary.finished));
-                if *left >= n {
-                    *left -= n;
-                    Admission::Send
-                } else {
-                    Admission::Hold
-                }
+                let send = (*left).min(n);
+                *left -= send;
+                Admission::of(send, n)
             }
         }
     }
@@ -555,6 +586,43 @@ mod tests {
         );
         assert_eq!(got[3..], [Admission::Hold, Admission::Hold]);
         assert_eq!(c.get("shop/spring").unwrap().held, 2);
+    }
+
+    #[test]
+    fn a_message_crossing_the_canary_sends_only_its_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Campaigns::open(dir.path()).unwrap();
+        let r = rules(); // canary of 3
+        assert_eq!(
+            c.admit("shop", "big", None, None, 2, &r, 0),
+            Admission::Send
+        );
+        assert_eq!(
+            c.admit("shop", "big", None, None, 10, &r, 0),
+            Admission::Partial { send: 1 }
+        );
+        assert_eq!(
+            c.admit("shop", "big", None, None, 4, &r, 0),
+            Admission::Hold
+        );
+        let got = c.get("shop/big").unwrap();
+        assert_eq!((got.canary.admitted, got.held), (3, 13));
+        assert_eq!(Admission::Partial { send: 1 }.sending(10), Some(1));
+        assert_eq!(Admission::Hold.sending(10), Some(0));
+        assert_eq!(Admission::Declined("x".into()).sending(10), None);
+        // after a restart, one canary recipient finished: the other two pending go again
+        c.outcome("shop/big", true, false);
+        let mut budget = BTreeMap::new();
+        assert_eq!(
+            c.readmit("shop/big", 1, &mut budget),
+            Admission::Send,
+            "the first message's second recipient"
+        );
+        assert_eq!(
+            c.readmit("shop/big", 10, &mut budget),
+            Admission::Partial { send: 1 }
+        );
+        assert_eq!(c.readmit("shop/big", 4, &mut budget), Admission::Hold);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
+use crate::config::TlsLevel;
 use crate::config::reader::{Collector, Problems, Section};
 pub use streams::{List, Stream};
 
@@ -105,7 +106,8 @@ pub struct Policy {
     /// Account health thresholds (`[health]`).
     health: crate::governance::health::Rules,
     /// Destinations (domain or `*`) whose mail may only go over TLS.
-    tls_required: HashMap<String, bool>,
+    /// `[destinations."D"] tls`, by destination key (`*` for every other).
+    destination_tls: HashMap<String, TlsLevel>,
     /// Prohibited content categories (`[content]`), compiled once per load.
     content: content::Content,
 }
@@ -134,7 +136,7 @@ impl Policy {
             return Err(c.finish(()).unwrap_err());
         };
         let content_rules: content::Content;
-        let (accounts, operator_contacts, throttles, shaping, recovery, tls_required, campaigns) = {
+        let (accounts, operator_contacts, throttles, shaping, recovery, destination_tls, campaigns) = {
             let mut root = c.root(&table);
             let accounts = root
                 .named_sections("accounts")
@@ -184,23 +186,26 @@ impl Policy {
                         .map_or(d.every, |h| h.get()),
                 }
             };
-            let tls_required: HashMap<String, bool> = root
+            let destination_tls: HashMap<String, TlsLevel> = root
                 .named_sections("destinations")
                 .into_iter()
                 .map(|(name, mut section)| {
                     let key = destination_key(&name, &section);
-                    let required = match section.get::<String>("tls").as_deref() {
-                        None | Some("opportunistic") => false,
-                        Some("required") => true,
+                    let level = match section.get::<String>("tls").as_deref() {
+                        None | Some("opportunistic") => TlsLevel::Opportunistic,
+                        Some("required") => TlsLevel::Required,
+                        Some("verify") => TlsLevel::Verify,
                         Some(other) => {
                             section.problem(
                                 "tls",
-                                format!("{other:?} is not \"required\" or \"opportunistic\""),
+                                format!(
+                                    "{other:?} is not \"opportunistic\", \"required\" or \"verify\""
+                                ),
                             );
-                            false
+                            TlsLevel::Opportunistic
                         }
                     };
-                    (key, required)
+                    (key, level)
                 })
                 .collect();
             let campaigns = (
@@ -214,7 +219,7 @@ impl Policy {
                 throttles,
                 shaping,
                 recovery,
-                tls_required,
+                destination_tls,
                 campaigns,
             )
         };
@@ -223,7 +228,7 @@ impl Policy {
         policy.throttles = throttles;
         policy.shaping = shaping;
         policy.recovery = recovery;
-        policy.tls_required = tls_required;
+        policy.destination_tls = destination_tls;
         policy.campaigns = campaigns.0;
         policy.health = campaigns.1;
         policy.content = content_rules;
@@ -263,7 +268,7 @@ impl Policy {
             throttles: BTreeMap::new(),
             shaping: Vec::new(),
             recovery: throttle::Recovery::default(),
-            tls_required: HashMap::new(),
+            destination_tls: HashMap::new(),
             campaigns: Default::default(),
             health: Default::default(),
             content: content::Content::default(),
@@ -333,14 +338,15 @@ impl Policy {
         }
     }
 
-    /// Whether mail to `domain` may only go over TLS (`[destinations.D] tls = "required"`,
-    /// or `*`).
-    pub fn tls_required(&self, domain: &str) -> bool {
-        self.tls_required
+    /// The TLS mail to `domain` must have (`[destinations.D] tls`, else `*`'s):
+    /// `required` never goes in plain text, `verify` also needs a certificate valid for
+    /// the server's name.
+    pub fn destination_tls(&self, domain: &str) -> TlsLevel {
+        self.destination_tls
             .get(domain)
-            .or_else(|| self.tls_required.get("*"))
+            .or_else(|| self.destination_tls.get("*"))
             .copied()
-            .unwrap_or(false)
+            .unwrap_or(TlsLevel::Opportunistic)
     }
 
     /// The first shaping rule a reply matches.

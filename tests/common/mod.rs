@@ -6,6 +6,8 @@
 //! bug in the server that checks it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod memory;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,6 +51,40 @@ pub struct MxOptions {
     pub flaky_failures: u32,
     /// Greet with `421 4.3.2` and hang up (a server too busy to talk).
     pub busy: bool,
+    /// With `tls`: TLS from the first byte (port 465 style) instead of STARTTLS.
+    pub implicit_tls: bool,
+    /// With `tls`: what happens after `220` to STARTTLS.
+    pub break_tls: TlsBreak,
+    /// A submission service: `AUTH <mechanisms>` offered once TLS is up, a login with
+    /// these credentials needed before MAIL (`530 5.7.0` without, `535 5.7.8` for a wrong
+    /// one).
+    pub auth: Option<MxAuth>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsBreak {
+    /// A proper handshake.
+    No,
+    /// Plain-text garbage instead of a ServerHello, then the connection closes.
+    Garbage,
+    /// Nothing at all: the handshake never ends.
+    Hang,
+}
+
+#[derive(Clone, Debug)]
+pub struct MxAuth {
+    pub mechanisms: &'static str,
+    pub username: String,
+    pub password: String,
+}
+
+/// One AUTH exchange the fake MX saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    pub mechanism: String,
+    pub username: String,
+    pub accepted: bool,
+    pub tls: bool,
 }
 
 impl Default for MxOptions {
@@ -60,6 +96,9 @@ impl Default for MxOptions {
             smtputf8: true,
             flaky_failures: 2,
             busy: false,
+            implicit_tls: false,
+            break_tls: TlsBreak::No,
+            auth: None,
         }
     }
 }
@@ -82,7 +121,11 @@ struct MxInner {
     connections: AtomicUsize,
     rcpt_attempts: AtomicUsize,
     mail_attempts: AtomicUsize,
+    plain_mail_attempts: AtomicUsize,
     starttls_attempts: AtomicUsize,
+    logins: Mutex<Vec<Login>>,
+    /// The server name each TLS client asked for (SNI).
+    sni: Mutex<Vec<Option<String>>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -103,7 +146,10 @@ impl FakeMx {
                 connections: AtomicUsize::new(0),
                 rcpt_attempts: AtomicUsize::new(0),
                 mail_attempts: AtomicUsize::new(0),
+                plain_mail_attempts: AtomicUsize::new(0),
                 starttls_attempts: AtomicUsize::new(0),
+                logins: Mutex::new(Vec::new()),
+                sni: Mutex::new(Vec::new()),
                 tls,
             }),
         }
@@ -159,6 +205,90 @@ impl FakeMx {
         self.inner.starttls_attempts.load(Ordering::SeqCst)
     }
 
+    /// MAIL FROM commands received on connections without TLS.
+    pub fn plain_mail_attempts(&self) -> usize {
+        self.inner.plain_mail_attempts.load(Ordering::SeqCst)
+    }
+
+    /// Every AUTH exchange, in order.
+    pub fn logins(&self) -> Vec<Login> {
+        self.inner.logins.lock().unwrap().clone()
+    }
+
+    /// The SNI server name of every completed TLS handshake, in order.
+    pub fn sni(&self) -> Vec<Option<String>> {
+        self.inner.sni.lock().unwrap().clone()
+    }
+
+    async fn accept_tls(&self, plain: Box<dyn Stream>) -> std::io::Result<Box<dyn Stream>> {
+        let acceptor = self.inner.tls.as_ref().expect("TLS configured");
+        let secured = acceptor.accept(plain).await?;
+        let name = secured.get_ref().1.server_name().map(str::to_string);
+        self.inner.sni.lock().unwrap().push(name);
+        Ok(Box::new(secured))
+    }
+
+    /// Answers AUTH (PLAIN with or without an initial response, LOGIN) by RFC 4954.
+    async fn auth(
+        &self,
+        io: &mut BufReader<Box<dyn Stream>>,
+        command: &str,
+        tls: bool,
+    ) -> std::io::Result<(String, bool)> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let Some(want) = self.inner.options.auth.clone() else {
+            return Ok(("502 5.5.1 no AUTH here\r\n".into(), false));
+        };
+        let mut words = command.split_ascii_whitespace().skip(1);
+        let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next().map(str::to_string);
+        let ask = async |io: &mut BufReader<Box<dyn Stream>>, prompt: &str| {
+            io.get_mut()
+                .write_all(format!("334 {prompt}\r\n").as_bytes())
+                .await?;
+            let mut line = String::new();
+            io.read_line(&mut line).await?;
+            let decoded = b64.decode(line.trim_end()).unwrap_or_default();
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&decoded).into_owned())
+        };
+        let (username, password) = match mechanism.as_str() {
+            "PLAIN" if want.mechanisms.contains("PLAIN") => {
+                let response = match initial {
+                    Some(r) => {
+                        String::from_utf8_lossy(&b64.decode(r).unwrap_or_default()).into_owned()
+                    }
+                    None => ask(io, "").await?,
+                };
+                let mut parts = response.split('\0').skip(1);
+                (
+                    parts.next().unwrap_or("").to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                )
+            }
+            "LOGIN" if want.mechanisms.contains("LOGIN") => {
+                let username = ask(io, "VXNlcm5hbWU6").await?;
+                (username, ask(io, "UGFzc3dvcmQ6").await?)
+            }
+            _ => return Ok(("504 5.5.4 mechanism not offered\r\n".into(), false)),
+        };
+        let accepted = username == want.username && password == want.password;
+        self.inner.logins.lock().unwrap().push(Login {
+            mechanism,
+            username,
+            accepted,
+            tls,
+        });
+        Ok(if accepted {
+            ("235 2.7.0 authenticated\r\n".into(), true)
+        } else {
+            (
+                "535 5.7.8 authentication credentials invalid\r\n".into(),
+                false,
+            )
+        })
+    }
+
     /// Waits until at least `n` transactions arrived.
     pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Delivered> {
         let deadline = tokio::time::Instant::now() + limit;
@@ -181,8 +311,15 @@ impl FakeMx {
     }
 
     async fn session(&self, stream: Box<dyn Stream>) -> std::io::Result<()> {
-        let mut io = BufReader::new(stream);
         let mut tls = false;
+        let stream = if self.inner.options.implicit_tls {
+            tls = true;
+            self.accept_tls(stream).await?
+        } else {
+            stream
+        };
+        let mut io = BufReader::new(stream);
+        let mut authenticated = false;
         if self.inner.options.busy {
             io.get_mut()
                 .write_all(b"421 4.3.2 mx.test too busy, try another\r\n")
@@ -219,26 +356,60 @@ impl FakeMx {
                 if self.inner.tls.is_some() && !tls {
                     caps.push("250-STARTTLS");
                 }
+                let auth_line;
+                if let Some(auth) = self.inner.options.auth.as_ref().filter(|_| tls) {
+                    auth_line = format!("250-AUTH {}", auth.mechanisms);
+                    caps.push(&auth_line);
+                }
                 caps.push("250 ENHANCEDSTATUSCODES");
                 caps.join("\r\n") + "\r\n"
             } else if upper.starts_with("HELO") {
                 "250 mx.test\r\n".into()
             } else if upper == "STARTTLS" {
                 self.inner.starttls_attempts.fetch_add(1, Ordering::SeqCst);
-                let Some(acceptor) = &self.inner.tls else {
+                if self.inner.tls.is_none() {
                     io.get_mut().write_all(b"502 5.5.1 no TLS\r\n").await?;
                     continue;
-                };
+                }
                 io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+                match self.inner.options.break_tls {
+                    TlsBreak::No => {}
+                    TlsBreak::Garbage => {
+                        io.get_mut()
+                            .write_all(b"this is no TLS server hello\r\n")
+                            .await?;
+                        return Ok(());
+                    }
+                    TlsBreak::Hang => std::future::pending::<()>().await,
+                }
                 let plain = io.into_inner();
-                let secured = acceptor.accept(plain).await?;
-                io = BufReader::new(Box::new(secured) as Box<dyn Stream>);
+                io = BufReader::new(self.accept_tls(plain).await?);
                 tls = true;
                 from = None;
                 rcpts.clear();
                 continue;
+            } else if upper.starts_with("AUTH ") {
+                let (reply, ok) = self.auth(&mut io, &text, tls).await?;
+                authenticated |= ok;
+                reply
+            } else if self.inner.options.auth.is_some()
+                && !authenticated
+                && upper.starts_with("MAIL FROM:")
+            {
+                self.inner.mail_attempts.fetch_add(1, Ordering::SeqCst);
+                if !tls {
+                    self.inner
+                        .plain_mail_attempts
+                        .fetch_add(1, Ordering::SeqCst);
+                }
+                "530 5.7.0 authentication required\r\n".into()
             } else if let Some(rest) = upper.strip_prefix("MAIL FROM:") {
                 self.inner.mail_attempts.fetch_add(1, Ordering::SeqCst);
+                if !tls {
+                    self.inner
+                        .plain_mail_attempts
+                        .fetch_add(1, Ordering::SeqCst);
+                }
                 let rest = &text[text.len() - rest.len()..];
                 let (path, params) = split_path(rest);
                 from = Some((path, params));
@@ -627,6 +798,31 @@ pub fn grant(relay: &optin_relay::server::Relay, account: &str, list: &str, addr
         address,
         optin_relay::consent::CONSENT,
     );
+}
+
+/// Records consent for many addresses of `account`'s `list` at once (one journal write).
+pub fn grant_all(
+    relay: &optin_relay::server::Relay,
+    account: &str,
+    list: &str,
+    addresses: &[String],
+) {
+    let lists = &relay.lists;
+    let changes: Vec<optin_relay::consent::Change> = addresses
+        .iter()
+        .map(|a| optin_relay::consent::Change {
+            op: optin_relay::consent::Op::Add,
+            fp: lists.secret().fingerprint(
+                optin_relay::consent::Kind::Consent,
+                optin_relay::consent::Scope::List(account, list),
+                a,
+            ),
+            tags: optin_relay::consent::CONSENT,
+            origin: optin_relay::consent::Origin::Operator,
+            time_ms: 0,
+        })
+        .collect();
+    lists.record(&changes).unwrap();
 }
 
 /// Adds `tags` for `address` in `scope` to the lists, in force at once.
