@@ -18,10 +18,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(!report.feedback_type.is_empty());
-    assert_eq!(report.feedback_type, report.feedback_type.to_ascii_lowercase());
-    assert!(report.tokens.iter().all(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN));
+    assert_eq!(
+        report.feedback_type,
+        report.feedback_type.to_ascii_lowercase()
+    );
+    assert!(
+        report
+            .tokens
+            .iter()
+            .all(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN)
+    );
     for domain in &report.sender_domains {
-        assert!(!domain.is_empty() && *domain == domain.to_ascii_lowercase(), "{domain:?}");
+        assert!(
+            !domain.is_empty() && *domain == domain.to_ascii_lowercase(),
+            "{domain:?}"
+        );
     }
     if let Some(rcpt) = &report.original_rcpt {
         assert!(rcpt.contains('@'), "{rcpt:?}");

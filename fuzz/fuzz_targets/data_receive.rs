@@ -28,7 +28,9 @@ fn pieces<'a>(wire: &'a [u8], cuts: &'a [u8]) -> impl Iterator<Item = &'a [u8]> 
         if pos >= wire.len() {
             return None;
         }
-        let len = cuts.get(n % cuts.len().max(1)).map_or(wire.len(), |&c| usize::from(c).max(1));
+        let len = cuts
+            .get(n % cuts.len().max(1))
+            .map_or(wire.len(), |&c| usize::from(c).max(1));
         n += 1;
         let piece = &wire[pos..(pos + len).min(wire.len())];
         pos += piece.len();
@@ -38,7 +40,12 @@ fn pieces<'a>(wire: &'a [u8], cuts: &'a [u8]) -> impl Iterator<Item = &'a [u8]> 
 
 /// Feeds DATA as the session does (unused octets stay buffered); returns the content, the
 /// report and where the data ended.
-fn data(wire: &[u8], cuts: &[u8], max_size: u64, max_line: usize) -> (Vec<u8>, ContentReport, Option<usize>) {
+fn data(
+    wire: &[u8],
+    cuts: &[u8],
+    max_size: u64,
+    max_line: usize,
+) -> (Vec<u8>, ContentReport, Option<usize>) {
     let mut rx = DataReceiver::new(max_size, max_line);
     let (mut buf, mut out, mut consumed) = (Vec::new(), Vec::new(), 0);
     for piece in pieces(wire, cuts) {
@@ -56,7 +63,8 @@ fn data(wire: &[u8], cuts: &[u8], max_size: u64, max_line: usize) -> (Vec<u8>, C
 
 fn bare_ending(content: &[u8]) -> bool {
     content.iter().enumerate().any(|(i, &c)| {
-        (c == b'\r' && content.get(i + 1) != Some(&b'\n')) || (c == b'\n' && (i == 0 || content[i - 1] != b'\r'))
+        (c == b'\r' && content.get(i + 1) != Some(&b'\n'))
+            || (c == b'\n' && (i == 0 || content[i - 1] != b'\r'))
     })
 }
 
@@ -76,12 +84,18 @@ fuzz_target!(|input: Input| {
     let expected_end = if wire.starts_with(b".\r\n") {
         Some(3)
     } else {
-        wire.windows(5).position(|w| w == b"\r\n.\r\n").map(|at| at + 5)
+        wire.windows(5)
+            .position(|w| w == b"\r\n.\r\n")
+            .map(|at| at + 5)
     };
     let (out, report, end) = data(wire, &input.cuts, max_size, max_line);
     assert_eq!(end, expected_end);
     let (whole, whole_report, whole_end) = data(wire, &[], max_size, max_line);
-    assert_eq!((whole_report, whole_end), (report, end), "cuts changed the result");
+    assert_eq!(
+        (whole_report, whole_end),
+        (report, end),
+        "cuts changed the result"
+    );
     // Past the limit the message is refused and what was stored is dropped: how much of
     // it was stored depends on the cuts, and does not matter.
     if report.size <= max_size {
@@ -107,7 +121,11 @@ fuzz_target!(|input: Input| {
     let mut whole = BdatReceiver::new(max_size, max_line);
     let mut once = Vec::new();
     whole.feed(wire, &mut once);
-    assert_eq!(whole.finish(&mut once), report, "chunking changed the report");
+    assert_eq!(
+        whole.finish(&mut once),
+        report,
+        "chunking changed the report"
+    );
     assert_eq!(report.size, wire.len() as u64);
     assert!(stored.len() as u64 <= max_size + 2);
     let mut terminated = wire.clone();

@@ -64,7 +64,10 @@ fn assert_clean(what: &str, message: &[u8]) {
         match c {
             b'\r' => assert_eq!(message.get(at + 1), Some(&b'\n'), "{what}: bare CR at {at}"),
             b'\n' => {
-                assert!(at > 0 && message[at - 1] == b'\r', "{what}: bare LF at {at}");
+                assert!(
+                    at > 0 && message[at - 1] == b'\r',
+                    "{what}: bare LF at {at}"
+                );
                 column = 0;
             }
             _ => {
@@ -77,7 +80,9 @@ fn assert_clean(what: &str, message: &[u8]) {
 
 /// The footer as it reads once inserted: CRLF line breaks, none at the end.
 fn crlf(text: &str) -> String {
-    text.trim_end_matches(['\r', '\n']).replace("\r\n", "\n").replace('\n', "\r\n")
+    text.trim_end_matches(['\r', '\n'])
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n")
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -87,7 +92,10 @@ fuzz_target!(|data: &[u8]| {
     let footer = FOOTERS[usize::from(which) % FOOTERS.len()];
     let message = as_stored(rest);
     let plan = Plan::new(&message);
-    assert_eq!(check(&message), plan.as_ref().map(|_| ()).map_err(Clone::clone));
+    assert_eq!(
+        check(&message),
+        plan.as_ref().map(|_| ()).map_err(Clone::clone)
+    );
     let Ok(plan) = plan else {
         return;
     };
@@ -106,7 +114,12 @@ fuzz_target!(|data: &[u8]| {
     let rewritten = headers::rewrite(&output, &added, true, "relay.example");
     assert_clean("header rewrite", &rewritten);
     let (fields, _) = headers::fields(&rewritten);
-    for name in ["list-unsubscribe", "list-unsubscribe-post", "date", "message-id"] {
+    for name in [
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "date",
+        "message-id",
+    ] {
         assert!(
             fields.iter().any(|f| headers::is(&rewritten, f, name)),
             "{name} missing after the header rewrite"

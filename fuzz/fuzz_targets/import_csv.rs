@@ -15,7 +15,11 @@ use optin_relay::consent::import::{Item, read_file};
 
 static PATH: LazyLock<PathBuf> = LazyLock::new(|| {
     let dir = std::path::Path::new("/dev/shm");
-    let dir = if dir.is_dir() { dir.to_path_buf() } else { std::env::temp_dir() };
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
     dir.join(format!("optin-relay-fuzz-{}.csv", std::process::id()))
 });
 
@@ -37,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
             }
             Item::Invalid { line, .. } => *line,
         };
-        assert!(line >= 1 && line >= last && line <= lines, "line {line} after {last}, {lines} lines");
+        assert!(
+            line >= 1 && line >= last && line <= lines,
+            "line {line} after {last}, {lines} lines"
+        );
         last = line;
     }
 });
