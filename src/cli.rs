@@ -6,9 +6,10 @@
 //! Each subcommand loads the config it needs (the embedded default when no `--config` is
 //! given), prints what an operator needs, and exits non-zero with a clear message when
 //! something is wrong. Some work on files and need no running relay (`queue list|show`
-//! read the spool, `lists` and `suppress add|remove` the lists); the others ask the running
-//! relay the config names through its admin API (see [`admin`]: exit 1 when the API says
-//! no, 2 when the relay cannot be reached). `serve` runs until SIGTERM or SIGINT, then
+//! read the spool, `lists import|compile|check|status` the lists); `suppress add|remove`
+//! and `lists grant|revoke` go through the running relay when one answers, else write the
+//! lists journal; the others ask the running relay the config names through its admin API
+//! (see [`admin`]: exit 1 when the API says no, 2 when the relay cannot be reached). `serve` runs until SIGTERM or SIGINT, then
 //! drains; SIGHUP reloads the policy file, as an edit to it does (see [`crate::reload`]: a
 //! bad file is refused with every problem logged, and the running policy stays).
 
@@ -36,7 +37,8 @@ use crate::spool::{self, RecoveredMessage, Spool};
 )]
 pub struct Cli {
     /// Main configuration file (default: the embedded configuration: SMTP on
-    /// 127.0.0.1:2525, HTTP on 127.0.0.1:8025, spool in ./data, delivery by MX lookup).
+    /// 127.0.0.1:2525, public HTTP on 127.0.0.1:8025, the operator listener (admin API,
+    /// metrics) on 127.0.0.1:8026, spool in ./data, delivery by MX lookup).
     #[arg(short, long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -75,9 +77,10 @@ pub enum Command {
         #[command(subcommand)]
         command: lists::ListsCommand,
     },
-    /// Add or lift suppressions (written to the lists journal, no relay needed; a running
-    /// relay follows it and has them in force within `[lists] refresh_interval`, 250 ms),
-    /// or check an address with the running relay.
+    /// Add or lift suppressions (through the running relay, in force when the command
+    /// returns; with no relay answering, written to the lists journal, which a relay picks
+    /// up within `[lists] refresh_interval` or at its start), or check an address with the
+    /// running relay.
     Suppress {
         #[command(subcommand)]
         command: SuppressCommand,
@@ -105,15 +108,16 @@ pub struct ApiArgs {
     /// Print the admin API's JSON answer instead of text.
     #[arg(long)]
     pub json: bool,
-    /// The relay's HTTP listener, e.g. http://127.0.0.1:8025 (default: `[http] listen` of
-    /// the config). The token still comes from the config.
+    /// The relay's operator listener, e.g. http://127.0.0.1:8026 (default: `[admin]
+    /// listen` of the config). The token still comes from the config.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Load the main config and the policy it names; list every problem.
+    /// Load the main config and the policy it names; list every problem (exit 1), and
+    /// warnings about settings that are legal but unwise (exit 0).
     Check,
 }
 
@@ -140,7 +144,8 @@ pub enum QueueCommand {
         /// Ask the running relay (admin API): its view, with held and in-flight states.
         #[arg(long)]
         live: bool,
-        /// With --live: the relay's HTTP listener (default: `[http] listen` of the config).
+        /// With --live: the relay's operator listener (default: `[admin] listen` of the
+        /// config).
         #[arg(long, value_name = "URL", requires = "live")]
         url: Option<String>,
     },
@@ -155,7 +160,8 @@ pub enum QueueCommand {
         /// With --live: print the API's JSON.
         #[arg(long, requires = "live")]
         json: bool,
-        /// With --live: the relay's HTTP listener (default: `[http] listen` of the config).
+        /// With --live: the relay's operator listener (default: `[admin] listen` of the
+        /// config).
         #[arg(long, value_name = "URL", requires = "live")]
         url: Option<String>,
     },
@@ -357,7 +363,16 @@ fn queue(path: Option<&Path>, command: QueueCommand) -> Result<ExitCode, String>
             ..
         } => {
             let messages = spool_messages(path)?;
-            return queue_list(&messages, account.as_deref(), limit, json);
+            let code = queue_list(&messages, account.as_deref(), limit, json)?;
+            let spool = load_config(path)?.spool.path;
+            let damaged = Spool::quarantined(&spool);
+            if damaged > 0 && !json {
+                println!(
+                    "{damaged} damaged piece(s) of spool data kept in {} (the relay's log says what each held)",
+                    spool.join("quarantine").display()
+                );
+            }
+            return Ok(code);
         }
         QueueCommand::Show {
             id, live: false, ..
@@ -412,7 +427,14 @@ fn config_check(path: Option<&Path>) -> Result<ExitCode, String> {
     });
     match load_config(path) {
         Ok(config) => {
-            println!("{name}: ok");
+            let warnings = config.warnings();
+            match warnings.len() {
+                0 => println!("{name}: ok"),
+                n => println!("{name}: ok, {n} warning(s)"),
+            }
+            for w in &warnings {
+                println!("  warning: {w}");
+            }
             let policy_name = config
                 .policy
                 .path
@@ -421,6 +443,12 @@ fn config_check(path: Option<&Path>) -> Result<ExitCode, String> {
                     p.display().to_string()
                 });
             match load_policy(&config) {
+                Ok(p) if p.accounts().is_empty() => {
+                    for problem in crate::reload::account_problems(&p, None) {
+                        println!("{policy_name}: {problem}");
+                    }
+                    ok = false;
+                }
                 Ok(p) => println!("{policy_name}: ok ({} accounts)", p.accounts().len()),
                 Err(e) => {
                     println!("{e}");
@@ -457,6 +485,11 @@ fn init_logging(config: &Config) {
 fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
     let config = load_config(path)?;
     let policy = load_policy(&config)?;
+    // A policy that would refuse every client (an emptied file) is no policy to start on.
+    if let Some(problem) = crate::reload::account_problems(&policy, None).first() {
+        let file = config.policy.path.as_deref().unwrap_or(Path::new("policy"));
+        return Err(format!("{}: {problem}", file.display()));
+    }
     init_logging(&config);
     if path.is_none() {
         tracing::info!("no --config given: running on the embedded default configuration");
@@ -466,30 +499,47 @@ fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
+        // Taken before the listeners open: a SIGTERM that arrives while the relay starts
+        // (a long spool recovery, say) waits for it and drains, instead of killing it.
+        let mut signals = Signals::new()?;
         let relay = Relay::start(config, policy)
             .await
             .map_err(|e| e.to_string())?;
-        wait_for_signals(&relay.reloader).await?;
+        signals.wait(&relay.reloader).await;
         relay.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Returns on SIGTERM or SIGINT; reloads the policy on SIGHUP.
-async fn wait_for_signals(reloader: &Arc<PolicyReloader>) -> Result<(), String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                // Loading reads files and checks DKIM keys: off the async threads. The
-                // outcome is logged and recorded by the reloader.
-                let reloader = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+/// The signals `serve` handles: SIGTERM and SIGINT stop it, SIGHUP reloads the policy.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let take = |kind| signal(kind).map_err(|e| e.to_string());
+        Ok(Signals {
+            term: take(SignalKind::terminate())?,
+            int: take(SignalKind::interrupt())?,
+            hup: take(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads the policy on SIGHUP.
+    async fn wait(&mut self, reloader: &Arc<PolicyReloader>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                // Checked against the queue, loaded off the async threads; the outcome is
+                // logged and recorded by the reloader.
+                    let _ = reloader.reload_now(Trigger::Signal).await;
+                }
             }
         }
     }

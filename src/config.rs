@@ -3,10 +3,13 @@
 //!
 //! Parsing is strict: unknown keys, wrong types and impossible values are problems, and every
 //! problem in the file is reported at once with its key path (see [`reader`]). Every default
-//! is a named constant below; with no file at all, [`Config::embedded_default`] gives the
-//! relay DESIGN.md describes (SMTP on 127.0.0.1:2525, HTTP on 127.0.0.1:8025, spool in
-//! `./data`, delivery by MX lookup). Relative paths are relative to the working directory.
+//! is a named constant below (the HTTP listeners' in [`http`]); with no file at all,
+//! [`Config::embedded_default`] gives the relay DESIGN.md describes (SMTP on
+//! 127.0.0.1:2525, the public HTTP listener on 127.0.0.1:8025, the operator listener on
+//! 127.0.0.1:8026, spool in `./data`, delivery by MX lookup). Relative paths are relative
+//! to the working directory.
 
+pub mod http;
 pub mod reader;
 mod smtp;
 pub mod units;
@@ -15,11 +18,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use http::{AdminConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_HTTP_LISTEN, HttpConfig, HttpLimits};
 use reader::{Collector, Problems, Section};
 pub use smtp::*;
 use units::{ByteSize, HumanDuration};
 
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8025";
 pub const DEFAULT_SPOOL_PATH: &str = "./data";
 pub const DEFAULT_SEGMENT_SIZE: ByteSize = ByteSize::mib(64);
 pub const DEFAULT_MX_PORT: u16 = 25;
@@ -81,14 +84,6 @@ pub struct PrivacyConfig {
 pub struct WebhooksConfig {
     /// The first retry delay after a failed delivery; it doubles up to an hour.
     pub retry_initial: Duration,
-}
-
-/// The admin API's bearer token: given here, or kept in a file (created with a random
-/// token on first start, mode 0600) that the CLI on the same machine reads.
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub token: Option<String>,
-    pub token_file: PathBuf,
 }
 
 /// Where recipients unsubscribe, and the keys of the tokens in the links.
@@ -238,12 +233,6 @@ pub struct DeliveryConfig {
     pub log: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// `None` when `listen = ""` turns HTTP off.
-    pub listen: Option<SocketAddr>,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct PolicyConfig {
     /// `None`: the embedded default policy (loopback clients are the account `local`).
@@ -314,14 +303,14 @@ impl Config {
             let spool = read_spool(&mut root.section("spool"));
             let delivery =
                 read_delivery(&mut root.section("delivery"), &smtp.hostname, &spool.path);
-            let http = read_http(&mut root.section("http"));
-            let admin = read_admin(&mut root.section("admin"), &spool.path);
+            let http = http::read_http(&mut root.section("http"));
+            let admin = http::read_admin(&mut root.section("admin"), &spool.path, http.listen);
             let policy = read_policy(&mut root.section("policy"));
             let lists = read_lists(&mut root.section("lists"), &spool.path);
             let unsubscribe = read_unsubscribe(
                 &mut root.section("unsubscribe"),
                 &smtp.hostname,
-                http.listen,
+                &http,
                 &spool.path,
             );
             let complaints =
@@ -353,6 +342,7 @@ impl Config {
         let mut all = self.smtp.listen.clone();
         all.extend(&self.smtp.listen_tls);
         all.extend(self.http.listen);
+        all.extend(self.admin.listen);
         all
     }
 }
@@ -486,42 +476,6 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
     }
 }
 
-fn read_http(s: &mut Section<'_>) -> HttpConfig {
-    let listen = match s.get::<String>("listen") {
-        None => Some(addr(DEFAULT_HTTP_LISTEN)),
-        Some(v) if v.is_empty() => None,
-        Some(v) => match v.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                s.problem("listen", format!("{v:?} is not an ip:port address"));
-                None
-            }
-        },
-    };
-    HttpConfig { listen }
-}
-
-fn read_admin(s: &mut Section<'_>, spool: &Path) -> AdminConfig {
-    let token = match s.get::<String>("token") {
-        Some(t) if t.is_empty() => None,
-        Some(t) if t.len() < 16 => {
-            s.problem(
-                "token",
-                "must be at least 16 characters (or empty: use token_file)",
-            );
-            None
-        }
-        Some(t) => Some(t),
-        None => None,
-    };
-    AdminConfig {
-        token,
-        token_file: s
-            .get::<PathBuf>("token_file")
-            .unwrap_or_else(|| spool.join("admin.token")),
-    }
-}
-
 fn read_policy(s: &mut Section<'_>) -> PolicyConfig {
     PolicyConfig {
         path: s.get::<PathBuf>("path"),
@@ -534,7 +488,7 @@ fn read_policy(s: &mut Section<'_>) -> PolicyConfig {
 fn read_unsubscribe(
     s: &mut Section<'_>,
     hostname: &str,
-    http: Option<SocketAddr>,
+    http: &HttpConfig,
     spool: &Path,
 ) -> UnsubscribeConfig {
     let public_url = match s.get::<String>("public_url") {
@@ -551,7 +505,8 @@ fn read_unsubscribe(
             }
             trimmed
         }
-        None => match http {
+        None => match http.listen {
+            Some(a) if http.tls() => format!("https://{a}"),
             Some(a) => format!("http://{a}"),
             None => format!("https://{hostname}"),
         },

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod config;
 pub mod consent;
+pub mod cpu;
 pub mod delivery;
 pub mod dns;
 pub mod governance;

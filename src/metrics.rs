@@ -56,6 +56,16 @@ pub const QUEUE_SITE_OLDEST: &str = "optin_queue_site_oldest_seconds";
 pub const DELIVERY_SITE_RECIPIENTS: &str = "optin_delivery_site_recipients_total";
 pub const AUTH_ATTEMPTS: &str = "optin_auth_attempts_total";
 pub const UNTRUSTED_REFUSALS: &str = "optin_untrusted_refusals_total";
+pub const SPOOL_QUARANTINED: &str = "optin_spool_quarantined_total";
+pub const SPOOL_UNREADABLE: &str = "optin_spool_unreadable_messages_total";
+pub const LISTS_SNAPSHOT_REFUSED: &str = "optin_lists_snapshot_refused";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "optin_http_connections_refused_total";
+pub const HTTP_TIMEOUTS: &str = "optin_http_timeouts_total";
+
+/// `listener` of the HTTP metrics: the public one and the operator one.
+pub const HTTP_LISTENERS: [&str; 2] = ["public", "admin"];
+/// `stage` of [`HTTP_TIMEOUTS`]: where a client was too slow.
+pub const HTTP_TIMEOUT_STAGES: [&str; 4] = ["tls", "header", "body", "idle"];
 
 /// `verb` of [`SMTP_COMMANDS`]: the commands the server knows, and `unknown` for the rest.
 pub const COMMAND_VERBS: [&str; 15] = [
@@ -180,6 +190,11 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
     (
         POLICY_RELOADS,
         &[&[("result", "ok")], &[("result", "refused")]],
+    ),
+    (SPOOL_QUARANTINED, &[&[]]),
+    (
+        SPOOL_UNREADABLE,
+        &[&[("outcome", "returned")], &[("outcome", "dropped")]],
     ),
 ];
 
@@ -376,6 +391,33 @@ fn describe() {
          limit of mail to the relay's own addresses), mime_budget (too many MIME parts or \
          too deep a nesting to parse)."
     );
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused at once, by listener (public, admin) and reason (total: \
+         max_connections, per_ip: max_connections_per_ip)."
+    );
+    describe_counter!(
+        HTTP_TIMEOUTS,
+        "HTTP connections closed because the client was too slow, by listener (public, \
+         admin) and stage (tls: the handshake, header: the request head, body: the request \
+         body, idle: silence between requests or while it should read the answer)."
+    );
+    describe_counter!(
+        SPOOL_QUARANTINED,
+        "Damaged spool data copied to quarantine/ (found at start, or when a message was \
+         read back for delivery)."
+    );
+    describe_counter!(
+        SPOOL_UNREADABLE,
+        "Queued messages that could not be read back from the spool, by outcome (returned: \
+         bounced to the sender with a DSN built from the envelope; dropped: no envelope to \
+         return it with, the record is in quarantine/)."
+    );
+    describe_gauge!(
+        LISTS_SNAPSHOT_REFUSED,
+        "1 while the lists snapshot file is missing, empty, damaged or older than the last \
+         one compiled, and the last good snapshot keeps serving; 0 otherwise."
+    );
 }
 
 /// Registers every series with fixed labels at zero (without changing one that already
@@ -406,6 +448,15 @@ fn register_at_zero() {
     for result in RECIPIENT_RESULTS {
         counter!(DELIVERY_RECIPIENTS, "result" => result).increment(0);
     }
+    for listener in HTTP_LISTENERS {
+        for reason in ["total", "per_ip"] {
+            counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
+                .increment(0);
+        }
+        for stage in HTTP_TIMEOUT_STAGES {
+            counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(0);
+        }
+    }
     for name in [
         SMTP_SESSIONS_ACTIVE,
         QUEUE_MESSAGES,
@@ -415,11 +466,22 @@ fn register_at_zero() {
         LISTS_ENTRIES,
         LISTS_DELTA,
         LISTS_SNAPSHOT_BYTES,
+        LISTS_SNAPSHOT_REFUSED,
     ] {
         gauge!(name).increment(0.0);
     }
     let _ = histogram!(SPOOL_COMMIT_SECONDS);
     let _ = histogram!(THROTTLE_WAIT);
+}
+
+/// An HTTP connection refused at once (`reason`: total or per_ip).
+pub fn http_connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(HTTP_CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// An HTTP connection closed because its client was too slow at `stage`.
+pub fn http_timeout(listener: &'static str, stage: &'static str) {
+    counter!(HTTP_TIMEOUTS, "listener" => listener, "stage" => stage).increment(1);
 }
 
 /// One spool group commit (write + fdatasync) took `took`.
@@ -505,6 +567,21 @@ pub fn lists_state(stats: &crate::consent::ListsStats) {
 /// Following or compacting the lists failed.
 pub fn lists_error() {
     counter!(LISTS_ERRORS).increment(1);
+}
+
+/// Whether the lists snapshot file on disk is refused while the last good one serves.
+pub fn lists_snapshot_refused(refused: bool) {
+    gauge!(LISTS_SNAPSHOT_REFUSED).set(if refused { 1.0 } else { 0.0 });
+}
+
+/// Damaged spool data was copied to quarantine.
+pub fn spool_quarantined() {
+    counter!(SPOOL_QUARANTINED).increment(1);
+}
+
+/// A queued message could not be read back: `returned` to its sender, or `dropped`.
+pub fn spool_unreadable(outcome: &'static str) {
+    counter!(SPOOL_UNREADABLE, "outcome" => outcome).increment(1);
 }
 
 /// The journal was folded into a new snapshot.

@@ -15,6 +15,14 @@
 //! moment while an editor replaces it, is not loaded; and each distinct bad content is
 //! reported once, not at every poll. This module must never swap in a policy that failed
 //! validation, and never touches the main config file, which is read at start only.
+//!
+//! A policy that parses is still refused when it would stop the relay from working
+//! ([`account_problems`]): one with no account at all (every client would get `554 5.7.1
+//! Relay access denied`), or one that drops every account with mail in the queue (that mail
+//! would have no account left). `serve` refuses to start on a policy with no account for
+//! the same reason. The queue is asked through [`QueuedAccounts`] (the scheduler's own
+//! summary, read only) by [`PolicyReloader::reload_now`], which every trigger of a running
+//! relay uses.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -30,6 +38,68 @@ use crate::spool::now_ms;
 
 /// The refusal when the relay runs on the embedded policy (no `[policy] path`).
 pub const NO_POLICY_FILE: &str = "no policy file: the embedded policy cannot be reloaded";
+
+/// The accounts that have mail in the queue, as the running relay knows them.
+pub trait QueuedAccounts: Send + Sync {
+    /// Their names; `None` when the queue cannot be asked (shutting down).
+    fn accounts_with_mail(&self) -> BoxFuture<'_, Option<Vec<String>>>;
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl QueuedAccounts for crate::delivery::Delivery {
+    fn accounts_with_mail(&self) -> BoxFuture<'_, Option<Vec<String>>> {
+        Box::pin(async move {
+            let summary = tokio::time::timeout(QUEUE_ASK_LIMIT, self.summary())
+                .await
+                .ok()?
+                .ok()?;
+            Some(
+                summary
+                    .by_account
+                    .into_iter()
+                    .filter(|a| a.messages > 0)
+                    .map(|a| a.account)
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// How long a reload waits for the scheduler's answer about the queue.
+const QUEUE_ASK_LIMIT: Duration = Duration::from_secs(10);
+
+/// Why `policy` must not be put in force: it has no account, or it drops every account of
+/// `queued` (the accounts with mail in the queue; `None`: unknown, not checked). Empty when
+/// it may.
+pub fn account_problems(policy: &Policy, queued: Option<&[String]>) -> Vec<String> {
+    if policy.accounts().is_empty() {
+        return vec![
+            "the policy has no account: every client would be refused (554 5.7.1 relay access \
+             denied); an empty or truncated file is not a policy"
+                .to_string(),
+        ];
+    }
+    let Some(queued) = queued.filter(|q| !q.is_empty()) else {
+        return Vec::new();
+    };
+    let dropped: Vec<&str> = queued
+        .iter()
+        .filter(|a| policy.account(a).is_none())
+        .map(String::as_str)
+        .collect();
+    if dropped.len() == queued.len() {
+        return vec![format!(
+            "the policy drops every account that has mail in the queue ({}): keep at least \
+             one of them, or let their mail drain (or delete it) first",
+            dropped.join(", ")
+        )];
+    }
+    if !dropped.is_empty() {
+        tracing::warn!(accounts = %dropped.join(", "), "the new policy drops accounts that have mail in the queue");
+    }
+    Vec::new()
+}
 
 /// What asked for a reload (for logs and [`ReloadStatus`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +161,8 @@ enum Content {
 pub struct PolicyReloader {
     path: Option<PathBuf>,
     policy: Arc<ArcSwap<Policy>>,
+    /// The queue, once delivery runs (see [`PolicyReloader::set_queue`]).
+    queue: std::sync::OnceLock<Arc<dyn QueuedAccounts>>,
     /// Held for a whole reload, so two triggers at once (a SIGHUP while the watcher fires)
     /// load and swap one after the other and generations follow the order of the swaps.
     state: Mutex<State>,
@@ -116,6 +188,7 @@ impl PolicyReloader {
         PolicyReloader {
             path,
             policy,
+            queue: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 generation: 1,
                 loaded_at_ms: now_ms(),
@@ -127,11 +200,40 @@ impl PolicyReloader {
         }
     }
 
-    /// Loads and validates the policy file and swaps it in; returns the new generation. On
-    /// any problem the running policy stays and every problem is returned, one per entry.
-    /// Logged and counted either way. Blocks while the file is read and checked (DKIM keys
-    /// included): call it from a blocking context where that matters.
+    /// Where reloads ask which accounts have queued mail (the running relay's delivery).
+    pub fn set_queue(&self, queue: Arc<dyn QueuedAccounts>) {
+        let _ = self.queue.set(queue);
+    }
+
+    /// What a running relay does for every trigger: asks the queue which accounts have
+    /// mail, then [`PolicyReloader::reload_checked`] on the blocking pool.
+    pub async fn reload_now(self: &Arc<Self>, trigger: Trigger) -> Result<u64, Vec<String>> {
+        let queued = match self.queue.get() {
+            Some(q) => q.accounts_with_mail().await,
+            None => None,
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reload_checked(trigger, queued.as_deref()))
+            .await
+            .unwrap_or_else(|e| Err(vec![format!("the reload failed: {e}")]))
+    }
+
+    /// [`PolicyReloader::reload_checked`] without knowing the queue (only the policy's own
+    /// problems, and that it has an account, are checked).
     pub fn reload(&self, trigger: Trigger) -> Result<u64, Vec<String>> {
+        self.reload_checked(trigger, None)
+    }
+
+    /// Loads and validates the policy file and swaps it in; returns the new generation. On
+    /// any problem the running policy stays and every problem is returned, one per entry:
+    /// the file's, then [`account_problems`] against `queued` (the accounts with mail in
+    /// the queue). Logged and counted either way. Blocks while the file is read and checked
+    /// (DKIM keys included): call it from a blocking context where that matters.
+    pub fn reload_checked(
+        &self,
+        trigger: Trigger,
+        queued: Option<&[String]>,
+    ) -> Result<u64, Vec<String>> {
         let mut state = self.lock();
         state.last_attempt_ms = Some(now_ms());
         state.last_trigger = Some(trigger);
@@ -142,7 +244,22 @@ impl PolicyReloader {
         // Hashed before loading: if the file changes in between, the watcher sees content
         // other than this and loads again, so the newest content always wins.
         state.acted_on = Some(observe(path, &mut None));
-        match Policy::load(path) {
+        let loaded = Policy::load(path).map_err(|problems| {
+            (
+                problems.to_string(),
+                problems.list.iter().map(ToString::to_string).collect(),
+            )
+        });
+        let checked = loaded.and_then(|policy| {
+            let problems = account_problems(&policy, queued);
+            if problems.is_empty() {
+                Ok(policy)
+            } else {
+                let text = format!("{}: {}", path.display(), problems.join("; "));
+                Err((text, problems))
+            }
+        });
+        match checked {
             Ok(policy) => {
                 self.policy.store(Arc::new(policy));
                 state.generation += 1;
@@ -157,14 +274,13 @@ impl PolicyReloader {
                 );
                 Ok(state.generation)
             }
-            Err(problems) => {
+            Err((text, list)) => {
                 tracing::error!(
                     path = %path.display(),
                     generation = state.generation,
                     %trigger,
-                    "policy reload refused; the running policy stays. {problems}"
+                    "policy reload refused; the running policy stays. {text}"
                 );
-                let list = problems.list.iter().map(ToString::to_string).collect();
                 Err(refuse(&mut state, list))
             }
         }
@@ -207,39 +323,53 @@ impl PolicyReloader {
                 }
                 let this = self.clone();
                 let mut w = std::mem::take(&mut watch);
-                // Reading and validating the file is blocking work (DKIM keys included).
+                // Reading and hashing the file is blocking work.
                 match tokio::task::spawn_blocking(move || {
-                    this.poll(&mut w);
-                    w
+                    let due = this.due(&mut w);
+                    (w, due)
                 })
                 .await
                 {
-                    Ok(w) => watch = w,
+                    Ok((w, due)) => {
+                        watch = w;
+                        if due {
+                            // `reload_now` logs and records the outcome.
+                            let _ = self.reload_now(Trigger::File).await;
+                        }
+                    }
                     Err(e) => tracing::error!(error = %e, "policy watcher poll failed"),
                 }
             }
         })
     }
 
-    /// One look at the file: reload when it holds new content that was already there at the
-    /// previous poll (a writer still at work is given one interval to finish).
-    fn poll(&self, watch: &mut Watch) {
+    /// One look at the file: whether to reload, because it holds new content that was
+    /// already there at the previous poll (a writer still at work is given one interval to
+    /// finish).
+    fn due(&self, watch: &mut Watch) -> bool {
         let Some(path) = &self.path else {
-            return;
+            return false;
         };
         let now = observe(path, &mut watch.last_read);
         if self.lock().acted_on.as_ref() == Some(&now) {
             watch.pending = None;
-            return;
+            return false;
         }
         if watch.pending.as_ref() != Some(&now) {
             tracing::debug!(path = %path.display(), "policy file changed; reloading once it settles");
             watch.pending = Some(now);
-            return;
+            return false;
         }
         watch.pending = None;
-        // `reload` logs and records the outcome.
-        let _ = self.reload(Trigger::File);
+        true
+    }
+
+    /// [`PolicyReloader::due`], then the reload without the queue (tests).
+    #[cfg(test)]
+    fn poll(&self, watch: &mut Watch) {
+        if self.due(watch) {
+            let _ = self.reload(Trigger::File);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -433,6 +563,31 @@ mod tests {
         r.poll(&mut w);
         r.poll(&mut w);
         assert_eq!(r.status().generation, 2);
+    }
+
+    #[test]
+    fn a_policy_with_no_account_or_without_the_queued_ones_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, policy) = reloader(dir.path(), GOOD);
+        let path = dir.path().join("policy.toml");
+        for empty in ["", "# emptied\n", "operator_contacts = []\n"] {
+            std::fs::write(&path, empty).unwrap();
+            let problems = r.reload(Trigger::Signal).unwrap_err();
+            assert!(problems[0].contains("no account"), "{problems:?}");
+            assert!(allows_127_0_0_2(&policy), "the running policy stays");
+        }
+        const SHOP: &str = "[accounts.shop]\nnetworks = [\"127.0.0.0/8\"]\n";
+        std::fs::write(&path, SHOP).unwrap();
+        let queued = ["local".to_string()];
+        let problems = r.reload_checked(Trigger::Admin, Some(&queued)).unwrap_err();
+        assert!(problems[0].contains("drops every account that has mail in the queue (local)"));
+        let status = r.status();
+        assert_eq!((status.generation, status.last_error), (1, Some(problems)));
+        // Keeping one of them is enough; so is an empty queue.
+        let queued = ["local".to_string(), "shop".to_string()];
+        assert_eq!(r.reload_checked(Trigger::Admin, Some(&queued)), Ok(2));
+        std::fs::write(&path, GOOD).unwrap();
+        assert_eq!(r.reload_checked(Trigger::Admin, Some(&[])), Ok(3));
     }
 
     #[test]

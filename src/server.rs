@@ -53,6 +53,8 @@ pub enum StartError {
     State(String),
     #[error("lists: {0}")]
     Lists(#[from] crate::consent::ListsError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("{path}: {source}")]
     LogKey {
         path: String,
@@ -66,7 +68,10 @@ pub struct Relay {
     pub smtp_addrs: Vec<SocketAddr>,
     /// Bound addresses of the implicit-TLS listeners.
     pub smtp_tls_addrs: Vec<SocketAddr>,
+    /// The public HTTP listener (unsubscribe links, report form).
     pub http_addr: Option<SocketAddr>,
+    /// The operator listener (admin API, `/metrics`).
+    pub admin_addr: Option<SocketAddr>,
     pub policy: Arc<ArcSwap<Policy>>,
     /// Reloads `policy` from its file: SIGHUP, the admin API, and the file watcher.
     pub reloader: Arc<PolicyReloader>,
@@ -121,7 +126,7 @@ impl Relay {
             messages = report.messages.len(),
             segments = report.segments,
             quarantined = report.quarantined,
-            relocated = report.relocated,
+            repaired = report.repaired,
             "spool recovered"
         );
         let key_path = config.spool.path.join("log.key");
@@ -243,6 +248,8 @@ impl Relay {
             stop_delivery.clone(),
         );
         let webhook_worker = webhooks.spawn_worker(stop_delivery.clone());
+        // Reloads check the new policy against the accounts with queued mail.
+        reloader.set_queue(Arc::new(delivery.clone()));
         let acceptor = TlsAcceptor::from(crate::tls::server_config(
             &config.tls,
             &config.smtp.hostname,
@@ -305,33 +312,36 @@ impl Relay {
             crate::privacy::retention::Retention::new(&config),
             stop_accepting.clone(),
         );
-        let http_addr = match config.http.listen {
-            Some(addr) => Some(
-                crate::http::serve(
-                    addr,
-                    crate::http::router(metrics)
-                        .merge(crate::http::unsubscribe::router(unsubscribes.clone()))
-                        .merge(crate::http::complaint::router(complaints))
-                        .merge(crate::http::admin::router(crate::http::admin::Admin {
-                            token: crate::http::admin::token(&config.admin, true)
-                                .map_err(StartError::State)?
-                                .into(),
-                            delivery: delivery.clone(),
-                            spool: spool.clone(),
-                            lists: lists.clone(),
-                            freezes: freezes.clone(),
-                            campaigns: campaigns.clone(),
-                            policy: policy.clone(),
-                            reloader: reloader.clone(),
-                            counts: account_counts.clone(),
-                        })),
-                    stop_accepting.clone(),
-                )
-                .await
-                .map_err(|source| StartError::Listen { addr, source })?,
-            ),
+        let admin = match config.admin.listen {
+            Some(_) => Some(crate::http::admin::Admin {
+                token: crate::http::admin::token(&config.admin, true)
+                    .map_err(StartError::State)?
+                    .into(),
+                delivery: delivery.clone(),
+                spool: spool.clone(),
+                lists: lists.clone(),
+                freezes: freezes.clone(),
+                campaigns: campaigns.clone(),
+                policy: policy.clone(),
+                reloader: reloader.clone(),
+                counts: account_counts.clone(),
+            }),
             None => None,
         };
+        for warning in config.warnings() {
+            tracing::warn!("config: {warning}");
+        }
+        let http = crate::http::start(
+            &config,
+            crate::http::Services {
+                metrics,
+                unsubscribes: unsubscribes.clone(),
+                complaints,
+                admin,
+            },
+            stop_accepting.clone(),
+        )
+        .await?;
         let stop_watching = CancellationToken::new();
         let watcher = (config.policy.path.is_some() && !config.policy.watch_interval.is_zero())
             .then(|| {
@@ -342,7 +352,8 @@ impl Relay {
         Ok(Relay {
             smtp_addrs,
             smtp_tls_addrs,
-            http_addr,
+            http_addr: http.public,
+            admin_addr: http.admin,
             policy,
             reloader,
             spool,

@@ -10,6 +10,7 @@
 //! replies come from [`Refusal`]; this file never writes reply codes of its own for errors.
 
 mod auth;
+mod checks;
 mod complaint;
 mod conn;
 mod consent;
@@ -38,6 +39,10 @@ use crate::smtp::{Address, Command, Refusal, Reply, Status, parse_command};
 use crate::spool::{self, Envelope, Location, Recipient, Spool};
 use conn::{Conn, Interrupt};
 use message::finish_message;
+
+/// The account name of the relay's own mail: a stranger's message to the postmaster. It
+/// cannot be a policy account's name (those are `a-z`, `0-9`, `-`, `_`).
+pub const RELAY_ACCOUNT: &str = "(relay)";
 
 /// Where accepted messages go once they are safely in the spool (the delivery queue).
 pub trait Intake: Send + Sync {
@@ -148,6 +153,8 @@ struct Transaction {
     unsubscribes: Vec<crate::rewrite::token::Unsubscribe>,
     /// The feedback address is a recipient (the report is handled at the end of DATA).
     complaint: bool,
+    /// A client no account knows wrote to the postmaster (RFC 5321 §4.5.1).
+    postmaster: bool,
     sender: Option<Address>,
     params: MailParams,
     rcpts: Vec<(Address, RcptParams)>,
@@ -387,13 +394,9 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     if state.txn.is_some() {
         return Err(Refusal::BadSequence("nested MAIL command"));
     }
-    let account = match identify(ctx, state) {
-        Ok(a) => Some(a),
-        // Anyone may write to the relay's unsubscribe and feedback addresses; RCPT refuses
-        // the rest.
-        Err(_) if ctx.unsubscribes.is_some() || ctx.complaints.is_some() => None,
-        Err(refusal) => return Err(refusal),
-    };
+    // Anyone may write to the postmaster and the relay's unsubscribe and feedback
+    // addresses; RCPT refuses the rest.
+    let account = identify(ctx, state).ok();
     if let (Some(name), Some(freezes)) = (&account, &ctx.freezes)
         && let Some(frozen) = freezes.get(name)
     {
@@ -421,6 +424,7 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
         account,
         unsubscribes: Vec::new(),
         complaint: false,
+        postmaster: false,
         sender: from,
         params,
         rcpts: Vec::new(),
@@ -455,9 +459,14 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     to: Option<Address>,
     params: RcptParams,
 ) -> Result<Flow, Refusal> {
-    // RFC 5321 §4.5.1: mail to the postmaster is always accepted.
-    let is_postmaster = to.is_none();
-    let to = to.unwrap_or_else(|| ctx.smtp.postmaster.clone());
+    // RFC 5321 §4.5.1: mail to the postmaster is always accepted, from anyone: `<postmaster>`
+    // and `postmaster@` the relay's own names go to the configured postmaster.
+    let is_postmaster = to.as_ref().is_none_or(|a| is_own_postmaster(ctx, a));
+    let to = if is_postmaster {
+        ctx.smtp.postmaster.clone()
+    } else {
+        to.expect("checked above")
+    };
     let Some(txn) = state.txn.as_mut() else {
         return Err(Refusal::BadSequence("need MAIL before RCPT"));
     };
@@ -498,6 +507,25 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
         conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
         return Ok(Flow::Continue);
     }
+    if is_postmaster && txn.account.is_none() {
+        declared_size_within(txn, ctx.own_limits.report)?;
+        // The postmaster's mailbox is no channel for floods: it shares the report cap.
+        let admitted = ctx
+            .complaints
+            .as_ref()
+            .is_none_or(|c| c.admit_report(state.peer.remote.ip()));
+        if !admitted {
+            crate::metrics::untrusted_refused("report_rate");
+            return Err(Refusal::ReportRate);
+        }
+        let txn = state.txn.as_mut().expect("checked above");
+        txn.postmaster = true;
+        if !txn.rcpts.iter().any(|(a, _)| *a == to) {
+            txn.rcpts.push((to, params));
+        }
+        conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
+        return Ok(Flow::Continue);
+    }
     let Some(account_name) = &txn.account else {
         let state = &*state;
         return Err(identify(ctx, state).err().unwrap_or(Refusal::RelayDenied));
@@ -529,11 +557,18 @@ fn declared_size_within(txn: &Transaction, limit: u64) -> Result<(), Refusal> {
 /// The largest message this transaction may carry: an account's mail may be
 /// `max_message_size`; a stranger's only a report or an unsubscribe request.
 fn size_limit(ctx: &SessionContext, txn: &Transaction) -> u64 {
-    match (&txn.account, txn.complaint) {
+    match (&txn.account, txn.complaint || txn.postmaster) {
         (Some(_), _) => ctx.smtp.max_message_size,
         (None, true) => ctx.own_limits.report,
         (None, false) => ctx.own_limits.unsubscribe,
     }
+}
+
+/// `postmaster@` one of the relay's own names (its host name or mail domain).
+fn is_own_postmaster(ctx: &SessionContext, to: &Address) -> bool {
+    to.local_part().eq_ignore_ascii_case("postmaster")
+        && (to.domain().eq_ignore_ascii_case(&ctx.smtp.hostname)
+            || to.domain().eq_ignore_ascii_case(&ctx.own_domain))
 }
 
 fn ready_for_content(state: &State) -> Result<(), Refusal> {

@@ -71,9 +71,15 @@ pub struct Unsubscribes {
 
 impl Unsubscribes {
     /// Records one unsubscribe durably and in force at once (blocking: call from a
-    /// blocking context). A repeat (the same link clicked again) is recorded again but not
-    /// counted, told or logged as an event a second time.
+    /// blocking context). A repeat (the same link clicked again, a provider retrying its
+    /// one-click POST) writes nothing: no journal record, metric, event or webhook.
     pub fn record(&self, u: &Unsubscribe, whole_account: bool, via: Via) -> Result<(), ListsError> {
+        // Check and record as one step, so two copies of one click arriving together
+        // cannot both count as new. Unsubscribes are rare: one at a time costs nothing.
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        let _turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = self.lists.standing(&u.account, Some(&u.list), &u.address);
         let bit = Reason::Unsubscribe.bit();
         let repeat = if whole_account {
@@ -81,6 +87,11 @@ impl Unsubscribes {
         } else {
             before.list & bit != 0
         };
+        let scope = if whole_account { "account" } else { "list" };
+        if repeat {
+            tracing::info!(account = %u.account, list = %u.list, scope, via = via.as_str(), "unsubscribed again (already in force; nothing written)");
+            return Ok(());
+        }
         let secret = self.lists.secret();
         let fp = if whole_account {
             secret.fingerprint(Kind::Suppression, Scope::Account(&u.account), &u.address)
@@ -101,11 +112,6 @@ impl Unsubscribes {
         if let Err(e) = self.lists.record(&[change]) {
             tracing::error!(account = %u.account, error = %e, "could not record an unsubscribe");
             return Err(e);
-        }
-        let scope = if whole_account { "account" } else { "list" };
-        if repeat {
-            tracing::info!(account = %u.account, list = %u.list, scope, via = via.as_str(), "unsubscribed again (already in force)");
-            return Ok(());
         }
         crate::metrics::unsubscribe_received(scope, via.as_str());
         if let Some(campaigns) = &self.campaigns {

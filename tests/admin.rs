@@ -17,6 +17,7 @@ const TOKEN: &str = "test-token-0123456789";
 /// `shop` sends both streams; marketing to its list `deals`.
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["shop.example", "b.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -37,10 +38,10 @@ async fn setup(mx_options: MxOptions) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
         "[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
     );
     let relay = common::start_relay(dir.path(), &extra, POLICY).await;
-    let http = relay.http_addr.unwrap();
+    let http = relay.admin_addr.unwrap();
     Setup {
         mx,
         relay,
@@ -237,7 +238,7 @@ async fn the_queue_can_be_inspected_retried_bounced_and_deleted() {
             smtp(&s),
             "app@shop.example",
             &[&format!("tempfail-{n}@example.net")],
-            "Subject: queued\r\n\r\nhello",
+            "From: <app@shop.example>\r\nSubject: queued\r\n\r\nhello",
         )
         .await;
         assert!(r.starts_with("250"), "{r}");
@@ -511,7 +512,7 @@ async fn suppressions_are_checked_added_and_removed() {
         smtp(&s),
         "app@shop.example",
         &["someone@example.net"],
-        "Subject: x\r\n\r\nx",
+        "From: <app@shop.example>\r\nSubject: x\r\n\r\nx",
     )
     .await;
     assert!(!r.starts_with("250"), "{r}");
@@ -539,6 +540,130 @@ async fn suppressions_are_checked_added_and_removed() {
     assert_eq!(v["verdict"], "allowed");
 }
 
+/// Batches of addresses for the CLI: suppressed and lifted together, consent granted and
+/// revoked; one bad address in a batch changes nothing; a body over the operator
+/// listener's `max_body_size` is refused with 413.
+#[tokio::test]
+async fn batches_suppress_lift_grant_and_revoke() {
+    let s = setup(MxOptions::default()).await;
+    let standing = async |address: &str| {
+        let path = format!("/admin/suppressions/{address}?account=shop&list=deals");
+        get(&s, &path).await.1
+    };
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/suppressions",
+        Some(json!({"addresses": ["A@x.example", "b@x.example"], "account": "shop"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["count"].clone(), v["scope"].clone(), v["address"].clone()),
+        (json!(2), json!("account shop"), Value::Null)
+    );
+    assert_eq!(
+        standing("a@x.example").await["suppressed"]["account"],
+        json!(["manual"])
+    );
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/suppressions/remove",
+        Some(json!({"addresses": ["a@x.example", "B@X.example"], "account": "shop"})),
+    )
+    .await;
+    assert_eq!((status, v["result"].clone()), (200, json!("lifted")), "{v}");
+    assert_eq!(
+        standing("b@x.example").await["suppressed"]["account"],
+        json!([])
+    );
+
+    // one bad address: 400 naming it, and nothing changed
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/suppressions",
+        Some(json!({"addresses": ["c@x.example", "not an address", "neither"]})),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("2 addresses are not addresses (nothing was changed)")
+            && error.contains("\"not an address\"")
+            && error.contains("\"neither\""),
+        "{error}"
+    );
+    let (_, v) = get(&s, "/admin/suppressions/c%40x.example").await;
+    assert_eq!(v["suppressed"]["global"], json!([]));
+    for body in [
+        json!({"addresses": []}),
+        json!({"address": "a@x.example", "addresses": ["b@x.example"]}),
+        json!({"addresses": ["a@x.example"], "colour": "blue"}),
+        json!({"addresses": vec!["a@x.example"; optin_relay::http::admin::MAX_BATCH + 1]}),
+    ] {
+        let (status, _) = send(&s, "POST", "/admin/suppressions", Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}");
+    }
+
+    // consent
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/consent/grant",
+        Some(json!({"addresses": ["fan@x.example", "Other@x.example"], "account": "shop"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["list"].clone(), v["count"].clone(), v["result"].clone()),
+        (json!("deals"), json!(2), json!("granted"))
+    );
+    assert_eq!(standing("other@x.example").await["consent"], true);
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/consent/revoke",
+        Some(json!({"address": "fan@x.example", "account": "shop", "list": "deals"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["address"].clone(), v["result"].clone()),
+        (200, json!("fan@x.example"), json!("revoked"))
+    );
+    assert_eq!(standing("fan@x.example").await["consent"], false);
+    for (body, want) in [
+        (json!({"address": "a@x.example"}), 400),
+        (json!({"address": "a@x.example", "account": "nobody"}), 404),
+        (
+            json!({"address": "a@x.example", "account": "shop", "list": "nope"}),
+            404,
+        ),
+        (
+            json!({"address": "a@x.example", "account": "shop", "reason": "manual"}),
+            400,
+        ),
+    ] {
+        let (status, _) = send(&s, "POST", "/admin/consent/grant", Some(body.clone())).await;
+        assert_eq!(status, want, "{body}");
+    }
+
+    // larger than [admin] max_body_size (1 MiB by default)
+    let big: Vec<String> = (0..40_000)
+        .map(|i| format!("reader-{i:08}@x.example"))
+        .collect();
+    let (status, v) = send(
+        &s,
+        "POST",
+        "/admin/suppressions",
+        Some(json!({"addresses": big})),
+    )
+    .await;
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["status"], 413);
+}
+
 #[tokio::test]
 async fn erasure_drops_queued_mail_and_suppresses_the_address() {
     let s = setup(MxOptions::default()).await;
@@ -546,7 +671,7 @@ async fn erasure_drops_queued_mail_and_suppresses_the_address() {
         smtp(&s),
         "app@shop.example",
         &["tempfail-erase@example.net", "tempfail-keep@example.net"],
-        "Subject: two\r\n\r\nhello",
+        "From: <app@shop.example>\r\nSubject: two\r\n\r\nhello",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -554,7 +679,7 @@ async fn erasure_drops_queued_mail_and_suppresses_the_address() {
         smtp(&s),
         "app@shop.example",
         &["Tempfail-Erase@example.net"],
-        "Subject: one\r\n\r\nhello",
+        "From: <app@shop.example>\r\nSubject: one\r\n\r\nhello",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -586,7 +711,7 @@ async fn erasure_drops_queued_mail_and_suppresses_the_address() {
         smtp(&s),
         "app@shop.example",
         &["tempfail-erase@example.net"],
-        "Subject: x\r\n\r\nx",
+        "From: <app@shop.example>\r\nSubject: x\r\n\r\nx",
     )
     .await;
     assert!(!r.starts_with("250"), "{r}");

@@ -3,8 +3,9 @@
 //! `erase`, `policy status|reload`; their text and `--json` output, and their exit codes
 //! (1: the API said no; 2: no relay to ask, or bad usage).
 //!
-//! The relay runs in-process with HTTP on a free loopback port; the `optin-relay` binary
-//! runs as a separate process with a config naming that relay's real address and token.
+//! The relay runs in-process with its operator listener on a free loopback port; the
+//! `optin-relay` binary runs as a separate process with a config naming that relay's real
+//! address and token.
 
 mod common;
 
@@ -21,6 +22,7 @@ const TOKEN: &str = "admin-cli-test-token-0123456789";
 /// `shop` (all of loopback) sends transactional mail by default, and marketing to `news`.
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["shop.example", "x.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -43,7 +45,7 @@ impl Setup {
     }
 
     fn http(&self) -> SocketAddr {
-        self.relay.http_addr.expect("HTTP is on")
+        self.relay.admin_addr.expect("the operator listener is on")
     }
 
     /// Runs the binary with this setup's config.
@@ -51,8 +53,8 @@ impl Setup {
         cli(&self.config, args).await
     }
 
-    /// Writes another config for the binary: this relay's spool and policy, `http` and
-    /// `token` as given.
+    /// Writes another config for the binary: this relay's spool and policy, `http` (its
+    /// operator listener) and `token` as given.
     fn config_with(&self, name: &str, http: &str, token: &str) -> PathBuf {
         write_config(self.dir.path(), name, http, token)
     }
@@ -61,20 +63,29 @@ impl Setup {
 /// A relay delivering to a fake MX through a smart host, retrying after an hour (so a
 /// `tempfail…` recipient stays queued), with the admin token [`TOKEN`].
 async fn setup() -> Setup {
+    setup_following("50ms").await
+}
+
+/// As [`setup`], the relay following other processes' changes to its lists every
+/// `refresh`.
+async fn setup_following(refresh: &str) -> Setup {
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
     let extra = format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
          [delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
-         [lists]\nrefresh_interval = \"50ms\"\n\
+         [lists]\nrefresh_interval = \"{refresh}\"\n\
          [policy]\npath = \"{}\"\nwatch_interval = \"0s\"\n",
         policy.display()
     );
     let relay = common::start_relay(dir.path(), &extra, POLICY).await;
-    let http = relay.http_addr.expect("HTTP is on").to_string();
+    let http = relay
+        .admin_addr
+        .expect("the operator listener is on")
+        .to_string();
     let config = write_config(dir.path(), "cli.toml", &http, TOKEN);
     Setup {
         mx,
@@ -90,7 +101,8 @@ fn write_config(dir: &Path, name: &str, http: &str, token: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[spool]\npath = \"{}\"\n[http]\nlisten = \"{http}\"\n[admin]\ntoken = \"{token}\"\n\
+            "[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[admin]\nlisten = \"{http}\"\n\
+             token = \"{token}\"\n\
              [policy]\npath = \"{}\"\n",
             dir.join("spool").display(),
             dir.join("policy.toml").display()
@@ -400,16 +412,11 @@ async fn suppress_check_gives_verdicts_and_erase_drops_queued_mail() {
         "{text}"
     );
 
-    // `suppress add` writes the journal; the relay follows it
+    // `suppress add` goes through the relay: in force at once
     let out = s.cli(&["suppress", "add", "blocked@x.example"]).await;
     out.ok();
-    until("the relay to see the suppression", async || {
-        check(&["blocked@x.example"])
-            .await
-            .ok()
-            .contains("suppressed:  global: manual")
-    })
-    .await;
+    let out = check(&["blocked@x.example"]).await;
+    assert!(out.ok().contains("suppressed:  global: manual"), "{out:#?}");
     let out = check(&["blocked@x.example", "--account", "shop"]).await;
     assert!(out.ok().contains("verdict:     refused"), "{out:#?}");
     // '+' and '@' arrive as typed; the relay normalises
@@ -442,6 +449,147 @@ async fn suppress_check_gives_verdicts_and_erase_drops_queued_mail() {
     assert!(out.ok().contains("global: erasure"), "{out:#?}");
     let v = s.cli(&["erase", "nobody@x.example", "--json"]).await.json();
     assert_eq!(v["queued_recipients_dropped"], 0);
+    s.relay.shutdown().await;
+}
+
+/// Records in the relay's lists journals.
+fn journal_records(s: &Setup) -> u64 {
+    std::fs::read_dir(s.dir.path().join("spool/lists"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("journal.") && name != "journal.lock"
+        })
+        .map(|e| e.metadata().unwrap().len() / 32)
+        .sum()
+}
+
+/// Sends a message from `shop` to `to` (marketing or transactional); the reply that
+/// decided it: to RCPT when refused there, else to the end of the data.
+async fn send_reply(s: &Setup, to: &str, marketing: bool) -> String {
+    let stream = if marketing {
+        "marketing"
+    } else {
+        "transactional"
+    };
+    let mut io = BufReader::new(tokio::net::TcpStream::connect(s.smtp()).await.unwrap());
+    let mut say = async |line: &str| {
+        if !line.is_empty() {
+            io.get_mut()
+                .write_all(format!("{line}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        let mut reply = String::new();
+        loop {
+            let mut l = String::new();
+            if io.read_line(&mut l).await.unwrap() == 0 {
+                break;
+            }
+            reply.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+        reply.trim_end().to_string()
+    };
+    say("").await;
+    say("EHLO client.test").await;
+    say("MAIL FROM:<app@shop.example>").await;
+    let rcpt = say(&format!("RCPT TO:<{to}>")).await;
+    if !rcpt.starts_with("250") {
+        return rcpt;
+    }
+    say("DATA").await;
+    say(&format!(
+        "From: <app@shop.example>\r\nX-Optin-Stream: {stream}\r\nSubject: q\r\n\r\nx\r\n."
+    ))
+    .await
+}
+
+/// With a relay running, `suppress add|remove` and `lists grant|revoke` change its lists
+/// through the admin API: in force when the command returns (the relay here follows the
+/// journal only once an hour), written once (by the relay, never also by the command).
+/// With no relay answering they write the journal and say so.
+#[tokio::test]
+async fn list_changes_go_through_the_running_relay_and_are_in_force_at_once() {
+    let s = setup_following("1h").await;
+    let records = journal_records(&s);
+    let out = s
+        .cli(&["suppress", "add", "Gone@X.example", "other@x.example"])
+        .await;
+    assert!(
+        out.ok().contains(
+            "suppressed 2 address(es) (manual, global) through the running relay; in force now"
+        ),
+        "{out:#?}"
+    );
+    // No sleep: the very next submission is refused.
+    let reply = send_reply(&s, "gone@x.example", false).await;
+    assert!(reply.contains("may not receive mail"), "{reply}");
+    assert_eq!(journal_records(&s), records + 2, "one record per address");
+
+    let out = s.cli(&["suppress", "remove", "gone@x.example"]).await;
+    assert!(out.ok().contains("in force now"), "{out:#?}");
+    let reply = send_reply(&s, "gone@x.example", false).await;
+    assert!(reply.starts_with("250"), "{reply}");
+
+    // Consent: marketing to the list needs it, from the moment it is granted.
+    let reply = send_reply(&s, "fan@x.example", true).await;
+    assert!(reply.contains("no consent recorded"), "{reply}");
+    let out = s
+        .cli(&["lists", "grant", "fan@x.example", "--account", "shop"])
+        .await;
+    assert!(
+        out.ok().contains(
+            "consent recorded for 1 address(es) on shop/news through the running relay; in \
+             force now"
+        ),
+        "{out:#?}"
+    );
+    let reply = send_reply(&s, "fan@x.example", true).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let out = s
+        .cli(&["lists", "revoke", "fan@x.example", "--account", "shop"])
+        .await;
+    assert!(out.ok().contains("consent revoked"), "{out:#?}");
+    let reply = send_reply(&s, "fan@x.example", true).await;
+    assert!(reply.contains("no consent recorded"), "{reply}");
+    let records = journal_records(&s);
+
+    // The relay says no (a wrong token): exit 1, and nothing written by the command.
+    let wrong = s.config_with("wrong.toml", &s.http().to_string(), "not-the-token-at-all");
+    let out = cli(&wrong, &["suppress", "add", "x@x.example"]).await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("(HTTP 401)"), "{out:#?}");
+    assert_eq!(journal_records(&s), records);
+
+    // No relay answers: the journal, and the message says when a relay has it.
+    let port = common::free_port();
+    let stopped = s.config_with("stopped.toml", &format!("127.0.0.1:{port}"), TOKEN);
+    let out = cli(&stopped, &["suppress", "add", "late@x.example"]).await;
+    assert!(
+        out.ok().contains(&format!(
+            "suppressed 1 address(es) (manual, global) written to the lists journal (no \
+             relay answers at http://127.0.0.1:{port}); a relay has it within"
+        )),
+        "{out:#?}"
+    );
+    assert!(!out.stdout.contains("in force now"), "{out:#?}");
+    assert_eq!(journal_records(&s), records + 1);
+    let off = s.config_with("off.toml", "", TOKEN);
+    let out = cli(
+        &off,
+        &["lists", "grant", "late@x.example", "--account", "shop"],
+    )
+    .await;
+    assert!(
+        out.ok()
+            .contains("(the config turns the operator listener off)"),
+        "{out:#?}"
+    );
+    assert_eq!(journal_records(&s), records + 2);
     s.relay.shutdown().await;
 }
 
@@ -538,11 +686,14 @@ async fn failures_have_their_exit_codes_and_say_why() {
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(out.stderr.contains("https is not supported"), "{out:#?}");
 
-    // HTTP off in the config
+    // the operator listener off in the config
     let off = s.config_with("off.toml", "", TOKEN);
     let out = cli(&off, &["queue", "summary"]).await;
     assert_eq!(out.code, Some(2), "{out:#?}");
-    assert!(out.stderr.contains("the HTTP listener is off"), "{out:#?}");
+    assert!(
+        out.stderr.contains("the operator listener is off"),
+        "{out:#?}"
+    );
 
     // bad usage
     for args in [

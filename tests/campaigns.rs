@@ -18,6 +18,7 @@ fn policy(window: &str) -> String {
     format!(
         r#"
 [accounts.shop]
+from_domains = ["shop.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -44,10 +45,10 @@ async fn setup(window: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
         "[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
     );
     let relay = common::start_relay(dir.path(), &extra, &policy(window)).await;
-    let http = relay.http_addr.unwrap();
+    let http = relay.admin_addr.unwrap();
     Setup {
         mx,
         relay,

@@ -78,6 +78,12 @@ fn the_example_config_and_policy_load_and_document_every_key() {
         "event_log_days",
         "level",
         "format",
+        "header_timeout",
+        "body_timeout",
+        "max_header_size",
+        "max_body_size",
+        "token",
+        "token_file",
     ] {
         assert!(
             text.contains(&format!("\n{key} = ")) || text.contains(&format!("# {key} = ")),
@@ -127,6 +133,7 @@ fn the_example_config_and_policy_load_and_document_every_key() {
 
 const LISTS_POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["shop.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "marketing"
@@ -140,7 +147,8 @@ fn lists_config(dir: &std::path::Path) -> String {
     std::fs::write(
         &config,
         format!(
-            "[spool]\npath = \"{}\"\n[policy]\npath = \"{}\"\n",
+            "[spool]\npath = \"{}\"\n[policy]\npath = \"{}\"\n\
+             [http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n",
             dir.join("spool").display(),
             dir.join("policy.toml").display()
         ),
@@ -348,6 +356,57 @@ fn config_check_lists_every_problem() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("accounts.a.networks"),
         "{out:?}"
+    );
+}
+
+/// Legal but unwise settings are warned about, each with its key path, and the check
+/// still succeeds.
+#[test]
+fn config_check_warns_about_links_recipients_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = bin()
+            .args(["--config", path.to_str().unwrap(), "config", "check"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // SMTP for the Internet, links on the loopback HTTP listener in plain http.
+    let text = check("open.toml", "[smtp]\nlisten = \"0.0.0.0:25\"\n");
+    assert!(text.contains("open.toml: ok, 2 warning(s)"), "{text}");
+    assert!(
+        text.contains(
+            "  warning: unsubscribe.public_url: \"http://127.0.0.1:8025\" is plain http while \
+             SMTP listens beyond loopback"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("recipients elsewhere cannot reach the unsubscribe links"),
+        "{text}"
+    );
+    // The operator listener beyond loopback.
+    let text = check(
+        "ops.toml",
+        "[smtp]\nlisten = \"0.0.0.0:25\"\n[unsubscribe]\npublic_url = \"https://u.example.com\"\n\
+         [admin]\nlisten = \"0.0.0.0:8026\"\n",
+    );
+    assert!(text.contains("ops.toml: ok, 1 warning(s)"), "{text}");
+    assert!(
+        text.contains("warning: admin.listen: 0.0.0.0:8026"),
+        "{text}"
+    );
+    // Everything as it should be.
+    let text = check(
+        "good.toml",
+        "[smtp]\nlisten = \"0.0.0.0:25\"\n[unsubscribe]\npublic_url = \"https://u.example.com\"\n",
+    );
+    assert!(
+        text.contains("good.toml: ok\n") && !text.contains("warning"),
+        "{text}"
     );
 }
 

@@ -35,7 +35,7 @@ streams = ["transactional"]
 from_domains = ["shop.example"]
 "#;
 
-/// A relay delivering to `mx`, with HTTP on a free port and `relay.test` as mail domain.
+/// A relay delivering to `mx`, with both HTTP listeners on free ports and `relay.test` as mail domain.
 async fn relay(dir: &std::path::Path, mx: SocketAddr, extra: &str) -> Relay {
     relay_with(dir, mx, "", "", extra).await
 }
@@ -52,6 +52,7 @@ async fn relay_with(
         dir,
         &format!(
             "[delivery]\nsmarthost = \"{mx}\"\n{delivery}\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
              [unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n\
              {unsubscribe}\n{extra}"
         ),
@@ -176,7 +177,7 @@ fn complained(relay: &Relay, account: &str, address: &str) -> (bool, bool) {
 /// One sample of the exposition (0 when absent). Metrics are shared by the tests of this
 /// binary, which run at once, so tests compare with what they read before.
 async fn metric(relay: &Relay, series: &str) -> f64 {
-    let (_, text) = http(relay.http_addr.unwrap(), "GET", "/metrics", "").await;
+    let (_, text) = http(relay.admin_addr.unwrap(), "GET", "/metrics", "").await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())
@@ -620,7 +621,7 @@ async fn the_feedback_address_opens_no_relay() {
         "fbl2@relay.test",
         "fbl+x@relay.test",
         "fbl@other.test",
-        "postmaster@relay.test",
+        "postmaster@other.test",
     ] {
         let reply = c.say(&format!("RCPT TO:<{other}>")).await;
         assert!(reply.starts_with("554 5.7.1"), "{other}: {reply}");

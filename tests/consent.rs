@@ -20,6 +20,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// decided at the end of DATA from the X-Optin-* headers.
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["sender.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -30,6 +31,7 @@ consent_statement = "You get {list} because you signed up at {source}."
 consent_statement = "You get {list} because you asked for it."
 
 [accounts.news]
+from_domains = ["sender.example"]
 networks = ["127.0.0.2/32"]
 streams = ["marketing"]
 [accounts.news.lists.weekly]
@@ -56,7 +58,7 @@ async fn setup() -> Setup {
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n{extra}",
+            "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n{extra}",
             dir.path().join("spool").display()
         ),
     )
@@ -302,6 +304,80 @@ async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
     s.relay.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_withheld_notice_returns_headers_only_and_never_reaches_a_suppressed_sender() {
+    let s = setup().await;
+    let lists = &s.relay.lists;
+    record(
+        lists,
+        Kind::Consent,
+        Scope::List("shop", "deals"),
+        "fan@example.net",
+        CONSENT,
+    );
+    record(
+        lists,
+        Kind::Suppression,
+        Scope::Global,
+        "complained@sender.example",
+        Reason::Complaint.bit(),
+    );
+    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.1").await;
+    // Marketing with RET=FULL to a consented and a never-asked recipient, from a sender
+    // that complained, then from one that did not.
+    for sender in ["complained@sender.example", "shop@sender.example"] {
+        assert!(
+            c.say(&format!("MAIL FROM:<{sender}> RET=FULL"))
+                .await
+                .starts_with("250")
+        );
+        assert!(c.say("RCPT TO:<fan@example.net>").await.starts_with("250"));
+        assert!(
+            c.say("RCPT TO:<stranger@example.net>")
+                .await
+                .starts_with("250")
+        );
+        assert!(c.say("DATA").await.starts_with("354"));
+        let end = c
+            .say(&format!(
+                "From: <{sender}>\r\nSubject: spring offer\r\nX-Optin-Stream: marketing\r\n\
+                 X-Optin-List: deals\r\n\r\nSECRET OFFER BODY\r\n."
+            ))
+            .await;
+        assert!(end.starts_with("250"), "{end}");
+    }
+    // The fan gets both messages; only the sender in good standing hears of the stranger.
+    let got = s.mx.wait_for(3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_now = s.mx.delivered();
+    assert_eq!(
+        got_now.len(),
+        3,
+        "{:?}",
+        got_now.iter().map(|d| &d.rcpt_to).collect::<Vec<_>>()
+    );
+    assert!(
+        !got.iter()
+            .any(|d| d.rcpt_to.iter().any(|r| r.starts_with("complained@"))),
+        "no notice to a suppressed sender"
+    );
+    let dsn = got
+        .iter()
+        .find(|d| d.rcpt_to == ["shop@sender.example"])
+        .expect("a DSN to the sender in good standing");
+    let text = dsn.text();
+    assert!(
+        text.contains("Final-Recipient: rfc822; stranger@example.net"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: spring offer"), "{text}");
+    assert!(
+        !text.contains("SECRET OFFER BODY"),
+        "a withheld notice carries the header section only, whatever RET said: {text}"
+    );
+    s.relay.shutdown().await;
+}
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_optin-relay"))
 }
@@ -399,7 +475,7 @@ fn write_config(dir: &Path, port: u16, mx: SocketAddr) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[delivery]\nsmarthost = \"{mx}\"\n[lists]\nrefresh_interval = \"20ms\"\n[policy]\npath = \"{}\"\n",
+            "[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[delivery]\nsmarthost = \"{mx}\"\n[lists]\nrefresh_interval = \"20ms\"\n[policy]\npath = \"{}\"\n",
             dir.join("spool").display(),
             dir.join("policy.toml").display()
         ),
@@ -648,7 +724,7 @@ async fn accounts_take_turns_on_a_busy_destination() {
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let policy = format!(
-        "{POLICY}\n[accounts.small]\nnetworks = [\"127.0.0.3/32\"]\nstreams = [\"marketing\"]\n[accounts.small.lists.notes]\nconsent_statement = \"You asked for {{list}}.\"\n"
+        "{POLICY}\n[accounts.small]\nnetworks = [\"127.0.0.3/32\"]\nstreams = [\"marketing\"]\nfrom_domains = [\"sender.example\"]\n[accounts.small.lists.notes]\nconsent_statement = \"You asked for {{list}}.\"\n"
     );
     let relay = common::start_relay(
         dir.path(),

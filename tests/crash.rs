@@ -94,7 +94,7 @@ async fn every_acknowledged_message_survives_kill_9() {
             "[smtp]\nlisten = \"{relay_addr}\"\nhostname = \"relay.test\"\n\
              [spool]\npath = \"{}\"\nsegment_size = \"1MiB\"\n\
              [delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1s\"\nretry_max = \"2s\"\n\
-             [http]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n",
+             [http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n",
             dir.path().join("spool").display()
         ),
     )

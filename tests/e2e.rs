@@ -408,14 +408,14 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 #[tokio::test]
-async fn metrics_and_health_on_the_http_listener() {
+async fn metrics_and_health_on_the_operator_listener() {
     let (mx, relay, _dir) = relay_to_mx(
         MxOptions::default(),
-        "[http]\nlisten = \"127.0.0.1:0\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
         LOOPBACK_POLICY,
     )
     .await;
-    let http = relay.http_addr.unwrap();
+    let http = relay.admin_addr.unwrap();
     assert!(http_get(http, "/healthz").await.ends_with("ok\n"));
     common::raw_send(
         relay.smtp_addrs[0],
@@ -449,7 +449,7 @@ async fn metrics_and_health_on_the_http_listener() {
 async fn connections_per_client_are_limited() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\nmax_connections_per_ip = 2\n[http]\nlisten = \"\"\n[spool]\npath = \"{}\"\n[delivery]\nsmarthost = \"127.0.0.1:9\"\n",
+        "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\nmax_connections_per_ip = 2\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[spool]\npath = \"{}\"\n[delivery]\nsmarthost = \"127.0.0.1:9\"\n",
         dir.path().display()
     );
     let config = optin_relay::config::Config::from_toml("t", &text).unwrap();
@@ -481,7 +481,7 @@ async fn connections_per_client_are_limited() {
 async fn implicit_tls_listener() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[smtp]\nlisten = []\nlisten_tls = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[http]\nlisten = \"\"\n[spool]\npath = \"{}\"\n",
+        "[smtp]\nlisten = []\nlisten_tls = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[spool]\npath = \"{}\"\n",
         dir.path().join("s2").display()
     );
     let config = optin_relay::config::Config::from_toml("t", &text).unwrap();

@@ -13,6 +13,7 @@ fn policy(transactional: &str) -> String {
     format!(
         r#"
 [accounts.shop]
+from_domains = ["shop.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"

@@ -22,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// sends marketing to its one list, decided at RCPT.
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["sender.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -29,6 +30,7 @@ default_stream = "transactional"
 consent_statement = "You get {list} because you signed up."
 
 [accounts.news]
+from_domains = ["sender.example"]
 networks = ["127.0.0.2/32"]
 streams = ["marketing"]
 [accounts.news.lists.weekly]
@@ -147,11 +149,11 @@ async fn the_exposition_counts_the_traffic_and_names_no_one() {
     let dir = tempfile::tempdir().unwrap();
     let relay = common::start_relay(
         dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
         POLICY,
     )
     .await;
-    let http = relay.http_addr.expect("the HTTP listener");
+    let http = relay.admin_addr.expect("the operator listener");
     let smtp = relay.smtp_addrs[0];
     let lists = &relay.lists;
     let weekly = Scope::List("news", "weekly");

@@ -21,6 +21,7 @@ const ADDRESS: &str = "tempfail-erase@example.net";
 
 const POLICY: &str = r#"
 [accounts.shop]
+from_domains = ["shop.example"]
 networks = ["127.0.0.0/8"]
 streams = ["marketing", "transactional"]
 default_stream = "transactional"
@@ -31,7 +32,7 @@ consent_statement = "You get {list} because you signed up."
 fn config(mx: SocketAddr) -> String {
     format!(
         "[delivery]\nsmarthost = \"{mx}\"\nretry_initial = \"1h\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+         [http]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
     )
 }
 
@@ -133,7 +134,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;
-    let http = relay.http_addr.unwrap();
+    let http = relay.admin_addr.unwrap();
     let smtp = relay.smtp_addrs[0];
 
     // Delivered at once, but its record stays in the segment the queued mail keeps live.
@@ -141,7 +142,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
         smtp,
         "app@shop.example",
         &["accept@example.net"],
-        &format!("Subject: delivered\r\n\r\nCc'd: {ADDRESS}"),
+        &format!("From: <app@shop.example>\r\nSubject: delivered\r\n\r\nCc'd: {ADDRESS}"),
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -151,7 +152,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
         smtp,
         "app@shop.example",
         &[ADDRESS, "tempfail-keep@example.net"],
-        "Subject: two\r\n\r\nhello",
+        "From: <app@shop.example>\r\nSubject: two\r\n\r\nhello",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
@@ -160,12 +161,12 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
         smtp,
         "app@shop.example",
         &["flaky-keep@example.net"],
-        &format!("To: Tempfail-Erase@Example.net\r\nSubject: about\r\n\r\nWrite to <{ADDRESS}>."),
+        &format!("From: <app@shop.example>\r\nTo: Tempfail-Erase@Example.net\r\nSubject: about\r\n\r\nWrite to <{ADDRESS}>."),
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
     settled(http, 2).await;
-    unsubscribe(http, &spool, ADDRESS).await;
+    unsubscribe(relay.http_addr.unwrap(), &spool, ADDRESS).await;
     let before = files_holding(&spool, ADDRESS);
     let names: Vec<String> = before
         .iter()
@@ -247,18 +248,18 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     let record = &segment[m.loc.offset as usize..(m.loc.offset + m.loc.len) as usize];
     optin_relay::spool::format::decode_record(record).expect("sound checksums");
 
-    // A restart recovers it as it is: nothing quarantined, nothing relocated.
+    // A restart recovers it as it is: nothing quarantined, nothing repaired.
     let (reopened, report) = optin_relay::spool::Spool::open(&optin_relay::config::SpoolConfig {
         path: spool.clone(),
         fsync: true,
         segment_size: 64 << 20,
     })
     .unwrap();
-    assert_eq!((report.quarantined, report.relocated), (0, 0), "{report:?}");
+    assert_eq!((report.quarantined, report.repaired), (0, 0), "{report:?}");
     assert_eq!(report.messages.len(), 1);
     drop(reopened);
     let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;
-    let list = settled(relay.http_addr.unwrap(), 1).await;
+    let list = settled(relay.admin_addr.unwrap(), 1).await;
     assert_eq!(list[0]["recipients"][1]["status"], "waiting");
     assert_eq!(
         std::fs::read_dir(spool.join("quarantine")).unwrap().count(),
@@ -305,7 +306,7 @@ async fn retention_runs_when_the_relay_starts_and_the_delivery_log_is_daily() {
         relay.smtp_addrs[0],
         "app@shop.example",
         &["someone@example.net"],
-        "Subject: hi\r\n\r\nhi",
+        "From: <app@shop.example>\r\nSubject: hi\r\n\r\nhi",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");

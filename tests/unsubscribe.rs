@@ -368,3 +368,97 @@ async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() 
     assert!(events.contains("\"via\":\"mail\""), "{events}");
     relay.shutdown().await;
 }
+
+/// Records in the lists journals of a relay whose spool is in `dir`.
+fn journal_records(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("spool/lists"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("journal.") && name != "journal.lock"
+        })
+        .map(|e| e.metadata().unwrap().len() / 32)
+        .sum()
+}
+
+/// A mailbox provider retrying its one-click POST, or a reader clicking twice: the second
+/// and later POSTs for an address already unsubscribed write nothing — no journal record,
+/// no event line — and still answer 200.
+#[tokio::test]
+async fn a_repeated_one_click_writes_nothing() {
+    let mx = FakeMx::new(MxOptions::default());
+    let mx_addr = mx.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = common::start_relay(
+        dir.path(),
+        &format!(
+            "[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [unsubscribe]\nmail_domain = \"relay.test\"\n"
+        ),
+        POLICY,
+    )
+    .await;
+    consent(&relay, "weekly", "twice@example.net");
+    let reply = common::raw_send(
+        relay.smtp_addrs[0],
+        "bounce@news.example",
+        &["twice@example.net"],
+        &marketing("weekly", "twice@example.net"),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let token = token_of(&mx.wait_for(1, WAIT).await[0].text());
+    let web = relay.http_addr.unwrap();
+    let events = || {
+        std::fs::read_to_string(dir.path().join("spool/events/unsubscribes.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let click = async || {
+        let (status, body) = http(
+            web,
+            "POST",
+            &format!("/u/{token}"),
+            "List-Unsubscribe=One-Click",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    };
+
+    let records = journal_records(dir.path());
+    click().await;
+    assert_eq!(
+        journal_records(dir.path()),
+        records + 1,
+        "the first is recorded"
+    );
+    assert_eq!(events(), 1);
+    for _ in 0..3 {
+        click().await;
+    }
+    assert_eq!(
+        journal_records(dir.path()),
+        records + 1,
+        "repeats write no journal record"
+    );
+    // Metrics, webhooks and the account's health are told on the same path as the event
+    // line (after the journal write), so none of them hears of a repeat either; the
+    // counter itself is shared with the other tests of this binary, which run at once.
+    assert_eq!(events(), 1);
+    // The account-wide button is another change, recorded once too.
+    for _ in 0..2 {
+        let (status, _) = http(
+            web,
+            "POST",
+            &format!("/u/{token}"),
+            "List-Unsubscribe=One-Click&scope=account",
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(journal_records(dir.path()), records + 2);
+    assert_eq!(events(), 2);
+    relay.shutdown().await;
+}

@@ -1,11 +1,14 @@
 //! The client side of the admin API: `optin-relay queue summary|retry|bounce|delete`,
 //! `queue list|show --live`, `account …`, `suppress check`, `erase` and `policy …` ask the
-//! running relay over its HTTP listener (see `crate::http::admin` and `openapi.json`).
+//! running relay over its operator listener (see `crate::http::admin` and `openapi.json`);
+//! `suppress add|remove` and `lists grant|revoke` make their change through it when a
+//! relay answers there ([`change_lists`]), so it is in force when the command returns.
 //!
-//! The relay is the one the config names: its `[http] listen` (or `--url`) and its admin
+//! The relay is the one the config names: its `[admin] listen` (or `--url`) and its admin
 //! token (`[admin] token`, else the token file the relay wrote beside the spool). One
-//! request per command, plain HTTP/1.1, within [`TIMEOUT`]. The answer is printed as text
-//! (aligned tables), or as the API's JSON with `--json`.
+//! request per command (a large batch of addresses: one per part), plain HTTP/1.1, each
+//! within [`TIMEOUT`]. The answer is printed as text (aligned tables), or as the API's
+//! JSON with `--json`.
 //!
 //! Exit codes: 0 done; 1 the API said no (a 4xx: its `error` on standard error, and every
 //! one of its `problems`); 2 the relay cannot be reached or failed (5xx), or bad usage.
@@ -160,10 +163,10 @@ struct Target {
 }
 
 impl Target {
-    /// The relay's `[http] listen`; an unspecified address (0.0.0.0, ::) means loopback.
+    /// The relay's `[admin] listen`; an unspecified address (0.0.0.0, ::) means loopback.
     fn from_config(config: &crate::config::Config) -> Result<Target, String> {
-        let mut addr = config.http.listen.ok_or(
-            "the HTTP listener is off in this config ([http] listen = \"\"), so the \
+        let mut addr = config.admin.listen.ok_or(
+            "the operator listener is off in this config ([admin] listen = \"\"), so the \
              admin API is not reachable; give --url to reach a relay elsewhere",
         )?;
         if addr.ip().is_unspecified() {
@@ -182,11 +185,12 @@ impl Target {
         if lower.starts_with("https://") {
             return Err(bad(
                 "https is not supported: the admin API is plain HTTP on the relay's \
-                 listener (use an SSH tunnel or a local proxy for a relay elsewhere)",
+                 operator listener (use an SSH tunnel or a local proxy for a relay \
+                 elsewhere)",
             ));
         }
         if !lower.starts_with("http://") {
-            return Err(bad("not an http:// URL, e.g. http://127.0.0.1:8025"));
+            return Err(bad("not an http:// URL, e.g. http://127.0.0.1:8026"));
         }
         let rest = &url["http://".len()..];
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -359,6 +363,131 @@ fn query(pairs: &[(&str, Option<&str>)]) -> String {
     } else {
         format!("?{}", parts.join("&"))
     }
+}
+
+// ---- changes to the lists through a running relay ----------------------------------------
+
+/// What became of a change to the lists offered to the running relay.
+pub enum Relayed {
+    /// No relay answers (nothing listens at the operator listener, or the config turns it
+    /// off): nothing was sent. Says why, for the command's message.
+    Absent(String),
+    /// The relay made the change for every address.
+    Done,
+    /// The relay refused or failed (already said on standard error): the exit code.
+    Failed(ExitCode),
+}
+
+/// Sends `fields` plus the `addresses` to `POST /admin{path}` of the relay the config
+/// names, in parts that fit its `[admin] max_body_size`. Nothing is sent when no relay
+/// answers; when one part fails, standard error says how many addresses were changed.
+pub fn change_lists(
+    config: &crate::config::Config,
+    path: &str,
+    fields: &Value,
+    addresses: &[String],
+) -> Relayed {
+    let target = match Target::from_config(config) {
+        Ok(t) => t,
+        Err(_) => return Relayed::Absent("the config turns the operator listener off".into()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Relayed::Failed(unreachable_exit(&format!("cannot start the runtime: {e}")));
+        }
+    };
+    runtime.block_on(async {
+        let probe = tokio::net::TcpStream::connect((target.host.as_str(), target.port));
+        match tokio::time::timeout(TIMEOUT, probe).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Relayed::Absent(format!("no relay answers at {}", target.url));
+            }
+            Ok(Err(e)) => {
+                return Relayed::Failed(unreachable_exit(&format!(
+                    "cannot reach the relay's admin API at {}: {}; nothing was changed",
+                    target.url,
+                    io_text(&e)
+                )));
+            }
+            Err(_) => {
+                return Relayed::Failed(unreachable_exit(&format!(
+                    "the relay's admin API at {} did not answer within {}s; nothing was \
+                     changed",
+                    target.url,
+                    TIMEOUT.as_secs()
+                )));
+            }
+        }
+        let token = match crate::http::admin::token(&config.admin, false) {
+            Ok(t) => t,
+            Err(why) => return Relayed::Failed(unreachable_exit(&why)),
+        };
+        let mut done = 0;
+        for part in parts(addresses, config.admin.max_body_size / 2) {
+            let mut body = fields.clone();
+            body["addresses"] = json!(part);
+            let call = Call::new(Method::POST, path.to_string(), |_| {}).with_body(body);
+            let sent = tokio::time::timeout(TIMEOUT, send(&target, &token, &call)).await;
+            let failure = match sent {
+                Ok(Ok(_)) => {
+                    done += part.len();
+                    continue;
+                }
+                Ok(Err(f)) => f,
+                Err(_) => Failure::Unreachable(format!(
+                    "the relay's admin API at {} did not answer within {}s",
+                    target.url,
+                    TIMEOUT.as_secs()
+                )),
+            };
+            if done > 0 {
+                eprintln!(
+                    "optin-relay: {done} of {} address(es) were changed before this",
+                    addresses.len()
+                );
+            }
+            return Relayed::Failed(match failure {
+                Failure::Unreachable(why) => unreachable_exit(&why),
+                Failure::Refused {
+                    status,
+                    error,
+                    problems,
+                    ..
+                } => {
+                    eprintln!("optin-relay: {error} (HTTP {status})");
+                    for p in &problems {
+                        eprintln!("{}", indented(p));
+                    }
+                    ExitCode::from(1)
+                }
+            });
+        }
+        Relayed::Done
+    })
+}
+
+/// `addresses` in parts of at most [`crate::http::admin::MAX_BATCH`] and about `bytes`
+/// octets of JSON each.
+fn parts(addresses: &[String], bytes: usize) -> Vec<&[String]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, a) in addresses.iter().enumerate() {
+        let cost = a.len() + 4; // quotes, comma, a little escaping
+        if i > start && (size + cost > bytes || i - start >= crate::http::admin::MAX_BATCH) {
+            out.push(&addresses[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += cost;
+    }
+    if start < addresses.len() {
+        out.push(&addresses[start..]);
+    }
+    out
 }
 
 // ---- the calls -------------------------------------------------------------------------
@@ -537,6 +666,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn batches_are_sent_in_parts_that_fit() {
+        let addrs: Vec<String> = (0..10).map(|i| format!("a{i}@x.example")).collect();
+        // 12 octets each plus 4: two fit in 40 octets.
+        let p = parts(&addrs, 40);
+        assert_eq!(p.len(), 5);
+        assert_eq!(p.concat(), addrs);
+        assert_eq!(parts(&addrs, 1 << 20).len(), 1);
+        // One address larger than the budget still goes, alone.
+        assert_eq!(parts(&addrs[..2], 3).len(), 2);
+        let many: Vec<String> = (0..crate::http::admin::MAX_BATCH + 1)
+            .map(|i| format!("{i}@x"))
+            .collect();
+        assert_eq!(parts(&many, usize::MAX).len(), 2);
+    }
+
+    #[test]
     fn encode_keeps_only_unreserved_characters() {
         assert_eq!(encode("a.b-c_d~9"), "a.b-c_d~9");
         assert_eq!(encode("Tom+news@x.example"), "Tom%2Bnews%40x.example");
@@ -558,10 +703,10 @@ mod tests {
 
     #[test]
     fn urls_parse_with_ports_prefixes_and_ipv6() {
-        let t = Target::parse("http://127.0.0.1:8025/").unwrap();
+        let t = Target::parse("http://127.0.0.1:8026/").unwrap();
         assert_eq!(
             (t.host.as_str(), t.port, t.prefix.as_str(), t.url.as_str()),
-            ("127.0.0.1", 8025, "", "http://127.0.0.1:8025")
+            ("127.0.0.1", 8026, "", "http://127.0.0.1:8026")
         );
         let t = Target::parse("http://[::1]:9000/relay/").unwrap();
         assert_eq!(
@@ -576,8 +721,8 @@ mod tests {
         assert_eq!(Target::parse("http://relay.internal").unwrap().port, 80);
         for bad in [
             "https://x:1",
-            "127.0.0.1:8025",
-            "http://:8025",
+            "127.0.0.1:8026",
+            "http://:8026",
             "http://u@x:1",
             "http://x:port",
         ] {

@@ -1,11 +1,14 @@
 //! `optin-relay lists …` and `optin-relay suppress …`: the consent and suppression data
 //! from the command line.
 //!
-//! Every change is written to the lists journal (fsynced) before the command reports
-//! success; a running relay puts it in force at its next refresh (`[lists]
-//! refresh_interval`). `lists import` reads address files, reports invalid rows with their
-//! line numbers and goes on, then compiles a new snapshot. Account and list names are
-//! checked against the policy, so a typo cannot create a scope nothing ever looks at.
+//! `suppress add|remove` and `lists grant|revoke` make their change through the running
+//! relay when one answers at the config's operator listener (`super::admin::change_lists`):
+//! the relay records it (journal fsynced) and has it in force before the command returns.
+//! When no relay answers they write the lists journal themselves (fsynced), which a relay
+//! picks up at its next refresh (`[lists] refresh_interval`) or start — never both, and
+//! the message says which. `lists import` reads address files, reports invalid rows with
+//! their line numbers and goes on, then compiles a new snapshot. Account and list names
+//! are checked against the policy, so a typo cannot create a scope nothing ever looks at.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +19,7 @@ use crate::config::Config;
 use crate::consent::compile::Batch;
 use crate::consent::import::{self, Item};
 use crate::consent::key::normalise;
-use crate::consent::{self, CONSENT, Kind, Lists, Op, Origin, Reason, Scope};
+use crate::consent::{self, CONSENT, Kind, Lists, Mode, Op, Origin, Reason, Scope};
 use crate::policy::verdict::explain;
 use crate::policy::{Account, Policy, Stream};
 
@@ -35,9 +38,18 @@ pub enum ListsCommand {
         /// Files to read (one address per line, or an address column found by its header).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Start a new snapshot from the journal and these files alone, without the current
+        /// snapshot (to recover from a lost or damaged one: re-import every list).
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Fold the journal of live changes into a new snapshot.
-    Compile,
+    Compile {
+        /// Start a new snapshot from the journal alone, without the current snapshot (what
+        /// it held is gone: re-import the lists with `lists import` next).
+        #[arg(long)]
+        rebuild: bool,
+    },
     /// Show what the lists say about an address, and the verdict.
     Check {
         address: String,
@@ -51,7 +63,8 @@ pub enum ListsCommand {
         #[arg(long, value_enum)]
         stream: Option<Stream>,
     },
-    /// Record consent for addresses on a list, at once.
+    /// Record consent for addresses on a list: through the running relay (in force at
+    /// once), or in the journal when no relay answers.
     Grant {
         #[arg(required = true)]
         addresses: Vec<String>,
@@ -60,7 +73,8 @@ pub enum ListsCommand {
         #[arg(long)]
         list: Option<String>,
     },
-    /// Revoke consent for addresses on a list, at once.
+    /// Revoke consent for addresses on a list: through the running relay (in force at
+    /// once), or in the journal when no relay answers.
     Revoke {
         #[arg(required = true)]
         addresses: Vec<String>,
@@ -113,7 +127,36 @@ pub enum SuppressCommand {
 }
 
 fn open(config: &Config) -> Result<Lists, String> {
-    Lists::open(&config.lists.path, config.lists.bloom_bits_per_key).map_err(|e| e.to_string())
+    open_mode(config, Mode::Strict)
+}
+
+/// Opens the lists; outside [`Mode::Strict`] a lost snapshot is tolerated (and said so).
+fn open_mode(config: &Config, mode: Mode) -> Result<Lists, String> {
+    let lists = Lists::open_mode(
+        &config.lists.path,
+        config.lists.bloom_bits_per_key,
+        false,
+        mode,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(problem) = lists.snapshot_problem() {
+        match mode {
+            Mode::JournalOnly => {
+                eprintln!("warning: {problem}\nThe change is recorded in the journal all the same.")
+            }
+            _ => eprintln!("warning: {problem}"),
+        }
+    }
+    Ok(lists)
+}
+
+/// Journal writers tolerate a lost snapshot: recording a change never harms.
+fn open_journal(config: &Config) -> Result<Lists, String> {
+    open_mode(config, Mode::JournalOnly)
+}
+
+fn compile_mode(rebuild: bool) -> Mode {
+    if rebuild { Mode::Rebuild } else { Mode::Strict }
 }
 
 fn account<'p>(policy: &'p Policy, name: &str) -> Result<&'p Account, String> {
@@ -185,12 +228,50 @@ fn record(
         .map_err(|e| e.to_string())
 }
 
+/// How a change was made: through the running relay, or, when none answers, in the
+/// journal (with why, and when a relay has it).
+enum Made {
+    Relay,
+    Journal(String),
+}
+
+impl Made {
+    fn text(&self) -> String {
+        match self {
+            Made::Relay => "through the running relay; in force now".into(),
+            Made::Journal(why) => why.clone(),
+        }
+    }
+}
+
+/// Offers the change to the running relay; when none answers, writes it to the journal.
+/// `Err(code)`: the relay refused or failed (already said), nothing written here.
+fn change(
+    config: &Config,
+    path: &str,
+    fields: serde_json::Value,
+    addrs: &[String],
+    journal: impl FnOnce(&Lists) -> Result<(), String>,
+) -> Result<Result<Made, ExitCode>, String> {
+    match super::admin::change_lists(config, path, &fields, addrs) {
+        super::admin::Relayed::Done => Ok(Ok(Made::Relay)),
+        super::admin::Relayed::Failed(code) => Ok(Err(code)),
+        super::admin::Relayed::Absent(why) => {
+            journal(&open_journal(config)?)?;
+            Ok(Ok(Made::Journal(format!(
+                "written to the lists journal ({why}); a relay has it within {} \
+                 ([lists] refresh_interval), or when it starts",
+                humantime::format_duration(config.lists.refresh_interval)
+            ))))
+        }
+    }
+}
+
 pub fn suppress(
     config: &Config,
     policy: &Policy,
     command: SuppressCommand,
 ) -> Result<ExitCode, String> {
-    let lists = open(config)?;
     match command {
         SuppressCommand::Add {
             addresses,
@@ -200,11 +281,19 @@ pub fn suppress(
             let (a, l) = scope_names(policy, &s)?;
             let addrs = normalised_all(&addresses)?;
             let sc = scope(a.as_deref(), l.as_deref());
-            record(&lists, Kind::Suppression, sc, Op::Add, reason.bit(), &addrs)?;
+            let fields = serde_json::json!({"account": a, "list": l, "reason": reason.as_str()});
+            let made = change(config, "/suppressions", fields, &addrs, |lists| {
+                record(lists, Kind::Suppression, sc, Op::Add, reason.bit(), &addrs)
+            })?;
+            let made = match made {
+                Ok(m) => m,
+                Err(code) => return Ok(code),
+            };
             println!(
-                "suppressed {} address(es) ({}, {sc}); in force now",
+                "suppressed {} address(es) ({}, {sc}) {}",
                 addrs.len(),
-                reason.as_str()
+                reason.as_str(),
+                made.text()
             );
         }
         SuppressCommand::Remove {
@@ -216,11 +305,20 @@ pub fn suppress(
             let addrs = normalised_all(&addresses)?;
             let sc = scope(a.as_deref(), l.as_deref());
             let bits = reason.map_or(consent::ALL_REASONS, Reason::bit);
-            record(&lists, Kind::Suppression, sc, Op::Remove, bits, &addrs)?;
+            let fields =
+                serde_json::json!({"account": a, "list": l, "reason": reason.map(Reason::as_str)});
+            let made = change(config, "/suppressions/remove", fields, &addrs, |lists| {
+                record(lists, Kind::Suppression, sc, Op::Remove, bits, &addrs)
+            })?;
+            let made = match made {
+                Ok(m) => m,
+                Err(code) => return Ok(code),
+            };
             println!(
-                "lifted {} suppression(s) of {} address(es) ({sc}); in force now",
+                "lifted {} suppression(s) of {} address(es) ({sc}) {}",
                 reason.map_or("all", Reason::as_str),
-                addrs.len()
+                addrs.len(),
+                made.text()
             );
         }
     }
@@ -234,9 +332,18 @@ pub fn lists(config: &Config, policy: &Policy, command: ListsCommand) -> Result<
             scope: s,
             reason,
             files,
-        } => import_files(config, policy, kind, &s, reason, &files),
-        ListsCommand::Compile => {
-            let lists = open(config)?;
+            rebuild,
+        } => import_files(
+            config,
+            policy,
+            kind,
+            &s,
+            reason,
+            &files,
+            compile_mode(rebuild),
+        ),
+        ListsCommand::Compile { rebuild } => {
+            let lists = open_mode(config, compile_mode(rebuild))?;
             let r = lists.compile(Vec::new()).map_err(|e| e.to_string())?;
             println!(
                 "snapshot: {} entries, {} octets; {} journal change(s) folded in {:.2?}",
@@ -307,19 +414,23 @@ fn consent_change(
     let acc = account(policy, name)?;
     let list = list_of(acc, list)?;
     let addrs = normalised_all(addresses)?;
-    let lists = open(config)?;
-    record(
-        &lists,
-        Kind::Consent,
-        Scope::List(name, &list),
-        op,
-        CONSENT,
-        &addrs,
-    )?;
+    let (path, done) = match op {
+        Op::Add => ("/consent/grant", "recorded"),
+        Op::Remove => ("/consent/revoke", "revoked"),
+    };
+    let fields = serde_json::json!({"account": name, "list": list});
+    let made = change(config, path, fields, &addrs, |lists| {
+        let scope = Scope::List(name, &list);
+        record(lists, Kind::Consent, scope, op, CONSENT, &addrs)
+    })?;
+    let made = match made {
+        Ok(m) => m,
+        Err(code) => return Ok(code),
+    };
     println!(
-        "consent {} for {} address(es) on {name}/{list}; in force now",
-        if op == Op::Add { "recorded" } else { "revoked" },
-        addrs.len()
+        "consent {done} for {} address(es) on {name}/{list} {}",
+        addrs.len(),
+        made.text()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -389,6 +500,7 @@ fn import_files(
     s: &ScopeArgs,
     reason: Reason,
     files: &[PathBuf],
+    mode: Mode,
 ) -> Result<ExitCode, String> {
     let (account_name, list) = match kind {
         ImportKind::Consent => {
@@ -408,7 +520,7 @@ fn import_files(
         ImportKind::Consent => (Kind::Consent, CONSENT),
         ImportKind::Suppression => (Kind::Suppression, reason.bit()),
     };
-    let lists = open(config)?;
+    let lists = open_mode(config, mode)?;
     let sc = scope(account_name.as_deref(), list.as_deref());
     let mut fps = Vec::new();
     let (mut rows, mut invalid) = (0u64, 0u64);

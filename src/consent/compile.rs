@@ -5,12 +5,15 @@
 //! apply the journal changes in order and then the imported batches, merge everything in
 //! one sorted pass, write the new snapshot (temp file, fsync, rename) and delete the folded
 //! journals. Running relays notice the new file at their next refresh and swap it in.
+//!
+//! A directory that had a snapshot never compiles without it (its entries would be gone):
+//! a missing or older snapshot is an error unless the lists were opened to rebuild
+//! ([`super::Mode::Rebuild`]), which starts from the journal and the imports alone.
 
-use std::fs::OpenOptions;
 use std::time::{Duration, Instant};
 
 use super::snapshot::{self, Snapshot};
-use super::{FpMap, Lists, ListsError, io_error, journal};
+use super::{FpMap, Lists, ListsError, Mode, io_error, journal};
 
 /// Imported entries: fingerprints that get `tags` added.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +39,7 @@ impl Lists {
         let started = Instant::now();
         let dir = self.dir();
         let lock_path = dir.join("compile.lock");
-        let lock = OpenOptions::new()
+        let lock = crate::privacy::files::options()
             .write(true)
             .create(true)
             .truncate(false)
@@ -44,15 +47,33 @@ impl Lists {
             .map_err(io_error(&lock_path))?;
         lock.lock().map_err(io_error(&lock_path))?;
 
-        let closed = journal::roll(dir).map_err(io_error(dir))?;
         let path = self.snapshot_path();
-        let base = if path.exists() {
+        let expected = super::expected_folded(dir)?;
+        let rebuild = self.mode() == Mode::Rebuild;
+        let base = if rebuild {
+            if path.exists() || expected.is_some() {
+                tracing::warn!(path = %path.display(), "rebuilding the lists snapshot from the journal and the imports alone");
+            }
+            None
+        } else if path.exists() {
             let s = Snapshot::open(&path, self.secret().id())?;
             s.verify()?;
+            if let Some(expected) = expected
+                && s.folded() < expected
+            {
+                return Err(ListsError::SnapshotOlder {
+                    path,
+                    found: s.folded(),
+                    expected,
+                });
+            }
             Some(s)
+        } else if let Some(folded) = expected {
+            return Err(ListsError::SnapshotMissing { path, folded });
         } else {
             None
         };
+        let closed = journal::roll(dir).map_err(io_error(dir))?;
         let base_get = |fp| base.as_ref().map_or(0, |s| s.get(fp));
 
         // Journal changes, as absolute values, in journal order.
@@ -149,6 +170,8 @@ impl Lists {
             &tags,
         )?;
         drop(base);
+        // Before the journals go: from now on this directory has a snapshot folding them.
+        super::record_expected(dir, closed)?;
         for n in folded {
             let p = journal::path_of(dir, n);
             if let Err(e) = std::fs::remove_file(&p)

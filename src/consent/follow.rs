@@ -2,9 +2,12 @@
 //! compacts the journal when it has grown.
 //!
 //! Every `interval` it refreshes the view (a new snapshot file is verified and swapped in; a
-//! refused one is logged once and the snapshot in service stays), updates the lists
-//! metrics, and once `compact_after` addresses changed since the snapshot, folds the
-//! journal into a new one. The file work runs on the blocking pool; lookups never wait.
+//! refused one — damaged, or missing, empty or older once the directory had one — is logged
+//! once, counted, flagged in `optin_lists_snapshot_refused`, and the snapshot in service
+//! stays while the journal is still followed), updates the lists metrics, and once
+//! `compact_after` addresses changed since the snapshot, folds the journal into a new one
+//! (not while the snapshot file is refused: that compile would fail at every tick). The
+//! file work runs on the blocking pool; lookups never wait.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +34,11 @@ pub fn spawn(
             let outcome = tokio::task::spawn_blocking(move || {
                 let refreshed = l.refresh();
                 let stats = l.stats();
-                let compacted = (compact_after > 0 && stats.delta_entries >= compact_after)
-                    .then(|| l.compile(Vec::new()));
+                let refused = l.snapshot_problem().is_some();
+                let compacted =
+                    (compact_after > 0 && stats.delta_entries >= compact_after && !refused)
+                        .then(|| l.compile(Vec::new()));
+                crate::metrics::lists_snapshot_refused(l.snapshot_problem().is_some());
                 (refreshed, compacted, l.stats())
             })
             .await;

@@ -12,7 +12,7 @@
 //! Record: CRC32C of octets 4..32 (u32), op (1 add, 2 remove), tags, origin, 0, fingerprint
 //! (u64), time in Unix ms (u64), 8 zero octets. Little-endian.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -127,7 +127,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
 }
 
 fn lock_file(dir: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    crate::privacy::files::options()
         .read(true)
         .write(true)
         .create(true)
@@ -150,7 +150,10 @@ pub fn append(dir: &Path, changes: &[Change]) -> std::io::Result<()> {
         let number = list(dir)?.last().copied().unwrap_or(1);
         let path = path_of(dir, number);
         let created = !path.exists();
-        let mut file = OpenOptions::new().append(true).create(true).open(&path)?;
+        let mut file = crate::privacy::files::options()
+            .append(true)
+            .create(true)
+            .open(&path)?;
         if file.metadata()?.len() % RECORD_LEN as u64 != 0 {
             // A tail torn by a power loss (never acknowledged): cut it off under the
             // exclusive lock, or our records would be misaligned behind it.
@@ -177,7 +180,11 @@ pub fn roll(dir: &Path) -> std::io::Result<u64> {
     let lock = lock_file(dir)?;
     lock.lock()?;
     let closed = list(dir)?.last().copied().unwrap_or(0);
-    File::create(path_of(dir, closed + 1))?;
+    crate::privacy::files::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path_of(dir, closed + 1))?;
     super::sync_dir(dir)?;
     lock.unlock()?;
     Ok(closed)
@@ -226,6 +233,7 @@ pub fn read_from(dir: &Path, number: u64, offset: u64) -> std::io::Result<Record
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     fn change(fp: u64) -> Change {
         Change {

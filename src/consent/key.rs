@@ -123,11 +123,11 @@ impl Secret {
             }
             let key: [u8; 32] = rand::random();
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options.open(&tmp)?;
+            let mut f = crate::privacy::files::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(&key)?;
             f.sync_all()?;
             drop(f);

@@ -10,8 +10,17 @@
 //! while lookups go on. A snapshot that fails to open or verify is refused with a clear
 //! error and the one in service stays.
 //!
-//! Files in the lists directory: `secret` (0600), `snapshot`, `journal.NNNNNNNNNN`,
-//! `journal.lock`, `compile.lock`. Nothing in them is a plain address.
+//! Once a directory has had a snapshot, it must always have one: every compile records
+//! how far its snapshot folded the journal in `snapshot.expected`, and a snapshot file that
+//! is then missing, empty, damaged or older (the journals it would need are gone) is an
+//! error, never an empty list. A running relay keeps the last good snapshot serving (and
+//! follows the journal) while it reports the problem; opening refuses, so `serve` does not
+//! start without its suppressions. Only an explicit rebuild ([`Mode::Rebuild`]: `lists
+//! import --rebuild`, `lists compile --rebuild`) starts a new snapshot without the lost one.
+//!
+//! Files in the lists directory (0600, the directory 0700): `secret`, `snapshot`,
+//! `snapshot.expected`, `journal.NNNNNNNNNN`, `journal.lock`, `compile.lock`. Nothing in
+//! them is a plain address.
 
 pub mod compile;
 pub mod follow;
@@ -101,6 +110,66 @@ pub enum ListsError {
     },
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(
+        "{path} is missing, but this lists directory had a snapshot (folding the journal up to \
+         {folded}): every consent and suppression in it would be lost. Restore the file from a \
+         backup, or rebuild it on purpose from the source lists with `optin-relay lists import \
+         --rebuild …` (`lists compile --rebuild` keeps only the journal)"
+    )]
+    SnapshotMissing { path: PathBuf, folded: u64 },
+    #[error(
+        "{path} folds the journal up to {found}, but the last snapshot compiled here folded it \
+         up to {expected}: the journal between is gone, so its changes would be lost. Restore \
+         the newest snapshot, or rebuild on purpose with `optin-relay lists import --rebuild …`"
+    )]
+    SnapshotOlder {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+}
+
+/// How [`Lists`] treats a snapshot that this directory had and that is gone (missing,
+/// empty, damaged, older than the last one compiled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// An error (the relay, lookups, compiles).
+    Strict,
+    /// Tolerated, for changes appended to the journal only (`suppress add`, `lists
+    /// grant`): recording a change never harms, and compiling still refuses.
+    JournalOnly,
+    /// Ignored: a compile starts a new snapshot from the journal and the imports alone.
+    Rebuild,
+}
+
+/// Where the lists directory records that it has a snapshot, and how far it folded.
+const EXPECTED: &str = "snapshot.expected";
+
+/// How far the newest snapshot compiled here folded the journal; `None`: this directory
+/// never had one (or predates the record).
+fn expected_folded(dir: &Path) -> Result<Option<u64>, ListsError> {
+    let path = dir.join(EXPECTED);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            text.trim()
+                .strip_prefix("folded=")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| {
+                    // Damaged: a snapshot existed all the same.
+                    tracing::warn!(path = %path.display(), "unreadable; taken as a snapshot that folded nothing");
+                    0
+                }),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+/// Records that the directory's snapshot folds the journal up to `folded`.
+fn record_expected(dir: &Path, folded: u64) -> Result<(), ListsError> {
+    let path = dir.join(EXPECTED);
+    crate::privacy::files::write_atomically(&path, format!("folded={folded}\n").as_bytes())
+        .map_err(io_error(&path))
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ListsError + '_ {
@@ -178,8 +247,9 @@ fn file_id(path: &Path) -> std::io::Result<Option<FileId>> {
 struct Tail {
     journal: u64,
     offset: u64,
-    /// A snapshot file that was refused, so it is reported once, not at every refresh.
-    refused: Option<FileId>,
+    /// The snapshot file (or its absence: `Some(None)`) that was refused, so it is
+    /// reported once, not at every refresh, and why.
+    refused: Option<(Option<FileId>, String)>,
 }
 
 /// What a lookup found for one address, in the scopes that matter to one message.
@@ -205,6 +275,7 @@ pub struct ListsStats {
 
 pub struct Lists {
     dir: PathBuf,
+    mode: Mode,
     secret: Secret,
     bits_per_key: u32,
     /// Snapshots are copied into (huge-page) memory before they serve.
@@ -231,11 +302,22 @@ impl Lists {
     /// into memory backed by huge pages before it serves (see
     /// [`Snapshot::load_into_memory`]); without, lookups read the file map.
     pub fn open_with(dir: &Path, bits_per_key: u32, in_memory: bool) -> Result<Lists, ListsError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        Lists::open_mode(dir, bits_per_key, in_memory, Mode::Strict)
+    }
+
+    /// [`Lists::open_with`] with a choice of how a lost snapshot is treated (see [`Mode`]).
+    pub fn open_mode(
+        dir: &Path,
+        bits_per_key: u32,
+        in_memory: bool,
+        mode: Mode,
+    ) -> Result<Lists, ListsError> {
+        crate::privacy::files::private_dir(dir).map_err(io_error(dir))?;
         let secret_path = dir.join("secret");
         let secret = Secret::load_or_create(&secret_path).map_err(io_error(&secret_path))?;
         let lists = Lists {
             dir: dir.to_path_buf(),
+            mode,
             secret,
             bits_per_key,
             in_memory,
@@ -253,11 +335,37 @@ impl Lists {
         };
         let path = lists.snapshot_path();
         let file = file_id(&path).map_err(io_error(&path))?;
-        let snapshot = lists.prepare(file)?;
+        let (snapshot, problem) = match lists.prepare(file) {
+            Ok(s) => (s, None),
+            Err(e) if mode != Mode::Strict => {
+                tracing::warn!(error = %e, "lists snapshot not used");
+                (None, Some(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(s) = &snapshot
+            && expected_folded(dir)?.is_none()
+        {
+            // A directory from before the record: it has a snapshot from now on.
+            record_expected(dir, s.folded())?;
+        }
+        let in_service = snapshot.as_ref().and(file);
         let mut tail = lists.tail.lock().expect("tail lock");
-        lists.install(&mut tail, snapshot, file)?;
+        lists.install(&mut tail, snapshot, in_service)?;
+        tail.refused = problem.map(|why| (file, why));
         drop(tail);
         Ok(lists)
+    }
+
+    /// Why the snapshot file is not the one in service (missing, damaged, older), while the
+    /// last good one serves; `None` when all is well.
+    pub fn snapshot_problem(&self) -> Option<String> {
+        let tail = self.tail.lock().expect("tail lock");
+        tail.refused.as_ref().map(|(_, why)| why.clone())
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     pub fn dir(&self) -> &Path {
@@ -302,7 +410,20 @@ impl Lists {
     /// Records changes durably (fsync) and puts them in force before returning.
     pub fn record(&self, changes: &[Change]) -> Result<(), ListsError> {
         journal::append(&self.dir, changes).map_err(io_error(&self.dir))?;
-        self.refresh().map(|_| ())
+        match self.refresh() {
+            Ok(_) => Ok(()),
+            // The change is recorded and in force (the journal is followed whatever the
+            // snapshot file's state); the refused snapshot is the follow task's to report.
+            Err(
+                e @ (ListsError::Snapshot(_)
+                | ListsError::SnapshotMissing { .. }
+                | ListsError::SnapshotOlder { .. }),
+            ) => {
+                tracing::error!(error = %e, "lists snapshot refused; the one in service stays");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The same change (add or remove `tags` of `kind` in `scope`) for each of some
@@ -336,8 +457,16 @@ impl Lists {
     pub fn refresh(&self) -> Result<bool, ListsError> {
         let path = self.snapshot_path();
         let current = file_id(&path).map_err(io_error(&path))?;
-        let refused = self.tail.lock().expect("tail lock").refused;
-        if current != self.view.load().file && current != refused {
+        let in_service = self.view.load().file;
+        let reported = {
+            let mut tail = self.tail.lock().expect("tail lock");
+            if current == in_service && tail.refused.take().is_some() {
+                crate::metrics::lists_snapshot_refused(false);
+                tracing::info!(path = %path.display(), "the lists snapshot in service is back in place");
+            }
+            tail.refused.as_ref().map(|(f, _)| *f)
+        };
+        if current != in_service && reported != Some(current) {
             // Verifying and loading a large snapshot takes seconds: done without the lock,
             // so changes are recorded and looked up meanwhile.
             let prepared = self.prepare(current);
@@ -345,7 +474,10 @@ impl Lists {
             return match prepared {
                 Ok(snapshot) => self.install(&mut tail, snapshot, current),
                 Err(e) => {
-                    tail.refused = current;
+                    crate::metrics::lists_snapshot_refused(true);
+                    tail.refused = Some((current, e.to_string()));
+                    // The journal is followed all the same: its changes are never dropped.
+                    self.catch_up(&mut tail)?;
                     Err(e)
                 }
             };
@@ -355,13 +487,29 @@ impl Lists {
         Ok(false)
     }
 
-    /// Opens, verifies and (when configured) loads the snapshot file.
+    /// Opens, verifies and (when configured) loads the snapshot file, and checks it against
+    /// the snapshot this directory is known to have (see the module doc). Errors whatever
+    /// the [`Mode`]: the callers decide what a problem stops.
     fn prepare(&self, file: Option<FileId>) -> Result<Option<Snapshot>, ListsError> {
+        let expected = expected_folded(&self.dir)?;
+        let path = self.snapshot_path();
         if file.is_none() {
-            return Ok(None);
-        }
-        let s = Snapshot::open(&self.snapshot_path(), self.secret.id())?;
+            return match expected {
+                Some(folded) => Err(ListsError::SnapshotMissing { path, folded }),
+                None => Ok(None),
+            };
+        };
+        let s = Snapshot::open(&path, self.secret.id())?;
         s.verify()?;
+        if let Some(expected) = expected
+            && s.folded() < expected
+        {
+            return Err(ListsError::SnapshotOlder {
+                path,
+                found: s.folded(),
+                expected,
+            });
+        }
         Ok(Some(if self.in_memory {
             s.load_into_memory()
         } else {
@@ -392,6 +540,9 @@ impl Lists {
             offset: 0,
             refused: None,
         };
+        if file.is_some() {
+            crate::metrics::lists_snapshot_refused(false);
+        }
         apply_journals(&self.dir, &view, &mut fresh)?;
         self.view.store(std::sync::Arc::new(view));
         *tail = fresh;

@@ -571,7 +571,8 @@ pub fn write(
         source,
     };
     let result = (|| {
-        let file = File::create(&tmp).map_err(io)?;
+        let _ = std::fs::remove_file(&tmp); // left by a crash of this pid's predecessor
+        let file = crate::privacy::files::create_new(&tmp).map_err(io)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut crc = 0u32;
         let mut body = |out: &mut BufWriter<File>, bytes: &[u8]| -> Result<(), SnapshotError> {

@@ -209,3 +209,104 @@ fn lookups_go_on_while_snapshots_are_swapped() {
     assert!(lookups.load(Ordering::Relaxed) > 1000);
     assert_eq!(lists.snapshot().unwrap().len(), members.len() as u64 + 10);
 }
+
+/// Issue 12, item 12: deleting the snapshot file under a running relay turned every
+/// suppression off at the next start (and could at the next swap). Once a directory has
+/// had a snapshot, its absence is an error: the last good one keeps serving, the journal is
+/// still followed, opening and compiling refuse, and only an explicit rebuild starts anew.
+#[test]
+fn a_deleted_snapshot_is_an_error_and_the_last_good_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Lists::open(dir.path(), 24).unwrap();
+    let fps: Vec<u64> = (1..=100).collect();
+    relay
+        .compile(vec![Batch {
+            fps: fps.clone(),
+            tags: Reason::Manual.bit(),
+        }])
+        .unwrap();
+    std::fs::remove_file(relay.snapshot_path()).unwrap();
+
+    let err = relay.refresh().unwrap_err().to_string();
+    assert!(err.contains("is missing"), "{err}");
+    assert!(fps.iter().all(|&f| relay.get(f) == Reason::Manual.bit()));
+    assert!(relay.snapshot_problem().is_some());
+    // Reported once; changes other processes record are still followed.
+    let cli = Lists::open_mode(dir.path(), 24, false, Mode::JournalOnly).unwrap();
+    assert!(cli.snapshot_problem().is_some());
+    cli.record(&[change(Op::Add, 9999, Reason::Bounce.bit())])
+        .unwrap();
+    assert!(!relay.refresh().unwrap());
+    assert_eq!(relay.get(9999), Reason::Bounce.bit());
+    assert!(fps.iter().all(|&f| relay.get(f) == Reason::Manual.bit()));
+    // What `serve` and `lists compile` do: refuse, naming the way out.
+    let err = Lists::open(dir.path(), 24).unwrap_err().to_string();
+    assert!(
+        err.contains("is missing") && err.contains("--rebuild"),
+        "{err}"
+    );
+    let err = relay.compile(Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("is missing"), "{err}");
+    assert!(
+        !relay.snapshot_path().exists(),
+        "no empty snapshot was written"
+    );
+
+    // An explicit rebuild starts a new snapshot from the journal alone.
+    let rebuild = Lists::open_mode(dir.path(), 24, false, Mode::Rebuild).unwrap();
+    rebuild.compile(Vec::new()).unwrap();
+    let reopened = Lists::open(dir.path(), 24).unwrap();
+    assert_eq!(reopened.get(9999), Reason::Bounce.bit());
+    assert_eq!(
+        reopened.get(1),
+        0,
+        "what the lost snapshot held is gone, as asked"
+    );
+    assert!(relay.refresh().unwrap());
+    assert!(relay.snapshot_problem().is_none());
+}
+
+#[test]
+fn an_older_snapshot_is_refused_and_an_emptied_one_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = Lists::open(dir.path(), 24).unwrap();
+    lists
+        .compile(vec![Batch {
+            fps: vec![1, 2, 3],
+            tags: CONSENT,
+        }])
+        .unwrap();
+    let old = std::fs::read(lists.snapshot_path()).unwrap();
+    lists
+        .record(&[change(Op::Remove, 2, CONSENT), change(Op::Add, 4, CONSENT)])
+        .unwrap();
+    lists.compile(Vec::new()).unwrap();
+    for (content, want) in [
+        (old, "the journal between is gone"),
+        (Vec::new(), "bad magic"),
+    ] {
+        // Copied in the way an operator restores a backup.
+        let tmp = dir.path().join("incoming");
+        std::fs::write(&tmp, &content).unwrap();
+        std::fs::rename(&tmp, lists.snapshot_path()).unwrap();
+        let err = lists.refresh().unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+        assert_eq!(
+            [1, 2, 3, 4].map(|f| lists.get(f)),
+            [CONSENT, 0, CONSENT, CONSENT]
+        );
+        let err = Lists::open(dir.path(), 24).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
+#[test]
+fn a_directory_from_before_the_record_gets_it_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = Lists::open(dir.path(), 24).unwrap();
+    lists.compile(Vec::new()).unwrap();
+    std::fs::remove_file(dir.path().join("snapshot.expected")).unwrap();
+    drop(Lists::open(dir.path(), 24).unwrap());
+    std::fs::remove_file(lists.snapshot_path()).unwrap();
+    assert!(Lists::open(dir.path(), 24).is_err());
+}

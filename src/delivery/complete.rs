@@ -229,12 +229,20 @@ impl Scheduler {
             entry.residence = Residence::Cold;
         }
         if !notices.is_empty() {
+            // A DSN obeys the account's rules like its own mail (dsn::may_notify).
+            let notify = match &self.settings.policy {
+                Some(policy) => {
+                    dsn::may_notify(&policy.load(), self.settings.lists.as_deref(), &env)
+                }
+                None => Ok(()),
+            };
             let followup = Followup {
                 env,
                 loc,
                 now,
                 notices,
                 finished,
+                notify,
             };
             let (spool, tx, hostname) = (
                 self.spool.clone(),
@@ -262,10 +270,22 @@ struct Followup {
     now: u64,
     notices: Notices,
     finished: bool,
+    /// Whether the envelope sender may get a DSN at all.
+    notify: Result<(), dsn::NoNotice>,
 }
 
 impl Followup {
     async fn run(self, spool: Spool, tx: mpsc::UnboundedSender<Event>, hostname: String) {
+        if let Err(why) = &self.notify {
+            tracing::info!(
+                about = %spool::format_id(self.env.id),
+                account = %self.env.account,
+                why = %why,
+                "no DSN sent"
+            );
+            self.finish_round(&spool);
+            return;
+        }
         let content = match spool.read(self.loc).await {
             Ok(c) => c,
             Err(e) => {
@@ -283,6 +303,12 @@ impl Followup {
                     .await;
             }
         }
+        self.finish_round(&spool);
+    }
+
+    /// Journals the failed recipients (after their DSN, if any, is stored) and finishes
+    /// the message when nothing is left of it.
+    fn finish_round(&self, spool: &Spool) {
         for n in &self.notices.failed {
             spool.record(self.loc, n.rcpt as u32, RcptEvent::Failed);
         }
@@ -311,8 +337,13 @@ impl Followup {
                 last_attempt: Some(self.now / 1000),
             })
             .collect();
-        let Some((mut dsn_env, message)) = dsn::build(hostname, &self.env, content, &reports)
-        else {
+        let Some((mut dsn_env, message)) = dsn::build(
+            hostname,
+            &self.env,
+            content,
+            &reports,
+            dsn::Returned::AsAsked,
+        ) else {
             return;
         };
         dsn_env.id = spool.next_id();

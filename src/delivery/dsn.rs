@@ -7,6 +7,14 @@
 //! `RET` chooses between returning the full message and only its header section. Without
 //! `RET` only the headers are returned: the relay keeps as little of people's mail as it
 //! can. Messages received with SMTPUTF8 get the RFC 6533 `message/global-*` types.
+//!
+//! A DSN is mail the relay writes to an address the account gave, so it obeys the same
+//! rules as the account's own mail ([`may_notify`]): it goes only to an envelope sender in
+//! the account's `from_domains` (an account that may send marketing always has them), and
+//! never to an address suppressed after a bounce or complaint or blocked or erased. A
+//! notice about recipients the consent policy withheld returns the header section only,
+//! whatever `RET` asked: the content was refused for them and must not reach anyone else
+//! through the notice.
 
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
@@ -53,6 +61,56 @@ pub struct Report<'a> {
     pub last_attempt: Option<u64>,
 }
 
+/// How much of the original a DSN returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned {
+    /// As the sender asked with `RET` (headers only when it did not ask).
+    AsAsked,
+    /// The header section only, whatever `RET` said.
+    HeadersOnly,
+}
+
+/// Why a DSN is not sent to a message's envelope sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoNotice {
+    #[error("the account no longer exists")]
+    NoAccount,
+    #[error("the envelope sender is not in the account's from_domains")]
+    ForeignSender,
+    #[error("the envelope sender {0}")]
+    Suppressed(&'static str),
+}
+
+/// Whether a DSN about `original` may go to its envelope sender (see the module doc); a
+/// null sender or a DSN never gets one, which [`build`] decides.
+pub fn may_notify(
+    policy: &crate::policy::Policy,
+    lists: Option<&crate::consent::Lists>,
+    original: &Envelope,
+) -> Result<(), NoNotice> {
+    let Some(sender) = original.sender.as_deref() else {
+        return Ok(());
+    };
+    let account = policy
+        .account(&original.account)
+        .ok_or(NoNotice::NoAccount)?;
+    let domain = sender
+        .rsplit_once('@')
+        .and_then(|(_, d)| crate::policy::identity::canonical_domain(d));
+    if !account.from_domains.is_empty()
+        && !domain
+            .is_some_and(|d| crate::policy::identity::domain_allowed(&account.from_domains, &d))
+    {
+        return Err(NoNotice::ForeignSender);
+    }
+    if let (Some(lists), Ok(normalised)) = (lists, crate::consent::key::normalise(sender)) {
+        let standing = lists.standing(&account.name, None, &normalised);
+        crate::policy::verdict::decide(crate::policy::Stream::Transactional, &standing)
+            .map_err(|why| NoNotice::Suppressed(why.text()))?;
+    }
+    Ok(())
+}
+
 /// Whether the sender asked (or by default wants) to hear about this action.
 pub fn wanted(recipient: &Recipient, action: Action) -> bool {
     let notify = recipient.notify_or_default();
@@ -70,6 +128,7 @@ pub fn build(
     original: &Envelope,
     content: &[u8],
     reports: &[Report<'_>],
+    returned: Returned,
 ) -> Option<(Envelope, Vec<u8>)> {
     let sender = original.sender.as_ref()?;
     if original.generated_dsn || reports.is_empty() {
@@ -87,7 +146,7 @@ pub fn build(
     let header_end = memchr::memmem::find(content, b"\r\n\r\n")
         .map(|i| i + 2)
         .unwrap_or(content.len());
-    let full = original.ret == Some(Ret::Full);
+    let full = original.ret == Some(Ret::Full) && returned == Returned::AsAsked;
     let (returned_type, returned): (&str, &[u8]) = match (full, utf8) {
         (true, false) => ("message/rfc822", content),
         (true, true) => ("message/global", content),
@@ -326,7 +385,14 @@ mod tests {
     #[test]
     fn failure_report_parses_back() {
         let env = original(None);
-        let (dsn_env, bytes) = build("relay.test", &env, CONTENT, &[failed(&env)]).unwrap();
+        let (dsn_env, bytes) = build(
+            "relay.test",
+            &env,
+            CONTENT,
+            &[failed(&env)],
+            Returned::AsAsked,
+        )
+        .unwrap();
         assert_eq!(dsn_env.sender, None);
         assert!(dsn_env.generated_dsn);
         assert_eq!(dsn_env.recipients[0].address, "app@shop.example");
@@ -361,11 +427,84 @@ mod tests {
     #[test]
     fn ret_full_returns_the_message() {
         let env = original(Some(Ret::Full));
-        let (_, bytes) = build("relay.test", &env, CONTENT, &[failed(&env)]).unwrap();
+        let (_, bytes) = build(
+            "relay.test",
+            &env,
+            CONTENT,
+            &[failed(&env)],
+            Returned::AsAsked,
+        )
+        .unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         let part = &msg.parts[3];
         assert_eq!(part.content_type().unwrap().ctype(), "message");
         assert!(bytes.windows(16).any(|w| w == b"secret body text"));
+        // a notice about withheld recipients never carries the content
+        let (_, bytes) = build(
+            "relay.test",
+            &env,
+            CONTENT,
+            &[failed(&env)],
+            Returned::HeadersOnly,
+        )
+        .unwrap();
+        assert!(!bytes.windows(16).any(|w| w == b"secret body text"));
+        assert!(bytes.windows(14).any(|w| w == b"Subject: offer"));
+    }
+
+    #[test]
+    fn only_the_accounts_own_unsuppressed_senders_are_notified() {
+        let policy = crate::policy::Policy::from_toml(
+            "p",
+            r#"
+            [accounts.a]
+            from_domains = ["shop.example"]
+            [accounts.open]
+            "#,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let lists = crate::consent::Lists::open(dir.path(), 24).unwrap();
+        let mut env = original(Some(Ret::Full));
+        assert_eq!(may_notify(&policy, Some(&lists), &env), Ok(()));
+        env.sender = Some("victim@elsewhere.example".into());
+        assert_eq!(
+            may_notify(&policy, Some(&lists), &env),
+            Err(NoNotice::ForeignSender)
+        );
+        env.sender = Some("app@mail.shop.example".into());
+        assert_eq!(may_notify(&policy, Some(&lists), &env), Ok(()));
+        // suppressed like any recipient: a global complaint, an erasure
+        for reason in [
+            crate::consent::Reason::Complaint,
+            crate::consent::Reason::Erasure,
+        ] {
+            let address = format!("{}@shop.example", reason.as_str());
+            lists
+                .record_addresses(
+                    crate::consent::Kind::Suppression,
+                    crate::consent::Scope::Global,
+                    crate::consent::Op::Add,
+                    reason.bit(),
+                    crate::consent::Origin::Operator,
+                    std::slice::from_ref(&address),
+                )
+                .unwrap();
+            env.sender = Some(address);
+            assert!(matches!(
+                may_notify(&policy, Some(&lists), &env),
+                Err(NoNotice::Suppressed(_))
+            ));
+        }
+        env.account = "gone".into();
+        assert_eq!(
+            may_notify(&policy, Some(&lists), &env),
+            Err(NoNotice::NoAccount)
+        );
+        // an account without from_domains (transactional only): any sender, if unsuppressed
+        env.account = "open".into();
+        env.sender = Some("anyone@anywhere.example".into());
+        assert_eq!(may_notify(&policy, Some(&lists), &env), Ok(()));
     }
 
     /// mail-parser 0.11.9 hits a debug_assert! on some malformed nested message/rfc822
@@ -382,7 +521,14 @@ mod tests {
         let env = original(Some(Ret::Full));
         for content in nested {
             let _ = MessageParser::default().parse(content);
-            let (_, bytes) = build("relay.test", &env, content, &[failed(&env)]).unwrap();
+            let (_, bytes) = build(
+                "relay.test",
+                &env,
+                content,
+                &[failed(&env)],
+                Returned::AsAsked,
+            )
+            .unwrap();
             let parsed = MessageParser::default().parse(&bytes).unwrap();
             assert_eq!(
                 parsed.subject(),
@@ -395,10 +541,28 @@ mod tests {
     fn never_for_null_senders_or_dsns() {
         let mut env = original(None);
         env.sender = None;
-        assert!(build("h", &env, CONTENT, &[failed(&original(None))]).is_none());
+        assert!(
+            build(
+                "h",
+                &env,
+                CONTENT,
+                &[failed(&original(None))],
+                Returned::AsAsked
+            )
+            .is_none()
+        );
         let mut env = original(None);
         env.generated_dsn = true;
-        assert!(build("h", &env, CONTENT, &[failed(&original(None))]).is_none());
+        assert!(
+            build(
+                "h",
+                &env,
+                CONTENT,
+                &[failed(&original(None))],
+                Returned::AsAsked
+            )
+            .is_none()
+        );
     }
 
     #[test]

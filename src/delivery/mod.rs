@@ -22,6 +22,7 @@ mod queue;
 mod route;
 mod sites;
 pub mod transport;
+mod unreadable;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -532,19 +533,8 @@ impl Scheduler {
                 }));
                 self.dispatch(id);
             }
-            Err(e) => {
-                // The spool checked this record at start; a read failing now is the disk's
-                // doing. Nothing is dropped: the recipients wait and the read is retried.
-                tracing::error!(id = %spool::format_id(id), error = %e, "cannot read a queued message back from the spool; retrying later");
-                entry.residence = Residence::Cold;
-                let due = self.clock.now_ms() + self.settings.config.retry_max.as_millis() as u64;
-                for r in entry.rcpts.iter_mut() {
-                    if matches!(r.status(), Progress::Waiting { .. }) {
-                        r.set(Progress::Waiting { due });
-                    }
-                }
-                self.timers.push(Reverse((due, id)));
-            }
+            // Never retried forever: see `unreadable.rs`.
+            Err(e) => self.unreadable(id, e),
         }
     }
 

@@ -34,6 +34,32 @@ pub(super) struct Job {
     pub rcpts: Vec<u32>,
 }
 
+/// The content each group of a job's recipients gets: one group per recipient when each
+/// gets its own (marketing), else one for all.
+fn prepare(
+    r: &crate::rewrite::Rewriter,
+    env: &Envelope,
+    job_rcpts: &[u32],
+    body: &Bytes,
+) -> Vec<(Vec<u32>, Result<Bytes, String>)> {
+    if r.per_recipient(env) {
+        let rcpts: Vec<&Recipient> = job_rcpts
+            .iter()
+            .map(|&i| &env.recipients[i as usize])
+            .collect();
+        job_rcpts
+            .iter()
+            .zip(r.prepare_each(env, &rcpts, body))
+            .map(|(&i, content)| (vec![i], content.map(Bytes::from).map_err(|e| e.to_string())))
+            .collect()
+    } else {
+        vec![(
+            job_rcpts.to_vec(),
+            r.prepare(env, None, body).map_err(|e| e.to_string()),
+        )]
+    }
+}
+
 /// What a worker tells the scheduler after a job.
 pub(super) struct JobReport {
     pub id: u64,
@@ -411,25 +437,14 @@ async fn deliver(
         },
     };
     // Marketing mail is rewritten for each recipient (its own unsubscribe link), so each
-    // recipient is its own transaction; other mail is prepared once for all of them.
-    let rewriter = ctx.settings.rewriter.clone();
-    let groups: Vec<(Vec<u32>, Result<Bytes, String>)> = match &rewriter {
-        Some(r) if r.per_recipient(&job.env) => {
-            let rcpts: Vec<&Recipient> = job
-                .rcpts
-                .iter()
-                .map(|&i| &job.env.recipients[i as usize])
-                .collect();
-            job.rcpts
-                .iter()
-                .zip(r.prepare_each(&job.env, &rcpts, &body))
-                .map(|(&i, content)| (vec![i], content.map(Bytes::from).map_err(|e| e.to_string())))
-                .collect()
+    // recipient is its own transaction; other mail is prepared once for all of them. The
+    // rewrite parses the message and DKIM hashes all of it: on a CPU slot, off the async
+    // threads (crate::cpu), so a large message never stalls other sessions.
+    let groups: Vec<(Vec<u32>, Result<Bytes, String>)> = match ctx.settings.rewriter.clone() {
+        Some(r) => {
+            let (env, job_rcpts) = (job.env.clone(), job.rcpts.clone());
+            crate::cpu::run(move || prepare(&r, &env, &job_rcpts, &body)).await
         }
-        Some(r) => vec![(
-            job.rcpts.clone(),
-            r.prepare(&job.env, None, &body).map_err(|e| e.to_string()),
-        )],
         None => vec![(job.rcpts.clone(), Ok(body))],
     };
     let key = &route.key;

@@ -587,7 +587,7 @@ impl Complaints {
     /// when [`MAX_KEPT_ASIDE`] files or [`MAX_KEPT_ASIDE_BYTES`] are there already.
     fn store_aside(&self, raw: &[u8]) -> std::io::Result<Option<PathBuf>> {
         let dir = &self.malformed_dir;
-        std::fs::create_dir_all(dir)?;
+        crate::privacy::files::private_dir(dir)?;
         let mut usage = self.aside.lock().expect("kept-aside lock");
         if usage.counted.is_none_or(|t| t.elapsed() >= ASIDE_RECOUNT) {
             let (files, bytes) = std::fs::read_dir(dir)?
@@ -609,11 +609,7 @@ impl Complaints {
             crate::spool::now_ms(),
             rand::random::<u64>()
         ));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&path)?;
+        let mut f = crate::privacy::files::create_new(&path)?;
         f.write_all(raw)?;
         f.sync_all()?;
         crate::consent::sync_dir(dir)?;

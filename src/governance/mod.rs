@@ -13,7 +13,6 @@ pub mod freeze;
 pub mod health;
 pub mod webhook;
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,17 +20,14 @@ use arc_swap::ArcSwap;
 
 use crate::policy::Policy;
 
-/// Writes a state file (`state/*.json`) so a crash leaves the old or the new content,
-/// never half of one: a temporary file, fsynced, renamed over, the directory fsynced.
+/// Writes a state file (`state/*.json`, mode 0600 in a 0700 directory) so a crash leaves
+/// the old or the new content, never half of one (see
+/// [`crate::privacy::files::write_atomically`]).
 pub(crate) fn write_state(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
-    let dir = path.parent().expect("a state file has a directory");
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(value).expect("serialisable"))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    crate::consent::sync_dir(dir)
+    crate::privacy::files::write_atomically(
+        path,
+        &serde_json::to_vec_pretty(value).expect("serialisable"),
+    )
 }
 
 /// Account health wired to freezes: what the delivery engine, unsubscribes and complaints

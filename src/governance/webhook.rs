@@ -532,17 +532,9 @@ impl Store {
 /// `<dir>/<id>.json`, mode 0600: written to a temporary name, fsynced, renamed, and the
 /// directory fsynced, so the worker and a restart see a whole file or none.
 fn write_durably(dir: &Path, id: &str, body: &[u8]) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)?;
+    crate::privacy::files::private_dir(dir)?;
     let tmp = dir.join(format!("{id}.json.tmp"));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
+    let mut file = crate::privacy::files::create_new(&tmp)?;
     file.write_all(body)?;
     file.sync_all()?;
     drop(file);
@@ -601,7 +593,7 @@ fn pick_up(dir: &Path) -> Vec<Queued> {
 fn set_aside(dir: &Path, id: &str) {
     let failed = dir.join("failed");
     let name = format!("{id}.json");
-    let result = std::fs::create_dir_all(&failed)
+    let result = crate::privacy::files::private_dir(&failed)
         .and_then(|()| std::fs::rename(dir.join(&name), failed.join(&name)));
     if let Err(e) = result {
         tracing::error!(id, error = %e, "could not move a webhook event to failed/");

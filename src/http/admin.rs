@@ -1,14 +1,14 @@
-//! The admin API: JSON over the HTTP listener under `/admin/`, every request with
+//! The admin API: JSON over the operator listener under `/admin/`, every request with
 //! `Authorization: Bearer <token>` (`[admin] token`, or the token file the relay writes
 //! beside the spool). It steers the running relay: the queue (summary by site and account,
 //! inspection, retry, bounce, delete), accounts (status, freeze, unfreeze), suppressions
-//! (check, add, remove), erasure of an address, campaigns (list, declare a size, release,
-//! decline), and the policy (status, reload).
+//! and consent ([`lists`]: check, suppress, lift, grant, revoke), erasure of an address,
+//! campaigns (list, declare a size, release, decline), and the policy (status, reload).
 //!
 //! Errors are JSON `{"error": "...", "status": N}` with the HTTP status: 400 bad input, 401
-//! no or wrong token, 404 nothing there, 409 a conflict, 503 shutting down. The OpenAPI
-//! description (`openapi.json`, served at `GET /admin/openapi.json`) is checked against
-//! the routes by a test.
+//! no or wrong token, 404 nothing there, 409 a conflict, 413 a body over `[admin]
+//! max_body_size`, 503 shutting down. The OpenAPI description (`openapi.json`, served at
+//! `GET /admin/openapi.json`) is checked against the routes by a test.
 
 use std::sync::Arc;
 
@@ -21,17 +21,20 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use clap::ValueEnum;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::consent::{self, Kind, Lists, Op, Origin, Reason, Scope};
+use crate::consent::{Kind, Lists, Op, Reason, Scope};
 use crate::delivery::Delivery;
 use crate::delivery::control::{Action, ControlError};
 use crate::governance::freeze::Freezes;
-use crate::policy::{Policy, Stream};
+use crate::policy::Policy;
 use crate::reload::{PolicyReloader, Trigger};
 use crate::spool::Spool;
+
+mod lists;
+
+pub use lists::MAX_BATCH;
 
 /// The OpenAPI 3 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -58,7 +61,12 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     }
     let path = &config.token_file;
     match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_string()),
+        Ok(t) if t.trim().len() >= 16 => {
+            // A token others can read is no secret: refused, with the fix in the message.
+            crate::privacy::files::check_private(path)
+                .map_err(|e| format!("admin token file {e}"))?;
+            return Ok(t.trim().to_string());
+        }
         Ok(_) => return Err(format!("admin token file {}: too short", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
         Err(e) => {
@@ -72,14 +80,9 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     rand::Rng::fill(&mut rand::rng(), &mut raw);
     let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::privacy::files::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
+    let mut f = crate::privacy::files::create_new(path)
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
@@ -101,6 +104,11 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// A refusal in the API's JSON, for the listener's body bounds ([`super::layers`]).
+pub fn refusal(status: StatusCode, why: &str) -> Response {
+    ApiError(status, why.to_string()).into_response()
 }
 
 fn bad(why: impl Into<String>) -> ApiError {
@@ -147,9 +155,12 @@ pub fn router(admin: Admin) -> Router {
         .route("/accounts/{name}/unfreeze", post(account_unfreeze))
         .route(
             "/suppressions/{address}",
-            get(suppression_check).delete(suppression_remove),
+            get(lists::suppression_check).delete(lists::suppression_remove),
         )
-        .route("/suppressions", post(suppression_add))
+        .route("/suppressions", post(lists::suppression_add))
+        .route("/suppressions/remove", post(lists::suppression_lift))
+        .route("/consent/grant", post(lists::consent_grant))
+        .route("/consent/revoke", post(lists::consent_revoke))
         .route("/erase", post(erase))
         .route("/campaigns", get(campaigns_list))
         .route("/campaigns/{account}/{id}", get(campaign_show))
@@ -369,168 +380,6 @@ async fn account_unfreeze(State(a): State<Admin>, Path(name): Path<String>) -> A
     ok(json!({"account": name, "frozen": null, "changed": changed}))
 }
 
-// ---- suppressions --------------------------------------------------------------------
-
-#[derive(Deserialize, Default)]
-struct ScopeQuery {
-    account: Option<String>,
-    list: Option<String>,
-    reason: Option<String>,
-    stream: Option<String>,
-}
-
-/// The scope named (none: global); the account and list must exist.
-fn scope_of<'q>(policy: &Policy, q: &'q ScopeQuery) -> Result<Scope<'q>, ApiError> {
-    match (&q.account, &q.list) {
-        (None, None) => Ok(Scope::Global),
-        (None, Some(_)) => Err(bad("a list needs its account")),
-        (Some(a), list) => {
-            let acc = policy
-                .account(a)
-                .ok_or_else(|| not_found(format!("no account {a:?} in the policy")))?;
-            match list {
-                None => Ok(Scope::Account(a)),
-                Some(l) if acc.list(l).is_some() => Ok(Scope::List(a, l)),
-                Some(l) => Err(not_found(format!("account {a:?} has no list {l:?}"))),
-            }
-        }
-    }
-}
-
-fn reason_of(text: Option<&str>) -> Result<Option<Reason>, ApiError> {
-    text.map(|r| {
-        Reason::from_str(r, true).map_err(|_| {
-            bad(format!(
-                "{r:?} is not a reason (unsubscribe, bounce, complaint, manual, erasure)"
-            ))
-        })
-    })
-    .transpose()
-}
-
-fn normalised(address: &str) -> Result<String, ApiError> {
-    consent::key::normalise(address).map_err(|e| bad(format!("{address:?}: {e}")))
-}
-
-fn record(a: &Admin, scope: Scope<'_>, op: Op, tags: u8, address: &str) -> Result<(), ApiError> {
-    a.lists
-        .record_addresses(
-            Kind::Suppression,
-            scope,
-            op,
-            tags,
-            Origin::Operator,
-            &[address.to_string()],
-        )
-        .map_err(|e| internal(e.to_string()))
-}
-
-fn reasons(tags: u8) -> Vec<&'static str> {
-    Reason::from_tags(tags).map(Reason::as_str).collect()
-}
-
-async fn suppression_check(
-    State(a): State<Admin>,
-    Path(address): Path<String>,
-    q: Result<Query<ScopeQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
-    let address = normalised(&address)?;
-    let policy = a.policy.load();
-    let Some(name) = &q.account else {
-        if q.list.is_some() || q.stream.is_some() {
-            return Err(bad("a list or stream needs its account"));
-        }
-        let st = a.lists.standing("", None, &address);
-        return ok(json!({"address": address, "suppressed": {"global": reasons(st.global)}}));
-    };
-    let acc = policy
-        .account(name)
-        .ok_or_else(|| not_found(format!("no account {name:?} in the policy")))?;
-    let list = match &q.list {
-        Some(l) if acc.list(l).is_none() => {
-            return Err(not_found(format!("account {name:?} has no list {l:?}")));
-        }
-        Some(l) => Some(l.clone()),
-        None => acc.default_list.clone(),
-    };
-    let stream = match q.stream.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None => acc.default_stream,
-        Some("marketing") => Stream::Marketing,
-        Some("transactional") => Stream::Transactional,
-        Some(_) => {
-            return Err(bad(format!(
-                "{:?} is not marketing or transactional",
-                q.stream.unwrap_or_default()
-            )));
-        }
-    };
-    let st = a.lists.standing(name, list.as_deref(), &address);
-    let verdict = match crate::policy::verdict::explain(acc, stream, list.as_deref(), &st, &address)
-    {
-        Ok(()) => "allowed".to_string(),
-        Err(why) => format!("refused: {why}"),
-    };
-    ok(json!({
-        "address": address,
-        "account": name,
-        "list": list,
-        "stream": stream.to_string(),
-        "consent": st.consent,
-        "suppressed": {
-            "global": reasons(st.global),
-            "account": reasons(st.account),
-            "list": reasons(st.list),
-        },
-        "verdict": verdict,
-    }))
-}
-
-#[derive(Deserialize)]
-struct SuppressBody {
-    address: String,
-    account: Option<String>,
-    list: Option<String>,
-    reason: Option<String>,
-}
-
-async fn suppression_add(State(a): State<Admin>, raw: Bytes) -> ApiResult {
-    let b: SuppressBody = body(&raw)?;
-    let address = normalised(&b.address)?;
-    let reason = reason_of(b.reason.as_deref())?.unwrap_or(Reason::Manual);
-    let q = ScopeQuery {
-        account: b.account,
-        list: b.list,
-        ..Default::default()
-    };
-    let policy = a.policy.load();
-    let scope = scope_of(&policy, &q)?;
-    record(&a, scope, Op::Add, reason.bit(), &address)?;
-    ok(
-        json!({"address": address, "scope": scope.to_string(), "reason": reason.as_str(), "result": "suppressed"}),
-    )
-}
-
-async fn suppression_remove(
-    State(a): State<Admin>,
-    Path(address): Path<String>,
-    q: Result<Query<ScopeQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
-    let address = normalised(&address)?;
-    let reason = reason_of(q.reason.as_deref())?;
-    let policy = a.policy.load();
-    let scope = scope_of(&policy, &q)?;
-    let bits = reason.map_or(consent::ALL_REASONS, Reason::bit);
-    record(&a, scope, Op::Remove, bits, &address)?;
-    ok(json!({
-        "address": address,
-        "scope": scope.to_string(),
-        "reason": reason.map_or("all", Reason::as_str),
-        "result": "lifted",
-    }))
-}
-
 // ---- erasure -------------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -544,8 +393,10 @@ struct EraseBody {
 /// request finishes the job.
 async fn erase(State(a): State<Admin>, raw: Bytes) -> ApiResult {
     let b: EraseBody = body(&raw)?;
-    let address = normalised(&b.address)?;
-    record(&a, Scope::Global, Op::Add, Reason::Erasure.bit(), &address)?;
+    let address = lists::normalised(&b.address)?;
+    let tags = Reason::Erasure.bit();
+    let one = vec![address.clone()];
+    lists::record(&a, Kind::Suppression, Scope::Global, Op::Add, tags, one).await?;
     let dropped = a.delivery.erase(&address).await?;
     // Then every plain copy on disk: event lines, kept-aside reports, the webhook outbox,
     // and the address's octets in spool records (crate::privacy::erase).
@@ -689,11 +540,8 @@ async fn policy_status(State(a): State<Admin>) -> ApiResult {
 }
 
 async fn policy_reload(State(a): State<Admin>) -> Response {
-    // Reading the file and loading DKIM keys block: off the async threads.
-    let reloader = a.reloader.clone();
-    let result = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin))
-        .await
-        .unwrap_or_else(|_| Err(vec!["the reload task failed".into()]));
+    // Checked against the queue; the file is read off the async threads.
+    let result = a.reloader.reload_now(Trigger::Admin).await;
     match result {
         Ok(generation) => {
             axum::Json(json!({"result": "reloaded", "generation": generation})).into_response()

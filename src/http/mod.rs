@@ -1,22 +1,185 @@
-//! The HTTP listener (`[http] listen`): Prometheus metrics at `GET /metrics`, a liveness
-//! check at `GET /healthz`, the unsubscribe endpoints ([`unsubscribe`]), the spam report
-//! form ([`complaint`]) and the admin API ([`admin`]). It binds loopback by default; put a
-//! TLS proxy in front for the public unsubscribe links.
+//! The relay's two HTTP listeners.
+//!
+//! - The **public** one (`[http] listen`) serves what recipients reach from anywhere: the
+//!   unsubscribe endpoints ([`unsubscribe`]), the spam report form ([`complaint`]) and
+//!   `GET /healthz`; with `[http] certificate` and `private_key` it speaks only HTTPS.
+//!   Every answer carries the page headers ([`layers::page_headers`]). It never serves
+//!   `/metrics` or the admin API, wherever it is bound.
+//! - The **operator** one (`[admin] listen`, loopback by default) serves the admin API
+//!   ([`admin`]), Prometheus metrics at `GET /metrics` and `GET /healthz`.
+//!
+//! Both meet the limits of [`listener`] (connections, time, header size) and of
+//! [`layers::bound_body`] (body size and time). This module wires routes to listeners; it
+//! must never hold relay state of its own.
 
 pub mod admin;
 pub mod complaint;
+pub mod layers;
+pub mod listener;
 pub mod unsubscribe;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-pub fn router(metrics: PrometheusHandle) -> Router {
+use crate::config::{Config, HttpLimits, TlsConfig};
+use layers::{BodyBound, PageHeaders};
+use listener::Listener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr} (HTTP {listener}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        listener: &'static str,
+        source: std::io::Error,
+    },
+    #[error("[http] certificate: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// What the listeners serve.
+pub struct Services {
+    pub metrics: PrometheusHandle,
+    pub unsubscribes: Arc<crate::unsubscribe::Unsubscribes>,
+    pub complaints: Option<Arc<crate::governance::complaints::Complaints>>,
+    /// The admin API; `None` when the operator listener is off.
+    pub admin: Option<admin::Admin>,
+}
+
+/// Where the listeners are bound (`None`: off).
+pub struct Bound {
+    pub public: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Binds both listeners (those the config has) and serves until `stop` is cancelled.
+pub async fn start(
+    config: &Config,
+    services: Services,
+    stop: CancellationToken,
+) -> Result<Bound, HttpError> {
+    let mut bound = Bound {
+        public: None,
+        admin: None,
+    };
+    if let Some(addr) = config.http.listen {
+        let tls = config.http.tls().then(|| https(config)).transpose()?;
+        let app = public_router(
+            services.unsubscribes.clone(),
+            services.complaints.clone(),
+            config.http.limits,
+            tls.is_some(),
+        );
+        let listener = Listener {
+            name: "public",
+            limits: config.http.limits,
+            tls,
+        };
+        bound.public = Some(listen(addr, app, listener, &stop).await?);
+    }
+    if let (Some(addr), Some(api)) = (config.admin.listen, services.admin) {
+        let limits = HttpLimits {
+            max_body_size: config.admin.max_body_size,
+            ..config.http.limits
+        };
+        let app = admin_router(services.metrics, api, limits);
+        let listener = Listener {
+            name: "admin",
+            limits,
+            tls: None,
+        };
+        bound.admin = Some(listen(addr, app, listener, &stop).await?);
+    }
+    Ok(bound)
+}
+
+async fn listen(
+    addr: SocketAddr,
+    app: Router,
+    listener: Listener,
+    stop: &CancellationToken,
+) -> Result<SocketAddr, HttpError> {
+    let name = listener.name;
+    listener::serve(addr, app, listener, stop.clone())
+        .await
+        .map_err(|source| HttpError::Listen {
+            addr,
+            listener: name,
+            source,
+        })
+}
+
+/// The public listener's TLS: the `[http]` certificate, HTTP/1.1 by ALPN.
+fn https(config: &Config) -> Result<TlsAcceptor, HttpError> {
+    let files = TlsConfig {
+        certificate: config.http.certificate.clone(),
+        private_key: config.http.private_key.clone(),
+    };
+    let mut tls = (*crate::tls::server_config(&files, &config.smtp.hostname)?).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// Unsubscribe endpoints, the report form and `/healthz`, with the page headers; anything
+/// else is a 404 page.
+pub fn public_router(
+    unsubscribes: Arc<crate::unsubscribe::Unsubscribes>,
+    complaints: Option<Arc<crate::governance::complaints::Complaints>>,
+    limits: HttpLimits,
+    https: bool,
+) -> Router {
+    let bound = BodyBound {
+        listener: "public",
+        max: limits.max_body_size,
+        timeout: limits.body_timeout,
+        refuse: page_refusal,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(unsubscribe::router(unsubscribes))
+        .merge(complaint::router(complaints))
+        .fallback(|| async {
+            unsubscribe::html(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "<p>There is nothing at this address.</p>",
+            )
+        })
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(bound, layers::bound_body))
+        .layer(middleware::from_fn_with_state(
+            PageHeaders::new(unsubscribe::STYLE, https),
+            layers::page_headers,
+        ))
+}
+
+fn page_refusal(status: StatusCode, why: &str) -> Response {
+    let title = status.canonical_reason().unwrap_or("Refused");
+    unsubscribe::html(
+        status,
+        title,
+        &format!("<p>{}</p>", crate::rewrite::statement::escape(why)),
+    )
+}
+
+/// The admin API, `/metrics` and `/healthz`.
+pub fn admin_router(metrics: PrometheusHandle, api: admin::Admin, limits: HttpLimits) -> Router {
+    let bound = BodyBound {
+        listener: "admin",
+        max: limits.max_body_size,
+        timeout: limits.body_timeout,
+        refuse: admin::refusal,
+    };
     Router::new()
         .route(
             "/metrics",
@@ -35,24 +198,8 @@ pub fn router(metrics: PrometheusHandle) -> Router {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
-}
-
-/// Binds `addr` and serves until `stop` is cancelled; returns the bound address.
-pub async fn serve(
-    addr: SocketAddr,
-    app: Router,
-    stop: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "HTTP listening");
-    tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
-    Ok(local)
+        .merge(admin::router(api))
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(bound, layers::bound_body))
+        .layer(middleware::from_fn(layers::api_headers))
 }

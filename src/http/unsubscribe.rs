@@ -27,14 +27,19 @@ pub fn router(state: Arc<Unsubscribes>) -> Router {
         .with_state(state)
 }
 
+/// The pages' only style sheet, inline; the Content-Security-Policy allows it by its hash
+/// ([`super::layers::PageHeaders`]) and nothing else.
+pub(super) const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:34rem;\
+    margin:3rem auto;padding:0 1rem;line-height:1.5}\
+    button{font-size:1rem;padding:.6rem 1rem;margin:.3rem 0;cursor:pointer}";
+
 /// A small, plain page (also the report-spam form's, [`super::complaint`]).
 pub(super) fn html(status: StatusCode, title: &str, body: &str) -> Response {
     let page = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <meta name=\"robots\" content=\"noindex\">\n<title>{t}</title>\n\
-         <style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}\
-         button{{font-size:1rem;padding:.6rem 1rem;margin:.3rem 0;cursor:pointer}}</style>\n\
+         <style>{STYLE}</style>\n\
          </head>\n<body>\n<main>\n<h1>{t}</h1>\n{body}\n</main>\n</body>\n</html>\n",
         t = escape(title)
     );

@@ -472,6 +472,19 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The widest networks an account may trust without `allow_any_network = true`: a /8 of
+/// IPv4 or a /16 of IPv6. `0.0.0.0/0` (or two /1s) would make the relay an open relay for
+/// that account's mail.
+pub const MIN_V4_PREFIX: u8 = 8;
+pub const MIN_V6_PREFIX: u8 = 16;
+
+fn too_wide(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => n.prefix_len() < MIN_V4_PREFIX,
+        IpNet::V6(n) => n.prefix_len() < MIN_V6_PREFIX,
+    }
+}
+
 /// The unit every per-client limit counts by: an IPv4 address, or the /64 an IPv6
 /// address is in (one host usually holds a whole /64, so counting single IPv6 addresses
 /// would let it open limits 2^64 times over). IPv4-mapped addresses count as IPv4.
@@ -490,7 +503,8 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         s.problem("", "account names use a-z, 0-9, - and _ only (at most 64)");
     }
     let description = s.get_or("description", String::new());
-    let networks = s
+    let allow_any_network = s.get_or("allow_any_network", false);
+    let networks: Vec<IpNet> = s
         .get::<Vec<String>>("networks")
         .unwrap_or_default()
         .into_iter()
@@ -507,6 +521,18 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
             }
         })
         .collect();
+    for net in &networks {
+        if too_wide(net) && !allow_any_network {
+            s.problem(
+                "networks",
+                format!(
+                    "{net} trusts a large part of the Internet (IPv4 wider than /{MIN_V4_PREFIX}, \
+                     IPv6 wider than /{MIN_V6_PREFIX}): every host in it could send as this \
+                     account; set allow_any_network = true if that is really meant"
+                ),
+            );
+        }
+    }
     let users = s
         .array_sections("users")
         .into_iter()
@@ -535,6 +561,14 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         .collect();
     let sending = streams::read_sending(s);
     let identity = identity::read_identity(s);
+    if sending.streams.contains(&Stream::Marketing) && identity.from_domains.is_empty() {
+        // Its sender identity is what keeps its bounce notices, which can carry its
+        // content, away from people who never agreed to receive it.
+        s.problem(
+            "from_domains",
+            "an account that may send marketing needs from_domains (its own sender domains)",
+        );
+    }
     // Read only when present: an absent table is no webhook, not a missing url.
     let webhook = s
         .get::<toml::Value>("webhook")
@@ -579,6 +613,27 @@ mod tests {
         );
         assert!(p.identify_by_ip("192.0.2.1".parse().unwrap()).is_none());
         assert!(!p.has_users());
+    }
+
+    #[test]
+    fn networks_covering_the_internet_need_allow_any_network() {
+        for nets in [
+            r#"["0.0.0.0/0"]"#,
+            r#"["::/0"]"#,
+            r#"["0.0.0.0/1", "128.0.0.0/1"]"#,
+            r#"["10.0.0.0/7"]"#,
+            r#"["2000::/3"]"#,
+        ] {
+            let text = format!("[accounts.a]\nnetworks = {nets}\n");
+            let err = Policy::from_toml("p", &text).unwrap_err();
+            assert!(
+                err.list[0].message.contains("allow_any_network"),
+                "{nets}: {err:?}"
+            );
+            let allowed = format!("[accounts.a]\nallow_any_network = true\nnetworks = {nets}\n");
+            assert!(Policy::from_toml("p", &allowed).is_ok(), "{nets}");
+        }
+        assert!(Policy::from_toml("p", "[accounts.a]\nnetworks = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n").is_ok());
     }
 
     #[test]

@@ -101,11 +101,7 @@ fn filter(text: &[u8], keep: &mut impl FnMut(&[u8]) -> bool) -> (Vec<u8>, usize)
 pub fn replace(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let temp = temp_path(path);
     let result = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&temp)?;
+        let mut f = super::files::create_new(&temp)?;
         f.write_all(content)?;
         f.sync_all()?;
         std::fs::rename(&temp, path)

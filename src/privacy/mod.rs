@@ -13,22 +13,16 @@
 //! (rewrites go through a temporary file renamed over the original, see [`jsonl`]).
 
 pub mod erase;
+pub mod files;
 pub mod jsonl;
 pub mod retention;
 
 use std::path::Path;
 
 /// Opens `path` for appending, creating it (mode 0600, it may hold personal data) and its
-/// directory if needed: the relay's event logs.
+/// directory (0700) if needed: the relay's event logs (see [`files::append`]).
 pub fn open_private_log(path: &Path) -> std::io::Result<std::fs::File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.append(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
+    files::append(path)
 }
 
 /// Turns addresses into the keyed tags that logs carry instead (see the module doc).

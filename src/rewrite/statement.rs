@@ -91,7 +91,7 @@ mod tests {
         let policy = crate::policy::Policy::from_toml(
             "t",
             &format!(
-                "[accounts.shop]\ndescription = \"Shop & Co\"\nstreams = [\"marketing\"]\n[accounts.shop.lists.news]\nname = \"News <weekly>\"\nconsent_source = \"our site\"\nconsent_statement = \"{statement}\"\n"
+                "[accounts.shop]\ndescription = \"Shop & Co\"\nstreams = [\"marketing\"]\nfrom_domains = [\"shop.example\"]\n[accounts.shop.lists.news]\nname = \"News <weekly>\"\nconsent_source = \"our site\"\nconsent_statement = \"{statement}\"\n"
             ),
         )
         .unwrap();

@@ -100,11 +100,7 @@ impl TokenKeys {
         if !path.exists() {
             let rng = SystemRandom::new();
             let line = format!("1 {}\n", URL_SAFE_NO_PAD.encode(random_key(&rng)));
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            match options.open(path) {
+            match crate::privacy::files::create_new(path) {
                 Ok(mut f) => {
                     f.write_all(line.as_bytes()).map_err(io)?;
                     f.sync_all().map_err(io)?;

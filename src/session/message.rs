@@ -1,7 +1,8 @@
-//! The end of a message: the checks on its content (loops, `X-Optin-*` headers, sender
-//! identity, operator contacts, content rules, declined campaigns), the consent verdict
-//! for each recipient, the Received field, storing it durably, the 250, and the hand-over
-//! to delivery (with a DSN for recipients the policy withheld).
+//! The end of a message: the framing checks (size, line endings, NUL, loops), the relay's
+//! own addresses (unsubscribe, feedback), the account's checks on the content
+//! ([`super::checks`], off the async threads), the consent verdict for each recipient, the
+//! Received field, storing it durably, the 250, and the hand-over to delivery (with a DSN
+//! for recipients the policy withheld).
 
 use super::*;
 
@@ -64,76 +65,43 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         conn.reply(&Reply::new(250, Status::new(2, 0, 0), text));
         return Flow::Continue;
     }
-    let Some(account_name) = txn.account.clone() else {
-        // Recipients other than unsubscribe addresses need an account (RCPT checked).
-        return refuse(ctx, conn, state, Refusal::RelayDenied);
-    };
-    let policy = ctx.policy.load();
-    let Some(account) = policy.account(&account_name) else {
-        // The account was removed by a policy reload during the transaction.
-        crate::metrics::message_refused("account_gone");
-        return refuse(ctx, conn, state, Refusal::RelayDenied);
-    };
-    let class = match consent::classify(account, &mut body) {
-        Ok(class) => class,
-        Err(refusal) => {
-            crate::metrics::message_refused("optin_header");
-            return refuse(ctx, conn, state, refusal);
-        }
-    };
-    if class.stream == crate::policy::Stream::Marketing
-        && let (Some(campaigns), Some(id)) = (&ctx.campaigns, &class.campaign)
-        && let key = crate::governance::campaign::key(&account_name, id)
-        && campaigns.stage(&key) == Some(crate::governance::campaign::Stage::Declined)
-    {
-        crate::metrics::message_refused("campaign_declined");
-        let why = campaigns
-            .get(&key)
-            .and_then(|c| c.reason)
-            .unwrap_or_else(|| "declined".into());
-        return refuse(ctx, conn, state, Refusal::CampaignDeclined(id.clone(), why));
-    }
-    if class.stream == crate::policy::Stream::Marketing
-        && let Err(e) = crate::rewrite::footer::check(&body)
-    {
-        crate::metrics::message_refused("footer_impossible");
-        return refuse(ctx, conn, state, Refusal::FooterImpossible(e.to_string()));
-    }
-    if let Err(refusal) = identity::check(account, &ctx.own_domain, txn.sender.as_ref(), &body) {
-        crate::metrics::message_refused("sender_identity");
-        return refuse(ctx, conn, state, refusal);
-    }
-    if let Err(refusal) = identity::check_operator_contacts(policy.operator_contacts(), &body) {
-        crate::metrics::message_refused("operator_contact");
-        return refuse(ctx, conn, state, refusal);
-    }
-    if let Some(found) = policy.content().check(&body) {
-        // `[content] freeze_account`: the account is frozen too (the file write off the
-        // async threads; the refusal does not wait for it).
-        if found.freeze
-            && let Some(freezes) = ctx.freezes.clone()
-        {
-            let (account, why) = (
-                account_name.clone(),
-                format!("prohibited content: {}", found.category),
-            );
-            tokio::task::spawn_blocking(move || {
-                if let Ok(true) = freezes.freeze(&account, &why, "content") {
-                    crate::metrics::account_frozen("content");
+    let (account_name, class) = match txn.account.clone() {
+        Some(account) => {
+            let input = checks::Input {
+                policy: ctx.policy.load_full(),
+                account,
+                sender: txn.sender.clone(),
+                own_domain: ctx.own_domain.clone(),
+                campaigns: ctx.campaigns.clone(),
+                body: std::mem::take(&mut body),
+            };
+            let account = input.account.clone();
+            let (checked, verdict) = checks::run(input).await;
+            body = checked;
+            match verdict {
+                Ok(class) => (account, class),
+                Err(refused) => {
+                    if let (Some(category), Some(freezes)) = (refused.freeze, ctx.freezes.clone()) {
+                        // `[content] freeze_account`: the account is frozen too (the file
+                        // write off the async threads; the refusal does not wait for it).
+                        let why = format!("prohibited content: {category}");
+                        tokio::task::spawn_blocking(move || {
+                            if let Ok(true) = freezes.freeze(&account, &why, "content") {
+                                crate::metrics::account_frozen("content");
+                            }
+                        });
+                    }
+                    crate::metrics::message_refused(refused.reason);
+                    return refuse(ctx, conn, state, refused.refusal);
                 }
-            });
+            }
         }
-        tracing::info!(
-            account = %account_name,
-            category = %found.category,
-            rule = %found.rule,
-            "message refused: prohibited content"
-        );
-        crate::metrics::message_refused("prohibited_content");
-        crate::metrics::policy_verdict_reason("content");
-        return refuse(ctx, conn, state, Refusal::ProhibitedContent(found.category));
-    }
-    drop(policy);
+        // A client no account knows, writing to the postmaster (RCPT let nothing else
+        // through): the relay's own mail, transactional, with no account's rules to apply.
+        None if txn.postmaster => (RELAY_ACCOUNT.to_string(), consent::Class::relay_own()),
+        // Recipients other than the relay's own addresses need an account (RCPT checked).
+        None => return refuse(ctx, conn, state, Refusal::RelayDenied),
+    };
     let addresses: Vec<&Address> = txn.rcpts.iter().map(|(a, _)| a).collect();
     let mut verdicts = consent::verdicts(ctx, &account_name, &class, &addresses);
     for (v, a) in verdicts.iter_mut().zip(&addresses) {

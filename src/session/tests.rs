@@ -292,22 +292,40 @@ async fn strangers_cannot_relay() {
     let h = harness_with("", "[accounts.local]\nnetworks = [\"127.0.0.0/8\"]\n", true);
     let mut c = greeted(&h, "192.0.2.9:5000").await;
     c.cmd("EHLO stranger").await;
+    // MAIL is taken (the postmaster is open to anyone); RCPT refuses everyone else.
     assert_eq!(
         c.cmd("MAIL FROM:<a@b.example>").await,
-        "554 5.7.1 Relay access denied: this client is not allowed to send through this relay"
+        "250 2.1.0 Sender OK"
     );
-    assert_eq!(
-        c.cmd("RCPT TO:<a@b.example>").await,
-        "503 5.5.1 Bad sequence of commands: need MAIL before RCPT"
-    );
+    for rcpt in [
+        "a@b.example",
+        "postmaster@b.example",
+        "\"victim@else.example\"@relay.test",
+        "victim%else.example@relay.test",
+        "@relay.test:victim@else.example",
+    ] {
+        let reply = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+        assert!(
+            reply
+                == "554 5.7.1 Relay access denied: this client is not allowed to send through this relay"
+                || reply.starts_with("501"),
+            "{rcpt}: {reply}"
+        );
+    }
+    c.cmd("RSET").await;
     // with users and TLS on offer: authenticate first
     let h = harness_with("", USER_POLICY, true);
     let mut c = greeted(&h, "192.0.2.9:5000").await;
     c.cmd("EHLO stranger").await;
     assert_eq!(
         c.cmd("MAIL FROM:<a@b.example>").await,
+        "250 2.1.0 Sender OK"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<a@b.example>").await,
         "530 5.7.0 Authentication required"
     );
+    c.cmd("RSET").await;
     assert_eq!(
         c.cmd("AUTH PLAIN AHNob3AAczNjcmV0").await,
         "538 5.7.11 Encryption required for requested authentication mechanism"
@@ -356,6 +374,46 @@ async fn postmaster_without_a_domain_is_accepted() {
         h.intake.0.lock().unwrap()[0].0.recipients[0].address,
         "ops@relay.example"
     );
+}
+
+#[tokio::test]
+async fn anyone_may_write_to_the_postmaster_and_nobody_else() {
+    let h = harness_with(
+        "postmaster = \"ops@relay.example\"\nmax_message_size = \"10MiB\"",
+        USER_POLICY,
+        true,
+    );
+    let mut c = greeted(&h, "192.0.2.9:5000").await;
+    c.cmd("EHLO stranger").await;
+    // a stranger's mail to the postmaster is small, like a report
+    assert_eq!(
+        c.cmd("MAIL FROM:<someone@else.example> SIZE=5000000").await,
+        "552 5.3.4 Message exceeds the size limit of 1048576 octets"
+    );
+    c.cmd("MAIL FROM:<someone@else.example>").await;
+    for postmaster in ["<postmaster>", "<Postmaster@relay.test>"] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:{postmaster}")).await,
+            "250 2.1.5 Recipient OK"
+        );
+    }
+    assert_eq!(
+        c.cmd("RCPT TO:<victim@else.example>").await,
+        "530 5.7.0 Authentication required"
+    );
+    c.cmd("DATA").await;
+    assert!(
+        c.cmd("Subject: your relay\r\nX-Optin-Stream: marketing\r\n\r\nhello\r\n.")
+            .await
+            .starts_with("250 2.0.0 OK queued")
+    );
+    let got = h.intake.0.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    let (env, _) = &got[0];
+    assert_eq!(env.account, RELAY_ACCOUNT);
+    assert_eq!(env.stream, crate::policy::Stream::Transactional);
+    let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(to, ["ops@relay.example"]);
 }
 
 #[tokio::test]

@@ -7,6 +7,10 @@
 //! reading it (recovery reads envelopes only) and can find the next record after a damaged
 //! envelope; after a damaged header it searches for the next magic.
 //!
+//! Damage that recovery found and copied to quarantine is covered in place by a *skip
+//! marker* (32 octets: magic `ORSK`, the length of the stretch it covers, a CRC32C), so the
+//! segment reads cleanly afterwards without being copied anywhere (see `recover.rs`).
+//!
 //! Beside each segment, `{id:016x}.rcpt` holds fixed-size 32-octet [`RcptRecord`]s: what
 //! happened to each recipient since the message was stored. Everything is little-endian.
 
@@ -20,6 +24,9 @@ pub const SEGMENT_HEADER_LEN: usize = 16;
 
 pub const RECORD_MAGIC: &[u8; 4] = b"ORM1";
 pub const RECORD_HEADER_LEN: usize = 32;
+pub const SKIP_MAGIC: &[u8; 4] = b"ORSK";
+/// A skip marker is as long as a record header; it covers at least itself.
+pub const SKIP_LEN: usize = 32;
 /// Version 2 added stream, list and campaign; version 1 envelopes (transactional, no list)
 /// are still read.
 const ENVELOPE_VERSION: u8 = 2;
@@ -66,6 +73,36 @@ pub fn check_segment_header(data: &[u8]) -> Result<(), FormatError> {
         return Err(FormatError::BadVersion(version));
     }
     Ok(())
+}
+
+/// Whether `data` (shorter than a segment header) is the start of one: a segment whose
+/// creation was cut short (a full disk, a crash) before its header was written whole.
+pub fn is_header_prefix(data: &[u8]) -> bool {
+    data.len() < SEGMENT_HEADER_LEN && segment_header().starts_with(data)
+}
+
+/// A skip marker covering `len` octets (itself included) of quarantined damage.
+pub fn skip_marker(len: u64) -> [u8; SKIP_LEN] {
+    debug_assert!(len >= SKIP_LEN as u64);
+    let mut m = [0u8; SKIP_LEN];
+    m[..4].copy_from_slice(SKIP_MAGIC);
+    m[8..16].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c(&m[..28]);
+    m[28..32].copy_from_slice(&crc.to_le_bytes());
+    m
+}
+
+/// The length a sound skip marker at the start of `data` covers.
+pub fn decode_skip_marker(data: &[u8]) -> Option<u64> {
+    if data.len() < SKIP_LEN || &data[..4] != SKIP_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(data[28..32].try_into().unwrap());
+    if crc != crc32c::crc32c(&data[..28]) {
+        return None;
+    }
+    let len = u64::from_le_bytes(data[8..16].try_into().unwrap());
+    (len >= SKIP_LEN as u64).then_some(len)
 }
 
 /// The fixed part of a message record.
@@ -162,6 +199,17 @@ pub fn decode_record(record: &[u8]) -> Result<(Envelope, &[u8]), FormatError> {
     }
     let body = record_body(record)?;
     Ok((decode_envelope(env_bytes)?, &record[body]))
+}
+
+/// The envelope of a whole record whose header and envelope verify, whatever its body:
+/// what a message whose content was damaged can still be returned to its sender with.
+pub fn salvage_envelope(record: &[u8]) -> Option<Envelope> {
+    let header = checked_header(record).ok()?;
+    let env_bytes = &record[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.envelope_len as usize];
+    if crc32c::crc32c(env_bytes) != header.envelope_crc {
+        return None;
+    }
+    decode_envelope(env_bytes).ok()
 }
 
 // ---- envelope ---------------------------------------------------------------------------
@@ -496,6 +544,35 @@ mod tests {
             decode_record(&rec[..rec.len() - 1]),
             Err(FormatError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn skip_markers_and_header_prefixes() {
+        let m = skip_marker(4096);
+        assert_eq!(decode_skip_marker(&m), Some(4096));
+        for i in 0..SKIP_LEN {
+            let mut bad = m;
+            bad[i] ^= 0x10;
+            assert_eq!(decode_skip_marker(&bad), None, "flip at {i}");
+        }
+        assert_eq!(decode_skip_marker(&skip_marker(32)[..31]), None);
+        let h = segment_header();
+        assert!(is_header_prefix(&[]) && is_header_prefix(&h[..7]));
+        assert!(!is_header_prefix(&h) && !is_header_prefix(b"ORSPOOX"));
+    }
+
+    #[test]
+    fn a_damaged_body_leaves_the_envelope_readable() {
+        let env = sample();
+        let body = b"Subject: hi\r\n\r\nhello\r\n";
+        let mut rec = encode_record_head(&env, body);
+        rec.extend_from_slice(body);
+        let n = rec.len();
+        rec[n - 3] ^= 1;
+        assert_eq!(decode_record(&rec).err(), Some(FormatError::BodyChecksum));
+        assert_eq!(salvage_envelope(&rec), Some(env));
+        rec[RECORD_HEADER_LEN + 3] ^= 1;
+        assert_eq!(salvage_envelope(&rec), None);
     }
 
     #[test]

@@ -14,7 +14,13 @@
 //! delivery; see [`crate::delivery`].
 //!
 //! Memory: the spool keeps no message bodies in RAM; [`Spool::read`] fetches one with a
-//! single positioned read and checks its CRC.
+//! single positioned read and checks its CRC. A record that no longer verifies when it is
+//! read back is copied to `quarantine/` (once) and reported as [`SpoolError::Damaged`],
+//! with its envelope when that part still verifies: it will never read, so the caller must
+//! not retry it (delivery returns it to its sender, see `delivery/unreadable.rs`).
+//!
+//! Files and directories are private (0600 and 0700, see [`crate::privacy::files`]): they
+//! hold messages and addresses.
 
 pub mod format;
 mod recover;
@@ -148,6 +154,15 @@ pub enum SpoolError {
         segment: u64,
         reason: String,
     },
+    /// The record no longer verifies, or its segment is gone: it will never read.
+    #[error("message at offset {offset} in segment {segment:016x} is damaged: {reason}")]
+    Damaged {
+        segment: u64,
+        offset: u64,
+        reason: String,
+        /// The envelope, when that part of the record still verifies.
+        envelope: Option<Box<Envelope>>,
+    },
 }
 
 impl SpoolError {
@@ -156,6 +171,11 @@ impl SpoolError {
             path: path.to_path_buf(),
             message: e.to_string(),
         }
+    }
+
+    /// Damage that no retry can mend (as opposed to an I/O error that may pass).
+    pub fn is_damage(&self) -> bool {
+        matches!(self, SpoolError::Damaged { .. })
     }
 }
 
@@ -194,6 +214,7 @@ pub struct Spool {
 
 struct Inner {
     queue_dir: PathBuf,
+    quarantine_dir: PathBuf,
     tx: std::sync::mpsc::Sender<writer::Cmd>,
     /// Last id handed out; ids are `unix_ms << 20 | sequence`, monotonic even if the clock
     /// steps back, and seeded past every id found at recovery.
@@ -225,10 +246,10 @@ impl Spool {
         let queue_dir = root.join("queue");
         let quarantine = root.join("quarantine");
         for dir in [root, &queue_dir, &quarantine] {
-            std::fs::create_dir_all(dir).map_err(|e| SpoolError::open(dir, e))?;
+            crate::privacy::files::private_dir(dir).map_err(|e| SpoolError::open(dir, e))?;
         }
         let lock_path = root.join("lock");
-        let lock = File::options()
+        let lock = crate::privacy::files::options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -257,6 +278,7 @@ impl Spool {
         let spool = Spool {
             inner: Arc::new(Inner {
                 queue_dir,
+                quarantine_dir: quarantine,
                 tx,
                 last_id: AtomicU64::new(report.max_id),
                 readers,
@@ -275,6 +297,17 @@ impl Spool {
             return Err(SpoolError::open(&queue_dir, "no spool here"));
         }
         Ok(recover::scan(&queue_dir, None)?.live_messages())
+    }
+
+    /// The damaged pieces kept in a spool's `quarantine/` (for `queue list`).
+    pub fn quarantined(path: &Path) -> usize {
+        std::fs::read_dir(path.join("quarantine")).map_or(0, |d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".bad"))
+            })
+            .count()
+        })
     }
 
     pub fn stats(&self) -> &SpoolStats {
@@ -358,28 +391,76 @@ impl Inner {
 
     fn read_blocking(&self, loc: Location) -> Result<Bytes, SpoolError> {
         let record = self.read_record(loc)?;
-        let body = format::record_body(&record).map_err(|e| read_error(loc, e.to_string()))?;
-        Ok(Bytes::from(record).slice(body))
+        match format::record_body(&record) {
+            Ok(body) => Ok(Bytes::from(record).slice(body)),
+            Err(e) => Err(self.damaged(loc, &record, &e)),
+        }
     }
 
     fn read_message_blocking(&self, loc: Location) -> Result<(Envelope, Bytes), SpoolError> {
         let record = Bytes::from(self.read_record(loc)?);
-        let (envelope, body) =
-            format::decode_record(&record).map_err(|e| read_error(loc, e.to_string()))?;
-        let body = record.slice_ref(body);
-        Ok((envelope, body))
+        match format::decode_record(&record) {
+            Ok((envelope, body)) => {
+                let body = record.slice_ref(body);
+                Ok((envelope, body))
+            }
+            Err(e) => Err(self.damaged(loc, &record, &e)),
+        }
+    }
+
+    /// A record read back that does not verify: copied to quarantine (once: later reads of
+    /// it find the copy there), and the error, with the envelope when it still verifies.
+    fn damaged(&self, loc: Location, record: &[u8], e: &format::FormatError) -> SpoolError {
+        match recover::save(&self.quarantine_dir, loc.segment, loc.offset, record) {
+            Ok(saved) if saved.new => {
+                crate::metrics::spool_quarantined();
+                tracing::error!(
+                    segment = format!("{:016x}", loc.segment),
+                    offset = loc.offset,
+                    octets = record.len(),
+                    reason = %e,
+                    saved_as = %saved.path.display(),
+                    "damaged message read back from the spool; copied to quarantine"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(
+                segment = format!("{:016x}", loc.segment),
+                offset = loc.offset,
+                reason = %e,
+                error = %err,
+                "damaged message read back from the spool; it could not be copied to quarantine"
+            ),
+        }
+        SpoolError::Damaged {
+            segment: loc.segment,
+            offset: loc.offset,
+            reason: e.to_string(),
+            envelope: format::salvage_envelope(record).map(Box::new),
+        }
     }
 
     fn read_record(&self, loc: Location) -> Result<Vec<u8>, SpoolError> {
         use std::os::unix::fs::FileExt;
-        let err = |reason: String| read_error(loc, reason);
+        let err = |e: std::io::Error| match e.kind() {
+            // The segment is gone or shorter than the record: nothing will bring it back.
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
+                SpoolError::Damaged {
+                    segment: loc.segment,
+                    offset: loc.offset,
+                    reason: e.to_string(),
+                    envelope: None,
+                }
+            }
+            _ => read_error(loc, e.to_string()),
+        };
         let file = {
             let mut readers = self.readers.lock().expect("reader cache lock");
             match readers.get(&loc.segment) {
                 Some(f) => f.clone(),
                 None => {
                     let path = writer::segment_path(&self.queue_dir, loc.segment);
-                    let f = Arc::new(File::open(&path).map_err(|e| err(e.to_string()))?);
+                    let f = Arc::new(File::open(&path).map_err(err)?);
                     // Keep a handful of segments open; old ones are rarely read again.
                     if readers.len() >= 64 {
                         readers.clear();
@@ -391,8 +472,7 @@ impl Inner {
         };
         let mut record = vec![0u8; loc.len as usize];
         let _reading = self.records.read().unwrap_or_else(|e| e.into_inner());
-        file.read_exact_at(&mut record, loc.offset)
-            .map_err(|e| err(e.to_string()))?;
+        file.read_exact_at(&mut record, loc.offset).map_err(err)?;
         Ok(record)
     }
 }

@@ -8,6 +8,12 @@
 //! and never written again (retrying fsync on the same file can report success for data
 //! the kernel already dropped); the batch's stores fail with a temporary error.
 //!
+//! A full disk is a temporary state, never a stuck one: a failed write is cut off the
+//! segment again (so it leaves no torn record and gives its space back), a segment whose
+//! creation failed is removed (so the next attempt can create it once space returns), and
+//! recipient-state records that could not be written are kept and written with the next
+//! ones.
+//!
 //! The writer runs as a blocking task started on demand ([`WriterTask`]): the first command
 //! starts it, and after `LINGER` without work it syncs the recipient journals and stops.
 //! Under load it never stops. Running on tokio's blocking pool (rather than a thread of its
@@ -15,7 +21,7 @@
 //! does not jump ahead while a write is pending.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +42,11 @@ const MAX_BATCH: usize = 4096;
 const RCPT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the writer waits for more work before it stops until the next command.
 const LINGER: Duration = Duration::from_millis(20);
+/// Recipient-state records kept in memory while they cannot be written (a full disk); past
+/// this, the oldest are dropped (their recipients would only be tried again after a restart).
+const MAX_PENDING_RCPT: usize = 16 << 20;
+/// Segment ids tried when files with the next ids exist already (left by something else).
+const MAX_ID_SKIPS: u64 = 64;
 
 pub(super) enum Cmd {
     Store {
@@ -145,6 +156,12 @@ pub(super) fn rcpt_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.rcpt"))
 }
 
+/// An open recipient-state journal and how much of it is whole records.
+struct RcptFile {
+    file: File,
+    len: u64,
+}
+
 struct Active {
     id: u64,
     file: File,
@@ -160,8 +177,13 @@ pub(super) struct Writer {
     active: Option<Active>,
     /// Messages not yet finished, per segment.
     live: HashMap<u64, u64>,
-    rcpt_files: HashMap<u64, File>,
+    rcpt_files: HashMap<u64, RcptFile>,
     rcpt_unsynced: HashSet<u64>,
+    /// Recipient-state records not written yet because writing failed, per segment.
+    rcpt_pending: HashMap<u64, Vec<u8>>,
+    rcpt_pending_bytes: usize,
+    /// Writing recipient state is failing (logged once per episode).
+    rcpt_failing: bool,
     last_rcpt_sync: Instant,
     readers: Readers,
     stats: Arc<SpoolStats>,
@@ -192,6 +214,9 @@ impl Writer {
             live: HashMap::new(),
             rcpt_files: HashMap::new(),
             rcpt_unsynced: HashSet::new(),
+            rcpt_pending: HashMap::new(),
+            rcpt_pending_bytes: 0,
+            rcpt_failing: false,
             last_rcpt_sync: Instant::now(),
             readers,
             stats,
@@ -365,7 +390,10 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(segment = active.id, error = %e, "spool write failed; sealing the segment");
+                // Cut the batch off again: no torn record is left behind, and whatever of
+                // it reached the disk gives its space back.
+                let cut = active.file.set_len(active.size);
+                tracing::error!(segment = active.id, error = %e, cut_off = cut.is_ok(), "spool write failed; sealing the segment");
                 self.buf.clear();
                 self.seal_active();
                 Err(Arc::new(e))
@@ -373,21 +401,29 @@ impl Writer {
         }
     }
 
+    /// Makes sure there is a segment to append to, creating the next one if needed. A
+    /// creation that fails half-way removes its file again, so the next attempt (once the
+    /// disk has room) is not stopped by it.
     pub(super) fn ensure_active(&mut self) -> std::io::Result<()> {
         if self.active.is_some() {
             return Ok(());
         }
-        let id = self.next_segment;
-        let path = segment_path(&self.dir, id);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
-        file.write_all(&format::segment_header())?;
-        if self.fsync {
-            file.sync_all()?;
-            File::open(&self.dir)?.sync_all()?;
-        }
+        let mut skips = 0;
+        let (id, file) = loop {
+            let id = self.next_segment;
+            let path = segment_path(&self.dir, id);
+            match self.create_segment(&path) {
+                Ok(file) => break (id, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && skips < MAX_ID_SKIPS => {
+                    // Not ours (we number past every segment found at start, and remove
+                    // our own failed ones): leave it for recovery and take the next id.
+                    tracing::warn!(path = %path.display(), "a spool segment file exists already; using the next number");
+                    self.next_segment += 1;
+                    skips += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.next_segment += 1;
         self.live.entry(id).or_insert(0);
         self.active = Some(Active {
@@ -397,6 +433,30 @@ impl Writer {
         });
         self.grow(id, format::SEGMENT_HEADER_LEN as u64);
         Ok(())
+    }
+
+    /// Creates a segment file with its header (0600), synced with its directory when
+    /// `fsync` is on; removes the file again if anything after its creation fails.
+    fn create_segment(&self, path: &Path) -> std::io::Result<File> {
+        let mut file = crate::privacy::files::options()
+            .create_new(true)
+            .append(true)
+            .open(path)?;
+        let written = file.write_all(&format::segment_header()).and_then(|()| {
+            if self.fsync {
+                file.sync_all()?;
+                File::open(&self.dir)?.sync_all()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            drop(file);
+            if let Err(rm) = std::fs::remove_file(path) {
+                tracing::error!(path = %path.display(), error = %rm, "cannot remove a spool segment whose creation failed");
+            }
+            return Err(e);
+        }
+        Ok(file)
     }
 
     /// Stops appending to the active segment; deletes it if nothing in it is live.
@@ -429,6 +489,9 @@ impl Writer {
         }
         self.rcpt_files.remove(&segment);
         self.rcpt_unsynced.remove(&segment);
+        if let Some(pending) = self.rcpt_pending.remove(&segment) {
+            self.rcpt_pending_bytes -= pending.len();
+        }
         self.readers
             .lock()
             .expect("reader cache lock")
@@ -448,43 +511,109 @@ impl Writer {
         }
     }
 
+    /// Appends recipient-state records to a segment's journal. What cannot be written (a
+    /// full disk) is kept, in order, and written before the next records of that segment.
     fn write_records(&mut self, segment: u64, bytes: &[u8]) {
         if !self.live.contains_key(&segment) {
             return; // already finished and deleted
         }
-        let file = match self.rcpt_files.entry(segment) {
+        let mut data = match self.rcpt_pending.remove(&segment) {
+            Some(pending) => {
+                self.rcpt_pending_bytes -= pending.len();
+                pending
+            }
+            None => Vec::new(),
+        };
+        data.extend_from_slice(bytes);
+        match self.append_rcpt(segment, &data) {
+            Ok(()) => {
+                if self.rcpt_failing && self.rcpt_pending.is_empty() {
+                    self.rcpt_failing = false;
+                    tracing::info!("recipient-state journals are written again");
+                }
+                self.rcpt_unsynced.insert(segment);
+                self.grow(segment, data.len() as u64);
+            }
+            Err(e) => {
+                if !self.rcpt_failing {
+                    self.rcpt_failing = true;
+                    tracing::error!(segment, error = %e, "cannot write recipient state; kept in memory and written once the disk allows");
+                }
+                self.keep_pending(segment, data);
+            }
+        }
+    }
+
+    /// Keeps unwritten recipient-state records, within [`MAX_PENDING_RCPT`].
+    fn keep_pending(&mut self, segment: u64, mut data: Vec<u8>) {
+        let room = MAX_PENDING_RCPT.saturating_sub(self.rcpt_pending_bytes);
+        if data.len() > room {
+            let drop = (data.len() - room).next_multiple_of(format::RCPT_RECORD_LEN);
+            let drop = drop.min(data.len());
+            tracing::error!(
+                segment,
+                records = drop / format::RCPT_RECORD_LEN,
+                "recipient state dropped (the disk is still full); those recipients are tried again after a restart"
+            );
+            data.drain(..drop);
+        }
+        if !data.is_empty() {
+            self.rcpt_pending_bytes += data.len();
+            self.rcpt_pending.insert(segment, data);
+        }
+    }
+
+    /// Writes `data` at the end of the segment's journal, or nothing: a write that fails
+    /// half-way is cut off again, so the records after it stay aligned.
+    fn append_rcpt(&mut self, segment: u64, data: &[u8]) -> std::io::Result<()> {
+        let journal = match self.rcpt_files.entry(segment) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                match OpenOptions::new()
+                let file = crate::privacy::files::options()
                     .create(true)
                     .append(true)
-                    .open(rcpt_path(&self.dir, segment))
-                {
-                    Ok(f) => e.insert(f),
-                    Err(err) => {
-                        tracing::error!(segment, error = %err, "cannot open recipient journal");
-                        return;
-                    }
+                    .open(rcpt_path(&self.dir, segment))?;
+                let len = file.metadata()?.len();
+                // A torn record a crash left at the end would misalign every later one.
+                let whole = len - len % format::RCPT_RECORD_LEN as u64;
+                if whole != len {
+                    file.set_len(whole)?;
                 }
+                e.insert(RcptFile { file, len: whole })
             }
         };
-        if let Err(e) = file.write_all(bytes) {
-            tracing::error!(segment, error = %e, "cannot write recipient journal");
-            return;
+        match journal.file.write_all(data) {
+            Ok(()) => {
+                journal.len += data.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = journal.file.set_len(journal.len);
+                Err(e)
+            }
         }
-        self.rcpt_unsynced.insert(segment);
-        self.grow(segment, bytes.len() as u64);
+    }
+
+    /// Tries again to write recipient state kept after a failure.
+    fn retry_pending(&mut self) {
+        let segments: Vec<u64> = self.rcpt_pending.keys().copied().collect();
+        for segment in segments {
+            self.write_records(segment, &[]);
+        }
     }
 
     fn sync_rcpt_files(&mut self) {
         self.last_rcpt_sync = Instant::now();
+        if !self.rcpt_pending.is_empty() {
+            self.retry_pending();
+        }
         if !self.fsync {
             self.rcpt_unsynced.clear();
             return;
         }
         for segment in self.rcpt_unsynced.drain() {
             if let Some(f) = self.rcpt_files.get(&segment)
-                && let Err(e) = f.sync_data()
+                && let Err(e) = f.file.sync_data()
             {
                 tracing::warn!(segment, error = %e, "cannot sync recipient journal");
             }

@@ -478,32 +478,87 @@ impl FakeDns {
     }
 }
 
+// ---- delivery over in-memory pipes -------------------------------------------------------
+
+/// A delivery transport whose every route leads to `FakeMx` over an in-memory pipe (no
+/// sockets, so tests with paused time run days of retries in milliseconds).
+pub struct InMemoryMx(pub FakeMx);
+
+impl optin_relay::delivery::transport::Transport for InMemoryMx {
+    fn resolve<'a>(
+        &'a self,
+        _: &'a optin_relay::delivery::transport::RouteKey,
+    ) -> optin_relay::delivery::transport::BoxFuture<
+        'a,
+        Result<
+            Vec<optin_relay::delivery::transport::Target>,
+            optin_relay::delivery::outcome::ResolveFailure,
+        >,
+    > {
+        Box::pin(async {
+            Ok(vec![optin_relay::delivery::transport::Target {
+                host: "mx.test".into(),
+                addr: "127.0.0.1:25".parse().unwrap(),
+            }])
+        })
+    }
+
+    fn connect<'a>(
+        &'a self,
+        _: &'a optin_relay::delivery::transport::Target,
+    ) -> optin_relay::delivery::transport::BoxFuture<
+        'a,
+        std::io::Result<optin_relay::delivery::transport::BoxStream>,
+    > {
+        Box::pin(async {
+            let (ours, theirs) = tokio::io::duplex(1 << 16);
+            self.0.serve(theirs);
+            Ok(Box::new(ours) as optin_relay::delivery::transport::BoxStream)
+        })
+    }
+
+    fn routes_by_domain(&self) -> bool {
+        false
+    }
+}
+
 // ---- relay helpers ----------------------------------------------------------------------
 
 /// Starts a relay in-process on 127.0.0.1:0 with `extra` appended to a base config whose
-/// spool lives in `dir`.
+/// spool lives in `dir`. The HTTP listeners (`[http]`, `[admin]`) are off unless `extra`
+/// gives their `listen`.
 pub async fn start_relay(
     dir: &std::path::Path,
     extra: &str,
     policy: &str,
 ) -> optin_relay::server::Relay {
-    // Never the default HTTP port: tests run in parallel.
-    let http = if extra.contains("[http]") {
-        ""
-    } else {
-        "[http]\nlisten = \"\"\n"
-    };
     let text = format!(
-        "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n{http}{extra}",
+        "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n{extra}",
         dir.join("spool").display()
     );
-    let config =
-        optin_relay::config::Config::from_toml("test", &text).unwrap_or_else(|e| panic!("{e}"));
+    let config = optin_relay::config::Config::from_toml("test", &without_default_ports(&text))
+        .unwrap_or_else(|e| panic!("{e}"));
     let policy =
         optin_relay::policy::Policy::from_toml("policy", policy).unwrap_or_else(|e| panic!("{e}"));
     optin_relay::server::Relay::start(config, policy)
         .await
         .unwrap()
+}
+
+/// `text` (a main config) with `listen = ""` for each HTTP listener it does not place:
+/// never the default ports, since tests run in parallel.
+pub fn without_default_ports(text: &str) -> String {
+    let mut table: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for section in ["http", "admin"] {
+        let t = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t.as_table_mut()
+            .expect("a table")
+            .entry("listen")
+            .or_insert_with(|| "".into());
+    }
+    toml::to_string(&table).unwrap()
 }
 
 pub const LOOPBACK_POLICY: &str = "[accounts.local]\nnetworks = [\"127.0.0.0/8\"]\n";
@@ -632,6 +687,35 @@ impl TestCa {
         std::fs::write(path, &self.pem).unwrap();
     }
 
+    /// A certificate for `name` signed by this CA and its key, both PEM (for a relay's
+    /// `certificate` and `private_key`).
+    pub fn leaf_pem(&self, name: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client configuration that trusts this CA only.
+    pub fn client(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(optin_relay::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
     /// A server configuration whose certificate, signed by this CA, is valid for `name`.
     pub fn leaf(&self, name: &str) -> Arc<rustls::ServerConfig> {
         use rustls::pki_types::PrivateKeyDer;
@@ -731,23 +815,91 @@ pub async fn serve_policy(
     PolicyServer { addr, requests }
 }
 
-/// A minimal HTTP/1.1 client for the relay's HTTP listener (a form body): status and body.
+/// A minimal HTTP/1.1 client for the relay's HTTP listeners (a form body): status and body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = http_on(
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+        method,
+        path,
+        body,
+    )
+    .await;
+    (answer.status, answer.body)
+}
+
+/// An HTTP answer: status, header section (lower-cased names) and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// Every value of header `name`.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// [`http`] with the admin API's bearer token (a body starting with `{` goes as JSON).
+pub async fn http_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = request_on(stream, token, method, path, body).await;
+    (answer.status, answer.body)
+}
+
+/// One request (a form body, `Connection: close`) over any stream; the whole answer.
+pub async fn http_on<S: Stream>(s: S, method: &str, path: &str, body: &str) -> Answer {
+    request_on(s, None, method, path, body).await
+}
+
+async fn request_on<S: Stream>(
+    mut s: S,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Answer {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let kind = if token.is_some() && body.starts_with('{') {
+        "application/json"
+    } else {
+        "application/x-www-form-urlencoded"
+    };
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\n{auth}Content-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut resp = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut resp)
-        .await
-        .unwrap();
+    // A TLS peer may close without close_notify after the answer: keep what arrived.
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut resp).await;
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
 }

@@ -23,10 +23,11 @@
 #   3. Python smtplib: SMTPUTF8 + 8BITMIME (non-ASCII addresses, names, 8-bit body) and a
 #      plain 8BITMIME message arrive byte-intact at the aiosmtpd sink
 #   4. smtp-source load (1000 messages, 10 sessions) -> relay -> smtp-sink: all arrive
-#   5. GET /healthz and /metrics; accepted/delivered counters match what was sent
+#   5. GET /healthz (public listener) and /metrics (operator listener, [admin] listen, its
+#      own port); accepted/delivered counters match what was sent
 #   6. `optin-relay queue list` shows an empty queue once everything is delivered
 #   7. SIGTERM makes each relay exit 0 within a few seconds
-#   8. news: `lists grant` (CLI) beside the running relay, which follows the journal;
+#   8. news: `lists grant` (CLI) through the running relay's admin API, in force at once;
 #      marketing to the granted reader is delivered with List-Unsubscribe (http + mailto,
 #      one token), List-Unsubscribe-Post (one-click) and List-Id; to a stranger it is
 #      refused at RCPT (550 5.7.1 no consent recorded)
@@ -76,168 +77,26 @@ NEWS_DKIM_RSA_SELECTOR=rsa2026
 NEWS_DKIM_ED_SELECTOR=ed2026
 NEWS_DKIM_KEYS=()              # SELECTOR:ALGORITHM:TXT-RECORD, for dkim_verify.py
 
-WORK=""
-PIDS=()                        # every background process we started
-PGROUPS=()                     # process groups we started (setsid): killed whole on exit
-FAILED=()
-PASSED=0
-STARTED_AT=$SECONDS
-
-# ---------------------------------------------------------------- reporting
-
-note() { echo "# $*"; }
-pass() { echo "PASS: $1"; PASSED=$((PASSED + 1)); }
-fail() { echo "FAIL: $1"; FAILED+=("$1"); }
-
-# check DESCRIPTION FUNCTION [ARGS...]: runs FUNCTION with its output captured; prints
-# PASS or FAIL, and on FAIL (or with INTEROP_VERBOSE) the captured output, indented.
-check() {
-    local description=$1
-    shift
-    local out="$WORK/check.out"
-    if "$@" >"$out" 2>&1; then
-        pass "$description"
-        [[ -z "${INTEROP_VERBOSE:-}" ]] || sed 's/^/    | /' "$out" | tail -n 40
-    else
-        fail "$description"
-        sed 's/^/    | /' "$out" | tail -n 40
-    fi
-}
-
-# ---------------------------------------------------------------- processes
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    # Whatever is left of a process group we started (a browser's helper processes).
-    local group
-    for group in "${PGROUPS[@]}"; do
-        kill -KILL -- "-$group" 2>/dev/null
-    done
-    if [[ -n "$WORK" && -d "$WORK" ]]; then
-        if [[ ${#FAILED[@]} -gt 0 || -n "${INTEROP_KEEP:-}" ]]; then
-            note "work directory kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-}
-trap cleanup EXIT
-trap 'fail "interrupted by SIGINT"; exit 130' INT
-trap 'fail "interrupted by SIGTERM"; exit 143' TERM
-
-# start NAME COMMAND...: runs COMMAND in the background, output to $WORK/NAME.log;
-# sets PID_<NAME>.
-start() {
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.log" 2>&1 &
-    PIDS+=($!)
-    printf -v "PID_$name" '%s' $!
-}
-
-# forget PID: a process we reaped ourselves; cleanup must not signal its (reusable) pid.
-forget() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do
-        [[ $p == "$1" ]] || keep+=("$p")
-    done
-    PIDS=("${keep[@]}")
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_ports NAME PORT...: waits until every port accepts connections while NAME's
-# process is alive.
-wait_ports() {
-    local name=$1 pid_var="PID_$1" port
-    shift
-    for port in "$@"; do
-        for _ in $(seq 300); do
-            port_open "$port" && continue 2
-            if ! kill -0 "${!pid_var}" 2>/dev/null; then
-                echo "$name exited before listening on $port; its log:"
-                cat "$WORK/$name.log"
-                return 1
-            fi
-            sleep 0.1
-        done
-        echo "$name is not listening on 127.0.0.1:$port after 30s; its log:"
-        cat "$WORK/$name.log"
-        return 1
-    done
-}
-
-# poll SECONDS COMMAND...: retries COMMAND every 0.25s until it succeeds or time runs out.
-poll() {
-    local deadline=$((SECONDS + $1))
-    shift
-    until "$@"; do
-        ((SECONDS >= deadline)) && return 1
-        sleep 0.25
-    done
-}
-
-# ---------------------------------------------------------------- setup
-
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-            missing+=("$p")
-    done
-    if [[ ${#missing[@]} -eq 0 ]]; then
-        note "packages already installed: ${PACKAGES[*]}"
-        return 0
-    fi
-    note "installing: ${missing[*]}"
-    local sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    echo "postfix postfix/main_mailer_type select No configuration" |
-        "${sudo[@]}" debconf-set-selections &&
-        "${sudo[@]}" apt-get update -q &&
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -q --no-install-recommends "${missing[@]}" ||
-        { echo "could not install the Debian packages: ${missing[*]}"; return 1; }
-}
-
-build_relay() {
-    local target=${CARGO_TARGET_DIR:-target}
-    [[ $target = /* ]] || target="$ROOT/$target"
-    BIN="$target/release/optin-relay"
-    note "building: cargo build --release (log: $WORK/build.log)"
-    if ! (cd "$ROOT" && cargo build --release) >"$WORK/build.log" 2>&1; then
-        tail -n 60 "$WORK/build.log"
-        return 1
-    fi
-    [[ -x "$BIN" ]] || { echo "no binary at $BIN"; return 1; }
-}
+# Reporting, processes and cleanup, packages, the build: shared with faults.sh.
+source "$HERE/lib.sh"
 
 pick_ports() {
     local ports
-    mapfile -t ports < <("$PY" "$HERE/util.py" ports 14) || return 1
-    [[ ${#ports[@]} -eq 14 ]] || return 1
+    mapfile -t ports < <("$PY" "$HERE/util.py" ports 17) || return 1
+    [[ ${#ports[@]} -eq 17 ]] || return 1
     AIO_PORT=${ports[0]} SINK_PORT=${ports[1]}
     AUTH_SMTP=${ports[2]} AUTH_TLS=${ports[3]} AUTH_HTTP=${ports[4]}
     LOCAL_SMTP=${ports[5]} LOCAL_TLS=${ports[6]} LOCAL_HTTP=${ports[7]}
     NEWS_SINK_PORT=${ports[8]} NEWS_SMTP=${ports[9]} NEWS_TLS=${ports[10]}
     NEWS_HTTP=${ports[11]} CDP_PORT=${ports[12]} PROM_PORT=${ports[13]}
+    AUTH_OPS=${ports[14]} LOCAL_OPS=${ports[15]} NEWS_OPS=${ports[16]}
     NEWS_URL="http://127.0.0.1:$NEWS_HTTP"
+    NEWS_OPS_URL="http://127.0.0.1:$NEWS_OPS"   # the operator listener: /metrics, admin API
 }
 
-# write_relay_config NAME SMTP TLS HTTP SMARTHOST POLICY-TEXT
+# write_relay_config NAME SMTP TLS HTTP OPS SMARTHOST POLICY-TEXT
 write_relay_config() {
-    local name=$1 smtp=$2 tls=$3 http=$4 smarthost=$5 policy=$6
+    local name=$1 smtp=$2 tls=$3 http=$4 ops=$5 smarthost=$6 policy=$7
     local dir="$WORK/$name"
     mkdir -p "$dir"
     printf '%s\n' "$policy" >"$dir/policy.toml"
@@ -254,6 +113,8 @@ starttls = "opportunistic"
 connection_idle_timeout = "2s"
 [http]
 listen = "127.0.0.1:$http"
+[admin]
+listen = "127.0.0.1:$ops"
 [policy]
 path = "$dir/policy.toml"
 [log]
@@ -309,19 +170,19 @@ write_configs() {
     local hash dkim_policy
     hash=$(printf '%s\n' "$PASSWORD" | "$BIN" hash-password) || return 1
     [[ $hash == '$argon2'* ]] || { echo "hash-password printed: $hash"; return 1; }
-    write_relay_config auth "$AUTH_SMTP" "$AUTH_TLS" "$AUTH_HTTP" "$AIO_PORT" \
+    write_relay_config auth "$AUTH_SMTP" "$AUTH_TLS" "$AUTH_HTTP" "$AUTH_OPS" "$AIO_PORT" \
         "[accounts.shop]
 [[accounts.shop.users]]
 username = \"shop\"
 password_hash = \"$hash\""
-    write_relay_config local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP" "$SINK_PORT" \
+    write_relay_config local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP" "$LOCAL_OPS" "$SINK_PORT" \
         '[accounts.local]
 networks = ["127.0.0.0/8"]'
     # Not in a $(...) subshell: make_dkim_keys sets NEWS_DKIM_KEYS.
     make_dkim_keys >"$WORK/dkim-policy.toml" || return 1
     dkim_policy=$(<"$WORK/dkim-policy.toml")
     printf 'DKIM record: %.100s...\n' "${NEWS_DKIM_KEYS[@]}"
-    write_relay_config news "$NEWS_SMTP" "$NEWS_TLS" "$NEWS_HTTP" "$NEWS_SINK_PORT" \
+    write_relay_config news "$NEWS_SMTP" "$NEWS_TLS" "$NEWS_HTTP" "$NEWS_OPS" "$NEWS_SINK_PORT" \
         '[accounts.news]
 networks = ["127.0.0.0/8"]
 streams = ["marketing"]
@@ -367,9 +228,9 @@ start_relays() {
     start relay_auth "$BIN" --config "$WORK/auth/relay.toml" serve
     start relay_local "$BIN" --config "$WORK/local/relay.toml" serve
     start relay_news "$BIN" --config "$WORK/news/relay.toml" serve
-    wait_ports relay_auth "$AUTH_SMTP" "$AUTH_TLS" "$AUTH_HTTP" &&
-        wait_ports relay_local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP" &&
-        wait_ports relay_news "$NEWS_SMTP" "$NEWS_TLS" "$NEWS_HTTP"
+    wait_ports relay_auth "$AUTH_SMTP" "$AUTH_TLS" "$AUTH_HTTP" "$AUTH_OPS" &&
+        wait_ports relay_local "$LOCAL_SMTP" "$LOCAL_TLS" "$LOCAL_HTTP" "$LOCAL_OPS" &&
+        wait_ports relay_news "$NEWS_SMTP" "$NEWS_TLS" "$NEWS_HTTP" "$NEWS_OPS"
 }
 
 # ---------------------------------------------------------------- client helpers
@@ -538,15 +399,16 @@ NEWS_UNSUBSCRIBE_URL=""        # the http link of the delivered message, for the
 
 news_relay_follows_grant() {
     local n
-    n=$("$PY" "$HERE/util.py" metric "$NEWS_URL/metrics" optin_lists_delta_entries)
+    n=$("$PY" "$HERE/util.py" metric "$NEWS_OPS_URL/metrics" optin_lists_delta_entries)
     echo "news relay: optin_lists_delta_entries=$n"
     [[ $n =~ ^[0-9]+$ && $n -ge 1 ]]
 }
 
-# lists grant from the CLI beside the running relay; the relay picks it up from the journal.
+# lists grant from the CLI beside the running relay: made through its admin API.
 news_grant() {
     local config="$WORK/news/relay.toml"
-    "$BIN" --config "$config" lists grant "$NEWS_READER" --account news || return 1
+    "$BIN" --config "$config" lists grant "$NEWS_READER" --account news |
+        tee /dev/stderr | grep -qF "through the running relay; in force now" || return 1
     "$BIN" --config "$config" lists check "$NEWS_READER" --account news || return 1
     poll 10 news_relay_follows_grant
 }
@@ -661,7 +523,7 @@ news_event_logged() {
 # news_metric EXPECTED NAME [LABEL=VALUE]
 news_metric() {
     local value
-    value=$("$PY" "$HERE/util.py" metric "$NEWS_URL/metrics" "$2" ${3:+"$3"})
+    value=$("$PY" "$HERE/util.py" metric "$NEWS_OPS_URL/metrics" "$2" ${3:+"$3"})
     echo "news relay: $2${3:+{$3\}}=$value (expected $1)"
     [[ $value == "$1" ]]
 }
@@ -676,7 +538,7 @@ news_unsubscribe_metrics() {
 
 # ---------------------------------------------------------------- check 11: Prometheus
 
-# promtool_check NAME HTTP-PORT: the relay's exposition passes `promtool check metrics`
+# promtool_check NAME OPS-PORT: the relay's exposition passes `promtool check metrics`
 # (format, a HELP line per metric, naming conventions).
 promtool_check() {
     local name=$1 out="$WORK/metrics-$1.txt" rc
@@ -711,7 +573,7 @@ global:
 scrape_configs:
   - job_name: optin-relay
     static_configs:
-      - targets: ["127.0.0.1:$LOCAL_HTTP"]
+      - targets: ["127.0.0.1:$LOCAL_OPS"]
 EOF
     "$PROMTOOL" check config "$dir/prometheus.yml" || return 1
     start prometheus "$PROMETHEUS" --config.file="$dir/prometheus.yml" \
@@ -766,11 +628,18 @@ queue_drains() {
     return 1
 }
 
+# metrics_consistent NAME HTTP-PORT OPS-PORT: /healthz on the public listener; the
+# counters on the operator listener, and /metrics is not on the public one.
 metrics_consistent() {
     local name=$1 http=$2 accepted_var="ACCEPTED_$1" url
     local expected=${!accepted_var}
-    url="http://127.0.0.1:$http"
-    "$PY" "$HERE/util.py" http "$url/healthz" >/dev/null || { echo "GET /healthz failed"; return 1; }
+    "$PY" "$HERE/util.py" http "http://127.0.0.1:$http/healthz" >/dev/null ||
+        { echo "GET /healthz failed"; return 1; }
+    if "$PY" "$HERE/util.py" http "http://127.0.0.1:$http/metrics" >/dev/null 2>&1; then
+        echo "the public listener serves /metrics"
+        return 1
+    fi
+    url="http://127.0.0.1:$3"
     local accepted delivered
     accepted=$("$PY" "$HERE/util.py" metric "$url/metrics" optin_messages_accepted_total)
     delivered=$("$PY" "$HERE/util.py" metric "$url/metrics" \
@@ -836,10 +705,10 @@ main() {
     setup "cargo build --release" build_relay
     setup "pick free ports on 127.0.0.1" pick_ports
     note "ports: aiosmtpd=$AIO_PORT smtp-sink=$SINK_PORT" \
-        "auth relay smtp=$AUTH_SMTP tls=$AUTH_TLS http=$AUTH_HTTP" \
-        "local relay smtp=$LOCAL_SMTP tls=$LOCAL_TLS http=$LOCAL_HTTP" \
+        "auth relay smtp=$AUTH_SMTP tls=$AUTH_TLS http=$AUTH_HTTP ops=$AUTH_OPS" \
+        "local relay smtp=$LOCAL_SMTP tls=$LOCAL_TLS http=$LOCAL_HTTP ops=$LOCAL_OPS" \
         "news sink=$NEWS_SINK_PORT news relay smtp=$NEWS_SMTP tls=$NEWS_TLS" \
-        "http=$NEWS_HTTP chromium devtools=$CDP_PORT prometheus=$PROM_PORT"
+        "http=$NEWS_HTTP ops=$NEWS_OPS chromium devtools=$CDP_PORT prometheus=$PROM_PORT"
     setup "hash-password, write configs, config check" write_configs
     setup "start aiosmtpd sinks and smtp-sink" start_sinks
     setup "start relays (auth-only, loopback-trusting, news with unsubscribe links)" start_relays
@@ -859,7 +728,7 @@ main() {
         smtplib_utf8
     check "smtp-source $LOAD_MESSAGES messages x $LOAD_SESSIONS sessions -> smtp-sink: all arrive exactly once" \
         smtp_source_load
-    check "news: lists grant (CLI) for $NEWS_READER, followed by the running relay" news_grant
+    check "news: lists grant (CLI) for $NEWS_READER, through the running relay" news_grant
     check "news: marketing to $NEWS_READER delivered with List-Unsubscribe (http + mailto), List-Unsubscribe-Post, List-Id" \
         news_marketing_delivered
     check "news: DKIM signatures ($NEWS_DKIM_RSA_SELECTOR rsa-sha256, $NEWS_DKIM_ED_SELECTOR ed25519-sha256) verify with python3-dkim; h= has List-Unsubscribe(-Post); a changed Subject fails" \
@@ -875,16 +744,16 @@ main() {
     check "queue list: loopback relay queue empty after delivery" queue_drains local
     check "queue list: news relay queue empty after delivery" queue_drains news
     check "metrics: auth relay /healthz, accepted and delivered counters" \
-        metrics_consistent auth "$AUTH_HTTP"
+        metrics_consistent auth "$AUTH_HTTP" "$AUTH_OPS"
     check "metrics: loopback relay /healthz, accepted and delivered counters" \
-        metrics_consistent local "$LOCAL_HTTP"
+        metrics_consistent local "$LOCAL_HTTP" "$LOCAL_OPS"
     check "metrics: news relay /healthz, accepted and delivered counters" \
-        metrics_consistent news "$NEWS_HTTP"
+        metrics_consistent news "$NEWS_HTTP" "$NEWS_OPS"
     check "metrics: news relay unsubscribe and withheld-recipient counters" \
         news_unsubscribe_metrics
-    check "promtool check metrics: auth relay /metrics" promtool_check auth "$AUTH_HTTP"
-    check "promtool check metrics: loopback relay /metrics" promtool_check local "$LOCAL_HTTP"
-    check "promtool check metrics: news relay /metrics" promtool_check news "$NEWS_HTTP"
+    check "promtool check metrics: auth relay /metrics" promtool_check auth "$AUTH_OPS"
+    check "promtool check metrics: loopback relay /metrics" promtool_check local "$LOCAL_OPS"
+    check "promtool check metrics: news relay /metrics" promtool_check news "$NEWS_OPS"
     check "prometheus scrapes the loopback relay every 1s: up == 1, optin_messages_accepted_total > 0" \
         prometheus_scrapes
     check "SIGTERM: auth relay exits 0 within 10s" sigterm_exits_zero auth

@@ -1,0 +1,346 @@
+//! The admin API on the consent and suppression lists: check an address, suppress or lift
+//! (one address, or a batch of them), grant or revoke consent. Every change goes through
+//! the relay's own lists (journal fsynced, then in force) before the answer, so it applies
+//! to the next message — what `optin-relay suppress …` and `lists grant|revoke` use when a
+//! relay is running. Account and list names are checked against the policy in force; it
+//! never writes anything when one address of a batch is bad.
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use clap::ValueEnum;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Admin, ApiError, ApiResult, bad, body, internal, not_found, ok, query};
+use crate::consent::{self, CONSENT, Kind, Op, Origin, Reason, Scope};
+use crate::policy::{Policy, Stream};
+
+/// The most addresses one request may change (the CLI sends larger sets in parts).
+pub const MAX_BATCH: usize = 10_000;
+
+#[derive(Deserialize, Default)]
+pub(super) struct ScopeQuery {
+    account: Option<String>,
+    list: Option<String>,
+    reason: Option<String>,
+    stream: Option<String>,
+}
+
+/// The scope named (none: global); the account and list must exist.
+fn scope_of<'q>(policy: &Policy, q: &'q ScopeQuery) -> Result<Scope<'q>, ApiError> {
+    match (&q.account, &q.list) {
+        (None, None) => Ok(Scope::Global),
+        (None, Some(_)) => Err(bad("a list needs its account")),
+        (Some(a), list) => {
+            let acc = policy
+                .account(a)
+                .ok_or_else(|| not_found(format!("no account {a:?} in the policy")))?;
+            match list {
+                None => Ok(Scope::Account(a)),
+                Some(l) if acc.list(l).is_some() => Ok(Scope::List(a, l)),
+                Some(l) => Err(not_found(format!("account {a:?} has no list {l:?}"))),
+            }
+        }
+    }
+}
+
+fn reason_of(text: Option<&str>) -> Result<Option<Reason>, ApiError> {
+    text.map(|r| {
+        Reason::from_str(r, true).map_err(|_| {
+            bad(format!(
+                "{r:?} is not a reason (unsubscribe, bounce, complaint, manual, erasure)"
+            ))
+        })
+    })
+    .transpose()
+}
+
+pub(super) fn normalised(address: &str) -> Result<String, ApiError> {
+    consent::key::normalise(address).map_err(|e| bad(format!("{address:?}: {e}")))
+}
+
+/// Records one change for each address, off the async threads (the journal is fsynced).
+pub(super) async fn record(
+    a: &Admin,
+    kind: Kind,
+    scope: Scope<'_>,
+    op: Op,
+    tags: u8,
+    addresses: Vec<String>,
+) -> Result<(), ApiError> {
+    let lists = a.lists.clone();
+    let secret = lists.secret();
+    let time_ms = crate::spool::now_ms();
+    let changes: Vec<consent::Change> = addresses
+        .iter()
+        .map(|address| consent::Change {
+            op,
+            fp: secret.fingerprint(kind, scope, address),
+            tags,
+            origin: Origin::Operator,
+            time_ms,
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || lists.record(&changes))
+        .await
+        .map_err(|_| internal("the lists task failed"))?
+        .map_err(|e| internal(e.to_string()))
+}
+
+fn reasons(tags: u8) -> Vec<&'static str> {
+    Reason::from_tags(tags).map(Reason::as_str).collect()
+}
+
+pub(super) async fn suppression_check(
+    State(a): State<Admin>,
+    Path(address): Path<String>,
+    q: Result<Query<ScopeQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let address = normalised(&address)?;
+    let policy = a.policy.load();
+    let Some(name) = &q.account else {
+        if q.list.is_some() || q.stream.is_some() {
+            return Err(bad("a list or stream needs its account"));
+        }
+        let st = a.lists.standing("", None, &address);
+        return ok(json!({"address": address, "suppressed": {"global": reasons(st.global)}}));
+    };
+    let acc = policy
+        .account(name)
+        .ok_or_else(|| not_found(format!("no account {name:?} in the policy")))?;
+    let list = match &q.list {
+        Some(l) if acc.list(l).is_none() => {
+            return Err(not_found(format!("account {name:?} has no list {l:?}")));
+        }
+        Some(l) => Some(l.clone()),
+        None => acc.default_list.clone(),
+    };
+    let stream = match q.stream.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => acc.default_stream,
+        Some("marketing") => Stream::Marketing,
+        Some("transactional") => Stream::Transactional,
+        Some(_) => {
+            return Err(bad(format!(
+                "{:?} is not marketing or transactional",
+                q.stream.unwrap_or_default()
+            )));
+        }
+    };
+    let st = a.lists.standing(name, list.as_deref(), &address);
+    let verdict = match crate::policy::verdict::explain(acc, stream, list.as_deref(), &st, &address)
+    {
+        Ok(()) => "allowed".to_string(),
+        Err(why) => format!("refused: {why}"),
+    };
+    ok(json!({
+        "address": address,
+        "account": name,
+        "list": list,
+        "stream": stream.to_string(),
+        "consent": st.consent,
+        "suppressed": {
+            "global": reasons(st.global),
+            "account": reasons(st.account),
+            "list": reasons(st.list),
+        },
+        "verdict": verdict,
+    }))
+}
+
+/// The body of every change: one `address` or a batch of `addresses`, and the scope.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ChangeBody {
+    address: Option<String>,
+    addresses: Option<Vec<String>>,
+    account: Option<String>,
+    list: Option<String>,
+    reason: Option<String>,
+}
+
+impl ChangeBody {
+    /// Every address normalised, or a 400 naming each one that is not an address.
+    fn addresses(&self) -> Result<Vec<String>, ApiError> {
+        let given: Vec<&String> = match (&self.address, &self.addresses) {
+            (Some(one), None) => vec![one],
+            (None, Some(many)) if !many.is_empty() => many.iter().collect(),
+            (None, Some(_)) => return Err(bad("addresses is empty")),
+            (None, None) => return Err(bad("give address or addresses")),
+            (Some(_), Some(_)) => return Err(bad("give address or addresses, not both")),
+        };
+        if given.len() > MAX_BATCH {
+            return Err(bad(format!(
+                "{} addresses: at most {MAX_BATCH} per request",
+                given.len()
+            )));
+        }
+        let mut good = Vec::with_capacity(given.len());
+        let mut wrong = Vec::new();
+        for a in given {
+            match consent::key::normalise(a) {
+                Ok(n) => good.push(n),
+                Err(e) => wrong.push(format!("{a:?}: {e}")),
+            }
+        }
+        match wrong.len() {
+            0 => Ok(good),
+            1 => Err(bad(wrong.remove(0))),
+            n => Err(bad(format!(
+                "{n} addresses are not addresses (nothing was changed): {}",
+                wrong.join("; ")
+            ))),
+        }
+    }
+
+    fn scope(&self) -> ScopeQuery {
+        ScopeQuery {
+            account: self.account.clone(),
+            list: self.list.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a change did: the single address (when one was given), how many, where.
+fn changed(b: &ChangeBody, addresses: &[String], fields: serde_json::Value) -> ApiResult {
+    let mut v = json!({ "count": addresses.len() });
+    if b.address.is_some() {
+        v["address"] = json!(addresses[0]);
+    }
+    for (k, value) in fields.as_object().expect("an object") {
+        v[k] = value.clone();
+    }
+    Ok(axum::Json(v))
+}
+
+/// `POST /admin/suppressions`: suppress (reason `manual` unless given).
+pub(super) async fn suppression_add(State(a): State<Admin>, raw: Bytes) -> ApiResult {
+    let b: ChangeBody = body(&raw)?;
+    let addresses = b.addresses()?;
+    let reason = reason_of(b.reason.as_deref())?.unwrap_or(Reason::Manual);
+    let q = b.scope();
+    let policy = a.policy.load();
+    let scope = scope_of(&policy, &q)?;
+    let tags = reason.bit();
+    record(
+        &a,
+        Kind::Suppression,
+        scope,
+        Op::Add,
+        tags,
+        addresses.clone(),
+    )
+    .await?;
+    changed(
+        &b,
+        &addresses,
+        json!({"scope": scope.to_string(), "reason": reason.as_str(), "result": "suppressed"}),
+    )
+}
+
+/// `POST /admin/suppressions/remove`: lift a batch (every reason unless given).
+pub(super) async fn suppression_lift(State(a): State<Admin>, raw: Bytes) -> ApiResult {
+    let b: ChangeBody = body(&raw)?;
+    let addresses = b.addresses()?;
+    let reason = reason_of(b.reason.as_deref())?;
+    let q = b.scope();
+    let policy = a.policy.load();
+    let scope = scope_of(&policy, &q)?;
+    let bits = reason.map_or(consent::ALL_REASONS, Reason::bit);
+    record(
+        &a,
+        Kind::Suppression,
+        scope,
+        Op::Remove,
+        bits,
+        addresses.clone(),
+    )
+    .await?;
+    changed(
+        &b,
+        &addresses,
+        json!({
+            "scope": scope.to_string(),
+            "reason": reason.map_or("all", Reason::as_str),
+            "result": "lifted",
+        }),
+    )
+}
+
+/// `DELETE /admin/suppressions/{address}`: lift one.
+pub(super) async fn suppression_remove(
+    State(a): State<Admin>,
+    Path(address): Path<String>,
+    q: Result<Query<ScopeQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let address = normalised(&address)?;
+    let reason = reason_of(q.reason.as_deref())?;
+    let policy = a.policy.load();
+    let scope = scope_of(&policy, &q)?;
+    let bits = reason.map_or(consent::ALL_REASONS, Reason::bit);
+    record(
+        &a,
+        Kind::Suppression,
+        scope,
+        Op::Remove,
+        bits,
+        vec![address.clone()],
+    )
+    .await?;
+    ok(json!({
+        "address": address,
+        "scope": scope.to_string(),
+        "reason": reason.map_or("all", Reason::as_str),
+        "result": "lifted",
+    }))
+}
+
+/// Grants (`Op::Add`) or revokes consent for a list (the account's default unless named).
+async fn consent_change(a: Admin, raw: Bytes, op: Op) -> ApiResult {
+    let b: ChangeBody = body(&raw)?;
+    if b.reason.is_some() {
+        return Err(bad("consent has no reason"));
+    }
+    let addresses = b.addresses()?;
+    let policy = a.policy.load();
+    let name = b
+        .account
+        .as_deref()
+        .ok_or_else(|| bad("consent needs an account"))?;
+    let acc = policy
+        .account(name)
+        .ok_or_else(|| not_found(format!("no account {name:?} in the policy")))?;
+    let list = match b.list.as_deref().or(acc.default_list.as_deref()) {
+        Some(l) if acc.list(l).is_some() => l.to_string(),
+        Some(l) => return Err(not_found(format!("account {name:?} has no list {l:?}"))),
+        None => {
+            return Err(bad(format!(
+                "account {name:?} has no default list: name one"
+            )));
+        }
+    };
+    let scope = Scope::List(name, &list);
+    record(&a, Kind::Consent, scope, op, CONSENT, addresses.clone()).await?;
+    changed(
+        &b,
+        &addresses,
+        json!({
+            "account": name,
+            "list": list,
+            "result": if op == Op::Add { "granted" } else { "revoked" },
+        }),
+    )
+}
+
+/// `POST /admin/consent/grant`.
+pub(super) async fn consent_grant(State(a): State<Admin>, raw: Bytes) -> ApiResult {
+    consent_change(a, raw, Op::Add).await
+}
+
+/// `POST /admin/consent/revoke`.
+pub(super) async fn consent_revoke(State(a): State<Admin>, raw: Bytes) -> ApiResult {
+    consent_change(a, raw, Op::Remove).await
+}
