@@ -633,7 +633,13 @@ mod tests {
             let allowed = format!("[accounts.a]\nallow_any_network = true\nnetworks = {nets}\n");
             assert!(Policy::from_toml("p", &allowed).is_ok(), "{nets}");
         }
-        assert!(Policy::from_toml("p", "[accounts.a]\nnetworks = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n").is_ok());
+        assert!(
+            Policy::from_toml(
+                "p",
+                "[accounts.a]\nnetworks = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n"
+            )
+            .is_ok()
+        );
     }
 
     #[test]
