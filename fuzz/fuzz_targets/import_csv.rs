@@ -1,7 +1,8 @@
 //! The list importer's CSV path (`lists import FILE.csv`): BOM and encoding sniffing,
 //! delimiter guess, records, address column, on any file content.
 //!
-//! The input is written to a `.csv` file (in /dev/shm when there is one) and read with
+//! The input is written to a `.csv` file (in /dev/shm when there is one, removed after
+//! each input) and read with
 //! `consent::import::read_file`, exactly as the CLI reads it. Checks: no panic; the row
 //! count is the number of rows handed over; line numbers start at 1, never go back and
 //! stay within the file; addresses come trimmed.
@@ -27,6 +28,8 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&*PATH, data).expect("scratch file");
     let mut items = Vec::new();
     let result = read_file(&PATH, &mut |item| items.push(item), &mut |_, _| {});
+    // Gone after each input: libFuzzer ends the process without running destructors.
+    std::fs::remove_file(&*PATH).expect("scratch file removed");
     let Ok(rows) = result else {
         return;
     };
