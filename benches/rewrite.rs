@@ -283,6 +283,7 @@ fn bench_per_recipient(c: &mut Criterion) {
     let policy = Policy::from_toml(
         "bench",
         "[accounts.shop]\ndescription = \"Shop\"\nstreams = [\"marketing\"]\n\
+         from_domains = [\"shop.example\"]\n\
          [accounts.shop.lists.news]\nname = \"Shop news\"\nconsent_source = \"shop.example\"\n\
          consent_statement = \"Vous recevez {list} car vous êtes inscrit sur {source}. {unsubscribe}\"\n",
     )
