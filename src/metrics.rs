@@ -84,10 +84,11 @@ pub const VERDICT_REASONS: [&str; 8] = [
     "content",
 ];
 /// `reason` of [`MESSAGES_REFUSED`].
-pub const MESSAGE_REFUSAL_REASONS: [&str; 15] = [
+pub const MESSAGE_REFUSAL_REASONS: [&str; 16] = [
     "account_frozen",
     "campaign_declined",
     "too_big",
+    "memory",
     "bare_line_ending",
     "nul",
     "line_too_long",
@@ -145,6 +146,7 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
             &[("reason", "report_rate")],
             &[("reason", "too_big")],
             &[("reason", "mime_budget")],
+            &[("reason", "memory")],
         ],
     ),
     (

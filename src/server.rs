@@ -274,6 +274,7 @@ impl Relay {
                 unsubscribe: config.unsubscribe.max_mail_size,
             },
             tls_available: true,
+            data_memory: session::memory::DataMemory::new(config.smtp.max_data_memory),
             shutdown: stop_accepting.clone(),
         });
         let limiter = Arc::new(Limiter::new(

@@ -16,6 +16,7 @@ mod conn;
 mod consent;
 pub mod guard;
 mod identity;
+pub mod memory;
 mod message;
 mod unsubscribe;
 
@@ -77,6 +78,8 @@ pub struct SessionContext {
     pub own_limits: OwnLimits,
     /// A TLS acceptor exists, so STARTTLS can be offered.
     pub tls_available: bool,
+    /// What the content of all transactions being received may hold (`max_data_memory`).
+    pub data_memory: Arc<memory::DataMemory>,
     pub shutdown: CancellationToken,
 }
 
@@ -159,7 +162,16 @@ struct Transaction {
     params: MailParams,
     rcpts: Vec<(Address, RcptParams)>,
     /// Content received so far by BDAT.
-    bdat: Option<(BdatReceiver, Vec<u8>)>,
+    bdat: Option<Chunks>,
+}
+
+/// A BDAT transaction's content so far, and its share of the content memory.
+struct Chunks {
+    rx: BdatReceiver,
+    body: Vec<u8>,
+    held: memory::Held,
+    /// The memory budget was spent: the rest is read and dropped, then refused.
+    starved: bool,
 }
 
 struct State {
@@ -600,24 +612,55 @@ where
         return Ok(refuse(ctx, conn, state, refusal));
     }
     conn.reply(&Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
-    let max = size_limit(ctx, state.txn.as_ref().expect("ready_for_content checked"));
+    let txn = state.txn.as_ref().expect("ready_for_content checked");
+    let max = size_limit(ctx, txn);
+    let mut held = ctx.data_memory.hold(txn.account.is_none(), max);
     let mut rx = DataReceiver::new(max, ctx.smtp.max_line_length);
-    let expected = state
-        .txn
-        .as_ref()
-        .and_then(|t| t.params.size)
+    // A declared SIZE guides the first buffer, but does not reserve memory by itself.
+    let expected = txn
+        .params
+        .size
         .unwrap_or(16 * 1024)
-        .min(max);
-    let mut body = Vec::with_capacity(expected as usize + 1024);
+        .min(max)
+        .min(FIRST_BUFFER);
+    let mut body = Vec::new();
+    let mut starved = !held.make_room(&mut body, expected as usize + 1024);
     loop {
+        if !starved && !held.make_room(&mut body, conn.input.len()) {
+            starved = true;
+        }
         let (used, status) = rx.feed(&conn.input, &mut body);
         conn.input.advance(used);
+        if starved {
+            body.clear();
+        }
         if status == DataStatus::Done {
             break;
         }
         conn.fill(false).await?;
     }
-    Ok(finish_message(ctx, conn, state, rx.report(), body).await)
+    let report = rx.report();
+    if starved && !report.exceeds(max) {
+        return Ok(refuse_for_memory(ctx, conn, state));
+    }
+    let flow = finish_message(ctx, conn, state, report, body).await;
+    drop(held);
+    Ok(flow)
+}
+
+/// The first content buffer holds at most this much; it grows as content arrives.
+const FIRST_BUFFER: u64 = 256 * 1024;
+
+fn refuse_for_memory<S>(ctx: &SessionContext, conn: &mut Conn<S>, state: &mut State) -> Flow
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let txn = state.txn.take();
+    if txn.is_some_and(|t| t.account.is_none()) {
+        crate::metrics::untrusted_refused("memory");
+    }
+    crate::metrics::message_refused("memory");
+    refuse(ctx, conn, state, Refusal::DataMemory)
 }
 
 async fn bdat<S>(
@@ -645,10 +688,11 @@ where
         let chunk = &conn.input[..take];
         // When refused, the octets are read and dropped.
         if let (Ok(()), Some(txn)) = (&ready, state.txn.as_mut()) {
-            let (rx, body) = txn.bdat.get_or_insert_with(|| {
-                (BdatReceiver::new(max, ctx.smtp.max_line_length), Vec::new())
-            });
-            rx.feed(chunk, body);
+            let stranger = stranger(txn);
+            let chunks = txn
+                .bdat
+                .get_or_insert_with(|| Chunks::new(ctx, max, stranger));
+            chunks.feed(chunk);
         }
         conn.input.advance(take);
         remaining -= take as u64;
@@ -657,13 +701,17 @@ where
         return Ok(refuse(ctx, conn, state, refusal));
     }
     let txn = state.txn.as_mut().expect("ready_for_content checked");
-    let (rx, _) = txn
+    let stranger = stranger(txn);
+    let chunks = txn
         .bdat
-        .get_or_insert_with(|| (BdatReceiver::new(max, ctx.smtp.max_line_length), Vec::new()));
-    if rx.report().exceeds(max) {
+        .get_or_insert_with(|| Chunks::new(ctx, max, stranger));
+    if chunks.rx.report().exceeds(max) {
         state.txn = None;
         crate::metrics::message_refused("too_big");
         return Ok(refuse(ctx, conn, state, Refusal::TooBig(max)));
+    }
+    if chunks.starved {
+        return Ok(refuse_for_memory(ctx, conn, state));
     }
     if !last {
         conn.reply(&Reply::new(
@@ -673,9 +721,41 @@ where
         ));
         return Ok(Flow::Continue);
     }
-    let (mut rx, mut body) = txn.bdat.take().expect("just inserted");
-    let report = rx.finish(&mut body);
-    Ok(finish_message(ctx, conn, state, report, body).await)
+    let mut chunks = txn.bdat.take().expect("just inserted");
+    if !chunks.held.make_room(&mut chunks.body, 2) {
+        return Ok(refuse_for_memory(ctx, conn, state));
+    }
+    let report = chunks.rx.finish(&mut chunks.body);
+    let flow = finish_message(ctx, conn, state, report, chunks.body).await;
+    drop(chunks.held);
+    Ok(flow)
+}
+
+fn stranger(txn: &Transaction) -> bool {
+    txn.account.is_none()
+}
+
+impl Chunks {
+    fn new(ctx: &SessionContext, max: u64, stranger: bool) -> Chunks {
+        Chunks {
+            rx: BdatReceiver::new(max, ctx.smtp.max_line_length),
+            body: Vec::new(),
+            // BDAT adds the CRLF of a last line without one.
+            held: ctx.data_memory.hold(stranger, max + 2),
+            starved: false,
+        }
+    }
+
+    /// Takes (part of) a chunk, within the memory budget.
+    fn feed(&mut self, bytes: &[u8]) {
+        if !self.starved && !self.held.make_room(&mut self.body, bytes.len()) {
+            self.starved = true;
+        }
+        self.rx.feed(bytes, &mut self.body);
+        if self.starved {
+            self.body.clear();
+        }
+    }
 }
 
 #[cfg(test)]

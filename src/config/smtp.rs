@@ -18,6 +18,8 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 200;
 /// authenticated (yet): strangers may only write to the relay's own addresses.
 pub const DEFAULT_MAX_UNTRUSTED_CONNECTIONS_PER_IP: usize = 20;
 pub const DEFAULT_MAX_MESSAGE_SIZE: ByteSize = ByteSize::mib(25);
+/// Content of all transactions being received at once (see `crate::session::memory`).
+pub const DEFAULT_MAX_DATA_MEMORY: ByteSize = ByteSize::mib(512);
 pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
 /// Longest command line, CRLF included. RFC 5321 sets 512 as the floor; AUTH lines and
 /// SMTPUTF8 paths with parameters need more.
@@ -54,6 +56,8 @@ pub struct SmtpConfig {
     pub max_connections_per_ip: usize,
     pub max_untrusted_connections_per_ip: usize,
     pub max_message_size: u64,
+    /// Content buffers of all transactions being received at once; strangers share 1/8.
+    pub max_data_memory: u64,
     pub max_recipients: usize,
     pub max_command_line: usize,
     pub max_line_length: usize,
@@ -138,6 +142,13 @@ pub(super) fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
     if max_message_size < 1024 {
         s.problem("max_message_size", "must be at least 1KiB");
     }
+    let max_data_memory = s.get_or("max_data_memory", DEFAULT_MAX_DATA_MEMORY).get();
+    if max_data_memory < max_message_size {
+        s.problem(
+            "max_data_memory",
+            "must be at least max_message_size (one message of the largest size must fit)",
+        );
+    }
     let default_postmaster = crate::smtp::Address::parse(&format!("postmaster@{hostname}"))
         .expect("a valid hostname makes a valid address");
     let postmaster = match s.get::<String>("postmaster") {
@@ -174,6 +185,7 @@ pub(super) fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
             max_untrusted,
         ),
         max_message_size,
+        max_data_memory,
         max_recipients: positive(s, "max_recipients", max_recipients),
         max_command_line,
         max_line_length,

@@ -54,6 +54,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
     .unwrap();
     let intake = Arc::new(Collect::default());
     let auth_guard = Arc::new(guard::AuthGuard::new(config.smtp.auth.clone()));
+    let data_memory = crate::session::memory::DataMemory::new(config.smtp.max_data_memory);
     let ctx = Arc::new(SessionContext {
         smtp: config.smtp,
         policy: Arc::new(ArcSwap::from_pointee(policy)),
@@ -73,6 +74,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
             unsubscribe: 64 << 10,
         },
         tls_available: tls,
+        data_memory,
         shutdown: CancellationToken::new(),
     });
     Harness {
@@ -943,4 +945,118 @@ async fn a_username_cannot_inject_log_lines() {
         "{log}"
     );
     assert!(!log.contains('\x1b') && !log.contains('\r'), "{log}");
+}
+
+/// Waits (bounded) until the relay-wide content budget holds at least `bytes`.
+async fn content_held(h: &Harness, bytes: u64) {
+    for _ in 0..2000 {
+        if h.ctx.data_memory.used() >= bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("content budget holds only {}", h.ctx.data_memory.used());
+}
+
+fn lines(n: usize) -> String {
+    ("y".repeat(998) + "\r\n").repeat(n)
+}
+
+#[tokio::test]
+async fn content_in_memory_has_a_relay_wide_budget() {
+    let h = harness_with(
+        "max_message_size = \"1MiB\"\nmax_data_memory = \"1MiB\"",
+        USER_POLICY,
+        false,
+    );
+    let mut first = greeted(&h, "127.0.0.1:5000").await;
+    first.cmd("EHLO c").await;
+    first.cmd("MAIL FROM:<a@b.example>").await;
+    first.cmd("RCPT TO:<c@d.example>").await;
+    first.cmd("DATA").await;
+    // 900 kB sent, the end not yet: the session holds it.
+    first.send(&lines(900)).await;
+    content_held(&h, 900_000).await;
+
+    let mut second = greeted(&h, "127.0.0.1:5001").await;
+    second.cmd("EHLO c").await;
+    second.cmd("MAIL FROM:<a@b.example>").await;
+    second.cmd("RCPT TO:<c@d.example>").await;
+    second.cmd("DATA").await;
+    second.send(&lines(300)).await;
+    assert_eq!(
+        second.cmd(".").await,
+        "452 4.3.1 Insufficient system resources to take the message now, try again later"
+    );
+    // BDAT meets the same budget; the chunk is read in full, then refused.
+    second.cmd("MAIL FROM:<a@b.example>").await;
+    second.cmd("RCPT TO:<c@d.example>").await;
+    let chunk = lines(300);
+    second
+        .send(&format!("BDAT {} LAST\r\n{chunk}", chunk.len()))
+        .await;
+    assert_eq!(second.reply().await.code, 452);
+    assert!(h.ctx.data_memory.used() <= 1 << 20);
+
+    // The first message is whole; once it is stored the budget is free again.
+    assert!(first.cmd(".").await.starts_with("250 2.0.0 OK queued"));
+    assert_eq!(h.ctx.data_memory.used(), 0);
+    second.cmd("MAIL FROM:<a@b.example>").await;
+    second.cmd("RCPT TO:<c@d.example>").await;
+    second.cmd("DATA").await;
+    second.send(&lines(300)).await;
+    assert!(second.cmd(".").await.starts_with("250 2.0.0 OK queued"));
+    second
+        .send(&format!(
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT {} LAST\r\n{chunk}",
+            chunk.len()
+        ))
+        .await;
+    for _ in 0..2 {
+        assert_eq!(second.reply().await.code, 250);
+    }
+    assert!(
+        second
+            .reply()
+            .await
+            .one_line()
+            .starts_with("250 2.0.0 OK queued")
+    );
+    assert_eq!(h.intake.0.lock().unwrap().len(), 3);
+    assert_eq!(h.ctx.data_memory.used(), 0);
+}
+
+#[tokio::test]
+async fn strangers_share_an_eighth_of_the_content_budget() {
+    let h = harness_with(
+        "max_data_memory = \"8MiB\"\nmax_message_size = \"4MiB\"",
+        USER_POLICY,
+        false,
+    );
+    // A stranger writing to the postmaster (1 MiB at most) holds the strangers' eighth.
+    let mut stranger = greeted(&h, "192.0.2.9:5000").await;
+    stranger.cmd("EHLO s").await;
+    stranger.cmd("MAIL FROM:<s@else.example>").await;
+    stranger.cmd("RCPT TO:<postmaster>").await;
+    stranger.cmd("DATA").await;
+    stranger.send(&lines(900)).await;
+    content_held(&h, 900_000).await;
+
+    let mut other = greeted(&h, "198.51.100.7:5000").await;
+    other.cmd("EHLO o").await;
+    other.cmd("MAIL FROM:<o@else.example>").await;
+    other.cmd("RCPT TO:<postmaster>").await;
+    other.cmd("DATA").await;
+    other.send(&lines(100)).await;
+    assert_eq!(other.cmd(".").await.split(' ').next(), Some("452"));
+
+    // A client an account knows still has the rest of the budget.
+    let mut known = greeted(&h, "127.0.0.1:5000").await;
+    known.cmd("EHLO k").await;
+    known.cmd("MAIL FROM:<a@b.example>").await;
+    known.cmd("RCPT TO:<c@d.example>").await;
+    known.cmd("DATA").await;
+    known.send(&lines(3000)).await;
+    assert!(known.cmd(".").await.starts_with("250 2.0.0 OK queued"));
+    assert!(stranger.cmd(".").await.starts_with("250 2.0.0 OK queued"));
 }

@@ -85,6 +85,9 @@ pub enum Refusal {
     ShuttingDown,
     #[error("cannot store the message now")]
     SpoolUnavailable,
+    /// The relay-wide budget for content being received (`[smtp] max_data_memory`) is spent.
+    #[error("no memory for the message now")]
+    DataMemory,
     #[error("TLS not available")]
     TlsUnavailable,
 
@@ -280,6 +283,11 @@ impl Refusal {
                 451,
                 (4, 3, 0),
                 "Temporary failure storing the message, try again later".into(),
+            ),
+            DataMemory => (
+                452,
+                (4, 3, 1),
+                "Insufficient system resources to take the message now, try again later".into(),
             ),
             TlsUnavailable => (454, (4, 7, 0), "TLS not available".into()),
             AccountFrozen(reason) => (554, (5, 7, 1), format!("account frozen: {reason}")),

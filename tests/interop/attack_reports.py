@@ -152,7 +152,10 @@ def folded(port, source, feedback, spool):
     expect(kept(spool) == before, f"files kept aside: {before} -> {kept(spool)}")
 
 
-def inflight(port, prefix, addresses, per_address, feedback, max_report, pid):
+def inflight(port, prefix, addresses, per_address, feedback, max_report, pid, budget):
+    """Strangers' connections each in the middle of a report: the relay holds no more of
+    their content than the strangers' share of [smtp] max_data_memory (`budget` octets);
+    those past it are answered 452 4.3.1 at their end, the others as usual."""
     before = rss(pid)[0]
     held = []
     part = b"Subject: slow report\r\n\r\n" + (b"x" * 76 + b"\r\n") * (
@@ -173,14 +176,31 @@ def inflight(port, prefix, addresses, per_address, feedback, max_report, pid):
     time.sleep(1)
     peak = rss(pid)[0]
     sent = len(held) * len(part) // 1024
-    bound = len(held) * (max_report // 1024 + 128) + 32 * 1024
+    # What they sent, or the strangers' budget, whichever is less; plus each connection's
+    # read buffer and session, plus slack for the allocator.
+    bound = min(len(held) * (max_report // 1024), budget // 1024) + len(held) * 128 + 32 * 1024
     expect(peak - before <= bound,
            f"{len(held)} strangers' connections each in the middle of a "
            f"{len(part) // 1024} KiB report ({time.monotonic() - started:.1f}s): relay RSS "
            f"{mib(before)} -> {mib(peak)} (+{mib(peak - before)} for {mib(sent)} sent; "
            f"at most +{mib(bound)})")
+    codes = {}
     for c in held:
+        try:
+            c.send(b".\r\n")
+            code = c.reply()[:9]
+        except (Closed, OSError) as e:
+            code = f"error {e}"
+        codes[code] = codes.get(code, 0) + 1
         c.close()
+    print(f"their ends answered: {codes}")
+    busy = codes.get("452 4.3.1", 0)
+    others = sum(n for code, n in codes.items() if code[:1] in "25" and code != "452 4.3.1")
+    expect(busy + others == len(held), f"every end answered 452 4.3.1, 2xx or 5xx: {codes}")
+    if sent * 1024 > budget:
+        expect(busy > 0, f"{mib(sent)} sent over a {mib(budget // 1024)} budget: none got 452")
+        expect(others * max_report <= budget + max_report,
+               f"{others} reports taken whole: more than the budget holds")
     time.sleep(2)
     after = rss(pid)[0]
     expect(after - before <= 64 * 1024, f"after they disconnect: {mib(after)}")
@@ -358,8 +378,8 @@ def main():
         limits(int(a[1]), a[2], a[3], int(a[4]), a[5], int(a[6]))
     elif len(a) == 5 and a[0] == "folded":
         folded(int(a[1]), a[2], a[3], a[4])
-    elif len(a) == 8 and a[0] == "inflight":
-        inflight(int(a[1]), a[2], int(a[3]), int(a[4]), a[5], int(a[6]), int(a[7]))
+    elif len(a) == 9 and a[0] == "inflight":
+        inflight(int(a[1]), a[2], int(a[3]), int(a[4]), a[5], int(a[6]), int(a[7]), int(a[8]))
     elif len(a) == 5 and a[0] == "rate":
         rate(int(a[1]), a[2], a[3], int(a[4]))
     elif len(a) == 9 and a[0] == "unsubscribe":
