@@ -437,6 +437,40 @@ async fn a_corrupted_segment_header_loses_no_acknowledged_message() {
     );
 }
 
+/// A next hop's reply text reaches the log escaped: control characters in it cannot start
+/// a forged log line or drive the operator's terminal.
+#[tokio::test]
+async fn a_hostile_next_hop_cannot_forge_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mx = FakeMx::new(MxOptions::default());
+    let relay = Binary::new(dir.path(), mx.listen().await, LOOPBACK, true);
+    let child = relay.serve().await;
+    let reply = common::raw_send(
+        relay.smtp,
+        "",
+        &["hostile@far.example"],
+        "Subject: x\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let mut log = String::new();
+    for _ in 0..500 {
+        log = relay.log();
+        if log.contains("bounced") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    terminate(child).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("bounced"))
+        .unwrap_or_else(|| panic!("no bounce logged:\n{log}"));
+    assert!(line.contains("gone\\u{1b}[2J\\r2026-12-05"), "{line}");
+    assert!(!log.contains('\x1b') && !log.contains('\x07') && !log.contains('\r'));
+    assert!(!log.lines().any(|l| l.starts_with("2026-12-05T00:00:00Z")));
+}
+
 /// Item 12 against the binary: the lists snapshot deleted under the running relay, then a
 /// restart. Suppressions stay in force while it runs, and it refuses to start without them.
 #[tokio::test]

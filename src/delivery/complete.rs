@@ -15,6 +15,7 @@ use super::queue::{Hot, NO_CAMPAIGN, Notice, Notices, Progress, Residence};
 use super::route::JobReport;
 use super::{Event, Queued, Scheduler, Settings, counts, dsn, log, site_outcome};
 use crate::smtp::reply::Status;
+use crate::smtp::text::Escaped;
 use crate::spool::{self, Envelope, Location, RcptEvent, Spool};
 
 impl Scheduler {
@@ -71,7 +72,7 @@ impl Scheduler {
             r.attempts = r.attempts.saturating_add(1);
             let disposition = match classify(attempt) {
                 Disposition::Deferred { reason } if expired => {
-                    tracing::warn!(id = %id_text, rcpt = %rcpt_tag, attempts = r.attempts, reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "expired: giving up");
+                    tracing::warn!(id = %id_text, rcpt = %rcpt_tag, attempts = r.attempts, reason = %Escaped(&self.tagger.scrub(&reason, &env.recipients[i].address)), "expired: giving up");
                     crate::metrics::recipient_outcome("expired");
                     site_outcome(&self.named_sites, &report.site, "expired");
                     Disposition::Bounced {
@@ -149,7 +150,7 @@ impl Scheduler {
                     self.spool.record(loc, i as u32, RcptEvent::Delivered);
                     crate::metrics::recipient_outcome("delivered");
                     site_outcome(&self.named_sites, &report.site, "delivered");
-                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %self.tagger.scrub(&reply_text(attempt), &env.recipients[i].address), "delivered");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, reply = %Escaped(&self.tagger.scrub(&reply_text(attempt), &env.recipients[i].address)), "delivered");
                     if !report.next_hop_dsn && dsn::wanted(&env.recipients[i], dsn::Action::Relayed)
                     {
                         entry.residence.notices().relayed.push(notice(
@@ -184,7 +185,7 @@ impl Scheduler {
                     next_due = Some(next_due.map_or(due, |d: u64| d.min(due)));
                     crate::metrics::recipient_outcome("deferred");
                     site_outcome(&self.named_sites, &report.site, "deferred");
-                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %self.tagger.scrub(&reason, &env.recipients[i].address), "deferred");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %Escaped(&self.tagger.scrub(&reason, &env.recipients[i].address)), "deferred");
                 }
                 Disposition::Bounced { status, diagnostic } => {
                     r.set(Progress::Done);
@@ -193,7 +194,7 @@ impl Scheduler {
                         crate::metrics::recipient_outcome("bounced");
                         site_outcome(&self.named_sites, &report.site, "bounced");
                     }
-                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %self.tagger.scrub(&diagnostic, &env.recipients[i].address), hard, "bounced");
+                    tracing::info!(id = %id_text, rcpt = %rcpt_tag, remote = %remote, status = %status, diagnostic = %Escaped(&self.tagger.scrub(&diagnostic, &env.recipients[i].address)), hard, "bounced");
                     if hard {
                         suppress_bounce(&self.settings, &env.recipients[i].address);
                         if let Some(webhooks) = &self.settings.webhooks {

@@ -22,8 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -162,28 +160,7 @@ pub struct NetTransport {
 
 impl NetTransport {
     pub fn new(config: &DeliveryConfig) -> Result<NetTransport, String> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match config.dns {
-            Some(server) => {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = server.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = server.port();
-                let ns = NameServerConfig::new(server.ip(), true, vec![udp, tcp]);
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    provider,
-                )
-            }
-            None => TokioResolver::builder(provider)
-                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?,
-        };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = Duration::from_secs(5);
-        opts.attempts = 2;
-        let resolver = builder
-            .build()
-            .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        let resolver = crate::dns::resolver(config.dns)?;
         let mta_sts = if config.mta_sts
             && config.smarthost.is_none()
             && config.starttls == crate::config::StartTlsPolicy::Opportunistic
