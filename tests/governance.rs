@@ -161,6 +161,27 @@ async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
     wait_until("released", || mx.rcpt_attempts() > tries).await;
     let events = std::fs::read_to_string(_dir.path().join("spool/events/freezes.jsonl")).unwrap();
     assert!(events.contains("\"by\":\"health\""), "{events}");
+
+    // The unfreeze starts the account's health window afresh: one more hard bounce right
+    // after it is not judged together with the ones that froze the account.
+    assert!(
+        send(&relay, "permfail-1@example.net", false)
+            .await
+            .starts_with("250")
+    );
+    let dsns = |mx: &FakeMx| {
+        mx.delivered()
+            .iter()
+            .filter(|d| d.rcpt_to == ["app@shop.example"])
+            .count()
+    };
+    wait_until("the second bounce's DSN", || dsns(&mx) == 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // a freeze is written off-thread
+    assert!(
+        relay.freezes.get("shop").is_none(),
+        "frozen again by the old window: {:?}",
+        relay.freezes.get("shop")
+    );
 }
 
 #[tokio::test]

@@ -240,6 +240,10 @@ impl Scheduler {
             }
             Command::Verdict { key } => self.campaign_verdict(&key),
             Command::Release { account } => {
+                // An operator unfroze it: the window that froze it is not held against it.
+                if let Some(governor) = &self.settings.governor {
+                    governor.health.forget(&account);
+                }
                 let Some(account) = self.names.find(&account) else {
                     return;
                 };

@@ -147,6 +147,12 @@ impl Health {
         judge(&a.window(slot), rules)
     }
 
+    /// Drops the account's counts: its window starts afresh (after an operator unfreezes
+    /// it, so the signals that froze it do not freeze it again at the next one).
+    pub fn forget(&self, account: &str) {
+        self.accounts.lock().expect("health lock").remove(account);
+    }
+
     /// The account's counts in the current window.
     pub fn window(&self, account: &str, rules: &Rules, now_ms: u64) -> Window {
         let slot = slot(now_ms, rules);
