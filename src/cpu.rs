@@ -3,7 +3,9 @@
 //! every other session on that thread — two maximum-size messages once delayed a new
 //! client's greeting by half a minute — so it runs on the blocking pool, and at most one
 //! job per core at once, so that the blocking threads never crowd out the runtime's own:
-//! a job waits for a slot rather than adding a thread.
+//! a job waits for a slot rather than adding a thread. A small message's work (up to
+//! [`INLINE_MAX`] octets: well under a millisecond) costs less than the hand-over to
+//! another thread, so [`run_for`] does it in place.
 
 use std::sync::OnceLock;
 
@@ -14,6 +16,23 @@ fn slots() -> &'static Semaphore {
     static SLOTS: OnceLock<Semaphore> = OnceLock::new();
     SLOTS
         .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())))
+}
+
+/// Messages up to this size are parsed, rewritten and signed on the async thread itself.
+pub const INLINE_MAX: usize = 64 * 1024;
+
+/// Runs `job`, the work on a message of `size` octets: in place when the message is small
+/// ([`INLINE_MAX`]), else as [`run`] does.
+pub async fn run_for<T, F>(size: usize, job: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if size <= INLINE_MAX {
+        job()
+    } else {
+        run(job).await
+    }
 }
 
 /// Runs `job` on the blocking pool once a slot is free, and returns its result. A panic in
@@ -38,6 +57,15 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn small_work_runs_in_place_and_large_work_on_the_pool() {
+        let here = std::thread::current().id();
+        let small = run_for(INLINE_MAX, move || std::thread::current().id()).await;
+        assert_eq!(small, here);
+        let large = run_for(INLINE_MAX + 1, move || std::thread::current().id()).await;
+        assert_ne!(large, here);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_run_beside_the_runtime_at_most_one_per_core() {

@@ -551,7 +551,9 @@ async fn deliver(
         let contents: Vec<(Vec<u32>, Result<Bytes, String>)> = match rewriter.clone() {
             Some(r) => {
                 let (env, chunk, body) = (env.clone(), chunk.to_vec(), body.clone());
-                crate::cpu::run(move || prepare(&r, &env, &chunk, &body)).await
+                // Marketing copies of one message: chunk.len() rewrites of body.len() each.
+                let work = body.len().saturating_mul(chunk.len());
+                crate::cpu::run_for(work, move || prepare(&r, &env, &chunk, &body)).await
             }
             None => vec![(chunk.to_vec(), Ok(body.clone()))],
         };

@@ -2,7 +2,8 @@
 //! decided: its `X-Optin-*` headers (read and removed), a declined campaign, whether
 //! marketing can carry the footer, sender identity, the operator's contact details, and
 //! the policy's content rules. They parse the whole message, so [`run`] does them on a
-//! CPU slot off the async threads ([`crate::cpu`]); nothing here does I/O.
+//! CPU slot off the async threads when the message is large ([`crate::cpu::run_for`]);
+//! nothing here does I/O.
 
 use std::sync::Arc;
 
@@ -41,10 +42,10 @@ impl Refused {
     }
 }
 
-/// Runs the checks off the async threads; returns the body (its `X-Optin-*` fields
+/// Runs the checks (off the async threads for a large message); returns the body (its `X-Optin-*` fields
 /// removed) and the message's class, or why it is refused.
 pub(super) async fn run(input: Input) -> (Vec<u8>, Result<Class, Refused>) {
-    crate::cpu::run(move || {
+    crate::cpu::run_for(input.body.len(), move || {
         let mut input = input;
         let verdict = check(&mut input);
         (input.body, verdict)
