@@ -65,8 +65,8 @@
 #  11. a backlog (attack_backlog.py): with the sink down, ATTACKS_BACKLOG (30000) messages
 #      queued (RSS per message printed), SIGTERM, a restart over them (time and RSS), the
 #      sink up again: drained, each exactly once (time, peak RSS under 300 MB)
-# and finally SIGTERM makes the relay exit 0. Prints one PASS:/FAIL: line per check (the
-# helpers' figures with INTEROP_VERBOSE=1 or on failure) and exits 1 if any check failed.
+# and finally SIGTERM makes the relay exit 0. Prints one PASS:/FAIL: line per check with the
+# helpers' figures under it (INTEROP_VERBOSE= turns them off) and exits 1 if any check failed.
 # Touches nothing beyond 127.0.0.0/8; every process it starts is stopped on exit.
 #
 # Usage: tests/interop/attacks.sh   (as root, or with sudo available for apt-get).
@@ -97,6 +97,8 @@ RELAY_PID="" RELAY_LOG=""      # the running relay
 LOG_LEVEL=${ATTACKS_LOG_LEVEL:-warn}
 
 source "$HERE/lib.sh"
+# Every check prints its figures (RSS, counters, replies), passed or not.
+INTEROP_VERBOSE=${INTEROP_VERBOSE-1}
 
 # ---------------------------------------------------------------- setup
 
