@@ -578,7 +578,13 @@ fn size_limit(ctx: &SessionContext, txn: &Transaction) -> u64 {
 
 /// `postmaster@` one of the relay's own names (its host name or mail domain).
 fn is_own_postmaster(ctx: &SessionContext, to: &Address) -> bool {
-    to.local_part().eq_ignore_ascii_case("postmaster")
+    // `"postmaster"` quoted is the same mailbox (RFC 5321 §2.4); quoted pairs unescaped.
+    let local = to.local_part();
+    let unquoted = match local.strip_prefix('"').and_then(|l| l.strip_suffix('"')) {
+        Some(inner) => inner.replace('\\', ""),
+        None => local.to_string(),
+    };
+    unquoted.eq_ignore_ascii_case("postmaster")
         && (to.domain().eq_ignore_ascii_case(&ctx.smtp.hostname)
             || to.domain().eq_ignore_ascii_case(&ctx.own_domain))
 }

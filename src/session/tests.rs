@@ -393,7 +393,12 @@ async fn anyone_may_write_to_the_postmaster_and_nobody_else() {
         "552 5.3.4 Message exceeds the size limit of 1048576 octets"
     );
     c.cmd("MAIL FROM:<someone@else.example>").await;
-    for postmaster in ["<postmaster>", "<Postmaster@relay.test>"] {
+    for postmaster in [
+        "<postmaster>",
+        "<Postmaster@relay.test>",
+        "<\"postmaster\"@relay.test>",
+        "<\"post\\master\"@relay.test>",
+    ] {
         assert_eq!(
             c.cmd(&format!("RCPT TO:{postmaster}")).await,
             "250 2.1.5 Recipient OK"
