@@ -363,7 +363,9 @@ fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
     } else {
         Cow::Borrowed(&parsed)
     };
-    let start = start.trim_start();
+    // Only ASCII white space may come before an armour line: a no-break space is text (and
+    // must stay text once the part is converted to UTF-8 for its footer).
+    let start = start.trim_start_matches(|c: char| c.is_ascii_whitespace());
     if start.starts_with("-----BEGIN PGP SIGNED MESSAGE-----") {
         return Err(FooterError::Signed);
     }

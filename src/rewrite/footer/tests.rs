@@ -835,3 +835,25 @@ fn re_encoding_never_turns_text_into_a_delimiter_line() {
     assert_eq!(bodies.len(), 2);
     assert!(bodies[1].1.contains(&format!("{filler}--alt and more")));
 }
+
+#[test]
+fn only_ascii_white_space_may_come_before_an_armour_line() {
+    // 8-bit text without a charset, no-break spaces (Latin-1 0xA0) before an armour line:
+    // not a signed body. Converted to UTF-8 for the footer, the same text must still not
+    // read as one, or the relay's own output would be refused as signed when read again
+    // (found by fuzz/footer_splice).
+    let input =
+        b"From: a@shop.example\r\n\r\n\xa0\xa0\xa0-----BEGIN PGP SIGNED MESSAGE-----\xa0\xa0\r\n";
+    let plan = Plan::new(input).expect("not signed");
+    let output = plan.apply(input, &FRENCH).expect("rewrite");
+    assert!(
+        Plan::new(&output).is_ok(),
+        "{:?}",
+        String::from_utf8_lossy(&output)
+    );
+    let bodies = fuzzing::bodies(&output).expect("reads again");
+    assert_eq!(bodies.len(), 1);
+    // Indented by ASCII white space, an armour line still counts.
+    let indented = b"From: a@shop.example\r\n\r\n \t\r\n-----BEGIN PGP SIGNED MESSAGE-----\r\n";
+    assert_eq!(Plan::new(indented).err(), Some(FooterError::Signed));
+}
