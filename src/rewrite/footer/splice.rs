@@ -180,16 +180,37 @@ fn value_span(raw: &[u8], header: HeaderSpan) -> (usize, usize) {
 fn charset_edit(raw: &[u8], header: HeaderSpan) -> Edit {
     let (start, end) = value_span(raw, header);
     let value = raw.get(start..end).unwrap_or_default();
+    // Where a position of the value stands in its line (the field name counts).
+    let column = |at: usize| match memrchr(b'\n', &value[..at]) {
+        Some(nl) => at - nl - 1,
+        None => start + at - header.field.min(start),
+    };
     if let Some((from, to)) = charset_value(value) {
+        let rest = value[to..]
+            .iter()
+            .position(|&c| matches!(c, b'\r' | b'\n'))
+            .unwrap_or(value.len() - to);
+        if column(from) + 5 + rest <= MAX_LINE {
+            return Edit {
+                start: start + from,
+                end: start + to,
+                bytes: Cow::Borrowed(b"utf-8"),
+            };
+        }
+        // A longer value would push its line past the limit: the whole parameter moves to
+        // a folded line of its own (parsers do not all take a fold inside a parameter).
+        let semi = memrchr(b';', &value[..from]).unwrap_or(from);
         return Edit {
-            start: start + from,
+            start: start + semi,
             end: start + to,
-            bytes: Cow::Borrowed(b"utf-8"),
+            bytes: Cow::Borrowed(b";\r\n charset=utf-8"),
         };
     }
-    let field = end.saturating_sub(header.field);
-    let line = memrchr(b'\n', value).map_or(field, |nl| value.len() - nl);
-    let bytes: &'static [u8] = if line + 16 > MAX_LINE {
+    let line = column(value.len());
+    let bytes: &'static [u8] = if line + 1 > MAX_LINE {
+        // Not even the `;` fits on the last line: fold before it.
+        b"\r\n ; charset=utf-8"
+    } else if line + 16 > MAX_LINE {
         b";\r\n charset=utf-8"
     } else {
         b"; charset=utf-8"

@@ -857,3 +857,36 @@ fn only_ascii_white_space_may_come_before_an_armour_line() {
     let indented = b"From: a@shop.example\r\n\r\n \t\r\n-----BEGIN PGP SIGNED MESSAGE-----\r\n";
     assert_eq!(Plan::new(indented).err(), Some(FooterError::Signed));
 }
+
+#[test]
+fn relabelling_a_full_content_type_line_keeps_lines_within_998() {
+    // A Content-Type line of exactly 998 octets, without a charset or with a short one,
+    // relabelled to UTF-8 for a non-ASCII footer: the parameter, or even its `;`, must go
+    // on a folded line (found by fuzz/footer_splice).
+    for head in [
+        "Content-Type: text/plain; x=",
+        "Content-Type: text/plain; charset=x; y=",
+    ] {
+        let line = format!("{head}{}", "a".repeat(998 - head.len()));
+        assert_eq!(line.len(), 998);
+        let input = format!("From: a@shop.example\r\nMIME-Version: 1.0\r\n{line}\r\n\r\nHello\r\n");
+        let output = add_footer(input.as_bytes(), &FRENCH).expect("rewrite");
+        let longest = output
+            .split(|&c| c == b'\n')
+            .map(|l| l.len())
+            .max()
+            .unwrap();
+        assert!(longest <= 999, "a line of {} octets", longest - 1);
+        let text = String::from_utf8_lossy(&output);
+        let bodies = fuzzing::bodies(&output).expect("reads again");
+        assert_eq!(bodies.len(), 1);
+        assert!(bodies[0].1.contains("Désabonnement"), "{:?}", bodies[0].1);
+        let parsed = reparse(&output);
+        assert_eq!(
+            content_type(&parsed.parts[0]).and_then(|c| c.attribute("charset")),
+            Some("utf-8"),
+            "{head}: {}",
+            &text[..text.find("\r\n\r\n").unwrap()]
+        );
+    }
+}
