@@ -298,7 +298,8 @@ impl<'a> Lexer<'a> {
             match c {
                 b'(' => depth += 1,
                 b')' if depth > 0 => depth -= 1,
-                b'\\' if depth > 0 => self.i += 1,
+                // An escape inside a comment takes the next octet, if there is one.
+                b'\\' if depth > 0 && self.i + 1 < self.s.len() => self.i += 1,
                 b' ' | b'\t' | b'\r' | b'\n' => {}
                 _ if depth > 0 => {}
                 _ => return,
@@ -359,6 +360,23 @@ impl<'a> Lexer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comment_ending_in_a_backslash_ends_the_value() {
+        // The last octet an escape inside an unclosed comment: nothing is read past the
+        // value (found by fuzz/footer_splice, which panicked on the slice).
+        for value in [&b"text/(x\\"[..], b"text/plain; a=(b\\", b"(\\"] {
+            if let Some(ct) = parse_content_type(value) {
+                assert!(ct.params.iter().all(|(_, v)| v.is_empty()), "{value:?}");
+            }
+        }
+        assert_eq!(
+            parse_content_type(b"text/plain (c\\) ; charset=x")
+                .and_then(|c| c.param("charset").map(str::to_string)),
+            None,
+            "the escaped ')' keeps the comment open to the end"
+        );
+    }
 
     #[test]
     fn content_type_values_are_read_with_comments_quotes_and_folding() {
