@@ -39,6 +39,12 @@ impl ContentType {
         }
     }
 
+    /// The parameter of that (lower-case) name is given more than once: readers differ on
+    /// which counts (RFC 2045 has each name once), so the part is ambiguous.
+    pub fn repeats(&self, name: &str) -> bool {
+        self.params.iter().filter(|(n, _)| n == name).count() > 1
+    }
+
     /// The first parameter of that (lower-case) name.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params

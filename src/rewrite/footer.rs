@@ -261,6 +261,9 @@ fn collect(
             if depth >= MAX_DEPTH {
                 return Err(malformed("multiparts nested too deeply"));
             }
+            if ct.repeats("boundary") {
+                return Err(malformed("a multipart with two boundary parameters"));
+            }
             let boundary = ct.param("boundary").unwrap_or_default();
             if boundary.is_empty() {
                 return Err(malformed("multipart without a usable boundary"));
@@ -341,6 +344,10 @@ fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
         .ok_or_else(|| malformed("part offsets out of range"))?;
     if e.cte == Cte::QuotedPrintable && qp_undecodable(encoded) {
         return Err(malformed("undecodable text body"));
+    }
+    if e.content_type.repeats("charset") {
+        // Readers differ on which one counts: the footer could be unreadable in some.
+        return Err(malformed("a text part with two charset parameters"));
     }
     let label = e.content_type.param("charset");
     let charset = Charset::of(label);

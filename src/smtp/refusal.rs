@@ -194,7 +194,12 @@ impl Refusal {
             NotUtf8 => (500, (5, 5, 2), "Command is not valid UTF-8".into()),
             BadSender(e) => (501, (5, 1, 7), format!("Bad sender address: {e}")),
             BadRecipient(e) => (501, (5, 1, 3), format!("Bad recipient address: {e}")),
-            Param(e @ ParamError::Unknown(_)) => (555, (5, 5, 4), capitalise(e)),
+            // The name is the client's: shown bounded, like every client value.
+            Param(ParamError::Unknown(name)) => (
+                555,
+                (5, 5, 4),
+                format!("Parameter {} is not supported", printable(name)),
+            ),
             Param(e) => (501, (5, 5, 4), capitalise(e)),
             NeedsSmtpUtf8 => (
                 553,
@@ -439,6 +444,16 @@ fn capitalise(e: &impl std::fmt::Display) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_parameter_is_named_within_the_reply_line_limit() {
+        // found by fuzz/smtp_command: a 2 000-octet parameter name made a 2 KiB reply line
+        let name = format!("R\u{81}{}", "L ".repeat(1000));
+        let reply = Refusal::Param(ParamError::Unknown(name)).reply();
+        let line = reply.one_line();
+        assert!(line.len() + 2 <= 512, "{} octets", line.len());
+        assert!(line.starts_with("555 5.5.4 Parameter RL L L"), "{line}");
+    }
 
     #[test]
     fn every_refusal_is_negative_with_matching_class() {

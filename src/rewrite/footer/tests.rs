@@ -890,3 +890,21 @@ fn relabelling_a_full_content_type_line_keeps_lines_within_998() {
         );
     }
 }
+
+#[test]
+fn a_repeated_charset_or_boundary_parameter_is_refused_as_ambiguous() {
+    // Readers differ on which of two charsets counts: relabelling one left the other, and
+    // a reader taking the last decoded the footer as UTF-16 (found by fuzz/footer_splice).
+    let charset = b"From: a@shop.example\r\nContent-Type: text/plain; charset=us-ascii; charset=utf-16\r\n\r\nHello\r\n";
+    assert!(matches!(
+        Plan::new(charset),
+        Err(FooterError::Malformed(why)) if why.contains("two charset")
+    ));
+    let boundary = b"From: a@shop.example\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=a; boundary=b\r\n\r\n\
+        --a\r\nContent-Type: text/plain\r\n\r\nHello\r\n--b\r\n\r\nx\r\n--a--\r\n--b--\r\n";
+    assert!(matches!(
+        Plan::new(boundary),
+        Err(FooterError::Malformed(why)) if why.contains("two boundary")
+    ));
+}
