@@ -236,6 +236,21 @@ fn first_token(value: &[u8]) -> &[u8] {
 /// Reads a Content-Type value (RFC 2045 §5.1, with comments and folding); `None` when it
 /// has no `type/subtype`.
 fn parse_content_type(value: &[u8]) -> Option<ContentType> {
+    parse_content_type_spans(value).map(|(ct, _)| ct)
+}
+
+/// Where the value of the first parameter `name` (lower-case) stands in a Content-Type
+/// value (quotes included), read as [`Entity::read`] reads it — so that what the rewrite
+/// changes is exactly the parameter every later reading finds.
+pub(super) fn param_span(value: &[u8], name: &str) -> Option<Range<usize>> {
+    let (ct, spans) = parse_content_type_spans(value)?;
+    let i = ct.params.iter().position(|(n, _)| n == name)?;
+    Some(spans[i].clone())
+}
+
+/// [`parse_content_type`], and where each parameter's value is in `value`.
+fn parse_content_type_spans(value: &[u8]) -> Option<(ContentType, Vec<Range<usize>>)> {
+    let mut spans = Vec::new();
     let mut lexer = Lexer { s: value, i: 0 };
     lexer.skip_cfws();
     let ctype = lexer.token();
@@ -253,7 +268,7 @@ fn parse_content_type(value: &[u8]) -> Option<ContentType> {
     loop {
         lexer.skip_cfws();
         if lexer.done() {
-            return Some(ct);
+            return Some((ct, spans));
         }
         if !lexer.eat(b';') {
             // Something that is not a parameter: skip to the next one.
@@ -267,11 +282,13 @@ fn parse_content_type(value: &[u8]) -> Option<ContentType> {
             continue;
         }
         lexer.skip_cfws();
+        let from = lexer.i;
         let value = if lexer.peek() == Some(b'"') {
             lexer.quoted()
         } else {
             lexer.token().to_vec()
         };
+        spans.push(from..lexer.i.min(lexer.s.len()));
         ct.params
             .push((name, String::from_utf8_lossy(&value).into_owned()));
     }

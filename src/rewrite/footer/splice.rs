@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use memchr::memrchr;
 
-use super::super::entity::Cte;
+use super::super::entity::{Cte, param_span};
 use super::super::mime::{
     MAX_LINE, b64_decode, b64_encode, longest_line, qp_decode, qp_encode, qp_encode_into,
 };
@@ -222,61 +222,10 @@ fn charset_edit(raw: &[u8], header: HeaderSpan) -> Edit {
     }
 }
 
-/// The span of the `charset` parameter's value (quotes included) in a Content-Type value.
+/// The span of the `charset` parameter's value (quotes included) in a Content-Type value,
+/// as the MIME reader finds it (comments, quotes and folding understood alike).
 pub(super) fn charset_value(value: &[u8]) -> Option<(usize, usize)> {
-    let skip_ws = |mut i: usize| {
-        while value.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
-        i
-    };
-    let skip_quoted = |mut i: usize| {
-        i += 1;
-        while let Some(&c) = value.get(i) {
-            i += if c == b'\\' { 2 } else { 1 };
-            if c == b'"' {
-                break;
-            }
-        }
-        i.min(value.len())
-    };
-    let mut i = 0;
-    while i < value.len() {
-        match value[i] {
-            b'"' => i = skip_quoted(i),
-            b';' => {
-                let name_start = skip_ws(i + 1);
-                let mut j = name_start;
-                while value
-                    .get(j)
-                    .is_some_and(|&c| !matches!(c, b'=' | b';' | b'"') && !c.is_ascii_whitespace())
-                {
-                    j += 1;
-                }
-                let name = &value[name_start..j];
-                j = skip_ws(j);
-                if value.get(j) == Some(&b'=') && name.eq_ignore_ascii_case(b"charset") {
-                    let from = skip_ws(j + 1);
-                    let to = if value.get(from) == Some(&b'"') {
-                        skip_quoted(from)
-                    } else {
-                        let mut to = from;
-                        while value
-                            .get(to)
-                            .is_some_and(|&c| c != b';' && !c.is_ascii_whitespace())
-                        {
-                            to += 1;
-                        }
-                        to
-                    };
-                    return Some((from, to));
-                }
-                i = name_start.max(i + 1);
-            }
-            _ => i += 1,
-        }
-    }
-    None
+    param_span(value, "charset").map(|r| (r.start, r.end))
 }
 
 /// Where the decoded body ends before the insertion point.

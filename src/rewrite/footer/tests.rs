@@ -908,3 +908,26 @@ fn a_repeated_charset_or_boundary_parameter_is_refused_as_ambiguous() {
         Err(FooterError::Malformed(why)) if why.contains("two boundary")
     ));
 }
+
+#[test]
+fn the_charset_relabel_changes_the_value_the_reader_finds_and_nothing_else() {
+    // A comment right after the value, holding another `charset=`: the relabel once took
+    // everything up to the next `;` as the value, uncovering the comment's parameter (found
+    // by fuzz/footer_splice).
+    let input = single(
+        "text/plain; charset=iso-8859-1(was; charset=us-ascii) ; format=flowed",
+        "8bit",
+        "caf\u{e9}\r\n",
+    );
+    let output = add_footer(&input, &FRENCH).expect("rewrite");
+    let text = String::from_utf8_lossy(&output);
+    assert!(
+        text.contains("charset=utf-8(was; charset=us-ascii) ; format=flowed\r\n"),
+        "{text}"
+    );
+    assert!(Plan::new(&output).is_ok(), "{text}");
+    assert_eq!(
+        charset_value(b" text/plain; (charset=x) charset=y"),
+        Some((33, 34))
+    );
+}
