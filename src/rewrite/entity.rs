@@ -147,6 +147,12 @@ impl Entity {
             Some("two Content-Type fields in one part")
         } else if two_encodings {
             Some("two Content-Transfer-Encoding fields in one part")
+        } else if header_end.is_some()
+            && fields.iter().any(|f| !is_field_name(&raw[f.name.clone()]))
+        {
+            // Readers differ on such a line (a continuation? junk? the end of the header?),
+            // and so on the part's Content-Type.
+            Some("a header line that is not a field (no name of printable ASCII and a colon)")
         } else {
             None
         };
@@ -231,6 +237,11 @@ fn first_token(value: &[u8]) -> &[u8] {
     let mut lexer = Lexer { s: value, i: 0 };
     lexer.skip_cfws();
     lexer.token()
+}
+
+/// RFC 5322 §3.6.8: one or more printable ASCII characters other than the colon.
+fn is_field_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&c| (33..=126).contains(&c) && c != b':')
 }
 
 /// Reads a Content-Type value (RFC 2045 §5.1, with comments and folding); `None` when it

@@ -486,7 +486,7 @@ fn charset_parameter_is_rewritten_in_place() {
 
 #[test]
 fn malformed_structures_are_refused() {
-    let cases: [(&[u8], &str); 8] = [
+    let cases: [(&[u8], &str); 10] = [
         (
             b"From: a@b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nhello\r\n",
             "unterminated",
@@ -514,6 +514,16 @@ fn malformed_structures_are_refused() {
             "undecodable",
         ),
         (b"", "no header"),
+        (
+            // A line that is neither a field nor a continuation: mail-parser took the
+            // charset after it for the part's (found by fuzz/footer_splice).
+            b"From: a@b\r\nContent-Type: text/plain; charset=us-ascii\r\nx/plain; charset=utf-16\r\n\r\nhi\r\n",
+            "not a field",
+        ),
+        (
+            b"From: a@b\r\nContent-Type : multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nhi\r\n--b--\r\n",
+            "not a field",
+        ),
     ];
     for (input, reason) in cases {
         let error = add_footer(input, &ASCII).expect_err("refused");
