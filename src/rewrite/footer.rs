@@ -351,13 +351,33 @@ fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
     }
     let label = e.content_type.param("charset");
     let charset = Charset::of(label);
+    let head = decode(e.cte, &encoded[..encoded.len().min(ARMOUR_PROBE)]);
+    if (head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]))
+        && !label.is_some_and(|l| l.trim().to_ascii_lowercase().starts_with("utf-16"))
+    {
+        // Decoders built on encoding_rs (mail-parser's for the East Asian charsets among
+        // them) let a byte-order mark overrule the label: the footer would be read as
+        // UTF-16 by some readers and as the declared charset by others.
+        return Err(malformed(
+            "a text part that starts with a UTF-16 byte-order mark but is not labelled UTF-16",
+        ));
+    }
     // Only the charsets this module does not decode itself need the whole text.
     let parsed = match charset {
         Charset::AsciiCompatible | Charset::Stateful => {
-            let decoded = decode(e.cte, encoded);
-            match label
-                .and_then(|l| mail_parser::decoders::charsets::map::charset_decoder(l.as_bytes()))
+            let decoder = label
+                .and_then(|l| mail_parser::decoders::charsets::map::charset_decoder(l.as_bytes()));
+            if charset == Charset::Stateful && (decoder.is_none() || label.is_some_and(unreadable))
             {
+                // The footer never fits such a part, and converting it to UTF-8 through a
+                // reading that loses its text would change what the sender wrote.
+                return Err(malformed(format!(
+                    "a text part in a charset the relay cannot read ({})",
+                    crate::smtp::text::Escaped(label.unwrap_or_default())
+                )));
+            }
+            let decoded = decode(e.cte, encoded);
+            match decoder {
                 Some(decoder) => decoder(&decoded),
                 None => String::from_utf8_lossy(&decoded).into_owned(),
             }
@@ -365,8 +385,7 @@ fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
         _ => String::new(),
     };
     let start: Cow<'_, str> = if parsed.is_empty() {
-        let probe = &encoded[..encoded.len().min(ARMOUR_PROBE)];
-        Cow::Owned(String::from_utf8_lossy(&decode(e.cte, probe)).into_owned())
+        String::from_utf8_lossy(&head)
     } else {
         Cow::Borrowed(&parsed)
     };
@@ -391,6 +410,21 @@ fn part_plan(raw: &[u8], body: &Body) -> Result<PartPlan, FooterError> {
         needs_mime_version: e.start == 0 && e.field("mime-version", raw).is_none(),
         header_end: Some(header_end),
     })
+}
+
+/// Labels mail-parser knows but decodes to a single U+FFFD (the WHATWG "replacement"
+/// encoding: ISO-2022-KR, ISO-2022-CN, HZ), compared as mail-parser compares them.
+fn unreadable(label: &str) -> bool {
+    let label = label.trim().to_ascii_lowercase().replace('-', "_");
+    [
+        "csiso2022kr",
+        "hz_gb_2312",
+        "iso_2022_cn",
+        "iso_2022_cn_ext",
+        "iso_2022_kr",
+        "replacement",
+    ]
+    .contains(&label.as_str())
 }
 
 /// For the fuzz targets and tests: what a reader finds where the footer goes.

@@ -821,6 +821,55 @@ fn a_transcoded_part_never_gets_a_bare_line_break_or_nul() {
 }
 
 #[test]
+fn a_byte_order_mark_against_the_label_or_an_unreadable_charset_is_refused() {
+    // mail-parser's EUC-JP (and other encoding_rs) decoders let a UTF-16 byte-order mark
+    // overrule the label, so the ASCII footer spliced in read as UTF-16 there (found by
+    // fuzz/footer_splice, through a 45-octet EUC-JP alias).
+    let with_bom = |label: &str, encoding: &str, body: &[u8]| {
+        let mut input = single(&format!("text/plain; charset={label}"), encoding, "");
+        input.extend_from_slice(body);
+        input
+    };
+    let refused = [
+        with_bom("euc-jp", "8bit", b"\xFF\xFEh\x00i\x00\r\n"),
+        with_bom("iso-8859-2", "8bit", b"\xFE\xFF\x00h\x00i\r\n"),
+        with_bom("shift_jis", "base64", b"//5oAGkA\r\n"),
+        with_bom("shift_jis", "quoted-printable", b"=FF=FEh=00i=00\r\n"),
+        single("text/plain", "base64", "//5oAGkA\r\n"),
+    ];
+    for input in &refused {
+        assert!(
+            matches!(Plan::new(input), Err(FooterError::Malformed(why)) if why.contains("byte-order mark")),
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    // Charsets mail-parser reads as one U+FFFD, or not at all: converting them to UTF-8 for
+    // the footer would replace the sender's text.
+    for label in [
+        "ISO-2022-KR",
+        "iso-2022-cn",
+        "hz-gb-2312",
+        "utf-32",
+        "ucs-4",
+    ] {
+        let input = single(&format!("text/plain; charset={label}"), "7bit", "hello\r\n");
+        assert!(
+            matches!(Plan::new(&input), Err(FooterError::Malformed(why)) if why.contains("cannot read")),
+            "{label}"
+        );
+    }
+    // Labelled UTF-16, the mark is the label's own: converted to UTF-8 with its text.
+    let utf16 = with_bom("utf-16", "base64", b"//5oAGkA\r\n");
+    let output = add_footer(&utf16, &FRENCH).expect("rewrite");
+    assert!(
+        decoded_body(&output).starts_with("hi"),
+        "{}",
+        decoded_body(&output)
+    );
+}
+
+#[test]
 fn re_encoding_never_turns_text_into_a_delimiter_line() {
     // A boundary-like string in the middle of a line is text (RFC 2046 §5.1.1); encoded
     // as quoted-printable, a soft line break must not put it at the start of a line,
