@@ -25,4 +25,5 @@ pub mod session;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod trim;
 pub mod unsubscribe;

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
@@ -255,6 +256,8 @@ impl Relay {
             &config.smtp.hostname,
         )?);
         let stop_accepting = CancellationToken::new();
+        let data_memory = session::memory::DataMemory::new(config.smtp.max_data_memory);
+        spawn_burst_trim(data_memory.clone(), stop_accepting.clone());
         let ctx = Arc::new(SessionContext {
             smtp: config.smtp.clone(),
             policy: policy.clone(),
@@ -274,7 +277,7 @@ impl Relay {
                 unsubscribe: config.unsubscribe.max_mail_size,
             },
             tls_available: true,
-            data_memory: session::memory::DataMemory::new(config.smtp.max_data_memory),
+            data_memory: data_memory.clone(),
             shutdown: stop_accepting.clone(),
         });
         let limiter = Arc::new(Limiter::new(
@@ -629,6 +632,33 @@ impl Drop for Permit {
         }
         crate::metrics::sessions_active(-1.0);
     }
+}
+
+/// How often the content budget is looked at for a burst that has ended.
+const BURST_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Gives back to the system what a burst of content being received freed (a hundred
+/// strangers' 1 MiB reports at once), once it is over: glibc would keep it for ever.
+fn spawn_burst_trim(memory: Arc<session::memory::DataMemory>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BURST_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut follow_up = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let burst = memory.burst_over();
+            if burst || follow_up {
+                // It walks the heaps: not on an async thread.
+                let _ = tokio::task::spawn_blocking(crate::trim::give_back_memory).await;
+            }
+            // What the burst's last messages were still using (being parsed, stored) is
+            // freed a little after the budget fell: once more at the next tick.
+            follow_up = burst;
+        }
+    });
 }
 
 #[cfg(test)]

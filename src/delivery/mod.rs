@@ -432,7 +432,8 @@ impl Scheduler {
             shrunk = true;
         }
         if shrunk {
-            give_back_memory();
+            // glibc keeps what the drained backlog freed (the resident set stayed at its peak).
+            crate::trim::give_back_memory();
         }
     }
 
@@ -784,22 +785,6 @@ impl Scheduler {
         self.sites.expire(tokio::time::Instant::now());
     }
 }
-
-/// glibc keeps what a drained backlog freed in its arenas (fragmented, so it seldom returns
-/// by itself: the resident set stayed at the backlog's peak); hand it back to the system.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn give_back_memory() {
-    unsafe extern "C" {
-        fn malloc_trim(pad: usize) -> i32;
-    }
-    // SAFETY: malloc_trim only returns free pages of the allocator's own heaps.
-    unsafe {
-        malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn give_back_memory() {}
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {

@@ -9,12 +9,18 @@
 //! that finds the budget spent keeps reading to the end of its content, holding none of
 //! it, and is answered `452 4.3.1` (try later); what it had reserved goes back at once.
 //! Reservations are returned when the transaction's content has been stored or refused.
+//! After a burst (a peak of at least [`BURST`] that has fallen to a quarter) the server
+//! hands what it freed back to the system ([`DataMemory::burst_over`], `crate::trim`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Reservations grow by at least this much, so a transaction does not reserve per packet.
 const STEP: u64 = 64 * 1024;
+
+/// A peak of reservations this large, once it has fallen to a quarter, is worth giving
+/// back to the system.
+pub const BURST: u64 = 32 * 1024 * 1024;
 
 /// What the content buffers of all transactions may hold at once.
 #[derive(Debug)]
@@ -23,6 +29,8 @@ pub struct DataMemory {
     stranger_max: u64,
     used: AtomicU64,
     stranger_used: AtomicU64,
+    /// The most reserved at once since [`DataMemory::burst_over`] last said yes.
+    peak: AtomicU64,
 }
 
 impl DataMemory {
@@ -33,7 +41,22 @@ impl DataMemory {
             stranger_max: max / 8,
             used: AtomicU64::new(0),
             stranger_used: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
         })
+    }
+
+    /// `true` once per burst: when the reservations have reached [`BURST`] and fallen to a
+    /// quarter of their peak since the last `true`. The caller then gives the freed memory
+    /// back to the system.
+    pub fn burst_over(&self) -> bool {
+        let used = self.used();
+        let peak = self.peak.load(Ordering::Relaxed);
+        if peak >= BURST && used <= peak / 4 {
+            self.peak.store(used, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
     }
 
     /// Octets reserved now (everyone's).
@@ -117,6 +140,8 @@ impl Held {
             return false;
         }
         self.bytes = total;
+        pool.peak
+            .fetch_max(pool.used.load(Ordering::Relaxed), Ordering::Relaxed);
         true
     }
 
@@ -211,5 +236,31 @@ mod tests {
         assert!(account.make_room(&mut buf2, 6 * 1024 * 1024));
         drop(stranger);
         assert!(other.make_room(&mut Vec::new(), 64 * 1024));
+    }
+
+    #[test]
+    fn a_burst_is_over_once_it_falls_to_a_quarter_of_its_peak() {
+        let pool = DataMemory::new(1024 * 1024 * 1024);
+        let mut held: Vec<_> = (0..8).map(|_| pool.hold(false, u64::MAX)).collect();
+        let mut bufs = vec![Vec::new(); 8];
+        for (h, b) in held.iter_mut().zip(bufs.iter_mut()) {
+            assert!(h.make_room(b, (BURST / 8) as usize));
+        }
+        assert!(!pool.burst_over(), "still at its peak");
+        held.truncate(3);
+        assert!(!pool.burst_over(), "3/8 of the peak is still held");
+        held.truncate(2);
+        assert!(pool.burst_over(), "down to a quarter");
+        assert!(!pool.burst_over(), "once per burst");
+        held.clear();
+        assert!(
+            !pool.burst_over(),
+            "a quarter of the last peak is no new burst"
+        );
+        // Small transactions never make a burst.
+        let mut small = pool.hold(false, u64::MAX);
+        assert!(small.make_room(&mut Vec::new(), 1024 * 1024));
+        drop(small);
+        assert!(!pool.burst_over());
     }
 }
