@@ -11,6 +11,8 @@
 //! `--at-start` makes it due when the relay starts instead (a restart after the outage).
 //! The spool goes in a temporary directory (MESSAGES × SIZE of disk), deleted at the end.
 
+#[path = "../tests/common/envelope.rs"]
+mod envelope;
 #[path = "../tests/common/memory.rs"]
 mod memory;
 
@@ -20,8 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use memory::{HELD, RssSampler, Sink, heap, mib, reset_peak, status_bytes, trim};
 use optin_relay::config::{Config, SpoolConfig};
-use optin_relay::smtp::params::BodyType;
-use optin_relay::spool::{self, Envelope, RcptEvent, Recipient, Spool};
+use optin_relay::spool::{self, RcptEvent, Spool};
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
@@ -55,27 +56,12 @@ async fn fill(
     let mut pending = tokio::task::JoinSet::new();
     let mut locs = Vec::with_capacity(messages);
     for m in 0..messages {
-        let env = Envelope {
-            id: spool.next_id(),
-            received_at: spool::now_ms(),
-            account: "bench".into(),
-            sender: Some("bounces@bench.example".into()),
-            envid: None,
-            ret: None,
-            body_type: BodyType::SevenBit,
-            smtputf8: false,
-            eight_bit_content: false,
-            generated_dsn: false,
-            stream: optin_relay::policy::Stream::Transactional,
-            list: None,
-            campaign: None,
-            recipients: vec![Recipient {
-                address: format!("reader{m}@domain{}.example", m % domains),
-                notify: None,
-                orcpt: None,
-                done: false,
-            }],
-        };
+        let env = envelope::transactional(
+            spool.next_id(),
+            "bench",
+            Some("bounces@bench.example"),
+            [format!("reader{m}@domain{}.example", m % domains)],
+        );
         let (spool, body) = (spool.clone(), body.clone());
         pending.spawn(async move { spool.store(&env, body).await.expect("store") });
         if pending.len() >= 256

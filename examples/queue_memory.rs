@@ -11,9 +11,12 @@
 //! allocator) and the resident set's growth after glibc's `malloc_trim` has returned the
 //! memory recovery used only for a moment (the envelopes read from the spool).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "../tests/common/envelope.rs"]
+mod envelope;
+#[path = "../tests/common/memory.rs"]
+mod memory;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,37 +25,10 @@ use optin_relay::delivery::outcome::ResolveFailure;
 use optin_relay::delivery::transport::{BoxFuture, BoxStream, RouteKey, Target, Transport};
 use optin_relay::delivery::{self, Settings};
 use optin_relay::privacy::AddressTagger;
-use optin_relay::smtp::params::BodyType;
-use optin_relay::spool::{self, Envelope, RcptEvent, Recipient, Spool};
-
-/// The system allocator, counting the bytes held.
-struct Counting;
-
-static HELD: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        HELD.fetch_add(layout.size(), Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        HELD.fetch_add(new_size, Ordering::Relaxed);
-        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use optin_relay::spool::{self, RcptEvent, Spool};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-unsafe extern "C" {
-    /// glibc: give free heap memory back to the system.
-    fn malloc_trim(pad: usize) -> i32;
-}
+static ALLOCATOR: memory::Counting = memory::Counting;
 
 struct Nowhere;
 
@@ -71,12 +47,6 @@ impl Transport for Nowhere {
     }
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -93,32 +63,17 @@ async fn main() {
         let (spool, _) = Spool::open(&config).unwrap();
         let later = spool::now_ms() + 86_400_000;
         for m in 0..messages {
-            let env = Envelope {
-                id: spool.next_id(),
-                received_at: spool::now_ms(),
-                account: "newsletter".into(),
-                sender: Some("bounces+campaign-42@news.shop.example".into()),
-                envid: None,
-                ret: None,
-                body_type: BodyType::SevenBit,
-                smtputf8: false,
-                eight_bit_content: false,
-                generated_dsn: false,
-                stream: optin_relay::policy::Stream::Transactional,
-                list: None,
-                campaign: None,
-                recipients: (0..rcpts)
-                    .map(|r| Recipient {
-                        address: format!(
-                            "subscriber.{m}.{r}@domain{}.example",
-                            (m * rcpts + r) % 10_000
-                        ),
-                        notify: None,
-                        orcpt: None,
-                        done: false,
-                    })
-                    .collect(),
-            };
+            let env = envelope::transactional(
+                spool.next_id(),
+                "newsletter",
+                Some("bounces+campaign-42@news.shop.example"),
+                (0..rcpts).map(|r| {
+                    format!(
+                        "subscriber.{m}.{r}@domain{}.example",
+                        (m * rcpts + r) % 10_000
+                    )
+                }),
+            );
             let loc = spool.store(&env, body.clone()).await.unwrap();
             for r in 0..rcpts {
                 spool.record(
@@ -134,9 +89,9 @@ async fn main() {
         }
         spool.flush().await.unwrap();
     }
-    unsafe { malloc_trim(0) };
-    let before = rss_bytes();
-    let held_before = HELD.load(Ordering::Relaxed);
+    memory::trim();
+    let before = memory::status_bytes("VmRSS");
+    let held_before = memory::held();
     let started = std::time::Instant::now();
     let (spool, report) = Spool::open(&config).unwrap();
     let recovered = report.messages.len();
@@ -157,9 +112,9 @@ async fn main() {
     // start() has taken in every recovered message: the queue is back
     let resumed = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let held = HELD.load(Ordering::Relaxed).saturating_sub(held_before) as f64;
-    unsafe { malloc_trim(0) };
-    let after = rss_bytes();
+    let held = memory::held().saturating_sub(held_before) as f64;
+    memory::trim();
+    let after = memory::status_bytes("VmRSS");
     let grown = after.saturating_sub(before) as f64;
     let total = (recovered * rcpts) as f64;
     println!(

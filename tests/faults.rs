@@ -16,32 +16,11 @@ use optin_relay::config::{Config, SpoolConfig};
 use optin_relay::delivery::{self, Settings};
 use optin_relay::privacy::AddressTagger;
 use optin_relay::session::Intake;
-use optin_relay::smtp::params::BodyType;
-use optin_relay::spool::{Envelope, Location, Recipient, Spool};
+use optin_relay::spool::{Envelope, Location, Spool};
 use tokio_util::sync::CancellationToken;
 
 fn envelope(spool: &Spool, sender: Option<&str>, rcpt: &str) -> Envelope {
-    Envelope {
-        id: spool.next_id(),
-        received_at: optin_relay::spool::now_ms(),
-        account: "acct".into(),
-        sender: sender.map(str::to_string),
-        envid: None,
-        ret: None,
-        body_type: BodyType::SevenBit,
-        smtputf8: false,
-        eight_bit_content: false,
-        generated_dsn: false,
-        stream: optin_relay::policy::Stream::Transactional,
-        list: None,
-        campaign: None,
-        recipients: vec![Recipient {
-            address: rcpt.into(),
-            notify: None,
-            orcpt: None,
-            done: false,
-        }],
-    }
+    common::envelope::transactional(spool.next_id(), "acct", sender, [rcpt.to_string()])
 }
 
 /// Flips one bit near the end of a stored message's content.

@@ -16,8 +16,7 @@ use common::memory::{self, Sink};
 use optin_relay::config::{Config, SpoolConfig};
 use optin_relay::delivery::{self, Settings};
 use optin_relay::privacy::AddressTagger;
-use optin_relay::smtp::params::BodyType;
-use optin_relay::spool::{self, Envelope, RcptEvent, Recipient, Spool};
+use optin_relay::spool::{self, RcptEvent, Spool};
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
@@ -46,27 +45,12 @@ async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
     {
         let (spool, _) = Spool::open(&spool_config).unwrap();
         for m in 0..MESSAGES {
-            let env = Envelope {
-                id: spool.next_id(),
-                received_at: spool::now_ms(),
-                account: "shop".into(),
-                sender: Some("s@shop.example".into()),
-                envid: None,
-                ret: None,
-                body_type: BodyType::SevenBit,
-                smtputf8: false,
-                eight_bit_content: false,
-                generated_dsn: false,
-                stream: optin_relay::policy::Stream::Transactional,
-                list: None,
-                campaign: None,
-                recipients: vec![Recipient {
-                    address: format!("r{m}@d{}.example", m % 4),
-                    notify: None,
-                    orcpt: None,
-                    done: false,
-                }],
-            };
+            let env = common::envelope::transactional(
+                spool.next_id(),
+                "shop",
+                Some("s@shop.example"),
+                [format!("r{m}@d{}.example", m % 4)],
+            );
             let loc = spool.store(&env, body.clone()).await.unwrap();
             spool.record(
                 loc,

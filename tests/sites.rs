@@ -21,8 +21,7 @@ use optin_relay::delivery::transport::{
 use optin_relay::delivery::{self, Delivery, Settings};
 use optin_relay::privacy::AddressTagger;
 use optin_relay::session::Intake;
-use optin_relay::smtp::params::BodyType;
-use optin_relay::spool::{Envelope, Recipient, Spool};
+use optin_relay::spool::Spool;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
@@ -217,30 +216,12 @@ async fn setup(policy: &str, table: &[(&str, Vec<(u16, String)>)], ttl: Duration
 
 impl Setup {
     async fn submit(&self, rcpts: &[&str]) {
-        let env = Envelope {
-            id: self.spool.next_id(),
-            received_at: optin_relay::spool::now_ms(),
-            account: "acct".into(),
-            sender: Some("app@shop.example".into()),
-            envid: None,
-            ret: None,
-            body_type: BodyType::SevenBit,
-            smtputf8: false,
-            eight_bit_content: false,
-            generated_dsn: false,
-            stream: optin_relay::policy::Stream::Transactional,
-            list: None,
-            campaign: None,
-            recipients: rcpts
-                .iter()
-                .map(|a| Recipient {
-                    address: a.to_string(),
-                    notify: None,
-                    orcpt: None,
-                    done: false,
-                })
-                .collect(),
-        };
+        let env = common::envelope::transactional(
+            self.spool.next_id(),
+            "acct",
+            Some("app@shop.example"),
+            rcpts.iter().map(|a| a.to_string()),
+        );
         let body =
             Bytes::from_static(b"Subject: sites\r\nMessage-ID: <s@shop.example>\r\n\r\nbody\r\n");
         let loc = self.spool.store(&env, body.clone()).await.unwrap();

@@ -78,13 +78,12 @@ pub struct Mallinfo2 {
 }
 
 unsafe extern "C" {
-    /// glibc: give free heap memory back to the system.
-    fn malloc_trim(pad: usize) -> i32;
     fn mallinfo2() -> Mallinfo2;
 }
 
+/// Gives free heap memory back to the system, as the relay does after a burst.
 pub fn trim() {
-    unsafe { malloc_trim(0) };
+    optin_relay::trim::give_back_memory();
 }
 
 pub fn heap() -> Mallinfo2 {

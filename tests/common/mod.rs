@@ -6,6 +6,7 @@
 //! bug in the server that checks it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod envelope;
 pub mod memory;
 
 use std::collections::HashMap;
