@@ -23,6 +23,17 @@ fn provider_auth(mechanisms: &'static str) -> Option<MxAuth> {
     })
 }
 
+/// The `[delivery.smarthost]` table for the provider at `addr`: TLS verified against the
+/// test CA (`{ca}`, filled in by [`Relay::start`]) for the provider's name, logging in as
+/// relay@shop.test; `extra` adds lines (the password, implicit TLS).
+fn smarthost(addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "[delivery.smarthost]\naddress = \"{addr}\"\ntls = \"verify\"\n\
+         server_name = \"{PROVIDER}\"\nca_file = \"{{ca}}\"\n\
+         username = \"relay@shop.test\"\n{extra}"
+    )
+}
+
 struct Relay {
     relay: optin_relay::server::Relay,
     dir: tempfile::TempDir,
@@ -97,11 +108,7 @@ async fn a_smarthost_gets_verified_starttls_and_auth_plain() {
     .await;
     let relay = Relay::start(
         &ca,
-        &format!(
-            "[delivery.smarthost]\naddress = \"{addr}\"\ntls = \"verify\"\n\
-             server_name = \"{PROVIDER}\"\nca_file = \"{{ca}}\"\n\
-             username = \"relay@shop.test\"\npassword = \"correct horse\"\n"
-        ),
+        &smarthost(addr, "password = \"correct horse\"\n"),
         LOOPBACK_POLICY,
     )
     .await;
@@ -144,11 +151,12 @@ async fn a_smarthost_gets_implicit_tls_and_auth_login_with_a_password_file() {
     std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let relay = Relay::start(
         &ca,
-        &format!(
-            "[delivery.smarthost]\naddress = \"{addr}\"\ntls = \"verify\"\nimplicit_tls = true\n\
-             server_name = \"{PROVIDER}\"\nca_file = \"{{ca}}\"\n\
-             username = \"relay@shop.test\"\npassword_file = \"{}\"\n",
-            password_file.display()
+        &smarthost(
+            addr,
+            &format!(
+                "implicit_tls = true\npassword_file = \"{}\"\n",
+                password_file.display()
+            ),
         ),
         LOOPBACK_POLICY,
     )
@@ -179,9 +187,8 @@ async fn a_smarthost_certificate_for_another_name_keeps_the_mail_and_the_passwor
     let relay = Relay::start(
         &ca,
         &format!(
-            "[delivery]\nretry_initial = \"1h\"\n[delivery.smarthost]\naddress = \"{addr}\"\n\
-             tls = \"verify\"\nserver_name = \"{PROVIDER}\"\nca_file = \"{{ca}}\"\n\
-             username = \"relay@shop.test\"\npassword = \"correct horse\"\n"
+            "[delivery]\nretry_initial = \"1h\"\n{}",
+            smarthost(addr, "password = \"correct horse\"\n")
         ),
         LOOPBACK_POLICY,
     )
@@ -214,9 +221,8 @@ async fn a_refused_login_defers_and_bounces_nothing() {
     let relay = Relay::start(
         &ca,
         &format!(
-            "[delivery]\nretry_initial = \"1h\"\n[delivery.smarthost]\naddress = \"{addr}\"\n\
-             tls = \"verify\"\nserver_name = \"{PROVIDER}\"\nca_file = \"{{ca}}\"\n\
-             username = \"relay@shop.test\"\npassword = \"wrong\"\n"
+            "[delivery]\nretry_initial = \"1h\"\n{}",
+            smarthost(addr, "password = \"wrong\"\n")
         ),
         LOOPBACK_POLICY,
     )
