@@ -116,31 +116,32 @@ pub fn verifying_client_config(extra_roots: Option<&Path>) -> Result<Arc<ClientC
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = extra_roots {
-        for cert in load_chain(path)? {
-            store.add(cert).map_err(|e| TlsError::Certificate {
-                path: path.display().to_string(),
-                message: format!("not a usable CA certificate: {e}"),
-            })?;
-        }
+        add_roots(&mut store, path)?;
     }
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    client_config_trusting(store)
 }
 
 /// A client configuration that verifies server certificates against the CA certificates
 /// in `ca_file` (PEM) only: a smart host under a provider's or an organisation's own CA.
 pub fn private_ca_client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
     let mut store = rustls::RootCertStore::empty();
-    for cert in load_chain(ca_file)? {
+    add_roots(&mut store, ca_file)?;
+    client_config_trusting(store)
+}
+
+/// Adds the CA certificates of a PEM file to `store`.
+fn add_roots(store: &mut rustls::RootCertStore, path: &Path) -> Result<(), TlsError> {
+    for cert in load_chain(path)? {
         store.add(cert).map_err(|e| TlsError::Certificate {
-            path: ca_file.display().to_string(),
+            path: path.display().to_string(),
             message: format!("not a usable CA certificate: {e}"),
         })?;
     }
+    Ok(())
+}
+
+/// A verifying client configuration that trusts the roots in `store`.
+fn client_config_trusting(store: rustls::RootCertStore) -> Result<Arc<ClientConfig>, TlsError> {
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?
