@@ -17,8 +17,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use optin_relay::config::DEFAULT_BLOOM_BITS_PER_KEY as DEFAULT_BITS_PER_KEY;
 use optin_relay::consent::compile::Batch;
-use optin_relay::consent::snapshot::{self, DEFAULT_BITS_PER_KEY, Snapshot};
+use optin_relay::consent::snapshot::{self, Snapshot};
 use optin_relay::consent::{CONSENT, Kind, Lists, Scope, import, key};
 
 const SECRET_ID: u64 = 0x0b5e55ed;

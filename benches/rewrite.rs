@@ -274,11 +274,12 @@ fn many_alternatives(n: usize) -> Vec<u8> {
 fn bench_per_recipient(c: &mut Criterion) {
     use std::sync::Arc;
 
-    use optin_relay::policy::{Policy, Stream};
+    use optin_relay::envelope::Stream;
+    use optin_relay::envelope::{Envelope, Recipient};
+    use optin_relay::policy::Policy;
     use optin_relay::rewrite::Rewriter;
     use optin_relay::rewrite::token::TokenKeys;
     use optin_relay::smtp::params::BodyType;
-    use optin_relay::spool::{Envelope, Recipient};
 
     let policy = Policy::from_toml(
         "bench",
@@ -308,7 +309,7 @@ fn bench_per_recipient(c: &mut Criterion) {
         .collect();
     let rcpts: Vec<&Recipient> = recipients.iter().collect();
     let env = Envelope {
-        id: 1,
+        id: optin_relay::envelope::QueueId(1),
         received_at: 0,
         account: "shop".into(),
         sender: Some("bounce@shop.example".into()),
@@ -344,7 +345,7 @@ fn bench_per_recipient(c: &mut Criterion) {
 }
 
 fn bench_dkim(c: &mut Criterion) {
-    use optin_relay::rewrite::dkim::DkimKey;
+    use optin_relay::dkim::DkimKey;
     let input = sized(10 * 1024, alternative_message);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dkim");
     let mut group = c.benchmark_group("dkim/alternative-10KiB");

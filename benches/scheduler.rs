@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use optin_relay::config::{Config, SpoolConfig};
+use optin_relay::delivery::Intake;
 use optin_relay::delivery::{self, Settings};
 use optin_relay::privacy::AddressTagger;
-use optin_relay::session::Intake;
 use optin_relay::spool::Spool;
 
 #[tokio::main]

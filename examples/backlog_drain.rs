@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use memory::{HELD, RssSampler, Sink, heap, mib, reset_peak, status_bytes, trim};
 use optin_relay::config::{Config, SpoolConfig};
-use optin_relay::spool::{self, RcptEvent, Spool};
+use optin_relay::spool::{RcptEvent, Spool};
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
@@ -73,7 +73,7 @@ async fn fill(
     while let Some(loc) = pending.join_next().await {
         locs.push(loc.expect("stored"));
     }
-    let due = due(spool::now_ms());
+    let due = due(optin_relay::envelope::now_ms());
     for loc in locs {
         spool.record(
             loc,
@@ -152,7 +152,7 @@ async fn main() {
         mib(file),
     );
     if !at_start {
-        let wait = Duration::from_millis(due.saturating_sub(spool::now_ms()));
+        let wait = Duration::from_millis(due.saturating_sub(optin_relay::envelope::now_ms()));
         if wait.is_zero() {
             println!("warning: the backlog came due before the relay had started");
         }

@@ -25,7 +25,7 @@ use optin_relay::delivery::outcome::ResolveFailure;
 use optin_relay::delivery::transport::{BoxFuture, BoxStream, RouteKey, Target, Transport};
 use optin_relay::delivery::{self, Settings};
 use optin_relay::privacy::AddressTagger;
-use optin_relay::spool::{self, RcptEvent, Spool};
+use optin_relay::spool::{RcptEvent, Spool};
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
@@ -61,7 +61,7 @@ async fn main() {
     let body = Bytes::from(format!("Subject: queued\r\n\r\n{}\r\n", "x".repeat(2000)));
     {
         let (spool, _) = Spool::open(&config).unwrap();
-        let later = spool::now_ms() + 86_400_000;
+        let later = optin_relay::envelope::now_ms() + 86_400_000;
         for m in 0..messages {
             let env = envelope::transactional(
                 spool.next_id(),

@@ -240,7 +240,7 @@ pub enum SuppressCommand {
         list: Option<String>,
         /// The stream (default: the account's default stream).
         #[arg(long, value_enum, requires = "account")]
-        stream: Option<crate::policy::Stream>,
+        stream: Option<crate::envelope::Stream>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -546,7 +546,7 @@ impl Signals {
 }
 
 fn age(received_at: u64) -> String {
-    let secs = spool::now_ms().saturating_sub(received_at) / 1000;
+    let secs = crate::envelope::now_ms().saturating_sub(received_at) / 1000;
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
@@ -584,7 +584,7 @@ fn queue_list(
             println!(
                 "{}",
                 serde_json::json!({
-                    "id": spool::format_id(m.envelope.id),
+                    "id": m.envelope.id.to_string(),
                     "received_at_ms": m.envelope.received_at,
                     "size": m.loc.len,
                     "account": m.envelope.account,
@@ -597,7 +597,7 @@ fn queue_list(
         } else {
             println!(
                 "{:<16}  {:>10}  {:>8}  {:<12}  {:>3}/{:<3}  {:<30}  {}",
-                spool::format_id(m.envelope.id),
+                m.envelope.id.to_string(),
                 age(m.envelope.received_at),
                 m.loc.len,
                 m.envelope.account,
@@ -615,13 +615,14 @@ fn queue_list(
 }
 
 fn queue_show(messages: &[RecoveredMessage], id: &str) -> Result<ExitCode, String> {
-    let wanted = spool::parse_id(id).ok_or_else(|| format!("{id:?} is not a queue id"))?;
+    let wanted =
+        crate::envelope::QueueId::parse(id).ok_or_else(|| format!("{id:?} is not a queue id"))?;
     let m = messages
         .iter()
         .find(|m| m.envelope.id == wanted)
         .ok_or_else(|| format!("{id} is not in the queue"))?;
     let e = &m.envelope;
-    println!("id:        {}", spool::format_id(e.id));
+    println!("id:        {}", e.id);
     println!("received:  {} ago", age(e.received_at));
     println!("account:   {}", e.account);
     println!(
@@ -663,7 +664,7 @@ fn queue_show(messages: &[RecoveredMessage], id: &str) -> Result<ExitCode, Strin
                     ..
                 }),
             ) => {
-                let wait = next_attempt.saturating_sub(spool::now_ms()) / 1000;
+                let wait = next_attempt.saturating_sub(crate::envelope::now_ms()) / 1000;
                 format!(
                     "deferred, {attempts} attempt(s), next in {}",
                     humantime::format_duration(std::time::Duration::from_secs(wait))

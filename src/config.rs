@@ -25,9 +25,18 @@ pub use smarthost::{Credentials, Secret, Smarthost, TlsLevel};
 pub use smtp::*;
 use units::{ByteSize, HumanDuration};
 
+use crate::tls::TlsConfig;
+
 pub const DEFAULT_SPOOL_PATH: &str = "./data";
 pub const DEFAULT_SEGMENT_SIZE: ByteSize = ByteSize::mib(64);
 pub const DEFAULT_MX_PORT: u16 = 25;
+/// Bloom bits per entry of the lists snapshot: with 512-bit blocks and 13 probes the
+/// design false-positive rate is 5.1e-5 (see `consent::snapshot::design_fp_rate`).
+pub const DEFAULT_BLOOM_BITS_PER_KEY: u32 = 24;
+/// The first retry delay of a webhook when `[webhooks] retry_initial` names none.
+pub const DEFAULT_WEBHOOK_RETRY_INITIAL: Duration = Duration::from_secs(30);
+/// The longest delay between two attempts of one account's webhook.
+pub const WEBHOOK_RETRY_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LISTS_REFRESH: HumanDuration = HumanDuration::millis(250);
 pub const DEFAULT_COMPACT_AFTER: usize = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_DESTINATION: usize = 20;
@@ -141,13 +150,6 @@ pub struct ListsConfig {
     /// Copy each snapshot into memory (huge pages) before it serves: faster lookups at
     /// large sizes for RAM equal to the snapshot's size.
     pub load_into_memory: bool,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct TlsConfig {
-    /// PEM certificate chain; with `private_key`. Neither: a self-signed one is made at start.
-    pub certificate: Option<PathBuf>,
-    pub private_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -388,10 +390,7 @@ fn read_spool(s: &mut Section<'_>) -> SpoolConfig {
 }
 
 fn read_lists(s: &mut Section<'_>, spool: &Path) -> ListsConfig {
-    let bloom_bits_per_key = s.get_or(
-        "bloom_bits_per_key",
-        crate::consent::snapshot::DEFAULT_BITS_PER_KEY,
-    );
+    let bloom_bits_per_key = s.get_or("bloom_bits_per_key", DEFAULT_BLOOM_BITS_PER_KEY);
     if !(8..=64).contains(&bloom_bits_per_key) {
         s.problem("bloom_bits_per_key", "must be between 8 and 64");
     }
@@ -563,7 +562,7 @@ fn read_complaints(s: &mut Section<'_>, mail_domain: &str) -> ComplaintsConfig {
     };
     let mut reporters = Vec::new();
     for d in s.get::<Vec<String>>("reporters").unwrap_or_default() {
-        match crate::policy::identity::canonical_domain(&d) {
+        match crate::smtp::address::canonical_domain(&d) {
             Some(c) => reporters.push(c),
             None => s.problem("reporters", format!("{d:?} is not a domain")),
         }
@@ -580,11 +579,11 @@ fn read_complaints(s: &mut Section<'_>, mail_domain: &str) -> ComplaintsConfig {
 }
 
 fn read_webhooks(s: &mut Section<'_>) -> WebhooksConfig {
-    let default = crate::governance::webhook::DEFAULT_RETRY_INITIAL;
+    let default = DEFAULT_WEBHOOK_RETRY_INITIAL;
     let retry_initial = s
         .get::<HumanDuration>("retry_initial")
         .map_or(default, |h| h.get());
-    if retry_initial.is_zero() || retry_initial > crate::governance::webhook::RETRY_MAX {
+    if retry_initial.is_zero() || retry_initial > WEBHOOK_RETRY_MAX {
         s.problem("retry_initial", "must be above zero and at most 1h");
     }
     WebhooksConfig { retry_initial }

@@ -571,12 +571,18 @@ pub fn recipient_withheld(reason: &'static str, stage: &'static str) {
 }
 
 /// The lists in service now (after start, a refresh or a compaction).
-pub fn lists_state(stats: &crate::consent::ListsStats) {
-    gauge!(LISTS_ENTRIES).set(stats.snapshot_entries as f64);
-    gauge!(LISTS_SNAPSHOT_BYTES).set(stats.snapshot_bytes as f64);
-    gauge!(LISTS_DELTA).set(stats.delta_entries as f64);
-    if let Some(created) = stats.snapshot_created_ms {
-        let age = crate::spool::now_ms().saturating_sub(created) as f64 / 1000.0;
+/// `snapshot_created_ms` is when the snapshot in service was written, when known.
+pub fn lists_state(
+    snapshot_entries: u64,
+    snapshot_bytes: u64,
+    delta_entries: usize,
+    snapshot_created_ms: Option<u64>,
+) {
+    gauge!(LISTS_ENTRIES).set(snapshot_entries as f64);
+    gauge!(LISTS_SNAPSHOT_BYTES).set(snapshot_bytes as f64);
+    gauge!(LISTS_DELTA).set(delta_entries as f64);
+    if let Some(created) = snapshot_created_ms {
+        let age = crate::envelope::now_ms().saturating_sub(created) as f64 / 1000.0;
         gauge!(LISTS_SNAPSHOT_AGE).set(age);
     }
 }

@@ -33,8 +33,8 @@ use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::envelope::now_ms;
 use crate::policy::Policy;
-use crate::spool::now_ms;
 
 /// The refusal when the relay runs on the embedded policy (no `[policy] path`).
 pub const NO_POLICY_FILE: &str = "no policy file: the embedded policy cannot be reloaded";

@@ -84,7 +84,7 @@ pub struct Relay {
     /// Account health and automatic freezes.
     pub governor: Arc<crate::governance::Governor>,
     /// Delivery results per account since start (for governance).
-    pub account_counts: Arc<crate::delivery::counts::AccountCounts>,
+    pub account_counts: Arc<crate::governance::counts::AccountCounts>,
     /// The accounts' signed webhooks (their outbox and sender).
     pub webhooks: Arc<crate::governance::webhook::Webhooks>,
     /// Delivers the webhook outbox; stops with delivery.
@@ -148,7 +148,7 @@ impl Relay {
             journal_changes = stats.delta_entries,
             "lists opened"
         );
-        crate::metrics::lists_state(&stats);
+        stats.publish();
         let freezes = Arc::new(
             crate::governance::freeze::Freezes::open(&config.spool.path)
                 .map_err(|e| StartError::State(e.to_string()))?,
@@ -196,11 +196,11 @@ impl Relay {
             token_keys.clone(),
             &config.unsubscribe,
         )));
-        let unsubscribes = Arc::new(crate::unsubscribe::Unsubscribes {
+        let unsubscribes = Arc::new(crate::governance::unsubscribe::Unsubscribes {
             lists: lists.clone(),
             keys: token_keys.clone(),
             policy: policy.clone(),
-            events: Arc::new(crate::unsubscribe::EventLog::new(
+            events: Arc::new(crate::privacy::events::EventLog::new(
                 &config.spool.path.join("events/unsubscribes.jsonl"),
             )),
             campaigns: Some(campaigns.clone()),

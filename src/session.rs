@@ -30,6 +30,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SmtpConfig;
+use crate::delivery::Intake;
+use crate::envelope::{Envelope, Recipient};
 use crate::policy::Policy;
 use crate::policy::password::Passwords;
 use crate::smtp::data::{BdatReceiver, ContentReport, DataReceiver, DataStatus};
@@ -37,18 +39,14 @@ use crate::smtp::ehlo::{Offer, ehlo_reply};
 use crate::smtp::line::{Line, LineReader};
 use crate::smtp::params::{BodyType, MailParams, RcptParams};
 use crate::smtp::{Address, Command, Refusal, Reply, Status, parse_command};
-use crate::spool::{self, Envelope, Location, Recipient, Spool};
+use crate::spool::Spool;
+use crate::tls::TlsInfo;
 use conn::{Conn, Interrupt};
 use message::finish_message;
 
 /// The account name of the relay's own mail: a stranger's message to the postmaster. It
 /// cannot be a policy account's name (those are `a-z`, `0-9`, `-`, `_`).
 pub const RELAY_ACCOUNT: &str = "(relay)";
-
-/// Where accepted messages go once they are safely in the spool (the delivery queue).
-pub trait Intake: Send + Sync {
-    fn accepted(&self, envelope: Envelope, loc: Location, body: Bytes);
-}
 
 /// What every session shares.
 pub struct SessionContext {
@@ -59,7 +57,7 @@ pub struct SessionContext {
     /// The relay's own mail domain (bounces, unsubscribe addresses).
     pub own_domain: String,
     /// Records mail to the unsubscribe addresses; `None`: they are not taken.
-    pub unsubscribes: Option<Arc<crate::unsubscribe::Unsubscribes>>,
+    pub unsubscribes: Option<Arc<crate::governance::unsubscribe::Unsubscribes>>,
     /// Takes ARF reports mailed to the feedback address; `None`: it is not taken.
     pub complaints: Option<Arc<crate::governance::complaints::Complaints>>,
     /// The delivery log (accepted and suppressed recipients).
@@ -91,13 +89,6 @@ pub struct OwnLimits {
     pub report: u64,
     /// `[unsubscribe] max_mail_size`: a transaction with only unsubscribe addresses.
     pub unsubscribe: u64,
-}
-
-/// The negotiated TLS parameters, for the Received header and logs.
-#[derive(Debug, Clone)]
-pub struct TlsInfo {
-    pub protocol: String,
-    pub cipher: String,
 }
 
 /// The listener's hold on one connection: told when the client becomes trusted (it

@@ -10,7 +10,7 @@
 //! chain to the Mozilla roots plus configured extra CAs — or, for a smart host with its
 //! own `ca_file`, to that CA only — and be valid for the server's name.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -18,8 +18,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
-
-use crate::config::TlsConfig;
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -33,6 +31,21 @@ pub enum TlsError {
     Key { path: String, message: String },
     #[error("TLS setup: {0}")]
     Setup(String),
+}
+
+/// A listener's certificate files (`[tls]`, `[http.tls]`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `private_key`. Neither: a self-signed one is made at start.
+    pub certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+}
+
+/// The negotiated TLS parameters, for the Received header and logs.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub protocol: String,
+    pub cipher: String,
 }
 
 /// The inbound TLS configuration: from files, or self-signed for `hostname`.
@@ -200,8 +213,8 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 /// The protocol and cipher of an established server-side TLS session.
-pub fn describe(conn: &rustls::ServerConnection) -> crate::session::TlsInfo {
-    crate::session::TlsInfo {
+pub fn describe(conn: &rustls::ServerConnection) -> TlsInfo {
+    TlsInfo {
         protocol: conn
             .protocol_version()
             .and_then(|v| v.as_str())

@@ -344,19 +344,18 @@ async fn a_header_only_report_is_tied_back_by_its_token() {
 }
 
 /// The DKIM key of the feedback loop `fbl.isp.example` (selector `fbl`), and its record.
-fn reporter_key(domain: &str) -> (optin_relay::rewrite::dkim::DkimKey, String) {
+fn reporter_key(domain: &str) -> (optin_relay::dkim::DkimKey, String) {
     let pem = format!(
         "{}/tests/fixtures/dkim/ed25519-pkcs8.pem",
         env!("CARGO_MANIFEST_DIR")
     );
-    let key =
-        optin_relay::rewrite::dkim::DkimKey::from_pem_file(domain, "fbl", pem.as_ref()).unwrap();
+    let key = optin_relay::dkim::DkimKey::from_pem_file(domain, "fbl", pem.as_ref()).unwrap();
     let record = format!("fbl._domainkey.{domain}. TXT {}", key.dns_record());
     (key, record)
 }
 
 /// `report` with the reporter's DKIM-Signature on top.
-fn signed(key: &optin_relay::rewrite::dkim::DkimKey, report: &str) -> String {
+fn signed(key: &optin_relay::dkim::DkimKey, report: &str) -> String {
     let signature = key.sign(report.as_bytes()).unwrap();
     format!(
         "{}{report}",

@@ -13,10 +13,11 @@ use bytes::Bytes;
 use common::{FakeMx, InMemoryMx, MxOptions};
 use mail_parser::MessageParser;
 use optin_relay::config::{Config, SpoolConfig};
+use optin_relay::delivery::Intake;
 use optin_relay::delivery::{self, Settings};
+use optin_relay::envelope::Envelope;
 use optin_relay::privacy::AddressTagger;
-use optin_relay::session::Intake;
-use optin_relay::spool::{Envelope, Location, Spool};
+use optin_relay::spool::{Location, Spool};
 use tokio_util::sync::CancellationToken;
 
 fn envelope(spool: &Spool, sender: Option<&str>, rcpt: &str) -> Envelope {

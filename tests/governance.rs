@@ -65,14 +65,14 @@ async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 /// The only queued message's id, once its first attempt is over.
-async fn queued_id(relay: &optin_relay::server::Relay) -> u64 {
+async fn queued_id(relay: &optin_relay::server::Relay) -> optin_relay::envelope::QueueId {
     for _ in 0..400 {
         let list = relay.delivery.list(None, 10).await.unwrap();
         if list.len() == 1
             && list[0].recipients[0].status == "waiting"
             && list[0].recipients[0].attempts == 1
         {
-            return optin_relay::spool::parse_id(&list[0].id).unwrap();
+            return optin_relay::envelope::QueueId::parse(&list[0].id).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -16,7 +16,7 @@ use common::memory::{self, Sink};
 use optin_relay::config::{Config, SpoolConfig};
 use optin_relay::delivery::{self, Settings};
 use optin_relay::privacy::AddressTagger;
-use optin_relay::spool::{self, RcptEvent, Spool};
+use optin_relay::spool::{RcptEvent, Spool};
 
 #[global_allocator]
 static ALLOCATOR: memory::Counting = memory::Counting;
@@ -41,7 +41,7 @@ async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
         "x".repeat(76).repeat(SIZE / 78) + "\r\n"
     ));
     // 20 MiB of content, every recipient deferred until shortly after delivery starts
-    let due = spool::now_ms() + 1500;
+    let due = optin_relay::envelope::now_ms() + 1500;
     {
         let (spool, _) = Spool::open(&spool_config).unwrap();
         for m in 0..MESSAGES {

@@ -276,7 +276,7 @@ async fn retention_runs_when_the_relay_starts_and_the_delivery_log_is_daily() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let log = spool.join("log/delivery.jsonl");
-    let now = optin_relay::spool::now_ms();
+    let now = optin_relay::envelope::now_ms();
     let today = now / DAY_MS;
     // Left by an earlier run: a day file past 30 days, one within, and event lines.
     std::fs::create_dir_all(spool.join("log")).unwrap();

@@ -11,13 +11,14 @@ use bytes::Bytes;
 use common::{FakeMx, MxOptions};
 use mail_parser::MessageParser;
 use optin_relay::config::Config;
+use optin_relay::delivery::Intake;
 use optin_relay::delivery::outcome::ResolveFailure;
 use optin_relay::delivery::transport::{BoxFuture, BoxStream, RouteKey, Target, Transport};
 use optin_relay::delivery::{self, Delivery, Settings};
+use optin_relay::envelope::{Envelope, Recipient};
 use optin_relay::privacy::AddressTagger;
-use optin_relay::session::Intake;
 use optin_relay::smtp::params::{BodyType, Notify};
-use optin_relay::spool::{Envelope, Recipient, Spool};
+use optin_relay::spool::Spool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -110,10 +111,10 @@ impl Setup {
         sender: Option<&str>,
         rcpts: &[(&str, Option<Notify>)],
         envid: Option<&str>,
-    ) -> u64 {
+    ) -> optin_relay::envelope::QueueId {
         let env = Envelope {
             id: self.spool.next_id(),
-            received_at: optin_relay::spool::now_ms(),
+            received_at: optin_relay::envelope::now_ms(),
             account: "acct".into(),
             sender: sender.map(str::to_string),
             envid: envid.map(str::to_string),
@@ -122,7 +123,7 @@ impl Setup {
             smtputf8: false,
             eight_bit_content: false,
             generated_dsn: false,
-            stream: optin_relay::policy::Stream::Transactional,
+            stream: optin_relay::envelope::Stream::Transactional,
             list: None,
             campaign: None,
             recipients: rcpts
@@ -247,7 +248,7 @@ async fn expiry_bounces_with_a_dsn_after_max_age_and_warns_on_delay() {
         );
     }
     let text = String::from_utf8_lossy(failure.parts[1].contents()).into_owned();
-    assert!(text.contains(&optin_relay::spool::format_id(id)), "{text}");
+    assert!(text.contains(&id.to_string()), "{text}");
     // no DSN about the DSNs, and nothing left queued
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(s.mx.delivered().len(), 2);

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{FakeMx, MxOptions};
-use optin_relay::rewrite::dkim::{DkimKey, verify_with_record};
+use optin_relay::dkim::{DkimKey, verify_with_record};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -14,13 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{FakeMx, MxOptions};
 use optin_relay::config::Config;
+use optin_relay::delivery::Intake;
 use optin_relay::delivery::outcome::ResolveFailure;
 use optin_relay::delivery::transport::{
     BoxFuture, BoxStream, MxHosts, RouteKey, Target, Transport,
 };
 use optin_relay::delivery::{self, Delivery, Settings};
 use optin_relay::privacy::AddressTagger;
-use optin_relay::session::Intake;
 use optin_relay::spool::Spool;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio_util::sync::CancellationToken;

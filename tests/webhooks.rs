@@ -159,7 +159,7 @@ fn signature_verifies(hit: &Hit, secret: &str) -> bool {
         .collect();
     let fresh = t
         .parse::<u64>()
-        .is_ok_and(|t| t.abs_diff(optin_relay::spool::now_ms() / 1000) < 300);
+        .is_ok_and(|t| t.abs_diff(optin_relay::envelope::now_ms() / 1000) < 300);
     expected == v1 && fresh
 }
 
@@ -244,7 +244,7 @@ async fn an_unsubscribe_posts_one_signed_event() {
     assert_eq!(body["list"], "weekly");
     assert_eq!(body["detail"]["scope"], "list");
     assert_eq!(body["detail"]["via"], "http");
-    let now = optin_relay::spool::now_ms();
+    let now = optin_relay::envelope::now_ms();
     let time_ms = body["time_ms"].as_u64().unwrap();
     assert!(time_ms <= now && now - time_ms < 60_000, "{body}");
     assert!(

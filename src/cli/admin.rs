@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use super::ApiArgs;
-use crate::policy::Stream;
+use crate::envelope::Stream;
 use print::*;
 pub(super) use print::{Align, items, num, table, text, when};
 

@@ -20,8 +20,9 @@ use crate::consent::compile::Batch;
 use crate::consent::import::{self, Item};
 use crate::consent::key::normalise;
 use crate::consent::{self, CONSENT, Kind, Lists, Mode, Op, Origin, Reason, Scope};
+use crate::envelope::Stream;
 use crate::policy::verdict::explain;
-use crate::policy::{Account, Policy, Stream};
+use crate::policy::{Account, Policy};
 
 #[derive(Debug, Subcommand)]
 pub enum ListsCommand {
@@ -381,7 +382,7 @@ pub fn lists(config: &Config, policy: &Policy, command: ListsCommand) -> Result<
             println!("snapshot entries: {}", st.snapshot_entries);
             println!("snapshot size:    {} octets", st.snapshot_bytes);
             if let Some(created) = st.snapshot_created_ms {
-                let age = crate::spool::now_ms().saturating_sub(created) / 1000;
+                let age = crate::envelope::now_ms().saturating_sub(created) / 1000;
                 println!(
                     "snapshot age:     {}",
                     humantime::format_duration(std::time::Duration::from_secs(age))

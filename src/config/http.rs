@@ -113,7 +113,7 @@ pub(super) fn read_http(s: &mut Section<'_>) -> HttpConfig {
     match (&certificate, &private_key) {
         (Some(cert), Some(key)) => {
             // Checked now so `config check` reports a bad file instead of the start.
-            let files = super::TlsConfig {
+            let files = crate::tls::TlsConfig {
                 certificate: Some(cert.clone()),
                 private_key: Some(key.clone()),
             };

@@ -96,7 +96,7 @@ impl Default for AuthLimits {
             max_failures: DEFAULT_AUTH_MAX_FAILURES,
             max_failures_per_user: DEFAULT_AUTH_MAX_FAILURES_PER_USER,
             lockout: DEFAULT_AUTH_LOCKOUT.get(),
-            concurrency: crate::policy::password::default_concurrency(),
+            concurrency: default_auth_concurrency(),
         }
     }
 }
@@ -219,10 +219,7 @@ fn read_auth_limits(s: &mut Section<'_>) -> AuthLimits {
         DEFAULT_AUTH_MAX_FAILURES_PER_USER,
     );
     let lockout = s.get_or("auth_lockout", DEFAULT_AUTH_LOCKOUT).get();
-    let concurrency = s.get_or(
-        "auth_concurrency",
-        crate::policy::password::default_concurrency(),
-    );
+    let concurrency = s.get_or("auth_concurrency", default_auth_concurrency());
     AuthLimits {
         failure_delay,
         failure_delay_max,
@@ -231,4 +228,10 @@ fn read_auth_limits(s: &mut Section<'_>) -> AuthLimits {
         lockout: positive(s, "auth_lockout", lockout),
         concurrency: positive(s, "auth_concurrency", concurrency),
     }
+}
+
+/// The default number of AUTH verification slots (`[smtp] auth_concurrency`): the number
+/// of cores.
+pub fn default_auth_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }

@@ -39,7 +39,7 @@ impl Lists {
         let started = Instant::now();
         let dir = self.dir();
         let lock_path = dir.join("compile.lock");
-        let lock = crate::privacy::files::options()
+        let lock = crate::files::options()
             .write(true)
             .create(true)
             .truncate(false)

@@ -74,7 +74,7 @@ pub fn spawn(
                 }
                 None => {}
             }
-            crate::metrics::lists_state(&stats);
+            stats.publish();
         }
     })
 }

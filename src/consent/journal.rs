@@ -127,7 +127,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
 }
 
 fn lock_file(dir: &Path) -> std::io::Result<File> {
-    crate::privacy::files::options()
+    crate::files::options()
         .read(true)
         .write(true)
         .create(true)
@@ -150,7 +150,7 @@ pub fn append(dir: &Path, changes: &[Change]) -> std::io::Result<()> {
         let number = list(dir)?.last().copied().unwrap_or(1);
         let path = path_of(dir, number);
         let created = !path.exists();
-        let mut file = crate::privacy::files::options()
+        let mut file = crate::files::options()
             .append(true)
             .create(true)
             .open(&path)?;
@@ -168,7 +168,7 @@ pub fn append(dir: &Path, changes: &[Change]) -> std::io::Result<()> {
         file.write_all(&bytes)?;
         file.sync_data()?;
         if created {
-            super::sync_dir(dir)?;
+            crate::files::sync_dir(dir)?;
         }
         lock.unlock()?;
         return Ok(());
@@ -180,12 +180,12 @@ pub fn roll(dir: &Path) -> std::io::Result<u64> {
     let lock = lock_file(dir)?;
     lock.lock()?;
     let closed = list(dir)?.last().copied().unwrap_or(0);
-    crate::privacy::files::options()
+    crate::files::options()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path_of(dir, closed + 1))?;
-    super::sync_dir(dir)?;
+    crate::files::sync_dir(dir)?;
     lock.unlock()?;
     Ok(closed)
 }

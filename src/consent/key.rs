@@ -123,7 +123,7 @@ impl Secret {
             }
             let key: [u8; 32] = rand::random();
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let mut f = crate::privacy::files::options()
+            let mut f = crate::files::options()
                 .write(true)
                 .create(true)
                 .truncate(true)
@@ -138,7 +138,7 @@ impl Secret {
             match linked {
                 Ok(()) => {
                     if let Some(dir) = path.parent() {
-                        super::sync_dir(dir)?;
+                        crate::files::sync_dir(dir)?;
                     }
                     return Ok(Secret { key });
                 }

@@ -168,7 +168,7 @@ fn expected_folded(dir: &Path) -> Result<Option<u64>, ListsError> {
 /// Records that the directory's snapshot folds the journal up to `folded`.
 fn record_expected(dir: &Path, folded: u64) -> Result<(), ListsError> {
     let path = dir.join(EXPECTED);
-    crate::privacy::files::write_atomically(&path, format!("folded={folded}\n").as_bytes())
+    crate::files::write_atomically(&path, format!("folded={folded}\n").as_bytes())
         .map_err(io_error(&path))
 }
 
@@ -177,11 +177,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ListsError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// fsyncs a directory, so a file created or renamed in it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Fingerprints are uniform already: hashing them again would only cost time.
@@ -273,6 +268,18 @@ pub struct ListsStats {
     pub folded: u64,
 }
 
+impl ListsStats {
+    /// Sets the lists' gauges to these figures.
+    pub fn publish(&self) {
+        crate::metrics::lists_state(
+            self.snapshot_entries,
+            self.snapshot_bytes,
+            self.delta_entries,
+            self.snapshot_created_ms,
+        );
+    }
+}
+
 pub struct Lists {
     dir: PathBuf,
     mode: Mode,
@@ -312,7 +319,7 @@ impl Lists {
         in_memory: bool,
         mode: Mode,
     ) -> Result<Lists, ListsError> {
-        crate::privacy::files::private_dir(dir).map_err(io_error(dir))?;
+        crate::files::private_dir(dir).map_err(io_error(dir))?;
         let secret_path = dir.join("secret");
         let secret = Secret::load_or_create(&secret_path).map_err(io_error(&secret_path))?;
         let lists = Lists {
@@ -437,7 +444,7 @@ impl Lists {
         origin: Origin,
         addresses: &[String],
     ) -> Result<(), ListsError> {
-        let time_ms = crate::spool::now_ms();
+        let time_ms = crate::envelope::now_ms();
         let changes: Vec<Change> = addresses
             .iter()
             .map(|a| Change {

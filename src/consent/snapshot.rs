@@ -49,9 +49,6 @@ const HEADER_LEN: usize = 128;
 const BLOCK: usize = 64;
 /// A fingerprint (u64) and its tag octet, packed: a hit reads one cache line, not two.
 const RECORD: usize = 9;
-/// Bloom bits per entry: with 512-bit blocks and 13 probes the design false-positive rate
-/// is 5.1e-5 (see [`design_fp_rate`]).
-pub const DEFAULT_BITS_PER_KEY: u32 = 24;
 /// Entries per directory bucket aimed at.
 const BUCKET_TARGET: u64 = 4;
 /// The directory stores u32 positions.
@@ -565,20 +562,20 @@ pub fn write(
         dir[buckets] = fps.len() as u32;
     }
 
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let io = |source| SnapshotError::Io {
-        path: tmp.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    let result = (|| {
-        let _ = std::fs::remove_file(&tmp); // left by a crash of this pid's predecessor
-        let file = crate::privacy::files::create_new(&tmp).map_err(io)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+    // Written beside the old snapshot and renamed over it once whole (see AtomicFile).
+    let mut atomic = crate::files::AtomicFile::create(path).map_err(io)?;
+    {
+        let mut out = BufWriter::with_capacity(1 << 20, atomic.file());
         let mut crc = 0u32;
-        let mut body = |out: &mut BufWriter<File>, bytes: &[u8]| -> Result<(), SnapshotError> {
-            crc = crc32c::crc32c_append(crc, bytes);
-            out.write_all(bytes).map_err(io)
-        };
+        let mut body =
+            |out: &mut BufWriter<&mut File>, bytes: &[u8]| -> Result<(), SnapshotError> {
+                crc = crc32c::crc32c_append(crc, bytes);
+                out.write_all(bytes).map_err(io)
+            };
         // The body first (to learn its checksum), then the header is written in place.
         out.write_all(&[0u8; HEADER_LEN]).map_err(io)?;
         for chunk in bloom.chunks(8192) {
@@ -611,29 +608,14 @@ pub fn write(
         h[48..52].copy_from_slice(&g.probes.to_le_bytes());
         h[52..56].copy_from_slice(&g.dir_bits.to_le_bytes());
         h[56..64].copy_from_slice(&folded.to_le_bytes());
-        h[64..72].copy_from_slice(&crate::spool::now_ms().to_le_bytes());
+        h[64..72].copy_from_slice(&crate::envelope::now_ms().to_le_bytes());
         h[72..76].copy_from_slice(&crc.to_le_bytes());
         let hcrc = crc32c::crc32c(&h[..76]);
         h[76..80].copy_from_slice(&hcrc.to_le_bytes());
         std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&h).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
     }
-    std::fs::rename(&tmp, path).map_err(|source| SnapshotError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if let Some(dir) = path.parent() {
-        super::sync_dir(dir).map_err(|source| SnapshotError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
+    atomic.commit().map_err(io)?;
     Ok(Written {
         entries,
         bytes: g.file_len() as u64,
@@ -660,7 +642,15 @@ mod tests {
         keys.dedup();
         let tags: Vec<u8> = keys.iter().map(|k| (k % 7) as u8 + 1).collect();
         let path = dir.join("snapshot");
-        write(&path, SECRET, 3, DEFAULT_BITS_PER_KEY, &keys, &tags).unwrap();
+        write(
+            &path,
+            SECRET,
+            3,
+            crate::config::DEFAULT_BLOOM_BITS_PER_KEY,
+            &keys,
+            &tags,
+        )
+        .unwrap();
         let s = Snapshot::open(&path, SECRET).unwrap();
         s.verify().unwrap();
         s

@@ -22,11 +22,11 @@ use tokio_rustls::TlsConnector;
 use super::outcome::{Attempt, LocalRefusal, Stage};
 use super::transport::{BoxStream, Target};
 use crate::config::Credentials;
+use crate::envelope::{Envelope, Recipient};
 use crate::smtp::ehlo::Capabilities;
 use crate::smtp::encode::dot_stuff;
 use crate::smtp::params::{BodyType, Ret, xtext_encode};
 use crate::smtp::reply::{Reply, parse_reply};
-use crate::spool::{Envelope, Recipient};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {

@@ -13,10 +13,12 @@ use tokio::sync::mpsc;
 use super::outcome::{self, Attempt, Disposition, classify};
 use super::queue::{Hot, NO_CAMPAIGN, Notice, Notices, Progress, Residence};
 use super::route::JobReport;
-use super::{Event, Queued, Scheduler, Settings, counts, dsn, log, site_outcome};
+use super::{Event, Queued, Scheduler, Settings, dsn, log, site_outcome};
+use crate::envelope::{Envelope, QueueId};
+use crate::governance::counts;
 use crate::smtp::reply::Status;
 use crate::smtp::text::Escaped;
-use crate::spool::{self, Envelope, Location, RcptEvent, Spool};
+use crate::spool::{Location, RcptEvent, Spool};
 
 impl Scheduler {
     /// Applies a worker's report.
@@ -56,7 +58,7 @@ impl Scheduler {
         let age = Duration::from_millis(now.saturating_sub(env.received_at));
         let expired = age >= self.settings.config.max_age;
         let mut next_due = None;
-        let id_text = spool::format_id(report.id);
+        let id_text = report.id.to_string();
         for (i, attempt) in &report.results {
             let i = *i as usize;
             let rcpt_tag = self.tagger.tag(&env.recipients[i].address);
@@ -202,7 +204,7 @@ impl Scheduler {
                             webhooks.send(
                                 &env.account,
                                 crate::governance::webhook::WebhookEvent::now(
-                                    crate::governance::webhook::Kind::Bounce,
+                                    crate::policy::webhook::Kind::Bounce,
                                     &env.recipients[i].address,
                                     env.list.as_deref(),
                                     serde_json::json!({
@@ -237,7 +239,7 @@ impl Scheduler {
 
     /// Once no recipient of the message is in flight: the round's DSNs go out, and the
     /// message leaves the queue (finished) or keeps its state only until its next retry.
-    fn settle(&mut self, id: u64, now: u64) {
+    fn settle(&mut self, id: QueueId, now: u64) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -307,7 +309,7 @@ impl Followup {
     async fn run(self, spool: Spool, tx: mpsc::UnboundedSender<Event>, hostname: String) {
         if let Err(why) = &self.notify {
             tracing::info!(
-                about = %spool::format_id(self.env.id),
+                about = %self.env.id,
                 account = %self.env.account,
                 why = %why,
                 "no DSN sent"
@@ -382,8 +384,8 @@ impl Followup {
             Ok(dsn_loc) => {
                 crate::metrics::dsn_generated(action.metric_label());
                 tracing::info!(
-                    id = %spool::format_id(dsn_env.id),
-                    about = %spool::format_id(self.env.id),
+                    id = %dsn_env.id,
+                    about = %self.env.id,
                     action = action.metric_label(),
                     "DSN queued"
                 );
@@ -396,7 +398,7 @@ impl Followup {
                 })));
             }
             Err(e) => {
-                tracing::error!(error = %e, about = %spool::format_id(self.env.id), "could not store a DSN")
+                tracing::error!(error = %e, about = %self.env.id, "could not store a DSN")
             }
         }
     }
@@ -421,7 +423,7 @@ fn suppress_bounce(settings: &Settings, address: &str) {
         ),
         tags: crate::consent::Reason::Bounce.bit(),
         origin: crate::consent::Origin::Delivery,
-        time_ms: spool::now_ms(),
+        time_ms: crate::envelope::now_ms(),
     };
     tokio::task::spawn_blocking(move || match lists.record(&[change]) {
         Ok(()) => crate::metrics::bounce_suppressed(),

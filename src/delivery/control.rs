@@ -16,6 +16,7 @@ use super::outcome::{Attempt, LocalRefusal};
 use super::queue::Progress;
 use super::route::JobReport;
 use super::{Delivery, Event, Residence, Scheduler};
+use crate::envelope::QueueId;
 use crate::governance::campaign::{Campaign, Stage};
 use crate::spool::{self, RcptEvent};
 
@@ -40,11 +41,11 @@ pub(super) enum Command {
         reply: oneshot::Sender<Vec<MessageState>>,
     },
     Show {
-        id: u64,
+        id: QueueId,
         reply: oneshot::Sender<Option<MessageState>>,
     },
     Act {
-        id: u64,
+        id: QueueId,
         action: Action,
         reply: oneshot::Sender<Result<usize, ControlError>>,
     },
@@ -159,12 +160,12 @@ impl Delivery {
         .await
     }
 
-    pub async fn show(&self, id: u64) -> Result<Option<MessageState>, ControlError> {
+    pub async fn show(&self, id: QueueId) -> Result<Option<MessageState>, ControlError> {
         self.ask(|reply| Command::Show { id, reply }).await
     }
 
     /// Applies an action to a message; returns how many recipients it concerns.
-    pub async fn act(&self, id: u64, action: Action) -> Result<usize, ControlError> {
+    pub async fn act(&self, id: QueueId, action: Action) -> Result<usize, ControlError> {
         self.ask(|reply| Command::Act { id, action, reply }).await?
     }
 
@@ -201,7 +202,7 @@ impl Scheduler {
                 reply,
             } => {
                 let account = account.map(|a| self.names.find(&a));
-                let mut ids: Vec<u64> = self
+                let mut ids: Vec<QueueId> = self
                     .entries
                     .iter()
                     .filter(|(_, e)| account.is_none_or(|a| a == Some(e.account)))
@@ -220,7 +221,7 @@ impl Scheduler {
             }
             Command::Erase { address, reply } => {
                 let hash = self.tagger.short(&address);
-                let ids: Vec<u64> = self
+                let ids: Vec<QueueId> = self
                     .entries
                     .iter()
                     .filter(|(_, e)| {
@@ -247,7 +248,7 @@ impl Scheduler {
                 let Some(account) = self.names.find(&account) else {
                     return;
                 };
-                let ids: Vec<u64> = self
+                let ids: Vec<QueueId> = self
                     .entries
                     .iter()
                     .filter(|(_, e)| e.account == account)
@@ -337,7 +338,7 @@ impl Scheduler {
         let Some(campaign) = campaigns.get(key) else {
             return;
         };
-        let ids: Vec<u64> = match self.names.find(key) {
+        let ids: Vec<QueueId> = match self.names.find(key) {
             Some(name) => self
                 .entries
                 .iter()
@@ -379,7 +380,7 @@ impl Scheduler {
 
     /// A declined campaign's held recipients of one message are removed (journaled as
     /// failed, no DSN); its canary recipients are left to finish. Needs no envelope.
-    fn drop_held(&mut self, id: u64) {
+    fn drop_held(&mut self, id: QueueId) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -429,10 +430,10 @@ impl Scheduler {
         });
     }
 
-    fn act(&mut self, id: u64, action: Action) -> Result<usize, ControlError> {
+    fn act(&mut self, id: QueueId, action: Action) -> Result<usize, ControlError> {
         let now = self.clock.now_ms();
         let Some(entry) = self.entries.get_mut(&id) else {
-            return Err(ControlError::NoSuchMessage(spool::format_id(id)));
+            return Err(ControlError::NoSuchMessage(id.to_string()));
         };
         let hash = match &action {
             Action::Erase(address) => Some(self.tagger.short(address)),
@@ -450,7 +451,7 @@ impl Scheduler {
                 }
             }
         }
-        tracing::info!(id = %spool::format_id(id), action = ?ActionName(&action), recipients = n, "operator action");
+        tracing::info!(id = %id, action = ?ActionName(&action), recipients = n, "operator action");
         if action != Action::Retry {
             self.actions.insert(id, action);
         }
@@ -459,7 +460,7 @@ impl Scheduler {
     }
 
     /// Applies a remembered action to a message now in memory.
-    pub(super) fn apply(&mut self, id: u64, action: Action) {
+    pub(super) fn apply(&mut self, id: QueueId, action: Action) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -522,12 +523,12 @@ impl Scheduler {
         }
     }
 
-    fn state(&self, id: u64) -> Option<MessageState> {
+    fn state(&self, id: QueueId) -> Option<MessageState> {
         let e = self.entries.get(&id)?;
         let now = self.clock.now_ms();
         let (frozen, campaign_waits) = (self.frozen_holds(e), self.campaign_waits(e));
         Some(MessageState {
-            id: spool::format_id(id),
+            id: id.to_string(),
             account: self.names.name(e.account).to_string(),
             marketing: e.marketing,
             age_s: (now / 1000).saturating_sub(e.received_s as u64),

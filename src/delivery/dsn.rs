@@ -22,9 +22,9 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::headers::date::Date;
 use mail_builder::mime::{BodyPart, MimePart};
 
+use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::smtp::params::{BodyType, Ret};
 use crate::smtp::reply::Status;
-use crate::spool::{Envelope, Recipient};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -96,7 +96,7 @@ pub fn may_notify(
         .ok_or(NoNotice::NoAccount)?;
     let domain = sender
         .rsplit_once('@')
-        .and_then(|(_, d)| crate::policy::identity::canonical_domain(d));
+        .and_then(|(_, d)| crate::smtp::address::canonical_domain(d));
     if !account.from_domains.is_empty()
         && !domain
             .is_some_and(|d| crate::policy::identity::domain_allowed(&account.from_domains, &d))
@@ -105,7 +105,7 @@ pub fn may_notify(
     }
     if let (Some(lists), Ok(normalised)) = (lists, crate::consent::key::normalise(sender)) {
         let standing = lists.standing(&account.name, None, &normalised);
-        crate::policy::verdict::decide(crate::policy::Stream::Transactional, &standing)
+        crate::policy::verdict::decide(crate::envelope::Stream::Transactional, &standing)
             .map_err(|why| NoNotice::Suppressed(why.text()))?;
     }
     Ok(())
@@ -191,7 +191,7 @@ pub fn build(
         .date(Date::now())
         .message_id(format!(
             "dsn.{}.{}@{hostname}",
-            crate::spool::format_id(original.id),
+            original.id,
             rand::random::<u32>()
         ))
         .header(
@@ -202,7 +202,7 @@ pub fn build(
         .write_to_vec()
         .ok()?;
     let envelope = Envelope {
-        id: 0,
+        id: QueueId(0),
         received_at: 0,
         account: original.account.clone(),
         sender: None,
@@ -216,7 +216,7 @@ pub fn build(
         smtputf8: utf8 && !sender.is_ascii(),
         eight_bit_content: !message.is_ascii(),
         generated_dsn: true,
-        stream: crate::policy::Stream::Transactional,
+        stream: crate::envelope::Stream::Transactional,
         list: None,
         campaign: None,
         recipients: vec![Recipient {
@@ -255,10 +255,7 @@ fn human_text(hostname: &str, original: &Envelope, reports: &[Report<'_>]) -> St
         }
         t.push_str("\r\n");
     }
-    t.push_str(&format!(
-        "\r\nQueue id: {}\r\n",
-        crate::spool::format_id(original.id)
-    ));
+    t.push_str(&format!("\r\nQueue id: {}\r\n", original.id));
     wrap_long_lines(&t)
 }
 
@@ -347,7 +344,7 @@ mod tests {
 
     fn original(ret: Option<Ret>) -> Envelope {
         Envelope {
-            id: 0xABCDEF,
+            id: QueueId(0xABCDEF),
             received_at: 1_700_000_000_000,
             account: "a".into(),
             sender: Some("app@shop.example".into()),
@@ -357,7 +354,7 @@ mod tests {
             smtputf8: false,
             eight_bit_content: false,
             generated_dsn: false,
-            stream: crate::policy::Stream::Transactional,
+            stream: crate::envelope::Stream::Transactional,
             list: None,
             campaign: None,
             recipients: vec![Recipient {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::envelope::QueueId;
 use crate::privacy::AddressTagger;
 use crate::privacy::retention::{DAY_MS, day_file};
 
@@ -49,7 +50,7 @@ impl Kind {
 /// What one line says besides the event and the recipient.
 #[derive(Debug, Default, Clone)]
 pub struct Details<'a> {
-    pub id: Option<u64>,
+    pub id: Option<QueueId>,
     pub account: &'a str,
     /// The server that answered (or `-`).
     pub route: Option<&'a str>,
@@ -89,8 +90,8 @@ impl DeliveryLog {
     /// Opens (appends to) today's file of the log configured as `path`, mode 0600, so a
     /// log that cannot be written fails at start, and starts its writer thread.
     pub fn open(path: &Path, tagger: AddressTagger) -> std::io::Result<DeliveryLog> {
-        let today = crate::spool::now_ms() / DAY_MS;
-        let file = crate::privacy::open_private_log(&day_file(path, today))?;
+        let today = crate::envelope::now_ms() / DAY_MS;
+        let file = crate::files::append(&day_file(path, today))?;
         let (tx, rx) = mpsc::channel::<Line>();
         let current = DayFile {
             day: today,
@@ -109,7 +110,7 @@ impl DeliveryLog {
     /// Logs one event about `address`.
     pub fn event(&self, kind: Kind, address: &str, d: &Details<'_>) {
         let Some(tx) = &self.tx else { return };
-        let time_ms = crate::spool::now_ms();
+        let time_ms = crate::envelope::now_ms();
         let mut line = serde_json::json!({
             "time_ms": time_ms,
             "event": kind.as_str(),
@@ -118,7 +119,7 @@ impl DeliveryLog {
         });
         let obj = line.as_object_mut().expect("an object");
         if let Some(id) = d.id {
-            obj.insert("id".into(), crate::spool::format_id(id).into());
+            obj.insert("id".into(), id.to_string().into());
         }
         if let Some(site) = d.site {
             obj.insert("site".into(), site.into());
@@ -193,7 +194,7 @@ fn day_writer<'a>(
         if let Some(mut previous) = current.take() {
             previous.out.flush()?;
         }
-        let file = crate::privacy::open_private_log(&day_file(log, day))?;
+        let file = crate::files::append(&day_file(log, day))?;
         *current = Some(DayFile {
             day,
             out: std::io::BufWriter::with_capacity(64 * 1024, file),
@@ -218,7 +219,7 @@ mod tests {
             Kind::Delivered,
             "Jane.Doe@Example.com",
             &Details {
-                id: Some(0xabc),
+                id: Some(QueueId(0xabc)),
                 account: "shop",
                 route: Some("mx.example.com"),
                 site: Some("mx.example.com,mx2.example.com"),
@@ -232,7 +233,7 @@ mod tests {
         let mut file = PathBuf::new();
         for _ in 0..100 {
             // (today's file: the event and the check straddle midnight at most once)
-            for day in [0, 1].map(|back| crate::spool::now_ms() / DAY_MS - back) {
+            for day in [0, 1].map(|back| crate::envelope::now_ms() / DAY_MS - back) {
                 file = day_file(&path, day);
                 text = std::fs::read_to_string(&file).unwrap_or_default();
                 if !text.is_empty() {

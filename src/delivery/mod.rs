@@ -14,7 +14,6 @@ mod budget;
 pub mod client;
 mod complete;
 pub mod control;
-pub mod counts;
 pub mod dsn;
 pub mod log;
 pub mod mta_sts;
@@ -36,9 +35,9 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DeliveryConfig, StartTlsPolicy};
+use crate::envelope::{Envelope, QueueId};
 use crate::privacy::AddressTagger;
-use crate::session::Intake;
-use crate::spool::{self, Envelope, Location, RcptEvent, RecoveredMessage, Spool};
+use crate::spool::{self, Location, RcptEvent, RecoveredMessage, Spool};
 use outcome::Attempt;
 use queue::{Clock, Entry, Hot, NO_CAMPAIGN, Names, Notices, Progress, Rcpt, Rcpts, Residence};
 use route::{Job, JobReport, Route, Workers};
@@ -56,7 +55,7 @@ pub struct Settings {
     /// The delivery log; `None`: no log.
     pub log: Option<log::DeliveryLog>,
     /// Per-account results, for governance.
-    pub counts: Arc<counts::AccountCounts>,
+    pub counts: Arc<crate::governance::counts::AccountCounts>,
     /// The policy, for its throttles; `None`: no throttles.
     pub policy: Option<Arc<arc_swap::ArcSwap<crate::policy::Policy>>>,
     /// Frozen accounts, whose marketing mail is held; `None`: nothing is held.
@@ -92,7 +91,7 @@ enum Event {
     Done(JobReport),
     /// A cold message's envelope, read back from the spool for an operator's action.
     Loaded {
-        id: u64,
+        id: QueueId,
         result: Result<Envelope, spool::SpoolError>,
     },
     /// The operator's commands (admin API, CLI).
@@ -117,6 +116,12 @@ struct Queued {
 #[derive(Clone)]
 pub struct Delivery {
     tx: mpsc::UnboundedSender<Event>,
+}
+
+/// Where accepted messages go once they are safely in the spool: the session hands each
+/// one over through this (the delivery queue; tests collect them instead).
+pub trait Intake: Send + Sync {
+    fn accepted(&self, envelope: Envelope, loc: Location, body: Bytes);
 }
 
 impl Intake for Delivery {
@@ -224,16 +229,16 @@ struct Scheduler {
     tagger: AddressTagger,
     by_domain: bool,
     clock: Clock,
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<QueueId, Entry>,
     /// (due, message id); stale entries are skipped when popped.
-    timers: BinaryHeap<Reverse<(u64, u64)>>,
+    timers: BinaryHeap<Reverse<(u64, QueueId)>>,
     routes: HashMap<RouteKey, Arc<Route>>,
     /// Each recipient domain's site.
     sites: sites::Sites,
     /// Account names and recipient domains by number (see [`queue::Names`]).
     names: Names,
     /// What the operator asked for messages not yet in memory (applied when they are).
-    actions: HashMap<u64, control::Action>,
+    actions: HashMap<QueueId, control::Action>,
     /// Recovery: how many pending recipients of each campaign in its canary are still
     /// canary ones (see [`crate::governance::campaign::Campaigns::readmit`]).
     readmit_budget: std::collections::BTreeMap<String, u64>,
@@ -474,7 +479,7 @@ impl Scheduler {
             .collect();
         let id = q.env.id;
         let account = self.names.id(&q.env.account);
-        let marketing = q.env.stream == crate::policy::Stream::Marketing && !q.env.generated_dsn;
+        let marketing = q.env.stream == crate::envelope::Stream::Marketing && !q.env.generated_dsn;
         let received_s = (q.env.received_at / 1000) as u32;
         let report = q.env.generated_dsn;
         let open = rcpts
@@ -581,9 +586,9 @@ impl Scheduler {
     }
 
     /// A recipient's state from its last journaled event.
-    fn rcpt_state(r: &spool::Recipient, event: Option<RcptEvent>, now: u64) -> Rcpt {
+    fn rcpt_state(r: &crate::envelope::Recipient, event: Option<RcptEvent>, now: u64) -> Rcpt {
         match event {
-            _ if r.is_done(event) => Rcpt::new(Progress::Done, 0, false),
+            _ if RcptEvent::finished(r, event) => Rcpt::new(Progress::Done, 0, false),
             Some(RcptEvent::Deferred {
                 attempts,
                 next_attempt,
@@ -598,7 +603,7 @@ impl Scheduler {
     }
 
     /// A cold message's envelope is back from the spool: the operator's action applies.
-    fn loaded(&mut self, id: u64, result: Result<Envelope, spool::SpoolError>) {
+    fn loaded(&mut self, id: QueueId, result: Result<Envelope, spool::SpoolError>) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -619,13 +624,13 @@ impl Scheduler {
 
     /// Sends every due recipient of a message to its site's queue (looking the site up
     /// first when its domain is new or expired); schedules the rest.
-    fn dispatch(&mut self, id: u64) {
+    fn dispatch(&mut self, id: QueueId) {
         self.dispatch_with(id, None);
     }
 
     /// [`Self::dispatch`], with the message's envelope and content when they are in memory
     /// already (a fresh message).
-    fn dispatch_with(&mut self, id: u64, loaded: Option<Box<route::Loaded>>) {
+    fn dispatch_with(&mut self, id: QueueId, loaded: Option<Box<route::Loaded>>) {
         if self.draining {
             return;
         }

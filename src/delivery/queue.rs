@@ -14,8 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::envelope::Envelope;
 use crate::smtp::reply::Status;
-use crate::spool::{self, Envelope, Location};
+use crate::spool::Location;
 
 /// Unix milliseconds that advance with tokio's clock (see the module doc of
 /// [`super`]).
@@ -27,7 +28,7 @@ pub(super) struct Clock {
 impl Clock {
     pub fn new() -> Clock {
         Clock {
-            wall: spool::now_ms(),
+            wall: crate::envelope::now_ms(),
             start: tokio::time::Instant::now(),
         }
     }

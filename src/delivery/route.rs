@@ -26,12 +26,13 @@ use super::outcome::{Attempt, LocalRefusal, Stage};
 use super::transport::{RouteKey, TlsDemand, Transport};
 use super::{Event, Settings};
 use crate::config::TlsLevel;
-use crate::spool::{Envelope, Location, Recipient, Spool};
+use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::spool::{Location, Spool};
 
 /// Some recipients of one message, all on this route. A queued job is small: the worker
 /// reads the envelope and content when it is about to send (see `budget.rs`).
 pub(super) struct Job {
-    pub id: u64,
+    pub id: QueueId,
     pub loc: Location,
     pub rcpts: Indexes,
     /// The account ([`super::queue::Names`] id), for round robin between accounts.
@@ -105,7 +106,7 @@ fn prepare(
 
 /// What a worker tells the scheduler after a job.
 pub(super) struct JobReport {
-    pub id: u64,
+    pub id: QueueId,
     /// The envelope as read for the attempt (`None` when it could not be read).
     pub env: Option<Arc<Envelope>>,
     /// The message could not be read from the spool: nothing was tried (`results` names
@@ -565,7 +566,7 @@ async fn deliver(
             let content = match content {
                 Ok(c) => c,
                 Err(why) => {
-                    tracing::error!(id = %crate::spool::format_id(job.id), error = %why, "rewrite failed");
+                    tracing::error!(id = %job.id, error = %why, "rewrite failed");
                     report.results.extend(everyone(
                         Attempt::Refused(LocalRefusal::Rewrite(why)),
                         &rcpts,

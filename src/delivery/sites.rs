@@ -16,10 +16,11 @@ use tokio::time::Instant;
 use super::outcome::ResolveFailure;
 use super::route::{Indexes, Loaded, Workers};
 use super::transport::{RouteKey, Site, TlsDemand};
+use crate::envelope::QueueId;
 
 /// Recipients of one message waiting for their domain's site.
 pub(super) struct Waiting {
-    pub id: u64,
+    pub id: QueueId,
     pub rcpts: Indexes,
     /// A fresh message's envelope and content, kept for its first attempt.
     pub loaded: Option<Box<Loaded>>,

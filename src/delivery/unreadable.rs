@@ -24,17 +24,18 @@ use super::Scheduler;
 use super::outcome::{Attempt, LocalRefusal};
 use super::queue::{Hot, Notices, Progress, Residence};
 use super::route::JobReport;
-use crate::spool::{self, RcptEvent, SpoolError};
+use crate::envelope::QueueId;
+use crate::spool::{RcptEvent, SpoolError};
 
 impl Scheduler {
     /// Reading message `id` back from the spool failed with `error`.
-    pub(super) fn unreadable(&mut self, id: u64, error: SpoolError) {
+    pub(super) fn unreadable(&mut self, id: QueueId, error: SpoolError) {
         let now = self.clock.now_ms();
         let max_age = self.settings.config.max_age.as_millis() as u64;
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        let id_text = spool::format_id(id);
+        let id_text = id.to_string();
         let too_old = now.saturating_sub(u64::from(entry.received_s) * 1000) >= max_age;
         match error {
             SpoolError::Damaged {

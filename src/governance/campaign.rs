@@ -22,41 +22,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::unsubscribe::EventLog;
-
-/// `[campaigns]` in the policy.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rules {
-    /// How long the canary is watched before the verdict.
-    pub window: Duration,
-    /// The canary's share of the declared size.
-    pub share: f64,
-    /// The canary when no size was declared.
-    pub count: u64,
-    /// The canary is never larger.
-    pub max: u64,
-    pub max_hard_bounce_rate: f64,
-    pub max_complaint_rate: f64,
-    pub max_unsubscribe_rate: f64,
-}
-
-impl Default for Rules {
-    fn default() -> Rules {
-        Rules {
-            window: Duration::from_secs(6 * 3600),
-            share: 0.10,
-            count: 500,
-            max: 1000,
-            max_hard_bounce_rate: 0.05,
-            max_complaint_rate: 0.003,
-            max_unsubscribe_rate: 0.02,
-        }
-    }
-}
+use crate::envelope::QueueId;
+use crate::policy::rules::CampaignRules;
+use crate::privacy::events::EventLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,7 +77,7 @@ pub struct Campaign {
 impl Campaign {
     /// A campaign just seen (or declared): in its canary, with the undeclared canary size,
     /// judged a window from now.
-    fn new(account: &str, id: &str, rules: &Rules, now_ms: u64) -> Campaign {
+    fn new(account: &str, id: &str, rules: &CampaignRules, now_ms: u64) -> Campaign {
         Campaign {
             account: account.to_string(),
             id: id.to_string(),
@@ -135,7 +106,7 @@ impl Campaign {
 
     /// The verdict the policy gives the canary's figures: `None` releases, `Some(why)`
     /// declines.
-    pub fn judge(&self, rules: &Rules) -> Option<String> {
+    pub fn judge(&self, rules: &CampaignRules) -> Option<String> {
         let checks = [
             (
                 "hard bounce",
@@ -281,7 +252,7 @@ impl Campaigns {
         list: Option<&str>,
         sender: Option<&str>,
         n: u64,
-        rules: &Rules,
+        rules: &CampaignRules,
         now_ms: u64,
     ) -> Admission {
         let mut all = self.lock();
@@ -342,7 +313,7 @@ impl Campaigns {
         account: &str,
         id: &str,
         size: u64,
-        rules: &Rules,
+        rules: &CampaignRules,
         now_ms: u64,
     ) -> Result<Campaign, CampaignError> {
         let mut all = self.lock();
@@ -401,7 +372,7 @@ impl Campaigns {
 
     /// Campaigns whose window has passed and whose canary has results: judged now by the
     /// policy. Returns the verdicts given (key, declined reason or none).
-    pub fn judge_due(&self, rules: &Rules, now_ms: u64) -> Vec<(String, Option<String>)> {
+    pub fn judge_due(&self, rules: &CampaignRules, now_ms: u64) -> Vec<(String, Option<String>)> {
         let due: Vec<(String, Option<String>)> = self
             .lock()
             .iter()
@@ -489,9 +460,9 @@ impl Campaigns {
 pub fn report(
     hostname: &str,
     c: &Campaign,
-    id: u64,
+    id: QueueId,
     now_ms: u64,
-) -> Option<(crate::spool::Envelope, bytes::Bytes)> {
+) -> Option<(crate::envelope::Envelope, bytes::Bytes)> {
     use mail_builder::MessageBuilder;
     use mail_builder::headers::address::Address;
     let to = c.report_to.clone().filter(|a| !a.is_empty())?;
@@ -527,7 +498,7 @@ pub fn report(
         ))
         .message_id(format!(
             "campaign.{}.{}@{hostname}",
-            crate::spool::format_id(id),
+            id,
             rand::random::<u32>()
         ))
         .header(
@@ -537,7 +508,7 @@ pub fn report(
         .text_body(text)
         .write_to_vec()
         .ok()?;
-    let envelope = crate::spool::Envelope {
+    let envelope = crate::envelope::Envelope {
         id,
         received_at: now_ms,
         account: c.account.clone(),
@@ -548,10 +519,10 @@ pub fn report(
         smtputf8: !to.is_ascii(),
         eight_bit_content: !message.is_ascii(),
         generated_dsn: true,
-        stream: crate::policy::Stream::Transactional,
+        stream: crate::envelope::Stream::Transactional,
         list: None,
         campaign: None,
-        recipients: vec![crate::spool::Recipient {
+        recipients: vec![crate::envelope::Recipient {
             address: to,
             notify: None,
             orcpt: None,
@@ -565,10 +536,10 @@ pub fn report(
 mod tests {
     use super::*;
 
-    fn rules() -> Rules {
-        Rules {
+    fn rules() -> CampaignRules {
+        CampaignRules {
             count: 3,
-            ..Rules::default()
+            ..CampaignRules::default()
         }
     }
 
@@ -629,7 +600,7 @@ mod tests {
     fn a_declared_size_sets_the_canary_share_with_a_cap() {
         let dir = tempfile::tempdir().unwrap();
         let c = Campaigns::open(dir.path()).unwrap();
-        let r = Rules::default();
+        let r = CampaignRules::default();
         assert_eq!(
             c.declare("shop", "a", 2000, &r, 0).unwrap().canary_size,
             200
@@ -645,7 +616,7 @@ mod tests {
     fn a_campaign_declared_before_its_mail_learns_its_list_and_sender() {
         let dir = tempfile::tempdir().unwrap();
         let c = Campaigns::open(dir.path()).unwrap();
-        let r = Rules::default();
+        let r = CampaignRules::default();
         c.declare("shop", "early", 100, &r, 0).unwrap();
         c.admit(
             "shop",

@@ -47,7 +47,6 @@ pub mod arf;
 pub mod reporter;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,14 +58,14 @@ use bytes::Bytes;
 pub use arf::{is_complaint, parse, tokens_in};
 
 use crate::consent::{Change, Kind, Lists, ListsError, Op, Origin, Reason, Scope};
-use crate::delivery::counts::AccountCounts;
+use crate::governance::counts::AccountCounts;
 use crate::policy::Policy;
 use crate::policy::identity::domain_allowed;
 use crate::privacy::AddressTagger;
+use crate::privacy::events::EventLog;
 use crate::rewrite::token::TokenKeys;
 use crate::smtp::Address;
 use crate::smtp::text::Escaped;
-use crate::unsubscribe::EventLog;
 
 /// At most this many malformed reports are kept aside; later ones are logged and dropped,
 /// because the feedback address takes mail from anyone and the disk must not fill with it.
@@ -478,7 +477,7 @@ impl Complaints {
             .lists
             .secret()
             .fingerprint(Kind::Suppression, scope, &complaint.address);
-        let time_ms = crate::spool::now_ms();
+        let time_ms = crate::envelope::now_ms();
         let new = self.lists.get(fp) & Reason::Complaint.bit() == 0;
         crate::metrics::complaint_received(complaint.via.as_str());
         if !new {
@@ -527,7 +526,8 @@ impl Complaints {
             tracing::error!(error = %e, "could not append to the complaint event log");
         }
         if let Some(webhooks) = &self.webhooks {
-            use crate::governance::webhook::{Kind, WebhookEvent};
+            use crate::governance::webhook::WebhookEvent;
+            use crate::policy::webhook::Kind;
             webhooks.send_blocking(
                 account,
                 WebhookEvent {
@@ -587,7 +587,7 @@ impl Complaints {
     /// when [`MAX_KEPT_ASIDE`] files or [`MAX_KEPT_ASIDE_BYTES`] are there already.
     fn store_aside(&self, raw: &[u8]) -> std::io::Result<Option<PathBuf>> {
         let dir = &self.malformed_dir;
-        crate::privacy::files::private_dir(dir)?;
+        crate::files::private_dir(dir)?;
         let mut usage = self.aside.lock().expect("kept-aside lock");
         if usage.counted.is_none_or(|t| t.elapsed() >= ASIDE_RECOUNT) {
             let (files, bytes) = std::fs::read_dir(dir)?
@@ -606,13 +606,10 @@ impl Complaints {
         }
         let path = dir.join(format!(
             "{}-{:016x}.eml",
-            crate::spool::now_ms(),
+            crate::envelope::now_ms(),
             rand::random::<u64>()
         ));
-        let mut f = crate::privacy::files::create_new(&path)?;
-        f.write_all(raw)?;
-        f.sync_all()?;
-        crate::consent::sync_dir(dir)?;
+        crate::files::write_new(&path, raw)?;
         usage.files += 1;
         usage.bytes += raw.len() as u64;
         Ok(Some(path))

@@ -12,7 +12,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::unsubscribe::EventLog;
+use crate::privacy::events::EventLog;
 
 /// Why and since when an account is frozen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +92,7 @@ impl Freezes {
         }
         let entry = Frozen {
             reason: reason.chars().take(200).collect(),
-            since_ms: crate::spool::now_ms(),
+            since_ms: crate::envelope::now_ms(),
             by: by.to_string(),
         };
         let mut next = frozen.clone();
@@ -123,7 +123,7 @@ impl Freezes {
 
     fn event(&self, kind: &str, account: &str, reason: Option<&str>, by: &str) {
         let event = serde_json::json!({
-            "time_ms": crate::spool::now_ms(),
+            "time_ms": crate::envelope::now_ms(),
             "event": kind,
             "account": account,
             "reason": reason,

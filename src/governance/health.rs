@@ -9,41 +9,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use serde::Serialize;
 
-/// `[health]` in the policy.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rules {
-    pub window: Duration,
-    /// Below this many delivered plus hard-bounced in the window, no rate is judged.
-    pub min_volume: u64,
-    /// Complaints per delivered message.
-    pub max_complaint_rate: f64,
-    /// Hard bounces per attempt (delivered plus hard-bounced).
-    pub max_hard_bounce_rate: f64,
-    /// Unsubscribes per delivered message; `None`: not judged.
-    pub max_unsubscribe_rate: Option<f64>,
-    /// Freeze the account on a crossing (false: only log and count).
-    pub freeze: bool,
-    /// A frozen account's queued transactional mail is held too (false: it still goes).
-    pub hold_transactional: bool,
-}
-
-impl Default for Rules {
-    fn default() -> Rules {
-        Rules {
-            window: Duration::from_secs(24 * 3600),
-            min_volume: 500,
-            max_complaint_rate: 0.003,
-            max_hard_bounce_rate: 0.05,
-            max_unsubscribe_rate: None,
-            freeze: true,
-            hold_transactional: false,
-        }
-    }
-}
+use crate::policy::rules::HealthRules;
 
 /// What happened to an account's mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +91,7 @@ pub struct Health {
     accounts: Mutex<HashMap<String, Account>>,
 }
 
-fn slot(now_ms: u64, rules: &Rules) -> u64 {
+fn slot(now_ms: u64, rules: &HealthRules) -> u64 {
     let len = (rules.window.as_millis() as u64 / BUCKETS).max(1);
     now_ms / len
 }
@@ -133,7 +102,7 @@ impl Health {
         &self,
         account: &str,
         signal: Signal,
-        rules: &Rules,
+        rules: &HealthRules,
         now_ms: u64,
     ) -> Option<String> {
         let slot = slot(now_ms, rules);
@@ -154,7 +123,7 @@ impl Health {
     }
 
     /// The account's counts in the current window.
-    pub fn window(&self, account: &str, rules: &Rules, now_ms: u64) -> Window {
+    pub fn window(&self, account: &str, rules: &HealthRules, now_ms: u64) -> Window {
         let slot = slot(now_ms, rules);
         self.accounts
             .lock()
@@ -166,7 +135,7 @@ impl Health {
 }
 
 /// Why a window crosses the rules, if it does.
-pub fn judge(w: &Window, rules: &Rules) -> Option<String> {
+pub fn judge(w: &Window, rules: &HealthRules) -> Option<String> {
     let attempts = w.delivered + w.hard_bounces;
     if attempts < rules.min_volume.max(1) {
         return None;
@@ -207,12 +176,13 @@ pub fn judge(w: &Window, rules: &Rules) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn rules() -> Rules {
-        Rules {
+    fn rules() -> HealthRules {
+        HealthRules {
             window: Duration::from_secs(3600),
             min_volume: 100,
-            ..Rules::default()
+            ..HealthRules::default()
         }
     }
 

@@ -9,8 +9,10 @@
 
 pub mod campaign;
 pub mod complaints;
+pub mod counts;
 pub mod freeze;
 pub mod health;
+pub mod unsubscribe;
 pub mod webhook;
 
 use std::path::Path;
@@ -22,9 +24,9 @@ use crate::policy::Policy;
 
 /// Writes a state file (`state/*.json`, mode 0600 in a 0700 directory) so a crash leaves
 /// the old or the new content, never half of one (see
-/// [`crate::privacy::files::write_atomically`]).
+/// [`crate::files::write_atomically`]).
 pub(crate) fn write_state(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
-    crate::privacy::files::write_atomically(
+    crate::files::write_atomically(
         path,
         &serde_json::to_vec_pretty(value).expect("serialisable"),
     )
@@ -52,7 +54,7 @@ impl Governor {
         let rules = self.policy.load().health_rules();
         let why = self
             .health
-            .record(account, signal, &rules, crate::spool::now_ms())?;
+            .record(account, signal, &rules, crate::envelope::now_ms())?;
         if !rules.freeze {
             tracing::warn!(account, reason = %why, "account health threshold crossed (freeze off)");
             return None;

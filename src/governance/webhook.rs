@@ -25,8 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +35,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
-use hyper::{Request, StatusCode, Uri};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use ring::hmac;
 use rustls::ClientConfig;
@@ -49,49 +47,20 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::reader::Section;
+use crate::config::WEBHOOK_RETRY_MAX as RETRY_MAX;
 use crate::policy::Policy;
-use http::{Target, is_loopback, post};
+use crate::policy::webhook::Kind;
+use crate::policy::webhook::Target;
+use http::post;
 
-/// The first retry delay when the config names none (`[webhooks] retry_initial`).
-pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(30);
-/// The longest delay between two attempts for one account.
-pub const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// An event not delivered this long after it happened is given up.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(3 * 86_400);
 /// One attempt (resolving, connecting, TLS, request, response head) may take this long.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Shortest secret the policy accepts.
-pub const MIN_SECRET_LEN: usize = 16;
 /// Deliveries in flight at once, over all accounts.
 const MAX_IN_FLIGHT: usize = 16;
 /// The outbox, inside the spool directory.
 const OUTBOX: &str = "state/webhooks";
-
-/// What happened to a recipient, as the account is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Unsubscribe,
-    Complaint,
-    Bounce,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Unsubscribe, Kind::Complaint, Kind::Bounce];
-
-    /// The name in the policy's `events`, the `event` field and `X-Optin-Event`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Unsubscribe => "unsubscribe",
-            Kind::Complaint => "complaint",
-            Kind::Bounce => "bounce",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == name)
-    }
-}
 
 /// One event for an account's webhook.
 #[derive(Clone)]
@@ -119,7 +88,7 @@ impl WebhookEvent {
             kind,
             address: address.to_string(),
             list: list.map(str::to_string),
-            time_ms: crate::spool::now_ms(),
+            time_ms: crate::envelope::now_ms(),
             detail,
         }
     }
@@ -134,100 +103,6 @@ impl std::fmt::Debug for WebhookEvent {
             .field("time_ms", &self.time_ms)
             .finish_non_exhaustive()
     }
-}
-
-/// An account's webhook, as the policy configures it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Webhook {
-    /// `https://…`, or `http://` to a loopback host.
-    pub url: String,
-    /// The HMAC key of the signatures.
-    pub secret: String,
-    /// The kinds of event sent (default: all).
-    pub events: Vec<Kind>,
-}
-
-impl Webhook {
-    pub fn wants(&self, kind: Kind) -> bool {
-        self.events.contains(&kind)
-    }
-}
-
-impl std::fmt::Debug for Webhook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhook")
-            .field("url", &self.url)
-            .field("secret", &"<redacted>")
-            .field("events", &self.events)
-            .finish()
-    }
-}
-
-/// Reads `[accounts.NAME.webhook]` (`url`, `secret`, `events`), reporting a bad URL, a
-/// short secret and unknown events as problems of the section.
-pub fn read_policy(s: &mut Section<'_>) -> Option<Webhook> {
-    let url = match s.get::<String>("url") {
-        None => {
-            s.problem("url", "missing");
-            None
-        }
-        Some(u) => match Target::parse(&u) {
-            Ok(t) if !t.https && !is_loopback(&t.host) => {
-                s.problem(
-                    "url",
-                    format!("{u:?}: http:// is allowed only for a loopback host; use https://"),
-                );
-                None
-            }
-            Ok(_) => Some(u),
-            Err(e) => {
-                s.problem("url", format!("{u:?}: {e}"));
-                None
-            }
-        },
-    };
-    let secret = match s.get::<String>("secret") {
-        None => {
-            s.problem("secret", "missing");
-            None
-        }
-        Some(secret) if secret.chars().count() < MIN_SECRET_LEN => {
-            s.problem(
-                "secret",
-                format!("must be at least {MIN_SECRET_LEN} characters"),
-            );
-            None
-        }
-        Some(secret) => Some(secret),
-    };
-    let events = match s.get::<Vec<String>>("events") {
-        None => Kind::ALL.to_vec(),
-        Some(names) => {
-            let mut kinds = Vec::new();
-            for name in &names {
-                match Kind::parse(name) {
-                    Some(k) if !kinds.contains(&k) => kinds.push(k),
-                    Some(_) => {}
-                    None => s.problem(
-                        "events",
-                        format!("{name:?} is not unsubscribe, complaint or bounce"),
-                    ),
-                }
-            }
-            if names.is_empty() {
-                s.problem(
-                    "events",
-                    "names no event (remove the webhook table to send none)",
-                );
-            }
-            kinds
-        }
-    };
-    Some(Webhook {
-        url: url?,
-        secret: secret?,
-        events,
-    })
 }
 
 /// `t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`: the `X-Optin-Signature` value.
@@ -458,7 +333,7 @@ impl Webhooks {
             }
             Err(e) => return Outcome::Failed(format!("cannot read {}: {e}", path.display())),
         };
-        let t = crate::spool::now_ms() / 1000;
+        let t = crate::envelope::now_ms() / 1000;
         let headers = [
             ("x-optin-event", q.kind.as_str().to_string()),
             ("x-optin-id", q.id.clone()),
@@ -529,17 +404,11 @@ impl Store {
     }
 }
 
-/// `<dir>/<id>.json`, mode 0600: written to a temporary name, fsynced, renamed, and the
-/// directory fsynced, so the worker and a restart see a whole file or none.
+/// `<dir>/<id>.json`, mode 0600, written atomically (see [`crate::files::AtomicFile`]),
+/// so the worker and a restart see a whole file or none.
 fn write_durably(dir: &Path, id: &str, body: &[u8]) -> std::io::Result<()> {
-    crate::privacy::files::private_dir(dir)?;
-    let tmp = dir.join(format!("{id}.json.tmp"));
-    let mut file = crate::privacy::files::create_new(&tmp)?;
-    file.write_all(body)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(format!("{id}.json")))?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::files::private_dir(dir)?;
+    crate::files::write_atomically(&dir.join(format!("{id}.json")), body)
 }
 
 /// The outbox files a previous run left (blocking). Half-written temporary files are
@@ -559,7 +428,8 @@ fn pick_up(dir: &Path) -> Vec<Queued> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if name.ends_with(".json.tmp") {
+        // Half-written by a crash (today's temporaries, and an older version's `.json.tmp`).
+        if crate::files::is_temp_name(name) || name.ends_with(".json.tmp") {
             let _ = std::fs::remove_file(&path);
             continue;
         }
@@ -593,7 +463,7 @@ fn pick_up(dir: &Path) -> Vec<Queued> {
 fn set_aside(dir: &Path, id: &str) {
     let failed = dir.join("failed");
     let name = format!("{id}.json");
-    let result = crate::privacy::files::private_dir(&failed)
+    let result = crate::files::private_dir(&failed)
         .and_then(|()| std::fs::rename(dir.join(&name), failed.join(&name)));
     if let Err(e) = result {
         tracing::error!(id, error = %e, "could not move a webhook event to failed/");
@@ -758,7 +628,7 @@ impl Worker {
                 let delay = backoff(self.hooks.retry_initial, backlog.failures);
                 backlog.due = Instant::now() + delay;
                 tracing::warn!(account, id, event = kind, failures = backlog.failures, retry_in = ?delay, reason = %reason, "webhook delivery failed");
-                let now_ms = crate::spool::now_ms();
+                let now_ms = crate::envelope::now_ms();
                 let old: Vec<String> = backlog
                     .events
                     .values()

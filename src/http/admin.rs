@@ -50,7 +50,7 @@ pub struct Admin {
     pub campaigns: Arc<crate::governance::campaign::Campaigns>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub reloader: Arc<PolicyReloader>,
-    pub counts: Arc<crate::delivery::counts::AccountCounts>,
+    pub counts: Arc<crate::governance::counts::AccountCounts>,
 }
 
 /// The token from the config, else from the token file; `create` makes the file (a random
@@ -63,8 +63,7 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     match std::fs::read_to_string(path) {
         Ok(t) if t.trim().len() >= 16 => {
             // A token others can read is no secret: refused, with the fix in the message.
-            crate::privacy::files::check_private(path)
-                .map_err(|e| format!("admin token file {e}"))?;
+            crate::files::check_private(path).map_err(|e| format!("admin token file {e}"))?;
             return Ok(t.trim().to_string());
         }
         Ok(_) => return Err(format!("admin token file {}: too short", path.display())),
@@ -80,9 +79,9 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     rand::Rng::fill(&mut rand::rng(), &mut raw);
     let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
     if let Some(dir) = path.parent() {
-        crate::privacy::files::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::files::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut f = crate::privacy::files::create_new(path)
+    let mut f = crate::files::create_new(path)
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
         .map_err(|e| format!("admin token file {}: {e}", path.display()))?;
@@ -209,8 +208,8 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-fn parse_id(id: &str) -> Result<u64, ApiError> {
-    crate::spool::parse_id(id).ok_or_else(|| bad(format!("{id:?} is not a queue id")))
+fn parse_id(id: &str) -> Result<crate::envelope::QueueId, ApiError> {
+    crate::envelope::QueueId::parse(id).ok_or_else(|| bad(format!("{id:?} is not a queue id")))
 }
 
 /// A JSON body, with a 400 naming what is wrong.
@@ -470,7 +469,7 @@ async fn campaign_declare(
     let rules = a.policy.load().campaign_rules();
     let campaigns = a.campaigns.clone();
     let c = tokio::task::spawn_blocking(move || {
-        campaigns.declare(&account, &id, b.size, &rules, crate::spool::now_ms())
+        campaigns.declare(&account, &id, b.size, &rules, crate::envelope::now_ms())
     })
     .await
     .map_err(|_| internal("the declare task failed"))?
@@ -493,7 +492,7 @@ async fn verdict(a: &Admin, account: &str, id: &str, why: Option<String>) -> Api
     let campaigns = a.campaigns.clone();
     let k = key.clone();
     let c = tokio::task::spawn_blocking(move || {
-        campaigns.decide(&k, why, "admin", crate::spool::now_ms())
+        campaigns.decide(&k, why, "admin", crate::envelope::now_ms())
     })
     .await
     .map_err(|_| internal("the verdict task failed"))?

@@ -31,7 +31,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, HttpLimits, TlsConfig};
+use crate::config::{Config, HttpLimits};
+use crate::tls::TlsConfig;
 use layers::{BodyBound, PageHeaders};
 use listener::Listener;
 
@@ -50,7 +51,7 @@ pub enum HttpError {
 /// What the listeners serve.
 pub struct Services {
     pub metrics: PrometheusHandle,
-    pub unsubscribes: Arc<crate::unsubscribe::Unsubscribes>,
+    pub unsubscribes: Arc<crate::governance::unsubscribe::Unsubscribes>,
     pub complaints: Option<Arc<crate::governance::complaints::Complaints>>,
     /// The admin API; `None` when the operator listener is off.
     pub admin: Option<admin::Admin>,
@@ -133,7 +134,7 @@ fn https(config: &Config) -> Result<TlsAcceptor, HttpError> {
 /// Unsubscribe endpoints, the report form and `/healthz`, with the page headers; anything
 /// else is a 404 page.
 pub fn public_router(
-    unsubscribes: Arc<crate::unsubscribe::Unsubscribes>,
+    unsubscribes: Arc<crate::governance::unsubscribe::Unsubscribes>,
     complaints: Option<Arc<crate::governance::complaints::Complaints>>,
     limits: HttpLimits,
     https: bool,

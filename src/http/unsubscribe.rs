@@ -3,7 +3,7 @@
 //!
 //! A genuine token becomes an unsubscribe for its list — or, from the page's second
 //! button, for everything the account sends as marketing — recorded by
-//! [`crate::unsubscribe`] before the answer, so the next message to that address is
+//! [`crate::governance::unsubscribe`] before the answer, so the next message to that address is
 //! refused. Repeating it is harmless. A bad token gets a 400 page; nothing here shows an
 //! error's internals.
 
@@ -16,10 +16,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::governance::unsubscribe::{Unsubscribes, Via};
 use crate::policy::Policy;
 use crate::rewrite::statement::escape;
 use crate::rewrite::token::Unsubscribe;
-use crate::unsubscribe::{Unsubscribes, Via};
 
 pub fn router(state: Arc<Unsubscribes>) -> Router {
     Router::new()

@@ -464,7 +464,7 @@ pub(super) fn read(root: &mut Section<'_>) -> Content {
             }
         }
         for domain in given_domains {
-            match super::identity::canonical_domain(&domain) {
+            match crate::smtp::address::canonical_domain(&domain) {
                 Some(d) if d.contains('.') => {
                     if let Some(&other) = link_domains.get(&d) {
                         c.problem(

@@ -14,7 +14,7 @@ pub struct DkimConfig {
     pub selector: String,
     /// PEM private key: RSA (2048 bits or more) or Ed25519.
     pub private_key: PathBuf,
-    pub key: std::sync::Arc<crate::rewrite::dkim::DkimKey>,
+    pub key: std::sync::Arc<crate::dkim::DkimKey>,
 }
 
 /// The identity keys of one account section.
@@ -25,11 +25,7 @@ pub struct Identity {
     pub transactional_unsubscribe: bool,
 }
 
-/// Lower-cases and IDNA-encodes a domain; `None` if it is not one.
-pub fn canonical_domain(d: &str) -> Option<String> {
-    let ascii = idna::domain_to_ascii(d.trim().trim_end_matches('.')).ok()?;
-    (!ascii.is_empty() && crate::smtp::address::check_domain(&ascii).is_ok()).then_some(ascii)
-}
+use crate::smtp::address::canonical_domain;
 
 /// Whether `domain` (canonical) is one of `allowed` or a subdomain of one.
 pub fn domain_allowed(allowed: &[String], domain: &str) -> bool {
@@ -105,7 +101,7 @@ pub fn read_identity(s: &mut Section<'_>) -> Identity {
                 k.problem("private_key", "missing");
             }
             let (domain, selector, private_key) = (domain?, selector?, private_key?);
-            match crate::rewrite::dkim::DkimKey::from_pem_file(&domain, &selector, &private_key) {
+            match crate::dkim::DkimKey::from_pem_file(&domain, &selector, &private_key) {
                 Ok(key) => Some(DkimConfig {
                     domain,
                     selector,

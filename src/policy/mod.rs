@@ -12,9 +12,11 @@
 pub mod content;
 pub mod identity;
 pub mod password;
+pub mod rules;
 pub mod streams;
 pub mod throttle;
 pub mod verdict;
+pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -24,7 +26,8 @@ use ipnet::IpNet;
 
 use crate::config::TlsLevel;
 use crate::config::reader::{Collector, Problems, Section};
-pub use streams::{List, Stream};
+use crate::envelope::Stream;
+pub use streams::List;
 
 /// The policy used when the config names no policy file: clients on loopback are the
 /// account `local`, nobody else may send.
@@ -55,7 +58,7 @@ pub struct Account {
     /// Transactional mail gets the unsubscribe headers too.
     pub transactional_unsubscribe: bool,
     /// Where unsubscribes, complaints and hard bounces are told (`[accounts.NAME.webhook]`).
-    pub webhook: Option<crate::governance::webhook::Webhook>,
+    pub webhook: Option<webhook::Webhook>,
 }
 
 impl Account {
@@ -102,9 +105,9 @@ pub struct Policy {
     shaping: Vec<throttle::ShapingRule>,
     recovery: throttle::Recovery,
     /// Staged release of campaigns (`[campaigns]`).
-    campaigns: crate::governance::campaign::Rules,
+    campaigns: rules::CampaignRules,
     /// Account health thresholds (`[health]`).
-    health: crate::governance::health::Rules,
+    health: rules::HealthRules,
     /// Destinations (domain or `*`) whose mail may only go over TLS.
     /// `[destinations."D"] tls`, by destination key (`*` for every other).
     destination_tls: HashMap<String, TlsLevel>,
@@ -209,8 +212,8 @@ impl Policy {
                 })
                 .collect();
             let campaigns = (
-                read_campaigns(&mut root.section("campaigns")),
-                read_health(&mut root.section("health")),
+                rules::read_campaigns(&mut root.section("campaigns")),
+                rules::read_health(&mut root.section("health")),
             );
             content_rules = content::read(&mut root);
             (
@@ -354,11 +357,11 @@ impl Policy {
         self.shaping.iter().find(|r| r.matches(code, text))
     }
 
-    pub fn campaign_rules(&self) -> crate::governance::campaign::Rules {
+    pub fn campaign_rules(&self) -> rules::CampaignRules {
         self.campaigns
     }
 
-    pub fn health_rules(&self) -> crate::governance::health::Rules {
+    pub fn health_rules(&self) -> rules::HealthRules {
         self.health
     }
 
@@ -385,7 +388,7 @@ impl Policy {
 /// lower-case A-label domain, as routes name destinations.
 fn destination_key(name: &str, section: &Section<'_>) -> String {
     let key = name.to_ascii_lowercase();
-    if key != "*" && identity::canonical_domain(&key).as_deref() != Some(key.as_str()) {
+    if key != "*" && crate::smtp::address::canonical_domain(&key).as_deref() != Some(key.as_str()) {
         section.problem("", "use \"*\" or a lower-case (A-label) domain");
     }
     key
@@ -398,75 +401,6 @@ fn share(s: &mut Section<'_>, key: &str) -> Option<f64> {
         s.problem(key, "must be a share between 0 and 1 (0.003 is 0.3%)");
     }
     Some(v)
-}
-
-/// `[health]`: the rolling window and thresholds that freeze an account.
-fn read_health(s: &mut Section<'_>) -> crate::governance::health::Rules {
-    let d = crate::governance::health::Rules::default();
-    let window = s
-        .get::<crate::config::units::HumanDuration>("window")
-        .map_or(d.window, |h| h.get());
-    if window < std::time::Duration::from_secs(60) {
-        s.problem("window", "must be at least a minute");
-    }
-    let rate = share;
-    let max_complaint_rate = rate(s, "max_complaint_rate").unwrap_or(d.max_complaint_rate);
-    let max_hard_bounce_rate = rate(s, "max_hard_bounce_rate").unwrap_or(d.max_hard_bounce_rate);
-    let max_unsubscribe_rate = rate(s, "max_unsubscribe_rate");
-    let min_volume = s.get_or("min_volume", d.min_volume as i64);
-    if min_volume < 1 {
-        s.problem("min_volume", "must be at least 1");
-    }
-    let hold_transactional = match s.get::<String>("frozen_transactional").as_deref() {
-        None | Some("send") => false,
-        Some("hold") => true,
-        Some(other) => {
-            s.problem(
-                "frozen_transactional",
-                format!("{other:?} is not send or hold"),
-            );
-            false
-        }
-    };
-    crate::governance::health::Rules {
-        window,
-        min_volume: min_volume.max(1) as u64,
-        max_complaint_rate,
-        max_hard_bounce_rate,
-        max_unsubscribe_rate,
-        freeze: s.get_or("freeze", d.freeze),
-        hold_transactional,
-    }
-}
-
-/// `[campaigns]`: the canary and the thresholds of staged release.
-fn read_campaigns(s: &mut Section<'_>) -> crate::governance::campaign::Rules {
-    let d = crate::governance::campaign::Rules::default();
-    let window = s
-        .get::<crate::config::units::HumanDuration>("evaluation_window")
-        .map_or(d.window, |h| h.get());
-    let rate = |s: &mut Section<'_>, key: &str, default: f64| share(s, key).unwrap_or(default);
-    let share = rate(s, "canary_share", d.share);
-    let max_hard_bounce_rate = rate(s, "max_hard_bounce_rate", d.max_hard_bounce_rate);
-    let max_complaint_rate = rate(s, "max_complaint_rate", d.max_complaint_rate);
-    let max_unsubscribe_rate = rate(s, "max_unsubscribe_rate", d.max_unsubscribe_rate);
-    let max = s.get_or("canary_max", d.max as i64);
-    if !(1..=1000).contains(&max) {
-        s.problem("canary_max", "must be between 1 and 1000");
-    }
-    let count = s.get_or("canary_count", d.count as i64);
-    if count < 1 {
-        s.problem("canary_count", "must be at least 1");
-    }
-    crate::governance::campaign::Rules {
-        window,
-        share,
-        count: count.max(1) as u64,
-        max: max.clamp(1, 1000) as u64,
-        max_hard_bounce_rate,
-        max_complaint_rate,
-        max_unsubscribe_rate,
-    }
 }
 
 /// IPv4-mapped IPv6 clients (`::ffff:192.0.2.1`, seen on dual-stack listeners) match IPv4
@@ -578,7 +512,7 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
     // Read only when present: an absent table is no webhook, not a missing url.
     let webhook = s
         .get::<toml::Value>("webhook")
-        .and_then(|_| crate::governance::webhook::read_policy(&mut s.section("webhook")));
+        .and_then(|_| webhook::read(&mut s.section("webhook")));
     Account {
         name,
         description,

@@ -114,13 +114,8 @@ pub struct Passwords {
 impl Default for Passwords {
     /// As many slots as the machine has cores.
     fn default() -> Self {
-        Passwords::new(default_concurrency())
+        Passwords::new(crate::config::default_auth_concurrency())
     }
-}
-
-/// The default number of verification slots: the number of cores.
-pub fn default_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 impl Passwords {

@@ -6,39 +6,7 @@
 //! allows. A list carries what the footer of its mail says about consent.
 
 use crate::config::reader::Section;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum Stream {
-    Marketing,
-    Transactional,
-}
-
-impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Marketing => "marketing",
-            Stream::Transactional => "transactional",
-        }
-    }
-
-    /// The value of an `X-Optin-Stream` header or a policy key (case-insensitive).
-    pub fn parse(s: &str) -> Option<Stream> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("marketing") {
-            Some(Stream::Marketing)
-        } else if s.eq_ignore_ascii_case("transactional") {
-            Some(Stream::Transactional)
-        } else {
-            None
-        }
-    }
-}
-
-impl std::fmt::Display for Stream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::envelope::Stream;
 
 /// A mailing list of an account.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@
 use crate::consent::{Reason, Standing};
 use crate::smtp::refusal::Withheld;
 
-use super::Stream;
+use crate::envelope::Stream;
 
 /// What `lists check` and the admin API's suppression check tell an operator: `Ok` when
 /// `account` may send `stream` mail (to `list`, the one it would use) to an address with

@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How often an append or a rewrite follows a replaced file before giving up (a rewrite
 /// replaces a file once; more means something else keeps replacing it).
@@ -29,7 +29,7 @@ pub fn append_line(slot: &mut Option<File>, path: &Path, line: &[u8]) -> std::io
     for _ in 0..MAX_REOPENS {
         let mut file = match slot.take() {
             Some(f) => f,
-            None => super::open_private_log(path)?,
+            None => crate::files::append(path)?,
         };
         file.lock_shared()?;
         let written = match names_file(path, &file) {
@@ -69,7 +69,7 @@ pub fn rewrite(path: &Path, mut keep: impl FnMut(&[u8]) -> bool) -> std::io::Res
         file.read_to_end(&mut text)?;
         let (kept, removed) = filter(&text, &mut keep);
         if removed > 0 {
-            replace(path, &kept)?;
+            crate::files::write_atomically(path, &kept)?;
         }
         // Unlocked when `file` closes: appenders waiting on it then find the new file.
         return Ok(removed);
@@ -94,36 +94,6 @@ fn filter(text: &[u8], keep: &mut impl FnMut(&[u8]) -> bool) -> (Vec<u8>, usize)
         }
     }
     (kept, removed)
-}
-
-/// Replaces `path` with `content` atomically: a new file beside it (0600, synced), renamed
-/// over it, and the directory synced.
-pub fn replace(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let temp = temp_path(path);
-    let result = (|| {
-        let mut f = super::files::create_new(&temp)?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// A fresh name beside `path` for its replacement (`.<name>.<random>.tmp`: no `.jsonl`
-/// suffix, so no sweep takes it for a log).
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let nonce: u64 = rand::random();
-    path.with_file_name(format!(".{name}.{nonce:016x}.tmp"))
 }
 
 /// Whether `path` currently names the open `file` (false when it names nothing).

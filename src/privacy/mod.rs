@@ -13,17 +13,11 @@
 //! (rewrites go through a temporary file renamed over the original, see [`jsonl`]).
 
 pub mod erase;
-pub mod files;
+pub mod events;
 pub mod jsonl;
 pub mod retention;
 
 use std::path::Path;
-
-/// Opens `path` for appending, creating it (mode 0600, it may hold personal data) and its
-/// directory (0700) if needed: the relay's event logs (see [`files::append`]).
-pub fn open_private_log(path: &Path) -> std::io::Result<std::fs::File> {
-    files::append(path)
-}
 
 /// Turns addresses into the keyed tags that logs carry instead (see the module doc).
 #[derive(Clone)]

@@ -89,7 +89,7 @@ pub fn spawn(retention: Retention, stop: CancellationToken) -> tokio::task::Join
     tokio::spawn(async move {
         loop {
             let r = retention.clone();
-            match tokio::task::spawn_blocking(move || sweep(&r, crate::spool::now_ms())).await {
+            match tokio::task::spawn_blocking(move || sweep(&r, crate::envelope::now_ms())).await {
                 Ok(report) => report.log(),
                 Err(e) => tracing::error!(error = %e, "the retention sweep task failed"),
             }

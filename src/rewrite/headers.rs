@@ -101,7 +101,7 @@ pub fn rewrite<'a>(
         out.extend_from_slice(a.as_bytes());
     }
     if !has_date {
-        let date = mail_builder::headers::date::Date::new(crate::spool::now_ms() as i64 / 1000);
+        let date = mail_builder::headers::date::Date::new(crate::envelope::now_ms() as i64 / 1000);
         out.extend_from_slice(format!("Date: {}\r\n", date.to_rfc822()).as_bytes());
     }
     if !has_id {

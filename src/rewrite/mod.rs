@@ -6,7 +6,6 @@
 //! unsubscribe headers and footer; every message of an account with DKIM keys for its From
 //! domain is signed last, with each matching key.
 
-pub mod dkim;
 mod entity;
 pub mod footer;
 pub mod headers;
@@ -22,8 +21,9 @@ use bytes::Bytes;
 use arc_swap::ArcSwap;
 
 use crate::consent::key::normalise;
-use crate::policy::{Account, List, Policy, Stream};
-use crate::spool::{Envelope, Recipient};
+use crate::envelope::Stream;
+use crate::envelope::{Envelope, Recipient};
+use crate::policy::{Account, List, Policy};
 use token::{TokenKeys, Unsubscribe};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -280,5 +280,5 @@ fn from_domain(message: &[u8]) -> Option<String> {
     let field = format!("From: {value}\r\n\r\n");
     let parsed = mail_parser::MessageParser::new().parse_headers(field.as_bytes())?;
     let address = parsed.from()?.first()?.address()?.to_string();
-    crate::policy::identity::canonical_domain(address.rsplit_once('@')?.1)
+    crate::smtp::address::canonical_domain(address.rsplit_once('@')?.1)
 }

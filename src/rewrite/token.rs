@@ -100,11 +100,8 @@ impl TokenKeys {
         if !path.exists() {
             let rng = SystemRandom::new();
             let line = format!("1 {}\n", URL_SAFE_NO_PAD.encode(random_key(&rng)));
-            match crate::privacy::files::create_new(path) {
-                Ok(mut f) => {
-                    f.write_all(line.as_bytes()).map_err(io)?;
-                    f.sync_all().map_err(io)?;
-                }
+            match crate::files::write_new(path, line.as_bytes()) {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io(e)),
             }

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::envelope::Stream;
 use crate::governance::campaign::{Campaigns, Stage, key};
-use crate::policy::{Policy, Stream};
+use crate::policy::Policy;
 use crate::smtp::{Address, Refusal};
 
 use super::consent::{self, Class};

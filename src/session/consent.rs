@@ -12,13 +12,14 @@ use bytes::Bytes;
 
 use crate::consent::key::normalise;
 use crate::delivery::dsn;
+use crate::envelope::Envelope;
+use crate::envelope::Stream;
+use crate::policy::Account;
 use crate::policy::verdict::{decide, decide_early};
-use crate::policy::{Account, Stream};
 use crate::rewrite::headers;
 use crate::smtp::Status;
 use crate::smtp::refusal::Withheld;
 use crate::smtp::{Address, Refusal};
-use crate::spool::{self, Envelope};
 
 use super::SessionContext;
 
@@ -228,7 +229,7 @@ pub(super) async fn notify_withheld(
     content: &[u8],
     withheld: &[(usize, Withheld)],
 ) {
-    let now = spool::now_ms();
+    let now = crate::envelope::now_ms();
     let reports: Vec<dsn::Report<'_>> = withheld
         .iter()
         .map(|&(i, why)| (&original.recipients[i], why))
@@ -248,7 +249,7 @@ pub(super) async fn notify_withheld(
         .collect();
     if let Err(why) = dsn::may_notify(&ctx.policy.load(), Some(&ctx.lists), original) {
         tracing::info!(
-            about = %spool::format_id(original.id),
+            about = %original.id,
             withheld = withheld.len(),
             why = %why,
             "withheld recipients not reported"
@@ -265,7 +266,7 @@ pub(super) async fn notify_withheld(
     );
     let Some((mut env, message)) = built else {
         tracing::info!(
-            about = %spool::format_id(original.id),
+            about = %original.id,
             withheld = withheld.len(),
             "withheld recipients not reported (null sender or NOTIFY without FAILURE)"
         );
@@ -278,8 +279,8 @@ pub(super) async fn notify_withheld(
         Ok(loc) => {
             crate::metrics::dsn_generated(dsn::Action::Failed.metric_label());
             tracing::info!(
-                id = %spool::format_id(env.id),
-                about = %spool::format_id(original.id),
+                id = %env.id,
+                about = %original.id,
                 withheld = withheld.len(),
                 "DSN for withheld recipients queued"
             );
@@ -287,7 +288,7 @@ pub(super) async fn notify_withheld(
         }
         Err(e) => tracing::error!(
             error = %e,
-            about = %spool::format_id(original.id),
+            about = %original.id,
             "could not store the DSN for withheld recipients"
         ),
     }

@@ -4,7 +4,8 @@
 //! or null. An account without `from_domains` is not checked.
 
 use crate::policy::Account;
-use crate::policy::identity::{canonical_domain, domain_allowed};
+use crate::policy::identity::domain_allowed;
+use crate::smtp::address::canonical_domain;
 use crate::smtp::{Address, Refusal};
 
 pub(super) fn check(

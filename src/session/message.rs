@@ -5,6 +5,7 @@
 //! for recipients the policy withheld).
 
 use super::*;
+use crate::envelope::QueueId;
 
 /// Checks received content, stores it durably and answers. The transaction ends either way.
 pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
@@ -122,7 +123,7 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     drop(body);
     let mut envelope = Envelope {
         id,
-        received_at: spool::now_ms(),
+        received_at: crate::envelope::now_ms(),
         account: account_name,
         sender: txn.sender.map(|a| a.to_string()),
         envid: txn.params.envid,
@@ -152,7 +153,7 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     let content = Bytes::from(content);
     match ctx.spool.store(&envelope, content.clone()).await {
         Ok(loc) => {
-            let id_text = spool::format_id(id);
+            let id_text = id.to_string();
             tracing::info!(
                 id = %id_text,
                 account = %envelope.account,
@@ -212,7 +213,7 @@ fn count_received(message: &[u8]) -> usize {
 
 /// RFC 5321 §4.4 trace field, with the RFC 3848 protocol keyword. It names the client's IP
 /// and EHLO name (the submitting application, not a recipient) and never a recipient.
-fn received_header(ctx: &SessionContext, state: &State, txn: &Transaction, id: u64) -> String {
+fn received_header(ctx: &SessionContext, state: &State, txn: &Transaction, id: QueueId) -> String {
     let (helo, extended) = state
         .helo
         .clone()
@@ -234,12 +235,13 @@ fn received_header(ctx: &SessionContext, state: &State, txn: &Transaction, id: u
         .as_ref()
         .map(|t| format!("\r\n\t(using {} with cipher {})", t.protocol, t.cipher))
         .unwrap_or_default();
-    let date = mail_builder::headers::date::Date::new(spool::now_ms() as i64 / 1000).to_rfc822();
+    let date =
+        mail_builder::headers::date::Date::new(crate::envelope::now_ms() as i64 / 1000).to_rfc822();
     let helo: String = helo.chars().filter(|c| !c.is_control()).take(100).collect();
     format!(
         "Received: from {helo} ([{ip}]){tls}\r\n\tby {host} (optin-relay) with {with} id {id};\r\n\t{date}\r\n",
         ip = state.peer.remote.ip(),
         host = ctx.smtp.hostname,
-        id = spool::format_id(id),
+        id = id,
     )
 }

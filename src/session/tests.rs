@@ -11,6 +11,7 @@ use super::*;
 use crate::config::Config;
 use crate::config::SpoolConfig;
 use crate::smtp::reply::parse_reply;
+use crate::spool::Location;
 
 #[derive(Default)]
 struct Collect(Mutex<Vec<(Envelope, Bytes)>>);
@@ -210,7 +211,7 @@ async fn a_complete_transaction_is_spooled_with_a_received_header() {
         Some("rfc822;a@x.example")
     );
     assert!(env.recipients[0].notify.unwrap().delay);
-    assert!(done.ends_with(&spool::format_id(env.id)));
+    assert!(done.ends_with(&env.id.to_string()));
     let text = std::str::from_utf8(body).unwrap();
     assert!(text.starts_with("Received: from client.example ([127.0.0.1])\r\n\tby relay.test (optin-relay) with ESMTP id "), "{text}");
     assert!(
@@ -418,7 +419,7 @@ async fn anyone_may_write_to_the_postmaster_and_nobody_else() {
     assert_eq!(got.len(), 1);
     let (env, _) = &got[0];
     assert_eq!(env.account, RELAY_ACCOUNT);
-    assert_eq!(env.stream, crate::policy::Stream::Transactional);
+    assert_eq!(env.stream, crate::envelope::Stream::Transactional);
     let to: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
     assert_eq!(to, ["ops@relay.example"]);
 }

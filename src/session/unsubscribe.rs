@@ -43,7 +43,7 @@ pub(super) async fn record(ctx: &SessionContext, all: Vec<Unsubscribe>) -> Resul
     let done = tokio::task::spawn_blocking(move || {
         all.iter().try_for_each(|u| {
             unsubscribes
-                .record(u, false, crate::unsubscribe::Via::Mail)
+                .record(u, false, crate::governance::unsubscribe::Via::Mail)
                 .map(|_| ())
         })
     })

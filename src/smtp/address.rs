@@ -254,6 +254,12 @@ pub fn check_domain(domain: &str) -> Result<(), AddressError> {
     Ok(())
 }
 
+/// Lower-cases and IDNA-encodes a domain; `None` if it is not one.
+pub fn canonical_domain(d: &str) -> Option<String> {
+    let ascii = idna::domain_to_ascii(d.trim().trim_end_matches('.')).ok()?;
+    (!ascii.is_empty() && check_domain(&ascii).is_ok()).then_some(ascii)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

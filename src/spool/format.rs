@@ -14,8 +14,8 @@
 //! Beside each segment, `{id:016x}.rcpt` holds fixed-size 32-octet [`RcptRecord`]s: what
 //! happened to each recipient since the message was stored. Everything is little-endian.
 
-use super::{Envelope, Recipient};
-use crate::policy::Stream;
+use crate::envelope::Stream;
+use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::smtp::params::{BodyType, Notify, Ret};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"ORSPOOL\0";
@@ -228,7 +228,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + e.recipients.len() * 40);
     out.push(ENVELOPE_VERSION);
-    out.extend_from_slice(&e.id.to_le_bytes());
+    out.extend_from_slice(&e.id.get().to_le_bytes());
     out.extend_from_slice(&e.received_at.to_le_bytes());
     let mut flags = 0;
     if e.smtputf8 {
@@ -353,7 +353,7 @@ pub fn decode_envelope(data: &[u8]) -> Result<Envelope, FormatError> {
         return Err(FormatError::Envelope("trailing octets"));
     }
     Ok(Envelope {
-        id,
+        id: QueueId(id),
         received_at,
         account,
         sender,
@@ -392,6 +392,12 @@ pub enum RcptEvent {
 }
 
 impl RcptEvent {
+    /// Whether a recipient is finished: marked done when its record was written, or
+    /// journaled as delivered or failed since (`last` is its last journaled event).
+    pub fn finished(r: &Recipient, last: Option<RcptEvent>) -> bool {
+        r.done || last.is_some_and(|e| e.is_final())
+    }
+
     pub fn is_final(&self) -> bool {
         !matches!(self, RcptEvent::Deferred { .. })
     }
@@ -462,7 +468,7 @@ mod tests {
 
     pub(crate) fn sample() -> Envelope {
         Envelope {
-            id: 0x1234_5678_9abc,
+            id: QueueId(0x1234_5678_9abc),
             received_at: 1_700_000_000_000,
             account: "shop".into(),
             sender: Some("bounce@shop.example".into()),

@@ -19,7 +19,7 @@
 //! with its envelope when that part still verifies: it will never read, so the caller must
 //! not retry it (delivery returns it to its sender, see `delivery/unreadable.rs`).
 //!
-//! Files and directories are private (0600 and 0700, see [`crate::privacy::files`]): they
+//! Files and directories are private (0600 and 0700, see [`crate::files`]): they
 //! hold messages and addresses.
 
 pub mod format;
@@ -32,14 +32,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::config::SpoolConfig;
+use crate::envelope::{Envelope, QueueId, now_ms};
 
 type Readers = Arc<Mutex<HashMap<u64, Arc<File>>>>;
-use crate::smtp::params::{BodyType, Notify, Ret};
 pub use format::RcptEvent;
 pub use recover::{RecoveredMessage, RecoveryReport};
 pub use scrub::{Redactor, ScrubReport, blank};
@@ -51,91 +50,6 @@ pub struct Location {
     pub offset: u64,
     /// Whole record length (header, envelope, body).
     pub len: u64,
-}
-
-/// Everything about a message except its content.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Envelope {
-    pub id: u64,
-    /// Unix time in milliseconds.
-    pub received_at: u64,
-    pub account: String,
-    /// `None` is the null reverse path `<>` (bounces).
-    pub sender: Option<String>,
-    /// RFC 3461 ENVID, decoded.
-    pub envid: Option<String>,
-    pub ret: Option<Ret>,
-    pub body_type: BodyType,
-    pub smtputf8: bool,
-    /// The content has octets above 127 (whatever BODY said).
-    pub eight_bit_content: bool,
-    /// A DSN this relay generated: never answered with another DSN.
-    pub generated_dsn: bool,
-    /// Marketing or transactional (from `X-Optin-Stream` or the account's default).
-    pub stream: crate::policy::Stream,
-    /// The account's list a marketing message goes to (`X-Optin-List` or the default).
-    pub list: Option<String>,
-    /// `X-Optin-Campaign`, when given.
-    pub campaign: Option<String>,
-    pub recipients: Vec<Recipient>,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct Recipient {
-    pub address: String,
-    /// `None`: the client gave no NOTIFY.
-    pub notify: Option<Notify>,
-    /// RFC 3461 ORCPT as `type;address`.
-    pub orcpt: Option<String>,
-    /// Already finished when this record was written (set on relocated copies).
-    pub done: bool,
-}
-
-impl Recipient {
-    pub fn notify_or_default(&self) -> Notify {
-        self.notify.unwrap_or(Notify::DEFAULT)
-    }
-
-    /// Finished: marked done when its record was written, or journaled as delivered or
-    /// failed since.
-    pub fn is_done(&self, last_event: Option<RcptEvent>) -> bool {
-        self.done || last_event.is_some_and(|e| e.is_final())
-    }
-}
-
-// Recipients are personal data: Debug shows the domain only.
-impl std::fmt::Debug for Recipient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let domain = self.address.rsplit_once('@').map_or("", |(_, d)| d);
-        write!(f, "Recipient(…@{domain}, done: {})", self.done)
-    }
-}
-
-impl std::fmt::Debug for Envelope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Envelope")
-            .field("id", &format_id(self.id))
-            .field("account", &self.account)
-            .field("recipients", &self.recipients)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Queue ids as operators see them: 16 upper-case hex digits.
-pub fn format_id(id: u64) -> String {
-    format!("{id:016X}")
-}
-
-pub fn parse_id(s: &str) -> Option<u64> {
-    (s.len() == 16)
-        .then(|| u64::from_str_radix(s, 16).ok())
-        .flatten()
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -246,10 +160,10 @@ impl Spool {
         let queue_dir = root.join("queue");
         let quarantine = root.join("quarantine");
         for dir in [root, &queue_dir, &quarantine] {
-            crate::privacy::files::private_dir(dir).map_err(|e| SpoolError::open(dir, e))?;
+            crate::files::private_dir(dir).map_err(|e| SpoolError::open(dir, e))?;
         }
         let lock_path = root.join("lock");
-        let lock = crate::privacy::files::options()
+        let lock = crate::files::options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -315,7 +229,7 @@ impl Spool {
     }
 
     /// A fresh message id.
-    pub fn next_id(&self) -> u64 {
+    pub fn next_id(&self) -> QueueId {
         let floor = now_ms() << 20;
         let prev = self
             .inner
@@ -324,7 +238,7 @@ impl Spool {
                 Some(floor.max(last + 1))
             })
             .expect("the closure always returns Some");
-        floor.max(prev + 1)
+        QueueId(floor.max(prev + 1))
     }
 
     /// Stores a message durably; returns once it is on stable storage.

@@ -27,7 +27,8 @@ use memmap2::Mmap;
 
 use super::format::{self, RcptEvent, RcptRecord, RecordHeader};
 use super::writer::{Writer, rcpt_path, segment_path};
-use super::{Envelope, Location, SpoolError};
+use super::{Location, SpoolError};
+use crate::envelope::{Envelope, QueueId};
 
 /// A stored message and the last known state of each recipient.
 #[derive(Debug, Clone)]
@@ -41,10 +42,9 @@ pub struct RecoveredMessage {
 impl RecoveredMessage {
     /// Recipients still to deliver.
     pub fn pending(&self) -> impl Iterator<Item = usize> + '_ {
-        self.events
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| (!self.envelope.recipients[i].is_done(*e)).then_some(i))
+        self.events.iter().enumerate().filter_map(|(i, e)| {
+            (!RcptEvent::finished(&self.envelope.recipients[i], *e)).then_some(i)
+        })
     }
 
     pub fn is_finished(&self) -> bool {
@@ -164,7 +164,7 @@ pub(super) fn save(dir: &Path, segment: u64, offset: u64, bytes: &[u8]) -> std::
         } else {
             dir.join(format!("{base}.{n}.bad"))
         };
-        let mut file = match crate::privacy::files::create_new(&path) {
+        let mut file = match crate::files::create_new(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 if std::fs::read(&path).is_ok_and(|old| old == bytes) {
@@ -177,7 +177,7 @@ pub(super) fn save(dir: &Path, segment: u64, offset: u64, bytes: &[u8]) -> std::
         let written = file
             .write_all(bytes)
             .and_then(|()| file.sync_all())
-            .and_then(|()| crate::privacy::files::sync_parent(&path));
+            .and_then(|()| crate::files::sync_parent(&path));
         if let Err(e) = written {
             drop(file);
             let _ = std::fs::remove_file(&path);
@@ -264,7 +264,7 @@ impl Scan {
         let map = match File::open(&path).and_then(|f| {
             if self.quarantine.dir.is_some() {
                 // Written by an older version with the umask's mode: messages are private.
-                crate::privacy::files::tighten(&f)?;
+                crate::files::tighten(&f)?;
             }
             if f.metadata()?.len() == 0 {
                 return Ok(None);
@@ -476,7 +476,7 @@ impl Scan {
     /// A message relocated out of a damaged segment exists twice if the relay stopped before
     /// the old segment was deleted; the newer copy is the one that counts.
     fn drop_superseded_copies(&mut self) {
-        let mut newest: HashMap<u64, u64> = HashMap::new();
+        let mut newest: HashMap<QueueId, u64> = HashMap::new();
         for seg in &self.segments {
             for m in &seg.messages {
                 newest.insert(m.envelope.id, seg.id);
@@ -573,7 +573,7 @@ pub(super) fn repair(scan: Scan, writer: &mut Writer) -> Result<RecoveryReport, 
             continue;
         }
         for m in &seg.messages {
-            report.max_id = report.max_id.max(m.envelope.id);
+            report.max_id = report.max_id.max(m.envelope.id.get());
         }
         let all_saved = seg.damage.iter().all(|d| d.saved);
         let live: Vec<RecoveredMessage> = seg
@@ -599,7 +599,7 @@ pub(super) fn repair(scan: Scan, writer: &mut Writer) -> Result<RecoveryReport, 
             }
         }
         if let Err(e) = std::fs::File::open(rcpt_path(&scan.queue_dir, seg.id))
-            .and_then(|f| crate::privacy::files::tighten(&f))
+            .and_then(|f| crate::files::tighten(&f))
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(segment = seg.id, error = %e, "cannot make a recipient journal private");

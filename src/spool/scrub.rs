@@ -313,7 +313,7 @@ fn scrub_envelope(bytes: &mut [u8], r: &dyn Redactor) -> Result<bool, String> {
 /// Overwrites the address in an envelope: the sender and recipients that are it whole
 /// (such a recipient is marked done), and any occurrence in the other text fields. Other
 /// recipients' addresses are never touched.
-fn scrub_fields(env: &mut super::Envelope, r: &dyn Redactor) -> bool {
+fn scrub_fields(env: &mut crate::envelope::Envelope, r: &dyn Redactor) -> bool {
     let mut changed = false;
     if let Some(sender) = &mut env.sender {
         changed |= if r.is_address(sender) {

@@ -2,6 +2,7 @@
 //! recovery does with damage.
 
 use super::*;
+use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::smtp::params::{BodyType, Notify};
 
 fn config(dir: &Path) -> SpoolConfig {
@@ -24,7 +25,7 @@ fn envelope(spool: &Spool, rcpts: &[&str]) -> Envelope {
         smtputf8: false,
         eight_bit_content: false,
         generated_dsn: false,
-        stream: crate::policy::Stream::Transactional,
+        stream: crate::envelope::Stream::Transactional,
         list: None,
         campaign: None,
         recipients: rcpts
@@ -219,9 +220,9 @@ async fn concurrent_stores_share_commits() {
 async fn ids_are_unique_and_increasing() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(&config(dir.path())).unwrap();
-    let ids: Vec<u64> = (0..10_000).map(|_| spool.next_id()).collect();
+    let ids: Vec<QueueId> = (0..10_000).map(|_| spool.next_id()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(parse_id(&format_id(ids[0])), Some(ids[0]));
+    assert_eq!(QueueId::parse(&ids[0].to_string()), Some(ids[0]));
 }
 
 #[tokio::test]
@@ -263,7 +264,7 @@ async fn torn_tail_is_quarantined_and_the_rest_recovered() {
     drop(f);
 
     let (spool, report) = Spool::open(&config(dir.path())).unwrap();
-    let ids: Vec<u64> = report.messages.iter().map(|m| m.envelope.id).collect();
+    let ids: Vec<QueueId> = report.messages.iter().map(|m| m.envelope.id).collect();
     assert_eq!(ids, vec![e1.id, e2.id]);
     assert_eq!(report.quarantined, 1);
     assert_eq!(quarantine_files(dir.path()), 1);
@@ -292,7 +293,7 @@ async fn torn_tail_is_quarantined_and_the_rest_recovered() {
 }
 
 /// Stores `n` one-recipient messages in one segment; returns their ids and locations.
-async fn many_messages(dir: &Path, n: usize) -> Vec<(u64, Location)> {
+async fn many_messages(dir: &Path, n: usize) -> Vec<(QueueId, Location)> {
     let (spool, _) = Spool::open(&config(dir)).unwrap();
     let mut out = Vec::new();
     for i in 0..n {
@@ -312,7 +313,7 @@ async fn a_flipped_bit_in_the_segment_header_loses_no_record() {
     std::fs::write(&path, &data).unwrap();
 
     let (spool, report) = Spool::open(&config(dir.path())).unwrap();
-    let ids: Vec<u64> = report.messages.iter().map(|m| m.envelope.id).collect();
+    let ids: Vec<QueueId> = report.messages.iter().map(|m| m.envelope.id).collect();
     assert_eq!(ids, stored.iter().map(|s| s.0).collect::<Vec<_>>());
     for (m, (i, (_, loc))) in report.messages.iter().zip(stored.iter().enumerate()) {
         assert_eq!(m.loc, *loc);
@@ -341,7 +342,7 @@ async fn a_record_whose_header_alone_is_damaged_is_recovered() {
     std::fs::write(&path, &data).unwrap();
 
     let (spool, report) = Spool::open(&config(dir.path())).unwrap();
-    let ids: Vec<u64> = report.messages.iter().map(|m| m.envelope.id).collect();
+    let ids: Vec<QueueId> = report.messages.iter().map(|m| m.envelope.id).collect();
     assert_eq!(ids, stored.iter().map(|s| s.0).collect::<Vec<_>>());
     for (i, m) in report.messages.iter().enumerate() {
         assert_eq!(spool.read(m.loc).await.unwrap(), body(i));
@@ -438,7 +439,7 @@ async fn corrupt_envelope_is_quarantined_and_reading_resumes() {
     std::fs::write(&path, &data).unwrap();
 
     let (spool, report) = Spool::open(&config(dir.path())).unwrap();
-    let ids: Vec<u64> = report.messages.iter().map(|m| m.envelope.id).collect();
+    let ids: Vec<QueueId> = report.messages.iter().map(|m| m.envelope.id).collect();
     assert_eq!(ids, vec![e2.id]);
     assert_eq!(report.quarantined, 1);
     // The damaged record is covered in place; the next start reads past it quietly.
@@ -460,7 +461,7 @@ async fn corrupt_record_header_is_skipped_to_the_next_record() {
     data[l1.offset as usize + 17] ^= 0xff;
     std::fs::write(&path, &data).unwrap();
     let (_, report) = Spool::open(&config(dir.path())).unwrap();
-    let ids: Vec<u64> = report.messages.iter().map(|m| m.envelope.id).collect();
+    let ids: Vec<QueueId> = report.messages.iter().map(|m| m.envelope.id).collect();
     assert_eq!(ids, vec![e2.id]);
     assert_eq!(report.quarantined, 1);
 }

@@ -438,7 +438,7 @@ impl Writer {
     /// Creates a segment file with its header (0600), synced with its directory when
     /// `fsync` is on; removes the file again if anything after its creation fails.
     fn create_segment(&self, path: &Path) -> std::io::Result<File> {
-        let mut file = crate::privacy::files::options()
+        let mut file = crate::files::options()
             .create_new(true)
             .append(true)
             .open(path)?;
@@ -569,7 +569,7 @@ impl Writer {
         let journal = match self.rcpt_files.entry(segment) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let file = crate::privacy::files::options()
+                let file = crate::files::options()
                     .create(true)
                     .append(true)
                     .open(rcpt_path(&self.dir, segment))?;

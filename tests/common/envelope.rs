@@ -3,20 +3,20 @@
 //! `#[path]`).
 #![allow(dead_code)] // not every user takes every helper
 
+use optin_relay::envelope::{Envelope, Recipient};
 use optin_relay::smtp::params::BodyType;
-use optin_relay::spool::{Envelope, Recipient};
 
 /// A 7-bit transactional message of `account` from `sender` to `recipients`, received now,
 /// with no DSN options, list or campaign.
 pub fn transactional(
-    id: u64,
+    id: optin_relay::envelope::QueueId,
     account: &str,
     sender: Option<&str>,
     recipients: impl IntoIterator<Item = String>,
 ) -> Envelope {
     Envelope {
         id,
-        received_at: optin_relay::spool::now_ms(),
+        received_at: optin_relay::envelope::now_ms(),
         account: account.into(),
         sender: sender.map(str::to_string),
         envid: None,
@@ -25,7 +25,7 @@ pub fn transactional(
         smtputf8: false,
         eight_bit_content: false,
         generated_dsn: false,
-        stream: optin_relay::policy::Stream::Transactional,
+        stream: optin_relay::envelope::Stream::Transactional,
         list: None,
         campaign: None,
         recipients: recipients

@@ -6,8 +6,8 @@
 use mail_parser::{MessageParser, MessagePart, MimeHeaders};
 
 use super::{MAX_FEEDBACK_TYPE, Malformed, Report};
-use crate::policy::identity::canonical_domain;
 use crate::rewrite::token::MAX_TOKEN_LEN;
+use crate::smtp::address::canonical_domain;
 
 /// The most MIME part boundaries (lines starting with `--`) a report may have: an ARF
 /// report has four; forwarded copies add a few.

@@ -53,7 +53,7 @@ impl Reporters {
         let mut message = AuthenticatedMessage::parse(raw)?;
         message.dkim_headers.retain(|h| {
             h.header.l == 0
-                && crate::policy::identity::canonical_domain(&h.header.d)
+                && crate::smtp::address::canonical_domain(&h.header.d)
                     .is_some_and(|d| self.allows(&d))
         });
         message.dkim_headers.truncate(MAX_SIGNATURES);
@@ -68,7 +68,7 @@ impl Reporters {
             .iter()
             .filter(|o| matches!(o.result(), DkimResult::Pass))
             .find_map(|o| {
-                let d = crate::policy::identity::canonical_domain(&o.signature()?.d)?;
+                let d = crate::smtp::address::canonical_domain(&o.signature()?.d)?;
                 self.allows(&d).then_some(d)
             })
     }

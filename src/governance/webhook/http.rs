@@ -4,58 +4,6 @@
 
 use super::*;
 
-/// Where a webhook URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Target {
-    pub(super) https: bool,
-    /// Without brackets (an IPv6 address is bare).
-    pub(super) host: String,
-    pub(super) port: u16,
-    /// `host[:port]` as written: the Host field.
-    pub(super) authority: String,
-    /// Path and query, at least `/`.
-    pub(super) path: String,
-}
-
-impl Target {
-    pub(super) fn parse(url: &str) -> Result<Target, String> {
-        if url.contains(['#', ' ', '\t', '\r', '\n']) {
-            return Err("has a fragment or white space".into());
-        }
-        let uri: Uri = url.parse().map_err(|_| "is not a URL".to_string())?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err("must start with https://".into()),
-        };
-        let authority = uri.authority().ok_or("has no host")?;
-        if authority.as_str().contains('@') {
-            return Err("must not carry a user name or password".into());
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if host.is_empty() {
-            return Err("has no host".into());
-        }
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        Ok(Target {
-            https,
-            host: host.to_string(),
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            authority: authority.as_str().to_string(),
-            path: if path.is_empty() { "/" } else { path }.to_string(),
-        })
-    }
-}
-
-/// `localhost` or a loopback address: where plain http is allowed (tests).
-pub(super) fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// POSTs `body` as JSON to `url` with `headers`; the answer's status.
 pub(super) async fn post(
     url: &str,

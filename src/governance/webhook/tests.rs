@@ -125,29 +125,14 @@ fn policy_reports_bad_webhooks() {
 }
 
 #[test]
-fn targets() {
-    let t = Target::parse("https://hooks.example").unwrap();
-    assert_eq!((t.https, t.port, t.path.as_str()), (true, 443, "/"));
-    let t = Target::parse("http://[::1]:8080/a/b?c=d").unwrap();
-    assert_eq!(t.host, "::1");
-    assert_eq!(t.authority, "[::1]:8080");
-    assert_eq!((t.port, t.path.as_str()), (8080, "/a/b?c=d"));
-    assert!(is_loopback(&t.host) && is_loopback("127.0.0.9") && is_loopback("LocalHost"));
-    assert!(!is_loopback("192.0.2.1") && !is_loopback("hooks.example"));
-    for bad in [
-        "hooks.example/x",
-        "https://",
-        "https://h/x#frag",
-        "mailto:a@b",
-    ] {
-        assert!(Target::parse(bad).is_err(), "{bad}");
-    }
-}
-
-#[test]
 fn outbox_files_are_private_whole_and_picked_up() {
     let dir = tempfile::tempdir().unwrap();
-    let hooks = Webhooks::new(dir.path(), policy(POLICY), DEFAULT_RETRY_INITIAL).unwrap();
+    let hooks = Webhooks::new(
+        dir.path(),
+        policy(POLICY),
+        crate::config::DEFAULT_WEBHOOK_RETRY_INITIAL,
+    )
+    .unwrap();
     let event = |kind| WebhookEvent {
         kind,
         address: "reader@example.net".into(),

@@ -14,7 +14,8 @@ use serde_json::json;
 
 use super::{Admin, ApiError, ApiResult, bad, body, internal, not_found, ok, query};
 use crate::consent::{self, CONSENT, Kind, Op, Origin, Reason, Scope};
-use crate::policy::{Policy, Stream};
+use crate::envelope::Stream;
+use crate::policy::Policy;
 
 /// The most addresses one request may change (the CLI sends larger sets in parts).
 pub const MAX_BATCH: usize = 10_000;
@@ -71,7 +72,7 @@ pub(super) async fn record(
 ) -> Result<(), ApiError> {
     let lists = a.lists.clone();
     let secret = lists.secret();
-    let time_ms = crate::spool::now_ms();
+    let time_ms = crate::envelope::now_ms();
     let changes: Vec<consent::Change> = addresses
         .iter()
         .map(|address| consent::Change {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::SpoolConfig;
+use crate::envelope::{Envelope, Recipient, now_ms};
 use crate::privacy::erase::Needle;
-use crate::spool::{Envelope, Recipient, Redactor, Spool, now_ms};
+use crate::spool::{Redactor, Spool};
 
 const ADDRESS: &str = "erase@x.example";
 
@@ -33,7 +34,7 @@ fn envelope(spool: &Spool, sender: &str, rcpts: &[&str]) -> Envelope {
         smtputf8: false,
         eight_bit_content: false,
         generated_dsn: false,
-        stream: crate::policy::Stream::Transactional,
+        stream: crate::envelope::Stream::Transactional,
         list: None,
         campaign: None,
         recipients: rcpts

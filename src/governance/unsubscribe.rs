@@ -5,7 +5,7 @@
 //! `events/unsubscribes.jsonl` beside the spool (mode 0600; it carries the address), and
 //! the account's signed webhook when it has one (`crate::governance::webhook`).
 
-use std::path::{Path, PathBuf};
+use crate::privacy::events::EventLog;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -27,31 +27,6 @@ impl Via {
             Via::Http => "http",
             Via::Mail => "mail",
         }
-    }
-}
-
-/// Appends unsubscribe events, one JSON object per line.
-#[derive(Debug)]
-pub struct EventLog {
-    path: PathBuf,
-    file: Mutex<Option<std::fs::File>>,
-}
-
-impl EventLog {
-    pub fn new(path: &Path) -> EventLog {
-        EventLog {
-            path: path.to_path_buf(),
-            file: Mutex::new(None),
-        }
-    }
-
-    /// Appends one event; follows the file when retention or erasure rewrote it (see
-    /// `crate::privacy::jsonl`).
-    pub fn append(&self, event: &serde_json::Value) -> std::io::Result<()> {
-        let mut guard = self.file.lock().expect("event log lock");
-        let mut line = event.to_string();
-        line.push('\n');
-        crate::privacy::jsonl::append_line(&mut guard, &self.path, line.as_bytes())
     }
 }
 
@@ -107,7 +82,7 @@ impl Unsubscribes {
             fp,
             tags: Reason::Unsubscribe.bit(),
             origin: Origin::Unsubscribe,
-            time_ms: crate::spool::now_ms(),
+            time_ms: crate::envelope::now_ms(),
         };
         if let Err(e) = self.lists.record(&[change]) {
             tracing::error!(account = %u.account, error = %e, "could not record an unsubscribe");
@@ -136,7 +111,7 @@ impl Unsubscribes {
             webhooks.send_blocking(
                 &u.account,
                 crate::governance::webhook::WebhookEvent {
-                    kind: crate::governance::webhook::Kind::Unsubscribe,
+                    kind: crate::policy::webhook::Kind::Unsubscribe,
                     address: u.address.clone(),
                     list: Some(u.list.clone()),
                     time_ms: change.time_ms,

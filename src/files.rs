@@ -1,7 +1,12 @@
-//! Private files and directories: everything the relay writes that holds messages,
-//! addresses or keys (spool segments and their journals, quarantine, state, events, logs,
-//! the lists, token keys, the admin token) is created mode 0600 in directories of mode
-//! 0700, whatever the process umask, through the functions here.
+//! Private, crash-safe files and directories: everything the relay writes that holds
+//! messages, addresses or keys (spool segments and their journals, quarantine, state,
+//! events, logs, the lists, token keys, the admin token) is created mode 0600 in
+//! directories of mode 0700, whatever the process umask, through the functions here; and
+//! every state file that must survive a crash whole is written through [`AtomicFile`]
+//! (a temporary beside it, fsynced, renamed over it, the directory fsynced) or
+//! [`write_new`] (a new file, fsynced with its directory).
+//!
+//! This module sits on the floor of the crate: it uses nothing else of it.
 //!
 //! The mode is given to `open(2)`/`mkdir(2)` itself, so a file is never readable by others
 //! for a moment between its creation and a `chmod`. A directory the relay uses that exists
@@ -82,23 +87,91 @@ pub fn create_new(path: &Path) -> std::io::Result<File> {
     options().write(true).create_new(true).open(path)
 }
 
-/// Writes `bytes` to `path` so that a crash leaves the old content or the new, never half:
-/// a new file beside it (0600), fsynced, renamed over `path`, the directory fsynced. The
-/// directory is created private when missing.
+/// Writes `bytes` to `path` so that a crash leaves the old content or the new, never half
+/// (see [`AtomicFile`]). The directory is created private when missing.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     parent_dir(path)?;
-    let tmp = temp_beside(path);
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(bytes)?;
+    f.commit()
+}
+
+/// Creates `path` (0600) with `bytes`, failing if it exists, and fsyncs it and its
+/// directory: once this returns the file survives a crash whole. Its directory must exist.
+pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
-        let mut f = create_new(&tmp)?;
+        let mut f = create_new(path)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = result {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e);
     }
-    result?;
     sync_parent(path)
+}
+
+/// A replacement for the file at `path`, written to a fresh temporary beside it (0600) and
+/// put in place by [`AtomicFile::commit`]: fsynced, renamed over `path`, the directory
+/// fsynced. A crash, an error or a drop before the commit leaves the old file as it was
+/// and removes the temporary.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    /// Starts the replacement; `path`'s directory must exist.
+    pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
+        let tmp = temp_beside(path);
+        let file = create_new(&tmp)?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(file),
+        })
+    }
+
+    /// The temporary file, to write (and seek) in.
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("open until commit")
+    }
+
+    /// fsyncs the new content, renames it over the old and fsyncs the directory.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        let file = self.file.take().expect("open until commit");
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.tmp = PathBuf::new();
+        sync_parent(&self.path)
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file().flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Whether `name` is one of the temporaries [`temp_beside`] makes (left by a crash).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
 }
 
 /// A fresh temporary name beside `path` (same directory, so a rename is atomic).
@@ -109,11 +182,16 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()))
 }
 
+/// fsyncs a directory, so a file created or renamed in it survives a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// fsyncs the directory `path` is in, so a file created or renamed there survives a crash.
 pub fn sync_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => File::open(".")?.sync_all(),
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
     }
 }
 
@@ -196,6 +274,25 @@ mod tests {
         assert_eq!(mode(&dir.path().join("n")), 0o600);
         assert!(create_new(&dir.path().join("n")).is_err());
         drop(f);
+    }
+
+    #[test]
+    fn an_unfinished_replacement_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        write_atomically(&path, b"old").unwrap();
+        let mut f = AtomicFile::create(&path).unwrap();
+        f.write_all(b"half").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        write_new(&dir.path().join("new"), b"x").unwrap();
+        let e = write_new(&dir.path().join("new"), b"y").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(dir.path().join("new")).unwrap(), b"x");
+        assert!(is_temp_name(
+            temp_beside(&path).file_name().unwrap().to_str().unwrap()
+        ));
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! The shared vocabulary of every stage: what the relay knows about a message apart from
+//! its content ([`Envelope`], [`Recipient`]), its queue id ([`QueueId`]), the stream it
+//! belongs to ([`Stream`]) and the wall clock ([`now_ms`]).
+//!
+//! This module sits on the floor of the crate: it uses only [`crate::smtp`]'s parameter
+//! types, so the session, the spool, delivery and the rewrite stage can all speak of a
+//! message without reaching into each other.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::smtp::params::{BodyType, Notify, Ret};
+
+/// The wall clock as the spool, the journals and the logs record it: Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A message's queue id. Operators see it as 16 upper-case hex digits (`Display`,
+/// [`QueueId::parse`]); the spool hands them out as `unix_ms << 20 | sequence`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct QueueId(pub u64);
+
+impl QueueId {
+    /// Exactly 16 hex digits, either case.
+    pub fn parse(s: &str) -> Option<QueueId> {
+        (s.len() == 16)
+            .then(|| u64::from_str_radix(s, 16).ok())
+            .flatten()
+            .map(QueueId)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+impl std::fmt::Debug for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// What kind of mail a message is: marketing needs recorded consent for one of the
+/// account's lists; transactional (service and security notices) does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Stream {
+    Marketing,
+    Transactional,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Marketing => "marketing",
+            Stream::Transactional => "transactional",
+        }
+    }
+
+    /// The value of an `X-Optin-Stream` header or a policy key (case-insensitive).
+    pub fn parse(s: &str) -> Option<Stream> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("marketing") {
+            Some(Stream::Marketing)
+        } else if s.eq_ignore_ascii_case("transactional") {
+            Some(Stream::Transactional)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything about a message except its content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub id: QueueId,
+    /// Unix time in milliseconds.
+    pub received_at: u64,
+    pub account: String,
+    /// `None` is the null reverse path `<>` (bounces).
+    pub sender: Option<String>,
+    /// RFC 3461 ENVID, decoded.
+    pub envid: Option<String>,
+    pub ret: Option<Ret>,
+    pub body_type: BodyType,
+    pub smtputf8: bool,
+    /// The content has octets above 127 (whatever BODY said).
+    pub eight_bit_content: bool,
+    /// A DSN this relay generated: never answered with another DSN.
+    pub generated_dsn: bool,
+    /// Marketing or transactional (from `X-Optin-Stream` or the account's default).
+    pub stream: Stream,
+    /// The account's list a marketing message goes to (`X-Optin-List` or the default).
+    pub list: Option<String>,
+    /// `X-Optin-Campaign`, when given.
+    pub campaign: Option<String>,
+    pub recipients: Vec<Recipient>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub address: String,
+    /// `None`: the client gave no NOTIFY.
+    pub notify: Option<Notify>,
+    /// RFC 3461 ORCPT as `type;address`.
+    pub orcpt: Option<String>,
+    /// Already finished when this record was written (set on relocated copies).
+    pub done: bool,
+}
+
+impl Recipient {
+    pub fn notify_or_default(&self) -> Notify {
+        self.notify.unwrap_or(Notify::DEFAULT)
+    }
+}
+
+// Recipients are personal data: Debug shows the domain only.
+impl std::fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let domain = self.address.rsplit_once('@').map_or("", |(_, d)| d);
+        write!(f, "Recipient(…@{domain}, done: {})", self.done)
+    }
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Envelope")
+            .field("id", &self.id)
+            .field("account", &self.account)
+            .field("recipients", &self.recipients)
+            .finish_non_exhaustive()
+    }
+}
