@@ -1,11 +1,39 @@
 //! optin-relay: a high-throughput SMTP relay that sends only what recipients agreed to
 //! receive.
 //!
-//! The map (see `README.md` for the full tour): [`smtp`] is pure protocol; [`session`] runs
-//! one client connection over any stream; [`server`] owns listeners, TLS and limits and wires
-//! everything together; [`spool`] keeps accepted mail durably; [`delivery`] sends it on;
-//! [`policy`] says who may send; [`config`] reads the main file; [`http`] and [`metrics`]
-//! are the operator's window.
+//! Mail flows through the modules in the order of the pipeline: a client's [`session`]
+//! speaks [`smtp`] and checks each recipient against [`consent`] and the [`policy`]; the
+//! accepted message is stored durably in the [`spool`]; [`delivery`] takes it from there,
+//! has the [`rewrite`] stage add the unsubscribe headers, the consent footer and the DKIM
+//! signature per recipient, and sends it on; what comes back (results, bounces,
+//! complaints, unsubscribes) feeds [`governance`] (account health, staged campaigns,
+//! freezes, webhooks). [`server`] wires it all together and owns the listeners; [`http`]
+//! serves the unsubscribe pages and the admin API; [`cli`] is the command line. See
+//! `README.md` for the tour.
+//!
+//! ## Layers
+//!
+//! Each module may use the modules of its own layer and of the layers below it, never one
+//! above; within a layer, uses must not go round in a loop, and neither may the files of
+//! one module. The test in `src/layers.rs` reads every module's `crate::` paths and holds
+//! the code to this table.
+//!
+//! 0. `smtp`, `files`, `dkim`, `dns`, `cpu`, `trim` — pure protocol, private crash-safe
+//!    files, DKIM keys, and small process utilities: they use nothing of the crate.
+//! 1. `envelope`, `tls`, `metrics`, `config` — the shared vocabulary of a message
+//!    (envelope, queue id, stream, clock), TLS set-up, the metric names, the main file.
+//! 2. `consent`, `policy` — consent and suppression data; who may send what, and the rules
+//!    the policy file declares.
+//! 3. `spool`, `dsn` — accepted mail, durably; the relay's delivery status notices and
+//!    whom they may go to.
+//! 4. `privacy`, `rewrite`, `governance` — logs without addresses, retention and erasure;
+//!    the per-recipient rewrite; what results, complaints and unsubscribes do to accounts
+//!    and campaigns.
+//! 5. `delivery` — the scheduler, routes and outbound SMTP.
+//! 6. `session`, `reload`, `http` — the SMTP server side, the live policy reload, the HTTP
+//!    listeners.
+//! 7. `server` — wires everything and runs it.
+//! 8. `cli` — the command line.
 
 pub mod cli;
 pub mod config;
@@ -14,6 +42,7 @@ pub mod cpu;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
+pub mod dsn;
 pub mod envelope;
 pub mod files;
 pub mod governance;
@@ -29,3 +58,6 @@ pub mod smtp;
 pub mod spool;
 pub mod tls;
 pub mod trim;
+
+#[cfg(test)]
+mod layers;

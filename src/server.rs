@@ -165,7 +165,7 @@ impl Relay {
         settings.lists = Some(lists.clone());
         let delivery_log = match &config.delivery.log {
             Some(path) => Some(
-                crate::delivery::log::DeliveryLog::open(path, tagger.clone()).map_err(
+                crate::privacy::delivery_log::DeliveryLog::open(path, tagger.clone()).map_err(
                     |source| StartError::LogKey {
                         path: path.display().to_string(),
                         source,

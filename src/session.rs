@@ -61,7 +61,7 @@ pub struct SessionContext {
     /// Takes ARF reports mailed to the feedback address; `None`: it is not taken.
     pub complaints: Option<Arc<crate::governance::complaints::Complaints>>,
     /// The delivery log (accepted and suppressed recipients).
-    pub log: Option<crate::delivery::log::DeliveryLog>,
+    pub log: Option<crate::privacy::delivery_log::DeliveryLog>,
     /// Frozen accounts, whose submissions are refused; `None`: none are.
     pub freezes: Option<Arc<crate::governance::freeze::Freezes>>,
     /// Campaigns, whose mail is refused once declined; `None`: not checked.

@@ -14,8 +14,6 @@ mod budget;
 pub mod client;
 mod complete;
 pub mod control;
-pub mod dsn;
-pub mod log;
 pub mod mta_sts;
 pub mod outcome;
 mod queue;
@@ -53,7 +51,7 @@ pub struct Settings {
     /// Where hard bounces become `bounce` suppressions; `None`: they do not.
     pub lists: Option<Arc<crate::consent::Lists>>,
     /// The delivery log; `None`: no log.
-    pub log: Option<log::DeliveryLog>,
+    pub log: Option<crate::privacy::delivery_log::DeliveryLog>,
     /// Per-account results, for governance.
     pub counts: Arc<crate::governance::counts::AccountCounts>,
     /// The policy, for its throttles; `None`: no throttles.

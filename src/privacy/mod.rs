@@ -12,6 +12,7 @@
 //! Nothing here may log an address, or leave a plain copy behind when it rewrites a file
 //! (rewrites go through a temporary file renamed over the original, see [`jsonl`]).
 
+pub mod delivery_log;
 pub mod erase;
 pub mod events;
 pub mod jsonl;

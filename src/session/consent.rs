@@ -11,7 +11,7 @@
 use bytes::Bytes;
 
 use crate::consent::key::normalise;
-use crate::delivery::dsn;
+use crate::dsn;
 use crate::envelope::Envelope;
 use crate::envelope::Stream;
 use crate::policy::Account;
@@ -49,9 +49,9 @@ pub(super) fn check_rcpt(
 fn log_suppressed(ctx: &SessionContext, account: &str, address: &str, why: Withheld) {
     if let Some(log) = &ctx.log {
         log.event(
-            crate::delivery::log::Kind::Suppressed,
+            crate::privacy::delivery_log::Kind::Suppressed,
             address,
-            &crate::delivery::log::Details {
+            &crate::privacy::delivery_log::Details {
                 account,
                 reply: Some(why.label()),
                 ..Default::default()

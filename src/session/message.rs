@@ -168,9 +168,9 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(log) = &ctx.log {
                 for r in &envelope.recipients {
                     log.event(
-                        crate::delivery::log::Kind::Accepted,
+                        crate::privacy::delivery_log::Kind::Accepted,
                         &r.address,
-                        &crate::delivery::log::Details {
+                        &crate::privacy::delivery_log::Details {
                             id: Some(id),
                             account: &envelope.account,
                             ..Default::default()
