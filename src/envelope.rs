@@ -144,3 +144,58 @@ impl std::fmt::Debug for Envelope {
             .finish_non_exhaustive()
     }
 }
+
+/// How one delivery attempt for one recipient was settled by the scheduler.
+#[derive(Debug, Clone, Copy)]
+pub enum Settled<'a> {
+    /// The next hop took it; `reply` is its answer.
+    Delivered { reply: &'a str },
+    /// It will be tried again.
+    Deferred { reason: &'a str },
+    /// Given up: refused for good, or expired after `max_age` (status 4.4.7). `hard`: the
+    /// address itself was refused (it becomes a `bounce` suppression).
+    Bounced {
+        status: crate::smtp::reply::Status,
+        diagnostic: &'a str,
+        hard: bool,
+    },
+}
+
+/// One recipient's settled attempt: what the delivery log, the account counts, account
+/// health, a campaign's canary and the account's webhook each learn of a delivery result,
+/// through [`OutcomeSink`].
+#[derive(Debug, Clone, Copy)]
+pub struct RecipientOutcome<'a> {
+    pub id: QueueId,
+    pub envelope: &'a Envelope,
+    /// The recipient's index in the envelope.
+    pub rcpt: usize,
+    pub settled: Settled<'a>,
+    /// The site (its MX hosts) or `smarthost`.
+    pub site: &'a str,
+    /// The server that answered (or `-`).
+    pub remote: &'a str,
+    pub attempts: u16,
+    /// Since the message was accepted.
+    pub delay_ms: u64,
+    /// The campaign whose canary counts this recipient (`None` when it has none, once
+    /// released, and for recipients held back).
+    pub canary: Option<&'a str>,
+}
+
+impl RecipientOutcome<'_> {
+    pub fn address(&self) -> &str {
+        &self.envelope.recipients[self.rcpt].address
+    }
+
+    /// Given up because the message grew too old (4.4.7), not refused.
+    pub fn expired(&self) -> bool {
+        matches!(self.settled, Settled::Bounced { status, .. } if status == crate::smtp::reply::Status::new(4, 4, 7))
+    }
+}
+
+/// What receives every settled recipient, one call each, in the scheduler's task: it must
+/// not block (a sink with blocking work hands it to the blocking pool).
+pub trait OutcomeSink: Send + Sync {
+    fn settled(&self, outcome: &RecipientOutcome<'_>);
+}

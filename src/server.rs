@@ -178,19 +178,22 @@ impl Relay {
         let account_counts = settings.counts.clone();
         settings.policy = Some(policy.clone());
         settings.freezes = Some(freezes.clone());
-        settings.campaigns = Some(campaigns.clone());
         let governor = Arc::new(crate::governance::Governor {
             health: Default::default(),
             freezes: freezes.clone(),
             policy: policy.clone(),
         });
-        settings.governor = Some(governor.clone());
         let webhooks = Arc::new(crate::governance::webhook::Webhooks::new(
             &config.spool.path,
             policy.clone(),
             config.webhooks.retry_initial,
         )?);
-        settings.webhooks = Some(webhooks.clone());
+        let feedback = crate::governance::Feedback {
+            campaigns: Some(campaigns.clone()),
+            governor: Some(governor.clone()),
+            webhooks: Some(webhooks.clone()),
+        };
+        settings.feedback = feedback.clone();
         settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
             policy.clone(),
             token_keys.clone(),
@@ -203,9 +206,7 @@ impl Relay {
             events: Arc::new(crate::privacy::events::EventLog::new(
                 &config.spool.path.join("events/unsubscribes.jsonl"),
             )),
-            campaigns: Some(campaigns.clone()),
-            governor: Some(governor.clone()),
-            webhooks: Some(webhooks.clone()),
+            feedback: feedback.clone(),
         });
         // Tokenless reports count only when DKIM-signed by an allow-listed reporter, whose
         // keys are looked up through the relay's resolver.
@@ -227,9 +228,7 @@ impl Relay {
                 account_counts.clone(),
                 tagger.clone(),
             )
-            .with_governor(governor.clone())
-            .with_webhooks(webhooks.clone())
-            .with_campaigns(campaigns.clone())
+            .with_feedback(feedback.clone())
             .requiring_token(config.complaints.require_token)
             .with_limits(crate::governance::complaints::Limits {
                 max_reports_per_ip: config.complaints.max_reports_per_ip,

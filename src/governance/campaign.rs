@@ -532,6 +532,19 @@ pub fn report(
     Some((envelope, bytes::Bytes::from(message)))
 }
 
+/// A canary recipient's end counts for its campaign's verdict.
+impl crate::envelope::OutcomeSink for Campaigns {
+    fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
+        use crate::envelope::Settled;
+        let Some(key) = o.canary else { return };
+        match o.settled {
+            Settled::Delivered { .. } => self.outcome(key, true, false),
+            Settled::Bounced { hard, .. } => self.outcome(key, false, hard),
+            Settled::Deferred { .. } => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

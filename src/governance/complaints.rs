@@ -246,12 +246,9 @@ pub struct Complaints {
     aside: Mutex<AsideUsage>,
     /// [`MAX_KEPT_ASIDE`] and [`MAX_KEPT_ASIDE_BYTES`] (smaller in tests).
     aside_cap: (usize, u64),
-    /// Account health: a new complaint counts toward the account's complaint rate.
-    pub governor: Option<Arc<crate::governance::Governor>>,
-    /// The account's webhook hears of every complaint.
-    pub webhooks: Option<Arc<crate::governance::webhook::Webhooks>>,
-    /// Campaigns in their canary count the complaints about their list.
-    pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
+    /// A new complaint counts toward the account's complaint rate (health) and its
+    /// campaign's canary; the account's webhook hears of every complaint.
+    pub feedback: super::Feedback,
 }
 
 impl std::fmt::Debug for Complaints {
@@ -284,9 +281,7 @@ impl Complaints {
             tagger,
             events: EventLog::new(&spool.join("events/complaints.jsonl")),
             malformed_dir: spool.join("complaints/malformed"),
-            governor: None,
-            webhooks: None,
-            campaigns: None,
+            feedback: Default::default(),
             require_token: false,
             reporters: None,
             limits: Limits {
@@ -339,27 +334,10 @@ impl Complaints {
         self
     }
 
-    /// Counts complaints about a list toward its campaigns' canaries.
-    pub fn with_campaigns(
-        mut self,
-        campaigns: Arc<crate::governance::campaign::Campaigns>,
-    ) -> Complaints {
-        self.campaigns = Some(campaigns);
-        self
-    }
-
-    /// Sends complaints to the accounts' webhooks.
-    pub fn with_webhooks(
-        mut self,
-        webhooks: Arc<crate::governance::webhook::Webhooks>,
-    ) -> Complaints {
-        self.webhooks = Some(webhooks);
-        self
-    }
-
-    /// Counts complaints toward account health (and its automatic freeze).
-    pub fn with_governor(mut self, governor: Arc<crate::governance::Governor>) -> Complaints {
-        self.governor = Some(governor);
+    /// Counts complaints toward account health and campaigns' canaries, and tells the
+    /// accounts' webhooks.
+    pub fn with_feedback(mut self, feedback: super::Feedback) -> Complaints {
+        self.feedback = feedback;
         self
     }
 
@@ -507,10 +485,10 @@ impl Complaints {
             return Err(e);
         }
         self.counts.add_complaint(account);
-        if let Some(governor) = &self.governor {
+        if let Some(governor) = &self.feedback.governor {
             governor.observe(account, crate::governance::health::Signal::Complaint);
         }
-        if let (Some(campaigns), Some(list)) = (&self.campaigns, &complaint.list) {
+        if let (Some(campaigns), Some(list)) = (&self.feedback.campaigns, &complaint.list) {
             campaigns.complained(account, list);
         }
         let event = serde_json::json!({
@@ -525,7 +503,7 @@ impl Complaints {
         if let Err(e) = self.events.append(&event) {
             tracing::error!(error = %e, "could not append to the complaint event log");
         }
-        if let Some(webhooks) = &self.webhooks {
+        if let Some(webhooks) = &self.feedback.webhooks {
             use crate::governance::webhook::WebhookEvent;
             use crate::policy::webhook::Kind;
             webhooks.send_blocking(

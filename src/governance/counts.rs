@@ -89,3 +89,17 @@ impl AccountCounts {
         self.inner.lock().expect("counts lock").clone()
     }
 }
+
+/// Every settled recipient counts for its account.
+impl crate::envelope::OutcomeSink for AccountCounts {
+    fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
+        use crate::envelope::Settled;
+        let result = match o.settled {
+            Settled::Delivered { .. } => Result::Delivered,
+            Settled::Deferred { .. } => Result::Deferred,
+            Settled::Bounced { hard: true, .. } => Result::HardBounced,
+            Settled::Bounced { .. } => Result::SoftBounced,
+        };
+        self.add(&o.envelope.account, result);
+    }
+}

@@ -32,6 +32,26 @@ pub(crate) fn write_state(path: &Path, value: &impl serde::Serialize) -> std::io
     )
 }
 
+/// The governance that delivery results, unsubscribes and complaints feed: a campaign's
+/// canary, account health, the accounts' webhooks. Each is `None` where it is not running
+/// (a test, a tool); cheap to clone.
+#[derive(Clone, Default)]
+pub struct Feedback {
+    pub campaigns: Option<Arc<campaign::Campaigns>>,
+    pub governor: Option<Arc<Governor>>,
+    pub webhooks: Option<Arc<webhook::Webhooks>>,
+}
+
+impl std::fmt::Debug for Feedback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feedback")
+            .field("campaigns", &self.campaigns.is_some())
+            .field("governor", &self.governor.is_some())
+            .field("webhooks", &self.webhooks.is_some())
+            .finish()
+    }
+}
+
 /// Account health wired to freezes: what the delivery engine, unsubscribes and complaints
 /// report goes through here.
 pub struct Governor {
@@ -65,7 +85,11 @@ impl Governor {
     /// Freezes an account for a crossing [`Governor::count`] reported (blocking: writes the
     /// frozen-accounts file).
     pub fn freeze_for(&self, account: &str, why: &str) {
-        match self.freezes.freeze(account, why, "health") {
+        Governor::freeze_with(&self.freezes, account, why);
+    }
+
+    fn freeze_with(freezes: &freeze::Freezes, account: &str, why: &str) {
+        match freezes.freeze(account, why, "health") {
             Ok(true) => crate::metrics::account_frozen("health"),
             Ok(false) => {}
             Err(e) => tracing::error!(account, error = %e, "could not freeze an account"),
@@ -76,6 +100,23 @@ impl Governor {
     pub fn observe(&self, account: &str, signal: health::Signal) {
         if let Some(why) = self.count(account, signal) {
             self.freeze_for(account, &why);
+        }
+    }
+}
+
+/// Deliveries and hard bounces count for the account's health; a crossing freezes it (on
+/// the blocking pool: the freeze writes a file).
+impl crate::envelope::OutcomeSink for Governor {
+    fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
+        use crate::envelope::Settled;
+        let signal = match o.settled {
+            Settled::Delivered { .. } => health::Signal::Delivered,
+            Settled::Bounced { hard: true, .. } => health::Signal::HardBounce,
+            _ => return,
+        };
+        if let Some(why) = self.count(&o.envelope.account, signal) {
+            let (freezes, account) = (self.freezes.clone(), o.envelope.account.clone());
+            tokio::task::spawn_blocking(move || Governor::freeze_with(&freezes, &account, &why));
         }
     }
 }

@@ -36,12 +36,9 @@ pub struct Unsubscribes {
     pub keys: Arc<TokenKeys>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub events: Arc<EventLog>,
-    /// Campaigns in their canary count the unsubscribes from their list.
-    pub campaigns: Option<Arc<crate::governance::campaign::Campaigns>>,
-    /// Account health counts unsubscribes.
-    pub governor: Option<Arc<crate::governance::Governor>>,
-    /// The account's webhook is told; `None`: nobody is told.
-    pub webhooks: Option<Arc<crate::governance::webhook::Webhooks>>,
+    /// Campaigns in their canary count the unsubscribes from their list, account health
+    /// counts them, and the account's webhook is told.
+    pub feedback: super::Feedback,
 }
 
 impl Unsubscribes {
@@ -89,10 +86,10 @@ impl Unsubscribes {
             return Err(e);
         }
         crate::metrics::unsubscribe_received(scope, via.as_str());
-        if let Some(campaigns) = &self.campaigns {
+        if let Some(campaigns) = &self.feedback.campaigns {
             campaigns.unsubscribed(&u.account, &u.list);
         }
-        if let Some(governor) = &self.governor {
+        if let Some(governor) = &self.feedback.governor {
             governor.observe(&u.account, crate::governance::health::Signal::Unsubscribe);
         }
         let event = serde_json::json!({
@@ -106,7 +103,7 @@ impl Unsubscribes {
         if let Err(e) = self.events.append(&event) {
             tracing::error!(error = %e, "could not append to the unsubscribe event log");
         }
-        if let Some(webhooks) = &self.webhooks {
+        if let Some(webhooks) = &self.feedback.webhooks {
             // On disk before the caller answers (this runs on a blocking thread).
             webhooks.send_blocking(
                 &u.account,

@@ -655,5 +655,31 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 mod http;
 
+/// A hard bounce is told to the account's webhook, with the address: it is the point.
+impl crate::envelope::OutcomeSink for Webhooks {
+    fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
+        let crate::envelope::Settled::Bounced {
+            status,
+            diagnostic,
+            hard: true,
+        } = o.settled
+        else {
+            return;
+        };
+        self.send(
+            &o.envelope.account,
+            WebhookEvent::now(
+                Kind::Bounce,
+                o.address(),
+                o.envelope.list.as_deref(),
+                serde_json::json!({
+                    "status": status.to_string(),
+                    "diagnostic": diagnostic,
+                }),
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -206,6 +206,32 @@ fn day_writer<'a>(
     }
 }
 
+/// Every settled recipient is a line: `delivered`, `deferred`, `bounced` or `expired`.
+impl crate::envelope::OutcomeSink for DeliveryLog {
+    fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
+        use crate::envelope::Settled;
+        let (kind, reply) = match o.settled {
+            Settled::Delivered { reply } => (Kind::Delivered, reply),
+            Settled::Deferred { reason } => (Kind::Deferred, reason),
+            Settled::Bounced { diagnostic, .. } if o.expired() => (Kind::Expired, diagnostic),
+            Settled::Bounced { diagnostic, .. } => (Kind::Bounced, diagnostic),
+        };
+        self.event(
+            kind,
+            o.address(),
+            &Details {
+                id: Some(o.id),
+                account: &o.envelope.account,
+                route: Some(o.remote),
+                site: Some(o.site),
+                reply: Some(reply),
+                attempts: Some(o.attempts),
+                delay_ms: Some(o.delay_ms),
+            },
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

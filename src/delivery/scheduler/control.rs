@@ -33,7 +33,7 @@ pub enum Action {
     Erase(String),
 }
 
-pub(super) enum Command {
+pub(in crate::delivery) enum Command {
     Summary(oneshot::Sender<QueueSummary>),
     List {
         account: Option<String>,
@@ -242,7 +242,7 @@ impl Scheduler {
             Command::Verdict { key } => self.campaign_verdict(&key),
             Command::Release { account } => {
                 // An operator unfroze it: the window that froze it is not held against it.
-                if let Some(governor) = &self.settings.governor {
+                if let Some(governor) = &self.settings.feedback.governor {
                     governor.health.forget(&account);
                 }
                 let Some(account) = self.names.find(&account) else {
@@ -293,6 +293,7 @@ impl Scheduler {
         entry.campaign != super::queue::NO_CAMPAIGN
             && self
                 .settings
+                .feedback
                 .campaigns
                 .as_ref()
                 .is_some_and(|c| c.stage(self.names.name(entry.campaign)) == Some(Stage::Canary))
@@ -314,7 +315,7 @@ impl Scheduler {
 
     /// Judges the campaigns whose window has passed (and writes the registry).
     pub(super) fn judge_campaigns(&mut self) {
-        let Some(campaigns) = self.settings.campaigns.clone() else {
+        let Some(campaigns) = self.settings.feedback.campaigns.clone() else {
             return;
         };
         let rules = self
@@ -332,7 +333,7 @@ impl Scheduler {
     /// A campaign's verdict reaches its held mail: released, it goes now; declined, it is
     /// removed (no DSN: the account gets one report for the whole campaign).
     fn campaign_verdict(&mut self, key: &str) {
-        let Some(campaigns) = self.settings.campaigns.clone() else {
+        let Some(campaigns) = self.settings.feedback.campaigns.clone() else {
             return;
         };
         let Some(campaign) = campaigns.get(key) else {
