@@ -16,7 +16,7 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::smtp::refusal::Withheld;
+use crate::smtp::refusal::{Refusal, Withheld};
 
 pub const SMTP_CONNECTIONS: &str = "optin_smtp_connections_total";
 pub const SMTP_CONNECTIONS_REFUSED: &str = "optin_smtp_connections_refused_total";
@@ -102,6 +102,10 @@ pub const MESSAGE_REFUSAL_REASONS: [&str; 16] = [
     "footer_impossible",
     "prohibited_content",
 ];
+/// `reason` of [`UNTRUSTED_REFUSALS`]: the labels of the refusals a stranger's mail to the
+/// relay's own addresses can get.
+pub const UNTRUSTED_REFUSAL_REASONS: [&str; 4] =
+    ["report_rate", "too_big", "mime_budget", "memory"];
 /// `reason` of [`RECIPIENTS_WITHHELD`] (the labels of [`Withheld`]).
 pub const WITHHELD_REASONS: [&str; 6] = [
     "consent_missing",
@@ -143,10 +147,10 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
     (
         UNTRUSTED_REFUSALS,
         &[
-            &[("reason", "report_rate")],
-            &[("reason", "too_big")],
-            &[("reason", "mime_budget")],
-            &[("reason", "memory")],
+            &[("reason", UNTRUSTED_REFUSAL_REASONS[0])],
+            &[("reason", UNTRUSTED_REFUSAL_REASONS[1])],
+            &[("reason", UNTRUSTED_REFUSAL_REASONS[2])],
+            &[("reason", UNTRUSTED_REFUSAL_REASONS[3])],
         ],
     ),
     (
@@ -537,9 +541,11 @@ pub fn message_accepted() {
     counter!(MESSAGES_ACCEPTED).increment(1);
 }
 
-/// A message was refused (at MAIL or at the end of DATA/BDAT); `reason` is one of
-/// [`MESSAGE_REFUSAL_REASONS`].
-pub fn message_refused(reason: &'static str) {
+/// A message was refused (at MAIL or at the end of DATA/BDAT), counted by the refusal's
+/// label (one of [`MESSAGE_REFUSAL_REASONS`]).
+pub fn message_refused(refusal: &Refusal) {
+    let reason = refusal.label();
+    debug_assert!(MESSAGE_REFUSAL_REASONS.contains(&reason), "{reason}");
     counter!(MESSAGES_REFUSED, "reason" => reason).increment(1);
 }
 
@@ -637,8 +643,11 @@ pub fn auth_attempt(result: &'static str) {
     counter!(AUTH_ATTEMPTS, "result" => result).increment(1);
 }
 
-/// Mail from an unknown client refused by one of its own limits (see [`UNTRUSTED_REFUSALS`]).
-pub fn untrusted_refused(reason: &'static str) {
+/// Mail from an unknown client refused by one of its own limits (see [`UNTRUSTED_REFUSALS`]),
+/// counted by the refusal's label.
+pub fn untrusted_refused(refusal: &Refusal) {
+    let reason = refusal.label();
+    debug_assert!(UNTRUSTED_REFUSAL_REASONS.contains(&reason), "{reason}");
     counter!(UNTRUSTED_REFUSALS, "reason" => reason).increment(1);
 }
 
@@ -741,6 +750,44 @@ mod tests {
         assert_eq!(command_verb(b"a@b.example"), "unknown");
         assert_eq!(command_verb(b""), "unknown");
         assert_eq!(command_verb(b"MAILFROM:<x>"), "unknown");
+    }
+
+    #[test]
+    fn message_refusals_are_counted_under_the_fixed_set() {
+        use Refusal::*;
+        use std::collections::BTreeSet;
+        // Every refusal a message can get at MAIL or at the end of DATA, once each.
+        let message = [
+            AccountFrozen("r".into()),
+            CampaignDeclined("c".into(), "r".into()),
+            TooBig(1),
+            DataMemory,
+            DataBareLineEnding,
+            DataNul,
+            DataLineTooLong(1),
+            MailLoop(9),
+            SpoolUnavailable,
+            BadStream,
+            StreamNotAllowed("marketing"),
+            UnknownList("l".into()),
+            NoList,
+            BadCampaign,
+            AllWithheld("a@b.example".into(), Withheld::Bounced, 0),
+            AccountGone,
+            SenderNotAccount("From", "x.example".into()),
+            NoFrom,
+            OperatorContact,
+            FooterImpossible("signed".into()),
+            ProhibitedContent("c".into()),
+        ];
+        let labels: BTreeSet<&str> = message.iter().map(Refusal::label).collect();
+        let fixed: BTreeSet<&str> = MESSAGE_REFUSAL_REASONS.into_iter().collect();
+        assert_eq!(labels, fixed);
+        let untrusted = [ReportRate, TooBig(1), ReportTooComplex, DataMemory];
+        let labels: Vec<&str> = untrusted.iter().map(Refusal::label).collect();
+        assert_eq!(labels, UNTRUSTED_REFUSAL_REASONS);
+        // The removed account's refusal reads as any relay denial.
+        assert_eq!(AccountGone.reply(), RelayDenied.reply());
     }
 
     #[test]

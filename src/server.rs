@@ -10,6 +10,8 @@
 //! the middle of a transaction may finish it within `shutdown_grace`, then delivery stops
 //! and the spool's journals are synced. Mail accepted but not delivered stays in the spool.
 
+mod open;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -28,11 +30,11 @@ use crate::delivery::transport::{NetTransport, Transport};
 use crate::delivery::{self, Delivery};
 use crate::policy::Policy;
 use crate::policy::password::Passwords;
-use crate::privacy::AddressTagger;
 use crate::reload::PolicyReloader;
 use crate::session::{self, End, Peer, SessionContext};
 use crate::smtp::Refusal;
 use crate::spool::Spool;
+use open::{Governance, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -121,191 +123,28 @@ impl Relay {
             config.policy.path.clone(),
             policy.clone(),
         ));
-        let (spool, report) = Spool::open(&config.spool)?;
-        tracing::info!(
-            path = %config.spool.path.display(),
-            messages = report.messages.len(),
-            segments = report.segments,
-            quarantined = report.quarantined,
-            repaired = report.repaired,
-            "spool recovered"
-        );
-        let key_path = config.spool.path.join("log.key");
-        let tagger =
-            AddressTagger::load_or_create(&key_path).map_err(|source| StartError::LogKey {
-                path: key_path.display().to_string(),
-                source,
-            })?;
-        let lists = Arc::new(Lists::open_with(
-            &config.lists.path,
-            config.lists.bloom_bits_per_key,
-            config.lists.load_into_memory,
-        )?);
-        let stats = lists.stats();
-        tracing::info!(
-            path = %config.lists.path.display(),
-            entries = stats.snapshot_entries,
-            journal_changes = stats.delta_entries,
-            "lists opened"
-        );
-        stats.publish();
-        let freezes = Arc::new(
-            crate::governance::freeze::Freezes::open(&config.spool.path)
-                .map_err(|e| StartError::State(e.to_string()))?,
-        );
-        let campaigns = Arc::new(
-            crate::governance::campaign::Campaigns::open(&config.spool.path)
-                .map_err(|e| StartError::State(e.to_string()))?,
-        );
-        let token_keys = Arc::new(
-            crate::rewrite::token::TokenKeys::load_or_create(&config.unsubscribe.keys)
-                .map_err(|e| StartError::Keys(e.to_string()))?,
-        );
-        let mut settings = delivery::Settings::new(&config.delivery, &config.smtp.hostname);
-        settings.lists = Some(lists.clone());
-        let delivery_log = match &config.delivery.log {
-            Some(path) => Some(
-                crate::privacy::delivery_log::DeliveryLog::open(path, tagger.clone()).map_err(
-                    |source| StartError::LogKey {
-                        path: path.display().to_string(),
-                        source,
-                    },
-                )?,
-            ),
-            None => None,
-        };
-        settings.log = delivery_log.clone();
-        let account_counts = settings.counts.clone();
-        settings.policy = Some(policy.clone());
-        settings.freezes = Some(freezes.clone());
-        let governor = Arc::new(crate::governance::Governor {
-            health: Default::default(),
-            freezes: freezes.clone(),
-            policy: policy.clone(),
-        });
-        let webhooks = Arc::new(crate::governance::webhook::Webhooks::new(
-            &config.spool.path,
-            policy.clone(),
-            config.webhooks.retry_initial,
-        )?);
-        let feedback = crate::governance::Feedback {
-            campaigns: Some(campaigns.clone()),
-            governor: Some(governor.clone()),
-            webhooks: Some(webhooks.clone()),
-        };
-        settings.feedback = feedback.clone();
-        settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
-            policy.clone(),
-            token_keys.clone(),
-            &config.unsubscribe,
-        )));
-        let unsubscribes = Arc::new(crate::governance::unsubscribe::Unsubscribes {
-            lists: lists.clone(),
-            keys: token_keys.clone(),
-            policy: policy.clone(),
-            events: Arc::new(crate::privacy::events::EventLog::new(
-                &config.spool.path.join("events/unsubscribes.jsonl"),
-            )),
-            feedback: feedback.clone(),
-        });
-        // Tokenless reports count only when DKIM-signed by an allow-listed reporter, whose
-        // keys are looked up through the relay's resolver.
-        let reporters = if config.complaints.reporters.is_empty() {
-            None
-        } else {
-            Some(crate::governance::complaints::reporter::Reporters::new(
-                config.complaints.reporters.clone(),
-                crate::dns::resolver(config.delivery.dns).map_err(StartError::Delivery)?,
-            ))
-        };
-        let complaints = config.complaints.enabled.then(|| {
-            let mut c = crate::governance::complaints::Complaints::new(
-                config.complaints.address.clone(),
-                &config.spool.path,
-                lists.clone(),
-                token_keys.clone(),
-                policy.clone(),
-                account_counts.clone(),
-                tagger.clone(),
-            )
-            .with_feedback(feedback.clone())
-            .requiring_token(config.complaints.require_token)
-            .with_limits(crate::governance::complaints::Limits {
-                max_reports_per_ip: config.complaints.max_reports_per_ip,
-            });
-            if let Some(reporters) = reporters {
-                c = c.with_reporters(reporters);
-            }
-            Arc::new(c)
-        });
+        let mut state = State::open(&config)?;
+        let gov = Governance::wire(&config, &state, &policy)?;
         let stop_delivery = CancellationToken::new();
         let (delivery, scheduler) = delivery::start(
-            settings,
-            spool.clone(),
+            delivery_settings(&config, &state, &gov, &policy),
+            state.spool.clone(),
             transport,
-            tagger,
-            report.messages,
+            state.tagger.clone(),
+            std::mem::take(&mut state.recovered),
             stop_delivery.clone(),
         );
-        let webhook_worker = webhooks.spawn_worker(stop_delivery.clone());
+        let webhook_worker = gov.webhooks.spawn_worker(stop_delivery.clone());
         // Reloads check the new policy against the accounts with queued mail.
         reloader.set_queue(Arc::new(delivery.clone()));
-        let acceptor = TlsAcceptor::from(crate::tls::server_config(
-            &config.tls,
-            &config.smtp.hostname,
-        )?);
         let stop_accepting = CancellationToken::new();
-        let data_memory = session::memory::DataMemory::new(config.smtp.max_data_memory);
-        spawn_burst_trim(data_memory.clone(), stop_accepting.clone());
-        let ctx = Arc::new(SessionContext {
-            smtp: config.smtp.clone(),
-            policy: policy.clone(),
-            lists: lists.clone(),
-            own_domain: config.unsubscribe.mail_domain.clone(),
-            unsubscribes: Some(unsubscribes.clone()),
-            complaints: complaints.clone(),
-            log: delivery_log,
-            freezes: Some(freezes.clone()),
-            campaigns: Some(campaigns.clone()),
-            passwords: Arc::new(Passwords::new(config.smtp.auth.concurrency)),
-            auth_guard: Arc::new(session::guard::AuthGuard::new(config.smtp.auth.clone())),
-            spool: spool.clone(),
-            intake: Arc::new(delivery.clone()),
-            own_limits: session::OwnLimits {
-                report: config.complaints.max_report_size,
-                unsubscribe: config.unsubscribe.max_mail_size,
-            },
-            tls_available: true,
-            data_memory: data_memory.clone(),
-            shutdown: stop_accepting.clone(),
-        });
-        let limiter = Arc::new(Limiter::new(
-            config.smtp.max_connections,
-            config.smtp.max_connections_per_ip,
-            config.smtp.max_untrusted_connections_per_ip,
-        ));
+        let ctx = session_context(&config, &state, &gov, &policy, &delivery, &stop_accepting);
+        spawn_burst_trim(ctx.data_memory.clone(), stop_accepting.clone());
         let sessions = TaskTracker::new();
-        let plain = bind_all(&config.smtp.listen)?;
-        let implicit = bind_all(&config.smtp.listen_tls)?;
-        let smtp_addrs = plain.iter().map(|(_, a)| *a).collect();
-        let smtp_tls_addrs = implicit.iter().map(|(_, a)| *a).collect();
-        for (listener, addr, implicit_tls) in plain
-            .into_iter()
-            .map(|(l, a)| (l, a, false))
-            .chain(implicit.into_iter().map(|(l, a)| (l, a, true)))
-        {
-            tracing::info!(%addr, implicit_tls, "SMTP listening");
-            let accept = Acceptor {
-                ctx: ctx.clone(),
-                tls: acceptor.clone(),
-                limiter: limiter.clone(),
-                sessions: sessions.clone(),
-                implicit_tls,
-            };
-            tokio::spawn(accept.run(listener, stop_accepting.clone()));
-        }
+        let (smtp_addrs, smtp_tls_addrs) =
+            listen_smtp(&config, ctx, sessions.clone(), stop_accepting.clone())?;
         crate::consent::follow::spawn(
-            lists.clone(),
+            state.lists.clone(),
             config.lists.refresh_interval,
             config.lists.compact_after,
             stop_accepting.clone(),
@@ -321,13 +160,13 @@ impl Relay {
                     .map_err(StartError::State)?
                     .into(),
                 delivery: delivery.clone(),
-                spool: spool.clone(),
-                lists: lists.clone(),
-                freezes: freezes.clone(),
-                campaigns: campaigns.clone(),
+                spool: state.spool.clone(),
+                lists: state.lists.clone(),
+                freezes: state.freezes.clone(),
+                campaigns: state.campaigns.clone(),
                 policy: policy.clone(),
                 reloader: reloader.clone(),
-                counts: account_counts.clone(),
+                counts: gov.counts.clone(),
             }),
             None => None,
         };
@@ -338,8 +177,8 @@ impl Relay {
             &config,
             crate::http::Services {
                 metrics,
-                unsubscribes: unsubscribes.clone(),
-                complaints,
+                unsubscribes: gov.unsubscribes.clone(),
+                complaints: gov.complaints.clone(),
                 admin,
             },
             stop_accepting.clone(),
@@ -359,13 +198,13 @@ impl Relay {
             admin_addr: http.admin,
             policy,
             reloader,
-            spool,
+            spool: state.spool,
             delivery,
-            lists,
-            freezes,
-            governor,
-            account_counts,
-            webhooks,
+            lists: state.lists,
+            freezes: state.freezes,
+            governor: gov.governor,
+            account_counts: gov.counts,
+            webhooks: gov.webhooks,
             webhook_worker,
             stop_accepting,
             sessions,
@@ -405,6 +244,101 @@ impl Relay {
 /// Pending connections the kernel queues per listener: bursts of one-message connections
 /// (what most applications do) must not be dropped before we accept them.
 const LISTEN_BACKLOG: u32 = 1024;
+
+/// Delivery's settings: `[delivery]`, the lists (hard bounces), the delivery log, the
+/// policy (throttles), freezes, the rewrite stage and the governance results feed.
+fn delivery_settings(
+    config: &Config,
+    state: &State,
+    gov: &Governance,
+    policy: &Arc<ArcSwap<Policy>>,
+) -> delivery::Settings {
+    let mut settings = delivery::Settings::new(&config.delivery, &config.smtp.hostname);
+    settings.lists = Some(state.lists.clone());
+    settings.log = state.delivery_log.clone();
+    settings.counts = gov.counts.clone();
+    settings.policy = Some(policy.clone());
+    settings.freezes = Some(state.freezes.clone());
+    settings.feedback = gov.feedback.clone();
+    settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
+        policy.clone(),
+        state.token_keys.clone(),
+        &config.unsubscribe,
+    )));
+    settings
+}
+
+/// What every SMTP session shares.
+fn session_context(
+    config: &Config,
+    state: &State,
+    gov: &Governance,
+    policy: &Arc<ArcSwap<Policy>>,
+    delivery: &Delivery,
+    stop_accepting: &CancellationToken,
+) -> Arc<SessionContext> {
+    Arc::new(SessionContext {
+        smtp: config.smtp.clone(),
+        policy: policy.clone(),
+        lists: state.lists.clone(),
+        own_domain: config.unsubscribe.mail_domain.clone(),
+        unsubscribes: Some(gov.unsubscribes.clone()),
+        complaints: gov.complaints.clone(),
+        log: state.delivery_log.clone(),
+        freezes: Some(state.freezes.clone()),
+        campaigns: Some(state.campaigns.clone()),
+        passwords: Arc::new(Passwords::new(config.smtp.auth.concurrency)),
+        auth_guard: Arc::new(session::guard::AuthGuard::new(config.smtp.auth.clone())),
+        spool: state.spool.clone(),
+        intake: Arc::new(delivery.clone()),
+        own_limits: session::OwnLimits {
+            report: config.complaints.max_report_size,
+            unsubscribe: config.unsubscribe.max_mail_size,
+        },
+        tls_available: true,
+        data_memory: session::memory::DataMemory::new(config.smtp.max_data_memory),
+        shutdown: stop_accepting.clone(),
+    })
+}
+
+/// Binds the SMTP listeners (`listen`, then `listen_tls`) and starts accepting on each;
+/// returns their addresses.
+fn listen_smtp(
+    config: &Config,
+    ctx: Arc<SessionContext>,
+    sessions: TaskTracker,
+    stop_accepting: CancellationToken,
+) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), StartError> {
+    let acceptor = TlsAcceptor::from(crate::tls::server_config(
+        &config.tls,
+        &config.smtp.hostname,
+    )?);
+    let limiter = Arc::new(Limiter::new(
+        config.smtp.max_connections,
+        config.smtp.max_connections_per_ip,
+        config.smtp.max_untrusted_connections_per_ip,
+    ));
+    let plain = bind_all(&config.smtp.listen)?;
+    let implicit = bind_all(&config.smtp.listen_tls)?;
+    let smtp_addrs = plain.iter().map(|(_, a)| *a).collect();
+    let smtp_tls_addrs = implicit.iter().map(|(_, a)| *a).collect();
+    for (listener, addr, implicit_tls) in plain
+        .into_iter()
+        .map(|(l, a)| (l, a, false))
+        .chain(implicit.into_iter().map(|(l, a)| (l, a, true)))
+    {
+        tracing::info!(%addr, implicit_tls, "SMTP listening");
+        let accept = Acceptor {
+            ctx: ctx.clone(),
+            tls: acceptor.clone(),
+            limiter: limiter.clone(),
+            sessions: sessions.clone(),
+            implicit_tls,
+        };
+        tokio::spawn(accept.run(listener, stop_accepting.clone()));
+    }
+    Ok((smtp_addrs, smtp_tls_addrs))
+}
 
 /// Binds every address (port 0 picks a free port), keeping the bound addresses.
 fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<(TcpListener, SocketAddr)>, StartError> {

@@ -403,9 +403,10 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     if let (Some(name), Some(freezes)) = (&account, &ctx.freezes)
         && let Some(frozen) = freezes.get(name)
     {
-        crate::metrics::message_refused("account_frozen");
+        let refusal = Refusal::AccountFrozen(frozen.reason);
+        crate::metrics::message_refused(&refusal);
         crate::metrics::policy_verdict_reason("frozen");
-        return Err(Refusal::AccountFrozen(frozen.reason));
+        return Err(refusal);
     }
     let most = if account.is_some() {
         ctx.smtp.max_message_size
@@ -415,10 +416,11 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(size) = params.size
         && size > most
     {
+        let refusal = Refusal::TooBig(most);
         if account.is_none() {
-            crate::metrics::untrusted_refused("too_big");
+            crate::metrics::untrusted_refused(&refusal);
         }
-        return Err(Refusal::TooBig(most));
+        return Err(refusal);
     }
     if from.as_ref().is_some_and(|a| !a.is_ascii()) && !params.smtputf8 {
         return Err(Refusal::NeedsSmtpUtf8);
@@ -501,7 +503,7 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
                 .as_ref()
                 .is_none_or(|c| c.admit_report(state.peer.remote.ip()));
             if !admitted {
-                crate::metrics::untrusted_refused("report_rate");
+                crate::metrics::untrusted_refused(&Refusal::ReportRate);
                 return Err(Refusal::ReportRate);
             }
         }
@@ -518,7 +520,7 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
             .as_ref()
             .is_none_or(|c| c.admit_report(state.peer.remote.ip()));
         if !admitted {
-            crate::metrics::untrusted_refused("report_rate");
+            crate::metrics::untrusted_refused(&Refusal::ReportRate);
             return Err(Refusal::ReportRate);
         }
         let txn = state.txn.as_mut().expect("checked above");
@@ -550,8 +552,9 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
 fn declared_size_within(txn: &Transaction, limit: u64) -> Result<(), Refusal> {
     match txn.params.size {
         Some(size) if size > limit => {
-            crate::metrics::untrusted_refused("too_big");
-            Err(Refusal::TooBig(limit))
+            let refusal = Refusal::TooBig(limit);
+            crate::metrics::untrusted_refused(&refusal);
+            Err(refusal)
         }
         _ => Ok(()),
     }
@@ -654,9 +657,9 @@ where
 {
     let txn = state.txn.take();
     if txn.is_some_and(|t| t.account.is_none()) {
-        crate::metrics::untrusted_refused("memory");
+        crate::metrics::untrusted_refused(&Refusal::DataMemory);
     }
-    crate::metrics::message_refused("memory");
+    crate::metrics::message_refused(&Refusal::DataMemory);
     refuse(ctx, conn, state, Refusal::DataMemory)
 }
 
@@ -704,7 +707,7 @@ where
         .get_or_insert_with(|| Chunks::new(ctx, max, stranger));
     if chunks.rx.report().exceeds(max) {
         state.txn = None;
-        crate::metrics::message_refused("too_big");
+        crate::metrics::message_refused(&Refusal::TooBig(max));
         return Ok(refuse(ctx, conn, state, Refusal::TooBig(max)));
     }
     if chunks.starved {

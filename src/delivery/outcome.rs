@@ -58,7 +58,7 @@ pub enum LocalRefusal {
     /// The content in the spool failed its checksum.
     DamagedInSpool,
     /// The per-recipient rewrite (unsubscribe headers, footer, signature) failed.
-    Rewrite(String),
+    Rewrite(crate::rewrite::RewriteError),
     /// The relay's operator returned the message (admin API or CLI).
     ReturnedByOperator,
 }

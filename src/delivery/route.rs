@@ -27,6 +27,7 @@ use super::transport::{RouteKey, TlsDemand, Transport};
 use super::{Event, Settings};
 use crate::config::TlsLevel;
 use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::rewrite::RewriteError;
 use crate::spool::{Location, Spool};
 
 /// Some recipients of one message, all on this route. A queued job is small: the worker
@@ -85,7 +86,7 @@ fn prepare(
     env: &Envelope,
     job_rcpts: &[u32],
     body: &Bytes,
-) -> Vec<(Vec<u32>, Result<Bytes, String>)> {
+) -> Vec<(Vec<u32>, Result<Bytes, RewriteError>)> {
     if r.per_recipient(env) {
         let rcpts: Vec<&Recipient> = job_rcpts
             .iter()
@@ -94,13 +95,10 @@ fn prepare(
         job_rcpts
             .iter()
             .zip(r.prepare_each(env, &rcpts, body))
-            .map(|(&i, content)| (vec![i], content.map(Bytes::from).map_err(|e| e.to_string())))
+            .map(|(&i, content)| (vec![i], content.map(Bytes::from)))
             .collect()
     } else {
-        vec![(
-            job_rcpts.to_vec(),
-            r.prepare(env, None, body).map_err(|e| e.to_string()),
-        )]
+        vec![(job_rcpts.to_vec(), r.prepare(env, None, body))]
     }
 }
 
@@ -549,7 +547,7 @@ async fn deliver(
     // The slot and connection `ready` gave above serve the first transaction.
     let mut slot_used = false;
     for chunk in job.rcpts.chunks(batch) {
-        let contents: Vec<(Vec<u32>, Result<Bytes, String>)> = match rewriter.clone() {
+        let contents: Vec<(Vec<u32>, Result<Bytes, RewriteError>)> = match rewriter.clone() {
             Some(r) => {
                 let (env, chunk, body) = (env.clone(), chunk.to_vec(), body.clone());
                 // Marketing copies of one message: chunk.len() rewrites of body.len() each.

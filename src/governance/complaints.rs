@@ -373,7 +373,7 @@ impl Complaints {
     /// The blocking first part of [`Complaints::receive`]: budget, parse, token.
     pub fn examine(&self, raw: &[u8]) -> Result<Examined, ComplaintError> {
         if !arf::within_mime_budget(raw) {
-            crate::metrics::untrusted_refused("mime_budget");
+            crate::metrics::untrusted_refused(&crate::smtp::Refusal::ReportTooComplex);
             tracing::warn!(
                 size = raw.len(),
                 "feedback report refused: too many MIME parts or too deep a nesting"

@@ -26,7 +26,7 @@ use crate::envelope::{Envelope, Recipient};
 use crate::policy::{Account, List, Policy};
 use token::{TokenKeys, Unsubscribe};
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RewriteError {
     #[error("account {0:?} is no longer in the policy")]
     NoAccount(String),

@@ -25,19 +25,17 @@ pub(super) struct Input {
     pub body: Vec<u8>,
 }
 
-/// A refusal, the metric reason it counts under, and a content category whose rule
-/// freezes the account (`[content] freeze_account`).
+/// A refusal (its label is the metric reason it counts under), and a content category
+/// whose rule freezes the account (`[content] freeze_account`).
 pub(super) struct Refused {
     pub refusal: Refusal,
-    pub reason: &'static str,
     pub freeze: Option<String>,
 }
 
-impl Refused {
-    fn new(refusal: Refusal, reason: &'static str) -> Refused {
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
         Refused {
             refusal,
-            reason,
             freeze: None,
         }
     }
@@ -58,10 +56,10 @@ fn check(input: &mut Input) -> Result<Class, Refused> {
     let policy = &input.policy;
     let Some(account) = policy.account(&input.account) else {
         // The account was removed by a policy reload during the transaction.
-        return Err(Refused::new(Refusal::RelayDenied, "account_gone"));
+        return Err(Refusal::AccountGone.into());
     };
     let body = &mut input.body;
-    let class = consent::classify(account, body).map_err(|r| Refused::new(r, "optin_header"))?;
+    let class = consent::classify(account, body)?;
     if class.stream == Stream::Marketing
         && let (Some(campaigns), Some(id)) = (&input.campaigns, &class.campaign)
         && let k = key(&input.account, id)
@@ -71,23 +69,15 @@ fn check(input: &mut Input) -> Result<Class, Refused> {
             .get(&k)
             .and_then(|c| c.reason)
             .unwrap_or_else(|| "declined".into());
-        return Err(Refused::new(
-            Refusal::CampaignDeclined(id.clone(), why),
-            "campaign_declined",
-        ));
+        return Err(Refusal::CampaignDeclined(id.clone(), why).into());
     }
     if class.stream == Stream::Marketing
         && let Err(e) = crate::rewrite::footer::check(body)
     {
-        return Err(Refused::new(
-            Refusal::FooterImpossible(e.to_string()),
-            "footer_impossible",
-        ));
+        return Err(Refusal::FooterImpossible(e.to_string()).into());
     }
-    identity::check(account, &input.own_domain, input.sender.as_ref(), body)
-        .map_err(|r| Refused::new(r, "sender_identity"))?;
-    identity::check_operator_contacts(policy.operator_contacts(), body)
-        .map_err(|r| Refused::new(r, "operator_contact"))?;
+    identity::check(account, &input.own_domain, input.sender.as_ref(), body)?;
+    identity::check_operator_contacts(policy.operator_contacts(), body)?;
     if let Some(found) = policy.content().check(body) {
         tracing::info!(
             account = %input.account,
@@ -99,7 +89,6 @@ fn check(input: &mut Input) -> Result<Class, Refused> {
         return Err(Refused {
             freeze: found.freeze.then(|| found.category.clone()),
             refusal: Refusal::ProhibitedContent(found.category),
-            reason: "prohibited_content",
         });
     }
     Ok(class)

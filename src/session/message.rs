@@ -16,27 +16,8 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     mut body: Vec<u8>,
 ) -> Flow {
     let txn = state.txn.take().expect("content follows a transaction");
-    let limit = size_limit(ctx, &txn);
-    let refusal = if report.exceeds(limit) {
-        if txn.account.is_none() {
-            crate::metrics::untrusted_refused("too_big");
-        }
-        Some((Refusal::TooBig(limit), "too_big"))
-    } else if report.bare_line_ending {
-        Some((Refusal::DataBareLineEnding, "bare_line_ending"))
-    } else if report.nul {
-        Some((Refusal::DataNul, "nul"))
-    } else if report.line_too_long {
-        Some((
-            Refusal::DataLineTooLong(ctx.smtp.max_line_length),
-            "line_too_long",
-        ))
-    } else {
-        let hops = count_received(&body);
-        (hops > ctx.smtp.max_received_headers).then_some((Refusal::MailLoop(hops), "mail_loop"))
-    };
-    if let Some((refusal, reason)) = refusal {
-        crate::metrics::message_refused(reason);
+    if let Some(refusal) = framing_refusal(ctx, &txn, &report, &body) {
+        crate::metrics::message_refused(&refusal);
         return refuse(ctx, conn, state, refusal);
     }
     let mut txn = txn;
@@ -92,7 +73,7 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                         });
                     }
-                    crate::metrics::message_refused(refused.reason);
+                    crate::metrics::message_refused(&refused.refusal);
                     return refuse(ctx, conn, state, refused.refusal);
                 }
             }
@@ -112,9 +93,9 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         crate::metrics::policy_verdict(*v);
     }
     if verdicts.iter().all(Option::is_some) {
-        crate::metrics::message_refused("withheld");
         let why = verdicts[0].expect("all withheld");
         let refusal = Refusal::AllWithheld(addresses[0].to_string(), why, addresses.len() - 1);
+        crate::metrics::message_refused(&refusal);
         return refuse(ctx, conn, state, refusal);
     }
     let id = ctx.spool.next_id();
@@ -191,9 +172,36 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(e) => {
             tracing::error!(error = %e, "could not store an accepted message");
-            crate::metrics::message_refused("spool_error");
+            crate::metrics::message_refused(&Refusal::SpoolUnavailable);
             refuse(ctx, conn, state, Refusal::SpoolUnavailable)
         }
+    }
+}
+
+/// What the framing of the content says against it (size, line endings, NUL, line length,
+/// a mail loop), the first thing found.
+fn framing_refusal(
+    ctx: &SessionContext,
+    txn: &Transaction,
+    report: &ContentReport,
+    body: &[u8],
+) -> Option<Refusal> {
+    let limit = size_limit(ctx, txn);
+    if report.exceeds(limit) {
+        let refusal = Refusal::TooBig(limit);
+        if txn.account.is_none() {
+            crate::metrics::untrusted_refused(&refusal);
+        }
+        Some(refusal)
+    } else if report.bare_line_ending {
+        Some(Refusal::DataBareLineEnding)
+    } else if report.nul {
+        Some(Refusal::DataNul)
+    } else if report.line_too_long {
+        Some(Refusal::DataLineTooLong(ctx.smtp.max_line_length))
+    } else {
+        let hops = count_received(body);
+        (hops > ctx.smtp.max_received_headers).then_some(Refusal::MailLoop(hops))
     }
 }
 

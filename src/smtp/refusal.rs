@@ -41,6 +41,10 @@ pub enum Refusal {
     AuthRequired,
     #[error("relay access denied")]
     RelayDenied,
+    /// The client's account was removed (by a policy reload) during the transaction: the
+    /// same reply as [`Refusal::RelayDenied`], counted apart.
+    #[error("relay access denied")]
+    AccountGone,
     #[error("authentication mechanism not supported")]
     AuthMechanism,
     #[error("encryption required for authentication")]
@@ -178,10 +182,61 @@ impl Withheld {
     }
 }
 
+/// An SMTP reply's code, enhanced status and text.
+type ReplyParts = (u16, (u8, u16, u16), String);
+
 impl Refusal {
     pub fn reply(&self) -> Reply {
         use Refusal::*;
-        let (code, status, text): (u16, (u8, u16, u16), String) = match self {
+        let (code, status, text) = match self {
+            Unrecognized | NotImplemented | Syntax(..) | LineTooLong | BareLineEnding | NotUtf8
+            | BadSender(..) | BadRecipient(..) | Param(..) | NeedsSmtpUtf8 | BadSequence(..) => {
+                self.command_reply()
+            }
+            AuthRequired | RelayDenied | AccountGone | AuthMechanism | AuthNeedsTls
+            | AuthFailed | AuthCancelled | AuthMalformed | AuthLockedOut | AuthBusy => {
+                self.access_reply()
+            }
+            TooManyRecipients
+            | TooBig(..)
+            | DataBareLineEnding
+            | DataLineTooLong(..)
+            | DataNul
+            | MailLoop(..)
+            | TooManyErrors
+            | IdleTimeout
+            | SessionTimeout
+            | TooManyConnections
+            | TooManyConnectionsFromIp
+            | ShuttingDown
+            | SpoolUnavailable
+            | DataMemory
+            | TlsUnavailable => self.limits_reply(),
+            AccountFrozen(..)
+            | CampaignDeclined(..)
+            | RecipientWithheld(..)
+            | AllWithheld(..)
+            | StreamNotAllowed(..)
+            | BadStream
+            | UnknownList(..)
+            | SenderNotAccount(..)
+            | NoFrom
+            | OperatorContact
+            | ProhibitedContent(..)
+            | FooterImpossible(..)
+            | UnknownUnsubscribe
+            | ReportRate
+            | ReportTooComplex
+            | BadCampaign
+            | NoList => self.policy_reply(),
+        };
+        Reply::new(code, Status::new(status.0, status.1, status.2), text)
+    }
+
+    /// Replies to commands that are not well-formed or not in order.
+    fn command_reply(&self) -> ReplyParts {
+        use Refusal::*;
+        match self {
             Unrecognized => (500, (5, 5, 1), "Command not recognized".into()),
             NotImplemented => (502, (5, 5, 1), "Command not implemented".into()),
             Syntax(usage) => (501, (5, 5, 4), format!("Syntax: {usage}")),
@@ -207,8 +262,16 @@ impl Refusal {
                 "Non-ASCII address needs the SMTPUTF8 parameter".into(),
             ),
             BadSequence(what) => (503, (5, 5, 1), format!("Bad sequence of commands: {what}")),
+            _ => unreachable!("{} is not a {} refusal", self, "command"),
+        }
+    }
+
+    /// Replies about who may send: authentication and relaying.
+    fn access_reply(&self) -> ReplyParts {
+        use Refusal::*;
+        match self {
             AuthRequired => (530, (5, 7, 0), "Authentication required".into()),
-            RelayDenied => (
+            RelayDenied | AccountGone => (
                 554,
                 (5, 7, 1),
                 "Relay access denied: this client is not allowed to send through this relay".into(),
@@ -236,6 +299,14 @@ impl Refusal {
                 (4, 7, 0),
                 "Temporary authentication failure, try again later".into(),
             ),
+            _ => unreachable!("{} is not a {} refusal", self, "access"),
+        }
+    }
+
+    /// Replies about the limits of a message or a session, and the relay's own state.
+    fn limits_reply(&self) -> ReplyParts {
+        use Refusal::*;
+        match self {
             TooManyRecipients => (452, (4, 5, 3), "Too many recipients".into()),
             TooBig(limit) => (
                 552,
@@ -295,6 +366,15 @@ impl Refusal {
                 "Insufficient system resources to take the message now, try again later".into(),
             ),
             TlsUnavailable => (454, (4, 7, 0), "TLS not available".into()),
+            _ => unreachable!("{} is not a {} refusal", self, "limits"),
+        }
+    }
+
+    /// Replies of the sending policy: frozen accounts, declined campaigns, consent and
+    /// suppression, the sender's identity, the relay's own addresses.
+    fn policy_reply(&self) -> ReplyParts {
+        use Refusal::*;
+        match self {
             AccountFrozen(reason) => (554, (5, 7, 1), format!("account frozen: {reason}")),
             CampaignDeclined(id, reason) => (
                 550,
@@ -382,8 +462,69 @@ impl Refusal {
                 (5, 7, 1),
                 "Marketing mail needs a list: name one with X-Optin-List".into(),
             ),
-        };
-        Reply::new(code, Status::new(status.0, status.1, status.2), text)
+
+            _ => unreachable!("{} is not a {} refusal", self, "policy"),
+        }
+    }
+
+    /// The refusal's name in metrics and logs: the `reason` label of
+    /// `optin_messages_refused_total` (a message refused at MAIL or at the end of DATA) and
+    /// of `optin_untrusted_refusals_total` (a stranger's mail to the relay's own addresses).
+    pub fn label(&self) -> &'static str {
+        use Refusal::*;
+        match self {
+            Unrecognized => "unrecognized",
+            NotImplemented => "not_implemented",
+            Syntax(_) => "syntax",
+            LineTooLong => "line_too_long_command",
+            BareLineEnding => "bare_line_ending_command",
+            NotUtf8 => "not_utf8",
+            BadSender(_) => "bad_sender",
+            BadRecipient(_) => "bad_recipient",
+            Param(_) => "bad_parameter",
+            NeedsSmtpUtf8 => "needs_smtputf8",
+            BadSequence(_) => "bad_sequence",
+            AuthRequired => "auth_required",
+            RelayDenied => "relay_denied",
+            AccountGone => "account_gone",
+            AuthMechanism => "auth_mechanism",
+            AuthNeedsTls => "auth_needs_tls",
+            AuthFailed => "auth_failed",
+            AuthCancelled => "auth_cancelled",
+            AuthMalformed => "auth_malformed",
+            AuthLockedOut => "auth_locked_out",
+            AuthBusy => "auth_busy",
+            TooManyRecipients => "too_many_recipients",
+            TooBig(_) => "too_big",
+            DataBareLineEnding => "bare_line_ending",
+            DataLineTooLong(_) => "line_too_long",
+            DataNul => "nul",
+            MailLoop(_) => "mail_loop",
+            TooManyErrors => "too_many_errors",
+            IdleTimeout => "idle_timeout",
+            SessionTimeout => "session_timeout",
+            TooManyConnections => "too_many_connections",
+            TooManyConnectionsFromIp => "too_many_connections_from_ip",
+            ShuttingDown => "shutting_down",
+            SpoolUnavailable => "spool_error",
+            DataMemory => "memory",
+            TlsUnavailable => "tls_unavailable",
+            AccountFrozen(_) => "account_frozen",
+            CampaignDeclined(..) => "campaign_declined",
+            RecipientWithheld(..) => "recipient_withheld",
+            AllWithheld(..) => "withheld",
+            // The X-Optin-* fields that say what the message is.
+            StreamNotAllowed(_) | BadStream | UnknownList(_) | NoList | BadCampaign => {
+                "optin_header"
+            }
+            SenderNotAccount(..) | NoFrom => "sender_identity",
+            UnknownUnsubscribe => "unknown_unsubscribe",
+            ReportRate => "report_rate",
+            ReportTooComplex => "mime_budget",
+            FooterImpossible(_) => "footer_impossible",
+            OperatorContact => "operator_contact",
+            ProhibitedContent(_) => "prohibited_content",
+        }
     }
 
     /// Does this refusal end the session (the server closes after sending it)? Every 421,
