@@ -254,6 +254,14 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_sessions();
+    describe_state();
+    describe_delivery();
+    describe_limits();
+}
+
+/// SMTP sessions, commands, replies and verdicts.
+fn describe_sessions() {
     describe_counter!(
         SMTP_CONNECTIONS,
         "SMTP connections accepted, by listener kind (plain, tls)."
@@ -285,6 +293,10 @@ fn describe() {
          (consent_missing, unsubscribed_list, unsubscribed_all, bounced, complaint, blocked) \
          and stage (rcpt, data)."
     );
+}
+
+/// The lists, refused messages, the spool and the queue.
+fn describe_state() {
     describe_gauge!(
         LISTS_ENTRIES,
         "Entries in the consent and suppression snapshot in service."
@@ -329,6 +341,10 @@ fn describe() {
     );
     describe_gauge!(QUEUE_MESSAGES, "Messages in the delivery queue.");
     describe_gauge!(QUEUE_RECIPIENTS, "Recipients not yet delivered or bounced.");
+}
+
+/// Delivery, policy reloads, sites, DSNs and what governance counts.
+fn describe_delivery() {
     describe_counter!(
         DELIVERY_ATTEMPTS,
         "Delivery transactions attempted, by result (ok, failed)."
@@ -391,6 +407,10 @@ fn describe() {
         "Recipient outcomes, by account (from the policy) and result (delivered, deferred, \
          hard_bounced, soft_bounced)."
     );
+}
+
+/// Throttles and shaping, AUTH, strangers' limits, HTTP, damage found.
+fn describe_limits() {
     describe_histogram!(
         THROTTLE_WAIT,
         "How long a message waited for its destination's rate limits, in seconds."

@@ -490,31 +490,18 @@ async fn deliver(
         env,
         body,
         share: _share, // given back when this attempt is over
-    } = match job.loaded.take() {
-        Some(loaded) => *loaded,
-        None => {
-            let share = ctx.content.take(job.loc.len, job.rcpts.len()).await;
-            match ctx.spool.read_message(job.loc).await {
-                Ok((env, body)) => Loaded {
-                    env: Arc::new(env),
-                    body,
-                    share: Arc::new(share),
-                },
-                Err(e) => {
-                    return JobReport {
-                        id: job.id,
-                        env: None,
-                        unreadable: Some(e),
-                        results: everyone(
-                            Attempt::Refused(LocalRefusal::DamagedInSpool),
-                            &job.rcpts,
-                        ),
-                        remote: None,
-                        next_hop_dsn: false,
-                        site: key.to_string(),
-                    };
-                }
-            }
+    } = match load(ctx, &mut job).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            return JobReport {
+                id: job.id,
+                env: None,
+                unreadable: Some(e),
+                results: everyone(Attempt::Refused(LocalRefusal::DamagedInSpool), &job.rcpts),
+                remote: None,
+                next_hop_dsn: false,
+                site: key.to_string(),
+            };
         }
     };
     let mut report = JobReport {
@@ -578,34 +565,76 @@ async fn deliver(
                 continue;
             }
             slot_used = true;
-            let c = conn.as_mut().expect("ready opened a connection");
-            let with_rcpt: Vec<(u32, &Recipient)> = rcpts
-                .iter()
-                .map(|&i| (i, &env.recipients[i as usize]))
-                .collect();
-            let sent = c.send(&env, &with_rcpt, &content).await;
-            crate::metrics::delivery_attempt(sent.reusable);
-            // One transaction shapes the pace once, however many recipients it refused.
-            if let Some((_, attempt)) = sent
-                .results
-                .iter()
-                .find(|(_, a)| matches!(a, Attempt::Replied { reply, .. } if !reply.is_positive()))
-            {
-                route.shape(ctx, attempt);
-            }
-            report.results.extend(sent.results);
-            report.remote = Some(c.host.clone());
-            report.next_hop_dsn = c.caps.dsn;
-            if !sent.reusable {
-                *conn = None;
-            } else if c.transactions >= per_connection
-                && let Some(mut c) = conn.take()
-            {
-                c.quit().await;
-            }
+            transact(
+                route,
+                ctx,
+                conn,
+                &env,
+                &rcpts,
+                &content,
+                per_connection,
+                &mut report,
+            )
+            .await;
         }
     }
     report
+}
+
+/// A job's message and content: the fresh message it came with, else read back from the
+/// spool once its content fits the budget in flight.
+async fn load(ctx: &Workers, job: &mut Job) -> Result<Loaded, crate::spool::SpoolError> {
+    if let Some(loaded) = job.loaded.take() {
+        return Ok(*loaded);
+    }
+    let share = ctx.content.take(job.loc.len, job.rcpts.len()).await;
+    let (env, body) = ctx.spool.read_message(job.loc).await?;
+    Ok(Loaded {
+        env: Arc::new(env),
+        body,
+        share: Arc::new(share),
+    })
+}
+
+/// One transaction on the open connection for `rcpts` with `content`: its results go
+/// into the report; a refusal shapes the route's pace; the connection is dropped when it
+/// cannot be reused and closed once it carried `per_connection` transactions.
+#[allow(clippy::too_many_arguments)]
+async fn transact(
+    route: &Route,
+    ctx: &Workers,
+    conn: &mut Option<Connection>,
+    env: &Envelope,
+    rcpts: &[u32],
+    content: &Bytes,
+    per_connection: usize,
+    report: &mut JobReport,
+) {
+    let c = conn.as_mut().expect("ready opened a connection");
+    let with_rcpt: Vec<(u32, &Recipient)> = rcpts
+        .iter()
+        .map(|&i| (i, &env.recipients[i as usize]))
+        .collect();
+    let sent = c.send(env, &with_rcpt, content).await;
+    crate::metrics::delivery_attempt(sent.reusable);
+    // One transaction shapes the pace once, however many recipients it refused.
+    if let Some((_, attempt)) = sent
+        .results
+        .iter()
+        .find(|(_, a)| matches!(a, Attempt::Replied { reply, .. } if !reply.is_positive()))
+    {
+        route.shape(ctx, attempt);
+    }
+    report.results.extend(sent.results);
+    report.remote = Some(c.host.clone());
+    report.next_hop_dsn = c.caps.dsn;
+    if !sent.reusable {
+        *conn = None;
+    } else if c.transactions >= per_connection
+        && let Some(mut c) = conn.take()
+    {
+        c.quit().await;
+    }
 }
 
 /// Waits for the route's next message slot (its rate, a suspension) and makes sure a

@@ -21,68 +21,19 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
         return refuse(ctx, conn, state, refusal);
     }
     let mut txn = txn;
-    let mut taken = None;
-    if !txn.unsubscribes.is_empty() {
-        let all = std::mem::take(&mut txn.unsubscribes);
-        if let Err(refusal) = unsubscribe::record(ctx, all).await {
-            return refuse(ctx, conn, state, refusal);
-        }
-        taken = Some("OK unsubscribe recorded");
-    }
-    if txn.complaint {
-        // A report alone (the usual case) hands its content over without a copy.
-        let report = if txn.rcpts.is_empty() {
-            Bytes::from(std::mem::take(&mut body))
-        } else {
-            Bytes::copy_from_slice(&body)
-        };
-        if let Err(refusal) = complaint::receive(ctx, report).await {
-            return refuse(ctx, conn, state, refusal);
-        }
-        taken = Some("OK feedback report received");
-    }
+    let taken = match own_mail(ctx, &mut txn, &mut body).await {
+        Ok(taken) => taken,
+        Err(refusal) => return refuse(ctx, conn, state, refusal),
+    };
     if let Some(text) = taken
         && txn.rcpts.is_empty()
     {
         conn.reply(&Reply::new(250, Status::new(2, 0, 0), text));
         return Flow::Continue;
     }
-    let (account_name, class) = match txn.account.clone() {
-        Some(account) => {
-            let input = checks::Input {
-                policy: ctx.policy.load_full(),
-                account,
-                sender: txn.sender.clone(),
-                own_domain: ctx.own_domain.clone(),
-                campaigns: ctx.campaigns.clone(),
-                body: std::mem::take(&mut body),
-            };
-            let account = input.account.clone();
-            let (checked, verdict) = checks::run(input).await;
-            body = checked;
-            match verdict {
-                Ok(class) => (account, class),
-                Err(refused) => {
-                    if let (Some(category), Some(freezes)) = (refused.freeze, ctx.freezes.clone()) {
-                        // `[content] freeze_account`: the account is frozen too (the file
-                        // write off the async threads; the refusal does not wait for it).
-                        let why = format!("prohibited content: {category}");
-                        tokio::task::spawn_blocking(move || {
-                            if let Ok(true) = freezes.freeze(&account, &why, "content") {
-                                crate::metrics::account_frozen("content");
-                            }
-                        });
-                    }
-                    crate::metrics::message_refused(&refused.refusal);
-                    return refuse(ctx, conn, state, refused.refusal);
-                }
-            }
-        }
-        // A client no account knows, writing to the postmaster (RCPT let nothing else
-        // through): the relay's own mail, transactional, with no account's rules to apply.
-        None if txn.postmaster => (RELAY_ACCOUNT.to_string(), consent::Class::relay_own()),
-        // Recipients other than the relay's own addresses need an account (RCPT checked).
-        None => return refuse(ctx, conn, state, Refusal::RelayDenied),
+    let (account_name, class) = match message_class(ctx, &txn, &mut body).await {
+        Ok(found) => found,
+        Err(refusal) => return refuse(ctx, conn, state, refusal),
     };
     let addresses: Vec<&Address> = txn.rcpts.iter().map(|(a, _)| a).collect();
     let mut verdicts = consent::verdicts(ctx, &account_name, &class, &addresses);
@@ -146,19 +97,7 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
                 "message accepted"
             );
             crate::metrics::message_accepted();
-            if let Some(log) = &ctx.log {
-                for r in &envelope.recipients {
-                    log.event(
-                        crate::privacy::delivery_log::Kind::Accepted,
-                        &r.address,
-                        &crate::privacy::delivery_log::Details {
-                            id: Some(id),
-                            account: &envelope.account,
-                            ..Default::default()
-                        },
-                    );
-                }
-            }
+            log_accepted(ctx, &envelope);
             if let Some((original, reasons)) = withheld {
                 consent::notify_withheld(ctx, &original, &content, &reasons).await;
             }
@@ -175,6 +114,95 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
             crate::metrics::message_refused(&Refusal::SpoolUnavailable);
             refuse(ctx, conn, state, Refusal::SpoolUnavailable)
         }
+    }
+}
+
+/// An `accepted` line in the delivery log for each recipient the message goes to.
+fn log_accepted(ctx: &SessionContext, envelope: &Envelope) {
+    let Some(log) = &ctx.log else { return };
+    for r in &envelope.recipients {
+        log.event(
+            crate::privacy::delivery_log::Kind::Accepted,
+            &r.address,
+            &crate::privacy::delivery_log::Details {
+                id: Some(envelope.id),
+                account: &envelope.account,
+                ..Default::default()
+            },
+        );
+    }
+}
+
+/// Mail to the relay's own addresses in the transaction: unsubscribes are recorded and a
+/// feedback report is received. Returns the 250 text when something was taken.
+async fn own_mail(
+    ctx: &SessionContext,
+    txn: &mut Transaction,
+    body: &mut Vec<u8>,
+) -> Result<Option<&'static str>, Refusal> {
+    let mut taken = None;
+    if !txn.unsubscribes.is_empty() {
+        let all = std::mem::take(&mut txn.unsubscribes);
+        unsubscribe::record(ctx, all).await?;
+        taken = Some("OK unsubscribe recorded");
+    }
+    if txn.complaint {
+        // A report alone (the usual case) hands its content over without a copy.
+        let report = if txn.rcpts.is_empty() {
+            Bytes::from(std::mem::take(body))
+        } else {
+            Bytes::copy_from_slice(body)
+        };
+        complaint::receive(ctx, report).await?;
+        taken = Some("OK feedback report received");
+    }
+    Ok(taken)
+}
+
+/// The sending account and what the message is (stream, list, campaign) after the
+/// account's checks on its content (off the async threads), or why it is refused. A
+/// prohibited-content rule that freezes the account does so here.
+async fn message_class(
+    ctx: &SessionContext,
+    txn: &Transaction,
+    body: &mut Vec<u8>,
+) -> Result<(String, consent::Class), Refusal> {
+    match txn.account.clone() {
+        Some(account) => {
+            let input = checks::Input {
+                policy: ctx.policy.load_full(),
+                account,
+                sender: txn.sender.clone(),
+                own_domain: ctx.own_domain.clone(),
+                campaigns: ctx.campaigns.clone(),
+                body: std::mem::take(body),
+            };
+            let account = input.account.clone();
+            let (checked, verdict) = checks::run(input).await;
+            *body = checked;
+            match verdict {
+                Ok(class) => Ok((account, class)),
+                Err(refused) => {
+                    if let (Some(category), Some(freezes)) = (refused.freeze, ctx.freezes.clone()) {
+                        // `[content] freeze_account`: the account is frozen too (the file
+                        // write off the async threads; the refusal does not wait for it).
+                        let why = format!("prohibited content: {category}");
+                        tokio::task::spawn_blocking(move || {
+                            if let Ok(true) = freezes.freeze(&account, &why, "content") {
+                                crate::metrics::account_frozen("content");
+                            }
+                        });
+                    }
+                    crate::metrics::message_refused(&refused.refusal);
+                    Err(refused.refusal)
+                }
+            }
+        }
+        // A client no account knows, writing to the postmaster (RCPT let nothing else
+        // through): the relay's own mail, transactional, with no account's rules to apply.
+        None if txn.postmaster => Ok((RELAY_ACCOUNT.to_string(), consent::Class::relay_own())),
+        // Recipients other than the relay's own addresses need an account (RCPT checked).
+        None => Err(Refusal::RelayDenied),
     }
 }
 
