@@ -4,7 +4,7 @@
 //! Parsing is strict: unknown keys, wrong types and impossible values are problems, and every
 //! problem in the file is reported at once with its key path (see [`reader`]). Every default
 //! is a named constant below (the HTTP listeners' in [`http`]); with no file at all,
-//! [`Config::embedded_default`] gives the relay DESIGN.md describes (SMTP on
+//! [`Config::embedded_default`] gives the relay the README's quick start runs (SMTP on
 //! 127.0.0.1:2525, the public HTTP listener on 127.0.0.1:8025, the operator listener on
 //! 127.0.0.1:8026, spool in `./data`, delivery by MX lookup). Relative paths are relative
 //! to the working directory.

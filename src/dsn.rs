@@ -505,7 +505,7 @@ mod tests {
     }
 
     /// mail-parser 0.11.9 hits a debug_assert! on some malformed nested message/rfc822
-    /// input (CRATES.md); the dev profile turns its debug assertions off. A DSN returning
+    /// input; the dev profile turns its debug assertions off (Cargo.toml). A DSN returning
     /// such a message in full must build, and parse back without a panic.
     #[test]
     fn malformed_nested_messages_do_not_panic() {

@@ -1,6 +1,6 @@
 //! Snapshot files: an immutable, memory-mapped set of fingerprints with a tag byte each.
 //!
-//! This is our own small layout rather than the `bloomfilter` crate (see CRATES.md): that
+//! This is our own small layout rather than the `bloomfilter` crate: that
 //! crate keeps its bits in its own `Vec` (loading copies the whole file into every process),
 //! probes k separate cache lines per lookup, and hashes through `std::hash::Hash`, which is
 //! not stable across compilers. Here a lookup touches one 64-octet bloom block for the

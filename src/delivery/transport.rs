@@ -30,9 +30,10 @@ use super::mta_sts::MtaSts;
 use super::outcome::ResolveFailure;
 use crate::config::{DeliveryConfig, HostPort, TlsLevel};
 
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-pub type BoxStream = Box<dyn Stream>;
+/// A connected byte stream to a next hop: TCP, TLS, or an in-memory pipe in tests.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+pub type BoxStream = Box<dyn ByteStream>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where a recipient's mail goes: every recipient shares the smart host, otherwise the

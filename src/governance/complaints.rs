@@ -380,7 +380,7 @@ impl Complaints {
             );
             return Ok(Examined::Done(Outcome::TooComplex));
         }
-        // mail-parser has tripped assertions on malformed input before (CRATES.md): a
+        // mail-parser 0.11.9 has tripped debug assertions on malformed input before: a
         // report that makes it panic is garbage like any other.
         let parsed = std::panic::catch_unwind(|| parse(raw)).unwrap_or(Err(Malformed::Unparsable));
         let report = match parsed {

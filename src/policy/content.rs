@@ -1,5 +1,5 @@
 //! Content rules: the prohibited categories of the policy (`[[content.category]]`) and the
-//! check that finds them in a submitted message (DESIGN.md rule 7).
+//! check that finds them in a submitted message (the anti-spam policy's prohibited content).
 //!
 //! A category has a name and three kinds of rule: `phrases` (literal, case-insensitive,
 //! matched on word boundaries), `patterns` (regular expressions, case-insensitive) and

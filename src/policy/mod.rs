@@ -27,7 +27,7 @@ use ipnet::IpNet;
 use crate::config::TlsLevel;
 use crate::config::reader::{Collector, Problems, Section};
 use crate::envelope::Stream;
-pub use streams::List;
+pub use streams::MailingList;
 
 /// The policy used when the config names no policy file: clients on loopback are the
 /// account `local`, nobody else may send.
@@ -47,7 +47,7 @@ pub struct Account {
     /// The streams the account may use, and the one used when a message names none.
     pub streams: Vec<Stream>,
     pub default_stream: Stream,
-    pub lists: Vec<List>,
+    pub lists: Vec<MailingList>,
     /// The list used when a message names none.
     pub default_list: Option<String>,
     /// Domains the account sends as (header From, envelope sender); empty: not checked.
@@ -66,7 +66,7 @@ impl Account {
         self.streams.contains(&stream)
     }
 
-    pub fn list(&self, id: &str) -> Option<&List> {
+    pub fn list(&self, id: &str) -> Option<&MailingList> {
         self.lists.iter().find(|l| l.id == id)
     }
 
@@ -77,7 +77,7 @@ impl Account {
     }
 
     /// The list every marketing message of this account uses, when it has only one.
-    pub fn fixed_list(&self) -> Option<&List> {
+    pub fn fixed_list(&self) -> Option<&MailingList> {
         (self.lists.len() == 1).then(|| &self.lists[0])
     }
 }

@@ -10,7 +10,7 @@ use crate::envelope::Stream;
 
 /// A mailing list of an account.
 #[derive(Debug, Clone)]
-pub struct List {
+pub struct MailingList {
     /// `[a-z0-9_-]`, as in `X-Optin-List` and `lists import --list`.
     pub id: String,
     /// The name people know the list by.
@@ -61,7 +61,7 @@ pub fn valid_name(name: &str) -> bool {
 pub struct Sending {
     pub streams: Vec<Stream>,
     pub default_stream: Stream,
-    pub lists: Vec<List>,
+    pub lists: Vec<MailingList>,
     pub default_list: Option<String>,
 }
 
@@ -108,7 +108,7 @@ pub fn read_sending(s: &mut Section<'_>) -> Sending {
             streams[0]
         }
     };
-    let lists: Vec<List> = s
+    let lists: Vec<MailingList> = s
         .named_sections("lists")
         .into_iter()
         .map(|(id, mut l)| {
@@ -122,7 +122,7 @@ pub fn read_sending(s: &mut Section<'_>) -> Sending {
             if let Err(e) = check_template(&consent_statement) {
                 l.problem("consent_statement", e);
             }
-            List {
+            MailingList {
                 name: l.get_or("name", id.clone()),
                 consent_source: l.get_or("consent_source", String::new()),
                 consent_statement,

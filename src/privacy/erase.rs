@@ -309,7 +309,7 @@ fn report_holds(raw: &[u8], needle: &Needle) -> bool {
     if needle.occurs_in(raw) {
         return true;
     }
-    // mail-parser has tripped assertions on malformed input (CRATES.md): a report that
+    // mail-parser 0.11.9 has tripped debug assertions on malformed input: a report that
     // cannot be parsed is judged by its octets alone.
     std::panic::catch_unwind(|| {
         mail_parser::MessageParser::default()

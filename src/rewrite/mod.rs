@@ -23,7 +23,8 @@ use arc_swap::ArcSwap;
 use crate::consent::key::normalise;
 use crate::envelope::Stream;
 use crate::envelope::{Envelope, Recipient};
-use crate::policy::{Account, List, Policy};
+use crate::policy::MailingList;
+use crate::policy::{Account, Policy};
 use token::{TokenKeys, Unsubscribe};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -213,7 +214,7 @@ impl Rewriter {
         &self,
         env: &Envelope,
         account: &Account,
-        list: &List,
+        list: &MailingList,
         links: &Links,
     ) -> Vec<String> {
         let mut fields = vec![

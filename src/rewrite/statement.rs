@@ -4,7 +4,8 @@
 //! recipient's unsubscribe link). A statement without `{unsubscribe}` gets the link on a
 //! line of its own, so every footer has a visible way out.
 
-use crate::policy::{Account, List};
+use crate::policy::Account;
+use crate::policy::MailingList;
 
 use super::Links;
 
@@ -31,7 +32,7 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-pub fn render(account: &Account, list: &List, links: &Links) -> Rendered {
+pub fn render(account: &Account, list: &MailingList, links: &Links) -> Rendered {
     let sender = if account.description.is_empty() {
         account.name.as_str()
     } else {
@@ -87,7 +88,7 @@ pub fn render(account: &Account, list: &List, links: &Links) -> Rendered {
 mod tests {
     use super::*;
 
-    fn setup(statement: &str) -> (Account, List, Links) {
+    fn setup(statement: &str) -> (Account, MailingList, Links) {
         let policy = crate::policy::Policy::from_toml(
             "t",
             &format!(

@@ -563,7 +563,7 @@ fn deep_nesting_is_refused_without_recursing_deeply() {
 
 #[test]
 fn malformed_nested_message_does_not_panic() {
-    // CRATES.md: mail-parser 0.11.9 debug_asserts on some malformed nested message/rfc822.
+    // mail-parser 0.11.9 debug_asserts on some malformed nested message/rfc822.
     let inputs: [&[u8]; 3] = [
         b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: message/rfc822\r\n\r\n--a--\r\n",
         b"Content-Type: message/rfc822\r\n\r\nContent-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n",
