@@ -201,31 +201,12 @@ pub fn build(
         .body(body)
         .write_to_vec()
         .ok()?;
-    let envelope = Envelope {
-        id: QueueId(0),
-        received_at: 0,
-        account: original.account.clone(),
-        sender: None,
-        envid: None,
-        ret: None,
-        body_type: if eight_bit || utf8 {
-            BodyType::EightBitMime
-        } else {
-            BodyType::SevenBit
-        },
-        smtputf8: utf8 && !sender.is_ascii(),
-        eight_bit_content: !message.is_ascii(),
-        generated_dsn: true,
-        stream: crate::envelope::Stream::Transactional,
-        list: None,
-        campaign: None,
-        recipients: vec![Recipient {
-            address: sender.clone(),
-            notify: None,
-            orcpt: None,
-            done: false,
-        }],
-    };
+    let mut envelope =
+        Envelope::relay_notice(QueueId(0), 0, &original.account, sender.clone(), &message);
+    if eight_bit || utf8 {
+        envelope.body_type = BodyType::EightBitMime;
+    }
+    envelope.smtputf8 = utf8 && !sender.is_ascii();
     Some((envelope, message))
 }
 
@@ -343,27 +324,17 @@ mod tests {
     use mail_parser::{MessageParser, MimeHeaders};
 
     fn original(ret: Option<Ret>) -> Envelope {
-        Envelope {
-            id: QueueId(0xABCDEF),
-            received_at: 1_700_000_000_000,
-            account: "a".into(),
-            sender: Some("app@shop.example".into()),
-            envid: Some("campaign-7".into()),
-            ret,
-            body_type: BodyType::SevenBit,
-            smtputf8: false,
-            eight_bit_content: false,
-            generated_dsn: false,
-            stream: crate::envelope::Stream::Transactional,
-            list: None,
-            campaign: None,
-            recipients: vec![Recipient {
-                address: "gone@x.example".into(),
-                notify: Some(Notify::DEFAULT),
-                orcpt: Some("rfc822;Gone@X.example".into()),
-                done: false,
-            }],
-        }
+        let rcpt = Recipient {
+            notify: Some(Notify::DEFAULT),
+            orcpt: Some("rfc822;Gone@X.example".into()),
+            ..Recipient::new("gone@x.example")
+        };
+        let sender = Some("app@shop.example".into());
+        let mut env =
+            Envelope::transactional(QueueId(0xABCDEF), 1_700_000_000_000, "a", sender, [rcpt]);
+        env.envid = Some("campaign-7".into());
+        env.ret = ret;
+        env
     }
 
     const CONTENT: &[u8] = b"Subject: offer\r\nFrom: app@shop.example\r\n\r\nsecret body text\r\n";

@@ -121,7 +121,62 @@ pub struct Recipient {
     pub done: bool,
 }
 
+impl Envelope {
+    /// A 7-bit transactional message of `account` from `sender` to `recipients`, with no
+    /// DSN options, list or campaign; the other fields are set where they differ.
+    pub fn transactional(
+        id: QueueId,
+        received_at: u64,
+        account: &str,
+        sender: Option<String>,
+        recipients: impl IntoIterator<Item = Recipient>,
+    ) -> Envelope {
+        Envelope {
+            id,
+            received_at,
+            account: account.to_string(),
+            sender,
+            envid: None,
+            ret: None,
+            body_type: BodyType::SevenBit,
+            smtputf8: false,
+            eight_bit_content: false,
+            generated_dsn: false,
+            stream: Stream::Transactional,
+            list: None,
+            campaign: None,
+            recipients: recipients.into_iter().collect(),
+        }
+    }
+
+    /// A notice the relay writes itself (a DSN, a campaign report) to `to`: never
+    /// answered with another DSN; 8-bit and SMTPUTF8 as its content and address need.
+    pub fn relay_notice(
+        id: QueueId,
+        received_at: u64,
+        account: &str,
+        to: String,
+        content: &[u8],
+    ) -> Envelope {
+        let mut e = Envelope::transactional(id, received_at, account, None, [Recipient::new(to)]);
+        e.generated_dsn = true;
+        e.eight_bit_content = !content.is_ascii();
+        e.smtputf8 = !e.recipients[0].address.is_ascii();
+        e
+    }
+}
+
 impl Recipient {
+    /// A recipient with no DSN options.
+    pub fn new(address: impl Into<String>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            notify: None,
+            orcpt: None,
+            done: false,
+        }
+    }
+
     pub fn notify_or_default(&self) -> Notify {
         self.notify.unwrap_or(Notify::DEFAULT)
     }

@@ -508,27 +508,7 @@ pub fn report(
         .text_body(text)
         .write_to_vec()
         .ok()?;
-    let envelope = crate::envelope::Envelope {
-        id,
-        received_at: now_ms,
-        account: c.account.clone(),
-        sender: None,
-        envid: None,
-        ret: None,
-        body_type: crate::smtp::params::BodyType::SevenBit,
-        smtputf8: !to.is_ascii(),
-        eight_bit_content: !message.is_ascii(),
-        generated_dsn: true,
-        stream: crate::envelope::Stream::Transactional,
-        list: None,
-        campaign: None,
-        recipients: vec![crate::envelope::Recipient {
-            address: to,
-            notify: None,
-            orcpt: None,
-            done: false,
-        }],
-    };
+    let envelope = crate::envelope::Envelope::relay_notice(id, now_ms, &c.account, to, &message);
     Some((envelope, bytes::Bytes::from(message)))
 }
 

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::envelope::{Envelope, QueueId, Recipient};
-use crate::smtp::params::{BodyType, Notify};
+use crate::smtp::params::Notify;
 
 fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
@@ -14,30 +14,12 @@ fn config(dir: &Path) -> SpoolConfig {
 }
 
 fn envelope(spool: &Spool, rcpts: &[&str]) -> Envelope {
-    Envelope {
-        id: spool.next_id(),
-        received_at: now_ms(),
-        account: "acct".into(),
-        sender: Some("from@sender.example".into()),
-        envid: None,
-        ret: None,
-        body_type: BodyType::SevenBit,
-        smtputf8: false,
-        eight_bit_content: false,
-        generated_dsn: false,
-        stream: crate::envelope::Stream::Transactional,
-        list: None,
-        campaign: None,
-        recipients: rcpts
-            .iter()
-            .map(|a| Recipient {
-                address: a.to_string(),
-                notify: Some(Notify::DEFAULT),
-                orcpt: None,
-                done: false,
-            })
-            .collect(),
-    }
+    let sender = Some("from@sender.example".into());
+    let rcpts = rcpts.iter().map(|a| Recipient {
+        notify: Some(Notify::DEFAULT),
+        ..Recipient::new(*a)
+    });
+    Envelope::transactional(spool.next_id(), now_ms(), "acct", sender, rcpts)
 }
 
 fn body(n: usize) -> Bytes {

@@ -23,30 +23,17 @@ fn config(dir: &Path) -> SpoolConfig {
 }
 
 fn envelope(spool: &Spool, sender: &str, rcpts: &[&str]) -> Envelope {
-    Envelope {
-        id: spool.next_id(),
-        received_at: now_ms(),
-        account: "acct".into(),
-        sender: Some(sender.into()),
-        envid: None,
-        ret: None,
-        body_type: crate::smtp::params::BodyType::SevenBit,
-        smtputf8: false,
-        eight_bit_content: false,
-        generated_dsn: false,
-        stream: crate::envelope::Stream::Transactional,
-        list: None,
-        campaign: None,
-        recipients: rcpts
-            .iter()
-            .map(|a| Recipient {
-                address: a.to_string(),
-                notify: None,
-                orcpt: Some(format!("rfc822;{a}")),
-                done: false,
-            })
-            .collect(),
-    }
+    let rcpts = rcpts.iter().map(|a| Recipient {
+        orcpt: Some(format!("rfc822;{a}")),
+        ..Recipient::new(*a)
+    });
+    Envelope::transactional(
+        spool.next_id(),
+        now_ms(),
+        "acct",
+        Some(sender.into()),
+        rcpts,
+    )
 }
 
 fn needle() -> Arc<dyn Redactor> {
