@@ -13,13 +13,16 @@
 //!
 //! ## Layers
 //!
+//! Beneath them all is [`smtp`], pure protocol with no I/O: the workspace's own crate
+//! `optin-smtp` (in `optin-smtp/`), which cannot use anything of the relay at all.
+//!
 //! Each module may use the modules of its own layer and of the layers below it, never one
 //! above; within a layer, uses must not go round in a loop, and neither may the files of
 //! one module. The test in `src/layers.rs` reads every module's `crate::` paths and holds
 //! the code to this table.
 //!
-//! 0. `smtp`, `files`, `dkim`, `dns`, `cpu`, `trim` — pure protocol, private crash-safe
-//!    files, DKIM keys, and small process utilities: they use nothing of the crate.
+//! 0. `files`, `dkim`, `dns`, `cpu`, `trim` — private crash-safe files, DKIM keys, and
+//!    small process utilities: they use nothing of the crate.
 //! 1. `envelope`, `tls`, `metrics`, `config` — the shared vocabulary of a message
 //!    (envelope, queue id, stream, clock), TLS set-up, the metric names, the main file.
 //! 2. `consent`, `policy` — consent and suppression data; who may send what, and the rules
@@ -54,10 +57,12 @@ pub mod reload;
 pub mod rewrite;
 pub mod server;
 pub mod session;
-pub mod smtp;
 pub mod spool;
 pub mod tls;
 pub mod trim;
+
+/// SMTP as pure protocol: the `optin-smtp` crate of this workspace (`optin-smtp/`).
+pub use optin_smtp as smtp;
 
 #[cfg(test)]
 mod layers;

@@ -181,7 +181,7 @@ fn parse_auth(args: &str) -> Result<Command, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::params::BodyType;
+    use crate::params::BodyType;
 
     fn parse(s: &str) -> Result<Command, Refusal> {
         parse_command(s.as_bytes(), true)
@@ -218,9 +218,7 @@ mod tests {
         ));
         assert_eq!(
             parse("RCPT TO:<>"),
-            Err(Refusal::BadRecipient(
-                crate::smtp::address::AddressError::Empty
-            ))
+            Err(Refusal::BadRecipient(crate::address::AddressError::Empty))
         );
         assert_eq!(
             parse("MAIL <a@b.example>"),

@@ -568,7 +568,7 @@ mod tests {
                 text.extend_from_slice(b"\r\n");
             }
             let mut wire = Vec::new();
-            crate::smtp::encode::dot_stuff(&text, &mut wire).unwrap();
+            crate::encode::dot_stuff(&text, &mut wire).unwrap();
             let (out, report, _) = receive_in_pieces(&wire, piece, 1 << 20);
             prop_assert_eq!(out, text);
             prop_assert!(!report.bare_line_ending && !report.line_too_long);

@@ -1,8 +1,10 @@
 //! SMTP as pure protocol: bytes in, typed commands, replies and content out.
 //!
 //! Nothing in here knows about sockets, tasks or time; "need more bytes" is an ordinary
-//! result, and every negative reply the server gives is decided in [`refusal`]. The session
-//! ([`crate::session`]) and the delivery client ([`crate::delivery::client`]) do the I/O.
+//! result, and every negative reply the server gives is decided in [`refusal`]. This is
+//! the bottom layer of optin-relay, a crate of its own so that nothing above can leak into
+//! it: the relay's session and its delivery client do the I/O (the relay re-exports this
+//! crate as `optin_relay::smtp`).
 
 pub mod address;
 pub mod command;

@@ -79,7 +79,7 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::reply::parse_reply;
+    use crate::reply::parse_reply;
 
     #[test]
     fn server_offer_roundtrips_through_the_client_parser() {
