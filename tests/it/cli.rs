@@ -1,6 +1,6 @@
 //! The shipped example configs, and the command line as an operator uses it.
 
-mod common;
+use crate::support;
 
 use std::process::Command;
 
@@ -456,13 +456,13 @@ fn hash_password_makes_a_hash_the_policy_accepts() {
 async fn queue_list_and_show_read_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     // a smart host that refuses connections: the message stays queued
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         "[delivery]\nsmarthost = \"127.0.0.1:9\"\nretry_initial = \"1h\"\n",
-        common::LOOPBACK_POLICY,
+        support::LOOPBACK_POLICY,
     )
     .await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["a@x.example", "b@y.example"],

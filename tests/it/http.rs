@@ -8,12 +8,12 @@
 //! Timeouts are set short in the config (a few hundred ms) and each test allows seconds
 //! for the cut: they show that a connection is closed, never how fast anything is.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{LOOPBACK_POLICY, TestCa, http, http_on};
+use crate::support::{LOOPBACK_POLICY, TestCa, http, http_on};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,7 +22,7 @@ const CUT: Duration = Duration::from_secs(8);
 
 /// A relay with both listeners on free ports; `http` adds keys to `[http]`.
 async fn relay(dir: &std::path::Path, http: &str) -> optin_relay::server::Relay {
-    common::start_relay(
+    support::start_relay(
         dir,
         &format!("[http]\nlisten = \"127.0.0.1:0\"\n{http}\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
         LOOPBACK_POLICY,

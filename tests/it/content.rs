@@ -4,12 +4,12 @@
 //! quoted-printable and base64 bodies, in HTML, through a link domain — and an ordinary
 //! shop newsletter passes and is delivered.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{FakeMx, MxOptions, raw_send};
 use base64::Engine;
-use common::{FakeMx, MxOptions, raw_send};
 
 const WAIT: Duration = Duration::from_secs(20);
 const FROM: &str = "app@shop.example";
@@ -22,7 +22,7 @@ async fn relay() -> (FakeMx, optin_relay::server::Relay, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let policy = std::fs::read_to_string("config/policy.toml").unwrap();
     let extra = format!("[delivery]\nsmarthost = \"{mx_addr}\"\n");
-    let relay = common::start_relay(dir.path(), &extra, &policy).await;
+    let relay = support::start_relay(dir.path(), &extra, &policy).await;
     (mx, relay, dir)
 }
 
@@ -207,7 +207,7 @@ async fn a_policy_without_content_rules_refuses_nothing_for_content() {
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("[delivery]\nsmarthost = \"{mx_addr}\"\n");
-    let relay = common::start_relay(dir.path(), &extra, common::LOOPBACK_POLICY).await;
+    let relay = support::start_relay(dir.path(), &extra, support::LOOPBACK_POLICY).await;
     let (_, text) = &samples()[1];
     let reply = raw_send(relay.smtp_addrs[0], FROM, &[TO], text).await;
     assert!(reply.starts_with("250 "), "{reply}");
@@ -256,9 +256,9 @@ async fn a_match_freezes_the_account_when_the_policy_says_so() {
     let policy = format!(
         "{}\n[content]\nfreeze_account = true\n[[content.category]]\nname = \"pirated-goods\"\n\
          phrases = [\"cracked software\"]\n",
-        common::LOOPBACK_POLICY
+        support::LOOPBACK_POLICY
     );
-    let relay = common::start_relay(dir.path(), &extra, &policy).await;
+    let relay = support::start_relay(dir.path(), &extra, &policy).await;
     let reply = raw_send(
         relay.smtp_addrs[0],
         FROM,

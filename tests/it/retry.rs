@@ -2,13 +2,11 @@
 //! streams into the fake MX, so days of retry schedule pass in milliseconds and every
 //! timing is exact in virtual time.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{FakeMx, MxOptions};
 use bytes::Bytes;
-use common::{FakeMx, MxOptions};
 use mail_parser::MessageParser;
 use optin_relay::config::Config;
 use optin_relay::delivery::outcome::ResolveFailure;

@@ -4,8 +4,8 @@
 //! The fake MX is written independently of the relay's own protocol code (its own line
 //! reader and dot-unstuffing), so a bug in the relay's client cannot hide behind the same
 //! bug in the server that checks it.
-#![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod alone;
 pub mod envelope;
 pub mod memory;
 
@@ -549,7 +549,6 @@ async fn read_data(io: &mut BufReader<Box<dyn Stream>>) -> std::io::Result<Vec<u
 /// no answers.
 pub struct FakeDns {
     pub addr: SocketAddr,
-    pub queries: Arc<AtomicUsize>,
 }
 
 impl FakeDns {
@@ -607,8 +606,6 @@ impl FakeDns {
         }
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
-        let queries = Arc::new(AtomicUsize::new(0));
-        let counter = queries.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -618,7 +615,6 @@ impl FakeDns {
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
-                counter.fetch_add(1, Ordering::SeqCst);
                 let mut response =
                     Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
                 response.metadata.authoritative = true;
@@ -650,7 +646,7 @@ impl FakeDns {
                 }
             }
         });
-        FakeDns { addr, queries }
+        FakeDns { addr }
     }
 }
 
@@ -940,7 +936,6 @@ impl TestCa {
 
 /// An HTTPS server for MTA-STS policy files (see [`serve_policy`]).
 pub struct PolicyServer {
-    pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
@@ -966,7 +961,6 @@ pub async fn serve_policy(
     use tokio::io::AsyncReadExt;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let requests = Arc::new(Mutex::new(Vec::new()));
     let log = requests.clone();
     tokio::spawn(async move {
@@ -1013,7 +1007,7 @@ pub async fn serve_policy(
             });
         }
     });
-    PolicyServer { addr, requests }
+    PolicyServer { requests }
 }
 
 /// A minimal HTTP/1.1 client for the relay's HTTP listeners (a form body): status and body.

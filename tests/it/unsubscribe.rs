@@ -2,12 +2,12 @@
 //! one-click POST (RFC 8058) or the page's buttons unsubscribe; the next message to that
 //! address is refused.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, http};
+use crate::support::{FakeMx, MxOptions, http};
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -28,7 +28,7 @@ consent_statement = "You asked for {list}."
 "#;
 
 fn consent(relay: &optin_relay::server::Relay, list: &str, addr: &str) {
-    common::grant(relay, "news", list, addr);
+    support::grant(relay, "news", list, addr);
 }
 
 fn marketing(list: &str, to: &str) -> String {
@@ -53,7 +53,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!(
             "[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n"
@@ -66,7 +66,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
     consent(&relay, "weekly", "reader@example.net");
     consent(&relay, "deals", "reader@example.net");
 
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["reader@example.net"],
@@ -130,7 +130,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
         assert_eq!(status, 200, "{body}");
     }
     // The next message to that list is refused; another list still works.
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["reader@example.net"],
@@ -141,7 +141,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
         reply.contains("550 5.7.1") && reply.contains("has unsubscribed from this list"),
         "{reply}"
     );
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["reader@example.net"],
@@ -161,7 +161,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
     )
     .await;
     assert_eq!(status, 200);
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["reader@example.net"],
@@ -193,14 +193,14 @@ async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_he
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
         POLICY,
     )
     .await;
     let smtp = relay.smtp_addrs[0];
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["x@example.net"],
@@ -211,7 +211,7 @@ async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_he
         reply,
         "550 5.7.1 The From domain elsewhere.example is not one of this account's domains"
     );
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@other.example",
         &["x@example.net"],
@@ -222,7 +222,7 @@ async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_he
         reply.contains("envelope sender domain other.example"),
         "{reply}"
     );
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@mail.news.example",
         &["x@example.net"],
@@ -275,7 +275,7 @@ async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() 
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!(
             "[delivery]\nsmarthost = \"{mx_addr}\"\n[unsubscribe]\nmail_domain = \"relay.test\"\n"
@@ -285,7 +285,7 @@ async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() 
     .await;
     let smtp = relay.smtp_addrs[0];
     consent(&relay, "weekly", "reader@example.net");
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["reader@example.net"],
@@ -352,7 +352,7 @@ async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() 
         say(&mut c, "Subject: unsubscribe\r\n\r\nplease\r\n.").await,
         "250 2.0.0 OK unsubscribe recorded"
     );
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["reader@example.net"],
@@ -390,7 +390,7 @@ async fn a_repeated_one_click_writes_nothing() {
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!(
             "[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
@@ -400,7 +400,7 @@ async fn a_repeated_one_click_writes_nothing() {
     )
     .await;
     consent(&relay, "weekly", "twice@example.net");
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["twice@example.net"],

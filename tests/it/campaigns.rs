@@ -3,12 +3,12 @@
 //! declines it (held mail removed, a report to the sender, later mail refused); an admin
 //! declares sizes, releases and declines by hand.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, grant, grant_all, raw_send};
+use crate::support::{FakeMx, MxOptions, grant, grant_all, raw_send};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -60,7 +60,7 @@ async fn start(dir: &std::path::Path, mx: SocketAddr, window: &str) -> optin_rel
         "[delivery]\nsmarthost = \"{mx}\"\nretry_initial = \"1h\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
     );
-    common::start_relay(dir, &extra, &policy(window)).await
+    support::start_relay(dir, &extra, &policy(window)).await
 }
 
 /// Stops the relay and starts it again on the same spool (and the same fake MX).

@@ -6,13 +6,13 @@
 //! spool without quarantining anything. Retention runs when the relay starts, and the
 //! delivery log is written per day.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, raw_send};
+use crate::support::{FakeMx, MxOptions, raw_send};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -133,7 +133,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;
+    let relay = support::start_relay(dir.path(), &config(mx_addr), POLICY).await;
     let http = relay.admin_addr.unwrap();
     let smtp = relay.smtp_addrs[0];
 
@@ -258,7 +258,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     assert_eq!((report.quarantined, report.repaired), (0, 0), "{report:?}");
     assert_eq!(report.messages.len(), 1);
     drop(reopened);
-    let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;
+    let relay = support::start_relay(dir.path(), &config(mx_addr), POLICY).await;
     let list = settled(relay.admin_addr.unwrap(), 1).await;
     assert_eq!(list[0]["recipients"][1]["status"], "waiting");
     assert_eq!(
@@ -293,7 +293,7 @@ async fn retention_runs_when_the_relay_starts_and_the_delivery_log_is_daily() {
         ),
     )
     .unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!(
             "{}[privacy]\ndelivery_log_days = 30\nevent_log_days = 90\n",

@@ -7,13 +7,13 @@
 //! `optin-relay` binary runs as a separate process with a config naming that relay's real
 //! address and token.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions};
+use crate::support::{FakeMx, MxOptions};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -81,7 +81,7 @@ async fn setup_following(refresh: &str) -> Setup {
          [policy]\npath = \"{}\"\nwatch_interval = \"0s\"\n",
         policy.display()
     );
-    let relay = common::start_relay(dir.path(), &extra, POLICY).await;
+    let relay = support::start_relay(dir.path(), &extra, POLICY).await;
     let http = relay
         .admin_addr
         .expect("the operator listener is on")
@@ -148,7 +148,7 @@ async fn cli(config: &Path, args: &[&str]) -> Out {
 
 /// Submits a message from `app@shop.example` to `to`; returns its queue id.
 async fn submit(relay: SocketAddr, to: &str) -> String {
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay,
         "app@shop.example",
         &[to],
@@ -566,7 +566,7 @@ async fn list_changes_go_through_the_running_relay_and_are_in_force_at_once() {
     assert_eq!(journal_records(&s), records);
 
     // No relay answers: the journal, and the message says when a relay has it.
-    let port = common::free_port();
+    let port = support::free_port();
     let stopped = s.config_with("stopped.toml", &format!("127.0.0.1:{port}"), TOKEN);
     let out = cli(&stopped, &["suppress", "add", "late@x.example"]).await;
     assert!(
@@ -665,7 +665,7 @@ async fn failures_have_their_exit_codes_and_say_why() {
     );
 
     // nothing listening there: cannot reach the relay
-    let port = common::free_port();
+    let port = support::free_port();
     let stopped = s.config_with("stopped.toml", &format!("127.0.0.1:{port}"), TOKEN);
     let out = cli(&stopped, &["account", "list"]).await;
     assert_eq!(out.code, Some(2), "{out:#?}");

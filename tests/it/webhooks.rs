@@ -3,17 +3,17 @@
 //! after the (shortened) backoff; events wait in the outbox across a restart; an account
 //! without a webhook sends nothing.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{FakeMx, MxOptions};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{FakeMx, MxOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "s3cret-s3cret-s3cret";
@@ -165,7 +165,7 @@ fn signature_verifies(hit: &Hit, secret: &str) -> bool {
 
 /// A form POST to the relay's HTTP listener: status and body.
 async fn http(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    common::http(addr, "POST", path, body).await
+    support::http(addr, "POST", path, body).await
 }
 
 fn marketing(to: &str) -> String {
@@ -188,8 +188,8 @@ fn token_of(text: &str) -> String {
 /// Sends `reader@example.net` a marketing message and unsubscribes it with the one-click
 /// POST of the delivered copy.
 async fn unsubscribe_reader(relay: &optin_relay::server::Relay, mx: &FakeMx) {
-    common::grant(relay, "news", "weekly", "reader@example.net");
-    let reply = common::raw_send(
+    support::grant(relay, "news", "weekly", "reader@example.net");
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["reader@example.net"],
@@ -227,7 +227,7 @@ async fn an_unsubscribe_posts_one_signed_event() {
     let mx = FakeMx::new(MxOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let relay =
-        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+        support::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
 
     unsubscribe_reader(&relay, &mx).await;
     let hits = receiver.wait_delivered(1).await;
@@ -268,10 +268,10 @@ async fn a_hard_bounce_posts_a_bounce_event() {
     let mx = FakeMx::new(MxOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let relay =
-        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+        support::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
 
-    common::grant(&relay, "news", "weekly", "permfail@example.net");
-    let reply = common::raw_send(
+    support::grant(&relay, "news", "weekly", "permfail@example.net");
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["permfail@example.net"],
@@ -305,7 +305,7 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try() {
     let mx = FakeMx::new(MxOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let relay =
-        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+        support::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
 
     unsubscribe_reader(&relay, &mx).await;
     let hits = receiver.wait_delivered(1).await;
@@ -328,13 +328,13 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try() {
 #[tokio::test]
 async fn events_wait_in_the_outbox_across_a_restart() {
     // The receiver's port, with nothing listening yet: every attempt is refused.
-    let hook: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+    let hook: SocketAddr = format!("127.0.0.1:{}", support::free_port())
         .parse()
         .unwrap();
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(dir.path(), &config(mx_addr), &policy(Some(hook))).await;
+    let relay = support::start_relay(dir.path(), &config(mx_addr), &policy(Some(hook))).await;
     unsubscribe_reader(&relay, &mx).await;
     // The event is on disk before the one-click POST is answered; let a few attempts fail.
     assert_eq!(outbox(dir.path()).len(), 1);
@@ -346,7 +346,7 @@ async fn events_wait_in_the_outbox_across_a_restart() {
 
     let receiver = Receiver::new(0);
     receiver.listen(&hook.to_string()).await;
-    let relay = common::start_relay(dir.path(), &config(mx_addr), &policy(Some(hook))).await;
+    let relay = support::start_relay(dir.path(), &config(mx_addr), &policy(Some(hook))).await;
     let hits = receiver.wait_delivered(1).await;
     assert_eq!(hits.len(), 1, "{hits:#?}");
     assert_eq!(
@@ -367,11 +367,11 @@ async fn an_account_without_a_webhook_sends_nothing() {
     receiver.listen("127.0.0.1:0").await;
     let mx = FakeMx::new(MxOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(dir.path(), &config(mx.listen().await), &policy(None)).await;
+    let relay = support::start_relay(dir.path(), &config(mx.listen().await), &policy(None)).await;
 
     unsubscribe_reader(&relay, &mx).await;
-    common::grant(&relay, "news", "weekly", "permfail@example.net");
-    let reply = common::raw_send(
+    support::grant(&relay, "news", "weekly", "permfail@example.net");
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["permfail@example.net"],

@@ -3,14 +3,14 @@
 //! rest against the real binary, restarted over the damaged files. The disk-full half of
 //! item 10 needs a small filesystem and lives in `tests/interop/faults.sh`.
 
-mod common;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{FakeMx, InMemoryMx, MxOptions};
 use bytes::Bytes;
-use common::{FakeMx, InMemoryMx, MxOptions};
 use mail_parser::MessageParser;
 use optin_relay::config::{Config, SpoolConfig};
 use optin_relay::delivery::{self, Settings};
@@ -20,7 +20,7 @@ use optin_relay::spool::{Envelope, Location, Spool};
 use tokio_util::sync::CancellationToken;
 
 fn envelope(spool: &Spool, sender: Option<&str>, rcpt: &str) -> Envelope {
-    common::envelope::transactional(spool.next_id(), "acct", sender, [rcpt.to_string()])
+    support::envelope::transactional(spool.next_id(), "acct", sender, [rcpt.to_string()])
 }
 
 /// Flips one bit near the end of a stored message's content.
@@ -194,10 +194,10 @@ impl Binary {
     /// Writes a config delivering to `smarthost`, with the policy file `policy.toml` holding
     /// `policy`; `token`: the admin token in the config (else the relay makes a token file).
     fn new(dir: &Path, smarthost: std::net::SocketAddr, policy: &str, token: bool) -> Binary {
-        let smtp: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        let smtp: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
             .parse()
             .unwrap();
-        let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
             .parse()
             .unwrap();
         std::fs::write(dir.join("policy.toml"), policy).unwrap();
@@ -309,7 +309,7 @@ impl Binary {
     }
 
     async fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        common::http_as(self.admin, Some(TOKEN), method, path, body).await
+        support::http_as(self.admin, Some(TOKEN), method, path, body).await
     }
 }
 
@@ -367,7 +367,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 async fn a_corrupted_segment_header_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     // First nobody answers at the next hop, so the mail stays queued.
-    let closed = format!("127.0.0.1:{}", common::free_port())
+    let closed = format!("127.0.0.1:{}", support::free_port())
         .parse()
         .unwrap();
     let relay = Binary::new(dir.path(), closed, LOOPBACK, true);
@@ -375,7 +375,7 @@ async fn a_corrupted_segment_header_loses_no_acknowledged_message() {
     let mut sent = Vec::new();
     for i in 0..25 {
         let to = format!("reader{i}@x.example");
-        let reply = common::raw_send(
+        let reply = support::raw_send(
             relay.smtp,
             "app@shop.example",
             &[&to],
@@ -424,7 +424,7 @@ async fn a_hostile_next_hop_cannot_forge_log_lines() {
     let mx = FakeMx::new(MxOptions::default());
     let relay = Binary::new(dir.path(), mx.listen().await, LOOPBACK, true);
     let child = relay.serve().await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp,
         "",
         &["hostile@far.example"],
@@ -478,7 +478,7 @@ async fn a_deleted_lists_snapshot_keeps_suppressions_and_stops_a_restart() {
             .await
             .starts_with("250")
     );
-    let (_, metrics) = common::http(relay.admin, "GET", "/metrics", "").await;
+    let (_, metrics) = support::http(relay.admin, "GET", "/metrics", "").await;
     assert_eq!(metric(&metrics, "optin_lists_snapshot_refused"), Some(1.0));
     assert!(relay.log().contains("is missing"), "{}", relay.log());
     terminate(child).await;
@@ -519,7 +519,7 @@ async fn an_emptied_policy_is_refused_live_and_at_start() {
     let relay = Binary::new(dir.path(), mx.listen().await, LOOPBACK, true);
     let child = relay.serve().await;
     // Mail of the account stays queued (the next hop defers it).
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp,
         "app@shop.example",
         &["tempfail@x.example"],
@@ -537,7 +537,7 @@ async fn an_emptied_policy_is_refused_live_and_at_start() {
     );
     let (_, status) = relay.api("GET", "/admin/policy", "").await;
     assert!(status.contains("no account"), "{status}");
-    let (_, metrics) = common::http(relay.admin, "GET", "/metrics", "").await;
+    let (_, metrics) = support::http(relay.admin, "GET", "/metrics", "").await;
     assert_eq!(
         metric(&metrics, "optin_policy_reloads_total{result=\"refused\"}"),
         Some(1.0)
@@ -600,7 +600,7 @@ async fn files_are_private_whatever_the_umask() {
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let child = relay.serve().await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp,
         "app@shop.example",
         &["tempfail@x.example"],
@@ -609,7 +609,7 @@ async fn files_are_private_whatever_the_umask() {
     .await;
     assert!(reply.starts_with("250"), "{reply}");
     let token = std::fs::read_to_string(relay.spool().join("admin.token")).unwrap();
-    let (code, body) = common::http_as(
+    let (code, body) = support::http_as(
         relay.admin,
         Some(token.trim()),
         "POST",

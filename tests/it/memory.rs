@@ -1,35 +1,30 @@
-//! What the relay holds in memory, measured with a counting allocator (the live heap and
-//! its peak), so the tests of this binary run one at a time ([`SERIAL`]).
+//! What the relay holds in memory, measured with the binary's counting allocator (the live
+//! heap and its peak); each test measures the whole process, so each runs alone in a
+//! process of its own ([`crate::alone!`]).
 //!
 //! A backlog coming due at once (the next hop is back after an outage) must not bring every
 //! queued message's content into memory: content is read when a worker is about to send
 //! it, within `[delivery] max_content_in_flight`. And nothing may pile up per message
 //! while nobody scrapes `/metrics` (histogram samples did).
 
-mod common;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::memory::{self, Sink};
 use bytes::Bytes;
-use common::memory::{self, Sink};
 use optin_relay::config::{Config, SpoolConfig};
 use optin_relay::delivery::{self, Settings};
 use optin_relay::privacy::AddressTagger;
 use optin_relay::spool::{self, RcptEvent, Spool};
-
-#[global_allocator]
-static ALLOCATOR: memory::Counting = memory::Counting;
-
-/// Each test measures the whole process: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MESSAGES: usize = 160;
 const SIZE: usize = 128 << 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
-    let _serial = SERIAL.lock().await;
+    crate::alone!("a_backlog_coming_due_holds_only_the_budget_in_memory");
     let dir = tempfile::tempdir().unwrap();
     let spool_config = SpoolConfig {
         path: dir.path().to_path_buf(),
@@ -45,7 +40,7 @@ async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
     {
         let (spool, _) = Spool::open(&spool_config).unwrap();
         for m in 0..MESSAGES {
-            let env = common::envelope::transactional(
+            let env = support::envelope::transactional(
                 spool.next_id(),
                 "shop",
                 Some("s@shop.example"),
@@ -116,7 +111,7 @@ async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
 /// must still fold them, or it grows with every message for ever.
 #[tokio::test]
 async fn histogram_samples_do_not_pile_up_when_nobody_scrapes() {
-    let _serial = SERIAL.lock().await;
+    crate::alone!("histogram_samples_do_not_pile_up_when_nobody_scrapes");
     optin_relay::metrics::install();
     let base = memory::held();
     for _ in 0..1_000_000 {

@@ -1,14 +1,14 @@
 //! Consent and suppression enforced by the running relay: over real sockets, from lists
 //! changed in-process, by the `optin-relay` binary beside it, and across a `kill -9`.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, free_port, record, wait_listening};
+use crate::support::{FakeMx, MxOptions, free_port, record, wait_listening};
 use optin_relay::consent::{CONSENT, Kind, Reason, Scope};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -63,7 +63,7 @@ async fn setup() -> Setup {
         ),
     )
     .unwrap();
-    let relay = common::start_relay(dir.path(), &extra, POLICY).await;
+    let relay = support::start_relay(dir.path(), &extra, POLICY).await;
     Setup {
         mx,
         relay,
@@ -662,7 +662,7 @@ async fn transactional_mail_overtakes_a_queued_campaign() {
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!("[delivery]\nsmarthost = \"{mx_addr}\"\nmax_connections_per_destination = 1\n"),
         POLICY,
@@ -726,7 +726,7 @@ async fn accounts_take_turns_on_a_busy_destination() {
     let policy = format!(
         "{POLICY}\n[accounts.small]\nnetworks = [\"127.0.0.3/32\"]\nstreams = [\"marketing\"]\nfrom_domains = [\"sender.example\"]\n[accounts.small.lists.notes]\nconsent_statement = \"You asked for {{list}}.\"\n"
     );
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!("[delivery]\nsmarthost = \"{mx_addr}\"\nmax_connections_per_destination = 1\n"),
         &policy,

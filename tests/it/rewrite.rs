@@ -3,11 +3,11 @@
 //! with mail-auth's verifier against the published records), and one transaction per
 //! recipient.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions};
+use crate::support::{FakeMx, MxOptions};
 use optin_relay::rewrite::dkim::{DkimKey, verify_with_record};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -52,16 +52,16 @@ async fn marketing_mail_arrives_signed_with_per_recipient_unsubscribe_headers() 
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
         &policy(),
     )
     .await;
     for to in ["a@example.net", "b@example.net"] {
-        common::grant(&relay, "news", "weekly", to);
+        support::grant(&relay, "news", "weekly", to);
     }
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["a@example.net", "b@example.net"],
@@ -189,14 +189,14 @@ private_key = "{}"
 "#,
         fixture("ed25519-pkcs8.pem")
     );
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
         &policy,
     )
     .await;
     let to = "ann@example.net";
-    common::grant(&relay, "shop", "picks", to);
+    support::grant(&relay, "shop", "picks", to);
     let record =
         DkimKey::from_pem_file("shop.example", "ed", fixture("ed25519-pkcs8.pem").as_ref())
             .unwrap()

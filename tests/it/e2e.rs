@@ -2,11 +2,11 @@
 //! submits to the relay started as `serve` starts it; the relay resolves MX records from a
 //! fake DNS server and delivers into an in-process fake MX scripted by recipient.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, start_relay};
+use crate::support::{FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, start_relay};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -285,7 +285,7 @@ async fn failures_come_back_as_a_dsn() {
 async fn temporary_dns_failures_are_deferred_not_bounced() {
     let (mx, delivery, dir) = mx_setup(MxOptions::default()).await;
     let relay = start_relay(dir.path(), &delivery, LOOPBACK_POLICY).await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["a@broken.example", "tempfail@example.net"],
@@ -417,7 +417,7 @@ async fn metrics_and_health_on_the_operator_listener() {
     .await;
     let http = relay.admin_addr.unwrap();
     assert!(http_get(http, "/healthz").await.ends_with("ok\n"));
-    common::raw_send(
+    support::raw_send(
         relay.smtp_addrs[0],
         "a@shop.example",
         &["b@example.net"],
@@ -572,7 +572,7 @@ async fn shutdown_lets_a_transaction_finish_and_closes_idle_sessions() {
 async fn tls_required_by_policy_never_falls_back_to_plain_text() {
     let policy = format!("{LOOPBACK_POLICY}[destinations.\"*\"]\ntls = \"required\"\n");
     let (mx, relay, _dir) = relay_to_mx(MxOptions::default(), "", &policy).await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["a@example.net"],
@@ -594,7 +594,7 @@ async fn tls_required_by_policy_never_falls_back_to_plain_text() {
         &policy,
     )
     .await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["a@example.net"],
@@ -637,7 +637,7 @@ async fn delivery_falls_back_through_the_mx_list() {
         LOOPBACK_POLICY,
     )
     .await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["someone@multi.example"],

@@ -8,11 +8,13 @@
 //! (its MX hosts on one port, its policy hosts on another), its own zone and its own relay,
 //! so the tests run in parallel without seeing each other.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, PolicyServer, TestCa, start_relay};
+use crate::support::{
+    FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, PolicyServer, TestCa, start_relay,
+};
 use optin_relay::spool::{RcptEvent, RecoveredMessage, Spool};
 
 /// The most a delivery (or a deferral) may take.
@@ -55,8 +57,8 @@ impl World {
     fn new() -> World {
         World {
             ca: TestCa::new(),
-            mx_port: common::free_port(),
-            sts_port: common::free_port(),
+            mx_port: support::free_port(),
+            sts_port: support::free_port(),
             zone: String::new(),
         }
     }
@@ -83,7 +85,7 @@ impl World {
     async fn policy(&mut self, domain: &str, ip: &str, text: String) -> PolicyServer {
         let host = format!("mta-sts.{domain}");
         let addr = format!("{ip}:{}", self.sts_port);
-        let server = common::serve_policy(&addr, self.ca.leaf(&host), text).await;
+        let server = support::serve_policy(&addr, self.ca.leaf(&host), text).await;
         self.zone += &format!("_mta-sts.{domain}. TXT v=STSv1; id=20260101T000000\n");
         self.zone += &format!("{host}. A {ip}\n");
         server
@@ -121,7 +123,7 @@ struct Running {
 impl Running {
     /// Submits one message to `to`; the relay must take it.
     async fn send(&self, to: &str) {
-        let reply = common::raw_send(
+        let reply = support::raw_send(
             self.relay.smtp_addrs[0],
             "app@shop.example",
             &[to],

@@ -4,12 +4,14 @@
 //! tls = "verify"` for MX hosts, and no plain-text fallback when TLS is demanded and the
 //! handshake breaks — the mail waits and is retried.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeDns, FakeMx, LOOPBACK_POLICY, Login, MxAuth, MxOptions, TestCa, TlsBreak};
+use crate::support::{
+    FakeDns, FakeMx, LOOPBACK_POLICY, Login, MxAuth, MxOptions, TestCa, TlsBreak,
+};
 use optin_relay::spool::{RcptEvent, Spool};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -47,12 +49,12 @@ impl Relay {
         let ca_file = dir.path().join("ca.pem");
         ca.write_pem(&ca_file);
         let delivery = delivery.replace("{ca}", &ca_file.display().to_string());
-        let relay = common::start_relay(dir.path(), &delivery, policy).await;
+        let relay = support::start_relay(dir.path(), &delivery, policy).await;
         Relay { relay, dir }
     }
 
     async fn send(&self, to: &str) {
-        let reply = common::raw_send(
+        let reply = support::raw_send(
             self.relay.smtp_addrs[0],
             "app@shop.example",
             &[to],

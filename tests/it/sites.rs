@@ -2,7 +2,7 @@
 //! over in-memory streams into one fake MX, behind a transport whose MX table the test
 //! writes, which counts lookups and the connections open at once per site.
 
-mod common;
+use crate::support;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::support::{FakeMx, MxOptions};
 use bytes::Bytes;
-use common::{FakeMx, MxOptions};
 use optin_relay::config::Config;
 use optin_relay::delivery::outcome::ResolveFailure;
 use optin_relay::delivery::transport::{
@@ -216,7 +216,7 @@ async fn setup(policy: &str, table: &[(&str, Vec<(u16, String)>)], ttl: Duration
 
 impl Setup {
     async fn submit(&self, rcpts: &[&str]) {
-        let env = common::envelope::transactional(
+        let env = support::envelope::transactional(
             self.spool.next_id(),
             "acct",
             Some("app@shop.example"),

@@ -2,8 +2,6 @@
 //! random moments and restarted; every message that got a 250 must reach the next hop
 //! (duplicates are allowed: delivery is at-least-once, loss is not).
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, free_port, wait_listening};
+use crate::support::{FakeMx, MxOptions, free_port, wait_listening};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;

@@ -2,11 +2,11 @@
 //! freeze the account by themselves; its next submission is refused, its queued marketing
 //! is held (and transactional mail too when the policy says so) until it is unfrozen.
 
-mod common;
+use crate::support;
 
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, grant, raw_send};
+use crate::support::{FakeMx, MxOptions, grant, raw_send};
 use optin_relay::delivery::control::Action;
 
 fn policy(transactional: &str) -> String {
@@ -34,7 +34,7 @@ async fn setup(transactional: &str) -> (FakeMx, optin_relay::server::Relay, temp
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n");
-    let relay = common::start_relay(dir.path(), &extra, &policy(transactional)).await;
+    let relay = support::start_relay(dir.path(), &extra, &policy(transactional)).await;
     (mx, relay, dir)
 }
 
@@ -219,7 +219,7 @@ async fn a_complaint_through_the_form_freezes_the_account() {
         "max_hard_bounce_rate = 0.2",
         "max_hard_bounce_rate = 0.2\nmax_complaint_rate = 0.2",
     );
-    let relay = common::start_relay(dir.path(), &extra, &policy).await;
+    let relay = support::start_relay(dir.path(), &extra, &policy).await;
     for i in 0..4 {
         assert!(
             send(&relay, &format!("reader{i}@example.net"), true)

@@ -3,12 +3,12 @@
 //! unfrozen; erasure dropping queued mail; and the OpenAPI description kept in step with
 //! the routes.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, grant, raw_send};
+use crate::support::{FakeMx, MxOptions, grant, raw_send};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -40,7 +40,7 @@ async fn setup(mx_options: MxOptions) -> Setup {
         "[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
     );
-    let relay = common::start_relay(dir.path(), &extra, POLICY).await;
+    let relay = support::start_relay(dir.path(), &extra, POLICY).await;
     let http = relay.admin_addr.unwrap();
     Setup {
         mx,
@@ -211,7 +211,7 @@ async fn the_openapi_description_matches_the_routes() {
         }
     }
     // The routes in the source, as the router is built.
-    let source = include_str!("../src/http/admin.rs");
+    let source = include_str!("../../src/http/admin.rs");
     let mut routed = Vec::new();
     let start = source.find("pub fn router").unwrap();
     let router = &source[start..start + source[start..].find("\n}\n").unwrap()];

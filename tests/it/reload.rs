@@ -3,7 +3,7 @@
 //! every problem while the running policy stays; rewriting the policy under steady traffic
 //! loses no message and drops no session; the SIGHUP path; the embedded policy.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, start_relay};
+use crate::support::{FakeMx, MxOptions, start_relay};
 use optin_relay::reload::Trigger;
 use optin_relay::server::Relay;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -345,7 +345,7 @@ async fn sighup_reloads_and_refuses_like_the_watcher() {
 #[tokio::test]
 async fn the_embedded_policy_says_it_cannot_be_reloaded() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(dir.path(), "", common::LOOPBACK_POLICY).await;
+    let relay = start_relay(dir.path(), "", support::LOOPBACK_POLICY).await;
     let problems = relay.reloader.reload(Trigger::Admin).unwrap_err();
     assert_eq!(
         problems,

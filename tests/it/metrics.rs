@@ -2,16 +2,17 @@
 //! exact counts in `GET /metrics`, a HELP line for every metric, and no address in any
 //! label.
 //!
-//! The recorder is global to the process, so this binary holds one test, which compares
-//! the exposition after the traffic with the one before it.
+//! The recorder is global to the process, so the test runs alone in a process of its own
+//! ([`crate::alone!`]) and compares the exposition after the traffic with the one before
+//! it.
 
-mod common;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, record};
+use crate::support::{FakeMx, MxOptions, record};
 use optin_relay::consent::{CONSENT, Kind, Reason, Scope};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -144,10 +145,11 @@ fn assert_deltas(before: &HashMap<String, f64>, after: &HashMap<String, f64>, ex
 
 #[tokio::test]
 async fn the_exposition_counts_the_traffic_and_names_no_one() {
+    crate::alone!("the_exposition_counts_the_traffic_and_names_no_one");
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
         POLICY,

@@ -4,12 +4,12 @@
 //! the next message of every stream; unusable reports are kept aside; the feedback
 //! address opens no relay; the report form records complaints by token.
 
-mod common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, http};
+use crate::support::{FakeMx, MxOptions, http};
 use optin_relay::consent::Reason;
 use optin_relay::server::Relay;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -48,7 +48,7 @@ async fn relay_with(
     unsubscribe: &str,
     extra: &str,
 ) -> Relay {
-    common::start_relay(
+    support::start_relay(
         dir,
         &format!(
             "[delivery]\nsmarthost = \"{mx}\"\n{delivery}\n[http]\nlisten = \"127.0.0.1:0\"\n\
@@ -205,12 +205,12 @@ async fn a_report_of_a_delivered_message_stops_every_stream_of_that_account() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), mx_addr, "").await;
     let smtp = relay.smtp_addrs[0];
-    common::grant(&relay, "news", "weekly", "reader@example.net");
-    common::grant(&relay, "news", "deals", "reader@example.net");
-    common::grant(&relay, "news", "deals", "other@example.net");
+    support::grant(&relay, "news", "weekly", "reader@example.net");
+    support::grant(&relay, "news", "deals", "reader@example.net");
+    support::grant(&relay, "news", "deals", "other@example.net");
     let arf_before = metric(&relay, "optin_complaints_received_total{via=\"arf\"}").await;
 
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["reader@example.net"],
@@ -311,11 +311,11 @@ async fn a_header_only_report_is_tied_back_by_its_token() {
     let dir = tempfile::tempdir().unwrap();
     let relay = relay(dir.path(), mx_addr, "").await;
     let smtp = relay.smtp_addrs[0];
-    common::grant(&relay, "news", "weekly", "second@example.net");
+    support::grant(&relay, "news", "weekly", "second@example.net");
 
     // Marketing, reported with its header section only (text/rfc822-headers) and the
     // recipient redacted: the token alone ties it back.
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["second@example.net"],
@@ -368,7 +368,7 @@ fn signed(key: &optin_relay::rewrite::dkim::DkimKey, report: &str) -> String {
 async fn a_tokenless_report_counts_only_when_an_allowed_reporter_signed_it() {
     let (isp, isp_record) = reporter_key("fbl.isp.example");
     let (stranger, stranger_record) = reporter_key("forger.example");
-    let dns = common::FakeDns::start(&format!("{isp_record}\n{stranger_record}\n")).await;
+    let dns = support::FakeDns::start(&format!("{isp_record}\n{stranger_record}\n")).await;
     let mx = FakeMx::new(MxOptions::default());
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
@@ -383,7 +383,7 @@ async fn a_tokenless_report_counts_only_when_an_allowed_reporter_signed_it() {
     let smtp = relay.smtp_addrs[0];
 
     // Transactional mail carries no token.
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["buyer@example.org"],
@@ -589,7 +589,7 @@ async fn unusable_reports_are_kept_aside_and_change_nothing() {
         "{before} → {after}"
     );
     // The relay goes on as before.
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["victim@example.net"],
@@ -659,9 +659,9 @@ async fn the_report_form_records_a_complaint_by_token() {
     let relay = relay(dir.path(), mx_addr, "").await;
     let smtp = relay.smtp_addrs[0];
     let web = relay.http_addr.unwrap();
-    common::grant(&relay, "news", "weekly", "reader@example.net");
+    support::grant(&relay, "news", "weekly", "reader@example.net");
     let form_before = metric(&relay, "optin_complaints_received_total{via=\"form\"}").await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["reader@example.net"],
