@@ -3,132 +3,107 @@
 //! unfrozen; erasure dropping queued mail; and the OpenAPI description kept in step with
 //! the routes.
 
-use crate::support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{FakeMx, MxOptions, grant, raw_send};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{
+    Account, Admin, MxOptions, Running, SIGNED_UP, eventually, grant, mail_reply, policy, poll,
+    settle,
+};
 
 const TOKEN: &str = "test-token-0123456789";
 
 /// `shop` sends both streams; marketing to its list `deals`.
-const POLICY: &str = r#"
-[accounts.shop]
-from_domains = ["shop.example", "b.example"]
-networks = ["127.0.0.0/8"]
-streams = ["marketing", "transactional"]
-default_stream = "transactional"
-[accounts.shop.lists.deals]
-consent_statement = "You get {list} because you signed up."
-"#;
-
-struct Setup {
-    mx: FakeMx,
-    relay: optin_relay::server::Relay,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
+fn shop_policy() -> String {
+    let shop = Account::shop().from_domains(&["shop.example", "b.example"]);
+    policy(&[shop.list("deals", SIGNED_UP)], "")
 }
 
-async fn setup(mx_options: MxOptions) -> Setup {
-    let mx = FakeMx::new(mx_options);
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
-    );
-    let relay = support::start_relay(dir.path(), &extra, POLICY).await;
-    let http = relay.admin_addr.unwrap();
-    Setup {
-        mx,
-        relay,
-        http,
-        _dir: dir,
+/// A relay delivering to a fake MX (retrying after an hour), and its admin API.
+struct Setup {
+    run: Running,
+    api: Admin,
+}
+
+impl Setup {
+    fn mx(&self) -> &crate::support::FakeMx {
+        &self.run.mx
+    }
+
+    fn smtp(&self) -> SocketAddr {
+        self.run.smtp()
+    }
+
+    async fn send(&self, from: &str, to: &[&str], body: &str) -> String {
+        self.run.send(from, to, body).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.api.get(path).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.api.post(path, body).await
+    }
+
+    /// A request with the token and no body.
+    async fn call(&self, method: &str, path: &str) -> (u16, Value) {
+        self.api.call(method, path, None).await
     }
 }
 
-/// One HTTP/1.1 request; returns the status, the headers and the body as JSON (or a
-/// string when it is not JSON).
-async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, String, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
-    (status, head.to_string(), value)
-}
-
-async fn get(s: &Setup, path: &str) -> (u16, Value) {
-    let (status, _, v) = call(s.http, "GET", path, Some(TOKEN), None).await;
-    (status, v)
-}
-
-async fn send(s: &Setup, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let (status, _, v) = call(s.http, method, path, Some(TOKEN), body).await;
-    (status, v)
-}
-
-fn smtp(s: &Setup) -> SocketAddr {
-    s.relay.smtp_addrs[0]
+async fn setup(mx_options: MxOptions) -> Setup {
+    let run = Running::start(
+        mx_options,
+        &format!(
+            "retry_initial = \"1h\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+        ),
+        &shop_policy(),
+    )
+    .await;
+    let api = Admin::new(run.relay.admin_addr.unwrap(), TOKEN);
+    Setup { run, api }
 }
 
 /// Waits until the queue summary says `n` messages.
 async fn queued(s: &Setup, n: u64) -> Value {
-    for _ in 0..200 {
-        let (_, v) = get(s, "/admin/queue").await;
-        if v["messages"] == n {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "queue never had {n} messages: {:?}",
-        get(s, "/admin/queue").await
-    );
+    poll(
+        Duration::from_secs(4),
+        &format!("the queue holding {n} messages"),
+        async || {
+            let (_, v) = s.get("/admin/queue").await;
+            (v["messages"] == n).then_some(v)
+        },
+    )
+    .await
 }
 
 /// Waits until no recipient is in flight (every queued one has had its attempt).
 async fn settled(s: &Setup) {
-    for _ in 0..200 {
-        let (_, list) = get(s, "/admin/queue/messages").await;
-        let busy = list.as_array().unwrap().iter().any(|m| {
-            m["recipients"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["status"] == "in_flight" || r["attempts"] == 0)
-        });
-        if !busy {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("recipients still in flight");
+    eventually(
+        Duration::from_secs(4),
+        "recipients still in flight",
+        async || {
+            let (_, list) = s.get("/admin/queue/messages").await;
+            !list.as_array().unwrap().iter().any(|m| {
+                m["recipients"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["status"] == "in_flight" || r["attempts"] == 0)
+            })
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn every_request_needs_the_token() {
     let s = setup(MxOptions::default()).await;
-    let (status, head, v) = call(s.http, "GET", "/admin/queue", None, None).await;
+    let answer = s.api.call_as(None, "GET", "/admin/queue", None).await;
+    let (status, head, v) = (answer.status, &answer.head, answer.json());
     assert_eq!(status, 401);
     assert!(
         head.to_lowercase().contains("www-authenticate: bearer"),
@@ -136,41 +111,37 @@ async fn every_request_needs_the_token() {
     );
     assert_eq!(v["status"], 401);
     assert!(v["error"].as_str().unwrap().contains("token"));
-    let (status, _, _) = call(
-        s.http,
-        "GET",
-        "/admin/queue",
-        Some("wrong-token-0123456789"),
-        None,
-    )
-    .await;
+    let wrong = Some("wrong-token-0123456789");
+    let status = s
+        .api
+        .call_as(wrong, "GET", "/admin/queue", None)
+        .await
+        .status;
     assert_eq!(status, 401);
-    let (status, _, _) = call(
-        s.http,
-        "POST",
-        "/admin/erase",
-        None,
-        Some(json!({"address": "a@b.example"})),
-    )
-    .await;
+    let body = Some(json!({"address": "a@b.example"}));
+    let status = s
+        .api
+        .call_as(None, "POST", "/admin/erase", body)
+        .await
+        .status;
     assert_eq!(status, 401, "no action without the token");
     // unknown endpoints: 404 in JSON, but only with the token
-    let (status, _, _) = call(s.http, "GET", "/admin/nope", None, None).await;
+    let status = s.api.call_as(None, "GET", "/admin/nope", None).await.status;
     assert_eq!(status, 401);
-    let (status, v) = get(&s, "/admin/nope").await;
+    let (status, v) = s.get("/admin/nope").await;
     assert_eq!((status, v["status"].clone()), (404, json!(404)));
     // a wrong method and a bad query are JSON errors too
-    let (status, v) = send(&s, "PUT", "/admin/queue", None).await;
+    let (status, v) = s.call("PUT", "/admin/queue").await;
     assert_eq!((status, v["status"].clone()), (405, json!(405)));
-    let (status, v) = get(&s, "/admin/queue/messages?limit=abc").await;
+    let (status, v) = s.get("/admin/queue/messages?limit=abc").await;
     assert_eq!((status, v["status"].clone()), (400, json!(400)));
     assert!(v["error"].as_str().unwrap().starts_with("bad query"), "{v}");
-    let (status, _) = get(&s, "/admin/queue/messages?account=nobody").await;
+    let (status, _) = s.get("/admin/queue/messages?account=nobody").await;
     assert_eq!(status, 404);
-    let (status, _) = get(&s, "/admin/suppressions/a%40b.example?list=deals").await;
+    let (status, _) = s.get("/admin/suppressions/a%40b.example?list=deals").await;
     assert_eq!(status, 400, "a list without its account");
     // the public endpoints stay public
-    let (status, _, _) = call(s.http, "GET", "/healthz", None, None).await;
+    let status = s.api.call_as(None, "GET", "/healthz", None).await.status;
     assert_eq!(status, 200);
 }
 
@@ -180,7 +151,7 @@ async fn every_request_needs_the_token() {
 #[tokio::test]
 async fn the_openapi_description_matches_the_routes() {
     let s = setup(MxOptions::default()).await;
-    let (status, doc) = get(&s, "/admin/openapi.json").await;
+    let (status, doc) = s.get("/admin/openapi.json").await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
@@ -193,16 +164,10 @@ async fn the_openapi_description_matches_the_routes() {
                 .replace("{name}", "shop")
                 .replace("{address}", "someone%40example.net");
             let body = (method == "post").then(|| json!({}));
-            let (status, _, _) = call(
-                s.http,
-                &method.to_uppercase(),
-                &concrete,
-                None,
-                body.clone(),
-            )
-            .await;
-            assert_eq!(status, 401, "{method} {path} without the token");
-            let (status, v) = send(&s, &method.to_uppercase(), &concrete, body).await;
+            let method = method.to_uppercase();
+            let answer = s.api.call_as(None, &method, &concrete, body.clone()).await;
+            assert_eq!(answer.status, 401, "{method} {path} without the token");
+            let (status, v) = s.api.call(&method, &concrete, body).await;
             assert_ne!(status, 405, "{method} {path} is not routed");
             assert_ne!(
                 v["error"], "no such admin endpoint",
@@ -234,25 +199,25 @@ async fn the_queue_can_be_inspected_retried_bounced_and_deleted() {
     let s = setup(MxOptions::default()).await;
     // 451 at RCPT: the messages stay queued (retry in an hour)
     for n in 0..3 {
-        let r = raw_send(
-            smtp(&s),
-            "app@shop.example",
-            &[&format!("tempfail-{n}@example.net")],
-            "From: <app@shop.example>\r\nSubject: queued\r\n\r\nhello",
-        )
-        .await;
+        let r = s
+            .send(
+                "app@shop.example",
+                &[&format!("tempfail-{n}@example.net")],
+                "From: <app@shop.example>\r\nSubject: queued\r\n\r\nhello",
+            )
+            .await;
         assert!(r.starts_with("250"), "{r}");
     }
     queued(&s, 3).await;
     settled(&s).await;
-    let (_, summary) = get(&s, "/admin/queue").await;
+    let (_, summary) = s.get("/admin/queue").await;
     assert_eq!(summary["recipients"], 3);
     assert_eq!(summary["by_account"][0]["account"], "shop");
     assert_eq!(summary["by_account"][0]["messages"], 3);
     assert_eq!(summary["by_site"][0]["site"], "smarthost");
     assert_eq!(summary["by_site"][0]["recipients"], 3);
 
-    let (status, list) = get(&s, "/admin/queue/messages?account=shop&limit=2").await;
+    let (status, list) = s.get("/admin/queue/messages?account=shop&limit=2").await;
     assert_eq!(status, 200);
     let list = list.as_array().unwrap().clone();
     assert_eq!(list.len(), 2, "limit");
@@ -264,150 +229,114 @@ async fn the_queue_can_be_inspected_retried_bounced_and_deleted() {
         "no addresses in lists"
     );
 
-    let (status, detail) = get(&s, &format!("/admin/queue/messages/{id}")).await;
+    let (status, detail) = s.get(&format!("/admin/queue/messages/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(detail["sender"], "app@shop.example");
     assert_eq!(detail["recipients"][0]["address"], "tempfail-0@example.net");
     assert!(detail["size"].as_u64().unwrap() > 10);
 
     // bad and unknown ids
-    let (status, v) = get(&s, "/admin/queue/messages/not-an-id").await;
+    let (status, v) = s.get("/admin/queue/messages/not-an-id").await;
     assert_eq!((status, v["status"].clone()), (400, json!(400)));
-    let (status, _) = get(&s, "/admin/queue/messages/00000000000000FF").await;
+    let (status, _) = s.get("/admin/queue/messages/00000000000000FF").await;
     assert_eq!(status, 404);
-    let (status, _) = send(
-        &s,
-        "POST",
-        "/admin/queue/messages/00000000000000FF/retry",
-        None,
-    )
-    .await;
+    let (status, _) = s
+        .call("POST", "/admin/queue/messages/00000000000000FF/retry")
+        .await;
     assert_eq!(status, 404);
 
     // retry now: tried again at once (still 451), attempts go up
-    let (status, v) = send(
-        &s,
-        "POST",
-        &format!("/admin/queue/messages/{id}/retry"),
-        None,
-    )
-    .await;
+    let (status, v) = s
+        .call("POST", &format!("/admin/queue/messages/{id}/retry"))
+        .await;
     assert_eq!((status, v["recipients"].clone()), (200, json!(1)));
-    let mut attempts = 0;
-    for _ in 0..200 {
-        let (_, d) = get(&s, &format!("/admin/queue/messages/{id}")).await;
-        attempts = d["recipients"][0]["attempts"].as_u64().unwrap();
-        if attempts == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let attempts = async || {
+        let (_, d) = s.get(&format!("/admin/queue/messages/{id}")).await;
+        d["recipients"][0]["attempts"].as_u64().unwrap()
+    };
+    let attempts = settle(Duration::from_secs(4), attempts, |a| *a == 2).await;
     assert_eq!(attempts, 2, "retried");
 
     // bounce: the sender gets a DSN (through the smart host), the message leaves
     let id2 = list[1]["id"].as_str().unwrap().to_string();
-    let (status, v) = send(
-        &s,
-        "POST",
-        &format!("/admin/queue/messages/{id2}/bounce"),
-        None,
-    )
-    .await;
+    let (status, v) = s
+        .call("POST", &format!("/admin/queue/messages/{id2}/bounce"))
+        .await;
     assert_eq!((status, v["result"].clone()), (200, json!("bounced")));
-    let got = s.mx.wait_for(1, Duration::from_secs(10)).await;
+    let got = s.mx().wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].rcpt_to, ["app@shop.example"]);
     let dsn = got[0].text();
     assert!(dsn.contains("operator returned the message"), "{dsn}");
     queued(&s, 2).await;
 
     // delete: gone without a DSN
-    let (status, _) = send(&s, "DELETE", &format!("/admin/queue/messages/{id}"), None).await;
+    let (status, _) = s
+        .call("DELETE", &format!("/admin/queue/messages/{id}"))
+        .await;
     assert_eq!(status, 200);
     queued(&s, 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.mx.delivered().len(), 1, "no DSN for a deletion");
+    assert_eq!(s.mx().delivered().len(), 1, "no DSN for a deletion");
 }
 
 #[tokio::test]
 async fn a_frozen_account_is_refused_and_its_marketing_held_until_unfrozen() {
     let s = setup(MxOptions::default()).await;
-    let (status, all) = get(&s, "/admin/accounts").await;
+    let (status, all) = s.get("/admin/accounts").await;
     assert_eq!(status, 200);
     assert_eq!(all[0]["account"], "shop");
     assert_eq!(all[0]["frozen"], Value::Null);
 
     // Marketing queued for later: the first attempt of a tempfail recipient fails, so the
     // message waits an hour; freeze, then retry it by hand: it is held, not sent.
-    grant(&s.relay, "shop", "deals", "tempfail-m@example.net");
-    grant(&s.relay, "shop", "deals", "reader@example.net");
+    grant(&s.run.relay, "shop", "deals", "tempfail-m@example.net");
+    grant(&s.run.relay, "shop", "deals", "reader@example.net");
     let marketing = |to: &str| {
         format!(
             "From: <news@shop.example>\r\nSubject: deals\r\nX-Optin-Stream: marketing\r\n\
              X-Optin-List: deals\r\n\r\nBuy {to}"
         )
     };
-    let r = raw_send(
-        smtp(&s),
-        "news@shop.example",
-        &["tempfail-m@example.net"],
-        &marketing("m"),
-    )
-    .await;
+    let r = s
+        .send(
+            "news@shop.example",
+            &["tempfail-m@example.net"],
+            &marketing("m"),
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
     queued(&s, 1).await;
     settled(&s).await;
 
     // bad input
-    let (status, v) = send(&s, "POST", "/admin/accounts/shop/freeze", Some(json!({}))).await;
-    assert_eq!(status, 400, "{v}");
-    let (status, _) = send(
-        &s,
-        "POST",
-        "/admin/accounts/shop/freeze",
-        Some(json!({"reason": " "})),
-    )
-    .await;
-    assert_eq!(status, 400);
-    let (status, _) = send(
-        &s,
-        "POST",
-        "/admin/accounts/nobody/freeze",
-        Some(json!({"reason": "x"})),
-    )
-    .await;
-    assert_eq!(status, 404);
+    for (path, body, want) in [
+        ("/admin/accounts/shop/freeze", json!({}), 400),
+        ("/admin/accounts/shop/freeze", json!({"reason": " "}), 400),
+        ("/admin/accounts/nobody/freeze", json!({"reason": "x"}), 404),
+    ] {
+        let (status, v) = s.post(path, body).await;
+        assert_eq!(status, want, "{v}");
+    }
 
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/accounts/shop/freeze",
-        Some(json!({"reason": "complaint rate 0.5%"})),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/admin/accounts/shop/freeze",
+            json!({"reason": "complaint rate 0.5%"}),
+        )
+        .await;
     assert_eq!((status, v["changed"].clone()), (200, json!(true)));
     assert_eq!(v["frozen"]["reason"], "complaint rate 0.5%");
     assert_eq!(v["frozen"]["by"], "admin");
 
     // new submissions refused at MAIL with the reason
-    let r = raw_send(
-        smtp(&s),
-        "news@shop.example",
-        &["reader@example.net"],
-        &marketing("r"),
-    )
-    .await;
-    let mut c = tokio::net::TcpStream::connect(smtp(&s)).await.unwrap();
-    let mut buf = vec![0u8; 512];
-    let _ = c.read(&mut buf).await.unwrap();
-    c.write_all(b"EHLO t\r\nMAIL FROM:<news@shop.example>\r\n")
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    while !reply.contains("554") {
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(n > 0, "{reply}");
-        reply.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let r = s
+        .send(
+            "news@shop.example",
+            &["reader@example.net"],
+            &marketing("r"),
+        )
+        .await;
+    let reply = mail_reply(s.smtp(), "news@shop.example").await;
     assert!(
         reply.contains("554 5.7.1 account frozen: complaint rate 0.5%"),
         "{reply}"
@@ -415,43 +344,38 @@ async fn a_frozen_account_is_refused_and_its_marketing_held_until_unfrozen() {
     assert!(!r.starts_with("250"), "{r}");
 
     // the queued marketing is held: a retry by hand does not send it
-    let (_, list) = get(&s, "/admin/queue/messages").await;
+    let (_, list) = s.get("/admin/queue/messages").await;
     let id = list[0]["id"].as_str().unwrap().to_string();
     assert_eq!(list[0]["held"], true);
-    let (_, v) = get(&s, "/admin/queue").await;
+    let (_, v) = s.get("/admin/queue").await;
     assert_eq!(v["held"], 1);
-    let tries = s.mx.rcpt_attempts();
-    send(
-        &s,
-        "POST",
-        &format!("/admin/queue/messages/{id}/retry"),
-        None,
-    )
-    .await;
+    let tries = s.mx().rcpt_attempts();
+    s.call("POST", &format!("/admin/queue/messages/{id}/retry"))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(s.mx.rcpt_attempts(), tries, "held mail was tried");
+    assert_eq!(s.mx().rcpt_attempts(), tries, "held mail was tried");
 
     // unfreeze: submissions go again and the held message is tried at once
-    let (status, v) = send(&s, "POST", "/admin/accounts/shop/unfreeze", None).await;
+    let (status, v) = s.call("POST", "/admin/accounts/shop/unfreeze").await;
     assert_eq!((status, v["changed"].clone()), (200, json!(true)));
-    for _ in 0..200 {
-        if s.mx.rcpt_attempts() > tries {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(s.mx.rcpt_attempts() > tries, "released after unfreeze");
-    let r = raw_send(
-        smtp(&s),
-        "news@shop.example",
-        &["reader@example.net"],
-        &marketing("r"),
+    eventually(
+        Duration::from_secs(4),
+        "released after unfreeze",
+        async || s.mx().rcpt_attempts() > tries,
     )
     .await;
+    let r = s
+        .send(
+            "news@shop.example",
+            &["reader@example.net"],
+            &marketing("r"),
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
-    let (_, v) = get(&s, "/admin/accounts/shop").await;
+    let (_, v) = s.get("/admin/accounts/shop").await;
     assert_eq!(v["frozen"], Value::Null);
-    let events = std::fs::read_to_string(s._dir.path().join("spool/events/freezes.jsonl")).unwrap();
+    let events =
+        std::fs::read_to_string(s.run.dir.path().join("spool/events/freezes.jsonl")).unwrap();
     assert_eq!(events.lines().count(), 2, "{events}");
 }
 
@@ -459,84 +383,55 @@ async fn a_frozen_account_is_refused_and_its_marketing_held_until_unfrozen() {
 async fn suppressions_are_checked_added_and_removed() {
     let s = setup(MxOptions::default()).await;
     let path = "/admin/suppressions/Someone%40Example.net?account=shop&list=deals&stream=marketing";
-    let (status, v) = get(&s, path).await;
+    let (status, v) = s.get(path).await;
     assert_eq!(status, 200);
     assert_eq!(v["address"], "someone@example.net");
     assert_eq!(v["consent"], false);
     assert!(v["verdict"].as_str().unwrap().starts_with("refused"), "{v}");
 
     // bad input
-    let (status, _) = send(
-        &s,
-        "POST",
-        "/admin/suppressions",
-        Some(json!({"address": "not an address"})),
-    )
-    .await;
-    assert_eq!(status, 400);
-    let (status, _) = send(
-        &s,
-        "POST",
-        "/admin/suppressions",
-        Some(json!({"address": "a@b.example", "reason": "boredom"})),
-    )
-    .await;
-    assert_eq!(status, 400);
-    let (status, _) = send(
-        &s,
-        "POST",
-        "/admin/suppressions",
-        Some(json!({"address": "a@b.example", "account": "shop", "list": "nope"})),
-    )
-    .await;
-    assert_eq!(status, 404);
-    let (status, _) = send(
-        &s,
-        "POST",
-        "/admin/suppressions",
-        Some(json!(["not", "an object"])),
-    )
-    .await;
-    assert_eq!(status, 400);
+    for (body, want) in [
+        (json!({"address": "not an address"}), 400),
+        (json!({"address": "a@b.example", "reason": "boredom"}), 400),
+        (
+            json!({"address": "a@b.example", "account": "shop", "list": "nope"}),
+            404,
+        ),
+        (json!(["not", "an object"]), 400),
+    ] {
+        let (status, _) = s.post("/admin/suppressions", body.clone()).await;
+        assert_eq!(status, want, "{body}");
+    }
 
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/suppressions",
-        Some(json!({"address": "someone@example.net", "reason": "complaint"})),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/admin/suppressions",
+            json!({"address": "someone@example.net", "reason": "complaint"}),
+        )
+        .await;
     assert_eq!((status, v["scope"].clone()), (200, json!("global")));
     // in force at once: transactional mail to it is refused at RCPT
-    let r = raw_send(
-        smtp(&s),
-        "app@shop.example",
-        &["someone@example.net"],
-        "From: <app@shop.example>\r\nSubject: x\r\n\r\nx",
-    )
-    .await;
+    let r = s
+        .send(
+            "app@shop.example",
+            &["someone@example.net"],
+            "From: <app@shop.example>\r\nSubject: x\r\n\r\nx",
+        )
+        .await;
     assert!(!r.starts_with("250"), "{r}");
-    let (_, v) = get(
-        &s,
-        "/admin/suppressions/someone%40example.net?account=shop&stream=transactional",
-    )
-    .await;
+    let (_, v) = s
+        .get("/admin/suppressions/someone%40example.net?account=shop&stream=transactional")
+        .await;
     assert_eq!(v["suppressed"]["global"], json!(["complaint"]));
     assert!(v["verdict"].as_str().unwrap().starts_with("refused"), "{v}");
 
-    let (status, v) = send(
-        &s,
-        "DELETE",
-        "/admin/suppressions/someone%40example.net",
-        None,
-    )
-    .await;
+    let (status, v) = s
+        .call("DELETE", "/admin/suppressions/someone%40example.net")
+        .await;
     assert_eq!((status, v["reason"].clone()), (200, json!("all")));
-    let (_, v) = get(
-        &s,
-        "/admin/suppressions/someone%40example.net?account=shop&stream=transactional",
-    )
-    .await;
+    let (_, v) = s
+        .get("/admin/suppressions/someone%40example.net?account=shop&stream=transactional")
+        .await;
     assert_eq!(v["verdict"], "allowed");
 }
 
@@ -548,15 +443,14 @@ async fn batches_suppress_lift_grant_and_revoke() {
     let s = setup(MxOptions::default()).await;
     let standing = async |address: &str| {
         let path = format!("/admin/suppressions/{address}?account=shop&list=deals");
-        get(&s, &path).await.1
+        s.get(&path).await.1
     };
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/suppressions",
-        Some(json!({"addresses": ["A@x.example", "b@x.example"], "account": "shop"})),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/admin/suppressions",
+            json!({"addresses": ["A@x.example", "b@x.example"], "account": "shop"}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
         (v["count"].clone(), v["scope"].clone(), v["address"].clone()),
@@ -566,13 +460,12 @@ async fn batches_suppress_lift_grant_and_revoke() {
         standing("a@x.example").await["suppressed"]["account"],
         json!(["manual"])
     );
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/suppressions/remove",
-        Some(json!({"addresses": ["a@x.example", "B@X.example"], "account": "shop"})),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/admin/suppressions/remove",
+            json!({"addresses": ["a@x.example", "B@X.example"], "account": "shop"}),
+        )
+        .await;
     assert_eq!((status, v["result"].clone()), (200, json!("lifted")), "{v}");
     assert_eq!(
         standing("b@x.example").await["suppressed"]["account"],
@@ -580,13 +473,12 @@ async fn batches_suppress_lift_grant_and_revoke() {
     );
 
     // one bad address: 400 naming it, and nothing changed
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/suppressions",
-        Some(json!({"addresses": ["c@x.example", "not an address", "neither"]})),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/admin/suppressions",
+            json!({"addresses": ["c@x.example", "not an address", "neither"]}),
+        )
+        .await;
     assert_eq!(status, 400, "{v}");
     let error = v["error"].as_str().unwrap();
     assert!(
@@ -595,7 +487,7 @@ async fn batches_suppress_lift_grant_and_revoke() {
             && error.contains("\"neither\""),
         "{error}"
     );
-    let (_, v) = get(&s, "/admin/suppressions/c%40x.example").await;
+    let (_, v) = s.get("/admin/suppressions/c%40x.example").await;
     assert_eq!(v["suppressed"]["global"], json!([]));
     for body in [
         json!({"addresses": []}),
@@ -603,31 +495,29 @@ async fn batches_suppress_lift_grant_and_revoke() {
         json!({"addresses": ["a@x.example"], "colour": "blue"}),
         json!({"addresses": vec!["a@x.example"; optin_relay::http::admin::MAX_BATCH + 1]}),
     ] {
-        let (status, _) = send(&s, "POST", "/admin/suppressions", Some(body.clone())).await;
+        let (status, _) = s.post("/admin/suppressions", body.clone()).await;
         assert_eq!(status, 400, "{body}");
     }
 
     // consent
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/consent/grant",
-        Some(json!({"addresses": ["fan@x.example", "Other@x.example"], "account": "shop"})),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/admin/consent/grant",
+            json!({"addresses": ["fan@x.example", "Other@x.example"], "account": "shop"}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
         (v["list"].clone(), v["count"].clone(), v["result"].clone()),
         (json!("deals"), json!(2), json!("granted"))
     );
     assert_eq!(standing("other@x.example").await["consent"], true);
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/consent/revoke",
-        Some(json!({"address": "fan@x.example", "account": "shop", "list": "deals"})),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/admin/consent/revoke",
+            json!({"address": "fan@x.example", "account": "shop", "list": "deals"}),
+        )
+        .await;
     assert_eq!(
         (status, v["address"].clone(), v["result"].clone()),
         (200, json!("fan@x.example"), json!("revoked"))
@@ -645,7 +535,7 @@ async fn batches_suppress_lift_grant_and_revoke() {
             400,
         ),
     ] {
-        let (status, _) = send(&s, "POST", "/admin/consent/grant", Some(body.clone())).await;
+        let (status, _) = s.post("/admin/consent/grant", body.clone()).await;
         assert_eq!(status, want, "{body}");
     }
 
@@ -653,13 +543,9 @@ async fn batches_suppress_lift_grant_and_revoke() {
     let big: Vec<String> = (0..40_000)
         .map(|i| format!("reader-{i:08}@x.example"))
         .collect();
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/suppressions",
-        Some(json!({"addresses": big})),
-    )
-    .await;
+    let (status, v) = s
+        .post("/admin/suppressions", json!({"addresses": big}))
+        .await;
     assert_eq!(status, 413, "{v}");
     assert_eq!(v["status"], 413);
 }
@@ -667,66 +553,67 @@ async fn batches_suppress_lift_grant_and_revoke() {
 #[tokio::test]
 async fn erasure_drops_queued_mail_and_suppresses_the_address() {
     let s = setup(MxOptions::default()).await;
-    let r = raw_send(
-        smtp(&s),
-        "app@shop.example",
-        &["tempfail-erase@example.net", "tempfail-keep@example.net"],
-        "From: <app@shop.example>\r\nSubject: two\r\n\r\nhello",
-    )
-    .await;
+    let r = s
+        .send(
+            "app@shop.example",
+            &["tempfail-erase@example.net", "tempfail-keep@example.net"],
+            "From: <app@shop.example>\r\nSubject: two\r\n\r\nhello",
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
-    let r = raw_send(
-        smtp(&s),
-        "app@shop.example",
-        &["Tempfail-Erase@example.net"],
-        "From: <app@shop.example>\r\nSubject: one\r\n\r\nhello",
-    )
-    .await;
+    let r = s
+        .send(
+            "app@shop.example",
+            &["Tempfail-Erase@example.net"],
+            "From: <app@shop.example>\r\nSubject: one\r\n\r\nhello",
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
     let v = queued(&s, 2).await;
     assert_eq!(v["recipients"], 3);
     // (no settling: recipients in flight are dropped when their attempt comes back)
 
-    let (status, _) = send(&s, "POST", "/admin/erase", Some(json!({"address": "nope"}))).await;
+    let (status, _) = s.post("/admin/erase", json!({"address": "nope"})).await;
     assert_eq!(status, 400);
-    let (status, v) = send(
-        &s,
-        "POST",
-        "/admin/erase",
-        Some(json!({"address": "tempfail-erase@example.net"})),
-    )
-    .await;
+    let (status, v) = s
+        .post(
+            "/admin/erase",
+            json!({"address": "tempfail-erase@example.net"}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["queued_recipients_dropped"], 2);
     // the one-recipient message is gone, the other keeps its other recipient
     let v = queued(&s, 1).await;
     assert_eq!(v["recipients"], 1);
-    let (_, list) = get(&s, "/admin/queue/messages").await;
+    let (_, list) = s.get("/admin/queue/messages").await;
     let id = list[0]["id"].as_str().unwrap();
-    let (_, detail) = get(&s, &format!("/admin/queue/messages/{id}")).await;
+    let (_, detail) = s.get(&format!("/admin/queue/messages/{id}")).await;
     assert_eq!(detail["recipients"][0]["status"], "done");
     assert_eq!(detail["recipients"][1]["status"], "waiting");
     // and nothing more goes to it
-    let r = raw_send(
-        smtp(&s),
-        "app@shop.example",
-        &["tempfail-erase@example.net"],
-        "From: <app@shop.example>\r\nSubject: x\r\n\r\nx",
-    )
-    .await;
+    let r = s
+        .send(
+            "app@shop.example",
+            &["tempfail-erase@example.net"],
+            "From: <app@shop.example>\r\nSubject: x\r\n\r\nx",
+        )
+        .await;
     assert!(!r.starts_with("250"), "{r}");
-    let (_, v) = get(&s, "/admin/suppressions/tempfail-erase%40example.net").await;
+    let (_, v) = s
+        .get("/admin/suppressions/tempfail-erase%40example.net")
+        .await;
     assert_eq!(v["suppressed"]["global"], json!(["erasure"]));
 }
 
 #[tokio::test]
 async fn the_policy_status_and_reload() {
     let s = setup(MxOptions::default()).await;
-    let (status, v) = get(&s, "/admin/policy").await;
+    let (status, v) = s.get("/admin/policy").await;
     assert_eq!(status, 200);
     assert_eq!(v["generation"], 1);
     // the embedded test policy has no file: a reload is refused with the reason
-    let (status, v) = send(&s, "POST", "/admin/policy/reload", None).await;
+    let (status, v) = s.call("POST", "/admin/policy/reload").await;
     assert_eq!(status, 409);
     assert!(!v["problems"].as_array().unwrap().is_empty(), "{v}");
 }
