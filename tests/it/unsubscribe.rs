@@ -2,7 +2,6 @@
 //! one-click POST (RFC 8058) or the page's buttons unsubscribe; the next message to that
 //! address is refused.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::{
