@@ -356,7 +356,7 @@ async fn a_tokenless_report_counts_only_when_an_allowed_reporter_signed_it() {
 
 #[tokio::test]
 async fn mail_to_the_relays_own_addresses_has_its_own_small_limits() {
-    let Running { mx, relay, dir, .. } = start(
+    let Running { relay, dir, .. } = start(
         "",
         "max_mail_size = \"2KiB\"",
         "[complaints]\nmax_report_size = \"8KiB\"\nmax_reports_per_ip = 3\n",

@@ -52,7 +52,6 @@ fn marketing(list: &str, to: &str) -> String {
 #[tokio::test]
 async fn one_click_unsubscribe_stops_the_next_message() {
     let Running { mx, relay, dir, .. } = start("[http]\nlisten = \"127.0.0.1:0\"\n[unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n").await;
-    let smtp = relay.smtp_addrs[0];
     let web = relay.http_addr.unwrap();
     consent(&relay, "weekly", "reader@example.net");
     consent(&relay, "deals", "reader@example.net");
