@@ -245,7 +245,9 @@ async fn an_unsubscribe_posts_one_signed_event() {
 async fn a_hard_bounce_posts_a_bounce_event() {
     let receiver = Receiver::new(0);
     let hook = receiver.listen("127.0.0.1:0").await;
-    let Running { mx, relay, dir, .. } = start(Some(hook)).await;
+    let Running {
+        relay, dir: _dir, ..
+    } = start(Some(hook)).await;
 
     support::grant(&relay, "news", "weekly", "permfail@example.net");
     let reply = support::raw_send(
