@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     self, Account, Admin, MxOptions, Running, SIGNED_UP, eventually, grant, grant_all, raw_send,
+    send_ok,
 };
 
 const TOKEN: &str = "campaign-token-0123456789";
@@ -253,7 +254,7 @@ async fn the_canary_counts_recipients_not_messages() {
         .collect();
     grant_all(&s.relay, "shop", "deals", &to);
     let refs: Vec<&str> = to.iter().map(String::as_str).collect();
-    let r = raw_send(
+    send_ok(
         s.relay.smtp_addrs[0],
         "news@shop.example",
         &refs,
@@ -261,7 +262,6 @@ async fn the_canary_counts_recipients_not_messages() {
          X-Optin-List: deals\r\nX-Optin-Campaign: bulk\r\n\r\nBuy now.",
     )
     .await;
-    assert!(r.starts_with("250"), "{r}");
     wait_until("the canary delivered", async || to_recipients(&s) >= 100).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(to_recipients(&s), 100, "more than the canary went");
@@ -300,7 +300,7 @@ async fn a_split_message_is_readmitted_after_a_restart_and_declined_in_part() {
     let to: Vec<String> = (0..5).map(|i| format!("tempfail{i}@example.net")).collect();
     grant_all(&s.relay, "shop", "deals", &to);
     let refs: Vec<&str> = to.iter().map(String::as_str).collect();
-    let r = raw_send(
+    send_ok(
         s.relay.smtp_addrs[0],
         "news@shop.example",
         &refs,
@@ -308,7 +308,6 @@ async fn a_split_message_is_readmitted_after_a_restart_and_declined_in_part() {
          X-Optin-List: deals\r\nX-Optin-Campaign: split\r\n\r\nBuy now.",
     )
     .await;
-    assert!(r.starts_with("250"), "{r}");
     // the canary (3) is tried and deferred; two recipients are held
     wait_until("the canary tried", async || s.mx.rcpt_attempts() >= 3).await;
     wait_until("the canary deferred", async || {

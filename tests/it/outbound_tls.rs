@@ -54,14 +54,13 @@ impl Relay {
     }
 
     async fn send(&self, to: &str) {
-        let reply = support::raw_send(
+        support::send_ok(
             self.relay.smtp_addrs[0],
             "app@shop.example",
             &[to],
             "Subject: over TLS\r\n\r\nfor the provider\r\n",
         )
         .await;
-        assert!(reply.starts_with("250"), "{reply}");
     }
 
     /// Waits until the one queued message was tried and deferred (never bounced).

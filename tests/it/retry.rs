@@ -5,65 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{FakeMx, MxOptions};
 use bytes::Bytes;
 use mail_parser::MessageParser;
-use optin_relay::config::Config;
-use optin_relay::delivery::outcome::ResolveFailure;
-use optin_relay::delivery::transport::{BoxFuture, BoxStream, RouteKey, Target, Transport};
-use optin_relay::delivery::{self, Delivery, Settings};
-use optin_relay::privacy::AddressTagger;
-use optin_relay::session::Intake;
-use optin_relay::smtp::params::{BodyType, Notify};
-use optin_relay::spool::{Envelope, Recipient, Spool};
+use optin_relay::delivery::Settings;
+use optin_relay::smtp::params::Notify;
+use optin_relay::spool::Spool;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-/// Every route leads to the fake MX over an in-memory pipe.
-struct InMemory(FakeMx);
+use crate::support::engine::{self, Engine, settings};
+use crate::support::envelope::Builder;
+use crate::support::{FakeMx, InMemoryMx, MxOptions};
 
-impl Transport for InMemory {
-    fn resolve<'a>(
-        &'a self,
-        _: &'a RouteKey,
-    ) -> BoxFuture<'a, Result<Vec<Target>, ResolveFailure>> {
-        Box::pin(async {
-            Ok(vec![Target {
-                host: "mx.test".into(),
-                addr: "127.0.0.1:25".parse().unwrap(),
-            }])
-        })
-    }
-
-    fn connect<'a>(&'a self, _: &'a Target) -> BoxFuture<'a, std::io::Result<BoxStream>> {
-        Box::pin(async {
-            let (ours, theirs) = tokio::io::duplex(1 << 16);
-            self.0.serve(theirs);
-            Ok(Box::new(ours) as BoxStream)
-        })
-    }
-
-    fn routes_by_domain(&self) -> bool {
-        false
-    }
-}
-
+/// The delivery engine, every route leading to a fake MX over in-memory pipes.
 struct Setup {
     mx: FakeMx,
-    spool: Spool,
-    delivery: Delivery,
-    stop: CancellationToken,
-    scheduler: tokio::task::JoinHandle<()>,
-    dir: tempfile::TempDir,
-}
-
-fn settings(extra: &str) -> Settings {
-    let config = Config::from_toml(
-        "t",
-        &format!("[smtp]\nhostname = \"relay.test\"\n[delivery]\n{extra}"),
-    )
-    .unwrap();
-    Settings::new(&config.delivery, &config.smtp.hostname)
+    engine: Engine,
 }
 
 async fn setup(extra: &str, options: MxOptions) -> Setup {
@@ -77,29 +33,8 @@ async fn setup_in(dir: tempfile::TempDir, extra: &str, options: MxOptions) -> Se
 
 async fn setup_with(dir: tempfile::TempDir, settings: Settings, options: MxOptions) -> Setup {
     let mx = FakeMx::new(options);
-    let (spool, report) = Spool::open(&optin_relay::config::SpoolConfig {
-        path: dir.path().to_path_buf(),
-        fsync: false,
-        segment_size: 1 << 20,
-    })
-    .unwrap();
-    let stop = CancellationToken::new();
-    let (delivery, scheduler) = delivery::start(
-        settings,
-        spool.clone(),
-        Arc::new(InMemory(mx.clone())),
-        AddressTagger::new([1; 32]),
-        report.messages,
-        stop.clone(),
-    );
-    Setup {
-        mx,
-        spool,
-        delivery,
-        stop,
-        scheduler,
-        dir,
-    }
+    let engine = Engine::start(dir, settings, Arc::new(InMemoryMx(mx.clone())));
+    Setup { mx, engine }
 }
 
 impl Setup {
@@ -109,51 +44,30 @@ impl Setup {
         rcpts: &[(&str, Option<Notify>)],
         envid: Option<&str>,
     ) -> u64 {
-        let env = Envelope {
-            id: self.spool.next_id(),
-            received_at: optin_relay::spool::now_ms(),
-            account: "acct".into(),
-            sender: sender.map(str::to_string),
-            envid: envid.map(str::to_string),
-            ret: None,
-            body_type: BodyType::SevenBit,
-            smtputf8: false,
-            eight_bit_content: false,
-            generated_dsn: false,
-            stream: optin_relay::policy::Stream::Transactional,
-            list: None,
-            campaign: None,
-            recipients: rcpts
-                .iter()
-                .map(|(a, n)| Recipient {
-                    address: a.to_string(),
-                    notify: *n,
-                    orcpt: None,
-                    done: false,
-                })
-                .collect(),
-        };
+        let envelope = Builder::new(self.engine.spool.next_id(), "acct")
+            .sender(sender)
+            .envid(envid);
+        let envelope = rcpts
+            .iter()
+            .fold(envelope, |e, (to, notify)| {
+                e.to_notify(to.to_string(), *notify)
+            })
+            .build();
+        let id = envelope.id;
         let body = Bytes::from_static(
             b"Subject: retry test\r\nMessage-ID: <r@shop.example>\r\n\r\nbody\r\n",
         );
-        let loc = self.spool.store(&env, body.clone()).await.unwrap();
-        let id = env.id;
-        self.delivery.accepted(env, loc, body);
+        self.engine.submit(envelope, body).await;
         id
     }
 
     async fn stop(self) -> tempfile::TempDir {
-        self.stop.cancel();
-        self.scheduler.await.unwrap();
-        self.spool.flush().await.unwrap();
-        drop(self.spool);
-        self.dir
+        self.engine.stop().await
     }
 
     /// Messages in the spool files, once everything sent to the writer is written.
     async fn queued(&self) -> usize {
-        self.spool.flush().await.unwrap();
-        Spool::inspect(self.dir.path()).unwrap().len()
+        self.engine.queued().await
     }
 }
 
@@ -380,13 +294,7 @@ async fn a_trickle_of_mail_reuses_one_connection() {
 /// the rate waits instead of being refused.
 #[tokio::test(start_paused = true)]
 async fn message_rate_is_accurate_over_a_minute() {
-    let mut settings = settings("");
-    let policy = optin_relay::policy::Policy::from_toml(
-        "p",
-        "[throttles.\"*\"]\nmessage_rate = \"300/min\"\n",
-    )
-    .unwrap();
-    settings.policy = Some(Arc::new(arc_swap::ArcSwap::from_pointee(policy)));
+    let settings = engine::with_policy("", "[throttles.\"*\"]\nmessage_rate = \"300/min\"\n");
     let s = setup_with(tempfile::tempdir().unwrap(), settings, MxOptions::default()).await;
     let start = Instant::now();
     for i in 0..350 {
@@ -411,11 +319,7 @@ async fn message_rate_is_accurate_over_a_minute() {
 }
 
 fn shaped(policy: &str) -> Settings {
-    let mut settings = settings("retry_initial = \"1h\"");
-    let policy =
-        optin_relay::policy::Policy::from_toml("p", policy).unwrap_or_else(|e| panic!("{e}"));
-    settings.policy = Some(Arc::new(arc_swap::ArcSwap::from_pointee(policy)));
-    settings
+    engine::with_policy("retry_initial = \"1h\"", policy)
 }
 
 /// A "rate limited" reply suspends the destination for the rule's duration: later mail

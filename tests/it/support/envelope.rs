@@ -3,7 +3,7 @@
 //! `#[path]`).
 #![allow(dead_code)] // not every user takes every helper
 
-use optin_relay::smtp::params::BodyType;
+use optin_relay::smtp::params::{BodyType, Notify};
 use optin_relay::spool::{Envelope, Recipient};
 
 /// A 7-bit transactional message of `account` from `sender` to `recipients`, received now,
@@ -14,28 +14,62 @@ pub fn transactional(
     sender: Option<&str>,
     recipients: impl IntoIterator<Item = String>,
 ) -> Envelope {
-    Envelope {
-        id,
-        received_at: optin_relay::spool::now_ms(),
-        account: account.into(),
-        sender: sender.map(str::to_string),
-        envid: None,
-        ret: None,
-        body_type: BodyType::SevenBit,
-        smtputf8: false,
-        eight_bit_content: false,
-        generated_dsn: false,
-        stream: optin_relay::policy::Stream::Transactional,
-        list: None,
-        campaign: None,
-        recipients: recipients
-            .into_iter()
-            .map(|address| Recipient {
-                address,
-                notify: None,
-                orcpt: None,
-                done: false,
-            })
-            .collect(),
+    let builder = Builder::new(id, account).sender(sender);
+    recipients.into_iter().fold(builder, Builder::to).build()
+}
+
+/// Builds an envelope: as [`transactional`] until told otherwise.
+pub struct Builder(Envelope);
+
+impl Builder {
+    /// A message of `account` received now, from the null sender, to nobody yet.
+    pub fn new(id: u64, account: &str) -> Builder {
+        Builder(Envelope {
+            id,
+            received_at: optin_relay::spool::now_ms(),
+            account: account.into(),
+            sender: None,
+            envid: None,
+            ret: None,
+            body_type: BodyType::SevenBit,
+            smtputf8: false,
+            eight_bit_content: false,
+            generated_dsn: false,
+            stream: optin_relay::policy::Stream::Transactional,
+            list: None,
+            campaign: None,
+            recipients: Vec::new(),
+        })
+    }
+
+    pub fn sender(mut self, sender: Option<&str>) -> Builder {
+        self.0.sender = sender.map(str::to_string);
+        self
+    }
+
+    /// The DSN envelope id (`ENVID`).
+    pub fn envid(mut self, envid: Option<&str>) -> Builder {
+        self.0.envid = envid.map(str::to_string);
+        self
+    }
+
+    /// One more recipient, with no DSN options.
+    pub fn to(self, address: String) -> Builder {
+        self.to_notify(address, None)
+    }
+
+    /// One more recipient, with its `NOTIFY`.
+    pub fn to_notify(mut self, address: String, notify: Option<Notify>) -> Builder {
+        self.0.recipients.push(Recipient {
+            address,
+            notify,
+            orcpt: None,
+            done: false,
+        });
+        self
+    }
+
+    pub fn build(self) -> Envelope {
+        self.0
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod alone;
 pub mod dns;
+pub mod engine;
 pub mod envelope;
 pub mod http;
 pub mod memory;
@@ -17,6 +18,7 @@ pub mod smtp;
 pub mod tls;
 
 pub use dns::FakeDns;
+pub use engine::Engine;
 pub use http::{Admin, Answer, http, http_as, http_on, metric, sample};
 pub use mx::{Delivered, FakeMx, InMemoryMx, Login, MxAuth, MxOptions, TlsBreak};
 pub use policy::{Account, SIGNED_UP, SUBSCRIBED, policy};
@@ -25,5 +27,5 @@ pub use relay::{
     LOOPBACK_POLICY, Running, bin, events, free_addr, free_port, grant, grant_all, journal_records,
     record, start_relay, token_of, wait_listening,
 };
-pub use smtp::{Client, mail_reply, raw_send, rcpt_reply, session};
+pub use smtp::{Client, mail_reply, raw_send, rcpt_reply, send_ok, session};
 pub use tls::{PolicyServer, TestCa, serve_policy};

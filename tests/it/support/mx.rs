@@ -32,6 +32,15 @@ impl Delivered {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()
     }
+
+    /// The machine-readable part of a delivery status notification (its third MIME part:
+    /// `message/delivery-status`).
+    pub fn dsn_status(&self) -> String {
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&self.data)
+            .expect("a message");
+        String::from_utf8_lossy(parsed.parts[2].contents()).into_owned()
+    }
 }
 
 #[derive(Clone)]

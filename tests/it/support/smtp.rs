@@ -160,6 +160,13 @@ pub async fn raw_send(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> 
     replies.swap_remove(replies.len() - 2)
 }
 
+/// [`raw_send`]; the relay must take the message (250).
+pub async fn send_ok(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
+    let reply = raw_send(addr, from, to, body).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    reply
+}
+
 /// A session of `lines` (commands, or whole messages ending in their "." line): the
 /// greeting and every reply.
 pub async fn session(addr: SocketAddr, lines: &[&str]) -> Vec<String> {
