@@ -59,14 +59,15 @@ async fn a_message_damaged_in_the_spool_is_returned_once_not_retried_forever() {
     assert_eq!(got[0].mail_from, "", "a DSN comes from the null sender");
     assert_eq!(got[0].rcpt_to, ["app@shop.example"]);
     let status = got[0].dsn_status();
-    for expected in [
-        "Final-Recipient: rfc822; tempfail1@x.example",
-        "Action: failed",
-        "Status: 5.3.0",
-        "damaged",
-    ] {
-        assert!(status.contains(expected), "{expected} missing:\n{status}");
-    }
+    support::assert_has(
+        &status,
+        &[
+            "Final-Recipient: rfc822; tempfail1@x.example",
+            "Action: failed",
+            "Status: 5.3.0",
+            "damaged",
+        ],
+    );
     let returned = String::from_utf8_lossy(&got[0].data).into_owned();
     assert!(
         !returned.contains("body of the message") && !returned.contains("damaged later"),

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::support::engine::{self, Engine, settings};
 use crate::support::envelope::Builder;
+use crate::support::{self};
 use crate::support::{FakeMx, InMemoryMx, MxOptions};
 
 /// The delivery engine, every route leading to a fake MX over in-memory pipes.
@@ -146,18 +147,16 @@ async fn expiry_bounces_with_a_dsn_after_max_age_and_warns_on_delay() {
         Some("Undelivered Mail Returned to Sender")
     );
     let status = String::from_utf8_lossy(failure.parts[2].contents()).into_owned();
-    for expected in [
-        "Original-Envelope-Id: env-9",
-        "Final-Recipient: rfc822; tempfail@x.example",
-        "Action: failed",
-        "Status: 4.4.7",
-        "451 4.2.1 mailbox busy",
-    ] {
-        assert!(
-            status.contains(expected),
-            "{expected} missing from\n{status}"
-        );
-    }
+    support::assert_has(
+        &status,
+        &[
+            "Original-Envelope-Id: env-9",
+            "Final-Recipient: rfc822; tempfail@x.example",
+            "Action: failed",
+            "Status: 4.4.7",
+            "451 4.2.1 mailbox busy",
+        ],
+    );
     let text = String::from_utf8_lossy(failure.parts[1].contents()).into_owned();
     assert!(text.contains(&optin_relay::spool::format_id(id)), "{text}");
     // no DSN about the DSNs, and nothing left queued
@@ -204,10 +203,7 @@ async fn one_dsn_per_message_for_all_its_failures() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(s.mx.delivered().len(), 2);
     let dsn = got.iter().find(|d| d.mail_from.is_empty()).unwrap();
-    let status = String::from_utf8_lossy(
-        MessageParser::default().parse(&dsn.data).unwrap().parts[2].contents(),
-    )
-    .into_owned();
+    let status = dsn.dsn_status();
     assert!(
         status.contains("permfail1@x.example") && status.contains("permfail2@y.example"),
         "{status}"

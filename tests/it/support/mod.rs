@@ -29,3 +29,11 @@ pub use relay::{
 };
 pub use smtp::{Client, mail_reply, raw_send, rcpt_reply, send_ok, session};
 pub use tls::{PolicyServer, TestCa, serve_policy};
+
+/// Asserts that `text` holds each of `expected`, naming the first one it does not.
+#[track_caller]
+pub fn assert_has(text: &str, expected: &[&str]) {
+    for e in expected {
+        assert!(text.contains(e), "{e} missing from\n{text}");
+    }
+}

@@ -100,10 +100,21 @@ impl Account {
         self
     }
 
+    /// A DKIM key: `domain`'s `selector`, its private key in the file `key`.
+    pub fn dkim(self, domain: &str, selector: &str, key: &str) -> Account {
+        let keys = format!(
+            "domain = {}\nselector = {}\nprivate_key = {}",
+            string(domain),
+            string(selector),
+            string(key)
+        );
+        self.table("[dkim]", &keys)
+    }
+
     /// A sub-table (`webhook`) or an array of tables (`[dkim]`), its keys as TOML text.
     pub fn table(mut self, name: &str, body: &str) -> Account {
         let header = match name.strip_prefix('[') {
-            Some(array) => format!("[[accounts.{}.{}]", self.name, array.trim_end_matches(']')),
+            Some(array) => format!("[[accounts.{}.{}]]", self.name, array.trim_end_matches(']')),
             None => format!("[accounts.{}.{name}]", self.name),
         };
         self.tables += &format!("{header}\n{body}\n");
