@@ -94,6 +94,11 @@ fn header_section(text: &str) -> &str {
     &text[..text.find("\r\n\r\n").unwrap() + 2]
 }
 
+/// A request for the report form of `token` on the public listener `web`.
+async fn form(web: SocketAddr, method: &str, token: &str, body: &str) -> (u16, String) {
+    http(web, method, &format!("/complaint/{token}"), body).await
+}
+
 /// Whether `address` has a complaint suppression in `account`'s scope (or globally).
 fn complained(relay: &Relay, account: &str, address: &str) -> (bool, bool) {
     let s = relay.lists.standing(account, None, address);
@@ -115,7 +120,7 @@ fn kept_aside(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_report_of_a_delivered_message_stops_every_stream_of_that_account() {
-    let Running { mx, relay, dir, .. } = start("", "", "").await;
+    let (mx, relay, dir) = start("", "", "").await.into_parts();
     let smtp = relay.smtp_addrs[0];
     support::grant(&relay, "news", "weekly", "reader@example.net");
     support::grant(&relay, "news", "deals", "reader@example.net");
@@ -213,7 +218,7 @@ async fn a_report_of_a_delivered_message_stops_every_stream_of_that_account() {
 
 #[tokio::test]
 async fn a_header_only_report_is_tied_back_by_its_token() {
-    let Running { mx, relay, dir, .. } = start("", "", "").await;
+    let (mx, relay, dir) = start("", "", "").await.into_parts();
     let smtp = relay.smtp_addrs[0];
     support::grant(&relay, "news", "weekly", "second@example.net");
 
@@ -272,12 +277,13 @@ async fn a_tokenless_report_counts_only_when_an_allowed_reporter_signed_it() {
     let (isp, isp_record) = reporter_key("fbl.isp.example");
     let (stranger, stranger_record) = reporter_key("forger.example");
     let dns = support::FakeDns::start(&format!("{isp_record}\n{stranger_record}\n")).await;
-    let Running { mx, relay, dir, .. } = start(
+    let (mx, relay, dir) = start(
         &format!("dns = \"{}\"", dns.addr),
         "",
         "[complaints]\nreporters = [\"fbl.isp.example\"]\n",
     )
-    .await;
+    .await
+    .into_parts();
     let smtp = relay.smtp_addrs[0];
 
     // Transactional mail carries no token.
@@ -417,7 +423,7 @@ async fn mail_to_the_relays_own_addresses_has_its_own_small_limits() {
 
 #[tokio::test]
 async fn unusable_reports_are_kept_aside_and_change_nothing() {
-    let Running { mx, relay, dir, .. } = start("", "", "").await;
+    let (mx, relay, dir) = start("", "", "").await.into_parts();
     let smtp = relay.smtp_addrs[0];
     let before = metric(
         relay.admin_addr.unwrap(),
@@ -491,7 +497,7 @@ async fn unusable_reports_are_kept_aside_and_change_nothing() {
 
 #[tokio::test]
 async fn the_feedback_address_opens_no_relay() {
-    let Running { mx, relay, dir, .. } = start("", "", "").await;
+    let (mx, relay, dir) = start("", "", "").await.into_parts();
     let smtp = relay.smtp_addrs[0];
     let mut c = Client::connect_from(smtp, "127.0.0.9").await;
     c.say("EHLO somewhere.example").await;
@@ -535,7 +541,7 @@ async fn the_feedback_address_opens_no_relay() {
 
 #[tokio::test]
 async fn the_report_form_records_a_complaint_by_token() {
-    let Running { mx, relay, dir, .. } = start("", "", "").await;
+    let (mx, relay, dir) = start("", "", "").await.into_parts();
     let smtp = relay.smtp_addrs[0];
     let web = relay.http_addr.unwrap();
     support::grant(&relay, "news", "weekly", "reader@example.net");
@@ -553,7 +559,7 @@ async fn the_report_form_records_a_complaint_by_token() {
     .await;
     let token = token_of(&mx.wait_for(1, WAIT).await[0].text());
 
-    let (status, page) = http(web, "GET", &format!("/complaint/{token}"), "").await;
+    let (status, page) = form(web, "GET", &token, "").await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Report this message as unwanted"), "{page}");
     assert!(
@@ -582,25 +588,19 @@ async fn the_report_form_records_a_complaint_by_token() {
         ("POST", forged.as_str()),
         ("GET", "x"),
     ] {
-        let (status, body) = http(web, method, &format!("/complaint/{t}"), "report=unwanted").await;
+        let (status, body) = form(web, method, &t, "report=unwanted").await;
         assert_eq!(status, 404, "{method} {t}");
         assert!(body.contains("not valid"), "{body}");
     }
     // A POST that is not the form's button changes nothing.
-    let (status, _) = http(web, "POST", &format!("/complaint/{token}"), "").await;
+    let (status, _) = form(web, "POST", &token, "").await;
     assert_eq!(status, 400);
     assert_eq!(
         complained(&relay, "news", "reader@example.net"),
         (false, false)
     );
 
-    let (status, body) = http(
-        web,
-        "POST",
-        &format!("/complaint/{token}"),
-        "report=unwanted",
-    )
-    .await;
+    let (status, body) = form(web, "POST", &token, "report=unwanted").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Thank you"), "{body}");
     assert_eq!(
@@ -623,13 +623,7 @@ async fn the_report_form_records_a_complaint_by_token() {
     );
 
     // A second click: harmless, not counted twice.
-    let (status, _) = http(
-        web,
-        "POST",
-        &format!("/complaint/{token}"),
-        "report=unwanted",
-    )
-    .await;
+    let (status, _) = form(web, "POST", &token, "report=unwanted").await;
     assert_eq!(status, 200);
     assert_eq!(relay.account_counts.get("news").complaints, 1);
 

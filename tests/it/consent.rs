@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use optin_relay::consent::{CONSENT, Kind, Reason, Scope};
+use optin_relay::consent::{Kind, Reason, Scope};
 
 use crate::support::{
-    self, Account, Client, FakeMx, MxOptions, Running, bin, free_port, record, settle,
+    self, Account, Client, FakeMx, MxOptions, Running, bin, free_port, grant, record, settle,
     wait_listening,
 };
 
@@ -96,8 +96,8 @@ async fn marketing_account_refuses_at_rcpt_and_delivers_to_consented_recipients(
     let s = setup().await;
     let lists = &s.relay.lists;
     let weekly = Scope::List("news", "weekly");
-    record(lists, Kind::Consent, weekly, "yes@example.net", CONSENT);
-    record(lists, Kind::Consent, weekly, "gone@example.net", CONSENT);
+    grant(&s.relay, "news", "weekly", "yes@example.net");
+    grant(&s.relay, "news", "weekly", "gone@example.net");
     record(
         lists,
         Kind::Suppression,
@@ -132,9 +132,8 @@ async fn marketing_account_refuses_at_rcpt_and_delivers_to_consented_recipients(
 async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
     let s = setup().await;
     let lists = &s.relay.lists;
-    let deals = Scope::List("shop", "deals");
-    record(lists, Kind::Consent, deals, "fan@example.net", CONSENT);
-    record(lists, Kind::Consent, deals, "left@example.net", CONSENT);
+    grant(&s.relay, "shop", "deals", "fan@example.net");
+    grant(&s.relay, "shop", "deals", "left@example.net");
     record(
         lists,
         Kind::Suppression,
@@ -258,13 +257,7 @@ async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
 async fn a_withheld_notice_returns_headers_only_and_never_reaches_a_suppressed_sender() {
     let s = setup().await;
     let lists = &s.relay.lists;
-    record(
-        lists,
-        Kind::Consent,
-        Scope::List("shop", "deals"),
-        "fan@example.net",
-        CONSENT,
-    );
+    grant(&s.relay, "shop", "deals", "fan@example.net");
     record(
         lists,
         Kind::Suppression,
@@ -324,13 +317,7 @@ async fn a_withheld_notice_returns_headers_only_and_never_reaches_a_suppressed_s
 #[tokio::test]
 async fn a_suppression_from_the_command_line_is_in_force_in_the_running_relay() {
     let s = setup().await;
-    record(
-        &s.relay.lists,
-        Kind::Consent,
-        Scope::List("news", "weekly"),
-        "reader@example.net",
-        CONSENT,
-    );
+    grant(&s.relay, "news", "weekly", "reader@example.net");
     let mut c = Client::hello(s.relay.smtp_addrs[0], "127.0.0.2").await;
     c.expect("MAIL FROM:<news@sender.example>", "250").await;
     c.expect("RCPT TO:<reader@example.net>", "250").await;
@@ -550,23 +537,11 @@ async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
 
 #[tokio::test]
 async fn transactional_mail_overtakes_a_queued_campaign() {
-    let Running {
-        mx,
-        relay,
-        dir: _dir,
-        ..
-    } = one_connection(&policy()).await;
-    let deals = Scope::List("shop", "deals");
+    let (mx, relay, _dir) = one_connection(&policy()).await.into_parts();
     let campaign: Vec<String> = (0..6).map(|i| format!("fan{i}@example.net")).collect();
-    record(
-        &relay.lists,
-        Kind::Consent,
-        deals,
-        "slow-first@example.net",
-        CONSENT,
-    );
+    grant(&relay, "shop", "deals", "slow-first@example.net");
     for a in &campaign {
-        record(&relay.lists, Kind::Consent, deals, a, CONSENT);
+        grant(&relay, "shop", "deals", a);
     }
     let marketing = "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\n";
     let mut c = Client::hello(relay.smtp_addrs[0], "127.0.0.1").await;
@@ -610,31 +585,13 @@ async fn accounts_take_turns_on_a_busy_destination() {
         .from_domains(&["sender.example"])
         .list("notes", "You asked for {list}.");
     let policy = format!("{}{small}", policy());
-    let Running {
-        mx,
-        relay,
-        dir: _dir,
-        ..
-    } = one_connection(&policy).await;
-    let weekly = Scope::List("news", "weekly");
+    let (mx, relay, _dir) = one_connection(&policy).await.into_parts();
     let campaign: Vec<String> = (0..8).map(|i| format!("reader{i}@example.net")).collect();
-    record(
-        &relay.lists,
-        Kind::Consent,
-        weekly,
-        "slow-first@example.net",
-        CONSENT,
-    );
+    grant(&relay, "news", "weekly", "slow-first@example.net");
     for a in &campaign {
-        record(&relay.lists, Kind::Consent, weekly, a, CONSENT);
+        grant(&relay, "news", "weekly", a);
     }
-    record(
-        &relay.lists,
-        Kind::Consent,
-        Scope::List("small", "notes"),
-        "friend@example.net",
-        CONSENT,
-    );
+    grant(&relay, "small", "notes", "friend@example.net");
     // news (127.0.0.2): a slow first message holds the one connection while its campaign
     // queues; then small (127.0.0.3) sends one message.
     let mut big = Client::hello(relay.smtp_addrs[0], "127.0.0.2").await;

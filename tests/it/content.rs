@@ -26,6 +26,11 @@ async fn relay() -> (FakeMx, optin_relay::server::Relay, tempfile::TempDir) {
     (mx, relay, dir)
 }
 
+/// Sends `text` from [`FROM`] to [`TO`]; the reply to the end of DATA.
+async fn submit(relay: &optin_relay::server::Relay, text: &str) -> String {
+    raw_send(relay.smtp_addrs[0], FROM, &[TO], text).await
+}
+
 /// A single-part message: `headers` (Content-Type and the like) after the usual ones.
 fn message(subject: &str, headers: &str, body: &str) -> String {
     format!(
@@ -186,7 +191,7 @@ async fn every_starter_category_is_refused_with_its_name() {
     assert_eq!(sampled, categories, "one sample per shipped category");
     let mut wrong = Vec::new();
     for (category, text) in &samples {
-        let reply = raw_send(relay.smtp_addrs[0], FROM, &[TO], text).await;
+        let reply = submit(&relay, text).await;
         let expected = format!("550 5.7.1 prohibited content: {category}");
         if reply != expected {
             wrong.push(format!("{category}: got {reply:?}"));
@@ -194,7 +199,7 @@ async fn every_starter_category_is_refused_with_its_name() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Nothing refused reached the MX; the clean message after them does.
-    let reply = raw_send(relay.smtp_addrs[0], FROM, &[TO], &newsletter()).await;
+    let reply = submit(&relay, &newsletter()).await;
     assert!(reply.starts_with("250 "), "{reply}");
     let got = mx.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1);
@@ -209,7 +214,7 @@ async fn a_policy_without_content_rules_refuses_nothing_for_content() {
     let extra = format!("[delivery]\nsmarthost = \"{mx_addr}\"\n");
     let relay = support::start_relay(dir.path(), &extra, support::LOOPBACK_POLICY).await;
     let (_, text) = &samples()[1];
-    let reply = raw_send(relay.smtp_addrs[0], FROM, &[TO], text).await;
+    let reply = submit(&relay, text).await;
     assert!(reply.starts_with("250 "), "{reply}");
     mx.wait_for(1, WAIT).await;
 }
@@ -259,13 +264,7 @@ async fn a_match_freezes_the_account_when_the_policy_says_so() {
         support::LOOPBACK_POLICY
     );
     let relay = support::start_relay(dir.path(), &extra, &policy).await;
-    let reply = raw_send(
-        relay.smtp_addrs[0],
-        FROM,
-        &[TO],
-        &message("Deals", "", "Get cracked software here."),
-    )
-    .await;
+    let reply = submit(&relay, &message("Deals", "", "Get cracked software here.")).await;
     assert!(
         reply.starts_with("550 5.7.1 prohibited content: pirated-goods"),
         "{reply}"
@@ -279,12 +278,6 @@ async fn a_match_freezes_the_account_when_the_policy_says_so() {
     let frozen = relay.freezes.get("local").expect("frozen");
     assert_eq!(frozen.by, "content");
     assert_eq!(frozen.reason, "prohibited content: pirated-goods");
-    let reply = raw_send(
-        relay.smtp_addrs[0],
-        FROM,
-        &[TO],
-        &message("Hi", "", "Hello"),
-    )
-    .await;
+    let reply = submit(&relay, &message("Hi", "", "Hello")).await;
     assert!(!reply.starts_with("250"), "{reply}");
 }

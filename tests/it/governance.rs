@@ -44,6 +44,11 @@ async fn send(relay: &optin_relay::server::Relay, to: &str, marketing: bool) -> 
     .await
 }
 
+/// [`send`]; the relay must take the message.
+async fn accepted(relay: &optin_relay::server::Relay, to: &str, marketing: bool) {
+    assert!(send(relay, to, marketing).await.starts_with("250"));
+}
+
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     eventually(Duration::from_secs(10), what, async || check()).await;
 }
@@ -68,17 +73,9 @@ async fn queued_id(relay: &optin_relay::server::Relay) -> u64 {
 async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
     let (mx, relay, _dir) = setup("send").await;
     // a marketing message that waits for its retry (451 at RCPT)
-    assert!(
-        send(&relay, "tempfail-m@example.net", true)
-            .await
-            .starts_with("250")
-    );
+    accepted(&relay, "tempfail-m@example.net", true).await;
     for i in 0..3 {
-        assert!(
-            send(&relay, &format!("ok{i}@example.net"), false)
-                .await
-                .starts_with("250")
-        );
+        accepted(&relay, &format!("ok{i}@example.net"), false).await;
     }
     wait_until("3 delivered", || mx.delivered().len() == 3).await;
     assert!(
@@ -86,11 +83,7 @@ async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
         "not yet: 3 delivered, 0 bounced"
     );
     // one hard bounce: 1 of 4 attempts, 25 % over 20 %, at the minimum volume
-    assert!(
-        send(&relay, "permfail-0@example.net", false)
-            .await
-            .starts_with("250")
-    );
+    accepted(&relay, "permfail-0@example.net", false).await;
     wait_until("frozen", || relay.freezes.get("shop").is_some()).await;
     let frozen = relay.freezes.get("shop").unwrap();
     assert_eq!(frozen.by, "health");
@@ -135,11 +128,7 @@ async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
 
     // The unfreeze starts the account's health window afresh: one more hard bounce right
     // after it is not judged together with the ones that froze the account.
-    assert!(
-        send(&relay, "permfail-1@example.net", false)
-            .await
-            .starts_with("250")
-    );
+    accepted(&relay, "permfail-1@example.net", false).await;
     let dsns = |mx: &FakeMx| {
         mx.delivered()
             .iter()
@@ -158,11 +147,7 @@ async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
 #[tokio::test]
 async fn the_policy_can_hold_a_frozen_accounts_transactional_mail_too() {
     let (mx, relay, _dir) = setup("hold").await;
-    assert!(
-        send(&relay, "tempfail-t@example.net", false)
-            .await
-            .starts_with("250")
-    );
+    accepted(&relay, "tempfail-t@example.net", false).await;
     let id = queued_id(&relay).await;
     relay
         .freezes
@@ -186,18 +171,11 @@ async fn a_complaint_through_the_form_freezes_the_account() {
         "max_hard_bounce_rate = 0.2\nmax_complaint_rate = 0.2",
     );
     let http = "[http]\nlisten = \"127.0.0.1:0\"\n";
-    let Running {
-        mx,
-        relay,
-        dir: _dir,
-        ..
-    } = Running::start(MxOptions::default(), http, &policy).await;
+    let (mx, relay, _dir) = Running::start(MxOptions::default(), http, &policy)
+        .await
+        .into_parts();
     for i in 0..4 {
-        assert!(
-            send(&relay, &format!("reader{i}@example.net"), true)
-                .await
-                .starts_with("250")
-        );
+        accepted(&relay, &format!("reader{i}@example.net"), true).await;
     }
     wait_until("4 delivered", || mx.delivered().len() == 4).await;
     assert!(relay.freezes.get("shop").is_none());

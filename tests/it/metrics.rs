@@ -87,12 +87,9 @@ fn assert_deltas(before: &HashMap<String, f64>, after: &HashMap<String, f64>, ex
 async fn the_exposition_counts_the_traffic_and_names_no_one() {
     crate::alone!("the_exposition_counts_the_traffic_and_names_no_one");
     let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
-    let Running {
-        mx,
-        relay,
-        dir: _dir,
-        ..
-    } = Running::start(MxOptions::default(), admin, &policy()).await;
+    let (mx, relay, _dir) = Running::start(MxOptions::default(), admin, &policy())
+        .await
+        .into_parts();
     let http = relay.admin_addr.expect("the operator listener");
     let smtp = relay.smtp_addrs[0];
     let lists = &relay.lists;

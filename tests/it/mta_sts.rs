@@ -17,6 +17,9 @@ use crate::support::{
 };
 use optin_relay::spool::{RcptEvent, RecoveredMessage, Spool};
 
+/// What the tests send.
+const MESSAGE: &str = "Subject: MTA-STS\r\n\r\nonly over verified TLS, if the domain says so\r\n";
+
 /// The most a delivery (or a deferral) may take.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -123,13 +126,7 @@ struct Running {
 impl Running {
     /// Submits one message to `to`; the relay must take it.
     async fn send(&self, to: &str) {
-        support::send_ok(
-            self.relay.smtp_addrs[0],
-            "app@shop.example",
-            &[to],
-            "Subject: MTA-STS\r\n\r\nonly over verified TLS, if the domain says so\r\n",
-        )
-        .await;
+        support::send_ok(self.relay.smtp_addrs[0], "app@shop.example", &[to], MESSAGE).await;
     }
 
     /// The messages in the spool, everything journaled so far included.

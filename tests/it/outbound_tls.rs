@@ -14,6 +14,8 @@ use crate::support::{
 };
 use optin_relay::spool::{RcptEvent, Spool};
 
+/// What the tests send.
+const MESSAGE: &str = "Subject: over TLS\r\n\r\nfor the provider\r\n";
 const WAIT: Duration = Duration::from_secs(15);
 const PROVIDER: &str = "smtp.provider.test";
 
@@ -54,13 +56,7 @@ impl Relay {
     }
 
     async fn send(&self, to: &str) {
-        support::send_ok(
-            self.relay.smtp_addrs[0],
-            "app@shop.example",
-            &[to],
-            "Subject: over TLS\r\n\r\nfor the provider\r\n",
-        )
-        .await;
+        support::send_ok(self.relay.smtp_addrs[0], "app@shop.example", &[to], MESSAGE).await;
     }
 
     /// Waits until the one queued message was tried and deferred (never bounced).

@@ -41,12 +41,7 @@ fn record(file: &str, selector: &str) -> String {
 
 #[tokio::test]
 async fn marketing_mail_arrives_signed_with_per_recipient_unsubscribe_headers() {
-    let Running {
-        mx,
-        relay,
-        dir: _dir,
-        ..
-    } = start(&policy()).await;
+    let (mx, relay, _dir) = start(&policy()).await.into_parts();
     for to in ["a@example.net", "b@example.net"] {
         support::grant(&relay, "news", "weekly", to);
     }
@@ -154,12 +149,7 @@ async fn every_mime_shape_gets_the_footer_in_each_text_body_and_stays_signed() {
             ],
         )
         .dkim("shop.example", "ed", &fixture("ed25519-pkcs8.pem"));
-    let Running {
-        mx,
-        relay,
-        dir: _dir,
-        ..
-    } = start(&support::policy(&[shop], "")).await;
+    let (mx, relay, _dir) = start(&support::policy(&[shop], "")).await.into_parts();
     let to = "ann@example.net";
     support::grant(&relay, "shop", "picks", to);
     let record =

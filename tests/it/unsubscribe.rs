@@ -28,6 +28,11 @@ async fn start(config: &str) -> Running {
     Running::start(MxOptions::default(), config, &policy()).await
 }
 
+/// A request for the unsubscribe page of `token` on the public listener `web`.
+async fn link(web: std::net::SocketAddr, method: &str, token: &str, body: &str) -> (u16, String) {
+    http(web, method, &format!("/u/{token}"), body).await
+}
+
 fn consent(relay: &optin_relay::server::Relay, list: &str, addr: &str) {
     support::grant(relay, "news", list, addr);
 }
@@ -51,7 +56,7 @@ fn marketing(list: &str, to: &str) -> String {
 
 #[tokio::test]
 async fn one_click_unsubscribe_stops_the_next_message() {
-    let Running { mx, relay, dir, .. } = start("[http]\nlisten = \"127.0.0.1:0\"\n[unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n").await;
+    let (mx, relay, dir) = start("[http]\nlisten = \"127.0.0.1:0\"\n[unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n").await.into_parts();
     let web = relay.http_addr.unwrap();
     consent(&relay, "weekly", "reader@example.net");
     consent(&relay, "deals", "reader@example.net");
@@ -82,7 +87,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
     );
 
     // The page shows the list and two buttons; a bad token gets a 400 page.
-    let (status, page) = http(web, "GET", &format!("/u/{token}"), "").await;
+    let (status, page) = link(web, "GET", &token, "").await;
     assert_eq!(status, 200);
     assert!(
         page.contains("The Weekly") && page.contains("Example News"),
@@ -97,20 +102,14 @@ async fn one_click_unsubscribe_stops_the_next_message() {
         ("POST", &forged),
         ("GET", &"x".to_string()),
     ] {
-        let (status, body) = http(web, m, &format!("/u/{p}"), "List-Unsubscribe=One-Click").await;
+        let (status, body) = link(web, m, &p, "List-Unsubscribe=One-Click").await;
         assert_eq!(status, 400, "{m} {p}");
         assert!(body.contains("not valid") && !body.to_lowercase().contains("panic"));
     }
 
     // RFC 8058 one-click, twice (harmless).
     for _ in 0..2 {
-        let (status, body) = http(
-            web,
-            "POST",
-            &format!("/u/{token}"),
-            "List-Unsubscribe=One-Click",
-        )
-        .await;
+        let (status, body) = link(web, "POST", &token, "List-Unsubscribe=One-Click").await;
         assert_eq!(status, 200, "{body}");
     }
     // The next message to that list is refused; another list still works.
@@ -125,10 +124,10 @@ async fn one_click_unsubscribe_stops_the_next_message() {
     let deals_token = token_of(&got[1].text());
 
     // The page's second button: everything this sender sends as marketing.
-    let (status, _) = http(
+    let (status, _) = link(
         web,
         "POST",
-        &format!("/u/{deals_token}"),
+        &deals_token,
         "List-Unsubscribe=One-Click&scope=account",
     )
     .await;
@@ -156,12 +155,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
 
 #[tokio::test]
 async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_headers() {
-    let Running {
-        mx,
-        relay,
-        dir: _dir,
-        ..
-    } = start("").await;
+    let (mx, relay, _dir) = start("").await.into_parts();
     let smtp = relay.smtp_addrs[0];
     let reply = support::raw_send(
         smtp,
@@ -206,8 +200,9 @@ async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_he
 
 #[tokio::test]
 async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() {
-    let Running { mx, relay, dir, .. } =
-        start("[unsubscribe]\nmail_domain = \"relay.test\"\n").await;
+    let (mx, relay, dir) = start("[unsubscribe]\nmail_domain = \"relay.test\"\n")
+        .await
+        .into_parts();
     let smtp = relay.smtp_addrs[0];
     consent(&relay, "weekly", "reader@example.net");
     let reply = send(&relay, "weekly", "reader@example.net").await;
@@ -272,11 +267,12 @@ async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() 
 /// no event line — and still answer 200.
 #[tokio::test]
 async fn a_repeated_one_click_writes_nothing() {
-    let Running { mx, relay, dir, .. } = start(
+    let (mx, relay, dir) = start(
         "[http]\nlisten = \"127.0.0.1:0\"\n\
              [unsubscribe]\nmail_domain = \"relay.test\"\n",
     )
-    .await;
+    .await
+    .into_parts();
     consent(&relay, "weekly", "twice@example.net");
     let reply = send(&relay, "weekly", "twice@example.net").await;
     assert!(reply.starts_with("250"), "{reply}");
@@ -289,13 +285,7 @@ async fn a_repeated_one_click_writes_nothing() {
             .count()
     };
     let click = async || {
-        let (status, body) = http(
-            web,
-            "POST",
-            &format!("/u/{token}"),
-            "List-Unsubscribe=One-Click",
-        )
-        .await;
+        let (status, body) = link(web, "POST", &token, "List-Unsubscribe=One-Click").await;
         assert_eq!(status, 200, "{body}");
     };
 
@@ -321,10 +311,10 @@ async fn a_repeated_one_click_writes_nothing() {
     assert_eq!(events(), 1);
     // The account-wide button is another change, recorded once too.
     for _ in 0..2 {
-        let (status, _) = http(
+        let (status, _) = link(
             web,
             "POST",
-            &format!("/u/{token}"),
+            &token,
             "List-Unsubscribe=One-Click&scope=account",
         )
         .await;

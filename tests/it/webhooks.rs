@@ -206,7 +206,7 @@ fn outbox(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn an_unsubscribe_posts_one_signed_event() {
     let receiver = Receiver::new(0);
     let hook = receiver.listen("127.0.0.1:0").await;
-    let Running { mx, relay, dir, .. } = start(Some(hook)).await;
+    let (mx, relay, dir) = start(Some(hook)).await.into_parts();
 
     unsubscribe_reader(&relay, &mx).await;
     let hits = receiver.wait_delivered(1).await;
@@ -279,7 +279,7 @@ async fn a_hard_bounce_posts_a_bounce_event() {
 async fn a_failing_receiver_gets_the_event_on_the_third_try() {
     let receiver = Receiver::new(2);
     let hook = receiver.listen("127.0.0.1:0").await;
-    let Running { mx, relay, dir, .. } = start(Some(hook)).await;
+    let (mx, relay, dir) = start(Some(hook)).await.into_parts();
 
     unsubscribe_reader(&relay, &mx).await;
     let hits = receiver.wait_delivered(1).await;
@@ -340,7 +340,7 @@ async fn events_wait_in_the_outbox_across_a_restart() {
 async fn an_account_without_a_webhook_sends_nothing() {
     let receiver = Receiver::new(0);
     receiver.listen("127.0.0.1:0").await;
-    let Running { mx, relay, dir, .. } = start(None).await;
+    let (mx, relay, dir) = start(None).await.into_parts();
 
     unsubscribe_reader(&relay, &mx).await;
     support::grant(&relay, "news", "weekly", "permfail@example.net");

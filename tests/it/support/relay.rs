@@ -96,6 +96,11 @@ impl Running {
         Running::with(self.mx, self.mx_addr, self.dir, delivery, policy).await
     }
 
+    /// The fake MX, the relay and its directory, to use on their own.
+    pub fn into_parts(self) -> (FakeMx, Relay, tempfile::TempDir) {
+        (self.mx, self.relay, self.dir)
+    }
+
     /// The relay's (first) SMTP listener.
     pub fn smtp(&self) -> SocketAddr {
         self.relay.smtp_addrs[0]
