@@ -4,11 +4,9 @@
 //! quoted-printable and base64 bodies, in HTML, through a link domain — and an ordinary
 //! shop newsletter passes and is delivered.
 
-use crate::support;
-
 use std::time::Duration;
 
-use crate::support::{FakeMx, MxOptions, raw_send};
+use crate::support::{self, FakeMx, MxOptions, raw_send, settle};
 use base64::Engine;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -269,13 +267,9 @@ async fn a_match_freezes_the_account_when_the_policy_says_so() {
         reply.starts_with("550 5.7.1 prohibited content: pirated-goods"),
         "{reply}"
     );
-    for _ in 0..200 {
-        if relay.freezes.get("local").is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let frozen = relay.freezes.get("local").expect("frozen");
+    let frozen = async || relay.freezes.get("local");
+    let frozen = settle(Duration::from_secs(2), frozen, Option::is_some).await;
+    let frozen = frozen.expect("frozen");
     assert_eq!(frozen.by, "content");
     assert_eq!(frozen.reason, "prohibited content: pirated-goods");
     let reply = submit(&relay, &message("Hi", "", "Hello")).await;

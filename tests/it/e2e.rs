@@ -2,11 +2,11 @@
 //! submits to the relay started as `serve` starts it; the relay resolves MX records from a
 //! fake DNS server and delivers into an in-process fake MX scripted by recipient.
 
-use crate::support;
-
 use std::time::Duration;
 
-use crate::support::{FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, Running, session, start_relay};
+use crate::support::{
+    self, FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, Running, session, start_relay,
+};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Tls, TlsParameters};

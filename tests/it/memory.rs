@@ -10,8 +10,9 @@
 use crate::support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::eventually;
 use crate::support::memory::{self, Sink};
 use bytes::Bytes;
 use optin_relay::config::{Config, SpoolConfig};
@@ -80,15 +81,11 @@ async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
         report.messages,
         stop.clone(),
     );
-    let started = Instant::now();
-    while sink.count() < MESSAGES {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} of {MESSAGES} delivered",
-            sink.count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("all {MESSAGES} delivered");
+    eventually(Duration::from_secs(60), &what, async || {
+        sink.count() >= MESSAGES
+    })
+    .await;
     let peak = memory::heap_peak().saturating_sub(base);
     stop.cancel();
     handle.await.unwrap();
@@ -117,20 +114,12 @@ async fn histogram_samples_do_not_pile_up_when_nobody_scrapes() {
     for _ in 0..1_000_000 {
         optin_relay::metrics::throttle_wait(Duration::from_millis(3));
     }
-    let started = Instant::now();
-    loop {
+    let what = "a million samples holding less than 1 MiB";
+    eventually(Duration::from_secs(10), what, async || {
         // A running relay goes on recording; that also lets the recorder's lock-free
         // buckets free the blocks they retired (crossbeam's epochs move on).
         optin_relay::metrics::throttle_wait(Duration::from_millis(3));
-        let kept = memory::held().saturating_sub(base);
-        if kept < 1 << 20 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "a million samples still hold {:.1} MiB",
-            kept as f64 / (1 << 20) as f64
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        memory::held().saturating_sub(base) < 1 << 20
+    })
+    .await;
 }

@@ -8,12 +8,10 @@
 //! (its MX hosts on one port, its policy hosts on another), its own zone and its own relay,
 //! so the tests run in parallel without seeing each other.
 
-use crate::support;
-
 use std::time::Duration;
 
 use crate::support::{
-    FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, PolicyServer, TestCa, start_relay,
+    self, FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, PolicyServer, TestCa, poll, start_relay,
 };
 use optin_relay::spool::{RcptEvent, RecoveredMessage, Spool};
 
@@ -138,38 +136,36 @@ impl Running {
     /// Waits until the one queued message's recipient was tried once and deferred, then
     /// watches for [`SETTLE`] more: nothing else may happen to it meanwhile.
     async fn wait_deferred(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let what = "the relay trying the message";
+        let queued = poll(WAIT, what, async || {
             let queued = self.queued().await;
             assert_eq!(queued.len(), 1, "the message left the queue");
-            if queued[0].events.iter().all(|e| e.is_some()) {
-                assert!(
-                    matches!(
-                        queued[0].events[..],
-                        [Some(RcptEvent::Deferred { attempts: 1, .. })]
-                    ),
-                    "deferred, not bounced: {:?}",
-                    queued[0].events
-                );
-                tokio::time::sleep(SETTLE).await;
-                let queued = self.queued().await;
-                assert_eq!(queued.len(), 1, "the message left the queue");
-                assert!(
-                    matches!(
-                        queued[0].events[..],
-                        [Some(RcptEvent::Deferred { attempts: 1, .. })]
-                    ),
-                    "tried again at once: {:?}",
-                    queued[0].events
-                );
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the relay did not try the message within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            queued[0]
+                .events
+                .iter()
+                .all(|e| e.is_some())
+                .then_some(queued)
+        })
+        .await;
+        assert!(
+            matches!(
+                queued[0].events[..],
+                [Some(RcptEvent::Deferred { attempts: 1, .. })]
+            ),
+            "deferred, not bounced: {:?}",
+            queued[0].events
+        );
+        tokio::time::sleep(SETTLE).await;
+        let queued = self.queued().await;
+        assert_eq!(queued.len(), 1, "the message left the queue");
+        assert!(
+            matches!(
+                queued[0].events[..],
+                [Some(RcptEvent::Deferred { attempts: 1, .. })]
+            ),
+            "tried again at once: {:?}",
+            queued[0].events
+        );
     }
 
     /// Stops the relay and checks the message is still in the spool, to be retried.

@@ -4,13 +4,12 @@
 //! tls = "verify"` for MX hosts, and no plain-text fallback when TLS is demanded and the
 //! handshake breaks — the mail waits and is retried.
 
-use crate::support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::{
-    FakeDns, FakeMx, LOOPBACK_POLICY, Login, MxAuth, MxOptions, TestCa, TlsBreak,
+    self, FakeDns, FakeMx, LOOPBACK_POLICY, Login, MxAuth, MxOptions, TestCa, TlsBreak, eventually,
+    poll,
 };
 use optin_relay::spool::{RcptEvent, Spool};
 
@@ -61,21 +60,17 @@ impl Relay {
 
     /// Waits until the one queued message was tried and deferred (never bounced).
     async fn wait_deferred(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let event = poll(WAIT, "the message tried", async || {
             self.relay.spool.flush().await.unwrap();
             let queued = Spool::inspect(&self.dir.path().join("spool")).unwrap();
             assert_eq!(queued.len(), 1, "the message left the queue");
-            if let [Some(event)] = queued[0].events[..] {
-                assert!(
-                    matches!(event, RcptEvent::Deferred { .. }),
-                    "deferred, not bounced: {event:?}"
-                );
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never tried");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            queued[0].events[0]
+        })
+        .await;
+        assert!(
+            matches!(event, RcptEvent::Deferred { .. }),
+            "deferred, not bounced: {event:?}"
+        );
     }
 }
 
@@ -319,14 +314,8 @@ async fn a_broken_handshake_never_falls_back_to_plain_text() {
         .await;
         relay.send("someone@example.net").await;
         relay.wait_deferred().await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while mx.starttls_attempts() < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "tls = {level}, {broken:?}: not retried"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("tls = {level}, {broken:?}: retried");
+        eventually(WAIT, &what, async || mx.starttls_attempts() >= 2).await;
         assert_eq!(
             mx.mail_attempts(),
             0,

@@ -272,17 +272,16 @@ async fn retention_runs_when_the_relay_starts_and_the_delivery_log_is_daily() {
     )
     .await;
     mx.wait_for(1, Duration::from_secs(10)).await;
-    let mut swept = false;
-    for _ in 0..250 {
-        let events = std::fs::read_to_string(spool.join("events/unsubscribes.jsonl")).unwrap();
-        if !day_file(&log, today - 40).exists() && !events.contains("old@") {
-            assert!(events.contains("new@"), "{events}");
-            swept = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(swept, "the sweep at start removed the expired data");
+    let events = poll(
+        Duration::from_secs(5),
+        "the sweep at start removed the expired data",
+        async || {
+            let events = std::fs::read_to_string(spool.join("events/unsubscribes.jsonl")).unwrap();
+            (!day_file(&log, today - 40).exists() && !events.contains("old@")).then_some(events)
+        },
+    )
+    .await;
+    assert!(events.contains("new@"), "{events}");
     assert!(day_file(&log, today - 3).exists());
     relay.shutdown().await;
     // this run's lines are in today's file (or tomorrow's, at midnight); none undated

@@ -14,8 +14,7 @@ use tokio::time::Instant;
 
 use crate::support::engine::{self, Engine, settings};
 use crate::support::envelope::Builder;
-use crate::support::{self};
-use crate::support::{FakeMx, InMemoryMx, MxOptions};
+use crate::support::{self, FakeMx, InMemoryMx, MxOptions};
 
 /// The delivery engine, every route leading to a fake MX over in-memory pipes.
 struct Setup {

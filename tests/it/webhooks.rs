@@ -3,14 +3,12 @@
 //! after the (shortened) backoff; events wait in the outbox across a restart; an account
 //! without a webhook sends nothing.
 
-use crate::support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{Account, FakeMx, MxOptions, Running, SUBSCRIBED, token_of};
+use crate::support::{self, Account, FakeMx, MxOptions, Running, SUBSCRIBED, token_of};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -18,9 +18,8 @@ pub mod smtp;
 pub mod tls;
 
 pub use dns::FakeDns;
-pub use engine::Engine;
-pub use http::{Admin, Answer, http, http_as, http_on, metric, sample};
-pub use mx::{Delivered, FakeMx, InMemoryMx, Login, MxAuth, MxOptions, TlsBreak};
+pub use http::{Admin, http, http_as, http_on, metric, sample};
+pub use mx::{FakeMx, InMemoryMx, Login, MxAuth, MxOptions, TlsBreak};
 pub use policy::{Account, SIGNED_UP, SUBSCRIBED, policy};
 pub use poll::{eventually, poll, settle};
 pub use relay::{
