@@ -17,7 +17,7 @@ const TOKEN: &str = "test-token-0123456789";
 
 /// `shop` sends both streams; marketing to its list `deals`.
 fn shop_policy() -> String {
-    let shop = Account::shop().from_domains(&["shop.example", "b.example"]);
+    let shop = Account::shop().domains(&["shop.example", "b.example"]);
     policy(&[shop.list("deals", SIGNED_UP)], "")
 }
 

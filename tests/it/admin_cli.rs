@@ -21,7 +21,7 @@ const TOKEN: &str = "admin-cli-test-token-0123456789";
 
 /// `shop` (all of loopback) sends transactional mail by default, and marketing to `news`.
 fn policy() -> String {
-    let shop = Account::shop().from_domains(&["shop.example", "x.example"]);
+    let shop = Account::shop().domains(&["shop.example", "x.example"]);
     support::policy(&[shop.list("news", SUBSCRIBED)], "")
 }
 

@@ -27,7 +27,7 @@ fn policy() -> String {
     let shop = Account::new("shop")
         .networks(&["127.0.0.2/32"])
         .streams(&["transactional"])
-        .from_domains(&["shop.example"]);
+        .domains(&["shop.example"]);
     support::policy(&[news, shop], "")
 }
 
@@ -588,7 +588,7 @@ async fn the_report_form_records_a_complaint_by_token() {
         ("POST", forged.as_str()),
         ("GET", "x"),
     ] {
-        let (status, body) = form(web, method, &t, "report=unwanted").await;
+        let (status, body) = form(web, method, t, "report=unwanted").await;
         assert_eq!(status, 404, "{method} {t}");
         assert!(body.contains("not valid"), "{body}");
     }

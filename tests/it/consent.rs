@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// decided at the end of DATA from the X-Optin-* headers.
 fn policy() -> String {
     let shop = Account::shop()
-        .from_domains(&["sender.example"])
+        .domains(&["sender.example"])
         .list_with(
             "deals",
             &[
@@ -582,7 +582,7 @@ async fn accounts_take_turns_on_a_busy_destination() {
     let small = Account::new("small")
         .networks(&["127.0.0.3/32"])
         .streams(&["marketing"])
-        .from_domains(&["sender.example"])
+        .domains(&["sender.example"])
         .list("notes", "You asked for {list}.");
     let policy = format!("{}{small}", policy());
     let (mx, relay, _dir) = one_connection(&policy).await.into_parts();

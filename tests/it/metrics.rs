@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// sends marketing to its one list, decided at RCPT.
 fn policy() -> String {
     let shop = Account::shop()
-        .from_domains(&["sender.example"])
+        .domains(&["sender.example"])
         .list("deals", SIGNED_UP);
     support::policy(&[shop, Account::newsletter()], "")
 }

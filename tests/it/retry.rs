@@ -50,7 +50,7 @@ impl Setup {
         let envelope = rcpts
             .iter()
             .fold(envelope, |e, (to, notify)| {
-                e.to_notify(to.to_string(), *notify)
+                e.rcpt_notify(to.to_string(), *notify)
             })
             .build();
         let id = envelope.id;

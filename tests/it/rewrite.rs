@@ -136,7 +136,7 @@ async fn every_mime_shape_gets_the_footer_in_each_text_body_and_stays_signed() {
         .description("Example Shop")
         .networks(&["127.0.0.0/8"])
         .streams(&["marketing"])
-        .from_domains(&["shop.example"])
+        .domains(&["shop.example"])
         .list_with(
             "picks",
             &[

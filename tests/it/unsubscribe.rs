@@ -102,7 +102,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
         ("POST", &forged),
         ("GET", &"x".to_string()),
     ] {
-        let (status, body) = link(web, m, &p, "List-Unsubscribe=One-Click").await;
+        let (status, body) = link(web, m, p, "List-Unsubscribe=One-Click").await;
         assert_eq!(status, 400, "{m} {p}");
         assert!(body.contains("not valid") && !body.to_lowercase().contains("panic"));
     }

@@ -15,7 +15,7 @@ pub fn transactional(
     recipients: impl IntoIterator<Item = String>,
 ) -> Envelope {
     let builder = Builder::new(id, account).sender(sender);
-    recipients.into_iter().fold(builder, Builder::to).build()
+    recipients.into_iter().fold(builder, Builder::rcpt).build()
 }
 
 /// Builds an envelope: as [`transactional`] until told otherwise.
@@ -54,12 +54,12 @@ impl Builder {
     }
 
     /// One more recipient, with no DSN options.
-    pub fn to(self, address: String) -> Builder {
-        self.to_notify(address, None)
+    pub fn rcpt(self, address: String) -> Builder {
+        self.rcpt_notify(address, None)
     }
 
     /// One more recipient, with its `NOTIFY`.
-    pub fn to_notify(mut self, address: String, notify: Option<Notify>) -> Builder {
+    pub fn rcpt_notify(mut self, address: String, notify: Option<Notify>) -> Builder {
         self.0.recipients.push(Recipient {
             address,
             notify,

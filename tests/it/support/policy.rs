@@ -32,7 +32,7 @@ impl Account {
     /// transactional unless the message says otherwise.
     pub fn shop() -> Account {
         Account::new("shop")
-            .from_domains(&["shop.example"])
+            .domains(&["shop.example"])
             .networks(&["127.0.0.0/8"])
             .streams(&["marketing", "transactional"])
             .default_stream("transactional")
@@ -45,14 +45,14 @@ impl Account {
             .networks(&["127.0.0.1/32"])
             .streams(&["marketing", "transactional"])
             .default_stream("marketing")
-            .from_domains(&["news.example"])
+            .domains(&["news.example"])
     }
 
     /// `news` at 127.0.0.2: marketing only, from sender.example, to its one list `weekly`
     /// (decided at RCPT, as nothing in the message can change it).
     pub fn newsletter() -> Account {
         Account::new("news")
-            .from_domains(&["sender.example"])
+            .domains(&["sender.example"])
             .networks(&["127.0.0.2/32"])
             .streams(&["marketing"])
             .list("weekly", SUBSCRIBED)
@@ -69,7 +69,8 @@ impl Account {
         self.set("networks", array(networks))
     }
 
-    pub fn from_domains(self, domains: &[&str]) -> Account {
+    /// `from_domains`: the domains its mail may come from.
+    pub fn domains(self, domains: &[&str]) -> Account {
         self.set("from_domains", array(domains))
     }
 
