@@ -323,24 +323,9 @@ async fn a_suppression_from_the_command_line_is_in_force_in_the_running_relay() 
     c.expect("RCPT TO:<reader@example.net>", "250").await;
     c.say("RSET").await;
 
-    let out = bin()
-        .args(["--config", s.config.to_str().unwrap()])
-        .args([
-            "suppress",
-            "add",
-            "Reader@EXAMPLE.net",
-            "--account",
-            "news",
-            "--reason",
-            "complaint",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config = s.config.to_str().unwrap();
+    let add = ["suppress", "add", "Reader@EXAMPLE.net", "--account", "news"];
+    run_ok(config, &[&add[..], &["--reason", "complaint"]].concat());
     // The relay follows the journal every 50 ms.
     let refused = refused_soon(&mut c, "news@sender.example", "reader@example.net").await;
     assert_eq!(
@@ -348,22 +333,34 @@ async fn a_suppression_from_the_command_line_is_in_force_in_the_running_relay() 
         "550 5.7.1 <reader@example.net> is suppressed after a spam complaint"
     );
     // Lifted again.
-    let out = bin()
-        .args(["--config", s.config.to_str().unwrap()])
-        .args([
+    run_ok(
+        config,
+        &[
             "suppress",
             "remove",
             "reader@example.net",
             "--account",
             "news",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+        ],
+    );
     s.relay.lists.refresh().unwrap();
     c.expect("MAIL FROM:<news@sender.example>", "250").await;
     c.expect("RCPT TO:<reader@example.net>", "250").await;
     s.relay.shutdown().await;
+}
+
+/// Runs `optin-relay --config CONFIG ARGS…`, which must succeed.
+fn run_ok(config: &str, args: &[&str]) {
+    let out = bin()
+        .args(["--config", config])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn write_config(dir: &Path, port: u16, mx: SocketAddr) -> std::path::PathBuf {
@@ -398,41 +395,16 @@ async fn an_acknowledged_unsubscribe_survives_kill_9() {
             .spawn()
             .unwrap()
     };
-    let grant = bin()
-        .args([
-            "--config",
-            cfg,
-            "lists",
-            "grant",
-            "u@example.net",
-            "--account",
-            "news",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        grant.status.success(),
-        "{}",
-        String::from_utf8_lossy(&grant.stderr)
+    run_ok(
+        cfg,
+        &["lists", "grant", "u@example.net", "--account", "news"],
     );
     let mut relay = start();
     wait_listening(addr).await;
-    let out = bin()
-        .args(["--config", cfg, "suppress", "add", "u@example.net"])
-        .args([
-            "--account",
-            "news",
-            "--list",
-            "weekly",
-            "--reason",
-            "unsubscribe",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let add = ["suppress", "add", "u@example.net", "--account", "news"];
+    run_ok(
+        cfg,
+        &[&add[..], &["--list", "weekly", "--reason", "unsubscribe"]].concat(),
     );
     // Killed the moment the change is acknowledged.
     relay.kill().unwrap();
