@@ -1,6 +1,6 @@
-//! A plain transactional envelope, for the tests, benches and examples that fill a spool
-//! directly rather than over SMTP (the examples and benches include this file with
-//! `#[path]`).
+//! Envelopes built in code (a plain transactional one, or any with [`Builder`]), for the
+//! tests, benches and examples that fill a spool directly rather than over SMTP (the
+//! examples and benches include this file with `#[path]`).
 #![allow(dead_code)] // not every user takes every helper
 
 use optin_relay::smtp::params::{BodyType, Notify};

@@ -1,8 +1,9 @@
 //! Test support shared by the integration tests: a fake MX scripted by recipient and a
 //! fake DNS server answering from zone text (both in-process), a test CA and an HTTPS
 //! server for MTA-STS policies, relays started in-process or as the binary, hand-written
-//! SMTP and HTTP clients, policy builders, polling with a deadline, a transactional
-//! envelope builder, memory figures, and running a test alone in a process of its own.
+//! SMTP and HTTP clients, policy builders, polling with a deadline, the delivery engine
+//! on its own, an envelope builder, memory figures, and running a test alone in a process
+//! of its own.
 
 pub mod alone;
 pub mod dns;
