@@ -6,9 +6,9 @@
 //!
 //!     cargo bench --bench scheduler -- [MESSAGES] [DOMAINS]     (default 50000 1000)
 
-#[path = "../tests/common/envelope.rs"]
+#[path = "../tests/it/support/envelope.rs"]
 mod envelope;
-#[path = "../tests/common/memory.rs"]
+#[path = "../tests/it/support/memory.rs"]
 mod memory;
 
 use std::sync::Arc;

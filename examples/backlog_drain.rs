@@ -11,9 +11,9 @@
 //! `--at-start` makes it due when the relay starts instead (a restart after the outage).
 //! The spool goes in a temporary directory (MESSAGES × SIZE of disk), deleted at the end.
 
-#[path = "../tests/common/envelope.rs"]
+#[path = "../tests/it/support/envelope.rs"]
 mod envelope;
-#[path = "../tests/common/memory.rs"]
+#[path = "../tests/it/support/memory.rs"]
 mod memory;
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@
 //! grows round after round; allocator fragmentation as a resident set that grows while the
 //! live heap does not, and that `malloc_trim` brings back down.
 
-#[path = "../tests/common/memory.rs"]
+#[path = "../tests/it/support/memory.rs"]
 mod memory;
 
 use std::net::SocketAddr;

@@ -11,9 +11,9 @@
 //! allocator) and the resident set's growth after glibc's `malloc_trim` has returned the
 //! memory recovery used only for a moment (the envelopes read from the spool).
 
-#[path = "../tests/common/envelope.rs"]
+#[path = "../tests/it/support/envelope.rs"]
 mod envelope;
-#[path = "../tests/common/memory.rs"]
+#[path = "../tests/it/support/memory.rs"]
 mod memory;
 
 use std::sync::Arc;

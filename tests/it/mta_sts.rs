@@ -8,12 +8,15 @@
 //! (its MX hosts on one port, its policy hosts on another), its own zone and its own relay,
 //! so the tests run in parallel without seeing each other.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, PolicyServer, TestCa, start_relay};
+use crate::support::{
+    self, FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, PolicyServer, TestCa, poll, start_relay,
+};
 use optin_relay::spool::{RcptEvent, RecoveredMessage, Spool};
+
+/// What the tests send.
+const MESSAGE: &str = "Subject: MTA-STS\r\n\r\nonly over verified TLS, if the domain says so\r\n";
 
 /// The most a delivery (or a deferral) may take.
 const WAIT: Duration = Duration::from_secs(10);
@@ -55,8 +58,8 @@ impl World {
     fn new() -> World {
         World {
             ca: TestCa::new(),
-            mx_port: common::free_port(),
-            sts_port: common::free_port(),
+            mx_port: support::free_port(),
+            sts_port: support::free_port(),
             zone: String::new(),
         }
     }
@@ -83,7 +86,7 @@ impl World {
     async fn policy(&mut self, domain: &str, ip: &str, text: String) -> PolicyServer {
         let host = format!("mta-sts.{domain}");
         let addr = format!("{ip}:{}", self.sts_port);
-        let server = common::serve_policy(&addr, self.ca.leaf(&host), text).await;
+        let server = support::serve_policy(&addr, self.ca.leaf(&host), text).await;
         self.zone += &format!("_mta-sts.{domain}. TXT v=STSv1; id=20260101T000000\n");
         self.zone += &format!("{host}. A {ip}\n");
         server
@@ -121,14 +124,7 @@ struct Running {
 impl Running {
     /// Submits one message to `to`; the relay must take it.
     async fn send(&self, to: &str) {
-        let reply = common::raw_send(
-            self.relay.smtp_addrs[0],
-            "app@shop.example",
-            &[to],
-            "Subject: MTA-STS\r\n\r\nonly over verified TLS, if the domain says so\r\n",
-        )
-        .await;
-        assert!(reply.starts_with("250"), "{reply}");
+        support::send_ok(self.relay.smtp_addrs[0], "app@shop.example", &[to], MESSAGE).await;
     }
 
     /// The messages in the spool, everything journaled so far included.
@@ -140,38 +136,36 @@ impl Running {
     /// Waits until the one queued message's recipient was tried once and deferred, then
     /// watches for [`SETTLE`] more: nothing else may happen to it meanwhile.
     async fn wait_deferred(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let what = "the relay trying the message";
+        let queued = poll(WAIT, what, async || {
             let queued = self.queued().await;
             assert_eq!(queued.len(), 1, "the message left the queue");
-            if queued[0].events.iter().all(|e| e.is_some()) {
-                assert!(
-                    matches!(
-                        queued[0].events[..],
-                        [Some(RcptEvent::Deferred { attempts: 1, .. })]
-                    ),
-                    "deferred, not bounced: {:?}",
-                    queued[0].events
-                );
-                tokio::time::sleep(SETTLE).await;
-                let queued = self.queued().await;
-                assert_eq!(queued.len(), 1, "the message left the queue");
-                assert!(
-                    matches!(
-                        queued[0].events[..],
-                        [Some(RcptEvent::Deferred { attempts: 1, .. })]
-                    ),
-                    "tried again at once: {:?}",
-                    queued[0].events
-                );
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the relay did not try the message within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            queued[0]
+                .events
+                .iter()
+                .all(|e| e.is_some())
+                .then_some(queued)
+        })
+        .await;
+        assert!(
+            matches!(
+                queued[0].events[..],
+                [Some(RcptEvent::Deferred { attempts: 1, .. })]
+            ),
+            "deferred, not bounced: {:?}",
+            queued[0].events
+        );
+        tokio::time::sleep(SETTLE).await;
+        let queued = self.queued().await;
+        assert_eq!(queued.len(), 1, "the message left the queue");
+        assert!(
+            matches!(
+                queued[0].events[..],
+                [Some(RcptEvent::Deferred { attempts: 1, .. })]
+            ),
+            "tried again at once: {:?}",
+            queued[0].events
+        );
     }
 
     /// Stops the relay and checks the message is still in the spool, to be retried.

@@ -3,19 +3,15 @@
 //! every problem while the running policy stays; rewriting the policy under steady traffic
 //! loses no message and drops no session; the SIGHUP path; the embedded policy.
 
-mod common;
-
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, start_relay};
 use optin_relay::reload::Trigger;
 use optin_relay::server::Relay;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::{self, Client, FakeMx, MxOptions, Running, eventually, start_relay};
 
 /// Only 127.0.0.1 may send.
 const NARROW: &str = "[accounts.local]\nnetworks = [\"127.0.0.1/32\"]\n";
@@ -45,21 +41,19 @@ struct Setup {
 
 /// A relay delivering to a fake MX, its policy read from a file holding `policy`.
 async fn setup(policy: &str, watch_interval: &str) -> Setup {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).unwrap();
     let extra = format!(
-        "[delivery]\nsmarthost = \"{mx_addr}\"\n[policy]\npath = \"{}\"\nwatch_interval = \"{watch_interval}\"\n",
+        "[policy]\npath = \"{}\"\nwatch_interval = \"{watch_interval}\"\n",
         path.display()
     );
-    let relay = start_relay(dir.path(), &extra, policy).await;
+    let run = Running::start_in(dir, MxOptions::default(), &extra, policy).await;
     Setup {
-        relay,
-        mx,
+        relay: run.relay,
+        mx: run.mx,
         policy: path,
-        _dir: dir,
+        _dir: run.dir,
     }
 }
 
@@ -70,93 +64,19 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Polls `check` every 10 ms until it holds; panics with `what` after `limit`.
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A hand-written client, so every reply is seen as sent.
-struct Client {
-    io: BufReader<TcpStream>,
-}
-
-impl Client {
-    /// Connects from `from_ip` (a loopback address) and says EHLO.
-    async fn connect(relay: SocketAddr, from_ip: &str) -> Client {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket
-            .bind(format!("{from_ip}:0").parse().unwrap())
-            .unwrap();
-        let mut c = Client {
-            io: BufReader::new(socket.connect(relay).await.unwrap()),
-        };
-        let greeting = c.reply().await;
-        assert!(greeting.starts_with("220"), "{greeting}");
-        let ehlo = c.say("EHLO client.test").await;
-        assert!(ehlo.starts_with("250"), "{ehlo}");
-        c
-    }
-
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            let n = self.io.read_line(&mut l).await.unwrap();
-            assert!(n > 0, "the relay closed the connection after {all:?}");
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return all.trim_end().to_string();
-            }
-        }
-    }
-
-    async fn say(&mut self, line: &str) -> String {
-        self.io
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.reply().await
-    }
-
-    /// MAIL and RCPT; the reply to RCPT (the transaction is reset after).
-    async fn rcpt(&mut self, to: &str) -> String {
-        let mail = self.say("MAIL FROM:<app@shop.example>").await;
-        assert!(mail.starts_with("250"), "{mail}");
-        let reply = self.say(&format!("RCPT TO:<{to}>")).await;
-        assert!(self.say("RSET").await.starts_with("250"));
-        reply
-    }
-
-    /// One whole transaction; every reply must be the expected one.
-    async fn send(&mut self, to: &str) {
-        for (line, code) in [
-            ("MAIL FROM:<app@shop.example>".to_string(), "250"),
-            (format!("RCPT TO:<{to}>"), "250"),
-            ("DATA".to_string(), "354"),
-            (format!("Subject: {to}\r\n\r\nhello\r\n."), "250"),
-        ] {
-            let reply = self.say(&line).await;
-            assert!(reply.starts_with(code), "{line:?} got {reply:?}");
-        }
-    }
-
-    async fn quit(mut self) {
-        assert!(self.say("QUIT").await.starts_with("221"));
-    }
+/// One whole transaction to `to`; every reply must be the expected one.
+async fn send(c: &mut Client, to: &str) {
+    c.expect("MAIL FROM:<app@shop.example>", "250").await;
+    c.expect(&format!("RCPT TO:<{to}>"), "250").await;
+    c.expect("DATA", "354").await;
+    c.expect(&format!("Subject: {to}\r\n\r\nhello\r\n."), "250")
+        .await;
 }
 
 /// The reply to RCPT for a client at `from_ip`, in a fresh session.
 async fn rcpt_from(relay: &Relay, from_ip: &str) -> String {
-    let mut c = Client::connect(relay.smtp_addrs[0], from_ip).await;
-    let reply = c.rcpt("someone@example.net").await;
+    let mut c = Client::hello(relay.smtp_addrs[0], from_ip).await;
+    let reply = c.rcpt("app@shop.example", "someone@example.net").await;
     c.quit().await;
     reply
 }
@@ -178,7 +98,7 @@ async fn a_good_edit_is_picked_up_by_the_watcher_and_changes_replies() {
     assert_eq!(s.relay.reloader.status().last_attempt_ms, None);
 
     // A session open across the reload keeps going, under the new policy from its next MAIL.
-    let mut open = Client::connect(s.relay.smtp_addrs[0], "127.0.0.2").await;
+    let mut open = Client::hello(s.relay.smtp_addrs[0], "127.0.0.2").await;
     replace(&s.policy, WIDE);
     // Seen on one poll, loaded on the next: about two intervals (200 ms); the limit leaves
     // room for a loaded machine.
@@ -190,7 +110,7 @@ async fn a_good_edit_is_picked_up_by_the_watcher_and_changes_replies() {
     assert_eq!(status.last_trigger.as_deref(), Some("file"));
     assert_eq!(status.last_error, None);
     assert!(status.loaded_at_ms >= start.loaded_at_ms);
-    open.send("after@example.net").await;
+    send(&mut open, "after@example.net").await;
     open.quit().await;
     assert!(rcpt_from(&s.relay, "127.0.0.2").await.starts_with("250"));
     let got = s.mx.wait_for(1, Duration::from_secs(2)).await;
@@ -260,10 +180,10 @@ async fn reloads_under_traffic_lose_no_message_and_drop_no_session() {
                 // sessions open, run transactions and close across the reloads.
                 let mut sent = Vec::new();
                 while !done.load(Ordering::SeqCst) {
-                    let mut client = Client::connect(addr, "127.0.0.1").await;
+                    let mut client = Client::hello(addr, "127.0.0.1").await;
                     for _ in 0..5 {
                         let to = format!("c{c}m{}@example.net", sent.len());
-                        client.send(&to).await;
+                        send(&mut client, &to).await;
                         sent.push(to);
                     }
                     client.quit().await;
@@ -345,7 +265,7 @@ async fn sighup_reloads_and_refuses_like_the_watcher() {
 #[tokio::test]
 async fn the_embedded_policy_says_it_cannot_be_reloaded() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(dir.path(), "", common::LOOPBACK_POLICY).await;
+    let relay = start_relay(dir.path(), "", support::LOOPBACK_POLICY).await;
     let problems = relay.reloader.reload(Trigger::Admin).unwrap_err();
     assert_eq!(
         problems,

@@ -1,8 +1,6 @@
-//! Sites (MX rollup) and connection throttles (count and rate) with paused time: the delivery engine runs
-//! over in-memory streams into one fake MX, behind a transport whose MX table the test
+//! Sites (MX rollup) and connection throttles (count and rate) with paused time: the
+//! delivery engine runs over in-memory streams into one fake MX, behind a transport whose MX table the test
 //! writes, which counts lookups and the connections open at once per site.
-
-mod common;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -12,18 +10,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{FakeMx, MxOptions};
-use optin_relay::config::Config;
-use optin_relay::delivery::Intake;
 use optin_relay::delivery::outcome::ResolveFailure;
 use optin_relay::delivery::transport::{
     BoxFuture, BoxStream, MxHosts, RouteKey, Target, Transport,
 };
-use optin_relay::delivery::{self, Delivery, Settings};
-use optin_relay::privacy::AddressTagger;
-use optin_relay::spool::Spool;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
-use tokio_util::sync::CancellationToken;
+
+use crate::support::engine::{self, Engine};
+use crate::support::{self, FakeMx, MxOptions};
 
 /// Counts the connections open at once to one site, and the most ever seen.
 #[derive(Default)]
@@ -155,13 +149,10 @@ impl Transport for Zone {
     }
 }
 
+/// The delivery engine over the test's MX table.
 struct Setup {
     zone: Arc<Zone>,
-    spool: Spool,
-    delivery: Delivery,
-    stop: CancellationToken,
-    scheduler: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    engine: Engine,
 }
 
 fn hosts(list: &[(u16, &str)]) -> Vec<(u16, String)> {
@@ -169,16 +160,7 @@ fn hosts(list: &[(u16, &str)]) -> Vec<(u16, String)> {
 }
 
 async fn setup(policy: &str, table: &[(&str, Vec<(u16, String)>)], ttl: Duration) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml(
-        "t",
-        "[smtp]\nhostname = \"relay.test\"\n[delivery]\nretry_initial = \"1h\"\nconnection_idle_timeout = \"30s\"\n",
-    )
-    .unwrap();
-    let mut settings = Settings::new(&config.delivery, &config.smtp.hostname);
-    let policy =
-        optin_relay::policy::Policy::from_toml("p", policy).unwrap_or_else(|e| panic!("{e}"));
-    settings.policy = Some(Arc::new(arc_swap::ArcSwap::from_pointee(policy)));
+    let delivery = "retry_initial = \"1h\"\nconnection_idle_timeout = \"30s\"\n";
     let zone = Arc::new(Zone {
         mx: FakeMx::new(MxOptions::default()),
         table: table
@@ -189,48 +171,26 @@ async fn setup(policy: &str, table: &[(&str, Vec<(u16, String)>)], ttl: Duration
         lookups: Mutex::default(),
         gauges: Mutex::default(),
     });
-    let (spool, report) = Spool::open(&optin_relay::config::SpoolConfig {
-        path: dir.path().to_path_buf(),
-        fsync: false,
-        segment_size: 1 << 20,
-    })
-    .unwrap();
-    let stop = CancellationToken::new();
-    let (delivery, scheduler) = delivery::start(
-        settings,
-        spool.clone(),
-        zone.clone(),
-        AddressTagger::new([1; 32]),
-        report.messages,
-        stop.clone(),
-    );
-    Setup {
-        zone,
-        spool,
-        delivery,
-        stop,
-        scheduler,
-        _dir: dir,
-    }
+    let settings = engine::with_policy(delivery, policy);
+    let engine = Engine::start(tempfile::tempdir().unwrap(), settings, zone.clone());
+    Setup { zone, engine }
 }
 
 impl Setup {
     async fn submit(&self, rcpts: &[&str]) {
-        let env = common::envelope::transactional(
-            self.spool.next_id(),
+        let env = support::envelope::transactional(
+            self.engine.spool.next_id(),
             "acct",
             Some("app@shop.example"),
             rcpts.iter().map(|a| a.to_string()),
         );
         let body =
             Bytes::from_static(b"Subject: sites\r\nMessage-ID: <s@shop.example>\r\n\r\nbody\r\n");
-        let loc = self.spool.store(&env, body.clone()).await.unwrap();
-        self.delivery.accepted(env, loc, body);
+        self.engine.submit(env, body).await;
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        self.scheduler.await.unwrap();
+        self.engine.stop().await;
     }
 }
 

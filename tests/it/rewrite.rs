@@ -3,12 +3,11 @@
 //! with mail-auth's verifier against the published records), and one transaction per
 //! recipient.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions};
 use optin_relay::dkim::{DkimKey, verify_with_record};
+
+use crate::support::{self, Account, Client, MxOptions, Running, SUBSCRIBED};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -16,29 +15,22 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/dkim/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `news` sends marketing to `weekly`, signed with an RSA and an Ed25519 key.
 fn policy() -> String {
-    format!(
-        r#"
-[accounts.news]
-networks = ["127.0.0.0/8"]
-streams = ["marketing", "transactional"]
-default_stream = "marketing"
-from_domains = ["news.example"]
-[accounts.news.lists.weekly]
-name = "The Weekly"
-consent_statement = "You subscribed to {{list}}."
-[[accounts.news.dkim]]
-domain = "news.example"
-selector = "rsa2026"
-private_key = "{}"
-[[accounts.news.dkim]]
-domain = "news.example"
-selector = "ed2026"
-private_key = "{}"
-"#,
-        fixture("rsa2048-pkcs1.pem"),
-        fixture("ed25519-pkcs8.pem")
-    )
+    let news = Account::news()
+        .networks(&["127.0.0.0/8"])
+        .list_with(
+            "weekly",
+            &[("name", "The Weekly"), ("consent_statement", SUBSCRIBED)],
+        )
+        .dkim("news.example", "rsa2026", &fixture("rsa2048-pkcs1.pem"))
+        .dkim("news.example", "ed2026", &fixture("ed25519-pkcs8.pem"));
+    support::policy(&[news], "")
+}
+
+/// A relay delivering to a fake MX, with `policy`.
+async fn start(policy: &str) -> Running {
+    Running::start(MxOptions::default(), "", policy).await
 }
 
 fn record(file: &str, selector: &str) -> String {
@@ -49,26 +41,16 @@ fn record(file: &str, selector: &str) -> String {
 
 #[tokio::test]
 async fn marketing_mail_arrives_signed_with_per_recipient_unsubscribe_headers() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
-        &policy(),
-    )
-    .await;
+    let (mx, relay, _dir) = start(&policy()).await.into_parts();
     for to in ["a@example.net", "b@example.net"] {
-        common::grant(&relay, "news", "weekly", to);
+        support::grant(&relay, "news", "weekly", to);
     }
-    let reply = common::raw_send(
+    support::send_ok(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["a@example.net", "b@example.net"],
         "From: News <hello@news.example>\r\nTo: a@example.net, b@example.net\r\nSubject: Issue 42\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <42@news.example>\r\n\r\nHello, this is the news.\r\n",
-    )
-    .await;
-    assert!(reply.starts_with("250"), "{reply}");
+    ).await;
     let got = mx.wait_for(2, WAIT).await;
     // One transaction per recipient, each with its own link.
     let mut rcpts: Vec<&str> = got.iter().map(|d| d.rcpt_to[0].as_str()).collect();
@@ -123,32 +105,14 @@ fn a_bad_dkim_key_is_a_policy_problem() {
 /// Sends `message` as it is (dot-stuffed) from the trusted network; the reply to the end
 /// of DATA.
 async fn submit(relay: std::net::SocketAddr, from: &str, to: &str, message: &[u8]) -> String {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let stream = tokio::net::TcpStream::connect(relay).await.unwrap();
-    let mut io = BufReader::new(stream);
-    async fn reply(io: &mut BufReader<tokio::net::TcpStream>) -> String {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            io.read_line(&mut l).await.unwrap();
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return all.trim_end().to_string();
-            }
-        }
-    }
-    reply(&mut io).await;
+    let mut c = Client::connect(relay).await;
     for cmd in [
         "EHLO test".to_string(),
         format!("MAIL FROM:<{from}> BODY=8BITMIME"),
         format!("RCPT TO:<{to}>"),
         "DATA".to_string(),
     ] {
-        io.get_mut()
-            .write_all(format!("{cmd}\r\n").as_bytes())
-            .await
-            .unwrap();
-        let r = reply(&mut io).await;
+        let r = c.say(&cmd).await;
         assert!(r.starts_with('2') || r.starts_with('3'), "{cmd}: {r}");
     }
     let mut wire = Vec::new();
@@ -162,41 +126,32 @@ async fn submit(relay: std::net::SocketAddr, from: &str, to: &str, message: &[u8
         wire.extend_from_slice(b"\r\n");
     }
     wire.extend_from_slice(b".\r\n");
-    io.get_mut().write_all(&wire).await.unwrap();
-    reply(&mut io).await
+    c.try_write(&wire).await.unwrap();
+    c.reply().await
 }
 
 #[tokio::test]
 async fn every_mime_shape_gets_the_footer_in_each_text_body_and_stays_signed() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = format!(
-        r#"
-[accounts.shop]
-description = "Example Shop"
-networks = ["127.0.0.0/8"]
-streams = ["marketing"]
-from_domains = ["shop.example"]
-[accounts.shop.lists.picks]
-name = "Weekly picks"
-consent_source = "shop.example/signup"
-consent_statement = "Vous recevez {{list}} — inscrit sur {{source}}."
-[[accounts.shop.dkim]]
-domain = "shop.example"
-selector = "ed"
-private_key = "{}"
-"#,
-        fixture("ed25519-pkcs8.pem")
-    );
-    let relay = common::start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
-        &policy,
-    )
-    .await;
+    let shop = Account::new("shop")
+        .description("Example Shop")
+        .networks(&["127.0.0.0/8"])
+        .streams(&["marketing"])
+        .domains(&["shop.example"])
+        .list_with(
+            "picks",
+            &[
+                ("name", "Weekly picks"),
+                ("consent_source", "shop.example/signup"),
+                (
+                    "consent_statement",
+                    "Vous recevez {list} — inscrit sur {source}.",
+                ),
+            ],
+        )
+        .dkim("shop.example", "ed", &fixture("ed25519-pkcs8.pem"));
+    let (mx, relay, _dir) = start(&support::policy(&[shop], "")).await.into_parts();
     let to = "ann@example.net";
-    common::grant(&relay, "shop", "picks", to);
+    support::grant(&relay, "shop", "picks", to);
     let record =
         DkimKey::from_pem_file("shop.example", "ed", fixture("ed25519-pkcs8.pem").as_ref())
             .unwrap()

@@ -2,71 +2,24 @@
 //! streams into the fake MX, so days of retry schedule pass in milliseconds and every
 //! timing is exact in virtual time.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{FakeMx, MxOptions};
 use mail_parser::MessageParser;
-use optin_relay::config::Config;
-use optin_relay::delivery::Intake;
-use optin_relay::delivery::outcome::ResolveFailure;
-use optin_relay::delivery::transport::{BoxFuture, BoxStream, RouteKey, Target, Transport};
-use optin_relay::delivery::{self, Delivery, Settings};
-use optin_relay::envelope::{Envelope, Recipient};
-use optin_relay::privacy::AddressTagger;
-use optin_relay::smtp::params::{BodyType, Notify};
+use optin_relay::delivery::Settings;
+use optin_relay::smtp::params::Notify;
 use optin_relay::spool::Spool;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-/// Every route leads to the fake MX over an in-memory pipe.
-struct InMemory(FakeMx);
+use crate::support::engine::{self, Engine, settings};
+use crate::support::envelope::Builder;
+use crate::support::{self, FakeMx, InMemoryMx, MxOptions};
 
-impl Transport for InMemory {
-    fn resolve<'a>(
-        &'a self,
-        _: &'a RouteKey,
-    ) -> BoxFuture<'a, Result<Vec<Target>, ResolveFailure>> {
-        Box::pin(async {
-            Ok(vec![Target {
-                host: "mx.test".into(),
-                addr: "127.0.0.1:25".parse().unwrap(),
-            }])
-        })
-    }
-
-    fn connect<'a>(&'a self, _: &'a Target) -> BoxFuture<'a, std::io::Result<BoxStream>> {
-        Box::pin(async {
-            let (ours, theirs) = tokio::io::duplex(1 << 16);
-            self.0.serve(theirs);
-            Ok(Box::new(ours) as BoxStream)
-        })
-    }
-
-    fn routes_by_domain(&self) -> bool {
-        false
-    }
-}
-
+/// The delivery engine, every route leading to a fake MX over in-memory pipes.
 struct Setup {
     mx: FakeMx,
-    spool: Spool,
-    delivery: Delivery,
-    stop: CancellationToken,
-    scheduler: tokio::task::JoinHandle<()>,
-    dir: tempfile::TempDir,
-}
-
-fn settings(extra: &str) -> Settings {
-    let config = Config::from_toml(
-        "t",
-        &format!("[smtp]\nhostname = \"relay.test\"\n[delivery]\n{extra}"),
-    )
-    .unwrap();
-    Settings::new(&config.delivery, &config.smtp.hostname)
+    engine: Engine,
 }
 
 async fn setup(extra: &str, options: MxOptions) -> Setup {
@@ -80,29 +33,8 @@ async fn setup_in(dir: tempfile::TempDir, extra: &str, options: MxOptions) -> Se
 
 async fn setup_with(dir: tempfile::TempDir, settings: Settings, options: MxOptions) -> Setup {
     let mx = FakeMx::new(options);
-    let (spool, report) = Spool::open(&optin_relay::config::SpoolConfig {
-        path: dir.path().to_path_buf(),
-        fsync: false,
-        segment_size: 1 << 20,
-    })
-    .unwrap();
-    let stop = CancellationToken::new();
-    let (delivery, scheduler) = delivery::start(
-        settings,
-        spool.clone(),
-        Arc::new(InMemory(mx.clone())),
-        AddressTagger::new([1; 32]),
-        report.messages,
-        stop.clone(),
-    );
-    Setup {
-        mx,
-        spool,
-        delivery,
-        stop,
-        scheduler,
-        dir,
-    }
+    let engine = Engine::start(dir, settings, Arc::new(InMemoryMx(mx.clone())));
+    Setup { mx, engine }
 }
 
 impl Setup {
@@ -112,51 +44,30 @@ impl Setup {
         rcpts: &[(&str, Option<Notify>)],
         envid: Option<&str>,
     ) -> optin_relay::envelope::QueueId {
-        let env = Envelope {
-            id: self.spool.next_id(),
-            received_at: optin_relay::envelope::now_ms(),
-            account: "acct".into(),
-            sender: sender.map(str::to_string),
-            envid: envid.map(str::to_string),
-            ret: None,
-            body_type: BodyType::SevenBit,
-            smtputf8: false,
-            eight_bit_content: false,
-            generated_dsn: false,
-            stream: optin_relay::envelope::Stream::Transactional,
-            list: None,
-            campaign: None,
-            recipients: rcpts
-                .iter()
-                .map(|(a, n)| Recipient {
-                    address: a.to_string(),
-                    notify: *n,
-                    orcpt: None,
-                    done: false,
-                })
-                .collect(),
-        };
+        let envelope = Builder::new(self.engine.spool.next_id(), "acct")
+            .sender(sender)
+            .envid(envid);
+        let envelope = rcpts
+            .iter()
+            .fold(envelope, |e, (to, notify)| {
+                e.rcpt_notify(to.to_string(), *notify)
+            })
+            .build();
+        let id = envelope.id;
         let body = Bytes::from_static(
             b"Subject: retry test\r\nMessage-ID: <r@shop.example>\r\n\r\nbody\r\n",
         );
-        let loc = self.spool.store(&env, body.clone()).await.unwrap();
-        let id = env.id;
-        self.delivery.accepted(env, loc, body);
+        self.engine.submit(envelope, body).await;
         id
     }
 
     async fn stop(self) -> tempfile::TempDir {
-        self.stop.cancel();
-        self.scheduler.await.unwrap();
-        self.spool.flush().await.unwrap();
-        drop(self.spool);
-        self.dir
+        self.engine.stop().await
     }
 
     /// Messages in the spool files, once everything sent to the writer is written.
     async fn queued(&self) -> usize {
-        self.spool.flush().await.unwrap();
-        Spool::inspect(self.dir.path()).unwrap().len()
+        self.engine.queued().await
     }
 }
 
@@ -235,18 +146,16 @@ async fn expiry_bounces_with_a_dsn_after_max_age_and_warns_on_delay() {
         Some("Undelivered Mail Returned to Sender")
     );
     let status = String::from_utf8_lossy(failure.parts[2].contents()).into_owned();
-    for expected in [
-        "Original-Envelope-Id: env-9",
-        "Final-Recipient: rfc822; tempfail@x.example",
-        "Action: failed",
-        "Status: 4.4.7",
-        "451 4.2.1 mailbox busy",
-    ] {
-        assert!(
-            status.contains(expected),
-            "{expected} missing from\n{status}"
-        );
-    }
+    support::assert_has(
+        &status,
+        &[
+            "Original-Envelope-Id: env-9",
+            "Final-Recipient: rfc822; tempfail@x.example",
+            "Action: failed",
+            "Status: 4.4.7",
+            "451 4.2.1 mailbox busy",
+        ],
+    );
     let text = String::from_utf8_lossy(failure.parts[1].contents()).into_owned();
     assert!(text.contains(&id.to_string()), "{text}");
     // no DSN about the DSNs, and nothing left queued
@@ -293,10 +202,7 @@ async fn one_dsn_per_message_for_all_its_failures() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(s.mx.delivered().len(), 2);
     let dsn = got.iter().find(|d| d.mail_from.is_empty()).unwrap();
-    let status = String::from_utf8_lossy(
-        MessageParser::default().parse(&dsn.data).unwrap().parts[2].contents(),
-    )
-    .into_owned();
+    let status = dsn.dsn_status();
     assert!(
         status.contains("permfail1@x.example") && status.contains("permfail2@y.example"),
         "{status}"
@@ -383,13 +289,7 @@ async fn a_trickle_of_mail_reuses_one_connection() {
 /// the rate waits instead of being refused.
 #[tokio::test(start_paused = true)]
 async fn message_rate_is_accurate_over_a_minute() {
-    let mut settings = settings("");
-    let policy = optin_relay::policy::Policy::from_toml(
-        "p",
-        "[throttles.\"*\"]\nmessage_rate = \"300/min\"\n",
-    )
-    .unwrap();
-    settings.policy = Some(Arc::new(arc_swap::ArcSwap::from_pointee(policy)));
+    let settings = engine::with_policy("", "[throttles.\"*\"]\nmessage_rate = \"300/min\"\n");
     let s = setup_with(tempfile::tempdir().unwrap(), settings, MxOptions::default()).await;
     let start = Instant::now();
     for i in 0..350 {
@@ -414,11 +314,7 @@ async fn message_rate_is_accurate_over_a_minute() {
 }
 
 fn shaped(policy: &str) -> Settings {
-    let mut settings = settings("retry_initial = \"1h\"");
-    let policy =
-        optin_relay::policy::Policy::from_toml("p", policy).unwrap_or_else(|e| panic!("{e}"));
-    settings.policy = Some(Arc::new(arc_swap::ArcSwap::from_pointee(policy)));
-    settings
+    engine::with_policy("retry_initial = \"1h\"", policy)
 }
 
 /// A "rate limited" reply suspends the destination for the rule's duration: later mail

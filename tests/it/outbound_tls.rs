@@ -4,14 +4,17 @@
 //! tls = "verify"` for MX hosts, and no plain-text fallback when TLS is demanded and the
 //! handshake breaks — the mail waits and is retried.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeDns, FakeMx, LOOPBACK_POLICY, Login, MxAuth, MxOptions, TestCa, TlsBreak};
+use crate::support::{
+    self, FakeDns, FakeMx, LOOPBACK_POLICY, Login, MxAuth, MxOptions, TestCa, TlsBreak, eventually,
+    poll,
+};
 use optin_relay::spool::{RcptEvent, Spool};
 
+/// What the tests send.
+const MESSAGE: &str = "Subject: over TLS\r\n\r\nfor the provider\r\n";
 const WAIT: Duration = Duration::from_secs(15);
 const PROVIDER: &str = "smtp.provider.test";
 
@@ -47,38 +50,27 @@ impl Relay {
         let ca_file = dir.path().join("ca.pem");
         ca.write_pem(&ca_file);
         let delivery = delivery.replace("{ca}", &ca_file.display().to_string());
-        let relay = common::start_relay(dir.path(), &delivery, policy).await;
+        let relay = support::start_relay(dir.path(), &delivery, policy).await;
         Relay { relay, dir }
     }
 
     async fn send(&self, to: &str) {
-        let reply = common::raw_send(
-            self.relay.smtp_addrs[0],
-            "app@shop.example",
-            &[to],
-            "Subject: over TLS\r\n\r\nfor the provider\r\n",
-        )
-        .await;
-        assert!(reply.starts_with("250"), "{reply}");
+        support::send_ok(self.relay.smtp_addrs[0], "app@shop.example", &[to], MESSAGE).await;
     }
 
     /// Waits until the one queued message was tried and deferred (never bounced).
     async fn wait_deferred(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let event = poll(WAIT, "the message tried", async || {
             self.relay.spool.flush().await.unwrap();
             let queued = Spool::inspect(&self.dir.path().join("spool")).unwrap();
             assert_eq!(queued.len(), 1, "the message left the queue");
-            if let [Some(event)] = queued[0].events[..] {
-                assert!(
-                    matches!(event, RcptEvent::Deferred { .. }),
-                    "deferred, not bounced: {event:?}"
-                );
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never tried");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            queued[0].events[0]
+        })
+        .await;
+        assert!(
+            matches!(event, RcptEvent::Deferred { .. }),
+            "deferred, not bounced: {event:?}"
+        );
     }
 }
 
@@ -322,14 +314,8 @@ async fn a_broken_handshake_never_falls_back_to_plain_text() {
         .await;
         relay.send("someone@example.net").await;
         relay.wait_deferred().await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while mx.starttls_attempts() < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "tls = {level}, {broken:?}: not retried"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("tls = {level}, {broken:?}: retried");
+        eventually(WAIT, &what, async || mx.starttls_attempts() >= 2).await;
         assert_eq!(
             mx.mail_attempts(),
             0,

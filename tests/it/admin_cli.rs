@@ -7,28 +7,23 @@
 //! `optin-relay` binary runs as a separate process with a config naming that relay's real
 //! address and token.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::support::{
+    self, Account, Client, FakeMx, MxOptions, Running, SUBSCRIBED, eventually, mail_reply,
+};
 
 const TOKEN: &str = "admin-cli-test-token-0123456789";
 
 /// `shop` (all of loopback) sends transactional mail by default, and marketing to `news`.
-const POLICY: &str = r#"
-[accounts.shop]
-from_domains = ["shop.example", "x.example"]
-networks = ["127.0.0.0/8"]
-streams = ["marketing", "transactional"]
-default_stream = "transactional"
-[accounts.shop.lists.news]
-consent_statement = "You subscribed to {list}."
-"#;
+fn policy() -> String {
+    let shop = Account::shop().domains(&["shop.example", "x.example"]);
+    support::policy(&[shop.list("news", SUBSCRIBED)], "")
+}
 
 struct Setup {
     mx: FakeMx,
@@ -69,30 +64,28 @@ async fn setup() -> Setup {
 /// As [`setup`], the relay following other processes' changes to its lists every
 /// `refresh`.
 async fn setup_following(refresh: &str) -> Setup {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, self::policy()).unwrap();
     let extra = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-         [delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n\
+        "retry_initial = \"1h\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
          [lists]\nrefresh_interval = \"{refresh}\"\n\
          [policy]\npath = \"{}\"\nwatch_interval = \"0s\"\n",
         policy.display()
     );
-    let relay = common::start_relay(dir.path(), &extra, POLICY).await;
-    let http = relay
+    let run = Running::start_in(dir, MxOptions::default(), &extra, &self::policy()).await;
+    let http = run
+        .relay
         .admin_addr
         .expect("the operator listener is on")
         .to_string();
-    let config = write_config(dir.path(), "cli.toml", &http, TOKEN);
+    let config = write_config(run.dir.path(), "cli.toml", &http, TOKEN);
     Setup {
-        mx,
-        relay,
+        mx: run.mx,
+        relay: run.relay,
         config,
         policy,
-        dir,
+        dir: run.dir,
     }
 }
 
@@ -132,7 +125,7 @@ impl Out {
 
 /// Runs the binary (as a child process: the relay in this runtime keeps serving).
 async fn cli(config: &Path, args: &[&str]) -> Out {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_optin-relay"))
+    let out = tokio::process::Command::from(support::bin())
         .arg("--config")
         .arg(config)
         .args(args)
@@ -148,58 +141,19 @@ async fn cli(config: &Path, args: &[&str]) -> Out {
 
 /// Submits a message from `app@shop.example` to `to`; returns its queue id.
 async fn submit(relay: SocketAddr, to: &str) -> String {
-    let reply = common::raw_send(
+    let reply = support::send_ok(
         relay,
         "app@shop.example",
         &[to],
         "From: <app@shop.example>\r\nSubject: q\r\n\r\nx",
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     reply.rsplit(' ').next().unwrap().to_string()
 }
 
 /// Waits until `done` holds, for up to 10 s.
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// The reply to `MAIL FROM` in a fresh session.
-async fn mail_reply(relay: SocketAddr, from: &str) -> String {
-    let mut io = BufReader::new(tokio::net::TcpStream::connect(relay).await.unwrap());
-    let mut replies = Vec::new();
-    for line in [
-        "",
-        "EHLO client.test",
-        &format!("MAIL FROM:<{from}>"),
-        "QUIT",
-    ] {
-        if !line.is_empty() {
-            io.get_mut()
-                .write_all(format!("{line}\r\n").as_bytes())
-                .await
-                .unwrap();
-        }
-        let mut reply = String::new();
-        loop {
-            let mut l = String::new();
-            if io.read_line(&mut l).await.unwrap() == 0 {
-                break;
-            }
-            reply.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                break;
-            }
-        }
-        replies.push(reply.trim_end().to_string());
-    }
-    replies[2].clone()
+async fn until(what: &str, done: impl AsyncFnMut() -> bool) {
+    eventually(Duration::from_secs(10), what, done).await;
 }
 
 #[tokio::test]
@@ -454,15 +408,7 @@ async fn suppress_check_gives_verdicts_and_erase_drops_queued_mail() {
 
 /// Records in the relay's lists journals.
 fn journal_records(s: &Setup) -> u64 {
-    std::fs::read_dir(s.dir.path().join("spool/lists"))
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("journal.") && name != "journal.lock"
-        })
-        .map(|e| e.metadata().unwrap().len() / 32)
-        .sum()
+    support::journal_records(s.dir.path())
 }
 
 /// Sends a message from `shop` to `to` (marketing or transactional); the reply that
@@ -473,36 +419,15 @@ async fn send_reply(s: &Setup, to: &str, marketing: bool) -> String {
     } else {
         "transactional"
     };
-    let mut io = BufReader::new(tokio::net::TcpStream::connect(s.smtp()).await.unwrap());
-    let mut say = async |line: &str| {
-        if !line.is_empty() {
-            io.get_mut()
-                .write_all(format!("{line}\r\n").as_bytes())
-                .await
-                .unwrap();
-        }
-        let mut reply = String::new();
-        loop {
-            let mut l = String::new();
-            if io.read_line(&mut l).await.unwrap() == 0 {
-                break;
-            }
-            reply.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                break;
-            }
-        }
-        reply.trim_end().to_string()
-    };
-    say("").await;
-    say("EHLO client.test").await;
-    say("MAIL FROM:<app@shop.example>").await;
-    let rcpt = say(&format!("RCPT TO:<{to}>")).await;
+    let mut c = Client::connect(s.smtp()).await;
+    c.say("EHLO client.test").await;
+    c.say("MAIL FROM:<app@shop.example>").await;
+    let rcpt = c.say(&format!("RCPT TO:<{to}>")).await;
     if !rcpt.starts_with("250") {
         return rcpt;
     }
-    say("DATA").await;
-    say(&format!(
+    c.say("DATA").await;
+    c.say(&format!(
         "From: <app@shop.example>\r\nX-Optin-Stream: {stream}\r\nSubject: q\r\n\r\nx\r\n."
     ))
     .await
@@ -566,7 +491,7 @@ async fn list_changes_go_through_the_running_relay_and_are_in_force_at_once() {
     assert_eq!(journal_records(&s), records);
 
     // No relay answers: the journal, and the message says when a relay has it.
-    let port = common::free_port();
+    let port = support::free_port();
     let stopped = s.config_with("stopped.toml", &format!("127.0.0.1:{port}"), TOKEN);
     let out = cli(&stopped, &["suppress", "add", "late@x.example"]).await;
     assert!(
@@ -636,7 +561,7 @@ async fn policy_status_and_reload_report_every_problem() {
         "{text}"
     );
 
-    std::fs::write(&s.policy, POLICY).unwrap();
+    std::fs::write(&s.policy, policy()).unwrap();
     let out = s.cli(&["policy", "reload"]).await;
     assert!(
         out.ok().contains("policy reloaded: generation 2"),
@@ -665,7 +590,7 @@ async fn failures_have_their_exit_codes_and_say_why() {
     );
 
     // nothing listening there: cannot reach the relay
-    let port = common::free_port();
+    let port = support::free_port();
     let stopped = s.config_with("stopped.toml", &format!("127.0.0.1:{port}"), TOKEN);
     let out = cli(&stopped, &["account", "list"]).await;
     assert_eq!(out.code, Some(2), "{out:#?}");

@@ -2,40 +2,30 @@
 //! freeze the account by themselves; its next submission is refused, its queued marketing
 //! is held (and transactional mail too when the policy says so) until it is unfrozen.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, grant, raw_send};
 use optin_relay::delivery::control::Action;
 
-fn policy(transactional: &str) -> String {
-    format!(
-        r#"
-[accounts.shop]
-from_domains = ["shop.example"]
-networks = ["127.0.0.0/8"]
-streams = ["marketing", "transactional"]
-default_stream = "transactional"
-[accounts.shop.lists.deals]
-consent_statement = "You get {{list}} because you signed up."
+use crate::support::{
+    self, Account, FakeMx, MxOptions, Running, SIGNED_UP, eventually, grant, mail_reply, poll,
+    raw_send, token_of,
+};
 
-[health]
-window = "1h"
-min_volume = 4
-max_hard_bounce_rate = 0.2
-frozen_transactional = "{transactional}"
-"#
-    )
+/// `shop` sends both streams; over a 20 % hard bounce rate (of at least 4 attempts in an
+/// hour) it is frozen, its transactional mail then as `transactional` says.
+fn policy(transactional: &str) -> String {
+    let health = format!(
+        "[health]\nwindow = \"1h\"\nmin_volume = 4\nmax_hard_bounce_rate = 0.2\n\
+         frozen_transactional = \"{transactional}\"\n"
+    );
+    support::policy(&[Account::shop().list("deals", SIGNED_UP)], &health)
 }
 
+/// A relay delivering to a fake MX, retrying after an hour.
 async fn setup(transactional: &str) -> (FakeMx, optin_relay::server::Relay, tempfile::TempDir) {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra = format!("[delivery]\nsmarthost = \"{mx_addr}\"\nretry_initial = \"1h\"\n");
-    let relay = common::start_relay(dir.path(), &extra, &policy(transactional)).await;
-    (mx, relay, dir)
+    let delivery = "retry_initial = \"1h\"\n";
+    let run = Running::start(MxOptions::default(), delivery, &policy(transactional)).await;
+    (run.mx, run.relay, run.dir)
 }
 
 async fn send(relay: &optin_relay::server::Relay, to: &str, marketing: bool) -> String {
@@ -54,46 +44,38 @@ async fn send(relay: &optin_relay::server::Relay, to: &str, marketing: bool) -> 
     .await
 }
 
+/// [`send`]; the relay must take the message.
+async fn accepted(relay: &optin_relay::server::Relay, to: &str, marketing: bool) {
+    assert!(send(relay, to, marketing).await.starts_with("250"));
+}
+
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out: {what}");
+    eventually(Duration::from_secs(10), what, async || check()).await;
 }
 
 /// The only queued message's id, once its first attempt is over.
 async fn queued_id(relay: &optin_relay::server::Relay) -> optin_relay::envelope::QueueId {
-    for _ in 0..400 {
-        let list = relay.delivery.list(None, 10).await.unwrap();
-        if list.len() == 1
-            && list[0].recipients[0].status == "waiting"
-            && list[0].recipients[0].attempts == 1
-        {
-            return optin_relay::envelope::QueueId::parse(&list[0].id).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no message waiting for its retry");
+    poll(
+        Duration::from_secs(10),
+        "a message waiting for its retry",
+        async || {
+            let list = relay.delivery.list(None, 10).await.unwrap();
+            (list.len() == 1
+                && list[0].recipients[0].status == "waiting"
+                && list[0].recipients[0].attempts == 1)
+                .then(|| optin_relay::envelope::QueueId::parse(&list[0].id).unwrap())
+        },
+    )
+    .await
 }
 
 #[tokio::test]
 async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
     let (mx, relay, _dir) = setup("send").await;
     // a marketing message that waits for its retry (451 at RCPT)
-    assert!(
-        send(&relay, "tempfail-m@example.net", true)
-            .await
-            .starts_with("250")
-    );
+    accepted(&relay, "tempfail-m@example.net", true).await;
     for i in 0..3 {
-        assert!(
-            send(&relay, &format!("ok{i}@example.net"), false)
-                .await
-                .starts_with("250")
-        );
+        accepted(&relay, &format!("ok{i}@example.net"), false).await;
     }
     wait_until("3 delivered", || mx.delivered().len() == 3).await;
     assert!(
@@ -101,11 +83,7 @@ async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
         "not yet: 3 delivered, 0 bounced"
     );
     // one hard bounce: 1 of 4 attempts, 25 % over 20 %, at the minimum volume
-    assert!(
-        send(&relay, "permfail-0@example.net", false)
-            .await
-            .starts_with("250")
-    );
+    accepted(&relay, "permfail-0@example.net", false).await;
     wait_until("frozen", || relay.freezes.get("shop").is_some()).await;
     let frozen = relay.freezes.get("shop").unwrap();
     assert_eq!(frozen.by, "health");
@@ -120,21 +98,7 @@ async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
     // the next submission is refused with the reason
     let r = send(&relay, "ok9@example.net", false).await;
     assert!(!r.starts_with("250"), "{r}");
-    let mut c = tokio::net::TcpStream::connect(relay.smtp_addrs[0])
-        .await
-        .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 1024];
-    let _ = c.read(&mut buf).await.unwrap();
-    c.write_all(b"EHLO t\r\nMAIL FROM:<app@shop.example>\r\n")
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    while !reply.contains("554") {
-        let n = c.read(&mut buf).await.unwrap();
-        assert!(n > 0, "{reply}");
-        reply.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let reply = mail_reply(relay.smtp_addrs[0], "app@shop.example").await;
     assert!(
         reply.contains("554 5.7.1 account frozen: hard bounce rate"),
         "{reply}"
@@ -164,11 +128,7 @@ async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
 
     // The unfreeze starts the account's health window afresh: one more hard bounce right
     // after it is not judged together with the ones that froze the account.
-    assert!(
-        send(&relay, "permfail-1@example.net", false)
-            .await
-            .starts_with("250")
-    );
+    accepted(&relay, "permfail-1@example.net", false).await;
     let dsns = |mx: &FakeMx| {
         mx.delivered()
             .iter()
@@ -187,11 +147,7 @@ async fn hard_bounces_over_the_threshold_freeze_the_account_until_unfrozen() {
 #[tokio::test]
 async fn the_policy_can_hold_a_frozen_accounts_transactional_mail_too() {
     let (mx, relay, _dir) = setup("hold").await;
-    assert!(
-        send(&relay, "tempfail-t@example.net", false)
-            .await
-            .starts_with("250")
-    );
+    accepted(&relay, "tempfail-t@example.net", false).await;
     let id = queued_id(&relay).await;
     relay
         .freezes
@@ -210,51 +166,25 @@ async fn the_policy_can_hold_a_frozen_accounts_transactional_mail_too() {
 /// report would): 25 % over the policy's 20 % freezes the account by itself.
 #[tokio::test]
 async fn a_complaint_through_the_form_freezes_the_account() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra =
-        format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n");
     let policy = policy("send").replace(
         "max_hard_bounce_rate = 0.2",
         "max_hard_bounce_rate = 0.2\nmax_complaint_rate = 0.2",
     );
-    let relay = common::start_relay(dir.path(), &extra, &policy).await;
+    let http = "[http]\nlisten = \"127.0.0.1:0\"\n";
+    let (mx, relay, _dir) = Running::start(MxOptions::default(), http, &policy)
+        .await
+        .into_parts();
     for i in 0..4 {
-        assert!(
-            send(&relay, &format!("reader{i}@example.net"), true)
-                .await
-                .starts_with("250")
-        );
+        accepted(&relay, &format!("reader{i}@example.net"), true).await;
     }
     wait_until("4 delivered", || mx.delivered().len() == 4).await;
     assert!(relay.freezes.get("shop").is_none());
     // the token of one delivered copy's one-click link
-    let text = mx.delivered()[0].text().replace("\r\n ", " ");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("List-Unsubscribe: "))
-        .expect("List-Unsubscribe");
-    let start = line.find("/u/").unwrap() + 3;
-    let token = &line[start..start + line[start..].find('>').unwrap()];
-    let mut c = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
-        .await
-        .unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = "report=unwanted";
-    c.write_all(
-        format!(
-            "POST /complaint/{token} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).await.unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let token = token_of(&mx.delivered()[0].text());
+    let path = format!("/complaint/{token}");
+    let (status, answer) =
+        support::http(relay.http_addr.unwrap(), "POST", &path, "report=unwanted").await;
+    assert_eq!(status, 200, "{answer}");
     wait_until("frozen", || relay.freezes.get("shop").is_some()).await;
     let frozen = relay.freezes.get("shop").unwrap();
     assert_eq!(frozen.by, "health");

@@ -3,25 +3,19 @@
 //! rest against the real binary, restarted over the damaged files. The disk-full half of
 //! item 10 needs a small filesystem and lives in `tests/interop/faults.sh`.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{FakeMx, InMemoryMx, MxOptions};
-use mail_parser::MessageParser;
-use optin_relay::config::{Config, SpoolConfig};
-use optin_relay::delivery::Intake;
-use optin_relay::delivery::{self, Settings};
 use optin_relay::envelope::Envelope;
-use optin_relay::privacy::AddressTagger;
 use optin_relay::spool::{Location, Spool};
-use tokio_util::sync::CancellationToken;
+
+use crate::support::engine::{Engine, settings, spool_config};
+use crate::support::{self, FakeMx, InMemoryMx, MxOptions, eventually, settle};
 
 fn envelope(spool: &Spool, sender: Option<&str>, rcpt: &str) -> Envelope {
-    common::envelope::transactional(spool.next_id(), "acct", sender, [rcpt.to_string()])
+    support::envelope::transactional(spool.next_id(), "acct", sender, [rcpt.to_string()])
 }
 
 /// Flips one bit near the end of a stored message's content.
@@ -38,47 +32,25 @@ fn damage_body(spool_dir: &Path, loc: Location) {
 /// again every `retry_max`, forever, with an ERROR each time.
 #[tokio::test(start_paused = true)]
 async fn a_message_damaged_in_the_spool_is_returned_once_not_retried_forever() {
-    let dir = tempfile::tempdir().unwrap();
     let mx = FakeMx::new(MxOptions::default());
-    let (spool, _) = Spool::open(&SpoolConfig {
-        path: dir.path().to_path_buf(),
-        fsync: false,
-        segment_size: 1 << 20,
-    })
-    .unwrap();
-    let config = Config::from_toml(
-        "t",
-        "[smtp]\nhostname = \"relay.test\"\n[delivery]\nretry_initial = \"5m\"\nretry_max = \"1h\"\nmax_age = \"5d\"\n",
-    )
-    .unwrap();
-    let stop = CancellationToken::new();
-    let (delivery, scheduler) = delivery::start(
-        Settings::new(&config.delivery, &config.smtp.hostname),
-        spool.clone(),
-        Arc::new(InMemoryMx(mx.clone())),
-        AddressTagger::new([1; 32]),
-        Vec::new(),
-        stop.clone(),
-    );
+    let delivery = "retry_initial = \"5m\"\nretry_max = \"1h\"\nmax_age = \"5d\"\n";
+    let transport = Arc::new(InMemoryMx(mx.clone()));
+    let engine = Engine::start(tempfile::tempdir().unwrap(), settings(delivery), transport);
+    let (spool, dir) = (&engine.spool, &engine.dir);
     let body = Bytes::from_static(b"Subject: damaged later\r\n\r\nbody of the message\r\n");
     let mut locs = Vec::new();
     for (sender, rcpt) in [
         (Some("app@shop.example"), "tempfail1@x.example"),
         (None, "tempfail2@x.example"),
     ] {
-        let env = envelope(&spool, sender, rcpt);
-        let loc = spool.store(&env, body.clone()).await.unwrap();
-        delivery.accepted(env, loc, body.clone());
-        locs.push(loc);
+        let env = envelope(spool, sender, rcpt);
+        locs.push(engine.submit(env, body.clone()).await);
     }
     // Both first attempts are deferred (451); the messages wait for their retry.
-    for _ in 0..600 {
-        if mx.rcpt_attempts() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(mx.rcpt_attempts(), 2);
+    eventually(Duration::from_secs(60), "both first attempts", async || {
+        mx.rcpt_attempts() == 2
+    })
+    .await;
     spool.flush().await.unwrap();
     for loc in &locs {
         damage_body(dir.path(), *loc);
@@ -87,16 +59,16 @@ async fn a_message_damaged_in_the_spool_is_returned_once_not_retried_forever() {
     let got = mx.wait_for(1, Duration::from_secs(2 * 3600)).await;
     assert_eq!(got[0].mail_from, "", "a DSN comes from the null sender");
     assert_eq!(got[0].rcpt_to, ["app@shop.example"]);
-    let dsn = MessageParser::default().parse(&got[0].data).unwrap();
-    let status = String::from_utf8_lossy(dsn.parts[2].contents()).into_owned();
-    for expected in [
-        "Final-Recipient: rfc822; tempfail1@x.example",
-        "Action: failed",
-        "Status: 5.3.0",
-        "damaged",
-    ] {
-        assert!(status.contains(expected), "{expected} missing:\n{status}");
-    }
+    let status = got[0].dsn_status();
+    support::assert_has(
+        &status,
+        &[
+            "Final-Recipient: rfc822; tempfail1@x.example",
+            "Action: failed",
+            "Status: 5.3.0",
+            "damaged",
+        ],
+    );
     let returned = String::from_utf8_lossy(&got[0].data).into_owned();
     assert!(
         !returned.contains("body of the message") && !returned.contains("damaged later"),
@@ -119,8 +91,7 @@ async fn a_message_damaged_in_the_spool_is_returned_once_not_retried_forever() {
         quarantined, 2,
         "each damaged record is kept for the operator"
     );
-    stop.cancel();
-    scheduler.await.unwrap();
+    engine.stop().await;
 }
 
 /// Item 11, at start: a message recovered from the spool whose content no longer verifies
@@ -128,12 +99,7 @@ async fn a_message_damaged_in_the_spool_is_returned_once_not_retried_forever() {
 #[tokio::test(start_paused = true)]
 async fn a_message_damaged_before_a_restart_is_returned_once() {
     let dir = tempfile::tempdir().unwrap();
-    let config = SpoolConfig {
-        path: dir.path().to_path_buf(),
-        fsync: false,
-        segment_size: 1 << 20,
-    };
-    let (spool, _) = Spool::open(&config).unwrap();
+    let (spool, _) = Spool::open(&spool_config(dir.path())).unwrap();
     let env = envelope(&spool, Some("app@shop.example"), "reader@x.example");
     let body = Bytes::from_static(b"Subject: stored\r\n\r\nbody of the message\r\n");
     let loc = spool.store(&env, body).await.unwrap();
@@ -141,28 +107,15 @@ async fn a_message_damaged_before_a_restart_is_returned_once() {
     drop(spool);
     damage_body(dir.path(), loc);
 
-    let (spool, report) = Spool::open(&config).unwrap();
-    assert_eq!(report.messages.len(), 1, "recovery reads envelopes only");
     let mx = FakeMx::new(MxOptions::default());
-    let settings = Config::from_toml("t", "[smtp]\nhostname = \"relay.test\"\n").unwrap();
-    let stop = CancellationToken::new();
-    let (_delivery, scheduler) = delivery::start(
-        Settings::new(&settings.delivery, &settings.smtp.hostname),
-        spool.clone(),
-        Arc::new(InMemoryMx(mx.clone())),
-        AddressTagger::new([1; 32]),
-        report.messages,
-        stop.clone(),
-    );
+    let engine = Engine::start(dir, settings(""), Arc::new(InMemoryMx(mx.clone())));
+    assert_eq!(engine.recovered, 1, "recovery reads envelopes only");
     let got = mx.wait_for(1, Duration::from_secs(600)).await;
     assert_eq!(
         (got[0].mail_from.as_str(), got[0].rcpt_to.as_slice()),
         ("", &["app@shop.example".to_string()][..])
     );
-    let status = String::from_utf8_lossy(
-        MessageParser::default().parse(&got[0].data).unwrap().parts[2].contents(),
-    )
-    .into_owned();
+    let status = got[0].dsn_status();
     assert!(status.contains("Status: 5.3.0"), "{status}");
     tokio::time::sleep(Duration::from_secs(6 * 86400)).await;
     assert_eq!(mx.delivered().len(), 1);
@@ -171,10 +124,9 @@ async fn a_message_damaged_before_a_restart_is_returned_once() {
         1,
         "the damaged message itself never went out"
     );
-    spool.flush().await.unwrap();
-    assert!(Spool::inspect(dir.path()).unwrap().is_empty());
-    stop.cancel();
-    scheduler.await.unwrap();
+    engine.spool.flush().await.unwrap();
+    assert!(Spool::inspect(engine.dir.path()).unwrap().is_empty());
+    engine.stop().await;
 }
 
 // ---- against the real binary --------------------------------------------------------------
@@ -195,12 +147,8 @@ impl Binary {
     /// Writes a config delivering to `smarthost`, with the policy file `policy.toml` holding
     /// `policy`; `token`: the admin token in the config (else the relay makes a token file).
     fn new(dir: &Path, smarthost: std::net::SocketAddr, policy: &str, token: bool) -> Binary {
-        let smtp: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
-            .parse()
-            .unwrap();
-        let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
-            .parse()
-            .unwrap();
+        let smtp = support::free_addr();
+        let admin_addr = support::free_addr();
         std::fs::write(dir.join("policy.toml"), policy).unwrap();
         let token = if token {
             format!("token = \"{TOKEN}\"\n")
@@ -310,7 +258,7 @@ impl Binary {
     }
 
     async fn api(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        common::http_as(self.admin, Some(TOKEN), method, path, body).await
+        support::http_as(self.admin, Some(TOKEN), method, path, body).await
     }
 }
 
@@ -329,36 +277,7 @@ async fn terminate(mut child: std::process::Child) {
 
 /// The reply to `RCPT TO:<to>` after `MAIL FROM:<app@shop.example>`.
 async fn rcpt_reply(addr: std::net::SocketAddr, to: &str) -> String {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut io = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-    let mut last = String::new();
-    for line in [
-        None,
-        Some("EHLO faults.test".to_string()),
-        Some("MAIL FROM:<app@shop.example>".to_string()),
-        Some(format!("RCPT TO:<{to}>")),
-    ] {
-        if let Some(line) = line {
-            io.get_mut()
-                .write_all(format!("{line}\r\n").as_bytes())
-                .await
-                .unwrap();
-        }
-        loop {
-            last.clear();
-            io.read_line(&mut last).await.unwrap();
-            if last.as_bytes().get(3) != Some(&b'-') {
-                break;
-            }
-        }
-    }
-    let _ = io.get_mut().write_all(b"QUIT\r\n").await;
-    last.trim_end().to_string()
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    support::rcpt_reply(addr, "app@shop.example", to).await
 }
 
 /// Item 11 against the binary: a flipped bit in a segment's header cost every message in
@@ -368,22 +287,19 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 async fn a_corrupted_segment_header_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     // First nobody answers at the next hop, so the mail stays queued.
-    let closed = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
+    let closed = support::free_addr();
     let relay = Binary::new(dir.path(), closed, LOOPBACK, true);
     let child = relay.serve().await;
     let mut sent = Vec::new();
     for i in 0..25 {
         let to = format!("reader{i}@x.example");
-        let reply = common::raw_send(
+        support::send_ok(
             relay.smtp,
             "app@shop.example",
             &[&to],
             &format!("Subject: {i}\r\n\r\nmessage {i}"),
         )
         .await;
-        assert!(reply.starts_with("250"), "{reply}");
         sent.push(to);
     }
     terminate(child).await;
@@ -425,22 +341,15 @@ async fn a_hostile_next_hop_cannot_forge_log_lines() {
     let mx = FakeMx::new(MxOptions::default());
     let relay = Binary::new(dir.path(), mx.listen().await, LOOPBACK, true);
     let child = relay.serve().await;
-    let reply = common::raw_send(
+    support::send_ok(
         relay.smtp,
         "",
         &["hostile@far.example"],
         "Subject: x\r\n\r\nx\r\n",
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
-    let mut log = String::new();
-    for _ in 0..500 {
-        log = relay.log();
-        if log.contains("bounced") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let log = async || relay.log();
+    let log = settle(Duration::from_secs(10), log, |l| l.contains("bounced")).await;
     terminate(child).await;
     let line = log
         .lines()
@@ -479,8 +388,11 @@ async fn a_deleted_lists_snapshot_keeps_suppressions_and_stops_a_restart() {
             .await
             .starts_with("250")
     );
-    let (_, metrics) = common::http(relay.admin, "GET", "/metrics", "").await;
-    assert_eq!(metric(&metrics, "optin_lists_snapshot_refused"), Some(1.0));
+    let (_, metrics) = support::http(relay.admin, "GET", "/metrics", "").await;
+    assert_eq!(
+        support::sample(&metrics, "optin_lists_snapshot_refused"),
+        Some(1.0)
+    );
     assert!(relay.log().contains("is missing"), "{}", relay.log());
     terminate(child).await;
 
@@ -520,14 +432,13 @@ async fn an_emptied_policy_is_refused_live_and_at_start() {
     let relay = Binary::new(dir.path(), mx.listen().await, LOOPBACK, true);
     let child = relay.serve().await;
     // Mail of the account stays queued (the next hop defers it).
-    let reply = common::raw_send(
+    support::send_ok(
         relay.smtp,
         "app@shop.example",
         &["tempfail@x.example"],
         "Subject: q\r\n\r\nq",
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
 
     std::fs::write(dir.path().join("policy.toml"), "").unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -538,9 +449,9 @@ async fn an_emptied_policy_is_refused_live_and_at_start() {
     );
     let (_, status) = relay.api("GET", "/admin/policy", "").await;
     assert!(status.contains("no account"), "{status}");
-    let (_, metrics) = common::http(relay.admin, "GET", "/metrics", "").await;
+    let (_, metrics) = support::http(relay.admin, "GET", "/metrics", "").await;
     assert_eq!(
-        metric(&metrics, "optin_policy_reloads_total{result=\"refused\"}"),
+        support::sample(&metrics, "optin_policy_reloads_total{result=\"refused\"}"),
         Some(1.0)
     );
 
@@ -601,16 +512,15 @@ async fn files_are_private_whatever_the_umask() {
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let child = relay.serve().await;
-    let reply = common::raw_send(
+    support::send_ok(
         relay.smtp,
         "app@shop.example",
         &["tempfail@x.example"],
         "Subject: p\r\n\r\np",
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     let token = std::fs::read_to_string(relay.spool().join("admin.token")).unwrap();
-    let (code, body) = common::http_as(
+    let (code, body) = support::http_as(
         relay.admin,
         Some(token.trim()),
         "POST",
@@ -620,12 +530,12 @@ async fn files_are_private_whatever_the_umask() {
     .await;
     assert_eq!(code, 200, "{body}");
     // The deferral is journaled and logged.
-    for _ in 0..100 {
-        if mx.rcpt_attempts() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    settle(
+        Duration::from_secs(5),
+        async || mx.rcpt_attempts(),
+        |n| *n > 0,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     terminate(child).await;
 

@@ -2,33 +2,50 @@
 //! one-click POST (RFC 8058) or the page's buttons unsubscribe; the next message to that
 //! address is refused.
 
-mod common;
-
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, http};
-use tokio::io::AsyncWriteExt;
+use crate::support::{
+    self, Account, Client, MxOptions, Running, SUBSCRIBED, http, journal_records, token_of,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-const POLICY: &str = r#"
-[accounts.news]
-description = "Example News"
-networks = ["127.0.0.1/32"]
-streams = ["marketing", "transactional"]
-default_stream = "marketing"
-from_domains = ["news.example"]
-feedback_id = "optin"
-[accounts.news.lists.weekly]
-name = "The Weekly"
-consent_statement = "You subscribed to {list}."
-[accounts.news.lists.deals]
-consent_statement = "You asked for {list}."
-"#;
+/// `news` (127.0.0.1) sends marketing to two lists.
+fn policy() -> String {
+    let news = Account::news()
+        .description("Example News")
+        .set("feedback_id", support::policy::string("optin"))
+        .list_with(
+            "weekly",
+            &[("name", "The Weekly"), ("consent_statement", SUBSCRIBED)],
+        )
+        .list("deals", "You asked for {list}.");
+    support::policy(&[news], "")
+}
+
+/// A relay delivering to a fake MX; `config` follows the smart host.
+async fn start(config: &str) -> Running {
+    Running::start(MxOptions::default(), config, &policy()).await
+}
+
+/// A request for the unsubscribe page of `token` on the public listener `web`.
+async fn link(web: std::net::SocketAddr, method: &str, token: &str, body: &str) -> (u16, String) {
+    http(web, method, &format!("/u/{token}"), body).await
+}
 
 fn consent(relay: &optin_relay::server::Relay, list: &str, addr: &str) {
-    common::grant(relay, "news", list, addr);
+    support::grant(relay, "news", list, addr);
+}
+
+/// Sends `to` a marketing message of `list` from news; the reply to the end of DATA.
+async fn send(relay: &optin_relay::server::Relay, list: &str, to: &str) -> String {
+    support::raw_send(
+        relay.smtp_addrs[0],
+        "bounce@news.example",
+        &[to],
+        &marketing(list, to),
+    )
+    .await
 }
 
 fn marketing(list: &str, to: &str) -> String {
@@ -37,42 +54,14 @@ fn marketing(list: &str, to: &str) -> String {
     )
 }
 
-/// The https link's token from a delivered message.
-fn token_of(text: &str) -> String {
-    let unfolded = text.replace("\r\n ", " ");
-    let line = unfolded
-        .lines()
-        .find(|l| l.starts_with("List-Unsubscribe: "))
-        .unwrap_or_else(|| panic!("no List-Unsubscribe in {text}"));
-    let start = line.find("/u/").unwrap() + 3;
-    line[start..line[start..].find('>').unwrap() + start].to_string()
-}
-
 #[tokio::test]
 async fn one_click_unsubscribe_stops_the_next_message() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
-        dir.path(),
-        &format!(
-            "[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n"
-        ),
-        POLICY,
-    )
-    .await;
-    let smtp = relay.smtp_addrs[0];
+    let (mx, relay, dir) = start("[http]\nlisten = \"127.0.0.1:0\"\n[unsubscribe]\npublic_url = \"https://unsub.example\"\nmail_domain = \"relay.test\"\n").await.into_parts();
     let web = relay.http_addr.unwrap();
     consent(&relay, "weekly", "reader@example.net");
     consent(&relay, "deals", "reader@example.net");
 
-    let reply = common::raw_send(
-        smtp,
-        "bounce@news.example",
-        &["reader@example.net"],
-        &marketing("weekly", "reader@example.net"),
-    )
-    .await;
+    let reply = send(&relay, "weekly", "reader@example.net").await;
     assert!(reply.starts_with("250"), "{reply}");
     let got = mx.wait_for(1, WAIT).await;
     let text = got[0].text();
@@ -98,7 +87,7 @@ async fn one_click_unsubscribe_stops_the_next_message() {
     );
 
     // The page shows the list and two buttons; a bad token gets a 400 page.
-    let (status, page) = http(web, "GET", &format!("/u/{token}"), "").await;
+    let (status, page) = link(web, "GET", &token, "").await;
     assert_eq!(status, 200);
     assert!(
         page.contains("The Weekly") && page.contains("Example News"),
@@ -113,61 +102,37 @@ async fn one_click_unsubscribe_stops_the_next_message() {
         ("POST", &forged),
         ("GET", &"x".to_string()),
     ] {
-        let (status, body) = http(web, m, &format!("/u/{p}"), "List-Unsubscribe=One-Click").await;
+        let (status, body) = link(web, m, p, "List-Unsubscribe=One-Click").await;
         assert_eq!(status, 400, "{m} {p}");
         assert!(body.contains("not valid") && !body.to_lowercase().contains("panic"));
     }
 
     // RFC 8058 one-click, twice (harmless).
     for _ in 0..2 {
-        let (status, body) = http(
-            web,
-            "POST",
-            &format!("/u/{token}"),
-            "List-Unsubscribe=One-Click",
-        )
-        .await;
+        let (status, body) = link(web, "POST", &token, "List-Unsubscribe=One-Click").await;
         assert_eq!(status, 200, "{body}");
     }
     // The next message to that list is refused; another list still works.
-    let reply = common::raw_send(
-        smtp,
-        "bounce@news.example",
-        &["reader@example.net"],
-        &marketing("weekly", "reader@example.net"),
-    )
-    .await;
+    let reply = send(&relay, "weekly", "reader@example.net").await;
     assert!(
         reply.contains("550 5.7.1") && reply.contains("has unsubscribed from this list"),
         "{reply}"
     );
-    let reply = common::raw_send(
-        smtp,
-        "bounce@news.example",
-        &["reader@example.net"],
-        &marketing("deals", "reader@example.net"),
-    )
-    .await;
+    let reply = send(&relay, "deals", "reader@example.net").await;
     assert!(reply.starts_with("250"), "{reply}");
     let got = mx.wait_for(2, WAIT).await;
     let deals_token = token_of(&got[1].text());
 
     // The page's second button: everything this sender sends as marketing.
-    let (status, _) = http(
+    let (status, _) = link(
         web,
         "POST",
-        &format!("/u/{deals_token}"),
+        &deals_token,
         "List-Unsubscribe=One-Click&scope=account",
     )
     .await;
     assert_eq!(status, 200);
-    let reply = common::raw_send(
-        smtp,
-        "bounce@news.example",
-        &["reader@example.net"],
-        &marketing("deals", "reader@example.net"),
-    )
-    .await;
+    let reply = send(&relay, "deals", "reader@example.net").await;
     assert!(
         reply.contains("unsubscribed from all mail of this sender"),
         "{reply}"
@@ -190,17 +155,9 @@ async fn one_click_unsubscribe_stops_the_next_message() {
 
 #[tokio::test]
 async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_headers() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n"),
-        POLICY,
-    )
-    .await;
+    let (mx, relay, _dir) = start("").await.into_parts();
     let smtp = relay.smtp_addrs[0];
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@news.example",
         &["x@example.net"],
@@ -211,7 +168,7 @@ async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_he
         reply,
         "550 5.7.1 The From domain elsewhere.example is not one of this account's domains"
     );
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         smtp,
         "bounce@other.example",
         &["x@example.net"],
@@ -222,14 +179,12 @@ async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_he
         reply.contains("envelope sender domain other.example"),
         "{reply}"
     );
-    let reply = common::raw_send(
+    support::send_ok(
         smtp,
         "bounce@mail.news.example",
         &["x@example.net"],
         "From: <hello@news.example>\r\nX-Optin-Stream: transactional\r\nList-Unsubscribe: <mailto:own@news.example>\r\nSubject: x\r\n\r\nx\r\n",
-    )
-    .await;
-    assert!(reply.starts_with("250"), "{reply}");
+    ).await;
     let got = mx.wait_for(1, WAIT).await;
     let text = got[0].text();
     assert!(
@@ -243,91 +198,35 @@ async fn sender_identity_is_checked_and_transactional_mail_has_no_unsubscribe_he
     relay.shutdown().await;
 }
 
-/// A client at 127.0.0.9, which no account knows.
-async fn stranger(relay: SocketAddr) -> tokio::io::BufReader<tokio::net::TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.9:0".parse().unwrap()).unwrap();
-    let stream = socket.connect(relay).await.unwrap();
-    tokio::io::BufReader::new(stream)
-}
-
-async fn say(io: &mut tokio::io::BufReader<tokio::net::TcpStream>, line: &str) -> String {
-    use tokio::io::AsyncBufReadExt;
-    if !line.is_empty() {
-        io.get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-    }
-    let mut all = String::new();
-    loop {
-        let mut l = String::new();
-        io.read_line(&mut l).await.unwrap();
-        all.push_str(&l);
-        if l.as_bytes().get(3) != Some(&b'-') {
-            return all.trim_end().to_string();
-        }
-    }
-}
-
 #[tokio::test]
 async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
-        dir.path(),
-        &format!(
-            "[delivery]\nsmarthost = \"{mx_addr}\"\n[unsubscribe]\nmail_domain = \"relay.test\"\n"
-        ),
-        POLICY,
-    )
-    .await;
+    let (mx, relay, dir) = start("[unsubscribe]\nmail_domain = \"relay.test\"\n")
+        .await
+        .into_parts();
     let smtp = relay.smtp_addrs[0];
     consent(&relay, "weekly", "reader@example.net");
-    let reply = common::raw_send(
-        smtp,
-        "bounce@news.example",
-        &["reader@example.net"],
-        &marketing("weekly", "reader@example.net"),
-    )
-    .await;
+    let reply = send(&relay, "weekly", "reader@example.net").await;
     assert!(reply.starts_with("250"), "{reply}");
     let text = mx.wait_for(1, WAIT).await[0].text().replace("\r\n ", " ");
     let start = text.find("<mailto:").unwrap() + "<mailto:".len();
     let mailto = &text[start..start + text[start..].find('>').unwrap()];
     assert!(mailto.starts_with("unsubscribe+") && mailto.ends_with("@relay.test"));
 
-    let mut c = stranger(smtp).await;
-    say(&mut c, "").await;
-    say(&mut c, "EHLO mailbox-provider.example").await;
-    assert!(
-        say(&mut c, "MAIL FROM:<reader@example.net>")
-            .await
-            .starts_with("250")
-    );
+    // A client at 127.0.0.9, which no account knows.
+    let mut c = Client::connect_from(smtp, "127.0.0.9").await;
+    c.say("EHLO mailbox-provider.example").await;
+    c.expect("MAIL FROM:<reader@example.net>", "250").await;
     // Nothing but the unsubscribe addresses: no open relay.
-    assert!(
-        say(&mut c, "RCPT TO:<victim@example.org>")
-            .await
-            .starts_with("554 5.7.1")
-    );
-    assert!(
-        say(&mut c, "RCPT TO:<unsubscribe+forged@relay.test>")
-            .await
-            .starts_with("550 5.1.1")
-    );
-    assert!(
-        say(&mut c, &format!("RCPT TO:<{mailto}>"))
-            .await
-            .starts_with("250")
-    );
+    c.expect("RCPT TO:<victim@example.org>", "554 5.7.1").await;
+    c.expect("RCPT TO:<unsubscribe+forged@relay.test>", "550 5.1.1")
+        .await;
+    c.expect(&format!("RCPT TO:<{mailto}>"), "250").await;
     // A stranger's unsubscribe mail is small (64 KiB by default): more is refused, and
     // records nothing.
-    assert!(say(&mut c, "DATA").await.starts_with("354"));
+    c.expect("DATA", "354").await;
     let big = "0123456789012345678901234567890123456789\r\n".repeat(2000);
     assert_eq!(
-        say(&mut c, &format!("Subject: unsubscribe\r\n\r\n{big}.")).await,
+        c.say(&format!("Subject: unsubscribe\r\n\r\n{big}.")).await,
         "552 5.3.4 Message exceeds the size limit of 65536 octets"
     );
     assert!(
@@ -335,30 +234,24 @@ async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() 
         "nothing recorded"
     );
     assert!(
-        say(&mut c, "MAIL FROM:<reader@example.net> SIZE=100000")
+        c.say("MAIL FROM:<reader@example.net> SIZE=100000")
             .await
             .starts_with("250"),
         "a report may still be that large"
     );
     assert_eq!(
-        say(&mut c, &format!("RCPT TO:<{mailto}>")).await,
+        c.say(&format!("RCPT TO:<{mailto}>")).await,
         "552 5.3.4 Message exceeds the size limit of 65536 octets"
     );
-    say(&mut c, "RSET").await;
-    say(&mut c, "MAIL FROM:<reader@example.net>").await;
-    say(&mut c, &format!("RCPT TO:<{mailto}>")).await;
-    assert!(say(&mut c, "DATA").await.starts_with("354"));
+    c.say("RSET").await;
+    c.say("MAIL FROM:<reader@example.net>").await;
+    c.say(&format!("RCPT TO:<{mailto}>")).await;
+    c.expect("DATA", "354").await;
     assert_eq!(
-        say(&mut c, "Subject: unsubscribe\r\n\r\nplease\r\n.").await,
+        c.say("Subject: unsubscribe\r\n\r\nplease\r\n.").await,
         "250 2.0.0 OK unsubscribe recorded"
     );
-    let reply = common::raw_send(
-        smtp,
-        "bounce@news.example",
-        &["reader@example.net"],
-        &marketing("weekly", "reader@example.net"),
-    )
-    .await;
+    let reply = send(&relay, "weekly", "reader@example.net").await;
     assert!(reply.contains("has unsubscribed from this list"), "{reply}");
     // Nothing was relayed or queued for the stranger.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -369,44 +262,19 @@ async fn mail_to_the_unsubscribe_address_unsubscribes_and_relays_nothing_else() 
     relay.shutdown().await;
 }
 
-/// Records in the lists journals of a relay whose spool is in `dir`.
-fn journal_records(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir.join("spool/lists"))
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("journal.") && name != "journal.lock"
-        })
-        .map(|e| e.metadata().unwrap().len() / 32)
-        .sum()
-}
-
 /// A mailbox provider retrying its one-click POST, or a reader clicking twice: the second
 /// and later POSTs for an address already unsubscribed write nothing — no journal record,
 /// no event line — and still answer 200.
 #[tokio::test]
 async fn a_repeated_one_click_writes_nothing() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
-        dir.path(),
-        &format!(
-            "[delivery]\nsmarthost = \"{mx_addr}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [unsubscribe]\nmail_domain = \"relay.test\"\n"
-        ),
-        POLICY,
+    let (mx, relay, dir) = start(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
+             [unsubscribe]\nmail_domain = \"relay.test\"\n",
     )
-    .await;
+    .await
+    .into_parts();
     consent(&relay, "weekly", "twice@example.net");
-    let reply = common::raw_send(
-        relay.smtp_addrs[0],
-        "bounce@news.example",
-        &["twice@example.net"],
-        &marketing("weekly", "twice@example.net"),
-    )
-    .await;
+    let reply = send(&relay, "weekly", "twice@example.net").await;
     assert!(reply.starts_with("250"), "{reply}");
     let token = token_of(&mx.wait_for(1, WAIT).await[0].text());
     let web = relay.http_addr.unwrap();
@@ -417,13 +285,7 @@ async fn a_repeated_one_click_writes_nothing() {
             .count()
     };
     let click = async || {
-        let (status, body) = http(
-            web,
-            "POST",
-            &format!("/u/{token}"),
-            "List-Unsubscribe=One-Click",
-        )
-        .await;
+        let (status, body) = link(web, "POST", &token, "List-Unsubscribe=One-Click").await;
         assert_eq!(status, 200, "{body}");
     };
 
@@ -449,10 +311,10 @@ async fn a_repeated_one_click_writes_nothing() {
     assert_eq!(events(), 1);
     // The account-wide button is another change, recorded once too.
     for _ in 0..2 {
-        let (status, _) = http(
+        let (status, _) = link(
             web,
             "POST",
-            &format!("/u/{token}"),
+            &token,
             "List-Unsubscribe=One-Click&scope=account",
         )
         .await;

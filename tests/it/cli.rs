@@ -1,15 +1,11 @@
 //! The shipped example configs, and the command line as an operator uses it.
 
-mod common;
-
-use std::process::Command;
+use std::path::Path;
 
 use optin_relay::config::Config;
 use optin_relay::policy::Policy;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_optin-relay"))
-}
+use crate::support::{self, Account, SUBSCRIBED, bin};
 
 #[test]
 fn the_example_config_and_policy_load_and_document_every_key() {
@@ -138,18 +134,14 @@ fn the_example_config_and_policy_load_and_document_every_key() {
     assert_eq!(newsletter.lists.len(), 2);
 }
 
-const LISTS_POLICY: &str = r#"
-[accounts.shop]
-from_domains = ["shop.example"]
-networks = ["127.0.0.0/8"]
-streams = ["marketing", "transactional"]
-default_stream = "marketing"
-[accounts.shop.lists.news]
-consent_statement = "You subscribed to {list}."
-"#;
+/// `shop` sends marketing (by default) to `news`.
+fn lists_policy() -> String {
+    let shop = Account::shop().default_stream("marketing");
+    support::policy(&[shop.list("news", SUBSCRIBED)], "")
+}
 
 fn lists_config(dir: &std::path::Path) -> String {
-    std::fs::write(dir.join("policy.toml"), LISTS_POLICY).unwrap();
+    std::fs::write(dir.join("policy.toml"), lists_policy()).unwrap();
     let config = dir.join("relay.toml");
     std::fs::write(
         &config,
@@ -164,13 +156,25 @@ fn lists_config(dir: &std::path::Path) -> String {
     config.to_str().unwrap().to_string()
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = bin().args(args).output().unwrap();
+/// Runs `optin-relay --config CONFIG ARGS…`: whether it succeeded, its stdout and its
+/// stderr.
+fn run(config: &str, args: &[&str]) -> (bool, String, String) {
+    let out = output(config.as_ref(), args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `optin-relay --config CONFIG ARGS…` to its end.
+fn output(config: &Path, args: &[&str]) -> std::process::Output {
+    bin()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -192,19 +196,20 @@ fn lists_import_reads_every_file_type_then_check_and_revoke() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = lists_config(dir.path());
         let path = format!("tests/fixtures/lists/{file}");
-        let (ok, out, err) = run(&[
-            "--config",
+        let (ok, out, err) = run(
             &cfg,
-            "lists",
-            "import",
-            "--kind",
-            "consent",
-            "--account",
-            "shop",
-            "--list",
-            "news",
-            &path,
-        ]);
+            &[
+                "lists",
+                "import",
+                "--kind",
+                "consent",
+                "--account",
+                "shop",
+                "--list",
+                "news",
+                &path,
+            ],
+        );
         assert!(ok, "{file}: {out}{err}");
         assert!(
             out.contains(&format!("read {rows} row(s) from 1 file(s)"))
@@ -218,15 +223,7 @@ fn lists_import_reads_every_file_type_then_check_and_revoke() {
             ("anna@xn--bcher-kva.example", true),
             ("zed@example.com", false),
         ] {
-            let (ok, out, _) = run(&[
-                "--config",
-                &cfg,
-                "lists",
-                "check",
-                address,
-                "--account",
-                "shop",
-            ]);
+            let (ok, out, _) = run(&cfg, &["lists", "check", address, "--account", "shop"]);
             assert_eq!(ok, allowed, "{file} {address}: {out}");
             let verdict = if allowed {
                 "verdict:     allowed"
@@ -236,27 +233,17 @@ fn lists_import_reads_every_file_type_then_check_and_revoke() {
             assert!(out.contains(verdict), "{file} {address}: {out}");
         }
         // A revocation is in force at once, and survives compilation.
-        let (ok, ..) = run(&[
-            "--config",
+        let (ok, ..) = run(
             &cfg,
-            "lists",
-            "revoke",
-            "bob@example.com",
-            "--account",
-            "shop",
-        ]);
+            &["lists", "revoke", "bob@example.com", "--account", "shop"],
+        );
         assert!(ok);
-        let (ok, out, _) = run(&["--config", &cfg, "lists", "compile"]);
+        let (ok, out, _) = run(&cfg, &["lists", "compile"]);
         assert!(ok && out.contains("1 journal change(s)"), "{out}");
-        let (ok, out, _) = run(&[
-            "--config",
+        let (ok, out, _) = run(
             &cfg,
-            "lists",
-            "check",
-            "bob@example.com",
-            "--account",
-            "shop",
-        ]);
+            &["lists", "check", "bob@example.com", "--account", "shop"],
+        );
         assert!(!ok && out.contains("no consent recorded"), "{out}");
         // Nothing in the lists directory holds an address.
         for entry in std::fs::read_dir(dir.path().join("spool/lists")).unwrap() {
@@ -270,48 +257,51 @@ fn lists_import_reads_every_file_type_then_check_and_revoke() {
 fn lists_tools_refuse_bad_input_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = lists_config(dir.path());
-    let (ok, _, err) = run(&[
-        "--config",
+    let (ok, _, err) = run(
         &cfg,
-        "lists",
-        "import",
-        "--kind",
-        "consent",
-        "--account",
-        "nobody",
-        "x.txt",
-    ]);
+        &[
+            "lists",
+            "import",
+            "--kind",
+            "consent",
+            "--account",
+            "nobody",
+            "x.txt",
+        ],
+    );
     assert!(!ok && err.contains("no account \"nobody\""), "{err}");
-    let (ok, _, err) = run(&[
-        "--config",
+    let (ok, _, err) = run(
         &cfg,
-        "lists",
-        "import",
-        "--kind",
-        "consent",
-        "--account",
-        "shop",
-        "--list",
-        "nope",
-        "x.txt",
-    ]);
+        &[
+            "lists",
+            "import",
+            "--kind",
+            "consent",
+            "--account",
+            "shop",
+            "--list",
+            "nope",
+            "x.txt",
+        ],
+    );
     assert!(!ok && err.contains("has no list \"nope\""), "{err}");
-    let (ok, _, err) = run(&["--config", &cfg, "suppress", "add", "not an address"]);
+    let (ok, _, err) = run(&cfg, &["suppress", "add", "not an address"]);
     assert!(!ok && err.contains("not a valid address"), "{err}");
-    let (ok, _, err) = run(&[
-        "--config",
+    let (ok, _, err) = run(
         &cfg,
-        "lists",
-        "import",
-        "--kind",
-        "suppression",
-        "tests/fixtures/lists/no-address-column.xlsx",
-    ]);
+        &[
+            "lists",
+            "import",
+            "--kind",
+            "suppression",
+            "tests/fixtures/lists/no-address-column.xlsx",
+        ],
+    );
     assert!(!ok && err.contains("no-address-column.xlsx"), "{err}");
     // A snapshot that is not one is refused by every tool, naming the file.
     std::fs::create_dir_all(dir.path().join("spool/lists")).unwrap();
     std::fs::write(dir.path().join("spool/lists/snapshot"), b"junk").unwrap();
-    let (ok, _, err) = run(&["--config", &cfg, "lists", "status"]);
+    let (ok, _, err) = run(&cfg, &["lists", "status"]);
     assert!(!ok && err.contains("not an optin-relay snapshot"), "{err}");
 }
 
@@ -320,21 +310,19 @@ fn config_check_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[smtp]\nlisten = 5\nmax_message_size = \"huge\"\n[delivery]\nsmarthost = \"nope\"\n[extra]\n").unwrap();
-    let out = bin()
-        .args(["--config", path.to_str().unwrap(), "config", "check"])
-        .output()
-        .unwrap();
+    let out = output(&path, &["config", "check"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("4 problems"), "{text}");
-    for p in [
-        "delivery.smarthost",
-        "extra: unknown key",
-        "smtp.listen",
-        "smtp.max_message_size",
-    ] {
-        assert!(text.contains(p), "{p} missing: {text}");
-    }
+    support::assert_has(
+        &text,
+        &[
+            "delivery.smarthost",
+            "extra: unknown key",
+            "smtp.listen",
+            "smtp.max_message_size",
+        ],
+    );
     // a bad policy named by a good config
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[accounts.a]\nnetworks = [\"not-a-net\"]\n[[accounts.a.users]]\nusername = \"u\"\npassword_hash = \"plain\"\n").unwrap();
@@ -344,10 +332,7 @@ fn config_check_lists_every_problem() {
         format!("[policy]\npath = \"{}\"\n", policy.display()),
     )
     .unwrap();
-    let out = bin()
-        .args(["--config", good.to_str().unwrap(), "config", "check"])
-        .output()
-        .unwrap();
+    let out = output(&good, &["config", "check"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -355,10 +340,7 @@ fn config_check_lists_every_problem() {
         "{text}"
     );
     // serve refuses to start on it, saying why
-    let out = bin()
-        .args(["--config", good.to_str().unwrap(), "serve"])
-        .output()
-        .unwrap();
+    let out = output(&good, &["serve"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("accounts.a.networks"),
@@ -374,10 +356,7 @@ fn config_check_warns_about_links_recipients_cannot_use() {
     let check = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let out = bin()
-            .args(["--config", path.to_str().unwrap(), "config", "check"])
-            .output()
-            .unwrap();
+        let out = output(&path, &["config", "check"]);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -456,13 +435,13 @@ fn hash_password_makes_a_hash_the_policy_accepts() {
 async fn queue_list_and_show_read_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     // a smart host that refuses connections: the message stays queued
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         "[delivery]\nsmarthost = \"127.0.0.1:9\"\nretry_initial = \"1h\"\n",
-        common::LOOPBACK_POLICY,
+        support::LOOPBACK_POLICY,
     )
     .await;
-    let reply = common::raw_send(
+    let reply = support::raw_send(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["a@x.example", "b@y.example"],
@@ -480,10 +459,7 @@ async fn queue_list_and_show_read_the_spool() {
         ),
     )
     .unwrap();
-    let out = bin()
-        .args(["--config", config.to_str().unwrap(), "queue", "list"])
-        .output()
-        .unwrap();
+    let out = output(&config, &["queue", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -491,39 +467,18 @@ async fn queue_list_and_show_read_the_spool() {
         "{text}"
     );
     assert!(text.contains("1 message(s) queued"), "{text}");
-    let out = bin()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "queue",
-            "list",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = output(&config, &["queue", "list", "--json"]);
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["id"], id.as_str());
     assert_eq!(line["pending"], 2);
-    let out = bin()
-        .args(["--config", config.to_str().unwrap(), "queue", "show", &id])
-        .output()
-        .unwrap();
+    let out = output(&config, &["queue", "show", &id]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("sender:    <app@shop.example>")
             && text.contains("<a@x.example>  deferred, 1 attempt(s)"),
         "{text}"
     );
-    let out = bin()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "queue",
-            "show",
-            "0000000000000000",
-        ])
-        .output()
-        .unwrap();
+    let out = output(&config, &["queue", "show", "0000000000000000"]);
     assert_eq!(out.status.code(), Some(1));
     relay.shutdown().await;
 }

@@ -2,100 +2,41 @@
 //! exact counts in `GET /metrics`, a HELP line for every metric, and no address in any
 //! label.
 //!
-//! The recorder is global to the process, so this binary holds one test, which compares
-//! the exposition after the traffic with the one before it.
-
-mod common;
+//! The recorder is global to the process, so the test runs alone in a process of its own
+//! ([`crate::alone!`]) and compares the exposition after the traffic with the one before
+//! it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, record};
 use optin_relay::consent::{CONSENT, Kind, Reason, Scope};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+
+use crate::support::{self, Account, Client, MxOptions, Running, SIGNED_UP, record, settle};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// `shop` (127.0.0.1) sends both streams, decided at the end of DATA; `news` (127.0.0.2)
 /// sends marketing to its one list, decided at RCPT.
-const POLICY: &str = r#"
-[accounts.shop]
-from_domains = ["sender.example"]
-networks = ["127.0.0.0/8"]
-streams = ["marketing", "transactional"]
-default_stream = "transactional"
-[accounts.shop.lists.deals]
-consent_statement = "You get {list} because you signed up."
-
-[accounts.news]
-from_domains = ["sender.example"]
-networks = ["127.0.0.2/32"]
-streams = ["marketing"]
-[accounts.news.lists.weekly]
-consent_statement = "You subscribed to {list}."
-"#;
-
-/// A hand-written client from a given loopback address that returns every reply.
-struct Client {
-    io: BufReader<TcpStream>,
+fn policy() -> String {
+    let shop = Account::shop()
+        .domains(&["sender.example"])
+        .list("deals", SIGNED_UP);
+    support::policy(&[shop, Account::newsletter()], "")
 }
 
-impl Client {
-    async fn connect(relay: SocketAddr, from_ip: &str) -> Client {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket
-            .bind(format!("{from_ip}:0").parse().unwrap())
-            .unwrap();
-        let mut c = Client {
-            io: BufReader::new(socket.connect(relay).await.unwrap()),
-        };
-        assert!(c.reply().await.starts_with("220"));
-        c
-    }
-
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            assert!(self.io.read_line(&mut l).await.unwrap() > 0, "closed");
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return all.trim_end().to_string();
-            }
-        }
-    }
-
-    /// Sends `line` and asserts the reply starts with `code`.
-    async fn say(&mut self, line: &str, code: &str) -> String {
-        let io = self.io.get_mut();
-        io.write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        let reply = self.reply().await;
-        assert!(reply.starts_with(code), "{line} -> {reply}");
-        reply
-    }
-
-    /// Ends the session and waits until the relay has closed it.
-    async fn quit(mut self) {
-        self.say("QUIT", "221").await;
-        let mut rest = Vec::new();
-        let _ = self.io.read_to_end(&mut rest).await;
-    }
+/// A session from `from_ip` (a loopback address) that was greeted with 220.
+async fn connect(relay: SocketAddr, from_ip: &str) -> Client {
+    let c = Client::connect_from(relay, from_ip).await;
+    assert!(c.greeting.starts_with("220"));
+    c
 }
 
+/// `GET path`, which must be answered 200: the body.
 async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+    let (status, body) = support::http(addr, "GET", path, "").await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// Every sample of an exposition, keyed by its series as written (`name{labels}`).
@@ -144,15 +85,11 @@ fn assert_deltas(before: &HashMap<String, f64>, after: &HashMap<String, f64>, ex
 
 #[tokio::test]
 async fn the_exposition_counts_the_traffic_and_names_no_one() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
-        POLICY,
-    )
-    .await;
+    crate::alone!("the_exposition_counts_the_traffic_and_names_no_one");
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let (mx, relay, _dir) = Running::start(MxOptions::default(), admin, &policy())
+        .await
+        .into_parts();
     let http = relay.admin_addr.expect("the operator listener");
     let smtp = relay.smtp_addrs[0];
     let lists = &relay.lists;
@@ -188,31 +125,31 @@ async fn the_exposition_counts_the_traffic_and_names_no_one() {
 
     // 1. Transactional mail accepted, one recipient refused for its syntax, an unknown
     //    command, verbs in lower case.
-    let mut a = Client::connect(smtp, "127.0.0.1").await;
-    a.say("EHLO client.test", "250").await;
-    a.say("MAIL FROM:<shop@sender.example>", "250").await;
-    a.say("RCPT TO:<b@example.net>", "250").await;
-    a.say("RCPT TO:<not an address>", "501").await;
-    a.say("DATA", "354").await;
-    a.say(
+    let mut a = connect(smtp, "127.0.0.1").await;
+    a.expect("EHLO client.test", "250").await;
+    a.expect("MAIL FROM:<shop@sender.example>", "250").await;
+    a.expect("RCPT TO:<b@example.net>", "250").await;
+    a.expect("RCPT TO:<not an address>", "501").await;
+    a.expect("DATA", "354").await;
+    a.expect(
         "From: <shop@sender.example>\r\nSubject: receipt\r\n\r\nThanks.\r\n.",
         "250",
     )
     .await;
-    a.say("XYZZY b@example.net", "500").await;
-    a.say("rset", "250").await;
-    a.say("noop", "250").await;
+    a.expect("XYZZY b@example.net", "500").await;
+    a.expect("rset", "250").await;
+    a.expect("noop", "250").await;
     a.quit().await;
 
     // 2. news: marketing decided at RCPT: one consented, one never asked, one unsubscribed.
-    let mut b = Client::connect(smtp, "127.0.0.2").await;
-    b.say("EHLO client.test", "250").await;
-    b.say("MAIL FROM:<news@sender.example>", "250").await;
-    b.say("RCPT TO:<reader@example.net>", "250").await;
-    b.say("RCPT TO:<stranger@example.net>", "550").await;
-    b.say("RCPT TO:<gone@example.net>", "550").await;
-    b.say("DATA", "354").await;
-    b.say(
+    let mut b = connect(smtp, "127.0.0.2").await;
+    b.expect("EHLO client.test", "250").await;
+    b.expect("MAIL FROM:<news@sender.example>", "250").await;
+    b.expect("RCPT TO:<reader@example.net>", "250").await;
+    b.expect("RCPT TO:<stranger@example.net>", "550").await;
+    b.expect("RCPT TO:<gone@example.net>", "550").await;
+    b.expect("DATA", "354").await;
+    b.expect(
         "From: <news@sender.example>\r\nSubject: weekly\r\n\r\nNews.\r\n.",
         "250",
     )
@@ -221,22 +158,22 @@ async fn the_exposition_counts_the_traffic_and_names_no_one() {
 
     // 3. shop: marketing decided at the end of DATA (one consented, one not: a DSN to the
     //    sender), then a message refused for a list the account does not have.
-    let mut c = Client::connect(smtp, "127.0.0.1").await;
-    c.say("EHLO client.test", "250").await;
-    c.say("MAIL FROM:<shop@sender.example>", "250").await;
-    c.say("RCPT TO:<fan@example.net>", "250").await;
-    c.say("RCPT TO:<stranger@example.net>", "250").await;
-    c.say("DATA", "354").await;
-    c.say(
+    let mut c = connect(smtp, "127.0.0.1").await;
+    c.expect("EHLO client.test", "250").await;
+    c.expect("MAIL FROM:<shop@sender.example>", "250").await;
+    c.expect("RCPT TO:<fan@example.net>", "250").await;
+    c.expect("RCPT TO:<stranger@example.net>", "250").await;
+    c.expect("DATA", "354").await;
+    c.expect(
         "From: <shop@sender.example>\r\nSubject: deals\r\nX-Optin-Stream: marketing\r\n\
          X-Optin-List: deals\r\n\r\nDeals.\r\n.",
         "250",
     )
     .await;
-    c.say("MAIL FROM:<shop@sender.example>", "250").await;
-    c.say("RCPT TO:<fan@example.net>", "250").await;
-    c.say("DATA", "354").await;
-    c.say(
+    c.expect("MAIL FROM:<shop@sender.example>", "250").await;
+    c.expect("RCPT TO:<fan@example.net>", "250").await;
+    c.expect("DATA", "354").await;
+    c.expect(
         "From: <shop@sender.example>\r\nSubject: x\r\nX-Optin-List: nope\r\n\r\nX.\r\n.",
         "550",
     )
@@ -245,25 +182,24 @@ async fn the_exposition_counts_the_traffic_and_names_no_one() {
 
     // Three messages and the DSN reach the MX; wait for their outcomes to be counted too.
     mx.wait_for(4, WAIT).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let (text, after) = loop {
+    let exposition = async || {
         let text = http_get(http, "/metrics").await;
         let after = samples(&text);
-        let delivered = |s: &HashMap<String, f64>| {
-            value(
-                s,
-                "optin_delivery_recipients_total",
-                &[("result", "delivered")],
-            )
-            .unwrap_or(0.0)
-        };
-        let delivered = delivered(&after) - delivered(&before);
-        let active = value(&after, "optin_smtp_sessions_active", &[]);
-        if (delivered >= 4.0 && active == Some(0.0)) || tokio::time::Instant::now() > deadline {
-            break (text, after);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        (text, after)
     };
+    let delivered = |s: &HashMap<String, f64>| {
+        value(
+            s,
+            "optin_delivery_recipients_total",
+            &[("result", "delivered")],
+        )
+        .unwrap_or(0.0)
+    };
+    let counted = |(_, after): &(String, HashMap<String, f64>)| {
+        let active = value(after, "optin_smtp_sessions_active", &[]);
+        delivered(after) - delivered(&before) >= 4.0 && active == Some(0.0)
+    };
+    let (text, after) = settle(WAIT, exposition, counted).await;
 
     let verb = |v: &'static str| [("verb", v)];
     let reason = |r: &'static str| [("reason", r)];

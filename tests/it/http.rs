@@ -8,12 +8,10 @@
 //! Timeouts are set short in the config (a few hundred ms) and each test allows seconds
 //! for the cut: they show that a connection is closed, never how fast anything is.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{LOOPBACK_POLICY, TestCa, http, http_on};
+use crate::support::{self, LOOPBACK_POLICY, TestCa, eventually, http, http_on};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,7 +20,7 @@ const CUT: Duration = Duration::from_secs(8);
 
 /// A relay with both listeners on free ports; `http` adds keys to `[http]`.
 async fn relay(dir: &std::path::Path, http: &str) -> optin_relay::server::Relay {
-    common::start_relay(
+    support::start_relay(
         dir,
         &format!("[http]\nlisten = \"127.0.0.1:0\"\n{http}\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
         LOOPBACK_POLICY,
@@ -79,10 +77,7 @@ async fn drip(s: &mut TcpStream, bytes: &[u8], gap: Duration, what: &str) {
 
 /// The value of one sample in the operator listener's exposition (0 when absent).
 async fn metric(relay: &optin_relay::server::Relay, series: &str) -> f64 {
-    let (_, text) = http(relay.admin_addr.unwrap(), "GET", "/metrics", "").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    support::metric(relay.admin_addr.unwrap(), series).await
 }
 
 #[tokio::test]
@@ -291,16 +286,17 @@ async fn slowloris_is_cut_off_and_the_connection_caps_hold() {
         closed(s, "a held half-sent request").await;
     }
     // ...and the listener serves again, also the client that was refused.
+    // (The relay may not have noticed the last close yet.)
     let ok = async |source: &str| {
-        for _ in 0..100 {
-            let answer = http_on(connect_from(source, web).await, "GET", "/healthz", "").await;
-            if answer.status == 200 {
-                return;
-            }
-            // The relay may not have noticed the last close yet.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{source} is still refused");
+        eventually(
+            Duration::from_secs(5),
+            &format!("{source} served"),
+            async || {
+                let answer = http_on(connect_from(source, web).await, "GET", "/healthz", "").await;
+                answer.status == 200
+            },
+        )
+        .await
     };
     ok("127.0.0.2").await;
     ok("127.0.0.4").await;

@@ -3,46 +3,38 @@
 //! after the (shortened) backoff; events wait in the outbox across a restart; an account
 //! without a webhook sends nothing.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{self, Account, FakeMx, MxOptions, Running, SUBSCRIBED, token_of};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{FakeMx, MxOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "s3cret-s3cret-s3cret";
 
 /// The account `news`, with a webhook to `hook` when given.
 fn policy(hook: Option<SocketAddr>) -> String {
-    let mut p = String::from(
-        r#"
-[accounts.news]
-networks = ["127.0.0.1/32"]
-streams = ["marketing", "transactional"]
-default_stream = "marketing"
-from_domains = ["news.example"]
-[accounts.news.lists.weekly]
-consent_statement = "You subscribed to {list}."
-"#,
-    );
+    let mut news = Account::news().list("weekly", SUBSCRIBED);
     if let Some(addr) = hook {
-        p.push_str(&format!(
-            "[accounts.news.webhook]\nurl = \"http://{addr}/hooks/optin?src=relay\"\nsecret = \"{SECRET}\"\n"
-        ));
+        news = news.table(
+            "webhook",
+            &format!("url = \"http://{addr}/hooks/optin?src=relay\"\nsecret = \"{SECRET}\""),
+        );
     }
-    p
+    support::policy(&[news], "")
 }
 
-fn config(mx: SocketAddr) -> String {
-    format!(
-        "[delivery]\nsmarthost = \"{mx}\"\nretry_initial = \"100ms\"\n[http]\nlisten = \"127.0.0.1:0\"\n[webhooks]\nretry_initial = \"100ms\"\n"
-    )
+/// After the smart host: quick retries, the public listener, quick webhook retries.
+const CONFIG: &str = "retry_initial = \"100ms\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+                      [webhooks]\nretry_initial = \"100ms\"\n";
+
+/// A relay delivering to a fake MX, with a webhook to `hook` when given.
+async fn start(hook: Option<SocketAddr>) -> Running {
+    Running::start(MxOptions::default(), CONFIG, &policy(hook)).await
 }
 
 /// One request the receiver got.
@@ -165,7 +157,7 @@ fn signature_verifies(hit: &Hit, secret: &str) -> bool {
 
 /// A form POST to the relay's HTTP listener: status and body.
 async fn http(addr: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    common::http(addr, "POST", path, body).await
+    support::http(addr, "POST", path, body).await
 }
 
 fn marketing(to: &str) -> String {
@@ -174,29 +166,17 @@ fn marketing(to: &str) -> String {
     )
 }
 
-/// The https link's token from a delivered message.
-fn token_of(text: &str) -> String {
-    let unfolded = text.replace("\r\n ", " ");
-    let line = unfolded
-        .lines()
-        .find(|l| l.starts_with("List-Unsubscribe: "))
-        .unwrap_or_else(|| panic!("no List-Unsubscribe in {text}"));
-    let start = line.find("/u/").unwrap() + 3;
-    line[start..line[start..].find('>').unwrap() + start].to_string()
-}
-
 /// Sends `reader@example.net` a marketing message and unsubscribes it with the one-click
 /// POST of the delivered copy.
 async fn unsubscribe_reader(relay: &optin_relay::server::Relay, mx: &FakeMx) {
-    common::grant(relay, "news", "weekly", "reader@example.net");
-    let reply = common::raw_send(
+    support::grant(relay, "news", "weekly", "reader@example.net");
+    support::send_ok(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["reader@example.net"],
         &marketing("reader@example.net"),
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     let got = mx.wait_for(1, WAIT).await;
     let token = token_of(&got[0].text());
     let (status, body) = http(
@@ -224,10 +204,7 @@ fn outbox(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn an_unsubscribe_posts_one_signed_event() {
     let receiver = Receiver::new(0);
     let hook = receiver.listen("127.0.0.1:0").await;
-    let mx = FakeMx::new(MxOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let relay =
-        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+    let (mx, relay, dir) = start(Some(hook)).await.into_parts();
 
     unsubscribe_reader(&relay, &mx).await;
     let hits = receiver.wait_delivered(1).await;
@@ -265,20 +242,18 @@ async fn an_unsubscribe_posts_one_signed_event() {
 async fn a_hard_bounce_posts_a_bounce_event() {
     let receiver = Receiver::new(0);
     let hook = receiver.listen("127.0.0.1:0").await;
-    let mx = FakeMx::new(MxOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let relay =
-        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+    let Running {
+        relay, dir: _dir, ..
+    } = start(Some(hook)).await;
 
-    common::grant(&relay, "news", "weekly", "permfail@example.net");
-    let reply = common::raw_send(
+    support::grant(&relay, "news", "weekly", "permfail@example.net");
+    support::send_ok(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["permfail@example.net"],
         &marketing("permfail@example.net"),
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     let hits = receiver.wait_delivered(1).await;
     assert_eq!(hits.len(), 1, "{hits:#?}");
     let body = hits[0].json();
@@ -302,10 +277,7 @@ async fn a_hard_bounce_posts_a_bounce_event() {
 async fn a_failing_receiver_gets_the_event_on_the_third_try() {
     let receiver = Receiver::new(2);
     let hook = receiver.listen("127.0.0.1:0").await;
-    let mx = FakeMx::new(MxOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let relay =
-        common::start_relay(dir.path(), &config(mx.listen().await), &policy(Some(hook))).await;
+    let (mx, relay, dir) = start(Some(hook)).await.into_parts();
 
     unsubscribe_reader(&relay, &mx).await;
     let hits = receiver.wait_delivered(1).await;
@@ -328,13 +300,13 @@ async fn a_failing_receiver_gets_the_event_on_the_third_try() {
 #[tokio::test]
 async fn events_wait_in_the_outbox_across_a_restart() {
     // The receiver's port, with nothing listening yet: every attempt is refused.
-    let hook: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(dir.path(), &config(mx_addr), &policy(Some(hook))).await;
+    let hook = support::free_addr();
+    let Running {
+        mx,
+        mx_addr,
+        relay,
+        dir,
+    } = start(Some(hook)).await;
     unsubscribe_reader(&relay, &mx).await;
     // The event is on disk before the one-click POST is answered; let a few attempts fail.
     assert_eq!(outbox(dir.path()).len(), 1);
@@ -346,7 +318,8 @@ async fn events_wait_in_the_outbox_across_a_restart() {
 
     let receiver = Receiver::new(0);
     receiver.listen(&hook.to_string()).await;
-    let relay = common::start_relay(dir.path(), &config(mx_addr), &policy(Some(hook))).await;
+    let config = format!("[delivery]\nsmarthost = \"{mx_addr}\"\n{CONFIG}");
+    let relay = support::start_relay(dir.path(), &config, &policy(Some(hook))).await;
     let hits = receiver.wait_delivered(1).await;
     assert_eq!(hits.len(), 1, "{hits:#?}");
     assert_eq!(
@@ -365,20 +338,17 @@ async fn events_wait_in_the_outbox_across_a_restart() {
 async fn an_account_without_a_webhook_sends_nothing() {
     let receiver = Receiver::new(0);
     receiver.listen("127.0.0.1:0").await;
-    let mx = FakeMx::new(MxOptions::default());
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(dir.path(), &config(mx.listen().await), &policy(None)).await;
+    let (mx, relay, dir) = start(None).await.into_parts();
 
     unsubscribe_reader(&relay, &mx).await;
-    common::grant(&relay, "news", "weekly", "permfail@example.net");
-    let reply = common::raw_send(
+    support::grant(&relay, "news", "weekly", "permfail@example.net");
+    support::send_ok(
         relay.smtp_addrs[0],
         "bounce@news.example",
         &["permfail@example.net"],
         &marketing("permfail@example.net"),
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     // The bounce's DSN to the sender shows the bounce was handled.
     mx.wait_for(2, WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

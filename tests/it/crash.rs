@@ -2,20 +2,17 @@
 //! random moments and restarted; every message that got a 250 must reach the next hop
 //! (duplicates are allowed: delivery is at-least-once, loss is not).
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, free_port, wait_listening};
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+
+use crate::support::{Client, FakeMx, MxOptions, bin, free_port, settle, wait_listening};
 
 const CLIENTS: usize = 4;
 const KILLS: usize = 6;
@@ -26,24 +23,12 @@ fn start(config: &Path, log: &Path) -> Child {
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_optin-relay"))
+    bin()
         .args(["--config", config.to_str().unwrap(), "serve"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("start optin-relay")
-}
-
-async fn reply(io: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    loop {
-        let mut line = String::new();
-        if io.read_line(&mut line).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(line);
-        }
-    }
 }
 
 /// Sends messages over one connection until it breaks; records each token that got a 250.
@@ -54,25 +39,23 @@ async fn client_session(
     acked: &Mutex<HashSet<String>>,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    let mut io = BufReader::new(TcpStream::connect(addr).await?);
-    reply(&mut io).await?;
-    io.get_mut().write_all(b"EHLO crash-client\r\n").await?;
-    reply(&mut io).await?;
+    let mut c = Client::try_connect(addr).await?;
+    c.try_say("EHLO crash-client").await?;
     while !stop.load(Ordering::Relaxed) {
         let token = format!("c{client}-m{next}");
         *next += 1;
         let msg =
             format!("MAIL FROM:<load@shop.example>\r\nRCPT TO:<r{client}@example.net>\r\nDATA\r\n");
-        io.get_mut().write_all(msg.as_bytes()).await?;
+        c.try_write(msg.as_bytes()).await?;
         for _ in 0..3 {
-            reply(&mut io).await?;
+            c.try_reply().await?;
         }
         let body = format!(
             "Subject: {token}\r\nX-Token: {token}\r\n\r\n{}\r\n.\r\n",
             "filler line of text\r\n".repeat(20)
         );
-        io.get_mut().write_all(body.as_bytes()).await?;
-        let r = reply(&mut io).await?;
+        c.try_write(body.as_bytes()).await?;
+        let r = c.try_reply().await?;
         if r.starts_with("250") {
             acked.lock().unwrap().insert(token);
         }
@@ -144,8 +127,7 @@ async fn every_acknowledged_message_survives_kill_9() {
         "too little traffic to prove anything: {}",
         acked.len()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let (missing, delivered) = loop {
+    let arrived = async || {
         let delivered: Vec<String> = mx
             .delivered()
             .iter()
@@ -156,12 +138,15 @@ async fn every_acknowledged_message_survives_kill_9() {
             })
             .collect();
         let seen: HashSet<&String> = delivered.iter().collect();
-        let missing: Vec<&String> = acked.iter().filter(|t| !seen.contains(t)).collect();
-        if missing.is_empty() || tokio::time::Instant::now() > deadline {
-            break (missing.into_iter().cloned().collect::<Vec<_>>(), delivered);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let missing: Vec<String> = acked
+            .iter()
+            .filter(|t| !seen.contains(t))
+            .cloned()
+            .collect();
+        (missing, delivered)
     };
+    let all_there = |(missing, _): &(Vec<String>, Vec<String>)| missing.is_empty();
+    let (missing, delivered) = settle(Duration::from_secs(60), arrived, all_there).await;
     let unique: HashSet<&String> = delivered.iter().collect();
     println!(
         "acknowledged {}, delivered {} ({} unique, {} duplicates), kills {KILLS}",

@@ -2,17 +2,17 @@
 //! submits to the relay started as `serve` starts it; the relay resolves MX records from a
 //! fake DNS server and delivers into an in-process fake MX scripted by recipient.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, start_relay};
+use crate::support::{
+    self, FakeDns, FakeMx, LOOPBACK_POLICY, MxOptions, Running, session, start_relay,
+};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mail_parser::{MessageParser, MimeHeaders};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -48,16 +48,8 @@ async fn relay_to_mx(
     extra: &str,
     policy: &str,
 ) -> (FakeMx, optin_relay::server::Relay, tempfile::TempDir) {
-    let mx = FakeMx::new(options);
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\n{extra}"),
-        policy,
-    )
-    .await;
-    (mx, relay, dir)
+    let run = Running::start(options, extra, policy).await;
+    (run.mx, run.relay, run.dir)
 }
 
 fn lettre_plain(port: u16) -> AsyncSmtpTransport<Tokio1Executor> {
@@ -183,36 +175,6 @@ async fn lettre_with_starttls_and_auth() {
     relay.shutdown().await;
 }
 
-/// A hand-written session, one line at a time, returning every reply.
-async fn session(addr: std::net::SocketAddr, lines: &[&str]) -> Vec<String> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut io = BufReader::new(stream);
-    let mut replies = Vec::new();
-    let read = async |io: &mut BufReader<tokio::net::TcpStream>| {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            if io.read_line(&mut l).await.unwrap() == 0 {
-                return all;
-            }
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return all.trim_end().to_string();
-            }
-        }
-    };
-    replies.push(read(&mut io).await);
-    // every entry is a command or a whole DATA body ending in ".": one reply each
-    for line in lines {
-        io.get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        replies.push(read(&mut io).await);
-    }
-    replies
-}
-
 #[tokio::test]
 async fn failures_come_back_as_a_dsn() {
     let (mx, delivery, dir) = mx_setup(MxOptions::default()).await;
@@ -254,22 +216,20 @@ async fn failures_come_back_as_a_dsn() {
     );
     assert_eq!(parsed.content_type().unwrap().subtype(), Some("report"));
     let status = String::from_utf8_lossy(parsed.parts[2].contents()).into_owned();
-    for expected in [
-        "Original-Envelope-Id: run-42",
-        "Original-Recipient: rfc822;PermFail@example.net",
-        "Final-Recipient: rfc822; permfail@example.net",
-        "Status: 5.1.1",
-        "Remote-MTA: dns; mx.example.net",
-        "Final-Recipient: rfc822; someone@nowhere.invalid",
-        "Status: 5.1.2",
-        "Final-Recipient: rfc822; x@null.example",
-        "Status: 5.1.10",
-    ] {
-        assert!(
-            status.contains(expected),
-            "{expected} missing from\n{status}"
-        );
-    }
+    support::assert_has(
+        &status,
+        &[
+            "Original-Envelope-Id: run-42",
+            "Original-Recipient: rfc822;PermFail@example.net",
+            "Final-Recipient: rfc822; permfail@example.net",
+            "Status: 5.1.1",
+            "Remote-MTA: dns; mx.example.net",
+            "Final-Recipient: rfc822; someone@nowhere.invalid",
+            "Status: 5.1.2",
+            "Final-Recipient: rfc822; x@null.example",
+            "Status: 5.1.10",
+        ],
+    );
     assert!(!status.contains("ok@example.net"));
     // RET=HDRS: the headers come back, the body does not
     let returned = String::from_utf8_lossy(parsed.parts[3].contents()).into_owned();
@@ -285,14 +245,13 @@ async fn failures_come_back_as_a_dsn() {
 async fn temporary_dns_failures_are_deferred_not_bounced() {
     let (mx, delivery, dir) = mx_setup(MxOptions::default()).await;
     let relay = start_relay(dir.path(), &delivery, LOOPBACK_POLICY).await;
-    let reply = common::raw_send(
+    support::send_ok(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["a@broken.example", "tempfail@example.net"],
         "Subject: t\r\n\r\nx",
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     // give delivery time to try
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
@@ -391,20 +350,14 @@ async fn success_notice_when_the_next_hop_has_no_dsn() {
     let got = mx.wait_for(2, WAIT).await;
     assert!(got[0].mail_params.find("RET=").is_none());
     let dsn = got.iter().find(|d| d.mail_from.is_empty()).unwrap();
-    let parsed = MessageParser::default().parse(&dsn.data).unwrap();
-    let status = String::from_utf8_lossy(parsed.parts[2].contents()).into_owned();
+    let status = dsn.dsn_status();
     assert!(status.contains("Action: relayed"), "{status}");
     relay.shutdown().await;
 }
 
+/// `GET path`: the body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    support::http(addr, "GET", path, "").await.1
 }
 
 #[tokio::test]
@@ -417,7 +370,7 @@ async fn metrics_and_health_on_the_operator_listener() {
     .await;
     let http = relay.admin_addr.unwrap();
     assert!(http_get(http, "/healthz").await.ends_with("ok\n"));
-    common::raw_send(
+    support::raw_send(
         relay.smtp_addrs[0],
         "a@shop.example",
         &["b@example.net"],
@@ -572,14 +525,13 @@ async fn shutdown_lets_a_transaction_finish_and_closes_idle_sessions() {
 async fn tls_required_by_policy_never_falls_back_to_plain_text() {
     let policy = format!("{LOOPBACK_POLICY}[destinations.\"*\"]\ntls = \"required\"\n");
     let (mx, relay, _dir) = relay_to_mx(MxOptions::default(), "", &policy).await;
-    let reply = common::raw_send(
+    support::send_ok(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["a@example.net"],
         "Subject: secret\r\n\r\nonly over TLS\r\n",
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(mx.delivered().is_empty(), "sent in plain text");
     assert!(mx.connections() >= 1, "the relay did try");
@@ -594,14 +546,13 @@ async fn tls_required_by_policy_never_falls_back_to_plain_text() {
         &policy,
     )
     .await;
-    let reply = common::raw_send(
+    support::send_ok(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["a@example.net"],
         "Subject: secret\r\n\r\nonly over TLS\r\n",
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     let got = mx.wait_for(1, WAIT).await;
     assert!(got[0].tls, "delivered without TLS");
     relay.shutdown().await;
@@ -637,14 +588,13 @@ async fn delivery_falls_back_through_the_mx_list() {
         LOOPBACK_POLICY,
     )
     .await;
-    let reply = common::raw_send(
+    support::send_ok(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["someone@multi.example"],
         "Subject: fallback\r\n\r\nhello\r\n",
     )
     .await;
-    assert!(reply.starts_with("250"), "{reply}");
     let got = good.wait_for(1, WAIT).await;
     assert_eq!(got[0].rcpt_to, ["someone@multi.example"]);
     assert_eq!(busy.connections(), 1, "the busy MX was tried first");

@@ -1,144 +1,94 @@
 //! Consent and suppression enforced by the running relay: over real sockets, from lists
 //! changed in-process, by the `optin-relay` binary beside it, and across a `kill -9`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, free_port, record, wait_listening};
-use optin_relay::consent::{CONSENT, Kind, Reason, Scope};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+use optin_relay::consent::{Kind, Reason, Scope};
+
+use crate::support::{
+    self, Account, Client, FakeMx, MxOptions, Running, bin, free_port, grant, record, settle,
+    wait_listening,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// `news` (127.0.0.2) may send marketing only, to its one list: its verdicts are known at
 /// RCPT. `shop` (the rest of loopback) sends both streams and has two lists: marketing is
 /// decided at the end of DATA from the X-Optin-* headers.
-const POLICY: &str = r#"
-[accounts.shop]
-from_domains = ["sender.example"]
-networks = ["127.0.0.0/8"]
-streams = ["marketing", "transactional"]
-default_stream = "transactional"
-[accounts.shop.lists.deals]
-name = "Deals"
-consent_statement = "You get {list} because you signed up at {source}."
-[accounts.shop.lists.tips]
-consent_statement = "You get {list} because you asked for it."
-
-[accounts.news]
-from_domains = ["sender.example"]
-networks = ["127.0.0.2/32"]
-streams = ["marketing"]
-[accounts.news.lists.weekly]
-consent_statement = "You subscribed to {list}."
-"#;
+fn policy() -> String {
+    let shop = Account::shop()
+        .domains(&["sender.example"])
+        .list_with(
+            "deals",
+            &[
+                ("name", "Deals"),
+                (
+                    "consent_statement",
+                    "You get {list} because you signed up at {source}.",
+                ),
+            ],
+        )
+        .list("tips", "You get {list} because you asked for it.");
+    support::policy(&[shop, Account::newsletter()], "")
+}
 
 struct Setup {
     mx: FakeMx,
     relay: optin_relay::server::Relay,
+    /// A config for the binary, naming the relay's spool and policy.
     config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
+/// A relay delivering to a fake MX, following changes to its lists every 50 ms.
 async fn setup() -> Setup {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "[delivery]\nsmarthost = \"{mx_addr}\"\n[lists]\nrefresh_interval = \"50ms\"\n[policy]\npath = \"{}\"\n",
-        dir.path().join("policy.toml").display()
+    let policy_file = dir.path().join("policy.toml");
+    std::fs::write(&policy_file, policy()).unwrap();
+    let delivery = format!(
+        "[lists]\nrefresh_interval = \"50ms\"\n[policy]\npath = \"{}\"\n",
+        policy_file.display()
     );
-    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
-    let config = dir.path().join("relay.toml");
+    let run = Running::start_in(dir, MxOptions::default(), &delivery, &policy()).await;
+    let config = run.dir.path().join("relay.toml");
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n{extra}",
-            dir.path().join("spool").display()
+            "[smtp]\nlisten = \"127.0.0.1:0\"\nhostname = \"relay.test\"\n[spool]\npath = \"{}\"\n\
+             [http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n{}",
+            run.spool().display(),
+            support::relay::smarthost(run.mx_addr, &delivery)
         ),
     )
     .unwrap();
-    let relay = common::start_relay(dir.path(), &extra, POLICY).await;
     Setup {
-        mx,
-        relay,
+        mx: run.mx,
+        relay: run.relay,
         config,
-        _dir: dir,
+        _dir: run.dir,
     }
 }
 
-/// A hand-written client that shows every reply.
-struct Client {
-    io: BufReader<TcpStream>,
+/// A relay delivering to a fake MX over one connection at a time, with `policy`.
+async fn one_connection(policy: &str) -> Running {
+    let delivery = "max_connections_per_destination = 1\n";
+    Running::start(MxOptions::default(), delivery, policy).await
 }
 
-impl Client {
-    async fn connect(relay: SocketAddr, from_ip: &str) -> Client {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket
-            .bind(format!("{from_ip}:0").parse().unwrap())
-            .unwrap();
-        let stream = socket.connect(relay).await.unwrap();
-        let mut c = Client {
-            io: BufReader::new(stream),
-        };
-        c.reply().await;
-        c.say("EHLO client.test").await;
-        c
-    }
+/// MAIL from `from`, RCPT to each of `to`, DATA with `headers` and a body: the RCPT
+/// replies and the reply to the end of the data.
+async fn send(c: &mut Client, from: &str, to: &[&str], headers: &str) -> (Vec<String>, String) {
+    let message = format!("From: <{from}>\r\nSubject: hello\r\n{headers}\r\nHello there.");
+    c.transaction(from, to, &message).await
+}
 
-    async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            assert!(
-                self.io.read_line(&mut l).await.unwrap() > 0,
-                "connection closed"
-            );
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return all.trim_end().to_string();
-            }
-        }
-    }
-
-    async fn say(&mut self, line: &str) -> String {
-        self.io
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.reply().await
-    }
-
-    /// MAIL, RCPTs (their replies), DATA with `headers` and a body; the final reply.
-    async fn send(&mut self, from: &str, to: &[&str], headers: &str) -> (Vec<String>, String) {
-        assert!(
-            self.say(&format!("MAIL FROM:<{from}>"))
-                .await
-                .starts_with("250")
-        );
-        let mut rcpt = Vec::new();
-        for t in to {
-            rcpt.push(self.say(&format!("RCPT TO:<{t}>")).await);
-        }
-        if !rcpt.iter().any(|r| r.starts_with("250")) {
-            self.say("RSET").await;
-            return (rcpt, String::new());
-        }
-        assert!(self.say("DATA").await.starts_with("354"));
-        let end = self
-            .say(&format!(
-                "From: <{from}>\r\nSubject: hello\r\n{headers}\r\nHello there.\r\n."
-            ))
-            .await;
-        (rcpt, end)
-    }
+/// The reply to RCPT for `to`, asked again (MAIL, RCPT, RSET) until it is a refusal or
+/// 2 s have passed.
+async fn refused_soon(c: &mut Client, from: &str, to: &str) -> String {
+    let rcpt = async || c.rcpt(from, to).await;
+    settle(Duration::from_secs(2), rcpt, |r| r.starts_with("550")).await
 }
 
 #[tokio::test]
@@ -146,8 +96,8 @@ async fn marketing_account_refuses_at_rcpt_and_delivers_to_consented_recipients(
     let s = setup().await;
     let lists = &s.relay.lists;
     let weekly = Scope::List("news", "weekly");
-    record(lists, Kind::Consent, weekly, "yes@example.net", CONSENT);
-    record(lists, Kind::Consent, weekly, "gone@example.net", CONSENT);
+    grant(&s.relay, "news", "weekly", "yes@example.net");
+    grant(&s.relay, "news", "weekly", "gone@example.net");
     record(
         lists,
         Kind::Suppression,
@@ -155,14 +105,14 @@ async fn marketing_account_refuses_at_rcpt_and_delivers_to_consented_recipients(
         "gone@example.net",
         Reason::Unsubscribe.bit(),
     );
-    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.2").await;
-    let (rcpt, end) = c
-        .send(
-            "news@sender.example",
-            &["Yes@Example.NET", "gone@example.net", "never@example.net"],
-            "",
-        )
-        .await;
+    let mut c = Client::hello(s.relay.smtp_addrs[0], "127.0.0.2").await;
+    let (rcpt, end) = send(
+        &mut c,
+        "news@sender.example",
+        &["Yes@Example.NET", "gone@example.net", "never@example.net"],
+        "",
+    )
+    .await;
     assert!(rcpt[0].starts_with("250"), "{rcpt:?}");
     assert_eq!(
         rcpt[1],
@@ -182,9 +132,8 @@ async fn marketing_account_refuses_at_rcpt_and_delivers_to_consented_recipients(
 async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
     let s = setup().await;
     let lists = &s.relay.lists;
-    let deals = Scope::List("shop", "deals");
-    record(lists, Kind::Consent, deals, "fan@example.net", CONSENT);
-    record(lists, Kind::Consent, deals, "left@example.net", CONSENT);
+    grant(&s.relay, "shop", "deals", "fan@example.net");
+    grant(&s.relay, "shop", "deals", "left@example.net");
     record(
         lists,
         Kind::Suppression,
@@ -199,17 +148,17 @@ async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
         "dead@example.net",
         Reason::Bounce.bit(),
     );
-    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.1").await;
+    let mut c = Client::hello(s.relay.smtp_addrs[0], "127.0.0.1").await;
 
     // Transactional (the account's default): an unsubscribe does not stop it, a hard
     // bounce does, and right at RCPT (nothing in the message could change that).
-    let (rcpt, end) = c
-        .send(
-            "shop@sender.example",
-            &["left@example.net", "dead@example.net"],
-            "",
-        )
-        .await;
+    let (rcpt, end) = send(
+        &mut c,
+        "shop@sender.example",
+        &["left@example.net", "dead@example.net"],
+        "",
+    )
+    .await;
     assert!(rcpt[0].starts_with("250"), "{rcpt:?}");
     assert_eq!(
         rcpt[1],
@@ -221,17 +170,17 @@ async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
 
     // Marketing to the deals list: one consented, one unsubscribed, one never asked. The
     // message is accepted for the consented one; the sender gets a DSN about the others.
-    let (rcpt, end) = c
-        .send(
-            "shop@sender.example",
-            &[
-                "fan@example.net",
-                "left@example.net",
-                "stranger@example.net",
-            ],
-            "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\nX-Optin-Campaign: spring-1\r\n",
-        )
-        .await;
+    let (rcpt, end) = send(
+        &mut c,
+        "shop@sender.example",
+        &[
+            "fan@example.net",
+            "left@example.net",
+            "stranger@example.net",
+        ],
+        "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\nX-Optin-Campaign: spring-1\r\n",
+    )
+    .await;
     assert!(rcpt.iter().all(|r| r.starts_with("250")), "{rcpt:?}");
     assert!(end.starts_with("250"), "{end}");
     let got = s.mx.wait_for(3, WAIT).await;
@@ -270,33 +219,33 @@ async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
     assert!(!text.contains("rfc822; fan@example.net"), "{text}");
 
     // Everyone refused: a 550 for the message.
-    let (_, end) = c
-        .send(
-            "shop@sender.example",
-            &["left@example.net", "stranger@example.net"],
-            "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\n",
-        )
-        .await;
+    let (_, end) = send(
+        &mut c,
+        "shop@sender.example",
+        &["left@example.net", "stranger@example.net"],
+        "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\n",
+    )
+    .await;
     assert_eq!(
         end,
         "550 5.7.1 No recipient may receive this message: <left@example.net> has unsubscribed from all mail of this sender (and 1 more)"
     );
     // Bad headers.
-    let (_, end) = c
-        .send(
-            "shop@sender.example",
-            &["fan@example.net"],
-            "X-Optin-List: nope\r\n",
-        )
-        .await;
+    let (_, end) = send(
+        &mut c,
+        "shop@sender.example",
+        &["fan@example.net"],
+        "X-Optin-List: nope\r\n",
+    )
+    .await;
     assert_eq!(end, "550 5.7.1 Unknown list \"nope\" for this account");
-    let (_, end) = c
-        .send(
-            "shop@sender.example",
-            &["fan@example.net"],
-            "X-Optin-Stream: marketing\r\n",
-        )
-        .await;
+    let (_, end) = send(
+        &mut c,
+        "shop@sender.example",
+        &["fan@example.net"],
+        "X-Optin-Stream: marketing\r\n",
+    )
+    .await;
     assert!(
         end.starts_with("550 5.7.1 Marketing mail needs a list"),
         "{end}"
@@ -308,13 +257,7 @@ async fn streams_lists_and_partial_refusals_at_the_end_of_data() {
 async fn a_withheld_notice_returns_headers_only_and_never_reaches_a_suppressed_sender() {
     let s = setup().await;
     let lists = &s.relay.lists;
-    record(
-        lists,
-        Kind::Consent,
-        Scope::List("shop", "deals"),
-        "fan@example.net",
-        CONSENT,
-    );
+    grant(&s.relay, "shop", "deals", "fan@example.net");
     record(
         lists,
         Kind::Suppression,
@@ -322,22 +265,15 @@ async fn a_withheld_notice_returns_headers_only_and_never_reaches_a_suppressed_s
         "complained@sender.example",
         Reason::Complaint.bit(),
     );
-    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.1").await;
+    let mut c = Client::hello(s.relay.smtp_addrs[0], "127.0.0.1").await;
     // Marketing with RET=FULL to a consented and a never-asked recipient, from a sender
     // that complained, then from one that did not.
     for sender in ["complained@sender.example", "shop@sender.example"] {
-        assert!(
-            c.say(&format!("MAIL FROM:<{sender}> RET=FULL"))
-                .await
-                .starts_with("250")
-        );
-        assert!(c.say("RCPT TO:<fan@example.net>").await.starts_with("250"));
-        assert!(
-            c.say("RCPT TO:<stranger@example.net>")
-                .await
-                .starts_with("250")
-        );
-        assert!(c.say("DATA").await.starts_with("354"));
+        c.expect(&format!("MAIL FROM:<{sender}> RET=FULL"), "250")
+            .await;
+        c.expect("RCPT TO:<fan@example.net>", "250").await;
+        c.expect("RCPT TO:<stranger@example.net>", "250").await;
+        c.expect("DATA", "354").await;
         let end = c
             .say(&format!(
                 "From: <{sender}>\r\nSubject: spring offer\r\nX-Optin-Stream: marketing\r\n\
@@ -378,44 +314,46 @@ async fn a_withheld_notice_returns_headers_only_and_never_reaches_a_suppressed_s
     s.relay.shutdown().await;
 }
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_optin-relay"))
-}
-
 #[tokio::test]
 async fn a_suppression_from_the_command_line_is_in_force_in_the_running_relay() {
     let s = setup().await;
-    record(
-        &s.relay.lists,
-        Kind::Consent,
-        Scope::List("news", "weekly"),
-        "reader@example.net",
-        CONSENT,
-    );
-    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.2").await;
-    assert!(
-        c.say("MAIL FROM:<news@sender.example>")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        c.say("RCPT TO:<reader@example.net>")
-            .await
-            .starts_with("250")
-    );
+    grant(&s.relay, "news", "weekly", "reader@example.net");
+    let mut c = Client::hello(s.relay.smtp_addrs[0], "127.0.0.2").await;
+    c.expect("MAIL FROM:<news@sender.example>", "250").await;
+    c.expect("RCPT TO:<reader@example.net>", "250").await;
     c.say("RSET").await;
 
-    let out = bin()
-        .args(["--config", s.config.to_str().unwrap()])
-        .args([
+    let config = s.config.to_str().unwrap();
+    let add = ["suppress", "add", "Reader@EXAMPLE.net", "--account", "news"];
+    run_ok(config, &[&add[..], &["--reason", "complaint"]].concat());
+    // The relay follows the journal every 50 ms.
+    let refused = refused_soon(&mut c, "news@sender.example", "reader@example.net").await;
+    assert_eq!(
+        refused,
+        "550 5.7.1 <reader@example.net> is suppressed after a spam complaint"
+    );
+    // Lifted again.
+    run_ok(
+        config,
+        &[
             "suppress",
-            "add",
-            "Reader@EXAMPLE.net",
+            "remove",
+            "reader@example.net",
             "--account",
             "news",
-            "--reason",
-            "complaint",
-        ])
+        ],
+    );
+    s.relay.lists.refresh().unwrap();
+    c.expect("MAIL FROM:<news@sender.example>", "250").await;
+    c.expect("RCPT TO:<reader@example.net>", "250").await;
+    s.relay.shutdown().await;
+}
+
+/// Runs `optin-relay --config CONFIG ARGS…`, which must succeed.
+fn run_ok(config: &str, args: &[&str]) {
+    let out = bin()
+        .args(["--config", config])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -423,54 +361,10 @@ async fn a_suppression_from_the_command_line_is_in_force_in_the_running_relay() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The relay follows the journal every 50 ms.
-    let mut refused = String::new();
-    for _ in 0..100 {
-        assert!(
-            c.say("MAIL FROM:<news@sender.example>")
-                .await
-                .starts_with("250")
-        );
-        refused = c.say("RCPT TO:<reader@example.net>").await;
-        c.say("RSET").await;
-        if refused.starts_with("550") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        refused,
-        "550 5.7.1 <reader@example.net> is suppressed after a spam complaint"
-    );
-    // Lifted again.
-    let out = bin()
-        .args(["--config", s.config.to_str().unwrap()])
-        .args([
-            "suppress",
-            "remove",
-            "reader@example.net",
-            "--account",
-            "news",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    s.relay.lists.refresh().unwrap();
-    assert!(
-        c.say("MAIL FROM:<news@sender.example>")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        c.say("RCPT TO:<reader@example.net>")
-            .await
-            .starts_with("250")
-    );
-    s.relay.shutdown().await;
 }
 
 fn write_config(dir: &Path, port: u16, mx: SocketAddr) -> std::path::PathBuf {
-    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    std::fs::write(dir.join("policy.toml"), policy()).unwrap();
     let config = dir.join("relay.toml");
     std::fs::write(
         &config,
@@ -501,53 +395,24 @@ async fn an_acknowledged_unsubscribe_survives_kill_9() {
             .spawn()
             .unwrap()
     };
-    let grant = bin()
-        .args([
-            "--config",
-            cfg,
-            "lists",
-            "grant",
-            "u@example.net",
-            "--account",
-            "news",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        grant.status.success(),
-        "{}",
-        String::from_utf8_lossy(&grant.stderr)
+    run_ok(
+        cfg,
+        &["lists", "grant", "u@example.net", "--account", "news"],
     );
     let mut relay = start();
     wait_listening(addr).await;
-    let out = bin()
-        .args(["--config", cfg, "suppress", "add", "u@example.net"])
-        .args([
-            "--account",
-            "news",
-            "--list",
-            "weekly",
-            "--reason",
-            "unsubscribe",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let add = ["suppress", "add", "u@example.net", "--account", "news"];
+    run_ok(
+        cfg,
+        &[&add[..], &["--list", "weekly", "--reason", "unsubscribe"]].concat(),
     );
     // Killed the moment the change is acknowledged.
     relay.kill().unwrap();
     relay.wait().unwrap();
     let mut relay = start();
     wait_listening(addr).await;
-    let mut c = Client::connect(addr, "127.0.0.2").await;
-    assert!(
-        c.say("MAIL FROM:<news@sender.example>")
-            .await
-            .starts_with("250")
-    );
+    let mut c = Client::hello(addr, "127.0.0.2").await;
+    c.expect("MAIL FROM:<news@sender.example>", "250").await;
     assert_eq!(
         c.say("RCPT TO:<u@example.net>").await,
         "550 5.7.1 <u@example.net> has unsubscribed from this list"
@@ -559,53 +424,40 @@ async fn an_acknowledged_unsubscribe_survives_kill_9() {
 #[tokio::test]
 async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
     let s = setup().await;
-    let mut c = Client::connect(s.relay.smtp_addrs[0], "127.0.0.1").await;
+    let mut c = Client::hello(s.relay.smtp_addrs[0], "127.0.0.1").await;
     // The fake MX answers 550 5.1.1 for permfail… recipients.
-    let (rcpt, end) = c
-        .send("shop@sender.example", &["permfail-gone@example.net"], "")
-        .await;
+    let (rcpt, end) = send(
+        &mut c,
+        "shop@sender.example",
+        &["permfail-gone@example.net"],
+        "",
+    )
+    .await;
     assert!(
         rcpt[0].starts_with("250") && end.starts_with("250"),
         "{rcpt:?} {end}"
     );
     // The DSN to the sender shows the bounce happened.
     s.mx.wait_for(1, WAIT).await;
-    let mut reply = String::new();
-    for _ in 0..100 {
-        assert!(
-            c.say("MAIL FROM:<shop@sender.example>")
-                .await
-                .starts_with("250")
-        );
-        reply = c.say("RCPT TO:<PermFail-Gone@Example.NET>").await;
-        c.say("RSET").await;
-        if reply.starts_with("550") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reply = refused_soon(&mut c, "shop@sender.example", "PermFail-Gone@Example.NET").await;
     assert_eq!(
         reply,
         "550 5.7.1 <PermFail-Gone@Example.NET> is suppressed after a hard bounce"
     );
     // A refusal about the message, not the address, suppresses nothing: datafail… gets
     // 554 after DATA.
-    let (_, end) = c
-        .send("shop@sender.example", &["datafail-x@example.net"], "")
-        .await;
+    let (_, end) = send(
+        &mut c,
+        "shop@sender.example",
+        &["datafail-x@example.net"],
+        "",
+    )
+    .await;
     assert!(end.starts_with("250"), "{end}");
     s.mx.wait_for(2, WAIT).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        c.say("MAIL FROM:<shop@sender.example>")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        c.say("RCPT TO:<datafail-x@example.net>")
-            .await
-            .starts_with("250")
-    );
+    c.expect("MAIL FROM:<shop@sender.example>", "250").await;
+    c.expect("RCPT TO:<datafail-x@example.net>", "250").await;
     // Per-account results for governance: one hard, one soft bounce.
     let counts = s.relay.account_counts.get("shop");
     assert_eq!(
@@ -618,8 +470,7 @@ async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
     // The delivery log tells the story with tags, never the addresses.
     // (written per UTC day: delivery-YYYY-MM-DD.jsonl beside the configured delivery.jsonl)
     let log_dir = s._dir.path().join("spool/log");
-    let mut events: Vec<serde_json::Value> = Vec::new();
-    for _ in 0..150 {
+    let read_log = async || {
         let mut text = String::new();
         for entry in std::fs::read_dir(&log_dir).unwrap().flatten() {
             if entry.file_name().to_string_lossy().starts_with("delivery-") {
@@ -630,15 +481,14 @@ async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
             !text.contains("permfail-gone@"),
             "a plain address in the log"
         );
-        events = text
-            .lines()
+        text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if events.iter().any(|e| e["event"] == "suppressed") && events.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .collect::<Vec<serde_json::Value>>()
+    };
+    let told = |events: &Vec<serde_json::Value>| {
+        events.iter().any(|e| e["event"] == "suppressed") && events.len() >= 5
+    };
+    let events = settle(Duration::from_secs(3), read_log, told).await;
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["event"].as_str().unwrap())
@@ -659,47 +509,28 @@ async fn a_hard_bounce_suppresses_the_address_for_the_next_submission() {
 
 #[tokio::test]
 async fn transactional_mail_overtakes_a_queued_campaign() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = common::start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\nmax_connections_per_destination = 1\n"),
-        POLICY,
-    )
-    .await;
-    let deals = Scope::List("shop", "deals");
+    let (mx, relay, _dir) = one_connection(&policy()).await.into_parts();
     let campaign: Vec<String> = (0..6).map(|i| format!("fan{i}@example.net")).collect();
-    record(
-        &relay.lists,
-        Kind::Consent,
-        deals,
-        "slow-first@example.net",
-        CONSENT,
-    );
+    grant(&relay, "shop", "deals", "slow-first@example.net");
     for a in &campaign {
-        record(&relay.lists, Kind::Consent, deals, a, CONSENT);
+        grant(&relay, "shop", "deals", a);
     }
     let marketing = "X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\n";
-    let mut c = Client::connect(relay.smtp_addrs[0], "127.0.0.1").await;
+    let mut c = Client::hello(relay.smtp_addrs[0], "127.0.0.1").await;
     // The one connection is busy with a slow server while the campaign queues up.
-    let (_, end) = c
-        .send(
-            "shop@sender.example",
-            &["slow-first@example.net"],
-            marketing,
-        )
-        .await;
+    let (_, end) = send(
+        &mut c,
+        "shop@sender.example",
+        &["slow-first@example.net"],
+        marketing,
+    )
+    .await;
     assert!(end.starts_with("250"), "{end}");
     for a in &campaign {
-        let (_, end) = c
-            .send("shop@sender.example", &[a.as_str()], marketing)
-            .await;
+        let (_, end) = send(&mut c, "shop@sender.example", &[a.as_str()], marketing).await;
         assert!(end.starts_with("250"), "{end}");
     }
-    let (_, end) = c
-        .send("shop@sender.example", &["reset@example.net"], "")
-        .await;
+    let (_, end) = send(&mut c, "shop@sender.example", &["reset@example.net"], "").await;
     assert!(end.starts_with("250"), "{end}");
     let got = mx.wait_for(8, WAIT).await;
     let order: Vec<&str> = got.iter().map(|d| d.rcpt_to[0].as_str()).collect();
@@ -720,50 +551,41 @@ async fn transactional_mail_overtakes_a_queued_campaign() {
 /// route serves accounts round robin.
 #[tokio::test]
 async fn accounts_take_turns_on_a_busy_destination() {
-    let mx = FakeMx::new(MxOptions::default());
-    let mx_addr = mx.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let policy = format!(
-        "{POLICY}\n[accounts.small]\nnetworks = [\"127.0.0.3/32\"]\nstreams = [\"marketing\"]\nfrom_domains = [\"sender.example\"]\n[accounts.small.lists.notes]\nconsent_statement = \"You asked for {{list}}.\"\n"
-    );
-    let relay = common::start_relay(
-        dir.path(),
-        &format!("[delivery]\nsmarthost = \"{mx_addr}\"\nmax_connections_per_destination = 1\n"),
-        &policy,
-    )
-    .await;
-    let weekly = Scope::List("news", "weekly");
+    let small = Account::new("small")
+        .networks(&["127.0.0.3/32"])
+        .streams(&["marketing"])
+        .domains(&["sender.example"])
+        .list("notes", "You asked for {list}.");
+    let policy = format!("{}{small}", policy());
+    let (mx, relay, _dir) = one_connection(&policy).await.into_parts();
     let campaign: Vec<String> = (0..8).map(|i| format!("reader{i}@example.net")).collect();
-    record(
-        &relay.lists,
-        Kind::Consent,
-        weekly,
-        "slow-first@example.net",
-        CONSENT,
-    );
+    grant(&relay, "news", "weekly", "slow-first@example.net");
     for a in &campaign {
-        record(&relay.lists, Kind::Consent, weekly, a, CONSENT);
+        grant(&relay, "news", "weekly", a);
     }
-    record(
-        &relay.lists,
-        Kind::Consent,
-        Scope::List("small", "notes"),
-        "friend@example.net",
-        CONSENT,
-    );
+    grant(&relay, "small", "notes", "friend@example.net");
     // news (127.0.0.2): a slow first message holds the one connection while its campaign
     // queues; then small (127.0.0.3) sends one message.
-    let mut big = Client::connect(relay.smtp_addrs[0], "127.0.0.2").await;
-    big.send("news@sender.example", &["slow-first@example.net"], "")
-        .await;
+    let mut big = Client::hello(relay.smtp_addrs[0], "127.0.0.2").await;
+    send(
+        &mut big,
+        "news@sender.example",
+        &["slow-first@example.net"],
+        "",
+    )
+    .await;
     for a in &campaign {
-        let (_, end) = big.send("news@sender.example", &[a.as_str()], "").await;
+        let (_, end) = send(&mut big, "news@sender.example", &[a.as_str()], "").await;
         assert!(end.starts_with("250"), "{end}");
     }
-    let mut small = Client::connect(relay.smtp_addrs[0], "127.0.0.3").await;
-    let (_, end) = small
-        .send("small@sender.example", &["friend@example.net"], "")
-        .await;
+    let mut small = Client::hello(relay.smtp_addrs[0], "127.0.0.3").await;
+    let (_, end) = send(
+        &mut small,
+        "small@sender.example",
+        &["friend@example.net"],
+        "",
+    )
+    .await;
     assert!(end.starts_with("250"), "{end}");
     let got = mx.wait_for(10, WAIT).await;
     let order: Vec<&str> = got.iter().map(|d| d.rcpt_to[0].as_str()).collect();

@@ -1,35 +1,31 @@
-//! What the relay holds in memory, measured with a counting allocator (the live heap and
-//! its peak), so the tests of this binary run one at a time ([`SERIAL`]).
+//! What the relay holds in memory, measured with the binary's counting allocator (the live
+//! heap and its peak); each test measures the whole process, so each runs alone in a
+//! process of its own ([`crate::alone!`]).
 //!
 //! A backlog coming due at once (the next hop is back after an outage) must not bring every
 //! queued message's content into memory: content is read when a worker is about to send
 //! it, within `[delivery] max_content_in_flight`. And nothing may pile up per message
 //! while nobody scrapes `/metrics` (histogram samples did).
 
-mod common;
+use crate::support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::eventually;
+use crate::support::memory::{self, Sink};
 use bytes::Bytes;
-use common::memory::{self, Sink};
 use optin_relay::config::{Config, SpoolConfig};
 use optin_relay::delivery::{self, Settings};
 use optin_relay::privacy::AddressTagger;
 use optin_relay::spool::{RcptEvent, Spool};
-
-#[global_allocator]
-static ALLOCATOR: memory::Counting = memory::Counting;
-
-/// Each test measures the whole process: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MESSAGES: usize = 160;
 const SIZE: usize = 128 << 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
-    let _serial = SERIAL.lock().await;
+    crate::alone!("a_backlog_coming_due_holds_only_the_budget_in_memory");
     let dir = tempfile::tempdir().unwrap();
     let spool_config = SpoolConfig {
         path: dir.path().to_path_buf(),
@@ -45,7 +41,7 @@ async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
     {
         let (spool, _) = Spool::open(&spool_config).unwrap();
         for m in 0..MESSAGES {
-            let env = common::envelope::transactional(
+            let env = support::envelope::transactional(
                 spool.next_id(),
                 "shop",
                 Some("s@shop.example"),
@@ -85,15 +81,11 @@ async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
         report.messages,
         stop.clone(),
     );
-    let started = Instant::now();
-    while sink.count() < MESSAGES {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} of {MESSAGES} delivered",
-            sink.count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("all {MESSAGES} delivered");
+    eventually(Duration::from_secs(60), &what, async || {
+        sink.count() >= MESSAGES
+    })
+    .await;
     let peak = memory::heap_peak().saturating_sub(base);
     stop.cancel();
     handle.await.unwrap();
@@ -116,26 +108,18 @@ async fn a_backlog_coming_due_holds_only_the_budget_in_memory() {
 /// must still fold them, or it grows with every message for ever.
 #[tokio::test]
 async fn histogram_samples_do_not_pile_up_when_nobody_scrapes() {
-    let _serial = SERIAL.lock().await;
+    crate::alone!("histogram_samples_do_not_pile_up_when_nobody_scrapes");
     optin_relay::metrics::install();
     let base = memory::held();
     for _ in 0..1_000_000 {
         optin_relay::metrics::throttle_wait(Duration::from_millis(3));
     }
-    let started = Instant::now();
-    loop {
+    let what = "a million samples holding less than 1 MiB";
+    eventually(Duration::from_secs(10), what, async || {
         // A running relay goes on recording; that also lets the recorder's lock-free
         // buckets free the blocks they retired (crossbeam's epochs move on).
         optin_relay::metrics::throttle_wait(Duration::from_millis(3));
-        let kept = memory::held().saturating_sub(base);
-        if kept < 1 << 20 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "a million samples still hold {:.1} MiB",
-            kept as f64 / (1 << 20) as f64
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        memory::held().saturating_sub(base) < 1 << 20
+    })
+    .await;
 }

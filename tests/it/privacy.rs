@@ -6,28 +6,21 @@
 //! spool without quarantining anything. Retention runs when the relay starts, and the
 //! delivery log is written per day.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{FakeMx, MxOptions, raw_send};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{self, Account, Admin, FakeMx, MxOptions, SIGNED_UP, poll, send_ok};
 
 const TOKEN: &str = "privacy-token-0123456789";
 const ADDRESS: &str = "tempfail-erase@example.net";
 
-const POLICY: &str = r#"
-[accounts.shop]
-from_domains = ["shop.example"]
-networks = ["127.0.0.0/8"]
-streams = ["marketing", "transactional"]
-default_stream = "transactional"
-[accounts.shop.lists.deals]
-consent_statement = "You get {list} because you signed up."
-"#;
+/// `shop` sends both streams; marketing to its list `deals`.
+fn policy() -> String {
+    support::policy(&[Account::shop().list("deals", SIGNED_UP)], "")
+}
 
 fn config(mx: SocketAddr) -> String {
     format!(
@@ -36,30 +29,16 @@ fn config(mx: SocketAddr) -> String {
     )
 }
 
-/// One HTTP/1.1 request with the admin token; the status and the body (JSON, or a string).
+/// One request to the admin API: the status and the body (JSON, or a string).
 async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
-    (status, value)
+    Admin::new(addr, TOKEN).call(method, path, body).await
 }
 
 /// Waits until every queued recipient had its first attempt, and the queue holds `n`
 /// messages; returns the message list.
 async fn settled(http: SocketAddr, n: usize) -> Vec<Value> {
-    for _ in 0..250 {
+    let what = format!("the queue settled at {n} messages");
+    poll(Duration::from_secs(5), &what, async || {
         let (_, list) = call(http, "GET", "/admin/queue/messages", None).await;
         let list = list.as_array().cloned().unwrap_or_default();
         let busy = list.iter().any(|m| {
@@ -67,13 +46,9 @@ async fn settled(http: SocketAddr, n: usize) -> Vec<Value> {
                 r["status"] == "in_flight" || (r["status"] == "waiting" && r["attempts"] == 0)
             })
         });
-        if list.len() == n && !busy {
-            return list;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (_, list) = call(http, "GET", "/admin/queue/messages", None).await;
-    panic!("the queue never settled at {n} messages: {list}");
+        (list.len() == n && !busy).then_some(list)
+    })
+    .await
 }
 
 /// Every file under `dir` whose octets hold `text`, in any ASCII case.
@@ -110,18 +85,9 @@ async fn unsubscribe(http: SocketAddr, spool: &Path, address: &str) {
         list: "deals".into(),
         address: address.into(),
     });
-    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
-    let body = "List-Unsubscribe=One-Click";
-    let req = format!(
-        "POST /u/{token} HTTP/1.1\r\nHost: relay.test\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let path = format!("/u/{token}");
+    let (status, text) = support::http(http, "POST", &path, "List-Unsubscribe=One-Click").await;
+    assert_eq!(status, 200, "{text}");
 }
 
 #[tokio::test]
@@ -133,38 +99,34 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;
+    let relay = support::start_relay(dir.path(), &config(mx_addr), &policy()).await;
     let http = relay.admin_addr.unwrap();
     let smtp = relay.smtp_addrs[0];
 
     // Delivered at once, but its record stays in the segment the queued mail keeps live.
-    let r = raw_send(
+    send_ok(
         smtp,
         "app@shop.example",
         &["accept@example.net"],
         &format!("From: <app@shop.example>\r\nSubject: delivered\r\n\r\nCc'd: {ADDRESS}"),
     )
     .await;
-    assert!(r.starts_with("250"), "{r}");
     mx.wait_for(1, Duration::from_secs(10)).await;
     // Queued (451) for the address and someone else.
-    let r = raw_send(
+    send_ok(
         smtp,
         "app@shop.example",
         &[ADDRESS, "tempfail-keep@example.net"],
         "From: <app@shop.example>\r\nSubject: two\r\n\r\nhello",
     )
     .await;
-    assert!(r.starts_with("250"), "{r}");
     // For someone else, about the address: in the To: field and the text.
-    let r = raw_send(
+    send_ok(
         smtp,
         "app@shop.example",
         &["flaky-keep@example.net"],
         &format!("From: <app@shop.example>\r\nTo: Tempfail-Erase@Example.net\r\nSubject: about\r\n\r\nWrite to <{ADDRESS}>."),
-    )
-    .await;
-    assert!(r.starts_with("250"), "{r}");
+    ).await;
     settled(http, 2).await;
     unsubscribe(relay.http_addr.unwrap(), &spool, ADDRESS).await;
     let before = files_holding(&spool, ADDRESS);
@@ -258,7 +220,7 @@ async fn an_erasure_leaves_no_plain_copy_and_the_others_still_get_their_mail() {
     assert_eq!((report.quarantined, report.repaired), (0, 0), "{report:?}");
     assert_eq!(report.messages.len(), 1);
     drop(reopened);
-    let relay = common::start_relay(dir.path(), &config(mx_addr), POLICY).await;
+    let relay = support::start_relay(dir.path(), &config(mx_addr), &policy()).await;
     let list = settled(relay.admin_addr.unwrap(), 1).await;
     assert_eq!(list[0]["recipients"][1]["status"], "waiting");
     assert_eq!(
@@ -293,35 +255,33 @@ async fn retention_runs_when_the_relay_starts_and_the_delivery_log_is_daily() {
         ),
     )
     .unwrap();
-    let relay = common::start_relay(
+    let relay = support::start_relay(
         dir.path(),
         &format!(
             "{}[privacy]\ndelivery_log_days = 30\nevent_log_days = 90\n",
             config(mx_addr)
         ),
-        POLICY,
+        &policy(),
     )
     .await;
-    let r = raw_send(
+    send_ok(
         relay.smtp_addrs[0],
         "app@shop.example",
         &["someone@example.net"],
         "From: <app@shop.example>\r\nSubject: hi\r\n\r\nhi",
     )
     .await;
-    assert!(r.starts_with("250"), "{r}");
     mx.wait_for(1, Duration::from_secs(10)).await;
-    let mut swept = false;
-    for _ in 0..250 {
-        let events = std::fs::read_to_string(spool.join("events/unsubscribes.jsonl")).unwrap();
-        if !day_file(&log, today - 40).exists() && !events.contains("old@") {
-            assert!(events.contains("new@"), "{events}");
-            swept = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(swept, "the sweep at start removed the expired data");
+    let events = poll(
+        Duration::from_secs(5),
+        "the sweep at start removed the expired data",
+        async || {
+            let events = std::fs::read_to_string(spool.join("events/unsubscribes.jsonl")).unwrap();
+            (!day_file(&log, today - 40).exists() && !events.contains("old@")).then_some(events)
+        },
+    )
+    .await;
+    assert!(events.contains("new@"), "{events}");
     assert!(day_file(&log, today - 3).exists());
     relay.shutdown().await;
     // this run's lines are in today's file (or tomorrow's, at midnight); none undated

@@ -4,12 +4,10 @@
 //! quoted-printable and base64 bodies, in HTML, through a link domain — and an ordinary
 //! shop newsletter passes and is delivered.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::{self, FakeMx, MxOptions, raw_send, settle};
 use base64::Engine;
-use common::{FakeMx, MxOptions, raw_send};
 
 const WAIT: Duration = Duration::from_secs(20);
 const FROM: &str = "app@shop.example";
@@ -22,8 +20,13 @@ async fn relay() -> (FakeMx, optin_relay::server::Relay, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let policy = std::fs::read_to_string("config/policy.toml").unwrap();
     let extra = format!("[delivery]\nsmarthost = \"{mx_addr}\"\n");
-    let relay = common::start_relay(dir.path(), &extra, &policy).await;
+    let relay = support::start_relay(dir.path(), &extra, &policy).await;
     (mx, relay, dir)
+}
+
+/// Sends `text` from [`FROM`] to [`TO`]; the reply to the end of DATA.
+async fn submit(relay: &optin_relay::server::Relay, text: &str) -> String {
+    raw_send(relay.smtp_addrs[0], FROM, &[TO], text).await
 }
 
 /// A single-part message: `headers` (Content-Type and the like) after the usual ones.
@@ -186,7 +189,7 @@ async fn every_starter_category_is_refused_with_its_name() {
     assert_eq!(sampled, categories, "one sample per shipped category");
     let mut wrong = Vec::new();
     for (category, text) in &samples {
-        let reply = raw_send(relay.smtp_addrs[0], FROM, &[TO], text).await;
+        let reply = submit(&relay, text).await;
         let expected = format!("550 5.7.1 prohibited content: {category}");
         if reply != expected {
             wrong.push(format!("{category}: got {reply:?}"));
@@ -194,7 +197,7 @@ async fn every_starter_category_is_refused_with_its_name() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Nothing refused reached the MX; the clean message after them does.
-    let reply = raw_send(relay.smtp_addrs[0], FROM, &[TO], &newsletter()).await;
+    let reply = submit(&relay, &newsletter()).await;
     assert!(reply.starts_with("250 "), "{reply}");
     let got = mx.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1);
@@ -207,9 +210,9 @@ async fn a_policy_without_content_rules_refuses_nothing_for_content() {
     let mx_addr = mx.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("[delivery]\nsmarthost = \"{mx_addr}\"\n");
-    let relay = common::start_relay(dir.path(), &extra, common::LOOPBACK_POLICY).await;
+    let relay = support::start_relay(dir.path(), &extra, support::LOOPBACK_POLICY).await;
     let (_, text) = &samples()[1];
-    let reply = raw_send(relay.smtp_addrs[0], FROM, &[TO], text).await;
+    let reply = submit(&relay, text).await;
     assert!(reply.starts_with("250 "), "{reply}");
     mx.wait_for(1, WAIT).await;
 }
@@ -256,35 +259,19 @@ async fn a_match_freezes_the_account_when_the_policy_says_so() {
     let policy = format!(
         "{}\n[content]\nfreeze_account = true\n[[content.category]]\nname = \"pirated-goods\"\n\
          phrases = [\"cracked software\"]\n",
-        common::LOOPBACK_POLICY
+        support::LOOPBACK_POLICY
     );
-    let relay = common::start_relay(dir.path(), &extra, &policy).await;
-    let reply = raw_send(
-        relay.smtp_addrs[0],
-        FROM,
-        &[TO],
-        &message("Deals", "", "Get cracked software here."),
-    )
-    .await;
+    let relay = support::start_relay(dir.path(), &extra, &policy).await;
+    let reply = submit(&relay, &message("Deals", "", "Get cracked software here.")).await;
     assert!(
         reply.starts_with("550 5.7.1 prohibited content: pirated-goods"),
         "{reply}"
     );
-    for _ in 0..200 {
-        if relay.freezes.get("local").is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let frozen = relay.freezes.get("local").expect("frozen");
+    let frozen = async || relay.freezes.get("local");
+    let frozen = settle(Duration::from_secs(2), frozen, Option::is_some).await;
+    let frozen = frozen.expect("frozen");
     assert_eq!(frozen.by, "content");
     assert_eq!(frozen.reason, "prohibited content: pirated-goods");
-    let reply = raw_send(
-        relay.smtp_addrs[0],
-        FROM,
-        &[TO],
-        &message("Hi", "", "Hello"),
-    )
-    .await;
+    let reply = submit(&relay, &message("Hi", "", "Hello")).await;
     assert!(!reply.starts_with("250"), "{reply}");
 }
