@@ -497,15 +497,7 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if complaint::is_feedback(ctx, &to) {
         if txn.account.is_none() && !txn.complaint {
-            declared_size_within(txn, ctx.own_limits.report)?;
-            let admitted = ctx
-                .complaints
-                .as_ref()
-                .is_none_or(|c| c.admit_report(state.peer.remote.ip()));
-            if !admitted {
-                crate::metrics::untrusted_refused(&Refusal::ReportRate);
-                return Err(Refusal::ReportRate);
-            }
+            admit_stranger_report(ctx, txn, state.peer.remote.ip())?;
         }
         let txn = state.txn.as_mut().expect("checked above");
         txn.complaint = true;
@@ -513,16 +505,8 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(Flow::Continue);
     }
     if is_postmaster && txn.account.is_none() {
-        declared_size_within(txn, ctx.own_limits.report)?;
         // The postmaster's mailbox is no channel for floods: it shares the report cap.
-        let admitted = ctx
-            .complaints
-            .as_ref()
-            .is_none_or(|c| c.admit_report(state.peer.remote.ip()));
-        if !admitted {
-            crate::metrics::untrusted_refused(&Refusal::ReportRate);
-            return Err(Refusal::ReportRate);
-        }
+        admit_stranger_report(ctx, txn, state.peer.remote.ip())?;
         let txn = state.txn.as_mut().expect("checked above");
         txn.postmaster = true;
         if !txn.rcpts.iter().any(|(a, _)| *a == to) {
@@ -546,6 +530,25 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     }
     conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
     Ok(Flow::Continue)
+}
+
+/// A stranger's report (or mail to the postmaster): within the report size it declared,
+/// and within its address's hourly report cap.
+fn admit_stranger_report(
+    ctx: &SessionContext,
+    txn: &Transaction,
+    client: std::net::IpAddr,
+) -> Result<(), Refusal> {
+    declared_size_within(txn, ctx.own_limits.report)?;
+    let admitted = ctx
+        .complaints
+        .as_ref()
+        .is_none_or(|c| c.admit_report(client));
+    if !admitted {
+        crate::metrics::untrusted_refused(&Refusal::ReportRate);
+        return Err(Refusal::ReportRate);
+    }
+    Ok(())
 }
 
 /// A stranger's transaction that declared (`SIZE=`) more than `limit` is refused now.
