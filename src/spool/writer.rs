@@ -445,7 +445,7 @@ impl Writer {
         let written = file.write_all(&format::segment_header()).and_then(|()| {
             if self.fsync {
                 file.sync_all()?;
-                File::open(&self.dir)?.sync_all()?;
+                crate::files::sync_dir(&self.dir)?;
             }
             Ok(())
         });
