@@ -172,10 +172,12 @@ impl DataReceiver {
                 }
             }
             let rest = &input[pos..];
-            // A line is at most max_line octets plus CRLF; look no further for its LF.
-            let window = &rest[..rest.len().min(self.check.max_line + 2)];
+            // A line is at most max_line octets plus CRLF, not counting a leading dot
+            // doubled for transparency (RFC 5321 §4.5.3.1.6); look no further for its LF.
+            let limit = self.check.max_line + usize::from(rest.first() == Some(&b'.'));
+            let window = &rest[..rest.len().min(limit + 2)];
             match memchr(b'\n', window) {
-                None if rest.len() > self.check.max_line + 1 => {
+                None if rest.len() > limit + 1 => {
                     self.store(&input[span..pos], out);
                     self.check.report.line_too_long = true;
                     self.skipping = true;
@@ -193,7 +195,8 @@ impl DataReceiver {
                         span = pos;
                         break DataStatus::Done;
                     }
-                    self.check.scan(line);
+                    // The stuffing dot is not content: the limits count the line without it.
+                    self.check.scan(line.strip_prefix(b".").unwrap_or(line));
                     self.after_crlf = line.ends_with(b"\r\n");
                     if line[0] == b'.' {
                         // dot-unstuffing: drop the leading dot of this line
@@ -332,6 +335,26 @@ mod tests {
         exact.extend_from_slice(b"\r\n.\r\n");
         let (_, report, _) = receive_in_pieces(&exact, 7, 100_000);
         assert!(!report.line_too_long);
+    }
+
+    #[test]
+    fn the_stuffing_dot_does_not_count_toward_the_line_limit() {
+        // RFC 5321 §4.5.3.1.6: 1000 octets with CRLF, "not counting the leading dot
+        // duplicated for transparency": a 998-octet line that starts with a dot is 999 on
+        // the wire, and whole.
+        let line = [b".".to_vec(), vec![b'z'; 997]].concat();
+        let mut wire = Vec::new();
+        crate::encode::dot_stuff(&[line.clone(), b"\r\n".to_vec()].concat(), &mut wire).unwrap();
+        assert_eq!(wire.len(), 999 + 2 + 3);
+        for piece in [7, 500, 100_000] {
+            let (out, report, _) = receive_in_pieces(&wire, piece, 100_000);
+            assert!(!report.line_too_long, "pieces of {piece}");
+            assert_eq!(out, [line.clone(), b"\r\n".to_vec()].concat());
+        }
+        // One octet more is too long, stuffed or not.
+        let long = [b"..".to_vec(), vec![b'z'; 998], b"\r\n.\r\n".to_vec()].concat();
+        let (_, report, _) = receive_in_pieces(&long, 100_000, 100_000);
+        assert!(report.line_too_long);
     }
 
     #[test]
