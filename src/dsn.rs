@@ -206,7 +206,8 @@ pub fn build(
     if eight_bit || utf8 {
         envelope.body_type = BodyType::EightBitMime;
     }
-    envelope.smtputf8 = utf8 && !sender.is_ascii();
+    // SMTPUTF8 only where the original had it (relay_notice looked at the address alone).
+    envelope.smtputf8 &= utf8;
     Some((envelope, message))
 }
 

@@ -17,6 +17,9 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Flow {
     let txn = state.txn.take().expect("content follows a transaction");
     if let Some(refusal) = framing_refusal(ctx, &txn, &report, &body) {
+        if matches!(refusal, Refusal::TooBig(_)) && txn.account.is_none() {
+            crate::metrics::untrusted_refused(&refusal);
+        }
         crate::metrics::message_refused(&refusal);
         return refuse(ctx, conn, state, refusal);
     }
@@ -207,7 +210,7 @@ async fn message_class(
 }
 
 /// What the framing of the content says against it (size, line endings, NUL, line length,
-/// a mail loop), the first thing found.
+/// a mail loop), the first thing found; a pure check, counted by the caller.
 fn framing_refusal(
     ctx: &SessionContext,
     txn: &Transaction,
@@ -216,11 +219,7 @@ fn framing_refusal(
 ) -> Option<Refusal> {
     let limit = size_limit(ctx, txn);
     if report.exceeds(limit) {
-        let refusal = Refusal::TooBig(limit);
-        if txn.account.is_none() {
-            crate::metrics::untrusted_refused(&refusal);
-        }
-        Some(refusal)
+        Some(Refusal::TooBig(limit))
     } else if report.bare_line_ending {
         Some(Refusal::DataBareLineEnding)
     } else if report.nul {

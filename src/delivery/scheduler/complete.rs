@@ -93,7 +93,7 @@ impl Scheduler {
             expired: age >= self.settings.config.max_age,
             // Held recipients are not the canary's; once released, outcomes no longer
             // count (see `Campaigns::outcome`).
-            canary: (entry.campaign != NO_CAMPAIGN)
+            canary: (entry.campaign != NO_CAMPAIGN && self.settings.feedback.campaigns.is_some())
                 .then(|| self.names.name(entry.campaign).to_string()),
             id_text: report.id.to_string(),
         };
