@@ -76,6 +76,7 @@ pub struct Config {
     pub lists: ListsConfig,
     pub unsubscribe: UnsubscribeConfig,
     pub complaints: ComplaintsConfig,
+    pub bounces: BouncesConfig,
     pub webhooks: WebhooksConfig,
     pub privacy: PrivacyConfig,
     pub log: LogConfig,
@@ -131,6 +132,23 @@ pub struct ComplaintsConfig {
     pub max_report_size: u64,
     /// Reports taken per client address (IPv6: /64) per hour; more get `450 4.7.1`.
     pub max_reports_per_ip: u32,
+}
+
+/// The relay's own return path (VERP) and the bounces mailed back to it; see
+/// `crate::governance::bounces`.
+#[derive(Debug, Clone)]
+pub struct BouncesConfig {
+    /// Send each message with its own return path `<prefix>+<token>@<domain>` and take the
+    /// bounces mailed to it (false: the client's envelope sender is kept, as by any relay).
+    pub return_path: bool,
+    /// The local part before `+`.
+    pub prefix: String,
+    /// The return path's domain when the account names no `bounce_domain` (lower case).
+    pub domain: String,
+    /// Largest mail to a return path from a client no account knows.
+    pub max_size: u64,
+    /// Bounces taken per client address (IPv6: /64) per hour; more get `450 4.7.1`.
+    pub max_per_ip: u32,
 }
 
 /// The consent and suppression data (see `crate::consent`).
@@ -326,6 +344,7 @@ impl Config {
             );
             let complaints =
                 read_complaints(&mut root.section("complaints"), &unsubscribe.mail_domain);
+            let bounces = read_bounces(&mut root.section("bounces"), &unsubscribe.mail_domain);
             let webhooks = read_webhooks(&mut root.section("webhooks"));
             let privacy = read_privacy(&mut root.section("privacy"));
             let log = read_log(&mut root.section("log"));
@@ -340,6 +359,7 @@ impl Config {
                 lists,
                 unsubscribe,
                 complaints,
+                bounces,
                 webhooks,
                 privacy,
                 log,
@@ -575,6 +595,37 @@ fn read_complaints(s: &mut Section<'_>, mail_domain: &str) -> ComplaintsConfig {
         reporters,
         max_report_size: s.get_or("max_report_size", DEFAULT_MAX_REPORT_SIZE).get(),
         max_reports_per_ip: positive(s, "max_reports_per_ip", max_reports_per_ip),
+    }
+}
+
+fn read_bounces(s: &mut Section<'_>, mail_domain: &str) -> BouncesConfig {
+    let prefix = s.get_or("prefix", "bounces".to_string());
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*-/=?^_`{|}~".contains(c);
+    if prefix.is_empty() || prefix.len() > 32 || !prefix.chars().all(atext) {
+        s.problem(
+            "prefix",
+            format!("{prefix:?}: 1 to 32 of a-z, 0-9 and - _ (no + or .)"),
+        );
+    }
+    let domain = match s.get::<String>("domain") {
+        None => mail_domain.to_string(),
+        Some(d) => crate::smtp::address::canonical_domain(&d)
+            .filter(|c| c.is_ascii())
+            .unwrap_or_else(|| {
+                s.problem(
+                    "domain",
+                    format!("{d:?} is not a domain (write an international one as xn--)"),
+                );
+                mail_domain.to_string()
+            }),
+    };
+    let max_per_ip = s.get_or("max_per_ip", DEFAULT_MAX_REPORTS_PER_IP);
+    BouncesConfig {
+        return_path: s.get_or("return_path", true),
+        prefix: prefix.to_ascii_lowercase(),
+        domain,
+        max_size: s.get_or("max_size", DEFAULT_MAX_REPORT_SIZE).get(),
+        max_per_ip: positive(s, "max_per_ip", max_per_ip),
     }
 }
 

@@ -46,6 +46,9 @@ pub const LISTS_ERRORS: &str = "optin_lists_refresh_errors_total";
 pub const LISTS_COMPACTIONS: &str = "optin_lists_compactions_total";
 pub const UNSUBSCRIBES: &str = "optin_unsubscribes_total";
 pub const BOUNCE_SUPPRESSIONS: &str = "optin_bounce_suppressions_total";
+pub const BOUNCES: &str = "optin_bounces_total";
+pub const BOUNCE_MAIL: &str = "optin_bounce_mail_total";
+pub const RETURN_PATH_TOO_LONG: &str = "optin_return_path_too_long_total";
 pub const COMPLAINTS: &str = "optin_complaints_received_total";
 pub const COMPLAINT_REPORTS_MALFORMED: &str = "optin_complaint_reports_malformed_total";
 pub const ACCOUNT_RECIPIENTS: &str = "optin_account_recipients_total";
@@ -190,6 +193,7 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
         ],
     ),
     (BOUNCE_SUPPRESSIONS, &[&[]]),
+    (RETURN_PATH_TOO_LONG, &[&[]]),
     (COMPLAINTS, &[&[("via", "arf")], &[("via", "form")]]),
     (COMPLAINT_REPORTS_MALFORMED, &[&[]]),
     (
@@ -280,6 +284,14 @@ fn register_at_zero() {
         for stage in ["rcpt", "data"] {
             counter!(RECIPIENTS_WITHHELD, "reason" => reason, "stage" => stage).increment(0);
         }
+    }
+    for category in crate::bounce::Category::ALL {
+        for via in ["sync", "async"] {
+            counter!(BOUNCES, "category" => category.as_str(), "via" => via).increment(0);
+        }
+    }
+    for outcome in BOUNCE_MAIL_OUTCOMES {
+        counter!(BOUNCE_MAIL, "outcome" => *outcome).increment(0);
     }
     for result in RECIPIENT_RESULTS {
         counter!(DELIVERY_RECIPIENTS, "result" => result).increment(0);
@@ -439,6 +451,33 @@ pub fn unsubscribe_received(scope: &'static str, via: &'static str) {
 }
 
 /// A hard bounce was recorded as a suppression.
+/// What became of mail to a return path (`crate::governance::bounces`).
+pub const BOUNCE_MAIL_OUTCOMES: &[&str] = &[
+    "bounce",
+    "delayed",
+    "auto_reply",
+    "complaint",
+    "unverified",
+    "not_a_bounce",
+    "too_complex",
+];
+
+/// A bounce was classified: `via` `sync` (a reply in the relay's own transaction) or
+/// `async` (mailed back to the return path).
+pub fn bounce(category: crate::bounce::Category, via: &'static str) {
+    counter!(BOUNCES, "category" => category.as_str(), "via" => via).increment(1);
+}
+
+/// Mail to a return path was handled with this `outcome` (one of [`BOUNCE_MAIL_OUTCOMES`]).
+pub fn bounce_mail(outcome: &'static str) {
+    counter!(BOUNCE_MAIL, "outcome" => outcome).increment(1);
+}
+
+/// A return path would have been longer than SMTP allows: the message kept its sender.
+pub fn return_path_too_long() {
+    counter!(RETURN_PATH_TOO_LONG).increment(1);
+}
+
 pub fn bounce_suppressed() {
     counter!(BOUNCE_SUPPRESSIONS).increment(1);
 }

@@ -142,7 +142,25 @@ fn describe_delivery() {
     );
     describe_counter!(
         BOUNCE_SUPPRESSIONS,
-        "Hard bounces recorded as suppressions."
+        "Bounces recorded as suppressions (at once, or a full mailbox's streak complete)."
+    );
+    describe_counter!(
+        BOUNCES,
+        "Bounces by category (invalid_recipient, bad_domain, inactive, mailbox_full, \
+         message_too_large, spam_block, auth_failure, rate_limited, content_rejected, \
+         routing, transient, other) and via (sync: refused in the relay's own transaction; \
+         async: mailed back to the return path)."
+    );
+    describe_counter!(
+        BOUNCE_MAIL,
+        "Mail to a return path, by outcome (bounce, delayed, auto_reply, complaint, \
+         unverified: no genuine token, kept aside; not_a_bounce: kept aside; too_complex: \
+         refused)."
+    );
+    describe_counter!(
+        RETURN_PATH_TOO_LONG,
+        "Messages sent with their own sender because the return path would have been longer \
+         than SMTP's 256 octets."
     );
     describe_counter!(
         COMPLAINTS,

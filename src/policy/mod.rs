@@ -9,6 +9,7 @@
 //! Deciding is pure: [`Policy::identify_by_ip`] and [`Policy::user`] look things up in a
 //! policy that was validated when loaded; password checking lives in [`password`].
 
+pub mod bounces;
 pub mod content;
 pub mod identity;
 pub mod password;
@@ -59,6 +60,9 @@ pub struct Account {
     pub transactional_unsubscribe: bool,
     /// Where unsubscribes, complaints and hard bounces are told (`[accounts.NAME.webhook]`).
     pub webhook: Option<webhook::Webhook>,
+    /// The domain of this account's return path (`<prefix>+<token>@bounce_domain`); `None`:
+    /// the relay's own (`[bounces] domain`).
+    pub bounce_domain: Option<String>,
 }
 
 impl Account {
@@ -113,6 +117,10 @@ pub struct Policy {
     destination_tls: HashMap<String, TlsLevel>,
     /// Prohibited content categories (`[content]`), compiled once per load.
     content: content::Content,
+    /// `[[bounce_rules]]` ahead of the shipped rules.
+    bounce_rules: crate::bounce::Classifier,
+    /// `[bounce_streak]`.
+    bounce_streak: bounces::Streak,
 }
 
 impl Policy {
@@ -139,6 +147,7 @@ impl Policy {
             return Err(c.finish(()).unwrap_err());
         };
         let content_rules: content::Content;
+        let bounce_policy: (crate::bounce::Classifier, bounces::Streak);
         let (accounts, operator_contacts, throttles, shaping, recovery, destination_tls, campaigns) = {
             let mut root = c.root(&table);
             let accounts = root
@@ -216,6 +225,10 @@ impl Policy {
                 rules::read_health(&mut root.section("health")),
             );
             content_rules = content::read(&mut root);
+            bounce_policy = (
+                bounces::read_rules(root.array_sections("bounce_rules")),
+                bounces::read_streak(&mut root.section("bounce_streak")),
+            );
             (
                 accounts,
                 contacts,
@@ -235,6 +248,7 @@ impl Policy {
         policy.campaigns = campaigns.0;
         policy.health = campaigns.1;
         policy.content = content_rules;
+        (policy.bounce_rules, policy.bounce_streak) = bounce_policy;
         c.finish(policy)
     }
 
@@ -275,6 +289,8 @@ impl Policy {
             campaigns: Default::default(),
             health: Default::default(),
             content: content::Content::default(),
+            bounce_rules: Default::default(),
+            bounce_streak: Default::default(),
         }
     }
 
@@ -355,6 +371,15 @@ impl Policy {
     /// The first shaping rule a reply matches.
     pub fn shaping_rule(&self, code: u16, text: &str) -> Option<&throttle::ShapingRule> {
         self.shaping.iter().find(|r| r.matches(code, text))
+    }
+
+    /// The bounce classifier: `[[bounce_rules]]`, then the shipped rules.
+    pub fn bounce_classifier(&self) -> &crate::bounce::Classifier {
+        &self.bounce_rules
+    }
+
+    pub fn bounce_streak(&self) -> bounces::Streak {
+        self.bounce_streak
     }
 
     pub fn campaign_rules(&self) -> rules::CampaignRules {
@@ -513,6 +538,16 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
     let webhook = s
         .get::<toml::Value>("webhook")
         .and_then(|_| webhook::read(&mut s.section("webhook")));
+    let bounce_domain = s.get::<String>("bounce_domain").and_then(|d| {
+        let canonical = crate::smtp::address::canonical_domain(&d).filter(|c| c.is_ascii());
+        if canonical.is_none() {
+            s.problem(
+                "bounce_domain",
+                format!("{d:?} is not a domain (write an international one in its xn-- form)"),
+            );
+        }
+        canonical
+    });
     Account {
         name,
         description,
@@ -527,6 +562,7 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         feedback_id: identity.feedback_id,
         transactional_unsubscribe: identity.transactional_unsubscribe,
         webhook,
+        bounce_domain,
     }
 }
 

@@ -10,6 +10,7 @@ mod entity;
 pub mod footer;
 pub mod headers;
 mod mime;
+pub mod return_path;
 pub mod statement;
 pub mod token;
 

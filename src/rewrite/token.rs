@@ -20,10 +20,50 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::envelope::QueueId;
+
 const TAG_LEN: usize = 16;
 const VERSION: u8 = 1;
+const RETURN_PATH_VERSION: u8 = 2;
+/// Bound into a return-path token's associated data.
+const RETURN_PATH_PURPOSE: &[u8] = b"return-path";
+
+/// RFC 4648 base32 in lower case without padding, decoding lower case only (callers fold).
+static BASE32_LOWER: std::sync::LazyLock<data_encoding::Encoding> =
+    std::sync::LazyLock::new(|| {
+        let mut spec = data_encoding::Specification::new();
+        spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
+        spec.encoding().expect("a valid base32 alphabet")
+    });
 /// Longest token accepted (an address of 254 octets with long names fits well within).
 pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// What a return-path token says: which message, recipient, account, list and campaign a
+/// bounce mailed back to `<prefix>+<token>@<domain>` is about. `list` and `campaign` are
+/// empty when the message had none.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReturnPath {
+    pub id: QueueId,
+    pub account: String,
+    pub list: String,
+    pub campaign: String,
+    /// The recipient as the message was sent to it.
+    pub address: String,
+}
+
+// The address is personal data: Debug shows its domain only.
+impl std::fmt::Debug for ReturnPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let domain = self.address.rsplit_once('@').map_or("", |(_, d)| d);
+        f.debug_struct("ReturnPath")
+            .field("id", &self.id)
+            .field("account", &self.account)
+            .field("list", &self.list)
+            .field("campaign", &self.campaign)
+            .field("domain", &domain)
+            .finish()
+    }
+}
 
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,21 +211,15 @@ impl TokenKeys {
         Ok(id)
     }
 
-    /// The URL-safe token for `u`.
-    pub fn seal(&self, u: &Unsubscribe) -> String {
+    /// Seals `plain` under the sealing key, bound to `purpose`: `key id ‖ nonce ‖
+    /// ciphertext ‖ tag`.
+    fn seal_bytes(&self, purpose: &[u8], mut plain: Vec<u8>) -> Vec<u8> {
         let (id, key) = self.keys.last().expect("at least one key");
-        let mut plain = Vec::with_capacity(3 + u.account.len() + u.list.len() + u.address.len());
-        plain.push(VERSION);
-        for field in [&u.account, &u.list] {
-            plain.push(u8::try_from(field.len()).unwrap_or(u8::MAX));
-            plain.extend_from_slice(&field.as_bytes()[..field.len().min(255)]);
-        }
-        plain.extend_from_slice(u.address.as_bytes());
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).expect("system randomness");
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from([*id]),
+            Aad::from(aad(*id, purpose)),
             &mut plain,
         )
         .expect("sealing cannot fail for these sizes");
@@ -193,17 +227,11 @@ impl TokenKeys {
         out.push(*id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&plain);
-        URL_SAFE_NO_PAD.encode(out)
+        out
     }
 
-    /// What `token` says, if it is genuine.
-    pub fn open(&self, token: &str) -> Result<Unsubscribe, TokenError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Malformed);
-        }
-        let raw = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| TokenError::Malformed)?;
+    /// Opens what [`TokenKeys::seal_bytes`] sealed for `purpose`.
+    fn open_bytes(&self, purpose: &[u8], raw: &[u8]) -> Result<Vec<u8>, TokenError> {
         if raw.len() < 1 + NONCE_LEN + TAG_LEN + 3 {
             return Err(TokenError::Malformed);
         }
@@ -219,12 +247,106 @@ impl TokenKeys {
         let plain = key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from([id]),
+                Aad::from(aad(id, purpose)),
                 &mut sealed,
             )
             .map_err(|_| TokenError::Forged)?;
-        decode_plain(plain).ok_or(TokenError::Malformed)
+        Ok(plain.to_vec())
     }
+
+    /// The URL-safe token for `u`.
+    pub fn seal(&self, u: &Unsubscribe) -> String {
+        let mut plain = Vec::with_capacity(3 + u.account.len() + u.list.len() + u.address.len());
+        plain.push(VERSION);
+        for field in [&u.account, &u.list] {
+            push_field(&mut plain, field);
+        }
+        plain.extend_from_slice(u.address.as_bytes());
+        URL_SAFE_NO_PAD.encode(self.seal_bytes(b"", plain))
+    }
+
+    /// What `token` says, if it is genuine.
+    pub fn open(&self, token: &str) -> Result<Unsubscribe, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| TokenError::Malformed)?;
+        let plain = self.open_bytes(b"", &raw)?;
+        decode_plain(&plain).ok_or(TokenError::Malformed)
+    }
+
+    /// The return-path token for `r`: lower-case base32 (RFC 4648, no padding), so that
+    /// an MTA that folds the case of an envelope address does not break it.
+    pub fn seal_return_path(&self, r: &ReturnPath) -> String {
+        let mut plain = Vec::with_capacity(
+            12 + r.account.len() + r.list.len() + r.campaign.len() + r.address.len(),
+        );
+        plain.push(RETURN_PATH_VERSION);
+        plain.extend_from_slice(&r.id.get().to_be_bytes());
+        for field in [&r.account, &r.list, &r.campaign] {
+            push_field(&mut plain, field);
+        }
+        plain.extend_from_slice(r.address.as_bytes());
+        BASE32_LOWER.encode(&self.seal_bytes(RETURN_PATH_PURPOSE, plain))
+    }
+
+    /// What a return-path token says, if it is genuine (either case).
+    pub fn open_return_path(&self, token: &str) -> Result<ReturnPath, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let raw = BASE32_LOWER
+            .decode(token.to_ascii_lowercase().as_bytes())
+            .map_err(|_| TokenError::Malformed)?;
+        let plain = self.open_bytes(RETURN_PATH_PURPOSE, &raw)?;
+        decode_return_path(&plain).ok_or(TokenError::Malformed)
+    }
+}
+
+/// The associated data: the key id, and what the token is for (empty for unsubscribe
+/// tokens, as they always were), so a token of one kind never opens as the other.
+fn aad(id: u8, purpose: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(1 + purpose.len());
+    a.push(id);
+    a.extend_from_slice(purpose);
+    a
+}
+
+/// A length octet and at most 255 octets of `field`.
+fn push_field(plain: &mut Vec<u8>, field: &str) {
+    let n = field.len().min(255);
+    plain.push(n as u8);
+    plain.extend_from_slice(&field.as_bytes()[..n]);
+}
+
+/// Length-prefixed fields, in order, from the front of `rest`.
+fn take_field(rest: &mut &[u8]) -> Option<String> {
+    let (&len, tail) = rest.split_first()?;
+    let (field, tail) = tail.split_at_checked(len as usize)?;
+    *rest = tail;
+    String::from_utf8(field.to_vec()).ok()
+}
+
+fn decode_return_path(p: &[u8]) -> Option<ReturnPath> {
+    let (&version, rest) = p.split_first()?;
+    if version != RETURN_PATH_VERSION {
+        return None;
+    }
+    let (id, mut rest) = rest.split_at_checked(8)?;
+    let id = QueueId(u64::from_be_bytes(id.try_into().ok()?));
+    let account = take_field(&mut rest)?;
+    let list = take_field(&mut rest)?;
+    let campaign = take_field(&mut rest)?;
+    let address = String::from_utf8(rest.to_vec()).ok()?;
+    Some(ReturnPath {
+        id,
+        account,
+        list,
+        campaign,
+        address,
+    })
 }
 
 fn decode_plain(p: &[u8]) -> Option<Unsubscribe> {
@@ -232,14 +354,8 @@ fn decode_plain(p: &[u8]) -> Option<Unsubscribe> {
     if version != VERSION {
         return None;
     }
-    let mut take = || -> Option<String> {
-        let (&len, tail) = rest.split_first()?;
-        let (field, tail) = tail.split_at_checked(len as usize)?;
-        rest = tail;
-        String::from_utf8(field.to_vec()).ok()
-    };
-    let account = take()?;
-    let list = take()?;
+    let account = take_field(&mut rest)?;
+    let list = take_field(&mut rest)?;
     let address = String::from_utf8(rest.to_vec()).ok()?;
     Some(Unsubscribe {
         account,
