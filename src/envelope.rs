@@ -208,11 +208,14 @@ pub enum Settled<'a> {
     /// It will be tried again.
     Deferred { reason: &'a str },
     /// Given up: refused for good, or expired after `max_age` (status 4.4.7). `hard`: the
-    /// address itself was refused (it becomes a `bounce` suppression).
+    /// address itself was refused for good (it becomes a `bounce` suppression at once).
     Bounced {
         status: crate::smtp::reply::Status,
         diagnostic: &'a str,
         hard: bool,
+        /// The bounce category, and the rule that gave it.
+        category: crate::bounce::Category,
+        rule: &'a str,
     },
 }
 

@@ -260,6 +260,8 @@ fn delivery_settings(
     settings.policy = Some(policy.clone());
     settings.freezes = Some(state.freezes.clone());
     settings.feedback = gov.feedback.clone();
+    settings.bounces = Some(gov.bounces.clone());
+    settings.return_paths = gov.bounces.paths.clone();
     settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
         policy.clone(),
         state.token_keys.clone(),
@@ -284,6 +286,7 @@ fn session_context(
         own_domain: config.unsubscribe.mail_domain.clone(),
         unsubscribes: Some(gov.unsubscribes.clone()),
         complaints: gov.complaints.clone(),
+        bounces: gov.bounces.paths.as_ref().map(|_| gov.bounces.clone()),
         log: state.delivery_log.clone(),
         freezes: Some(state.freezes.clone()),
         campaigns: Some(state.campaigns.clone()),
@@ -294,6 +297,7 @@ fn session_context(
         own_limits: session::OwnLimits {
             report: config.complaints.max_report_size,
             unsubscribe: config.unsubscribe.max_mail_size,
+            bounce: config.bounces.max_size,
         },
         tls_available: true,
         data_memory: session::memory::DataMemory::new(config.smtp.max_data_memory),

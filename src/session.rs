@@ -10,6 +10,7 @@
 //! replies come from [`Refusal`]; this file never writes reply codes of its own for errors.
 
 mod auth;
+mod bounce;
 mod checks;
 mod complaint;
 mod conn;
@@ -60,6 +61,8 @@ pub struct SessionContext {
     pub unsubscribes: Option<Arc<crate::governance::unsubscribe::Unsubscribes>>,
     /// Takes ARF reports mailed to the feedback address; `None`: it is not taken.
     pub complaints: Option<Arc<crate::governance::complaints::Complaints>>,
+    /// Takes bounces mailed to the return paths; `None`: they are not taken.
+    pub bounces: Option<Arc<crate::governance::bounces::Bounces>>,
     /// The delivery log (accepted and suppressed recipients).
     pub log: Option<crate::privacy::delivery_log::DeliveryLog>,
     /// Frozen accounts, whose submissions are refused; `None`: none are.
@@ -89,6 +92,8 @@ pub struct OwnLimits {
     pub report: u64,
     /// `[unsubscribe] max_mail_size`: a transaction with only unsubscribe addresses.
     pub unsubscribe: u64,
+    /// `[bounces] max_size`: a transaction with a return path.
+    pub bounce: u64,
 }
 
 /// The listener's hold on one connection: told when the client becomes trusted (it
@@ -147,6 +152,9 @@ struct Transaction {
     unsubscribes: Vec<crate::rewrite::token::Unsubscribe>,
     /// The feedback address is a recipient (the report is handled at the end of DATA).
     complaint: bool,
+    /// Tokens of the return paths among the recipients (the bounce is handled at the end
+    /// of DATA).
+    bounce_tokens: Vec<String>,
     /// A client no account knows wrote to the postmaster (RFC 5321 §4.5.1).
     postmaster: bool,
     sender: Option<Address>,
@@ -411,7 +419,10 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     let most = if account.is_some() {
         ctx.smtp.max_message_size
     } else {
-        ctx.own_limits.report.max(ctx.own_limits.unsubscribe)
+        ctx.own_limits
+            .report
+            .max(ctx.own_limits.unsubscribe)
+            .max(ctx.own_limits.bounce)
     };
     if let Some(size) = params.size
         && size > most
@@ -429,6 +440,7 @@ fn mail<S: AsyncRead + AsyncWrite + Unpin>(
         account,
         unsubscribes: Vec::new(),
         complaint: false,
+        bounce_tokens: Vec::new(),
         postmaster: false,
         sender: from,
         params,
@@ -504,6 +516,21 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
         conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
         return Ok(Flow::Continue);
     }
+    if let Some(token) = bounce::token_of(ctx, &to) {
+        if txn.account.is_none() && !txn.complaint && txn.bounce_tokens.is_empty() {
+            declared_size_within(txn, ctx.own_limits.bounce)?;
+            if !bounce::admit(ctx, state.peer.remote.ip()) {
+                crate::metrics::untrusted_refused(&Refusal::ReportRate);
+                return Err(Refusal::ReportRate);
+            }
+        }
+        let txn = state.txn.as_mut().expect("checked above");
+        if !txn.bounce_tokens.contains(&token) {
+            txn.bounce_tokens.push(token);
+        }
+        conn.reply(&Reply::new(250, Status::new(2, 1, 5), "Recipient OK"));
+        return Ok(Flow::Continue);
+    }
     if is_postmaster && txn.account.is_none() {
         // The postmaster's mailbox is no channel for floods: it shares the report cap.
         admit_stranger_report(ctx, txn, state.peer.remote.ip())?;
@@ -568,7 +595,9 @@ fn declared_size_within(txn: &Transaction, limit: u64) -> Result<(), Refusal> {
 fn size_limit(ctx: &SessionContext, txn: &Transaction) -> u64 {
     match (&txn.account, txn.complaint || txn.postmaster) {
         (Some(_), _) => ctx.smtp.max_message_size,
-        (None, true) => ctx.own_limits.report,
+        (None, true) if txn.bounce_tokens.is_empty() => ctx.own_limits.report,
+        (None, true) => ctx.own_limits.report.max(ctx.own_limits.bounce),
+        (None, false) if !txn.bounce_tokens.is_empty() => ctx.own_limits.bounce,
         (None, false) => ctx.own_limits.unsubscribe,
     }
 }
@@ -589,7 +618,12 @@ fn is_own_postmaster(ctx: &SessionContext, to: &Address) -> bool {
 fn ready_for_content(state: &State) -> Result<(), Refusal> {
     match &state.txn {
         None => Err(Refusal::BadSequence("need MAIL and RCPT first")),
-        Some(t) if t.rcpts.is_empty() && t.unsubscribes.is_empty() && !t.complaint => {
+        Some(t)
+            if t.rcpts.is_empty()
+                && t.unsubscribes.is_empty()
+                && !t.complaint
+                && t.bounce_tokens.is_empty() =>
+        {
             Err(Refusal::BadSequence("need RCPT first"))
         }
         Some(_) => Ok(()),

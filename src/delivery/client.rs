@@ -303,10 +303,11 @@ impl Connection {
     fn refusal(
         &self,
         env: &Envelope,
+        sender: Option<&str>,
         rcpts: &[(u32, &Recipient)],
         body: &[u8],
     ) -> Option<LocalRefusal> {
-        if needs_smtputf8(env, rcpts) && !self.caps.smtputf8 {
+        if needs_smtputf8(env, sender, rcpts) && !self.caps.smtputf8 {
             return Some(LocalRefusal::NeedsSmtpUtf8);
         }
         if env.eight_bit_content && !self.caps.eight_bit_mime {
@@ -321,8 +322,14 @@ impl Connection {
         None
     }
 
-    fn mail_command(&self, env: &Envelope, rcpts: &[(u32, &Recipient)], size: usize) -> String {
-        let mut cmd = format!("MAIL FROM:<{}>", env.sender.as_deref().unwrap_or(""));
+    fn mail_command(
+        &self,
+        env: &Envelope,
+        sender: Option<&str>,
+        rcpts: &[(u32, &Recipient)],
+        size: usize,
+    ) -> String {
+        let mut cmd = format!("MAIL FROM:<{}>", sender.unwrap_or(""));
         if self.caps.size.is_some() {
             cmd.push_str(&format!(" SIZE={size}"));
         }
@@ -331,7 +338,7 @@ impl Connection {
         {
             cmd.push_str(" BODY=8BITMIME");
         }
-        if needs_smtputf8(env, rcpts) {
+        if needs_smtputf8(env, sender, rcpts) {
             cmd.push_str(" SMTPUTF8");
         }
         if self.caps.dsn {
@@ -365,8 +372,16 @@ impl Connection {
     }
 
     /// Runs one transaction for `rcpts` (index in the envelope, recipient).
-    pub async fn send(&mut self, env: &Envelope, rcpts: &[(u32, &Recipient)], body: &[u8]) -> Sent {
-        if let Some(refusal) = self.refusal(env, rcpts, body) {
+    /// One transaction: `sender` is the reverse path of `MAIL FROM` (the message's own, or
+    /// its return path; `None`: `<>`).
+    pub async fn send(
+        &mut self,
+        env: &Envelope,
+        sender: Option<&str>,
+        rcpts: &[(u32, &Recipient)],
+        body: &[u8],
+    ) -> Sent {
+        if let Some(refusal) = self.refusal(env, sender, rcpts, body) {
             return Sent {
                 results: rcpts
                     .iter()
@@ -387,7 +402,9 @@ impl Connection {
         }
         let mut results: Vec<(u32, Option<Attempt>)> =
             rcpts.iter().map(|(i, _)| (*i, None)).collect();
-        let outcome = self.transaction(env, rcpts, &wire, &mut results).await;
+        let outcome = self
+            .transaction(env, sender, rcpts, &wire, &mut results)
+            .await;
         let reusable = match &outcome {
             Ok(()) => true,
             Err(attempt) => {
@@ -418,11 +435,12 @@ impl Connection {
     async fn transaction(
         &mut self,
         env: &Envelope,
+        sender: Option<&str>,
         rcpts: &[(u32, &Recipient)],
         wire: &[u8],
         results: &mut [(u32, Option<Attempt>)],
     ) -> Result<(), Attempt> {
-        let mail = self.mail_command(env, rcpts, wire.len());
+        let mail = self.mail_command(env, sender, rcpts, wire.len());
         let rcpt_cmds: Vec<String> = rcpts.iter().map(|(_, r)| self.rcpt_command(r)).collect();
         let pipelining = self.caps.pipelining;
         let mail_reply;
@@ -555,10 +573,10 @@ async fn handshake(
 }
 
 /// SMTPUTF8 is needed when the client asked for it and something actually is UTF-8.
-fn needs_smtputf8(env: &Envelope, rcpts: &[(u32, &Recipient)]) -> bool {
+fn needs_smtputf8(env: &Envelope, sender: Option<&str>, rcpts: &[(u32, &Recipient)]) -> bool {
     env.smtputf8
         && (env.eight_bit_content
-            || !env.sender.as_deref().unwrap_or("").is_ascii()
+            || !sender.unwrap_or("").is_ascii()
             || rcpts.iter().any(|(_, r)| !r.address.is_ascii()))
 }
 

@@ -43,7 +43,13 @@ pub struct Settings {
     pub config: DeliveryConfig,
     /// The per-recipient rewrite stage; `None` sends the spooled content as it is.
     pub rewriter: Option<Arc<crate::rewrite::Rewriter>>,
-    /// Where hard bounces become `bounce` suppressions; `None`: they do not.
+    /// The relay's own return path (`[bounces] return_path`); `None`: messages keep their
+    /// envelope sender.
+    pub return_paths: Option<crate::rewrite::return_path::ReturnPaths>,
+    /// What bounces do: suppressions, full-mailbox streaks, counts by category; `None`:
+    /// nothing beyond the DSN.
+    pub bounces: Option<Arc<crate::governance::bounces::Bounces>>,
+    /// The consent data, for whom DSNs may go to.
     pub lists: Option<Arc<crate::consent::Lists>>,
     /// The delivery log; `None`: no log.
     pub log: Option<crate::privacy::delivery_log::DeliveryLog>,
@@ -64,6 +70,8 @@ impl Settings {
             hostname: hostname.to_string(),
             config: config.clone(),
             rewriter: None,
+            return_paths: None,
+            bounces: None,
             lists: None,
             log: None,
             counts: Arc::default(),

@@ -197,39 +197,55 @@ pub fn classify(attempt: &Attempt) -> Disposition {
     }
 }
 
-/// Whether a failure says the address itself is dead — unknown or disabled mailbox, moved
-/// without forwarding, a domain that does not exist or takes no mail — as opposed to a
-/// refusal of this message (content, size, policy, reputation). Only these become `bounce`
-/// suppressions.
-pub fn hard_bounce(attempt: &Attempt) -> bool {
+/// The bounce category of a failed attempt, by the policy's classifier (see
+/// [`crate::bounce`]); `domain` is the recipient's. A refusal of the relay's own sender
+/// (at `MAIL FROM`) is never about the recipient, whatever its code says.
+pub fn bounce_verdict(
+    attempt: &Attempt,
+    classifier: &crate::bounce::Classifier,
+    domain: &str,
+) -> crate::bounce::Verdict {
+    use crate::bounce::{Category, Evidence, Fault, Verdict};
     match attempt {
-        Attempt::Replied {
-            stage: Stage::Rcpt | Stage::Data,
-            reply,
-        } if reply.severity() == Severity::Permanent => match reply.status {
-            Some(s) => {
-                s.class == 5
-                    && matches!(
-                        (s.subject, s.detail),
-                        (1, 1) | (1, 2) | (1, 6) | (1, 10) | (2, 1)
-                    )
+        Attempt::Replied { stage, reply } => {
+            let v = classifier.classify(&Evidence {
+                code: Some(reply.code),
+                status: reply.status,
+                text: &reply.text,
+                domain,
+            });
+            if *stage == Stage::Mail && v.category.fault() == Fault::Recipient {
+                Verdict::new(
+                    Category::Other,
+                    format!("refused at MAIL FROM ({})", v.rule),
+                )
+            } else {
+                v
             }
-            None => {
-                let text = reply.text.to_ascii_lowercase();
-                reply.code == 550
-                    && [
-                        "user unknown",
-                        "unknown user",
-                        "no such user",
-                        "does not exist",
-                        "mailbox unavailable",
-                    ]
-                    .iter()
-                    .any(|p| text.contains(p))
+        }
+        Attempt::NoAnswer { .. } => Verdict::new(Category::Routing, "no answer"),
+        Attempt::Unroutable(failure) => match failure {
+            ResolveFailure::NoSuchDomain => {
+                Verdict::new(Category::BadDomain, "dns: no such domain")
             }
+            ResolveFailure::NullMx => Verdict::new(Category::BadDomain, "dns: null MX"),
+            ResolveFailure::NoAddresses => Verdict::new(Category::Routing, "dns: no address"),
+            ResolveFailure::Temporary(_) => Verdict::new(Category::Routing, "dns: temporary"),
         },
-        Attempt::Unroutable(ResolveFailure::NoSuchDomain | ResolveFailure::NullMx) => true,
-        _ => false,
+        Attempt::Refused(refusal) => match refusal {
+            LocalRefusal::TooBigForServer { .. } => {
+                Verdict::new(Category::MessageTooLarge, "local: over the server's SIZE")
+            }
+            LocalRefusal::NeedsSmtpUtf8
+            | LocalRefusal::NeedsEightBitMime
+            | LocalRefusal::MalformedContent => Verdict::new(
+                Category::ContentRejected,
+                "local: content the server cannot take",
+            ),
+            LocalRefusal::DamagedInSpool
+            | LocalRefusal::Rewrite(_)
+            | LocalRefusal::ReturnedByOperator => Verdict::new(Category::Other, "local"),
+        },
     }
 }
 
@@ -329,7 +345,9 @@ mod tests {
     }
 
     #[test]
-    fn hard_bounces_are_about_the_address_not_the_message() {
+    fn verdicts_are_about_the_address_only_when_the_address_was_refused() {
+        use crate::bounce::{Action, Category, Classifier};
+        let c = Classifier::default();
         let at = |stage, code, status: Option<Status>, text: &'static str| Attempt::Replied {
             stage,
             reply: Reply {
@@ -338,56 +356,67 @@ mod tests {
                 text: text.into(),
             },
         };
-        assert!(hard_bounce(&at(
-            Stage::Rcpt,
-            550,
-            Some(Status::new(5, 1, 1)),
-            "no mailbox"
-        )));
-        assert!(hard_bounce(&at(
-            Stage::Rcpt,
-            550,
-            Some(Status::new(5, 2, 1)),
-            "disabled"
-        )));
-        assert!(hard_bounce(&at(Stage::Rcpt, 550, None, "User unknown")));
-        assert!(hard_bounce(&Attempt::Unroutable(ResolveFailure::NullMx)));
-        assert!(hard_bounce(&Attempt::Unroutable(
-            ResolveFailure::NoSuchDomain
-        )));
-        // The message, not the address: spam, size, policy.
-        assert!(!hard_bounce(&at(
-            Stage::Data,
-            554,
-            Some(Status::new(5, 7, 1)),
-            "spam"
-        )));
-        assert!(!hard_bounce(&at(
-            Stage::Rcpt,
-            552,
-            Some(Status::new(5, 2, 2)),
-            "over quota"
-        )));
-        assert!(!hard_bounce(&at(
-            Stage::Rcpt,
-            550,
-            None,
-            "rejected by policy"
-        )));
-        assert!(!hard_bounce(&at(
-            Stage::Rcpt,
-            450,
-            Some(Status::new(4, 1, 1)),
-            "try later"
-        )));
-        assert!(!hard_bounce(&at(
-            Stage::Mail,
-            550,
-            Some(Status::new(5, 1, 1)),
-            "sender"
-        )));
-        assert!(!hard_bounce(&Attempt::Unroutable(
-            ResolveFailure::NoAddresses
-        )));
+        let category = |a: &Attempt| bounce_verdict(a, &c, "example.net").category;
+        assert_eq!(
+            category(&at(
+                Stage::Rcpt,
+                550,
+                Some(Status::new(5, 1, 1)),
+                "no mailbox"
+            )),
+            Category::InvalidRecipient
+        );
+        assert_eq!(
+            category(&at(
+                Stage::Rcpt,
+                550,
+                Some(Status::new(5, 2, 1)),
+                "disabled"
+            )),
+            Category::Inactive
+        );
+        assert_eq!(
+            category(&at(Stage::Rcpt, 550, None, "User unknown")),
+            Category::InvalidRecipient
+        );
+        assert_eq!(
+            category(&Attempt::Unroutable(ResolveFailure::NullMx)),
+            Category::BadDomain
+        );
+        assert_eq!(
+            category(&Attempt::Unroutable(ResolveFailure::NoSuchDomain)),
+            Category::BadDomain
+        );
+        // The message, not the address: spam, size, policy — and a full mailbox waits
+        // for its streak.
+        for (a, want) in [
+            (
+                at(Stage::Data, 554, Some(Status::new(5, 7, 1)), "spam"),
+                Category::SpamBlock,
+            ),
+            (
+                at(Stage::Rcpt, 552, Some(Status::new(5, 2, 2)), "over quota"),
+                Category::MailboxFull,
+            ),
+            (
+                at(Stage::Rcpt, 550, None, "rejected by policy"),
+                Category::SpamBlock,
+            ),
+            (
+                at(Stage::Mail, 550, Some(Status::new(5, 1, 1)), "sender"),
+                Category::Other,
+            ),
+            (
+                Attempt::Unroutable(ResolveFailure::NoAddresses),
+                Category::Routing,
+            ),
+            (
+                Attempt::Refused(LocalRefusal::TooBigForServer { limit: 10 }),
+                Category::MessageTooLarge,
+            ),
+        ] {
+            assert_eq!(category(&a), want, "{a:?}");
+            assert_ne!(want.action(), Action::Suppress);
+        }
     }
 }

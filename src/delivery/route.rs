@@ -524,6 +524,17 @@ async fn deliver(
     // stalls other sessions.
     let rewriter = ctx.settings.rewriter.clone();
     let per_recipient = rewriter.as_ref().is_some_and(|r| r.per_recipient(&env));
+    // With the relay's own return path, each recipient is its own transaction too (its
+    // envelope sender names it), even when they share one content.
+    let verp = ctx
+        .settings
+        .return_paths
+        .as_ref()
+        .filter(|_| env.sender.is_some() && !env.generated_dsn);
+    let bounce_domain: Option<String> = verp.and_then(|_| {
+        let policy = ctx.settings.policy.as_ref()?.load();
+        policy.account(&env.account)?.bounce_domain.clone()
+    });
     let batch = if per_recipient {
         super::budget::batch(job.loc.len, job.rcpts.len())
     } else {
@@ -542,6 +553,18 @@ async fn deliver(
                 crate::cpu::run_for(work, move || prepare(&r, &env, &chunk, &body)).await
             }
             None => vec![(chunk.to_vec(), Ok(body.clone()))],
+        };
+        let contents = match verp {
+            Some(_) if !per_recipient => contents
+                .into_iter()
+                .flat_map(|(rcpts, content)| {
+                    rcpts
+                        .into_iter()
+                        .map(move |i| (vec![i], content.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+            _ => contents,
         };
         for (rcpts, content) in contents {
             if let Some(attempt) = &unreachable {
@@ -565,11 +588,16 @@ async fn deliver(
                 continue;
             }
             slot_used = true;
+            let return_path = match (verp, rcpts.as_slice()) {
+                (Some(paths), [i]) => paths.sender_for(&env, *i as usize, bounce_domain.as_deref()),
+                _ => None,
+            };
+            let sender = return_path.as_deref().or(env.sender.as_deref());
             transact(
                 route,
                 ctx,
                 conn,
-                &env,
+                (&env, sender),
                 &rcpts,
                 &content,
                 per_connection,
@@ -596,7 +624,8 @@ async fn load(ctx: &Workers, job: &mut Job) -> Result<Loaded, crate::spool::Spoo
     })
 }
 
-/// One transaction on the open connection for `rcpts` with `content`: its results go
+/// One transaction on the open connection for `rcpts` with `content`, from `sender`
+/// (the message's own envelope sender or its return path): its results go
 /// into the report; a refusal shapes the route's pace; the connection is dropped when it
 /// cannot be reused and closed once it carried `per_connection` transactions.
 #[allow(clippy::too_many_arguments)]
@@ -604,7 +633,7 @@ async fn transact(
     route: &Route,
     ctx: &Workers,
     conn: &mut Option<Connection>,
-    env: &Envelope,
+    (env, sender): (&Envelope, Option<&str>),
     rcpts: &[u32],
     content: &Bytes,
     per_connection: usize,
@@ -615,7 +644,7 @@ async fn transact(
         .iter()
         .map(|&i| (i, &env.recipients[i as usize]))
         .collect();
-    let sent = c.send(env, &with_rcpt, content).await;
+    let sent = c.send(env, sender, &with_rcpt, content).await;
     crate::metrics::delivery_attempt(sent.reusable);
     // One transaction shapes the pace once, however many recipients it refused.
     if let Some((_, attempt)) = sent

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounce::Category;
 use crate::envelope::QueueId;
 use crate::policy::rules::CampaignRules;
 use crate::privacy::events::EventLog;
@@ -39,7 +40,7 @@ pub enum Stage {
 }
 
 /// What the canary did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Figures {
     /// Canary recipients handed to delivery.
     pub admitted: u64,
@@ -49,6 +50,13 @@ pub struct Figures {
     pub hard_bounced: u64,
     pub complaints: u64,
     pub unsubscribes: u64,
+    /// Addresses found dead (a permanent `invalid_recipient`, `bad_domain` or `inactive`
+    /// bounce, in the relay's own transaction or mailed back later).
+    #[serde(default)]
+    pub inactive: u64,
+    /// Bounces by category, in the relay's own transactions and mailed back.
+    #[serde(default)]
+    pub bounces: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,17 +132,23 @@ impl Campaign {
                 rules.max_unsubscribe_rate,
             ),
         ];
-        checks.iter().find_map(|(what, n, max)| {
-            let rate = self.rate(*n);
-            (rate > *max).then(|| {
-                format!(
-                    "canary {what} rate {:.2}% over the {:.2}% allowed ({n} of {})",
-                    rate * 100.0,
-                    max * 100.0,
-                    self.canary.finished
-                )
+        let inactive = rules
+            .max_inactive_rate
+            .map(|max| ("inactive address", self.canary.inactive, max));
+        checks
+            .iter()
+            .chain(inactive.as_ref())
+            .find_map(|(what, n, max)| {
+                let rate = self.rate(*n);
+                (rate > *max).then(|| {
+                    format!(
+                        "canary {what} rate {:.2}% over the {:.2}% allowed ({n} of {})",
+                        rate * 100.0,
+                        max * 100.0,
+                        self.canary.finished
+                    )
+                })
             })
-        })
     }
 }
 
@@ -331,8 +345,10 @@ impl Campaigns {
         Ok(c)
     }
 
-    /// A canary recipient finished (outcomes after the verdict are not the canary's).
-    pub fn outcome(&self, key: &str, delivered: bool, hard_bounce: bool) {
+    /// A canary recipient finished (outcomes after the verdict are not the canary's):
+    /// delivered, or bounced in the relay's own transaction (`bounce`: its category, and
+    /// whether the address itself was refused for good).
+    pub fn outcome(&self, key: &str, delivered: bool, bounce: Option<(Category, bool)>) {
         if let Some(c) = self.lock().get_mut(key)
             && c.stage == Stage::Canary
         {
@@ -340,8 +356,32 @@ impl Campaigns {
             if delivered {
                 c.canary.delivered += 1;
             }
-            if hard_bounce {
-                c.canary.hard_bounced += 1;
+            if let Some((category, hard)) = bounce {
+                if hard {
+                    c.canary.hard_bounced += 1;
+                    c.canary.inactive += 1;
+                }
+                *c.canary
+                    .bounces
+                    .entry(category.as_str().to_string())
+                    .or_default() += 1;
+            }
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A bounce mailed back for a canary recipient already delivered: counted by category,
+    /// and as an inactive address when it names the address dead for good.
+    pub fn bounced(&self, key: &str, category: Category, permanent: bool) {
+        if let Some(c) = self.lock().get_mut(key)
+            && c.stage == Stage::Canary
+        {
+            *c.canary
+                .bounces
+                .entry(category.as_str().to_string())
+                .or_default() += 1;
+            if permanent && category.is_inactive_address() {
+                c.canary.inactive += 1;
             }
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -518,8 +558,10 @@ impl crate::envelope::OutcomeSink for Campaigns {
         use crate::envelope::Settled;
         let Some(key) = o.canary else { return };
         match o.settled {
-            Settled::Delivered { .. } => self.outcome(key, true, false),
-            Settled::Bounced { hard, .. } => self.outcome(key, false, hard),
+            Settled::Delivered { .. } => self.outcome(key, true, None),
+            Settled::Bounced { hard, category, .. } => {
+                self.outcome(key, false, Some((category, hard)))
+            }
             Settled::Deferred { .. } => {}
         }
     }
@@ -575,7 +617,7 @@ mod tests {
         assert_eq!(Admission::Hold.sending(10), Some(0));
         assert_eq!(Admission::Declined("x".into()).sending(10), None);
         // after a restart, one canary recipient finished: the other two pending go again
-        c.outcome("shop/big", true, false);
+        c.outcome("shop/big", true, None);
         let mut budget = BTreeMap::new();
         assert_eq!(
             c.readmit("shop/big", 1, &mut budget),
@@ -637,9 +679,9 @@ mod tests {
             c.admit("shop", "bad", Some("deals"), None, 1, &r, 0);
             c.admit("shop", "good", Some("deals"), None, 1, &r, 0);
         }
-        c.outcome("shop/bad", false, true);
-        c.outcome("shop/bad", true, false);
-        c.outcome("shop/good", true, false);
+        c.outcome("shop/bad", false, Some((Category::InvalidRecipient, true)));
+        c.outcome("shop/bad", true, None);
+        c.outcome("shop/good", true, None);
         // not yet due
         assert!(c.judge_due(&r, 1000).is_empty());
         let later = r.window.as_millis() as u64 + 1;
@@ -689,7 +731,7 @@ mod tests {
         for _ in 0..5 {
             c.admit("shop", "s", None, None, 1, &r, 0);
         }
-        c.outcome("shop/s", true, false); // one canary recipient done
+        c.outcome("shop/s", true, None); // one canary recipient done
         let mut budget = BTreeMap::new();
         let got: Vec<Admission> = (0..4)
             .map(|_| c.readmit("shop/s", 1, &mut budget))

@@ -46,11 +46,9 @@
 pub mod arf;
 pub mod reporter;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -72,11 +70,6 @@ use crate::smtp::text::Escaped;
 pub const MAX_KEPT_ASIDE: usize = 10_000;
 /// … and at most this many octets of them in all.
 pub const MAX_KEPT_ASIDE_BYTES: u64 = 64 << 20;
-/// How often the kept-aside directory's totals are counted afresh (the retention sweep
-/// deletes old files behind our back).
-const ASIDE_RECOUNT: Duration = Duration::from_secs(60);
-/// Client addresses whose report counts are remembered at most.
-const MAX_RATE_CLIENTS: usize = 65_536;
 /// Longest `Feedback-Type` accepted (the registered ones are short).
 const MAX_FEEDBACK_TYPE: usize = 32;
 
@@ -196,21 +189,6 @@ pub struct Limits {
     pub max_reports_per_ip: u32,
 }
 
-/// Report counts per client address in fixed one-hour windows.
-#[derive(Debug, Default)]
-struct RateWindow {
-    started: Option<Instant>,
-    counts: HashMap<IpAddr, u32>,
-}
-
-/// What the kept-aside directory holds, as last counted.
-#[derive(Debug, Default)]
-struct AsideUsage {
-    counted: Option<Instant>,
-    files: usize,
-    bytes: u64,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ComplaintError {
     #[error("recording the complaint: {0}")]
@@ -242,10 +220,9 @@ pub struct Complaints {
     /// Reporters whose DKIM-signed tokenless reports are taken; `None`: none are.
     pub reporters: Option<reporter::Reporters>,
     pub limits: Limits,
-    rate: Mutex<RateWindow>,
-    aside: Mutex<AsideUsage>,
-    /// [`MAX_KEPT_ASIDE`] and [`MAX_KEPT_ASIDE_BYTES`] (smaller in tests).
-    aside_cap: (usize, u64),
+    rate: super::intake::HourlyCap,
+    /// At most [`MAX_KEPT_ASIDE`] files and [`MAX_KEPT_ASIDE_BYTES`] (smaller in tests).
+    aside: super::intake::KeptAside,
     /// A new complaint counts toward the account's complaint rate (health) and its
     /// campaign's canary; the account's webhook hears of every complaint.
     pub feedback: super::Feedback,
@@ -287,9 +264,12 @@ impl Complaints {
             limits: Limits {
                 max_reports_per_ip: u32::MAX,
             },
-            rate: Mutex::default(),
-            aside: Mutex::default(),
-            aside_cap: (MAX_KEPT_ASIDE, MAX_KEPT_ASIDE_BYTES),
+            rate: super::intake::HourlyCap::new(u32::MAX),
+            aside: super::intake::KeptAside::new(
+                &spool.join("complaints/malformed"),
+                MAX_KEPT_ASIDE,
+                MAX_KEPT_ASIDE_BYTES,
+            ),
         }
     }
 
@@ -301,31 +281,13 @@ impl Complaints {
 
     pub fn with_limits(mut self, limits: Limits) -> Complaints {
         self.limits = limits;
+        self.rate = super::intake::HourlyCap::new(limits.max_reports_per_ip);
         self
     }
 
     /// Whether one more report may come from `client` this hour (counts it when yes).
     pub fn admit_report(&self, client: IpAddr) -> bool {
-        let key = crate::policy::client_key(client);
-        let now = Instant::now();
-        let mut rate = self.rate.lock().expect("report rate lock");
-        if rate
-            .started
-            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(3600))
-        {
-            rate.started = Some(now);
-            rate.counts.clear();
-        }
-        if !rate.counts.contains_key(&key) && rate.counts.len() >= MAX_RATE_CLIENTS {
-            // So many clients in one hour is a flood of its own: newcomers wait.
-            return false;
-        }
-        let n = rate.counts.entry(key).or_insert(0);
-        if *n >= self.limits.max_reports_per_ip {
-            return false;
-        }
-        *n += 1;
-        true
+        self.rate.admit(client)
     }
 
     /// Takes only reports whose copy carries a genuine unsubscribe token.
@@ -540,7 +502,8 @@ impl Complaints {
     fn keep_aside(&self, raw: &[u8], why: Malformed) -> Result<Outcome, ComplaintError> {
         crate::metrics::complaint_report_malformed();
         let file = self
-            .store_aside(raw)
+            .aside
+            .store(raw)
             .map_err(|source| ComplaintError::KeepAside {
                 path: self.malformed_dir.clone(),
                 source,
@@ -559,38 +522,6 @@ impl Complaints {
             ),
         }
         Ok(Outcome::KeptAside { file, why })
-    }
-
-    /// Writes `raw` to a new file of the malformed directory (0600, fsynced); `None`
-    /// when [`MAX_KEPT_ASIDE`] files or [`MAX_KEPT_ASIDE_BYTES`] are there already.
-    fn store_aside(&self, raw: &[u8]) -> std::io::Result<Option<PathBuf>> {
-        let dir = &self.malformed_dir;
-        crate::files::private_dir(dir)?;
-        let mut usage = self.aside.lock().expect("kept-aside lock");
-        if usage.counted.is_none_or(|t| t.elapsed() >= ASIDE_RECOUNT) {
-            let (files, bytes) = std::fs::read_dir(dir)?
-                .filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .fold((0, 0), |(n, b), m| (n + 1, b + m.len()));
-            *usage = AsideUsage {
-                counted: Some(Instant::now()),
-                files,
-                bytes,
-            };
-        }
-        let (max_files, max_bytes) = self.aside_cap;
-        if usage.files >= max_files || usage.bytes + raw.len() as u64 > max_bytes {
-            return Ok(None);
-        }
-        let path = dir.join(format!(
-            "{}-{:016x}.eml",
-            crate::envelope::now_ms(),
-            rand::random::<u64>()
-        ));
-        crate::files::write_new(&path, raw)?;
-        usage.files += 1;
-        usage.bytes += raw.len() as u64;
-        Ok(Some(path))
     }
 }
 

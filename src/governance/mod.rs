@@ -7,11 +7,13 @@
 //! that freeze an account crossing the policy's thresholds), and signed webhooks
 //! ([`webhook`]: unsubscribes, complaints and hard bounces told to the account's systems).
 
+pub mod bounces;
 pub mod campaign;
 pub mod complaints;
 pub mod counts;
 pub mod freeze;
 pub mod health;
+pub mod intake;
 pub mod unsubscribe;
 pub mod webhook;
 

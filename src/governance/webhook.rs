@@ -656,12 +656,16 @@ async fn sleep_until_opt(at: Option<Instant>) {
 mod http;
 
 /// A hard bounce is told to the account's webhook, with the address: it is the point.
+/// A recipient the relay gave up on (refused for good, or expired) is a `bounce` event
+/// with its category, `via: "sync"`.
 impl crate::envelope::OutcomeSink for Webhooks {
     fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
         let crate::envelope::Settled::Bounced {
             status,
             diagnostic,
-            hard: true,
+            hard,
+            category,
+            rule,
         } = o.settled
         else {
             return;
@@ -675,6 +679,13 @@ impl crate::envelope::OutcomeSink for Webhooks {
                 serde_json::json!({
                     "status": status.to_string(),
                     "diagnostic": diagnostic,
+                    "category": category.as_str(),
+                    "rule": rule,
+                    "hard": hard,
+                    "via": "sync",
+                    "queue_id": o.id.to_string(),
+                    "campaign": o.envelope.campaign,
+                    "expired": o.expired(),
                 }),
             ),
         );

@@ -54,6 +54,10 @@ pub struct CampaignRules {
     pub max_hard_bounce_rate: f64,
     pub max_complaint_rate: f64,
     pub max_unsubscribe_rate: f64,
+    /// Inactive addresses (dead for good, found in the relay's transactions or by bounces
+    /// mailed back) per finished canary recipient; `None`: not judged apart from the hard
+    /// bounce rate.
+    pub max_inactive_rate: Option<f64>,
 }
 
 impl Default for CampaignRules {
@@ -66,6 +70,7 @@ impl Default for CampaignRules {
             max_hard_bounce_rate: 0.05,
             max_complaint_rate: 0.003,
             max_unsubscribe_rate: 0.02,
+            max_inactive_rate: None,
         }
     }
 }
@@ -120,6 +125,7 @@ pub(super) fn read_campaigns(s: &mut Section<'_>) -> CampaignRules {
     let max_hard_bounce_rate = rate(s, "max_hard_bounce_rate", d.max_hard_bounce_rate);
     let max_complaint_rate = rate(s, "max_complaint_rate", d.max_complaint_rate);
     let max_unsubscribe_rate = rate(s, "max_unsubscribe_rate", d.max_unsubscribe_rate);
+    let max_inactive_rate = super::share(s, "max_inactive_rate");
     let max = s.get_or("canary_max", d.max as i64);
     if !(1..=1000).contains(&max) {
         s.problem("canary_max", "must be between 1 and 1000");
@@ -136,5 +142,6 @@ pub(super) fn read_campaigns(s: &mut Section<'_>) -> CampaignRules {
         max_hard_bounce_rate,
         max_complaint_rate,
         max_unsubscribe_rate,
+        max_inactive_rate,
     }
 }

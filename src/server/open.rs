@@ -107,6 +107,8 @@ pub(super) struct Governance {
     pub unsubscribes: Arc<Unsubscribes>,
     /// `None` when `[complaints] enabled = false`.
     pub complaints: Option<Arc<Complaints>>,
+    /// What bounces do, and the return-path intake.
+    pub bounces: Arc<crate::governance::bounces::Bounces>,
 }
 
 impl Governance {
@@ -144,6 +146,16 @@ impl Governance {
             true => Some(complaints(config, state, policy, &feedback, &counts)?),
             false => None,
         };
+        let mut bounces = crate::governance::bounces::Bounces::new(
+            &config.spool.path,
+            state.lists.clone(),
+            policy.clone(),
+            state.tagger.clone(),
+            config.bounces.max_per_ip,
+        );
+        bounces.feedback = feedback.clone();
+        bounces.complaints = complaints.clone();
+        bounces.paths = return_paths(config, state);
         Ok(Governance {
             governor,
             webhooks,
@@ -151,8 +163,24 @@ impl Governance {
             counts,
             unsubscribes,
             complaints,
+            bounces: Arc::new(bounces),
         })
     }
+}
+
+/// The relay's own return path, when `[bounces] return_path` is on.
+pub(super) fn return_paths(
+    config: &Config,
+    state: &State,
+) -> Option<crate::rewrite::return_path::ReturnPaths> {
+    config
+        .bounces
+        .return_path
+        .then(|| crate::rewrite::return_path::ReturnPaths {
+            keys: state.token_keys.clone(),
+            prefix: config.bounces.prefix.clone(),
+            domain: config.bounces.domain.clone(),
+        })
 }
 
 /// The complaint intake: feedback reports to `[complaints] address` and the report form.

@@ -137,7 +137,7 @@ fn log_accepted(ctx: &SessionContext, envelope: &Envelope) {
 }
 
 /// Mail to the relay's own addresses in the transaction: unsubscribes are recorded and a
-/// feedback report is received. Returns the 250 text when something was taken.
+/// feedback report or a bounce is received. Returns the 250 text when something was taken.
 async fn own_mail(
     ctx: &SessionContext,
     txn: &mut Transaction,
@@ -151,13 +151,23 @@ async fn own_mail(
     }
     if txn.complaint {
         // A report alone (the usual case) hands its content over without a copy.
-        let report = if txn.rcpts.is_empty() {
+        let report = if txn.rcpts.is_empty() && txn.bounce_tokens.is_empty() {
             Bytes::from(std::mem::take(body))
         } else {
             Bytes::copy_from_slice(body)
         };
         complaint::receive(ctx, report).await?;
         taken = Some("OK feedback report received");
+    }
+    if !txn.bounce_tokens.is_empty() {
+        let tokens = std::mem::take(&mut txn.bounce_tokens);
+        let content = if txn.rcpts.is_empty() {
+            Bytes::from(std::mem::take(body))
+        } else {
+            Bytes::copy_from_slice(body)
+        };
+        bounce::receive(ctx, content, tokens).await?;
+        taken = Some("OK bounce received");
     }
     Ok(taken)
 }

@@ -63,6 +63,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         own_domain: "relay.test".into(),
         unsubscribes: None,
         complaints: None,
+        bounces: None,
         log: None,
         freezes: None,
         campaigns: None,
@@ -73,6 +74,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         own_limits: OwnLimits {
             report: 1 << 20,
             unsubscribe: 64 << 10,
+            bounce: 1 << 20,
         },
         tls_available: tls,
         data_memory,

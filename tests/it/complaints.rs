@@ -361,7 +361,8 @@ async fn mail_to_the_relays_own_addresses_has_its_own_small_limits() {
     let Running { relay, dir, .. } = start(
         "",
         "max_mail_size = \"2KiB\"",
-        "[complaints]\nmax_report_size = \"8KiB\"\nmax_reports_per_ip = 3\n",
+        "[complaints]\nmax_report_size = \"8KiB\"\nmax_reports_per_ip = 3\n\
+         [bounces]\nmax_size = \"4KiB\"\n",
     )
     .await;
     let smtp = relay.smtp_addrs[0];

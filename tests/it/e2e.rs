@@ -86,19 +86,29 @@ async fn lettre_through_the_relay_to_the_mx() {
         .await
         .unwrap();
     assert_eq!(response.code().to_string(), "250");
-    let got = mx.wait_for(2, WAIT).await;
-    // one transaction for example.net (two recipients), one for nomx.example (implicit MX)
+    let got = mx.wait_for(3, WAIT).await;
+    // One transaction per recipient, each from its own return path, which names it.
     let mut rcpts: Vec<Vec<String>> = got.iter().map(|d| d.rcpt_to.clone()).collect();
     rcpts.sort();
     assert_eq!(
         rcpts,
         vec![
-            vec!["a@example.net".to_string(), "b@Example.NET".to_string()],
+            vec!["a@example.net".to_string()],
+            vec!["b@Example.NET".to_string()],
             vec!["c@nomx.example".to_string()]
         ]
     );
+    let mut senders: Vec<&str> = got.iter().map(|d| d.mail_from.as_str()).collect();
+    senders.dedup();
+    assert_eq!(senders.len(), 3, "{senders:?}");
+    for s in &senders {
+        assert!(
+            s.starts_with("bounces+") && s.ends_with("@relay.test"),
+            "{s}"
+        );
+        assert!(!s.contains("example"), "the address is sealed: {s}");
+    }
     let d = &got[0];
-    assert_eq!(d.mail_from, "app@shop.example");
     let text = d.text();
     assert!(text.starts_with("Received: from "), "{text}");
     assert!(text.contains("by relay.test (optin-relay) with ESMTP id "));

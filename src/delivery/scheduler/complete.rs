@@ -130,8 +130,18 @@ impl Scheduler {
             }
             d => d,
         };
-        let hard =
-            matches!(disposition, Disposition::Bounced { .. }) && outcome::hard_bounce(attempt);
+        let verdict = match &disposition {
+            Disposition::Bounced { .. } => Some(self.verdict(round, i, attempt)),
+            _ => None,
+        };
+        // Suppressed at once: a permanent refusal of the address itself (an expired
+        // deferral, 4.4.7, never is).
+        let hard = match (&disposition, &verdict) {
+            (Disposition::Bounced { status, .. }, Some(v)) => {
+                status.class == 5 && v.category.action() == crate::bounce::Action::Suppress
+            }
+            _ => false,
+        };
         let reply = match disposition {
             Disposition::Delivered => reply_text(attempt),
             _ => String::new(),
@@ -139,11 +149,16 @@ impl Scheduler {
         let settled = match &disposition {
             Disposition::Delivered => Settled::Delivered { reply: &reply },
             Disposition::Deferred { reason } => Settled::Deferred { reason },
-            Disposition::Bounced { status, diagnostic } => Settled::Bounced {
-                status: *status,
-                diagnostic,
-                hard,
-            },
+            Disposition::Bounced { status, diagnostic } => {
+                let v = verdict.as_ref().expect("a bounce has its verdict");
+                Settled::Bounced {
+                    status: *status,
+                    diagnostic,
+                    hard,
+                    category: v.category,
+                    rule: &v.rule,
+                }
+            }
         };
         let outcome = RecipientOutcome {
             id: round.report.id,
@@ -166,9 +181,21 @@ impl Scheduler {
             }
             Disposition::Deferred { reason } => Some(self.deferred(round, i, &reason)),
             Disposition::Bounced { status, diagnostic } => {
-                self.bounced(round, i, status, diagnostic, hard);
+                let category = verdict.map_or(crate::bounce::Category::Other, |v| v.category);
+                self.bounced(round, i, status, diagnostic, category);
                 None
             }
+        }
+    }
+
+    /// The bounce category of recipient `i`'s failed attempt, by the policy's rules.
+    fn verdict(&self, round: &Round<'_>, i: usize, attempt: &Attempt) -> crate::bounce::Verdict {
+        let domain = routing_domain_of(&round.env.recipients[i].address);
+        match &self.settings.policy {
+            Some(policy) => {
+                outcome::bounce_verdict(attempt, policy.load().bounce_classifier(), &domain)
+            }
+            None => outcome::bounce_verdict(attempt, &Default::default(), &domain),
         }
     }
 
@@ -218,15 +245,16 @@ impl Scheduler {
         due
     }
 
-    /// Gives up on a recipient: a hard bounce becomes a suppression; a DSN goes to the
-    /// sender when one is wanted, and the recipient is journaled failed once it is stored.
+    /// Gives up on a recipient: a DSN goes to the sender when one is wanted, and the
+    /// recipient is journaled failed once it is stored. (What the bounce's category does
+    /// to the address is `crate::governance::bounces`'s, told as an outcome.)
     fn bounced(
         &mut self,
         round: &Round<'_>,
         i: usize,
         status: Status,
         diagnostic: String,
-        hard: bool,
+        category: crate::bounce::Category,
     ) {
         let env = round.env;
         let entry = self.entries.get_mut(&round.report.id).expect("settling");
@@ -236,10 +264,7 @@ impl Scheduler {
             crate::metrics::recipient_outcome("bounced");
             site_outcome(&self.named_sites, &round.report.site, "bounced");
         }
-        tracing::info!(id = %round.id_text, rcpt = %self.tagger.tag(&env.recipients[i].address), remote = %round.remote(), status = %status, diagnostic = %round.scrubbed(&self.tagger, &diagnostic, i), hard, "bounced");
-        if hard {
-            suppress_bounce(&self.settings, &env.recipients[i].address);
-        }
+        tracing::info!(id = %round.id_text, rcpt = %self.tagger.tag(&env.recipients[i].address), remote = %round.remote(), status = %status, diagnostic = %round.scrubbed(&self.tagger, &diagnostic, i), category = category.as_str(), "bounced");
         if dsn::wanted(&env.recipients[i], dsn::Action::Failed)
             && env.sender.is_some()
             && !env.generated_dsn
@@ -419,33 +444,6 @@ impl Followup {
     }
 }
 
-/// Records a hard bounce as a global `bounce` suppression (the address does not exist for
-/// anyone), so the next submission to it is refused. The journal write (fsync) runs on
-/// the blocking pool: the scheduler never waits for a disk.
-fn suppress_bounce(settings: &Settings, address: &str) {
-    let Some(lists) = settings.lists.clone() else {
-        return;
-    };
-    let Ok(normalised) = crate::consent::key::normalise(address) else {
-        return;
-    };
-    let change = crate::consent::Change {
-        op: crate::consent::Op::Add,
-        fp: lists.secret().fingerprint(
-            crate::consent::Kind::Suppression,
-            crate::consent::Scope::Global,
-            &normalised,
-        ),
-        tags: crate::consent::Reason::Bounce.bit(),
-        origin: crate::consent::Origin::Delivery,
-        time_ms: crate::envelope::now_ms(),
-    };
-    tokio::task::spawn_blocking(move || match lists.record(&[change]) {
-        Ok(()) => crate::metrics::bounce_suppressed(),
-        Err(e) => tracing::error!(error = %e, "could not record a hard bounce as a suppression"),
-    });
-}
-
 /// Exponential backoff from `retry_initial`, capped at `retry_max`, with ±20 % jitter so that
 /// a burst of failures does not come back as a burst.
 fn backoff(settings: &Settings, attempts: u16) -> Duration {
@@ -456,6 +454,14 @@ fn backoff(settings: &Settings, attempts: u16) -> Duration {
         .saturating_mul(1u32 << doublings)
         .min(settings.config.retry_max);
     base.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// The lower-case domain of an address, for provider rules.
+fn routing_domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase()
 }
 
 fn reply_text(attempt: &Attempt) -> String {

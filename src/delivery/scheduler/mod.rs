@@ -77,6 +77,9 @@ fn outcome_sinks(settings: &Settings) -> Vec<Arc<dyn OutcomeSink>> {
         sinks.push(campaigns.clone());
     }
     sinks.push(settings.counts.clone());
+    if let Some(bounces) = &settings.bounces {
+        sinks.push(bounces.clone());
+    }
     if let Some(webhooks) = &f.webhooks {
         sinks.push(webhooks.clone());
     }

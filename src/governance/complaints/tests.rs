@@ -367,7 +367,7 @@ fn unusable_reports_are_kept_aside_and_non_complaints_ignored() {
 fn what_is_kept_aside_is_capped_in_files_and_bytes() {
     let s = setup();
     let mut c = s.complaints;
-    c.aside_cap = (3, 1000);
+    c.aside = crate::governance::intake::KeptAside::new(&c.malformed_dir, 3, 1000);
     let garbage = vec![b'x'; 400];
     let kept = |o: Outcome| matches!(o, Outcome::KeptAside { file: Some(_), .. });
     assert!(kept(take(&c, &garbage, None)));

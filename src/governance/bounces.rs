@@ -1,0 +1,522 @@
+//! What bounces do: the category of every refusal ([`crate::bounce`]) turned into its
+//! action, for refusals in the relay's own transactions (told as delivery outcomes) and for
+//! bounces mailed back later to the return path (`crate::rewrite::return_path`).
+//!
+//! - **Suppress at once** (`invalid_recipient`, `bad_domain`, `inactive`) a permanent
+//!   failure: a refusal in the relay's own transaction is a global `bounce` suppression
+//!   (the address does not exist, for anyone); a bounce mailed back is suppressed for its
+//!   account only, since anyone holding the message could have mailed it.
+//! - **Suppress after a streak** (`mailbox_full`): once an address bounced full
+//!   `[bounce_streak] mailbox_full_count` times within `mailbox_full_days`. The streaks
+//!   live in memory, keyed by the address's keyed fingerprint (a restart forgets them).
+//! - **Count only** (blocks, authentication failures, rate limits, content, routing):
+//!   `optin_bounces_total{category,via}`, the delivery log, the account's webhook — never a
+//!   suppression.
+//!
+//! Mail to a return path (`<prefix>+<token>@<domain>`) is taken from anyone, like mail to
+//! the feedback address: that address form only, `[bounces] max_size`, `max_per_ip` an
+//! hour, a MIME budget, never relayed. It is acted on only when its token is genuine: the
+//! token, not the bounce's text, says which message, recipient, account, list and campaign
+//! it is about. A tokenless or forged one, and one that is no bounce, is kept aside in
+//! `bounces/kept-aside/` (mode 0600, at most [`MAX_KEPT_ASIDE`] files and
+//! [`MAX_KEPT_ASIDE_BYTES`]) and counted, never acted on. Auto-replies and delay notices
+//! are counted and dropped; a feedback report is handed to the complaint path; a bounce
+//! seen before (the same token) changes nothing more. Every bounce acted on is a line in
+//! `events/bounces.jsonl` (mode 0600: it carries the address), counts for its campaign's
+//! canary, and — when it names the address dead — for the account's health.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::bounce::parse::{self, Kind as BounceKind};
+use crate::bounce::{Action, Category, Verdict};
+use crate::consent::{Change, Kind, Lists, ListsError, Op, Origin, Reason, Scope};
+use crate::policy::Policy;
+use crate::privacy::AddressTagger;
+use crate::privacy::events::EventLog;
+use crate::rewrite::return_path::ReturnPaths;
+use crate::rewrite::token::ReturnPath;
+use crate::smtp::reply::Status;
+
+use super::complaints::{self, Complaints};
+use super::intake::{HourlyCap, KeptAside};
+
+/// At most this many unusable messages are kept aside; later ones are logged and dropped.
+pub const MAX_KEPT_ASIDE: usize = 10_000;
+/// … and at most this many octets of them in all.
+pub const MAX_KEPT_ASIDE_BYTES: u64 = 64 << 20;
+/// Addresses whose full-mailbox streak is followed at most.
+const MAX_STREAKS: usize = 1_000_000;
+/// Tokens remembered to tell a repeated bounce (the oldest forgotten first).
+const MAX_SEEN: usize = 100_000;
+
+/// Why mail to a return path was kept aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("no genuine return-path token")]
+    Unverified,
+    #[error("not a bounce, an auto-reply or a feedback report")]
+    NotABounce,
+}
+
+/// A bounce acted on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acted {
+    pub category: Category,
+    pub rule: String,
+    pub status: Option<Status>,
+    /// The address is now suppressed (it was not before).
+    pub suppressed: bool,
+}
+
+/// What became of one message to a return path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Acted(Acted),
+    /// A delay notice: the remote server keeps trying.
+    Delayed,
+    AutoReply,
+    /// A bounce whose token was seen before.
+    Repeated,
+    Complaint(complaints::Outcome),
+    KeptAside {
+        file: Option<PathBuf>,
+        why: Unusable,
+    },
+    /// Too many MIME parts or too deep a nesting: refused.
+    TooComplex,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BounceError {
+    #[error("recording the bounce: {0}")]
+    Lists(#[from] ListsError),
+    #[error("keeping a bounce aside: {0}")]
+    KeepAside(std::io::Error),
+    #[error("the complaint path: {0}")]
+    Complaint(#[from] complaints::ComplaintError),
+    #[error("handling the bounce failed: {0}")]
+    Task(String),
+}
+
+/// The first, blocking look at a message ([`Bounces::examine`]).
+enum Examined {
+    Done(Outcome),
+    /// A feedback report: the complaint path takes it.
+    Complaint,
+}
+
+/// Full-mailbox bounces per address (fingerprint → times, oldest first).
+#[derive(Debug, Default)]
+struct Streaks {
+    by_address: HashMap<u64, VecDeque<u64>>,
+}
+
+/// Tokens of bounces acted on, to tell a repeated one.
+#[derive(Debug, Default)]
+struct Seen {
+    set: HashSet<[u8; 16]>,
+    order: VecDeque<[u8; 16]>,
+}
+
+pub struct Bounces {
+    pub lists: Arc<Lists>,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub tagger: AddressTagger,
+    /// `events/bounces.jsonl` in the spool directory.
+    pub events: EventLog,
+    /// The campaign canaries, account health and webhooks that bounces feed.
+    pub feedback: super::Feedback,
+    /// Recognises and opens return paths; `None`: none are taken (`[bounces] return_path
+    /// = false`).
+    pub paths: Option<ReturnPaths>,
+    /// Where a feedback report mailed to a return path goes.
+    pub complaints: Option<Arc<Complaints>>,
+    rate: HourlyCap,
+    aside: KeptAside,
+    streaks: Mutex<Streaks>,
+    seen: Mutex<Seen>,
+}
+
+impl std::fmt::Debug for Bounces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bounces")
+            .field("aside", &self.aside.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bounces {
+    /// Bounces with their event log and kept-aside directory in the spool directory
+    /// `spool`, taking `max_per_ip` return-path messages per client address and hour.
+    pub fn new(
+        spool: &std::path::Path,
+        lists: Arc<Lists>,
+        policy: Arc<ArcSwap<Policy>>,
+        tagger: AddressTagger,
+        max_per_ip: u32,
+    ) -> Bounces {
+        Bounces {
+            lists,
+            policy,
+            tagger,
+            events: EventLog::new(&spool.join("events/bounces.jsonl")),
+            feedback: Default::default(),
+            paths: None,
+            complaints: None,
+            rate: HourlyCap::new(max_per_ip),
+            aside: KeptAside::new(
+                &spool.join("bounces/kept-aside"),
+                MAX_KEPT_ASIDE,
+                MAX_KEPT_ASIDE_BYTES,
+            ),
+            streaks: Mutex::default(),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Smaller kept-aside limits (tests).
+    pub fn with_aside_cap(mut self, files: usize, bytes: u64) -> Bounces {
+        self.aside = KeptAside::new(&self.aside.dir, files, bytes);
+        self
+    }
+
+    /// The kept-aside directory.
+    pub fn aside_dir(&self) -> &std::path::Path {
+        &self.aside.dir
+    }
+
+    /// The token of `to` when it is one of the relay's return paths (the relay's domain or
+    /// an account's `bounce_domain`), genuine or not.
+    pub fn token_of<'a>(&self, to: &'a crate::smtp::Address) -> Option<&'a str> {
+        let paths = self.paths.as_ref()?;
+        let policy = self.policy.load();
+        let domains: Vec<&str> = policy
+            .accounts()
+            .iter()
+            .filter_map(|a| a.bounce_domain.as_deref())
+            .collect();
+        paths.token_of(to, &domains)
+    }
+
+    /// Whether one more message to a return path may come from `client` this hour.
+    pub fn admit(&self, client: std::net::IpAddr) -> bool {
+        self.rate.admit(client)
+    }
+
+    /// Takes one message mailed to return paths whose tokens are `tokens`: acts on it,
+    /// keeps it aside, or refuses it when it is too complex to read. Errors only when
+    /// nothing could be stored. The parsing and file work run on the blocking pool.
+    pub async fn receive(
+        self: &Arc<Self>,
+        raw: Bytes,
+        tokens: Vec<String>,
+    ) -> Result<Outcome, BounceError> {
+        let this = self.clone();
+        let first = raw.clone();
+        let examined = tokio::task::spawn_blocking(move || this.examine(&first, &tokens))
+            .await
+            .map_err(|e| BounceError::Task(e.to_string()))??;
+        match examined {
+            Examined::Done(outcome) => Ok(outcome),
+            Examined::Complaint => {
+                crate::metrics::bounce_mail("complaint");
+                match &self.complaints {
+                    Some(c) => Ok(Outcome::Complaint(c.receive(raw).await?)),
+                    None => {
+                        let this = self.clone();
+                        tokio::task::spawn_blocking(move || {
+                            this.keep_aside(&raw, Unusable::NotABounce)
+                        })
+                        .await
+                        .map_err(|e| BounceError::Task(e.to_string()))?
+                    }
+                }
+            }
+        }
+    }
+
+    /// The blocking part of [`Bounces::receive`] (also what `bounce classify` would do
+    /// with a running relay's keys).
+    fn examine(&self, raw: &[u8], tokens: &[String]) -> Result<Examined, BounceError> {
+        if !complaints::arf::within_mime_budget(raw) {
+            crate::metrics::bounce_mail("too_complex");
+            tracing::warn!(
+                size = raw.len(),
+                "bounce refused: too many MIME parts or too deep a nesting"
+            );
+            return Ok(Examined::Done(Outcome::TooComplex));
+        }
+        let genuine = self.paths.as_ref().and_then(|paths| {
+            tokens
+                .iter()
+                .find_map(|t| paths.open(t).ok().map(|rp| (t.as_str(), rp)))
+        });
+        // mail-parser has tripped debug assertions on malformed input before: a message
+        // that makes it panic is no bounce.
+        let bounce =
+            std::panic::catch_unwind(|| parse::parse(raw)).unwrap_or_else(|_| parse::parse(b""));
+        if bounce.kind == BounceKind::Arf {
+            return Ok(Examined::Complaint);
+        }
+        let Some((token, rp)) = genuine else {
+            return self
+                .keep_aside(raw, Unusable::Unverified)
+                .map(Examined::Done);
+        };
+        let outcome = match bounce.kind {
+            BounceKind::AutoReply => {
+                crate::metrics::bounce_mail("auto_reply");
+                tracing::info!(account = %rp.account, "auto-reply to a return path ignored");
+                Outcome::AutoReply
+            }
+            BounceKind::Unknown | BounceKind::Arf => {
+                return self
+                    .keep_aside(raw, Unusable::NotABounce)
+                    .map(Examined::Done);
+            }
+            BounceKind::Dsn | BounceKind::Text => {
+                let Some(report) = bounce.report_for(Some(&rp.address)) else {
+                    return self
+                        .keep_aside(raw, Unusable::NotABounce)
+                        .map(Examined::Done);
+                };
+                if report.action != parse::Action::Failed {
+                    crate::metrics::bounce_mail("delayed");
+                    tracing::info!(account = %rp.account, action = report.action.as_str(), "delivery notice that is no failure ignored");
+                    Outcome::Delayed
+                } else if !self.first_time(token) {
+                    crate::metrics::bounce_mail("bounce");
+                    Outcome::Repeated
+                } else {
+                    crate::metrics::bounce_mail("bounce");
+                    let verdict = self
+                        .policy
+                        .load()
+                        .bounce_classifier()
+                        .classify(&report.evidence());
+                    Outcome::Acted(self.act_async(&rp, report, verdict)?)
+                }
+            }
+        };
+        Ok(Examined::Done(outcome))
+    }
+
+    /// Whether the bounce with this token is new (remembers it).
+    fn first_time(&self, token: &str) -> bool {
+        let key: [u8; 16] = blake3::hash(token.to_ascii_lowercase().as_bytes()).as_bytes()[..16]
+            .try_into()
+            .expect("16 octets");
+        let mut seen = self.seen.lock().expect("seen lock");
+        if !seen.set.insert(key) {
+            return false;
+        }
+        seen.order.push_back(key);
+        if seen.order.len() > MAX_SEEN
+            && let Some(old) = seen.order.pop_front()
+        {
+            seen.set.remove(&old);
+        }
+        true
+    }
+
+    /// Acts on a genuine failure mailed back (blocking: it may write the journal).
+    fn act_async(
+        &self,
+        rp: &ReturnPath,
+        report: &parse::Report,
+        verdict: Verdict,
+    ) -> Result<Acted, BounceError> {
+        let category = verdict.category;
+        crate::metrics::bounce(category, "async");
+        let permanent = report.permanent();
+        let address =
+            crate::consent::key::normalise(&rp.address).unwrap_or_else(|_| rp.address.clone());
+        let account = rp.account.as_str();
+        let suppress = match category.action() {
+            Action::Suppress => permanent,
+            Action::Streak => self.streak(&address),
+            Action::Count => false,
+        };
+        let suppressed = suppress && self.suppress(Scope::Account(account), &address)?;
+        if category.is_inactive_address()
+            && permanent
+            && let Some(governor) = &self.feedback.governor
+        {
+            governor.observe(account, super::health::Signal::HardBounce);
+        }
+        if let Some(campaigns) = &self.feedback.campaigns
+            && !rp.campaign.is_empty()
+        {
+            campaigns.bounced(
+                &super::campaign::key(account, &rp.campaign),
+                category,
+                permanent,
+            );
+        }
+        let time_ms = crate::envelope::now_ms();
+        let list = (!rp.list.is_empty()).then(|| rp.list.clone());
+        let status = report.status.map(|s| s.to_string());
+        let diagnostic: String = report.text.chars().take(1000).collect();
+        let event = serde_json::json!({
+            "time_ms": time_ms,
+            "account": account,
+            "list": list,
+            "campaign": (!rp.campaign.is_empty()).then_some(&rp.campaign),
+            "queue_id": rp.id.to_string(),
+            "address": address,
+            "category": category.as_str(),
+            "rule": verdict.rule,
+            "status": status,
+            "suppressed": suppressed,
+        });
+        if let Err(e) = self.events.append(&event) {
+            tracing::error!(error = %e, "could not append to the bounce event log");
+        }
+        if let Some(webhooks) = &self.feedback.webhooks {
+            use crate::governance::webhook::WebhookEvent;
+            use crate::policy::webhook::Kind;
+            webhooks.send_blocking(
+                account,
+                WebhookEvent {
+                    kind: Kind::Bounce,
+                    address: address.clone(),
+                    list,
+                    time_ms,
+                    detail: serde_json::json!({
+                        "status": status,
+                        "diagnostic": diagnostic,
+                        "category": category.as_str(),
+                        "rule": verdict.rule,
+                        "hard": category.action() == Action::Suppress && permanent,
+                        "via": "async",
+                        "queue_id": rp.id.to_string(),
+                        "campaign": (!rp.campaign.is_empty()).then_some(&rp.campaign),
+                        "suppressed": suppressed,
+                    }),
+                },
+            );
+        }
+        tracing::info!(
+            account,
+            id = %rp.id,
+            recipient = %self.tagger.tag(&address),
+            category = category.as_str(),
+            rule = %crate::smtp::text::Escaped(&verdict.rule),
+            suppressed,
+            "bounce mailed back"
+        );
+        Ok(Acted {
+            category,
+            rule: verdict.rule,
+            status: report.status,
+            suppressed,
+        })
+    }
+
+    /// Counts a full-mailbox bounce of `address`; true when its streak is now complete.
+    pub fn streak(&self, address: &str) -> bool {
+        let rules = self.policy.load().bounce_streak();
+        let fp = self
+            .lists
+            .secret()
+            .fingerprint(Kind::Suppression, Scope::Global, address);
+        let now = crate::envelope::now_ms();
+        let since = now.saturating_sub(rules.window.as_millis() as u64);
+        let mut streaks = self.streaks.lock().expect("streak lock");
+        if !streaks.by_address.contains_key(&fp) && streaks.by_address.len() >= MAX_STREAKS {
+            streaks
+                .by_address
+                .retain(|_, times| times.back().is_some_and(|t| *t >= since));
+            if streaks.by_address.len() >= MAX_STREAKS {
+                tracing::warn!("too many full mailboxes followed at once: this one is not");
+                return false;
+            }
+        }
+        let times = streaks.by_address.entry(fp).or_default();
+        while times.front().is_some_and(|t| *t < since) {
+            times.pop_front();
+        }
+        times.push_back(now);
+        let complete = times.len() >= rules.count as usize;
+        if complete {
+            streaks.by_address.remove(&fp);
+        }
+        complete
+    }
+
+    /// Records a `bounce` suppression of `address` in `scope`, durably and in force at
+    /// once (blocking). Returns whether it is new.
+    pub fn suppress(&self, scope: Scope<'_>, address: &str) -> Result<bool, ListsError> {
+        suppress(&self.lists, scope, address)
+    }
+
+    /// Keeps an unusable message for an operator, counts and logs it (no address).
+    fn keep_aside(&self, raw: &[u8], why: Unusable) -> Result<Outcome, BounceError> {
+        crate::metrics::bounce_mail(match why {
+            Unusable::Unverified => "unverified",
+            Unusable::NotABounce => "not_a_bounce",
+        });
+        let file = self.aside.store(raw).map_err(BounceError::KeepAside)?;
+        match &file {
+            Some(path) => {
+                tracing::warn!(why = %why, size = raw.len(), file = %path.display(), "mail to a return path kept aside")
+            }
+            None => {
+                tracing::warn!(why = %why, size = raw.len(), "mail to a return path dropped: the kept-aside directory is full")
+            }
+        }
+        Ok(Outcome::KeptAside { file, why })
+    }
+}
+
+/// A `bounce` suppression of `address` (normalised) in `scope`; whether it is new.
+fn suppress(lists: &Lists, scope: Scope<'_>, address: &str) -> Result<bool, ListsError> {
+    let fp = lists
+        .secret()
+        .fingerprint(Kind::Suppression, scope, address);
+    if lists.get(fp) & Reason::Bounce.bit() != 0 {
+        return Ok(false);
+    }
+    lists.record(&[Change {
+        op: Op::Add,
+        fp,
+        tags: Reason::Bounce.bit(),
+        origin: Origin::Delivery,
+        time_ms: crate::envelope::now_ms(),
+    }])?;
+    crate::metrics::bounce_suppressed();
+    Ok(true)
+}
+
+/// A recipient the relay gave up on: its bounce is counted by category; a permanent
+/// refusal of the address itself is a global suppression, a full mailbox counts toward
+/// its streak. The journal write runs on the blocking pool: the scheduler never waits.
+impl crate::envelope::OutcomeSink for Bounces {
+    fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
+        let crate::envelope::Settled::Bounced { category, hard, .. } = o.settled else {
+            return;
+        };
+        crate::metrics::bounce(category, "sync");
+        let Ok(address) = crate::consent::key::normalise(o.address()) else {
+            return;
+        };
+        let suppress_now = hard || (category.action() == Action::Streak && self.streak(&address));
+        if !suppress_now {
+            return;
+        }
+        let lists = self.lists.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = suppress(&lists, Scope::Global, &address) {
+                tracing::error!(error = %e, "could not record a bounce as a suppression");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
