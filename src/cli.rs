@@ -1,7 +1,7 @@
 //! The `optin-relay` command line: `serve`, `config check`, `queue
 //! summary|list|show|retry|bounce|delete`, `account list|show|freeze|unfreeze`, `lists
 //! import|compile|check|grant|revoke|status`, `suppress add|remove|check`, `erase`, `policy
-//! status|reload`, `hash-password`.
+//! status|reload`, `bounce classify`, `hash-password`.
 //!
 //! Each subcommand loads the config it needs (the embedded default when no `--config` is
 //! given), prints what an operator needs, and exits non-zero with a clear message when
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 mod admin;
+mod bounce;
 mod campaign;
 mod lists;
 
@@ -97,6 +98,11 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Bounces: classify saved messages as the relay would (no running relay needed).
+    Bounce {
+        #[command(subcommand)]
+        command: bounce::BounceCommand,
     },
     /// Hash a password for a policy user (reads the password from standard input).
     HashPassword,
@@ -297,6 +303,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Campaign { command } => {
             let (api, call) = campaign::call(command);
             Ok(admin::call(cli.config.as_deref(), &api, call))
+        }
+        Command::Bounce { command } => {
+            let config = load_config(cli.config.as_deref())?;
+            let policy = load_policy(&config)?;
+            bounce::bounce(&config, policy.bounce_classifier(), command)
         }
         Command::Lists { command } => {
             let config = load_config(cli.config.as_deref())?;

@@ -362,6 +362,44 @@ impl Classifier {
     }
 }
 
+/// What the relay makes of a saved message mailed to a return path (`bounce classify`):
+/// the reading, the report it would act on, its verdict, and whether it would suppress the
+/// address at once (a hard bounce) — the token aside.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    pub bounce: parse::Bounce,
+    /// The report acted on (`address`'s, else the first failure).
+    pub report: Option<parse::Report>,
+    /// For a failure: its category and rule.
+    pub verdict: Option<Verdict>,
+    /// A permanent failure whose category suppresses at once.
+    pub hard: bool,
+}
+
+/// Reads and classifies `raw` (whose MIME budget the caller checked).
+pub fn explain(raw: &[u8], classifier: &Classifier, address: Option<&str>) -> Explained {
+    let bounce = parse::parse(raw);
+    let report = match bounce.kind {
+        parse::Kind::Dsn | parse::Kind::Text => bounce.report_for(address).cloned(),
+        _ => None,
+    };
+    let verdict = report.as_ref().map(|r| classifier.classify(&r.evidence()));
+    let hard = match (&report, &verdict) {
+        (Some(r), Some(v)) => {
+            r.action == parse::Action::Failed
+                && r.permanent()
+                && v.category.action() == Action::Suppress
+        }
+        _ => false,
+    };
+    Explained {
+        bounce,
+        report,
+        verdict,
+        hard,
+    }
+}
+
 /// The category an enhanced status code implies by itself (RFC 3463 and its registry);
 /// `None` for the unspecific ones (`x.0.0`, `x.1.0` …), which leave it to the reply code.
 pub fn by_status(s: Status) -> Option<Category> {

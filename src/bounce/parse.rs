@@ -85,6 +85,8 @@ pub struct Report {
     /// The address the bounce names (`Final-Recipient`, else `Original-Recipient`, else
     /// the first address of a text bounce), domain in lower case.
     pub recipient: Option<String>,
+    /// `Original-Recipient` of a DSN, when it differs (forwarded mail).
+    pub original: Option<String>,
     pub action: Action,
     pub status: Option<Status>,
     /// The SMTP reply code of the diagnostic.
@@ -137,16 +139,16 @@ impl Bounce {
         }
     }
 
-    /// The report about `address` (compared without regard to case), else the first
-    /// failed one, else the first.
+    /// The report about `address` (its final or original recipient, compared without
+    /// regard to case), else the first failed one, else the first.
     pub fn report_for(&self, address: Option<&str>) -> Option<&Report> {
+        let is =
+            |x: &Option<String>, a: &str| x.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(a));
         address
             .and_then(|a| {
-                self.reports.iter().find(|r| {
-                    r.recipient
-                        .as_deref()
-                        .is_some_and(|x| x.eq_ignore_ascii_case(a))
-                })
+                self.reports
+                    .iter()
+                    .find(|r| is(&r.recipient, a) || is(&r.original, a))
             })
             .or_else(|| self.reports.iter().find(|r| r.action == Action::Failed))
             .or_else(|| self.reports.first())
@@ -160,7 +162,9 @@ pub fn parse(raw: &[u8]) -> Bounce {
     };
     let mut bounce = match report_type(&message).as_deref() {
         Some("feedback-report") => return Bounce::of(Kind::Arf),
-        Some("delivery-status") => dsn(&message).unwrap_or_else(|| text_bounce(&message)),
+        Some("delivery-status" | "global-delivery-status") => {
+            dsn(&message).unwrap_or_else(|| text_bounce(&message))
+        }
         _ => text_bounce(&message),
     };
     if bounce.kind == Kind::Unknown && is_auto_reply(&message) {
@@ -212,9 +216,11 @@ fn dsn(message: &Message<'_>) -> Option<Bounce> {
         let Some(action) = field("action").and_then(Action::parse) else {
             continue;
         };
+        let original = field("original-recipient").and_then(address_of);
         let recipient = field("final-recipient")
-            .or(field("original-recipient"))
-            .and_then(address_of);
+            .and_then(address_of)
+            .or_else(|| original.clone());
+        let original = original.filter(|o| Some(o) != recipient.as_ref());
         let diagnostic = field("diagnostic-code").map(|d| {
             // `smtp; 550 5.1.1 …`: the type is no part of what the server said.
             d.split_once(';').map_or(d, |(_, rest)| rest).trim()
@@ -233,6 +239,7 @@ fn dsn(message: &Message<'_>) -> Option<Bounce> {
         };
         reports.push(Report {
             recipient,
+            original,
             action,
             status,
             code: said.code,
@@ -275,6 +282,11 @@ fn address_of(value: &str) -> Option<String> {
     let v = value.split_once(';').map_or(value, |(_, rest)| rest).trim();
     let v = v.strip_prefix('<').unwrap_or(v);
     let v = v.strip_suffix('>').unwrap_or(v).trim();
+    // Exchange quotes addresses in its reports: `'jane@example.net'`.
+    let v = v
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .unwrap_or(v);
     let (local, domain) = v.rsplit_once('@')?;
     let plausible = !local.is_empty()
         && !domain.is_empty()
@@ -351,7 +363,6 @@ const COPY_MARKERS: &[&str] = &[
     "----- original message -----",
     "-----original message-----",
     "--- the header of the original message",
-    "----- transcript of session follows -----",
     "------- returned mail follows",
     "----- unsent message below",
     "original message headers:",
@@ -414,6 +425,10 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "mail delivery problem",
     "returned to sender",
     "delivery report",
+    "could not be delivered",
+    "couldn't be delivered",
+    "was not delivered",
+    "delivery failed",
 ];
 
 const BOUNCE_SENDERS: &[&str] = &["mailer-daemon", "postmaster", "mail delivery"];
@@ -459,6 +474,7 @@ fn text_bounce(message: &Message<'_>) -> Bounce {
         kind: Kind::Text,
         reports: vec![Report {
             recipient,
+            original: None,
             action: if delayed {
                 Action::Delayed
             } else {

@@ -36,7 +36,10 @@ const SHIPPED: &[Row] = &[
         "gmail: account disabled",
         Category::Inactive,
         "",
-        &["account that you tried to reach is disabled"],
+        &[
+            "account that you tried to reach is disabled",
+            "account you tried to reach is disabled",
+        ],
     ),
     (
         "gmail: over quota",
@@ -78,6 +81,7 @@ const SHIPPED: &[Row] = &[
         "",
         &[
             "recipnotfound",
+            "recipientnotfound",
             "as(201806281)",
             "recipient not found by smtp address lookup",
         ],
@@ -247,6 +251,7 @@ const SHIPPED: &[Row] = &[
             "no longer available",
             "is not active",
             "mailbox is frozen",
+            "can no longer receive",
         ],
     ),
     (
@@ -296,7 +301,6 @@ const SHIPPED: &[Row] = &[
             "address doesn't exist",
             "no mailbox here",
             "bad destination mailbox",
-            "unrouteable address",
             "not a valid mailbox",
             "no longer valid",
             "does not exist",
@@ -358,6 +362,7 @@ const SHIPPED: &[Row] = &[
             "hop count exceeded",
             "no route to host",
             "unroutable",
+            "unrouteable",
             "connection timed out",
             "connection refused",
             "network is unreachable",

@@ -418,14 +418,18 @@ impl Bounces {
         })
     }
 
-    /// Counts a full-mailbox bounce of `address`; true when its streak is now complete.
+    /// Counts a full-mailbox bounce of `address` now; true when its streak is complete.
     pub fn streak(&self, address: &str) -> bool {
+        self.streak_at(address, crate::envelope::now_ms())
+    }
+
+    /// [`Bounces::streak`] at `now` (Unix ms).
+    pub fn streak_at(&self, address: &str, now: u64) -> bool {
         let rules = self.policy.load().bounce_streak();
         let fp = self
             .lists
             .secret()
             .fingerprint(Kind::Suppression, Scope::Global, address);
-        let now = crate::envelope::now_ms();
         let since = now.saturating_sub(rules.window.as_millis() as u64);
         let mut streaks = self.streaks.lock().expect("streak lock");
         if !streaks.by_address.contains_key(&fp) && streaks.by_address.len() >= MAX_STREAKS {

@@ -511,7 +511,8 @@ pub fn report(
          Your campaign \"{id}\" (account {account}) was declined after its first \
          recipients:\r\n{reason}.\r\n\r\n\
          Canary: {admitted} recipients sent, {finished} finished, {delivered} delivered, \
-         {hard} hard bounces, {complaints} complaints, {unsubscribes} unsubscribes.\r\n\
+         {hard} hard bounces, {inactive} inactive addresses, {complaints} complaints, \
+         {unsubscribes} unsubscribes.\r\n\
          The {held} recipients held for the rest of the campaign were removed; nothing more \
          of it will be sent. Review the list and the content before sending again under a \
          new campaign name.\r\n",
@@ -522,6 +523,7 @@ pub fn report(
         finished = c.canary.finished,
         delivered = c.canary.delivered,
         hard = c.canary.hard_bounced,
+        inactive = c.canary.inactive,
         complaints = c.canary.complaints,
         unsubscribes = c.canary.unsubscribes,
         held = c.held,

@@ -134,3 +134,90 @@ fn phrases(s: &mut Section<'_>, key: &str, norm: impl Fn(&str) -> String) -> Vec
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::bounce::{Category, Evidence};
+    use crate::policy::Policy;
+
+    #[test]
+    fn own_rules_are_read_in_order_ahead_of_the_shipped_ones() {
+        let p = Policy::from_toml(
+            "t",
+            r#"
+[[bounce_rules]]
+name = "acme says slow down"
+category = "rate_limited"
+status = "5.7.*"
+code = [550, 554]
+text = "Slow Down"
+domains = [".acme.example"]
+
+[[bounce_rules]]
+category = "inactive"
+text = ["gone fishing"]
+
+[bounce_streak]
+mailbox_full_count = 5
+mailbox_full_days = 30
+"#,
+        )
+        .unwrap();
+        let c = p.bounce_classifier();
+        let v = c.classify(&Evidence {
+            code: Some(554),
+            status: crate::smtp::reply::Status::parse("5.7.1"),
+            text: "please SLOW DOWN, spam",
+            domain: "mx.acme.example",
+        });
+        assert_eq!(
+            (v.category, v.rule.as_str()),
+            (Category::RateLimited, "acme says slow down")
+        );
+        let v = c.classify(&Evidence {
+            code: Some(550),
+            text: "Gone fishing",
+            ..Default::default()
+        });
+        assert_eq!(
+            (v.category, v.rule.as_str()),
+            (Category::Inactive, "bounce_rules[1]")
+        );
+        assert_eq!(p.bounce_streak().count, 5);
+        assert_eq!(p.bounce_streak().window.as_secs(), 30 * 86_400);
+    }
+
+    #[test]
+    fn bad_rules_are_every_one_reported() {
+        let e = Policy::from_toml(
+            "t",
+            r#"
+[[bounce_rules]]
+category = "lost"
+status = "9.9.9"
+code = 99
+text = ""
+
+[[bounce_rules]]
+category = "other"
+
+[bounce_streak]
+mailbox_full_count = 0
+mailbox_full_days = 1000
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "bounce_rules[0].category: \"lost\" is not one of invalid_recipient",
+            "bounce_rules[0].status: \"9.9.9\" is not a status pattern",
+            "bounce_rules[0].code: 99 is not a reply code",
+            "bounce_rules[0].text: entries must be 1 to 200 octets",
+            "bounce_rules[1]: a rule needs status, code or text",
+            "bounce_streak.mailbox_full_count: must be between 1 and 100",
+            "bounce_streak.mailbox_full_days: must be between 1 and 365",
+        ] {
+            assert!(e.contains(want), "{want}\n{e}");
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod support;
 
 mod admin;
 mod admin_cli;
+mod bounces;
 mod campaigns;
 mod cli;
 mod complaints;

@@ -109,7 +109,7 @@ impl Default for MxOptions {
 }
 
 /// Scripted by the recipient's local part:
-/// `tempfail…` → 451 at RCPT, `ratelimited…` → 451 4.7.0 [TSS04] at RCPT, `throttled…` → 421 4.7.28 at RCPT and the connection closed, `permfail…` → 550 5.1.1 at RCPT, `hostile…` → a 550 with control characters in its text, `flaky…` → 451 for the
+/// `tempfail…` → 451 at RCPT, `ratelimited…` → 451 4.7.0 [TSS04] at RCPT, `throttled…` → 421 4.7.28 at RCPT and the connection closed, `permfail…` → 550 5.1.1 at RCPT, `fullbox…` → 552 5.2.2 at RCPT, `hostile…` → a 550 with control characters in its text, `flaky…` → 451 for the
 /// first `flaky_failures` tries of that address, `datafail…` → 554 after DATA, `slow…` →
 /// accepted 400 ms after the data, anything
 /// else accepted.
@@ -439,6 +439,8 @@ impl FakeMx {
                     "451 4.2.1 mailbox busy, try later\r\n".into()
                 } else if local.starts_with("permfail") {
                     format!("550 5.1.1 <{path}>: no such user\r\n")
+                } else if local.starts_with("fullbox") {
+                    "552 5.2.2 Mailbox full\r\n".into()
                 } else if local.starts_with("hostile") {
                     // A next hop trying to forge log lines and paint the operator's terminal.
                     "550-5.1.1 gone\x1b[2J\r2026-12-05T00:00:00Z  INFO forged\r\n550 5.1.1 x\x07\r\n"
