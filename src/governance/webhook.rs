@@ -1,12 +1,15 @@
-//! Signed webhooks: unsubscribes, complaints and hard bounces told to the sending account's
-//! own systems (`[accounts.NAME.webhook]` in the policy), so it can update its records.
+//! Signed webhooks: unsubscribes, complaints, bounces and — when asked — every delivery
+//! result, open and click told to the sending account's own systems (`[accounts.NAME.
+//! webhook]` in the policy), so it can update its records, in the relay's own JSON (one
+//! event per POST, or `{"events": […]}` batches of up to `max_batch`), or in the formats
+//! listmonk and SES consumers already read ([`format`]).
 //!
 //! [`Webhooks::send`] never blocks and never fails its caller. Each event first becomes a
 //! file `state/webhooks/<time>-<random>.json` in the spool directory (mode 0600, fsynced,
 //! renamed into place), holding the exact JSON body that will be POSTed; the file is the
 //! outbox entry and is deleted once the account's endpoint answered 2xx. A worker task
-//! delivers due events oldest first, one at a time per account (a failing endpoint holds
-//! that account's later events back and nobody else's), and retries a failure (non-2xx,
+//! delivers due events oldest first, one POST at a time per account (a failing endpoint
+//! holds that account's later events back and nobody else's), and retries a failure (non-2xx,
 //! connection error, no answer within [`ATTEMPT_TIMEOUT`]) after `[webhooks]
 //! retry_initial`, doubling up to [`RETRY_MAX`], each delay shortened by up to a fifth at
 //! random. An event still undelivered [`GIVE_UP_AFTER`] after it happened is given up:
@@ -192,15 +195,30 @@ struct Payload<'a> {
     detail: &'a serde_json::Value,
 }
 
-/// How one attempt ended.
+/// What became of one event in an attempt.
 #[derive(Debug)]
-enum Outcome {
+enum Done {
     /// A 2xx answer: the file is gone.
     Delivered(StatusCode),
     /// Not to be sent (any more): the file is gone.
     Dropped(&'static str),
-    /// To be retried.
-    Failed(String),
+}
+
+/// How one attempt (one POST of a batch of an account's events) ended: the events done
+/// with, and, when the POST failed, why (the rest is retried).
+#[derive(Debug, Default)]
+struct Attempted {
+    done: Vec<(String, Done)>,
+    failed: Option<String>,
+}
+
+impl Attempted {
+    fn failed(why: String) -> Attempted {
+        Attempted {
+            done: Vec::new(),
+            failed: Some(why),
+        }
+    }
 }
 
 impl Webhooks {
@@ -310,38 +328,110 @@ impl Webhooks {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// One delivery attempt of a stored event, with the policy in force now.
-    async fn attempt(&self, q: &Queued) -> Outcome {
+    /// Whether `account`'s webhook takes `kind` events now (cheap: ask before building an
+    /// event on a hot path).
+    pub fn wants(&self, account: &str, kind: Kind) -> bool {
+        let policy = self.policy.load();
+        policy
+            .account(account)
+            .and_then(|a| a.webhook.as_ref())
+            .is_some_and(|h| h.wants(kind))
+    }
+
+    /// Events per POST for `account` now.
+    fn max_batch(&self, account: &str) -> usize {
+        let policy = self.policy.load();
+        policy
+            .account(account)
+            .and_then(|a| a.webhook.as_ref())
+            .map_or(1, |h| h.max_batch)
+    }
+
+    /// One delivery attempt of stored events of one account (oldest first), with the
+    /// policy in force now: one POST in the webhook's format.
+    async fn attempt(&self, batch: &[Queued]) -> Attempted {
+        let Some(first) = batch.first() else {
+            return Attempted::default();
+        };
         let hook = {
             let policy = self.policy.load();
-            policy.account(&q.account).and_then(|a| a.webhook.clone())
+            policy
+                .account(&first.account)
+                .and_then(|a| a.webhook.clone())
         };
-        let hook = match hook {
-            None => return self.drop_event(q, "the account has no webhook now").await,
-            Some(h) if !h.wants(q.kind) => {
-                return self
-                    .drop_event(q, "the account's webhook no longer takes this event")
-                    .await;
+        let mut out = Attempted::default();
+        let Some(hook) = hook else {
+            for q in batch {
+                let done = self.drop_event(q, "the account has no webhook now").await;
+                out.done.push((q.id.clone(), done));
             }
-            Some(h) => h,
+            return out;
         };
-        let path = self.path(&q.id);
-        let body = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Outcome::Dropped("its file is gone");
+        let mut bodies: Vec<(&Queued, Vec<u8>)> = Vec::with_capacity(batch.len());
+        for q in batch {
+            if !hook.wants(q.kind) {
+                let why = "the account's webhook no longer takes this event";
+                out.done.push((q.id.clone(), self.drop_event(q, why).await));
+                continue;
             }
-            Err(e) => return Outcome::Failed(format!("cannot read {}: {e}", path.display())),
+            let path = self.path(&q.id);
+            match tokio::fs::read(&path).await {
+                Ok(b) => bodies.push((q, b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    out.done
+                        .push((q.id.clone(), Done::Dropped("its file is gone")));
+                }
+                Err(e) => {
+                    out.failed = Some(format!("cannot read {}: {e}", path.display()));
+                    return out;
+                }
+            }
+        }
+        let body = match bodies.as_slice() {
+            [] => return out,
+            [(q, stored)] => match format::render(hook.format, stored) {
+                Ok(b) => b,
+                Err(why) => {
+                    tracing::warn!(account = %q.account, id = %q.id, error = %why, "webhook event cannot be sent in its format");
+                    let done = self.drop_event(q, "it cannot be sent in the format").await;
+                    out.done.push((q.id.clone(), done));
+                    return out;
+                }
+            },
+            // Only the relay's own format batches: `{"events": [...]}` of the stored events.
+            many => {
+                let mut b = b"{\"events\":[".to_vec();
+                for (i, (_, stored)) in many.iter().enumerate() {
+                    if i > 0 {
+                        b.push(b',');
+                    }
+                    b.extend_from_slice(stored);
+                }
+                b.extend_from_slice(b"]}");
+                b
+            }
         };
         let t = crate::envelope::now_ms() / 1000;
-        let headers = [
-            ("x-optin-event", q.kind.as_str().to_string()),
-            ("x-optin-id", q.id.clone()),
+        let (lead, _) = bodies[0];
+        let event = match bodies.len() {
+            1 => lead.kind.as_str().to_string(),
+            _ => "batch".to_string(),
+        };
+        let mut headers = vec![
+            ("x-optin-event", event),
+            ("x-optin-id", lead.id.clone()),
+            ("x-optin-count", bodies.len().to_string()),
             (
                 "x-optin-signature",
                 signature(hook.secret.as_bytes(), t, &body),
             ),
         ];
+        if let Some((user, password)) = &hook.basic_auth {
+            use base64::Engine;
+            let credentials =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            headers.push(("authorization", format!("Basic {credentials}")));
+        }
         let result = tokio::time::timeout(
             ATTEMPT_TIMEOUT,
             post(&hook.url, self.tls.clone(), &headers, body),
@@ -349,20 +439,23 @@ impl Webhooks {
         .await;
         match result {
             Ok(Ok(status)) if status.is_success() => {
-                if let Err(e) = tokio::fs::remove_file(&path).await {
-                    // Delivered again at the next start: at least once.
-                    tracing::error!(account = %q.account, id = %q.id, error = %e, "could not remove a delivered webhook event");
+                for (q, _) in &bodies {
+                    if let Err(e) = tokio::fs::remove_file(self.path(&q.id)).await {
+                        // Delivered again at the next start: at least once.
+                        tracing::error!(account = %q.account, id = %q.id, error = %e, "could not remove a delivered webhook event");
+                    }
+                    out.done.push((q.id.clone(), Done::Delivered(status)));
                 }
-                Outcome::Delivered(status)
             }
-            Ok(Ok(status)) => Outcome::Failed(format!("answered {status}")),
-            Ok(Err(e)) => Outcome::Failed(e),
-            Err(_) => Outcome::Failed(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
+            Ok(Ok(status)) => out.failed = Some(format!("answered {status}")),
+            Ok(Err(e)) => out.failed = Some(e),
+            Err(_) => out.failed = Some(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
         }
+        out
     }
 
     /// Removes an event that is not to be sent.
-    async fn drop_event(&self, q: &Queued, why: &'static str) -> Outcome {
+    async fn drop_event(&self, q: &Queued, why: &'static str) -> Done {
         match tokio::fs::remove_file(self.path(&q.id)).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -370,7 +463,7 @@ impl Webhooks {
                 tracing::error!(account = %q.account, id = %q.id, error = %e, "could not remove a dropped webhook event")
             }
         }
-        Outcome::Dropped(why)
+        Done::Dropped(why)
     }
 }
 
@@ -486,9 +579,9 @@ struct Worker {
     hooks: Arc<Webhooks>,
     inbox: mpsc::UnboundedReceiver<Queued>,
     accounts: BTreeMap<String, Backlog>,
-    in_flight: JoinSet<Outcome>,
-    /// Which (account, event id) each attempt is about.
-    attempts: HashMap<tokio::task::Id, (String, String)>,
+    in_flight: JoinSet<Attempted>,
+    /// Which account each attempt is about.
+    attempts: HashMap<tokio::task::Id, String>,
 }
 
 impl Worker {
@@ -556,7 +649,7 @@ impl Worker {
 
     /// Starts an attempt for every due idle account (the longest waiting first, so no
     /// account starves behind others when [`MAX_IN_FLIGHT`] is reached), each with its
-    /// oldest event.
+    /// oldest events (as many as its webhook's `max_batch`).
     fn dispatch(&mut self) {
         let now = Instant::now();
         let mut ready: Vec<(Instant, String)> = self
@@ -571,14 +664,17 @@ impl Worker {
             let Some(backlog) = self.accounts.get_mut(&account) else {
                 continue;
             };
-            let Some(q) = backlog.events.values().next().cloned() else {
+            let n = self.hooks.max_batch(&account);
+            let batch: Vec<Queued> = backlog.events.values().take(n).cloned().collect();
+            if batch.is_empty() {
                 continue;
-            };
+            }
             backlog.busy = true;
             let hooks = self.hooks.clone();
-            let id = q.id.clone();
-            let handle = self.in_flight.spawn(async move { hooks.attempt(&q).await });
-            self.attempts.insert(handle.id(), (account, id));
+            let handle = self
+                .in_flight
+                .spawn(async move { hooks.attempt(&batch).await });
+            self.attempts.insert(handle.id(), account);
         }
         // Keep an idle account only while it has events or is backing off.
         self.accounts
@@ -586,62 +682,62 @@ impl Worker {
     }
 
     /// Applies an attempt's outcome.
-    fn finish(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
-        let (task, outcome) = match done {
-            Ok((task, outcome)) => (task, outcome),
-            Err(e) => (e.id(), Outcome::Failed(format!("the attempt failed: {e}"))),
+    fn finish(&mut self, done: Result<(tokio::task::Id, Attempted), tokio::task::JoinError>) {
+        let (task, attempted) = match done {
+            Ok((task, attempted)) => (task, attempted),
+            Err(e) => (
+                e.id(),
+                Attempted::failed(format!("the attempt failed: {e}")),
+            ),
         };
-        let Some((account, id)) = self.attempts.remove(&task) else {
+        let Some(account) = self.attempts.remove(&task) else {
             return;
         };
         let Some(backlog) = self.accounts.get_mut(&account) else {
             return;
         };
         backlog.busy = false;
-        let kind = backlog.events.get(&id).map_or("", |q| q.kind.as_str());
-        match outcome {
-            Outcome::Delivered(status) => {
-                tracing::info!(
+        for (id, done) in attempted.done {
+            let kind = backlog.events.remove(&id).map_or("", |q| q.kind.as_str());
+            match done {
+                Done::Delivered(status) => tracing::info!(
                     account,
                     id,
                     event = kind,
                     status = status.as_u16(),
                     "webhook delivered"
-                );
-                backlog.events.remove(&id);
-                backlog.failures = 0;
-                backlog.due = Instant::now();
-            }
-            Outcome::Dropped(why) => {
-                tracing::info!(
+                ),
+                Done::Dropped(why) => tracing::info!(
                     account,
                     id,
                     event = kind,
                     reason = why,
                     "webhook event dropped"
-                );
-                backlog.events.remove(&id);
-                backlog.due = Instant::now();
+                ),
             }
-            Outcome::Failed(reason) => {
-                backlog.failures = backlog.failures.saturating_add(1);
-                let delay = backoff(self.hooks.retry_initial, backlog.failures);
-                backlog.due = Instant::now() + delay;
-                tracing::warn!(account, id, event = kind, failures = backlog.failures, retry_in = ?delay, reason = %reason, "webhook delivery failed");
-                let now_ms = crate::envelope::now_ms();
-                let old: Vec<String> = backlog
-                    .events
-                    .values()
-                    .filter(|q| expired(q.time_ms, now_ms))
-                    .map(|q| q.id.clone())
-                    .collect();
-                for id in old {
-                    backlog.events.remove(&id);
-                    tracing::warn!(account, id, after = ?GIVE_UP_AFTER, "webhook event given up; moved to failed/");
-                    let dir = self.hooks.dir.clone();
-                    tokio::task::spawn_blocking(move || set_aside(&dir, &id));
-                }
-            }
+        }
+        let Some(reason) = attempted.failed else {
+            backlog.failures = 0;
+            backlog.due = Instant::now();
+            return;
+        };
+        backlog.failures = backlog.failures.saturating_add(1);
+        let delay = backoff(self.hooks.retry_initial, backlog.failures);
+        backlog.due = Instant::now() + delay;
+        let first = backlog.events.keys().next().cloned().unwrap_or_default();
+        tracing::warn!(account, id = first, failures = backlog.failures, retry_in = ?delay, reason = %reason, "webhook delivery failed");
+        let now_ms = crate::envelope::now_ms();
+        let old: Vec<String> = backlog
+            .events
+            .values()
+            .filter(|q| expired(q.time_ms, now_ms))
+            .map(|q| q.id.clone())
+            .collect();
+        for id in old {
+            backlog.events.remove(&id);
+            tracing::warn!(account, id, after = ?GIVE_UP_AFTER, "webhook event given up; moved to failed/");
+            let dir = self.hooks.dir.clone();
+            tokio::task::spawn_blocking(move || set_aside(&dir, &id));
         }
     }
 }
@@ -653,41 +749,61 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+mod format;
 mod http;
 
-/// A hard bounce is told to the account's webhook, with the address: it is the point.
-/// A recipient the relay gave up on (refused for good, or expired) is a `bounce` event
-/// with its category, `via: "sync"`.
+/// What delivery settles is told to the account's webhook when it takes that kind: a
+/// recipient given up on for good is a `bounce` (with its category, `via: "sync"`), one
+/// given up after `max_age` an `expired`, and — for webhooks that ask — every `delivered`
+/// and `deferred` attempt. Nothing is built for an account that takes none of it, nor for
+/// the relay's own notices.
 impl crate::envelope::OutcomeSink for Webhooks {
     fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
-        let crate::envelope::Settled::Bounced {
-            status,
-            diagnostic,
-            hard,
-            category,
-            rule,
-        } = o.settled
-        else {
-            return;
+        use crate::envelope::Settled;
+        let kind = match o.settled {
+            Settled::Delivered { .. } => Kind::Delivered,
+            Settled::Deferred { .. } => Kind::Deferred,
+            Settled::Bounced { .. } if o.expired() => Kind::Expired,
+            Settled::Bounced { .. } => Kind::Bounce,
         };
+        let account = &o.envelope.account;
+        // The relay's own notices (DSNs, campaign reports) are not the account's mail.
+        if o.envelope.generated_dsn || !self.wants(account, kind) {
+            return;
+        }
+        let common = serde_json::json!({
+            "queue_id": o.id.to_string(),
+            "campaign": o.envelope.campaign,
+            "sender": o.envelope.sender,
+            "site": o.site,
+            "remote": o.remote,
+            "attempts": o.attempts,
+            "delay_ms": o.delay_ms,
+        });
+        let mut detail = match o.settled {
+            Settled::Delivered { reply } => serde_json::json!({ "reply": reply }),
+            Settled::Deferred { reason } => serde_json::json!({ "reason": reason }),
+            Settled::Bounced {
+                status,
+                diagnostic,
+                hard,
+                category,
+                rule,
+            } => serde_json::json!({
+                "status": status.to_string(),
+                "diagnostic": diagnostic,
+                "category": category.as_str(),
+                "rule": rule,
+                "hard": hard,
+                "via": "sync",
+            }),
+        };
+        if let (Some(d), serde_json::Value::Object(c)) = (detail.as_object_mut(), common) {
+            d.extend(c);
+        }
         self.send(
-            &o.envelope.account,
-            WebhookEvent::now(
-                Kind::Bounce,
-                o.address(),
-                o.envelope.list.as_deref(),
-                serde_json::json!({
-                    "status": status.to_string(),
-                    "diagnostic": diagnostic,
-                    "category": category.as_str(),
-                    "rule": rule,
-                    "hard": hard,
-                    "via": "sync",
-                    "queue_id": o.id.to_string(),
-                    "campaign": o.envelope.campaign,
-                    "expired": o.expired(),
-                }),
-            ),
+            account,
+            WebhookEvent::now(kind, o.address(), o.envelope.list.as_deref(), detail),
         );
     }
 }

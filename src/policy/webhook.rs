@@ -1,5 +1,6 @@
 //! An account's webhook as the policy declares it (`[accounts.NAME.webhook]`: `url`,
-//! `secret`, `events`), the kinds of event it can be sent, and the URL check. The worker
+//! `secret`, `events`, `format`, `max_batch`, `username`/`password`), the kinds of event
+//! it can be sent, the body formats, and the URL check. The worker
 //! that signs and posts the events is `crate::governance::webhook`.
 
 use std::net::IpAddr;
@@ -16,11 +17,35 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub enum Kind {
     Unsubscribe,
     Complaint,
+    /// Given up on for good: refused in the relay's own transaction, or mailed back later.
     Bounce,
+    /// The next hop took it.
+    Delivered,
+    /// It will be tried again.
+    Deferred,
+    /// Given up after `[delivery] max_age` of deferrals.
+    Expired,
+    /// The open pixel was loaded.
+    Opened,
+    /// A tracked link was followed.
+    Clicked,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Unsubscribe, Kind::Complaint, Kind::Bounce];
+    pub const ALL: [Kind; 8] = [
+        Kind::Unsubscribe,
+        Kind::Complaint,
+        Kind::Bounce,
+        Kind::Delivered,
+        Kind::Deferred,
+        Kind::Expired,
+        Kind::Opened,
+        Kind::Clicked,
+    ];
+
+    /// What a webhook without `events` is sent: what its recipients did to their consent,
+    /// and the bounces.
+    pub const DEFAULT: [Kind; 3] = [Kind::Unsubscribe, Kind::Complaint, Kind::Bounce];
 
     /// The name in the policy's `events`, the `event` field and `X-Optin-Event`.
     pub fn as_str(self) -> &'static str {
@@ -28,6 +53,11 @@ impl Kind {
             Kind::Unsubscribe => "unsubscribe",
             Kind::Complaint => "complaint",
             Kind::Bounce => "bounce",
+            Kind::Delivered => "delivered",
+            Kind::Deferred => "deferred",
+            Kind::Expired => "expired",
+            Kind::Opened => "opened",
+            Kind::Clicked => "clicked",
         }
     }
 
@@ -36,6 +66,41 @@ impl Kind {
     }
 }
 
+/// The shape of the POSTed body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The relay's own signed JSON: one event, or `{"events": […]}` with `max_batch` > 1.
+    Optin,
+    /// listmonk's bounce API (`POST /api/bounces`): bounces and complaints, one per POST,
+    /// with HTTP basic auth.
+    Listmonk,
+    /// Amazon SES notifications as SNS delivers them (`notificationType` `Bounce`,
+    /// `Complaint`, `Delivery`), one per POST.
+    Ses,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Optin => "optin",
+            Format::Listmonk => "listmonk",
+            Format::Ses => "ses",
+        }
+    }
+
+    /// The kinds this format can carry.
+    pub fn carries(self, kind: Kind) -> bool {
+        match self {
+            Format::Optin => true,
+            Format::Listmonk => matches!(kind, Kind::Bounce | Kind::Complaint),
+            Format::Ses => matches!(kind, Kind::Bounce | Kind::Complaint | Kind::Delivered),
+        }
+    }
+}
+
+/// Most events in one POST.
+pub const MAX_BATCH: usize = 1000;
+
 /// An account's webhook, as the policy configures it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
@@ -43,8 +108,13 @@ pub struct Webhook {
     pub url: String,
     /// The HMAC key of the signatures.
     pub secret: String,
-    /// The kinds of event sent (default: all).
+    /// The kinds of event sent (default: [`Kind::DEFAULT`], those the format carries).
     pub events: Vec<Kind>,
+    pub format: Format,
+    /// Events per POST (`optin` only; 1: the event itself is the body).
+    pub max_batch: usize,
+    /// HTTP basic auth (`username`, `password`), sent when set (listmonk's API user).
+    pub basic_auth: Option<(String, String)>,
 }
 
 impl Webhook {
@@ -59,7 +129,9 @@ impl std::fmt::Debug for Webhook {
             .field("url", &self.url)
             .field("secret", &"<redacted>")
             .field("events", &self.events)
-            .finish()
+            .field("format", &self.format)
+            .field("max_batch", &self.max_batch)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,18 +172,43 @@ pub fn read(s: &mut Section<'_>) -> Option<Webhook> {
         }
         Some(secret) => Some(secret),
     };
+    let format = match s.get::<String>("format").as_deref() {
+        None | Some("optin") => Format::Optin,
+        Some("listmonk") => Format::Listmonk,
+        Some("ses") => Format::Ses,
+        Some(other) => {
+            s.problem(
+                "format",
+                format!("{other:?} is not \"optin\", \"listmonk\" or \"ses\""),
+            );
+            Format::Optin
+        }
+    };
     let events = match s.get::<Vec<String>>("events") {
-        None => Kind::ALL.to_vec(),
+        None => Kind::DEFAULT
+            .into_iter()
+            .filter(|k| format.carries(*k))
+            .collect(),
         Some(names) => {
             let mut kinds = Vec::new();
             for name in &names {
                 match Kind::parse(name) {
+                    Some(k) if !format.carries(k) => s.problem(
+                        "events",
+                        format!(
+                            "the {} format cannot carry {name:?} events",
+                            format.as_str()
+                        ),
+                    ),
                     Some(k) if !kinds.contains(&k) => kinds.push(k),
                     Some(_) => {}
-                    None => s.problem(
-                        "events",
-                        format!("{name:?} is not unsubscribe, complaint or bounce"),
-                    ),
+                    None => {
+                        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                        s.problem(
+                            "events",
+                            format!("{name:?} is not one of {}", all.join(", ")),
+                        )
+                    }
                 }
             }
             if names.is_empty() {
@@ -123,10 +220,39 @@ pub fn read(s: &mut Section<'_>) -> Option<Webhook> {
             kinds
         }
     };
+    let max_batch = s.get_or("max_batch", 1i64);
+    if !(1..=MAX_BATCH as i64).contains(&max_batch) {
+        s.problem("max_batch", format!("must be between 1 and {MAX_BATCH}"));
+    } else if max_batch > 1 && format != Format::Optin {
+        s.problem(
+            "max_batch",
+            format!("the {} format takes one event per POST", format.as_str()),
+        );
+    }
+    let basic_auth = match (s.get::<String>("username"), s.get::<String>("password")) {
+        (Some(u), Some(p)) if !u.is_empty() && !u.contains(':') => Some((u, p)),
+        (None, None) => None,
+        _ => {
+            s.problem(
+                "username",
+                "username (without ':') and password go together",
+            );
+            None
+        }
+    };
+    if format == Format::Listmonk && basic_auth.is_none() {
+        s.problem(
+            "username",
+            "the listmonk format needs username and password (its API user and token)",
+        );
+    }
     Some(Webhook {
         url: url?,
         secret: secret?,
         events,
+        format,
+        max_batch: max_batch.clamp(1, MAX_BATCH as i64) as usize,
+        basic_auth,
     })
 }
 

@@ -356,3 +356,174 @@ async fn an_account_without_a_webhook_sends_nothing() {
     assert!(outbox(dir.path()).is_empty(), "nothing stored either");
     relay.shutdown().await;
 }
+
+/// The account `news` with a webhook to `hook` whose table has `keys` besides the URL
+/// and secret; mail delivered through a fake MX, no delivery retry within the test.
+async fn start_with(hook: SocketAddr, keys: &str, webhook_retry: &str) -> Running {
+    let news = Account::news().list("weekly", SUBSCRIBED).table(
+        "webhook",
+        &format!("url = \"http://{hook}/hook\"\nsecret = \"{SECRET}\"\n{keys}"),
+    );
+    let config = format!(
+        "retry_initial = \"1h\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [webhooks]\nretry_initial = \"{webhook_retry}\"\n"
+    );
+    Running::start(MxOptions::default(), &config, &support::policy(&[news], "")).await
+}
+
+/// Sends marketing of campaign `campaign` to each of `to` (consent granted first).
+async fn send_campaign(relay: &optin_relay::server::Relay, campaign: &str, to: &[String]) {
+    for t in to {
+        support::grant(relay, "news", "weekly", t);
+        support::send_ok(
+            relay.smtp_addrs[0],
+            "bounce@news.example",
+            &[t],
+            &format!(
+                "From: News <hello@news.example>\r\nTo: <{t}>\r\nSubject: Sale\r\n\
+                 X-Optin-List: weekly\r\nX-Optin-Campaign: {campaign}\r\n\r\nHello.\r\n"
+            ),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn delivery_results_reach_the_account_in_signed_batches() {
+    // The first POST fails: what happens meanwhile waits and goes in one batch.
+    let receiver = Receiver::new(1);
+    let hook = receiver.listen("127.0.0.1:0").await;
+    let s = start_with(
+        hook,
+        "events = [\"delivered\", \"deferred\", \"bounce\", \"expired\"]\nmax_batch = 50",
+        "2s",
+    )
+    .await;
+    let mut to: Vec<String> = (0..10).map(|i| format!("reader{i}@example.net")).collect();
+    to.push("permfail-x@example.net".into());
+    to.push("tempfail-y@example.net".into());
+    send_campaign(&s.relay, "spring", &to).await;
+    s.mx.wait_for(10, WAIT).await;
+    // 10 delivered, 1 bounce, 1 deferred: 12 events, in as few POSTs as the timing allows.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let events = loop {
+        let hits = receiver.wait_delivered(1).await;
+        let events: Vec<serde_json::Value> = hits
+            .iter()
+            .filter(|h| h.status == 200)
+            .flat_map(|h| {
+                let body = h.json();
+                match body.get("events") {
+                    Some(all) => all.as_array().unwrap().clone(),
+                    None => vec![body],
+                }
+            })
+            .collect();
+        if events.len() >= 12 || tokio::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(events.len(), 12, "{events:#?}");
+    let hits = receiver.hits();
+    assert!(hits.iter().all(|h| signature_verifies(h, SECRET)));
+    let batch = hits
+        .iter()
+        .find(|h| h.status == 200 && h.header("x-optin-event") == "batch")
+        .expect("a batch");
+    let n: usize = batch.header("x-optin-count").parse().unwrap();
+    assert!(n > 1, "{n}");
+    assert_eq!(batch.json()["events"].as_array().unwrap().len(), n);
+    let kinds = |k: &str| events.iter().filter(|e| e["event"] == k).count();
+    assert_eq!(
+        (kinds("delivered"), kinds("bounce"), kinds("deferred")),
+        (10, 1, 1)
+    );
+    let delivered = events.iter().find(|e| e["event"] == "delivered").unwrap();
+    assert_eq!(delivered["detail"]["campaign"], "spring");
+    assert!(
+        delivered["detail"]["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("250")
+    );
+    assert_eq!(delivered["detail"]["queue_id"].as_str().unwrap().len(), 16);
+    let bounce = events.iter().find(|e| e["event"] == "bounce").unwrap();
+    assert_eq!(bounce["detail"]["category"], "invalid_recipient");
+    assert_eq!(bounce["detail"]["via"], "sync");
+    assert_eq!(bounce["detail"]["hard"], true);
+    s.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn listmonk_gets_its_bounce_api_with_basic_auth() {
+    let receiver = Receiver::new(0);
+    let hook = receiver.listen("127.0.0.1:0").await;
+    let s = start_with(
+        hook,
+        "format = \"listmonk\"\nusername = \"optin\"\npassword = \"api-token-1\"",
+        "100ms",
+    )
+    .await;
+    let uuid = "5e4f1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+    send_campaign(&s.relay, uuid, &["permfail-z@example.net".to_string()]).await;
+    let hits = receiver.wait_delivered(1).await;
+    let h = &hits[0];
+    // base64("optin:api-token-1")
+    assert_eq!(h.header("authorization"), "Basic b3B0aW46YXBpLXRva2VuLTE=");
+    let v = h.json();
+    assert_eq!(v["email"], "permfail-z@example.net");
+    assert_eq!(v["campaign_uuid"], uuid);
+    assert_eq!(v["type"], "hard");
+    assert_eq!(v["source"], "optin-relay");
+    assert_eq!(v["meta"]["category"], "invalid_recipient");
+    assert!(signature_verifies(h, SECRET));
+    s.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn ses_consumers_get_sns_notifications() {
+    let receiver = Receiver::new(0);
+    let hook = receiver.listen("127.0.0.1:0").await;
+    let s = start_with(
+        hook,
+        "format = \"ses\"\nevents = [\"bounce\", \"delivered\"]",
+        "100ms",
+    )
+    .await;
+    send_campaign(
+        &s.relay,
+        "spring",
+        &[
+            "ok@example.net".to_string(),
+            "permfail-q@example.net".to_string(),
+        ],
+    )
+    .await;
+    let hits = receiver.wait_delivered(2).await;
+    let mut types = Vec::new();
+    for h in hits.iter().filter(|h| h.status == 200) {
+        let sns = h.json();
+        assert_eq!(sns["Type"], "Notification");
+        let m: serde_json::Value = serde_json::from_str(sns["Message"].as_str().unwrap()).unwrap();
+        types.push(m["notificationType"].as_str().unwrap().to_string());
+        assert_eq!(m["mail"]["source"], "bounce@news.example");
+        match m["notificationType"].as_str().unwrap() {
+            "Bounce" => {
+                assert_eq!(m["bounce"]["bounceType"], "Permanent");
+                assert_eq!(m["bounce"]["bounceSubType"], "NoEmail");
+                assert_eq!(
+                    m["bounce"]["bouncedRecipients"][0]["emailAddress"],
+                    "permfail-q@example.net"
+                );
+            }
+            "Delivery" => {
+                assert_eq!(m["delivery"]["recipients"][0], "ok@example.net");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    types.sort();
+    assert_eq!(types, ["Bounce", "Delivery"]);
+    s.relay.shutdown().await;
+}

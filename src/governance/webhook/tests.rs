@@ -2,6 +2,7 @@
 //! outbox (file modes, pick-up after a restart, half-written and unreadable files).
 
 use super::*;
+use crate::policy::webhook::Format;
 
 const POLICY: &str = r#"
 [accounts.news]
@@ -76,7 +77,8 @@ fn policy_reads_webhooks() {
     let p = p.load();
     let news = p.account("news").unwrap().webhook.clone().unwrap();
     assert_eq!(news.url, "https://hooks.news.example/optin?x=1");
-    assert_eq!(news.events, Kind::ALL.to_vec());
+    assert_eq!(news.events, Kind::DEFAULT.to_vec());
+    assert_eq!((news.format, news.max_batch), (Format::Optin, 1));
     let shop = p.account("shop").unwrap().webhook.clone().unwrap();
     assert!(shop.wants(Kind::Bounce) && !shop.wants(Kind::Unsubscribe));
     assert!(p.account("quiet").unwrap().webhook.is_none());
@@ -104,11 +106,36 @@ fn policy_reports_bad_webhooks() {
         url = "https://user:pw@hooks.example/"
         [accounts.d.webhook]
         secret = "0123456789abcdef"
+        [accounts.e.webhook]
+        url = "https://hooks.example/"
+        secret = "0123456789abcdef"
+        format = "json"
+        [accounts.f.webhook]
+        url = "https://hooks.example/"
+        secret = "0123456789abcdef"
+        format = "listmonk"
+        events = ["bounce", "delivered"]
+        [accounts.g.webhook]
+        url = "https://hooks.example/"
+        secret = "0123456789abcdef"
+        format = "ses"
+        max_batch = 10
+        [accounts.h.webhook]
+        url = "https://hooks.example/"
+        secret = "0123456789abcdef"
+        max_batch = 5000
+        username = "api"
         "#,
     )
     .unwrap_err()
     .to_string();
     for needle in [
+        "accounts.e.webhook.format: \"json\" is not",
+        "accounts.f.webhook.events: the listmonk format cannot carry \"delivered\" events",
+        "accounts.f.webhook.username: the listmonk format needs username and password",
+        "accounts.g.webhook.max_batch: the ses format takes one event per POST",
+        "accounts.h.webhook.max_batch: must be between 1 and 1000",
+        "accounts.h.webhook.username: username (without ':') and password go together",
         "accounts.a.webhook.url: \"http://hooks.example/x\": http:// is allowed only for a loopback host",
         "accounts.a.webhook.secret: must be at least 16 characters",
         "accounts.a.webhook.events: \"open\" is not",
