@@ -156,9 +156,11 @@ pub enum QueueCommand {
         url: Option<String>,
     },
     /// Envelope and recipient states of one message (reads the spool; --live asks the
-    /// running relay).
+    /// running relay). A message no longer queued, or a Message-ID: what happened to it,
+    /// per recipient, from the running relay's delivery log.
     Show {
-        /// Queue id (16 hex digits, as in `queue list` and `250 … queued as`).
+        /// Queue id (16 hex digits, as in `queue list` and `250 … queued as`), or a
+        /// Message-ID.
         id: String,
         /// Ask the running relay (admin API) instead of reading the spool.
         #[arg(long)]
@@ -387,7 +389,23 @@ fn queue(path: Option<&Path>, command: QueueCommand) -> Result<ExitCode, String>
         }
         QueueCommand::Show {
             id, live: false, ..
-        } => return queue_show(&spool_messages(path)?, &id),
+        } => {
+            // Not (or no longer) in the spool: what the running relay's delivery log says.
+            let messages = spool_messages(path)?;
+            let queued = crate::envelope::QueueId::parse(&id)
+                .is_some_and(|n| messages.iter().any(|m| m.envelope.id == n));
+            if queued {
+                return queue_show(&messages, &id);
+            }
+            eprintln!("{id} is not in the queue; asking the running relay what happened to it");
+            (
+                ApiArgs {
+                    json: false,
+                    url: None,
+                },
+                admin::message_history(&id),
+            )
+        }
         QueueCommand::List {
             json,
             account,

@@ -167,6 +167,11 @@ impl Relay {
                 policy: policy.clone(),
                 reloader: reloader.clone(),
                 counts: gov.counts.clone(),
+                history: config
+                    .delivery
+                    .log
+                    .clone()
+                    .map(|p| (p, config.privacy.delivery_log_days)),
             }),
             None => None,
         };

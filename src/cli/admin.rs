@@ -518,6 +518,15 @@ pub fn queue_show(id: &str) -> Call {
     )
 }
 
+/// `GET /admin/messages/{id}`: what happened to a message (queue id or Message-ID).
+pub fn message_history(id: &str) -> Call {
+    Call::new(
+        Method::GET,
+        format!("/messages/{}", encode(id)),
+        print::print_history,
+    )
+}
+
 /// `POST /admin/queue/messages/{id}/retry`.
 pub fn queue_retry(id: &str) -> Call {
     action(

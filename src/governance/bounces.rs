@@ -136,6 +136,8 @@ pub struct Bounces {
     pub paths: Option<ReturnPaths>,
     /// Where a feedback report mailed to a return path goes.
     pub complaints: Option<Arc<Complaints>>,
+    /// The delivery log: a bounce mailed back is a `bounced` line (`via: async`).
+    pub log: Option<crate::privacy::delivery_log::DeliveryLog>,
     rate: HourlyCap,
     aside: KeptAside,
     streaks: Mutex<Streaks>,
@@ -168,6 +170,7 @@ impl Bounces {
             feedback: Default::default(),
             paths: None,
             complaints: None,
+            log: None,
             rate: HourlyCap::new(max_per_ip),
             aside: KeptAside::new(
                 &spool.join("bounces/kept-aside"),
@@ -376,6 +379,20 @@ impl Bounces {
         });
         if let Err(e) = self.events.append(&event) {
             tracing::error!(error = %e, "could not append to the bounce event log");
+        }
+        if let Some(log) = &self.log {
+            log.event(
+                crate::privacy::delivery_log::Kind::Bounced,
+                &address,
+                &crate::privacy::delivery_log::Details {
+                    id: Some(rp.id),
+                    account,
+                    reply: Some(&diagnostic),
+                    category: Some(category.as_str()),
+                    via: Some("async"),
+                    ..Default::default()
+                },
+            );
         }
         if let Some(webhooks) = &self.feedback.webhooks {
             use crate::governance::webhook::WebhookEvent;

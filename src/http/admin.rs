@@ -51,6 +51,9 @@ pub struct Admin {
     pub policy: Arc<ArcSwap<Policy>>,
     pub reloader: Arc<PolicyReloader>,
     pub counts: Arc<crate::governance::counts::AccountCounts>,
+    /// The delivery log (`[delivery] log`) and how many days of it are kept
+    /// (`[privacy] delivery_log_days`), for message histories; `None`: no log.
+    pub history: Option<(std::path::PathBuf, u32)>,
 }
 
 /// The token from the config, else from the token file; `create` makes the file (a random
@@ -147,6 +150,7 @@ pub fn router(admin: Admin) -> Router {
             get(message_show).delete(message_delete),
         )
         .route("/queue/messages/{id}/retry", post(message_retry))
+        .route("/messages/{id}", get(message_history))
         .route("/queue/messages/{id}/bounce", post(message_bounce))
         .route("/accounts", get(accounts_list))
         .route("/accounts/{name}", get(account_show))
@@ -272,6 +276,90 @@ async fn message_show(State(a): State<Admin>, Path(id): Path<String>) -> ApiResu
         }
     }
     Ok(axum::Json(v))
+}
+
+/// What happened to a message, by queue id or `Message-ID`: per recipient (as its tag) the
+/// last state, attempts, last reply and bounce category, from the delivery log; and, while
+/// it is still queued, its queue state with the addresses.
+async fn message_history(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
+    use crate::privacy::delivery_log::{Lookup, history};
+    let wanted = Lookup::parse(&id)
+        .ok_or_else(|| bad(format!("{id:?} is neither a queue id nor a Message-ID")))?;
+    let Some((path, days)) = a.history.clone() else {
+        return Err(not_found("the delivery log is off ([delivery] log = \"\")"));
+    };
+    let lookup = wanted.clone();
+    let lines = tokio::task::spawn_blocking(move || history(&path, days, &lookup))
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(format!("reading the delivery log: {e}")))?;
+    let mut ids: Vec<String> = Vec::new();
+    // (id, rcpt) → summary, in order of first appearance.
+    let mut rcpts: Vec<((String, String), Value)> = Vec::new();
+    for line in &lines {
+        let id = line["id"].as_str().unwrap_or_default().to_string();
+        if !ids.contains(&id) {
+            ids.push(id.clone());
+        }
+        let key = (
+            id.clone(),
+            line["rcpt"].as_str().unwrap_or_default().to_string(),
+        );
+        let at = match rcpts.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                rcpts.push((
+                    key.clone(),
+                    json!({"id": id, "rcpt": key.1, "account": line["account"], "events": 0}),
+                ));
+                rcpts.len() - 1
+            }
+        };
+        let r = &mut rcpts[at].1;
+        r["events"] = json!(r["events"].as_u64().unwrap_or(0) + 1);
+        r["state"] = line["event"].clone();
+        r["time_ms"] = line["time_ms"].clone();
+        for key in [
+            "attempts",
+            "reply",
+            "category",
+            "via",
+            "route",
+            "message_id",
+        ] {
+            if !line[key].is_null() {
+                r[if key == "reply" { "last_reply" } else { key }] = line[key].clone();
+            }
+        }
+    }
+    let mut queued = Vec::new();
+    for id in &ids {
+        let Some(n) = crate::envelope::QueueId::parse(id) else {
+            continue;
+        };
+        if let Some(state) = a.delivery.show(n).await? {
+            queued.push(serde_json::to_value(&state).expect("serialisable"));
+        }
+    }
+    if lines.is_empty()
+        && let Lookup::Id(n) = wanted
+        && let Some(state) = a.delivery.show(n).await?
+    {
+        queued.push(serde_json::to_value(&state).expect("serialisable"));
+    }
+    if lines.is_empty() && queued.is_empty() {
+        return Err(not_found(format!(
+            "nothing about {id} in the delivery log of the last {} days or the queue",
+            a.history.as_ref().map_or(0, |h| h.1)
+        )));
+    }
+    ok(json!({
+        "lookup": id,
+        "ids": ids,
+        "recipients": rcpts.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "queued": queued,
+        "events": lines,
+    }))
 }
 
 async fn act(a: &Admin, id: &str, action: Action, done: &str) -> ApiResult {

@@ -61,6 +61,13 @@ pub struct Details<'a> {
     pub attempts: Option<u16>,
     /// Milliseconds since the message was accepted.
     pub delay_ms: Option<u64>,
+    /// A bounce's category (`bounced`, `expired`).
+    pub category: Option<&'a str>,
+    /// How a bounce was learnt: `sync` (in the relay's own transaction) or `async`
+    /// (mailed back to the return path).
+    pub via: Option<&'a str>,
+    /// The message's `Message-ID` (on `accepted` lines), so that it can be looked up.
+    pub message_id: Option<&'a str>,
 }
 
 /// One line for the writer: the UTC day it belongs to and its text.
@@ -136,8 +143,95 @@ impl DeliveryLog {
         if let Some(ms) = d.delay_ms {
             obj.insert("delay_ms".into(), ms.into());
         }
+        if let Some(c) = d.category {
+            obj.insert("category".into(), c.into());
+        }
+        if let Some(v) = d.via {
+            obj.insert("via".into(), v.into());
+        }
+        if let Some(m) = d.message_id {
+            obj.insert("message_id".into(), self.tagger.scrub(m, address).into());
+        }
         let _ = tx.send((time_ms / DAY_MS, line.to_string()));
     }
+}
+
+/// What a history lookup looks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Id(QueueId),
+    /// A `Message-ID` without its angle brackets.
+    MessageId(String),
+}
+
+impl Lookup {
+    /// A queue id (16 hex digits), else a `Message-ID` (`<…>` or bare).
+    pub fn parse(s: &str) -> Option<Lookup> {
+        let s = s.trim();
+        if let Some(id) = QueueId::parse(s) {
+            return Some(Lookup::Id(id));
+        }
+        let bare = s
+            .strip_prefix('<')
+            .and_then(|x| x.strip_suffix('>'))
+            .unwrap_or(s);
+        let ok = !bare.is_empty()
+            && bare.len() <= 998
+            && !bare.contains(|c: char| c.is_whitespace() || c.is_control() || c == '"');
+        ok.then(|| Lookup::MessageId(bare.to_string()))
+    }
+}
+
+/// Most lines a history returns.
+pub const MAX_HISTORY_LINES: usize = 10_000;
+
+/// The delivery log's lines about one message (by queue id, or by the `Message-ID` its
+/// `accepted` lines name: every message that carried it), oldest first, from the day files
+/// of the last `days` days of the log configured as `path` (blocking: it reads them).
+pub fn history(path: &Path, days: u32, wanted: &Lookup) -> std::io::Result<Vec<serde_json::Value>> {
+    use std::io::BufRead;
+    let today = crate::envelope::now_ms() / DAY_MS;
+    let mut ids: Vec<String> = match wanted {
+        Lookup::Id(id) => vec![id.to_string()],
+        Lookup::MessageId(_) => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for day in today.saturating_sub(u64::from(days))..=today {
+        let file = match std::fs::File::open(day_file(path, day)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line?;
+            let names_message_id = match wanted {
+                Lookup::MessageId(m) => {
+                    line.contains("\"message_id\"") && line.contains(m.as_str())
+                }
+                Lookup::Id(_) => false,
+            };
+            if !names_message_id && !ids.iter().any(|id| line.contains(id.as_str())) {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let id = v["id"].as_str().unwrap_or_default().to_string();
+            if let Lookup::MessageId(m) = wanted
+                && v["message_id"].as_str() == Some(m.as_str())
+                && !ids.contains(&id)
+            {
+                ids.push(id.clone());
+            }
+            if ids.contains(&id) {
+                out.push(v);
+                if out.len() >= MAX_HISTORY_LINES {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The day file being appended to.
@@ -210,11 +304,19 @@ fn day_writer<'a>(
 impl crate::envelope::OutcomeSink for DeliveryLog {
     fn settled(&self, o: &crate::envelope::RecipientOutcome<'_>) {
         use crate::envelope::Settled;
-        let (kind, reply) = match o.settled {
-            Settled::Delivered { reply } => (Kind::Delivered, reply),
-            Settled::Deferred { reason } => (Kind::Deferred, reason),
-            Settled::Bounced { diagnostic, .. } if o.expired() => (Kind::Expired, diagnostic),
-            Settled::Bounced { diagnostic, .. } => (Kind::Bounced, diagnostic),
+        let (kind, reply, category) = match o.settled {
+            Settled::Delivered { reply } => (Kind::Delivered, reply, None),
+            Settled::Deferred { reason } => (Kind::Deferred, reason, None),
+            Settled::Bounced {
+                diagnostic,
+                category,
+                ..
+            } if o.expired() => (Kind::Expired, diagnostic, Some(category.as_str())),
+            Settled::Bounced {
+                diagnostic,
+                category,
+                ..
+            } => (Kind::Bounced, diagnostic, Some(category.as_str())),
         };
         self.event(
             kind,
@@ -227,6 +329,9 @@ impl crate::envelope::OutcomeSink for DeliveryLog {
                 reply: Some(reply),
                 attempts: Some(o.attempts),
                 delay_ms: Some(o.delay_ms),
+                category,
+                via: category.map(|_| "sync"),
+                message_id: None,
             },
         );
     }
@@ -252,6 +357,7 @@ mod tests {
                 reply: Some("250 2.0.0 ok"),
                 attempts: Some(1),
                 delay_ms: Some(12),
+                ..Default::default()
             },
         );
         drop(log);

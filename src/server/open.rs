@@ -156,6 +156,7 @@ impl Governance {
         bounces.feedback = feedback.clone();
         bounces.complaints = complaints.clone();
         bounces.paths = return_paths(config, state);
+        bounces.log = state.delivery_log.clone();
         Ok(Governance {
             governor,
             webhooks,

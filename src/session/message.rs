@@ -100,7 +100,7 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
                 "message accepted"
             );
             crate::metrics::message_accepted();
-            log_accepted(ctx, &envelope);
+            log_accepted(ctx, &envelope, &content);
             if let Some((original, reasons)) = withheld {
                 consent::notify_withheld(ctx, &original, &content, &reasons).await;
             }
@@ -120,9 +120,11 @@ pub(super) async fn finish_message<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// An `accepted` line in the delivery log for each recipient the message goes to.
-fn log_accepted(ctx: &SessionContext, envelope: &Envelope) {
+/// An `accepted` line in the delivery log for each recipient the message goes to, with
+/// the message's `Message-ID` so it can be looked up by it.
+fn log_accepted(ctx: &SessionContext, envelope: &Envelope, content: &[u8]) {
     let Some(log) = &ctx.log else { return };
+    let message_id = message_id(content);
     for r in &envelope.recipients {
         log.event(
             crate::privacy::delivery_log::Kind::Accepted,
@@ -130,10 +132,38 @@ fn log_accepted(ctx: &SessionContext, envelope: &Envelope) {
             &crate::privacy::delivery_log::Details {
                 id: Some(envelope.id),
                 account: &envelope.account,
+                message_id: message_id.as_deref(),
                 ..Default::default()
             },
         );
     }
+}
+
+/// The `Message-ID` of a message (without its angle brackets), from its header section
+/// (the first 64 KiB at most).
+pub(super) fn message_id(content: &[u8]) -> Option<String> {
+    let head = &content[..content.len().min(64 << 10)];
+    let mut lines = head.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return None;
+        }
+        if line.len() < 11 || !line[..11].eq_ignore_ascii_case(b"message-id:") {
+            continue;
+        }
+        let mut value = String::from_utf8_lossy(&line[11..]).into_owned();
+        while let Some(next) =
+            lines.next_if(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
+        {
+            value.push_str(&String::from_utf8_lossy(next));
+        }
+        return match crate::privacy::delivery_log::Lookup::parse(value.trim()) {
+            Some(crate::privacy::delivery_log::Lookup::MessageId(m)) => Some(m),
+            _ => None,
+        };
+    }
+    None
 }
 
 /// Mail to the relay's own addresses in the transaction: unsubscribes are recorded and a

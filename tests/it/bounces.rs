@@ -121,7 +121,8 @@ fn marketing(campaign: &str, to: &str) -> String {
     format!(
         "From: <news@shop.example>\r\nTo: <{to}>\r\nSubject: spring sale\r\n\
          X-Optin-Stream: marketing\r\nX-Optin-List: deals\r\nX-Optin-Campaign: {campaign}\r\n\
-         Message-ID: <{campaign}.{to}>\r\n\r\nBuy now."
+         Message-ID: <{campaign}.{local}@shop.example>\r\n\r\nBuy now.",
+        local = to.split('@').next().unwrap()
     )
 }
 
@@ -579,5 +580,94 @@ async fn strangers_mail_to_return_paths_is_capped_per_hour() {
     c.expect("MAIL FROM:<>", "250").await;
     let r = c.say(&format!("RCPT TO:<{}>", paths[0])).await;
     assert!(r.starts_with("450 4.7.1"), "{r}");
+    s.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_happened_to_a_message_by_queue_id_or_message_id() {
+    let s = setup("1h").await;
+    let paths = deliver(&s, "spring", &["gone@example.net"]).await;
+    mail_back(
+        s.smtp(),
+        &paths[0],
+        &dsn(
+            &paths[0],
+            "gone@example.net",
+            "failed",
+            "5.1.1",
+            "550 5.1.1 User unknown",
+        ),
+    )
+    .await;
+    let admin = Admin::new(s.relay.admin_addr.unwrap(), TOKEN);
+    // The delivery log is flushed within a second.
+    let mut v = Value::Null;
+    eventually(WAIT, "the bounce in the history", async || {
+        let (status, got) = admin
+            .call(
+                "GET",
+                "/admin/messages/%3Cspring.gone%40shop.example%3E",
+                None,
+            )
+            .await;
+        v = got;
+        status == 200 && v["recipients"][0]["state"] == "bounced"
+    })
+    .await;
+    let r = &v["recipients"][0];
+    assert_eq!(r["category"], "invalid_recipient");
+    assert_eq!(r["via"], "async");
+    assert!(r["rcpt"].as_str().unwrap().ends_with("@example.net"));
+    assert!(
+        !v.to_string().contains("gone@example.net"),
+        "no plain address: {v}"
+    );
+    let states: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["accepted", "delivered", "bounced"]);
+    // The same by queue id, and `queue show` prints it.
+    let id = v["ids"][0].as_str().unwrap().to_string();
+    let (status, by_id) = admin
+        .call("GET", &format!("/admin/messages/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(by_id["recipients"], v["recipients"]);
+    let (status, _) = admin
+        .call("GET", "/admin/messages/%3Cnobody%40x%3E", None)
+        .await;
+    assert_eq!(status, 404);
+    let config = s.dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[spool]\npath = \"{}\"\n[admin]\nlisten = \"{}\"\ntoken = \"{TOKEN}\"\n",
+            s.spool().display(),
+            s.relay.admin_addr.unwrap()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .args(["--config", config.to_str().unwrap(), "queue", "show"])
+            .arg("<spring.gone@shop.example>")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("  bounced, ") && text.contains("invalid_recipient (async)"),
+        "{text}"
+    );
     s.relay.shutdown().await;
 }

@@ -478,7 +478,13 @@ async fn queue_list_and_show_read_the_spool() {
             && text.contains("<a@x.example>  deferred, 1 attempt(s)"),
         "{text}"
     );
+    // Not queued: its history is the running relay's, which this config cannot reach.
     let out = output(&config, &["queue", "show", "0000000000000000"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0000000000000000 is not in the queue"),
+        "{err}"
+    );
     relay.shutdown().await;
 }

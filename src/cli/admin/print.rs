@@ -384,3 +384,34 @@ pub(crate) fn indented(problem: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `GET /admin/messages/{id}`: one line per recipient (its tag), its last state and why.
+pub(crate) fn print_history(v: &Value) {
+    let ids: Vec<&str> = v["ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "{}: {}",
+        v["lookup"].as_str().unwrap_or("-"),
+        ids.join(", ")
+    );
+    for r in v["recipients"].as_array().into_iter().flatten() {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        let mut line = format!("  {}  {}  {}", s("id"), s("rcpt"), s("state"));
+        if let Some(n) = r["attempts"].as_u64() {
+            line.push_str(&format!(", {n} attempt(s)"));
+        }
+        if !s("category").is_empty() {
+            line.push_str(&format!(", {} ({})", s("category"), s("via")));
+        }
+        if !s("last_reply").is_empty() {
+            line.push_str(&format!(": {}", s("last_reply")));
+        }
+        println!("{line}");
+    }
+    let queued = v["queued"].as_array().map_or(0, Vec::len);
+    if queued > 0 {
+        println!("still queued: {queued} message(s) (see `queue show --live ID`)");
+    }
+}
