@@ -49,6 +49,8 @@ pub const BOUNCE_SUPPRESSIONS: &str = "optin_bounce_suppressions_total";
 pub const BOUNCES: &str = "optin_bounces_total";
 pub const BOUNCE_MAIL: &str = "optin_bounce_mail_total";
 pub const RETURN_PATH_TOO_LONG: &str = "optin_return_path_too_long_total";
+pub const ENGAGEMENTS: &str = "optin_engagements_total";
+pub const TRACKING_REFUSED: &str = "optin_tracking_refused_total";
 pub const COMPLAINTS: &str = "optin_complaints_received_total";
 pub const COMPLAINT_REPORTS_MALFORMED: &str = "optin_complaint_reports_malformed_total";
 pub const ACCOUNT_RECIPIENTS: &str = "optin_account_recipients_total";
@@ -194,6 +196,11 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
     ),
     (BOUNCE_SUPPRESSIONS, &[&[]]),
     (RETURN_PATH_TOO_LONG, &[&[]]),
+    (ENGAGEMENTS, &[&[("kind", "open")], &[("kind", "click")]]),
+    (
+        TRACKING_REFUSED,
+        &[&[("kind", "open")], &[("kind", "click")]],
+    ),
     (COMPLAINTS, &[&[("via", "arf")], &[("via", "form")]]),
     (COMPLAINT_REPORTS_MALFORMED, &[&[]]),
     (
@@ -476,6 +483,16 @@ pub fn bounce_mail(outcome: &'static str) {
 /// A return path would have been longer than SMTP allows: the message kept its sender.
 pub fn return_path_too_long() {
     counter!(RETURN_PATH_TOO_LONG).increment(1);
+}
+
+/// An open or a click was recorded (`kind` `open` or `click`).
+pub fn engagement(kind: &'static str) {
+    counter!(ENGAGEMENTS, "kind" => kind).increment(1);
+}
+
+/// A tracking request with no genuine token (`kind` `open` or `click`): nothing counted.
+pub fn tracking_refused(kind: &'static str) {
+    counter!(TRACKING_REFUSED, "kind" => kind).increment(1);
 }
 
 pub fn bounce_suppressed() {

@@ -91,6 +91,7 @@ pub struct Relay {
     pub webhooks: Arc<crate::governance::webhook::Webhooks>,
     /// Delivers the webhook outbox; stops with delivery.
     webhook_worker: tokio::task::JoinHandle<()>,
+    engagement_flusher: tokio::task::JoinHandle<()>,
     stop_accepting: CancellationToken,
     sessions: TaskTracker,
     stop_delivery: CancellationToken,
@@ -135,6 +136,7 @@ impl Relay {
             stop_delivery.clone(),
         );
         let webhook_worker = gov.webhooks.spawn_worker(stop_delivery.clone());
+        let engagement_flusher = gov.engagements.spawn_flusher(stop_delivery.clone());
         // Reloads check the new policy against the accounts with queued mail.
         reloader.set_queue(Arc::new(delivery.clone()));
         let stop_accepting = CancellationToken::new();
@@ -184,6 +186,7 @@ impl Relay {
                 metrics,
                 unsubscribes: gov.unsubscribes.clone(),
                 complaints: gov.complaints.clone(),
+                engagements: Some(gov.engagements.clone()),
                 admin,
             },
             stop_accepting.clone(),
@@ -211,6 +214,7 @@ impl Relay {
             account_counts: gov.counts,
             webhooks: gov.webhooks,
             webhook_worker,
+            engagement_flusher,
             stop_accepting,
             sessions,
             stop_delivery,
@@ -239,6 +243,7 @@ impl Relay {
         self.stop_delivery.cancel();
         let _ = self.scheduler.await;
         let _ = self.webhook_worker.await;
+        let _ = self.engagement_flusher.await;
         if let Err(e) = self.spool.flush().await {
             tracing::error!(error = %e, "final spool flush failed");
         }

@@ -57,6 +57,13 @@ pub struct Figures {
     /// Bounces by category, in the relay's own transactions and mailed back.
     #[serde(default)]
     pub bounces: BTreeMap<String, u64>,
+    /// Recipients who opened (the pixel), clicked (a tracked link), either.
+    #[serde(default)]
+    pub opened: u64,
+    #[serde(default)]
+    pub clicked: u64,
+    #[serde(default)]
+    pub engaged: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,8 +120,30 @@ impl Campaign {
     }
 
     /// The verdict the policy gives the canary's figures: `None` releases, `Some(why)`
-    /// declines.
-    pub fn judge(&self, rules: &CampaignRules) -> Option<String> {
+    /// declines. `tracked`: its list tracks opens or clicks, so that a minimum engagement
+    /// rate (engaged recipients per delivered one) applies.
+    pub fn judge(&self, rules: &CampaignRules, tracked: bool) -> Option<String> {
+        self.judge_rates(rules).or_else(|| {
+            let min = rules.min_engagement_rate.filter(|_| tracked)?;
+            let delivered = self.canary.delivered;
+            let rate = if delivered == 0 {
+                0.0
+            } else {
+                self.canary.engaged as f64 / delivered as f64
+            };
+            (rate < min).then(|| {
+                format!(
+                    "canary engagement rate {:.2}% under the {:.2}% required ({} of {delivered} \
+                     delivered opened or clicked)",
+                    rate * 100.0,
+                    min * 100.0,
+                    self.canary.engaged
+                )
+            })
+        })
+    }
+
+    fn judge_rates(&self, rules: &CampaignRules) -> Option<String> {
         let checks = [
             (
                 "hard bounce",
@@ -387,6 +416,23 @@ impl Campaigns {
         }
     }
 
+    /// An open or a click of a canary recipient (`first_of_kind`: its first open, or first
+    /// click; `first_at_all`: its first of either).
+    pub fn engaged(&self, key: &str, click: bool, first_of_kind: bool, first_at_all: bool) {
+        if let Some(c) = self.lock().get_mut(key)
+            && c.stage == Stage::Canary
+        {
+            let n = u64::from(first_of_kind);
+            if click {
+                c.canary.clicked += n;
+            } else {
+                c.canary.opened += n;
+            }
+            c.canary.engaged += u64::from(first_at_all);
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// An unsubscribe from a list: counted for the account's campaigns on that list still
     /// in their canary.
     pub fn unsubscribed(&self, account: &str, list: &str) {
@@ -412,14 +458,19 @@ impl Campaigns {
 
     /// Campaigns whose window has passed and whose canary has results: judged now by the
     /// policy. Returns the verdicts given (key, declined reason or none).
-    pub fn judge_due(&self, rules: &CampaignRules, now_ms: u64) -> Vec<(String, Option<String>)> {
+    pub fn judge_due(
+        &self,
+        rules: &CampaignRules,
+        now_ms: u64,
+        tracked: impl Fn(&Campaign) -> bool,
+    ) -> Vec<(String, Option<String>)> {
         let due: Vec<(String, Option<String>)> = self
             .lock()
             .iter()
             .filter(|(_, c)| {
                 c.stage == Stage::Canary && c.evaluate_at_ms <= now_ms && c.canary.finished > 0
             })
-            .map(|(k, c)| (k.clone(), c.judge(rules)))
+            .map(|(k, c)| (k.clone(), c.judge(rules, tracked(c))))
             .collect();
         for (k, why) in &due {
             let _ = self.decide(k, why.clone(), "policy", now_ms);
@@ -685,9 +736,9 @@ mod tests {
         c.outcome("shop/bad", true, None);
         c.outcome("shop/good", true, None);
         // not yet due
-        assert!(c.judge_due(&r, 1000).is_empty());
+        assert!(c.judge_due(&r, 1000, |_| false).is_empty());
         let later = r.window.as_millis() as u64 + 1;
-        let verdicts = c.judge_due(&r, later);
+        let verdicts = c.judge_due(&r, later, |_| false);
         assert_eq!(verdicts.len(), 2);
         let bad = c.get("shop/bad").unwrap();
         assert_eq!(bad.stage, Stage::Declined);

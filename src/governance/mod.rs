@@ -11,6 +11,7 @@ pub mod bounces;
 pub mod campaign;
 pub mod complaints;
 pub mod counts;
+pub mod engagement;
 pub mod freeze;
 pub mod health;
 pub mod intake;

@@ -1,8 +1,8 @@
 //! The relay's two HTTP listeners.
 //!
 //! - The **public** one (`[http] listen`) serves what recipients reach from anywhere: the
-//!   unsubscribe endpoints ([`unsubscribe`]), the spam report form ([`complaint`]) and
-//!   `GET /healthz`; with `[http] certificate` and `private_key` it speaks only HTTPS.
+//!   unsubscribe endpoints ([`unsubscribe`]), the spam report form ([`complaint`]), the
+//!   open pixel and click redirect of tracked mail ([`engagement`]) and `GET /healthz`; with `[http] certificate` and `private_key` it speaks only HTTPS.
 //!   Every answer carries the page headers ([`layers::page_headers`]). It never serves
 //!   `/metrics` or the admin API, wherever it is bound.
 //! - The **operator** one (`[admin] listen`, loopback by default) serves the admin API
@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod complaint;
+pub mod engagement;
 pub mod layers;
 pub mod listener;
 pub mod unsubscribe;
@@ -53,6 +54,8 @@ pub struct Services {
     pub metrics: PrometheusHandle,
     pub unsubscribes: Arc<crate::governance::unsubscribe::Unsubscribes>,
     pub complaints: Option<Arc<crate::governance::complaints::Complaints>>,
+    /// Opens and clicks of tracked mail (`/o/`, `/c/`); `None`: not served.
+    pub engagements: Option<Arc<crate::governance::engagement::Engagements>>,
     /// The admin API; `None` when the operator listener is off.
     pub admin: Option<admin::Admin>,
 }
@@ -78,6 +81,7 @@ pub async fn start(
         let app = public_router(
             services.unsubscribes.clone(),
             services.complaints.clone(),
+            services.engagements.clone(),
             config.http.limits,
             tls.is_some(),
         );
@@ -136,6 +140,7 @@ fn https(config: &Config) -> Result<TlsAcceptor, HttpError> {
 pub fn public_router(
     unsubscribes: Arc<crate::governance::unsubscribe::Unsubscribes>,
     complaints: Option<Arc<crate::governance::complaints::Complaints>>,
+    engagements: Option<Arc<crate::governance::engagement::Engagements>>,
     limits: HttpLimits,
     https: bool,
 ) -> Router {
@@ -149,6 +154,7 @@ pub fn public_router(
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(unsubscribe::router(unsubscribes))
         .merge(complaint::router(complaints))
+        .merge(engagement::router(engagements))
         .fallback(|| async {
             unsubscribe::html(
                 StatusCode::NOT_FOUND,

@@ -158,6 +158,15 @@ fn describe_delivery() {
          refused)."
     );
     describe_counter!(
+        ENGAGEMENTS,
+        "Opens (the pixel) and clicks (a tracked link) recorded, by kind (open, click)."
+    );
+    describe_counter!(
+        TRACKING_REFUSED,
+        "Requests to /o/ or /c/ without a genuine token, by kind: nothing counted, no \
+         redirect."
+    );
+    describe_counter!(
         RETURN_PATH_TOO_LONG,
         "Messages sent with their own sender because the return path would have been longer \
          than SMTP's 256 octets."

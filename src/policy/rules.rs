@@ -58,6 +58,9 @@ pub struct CampaignRules {
     /// mailed back) per finished canary recipient; `None`: not judged apart from the hard
     /// bounce rate.
     pub max_inactive_rate: Option<f64>,
+    /// Engaged recipients (opened or clicked) per delivered canary recipient, for lists
+    /// that track opens or clicks; `None`: not judged.
+    pub min_engagement_rate: Option<f64>,
 }
 
 impl Default for CampaignRules {
@@ -71,6 +74,7 @@ impl Default for CampaignRules {
             max_complaint_rate: 0.003,
             max_unsubscribe_rate: 0.02,
             max_inactive_rate: None,
+            min_engagement_rate: None,
         }
     }
 }
@@ -126,6 +130,7 @@ pub(super) fn read_campaigns(s: &mut Section<'_>) -> CampaignRules {
     let max_complaint_rate = rate(s, "max_complaint_rate", d.max_complaint_rate);
     let max_unsubscribe_rate = rate(s, "max_unsubscribe_rate", d.max_unsubscribe_rate);
     let max_inactive_rate = super::share(s, "max_inactive_rate");
+    let min_engagement_rate = super::share(s, "min_engagement_rate");
     let max = s.get_or("canary_max", d.max as i64);
     if !(1..=1000).contains(&max) {
         s.problem("canary_max", "must be between 1 and 1000");
@@ -143,5 +148,6 @@ pub(super) fn read_campaigns(s: &mut Section<'_>) -> CampaignRules {
         max_complaint_rate,
         max_unsubscribe_rate,
         max_inactive_rate,
+        min_engagement_rate,
     }
 }

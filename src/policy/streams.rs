@@ -20,6 +20,17 @@ pub struct MailingList {
     pub consent_statement: String,
     /// Where and how people subscribed (`{source}` in the statement).
     pub consent_source: String,
+    /// Links in the body go through the relay's click redirect (`/c/TOKEN`).
+    pub track_clicks: bool,
+    /// The HTML body carries the open pixel (`/o/TOKEN`).
+    pub track_opens: bool,
+}
+
+impl MailingList {
+    /// Its mail is rewritten for engagement tracking.
+    pub fn tracks(&self) -> bool {
+        self.track_clicks || self.track_opens
+    }
 }
 
 /// The placeholders a consent statement may use.
@@ -125,6 +136,8 @@ pub fn read_sending(s: &mut Section<'_>) -> Sending {
             MailingList {
                 name: l.get_or("name", id.clone()),
                 consent_source: l.get_or("consent_source", String::new()),
+                track_clicks: l.get_or("track_clicks", false),
+                track_opens: l.get_or("track_opens", false),
                 consent_statement,
                 id,
             }

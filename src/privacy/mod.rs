@@ -76,6 +76,12 @@ impl AddressTagger {
         u32::from_le_bytes(hash.as_bytes()[..4].try_into().expect("4 bytes"))
     }
 
+    /// A key of its own for `purpose`, derived from the tagger's (keyed hashes of other
+    /// things than addresses).
+    pub fn key_for(&self, purpose: &str) -> [u8; 32] {
+        blake3::derive_key(&format!("optin-relay 2026 {purpose}"), &self.key)
+    }
+
     /// `h:<hash>@domain` for logs.
     pub fn tag(&self, address: &str) -> String {
         let normalised = address.to_lowercase();

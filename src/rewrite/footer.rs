@@ -218,6 +218,50 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// `message` (the one the plan was made from) with each body part that would take the
+    /// footer passed, decoded, through `edit(html, body)` and re-encoded in its own
+    /// transfer encoding; `None` when `edit` changed nothing. A 7bit, 8bit or binary part
+    /// whose new body would have a line over 998 octets (or, for 7bit, stop being ASCII)
+    /// keeps its old body. The engagement tracking's links and pixel go in this way
+    /// ([`super::track`]).
+    pub(super) fn transform_bodies(
+        &self,
+        message: &[u8],
+        mut edit: impl FnMut(bool, &[u8]) -> Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, FooterError> {
+        use super::mime::{MAX_LINE, b64_encode, longest_line, qp_encode};
+        let mut edits = Vec::new();
+        for part in &self.parts {
+            let encoded = message
+                .get(part.start..part.end)
+                .ok_or_else(|| malformed("part offsets out of range"))?;
+            let Some(new) = edit(part.html, &decode(part.cte, encoded)) else {
+                continue;
+            };
+            let bytes = match part.cte {
+                Cte::QuotedPrintable => qp_encode(&new),
+                Cte::Base64 => b64_encode(&new, encoded.ends_with(b"\n")),
+                cte => {
+                    if longest_line(&new) > MAX_LINE || (cte == Cte::SevenBit && !new.is_ascii()) {
+                        continue;
+                    }
+                    new
+                }
+            };
+            edits.push(splice::Edit {
+                start: part.start,
+                end: part.end,
+                bytes: Cow::Owned(bytes),
+            });
+        }
+        if edits.is_empty() {
+            return Ok(None);
+        }
+        splice::splice(message, edits).map(Some)
+    }
+}
+
 fn malformed(reason: impl Into<String>) -> FooterError {
     FooterError::Malformed(reason.into())
 }

@@ -4,7 +4,8 @@
 //! [`Rewriter::prepare`] turns spooled content into what goes on the wire: marketing mail
 //! (and transactional mail with a list when the account asks) gets its recipient's
 //! unsubscribe headers and footer; every message of an account with DKIM keys for its From
-//! domain is signed last, with each matching key.
+//! domain is signed last, with each matching key. A list that opts in to engagement
+//! tracking gets its links and open pixel ([`track`]) before the footer.
 
 mod entity;
 pub mod footer;
@@ -13,6 +14,7 @@ mod mime;
 pub mod return_path;
 pub mod statement;
 pub mod token;
+pub mod track;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -173,7 +175,13 @@ impl Rewriter {
                             text: &r.text,
                             html: &r.html,
                         };
-                        with_footer = plan.apply(content, &footer)?;
+                        with_footer = match self.tracked(env, list, plan, content, &normalised)? {
+                            // Tracking changed the bodies: the footer goes into the new ones.
+                            Some(tracked) => {
+                                footer::Plan::new(&tracked)?.apply(&tracked, &footer)?
+                            }
+                            None => plan.apply(content, &footer)?,
+                        };
                         &with_footer[..]
                     }
                     None => content,
@@ -183,6 +191,37 @@ impl Rewriter {
                 Ok(sign(account, out).into_owned())
             })
             .collect()
+    }
+
+    /// `content` with one recipient's engagement tracking (its list's `track_clicks`,
+    /// `track_opens`); `None` when the list tracks nothing or nothing changed.
+    fn tracked(
+        &self,
+        env: &Envelope,
+        list: &MailingList,
+        plan: &footer::Plan,
+        content: &[u8],
+        normalised: &str,
+    ) -> Result<Option<Vec<u8>>, RewriteError> {
+        if !list.tracks() {
+            return Ok(None);
+        }
+        let tracking = track::Tracking {
+            keys: &self.keys,
+            public_url: &self.public_url,
+            base: token::Engagement {
+                click: false,
+                id: env.id,
+                account: env.account.clone(),
+                list: list.id.clone(),
+                campaign: env.campaign.clone().unwrap_or_default(),
+                url: String::new(),
+                address: normalised.to_string(),
+            },
+            clicks: list.track_clicks,
+            opens: list.track_opens,
+        };
+        Ok(plan.transform_bodies(content, |html, body| tracking.body(html, body))?)
     }
 
     /// The content every recipient of `env` gets when nothing in it is personal: Date and

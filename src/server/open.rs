@@ -109,6 +109,8 @@ pub(super) struct Governance {
     pub complaints: Option<Arc<Complaints>>,
     /// What bounces do, and the return-path intake.
     pub bounces: Arc<crate::governance::bounces::Bounces>,
+    /// Opens and clicks of tracked mail.
+    pub engagements: Arc<crate::governance::engagement::Engagements>,
 }
 
 impl Governance {
@@ -157,6 +159,14 @@ impl Governance {
         bounces.complaints = complaints.clone();
         bounces.paths = return_paths(config, state);
         bounces.log = state.delivery_log.clone();
+        let mut engagements = crate::governance::engagement::Engagements::open(
+            &config.spool.path,
+            state.token_keys.clone(),
+            state.tagger.clone(),
+            config.privacy.event_log_days,
+        )
+        .map_err(|e| StartError::State(e.to_string()))?;
+        engagements.feedback = feedback.clone();
         Ok(Governance {
             governor,
             webhooks,
@@ -165,6 +175,7 @@ impl Governance {
             unsubscribes,
             complaints,
             bounces: Arc::new(bounces),
+            engagements: Arc::new(engagements),
         })
     }
 }

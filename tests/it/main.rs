@@ -32,6 +32,7 @@ mod reload;
 mod retry;
 mod rewrite;
 mod sites;
+mod tracking;
 mod unsubscribe;
 mod webhooks;
 

@@ -527,3 +527,45 @@ async fn ses_consumers_get_sns_notifications() {
     assert_eq!(types, ["Bounce", "Delivery"]);
     s.relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn opens_and_clicks_reach_the_webhook_that_asks() {
+    let receiver = Receiver::new(0);
+    let hook = receiver.listen("127.0.0.1:0").await;
+    let news = Account::news().tracked_list("weekly", SUBSCRIBED).table(
+        "webhook",
+        &format!(
+            "url = \"http://{hook}/hook\"\nsecret = \"{SECRET}\"\n\
+             events = [\"opened\", \"clicked\"]"
+        ),
+    );
+    let s = Running::start(MxOptions::default(), CONFIG, &support::policy(&[news], "")).await;
+    support::grant(&s.relay, "news", "weekly", "reader@example.net");
+    support::send_ok(
+        s.smtp(),
+        "bounce@news.example",
+        &["reader@example.net"],
+        "From: News <hello@news.example>\r\nTo: <reader@example.net>\r\nSubject: Sale\r\n\
+         X-Optin-List: weekly\r\nX-Optin-Campaign: spring\r\n\r\n\
+         See https://news.example/a today.\r\n",
+    )
+    .await;
+    // A plain-text body: its link is tracked (there is no pixel).
+    let copy = s.mx.wait_for(1, WAIT).await[0].text();
+    let http = s.relay.http_addr.unwrap();
+    let link = copy
+        .split_whitespace()
+        .find(|w| w.contains("/c/"))
+        .unwrap_or_else(|| panic!("no tracked link: {copy}"));
+    let path = &link[link.find("/c/").unwrap()..];
+    let (status, _) = support::http(http, "GET", path, "").await;
+    assert_eq!(status, 302);
+    let hits = receiver.wait_delivered(1).await;
+    let v = hits[0].json();
+    assert_eq!(v["event"], "clicked");
+    assert_eq!(v["address"], "reader@example.net");
+    assert_eq!(v["detail"]["url"], "https://news.example/a");
+    assert_eq!(v["detail"]["campaign"], "spring");
+    assert!(signature_verifies(&hits[0], SECRET));
+    s.relay.shutdown().await;
+}

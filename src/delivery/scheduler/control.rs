@@ -324,7 +324,17 @@ impl Scheduler {
             .as_ref()
             .map(|p| p.load().campaign_rules())
             .unwrap_or_default();
-        for (key, _) in campaigns.judge_due(&rules, self.clock.now_ms()) {
+        let policy = self.settings.policy.as_ref().map(|p| p.load_full());
+        // A minimum engagement rate applies only to a list that tracks opens or clicks.
+        let tracked = |c: &crate::governance::campaign::Campaign| {
+            let list = c.list.as_deref();
+            policy.as_ref().is_some_and(|p| {
+                p.account(&c.account)
+                    .and_then(|a| a.list(list?))
+                    .is_some_and(|l| l.tracks())
+            })
+        };
+        for (key, _) in campaigns.judge_due(&rules, self.clock.now_ms(), tracked) {
             self.campaign_verdict(&key);
         }
         campaigns.flush();

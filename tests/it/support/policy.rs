@@ -91,6 +91,19 @@ impl Account {
         self.list_with(name, &[("consent_statement", statement)])
     }
 
+    /// A list `name` that tracks opens and clicks (`track_opens`, `track_clicks`).
+    pub fn tracked_list(mut self, name: &str, statement: &str) -> Account {
+        self.lists.push((
+            name.to_string(),
+            vec![
+                ("consent_statement".to_string(), string(statement)),
+                ("track_clicks".to_string(), "true".to_string()),
+                ("track_opens".to_string(), "true".to_string()),
+            ],
+        ));
+        self
+    }
+
     /// A list `name` with these keys (string values).
     pub fn list_with(mut self, name: &str, keys: &[(&str, &str)]) -> Account {
         let keys = keys
