@@ -503,6 +503,7 @@ async fn erase(State(a): State<Admin>, raw: Bytes) -> ApiResult {
         spool_records = scrubbed.spool_records,
         event_lines = scrubbed.event_lines,
         complaint_reports = scrubbed.complaint_reports,
+        bounce_mail = scrubbed.bounce_mail,
         webhook_files = scrubbed.webhook_files,
         "erasure: queued mail dropped, suppression recorded, plain copies removed"
     );

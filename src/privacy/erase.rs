@@ -6,7 +6,8 @@
 //! - event logs (`events/*.jsonl`): every line whose `address` is it, or that holds it
 //!   anywhere, goes (an atomic rewrite that loses no concurrent append, see
 //!   [`super::jsonl`]);
-//! - complaint reports kept aside (`complaints/malformed/*`) that hold it, plainly or in a
+//! - complaint reports and mail to return paths kept aside (`complaints/malformed/*`,
+//!   `bounces/kept-aside/*`) that hold it, plainly or in a
 //!   decoded MIME part, are deleted;
 //! - webhook outbox files (`state/webhooks/*.json` and `state/webhooks/failed/*.json`)
 //!   whose `address` is it, or that hold it anywhere, are deleted;
@@ -163,6 +164,8 @@ pub struct Erasure {
     pub event_lines: usize,
     /// Kept-aside complaint reports deleted.
     pub complaint_reports: usize,
+    /// Mail to a return path kept aside (`bounces/kept-aside/*`) deleted.
+    pub bounce_mail: usize,
     /// Webhook outbox files deleted.
     pub webhook_files: usize,
     /// What could not be handled, by file (no address in them); empty when complete.
@@ -218,6 +221,11 @@ pub fn erase_files(root: &Path, needle: &Needle) -> Erasure {
     for (path, _) in listed(&root.join("complaints/malformed"), &mut out) {
         if delete_if(&path, |raw| report_holds(raw, needle), &mut out) {
             out.complaint_reports += 1;
+        }
+    }
+    for (path, _) in listed(&root.join("bounces/kept-aside"), &mut out) {
+        if delete_if(&path, |raw| report_holds(raw, needle), &mut out) {
+            out.bounce_mail += 1;
         }
     }
     let outbox = root.join("state/webhooks");
@@ -372,7 +380,12 @@ mod tests {
     fn files_lose_the_address_and_keep_everything_else() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for d in ["events", "complaints/malformed", "state/webhooks/failed"] {
+        for d in [
+            "events",
+            "complaints/malformed",
+            "bounces/kept-aside",
+            "state/webhooks/failed",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::write(
@@ -408,6 +421,11 @@ mod tests {
         )
         .unwrap();
         std::fs::write(
+            root.join("bounces/kept-aside/1-c.eml"),
+            "From: MAILER-DAEMON@x\r\n\r\n<Gone@example.net>: user unknown\r\n",
+        )
+        .unwrap();
+        std::fs::write(
             root.join("state/webhooks/1.json"),
             "{\"event\":\"complaint\",\"payload\":{\"address\":\"Gone@Example.net\"}}",
         )
@@ -426,9 +444,15 @@ mod tests {
         let out = erase_files(root, &needle("gone@example.net"));
         assert!(out.problems.is_empty(), "{:?}", out.problems);
         assert_eq!(
-            (out.event_lines, out.complaint_reports, out.webhook_files),
-            (3, 1, 2)
+            (
+                out.event_lines,
+                out.complaint_reports,
+                out.bounce_mail,
+                out.webhook_files
+            ),
+            (3, 1, 1, 2)
         );
+        assert!(!root.join("bounces/kept-aside/1-c.eml").exists());
         let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
         assert_eq!(
             read("events/unsubscribes.jsonl"),

@@ -8,8 +8,9 @@
 //!   address-free audit logs in [`ADDRESS_FREE_EVENT_LOGS`]) lose the lines whose `time_ms`
 //!   is older than `event_log_days` (rewritten atomically, see [`super::jsonl`]); a line
 //!   without `time_ms` is kept, since its age is unknown.
-//! - Complaint reports kept aside (`complaints/malformed/*`) go `event_log_days` after they
-//!   were written (by modification time).
+//! - Complaint reports and mail to return paths kept aside (`complaints/malformed/*`,
+//!   `bounces/kept-aside/*`) go `event_log_days` after they were written (by modification
+//!   time).
 //!
 //! [`spawn`] runs a [`sweep`] when the relay starts and every hour. A sweep never fails as
 //! a whole: each file it cannot handle is a problem in its report, logged by path (paths
@@ -110,6 +111,7 @@ pub fn sweep(r: &Retention, now_ms: u64) -> SweepReport {
     let cutoff = now_ms.saturating_sub(u64::from(r.event_log_days) * DAY_MS);
     sweep_event_logs(&r.spool.join("events"), cutoff, &mut report);
     sweep_reports(&r.spool.join("complaints/malformed"), cutoff, &mut report);
+    sweep_reports(&r.spool.join("bounces/kept-aside"), cutoff, &mut report);
     report
 }
 
