@@ -168,8 +168,8 @@ fn describe_delivery() {
     );
     describe_counter!(
         RETURN_PATH_TOO_LONG,
-        "Messages sent with their own sender because the return path would have been longer \
-         than SMTP's 256 octets."
+        "Recipients sent with the client's own sender because the return path would have \
+         been too long (a path over 256 octets, a local part over 200)."
     );
     describe_counter!(
         COMPLAINTS,

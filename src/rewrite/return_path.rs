@@ -7,8 +7,9 @@
 //! SPF and DMARC align with its From domain), else `[bounces] domain`. The client's own
 //! envelope sender stays in the spooled envelope for the relay's notices (DSNs, campaign
 //! reports). A message with the null sender (a bounce, a DSN the relay wrote) keeps it:
-//! notices never get a return path. A path longer than RFC 5321's 256 octets (a very long
-//! address or campaign name) is not made: the message keeps its sender.
+//! notices never get a return path. A path longer than RFC 5321's 256 octets, or a local
+//! part longer than the 200 the relay takes back (a very long address or campaign name),
+//! is not made: the message keeps its sender.
 
 use std::sync::Arc;
 
@@ -18,6 +19,9 @@ use crate::smtp::Address;
 
 /// RFC 5321 §4.5.3.1.3: a path (address and brackets) is at most 256 octets.
 const MAX_PATH: usize = 256;
+/// The longest local part the relay itself takes at RCPT (`optin-smtp`'s limit): a
+/// return path it would refuse when mailed back is never made.
+const MAX_LOCAL: usize = 200;
 
 /// Makes and recognises return paths.
 #[derive(Debug, Clone)]
@@ -50,7 +54,7 @@ impl ReturnPaths {
         });
         let domain = bounce_domain.unwrap_or(&self.domain);
         let path = format!("{}+{token}@{domain}", self.prefix);
-        if path.len() + 2 > MAX_PATH {
+        if path.len() + 2 > MAX_PATH || self.prefix.len() + 1 + token.len() > MAX_LOCAL {
             crate::metrics::return_path_too_long();
             return None;
         }
@@ -151,9 +155,12 @@ mod tests {
         e.generated_dsn = true;
         assert_eq!(p.sender_for(&e, 0, None), None);
         let mut e = env();
-        e.recipients[0].address = format!("{}@example.net", "x".repeat(64));
-        e.campaign = Some("c".repeat(60));
-        assert_eq!(p.sender_for(&e, 0, None), None);
+        e.recipients[0].address = format!("{}@example.net", "x".repeat(40));
+        e.campaign = Some("c".repeat(30));
+        assert_eq!(p.sender_for(&e, 0, None), None, "local part over 200");
+        // A typical one fits, and the relay takes it back.
+        let fits = p.sender_for(&env(), 0, None).unwrap();
+        assert!(crate::smtp::Address::parse(&fits).is_ok(), "{fits}");
     }
 
     #[test]

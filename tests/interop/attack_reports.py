@@ -38,10 +38,18 @@
       at the end of DATA). READER is still not unsubscribed (admin API: verdict
       "allowed"). Then a short one to the same address is taken (250) and READER is
       unsubscribed from the list (the control).
+  attack_reports.py tracking HTTP-PORT
+      The click redirect and open pixel of the public listener with made-up tokens: an
+      empty one, random base64, a URL in the token's place (plain and percent-encoded),
+      one of 5000 characters, a path with more segments. Each is a 404 page without a
+      Location header: nothing redirects anywhere, nothing counts.
+(FEEDBACK may be a return path, bounces+TOKEN@DOMAIN: the same limits hold there.)
 Prints what it sent and what it saw; exits 1 when an assertion fails.
 """
 
+import base64
 import glob
+import http.client
 import os
 import re
 import sys
@@ -84,7 +92,9 @@ def transaction(port, source, sender, rcpt, content=None, size=None):
 
 
 def kept(spool):
-    return len(glob.glob(os.path.join(spool, "complaints", "malformed", "*")))
+    """Files kept aside: unusable feedback reports and mail to return paths."""
+    return (len(glob.glob(os.path.join(spool, "complaints", "malformed", "*")))
+            + len(glob.glob(os.path.join(spool, "bounces", "kept-aside", "*"))))
 
 
 def report_head(boundary="arf"):
@@ -137,7 +147,8 @@ def limits(port, source, feedback, max_report, spool, pid):
     r = transaction(port, source, "fbl@reporter.example", feedback, deep)
     expect(r[-1].startswith("550 5.6.0"), f"20 nested multiparts in {len(deep)} octets: {r[-1]}")
     after = kept(spool)
-    expect(after == before, f"files kept aside in complaints/malformed/: {before} -> {after}")
+    expect(after == before, f"files kept aside (complaints/malformed/, bounces/kept-aside/): "
+           f"{before} -> {after}")
     probe = Client(port, source)
     expect(probe.greeting.startswith("220"), f"the relay still answers: {probe.greeting}")
     probe.close()
@@ -380,6 +391,29 @@ def unsubscribe(port, promo_source, stranger, sink, ops, token, reader, limit):
     expect("unsubscribe" in s["suppressed"]["list"], f"{reader} then: {s['suppressed']}")
 
 
+def tracking(http_port):
+    junk = base64.urlsafe_b64encode(os.urandom(120)).decode().rstrip("=")
+    paths = []
+    for kind in ("c", "o"):
+        paths += [f"/{kind}/{junk}", f"/{kind}/https://evil.example/",
+                  f"/{kind}/https%3A%2F%2Fevil.example%2F", f"/{kind}/" + "A" * 5000,
+                  f"/{kind}/{junk}/https://evil.example/", f"/{kind}/"]
+    for path in paths:
+        conn = http.client.HTTPConnection("127.0.0.1", int(http_port), timeout=10)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            status, location = r.status, r.getheader("Location")
+        except (OSError, http.client.HTTPException) as e:
+            status, location = f"error {e}", None
+        finally:
+            conn.close()
+        shown = path if len(path) < 60 else path[:57] + "..."
+        expect(status in (404, 414, 431) and location is None,
+               f"GET {shown}: {status}, Location {location}")
+
+
 def main():
     a = sys.argv[1:]
     if len(a) == 7 and a[0] == "limits":
@@ -394,6 +428,8 @@ def main():
         unsubscribe(int(a[1]), a[2], a[3], a[4], a[5], a[6], a[7], int(a[8]))
     elif len(a) == 9 and a[0] == "forged":
         forged(int(a[1]), a[2], a[3], a[4], a[5], a[6], a[7], a[8])
+    elif len(a) == 2 and a[0] == "tracking":
+        tracking(a[1])
     else:
         sys.exit(__doc__)
     done()
@@ -401,3 +437,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+

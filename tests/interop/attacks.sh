@@ -41,7 +41,8 @@
 #      limit with folded Content-Type fields (550 5.6.0), over the per-client hourly cap
 #      (450 4.7.1); 100 connections (20 addresses) each in the middle of a 1 MiB report
 #      (the RSS they cost, printed, and returned when they leave); to an unsubscribe+TOKEN@
-#      address over 64 KiB (552, nothing recorded)
+#      address over 64 KiB (552, nothing recorded); the same size and MIME attacks to a
+#      return path bounces+TOKEN@ with a made-up token (552, 550 5.6.0, nothing kept)
 #   5. forged complaints: tokenless unsigned ARF reports (and one with a forged token)
 #      about a really delivered marketing message change nothing (admin API: not frozen,
 #      no complaint counted, no suppression, verdict allowed); the same report with the
@@ -59,7 +60,8 @@
 #      timeout
 #   9. the public HTTP listener (attack_slowloris.py http): no /metrics or /admin, the
 #      security headers; half-sent and dripping heads and bodies cut off at their
-#      timeouts, the per-client and total caps answer 503, served again afterwards
+#      timeouts, the per-client and total caps answer 503, served again afterwards; the
+#      click redirect and open pixel with made-up tokens: 404, never a redirect
 #  10. the CLI: `suppress add` against the running relay, and the very next RCPT to that
 #      address is refused
 #  11. a backlog (attack_backlog.py): with the sink down, ATTACKS_BACKLOG (30000) messages
@@ -362,6 +364,21 @@ report_folded() {
     "$PY" "$HERE/attack_reports.py" folded "$SMTP" 127.0.4.2 "$FEEDBACK" "$WORK/edge/spool"
 }
 
+# The same hostile mail to a return path (a made-up token: it would be kept aside if it
+# were taken at all), whose limits ([bounces] max_size, 1 MiB) are the feedback address's.
+RETURN_PATH="bounces+$(head -c 40 /dev/urandom | base32 | tr -d '=' | tr 'A-Z' 'a-z')@$MAIL_DOMAIN"
+bounce_limits() {
+    "$PY" "$HERE/attack_reports.py" limits "$SMTP" 127.0.4.6 "$RETURN_PATH" 1048576 \
+        "$WORK/edge/spool" "$RELAY_PID" &&
+        "$PY" "$HERE/attack_reports.py" folded "$SMTP" 127.0.4.7 "$RETURN_PATH" \
+            "$WORK/edge/spool"
+}
+
+# The click redirect and the open pixel with made-up tokens: 404, no Location.
+tracking_tokens() {
+    "$PY" "$HERE/attack_reports.py" tracking "$HTTP"
+}
+
 unsubscribe_size() {
     local reader=reader4@example.net
     "$BIN" --config "$CONFIG" lists grant "$reader" --account promo &&
@@ -612,6 +629,8 @@ main() {
     check "4. a report nested over the MIME budget with folded Content-Type fields: 550 5.6.0" \
         report_folded
     check "4. reports over the per-client hourly cap: 450 4.7.1" report_rate
+    check "4. the same hostile mail to a return path (forged token): 552 at SIZE= and after DATA, RSS flat, 550 5.6.0 over the MIME budget (also folded), nothing kept" \
+        bounce_limits
     check "4. 100 strangers' connections in the middle of a 1 MiB report: RSS bounded by the strangers' share of max_data_memory, those past it 452 4.3.1, returned after" \
         report_inflight
     check "4. a stranger's mail to an unsubscribe+TOKEN@ address over 64 KiB: 552 (SIZE= and after DATA), nothing recorded" \
@@ -631,6 +650,8 @@ main() {
     check "8. silent TLS clients (implicit TLS, STARTTLS) closed at the handshake timeout" silent_tls
     check "9. HTTP public listener: no /metrics or /admin, security headers; slowloris heads and bodies cut off, per-client and total caps (503), served again" \
         http_slowloris
+    check "9. the click redirect and open pixel with made-up tokens (random, a URL in their place, 5000 characters): 404, never a Location" \
+        tracking_tokens
     check "10. suppress add (CLI) against the running relay: the very next RCPT is refused" \
         cli_suppress
     check "the relay's peak RSS after every attack is under 300 MB" relay_rss
