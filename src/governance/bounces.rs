@@ -138,6 +138,8 @@ pub struct Bounces {
     pub complaints: Option<Arc<Complaints>>,
     /// The delivery log: a bounce mailed back is a `bounced` line (`via: async`).
     pub log: Option<crate::privacy::delivery_log::DeliveryLog>,
+    /// Per-account counts: a bounce mailed back counts by category.
+    pub counts: Option<Arc<super::counts::AccountCounts>>,
     rate: HourlyCap,
     aside: KeptAside,
     streaks: Mutex<Streaks>,
@@ -171,6 +173,7 @@ impl Bounces {
             paths: None,
             complaints: None,
             log: None,
+            counts: None,
             rate: HourlyCap::new(max_per_ip),
             aside: KeptAside::new(
                 &spool.join("bounces/kept-aside"),
@@ -336,6 +339,9 @@ impl Bounces {
     ) -> Result<Acted, BounceError> {
         let category = verdict.category;
         crate::metrics::bounce(category, "async");
+        if let Some(counts) = &self.counts {
+            counts.add_bounce(&rp.account, category);
+        }
         let permanent = report.permanent();
         let address =
             crate::consent::key::normalise(&rp.address).unwrap_or_else(|_| rp.address.clone());

@@ -3,10 +3,14 @@
 //! rates, account freeze). Delivery results are exported as
 //! `optin_account_recipients_total{account, result}` (accounts come from the policy, so the
 //! label set stays bounded); complaints are counted here by
-//! `crate::governance::complaints`, once per recipient newly suppressed.
+//! `crate::governance::complaints`, once per recipient newly suppressed; bounces by
+//! category (in the relay's own transactions, and mailed back: `crate::governance::
+//! bounces`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use crate::bounce::Category;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -16,6 +20,43 @@ pub struct Counts {
     pub soft_bounced: u64,
     /// Spam complaints tied to the account (ARF reports and the report form).
     pub complaints: u64,
+    /// Every bounce by category: given up in the relay's own transactions, and mailed
+    /// back to the return path (blocks, authentication failures and rate limits count
+    /// against the account here, never as suppressions).
+    pub bounces: ByCategory,
+}
+
+/// A count per bounce category; serialised as `{"category": n}` for those above zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByCategory([u64; 12]);
+
+impl ByCategory {
+    pub fn get(&self, c: Category) -> u64 {
+        self.0[Category::ALL
+            .iter()
+            .position(|x| *x == c)
+            .expect("a category")]
+    }
+
+    fn add(&mut self, c: Category) {
+        self.0[Category::ALL
+            .iter()
+            .position(|x| *x == c)
+            .expect("a category")] += 1;
+    }
+}
+
+impl serde::Serialize for ByCategory {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        for (c, n) in Category::ALL.iter().zip(self.0) {
+            if n > 0 {
+                map.serialize_entry(c.as_str(), &n)?;
+            }
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +115,19 @@ impl AccountCounts {
         }
     }
 
+    /// Counts one bounce of the account's mail by its category.
+    pub fn add_bounce(&self, account: &str, category: Category) {
+        let mut map = self.inner.lock().expect("counts lock");
+        match map.get_mut(account) {
+            Some(c) => c.bounces.add(category),
+            None => map
+                .entry(account.to_string())
+                .or_default()
+                .bounces
+                .add(category),
+        }
+    }
+
     /// The counts of one account.
     pub fn get(&self, account: &str) -> Counts {
         self.inner
@@ -101,5 +155,8 @@ impl crate::envelope::OutcomeSink for AccountCounts {
             Settled::Bounced { .. } => Result::SoftBounced,
         };
         self.add(&o.envelope.account, result);
+        if let Settled::Bounced { category, .. } = o.settled {
+            self.add_bounce(&o.envelope.account, category);
+        }
     }
 }

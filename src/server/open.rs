@@ -159,6 +159,7 @@ impl Governance {
         bounces.complaints = complaints.clone();
         bounces.paths = return_paths(config, state);
         bounces.log = state.delivery_log.clone();
+        bounces.counts = Some(counts.clone());
         let mut engagements = crate::governance::engagement::Engagements::open(
             &config.spool.path,
             state.token_keys.clone(),

@@ -306,6 +306,15 @@ async fn bounces_mailed_back_later_act_by_category() {
     assert_eq!(c["canary"]["bounces"]["mailbox_full"], 1, "{c}");
     assert_eq!(c["canary"]["bounces"]["spam_block"], 1, "{c}");
 
+    // The account's counts: every bounce by category (blocks count against it here).
+    let (_, account) = Admin::new(admin, TOKEN)
+        .call("GET", "/admin/accounts/shop", None)
+        .await;
+    assert_eq!(account["results"]["bounces"]["spam_block"], 1, "{account}");
+    assert_eq!(
+        account["results"]["bounces"]["invalid_recipient"], 1,
+        "{account}"
+    );
     // The second full-mailbox bounce (another message) completes the streak.
     let again = deliver(&s, "autumn", &[to[1]]).await;
     mail_back(
