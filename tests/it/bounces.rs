@@ -94,6 +94,10 @@ const WAIT: Duration = Duration::from_secs(20);
 /// mailbox is suppressed after 2 bounces; campaigns (canary of 4) are judged after
 /// `window`, and declined over 40 % inactive addresses.
 fn policy(window: &str) -> String {
+    policy_with_canary(window, 4)
+}
+
+fn policy_with_canary(window: &str, canary: u32) -> String {
     // Only 127.0.0.1 is the account: bounces come from 127.0.0.9, a stranger.
     let shop = Account::shop()
         .networks(&["127.0.0.1/32"])
@@ -103,7 +107,7 @@ fn policy(window: &str) -> String {
         &[shop],
         &format!(
             "[bounce_streak]\nmailbox_full_count = 2\n\
-             [campaigns]\nevaluation_window = \"{window}\"\ncanary_count = 4\n\
+             [campaigns]\nevaluation_window = \"{window}\"\ncanary_count = {canary}\n\
              max_inactive_rate = 0.4\n"
         ),
     )
@@ -678,5 +682,119 @@ async fn what_happened_to_a_message_by_queue_id_or_message_id() {
         text.contains("  bounced, ") && text.contains("invalid_recipient (async)"),
         "{text}"
     );
+    s.relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_async_bounce_of_every_category_suppresses_only_a_dead_address() {
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+         [unsubscribe]\nmail_domain = \"relay.test\"\n"
+    );
+    let s = Running::start(MxOptions::default(), &config, &policy_with_canary("1h", 20)).await;
+    // (recipient, status, diagnostic, category, suppressed for the account)
+    let cases = [
+        (
+            "c1@example.net",
+            "5.1.1",
+            "550 5.1.1 user unknown",
+            "invalid_recipient",
+            true,
+        ),
+        (
+            "c2@example.net",
+            "5.1.2",
+            "550 5.1.2 Host or domain name not found",
+            "bad_domain",
+            true,
+        ),
+        (
+            "c3@example.net",
+            "5.2.1",
+            "550 5.2.1 account disabled",
+            "inactive",
+            true,
+        ),
+        (
+            "c4@example.net",
+            "5.2.2",
+            "552 5.2.2 over quota",
+            "mailbox_full",
+            false,
+        ),
+        (
+            "c5@example.net",
+            "5.3.4",
+            "552 5.3.4 message too big",
+            "message_too_large",
+            false,
+        ),
+        (
+            "c6@example.net",
+            "5.7.1",
+            "554 5.7.1 listed at spamhaus",
+            "spam_block",
+            false,
+        ),
+        (
+            "c7@example.net",
+            "5.7.26",
+            "550 5.7.26 DMARC policy",
+            "auth_failure",
+            false,
+        ),
+        (
+            "c8@example.net",
+            "4.7.0",
+            "421 4.7.0 rate limited, try later",
+            "rate_limited",
+            false,
+        ),
+        (
+            "c9@example.net",
+            "5.6.0",
+            "554 5.6.0 virus found",
+            "content_rejected",
+            false,
+        ),
+        (
+            "c10@example.net",
+            "5.4.6",
+            "554 5.4.6 mail loop detected",
+            "routing",
+            false,
+        ),
+        (
+            "c11@example.net",
+            "4.4.7",
+            "delivery time expired",
+            "transient",
+            false,
+        ),
+        ("c12@example.net", "5.0.0", "550 5.0.0 no", "other", false),
+    ];
+    let to: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    let paths = deliver(&s, "every", &to).await;
+    for ((rcpt, status, diagnostic, _, _), path) in cases.iter().zip(&paths) {
+        let r = mail_back(
+            s.smtp(),
+            path,
+            &dsn(path, rcpt, "failed", status, diagnostic),
+        )
+        .await;
+        assert_eq!(r, "250 2.0.0 OK bounce received", "{rcpt}");
+    }
+    let events = support::events(s.dir.path(), "bounces");
+    for (rcpt, _, _, category, dead) in cases {
+        let e = events
+            .iter()
+            .find(|e| e["address"] == rcpt)
+            .unwrap_or_else(|| panic!("no event for {rcpt}"));
+        assert_eq!(e["category"], category, "{rcpt}: {e}");
+        assert_eq!(suppressed(&s, rcpt), (dead, false), "{rcpt} ({category})");
+        assert_eq!(e["suppressed"], dead, "{rcpt}");
+    }
+    let c = campaign(&s, "every").await;
+    assert_eq!(c["canary"]["inactive"], 3, "{c}");
     s.relay.shutdown().await;
 }
