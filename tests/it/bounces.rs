@@ -798,3 +798,46 @@ async fn an_async_bounce_of_every_category_suppresses_only_a_dead_address() {
     assert_eq!(c["canary"]["inactive"], 3, "{c}");
     s.relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bounce_mailed_back_reaches_the_accounts_webhook() {
+    use crate::webhooks::{Receiver, SECRET, signature_verifies};
+    let receiver = Receiver::new(0);
+    let hook = receiver.listen("127.0.0.1:0").await;
+    let shop = Account::shop()
+        .networks(&["127.0.0.1/32"])
+        .list("deals", SIGNED_UP)
+        .table(
+            "webhook",
+            &format!("url = \"http://{hook}/hook\"\nsecret = \"{SECRET}\"\nformat = \"ses\""),
+        );
+    let config = "[unsubscribe]\nmail_domain = \"relay.test\"\n";
+    let s = Running::start(MxOptions::default(), config, &support::policy(&[shop], "")).await;
+    let paths = deliver(&s, "spring", &["gone@example.net"]).await;
+    mail_back(
+        s.smtp(),
+        &paths[0],
+        &dsn(
+            &paths[0],
+            "gone@example.net",
+            "failed",
+            "5.1.1",
+            "550 5.1.1 User unknown",
+        ),
+    )
+    .await;
+    let hits = receiver.wait_delivered(1).await;
+    let h = &hits[0];
+    assert!(signature_verifies(h, SECRET));
+    let sns = h.json();
+    let m: Value = serde_json::from_str(sns["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(m["notificationType"], "Bounce");
+    assert_eq!(m["bounce"]["bounceType"], "Permanent");
+    assert_eq!(m["bounce"]["bounceSubType"], "NoEmail");
+    assert_eq!(
+        m["bounce"]["bouncedRecipients"][0]["emailAddress"],
+        "gone@example.net"
+    );
+    assert_eq!(m["mail"]["tags"]["optin-campaign"][0], "spring");
+    s.relay.shutdown().await;
+}

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 
 const WAIT: Duration = Duration::from_secs(20);
-const SECRET: &str = "s3cret-s3cret-s3cret";
+pub(crate) const SECRET: &str = "s3cret-s3cret-s3cret";
 
 /// The account `news`, with a webhook to `hook` when given.
 fn policy(hook: Option<SocketAddr>) -> String {
@@ -39,7 +39,7 @@ async fn start(hook: Option<SocketAddr>) -> Running {
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Hit {
+pub(crate) struct Hit {
     headers: HeaderMap,
     body: Bytes,
     path: String,
@@ -48,14 +48,14 @@ struct Hit {
 }
 
 impl Hit {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap()
     }
 }
@@ -63,21 +63,21 @@ impl Hit {
 /// A webhook endpoint that records every request and answers 500 to the first
 /// `fail_first`.
 #[derive(Clone, Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     fail_first: Arc<AtomicUsize>,
     hits: Arc<Mutex<Vec<Hit>>>,
     changed: Arc<tokio::sync::Notify>,
 }
 
 impl Receiver {
-    fn new(fail_first: usize) -> Receiver {
+    pub(crate) fn new(fail_first: usize) -> Receiver {
         let r = Receiver::default();
         r.fail_first.store(fail_first, Ordering::SeqCst);
         r
     }
 
     /// Serves on `addr` (port 0: any).
-    async fn listen(&self, addr: &str) -> SocketAddr {
+    pub(crate) async fn listen(&self, addr: &str) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let bound = listener.local_addr().unwrap();
         let app = axum::Router::new()
@@ -87,12 +87,12 @@ impl Receiver {
         bound
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(crate) fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 
     /// Waits for `n` requests answered 2xx; returns all requests.
-    async fn wait_delivered(&self, n: usize) -> Vec<Hit> {
+    pub(crate) async fn wait_delivered(&self, n: usize) -> Vec<Hit> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let notified = self.changed.notified();
@@ -133,7 +133,7 @@ async fn record(
 }
 
 /// Recomputes the signature of `hit` with `secret`: HMAC-SHA256 over "<t>.<body>".
-fn signature_verifies(hit: &Hit, secret: &str) -> bool {
+pub(crate) fn signature_verifies(hit: &Hit, secret: &str) -> bool {
     let header = hit.header("x-optin-signature");
     let Some((t, v1)) = header
         .strip_prefix("t=")
