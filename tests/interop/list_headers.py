@@ -4,7 +4,8 @@
 Usage: list_headers.py DIR SUBJECT RCPT MAIL_FROM PUBLIC_URL MAIL_DOMAIN LIST_ID
 
 DIR is a sink.py directory. Exactly one message in it must have the Subject SUBJECT; its
-envelope must be MAIL_FROM -> [RCPT], and it must carry exactly one of each of
+envelope must be MAIL_FROM -> [RCPT] (MAIL_FROM may be a shell-style pattern, e.g. the
+relay's return path bounces+*@relay.test), and it must carry exactly one of each of
   List-Unsubscribe: <PUBLIC_URL/u/TOKEN>, <mailto:unsubscribe+TOKEN@MAIL_DOMAIN>
   List-Unsubscribe-Post: List-Unsubscribe=One-Click
   List-Id: LIST_ID
@@ -14,6 +15,7 @@ Standard library only.
 """
 
 import email
+import fnmatch
 import email.policy
 import glob
 import json
@@ -51,7 +53,7 @@ def main():
     print(f"envelope: {meta['mail_from']} -> {meta['rcpt_tos']}")
     if meta["rcpt_tos"] != [rcpt]:
         problems.append(f"envelope recipients {meta['rcpt_tos']}, expected [{rcpt!r}]")
-    if meta["mail_from"] != mail_from:
+    if not fnmatch.fnmatchcase(meta["mail_from"], mail_from):
         problems.append(f"envelope sender {meta['mail_from']!r}, expected {mail_from!r}")
 
     fields = {}

@@ -371,7 +371,9 @@ smtplib_utf8() {
 
 load_sender=load-sender@example.com
 
-smtp_sink_count() { grep -rlF "X-Mail-Args: <$load_sender>" "$SINK_DIR" 2>/dev/null | wc -l; }
+# The load's messages, by their From field: the envelope sender smtp-sink records is the
+# relay's own return path (bounces+TOKEN@...), one per message.
+smtp_sink_count() { grep -rlF "From: <$load_sender>" "$SINK_DIR" 2>/dev/null | wc -l; }
 load_all_arrived() { [[ $(smtp_sink_count) -ge $LOAD_MESSAGES ]]; }
 
 smtp_source_load() {
@@ -417,8 +419,9 @@ news_marketing_delivered() {
     local out
     swaks_accepted news "$NEWS_TAG" --port "$NEWS_SMTP" "${NEWS_SWAKS[@]}" \
         --to "$NEWS_READER" || return 1
+    # The envelope sender is the relay's own return path (VERP), not bounce@news.example.
     out=$("$PY" "$HERE/list_headers.py" "$WORK/news-sink" "$NEWS_TAG" "$NEWS_READER" \
-        bounce@news.example "$NEWS_URL" "$NEWS_MAIL_DOMAIN" \
+        "bounces+*@$NEWS_MAIL_DOMAIN" "$NEWS_URL" "$NEWS_MAIL_DOMAIN" \
         "\"$NEWS_LIST_NAME\" <weekly.news.$NEWS_MAIL_DOMAIN>")
     local rc=$?
     echo "$out"
