@@ -187,7 +187,8 @@ fn report_type(message: &Message<'_>) -> Option<String> {
     Some(ct.attribute("report-type")?.trim().to_ascii_lowercase())
 }
 
-fn is_type(part: &MessagePart<'_>, ctype: &str, subtypes: &[&str]) -> bool {
+/// Whether `part` is `ctype/<one of subtypes>` (case-insensitive).
+pub fn is_type(part: &MessagePart<'_>, ctype: &str, subtypes: &[&str]) -> bool {
     part.content_type().is_some_and(|ct| {
         ct.ctype().eq_ignore_ascii_case(ctype)
             && ct

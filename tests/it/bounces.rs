@@ -182,6 +182,12 @@ async fn mail_back(smtp: SocketAddr, to: &str, body: &str) -> String {
     reply
 }
 
+/// Mails back a report that `rcpt` is an unknown user to the return path `path`.
+async fn unknown_user(s: &Running, path: &str, rcpt: &str) -> String {
+    let report = dsn(path, rcpt, "failed", "5.1.1", "550 5.1.1 User unknown");
+    mail_back(s.smtp(), path, &report).await
+}
+
 /// The suppression reasons of `address` in `shop`'s scope and globally.
 fn suppressed(s: &Running, address: &str) -> (bool, bool) {
     let st = s.relay.lists.standing("shop", None, address);
@@ -600,18 +606,7 @@ async fn strangers_mail_to_return_paths_is_capped_per_hour() {
 async fn what_happened_to_a_message_by_queue_id_or_message_id() {
     let s = setup("1h").await;
     let paths = deliver(&s, "spring", &["gone@example.net"]).await;
-    mail_back(
-        s.smtp(),
-        &paths[0],
-        &dsn(
-            &paths[0],
-            "gone@example.net",
-            "failed",
-            "5.1.1",
-            "550 5.1.1 User unknown",
-        ),
-    )
-    .await;
+    unknown_user(&s, &paths[0], "gone@example.net").await;
     let admin = Admin::new(s.relay.admin_addr.unwrap(), TOKEN);
     // The delivery log is flushed within a second.
     let mut v = Value::Null;
@@ -814,18 +809,7 @@ async fn a_bounce_mailed_back_reaches_the_accounts_webhook() {
     let config = "[unsubscribe]\nmail_domain = \"relay.test\"\n";
     let s = Running::start(MxOptions::default(), config, &support::policy(&[shop], "")).await;
     let paths = deliver(&s, "spring", &["gone@example.net"]).await;
-    mail_back(
-        s.smtp(),
-        &paths[0],
-        &dsn(
-            &paths[0],
-            "gone@example.net",
-            "failed",
-            "5.1.1",
-            "550 5.1.1 User unknown",
-        ),
-    )
-    .await;
+    unknown_user(&s, &paths[0], "gone@example.net").await;
     let hits = receiver.wait_delivered(1).await;
     let h = &hits[0];
     assert!(signature_verifies(h, SECRET));

@@ -3,9 +3,10 @@
 //! [`within_mime_budget`] said its MIME structure is small enough to parse, and nothing
 //! here trusts what it finds: tokens are returned unchecked, addresses normalised.
 
-use mail_parser::{MessageParser, MessagePart, MimeHeaders};
+use mail_parser::{MessageParser, MimeHeaders};
 
 use super::{MAX_FEEDBACK_TYPE, Malformed, Report};
+use crate::bounce::parse::is_type;
 use crate::rewrite::token::MAX_TOKEN_LEN;
 use crate::smtp::address::canonical_domain;
 
@@ -131,16 +132,6 @@ pub fn parse(raw: &[u8]) -> Result<Report, Malformed> {
         tokens,
         original_rcpt,
         sender_domains,
-    })
-}
-
-/// Whether `part` is `ctype/<one of subtypes>`.
-fn is_type(part: &MessagePart<'_>, ctype: &str, subtypes: &[&str]) -> bool {
-    part.content_type().is_some_and(|ct| {
-        ct.ctype().eq_ignore_ascii_case(ctype)
-            && ct
-                .subtype()
-                .is_some_and(|s| subtypes.iter().any(|t| s.eq_ignore_ascii_case(t)))
     })
 }
 
