@@ -8,7 +8,9 @@
 //!   account only, since anyone holding the message could have mailed it.
 //! - **Suppress after a streak** (`mailbox_full`): once an address bounced full
 //!   `[bounce_streak] mailbox_full_count` times within `mailbox_full_days`. The streaks
-//!   live in memory, keyed by the address's keyed fingerprint (a restart forgets them).
+//!   are kept by the address's keyed fingerprint (no address), in memory and appended to
+//!   `state/bounce-streaks.bin` (16 octets a bounce, compacted at start), so a restart
+//!   keeps them.
 //! - **Count only** (blocks, authentication failures, rate limits, content, routing):
 //!   `optin_bounces_total{category,via}`, the delivery log, the account's webhook — never a
 //!   suppression.
@@ -110,10 +112,61 @@ enum Examined {
     Complaint,
 }
 
-/// Full-mailbox bounces per address (fingerprint → times, oldest first).
+/// Full-mailbox bounces per address (fingerprint → times, oldest first), and the records
+/// still to be appended to the streak file (`(fingerprint, time)`; time 0: the streak was
+/// completed and starts over).
 #[derive(Debug, Default)]
 struct Streaks {
     by_address: HashMap<u64, VecDeque<u64>>,
+    pending: Vec<(u64, u64)>,
+}
+
+/// The longest streak window the policy allows (`mailbox_full_days` ≤ 365).
+const MAX_STREAK_WINDOW_MS: u64 = 365 * 86_400_000;
+
+impl Streaks {
+    /// The streaks a file of `(fingerprint, time)` records holds (16 octets each; a torn
+    /// last record is ignored), without what is older than any window.
+    fn read(raw: &[u8], now: u64) -> Streaks {
+        let mut s = Streaks::default();
+        let since = now.saturating_sub(MAX_STREAK_WINDOW_MS);
+        for r in raw.chunks_exact(16) {
+            let fp = u64::from_le_bytes(r[..8].try_into().expect("8"));
+            let time = u64::from_le_bytes(r[8..].try_into().expect("8"));
+            if time == 0 {
+                s.by_address.remove(&fp);
+            } else if time >= since && s.by_address.len() < MAX_STREAKS {
+                s.by_address.entry(fp).or_default().push_back(time);
+            }
+        }
+        s
+    }
+
+    fn encode(records: impl Iterator<Item = (u64, u64)>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (fp, time) in records {
+            out.extend_from_slice(&fp.to_le_bytes());
+            out.extend_from_slice(&time.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// Appends the pending streak records to `path` (blocking; no fsync: a crash may forget
+/// the last bounces of a streak, never invent one).
+fn flush_streaks(streaks: &Mutex<Streaks>, path: &std::path::Path) {
+    let pending = std::mem::take(&mut streaks.lock().expect("streak lock").pending);
+    if pending.is_empty() {
+        return;
+    }
+    let bytes = Streaks::encode(pending.into_iter());
+    let written = crate::files::append(path).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(&bytes)
+    });
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "cannot append to the streak file");
+    }
 }
 
 /// Tokens of bounces acted on, to tell a repeated one.
@@ -142,7 +195,9 @@ pub struct Bounces {
     pub counts: Option<Arc<super::counts::AccountCounts>>,
     rate: HourlyCap,
     aside: KeptAside,
-    streaks: Mutex<Streaks>,
+    streaks: Arc<Mutex<Streaks>>,
+    /// `state/bounce-streaks.bin`: the streaks across restarts; `None`: in memory only.
+    streak_file: Option<PathBuf>,
     seen: Mutex<Seen>,
 }
 
@@ -180,9 +235,40 @@ impl Bounces {
                 MAX_KEPT_ASIDE,
                 MAX_KEPT_ASIDE_BYTES,
             ),
-            streaks: Mutex::default(),
+            streaks: Arc::default(),
+            streak_file: None,
             seen: Mutex::default(),
         }
+    }
+
+    /// Keeps the full-mailbox streaks in `path` across restarts: reads what it holds
+    /// (compacted: only what is still within a window), then appends to it.
+    pub fn with_streak_file(mut self, path: &std::path::Path) -> Bounces {
+        let now = crate::envelope::now_ms();
+        let streaks = match std::fs::read(path) {
+            Ok(raw) => Streaks::read(&raw, now),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Streaks::default(),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the streak file: streaks start afresh");
+                Streaks::default()
+            }
+        };
+        let compact = Streaks::encode(
+            streaks
+                .by_address
+                .iter()
+                .flat_map(|(fp, times)| times.iter().map(move |t| (*fp, *t))),
+        );
+        let written = path
+            .parent()
+            .map_or(Ok(()), crate::files::private_dir)
+            .and_then(|()| crate::files::write_atomically(path, &compact));
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the streak file");
+        }
+        self.streaks = Arc::new(Mutex::new(streaks));
+        self.streak_file = Some(path.to_path_buf());
+        self
     }
 
     /// Smaller kept-aside limits (tests).
@@ -348,7 +434,11 @@ impl Bounces {
         let account = rp.account.as_str();
         let suppress = match category.action() {
             Action::Suppress => permanent,
-            Action::Streak => self.streak(&address),
+            Action::Streak => {
+                let complete = self.streak(&address);
+                self.flush_streaks();
+                complete
+            }
             Action::Count => false,
         };
         let suppressed = suppress && self.suppress(Scope::Account(account), &address)?;
@@ -468,12 +558,24 @@ impl Bounces {
         while times.front().is_some_and(|t| *t < since) {
             times.pop_front();
         }
-        times.push_back(now);
+        times.push_back(now.max(1));
         let complete = times.len() >= rules.count as usize;
         if complete {
             streaks.by_address.remove(&fp);
         }
+        if self.streak_file.is_some() {
+            streaks
+                .pending
+                .push((fp, if complete { 0 } else { now.max(1) }));
+        }
         complete
+    }
+
+    /// Writes the streak records not yet in the streak file (blocking).
+    pub fn flush_streaks(&self) {
+        if let Some(path) = &self.streak_file {
+            flush_streaks(&self.streaks, path);
+        }
     }
 
     /// Records a `bounce` suppression of `address` in `scope`, durably and in force at
@@ -532,13 +634,22 @@ impl crate::envelope::OutcomeSink for Bounces {
         let Ok(address) = crate::consent::key::normalise(o.address()) else {
             return;
         };
-        let suppress_now = hard || (category.action() == Action::Streak && self.streak(&address));
-        if !suppress_now {
+        let streak = category.action() == Action::Streak;
+        let suppress_now = hard || (streak && self.streak(&address));
+        let persist = streak && self.streak_file.is_some();
+        if !(suppress_now || persist) {
             return;
         }
-        let lists = self.lists.clone();
+        let (lists, streaks, file) = (
+            self.lists.clone(),
+            self.streaks.clone(),
+            self.streak_file.clone(),
+        );
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = suppress(&lists, Scope::Global, &address) {
+            if let Some(path) = file {
+                flush_streaks(&streaks, &path);
+            }
+            if suppress_now && let Err(e) = suppress(&lists, Scope::Global, &address) {
                 tracing::error!(error = %e, "could not record a bounce as a suppression");
             }
         });

@@ -154,7 +154,8 @@ impl Governance {
             policy.clone(),
             state.tagger.clone(),
             config.bounces.max_per_ip,
-        );
+        )
+        .with_streak_file(&config.spool.path.join("state/bounce-streaks.bin"));
         bounces.feedback = feedback.clone();
         bounces.complaints = complaints.clone();
         bounces.paths = return_paths(config, state);

@@ -170,3 +170,49 @@ fn a_hostile_mime_tree_is_refused_before_it_is_parsed() {
     }
     assert_eq!(outcome(&s.bounces, &raw, &[]), Outcome::TooComplex);
 }
+
+#[test]
+fn streaks_survive_a_restart_and_end_when_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state/bounce-streaks.bin");
+    let lists = Arc::new(Lists::open(&dir.path().join("lists"), 24).unwrap());
+    let policy = Arc::new(ArcSwap::from_pointee(
+        Policy::from_toml("test", "[bounce_streak]\nmailbox_full_count = 3\n").unwrap(),
+    ));
+    let open = || {
+        Bounces::new(
+            dir.path(),
+            lists.clone(),
+            policy.clone(),
+            AddressTagger::new([1; 32]),
+            100,
+        )
+        .with_streak_file(&file)
+    };
+    let now = crate::envelope::now_ms();
+    let b = open();
+    assert!(!b.streak_at("full@example.net", now - 2 * DAY));
+    assert!(!b.streak_at("full@example.net", now - DAY));
+    b.flush_streaks();
+    drop(b);
+    // Restarted: the third bounce completes the streak begun before.
+    let b = open();
+    assert!(b.streak_at("full@example.net", now));
+    b.flush_streaks();
+    drop(b);
+    // Completed streaks start over, also after another restart; the file holds no address.
+    let b = open();
+    assert!(!b.streak_at("full@example.net", now + 1));
+    assert!(
+        !std::fs::read(&file)
+            .unwrap()
+            .windows(4)
+            .any(|w| w == b"full")
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
