@@ -518,11 +518,8 @@ fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if let Some(token) = bounce::token_of(ctx, &to) {
         if txn.account.is_none() && !txn.complaint && txn.bounce_tokens.is_empty() {
-            declared_size_within(txn, ctx.own_limits.bounce)?;
-            if !bounce::admit(ctx, state.peer.remote.ip()) {
-                crate::metrics::untrusted_refused(&Refusal::ReportRate);
-                return Err(Refusal::ReportRate);
-            }
+            let client = state.peer.remote.ip();
+            admit_stranger(txn, ctx.own_limits.bounce, || bounce::admit(ctx, client))?;
         }
         let txn = state.txn.as_mut().expect("checked above");
         if !txn.bounce_tokens.contains(&token) {
@@ -566,12 +563,22 @@ fn admit_stranger_report(
     txn: &Transaction,
     client: std::net::IpAddr,
 ) -> Result<(), Refusal> {
-    declared_size_within(txn, ctx.own_limits.report)?;
-    let admitted = ctx
-        .complaints
-        .as_ref()
-        .is_none_or(|c| c.admit_report(client));
-    if !admitted {
+    admit_stranger(txn, ctx.own_limits.report, || {
+        ctx.complaints
+            .as_ref()
+            .is_none_or(|c| c.admit_report(client))
+    })
+}
+
+/// A stranger's transaction with one of the relay's own addresses: within the size it
+/// declared (`limit`), then within its address's hourly cap (`admit` counts it).
+fn admit_stranger(
+    txn: &Transaction,
+    limit: u64,
+    admit: impl FnOnce() -> bool,
+) -> Result<(), Refusal> {
+    declared_size_within(txn, limit)?;
+    if !admit() {
         crate::metrics::untrusted_refused(&Refusal::ReportRate);
         return Err(Refusal::ReportRate);
     }

@@ -113,9 +113,11 @@ impl Category {
         }
     }
 
-    /// The address is dead for this sender ("inactive addresses" of a campaign's canary).
-    pub fn is_inactive_address(self) -> bool {
-        self.action() == Action::Suppress
+    /// A failure of this category names the address dead — for good when `permanent`
+    /// (class 5, or a failed report without a code): suppressed at once, a hard bounce for
+    /// health, an "inactive address" of a campaign's canary.
+    pub fn dead(self, permanent: bool) -> bool {
+        permanent && self.action() == Action::Suppress
     }
 }
 
@@ -385,11 +387,7 @@ pub fn explain(raw: &[u8], classifier: &Classifier, address: Option<&str>) -> Ex
     };
     let verdict = report.as_ref().map(|r| classifier.classify(&r.evidence()));
     let hard = match (&report, &verdict) {
-        (Some(r), Some(v)) => {
-            r.action == parse::Action::Failed
-                && r.permanent()
-                && v.category.action() == Action::Suppress
-        }
+        (Some(r), Some(v)) => r.action == parse::Action::Failed && v.category.dead(r.permanent()),
         _ => false,
     };
     Explained {

@@ -245,12 +245,12 @@ impl Bounces {
     /// (compacted: only what is still within a window), then appends to it.
     pub fn with_streak_file(mut self, path: &std::path::Path) -> Bounces {
         let now = crate::envelope::now_ms();
-        let streaks = match std::fs::read(path) {
-            Ok(raw) => Streaks::read(&raw, now),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Streaks::default(),
+        let (streaks, on_disk) = match std::fs::read(path) {
+            Ok(raw) => (Streaks::read(&raw, now), raw.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Streaks::default(), 0),
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "cannot read the streak file: streaks start afresh");
-                Streaks::default()
+                (Streaks::default(), 0)
             }
         };
         let compact = Streaks::encode(
@@ -259,10 +259,14 @@ impl Bounces {
                 .iter()
                 .flat_map(|(fp, times)| times.iter().map(move |t| (*fp, *t))),
         );
+        // Rewritten only when something was dropped (or the file is new: its mode).
         let written = path
             .parent()
             .map_or(Ok(()), crate::files::private_dir)
-            .and_then(|()| crate::files::write_atomically(path, &compact));
+            .and_then(|()| match on_disk == compact.len() && on_disk > 0 {
+                true => Ok(()),
+                false => crate::files::write_atomically(path, &compact),
+            });
         if let Err(e) = written {
             tracing::error!(path = %path.display(), error = %e, "cannot write the streak file");
         }
@@ -432,8 +436,9 @@ impl Bounces {
         let address =
             crate::consent::key::normalise(&rp.address).unwrap_or_else(|_| rp.address.clone());
         let account = rp.account.as_str();
+        let dead = category.dead(permanent);
         let suppress = match category.action() {
-            Action::Suppress => permanent,
+            Action::Suppress => dead,
             Action::Streak => {
                 let complete = self.streak(&address);
                 self.flush_streaks();
@@ -442,10 +447,7 @@ impl Bounces {
             Action::Count => false,
         };
         let suppressed = suppress && self.suppress(Scope::Account(account), &address)?;
-        if category.is_inactive_address()
-            && permanent
-            && let Some(governor) = &self.feedback.governor
-        {
+        if dead && let Some(governor) = &self.feedback.governor {
             governor.observe(account, super::health::Signal::HardBounce);
         }
         if let Some(campaigns) = &self.feedback.campaigns
@@ -505,7 +507,7 @@ impl Bounces {
                         "diagnostic": diagnostic,
                         "category": category.as_str(),
                         "rule": verdict.rule,
-                        "hard": category.action() == Action::Suppress && permanent,
+                        "hard": dead,
                         "via": "async",
                         "queue_id": rp.id.to_string(),
                         "campaign": (!rp.campaign.is_empty()).then_some(&rp.campaign),

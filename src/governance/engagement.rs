@@ -123,9 +123,11 @@ impl Engagements {
         figures.lists.retain(|_, c| c.last_ms >= oldest_ms);
         figures.campaigns.retain(|_, c| c.last_ms >= oldest_ms);
         let mut seen = HashMap::new();
+        let mut on_disk = 0;
         match std::fs::read(&seen_path) {
             // A torn last record (a crash while appending) is ignored.
             Ok(b) => {
+                on_disk = b.len();
                 for r in b.chunks_exact(20) {
                     let hash: [u8; 16] = r[..16].try_into().expect("16");
                     let day = u32::from_le_bytes(r[16..].try_into().expect("4"));
@@ -137,14 +139,17 @@ impl Engagements {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(file_error(&seen_path)(e)),
         }
-        // Compacted once at start: only what is kept.
+        // Compacted at start when something was dropped (aged out, repeated, torn): only
+        // what is kept.
         crate::files::private_dir(&state).map_err(file_error(&state))?;
-        let mut compact = Vec::with_capacity(seen.len() * 20);
-        for (hash, day) in &seen {
-            compact.extend_from_slice(hash);
-            compact.extend_from_slice(&day.to_le_bytes());
+        if on_disk != seen.len() * 20 {
+            let mut compact = Vec::with_capacity(seen.len() * 20);
+            for (hash, day) in &seen {
+                compact.extend_from_slice(hash);
+                compact.extend_from_slice(&day.to_le_bytes());
+            }
+            crate::files::write_atomically(&seen_path, &compact).map_err(file_error(&seen_path))?;
         }
-        crate::files::write_atomically(&seen_path, &compact).map_err(file_error(&seen_path))?;
         Ok(Engagements {
             keys,
             dedup_key: tagger.key_for("engagement"),
@@ -181,37 +186,15 @@ impl Engagements {
         let list_key = format!("{}/{}", e.account, e.list);
         let campaign_key =
             (!e.campaign.is_empty()).then(|| super::campaign::key(&e.account, &e.campaign));
-        let mut unique_in_campaign = None;
-        let mut unique_in_list = false;
-        {
+        // (first of its kind, first at all) for the recipient, per list and per campaign.
+        let (unique_in_list, unique_in_campaign) = {
             let mut figures = self.figures.lock().expect("engagement lock");
-            let mut scopes: Vec<(&str, &str)> = vec![("list", &list_key)];
-            if let Some(c) = &campaign_key {
-                scopes.push(("campaign", c));
-            }
-            for (what, key) in scopes {
-                let first_of_kind = self.first(&[what, key, kind, &tag], now);
-                let first_at_all = self.first(&[what, key, "any", &tag], now);
-                let counts = match what {
-                    "list" => figures.lists.entry(key.to_string()).or_default(),
-                    _ => figures.campaigns.entry(key.to_string()).or_default(),
-                };
-                if click {
-                    counts.clicks += 1;
-                    counts.unique_clicks += u64::from(first_of_kind);
-                } else {
-                    counts.opens += 1;
-                    counts.unique_opens += u64::from(first_of_kind);
-                }
-                counts.engaged += u64::from(first_at_all);
-                counts.last_ms = now;
-                if what == "campaign" {
-                    unique_in_campaign = Some((first_of_kind, first_at_all));
-                } else {
-                    unique_in_list = first_of_kind;
-                }
-            }
-        }
+            let in_list = self.count(&mut figures.lists, &list_key, "list", kind, &tag, now);
+            let in_campaign = campaign_key
+                .as_ref()
+                .map(|key| self.count(&mut figures.campaigns, key, "campaign", kind, &tag, now));
+            (in_list, in_campaign)
+        };
         self.dirty.store(true, Ordering::Relaxed);
         crate::metrics::engagement(kind);
         if let (Some(campaigns), Some(key), Some((first_of_kind, first_at_all))) =
@@ -236,11 +219,38 @@ impl Engagements {
                 );
             }
         }
-        let unique = unique_in_campaign.map_or(unique_in_list, |(k, _)| k);
+        let unique = unique_in_campaign.map_or(unique_in_list.0, |(k, _)| k);
         Ok(Recorded {
             engagement: e,
             unique,
         })
+    }
+
+    /// Counts one engagement (`kind`: open or click) of the recipient tagged `tag` in the
+    /// figures of `key` (a list or a campaign, `what` tells which); whether it is the
+    /// recipient's first of that kind there, and its first at all.
+    fn count(
+        &self,
+        figures: &mut BTreeMap<String, Counts>,
+        key: &str,
+        what: &str,
+        kind: &str,
+        tag: &str,
+        now: u64,
+    ) -> (bool, bool) {
+        let first_of_kind = self.first(&[what, key, kind, tag], now);
+        let first_at_all = self.first(&[what, key, "any", tag], now);
+        let counts = figures.entry(key.to_string()).or_default();
+        if kind == "click" {
+            counts.clicks += 1;
+            counts.unique_clicks += u64::from(first_of_kind);
+        } else {
+            counts.opens += 1;
+            counts.unique_opens += u64::from(first_of_kind);
+        }
+        counts.engaged += u64::from(first_at_all);
+        counts.last_ms = now;
+        (first_of_kind, first_at_all)
     }
 
     /// Whether the keyed hash of `parts` is new (remembers it).

@@ -294,28 +294,20 @@ async fn message_history(State(a): State<Admin>, Path(id): Path<String>) -> ApiR
         .map_err(|e| internal(e.to_string()))?
         .map_err(|e| internal(format!("reading the delivery log: {e}")))?;
     let mut ids: Vec<String> = Vec::new();
-    // (id, rcpt) → summary, in order of first appearance.
-    let mut rcpts: Vec<((String, String), Value)> = Vec::new();
+    // One summary per (queue id, recipient tag), in order of first appearance.
+    let mut rcpts: Vec<Value> = Vec::new();
+    let mut at: std::collections::HashMap<(String, String), usize> = Default::default();
     for line in &lines {
         let id = line["id"].as_str().unwrap_or_default().to_string();
         if !ids.contains(&id) {
             ids.push(id.clone());
         }
-        let key = (
-            id.clone(),
-            line["rcpt"].as_str().unwrap_or_default().to_string(),
-        );
-        let at = match rcpts.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                rcpts.push((
-                    key.clone(),
-                    json!({"id": id, "rcpt": key.1, "account": line["account"], "events": 0}),
-                ));
-                rcpts.len() - 1
-            }
-        };
-        let r = &mut rcpts[at].1;
+        let rcpt = line["rcpt"].as_str().unwrap_or_default().to_string();
+        let i = *at.entry((id.clone(), rcpt.clone())).or_insert_with(|| {
+            rcpts.push(json!({"id": id, "rcpt": rcpt, "account": line["account"], "events": 0}));
+            rcpts.len() - 1
+        });
+        let r = &mut rcpts[i];
         r["events"] = json!(r["events"].as_u64().unwrap_or(0) + 1);
         r["state"] = line["event"].clone();
         r["time_ms"] = line["time_ms"].clone();
@@ -332,20 +324,21 @@ async fn message_history(State(a): State<Admin>, Path(id): Path<String>) -> ApiR
             }
         }
     }
+    // Still queued: the messages the log names, or the queue id asked for.
+    let mut queue_ids: Vec<crate::envelope::QueueId> = ids
+        .iter()
+        .filter_map(|i| crate::envelope::QueueId::parse(i))
+        .collect();
+    if let Lookup::Id(n) = wanted
+        && !queue_ids.contains(&n)
+    {
+        queue_ids.push(n);
+    }
     let mut queued = Vec::new();
-    for id in &ids {
-        let Some(n) = crate::envelope::QueueId::parse(id) else {
-            continue;
-        };
+    for n in queue_ids {
         if let Some(state) = a.delivery.show(n).await? {
             queued.push(serde_json::to_value(&state).expect("serialisable"));
         }
-    }
-    if lines.is_empty()
-        && let Lookup::Id(n) = wanted
-        && let Some(state) = a.delivery.show(n).await?
-    {
-        queued.push(serde_json::to_value(&state).expect("serialisable"));
     }
     if lines.is_empty() && queued.is_empty() {
         return Err(not_found(format!(
@@ -356,7 +349,7 @@ async fn message_history(State(a): State<Admin>, Path(id): Path<String>) -> ApiR
     ok(json!({
         "lookup": id,
         "ids": ids,
-        "recipients": rcpts.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "recipients": rcpts,
         "queued": queued,
         "events": lines,
     }))

@@ -137,9 +137,7 @@ impl Scheduler {
         // Suppressed at once: a permanent refusal of the address itself (an expired
         // deferral, 4.4.7, never is).
         let hard = match (&disposition, &verdict) {
-            (Disposition::Bounced { status, .. }, Some(v)) => {
-                status.class == 5 && v.category.action() == crate::bounce::Action::Suppress
-            }
+            (Disposition::Bounced { status, .. }, Some(v)) => v.category.dead(status.class == 5),
             _ => false,
         };
         let reply = match disposition {
@@ -190,7 +188,7 @@ impl Scheduler {
 
     /// The bounce category of recipient `i`'s failed attempt, by the policy's rules.
     fn verdict(&self, round: &Round<'_>, i: usize, attempt: &Attempt) -> crate::bounce::Verdict {
-        let domain = routing_domain_of(&round.env.recipients[i].address);
+        let domain = super::routing_domain(&round.env.recipients[i].address);
         match &self.settings.policy {
             Some(policy) => {
                 outcome::bounce_verdict(attempt, policy.load().bounce_classifier(), &domain)
@@ -454,14 +452,6 @@ fn backoff(settings: &Settings, attempts: u16) -> Duration {
         .saturating_mul(1u32 << doublings)
         .min(settings.config.retry_max);
     base.mul_f64(rand::random_range(0.8..1.2))
-}
-
-/// The lower-case domain of an address, for provider rules.
-fn routing_domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map_or("", |(_, d)| d)
-        .to_ascii_lowercase()
 }
 
 fn reply_text(attempt: &Attempt) -> String {
