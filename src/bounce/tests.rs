@@ -1,3 +1,6 @@
+//! Tests of the bounce classifier: status codes alone, words before generic codes,
+//! temporary failures, the policy's own rules, status patterns, names and actions.
+
 use super::*;
 
 fn ev(code: Option<u16>, status: Option<&str>, text: &'static str) -> Evidence<'static> {
