@@ -22,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 mod admin;
 mod bounce;
 mod campaign;
+mod keys;
 mod lists;
 
 use crate::config::{Config, LogFormat};
@@ -62,7 +63,7 @@ pub enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// Accounts of the running relay: status, freeze, unfreeze.
+    /// Accounts of the running relay: status, freeze, unfreeze, API keys.
     Account {
         #[command(subcommand)]
         command: AccountCommand,
@@ -228,6 +229,11 @@ pub enum AccountCommand {
         name: String,
         #[command(flatten)]
         api: ApiArgs,
+    },
+    /// The account's API keys: create (shown once), list, revoke.
+    Key {
+        #[command(subcommand)]
+        command: keys::KeyCommand,
     },
 }
 
@@ -437,6 +443,7 @@ fn account(path: Option<&Path>, command: AccountCommand) -> ExitCode {
             (api, admin::account_freeze(&name, &reason))
         }
         AccountCommand::Unfreeze { name, api } => (api, admin::account_unfreeze(&name)),
+        AccountCommand::Key { command } => keys::call(command),
     };
     admin::call(path, &api, call)
 }

@@ -19,7 +19,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use http::{AdminConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_HTTP_LISTEN, HttpConfig, HttpLimits};
+pub use http::{
+    AccountApiConfig, AdminConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_HTTP_LISTEN, HttpConfig,
+    HttpLimits,
+};
 use reader::{Collector, Problems, Section};
 pub use smarthost::{Credentials, Secret, Smarthost, TlsLevel};
 pub use smtp::*;
@@ -53,6 +56,9 @@ pub const DEFAULT_MAX_AGE: HumanDuration = HumanDuration::secs(5 * 86400);
 pub const DEFAULT_DELAY_WARNING: HumanDuration = HumanDuration::secs(4 * 3600);
 /// How often the policy file is checked for changes (see `crate::reload`).
 pub const DEFAULT_POLICY_WATCH_INTERVAL: HumanDuration = HumanDuration::secs(2);
+/// Days a withdrawn consent's record is kept (three years: the usual time to answer a
+/// claim about a message sent while the consent was in force).
+pub const DEFAULT_CONSENT_RECORD_DAYS: u32 = 1095;
 /// Days the delivery log's day files are kept (see `crate::privacy::retention`).
 pub const DEFAULT_DELIVERY_LOG_DAYS: u32 = 30;
 /// Days event lines with addresses and kept-aside complaint reports are kept.
@@ -80,6 +86,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub privacy: PrivacyConfig,
     pub log: LogConfig,
+    pub account_api: http::AccountApiConfig,
 }
 
 /// How long what holds personal data is kept (see `crate::privacy::retention`).
@@ -90,6 +97,9 @@ pub struct PrivacyConfig {
     /// Days of event lines that carry addresses (`events/*.jsonl`) and of complaint
     /// reports kept aside.
     pub event_log_days: u32,
+    /// Days a withdrawn consent's record (its proof) is kept after the withdrawal; records
+    /// of consents in force are kept while they last.
+    pub consent_record_days: u32,
 }
 
 /// The accounts' signed webhooks (see `crate::governance::webhook`; each account's URL and
@@ -348,6 +358,7 @@ impl Config {
             let webhooks = read_webhooks(&mut root.section("webhooks"));
             let privacy = read_privacy(&mut root.section("privacy"));
             let log = read_log(&mut root.section("log"));
+            let account_api = http::read_account_api(&mut root.section("account_api"), &http);
             Config {
                 smtp,
                 tls,
@@ -363,6 +374,7 @@ impl Config {
                 webhooks,
                 privacy,
                 log,
+                account_api,
             }
         };
         c.finish(config)
@@ -643,7 +655,9 @@ fn read_webhooks(s: &mut Section<'_>) -> WebhooksConfig {
 fn read_privacy(s: &mut Section<'_>) -> PrivacyConfig {
     let delivery_log_days = s.get_or("delivery_log_days", DEFAULT_DELIVERY_LOG_DAYS);
     let event_log_days = s.get_or("event_log_days", DEFAULT_EVENT_LOG_DAYS);
+    let consent_record_days = s.get_or("consent_record_days", DEFAULT_CONSENT_RECORD_DAYS);
     PrivacyConfig {
+        consent_record_days: positive(s, "consent_record_days", consent_record_days),
         delivery_log_days: positive(s, "delivery_log_days", delivery_log_days),
         event_log_days: positive(s, "event_log_days", event_log_days),
     }

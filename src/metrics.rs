@@ -51,6 +51,9 @@ pub const BOUNCE_MAIL: &str = "optin_bounce_mail_total";
 pub const RETURN_PATH_TOO_LONG: &str = "optin_return_path_too_long_total";
 pub const ENGAGEMENTS: &str = "optin_engagements_total";
 pub const TRACKING_REFUSED: &str = "optin_tracking_refused_total";
+pub const CONSENT_CHANGES: &str = "optin_consent_changes_total";
+pub const UPLOAD_JOBS: &str = "optin_upload_jobs_total";
+pub const ACCOUNT_API_REFUSED: &str = "optin_account_api_refused_total";
 pub const COMPLAINTS: &str = "optin_complaints_received_total";
 pub const COMPLAINT_REPORTS_MALFORMED: &str = "optin_complaint_reports_malformed_total";
 pub const ACCOUNT_RECIPIENTS: &str = "optin_account_recipients_total";
@@ -197,6 +200,8 @@ const FIXED_COUNTERS: &[(&str, &[Labels])] = &[
     (BOUNCE_SUPPRESSIONS, &[&[]]),
     (RETURN_PATH_TOO_LONG, &[&[]]),
     (ENGAGEMENTS, &[&[("kind", "open")], &[("kind", "click")]]),
+    (UPLOAD_JOBS, &[&[("state", "done")], &[("state", "failed")]]),
+    (ACCOUNT_API_REFUSED, &[&[]]),
     (
         TRACKING_REFUSED,
         &[&[("kind", "open")], &[("kind", "click")]],
@@ -486,6 +491,23 @@ pub fn return_path_too_long() {
 }
 
 /// An open or a click was recorded (`kind` `open` or `click`).
+/// Consents granted or withdrawn by the accounts' paths (`crate::governance::consents`),
+/// by action (grant, withdraw) and how (api, upload, form, double_opt_in, operator,
+/// reconfirmed, preference_page).
+pub fn consent_changes(action: &'static str, how: &'static str, n: u64) {
+    counter!(CONSENT_CHANGES, "action" => action, "how" => how).increment(n);
+}
+
+/// An upload job finished (`crate::governance::uploads`), by state (done, failed).
+pub fn upload_job(state: &'static str) {
+    counter!(UPLOAD_JOBS, "state" => state).increment(1);
+}
+
+/// A request to the account API without a valid key.
+pub fn account_api_refused() {
+    counter!(ACCOUNT_API_REFUSED).increment(1);
+}
+
 pub fn engagement(kind: &'static str) {
     counter!(ENGAGEMENTS, "kind" => kind).increment(1);
 }

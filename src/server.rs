@@ -137,6 +137,7 @@ impl Relay {
         );
         let webhook_worker = gov.webhooks.spawn_worker(stop_delivery.clone());
         let engagement_flusher = gov.engagements.spawn_flusher(stop_delivery.clone());
+        gov.uploads.spawn_worker(stop_delivery.clone());
         // Reloads check the new policy against the accounts with queued mail.
         reloader.set_queue(Arc::new(delivery.clone()));
         let stop_accepting = CancellationToken::new();
@@ -156,6 +157,11 @@ impl Relay {
             crate::privacy::retention::Retention::new(&config),
             stop_accepting.clone(),
         );
+        crate::governance::consents::spawn_retention(
+            gov.consents.ledger.clone(),
+            config.privacy.consent_record_days,
+            stop_accepting.clone(),
+        );
         let admin = match config.admin.listen {
             Some(_) => Some(crate::http::admin::Admin {
                 token: crate::http::admin::token(&config.admin, true)
@@ -169,6 +175,8 @@ impl Relay {
                 policy: policy.clone(),
                 reloader: reloader.clone(),
                 counts: gov.counts.clone(),
+                keys: gov.keys.clone(),
+                consents: gov.consents.clone(),
                 history: config
                     .delivery
                     .log
@@ -188,6 +196,16 @@ impl Relay {
                 complaints: gov.complaints.clone(),
                 engagements: Some(gov.engagements.clone()),
                 admin,
+                account: config
+                    .account_api
+                    .enabled
+                    .then(|| crate::http::account::AccountApi {
+                        keys: gov.keys.clone(),
+                        consents: gov.consents.clone(),
+                        uploads: gov.uploads.clone(),
+                        events: config.spool.path.join("events"),
+                        config: config.account_api,
+                    }),
             },
             stop_accepting.clone(),
         )

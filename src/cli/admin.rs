@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -269,12 +269,16 @@ async fn send(target: &Target, token: &str, call: &Call) -> Result<Value, Failur
 }
 
 /// The request for `call`, with the token and, for a body, its JSON.
+/// How the command line names itself to the admin API (consent records say "cli").
+pub const CLI_AGENT: &str = concat!("optin-relay-cli/", env!("CARGO_PKG_VERSION"));
+
 fn build(target: &Target, token: &str, call: &Call) -> Result<Request<Full<Bytes>>, String> {
     let mut request = Request::builder()
         .method(call.method.clone())
         .uri(format!("{}/admin{}", target.prefix, call.path))
         .header(HOST, &target.authority)
-        .header(AUTHORIZATION, format!("Bearer {token}"));
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header(USER_AGENT, CLI_AGENT);
     let body = match &call.body {
         Some(v) => {
             request = request.header(CONTENT_TYPE, "application/json");

@@ -37,6 +37,43 @@ pub const DEFAULT_HTTP_MAX_BODY_SIZE: ByteSize = ByteSize(64 << 10);
 /// Largest request body on the operator listener (a batch of addresses for the lists).
 pub const DEFAULT_ADMIN_MAX_BODY_SIZE: ByteSize = ByteSize::mib(1);
 
+/// Largest file uploaded to the account API (about 20 million addresses).
+pub const DEFAULT_MAX_UPLOAD_SIZE: ByteSize = ByteSize::mib(512);
+/// Time to upload one file.
+pub const DEFAULT_UPLOAD_TIMEOUT: HumanDuration = HumanDuration::secs(1800);
+/// Upload jobs one account may have running or queued.
+pub const DEFAULT_MAX_UPLOAD_JOBS: usize = 2;
+
+/// The account API (`/account/…` on the public listener; see `crate::http::account`).
+#[derive(Debug, Clone, Copy)]
+pub struct AccountApiConfig {
+    pub enabled: bool,
+    pub max_upload_size: u64,
+    /// Time for a whole upload.
+    pub upload_timeout: Duration,
+    /// Silence allowed between two parts of an upload (`[http] body_timeout`).
+    pub chunk_timeout: Duration,
+    pub max_jobs: usize,
+}
+
+pub(super) fn read_account_api(s: &mut Section<'_>, http: &HttpConfig) -> AccountApiConfig {
+    let max_jobs = s.get_or("max_jobs", DEFAULT_MAX_UPLOAD_JOBS);
+    let timeout = s.get_or("upload_timeout", DEFAULT_UPLOAD_TIMEOUT).get();
+    AccountApiConfig {
+        enabled: s.get_or("enabled", true),
+        max_upload_size: read_size(
+            s,
+            "max_upload_size",
+            DEFAULT_MAX_UPLOAD_SIZE,
+            1 << 10,
+            16 << 30,
+        ) as u64,
+        upload_timeout: positive(s, "upload_timeout", timeout),
+        chunk_timeout: http.limits.body_timeout,
+        max_jobs: positive(s, "max_jobs", max_jobs),
+    }
+}
+
 /// Limits of one HTTP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {

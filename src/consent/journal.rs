@@ -36,6 +36,8 @@ pub enum Origin {
     Unsubscribe = 2,
     Delivery = 3,
     Feedback = 4,
+    /// The account itself: its API, its forms, its recipients' confirmations.
+    Account = 5,
     Other = 255,
 }
 
@@ -46,6 +48,7 @@ impl Origin {
             2 => Origin::Unsubscribe,
             3 => Origin::Delivery,
             4 => Origin::Feedback,
+            5 => Origin::Account,
             _ => Origin::Other,
         }
     }

@@ -5,17 +5,23 @@
 //! spam complaints ([`complaints`]: feedback reports and the report form, turned into
 //! suppressions and per-account counts), and account health ([`health`]: rolling rates
 //! that freeze an account crossing the policy's thresholds), and signed webhooks
-//! ([`webhook`]: unsubscribes, complaints and hard bounces told to the account's systems).
+//! ([`webhook`]: unsubscribes, complaints and hard bounces told to the account's systems),
+//! and consent given by the accounts themselves ([`account_keys`]: their API keys;
+//! [`consents`]: grants and withdrawals with their proof in the [`ledger`]).
 
+pub mod account_keys;
 pub mod bounces;
 pub mod campaign;
 pub mod complaints;
+pub mod consents;
 pub mod counts;
 pub mod engagement;
 pub mod freeze;
 pub mod health;
 pub mod intake;
+pub mod ledger;
 pub mod unsubscribe;
+pub mod uploads;
 pub mod webhook;
 
 use std::path::Path;

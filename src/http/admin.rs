@@ -1,7 +1,8 @@
 //! The admin API: JSON over the operator listener under `/admin/`, every request with
 //! `Authorization: Bearer <token>` (`[admin] token`, or the token file the relay writes
 //! beside the spool). It steers the running relay: the queue (summary by site and account,
-//! inspection, retry, bounce, delete), accounts (status, freeze, unfreeze), suppressions
+//! inspection, retry, bounce, delete), accounts (status, freeze, unfreeze, API keys),
+//! consent records (proof of consent), suppressions
 //! and consent ([`lists`]: check, suppress, lift, grant, revoke), erasure of an address,
 //! campaigns (list, declare a size, release, decline), and the policy (status, reload).
 //!
@@ -34,6 +35,9 @@ use crate::spool::Spool;
 
 mod lists;
 
+pub use super::api::refusal;
+use super::api::{ApiError, ApiResult, bad, body, internal, not_found, ok, query};
+
 pub use lists::MAX_BATCH;
 
 /// The OpenAPI 3 description of this API.
@@ -51,6 +55,10 @@ pub struct Admin {
     pub policy: Arc<ArcSwap<Policy>>,
     pub reloader: Arc<PolicyReloader>,
     pub counts: Arc<crate::governance::counts::AccountCounts>,
+    /// The accounts' API keys (`/admin/accounts/{name}/keys`).
+    pub keys: Arc<crate::governance::account_keys::AccountKeys>,
+    /// Grants with their proof; the consent ledger an erasure clears.
+    pub consents: Arc<crate::governance::consents::Consents>,
     /// The delivery log (`[delivery] log`) and how many days of it are kept
     /// (`[privacy] delivery_log_days`), for message histories; `None`: no log.
     pub history: Option<(std::path::PathBuf, u32)>,
@@ -92,39 +100,6 @@ pub fn token(config: &crate::config::AdminConfig, create: bool) -> Result<String
     Ok(token)
 }
 
-/// An error reply.
-pub struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": self.1, "status": self.0.as_u16()});
-        let mut response = (self.0, axum::Json(body)).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid"));
-        }
-        response
-    }
-}
-
-/// A refusal in the API's JSON, for the listener's body bounds ([`super::layers`]).
-pub fn refusal(status: StatusCode, why: &str) -> Response {
-    ApiError(status, why.to_string()).into_response()
-}
-
-fn bad(why: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, why.into())
-}
-
-fn internal(why: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, why.into())
-}
-
-fn not_found(why: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, why.into())
-}
-
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         match e {
@@ -132,12 +107,6 @@ impl From<ControlError> for ApiError {
             ControlError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
-}
-
-type ApiResult = Result<axum::Json<Value>, ApiError>;
-
-fn ok(v: impl serde::Serialize) -> ApiResult {
-    Ok(axum::Json(serde_json::to_value(v).expect("serialisable")))
 }
 
 pub fn router(admin: Admin) -> Router {
@@ -156,6 +125,12 @@ pub fn router(admin: Admin) -> Router {
         .route("/accounts/{name}", get(account_show))
         .route("/accounts/{name}/freeze", post(account_freeze))
         .route("/accounts/{name}/unfreeze", post(account_unfreeze))
+        .route("/accounts/{name}/keys", get(keys_list).post(key_create))
+        .route(
+            "/accounts/{name}/keys/{id}",
+            axum::routing::delete(key_revoke),
+        )
+        .route("/consent/{account}/{list}/{address}", get(consent_record))
         .route(
             "/suppressions/{address}",
             get(lists::suppression_check).delete(lists::suppression_remove),
@@ -216,11 +191,6 @@ fn parse_id(id: &str) -> Result<crate::envelope::QueueId, ApiError> {
     crate::envelope::QueueId::parse(id).ok_or_else(|| bad(format!("{id:?} is not a queue id")))
 }
 
-/// A JSON body, with a 400 naming what is wrong.
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| bad(format!("bad JSON body: {e}")))
-}
-
 // ---- queue ---------------------------------------------------------------------------
 
 async fn queue_summary(State(a): State<Admin>) -> ApiResult {
@@ -231,12 +201,6 @@ async fn queue_summary(State(a): State<Admin>) -> ApiResult {
 struct ListQuery {
     account: Option<String>,
     limit: Option<usize>,
-}
-
-/// A query string, with a 400 in JSON naming what is wrong.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| bad(format!("bad query: {}", e.body_text())))
 }
 
 async fn queue_list(
@@ -460,6 +424,77 @@ async fn account_unfreeze(State(a): State<Admin>, Path(name): Path<String>) -> A
     ok(json!({"account": name, "frozen": null, "changed": changed}))
 }
 
+// ---- account keys and consent records ------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    #[serde(default)]
+    label: String,
+}
+
+/// Makes a key for the account's own API; the answer holds it whole, once.
+async fn key_create(State(a): State<Admin>, Path(name): Path<String>, raw: Bytes) -> ApiResult {
+    if a.policy.load().account(&name).is_none() {
+        return Err(not_found(format!("no account {name:?} in the policy")));
+    }
+    let b: KeyBody = if raw.is_empty() {
+        KeyBody::default()
+    } else {
+        body(&raw)?
+    };
+    let keys = a.keys.clone();
+    let (info, key) = tokio::task::spawn_blocking(move || keys.create(&name, &b.label))
+        .await
+        .map_err(|_| internal("the key task failed"))?
+        .map_err(|e| match e {
+            crate::governance::account_keys::KeyError::File { .. } => internal(e.to_string()),
+            other => ApiError(StatusCode::CONFLICT, other.to_string()),
+        })?;
+    tracing::info!(account = %info.account, key = %info.id, "account API key created");
+    let mut v = info.public();
+    v["key"] = json!(key);
+    ok(v)
+}
+
+async fn keys_list(State(a): State<Admin>, Path(name): Path<String>) -> ApiResult {
+    known_account(&a, &name)?;
+    let keys: Vec<Value> = a.keys.list(&name).iter().map(|k| k.public()).collect();
+    ok(json!({"account": name, "keys": keys}))
+}
+
+async fn key_revoke(State(a): State<Admin>, Path((name, id)): Path<(String, String)>) -> ApiResult {
+    let keys = a.keys.clone();
+    let (n, i) = (name.clone(), id.clone());
+    let revoked = tokio::task::spawn_blocking(move || keys.revoke(&n, &i))
+        .await
+        .map_err(|_| internal("the key task failed"))?
+        .map_err(|e| internal(e.to_string()))?
+        .ok_or_else(|| not_found(format!("account {name:?} has no key {id:?}")))?;
+    tracing::info!(account = %name, key = %id, "account API key revoked");
+    ok(revoked.public())
+}
+
+/// The consent record (proof) of an address on a list.
+async fn consent_record(
+    State(a): State<Admin>,
+    Path((account, list, address)): Path<(String, String, String)>,
+) -> ApiResult {
+    let address = lists::normalised(&address)?;
+    let ledger = a.consents.ledger.clone();
+    let (acc, l, addr) = (account.clone(), list.clone(), address.clone());
+    let record = tokio::task::spawn_blocking(move || ledger.get(&acc, &l, &addr))
+        .await
+        .map_err(|_| internal("the ledger task failed"))?
+        .map_err(|e| internal(e.to_string()))?
+        .ok_or_else(|| {
+            not_found(format!(
+                "no consent record of {address} on {account}/{list}"
+            ))
+        })?;
+    ok(record)
+}
+
 // ---- erasure -------------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -478,6 +513,13 @@ async fn erase(State(a): State<Admin>, raw: Bytes) -> ApiResult {
     let one = vec![address.clone()];
     lists::record(&a, Kind::Suppression, Scope::Global, Op::Add, tags, one).await?;
     let dropped = a.delivery.erase(&address).await?;
+    // The proof of its consents goes too.
+    let ledger = a.consents.ledger.clone();
+    let addr = address.clone();
+    let records = tokio::task::spawn_blocking(move || ledger.erase(&addr))
+        .await
+        .map_err(|_| internal("the ledger task failed"))?
+        .map_err(|e| internal(format!("erasing the consent records: {e}")))?;
     // Then every plain copy on disk: event lines, kept-aside reports, the webhook outbox,
     // and the address's octets in spool records (crate::privacy::erase).
     let scrubbed = crate::privacy::erase::erase(&a.spool, &address)
@@ -504,6 +546,7 @@ async fn erase(State(a): State<Admin>, raw: Bytes) -> ApiResult {
         "address": address,
         "queued_recipients_dropped": dropped,
         "suppressed": "erasure",
+        "consent_records_removed": records,
         "scrubbed": scrubbed,
     }))
 }

@@ -2,7 +2,9 @@
 //!
 //! - The **public** one (`[http] listen`) serves what recipients reach from anywhere: the
 //!   unsubscribe endpoints ([`unsubscribe`]), the spam report form ([`complaint`]), the
-//!   open pixel and click redirect of tracked mail ([`engagement`]) and `GET /healthz`; with `[http] certificate` and `private_key` it speaks only HTTPS.
+//!   open pixel and click redirect of tracked mail ([`engagement`]) and `GET /healthz`;
+//!   and what the accounts' own systems call with their keys ([`account`]). With `[http]
+//!   certificate` and `private_key` it speaks only HTTPS.
 //!   Every answer carries the page headers ([`layers::page_headers`]). It never serves
 //!   `/metrics` or the admin API, wherever it is bound.
 //! - The **operator** one (`[admin] listen`, loopback by default) serves the admin API
@@ -12,7 +14,9 @@
 //! [`layers::bound_body`] (body size and time). This module wires routes to listeners; it
 //! must never hold relay state of its own.
 
+pub mod account;
 pub mod admin;
+pub mod api;
 pub mod complaint;
 pub mod engagement;
 pub mod layers;
@@ -58,6 +62,8 @@ pub struct Services {
     pub engagements: Option<Arc<crate::governance::engagement::Engagements>>,
     /// The admin API; `None` when the operator listener is off.
     pub admin: Option<admin::Admin>,
+    /// The accounts' own API on the public listener; `None`: not served.
+    pub account: Option<account::AccountApi>,
 }
 
 /// Where the listeners are bound (`None`: off).
@@ -82,6 +88,7 @@ pub async fn start(
             services.unsubscribes.clone(),
             services.complaints.clone(),
             services.engagements.clone(),
+            services.account.clone(),
             config.http.limits,
             tls.is_some(),
         );
@@ -141,6 +148,7 @@ pub fn public_router(
     unsubscribes: Arc<crate::governance::unsubscribe::Unsubscribes>,
     complaints: Option<Arc<crate::governance::complaints::Complaints>>,
     engagements: Option<Arc<crate::governance::engagement::Engagements>>,
+    account: Option<account::AccountApi>,
     limits: HttpLimits,
     https: bool,
 ) -> Router {
@@ -150,7 +158,13 @@ pub fn public_router(
         timeout: limits.body_timeout,
         refuse: page_refusal,
     };
-    Router::new()
+    let api_bound = BodyBound {
+        max: admin::MAX_BATCH * 300,
+        refuse: api::refusal,
+        ..bound
+    };
+    let accounts = account.map_or_else(Router::new, |a| account::router(a, api_bound));
+    let pages = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(unsubscribe::router(unsubscribes))
         .merge(complaint::router(complaints))
@@ -162,8 +176,10 @@ pub fn public_router(
                 "<p>There is nothing at this address.</p>",
             )
         })
+        .layer(middleware::from_fn_with_state(bound, layers::bound_body));
+    accounts
+        .merge(pages)
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(bound, layers::bound_body))
         .layer(middleware::from_fn_with_state(
             PageHeaders::new(unsubscribe::STYLE, https),
             layers::page_headers,

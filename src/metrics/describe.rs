@@ -136,6 +136,21 @@ fn describe_delivery() {
         "Delivery status notifications generated, by action (failed, delayed, relayed)."
     );
     describe_counter!(
+        CONSENT_CHANGES,
+        "Consents granted or withdrawn through the accounts' own paths, by action (grant, \
+         withdraw) and how (api, upload, form, double_opt_in, operator, reconfirmed, \
+         preference_page)."
+    );
+    describe_counter!(
+        UPLOAD_JOBS,
+        "Consent upload jobs of the account API finished, by state (done, failed)."
+    );
+    describe_counter!(
+        ACCOUNT_API_REFUSED,
+        "Requests to the account API (/account/...) refused for a missing, unknown or \
+         revoked key."
+    );
+    describe_counter!(
         UNSUBSCRIBES,
         "Unsubscribes recorded through the relay's links, by scope (list, account) and \
          via (mail, http)."

@@ -250,7 +250,7 @@ impl TokenKeys {
 
     /// Seals `plain` under the sealing key, bound to `purpose`: `key id ‖ nonce ‖
     /// ciphertext ‖ tag`.
-    fn seal_bytes(&self, purpose: &[u8], mut plain: Vec<u8>) -> Vec<u8> {
+    pub fn seal_bytes(&self, purpose: &[u8], mut plain: Vec<u8>) -> Vec<u8> {
         let (id, key) = self.keys.last().expect("at least one key");
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).expect("system randomness");
@@ -268,7 +268,7 @@ impl TokenKeys {
     }
 
     /// Opens what [`TokenKeys::seal_bytes`] sealed for `purpose`.
-    fn open_bytes(&self, purpose: &[u8], raw: &[u8]) -> Result<Vec<u8>, TokenError> {
+    pub fn open_bytes(&self, purpose: &[u8], raw: &[u8]) -> Result<Vec<u8>, TokenError> {
         if raw.len() < 1 + NONCE_LEN + TAG_LEN + 3 {
             return Err(TokenError::Malformed);
         }

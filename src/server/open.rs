@@ -111,6 +111,12 @@ pub(super) struct Governance {
     pub bounces: Arc<crate::governance::bounces::Bounces>,
     /// Opens and clicks of tracked mail.
     pub engagements: Arc<crate::governance::engagement::Engagements>,
+    /// Consent given and withdrawn by the accounts' paths, with its proof.
+    pub consents: Arc<crate::governance::consents::Consents>,
+    /// The accounts' API keys.
+    pub keys: Arc<crate::governance::account_keys::AccountKeys>,
+    /// Uploaded files of addresses, applied by a worker.
+    pub uploads: Arc<crate::governance::uploads::Uploads>,
 }
 
 impl Governance {
@@ -169,7 +175,28 @@ impl Governance {
         )
         .map_err(|e| StartError::State(e.to_string()))?;
         engagements.feedback = feedback.clone();
+        let state_dir = config.spool.path.join("state");
+        let ledger =
+            crate::governance::ledger::Ledger::open(&state_dir, state.lists.secret().clone())
+                .map_err(|e| StartError::State(e.to_string()))?;
+        let consents = Arc::new(crate::governance::consents::Consents {
+            lists: state.lists.clone(),
+            ledger: Arc::new(ledger),
+            policy: policy.clone(),
+        });
+        let keys = crate::governance::account_keys::AccountKeys::open(
+            &state_dir.join("account-keys.json"),
+        )
+        .map_err(|e| StartError::State(e.to_string()))?;
+        let uploads =
+            crate::governance::uploads::Uploads::open(&state_dir.join("uploads"), consents.clone())
+                .map_err(|e| {
+                    StartError::State(format!("{}: {e}", state_dir.join("uploads").display()))
+                })?;
         Ok(Governance {
+            consents,
+            keys: Arc::new(keys),
+            uploads: Arc::new(uploads),
             governor,
             webhooks,
             feedback,

@@ -156,7 +156,9 @@ async fn the_openapi_description_matches_the_routes() {
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
     let mut described = Vec::new();
-    for (path, ops) in paths {
+    // The account API's paths (`/account/…`, on the public listener) are
+    // account_api.rs's to check.
+    for (path, ops) in paths.iter().filter(|(p, _)| p.starts_with("/admin/")) {
         for method in ops.as_object().unwrap().keys() {
             described.push((method.to_uppercase(), path.clone()));
             let concrete = path

@@ -10,6 +10,7 @@
 
 mod support;
 
+mod account_api;
 mod admin;
 mod admin_cli;
 mod bounces;

@@ -1,5 +1,6 @@
 //! The admin API on the consent and suppression lists: check an address, suppress or lift
-//! (one address, or a batch of them), grant or revoke consent. Every change goes through
+//! (one address, or a batch of them), grant or revoke consent (a grant keeps an
+//! operator's proof record in the consent ledger, naming the admin API or the CLI). Every change goes through
 //! the relay's own lists (journal fsynced, then in force) before the answer, so it applies
 //! to the next message — what `optin-relay suppress …` and `lists grant|revoke` use when a
 //! relay is running. Account and list names are checked against the policy in force; it
@@ -8,17 +9,19 @@
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
 use clap::ValueEnum;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{Admin, ApiError, ApiResult, bad, body, internal, not_found, ok, query};
-use crate::consent::{self, CONSENT, Kind, Op, Origin, Reason, Scope};
+use crate::consent::{self, Kind, Op, Origin, Reason, Scope};
 use crate::envelope::Stream;
+use crate::governance::ledger::{How, Proof};
+pub use crate::http::api::MAX_BATCH;
+use crate::http::api::addresses;
+pub(super) use crate::http::api::normalised;
 use crate::policy::Policy;
-
-/// The most addresses one request may change (the CLI sends larger sets in parts).
-pub const MAX_BATCH: usize = 10_000;
 
 #[derive(Deserialize, Default)]
 pub(super) struct ScopeQuery {
@@ -55,10 +58,6 @@ fn reason_of(text: Option<&str>) -> Result<Option<Reason>, ApiError> {
         })
     })
     .transpose()
-}
-
-pub(super) fn normalised(address: &str) -> Result<String, ApiError> {
-    consent::key::normalise(address).map_err(|e| bad(format!("{address:?}: {e}")))
 }
 
 /// Records one change for each address, off the async threads (the journal is fsynced).
@@ -164,35 +163,7 @@ pub(super) struct ChangeBody {
 impl ChangeBody {
     /// Every address normalised, or a 400 naming each one that is not an address.
     fn addresses(&self) -> Result<Vec<String>, ApiError> {
-        let given: Vec<&String> = match (&self.address, &self.addresses) {
-            (Some(one), None) => vec![one],
-            (None, Some(many)) if !many.is_empty() => many.iter().collect(),
-            (None, Some(_)) => return Err(bad("addresses is empty")),
-            (None, None) => return Err(bad("give address or addresses")),
-            (Some(_), Some(_)) => return Err(bad("give address or addresses, not both")),
-        };
-        if given.len() > MAX_BATCH {
-            return Err(bad(format!(
-                "{} addresses: at most {MAX_BATCH} per request",
-                given.len()
-            )));
-        }
-        let mut good = Vec::with_capacity(given.len());
-        let mut wrong = Vec::new();
-        for a in given {
-            match consent::key::normalise(a) {
-                Ok(n) => good.push(n),
-                Err(e) => wrong.push(format!("{a:?}: {e}")),
-            }
-        }
-        match wrong.len() {
-            0 => Ok(good),
-            1 => Err(bad(wrong.remove(0))),
-            n => Err(bad(format!(
-                "{n} addresses are not addresses (nothing was changed): {}",
-                wrong.join("; ")
-            ))),
-        }
+        addresses(self.address.as_ref(), self.addresses.as_deref())
     }
 
     fn scope(&self) -> ScopeQuery {
@@ -299,8 +270,9 @@ pub(super) async fn suppression_remove(
     }))
 }
 
-/// Grants (`Op::Add`) or revokes consent for a list (the account's default unless named).
-async fn consent_change(a: Admin, raw: Bytes, op: Op) -> ApiResult {
+/// Grants (`Op::Add`, with an operator's proof record) or revokes consent for a list (the
+/// account's default unless named).
+async fn consent_change(a: Admin, headers: &HeaderMap, raw: Bytes, op: Op) -> ApiResult {
     let b: ChangeBody = body(&raw)?;
     if b.reason.is_some() {
         return Err(bad("consent has no reason"));
@@ -323,8 +295,31 @@ async fn consent_change(a: Admin, raw: Bytes, op: Op) -> ApiResult {
             )));
         }
     };
-    let scope = Scope::List(name, &list);
-    record(&a, Kind::Consent, scope, op, CONSENT, addresses.clone()).await?;
+    // The command line says who it is; anything else is the admin API.
+    let via = match headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(ua) if ua.starts_with("optin-relay-cli/") => "cli",
+        _ => "admin API",
+    };
+    let consents = a.consents.clone();
+    let (account, l, all) = (name.to_string(), list.clone(), addresses.clone());
+    tokio::task::spawn_blocking(move || match op {
+        Op::Add => {
+            let proofs = all
+                .into_iter()
+                .map(|addr| Proof::new(addr, How::Operator, via))
+                .collect();
+            consents.grant(&account, &l, proofs, Origin::Operator)
+        }
+        Op::Remove => consents
+            .withdraw(&account, &l, &all, "operator", Origin::Operator)
+            .map(|_| ()),
+    })
+    .await
+    .map_err(|_| internal("the consent task failed"))?
+    .map_err(|e| internal(e.to_string()))?;
     changed(
         &b,
         &addresses,
@@ -337,11 +332,19 @@ async fn consent_change(a: Admin, raw: Bytes, op: Op) -> ApiResult {
 }
 
 /// `POST /admin/consent/grant`.
-pub(super) async fn consent_grant(State(a): State<Admin>, raw: Bytes) -> ApiResult {
-    consent_change(a, raw, Op::Add).await
+pub(super) async fn consent_grant(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> ApiResult {
+    consent_change(a, &headers, raw, Op::Add).await
 }
 
 /// `POST /admin/consent/revoke`.
-pub(super) async fn consent_revoke(State(a): State<Admin>, raw: Bytes) -> ApiResult {
-    consent_change(a, raw, Op::Remove).await
+pub(super) async fn consent_revoke(
+    State(a): State<Admin>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> ApiResult {
+    consent_change(a, &headers, raw, Op::Remove).await
 }

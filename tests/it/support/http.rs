@@ -145,6 +145,12 @@ impl Admin {
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.call("POST", path, Some(body)).await
     }
+
+    /// A request with this API's token and a body of content type `kind`; the whole answer.
+    pub async fn send_raw(&self, method: &str, path: &str, kind: &str, body: &str) -> Answer {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        request_on(stream, Some(&self.token), kind, method, path, body).await
+    }
 }
 
 /// The value of `series` (a name with its labels, as rendered) in an exposition.
