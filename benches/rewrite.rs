@@ -285,6 +285,7 @@ fn bench_per_recipient(c: &mut Criterion) {
         "bench",
         "[accounts.shop]\ndescription = \"Shop\"\nstreams = [\"marketing\"]\n\
          from_domains = [\"shop.example\"]\n\
+         contact_address = \"hello@shop.example\"\npostal_address = \"1 Main St, Springfield\"\n\
          [accounts.shop.lists.news]\nname = \"Shop news\"\nconsent_source = \"shop.example\"\n\
          consent_statement = \"Vous recevez {list} car vous êtes inscrit sur {source}. {unsubscribe}\"\n",
     )

@@ -187,7 +187,8 @@ fn main() {
         &policy,
         format!(
             "[accounts.bench]\nnetworks = [\"127.0.0.0/8\"]\nstreams = [\"marketing\"]\n\
-             from_domains = [\"example.com\"]\n[accounts.bench.lists.news]\nname = \"Bench news\"\n\
+             from_domains = [\"example.com\"]\ncontact_address = \"hello@example.com\"\n\
+             postal_address = \"1 Main St, Springfield\"\n[accounts.bench.lists.news]\nname = \"Bench news\"\n\
              consent_source = \"the benchmark\"\n\
              consent_statement = \"You receive {{list}} because you signed up at {{source}}.\"\n\
              [[accounts.bench.dkim]]\ndomain = \"example.com\"\nselector = \"bench\"\n\

@@ -69,10 +69,8 @@ pub(super) fn names(policy: &Policy, u: &Unsubscribe) -> (String, String) {
     let list = account
         .and_then(|a| a.list(&u.list))
         .map_or_else(|| u.list.clone(), |l| l.name.clone());
-    let sender = account
-        .map(|a| a.description.clone())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| u.account.clone());
+    // The name recipients know the sender by, never the operator's description.
+    let sender = account.map_or_else(|| u.account.clone(), |a| a.sender.display_name.clone());
     (list, sender)
 }
 

@@ -14,6 +14,7 @@ pub mod content;
 pub mod identity;
 pub mod password;
 pub mod rules;
+pub mod sender;
 pub mod streams;
 pub mod throttle;
 pub mod verdict;
@@ -63,6 +64,8 @@ pub struct Account {
     /// The domain of this account's return path (`<prefix>+<token>@bounce_domain`); `None`:
     /// the relay's own (`[bounces] domain`).
     pub bounce_domain: Option<String>,
+    /// Who the account is to its recipients: name, contact and postal address, branding.
+    pub sender: sender::Sender,
 }
 
 impl Account {
@@ -526,6 +529,7 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         .collect();
     let sending = streams::read_sending(s);
     let identity = identity::read_identity(s);
+    let sender = sender::read_sender(s, &name, sending.streams.contains(&Stream::Marketing));
     if sending.streams.contains(&Stream::Marketing) && identity.from_domains.is_empty() {
         // Its sender identity is what keeps its bounce notices, which can carry its
         // content, away from people who never agreed to receive it.
@@ -563,6 +567,7 @@ fn read_account(name: String, s: &mut Section<'_>) -> Account {
         transactional_unsubscribe: identity.transactional_unsubscribe,
         webhook,
         bounce_domain,
+        sender,
     }
 }
 

@@ -16,7 +16,8 @@ pub struct MailingList {
     /// The name people know the list by.
     pub name: String,
     /// The footer sentence saying why the recipient gets the mail; may use `{list}`,
-    /// `{account}`, `{source}` and `{unsubscribe}`.
+    /// `{account}` (the display name), `{source}`, `{unsubscribe}`, `{contact}` and
+    /// `{postal_address}`.
     pub consent_statement: String,
     /// Where and how people subscribed (`{source}` in the statement).
     pub consent_source: String,
@@ -34,7 +35,14 @@ impl MailingList {
 }
 
 /// The placeholders a consent statement may use.
-pub const PLACEHOLDERS: [&str; 4] = ["list", "account", "source", "unsubscribe"];
+pub const PLACEHOLDERS: [&str; 6] = [
+    "list",
+    "account",
+    "source",
+    "unsubscribe",
+    "contact",
+    "postal_address",
+];
 
 /// Checks `{…}` placeholders: known names, balanced braces.
 pub fn check_template(text: &str) -> Result<(), String> {

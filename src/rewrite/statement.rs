@@ -1,8 +1,11 @@
 //! The consent statement of a list, rendered for one recipient: the footer text in plain
 //! text and in HTML. Placeholders: `{list}` (the list's name), `{account}` (the account's
-//! description, or its name), `{source}` (where consent was given) and `{unsubscribe}` (the
-//! recipient's unsubscribe link). A statement without `{unsubscribe}` gets the link on a
-//! line of its own, so every footer has a visible way out.
+//! `display_name`), `{source}` (where consent was given), `{unsubscribe}` (the
+//! recipient's unsubscribe link), `{contact}` (the account's `contact_address`) and
+//! `{postal_address}`. A statement without `{unsubscribe}` gets the link on a line of its
+//! own, so every footer has a visible way out; one without `{contact}` or
+//! `{postal_address}` gets a line naming the sender with both, so every marketing message
+//! says who sent it and how to reach them.
 
 use crate::policy::Account;
 use crate::policy::MailingList;
@@ -33,11 +36,10 @@ pub fn escape(s: &str) -> String {
 }
 
 pub fn render(account: &Account, list: &MailingList, links: &Links) -> Rendered {
-    let sender = if account.description.is_empty() {
-        account.name.as_str()
-    } else {
-        account.description.as_str()
-    };
+    let sender = account.sender.display_name.as_str();
+    let contact = account.sender.contact_address.as_deref().unwrap_or("");
+    let postal = account.sender.postal_address.as_deref().unwrap_or("");
+    let mailto = |c: &str| format!("<a href=\"mailto:{0}\">{0}</a>", escape(c));
     let template = list.consent_statement.as_str();
     let mut text = String::new();
     let mut html = String::new();
@@ -61,6 +63,8 @@ pub fn render(account: &Account, list: &MailingList, links: &Links) -> Rendered 
                     format!("<a href=\"{0}\">{0}</a>", escape(&links.url)),
                 )
             }
+            "contact" => (contact.to_string(), mailto(contact)),
+            "postal_address" => (postal.to_string(), escape(postal)),
             other => (format!("{{{other}}}"), escape(&format!("{{{other}}}"))),
         };
         text.push_str(&t);
@@ -69,6 +73,22 @@ pub fn render(account: &Account, list: &MailingList, links: &Links) -> Rendered 
     }
     text.push_str(rest);
     html.push_str(&escape(rest));
+    // What the statement does not say of the sender, a line of its own says.
+    let postal_missing = !postal.is_empty() && !template.contains("{postal_address}");
+    let contact_missing = !contact.is_empty() && !template.contains("{contact}");
+    if postal_missing || contact_missing {
+        let who = if postal_missing {
+            format!("{sender}, {postal}")
+        } else {
+            sender.to_string()
+        };
+        text.push_str(&format!("\nSent by {who}"));
+        html.push_str(&format!("<br>\nSent by {}", escape(&who)));
+        if contact_missing {
+            text.push_str(&format!(" - contact: {contact}"));
+            html.push_str(&format!(" &middot; contact: {}", mailto(contact)));
+        }
+    }
     if !linked {
         text.push_str(&format!("\nUnsubscribe: {}", links.url));
         html.push_str(&format!(
@@ -92,7 +112,7 @@ mod tests {
         let policy = crate::policy::Policy::from_toml(
             "t",
             &format!(
-                "[accounts.shop]\ndescription = \"Shop & Co\"\nstreams = [\"marketing\"]\nfrom_domains = [\"shop.example\"]\n[accounts.shop.lists.news]\nname = \"News <weekly>\"\nconsent_source = \"our site\"\nconsent_statement = \"{statement}\"\n"
+                "[accounts.shop]\ndisplay_name = \"Shop & Co\"\ncontact_address = \"hello@shop.example\"\npostal_address = \"1 Main St, Springfield\"\nstreams = [\"marketing\"]\nfrom_domains = [\"shop.example\"]\n[accounts.shop.lists.news]\nname = \"News <weekly>\"\nconsent_source = \"our site\"\nconsent_statement = \"{statement}\"\n"
             ),
         )
         .unwrap();
@@ -113,7 +133,9 @@ mod tests {
         let r = render(&a, &l, &k);
         assert_eq!(
             r.text,
-            "You get News <weekly> from Shop & Co (signed up at our site). Leave: https://u.example/u/T"
+            "You get News <weekly> from Shop & Co (signed up at our site). Leave: \
+             https://u.example/u/T\nSent by Shop & Co, 1 Main St, Springfield - contact: \
+             hello@shop.example"
         );
         assert!(
             r.html
@@ -128,12 +150,36 @@ mod tests {
     }
 
     #[test]
+    fn the_sender_is_named_with_its_addresses_when_the_statement_does_not() {
+        let (a, l, k) = setup("From {account} at {postal_address}, {contact}. {unsubscribe}");
+        let r = render(&a, &l, &k);
+        assert_eq!(
+            r.text,
+            "From Shop & Co at 1 Main St, Springfield, hello@shop.example. https://u.example/u/T"
+        );
+        assert!(
+            r.html.contains("<a href=\"mailto:hello@shop.example\">"),
+            "{}",
+            r.html
+        );
+        let (a, l, k) = setup("From {account}, write to {contact}. {unsubscribe}");
+        let r = render(&a, &l, &k);
+        assert!(
+            r.text
+                .ends_with("\nSent by Shop & Co, 1 Main St, Springfield"),
+            "{}",
+            r.text
+        );
+    }
+
+    #[test]
     fn a_link_is_added_when_the_statement_has_none() {
         let (a, l, k) = setup("You subscribed to {list}.");
         let r = render(&a, &l, &k);
         assert_eq!(
             r.text,
-            "You subscribed to News <weekly>.\nUnsubscribe: https://u.example/u/T"
+            "You subscribed to News <weekly>.\nSent by Shop & Co, 1 Main St, Springfield - \
+             contact: hello@shop.example\nUnsubscribe: https://u.example/u/T"
         );
         assert!(
             r.html

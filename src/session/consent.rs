@@ -328,6 +328,8 @@ mod tests {
             streams = ["marketing", "transactional"]
             default_stream = "transactional"
             from_domains = ["shop.example"]
+            contact_address = "hello@shop.example"
+            postal_address = "1 Main St, Springfield"
             [accounts.shop.lists.news]
             consent_statement = "You subscribed to {list}."
             [accounts.shop.lists.deals]

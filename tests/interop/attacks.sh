@@ -158,6 +158,8 @@ password_hash = "$target_hash"
 networks = ["$NEWS_SOURCE/32"]
 streams = ["marketing"]
 from_domains = ["news.example"]
+contact_address = "hello@news.example"
+postal_address = "1 Main St, Springfield"
 default_list = "weekly"
 [accounts.news.lists.weekly]
 name = "The Weekly"
@@ -170,6 +172,8 @@ consent_statement = "You receive {list} because you subscribed. Unsubscribe: {un
 networks = ["$PROMO_SOURCE/32"]
 streams = ["marketing"]
 from_domains = ["promo.example"]
+contact_address = "hello@promo.example"
+postal_address = "1 Main St, Springfield"
 [accounts.promo.lists.weekly]
 name = "Promo Weekly"
 consent_statement = "You receive {list} because you subscribed. Unsubscribe: {unsubscribe}"

@@ -187,6 +187,8 @@ networks = ["127.0.0.0/8"]'
 networks = ["127.0.0.0/8"]
 streams = ["marketing"]
 from_domains = ["news.example"]
+contact_address = "hello@news.example"
+postal_address = "1 Main St, Springfield"
 [accounts.news.lists.weekly]
 name = "The Weekly"
 consent_statement = "You receive {list} because you subscribed at {source}. Unsubscribe: {unsubscribe}"

@@ -204,7 +204,12 @@ async fn consent_over_the_api_is_in_force_for_the_next_message_and_keeps_its_pro
     );
     let r = s.marketing("bob@example.net").await;
     assert!(r.starts_with("250"), "{r}");
-    s.run.mx.wait_for(1, Duration::from_secs(10)).await;
+    // Every marketing message names its sender's contact and postal address.
+    let text = s.run.mx.wait_for(1, Duration::from_secs(10)).await[0].text();
+    assert!(
+        text.contains("Sent by shop, 1 Main St, Springfield - contact: hello@shop.example"),
+        "{text}"
+    );
 
     // The proof: how, by which key, and the wording shown.
     let (_, v) = api.get("/account/addresses/bob%40example.net").await;

@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// (127.0.0.2) transactional mail only.
 fn policy() -> String {
     let news = Account::news()
-        .description("Example News")
+        .set("display_name", "\"Example News\"")
         .list_with(
             "weekly",
             &[("name", "The Weekly"), ("consent_statement", SUBSCRIBED)],

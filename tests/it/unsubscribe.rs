@@ -13,7 +13,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// `news` (127.0.0.1) sends marketing to two lists.
 fn policy() -> String {
     let news = Account::news()
-        .description("Example News")
+        .description("internal: tenant 42")
+        .set("display_name", "\"Example News\"")
         .set("feedback_id", support::policy::string("optin"))
         .list_with(
             "weekly",
@@ -92,6 +93,10 @@ async fn one_click_unsubscribe_stops_the_next_message() {
     assert!(
         page.contains("The Weekly") && page.contains("Example News"),
         "{page}"
+    );
+    assert!(
+        !page.contains("tenant 42"),
+        "the description is the operator's: {page}"
     );
     assert!(page.contains("name=\"scope\" value=\"account\""));
     let mut forged = token.clone().into_bytes();

@@ -11,6 +11,8 @@ networks = ["127.0.0.1/32"]
 streams = ["marketing", "transactional"]
 default_stream = "marketing"
 from_domains = ["news.example"]
+contact_address = "hello@news.example"
+postal_address = "1 Main St, Springfield"
 [accounts.news.lists.weekly]
 consent_statement = "You subscribed to {list}."
 [accounts.shop]

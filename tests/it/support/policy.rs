@@ -74,7 +74,22 @@ impl Account {
         self.set("from_domains", array(domains))
     }
 
-    pub fn streams(self, streams: &[&str]) -> Account {
+    /// The streams it may use; one that may send marketing also gets the contact and postal
+    /// address the policy requires of it (unless set already).
+    pub fn streams(mut self, streams: &[&str]) -> Account {
+        if streams.contains(&"marketing") {
+            for (key, value) in [
+                (
+                    "contact_address",
+                    format!("\"hello@{}.example\"", self.name),
+                ),
+                ("postal_address", "\"1 Main St, Springfield\"".to_string()),
+            ] {
+                if !self.keys.iter().any(|(k, _)| k == key) {
+                    self.keys.push((key.to_string(), value));
+                }
+            }
+        }
         self.set("streams", array(streams))
     }
 
