@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use http::{
     AccountApiConfig, AdminConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_HTTP_LISTEN, HttpConfig,
-    HttpLimits,
+    HttpLimits, SubscribeConfig,
 };
 use reader::{Collector, Problems, Section};
 pub use smarthost::{Credentials, Secret, Smarthost, TlsLevel};
@@ -87,6 +87,7 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub log: LogConfig,
     pub account_api: http::AccountApiConfig,
+    pub subscribe: http::SubscribeConfig,
 }
 
 /// How long what holds personal data is kept (see `crate::privacy::retention`).
@@ -359,6 +360,7 @@ impl Config {
             let privacy = read_privacy(&mut root.section("privacy"));
             let log = read_log(&mut root.section("log"));
             let account_api = http::read_account_api(&mut root.section("account_api"), &http);
+            let subscribe = http::read_subscribe(&mut root.section("subscribe"));
             Config {
                 smtp,
                 tls,
@@ -375,6 +377,7 @@ impl Config {
                 privacy,
                 log,
                 account_api,
+                subscribe,
             }
         };
         c.finish(config)

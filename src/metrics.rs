@@ -53,6 +53,7 @@ pub const ENGAGEMENTS: &str = "optin_engagements_total";
 pub const TRACKING_REFUSED: &str = "optin_tracking_refused_total";
 pub const CONSENT_CHANGES: &str = "optin_consent_changes_total";
 pub const UPLOAD_JOBS: &str = "optin_upload_jobs_total";
+pub const SUBSCRIPTIONS: &str = "optin_subscriptions_total";
 pub const ACCOUNT_API_REFUSED: &str = "optin_account_api_refused_total";
 pub const COMPLAINTS: &str = "optin_complaints_received_total";
 pub const COMPLAINT_REPORTS_MALFORMED: &str = "optin_complaint_reports_malformed_total";
@@ -305,6 +306,9 @@ fn register_at_zero() {
     for outcome in BOUNCE_MAIL_OUTCOMES {
         counter!(BOUNCE_MAIL, "outcome" => *outcome).increment(0);
     }
+    for outcome in SUBSCRIPTION_OUTCOMES {
+        counter!(SUBSCRIPTIONS, "outcome" => *outcome).increment(0);
+    }
     for result in RECIPIENT_RESULTS {
         counter!(DELIVERY_RECIPIENTS, "result" => result).increment(0);
     }
@@ -496,6 +500,22 @@ pub fn return_path_too_long() {
 /// reconfirmed, preference_page).
 pub fn consent_changes(action: &'static str, how: &'static str, n: u64) {
     counter!(CONSENT_CHANGES, "action" => action, "how" => how).increment(n);
+}
+
+/// What the subscription endpoints did (`crate::http::subscribe`), by outcome.
+pub const SUBSCRIPTION_OUTCOMES: &[&str] = &[
+    "confirmation_sent",
+    "subscribed",
+    "quiet",
+    "refused",
+    "honeypot",
+    "confirmed",
+    "invalid_link",
+    "expired_link",
+];
+
+pub fn subscription(outcome: &'static str) {
+    counter!(SUBSCRIPTIONS, "outcome" => outcome).increment(1);
 }
 
 /// An upload job finished (`crate::governance::uploads`), by state (done, failed).

@@ -206,6 +206,11 @@ impl Relay {
                         events: config.spool.path.join("events"),
                         config: config.account_api,
                     }),
+                subscribe: Some(crate::http::subscribe::Subscribe {
+                    subscriptions: gov.subscriptions.clone(),
+                    spool: state.spool.clone(),
+                    intake: Arc::new(delivery.clone()),
+                }),
             },
             stop_accepting.clone(),
         )

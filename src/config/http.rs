@@ -74,6 +74,38 @@ pub(super) fn read_account_api(s: &mut Section<'_>, http: &HttpConfig) -> Accoun
     }
 }
 
+/// Subscription forms (`POST /s/ACCOUNT/LIST`, see `crate::http::subscribe`): what keeps
+/// a form from being used to mail-bomb someone or to burn the sender's reputation.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeConfig {
+    /// Form posts taken from one client address (IPv6: its /64) per hour.
+    pub max_per_ip: u32,
+    /// Confirmation messages sent to one address per day.
+    pub max_per_address: u32,
+    /// Confirmation messages sent in all per hour.
+    pub max_per_hour: u32,
+    /// How long a confirmation link works.
+    pub confirm_ttl: Duration,
+}
+
+pub const DEFAULT_SUBSCRIBE_MAX_PER_IP: u32 = 10;
+pub const DEFAULT_SUBSCRIBE_MAX_PER_ADDRESS: u32 = 3;
+pub const DEFAULT_SUBSCRIBE_MAX_PER_HOUR: u32 = 1000;
+pub const DEFAULT_CONFIRM_TTL: HumanDuration = HumanDuration::secs(72 * 3600);
+
+pub(super) fn read_subscribe(s: &mut Section<'_>) -> SubscribeConfig {
+    let per_ip = s.get_or("max_per_ip", DEFAULT_SUBSCRIBE_MAX_PER_IP);
+    let per_address = s.get_or("max_per_address", DEFAULT_SUBSCRIBE_MAX_PER_ADDRESS);
+    let per_hour = s.get_or("max_per_hour", DEFAULT_SUBSCRIBE_MAX_PER_HOUR);
+    let ttl = s.get_or("confirm_ttl", DEFAULT_CONFIRM_TTL).get();
+    SubscribeConfig {
+        max_per_ip: positive(s, "max_per_ip", per_ip),
+        max_per_address: positive(s, "max_per_address", per_address),
+        max_per_hour: positive(s, "max_per_hour", per_hour),
+        confirm_ttl: positive(s, "confirm_ttl", ttl),
+    }
+}
+
 /// Limits of one HTTP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {

@@ -20,6 +20,7 @@ pub mod freeze;
 pub mod health;
 pub mod intake;
 pub mod ledger;
+pub mod subscribe;
 pub mod unsubscribe;
 pub mod uploads;
 pub mod webhook;

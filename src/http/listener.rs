@@ -41,6 +41,10 @@ const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// One listener's settings.
+/// The address of the client a request came from (in the request's extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct Client(pub std::net::IpAddr);
+
 #[derive(Clone)]
 pub struct Listener {
     /// `public` or `admin`: the `listener` label of the HTTP metrics.
@@ -105,11 +109,11 @@ async fn accept(tcp: TcpListener, app: Router, listener: Listener, stop: Cancell
         tokio::spawn(async move {
             let _slot = slot;
             match &listener.tls {
-                None => connection(stream, app, &listener, stop).await,
+                None => connection(stream, app, &listener, stop, remote).await,
                 Some(tls) => {
                     let handshake = tls.accept(stream);
                     match tokio::time::timeout(listener.limits.header_timeout, handshake).await {
-                        Ok(Ok(s)) => connection(s, app, &listener, stop).await,
+                        Ok(Ok(s)) => connection(s, app, &listener, stop, remote).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, error = %e, "HTTPS handshake failed");
                         }
@@ -130,8 +134,13 @@ async fn refuse(mut stream: TcpStream) {
 }
 
 /// Serves one connection until the client is done, too slow, or the listener stops.
-async fn connection<S>(stream: S, app: Router, listener: &Listener, stop: CancellationToken)
-where
+async fn connection<S>(
+    stream: S,
+    app: Router,
+    listener: &Listener,
+    stop: CancellationToken,
+    remote: SocketAddr,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = listener.limits;
@@ -142,7 +151,8 @@ where
     });
     let routes = TowerToHyperService::new(app);
     let answering = activity.clone();
-    let service = hyper::service::service_fn(move |request| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(Client(remote.ip()));
         let busy = Busy::enter(&answering);
         let answer = hyper::service::Service::call(&routes, request);
         async move {

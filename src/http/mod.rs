@@ -3,7 +3,8 @@
 //! - The **public** one (`[http] listen`) serves what recipients reach from anywhere: the
 //!   unsubscribe endpoints ([`unsubscribe`]), the spam report form ([`complaint`]), the
 //!   open pixel and click redirect of tracked mail ([`engagement`]) and `GET /healthz`;
-//!   and what the accounts' own systems call with their keys ([`account`]). With `[http]
+//!   the subscription forms and confirmation links ([`subscribe`]); and what the
+//!   accounts' own systems call with their keys ([`account`]). With `[http]
 //!   certificate` and `private_key` it speaks only HTTPS.
 //!   Every answer carries the page headers ([`layers::page_headers`]). It never serves
 //!   `/metrics` or the admin API, wherever it is bound.
@@ -21,6 +22,7 @@ pub mod complaint;
 pub mod engagement;
 pub mod layers;
 pub mod listener;
+pub mod subscribe;
 pub mod unsubscribe;
 
 use std::net::SocketAddr;
@@ -64,6 +66,8 @@ pub struct Services {
     pub admin: Option<admin::Admin>,
     /// The accounts' own API on the public listener; `None`: not served.
     pub account: Option<account::AccountApi>,
+    /// Subscription forms and confirmation links; `None`: not served.
+    pub subscribe: Option<subscribe::Subscribe>,
 }
 
 /// Where the listeners are bound (`None`: off).
@@ -89,6 +93,7 @@ pub async fn start(
             services.complaints.clone(),
             services.engagements.clone(),
             services.account.clone(),
+            services.subscribe.clone(),
             config.http.limits,
             tls.is_some(),
         );
@@ -149,6 +154,7 @@ pub fn public_router(
     complaints: Option<Arc<crate::governance::complaints::Complaints>>,
     engagements: Option<Arc<crate::governance::engagement::Engagements>>,
     account: Option<account::AccountApi>,
+    subscribe: Option<subscribe::Subscribe>,
     limits: HttpLimits,
     https: bool,
 ) -> Router {
@@ -169,6 +175,7 @@ pub fn public_router(
         .merge(unsubscribe::router(unsubscribes))
         .merge(complaint::router(complaints))
         .merge(engagement::router(engagements))
+        .merge(subscribe::router(subscribe))
         .fallback(|| async {
             unsubscribe::html(
                 StatusCode::NOT_FOUND,

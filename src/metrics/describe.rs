@@ -142,6 +142,12 @@ fn describe_delivery() {
          preference_page)."
     );
     describe_counter!(
+        SUBSCRIPTIONS,
+        "Subscription form posts and confirmation links, by outcome (confirmation_sent, \
+         subscribed, quiet: nothing sent for an address already subscribed, suppressed or \
+         over its limit, refused, honeypot, confirmed, invalid_link, expired_link)."
+    );
+    describe_counter!(
         UPLOAD_JOBS,
         "Consent upload jobs of the account API finished, by state (done, failed)."
     );

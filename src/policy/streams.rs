@@ -8,8 +8,31 @@
 use crate::config::reader::Section;
 use crate::envelope::Stream;
 
+/// How people may subscribe themselves through the relay's form endpoint
+/// (`POST /s/ACCOUNT/LIST`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OptIn {
+    /// No form: consent comes from the operator and the account's API only.
+    #[default]
+    Off,
+    /// The form's address is subscribed at once (the list says it needs no confirmation).
+    Single,
+    /// The form sends a confirmation message; consent is recorded when its link is
+    /// followed and its button pressed.
+    Double,
+}
+
+/// The placeholders of a confirmation message's text.
+pub const CONFIRM_PLACEHOLDERS: [&str; 3] = ["list", "account", "confirm"];
+
+/// The confirmation message of a list without its own.
+pub const DEFAULT_CONFIRM_SUBJECT: &str = "Please confirm your subscription to {list}";
+pub const DEFAULT_CONFIRM_TEXT: &str = "Someone, probably you, asked to receive {list} from \
+{account} at this address.\n\nTo confirm, open this link and press the button on the page:\n\n\
+{confirm}\n\nIf you did not ask for this, ignore this message: nothing will be sent to you.";
+
 /// A mailing list of an account.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MailingList {
     /// `[a-z0-9_-]`, as in `X-Optin-List` and `lists import --list`.
     pub id: String,
@@ -25,6 +48,16 @@ pub struct MailingList {
     pub track_clicks: bool,
     /// The HTML body carries the open pixel (`/o/TOKEN`).
     pub track_opens: bool,
+    /// The subscription form (`subscribe = "off" | "single" | "double"`).
+    pub subscribe: OptIn,
+    /// The confirmation message's subject and text (`{list}`, `{account}`, `{confirm}`).
+    pub confirm_subject: String,
+    pub confirm_text: String,
+    /// Where the form may send people after it (exact URLs).
+    pub thank_you_urls: Vec<String>,
+    /// Consent older than this (since its grant, its last confirmation or engagement)
+    /// stops marketing like missing consent; `None`: it does not age.
+    pub consent_max_age: Option<std::time::Duration>,
 }
 
 impl MailingList {
@@ -46,6 +79,11 @@ pub const PLACEHOLDERS: [&str; 6] = [
 
 /// Checks `{…}` placeholders: known names, balanced braces.
 pub fn check_template(text: &str) -> Result<(), String> {
+    check_placeholders(text, &PLACEHOLDERS)
+}
+
+/// Checks `{…}` placeholders against `known`, and balanced braces.
+pub fn check_placeholders(text: &str, known: &[&str]) -> Result<(), String> {
     let mut rest = text;
     while let Some(open) = rest.find(['{', '}']) {
         if rest[open..].starts_with('}') {
@@ -56,15 +94,79 @@ pub fn check_template(text: &str) -> Result<(), String> {
             return Err("has a '{' without '}'".into());
         };
         let name = &after[..close];
-        if !PLACEHOLDERS.contains(&name) {
+        if !known.contains(&name) {
             return Err(format!(
                 "unknown placeholder {{{name}}} (known: {})",
-                PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                known
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         rest = &after[close + 1..];
     }
     Ok(())
+}
+
+/// The subscription keys of one list (the rest of the list left at its defaults).
+fn read_subscription(l: &mut Section<'_>) -> MailingList {
+    let subscribe = match l.get_or("subscribe", "off".to_string()).as_str() {
+        "off" => OptIn::Off,
+        "single" => OptIn::Single,
+        "double" => OptIn::Double,
+        other => {
+            l.problem(
+                "subscribe",
+                format!("{other:?} is not \"off\", \"single\" or \"double\""),
+            );
+            OptIn::Off
+        }
+    };
+    let confirm_subject = l.get_or("confirm_subject", DEFAULT_CONFIRM_SUBJECT.to_string());
+    let confirm_text = l.get_or("confirm_text", DEFAULT_CONFIRM_TEXT.to_string());
+    for (key, text) in [
+        ("confirm_subject", &confirm_subject),
+        ("confirm_text", &confirm_text),
+    ] {
+        if let Err(e) = check_placeholders(text, &CONFIRM_PLACEHOLDERS) {
+            l.problem(key, e);
+        }
+    }
+    if confirm_subject.chars().any(char::is_control) || confirm_subject.len() > 200 {
+        l.problem("confirm_subject", "one line of at most 200 characters");
+    }
+    if !confirm_text.contains("{confirm}") {
+        l.problem("confirm_text", "must contain {confirm} (the link)");
+    }
+    let thank_you_urls: Vec<String> = l.get_or("thank_you_urls", Vec::new());
+    for u in &thank_you_urls {
+        let ok = (u.starts_with("https://") || u.starts_with("http://"))
+            && u.len() <= 500
+            && !u
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "\"'<>\\".contains(c));
+        if !ok {
+            l.problem(
+                "thank_you_urls",
+                format!("{u:?} is not an http(s) address without quotes or spaces"),
+            );
+        }
+    }
+    let consent_max_age = l
+        .get::<crate::config::units::HumanDuration>("consent_max_age")
+        .map(|d| d.get());
+    if consent_max_age.is_some_and(|d| d < std::time::Duration::from_secs(86_400)) {
+        l.problem("consent_max_age", "at least a day (e.g. \"730d\")");
+    }
+    MailingList {
+        subscribe,
+        confirm_subject,
+        confirm_text,
+        thank_you_urls,
+        consent_max_age,
+        ..MailingList::default()
+    }
 }
 
 /// Names of accounts and lists: a-z, 0-9, `-` and `_`.
@@ -141,6 +243,7 @@ pub fn read_sending(s: &mut Section<'_>) -> Sending {
             if let Err(e) = check_template(&consent_statement) {
                 l.problem("consent_statement", e);
             }
+            let subscription = read_subscription(&mut l);
             MailingList {
                 name: l.get_or("name", id.clone()),
                 consent_source: l.get_or("consent_source", String::new()),
@@ -148,6 +251,7 @@ pub fn read_sending(s: &mut Section<'_>) -> Sending {
                 track_opens: l.get_or("track_opens", false),
                 consent_statement,
                 id,
+                ..subscription
             }
         })
         .collect();

@@ -30,6 +30,11 @@ const RETURN_PATH_PURPOSE: &[u8] = b"return-path";
 const ENGAGEMENT_VERSION: u8 = 3;
 /// Bound into an engagement token's associated data.
 const ENGAGEMENT_PURPOSE: &[u8] = b"engagement";
+const CONFIRM_VERSION: u8 = 4;
+/// Bound into a confirmation token's associated data.
+const CONFIRM_PURPOSE: &[u8] = b"confirm";
+/// Longest user agent a confirmation token carries.
+pub const MAX_CONFIRM_AGENT: usize = 200;
 /// Longest link target an engagement token carries (longer links stay as they are).
 pub const MAX_TRACKED_URL: usize = 2000;
 /// Longest engagement token accepted.
@@ -99,6 +104,36 @@ impl std::fmt::Debug for Engagement {
             .field("url", &self.url)
             .field("domain", &domain)
             .finish()
+    }
+}
+
+/// What a confirmation token (`/s/confirm/TOKEN`) says: who asked to join which list,
+/// when, from where — the proof the consent record keeps once the link is followed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Confirm {
+    pub account: String,
+    pub list: String,
+    /// When the confirmation was asked for (its link expires from then).
+    pub asked_ms: u64,
+    /// The form's client address and user agent (empty when unknown).
+    pub ip: String,
+    pub user_agent: String,
+    /// A re-permission: the person confirms a consent that aged.
+    pub reconfirm: bool,
+    pub address: String,
+}
+
+// The address is personal data: Debug shows its domain only.
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let domain = self.address.rsplit_once('@').map_or("", |(_, d)| d);
+        f.debug_struct("Confirm")
+            .field("account", &self.account)
+            .field("list", &self.list)
+            .field("asked_ms", &self.asked_ms)
+            .field("reconfirm", &self.reconfirm)
+            .field("domain", &domain)
+            .finish_non_exhaustive()
     }
 }
 
@@ -374,6 +409,66 @@ impl TokenKeys {
     }
 }
 
+impl TokenKeys {
+    /// The URL-safe confirmation token for `c`.
+    pub fn seal_confirm(&self, c: &Confirm) -> String {
+        let mut plain = Vec::with_capacity(16 + c.account.len() + c.list.len() + c.address.len());
+        plain.push(CONFIRM_VERSION);
+        plain.push(u8::from(c.reconfirm));
+        plain.extend_from_slice(&c.asked_ms.to_be_bytes());
+        let agent = truncate(&c.user_agent, MAX_CONFIRM_AGENT);
+        for field in [c.account.as_str(), &c.list, &c.ip, agent] {
+            push_field(&mut plain, field);
+        }
+        plain.extend_from_slice(c.address.as_bytes());
+        URL_SAFE_NO_PAD.encode(self.seal_bytes(CONFIRM_PURPOSE, plain))
+    }
+
+    /// What a confirmation token says, if it is genuine.
+    pub fn open_confirm(&self, token: &str) -> Result<Confirm, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| TokenError::Malformed)?;
+        let p = self.open_bytes(CONFIRM_PURPOSE, &raw)?;
+        decode_confirm(&p).ok_or(TokenError::Malformed)
+    }
+}
+
+/// The longest prefix of `s` of at most `max` octets that ends on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn decode_confirm(p: &[u8]) -> Option<Confirm> {
+    let (&version, rest) = p.split_first()?;
+    if version != CONFIRM_VERSION {
+        return None;
+    }
+    let (&reconfirm, rest) = rest.split_first()?;
+    let (asked, mut rest) = rest.split_at_checked(8)?;
+    let asked_ms = u64::from_be_bytes(asked.try_into().ok()?);
+    let account = take_field(&mut rest)?;
+    let list = take_field(&mut rest)?;
+    let ip = take_field(&mut rest)?;
+    let user_agent = take_field(&mut rest)?;
+    Some(Confirm {
+        account,
+        list,
+        asked_ms,
+        ip,
+        user_agent,
+        reconfirm: reconfirm == 1,
+        address: String::from_utf8(rest.to_vec()).ok()?,
+    })
+}
+
 fn decode_engagement(p: &[u8]) -> Option<Engagement> {
     let (&version, rest) = p.split_first()?;
     if version != ENGAGEMENT_VERSION {
@@ -468,6 +563,29 @@ mod tests {
             list: "weekly".into(),
             address: "jane.doe@example.com".into(),
         }
+    }
+
+    #[test]
+    fn confirmation_tokens_round_trip_and_open_as_nothing_else() {
+        let keys = TokenKeys::from_keys(&[(7, [1; 32])]);
+        let c = Confirm {
+            account: "shop".into(),
+            list: "deals".into(),
+            asked_ms: 1_700_000_000_000,
+            ip: "192.0.2.7".into(),
+            user_agent: format!("Mozilla/5.0 {}é", "x".repeat(MAX_CONFIRM_AGENT)),
+            reconfirm: true,
+            address: "jane@example.com".into(),
+        };
+        let t = keys.seal_confirm(&c);
+        assert!(!t.contains("jane"));
+        let opened = keys.open_confirm(&t).unwrap();
+        assert_eq!(opened.address, c.address);
+        assert_eq!((opened.asked_ms, opened.reconfirm), (c.asked_ms, true));
+        assert!(opened.user_agent.len() <= MAX_CONFIRM_AGENT);
+        // A confirmation token is no unsubscribe token, and the reverse.
+        assert!(keys.open(&t).is_err());
+        assert!(keys.open_confirm(&keys.seal(&sample())).is_err());
     }
 
     #[test]

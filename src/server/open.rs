@@ -117,6 +117,8 @@ pub(super) struct Governance {
     pub keys: Arc<crate::governance::account_keys::AccountKeys>,
     /// Uploaded files of addresses, applied by a worker.
     pub uploads: Arc<crate::governance::uploads::Uploads>,
+    /// Subscription forms and their confirmations.
+    pub subscriptions: Arc<crate::governance::subscribe::Subscriptions>,
 }
 
 impl Governance {
@@ -193,7 +195,16 @@ impl Governance {
                 .map_err(|e| {
                     StartError::State(format!("{}: {e}", state_dir.join("uploads").display()))
                 })?;
+        let subscriptions = Arc::new(crate::governance::subscribe::Subscriptions::new(
+            consents.clone(),
+            state.token_keys.clone(),
+            state.freezes.clone(),
+            config.unsubscribe.public_url.clone(),
+            config.smtp.hostname.clone(),
+            config.subscribe,
+        ));
         Ok(Governance {
+            subscriptions,
             consents,
             keys: Arc::new(keys),
             uploads: Arc::new(uploads),

@@ -33,6 +33,7 @@ mod reload;
 mod retry;
 mod rewrite;
 mod sites;
+mod subscribe;
 mod tracking;
 mod unsubscribe;
 mod webhooks;

@@ -9,8 +9,7 @@ fn list(id: &str, statement: &str) -> MailingList {
         name: id.into(),
         consent_statement: statement.into(),
         consent_source: "the signup form at shop.example".into(),
-        track_clicks: false,
-        track_opens: false,
+        ..MailingList::default()
     }
 }
 

@@ -129,6 +129,16 @@ impl Account {
         self
     }
 
+    /// A list `name` with these keys, their values written as TOML (arrays, numbers).
+    pub fn list_toml(mut self, name: &str, keys: &[(&str, &str)]) -> Account {
+        let keys = keys
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.lists.push((name.to_string(), keys));
+        self
+    }
+
     /// A DKIM key: `domain`'s `selector`, its private key in the file `key`.
     pub fn dkim(self, domain: &str, selector: &str, key: &str) -> Account {
         let keys = format!(
