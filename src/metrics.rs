@@ -85,9 +85,10 @@ pub const COMMAND_VERBS: [&str; 15] = [
     "STARTTLS", "AUTH", "unknown",
 ];
 /// `reason` of [`POLICY_VERDICTS`]: `allowed`, or why a recipient was refused.
-pub const VERDICT_REASONS: [&str; 8] = [
+pub const VERDICT_REASONS: [&str; 9] = [
     "allowed",
     "consent_missing",
+    "consent_expired",
     "unsubscribed",
     "bounced",
     "complaint",
@@ -119,8 +120,9 @@ pub const MESSAGE_REFUSAL_REASONS: [&str; 16] = [
 pub const UNTRUSTED_REFUSAL_REASONS: [&str; 4] =
     ["report_rate", "too_big", "mime_budget", "memory"];
 /// `reason` of [`RECIPIENTS_WITHHELD`] (the labels of [`Withheld`]).
-pub const WITHHELD_REASONS: [&str; 6] = [
+pub const WITHHELD_REASONS: [&str; 7] = [
     "consent_missing",
+    "consent_expired",
     "unsubscribed_list",
     "unsubscribed_all",
     "bounced",
@@ -600,6 +602,7 @@ pub fn verdict_reason(why: Option<Withheld>) -> &'static str {
     match why {
         None => "allowed",
         Some(Withheld::NoConsent) => "consent_missing",
+        Some(Withheld::ConsentExpired) => "consent_expired",
         Some(Withheld::UnsubscribedList | Withheld::UnsubscribedAll) => "unsubscribed",
         Some(Withheld::Bounced) => "bounced",
         Some(Withheld::Complained) => "complaint",

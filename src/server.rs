@@ -188,6 +188,11 @@ impl Relay {
         for warning in config.warnings() {
             tracing::warn!("config: {warning}");
         }
+        let subscribe = crate::http::subscribe::Subscribe {
+            subscriptions: gov.subscriptions.clone(),
+            spool: state.spool.clone(),
+            intake: Arc::new(delivery.clone()),
+        };
         let http = crate::http::start(
             &config,
             crate::http::Services {
@@ -205,12 +210,9 @@ impl Relay {
                         uploads: gov.uploads.clone(),
                         events: config.spool.path.join("events"),
                         config: config.account_api,
+                        subscribe: Some(subscribe.clone()),
                     }),
-                subscribe: Some(crate::http::subscribe::Subscribe {
-                    subscriptions: gov.subscriptions.clone(),
-                    spool: state.spool.clone(),
-                    intake: Arc::new(delivery.clone()),
-                }),
+                subscribe: Some(subscribe),
             },
             stop_accepting.clone(),
         )
@@ -316,6 +318,7 @@ fn session_context(
         smtp: config.smtp.clone(),
         policy: policy.clone(),
         lists: state.lists.clone(),
+        ledger: Some(gov.consents.ledger.clone()),
         own_domain: config.unsubscribe.mail_domain.clone(),
         unsubscribes: Some(gov.unsubscribes.clone()),
         complaints: gov.complaints.clone(),

@@ -55,6 +55,9 @@ pub struct SessionContext {
     pub policy: Arc<ArcSwap<Policy>>,
     /// Consent and suppression data.
     pub lists: Arc<crate::consent::Lists>,
+    /// The consent ledger, which says since when a consent is fresh (lists with
+    /// `consent_max_age`); `None`: consent does not age.
+    pub ledger: Option<Arc<crate::governance::ledger::Ledger>>,
     /// The relay's own mail domain (bounces, unsubscribe addresses).
     pub own_domain: String,
     /// Records mail to the unsubscribe addresses; `None`: they are not taken.

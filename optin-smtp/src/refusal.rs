@@ -155,6 +155,9 @@ pub enum Withheld {
     Complained,
     Blocked,
     NoConsent,
+    /// Consent older than the list's `consent_max_age` (no confirmation or engagement
+    /// since).
+    ConsentExpired,
 }
 
 impl Withheld {
@@ -166,6 +169,9 @@ impl Withheld {
             Withheld::Complained => "is suppressed after a spam complaint",
             Withheld::Blocked => "may not receive mail through this relay",
             Withheld::NoConsent => "has no consent recorded for this list",
+            Withheld::ConsentExpired => {
+                "has a consent older than this list allows; ask again (re-permission)"
+            }
         }
     }
 
@@ -178,6 +184,7 @@ impl Withheld {
             Withheld::Complained => "complaint",
             Withheld::Blocked => "blocked",
             Withheld::NoConsent => "consent_missing",
+            Withheld::ConsentExpired => "consent_expired",
         }
     }
 }

@@ -83,6 +83,9 @@ pub struct Engagements {
     dirty: AtomicBool,
     /// Campaign canaries and webhooks.
     pub feedback: super::Feedback,
+    /// The consent ledger: a recipient's first engagement with a list (in the
+    /// retention window) keeps their consent to it fresh (`consent_max_age`).
+    pub ledger: Option<Arc<super::ledger::Ledger>>,
 }
 
 impl std::fmt::Debug for Engagements {
@@ -161,6 +164,7 @@ impl Engagements {
             seen: Mutex::new((seen, Vec::new())),
             dirty: AtomicBool::new(false),
             feedback: Default::default(),
+            ledger: None,
         })
     }
 
@@ -197,6 +201,9 @@ impl Engagements {
         };
         self.dirty.store(true, Ordering::Relaxed);
         crate::metrics::engagement(kind);
+        if unique_in_list.1 {
+            self.refresh_consent(&e, now);
+        }
         if let (Some(campaigns), Some(key), Some((first_of_kind, first_at_all))) =
             (&self.feedback.campaigns, &campaign_key, unique_in_campaign)
         {
@@ -224,6 +231,29 @@ impl Engagements {
             engagement: e,
             unique,
         })
+    }
+
+    /// Marks the recipient's consent to the list fresh, off the async threads (a ledger
+    /// write is fsynced).
+    fn refresh_consent(&self, e: &Engagement, now: u64) {
+        let Some(ledger) = self.ledger.clone() else {
+            return;
+        };
+        if e.list.is_empty() {
+            return;
+        }
+        let (account, list, address) = (e.account.clone(), e.list.clone(), e.address.clone());
+        let touch = move || {
+            if let Err(err) = ledger.touch(&account, &list, &address, now) {
+                tracing::error!(error = %err, "could not refresh a consent after an engagement");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(touch);
+            }
+            Err(_) => touch(),
+        }
     }
 
     /// Counts one engagement (`kind`: open or click) of the recipient tagged `tag` in the

@@ -34,6 +34,9 @@ const PEOPLE: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("peo
 /// Wording version → (account, list, source, statement, first used ms).
 type WordingValue<'a> = (&'a str, &'a str, &'a str, &'a str, u64);
 const WORDINGS: TableDefinition<&str, WordingValue> = TableDefinition::new("wordings");
+/// (account, list, consent fingerprint) → (fresh since ms: the grant, the last confirmation
+/// or engagement; re-permission asked ms, 0: never): how consent ages.
+const AGING: TableDefinition<RecordKey, (u64, u64)> = TableDefinition::new("aging");
 /// (account, list) → (records in force, withdrawn records kept).
 const COUNTS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("counts");
 
@@ -212,6 +215,7 @@ impl Ledger {
             txn.open_table(PEOPLE).map_err(store)?;
             txn.open_table(WORDINGS).map_err(store)?;
             txn.open_table(COUNTS).map_err(store)?;
+            txn.open_table(AGING).map_err(store)?;
         }
         txn.commit().map_err(|e| fail(&path, e.to_string()))?;
         Ok(Ledger { db, keys, secret })
@@ -257,6 +261,7 @@ impl Ledger {
             let mut records = txn.open_table(RECORDS).map_err(store)?;
             let mut people = txn.open_table(PEOPLE).map_err(store)?;
             let mut counts = txn.open_table(COUNTS).map_err(store)?;
+            let mut aging = txn.open_table(AGING).map_err(store)?;
             let (mut in_force, mut withdrawn) = counts
                 .get((account, list.id.as_str()))
                 .map_err(store)?
@@ -276,6 +281,7 @@ impl Ledger {
                 records
                     .insert(key, (time_ms, 0, "", sealed.as_slice()))
                     .map_err(store)?;
+                aging.insert(key, (time_ms, 0)).map_err(store)?;
                 people
                     .insert(
                         (self.person_fp(&g.proof.address), account, list.id.as_str()),
@@ -457,6 +463,7 @@ impl Ledger {
             let mut people = txn.open_table(PEOPLE).map_err(store)?;
             let mut records = txn.open_table(RECORDS).map_err(store)?;
             let mut counts = txn.open_table(COUNTS).map_err(store)?;
+            let mut aging = txn.open_table(AGING).map_err(store)?;
             let mut scopes: Vec<(String, String)> = Vec::new();
             for item in people.range((who, "", "")..).map_err(store)? {
                 let (k, _) = item.map_err(store)?;
@@ -475,6 +482,7 @@ impl Ledger {
                     list.as_str(),
                     self.consent_fp(account, list, address),
                 );
+                aging.remove(key).map_err(store)?;
                 let gone = records.remove(key).map_err(store)?.map(|g| g.value().1);
                 if let Some(withdrawn) = gone {
                     removed += 1;
@@ -495,6 +503,102 @@ impl Ledger {
         }
         txn.commit().map_err(store)?;
         Ok(removed)
+    }
+
+    /// Since when the consent of `address` to `list` is fresh (its grant, last
+    /// confirmation or engagement); `None`: no record in force.
+    pub fn fresh_since(
+        &self,
+        account: &str,
+        list: &str,
+        address: &str,
+    ) -> Result<Option<u64>, LedgerError> {
+        let txn = self.db.begin_read().map_err(store)?;
+        let aging = txn.open_table(AGING).map_err(store)?;
+        let key = (account, list, self.consent_fp(account, list, address));
+        Ok(aging.get(key).map_err(store)?.map(|g| g.value().0))
+    }
+
+    /// An engagement (an open, a click) keeps the consent of `address` to `list` fresh.
+    pub fn touch(
+        &self,
+        account: &str,
+        list: &str,
+        address: &str,
+        time_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let key = (account, list, self.consent_fp(account, list, address));
+        let txn = self.db.begin_write().map_err(store)?;
+        {
+            let mut aging = txn.open_table(AGING).map_err(store)?;
+            let current = aging.get(key).map_err(store)?.map(|g| g.value());
+            if let Some((fresh, asked)) = current
+                && fresh < time_ms
+            {
+                aging.insert(key, (time_ms, asked)).map_err(store)?;
+            }
+        }
+        txn.commit().map_err(store)
+    }
+
+    /// Up to `limit` addresses of `list` whose consent is in force, fresh only before
+    /// `cutoff_ms`, and not yet asked to stay since; each is marked asked (at `now_ms`)
+    /// in the same transaction, so each is asked once.
+    pub fn take_expired(
+        &self,
+        account: &str,
+        list: &str,
+        cutoff_ms: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<String>, u64), LedgerError> {
+        let txn = self.db.begin_write().map_err(store)?;
+        let mut taken = Vec::new();
+        let mut more = 0u64;
+        {
+            let records = txn.open_table(RECORDS).map_err(store)?;
+            let mut aging = txn.open_table(AGING).map_err(store)?;
+            let mut due: Vec<(u64, u64, String)> = Vec::new();
+            for item in aging.range((account, list, 0u64)..).map_err(store)? {
+                let (k, v) = item.map_err(store)?;
+                let (acc, l, fp) = k.value();
+                if acc != account || l != list {
+                    break;
+                }
+                let (fresh, asked) = v.value();
+                if fresh >= cutoff_ms || asked >= fresh {
+                    continue;
+                }
+                let Some(found) = records.get((acc, l, fp)).map_err(store)? else {
+                    continue;
+                };
+                let (_, withdrawn, _, sealed) = found.value();
+                if withdrawn != 0 {
+                    continue;
+                }
+                if due.len() >= limit {
+                    more += 1;
+                    continue;
+                }
+                let address = self
+                    .keys
+                    .open_bytes(PURPOSE, sealed)
+                    .ok()
+                    .and_then(|p| serde_json::from_slice::<Proof>(p.get(16..)?).ok())
+                    .map(|p| p.address);
+                if let Some(a) = address {
+                    due.push((fp, fresh, a));
+                }
+            }
+            for (fp, fresh, address) in due {
+                aging
+                    .insert((account, list, fp), (fresh, now_ms.max(fresh)))
+                    .map_err(store)?;
+                taken.push(address);
+            }
+        }
+        txn.commit().map_err(store)?;
+        Ok((taken, more))
     }
 
     /// Drops records withdrawn before `cutoff_ms` (retention); returns how many.
@@ -523,10 +627,11 @@ impl Ledger {
             let mut records = txn.open_table(RECORDS).map_err(store)?;
             let mut people = txn.open_table(PEOPLE).map_err(store)?;
             let mut counts = txn.open_table(COUNTS).map_err(store)?;
+            let mut aging = txn.open_table(AGING).map_err(store)?;
             for (account, list, fp, address) in &dropped {
-                records
-                    .remove((account.as_str(), list.as_str(), *fp))
-                    .map_err(store)?;
+                let key = (account.as_str(), list.as_str(), *fp);
+                records.remove(key).map_err(store)?;
+                aging.remove(key).map_err(store)?;
                 if let Some(a) = address {
                     people
                         .remove((self.person_fp(a), account.as_str(), list.as_str()))

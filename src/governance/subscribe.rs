@@ -33,6 +33,13 @@ use crate::policy::streams::OptIn;
 use crate::policy::{Account, MailingList};
 use crate::rewrite::token::{Confirm, TokenKeys};
 
+/// The re-permission message: one question to people whose consent aged.
+pub const REPERMISSION_SUBJECT: &str = "Do you want to keep receiving {list}?";
+pub const REPERMISSION_TEXT: &str = "You have been receiving {list} from {account} for a while. \
+We only write to people who still want our mail.\n\nTo keep receiving it, open this link \
+and press the button on the page:\n\n{confirm}\n\nIf you do nothing, we will stop sending it \
+to you. This is the only time we ask.";
+
 /// Addresses whose confirmation counts are remembered at most.
 const MAX_REMEMBERED: usize = 100_000;
 const DAY_MS: u64 = 86_400_000;
@@ -178,8 +185,40 @@ impl Subscriptions {
             reconfirm: !from_form && st.consent && !unsubscribed,
             address,
         };
-        let (envelope, content) = self.confirmation(acc, l, &confirm);
+        let (envelope, content) =
+            self.confirmation(acc, l, &confirm, &l.confirm_subject, &l.confirm_text);
         Ok(Asked::Confirmation(Box::new(envelope), content))
+    }
+
+    /// The re-permission message to `address` (normalised), whose consent to `list` aged:
+    /// one question, a link whose button keeps the consent (`How::Reconfirmed`). `None`
+    /// when the address may not get the account's mail at all any more.
+    pub fn repermission(
+        &self,
+        account: &str,
+        list: &str,
+        address: String,
+    ) -> Option<(Envelope, Vec<u8>)> {
+        let policy = self.consents.policy.load();
+        let acc = policy.account(account)?;
+        let l = acc.list(list)?;
+        let st = self.consents.lists.standing(account, Some(list), &address);
+        let unsubscribed = (st.list | st.account | st.global) & Reason::Unsubscribe.bit() != 0;
+        let blocked =
+            Reason::from_tags(st.global | st.account | st.list).any(Reason::stops_transactional);
+        if blocked || unsubscribed || !st.consent {
+            return None;
+        }
+        let confirm = Confirm {
+            account: account.to_string(),
+            list: list.to_string(),
+            asked_ms: crate::envelope::now_ms(),
+            ip: String::new(),
+            user_agent: String::new(),
+            reconfirm: true,
+            address,
+        };
+        Some(self.confirmation(acc, l, &confirm, REPERMISSION_SUBJECT, REPERMISSION_TEXT))
     }
 
     /// Counts one confirmation to `address` if it is under its daily limit.
@@ -225,7 +264,14 @@ impl Subscriptions {
 
     /// The confirmation message for `c`: from the account's contact address to the
     /// person, the list's subject and text with the link.
-    fn confirmation(&self, acc: &Account, l: &MailingList, c: &Confirm) -> (Envelope, Vec<u8>) {
+    fn confirmation(
+        &self,
+        acc: &Account,
+        l: &MailingList,
+        c: &Confirm,
+        subject: &str,
+        text: &str,
+    ) -> (Envelope, Vec<u8>) {
         let link = format!(
             "{}/s/confirm/{}",
             self.public_url,
@@ -241,16 +287,14 @@ impl Subscriptions {
             .contact_address
             .clone()
             .unwrap_or_else(|| format!("no-reply@{}", self.hostname));
-        let text = fill(&l.confirm_text)
-            .replace("\r\n", "\n")
-            .replace('\n', "\r\n");
+        let text = fill(text).replace("\r\n", "\n").replace('\n', "\r\n");
         let message = MessageBuilder::new()
             .from(Address::new_address(
                 Some(acc.sender.display_name.as_str()),
                 from,
             ))
             .to(Address::new_address(None::<&str>, c.address.clone()))
-            .subject(fill(&l.confirm_subject))
+            .subject(fill(subject))
             .date(Date::now())
             .message_id(format!(
                 "confirm.{:016x}@{}",

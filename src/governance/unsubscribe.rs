@@ -36,12 +36,40 @@ pub struct Unsubscribes {
     pub keys: Arc<TokenKeys>,
     pub policy: Arc<ArcSwap<Policy>>,
     pub events: Arc<EventLog>,
+    /// The consent ledger, whose records of the lists left are marked withdrawn.
+    pub ledger: Option<Arc<super::ledger::Ledger>>,
     /// Campaigns in their canary count the unsubscribes from their list, account health
     /// counts them, and the account's webhook is told.
     pub feedback: super::Feedback,
 }
 
 impl Unsubscribes {
+    /// Marks the consent records of the lists left withdrawn ("unsubscribe"); the
+    /// suppression is what stops the mail, so a failure here is only logged.
+    fn withdraw_records(
+        &self,
+        ledger: &super::ledger::Ledger,
+        u: &Unsubscribe,
+        whole_account: bool,
+        time_ms: u64,
+    ) {
+        let lists: Vec<String> = if whole_account {
+            let policy = self.policy.load();
+            policy
+                .account(&u.account)
+                .map(|a| a.lists.iter().map(|l| l.id.clone()).collect())
+                .unwrap_or_default()
+        } else {
+            vec![u.list.clone()]
+        };
+        let one = [u.address.clone()];
+        for list in lists {
+            if let Err(e) = ledger.withdraw(&u.account, &list, &one, "unsubscribe", time_ms) {
+                tracing::error!(error = %e, "could not mark a consent record withdrawn");
+            }
+        }
+    }
+
     /// Records one unsubscribe durably and in force at once (blocking: call from a
     /// blocking context). A repeat (the same link clicked again, a provider retrying its
     /// one-click POST) writes nothing: no journal record, metric, event or webhook.
@@ -86,6 +114,9 @@ impl Unsubscribes {
             return Err(e);
         }
         crate::metrics::unsubscribe_received(scope, via.as_str());
+        if let Some(ledger) = &self.ledger {
+            self.withdraw_records(ledger, u, whole_account, change.time_ms);
+        }
         if let Some(campaigns) = &self.feedback.campaigns {
             campaigns.unsubscribed(&u.account, &u.list);
         }

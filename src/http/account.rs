@@ -47,12 +47,15 @@ pub struct AccountApi {
     /// The event logs (`events/` beside the spool).
     pub events: std::path::PathBuf,
     pub config: AccountApiConfig,
+    /// Queues re-permission messages; `None`: not offered.
+    pub subscribe: Option<super::subscribe::Subscribe>,
 }
 
 pub fn router(api: AccountApi, json: BodyBound) -> Router {
     let bounded = Router::new()
         .route("/account", get(account_show))
         .route("/account/lists", get(lists))
+        .route("/account/lists/{list}/repermission", post(repermission))
         .route("/account/addresses/{address}", get(address_show))
         .route("/account/consent/grant", post(grant))
         .route("/account/consent/withdraw", post(withdraw))
@@ -186,6 +189,68 @@ async fn lists(State(api): State<AccountApi>, Extension(key): Extension<KeyInfo>
         })
         .collect();
     ok(json!({"account": acc.name, "lists": lists}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepermissionQuery {
+    limit: Option<usize>,
+}
+
+/// The most re-permission messages one call queues.
+const MAX_REPERMISSIONS: usize = 10_000;
+
+/// `POST /account/lists/{list}/repermission`: one message asking to stay to each address
+/// whose consent to the list aged past its `consent_max_age` and who was not asked since
+/// (at most `limit` per call; `remaining` says how many wait for the next call).
+async fn repermission(
+    State(api): State<AccountApi>,
+    Extension(key): Extension<KeyInfo>,
+    Path(list): Path<String>,
+    q: Result<axum::extract::Query<RepermissionQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let q = super::api::query(q)?;
+    let acc = account_of(&api, &key)?;
+    let l = acc
+        .list(&list)
+        .ok_or_else(|| not_found(format!("your account has no list {list:?}")))?;
+    let Some(max_age) = l.consent_max_age else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("list {list:?} has no consent_max_age: its consent does not age"),
+        ));
+    };
+    let Some(sub) = api.subscribe.clone() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "re-permission messages are not available".into(),
+        ));
+    };
+    let limit = q.limit.unwrap_or(1000).clamp(1, MAX_REPERMISSIONS);
+    let now = crate::envelope::now_ms();
+    let cutoff = now.saturating_sub(max_age.as_millis() as u64);
+    let ledger = api.consents.ledger.clone();
+    let (name, l) = (acc.name.clone(), list.clone());
+    let (due, remaining) =
+        tokio::task::spawn_blocking(move || ledger.take_expired(&name, &l, cutoff, now, limit))
+            .await
+            .map_err(|_| internal("the ledger task failed"))?
+            .map_err(|e| internal(e.to_string()))?;
+    let mut asked = 0u64;
+    for address in due {
+        let Some((envelope, content)) = sub.subscriptions.repermission(&acc.name, &list, address)
+        else {
+            continue;
+        };
+        if !super::subscribe::queue(&sub, envelope, content).await {
+            return Err(internal(format!(
+                "{asked} re-permission messages queued, then the spool refused one; call again"
+            )));
+        }
+        asked += 1;
+    }
+    tracing::info!(account = %acc.name, list = %list, asked, remaining, "re-permission messages queued");
+    ok(json!({"list": list, "asked": asked, "remaining": remaining}))
 }
 
 /// An address's standing with the account: per list its consent, suppressions and

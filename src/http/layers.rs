@@ -84,25 +84,35 @@ pub struct PageHeaders {
 impl PageHeaders {
     /// `style` is the pages' one inline style sheet: allowed by its hash, nothing else.
     pub fn new(style: &str, hsts: bool) -> PageHeaders {
-        let digest = ring::digest::digest(&ring::digest::SHA256, style.as_bytes());
-        let hash =
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest.as_ref());
-        let csp = format!(
-            "default-src 'none'; style-src 'sha256-{hash}'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'"
-        );
         PageHeaders {
-            csp: HeaderValue::from_str(&csp).expect("base64 is a valid header value"),
+            csp: content_policy(style, None),
             hsts,
         }
     }
+}
+
+/// The Content-Security-Policy of a page whose one inline style sheet is `style`, and
+/// that may show an image from `image_origin` (an `https://host` origin, checked by the
+/// policy file): nothing else loads, no script runs, forms post only to the listener.
+/// A page that sets its own (a sender's branded page) keeps it; others get the default.
+pub fn content_policy(style: &str, image_origin: Option<&str>) -> HeaderValue {
+    let digest = ring::digest::digest(&ring::digest::SHA256, style.as_bytes());
+    let hash = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest.as_ref());
+    let img = image_origin.map_or(String::new(), |o| format!("img-src {o}; "));
+    let csp = format!(
+        "default-src 'none'; style-src 'sha256-{hash}'; {img}form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'"
+    );
+    HeaderValue::from_str(&csp).unwrap_or_else(|_| content_policy(style, None))
 }
 
 pub async fn page_headers(State(h): State<PageHeaders>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.remove(header::SET_COOKIE);
-    headers.insert(header::CONTENT_SECURITY_POLICY, h.csp.clone());
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, h.csp.clone());
+    }
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,

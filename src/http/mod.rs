@@ -1,7 +1,8 @@
 //! The relay's two HTTP listeners.
 //!
 //! - The **public** one (`[http] listen`) serves what recipients reach from anywhere: the
-//!   unsubscribe endpoints ([`unsubscribe`]), the spam report form ([`complaint`]), the
+//!   unsubscribe endpoints ([`unsubscribe`]) and the recipient's page for a sender
+//!   ([`preferences`]), the spam report form ([`complaint`]), the
 //!   open pixel and click redirect of tracked mail ([`engagement`]) and `GET /healthz`;
 //!   the subscription forms and confirmation links ([`subscribe`]); and what the
 //!   accounts' own systems call with their keys ([`account`]). With `[http]
@@ -22,6 +23,7 @@ pub mod complaint;
 pub mod engagement;
 pub mod layers;
 pub mod listener;
+pub mod preferences;
 pub mod subscribe;
 pub mod unsubscribe;
 
@@ -172,7 +174,10 @@ pub fn public_router(
     let accounts = account.map_or_else(Router::new, |a| account::router(a, api_bound));
     let pages = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .merge(unsubscribe::router(unsubscribes))
+        .merge(unsubscribe::router(preferences::Pages {
+            unsubscribes,
+            subscribe: subscribe.clone(),
+        }))
         .merge(complaint::router(complaints))
         .merge(engagement::router(engagements))
         .merge(subscribe::router(subscribe))

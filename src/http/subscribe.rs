@@ -155,7 +155,11 @@ fn refused(e: Refused) -> Response {
 }
 
 /// Stores the confirmation message durably and hands it to delivery.
-async fn queue(st: &Subscribe, mut envelope: crate::envelope::Envelope, content: Vec<u8>) -> bool {
+pub(super) async fn queue(
+    st: &Subscribe,
+    mut envelope: crate::envelope::Envelope,
+    content: Vec<u8>,
+) -> bool {
     envelope.id = st.spool.next_id();
     let body = Bytes::from(content);
     match st.spool.store(&envelope, body.clone()).await {

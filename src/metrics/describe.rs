@@ -37,12 +37,14 @@ fn describe_sessions() {
     describe_counter!(
         POLICY_VERDICTS,
         "Consent and suppression verdicts, one per recipient decided, by reason (allowed, \
-         consent_missing, unsubscribed, bounced, complaint, blocked, frozen, content)."
+         consent_missing, consent_expired, unsubscribed, bounced, complaint, blocked, frozen, \
+         content)."
     );
     describe_counter!(
         RECIPIENTS_WITHHELD,
         "Recipients refused by the consent and suppression policy, by reason \
-         (consent_missing, unsubscribed_list, unsubscribed_all, bounced, complaint, blocked) \
+         (consent_missing, consent_expired, unsubscribed_list, unsubscribed_all, bounced, \
+         complaint, blocked) \
          and stage (rcpt, data)."
     );
 }

@@ -156,8 +156,8 @@ fn read_subscription(l: &mut Section<'_>) -> MailingList {
     let consent_max_age = l
         .get::<crate::config::units::HumanDuration>("consent_max_age")
         .map(|d| d.get());
-    if consent_max_age.is_some_and(|d| d < std::time::Duration::from_secs(86_400)) {
-        l.problem("consent_max_age", "at least a day (e.g. \"730d\")");
+    if consent_max_age.is_some_and(|d| d.is_zero()) {
+        l.problem("consent_max_age", "must be above zero (e.g. \"730d\")");
     }
     MailingList {
         subscribe,

@@ -143,7 +143,17 @@ impl Governance {
             webhooks: Some(webhooks.clone()),
         };
         let counts = Arc::new(AccountCounts::default());
+        let state_dir = config.spool.path.join("state");
+        let ledger =
+            crate::governance::ledger::Ledger::open(&state_dir, state.lists.secret().clone())
+                .map_err(|e| StartError::State(e.to_string()))?;
+        let consents = Arc::new(crate::governance::consents::Consents {
+            lists: state.lists.clone(),
+            ledger: Arc::new(ledger),
+            policy: policy.clone(),
+        });
         let unsubscribes = Arc::new(Unsubscribes {
+            ledger: Some(consents.ledger.clone()),
             lists: state.lists.clone(),
             keys: state.token_keys.clone(),
             policy: policy.clone(),
@@ -177,15 +187,7 @@ impl Governance {
         )
         .map_err(|e| StartError::State(e.to_string()))?;
         engagements.feedback = feedback.clone();
-        let state_dir = config.spool.path.join("state");
-        let ledger =
-            crate::governance::ledger::Ledger::open(&state_dir, state.lists.secret().clone())
-                .map_err(|e| StartError::State(e.to_string()))?;
-        let consents = Arc::new(crate::governance::consents::Consents {
-            lists: state.lists.clone(),
-            ledger: Arc::new(ledger),
-            policy: policy.clone(),
-        });
+        engagements.ledger = Some(consents.ledger.clone());
         let keys = crate::governance::account_keys::AccountKeys::open(
             &state_dir.join("account-keys.json"),
         )

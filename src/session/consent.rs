@@ -38,12 +38,48 @@ pub(super) fn check_rcpt(
     let standing = ctx
         .lists
         .standing(&account.name, list.map(|l| l.id.as_str()), &normalised);
-    decide_early(account.fixed_stream(), list.is_some(), &standing).map_err(|why| {
+    let early = decide_early(account.fixed_stream(), list.is_some(), &standing).and_then(|()| {
+        let pinned = account.fixed_stream() == Some(Stream::Marketing);
+        match list {
+            Some(l) if pinned && aged(ctx, &account.name, &l.id, &normalised) => {
+                Err(Withheld::ConsentExpired)
+            }
+            _ => Ok(()),
+        }
+    });
+    early.map_err(|why| {
         crate::metrics::recipient_withheld(why.label(), "rcpt");
         crate::metrics::policy_verdict(Some(why));
         log_suppressed(ctx, &account.name, to.as_str(), why);
         Refusal::RecipientWithheld(to.to_string(), why)
     })
+}
+
+/// Whether the consent of `normalised` to `list` is older than the list's
+/// `consent_max_age` (since its grant, last confirmation or engagement). A consent the
+/// ledger has no record of (imported by the operator) does not age.
+fn aged(ctx: &SessionContext, account: &str, list: &str, normalised: &str) -> bool {
+    let Some(ledger) = &ctx.ledger else {
+        return false;
+    };
+    let policy = ctx.policy.load();
+    let Some(max) = policy
+        .account(account)
+        .and_then(|a| a.list(list))
+        .and_then(|l| l.consent_max_age)
+    else {
+        return false;
+    };
+    match ledger.fresh_since(account, list, normalised) {
+        Ok(Some(fresh)) => {
+            u128::from(crate::envelope::now_ms().saturating_sub(fresh)) > max.as_millis()
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::error!(error = %e, "consent ledger unreadable; consent taken as fresh");
+            false
+        }
+    }
 }
 
 fn log_suppressed(ctx: &SessionContext, account: &str, address: &str, why: Withheld) {
@@ -187,7 +223,13 @@ pub(super) fn verdicts(
             let standing = ctx
                 .lists
                 .standing(account, class.list.as_deref(), &normalised);
-            let why = decide(class.stream, &standing).err();
+            let why = decide(class.stream, &standing).err().or_else(|| {
+                let list = class
+                    .list
+                    .as_deref()
+                    .filter(|_| class.stream == Stream::Marketing)?;
+                aged(ctx, account, list, &normalised).then_some(Withheld::ConsentExpired)
+            });
             if let Some(w) = why {
                 crate::metrics::recipient_withheld(w.label(), "data");
                 log_suppressed(ctx, account, to.as_str(), w);

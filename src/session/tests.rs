@@ -60,6 +60,7 @@ fn harness_with(smtp_toml: &str, policy_toml: &str, tls: bool) -> Harness {
         smtp: config.smtp,
         policy: Arc::new(ArcSwap::from_pointee(policy)),
         lists: Arc::new(crate::consent::Lists::open(&dir.path().join("lists"), 24).unwrap()),
+        ledger: None,
         own_domain: "relay.test".into(),
         unsubscribes: None,
         complaints: None,

@@ -45,6 +45,15 @@
 #  11. each relay's /metrics passes `promtool check metrics`; a real Prometheus (on a free
 #      port, its TSDB in the work directory) scrapes the loopback relay every second until
 #      up{job="optin-relay"} is 1 and optin_messages_accepted_total is positive, then stops
+#  12. news: a second list "The Daily" by policy reload and `lists grant --list daily`; headless
+#      Chromium with JavaScript disabled (browser_preferences.py) opens the same link's
+#      preference page: lang, one h1, a fieldset with a legend, a label per checkbox, The
+#      Weekly unchecked (left), The Daily checked; clicking The Daily's label and "Save my
+#      choices" POSTs /preferences ("You left The Daily"), the page then shows it unchecked;
+#      "I unsubscribed from The Weekly by mistake" POSTs /resubscribe ("Please check your
+#      inbox"), and the confirmation message reaches the sink
+#  13. the account API with 1 000 000 addresses: `account key create`, a CSV upload streamed
+#      with curl, the job polled to done, the relay's resident memory before and after
 # Prints one PASS:/FAIL: line per check, exits 1 if any check failed. Every process it
 # starts is stopped on exit. Set INTEROP_KEEP=1 to keep the work directory (it is kept
 # anyway when a check failed), INTEROP_VERBOSE=1 to see each check's output on PASS too.
@@ -533,6 +542,78 @@ news_metric() {
     [[ $value == "$1" ]]
 }
 
+# The recipient's preference page in Chromium with JavaScript off. The news account gets a
+# second list by a policy reload (with two lists, consent is no longer decided at RCPT, so
+# this comes after the checks that rely on that), the reader is granted it, and the page of
+# the message's link (the reader left "The Weekly" in browser_unsubscribe) is clicked
+# through: uncheck "The Daily" and save, then "I unsubscribed by mistake", whose
+# confirmation message must reach the sink.
+browser_preferences() {
+    [[ -n $NEWS_UNSUBSCRIBE_URL ]] ||
+        { echo "no unsubscribe link: the delivery check did not pass"; return 1; }
+    local config="$WORK/news/relay.toml" rc
+    printf '\n[accounts.news.lists.daily]\nname = "The Daily"\nconsent_statement = "%s"\n' \
+        'You receive {list} because you subscribed. Unsubscribe: {unsubscribe}' \
+        >>"$WORK/news/policy.toml"
+    "$BIN" --config "$config" policy reload || return 1
+    "$BIN" --config "$config" lists grant "$NEWS_READER" --account news --list daily |
+        grep -qF "in force now" || return 1
+    start_chromium || return 1
+    "$PY" "$HERE/browser_preferences.py" "$CDP_PORT" "$NEWS_UNSUBSCRIBE_URL" \
+        "$NEWS_LIST_NAME" "The Daily"
+    rc=$?
+    stop_chromium || rc=1
+    ((rc == 0)) || return 1
+    poll 10 grep -rqF "Please confirm your subscription to $NEWS_LIST_NAME" "$WORK/news-sink" ||
+        { echo "no confirmation message for $NEWS_LIST_NAME reached the sink"; return 1; }
+    echo "the confirmation message for $NEWS_LIST_NAME reached the sink"
+}
+
+# The account API at scale: a key made with the CLI, a CSV of 1 000 000 addresses uploaded
+# (streamed from disk), the job polled to done, every address counted on its list, and the
+# relay's resident memory (VmRSS, VmHWM from /proc) before and after, printed for the note.
+BULK_ADDRESSES=1000000
+account_bulk_upload() {
+    local config="$WORK/news/relay.toml" key out job started rss0 hwm0 rss1 hwm1 state
+    local pid=$PID_relay_news
+    key=$("$BIN" --config "$config" account key create news --label interop |
+        sed -n 's/^ *\(ork_[0-9a-f]*_[A-Za-z0-9_-]*\) *$/\1/p')
+    [[ -n $key ]] || { echo "account key create printed no key"; return 1; }
+    "$PY" -c '
+import sys
+out = sys.stdout
+out.write("name,email\n")
+for i in range(int(sys.argv[1])):
+    out.write(f"Reader {i},bulk{i}@example.org\n")
+' "$BULK_ADDRESSES" >"$WORK/bulk.csv"
+    rss0=$(awk '/^VmRSS/{print $2}' "/proc/$pid/status")
+    hwm0=$(awk '/^VmHWM/{print $2}' "/proc/$pid/status")
+    echo "file: $(stat -c %s "$WORK/bulk.csv") octets, $BULK_ADDRESSES addresses"
+    echo "relay before: VmRSS ${rss0} kB, VmHWM ${hwm0} kB"
+    started=$SECONDS
+    out=$("$PY" "$HERE/util.py" upload "$NEWS_URL/account/consent/upload?list=weekly&name=bulk.csv" \
+        "$key" "$WORK/bulk.csv") || { echo "upload refused: $out"; return 1; }
+    job=$(sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p' <<<"$out")
+    [[ -n $job ]] || { echo "no job id in $out"; return 1; }
+    echo "uploaded in $((SECONDS - started)) s; job $job"
+    job_done() {
+        out=$("$PY" "$HERE/util.py" get-auth "$NEWS_URL/account/jobs/$job" "$key") || return 1
+        state=$(sed -n 's/.*"state":"\([a-z]*\)".*/\1/p' <<<"$out")
+        [[ $state == done || $state == failed ]]
+    }
+    poll 900 job_done || { echo "the job did not finish: $out"; return 1; }
+    echo "job $state after $((SECONDS - started)) s: $out"
+    [[ $state == done && $out == *"\"changed\":$BULK_ADDRESSES,"* ]] || return 1
+    rss1=$(awk '/^VmRSS/{print $2}' "/proc/$pid/status")
+    hwm1=$(awk '/^VmHWM/{print $2}' "/proc/$pid/status")
+    echo "relay after: VmRSS ${rss1} kB, VmHWM ${hwm1} kB (peak grew by $((hwm1 - hwm0)) kB)"
+    out=$("$PY" "$HERE/util.py" get-auth "$NEWS_URL/account/lists" "$key") || return 1
+    echo "lists: $out"
+    [[ $out == *"\"consents\":$BULK_ADDRESSES"* || $out == *"\"consents\":$((BULK_ADDRESSES + 1))"* ]] ||
+        { echo "the list does not count $BULK_ADDRESSES consents"; return 1; }
+    rm -f "$WORK/bulk.csv"
+}
+
 news_unsubscribe_metrics() {
     local ok=0
     news_metric 1 optin_unsubscribes_total scope=list || ok=1
@@ -761,6 +842,10 @@ main() {
     check "promtool check metrics: news relay /metrics" promtool_check news "$NEWS_OPS"
     check "prometheus scrapes the loopback relay every 1s: up == 1, optin_messages_accepted_total > 0" \
         prometheus_scrapes
+    check "news: headless Chromium, JavaScript off, on the preference page: lists as labelled checkboxes, \"Save my choices\" leaves The Daily, \"I unsubscribed by mistake\" sends a confirmation message" \
+        browser_preferences
+    check "news: account API: $BULK_ADDRESSES addresses in one CSV upload, applied by a job; memory before and after" \
+        account_bulk_upload
     check "SIGTERM: auth relay exits 0 within 10s" sigterm_exits_zero auth
     check "SIGTERM: loopback relay exits 0 within 10s" sigterm_exits_zero local
     check "SIGTERM: news relay exits 0 within 10s" sigterm_exits_zero news

@@ -7,6 +7,12 @@
                              GET a Prometheus text page and print the sum of every
                              sample of NAME (optionally only those with LABEL="VALUE");
                              prints "absent" and exits 1 when there is no such sample
+  util.py upload URL TOKEN FILE
+                             POST FILE (streamed from disk, text/csv) to URL with
+                             Authorization: Bearer TOKEN; print the body; exit 1 unless
+                             the status is 2xx
+  util.py get-auth URL TOKEN GET URL with the bearer token; print the body; exit 1
+                             unless the status is 200
   util.py prom-query URL QUERY
                              ask the Prometheus server at URL (its /api/v1/query) for
                              QUERY; print the value of each series of the answer, one per
@@ -38,6 +44,32 @@ def get(url):
     # No proxy: an http_proxy in the environment must not capture 127.0.0.1.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=10) as r:
+        return r.status, r.read().decode("utf-8", "replace")
+
+
+def upload(url, token, path):
+    import os
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with open(path, "rb") as f:
+        req = urllib.request.Request(
+            url,
+            data=f,
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "text/csv",
+                "Content-Length": str(os.path.getsize(path)),
+            },
+        )
+        with opener.open(req, timeout=600) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+
+
+def get_auth(url, token):
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with opener.open(req, timeout=30) as r:
         return r.status, r.read().decode("utf-8", "replace")
 
 
@@ -86,6 +118,20 @@ def main():
             print("absent")
             sys.exit(1)
         print(int(total) if total == int(total) else total)
+    elif len(args) == 4 and args[0] == "upload":
+        try:
+            status, body = upload(args[1], args[2], args[3])
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read().decode("utf-8", "replace")
+        print(body)
+        sys.exit(0 if 200 <= status < 300 else 1)
+    elif len(args) == 3 and args[0] == "get-auth":
+        try:
+            status, body = get_auth(args[1], args[2])
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read().decode("utf-8", "replace")
+        print(body)
+        sys.exit(0 if status == 200 else 1)
     elif len(args) == 3 and args[0] == "prom-query":
         values = prom_query(args[1], args[2])
         if not values:

@@ -115,7 +115,8 @@ async fn every_account_route_needs_a_key_of_its_own_account_and_matches_the_open
             let concrete = path
                 .replace("{id}", "0000000000000000")
                 .replace("{address}", "someone%40example.net")
-                .replace("{kind}", "unsubscribes");
+                .replace("{kind}", "unsubscribes")
+                .replace("{list}", "deals");
             let body = (method == "POST").then(|| json!({"address": "someone@example.net"}));
             for key in [None, Some(gone_key.as_str()), Some("ork_000000000000_x")] {
                 let answer = shop.call_as(key, &method, &concrete, body.clone()).await;
@@ -125,6 +126,7 @@ async fn every_account_route_needs_a_key_of_its_own_account_and_matches_the_open
             let answer = shop
                 .call_as(Some(&shop_key), &method, &concrete, body)
                 .await;
+            // An unknown job is a 404, a list whose consent does not age a 409.
             assert!(
                 ![401, 404, 405].contains(&answer.status) || concrete.contains("/jobs/"),
                 "{method} {path}: {} {}",

@@ -28,6 +28,7 @@ mod memory;
 mod metrics;
 mod mta_sts;
 mod outbound_tls;
+mod preferences;
 mod privacy;
 mod reload;
 mod retry;

@@ -43,6 +43,13 @@ fn accounts() -> String {
             ],
         )
         .list("vip", SIGNED_UP)
+        .list_toml(
+            "club",
+            &[
+                ("consent_statement", &format!("\"{SIGNED_UP}\"")),
+                ("consent_max_age", "\"2s\""),
+            ],
+        )
         .set("default_list", "\"deals\"");
     policy(&[shop], "")
 }
@@ -343,4 +350,76 @@ async fn a_fresh_confirmation_lifts_an_unsubscribe_and_an_old_link_expires() {
     assert_eq!(s.get(&link).await.status, 410);
     assert_eq!(s.post(&link, "confirm=yes").await.status, 410);
     assert!(!s.consent("deals", "ivy@example.net").await);
+}
+
+#[tokio::test]
+async fn aged_consent_stops_marketing_until_the_person_asks_to_stay() {
+    let s = setup("").await;
+    let (status, v) = s
+        .admin
+        .post(
+            "/admin/consent/grant",
+            json!({"address": "jo@example.net", "account": "shop", "list": "club"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // Consent imported by the operator straight into the journal has no record: it does
+    // not age.
+    crate::support::grant(&s.run.relay, "shop", "club", "kim@example.net");
+    assert!(
+        s.marketing("club", "jo@example.net")
+            .await
+            .starts_with("250")
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refused = s.marketing("club", "jo@example.net").await;
+    assert!(
+        refused.contains("consent older than this list allows"),
+        "{refused}"
+    );
+    assert!(
+        s.marketing("club", "kim@example.net")
+            .await
+            .starts_with("250")
+    );
+
+    // The account asks those whose consent aged, once.
+    let (_, key) = s.admin.post("/admin/accounts/shop/keys", json!({})).await;
+    let api = Admin::new(s.web, key["key"].as_str().unwrap());
+    let (status, v) = api
+        .post("/account/lists/club/repermission", json!({}))
+        .await;
+    assert_eq!((status, v["asked"].clone()), (200, json!(1)), "{v}");
+    let (_, v) = api
+        .post("/account/lists/club/repermission", json!({}))
+        .await;
+    assert_eq!(v["asked"], 0, "asked once: {v}");
+    let (status, _) = api
+        .post("/account/lists/deals/repermission", json!({}))
+        .await;
+    assert_eq!(status, 409, "a list without consent_max_age");
+    let delivered = s.run.mx.wait_for(3, WAIT).await;
+    let question = delivered
+        .iter()
+        .find(|d| d.text().contains("Do you want to keep receiving club?"))
+        .expect("a re-permission message");
+    assert_eq!(question.rcpt_to, ["jo@example.net"]);
+    let link = confirm_path(&question.text());
+    let page = s.get(&link).await;
+    assert!(
+        page.body.contains("Keep receiving <strong>club</strong>"),
+        "{}",
+        page.body
+    );
+    assert_eq!(s.post(&link, "confirm=yes").await.status, 200);
+    assert!(
+        s.marketing("club", "jo@example.net")
+            .await
+            .starts_with("250")
+    );
+    let (_, record) = s
+        .admin
+        .get("/admin/consent/shop/club/jo%40example.net")
+        .await;
+    assert_eq!(record["how"], "reconfirmed", "{record}");
 }

@@ -155,3 +155,41 @@ fn withdrawn_records_age_out_and_records_in_force_stay() {
     // The person index went with it: erasing now finds nothing more to remove.
     assert_eq!(l.erase("old@x.org").unwrap(), 0);
 }
+
+#[test]
+fn consent_ages_from_its_last_confirmation_or_engagement_and_is_asked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger(dir.path());
+    let news = list("news", "s");
+    for a in ["old@x.org", "clicked@x.org", "new@x.org", "left@x.org"] {
+        grant(&l, &news, a, How::Api, 1_000);
+    }
+    grant(&l, &news, "new@x.org", How::Reconfirmed, 50_000);
+    l.touch("shop", "news", "clicked@x.org", 60_000).unwrap();
+    l.touch("shop", "news", "nobody@x.org", 60_000).unwrap();
+    l.withdraw("shop", "news", &["left@x.org".into()], "api", 2_000)
+        .unwrap();
+    assert_eq!(
+        l.fresh_since("shop", "news", "old@x.org").unwrap(),
+        Some(1_000)
+    );
+    assert_eq!(
+        l.fresh_since("shop", "news", "clicked@x.org").unwrap(),
+        Some(60_000)
+    );
+    assert_eq!(l.fresh_since("shop", "news", "nobody@x.org").unwrap(), None);
+    // Fresh before 10 000: only the one neither reconfirmed, clicked nor withdrawn.
+    let (due, more) = l.take_expired("shop", "news", 10_000, 70_000, 10).unwrap();
+    assert_eq!((due, more), (vec!["old@x.org".to_string()], 0));
+    // Asked once: not again, until its consent is fresh and ages once more.
+    let (due, _) = l.take_expired("shop", "news", 10_000, 71_000, 10).unwrap();
+    assert!(due.is_empty());
+    grant(&l, &news, "old@x.org", How::Reconfirmed, 80_000);
+    let (due, _) = l.take_expired("shop", "news", 90_000, 95_000, 10).unwrap();
+    assert_eq!(due.len(), 3, "{due:?}");
+    // A limit leaves the rest for the next call.
+    grant(&l, &news, "a@x.org", How::Api, 1);
+    grant(&l, &news, "b@x.org", How::Api, 1);
+    let (due, more) = l.take_expired("shop", "news", 90_000, 96_000, 1).unwrap();
+    assert_eq!((due.len(), more), (1, 1));
+}
