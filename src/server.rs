@@ -162,61 +162,13 @@ impl Relay {
             config.privacy.consent_record_days,
             stop_accepting.clone(),
         );
-        let admin = match config.admin.listen {
-            Some(_) => Some(crate::http::admin::Admin {
-                token: crate::http::admin::token(&config.admin, true)
-                    .map_err(StartError::State)?
-                    .into(),
-                delivery: delivery.clone(),
-                spool: state.spool.clone(),
-                lists: state.lists.clone(),
-                freezes: state.freezes.clone(),
-                campaigns: state.campaigns.clone(),
-                policy: policy.clone(),
-                reloader: reloader.clone(),
-                counts: gov.counts.clone(),
-                keys: gov.keys.clone(),
-                consents: gov.consents.clone(),
-                history: config
-                    .delivery
-                    .log
-                    .clone()
-                    .map(|p| (p, config.privacy.delivery_log_days)),
-            }),
-            None => None,
-        };
         for warning in config.warnings() {
             tracing::warn!("config: {warning}");
         }
-        let subscribe = crate::http::subscribe::Subscribe {
-            subscriptions: gov.subscriptions.clone(),
-            spool: state.spool.clone(),
-            intake: Arc::new(delivery.clone()),
-        };
-        let http = crate::http::start(
-            &config,
-            crate::http::Services {
-                metrics,
-                unsubscribes: gov.unsubscribes.clone(),
-                complaints: gov.complaints.clone(),
-                engagements: Some(gov.engagements.clone()),
-                admin,
-                account: config
-                    .account_api
-                    .enabled
-                    .then(|| crate::http::account::AccountApi {
-                        keys: gov.keys.clone(),
-                        consents: gov.consents.clone(),
-                        uploads: gov.uploads.clone(),
-                        events: config.spool.path.join("events"),
-                        config: config.account_api,
-                        subscribe: Some(subscribe.clone()),
-                    }),
-                subscribe: Some(subscribe),
-            },
-            stop_accepting.clone(),
-        )
-        .await?;
+        let services = http_services(
+            &config, &state, &gov, &policy, &reloader, &delivery, metrics,
+        )?;
+        let http = crate::http::start(&config, services, stop_accepting.clone()).await?;
         let stop_watching = CancellationToken::new();
         let watcher = (config.policy.path.is_some() && !config.policy.watch_interval.is_zero())
             .then(|| {
@@ -303,6 +255,65 @@ fn delivery_settings(
         &config.unsubscribe,
     )));
     settings
+}
+
+/// What the HTTP listeners serve: the public pages, the account API, the admin API.
+fn http_services(
+    config: &Config,
+    state: &State,
+    gov: &Governance,
+    policy: &Arc<ArcSwap<Policy>>,
+    reloader: &Arc<PolicyReloader>,
+    delivery: &Delivery,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<crate::http::Services, StartError> {
+    let admin = match config.admin.listen {
+        Some(_) => Some(crate::http::admin::Admin {
+            token: crate::http::admin::token(&config.admin, true)
+                .map_err(StartError::State)?
+                .into(),
+            delivery: delivery.clone(),
+            spool: state.spool.clone(),
+            lists: state.lists.clone(),
+            freezes: state.freezes.clone(),
+            campaigns: state.campaigns.clone(),
+            policy: policy.clone(),
+            reloader: reloader.clone(),
+            counts: gov.counts.clone(),
+            keys: gov.keys.clone(),
+            consents: gov.consents.clone(),
+            history: config
+                .delivery
+                .log
+                .clone()
+                .map(|p| (p, config.privacy.delivery_log_days)),
+        }),
+        None => None,
+    };
+    let subscribe = crate::http::subscribe::Subscribe {
+        subscriptions: gov.subscriptions.clone(),
+        spool: state.spool.clone(),
+        intake: Arc::new(delivery.clone()),
+    };
+    Ok(crate::http::Services {
+        metrics,
+        unsubscribes: gov.unsubscribes.clone(),
+        complaints: gov.complaints.clone(),
+        engagements: Some(gov.engagements.clone()),
+        admin,
+        account: config
+            .account_api
+            .enabled
+            .then(|| crate::http::account::AccountApi {
+                keys: gov.keys.clone(),
+                consents: gov.consents.clone(),
+                uploads: gov.uploads.clone(),
+                events: config.spool.path.join("events"),
+                config: config.account_api,
+                subscribe: Some(subscribe.clone()),
+            }),
+        subscribe: Some(subscribe),
+    })
 }
 
 /// What every SMTP session shares.

@@ -403,10 +403,8 @@ impl Ledger {
             (&'static str, &'static str, &'static str, &'static str, u64),
         >,
     ) -> Option<Record> {
-        let plain = self.keys.open_bytes(PURPOSE, sealed).ok()?;
-        let (version, json) = plain.split_at_checked(16)?;
-        let proof: Proof = serde_json::from_slice(json).ok()?;
-        let version = std::str::from_utf8(version).ok()?;
+        let (version, proof) = self.unseal(sealed)?;
+        let version = version.as_str();
         let wording = wordings.get(version).ok().flatten().map(|g| {
             let (_, _, source, statement, first) = g.value();
             Wording {
@@ -425,6 +423,16 @@ impl Ledger {
             proof,
             wording,
         })
+    }
+
+    /// The wording version and the proof a record's sealed part holds.
+    fn unseal(&self, sealed: &[u8]) -> Option<(String, Proof)> {
+        let plain = self.keys.open_bytes(PURPOSE, sealed).ok()?;
+        let (version, json) = plain.split_at_checked(16)?;
+        Some((
+            String::from_utf8(version.to_vec()).ok()?,
+            serde_json::from_slice(json).ok()?,
+        ))
     }
 
     fn seal(&self, proof: &Proof, version: &str) -> Vec<u8> {
@@ -580,12 +588,7 @@ impl Ledger {
                     more += 1;
                     continue;
                 }
-                let address = self
-                    .keys
-                    .open_bytes(PURPOSE, sealed)
-                    .ok()
-                    .and_then(|p| serde_json::from_slice::<Proof>(p.get(16..)?).ok())
-                    .map(|p| p.address);
+                let address = self.unseal(sealed).map(|(_, p)| p.address);
                 if let Some(a) = address {
                     due.push((fp, fresh, a));
                 }
@@ -613,12 +616,7 @@ impl Ledger {
                 let (_, withdrawn, _, sealed) = v.value();
                 if withdrawn != 0 && withdrawn < cutoff_ms {
                     // The person's index entry goes too (its key needs the address).
-                    let address = self
-                        .keys
-                        .open_bytes(PURPOSE, sealed)
-                        .ok()
-                        .and_then(|p| serde_json::from_slice::<Proof>(p.get(16..)?).ok())
-                        .map(|p| p.address);
+                    let address = self.unseal(sealed).map(|(_, p)| p.address);
                     dropped.push((account.to_string(), list.to_string(), fp, address));
                 }
             }

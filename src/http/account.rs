@@ -21,7 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -85,14 +85,9 @@ async fn authorise(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
     let key = api
         .keys
-        .authenticate(given.trim())
+        .authenticate(super::api::bearer(&headers))
         .filter(|k| api.consents.policy.load().account(&k.account).is_some());
     let Some(key) = key else {
         crate::metrics::account_api_refused();

@@ -166,11 +166,7 @@ async fn authorise(
     request: Request,
     next: Next,
 ) -> Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = super::api::bearer(&headers);
     // blake3::Hash compares in constant time; hashing first hides the length too.
     let same = blake3::hash(given.as_bytes()) == blake3::hash(admin.token.as_bytes());
     if !same {

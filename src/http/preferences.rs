@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Extension, Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::listener::Client;
-use super::subscribe::Subscribe;
+use super::subscribe::{Subscribe, agent};
 use super::unsubscribe::{bad_token, branded, names, try_again};
 use crate::consent::{Reason, Standing};
 use crate::governance::subscribe::Asked;
@@ -169,14 +169,6 @@ pub(super) async fn page(State(st): State<Pages>, UrlPath(token): UrlPath<String
         &body,
         acc.map(|a| &a.sender),
     )
-}
-
-fn agent(headers: &HeaderMap) -> String {
-    headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| crate::rewrite::token::truncate(v, 200).to_string())
-        .unwrap_or_default()
 }
 
 /// Asks for a fresh confirmation of `list` for the token's address; true when a message

@@ -47,7 +47,8 @@ pub(super) fn field(body: &[u8], name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn agent(headers: &HeaderMap) -> String {
+/// The request's user agent, at most 200 octets (for a proof record).
+pub(super) fn agent(headers: &HeaderMap) -> String {
     headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
