@@ -499,7 +499,7 @@ pub fn return_path_too_long() {
 /// An open or a click was recorded (`kind` `open` or `click`).
 /// Consents granted or withdrawn by the accounts' paths (`crate::governance::consents`),
 /// by action (grant, withdraw) and how (api, upload, form, double_opt_in, operator,
-/// reconfirmed, preference_page).
+/// reconfirmed).
 pub fn consent_changes(action: &'static str, how: &'static str, n: u64) {
     counter!(CONSENT_CHANGES, "action" => action, "how" => how).increment(n);
 }

@@ -271,33 +271,20 @@ impl Uploads {
     }
 
     fn apply(&self, job: &Job, file: std::fs::File) -> Result<(), String> {
-        let mut lines = Lines::new(BufReader::with_capacity(64 << 10, file));
-        let mut column: Option<usize> = None;
+        let reader = BufReader::with_capacity(64 << 10, file);
         let mut batch: Vec<String> = Vec::with_capacity(BATCH);
         let mut counts = (0u64, 0u64, Vec::new());
-        let mut n = 0u64;
-        while let Some(line) = lines.next_line().map_err(|e| e.to_string())? {
-            n += 1;
-            let found = match line {
-                Line::TooLong => Err(format!("longer than {MAX_LINE} octets")),
-                Line::Text(text) => match job.format {
-                    Format::Csv => csv_address(&text, n == 1, &mut column),
-                    Format::Jsonl => jsonl_address(&text),
-                },
-            };
+        let lines = read_addresses(reader, job.format, |n, found| {
             match found {
-                Ok(None) => {}
-                Ok(Some(address)) => match crate::consent::key::normalise(&address) {
-                    Ok(a) => batch.push(a),
-                    Err(e) => refuse(&mut counts, n, &e.to_string()),
-                },
+                Ok(address) => batch.push(address),
                 Err(why) => refuse(&mut counts, n, &why),
             }
             if batch.len() >= BATCH {
                 self.flush(job, &mut batch, &mut counts, n)?;
             }
-        }
-        self.flush(job, &mut batch, &mut counts, n)
+            Ok(())
+        })?;
+        self.flush(job, &mut batch, &mut counts, lines)
     }
 
     /// Applies one batch and publishes the progress.
@@ -339,6 +326,37 @@ impl Uploads {
         });
         Ok(())
     }
+}
+
+/// Reads the addresses of an uploaded file, holding one line at a time: calls `each` with
+/// the number of every line that names an address and the address (normalised) or why the
+/// line is refused (never the address itself); blank lines and a CSV header are skipped.
+/// Stops at the first error `each` returns; returns the number of lines read.
+pub fn read_addresses<R: BufRead>(
+    reader: R,
+    format: Format,
+    mut each: impl FnMut(u64, Result<String, String>) -> Result<(), String>,
+) -> Result<u64, String> {
+    let mut lines = Lines::new(reader);
+    let mut column: Option<usize> = None;
+    let mut n = 0u64;
+    while let Some(line) = lines.next_line().map_err(|e| e.to_string())? {
+        n += 1;
+        let found = match line {
+            Line::TooLong => Err(format!("longer than {MAX_LINE} octets")),
+            Line::Text(text) => match format {
+                Format::Csv => csv_address(&text, n == 1, &mut column),
+                Format::Jsonl => jsonl_address(&text),
+            },
+        };
+        let address = match found {
+            Ok(None) => continue,
+            Ok(Some(a)) => crate::consent::key::normalise(&a).map_err(|e| e.to_string()),
+            Err(why) => Err(why),
+        };
+        each(n, address)?;
+    }
+    Ok(n)
 }
 
 fn state_name(s: State) -> &'static str {
@@ -471,6 +489,81 @@ impl<R: BufRead> Lines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn consents(dir: &Path) -> Arc<Consents> {
+        let policy = crate::policy::Policy::from_toml(
+            "p",
+            "[accounts.shop]\nstreams = [\"marketing\"]\nfrom_domains = [\"shop.example\"]\n\
+             contact_address = \"a@shop.example\"\npostal_address = \"1 Main St\"\n\
+             [accounts.shop.lists.news]\nconsent_statement = \"s\"\n",
+        )
+        .unwrap();
+        let lists = Arc::new(crate::consent::Lists::open(&dir.join("lists"), 24).unwrap());
+        let ledger =
+            super::super::ledger::Ledger::open(&dir.join("state"), lists.secret().clone()).unwrap();
+        Arc::new(Consents {
+            lists,
+            ledger: Arc::new(ledger),
+            policy: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+        })
+    }
+
+    #[test]
+    fn a_job_cut_off_by_a_restart_runs_again_and_its_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = consents(dir.path());
+        let uploads_dir = dir.path().join("state/uploads");
+        {
+            let uploads = Uploads::open(&uploads_dir, c.clone()).unwrap();
+            let id = Uploads::new_id();
+            std::fs::write(uploads.data_path(&id), "a@x.org\nnot an address\nb@x.org\n").unwrap();
+            let mut job = Job {
+                id,
+                account: "shop".into(),
+                list: "news".into(),
+                action: Action::Grant,
+                format: Format::Csv,
+                name: "f.csv".into(),
+                key_id: "k".into(),
+                bytes: 30,
+                created_ms: 1,
+                state: State::Queued,
+                lines: 0,
+                changed: 0,
+                refused: 0,
+                refusals: Vec::new(),
+                error: None,
+                finished_ms: None,
+            };
+            uploads.submit(job.clone()).unwrap();
+            // As if the relay stopped mid-run: the description says running.
+            job.state = State::Running;
+            uploads.save(&job).unwrap();
+        }
+        let uploads = Uploads::open(&uploads_dir, c.clone()).unwrap();
+        let queued = uploads
+            .queue
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("queued again");
+        assert_eq!(uploads.get("shop", &queued).unwrap().state, State::Queued);
+        uploads.run(&queued);
+        let job = uploads.get("shop", &queued).unwrap();
+        assert_eq!((job.state, job.changed, job.refused), (State::Done, 2, 1));
+        assert!(
+            job.refusals[0].starts_with("line 2: "),
+            "{:?}",
+            job.refusals
+        );
+        assert!(!uploads.data_path(&queued).exists());
+        assert!(c.lists.standing("shop", Some("news"), "b@x.org").consent);
+        // Finished, it stays listed after another restart, and is not run again.
+        let again = Uploads::open(&uploads_dir, c).unwrap();
+        assert!(again.queue.lock().unwrap().is_empty());
+        assert_eq!(again.get("shop", &queued).unwrap().state, State::Done);
+        assert!(again.get("other", &queued).is_none());
+    }
 
     fn all(input: &[u8]) -> Vec<String> {
         let mut l = Lines::new(std::io::BufReader::with_capacity(16, input));

@@ -140,8 +140,8 @@ fn describe_delivery() {
     describe_counter!(
         CONSENT_CHANGES,
         "Consents granted or withdrawn through the accounts' own paths, by action (grant, \
-         withdraw) and how (api, upload, form, double_opt_in, operator, reconfirmed, \
-         preference_page)."
+         withdraw) and how (api, upload, form, double_opt_in, operator, \
+         reconfirmed)."
     );
     describe_counter!(
         SUBSCRIPTIONS,

@@ -61,7 +61,11 @@
 #   9. the public HTTP listener (attack_slowloris.py http): no /metrics or /admin, the
 #      security headers; half-sent and dripping heads and bodies cut off at their
 #      timeouts, the per-client and total caps answer 503, served again afterwards; the
-#      click redirect and open pixel with made-up tokens: 404, never a redirect
+#      click redirect and open pixel with made-up tokens: 404, never a redirect; the
+#      subscription form (attack_forms.py): a flood from one address (429 past
+#      max_per_ip), a mail bomb from 12 addresses (the same answer each time, at most
+#      max_per_address confirmations at the sink), made-up confirmation links (never 200)
+#      and 60 made-up account keys (401); the victim has no consent afterwards
 #  10. the CLI: `suppress add` against the running relay, and the very next RCPT to that
 #      address is refused
 #  11. a backlog (attack_backlog.py): with the sink down, ATTACKS_BACKLOG (30000) messages
@@ -164,6 +168,7 @@ default_list = "weekly"
 [accounts.news.lists.weekly]
 name = "The Weekly"
 consent_statement = "You receive {list} because you subscribed. Unsubscribe: {unsubscribe}"
+subscribe = "double"
 [accounts.news.lists.daily]
 name = "The Daily"
 consent_statement = "You receive {list} because you subscribed. Unsubscribe: {unsubscribe}"
@@ -376,6 +381,18 @@ bounce_limits() {
         "$WORK/edge/spool" "$RELAY_PID" &&
         "$PY" "$HERE/attack_reports.py" folded "$SMTP" 127.0.4.7 "$RETURN_PATH" \
             "$WORK/edge/spool"
+}
+
+# The subscription form, confirmation links and account keys as a stranger tries them
+# (attack_forms.py): a flood from one address, a mail bomb from twelve, made-up links and
+# keys; then the victim has no consent.
+FORM_VICTIM=victim@example.org
+forms() {
+    "$PY" "$HERE/attack_forms.py" "$HTTP" 127.0.9 "$SINK" news weekly "$FORM_VICTIM" || return 1
+    local out
+    out=$("$BIN" --config "$CONFIG" suppress check "$FORM_VICTIM" --account news --list weekly --stream marketing)
+    echo "$out"
+    grep -q "^consent: *no " <<<"$out" || { echo "the victim was subscribed"; return 1; }
 }
 
 # The click redirect and the open pixel with made-up tokens: 404, no Location.
@@ -656,6 +673,8 @@ main() {
         http_slowloris
     check "9. the click redirect and open pixel with made-up tokens (random, a URL in their place, 5000 characters): 404, never a Location" \
         tracking_tokens
+    check "9. the subscription form: a flood from one address (429 past max_per_ip), a mail bomb from 12 addresses (at most 3 confirmations), made-up confirmation links and account keys refused; the victim not subscribed" \
+        forms
     check "10. suppress add (CLI) against the running relay: the very next RCPT is refused" \
         cli_suppress
     check "the relay's peak RSS after every attack is under 300 MB" relay_rss

@@ -16,7 +16,7 @@ const TOKEN: &str = "test-token-0123456789";
 fn config() -> String {
     format!(
         "retry_initial = \"1h\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[account_api]\nmax_jobs = 1\nmax_upload_size = \"2MiB\"\n"
+         [http]\nlisten = \"127.0.0.1:0\"\nbody_timeout = \"1s\"\n[account_api]\nmax_jobs = 1\nmax_upload_size = \"2MiB\"\n"
     )
 }
 
@@ -153,9 +153,49 @@ async fn every_account_route_needs_a_key_of_its_own_account_and_matches_the_open
     routed.sort();
     assert_eq!(described, routed, "the OpenAPI paths and the router differ");
 
+    // Every route with another account's key, on shop's data (a granted address, a job):
+    // the answer is about that account only, never shop.
+    shop.post(
+        "/account/consent/grant",
+        json!({"address": "kept@example.net"}),
+    )
+    .await;
+    let upload = shop
+        .send_raw(
+            "POST",
+            "/account/consent/upload",
+            "text/csv",
+            "z@example.net\n",
+        )
+        .await;
+    let shop_job = upload.json()["id"].as_str().unwrap_or_default().to_string();
+    let other = s.api(&other_key);
+    for (method, path) in &described {
+        let concrete = path
+            .replace("{id}", &shop_job)
+            .replace("{address}", "kept%40example.net")
+            .replace("{kind}", "unsubscribes")
+            .replace("{list}", "news");
+        let body =
+            (method == "POST").then(|| json!({"address": "kept@example.net", "list": "news"}));
+        let answer = other
+            .call_as(Some(&other_key), method, &concrete, body)
+            .await;
+        assert_ne!(answer.status, 401, "{method} {path}");
+        assert!(
+            !answer.body.contains("\"shop\"") && !answer.body.contains("\"consent\":true"),
+            "{method} {path} with other's key shows shop: {}",
+            answer.body
+        );
+    }
+    let (_, v) = shop.get("/account/addresses/kept%40example.net").await;
+    assert_eq!(
+        v["lists"][0]["consent"], true,
+        "other's calls changed nothing of shop: {v}"
+    );
+
     // Another account's key reaches its own account only: its grant is its own, and
     // nothing of shop is visible or changeable with it.
-    let other = s.api(&other_key);
     let (status, v) = other.get("/account").await;
     assert_eq!((status, v["account"].clone()), (200, json!("other")), "{v}");
     let (status, v) = other
@@ -414,6 +454,27 @@ async fn an_uploaded_file_is_applied_by_a_job_with_its_refusals_named() {
         .send_raw("POST", "/account/consent/upload", "text/csv", &big)
         .await;
     assert_eq!(answer.status, 413, "{}", answer.body);
+    // An upload that stops halfway: 408 once the listener's body_timeout passes, and
+    // nothing of it stays.
+    let mut stalled = tokio::net::TcpStream::connect(s.run.relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /account/consent/upload HTTP/1.1\r\nHost: relay.test\r\nAuthorization: Bearer \
+         {key}\r\nContent-Type: text/csv\r\nContent-Length: 100000\r\n\r\na@example.net\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, head.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the stalled upload was never answered");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     let uploads = s.run.spool().join("state/uploads");
     let data: Vec<_> = std::fs::read_dir(&uploads)
         .unwrap()
