@@ -254,10 +254,11 @@ pub fn check_domain(domain: &str) -> Result<(), AddressError> {
     Ok(())
 }
 
-/// Lower-cases and IDNA-encodes a domain; `None` if it is not one.
+/// Lower-cases and IDNA-encodes a domain; `None` if it is not one. The result is ASCII
+/// (IDNA can leave a mark it cannot encode in place, which is then no domain).
 pub fn canonical_domain(d: &str) -> Option<String> {
     let ascii = idna::domain_to_ascii(d.trim().trim_end_matches('.')).ok()?;
-    (!ascii.is_empty() && check_domain(&ascii).is_ok()).then_some(ascii)
+    (!ascii.is_empty() && ascii.is_ascii() && check_domain(&ascii).is_ok()).then_some(ascii)
 }
 
 #[cfg(test)]
