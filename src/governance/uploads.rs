@@ -29,6 +29,8 @@ pub const BATCH: usize = 10_000;
 pub const MAX_LINE: usize = 4096;
 /// How many refused lines a job names.
 const MAX_NAMED: usize = 20;
+/// Jobs remembered at most (finished ones are forgotten, oldest first, past this).
+pub const MAX_LISTED: usize = 10_000;
 /// How long a finished job stays listed.
 pub const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -170,9 +172,27 @@ impl Uploads {
     }
 
     /// Queues a job whose data file is complete; durable before it returns (blocking).
+    /// Finished jobs past [`KEEP_FINISHED`], or beyond [`MAX_LISTED`] in all, are
+    /// forgotten first (the oldest), so the list cannot grow without end.
     pub fn submit(&self, job: Job) -> std::io::Result<Job> {
         self.save(&job)?;
-        self.jobs.lock().expect("jobs lock").push(job.clone());
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let now = crate::envelope::now_ms();
+        let keep = KEEP_FINISHED.as_millis() as u64;
+        let mut excess = jobs.len().saturating_sub(MAX_LISTED - 1);
+        jobs.retain(|j| {
+            let Some(done) = j.finished_ms else {
+                return true;
+            };
+            let forget = now.saturating_sub(done) > keep || excess > 0;
+            if forget {
+                excess = excess.saturating_sub(1);
+                let _ = std::fs::remove_file(self.meta_path(&j.id));
+            }
+            !forget
+        });
+        jobs.push(job.clone());
+        drop(jobs);
         self.queue
             .lock()
             .expect("queue lock")
@@ -506,6 +526,50 @@ mod tests {
             ledger: Arc::new(ledger),
             policy: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
         })
+    }
+
+    fn job(id: &str, finished_ms: Option<u64>) -> Job {
+        Job {
+            id: id.into(),
+            account: "shop".into(),
+            list: "news".into(),
+            action: Action::Grant,
+            format: Format::Csv,
+            name: "f.csv".into(),
+            key_id: "k".into(),
+            bytes: 0,
+            created_ms: 1,
+            state: if finished_ms.is_some() {
+                State::Done
+            } else {
+                State::Queued
+            },
+            lines: 0,
+            changed: 0,
+            refused: 0,
+            refusals: Vec::new(),
+            error: None,
+            finished_ms,
+        }
+    }
+
+    #[test]
+    fn finished_jobs_past_their_time_are_forgotten_when_another_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Uploads::open(&dir.path().join("u"), consents(dir.path())).unwrap();
+        let recent = crate::envelope::now_ms();
+        uploads.submit(job("0000000000000001", Some(1))).unwrap();
+        uploads
+            .submit(job("0000000000000002", Some(recent)))
+            .unwrap();
+        uploads.submit(job("0000000000000003", None)).unwrap();
+        assert!(
+            uploads.get("shop", "0000000000000001").is_none(),
+            "a week past: forgotten"
+        );
+        assert!(!uploads.meta_path("0000000000000001").exists());
+        assert!(uploads.get("shop", "0000000000000002").is_some());
+        assert!(uploads.get("shop", "0000000000000003").is_some());
     }
 
     #[test]
