@@ -39,6 +39,19 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
+    /// A key of `account` with id `id` and no secret (it authenticates nothing).
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: &str, account: &str) -> KeyInfo {
+        KeyInfo {
+            id: id.into(),
+            account: account.into(),
+            label: String::new(),
+            hash: String::new(),
+            created_ms: 0,
+            revoked_ms: None,
+        }
+    }
+
     /// What the APIs show of a key.
     pub fn public(&self) -> serde_json::Value {
         serde_json::json!({

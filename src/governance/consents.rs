@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::ledger::{Grant, Ledger, LedgerError, Proof};
+use super::ledger::{Ledger, LedgerError, Proof};
 use crate::consent::{CONSENT, Change, Kind, Lists, ListsError, Op, Origin, Scope};
 use crate::policy::Policy;
 
@@ -60,8 +60,7 @@ impl Consents {
         let changes = self.changes(account, list, Op::Add, origin, time_ms, addresses);
         let how = proofs[0].how.as_str();
         let n = proofs.len() as u64;
-        let grants = proofs.into_iter().map(|proof| Grant { proof }).collect();
-        self.ledger.grant(account, l, grants, time_ms)?;
+        self.ledger.grant(account, l, proofs, time_ms)?;
         self.lists.record(&changes)?;
         crate::metrics::consent_changes("grant", how, n);
         Ok(())

@@ -167,11 +167,6 @@ fn store(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Store(e.to_string())
 }
 
-/// One consent to record.
-pub struct Grant {
-    pub proof: Proof,
-}
-
 pub struct Ledger {
     db: Database,
     keys: TokenKeys,
@@ -237,7 +232,7 @@ impl Ledger {
         &self,
         account: &str,
         list: &crate::policy::MailingList,
-        grants: Vec<Grant>,
+        proofs: Vec<Proof>,
         time_ms: u64,
     ) -> Result<(), LedgerError> {
         let version = Wording::version_of(account, list);
@@ -266,8 +261,8 @@ impl Ledger {
                 .get((account, list.id.as_str()))
                 .map_err(store)?
                 .map_or((0, 0), |g| g.value());
-            for g in grants {
-                let fp = self.consent_fp(account, &list.id, &g.proof.address);
+            for proof in proofs {
+                let fp = self.consent_fp(account, &list.id, &proof.address);
                 let key = (account, list.id.as_str(), fp);
                 match records.get(key).map_err(store)?.map(|g| g.value().1) {
                     None => in_force += 1,
@@ -277,14 +272,14 @@ impl Ledger {
                         withdrawn = withdrawn.saturating_sub(1);
                     }
                 }
-                let sealed = self.seal(&g.proof, &version);
+                let sealed = self.seal(&proof, &version);
                 records
                     .insert(key, (time_ms, 0, "", sealed.as_slice()))
                     .map_err(store)?;
                 aging.insert(key, (time_ms, 0)).map_err(store)?;
                 people
                     .insert(
-                        (self.person_fp(&g.proof.address), account, list.id.as_str()),
+                        (self.person_fp(&proof.address), account, list.id.as_str()),
                         (),
                     )
                     .map_err(store)?;

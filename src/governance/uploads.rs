@@ -85,6 +85,38 @@ pub struct Job {
     pub finished_ms: Option<u64>,
 }
 
+impl Job {
+    /// A job just uploaded with `key` (for its account), queued, nothing read yet.
+    pub fn queued(
+        id: String,
+        key: &super::account_keys::KeyInfo,
+        list: &str,
+        action: Action,
+        format: Format,
+        name: String,
+        bytes: u64,
+    ) -> Job {
+        Job {
+            id,
+            account: key.account.clone(),
+            list: list.to_string(),
+            action,
+            format,
+            name,
+            key_id: key.id.clone(),
+            bytes,
+            created_ms: crate::envelope::now_ms(),
+            state: State::Queued,
+            lines: 0,
+            changed: 0,
+            refused: 0,
+            refusals: Vec::new(),
+            error: None,
+            finished_ms: None,
+        }
+    }
+}
+
 pub struct Uploads {
     dir: PathBuf,
     consents: Arc<Consents>,
@@ -529,28 +561,21 @@ mod tests {
     }
 
     fn job(id: &str, finished_ms: Option<u64>) -> Job {
-        Job {
-            id: id.into(),
-            account: "shop".into(),
-            list: "news".into(),
-            action: Action::Grant,
-            format: Format::Csv,
-            name: "f.csv".into(),
-            key_id: "k".into(),
-            bytes: 0,
-            created_ms: 1,
-            state: if finished_ms.is_some() {
-                State::Done
-            } else {
-                State::Queued
-            },
-            lines: 0,
-            changed: 0,
-            refused: 0,
-            refusals: Vec::new(),
-            error: None,
-            finished_ms,
+        let key = super::super::account_keys::KeyInfo::for_tests("k", "shop");
+        let mut job = Job::queued(
+            id.into(),
+            &key,
+            "news",
+            Action::Grant,
+            Format::Csv,
+            "f.csv".into(),
+            0,
+        );
+        if finished_ms.is_some() {
+            job.state = State::Done;
+            job.finished_ms = finished_ms;
         }
+        job
     }
 
     #[test]
@@ -581,24 +606,7 @@ mod tests {
             let uploads = Uploads::open(&uploads_dir, c.clone()).unwrap();
             let id = Uploads::new_id();
             std::fs::write(uploads.data_path(&id), "a@x.org\nnot an address\nb@x.org\n").unwrap();
-            let mut job = Job {
-                id,
-                account: "shop".into(),
-                list: "news".into(),
-                action: Action::Grant,
-                format: Format::Csv,
-                name: "f.csv".into(),
-                key_id: "k".into(),
-                bytes: 30,
-                created_ms: 1,
-                state: State::Queued,
-                lines: 0,
-                changed: 0,
-                refused: 0,
-                refusals: Vec::new(),
-                error: None,
-                finished_ms: None,
-            };
+            let mut job = job(&id, None);
             uploads.submit(job.clone()).unwrap();
             // As if the relay stopped mid-run: the description says running.
             job.state = State::Running;

@@ -310,26 +310,45 @@ fn changed(b: &ChangeBody, addresses: &[String], fields: Value) -> ApiResult {
     Ok(axum::Json(v))
 }
 
+/// Grants (`Op::Add`, with a proof naming the key) or withdraws consent to a list of the
+/// caller's account (its default unless named); in force when it returns.
+async fn consent_change(api: AccountApi, key: KeyInfo, raw: Bytes, op: Op) -> ApiResult {
+    let b: ChangeBody = body(&raw)?;
+    let acc = account_of(&api, &key)?;
+    let list = list_of(&acc, b.list.as_deref())?;
+    let all = addresses(b.address.as_ref(), b.addresses.as_deref())?;
+    let consents = api.consents.clone();
+    let (name, l, a) = (acc.name.clone(), list.clone(), all.clone());
+    tokio::task::spawn_blocking(move || match op {
+        Op::Add => {
+            let detail = format!("key {}", key.id);
+            let proofs = a
+                .into_iter()
+                .map(|addr| Proof::new(addr, How::Api, detail.clone()))
+                .collect();
+            consents.grant(&name, &l, proofs, Origin::Account)
+        }
+        Op::Remove => consents
+            .withdraw(&name, &l, &a, "api", Origin::Account)
+            .map(|_| ()),
+    })
+    .await
+    .map_err(|_| internal("the consent task failed"))?
+    .map_err(consent_error)?;
+    let result = if op == Op::Add {
+        "granted"
+    } else {
+        "withdrawn"
+    };
+    changed(&b, &all, json!({"list": list, "result": result}))
+}
+
 async fn grant(
     State(api): State<AccountApi>,
     Extension(key): Extension<KeyInfo>,
     raw: Bytes,
 ) -> ApiResult {
-    let b: ChangeBody = body(&raw)?;
-    let acc = account_of(&api, &key)?;
-    let list = list_of(&acc, b.list.as_deref())?;
-    let all = addresses(b.address.as_ref(), b.addresses.as_deref())?;
-    let proofs = all
-        .iter()
-        .map(|a| Proof::new(a.clone(), How::Api, format!("key {}", key.id)))
-        .collect();
-    let consents = api.consents.clone();
-    let (name, l) = (acc.name.clone(), list.clone());
-    tokio::task::spawn_blocking(move || consents.grant(&name, &l, proofs, Origin::Account))
-        .await
-        .map_err(|_| internal("the consent task failed"))?
-        .map_err(consent_error)?;
-    changed(&b, &all, json!({"list": list, "result": "granted"}))
+    consent_change(api, key, raw, Op::Add).await
 }
 
 async fn withdraw(
@@ -337,17 +356,7 @@ async fn withdraw(
     Extension(key): Extension<KeyInfo>,
     raw: Bytes,
 ) -> ApiResult {
-    let b: ChangeBody = body(&raw)?;
-    let acc = account_of(&api, &key)?;
-    let list = list_of(&acc, b.list.as_deref())?;
-    let all = addresses(b.address.as_ref(), b.addresses.as_deref())?;
-    let consents = api.consents.clone();
-    let (name, l, a) = (acc.name.clone(), list.clone(), all.clone());
-    tokio::task::spawn_blocking(move || consents.withdraw(&name, &l, &a, "api", Origin::Account))
-        .await
-        .map_err(|_| internal("the consent task failed"))?
-        .map_err(consent_error)?;
-    changed(&b, &all, json!({"list": list, "result": "withdrawn"}))
+    consent_change(api, key, raw, Op::Remove).await
 }
 
 /// The scope of an account's own suppression: a list of it, else the whole account.

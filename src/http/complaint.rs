@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 
-use super::unsubscribe::{html, names};
+use super::page::{html, names};
 use crate::governance::complaints::{Complaint, Complaints, Via};
 use crate::rewrite::statement::escape;
 
@@ -41,7 +41,7 @@ async fn page(State(st): State<Arc<Complaints>>, UrlPath(token): UrlPath<String>
     let Ok(u) = st.keys.open(&token) else {
         return bad_token();
     };
-    let (list, sender) = names(&st.policy.load(), &u);
+    let (list, sender) = names(&st.policy.load(), &u.account, &u.list);
     let token = escape(&token);
     html(
         StatusCode::OK,
@@ -77,7 +77,7 @@ async fn report(
             "<p>This request did not ask to report the message.</p>",
         );
     }
-    let (list, sender) = names(&st.policy.load(), &u);
+    let (list, sender) = names(&st.policy.load(), &u.account, &u.list);
     let complaint = Complaint {
         account: u.account,
         list: Some(u.list),

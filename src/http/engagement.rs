@@ -13,7 +13,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::unsubscribe::html;
+use super::page::html;
 use crate::governance::engagement::Engagements;
 
 /// A 1×1 transparent GIF.

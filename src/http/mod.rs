@@ -23,6 +23,7 @@ pub mod complaint;
 pub mod engagement;
 pub mod layers;
 pub mod listener;
+pub mod page;
 pub mod preferences;
 pub mod subscribe;
 pub mod unsubscribe;
@@ -182,7 +183,7 @@ pub fn public_router(
         .merge(engagement::router(engagements))
         .merge(subscribe::router(subscribe))
         .fallback(|| async {
-            unsubscribe::html(
+            page::html(
                 StatusCode::NOT_FOUND,
                 "Not found",
                 "<p>There is nothing at this address.</p>",
@@ -193,14 +194,14 @@ pub fn public_router(
         .merge(pages)
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(
-            PageHeaders::new(unsubscribe::STYLE, https),
+            PageHeaders::new(page::STYLE, https),
             layers::page_headers,
         ))
 }
 
 fn page_refusal(status: StatusCode, why: &str) -> Response {
     let title = status.canonical_reason().unwrap_or("Refused");
-    unsubscribe::html(
+    page::html(
         status,
         title,
         &format!("<p>{}</p>", crate::rewrite::statement::escape(why)),

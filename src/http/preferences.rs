@@ -19,10 +19,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::listener::Client;
+use super::page::{bad_token, branded, names, try_again};
 use super::subscribe::{Subscribe, agent};
-use super::unsubscribe::{bad_token, branded, names, try_again};
 use crate::consent::{Reason, Standing};
-use crate::governance::subscribe::Asked;
 use crate::governance::unsubscribe::{Unsubscribes, Via};
 use crate::policy::Account;
 use crate::rewrite::statement::escape;
@@ -70,7 +69,7 @@ pub(super) fn mistake_button(st: &Pages, token: &str, u: &Unsubscribe) -> String
     if st.subscribe.is_none() {
         return String::new();
     }
-    let (list, _) = names(&st.unsubscribes.policy.load(), u);
+    let (list, _) = names(&st.unsubscribes.policy.load(), &u.account, &u.list);
     format!(
         "<form method=\"post\" action=\"/u/{t}/resubscribe\">\n\
          <button type=\"submit\">I unsubscribed from {l} by mistake</button>\n</form>\n\
@@ -114,7 +113,7 @@ pub(super) async fn page(State(st): State<Pages>, UrlPath(token): UrlPath<String
         return bad_token();
     };
     let policy = st.unsubscribes.policy.load();
-    let (list, sender) = names(&policy, &u);
+    let (list, sender) = names(&policy, &u.account, &u.list);
     let acc = policy.account(&u.account);
     let shown = acc.map(|a| lines(&st, a, &u.address)).unwrap_or_default();
     let t = escape(&token);
@@ -171,7 +170,7 @@ pub(super) async fn page(State(st): State<Pages>, UrlPath(token): UrlPath<String
     )
 }
 
-/// Asks for a fresh confirmation of `list` for the token's address; true when a message
+/// Asks for a fresh confirmation of `list` for the token's address; `Ok` when a message
 /// went (or nothing needed to: the same answer either way).
 async fn fresh_confirmation(
     st: &Pages,
@@ -180,34 +179,22 @@ async fn fresh_confirmation(
     client: std::net::IpAddr,
     ua: &str,
 ) -> Result<(), ()> {
-    let Some(sub) = st.subscribe.clone() else {
+    let Some(sub) = &st.subscribe else {
         return Err(());
     };
-    let subs = sub.subscriptions.clone();
-    let (a, l, addr, ua) = (
-        u.account.clone(),
+    let (account, address) = (u.account.clone(), u.address.clone());
+    super::subscribe::ask(
+        sub,
+        account,
         list.to_string(),
-        u.address.clone(),
+        address,
+        client,
         ua.to_string(),
-    );
-    let asked = tokio::task::spawn_blocking(move || subs.ask(&a, &l, &addr, client, &ua, false))
-        .await
-        .map_err(|_| ())?;
-    match asked {
-        Ok(Asked::Confirmation(envelope, content)) => {
-            if super::subscribe::queue(&sub, *envelope, content).await {
-                crate::metrics::subscription("confirmation_sent");
-                Ok(())
-            } else {
-                Err(())
-            }
-        }
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::info!(error = %e, "preference page: no fresh confirmation");
-            Err(())
-        }
-    }
+        false,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| tracing::info!(error = %e, "preference page: no fresh confirmation"))
 }
 
 fn check_inbox(sender: Option<&crate::policy::sender::Sender>) -> Response {

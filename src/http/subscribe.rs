@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::listener::Client;
-use super::unsubscribe::html;
+use super::page::{html, names};
 use crate::delivery::Intake;
 use crate::governance::subscribe::{Asked, BadLink, Refused, Subscriptions};
 use crate::rewrite::statement::escape;
@@ -103,21 +103,10 @@ async fn form(
             "<p>Please give an e-mail address.</p>",
         );
     };
-    let subs = st.subscriptions.clone();
-    let ua = agent(&headers);
     let (a, l) = (account.clone(), list.clone());
-    let asked =
-        tokio::task::spawn_blocking(move || subs.ask(&a, &l, &address, client, &ua, true)).await;
-    match asked {
-        Ok(Ok(Asked::Confirmation(envelope, content))) => {
-            if queue(&st, *envelope, content).await {
-                crate::metrics::subscription("confirmation_sent");
-                check_inbox(redirect.as_deref())
-            } else {
-                refused(Refused::Unavailable)
-            }
-        }
-        Ok(Ok(Asked::Subscribed)) => {
+    match ask(&st, a, l, address, client, agent(&headers), true).await {
+        Ok(Outcome::Sent) => check_inbox(redirect.as_deref()),
+        Ok(Outcome::Subscribed) => {
             crate::metrics::subscription("subscribed");
             match redirect {
                 Some(to) => see_other(&to),
@@ -128,16 +117,15 @@ async fn form(
                 ),
             }
         }
-        Ok(Ok(Asked::Quiet(why))) => {
+        Ok(Outcome::Quiet(why)) => {
             tracing::info!(account = %account, list = %list, why, "subscription: nothing sent");
             crate::metrics::subscription("quiet");
             check_inbox(redirect.as_deref())
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             crate::metrics::subscription("refused");
             refused(e)
         }
-        Err(_) => refused(Refused::Unavailable),
     }
 }
 
@@ -153,6 +141,46 @@ fn refused(e: Refused) -> Response {
         "Nothing was changed",
         &format!("<p>{}</p>", escape(&e.to_string())),
     )
+}
+
+/// What became of a request for a subscription, its confirmation message queued.
+pub(super) enum Outcome {
+    /// A confirmation message is on its way.
+    Sent,
+    /// Single opt-in: recorded.
+    Subscribed,
+    /// Nothing sent (already subscribed, suppressed, over the address's limit).
+    Quiet(&'static str),
+}
+
+/// Asks for a subscription (off the async threads: a single opt-in records at once) and
+/// queues the confirmation message it calls for.
+pub(super) async fn ask(
+    st: &Subscribe,
+    account: String,
+    list: String,
+    address: String,
+    client: std::net::IpAddr,
+    user_agent: String,
+    from_form: bool,
+) -> Result<Outcome, Refused> {
+    let subs = st.subscriptions.clone();
+    let asked = tokio::task::spawn_blocking(move || {
+        subs.ask(&account, &list, &address, client, &user_agent, from_form)
+    })
+    .await
+    .map_err(|_| Refused::Unavailable)??;
+    match asked {
+        Asked::Confirmation(envelope, content) => {
+            if !queue(st, *envelope, content).await {
+                return Err(Refused::Unavailable);
+            }
+            crate::metrics::subscription("confirmation_sent");
+            Ok(Outcome::Sent)
+        }
+        Asked::Subscribed => Ok(Outcome::Subscribed),
+        Asked::Quiet(why) => Ok(Outcome::Quiet(why)),
+    }
 }
 
 /// Stores the confirmation message durably and hands it to delivery.
@@ -196,23 +224,16 @@ fn bad_link(why: BadLink) -> Response {
     }
 }
 
-/// The list's and the sender's names.
-fn names(st: &Subscribe, account: &str, list: &str) -> (String, String) {
-    let policy = st.subscriptions.consents.policy.load();
-    let acc = policy.account(account);
-    (
-        acc.and_then(|a| a.list(list))
-            .map_or_else(|| list.to_string(), |l| l.name.clone()),
-        acc.map_or_else(|| account.to_string(), |a| a.sender.display_name.clone()),
-    )
-}
-
 async fn page(State(st): State<Subscribe>, UrlPath(token): UrlPath<String>) -> Response {
     let c = match st.subscriptions.open(&token) {
         Ok(c) => c,
         Err(why) => return bad_link(why),
     };
-    let (list, sender) = names(&st, &c.account, &c.list);
+    let (list, sender) = names(
+        &st.subscriptions.consents.policy.load(),
+        &c.account,
+        &c.list,
+    );
     let action = format!("/s/confirm/{}", escape(&token));
     let ask = if c.reconfirm {
         format!(
@@ -270,7 +291,11 @@ async fn confirm(
         return refused(Refused::Unavailable);
     }
     crate::metrics::subscription("confirmed");
-    let (list, sender) = names(&st, &c.account, &c.list);
+    let (list, sender) = names(
+        &st.subscriptions.consents.policy.load(),
+        &c.account,
+        &c.list,
+    );
     html(
         StatusCode::OK,
         "You are subscribed",

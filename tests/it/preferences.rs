@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::support::{Account, Admin, MxOptions, Running, SIGNED_UP, http_on, policy, token_of};
+use crate::support::{
+    Account, Admin, MxOptions, Running, SIGNED_UP, confirm_path_of, http_on, policy, token_of,
+};
 
 const TOKEN: &str = "test-token-0123456789";
 const WAIT: Duration = Duration::from_secs(10);
@@ -84,18 +86,7 @@ async fn confirmation(s: &Setup, n: usize) -> String {
         .find(|d| d.text().contains("Please confirm your subscription"))
         .expect("a confirmation message");
     assert_eq!(found.rcpt_to, ["reader@example.net"]);
-    confirm_path(&found.data)
-}
-
-fn confirm_path(raw: &[u8]) -> String {
-    let message = mail_parser::MessageParser::default().parse(raw).unwrap();
-    let text = message.body_text(0).unwrap().into_owned();
-    let start = text.find("/s/confirm/").expect(&text);
-    let end = start
-        + text[start..]
-            .find(char::is_whitespace)
-            .unwrap_or(text.len() - start);
-    text[start..end].to_string()
+    confirm_path_of(&found.data)
 }
 
 #[tokio::test]

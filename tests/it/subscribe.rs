@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::support::{Account, Admin, MxOptions, Running, SIGNED_UP, http_on, policy, token_of};
+use crate::support::{
+    Account, Admin, MxOptions, Running, SIGNED_UP, confirm_path_of, http_on, policy, token_of,
+};
 
 const TOKEN: &str = "test-token-0123456789";
 const WAIT: Duration = Duration::from_secs(10);
@@ -102,21 +104,6 @@ impl Setup {
     }
 }
 
-/// The confirmation link's path (`/s/confirm/TOKEN`) in a delivered message's text body
-/// (decoded: long lines travel quoted-printable).
-fn confirm_path(raw: &str) -> String {
-    let message = mail_parser::MessageParser::default()
-        .parse(raw.as_bytes())
-        .expect("a message");
-    let text = message.body_text(0).expect("a text body").into_owned();
-    let start = text.find("https://relay.example/s/confirm/").expect(&text) + 21;
-    let end = start
-        + text[start..]
-            .find(|c: char| c.is_whitespace())
-            .unwrap_or(text.len() - start);
-    text[start..end].to_string()
-}
-
 #[tokio::test]
 async fn double_opt_in_records_consent_only_when_the_button_is_pressed() {
     let s = setup("").await;
@@ -136,7 +123,7 @@ async fn double_opt_in_records_consent_only_when_the_button_is_pressed() {
         "{text}"
     );
     assert!(text.contains("hello@shop.example"), "{text}");
-    let link = confirm_path(&text);
+    let link = confirm_path_of(&mail.data);
 
     // Not before the button: the message, the page's GET, a POST without `confirm`.
     assert!(!s.consent("deals", "ann@example.net").await);
@@ -300,7 +287,7 @@ async fn single_opt_in_records_at_once_and_never_lifts_an_unsubscribe() {
 async fn a_fresh_confirmation_lifts_an_unsubscribe_and_an_old_link_expires() {
     let s = setup("confirm_ttl = \"2s\"\n").await;
     s.post("/s/shop/deals", "email=hal%40example.net").await;
-    let link = confirm_path(&s.run.mx.wait_for(1, WAIT).await[0].text());
+    let link = confirm_path_of(&s.run.mx.wait_for(1, WAIT).await[0].data);
     assert_eq!(s.post(&link, "confirm=yes").await.status, 200);
     assert!(
         s.marketing("deals", "hal@example.net")
@@ -325,7 +312,7 @@ async fn a_fresh_confirmation_lifts_an_unsubscribe_and_an_old_link_expires() {
     crate::support::grant(&s.run.relay, "shop", "news", "hal@example.net");
     // "By mistake": the form again, a new confirmation, the button.
     s.post("/s/shop/deals", "email=hal%40example.net").await;
-    let link = confirm_path(&s.run.mx.wait_for(3, WAIT).await[2].text());
+    let link = confirm_path_of(&s.run.mx.wait_for(3, WAIT).await[2].data);
     assert_eq!(s.post(&link, "confirm=yes").await.status, 200);
     assert!(
         s.marketing("deals", "hal@example.net")
@@ -345,7 +332,7 @@ async fn a_fresh_confirmation_lifts_an_unsubscribe_and_an_old_link_expires() {
         .iter()
         .find(|d| d.rcpt_to == ["ivy@example.net"])
         .unwrap();
-    let link = confirm_path(&ivy.text());
+    let link = confirm_path_of(&ivy.data);
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(s.get(&link).await.status, 410);
     assert_eq!(s.post(&link, "confirm=yes").await.status, 410);
@@ -404,7 +391,7 @@ async fn aged_consent_stops_marketing_until_the_person_asks_to_stay() {
         .find(|d| d.text().contains("Do you want to keep receiving club?"))
         .expect("a re-permission message");
     assert_eq!(question.rcpt_to, ["jo@example.net"]);
-    let link = confirm_path(&question.text());
+    let link = confirm_path_of(&question.data);
     let page = s.get(&link).await;
     assert!(
         page.body.contains("Keep receiving <strong>club</strong>"),

@@ -21,7 +21,7 @@ fn ledger(dir: &Path) -> Ledger {
 fn grant(l: &Ledger, list: &MailingList, address: &str, how: How, t: u64) {
     let mut proof = Proof::new(address.into(), how, "k1");
     proof.ip = Some("192.0.2.7".into());
-    l.grant("shop", list, vec![Grant { proof }], t).unwrap();
+    l.grant("shop", list, vec![proof], t).unwrap();
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! ([`crate::governance::uploads`]) whose progress `GET /account/jobs/{id}` shows. The
 //! body is never held in memory; a refused or broken upload leaves nothing behind.
 
-use std::io::Write;
+use tokio::io::AsyncWriteExt;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::{AccountApi, account_of, list_of};
 use crate::governance::account_keys::KeyInfo;
-use crate::governance::uploads::{Action, Format, Job, State as JobState, Uploads};
+use crate::governance::uploads::{Action, Format, Job, Uploads};
 use crate::http::api::{ApiError, ApiResult, bad, internal, not_found, ok, query};
 
 #[derive(Deserialize)]
@@ -123,24 +123,15 @@ async fn accept(
             });
         }
     };
-    let job = Job {
+    let job = Job::queued(
         id,
-        account: acc.name.clone(),
-        list,
-        action: q.action.unwrap_or(Action::Grant),
-        format: format_of(q.format, &headers),
+        &key,
+        &list,
+        q.action.unwrap_or(Action::Grant),
+        format_of(q.format, &headers),
         name,
-        key_id: key.id.clone(),
         bytes,
-        created_ms: crate::envelope::now_ms(),
-        state: JobState::Queued,
-        lines: 0,
-        changed: 0,
-        refused: 0,
-        refusals: Vec::new(),
-        error: None,
-        finished_ms: None,
-    };
+    );
     let uploads = api.uploads.clone();
     tokio::task::spawn_blocking(move || uploads.submit(job))
         .await
@@ -164,8 +155,10 @@ async fn receive(api: &AccountApi, mut body: Body, path: &std::path::Path) -> Re
     let max = api.config.max_upload_size;
     let gap = api.config.chunk_timeout;
     let deadline = tokio::time::Instant::now() + api.config.upload_timeout;
+    // Created 0600; written through tokio's file, so a slow disk never holds an async
+    // thread.
     let file = crate::files::create_new(path).map_err(Receive::Disk)?;
-    let mut out = std::io::BufWriter::with_capacity(256 << 10, file);
+    let mut out = tokio::io::BufWriter::with_capacity(256 << 10, tokio::fs::File::from_std(file));
     let mut total = 0u64;
     loop {
         let wait = gap.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
@@ -185,16 +178,11 @@ async fn receive(api: &AccountApi, mut body: Body, path: &std::path::Path) -> Re
         if total > max {
             return Err(Receive::TooBig);
         }
-        // Writes to the page cache; the fsync comes once, at the end.
-        out.write_all(&data).map_err(Receive::Disk)?;
+        // The fsync comes once, at the end.
+        out.write_all(&data).await.map_err(Receive::Disk)?;
     }
-    let file = out
-        .into_inner()
-        .map_err(|e| Receive::Disk(e.into_error()))?;
-    tokio::task::spawn_blocking(move || file.sync_all())
-        .await
-        .map_err(|e| Receive::Disk(std::io::Error::other(e)))?
-        .map_err(Receive::Disk)?;
+    out.flush().await.map_err(Receive::Disk)?;
+    out.into_inner().sync_all().await.map_err(Receive::Disk)?;
     Ok(total)
 }
 

@@ -24,8 +24,8 @@ pub use mx::{FakeMx, InMemoryMx, Login, MxAuth, MxOptions, TlsBreak};
 pub use policy::{Account, SIGNED_UP, SUBSCRIBED, policy};
 pub use poll::{eventually, poll, settle};
 pub use relay::{
-    LOOPBACK_POLICY, Running, bin, events, free_addr, free_port, grant, grant_all, journal_records,
-    record, start_relay, token_of, wait_listening,
+    LOOPBACK_POLICY, Running, bin, confirm_path_of, events, free_addr, free_port, grant, grant_all,
+    journal_records, record, start_relay, token_of, wait_listening,
 };
 pub use smtp::{Client, mail_reply, raw_send, rcpt_reply, send_ok, session};
 pub use tls::{PolicyServer, TestCa, serve_policy};

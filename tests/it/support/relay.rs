@@ -208,6 +208,21 @@ pub fn events(dir: &Path, name: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The confirmation link's path (`/s/confirm/TOKEN`) in a delivered message's text body
+/// (decoded: long lines travel quoted-printable).
+pub fn confirm_path_of(raw: &[u8]) -> String {
+    let message = mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("a message");
+    let text = message.body_text(0).expect("a text body").into_owned();
+    let start = text.find("/s/confirm/").expect(&text);
+    let end = start
+        + text[start..]
+            .find(char::is_whitespace)
+            .unwrap_or(text.len() - start);
+    text[start..end].to_string()
+}
+
 /// The token of the https unsubscribe link in a delivered message.
 pub fn token_of(text: &str) -> String {
     let unfolded = text.replace("\r\n ", " ");
