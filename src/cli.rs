@@ -22,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 mod admin;
 mod bounce;
 mod campaign;
+pub mod config;
 mod keys;
 mod lists;
 
@@ -38,9 +39,11 @@ use crate::spool::{self, RecoveredMessage, Spool};
     about = "An SMTP relay that sends only what recipients agreed to receive"
 )]
 pub struct Cli {
-    /// Main configuration file (default: the embedded configuration: SMTP on
-    /// 127.0.0.1:2525, public HTTP on 127.0.0.1:8025, the operator listener (admin API,
-    /// metrics) on 127.0.0.1:8026, spool in ./data, delivery by MX lookup).
+    /// Main configuration file (default: $OPTIN_RELAY_CONFIG, else
+    /// /etc/optin-relay/optin-relay.toml when it exists, else the embedded configuration:
+    /// SMTP on 127.0.0.1:2525, public HTTP on 127.0.0.1:8025, the operator listener (admin
+    /// API, metrics) on 127.0.0.1:8026, spool in ./data, delivery by MX lookup). Relative
+    /// paths in the file resolve against its directory.
     #[arg(short, long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -52,7 +55,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay.
     Serve,
-    /// Check configuration files.
+    /// Check or show the configuration (and say which file it is).
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -107,6 +110,14 @@ pub enum Command {
     },
     /// Hash a password for a policy user (reads the password from standard input).
     HashPassword,
+    /// Write the manual pages (optin-relay.1, one per subcommand) into a directory.
+    Man {
+        /// The directory (created when missing).
+        dir: PathBuf,
+    },
+    /// Print a shell completion script (e.g. `optin-relay completions bash >
+    /// /etc/bash_completion.d/optin-relay`).
+    Completions { shell: clap_complete::Shell },
 }
 
 /// How to reach the running relay, and how to print its answer (every admin API command).
@@ -123,9 +134,16 @@ pub struct ApiArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Load the main config and the policy it names; list every problem (exit 1), and
-    /// warnings about settings that are legal but unwise (exit 0).
+    /// Load the main config and the policy it names, and the TLS files (they must load and
+    /// match); list every problem (exit 1), and warnings about settings that are legal but
+    /// unwise (exit 0).
     Check,
+    /// Print the configuration in force as TOML, every default filled in and marked.
+    Show {
+        /// Only the settings the file makes (as `postconf -n`).
+        #[arg(long)]
+        changed: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,11 +319,25 @@ fn load_policy(config: &Config) -> Result<Policy, String> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    let located = config::Located::find(cli.config.as_deref());
+    let cli = Cli {
+        config: located.path.clone(),
+        ..cli
+    };
     match cli.command {
-        Command::Serve => serve(cli.config.as_deref()),
+        Command::Serve => serve(&located),
         Command::Config {
             command: ConfigCommand::Check,
-        } => config_check(cli.config.as_deref()),
+        } => Ok(config::check(&located)),
+        Command::Config {
+            command: ConfigCommand::Show { changed },
+        } => config::show(&located, changed),
+        Command::Man { dir } => man_pages(&dir),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "optin-relay", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Queue { command } => queue(cli.config.as_deref(), command),
         Command::Account { command } => Ok(account(cli.config.as_deref(), command)),
         Command::Campaign { command } => {
@@ -456,54 +488,6 @@ fn spool_messages(path: Option<&Path>) -> Result<Vec<RecoveredMessage>, String> 
     Ok(messages)
 }
 
-fn config_check(path: Option<&Path>) -> Result<ExitCode, String> {
-    let mut ok = true;
-    let name = path.map_or("(embedded default)".to_string(), |p| {
-        p.display().to_string()
-    });
-    match load_config(path) {
-        Ok(config) => {
-            let warnings = config.warnings();
-            match warnings.len() {
-                0 => println!("{name}: ok"),
-                n => println!("{name}: ok, {n} warning(s)"),
-            }
-            for w in &warnings {
-                println!("  warning: {w}");
-            }
-            let policy_name = config
-                .policy
-                .path
-                .as_ref()
-                .map_or("(embedded default policy)".to_string(), |p| {
-                    p.display().to_string()
-                });
-            match load_policy(&config) {
-                Ok(p) if p.accounts().is_empty() => {
-                    for problem in crate::reload::account_problems(&p, None) {
-                        println!("{policy_name}: {problem}");
-                    }
-                    ok = false;
-                }
-                Ok(p) => println!("{policy_name}: ok ({} accounts)", p.accounts().len()),
-                Err(e) => {
-                    println!("{e}");
-                    ok = false;
-                }
-            }
-        }
-        Err(e) => {
-            println!("{e}");
-            ok = false;
-        }
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -518,7 +502,17 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
+/// `man DIR`: the pages of the command and of every subcommand, from the same definition
+/// as `--help`.
+fn man_pages(dir: &Path) -> Result<ExitCode, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(command, dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(located: &config::Located) -> Result<ExitCode, String> {
+    let path = located.path.as_deref();
     let config = load_config(path)?;
     let policy = load_policy(&config)?;
     // A policy that would refuse every client (an emptied file) is no policy to start on.
@@ -527,9 +521,7 @@ fn serve(path: Option<&Path>) -> Result<ExitCode, String> {
         return Err(format!("{}: {problem}", file.display()));
     }
     init_logging(&config);
-    if path.is_none() {
-        tracing::info!("no --config given: running on the embedded default configuration");
-    }
+    tracing::info!(configuration = %located.describe(), "configuration");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

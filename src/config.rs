@@ -23,7 +23,7 @@ pub use http::{
     AccountApiConfig, AdminConfig, DEFAULT_ADMIN_LISTEN, DEFAULT_HTTP_LISTEN, HttpConfig,
     HttpLimits, SubscribeConfig,
 };
-use reader::{Collector, Problems, Section};
+use reader::{Collector, Problems, Section, Setting};
 pub use smarthost::{Credentials, Secret, Smarthost, TlsLevel};
 pub use smtp::*;
 use units::{ByteSize, HumanDuration};
@@ -189,7 +189,7 @@ pub struct SpoolConfig {
     pub segment_size: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartTlsPolicy {
     /// Use STARTTLS when offered, without certificate checks; fall back to plain text when
@@ -282,7 +282,7 @@ pub struct PolicyConfig {
     pub watch_interval: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -317,9 +317,14 @@ impl Config {
 
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, Problems> {
+        Config::load_with_settings(path).map(|(c, _)| c)
+    }
+
+    /// [`Config::load`], with every key as read (for `config show`).
+    pub fn load_with_settings(path: &Path) -> Result<(Config, Vec<Setting>), Problems> {
         let name = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Config::from_toml(&name, &text),
+            Ok(text) => Config::parse(Collector::for_file(path), &text),
             Err(e) => Err(Problems {
                 file: name,
                 list: vec![reader::Problem {
@@ -330,9 +335,19 @@ impl Config {
         }
     }
 
-    /// Parses TOML text; `file` names it in problem reports.
+    /// Parses TOML text; `file` names it in problem reports. Relative paths stay relative
+    /// to the working directory (a file's are resolved by [`Config::load`]).
     pub fn from_toml(file: &str, text: &str) -> Result<Config, Problems> {
-        let c = Collector::new(file);
+        Config::parse(Collector::new(file), text).map(|(c, _)| c)
+    }
+
+    /// The embedded default, with every key as read (for `config show`).
+    pub fn embedded_with_settings() -> (Config, Vec<Setting>) {
+        Config::parse(Collector::new("(embedded default)"), "")
+            .expect("the empty file is a valid config")
+    }
+
+    fn parse(c: Collector, text: &str) -> Result<(Config, Vec<Setting>), Problems> {
         let Some(table) = c.parse(text) else {
             return Err(c.finish(()).unwrap_err());
         };
@@ -380,7 +395,8 @@ impl Config {
                 subscribe,
             }
         };
-        c.finish(config)
+        let settings = c.settings();
+        c.finish((config, settings))
     }
 
     /// Every address the relay will listen on, for start-up logs and checks.
@@ -401,8 +417,8 @@ fn positive<T: PartialOrd + Default + Copy>(s: &Section<'_>, key: &str, v: T) ->
 }
 
 fn read_tls(s: &mut Section<'_>) -> TlsConfig {
-    let certificate = s.get::<PathBuf>("certificate");
-    let private_key = s.get::<PathBuf>("private_key");
+    let certificate = s.get_path("certificate");
+    let private_key = s.get_path("private_key");
     if certificate.is_some() != private_key.is_some() {
         s.problem("certificate", "certificate and private_key go together");
     }
@@ -418,7 +434,7 @@ fn read_spool(s: &mut Section<'_>) -> SpoolConfig {
         s.problem("segment_size", "must be at least 1MiB");
     }
     SpoolConfig {
-        path: s.get_or("path", PathBuf::from(DEFAULT_SPOOL_PATH)),
+        path: s.get_path_or("path", DEFAULT_SPOOL_PATH),
         fsync: s.get_or("fsync", true),
         segment_size,
     }
@@ -434,9 +450,7 @@ fn read_lists(s: &mut Section<'_>, spool: &Path) -> ListsConfig {
         s.problem("refresh_interval", "must be greater than zero");
     }
     ListsConfig {
-        path: s
-            .get::<PathBuf>("path")
-            .unwrap_or_else(|| spool.join("lists")),
+        path: s.get_path_or("path", spool.join("lists")),
         refresh_interval,
         bloom_bits_per_key,
         compact_after: s.get_or("compact_after", DEFAULT_COMPACT_AFTER),
@@ -452,7 +466,10 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
             s.problem("helo_name", format!("{h:?} is not a valid host name"));
             hostname.to_string()
         }
-        None => hostname.to_string(),
+        None => {
+            s.default_is("helo_name", &hostname);
+            hostname.to_string()
+        }
     };
     let retry_initial = s.get_or("retry_initial", DEFAULT_RETRY_INITIAL).get();
     let retry_max = s.get_or("retry_max", DEFAULT_RETRY_MAX).get();
@@ -497,10 +514,9 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
             let port = s.get_or("mta_sts_port", 443u16);
             positive(s, "mta_sts_port", port)
         },
-        tls_roots: match s.get::<String>("tls_roots") {
-            Some(p) if p.is_empty() => None,
-            Some(p) => {
-                let path = PathBuf::from(p);
+        tls_roots: match s.get_path("tls_roots") {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(path) => {
                 if let Err(e) = crate::tls::verifying_client_config(Some(&path)) {
                     s.problem("tls_roots", e.to_string());
                 }
@@ -521,17 +537,21 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
         retry_max,
         max_age: positive(s, "max_age", max_age),
         delay_warning: s.get_or("delay_warning", DEFAULT_DELAY_WARNING).get(),
-        log: match s.get::<String>("log") {
-            Some(p) if p.is_empty() => None,
-            Some(p) => Some(PathBuf::from(p)),
-            None => Some(spool.join("log/delivery.jsonl")),
+        log: match s.get_path("log") {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p),
+            None => {
+                let p = spool.join("log/delivery.jsonl");
+                s.default_is("log", &p.display().to_string());
+                Some(p)
+            }
         },
     }
 }
 
 fn read_policy(s: &mut Section<'_>) -> PolicyConfig {
     PolicyConfig {
-        path: s.get::<PathBuf>("path"),
+        path: s.get_path("path"),
         watch_interval: s
             .get_or("watch_interval", DEFAULT_POLICY_WATCH_INTERVAL)
             .get(),
@@ -558,24 +578,27 @@ fn read_unsubscribe(
             }
             trimmed
         }
-        None => match http.listen {
-            Some(a) if http.tls() => format!("https://{a}"),
-            Some(a) => format!("http://{a}"),
-            None => format!("https://{hostname}"),
-        },
+        None => {
+            let url = match http.listen {
+                Some(a) if http.tls() => format!("https://{a}"),
+                Some(a) => format!("http://{a}"),
+                None => format!("https://{hostname}"),
+            };
+            s.default_is("public_url", &url);
+            url
+        }
     };
-    let mail_domain = s
-        .get::<String>("mail_domain")
-        .unwrap_or_else(|| hostname.to_string());
+    let mail_domain = s.get::<String>("mail_domain").unwrap_or_else(|| {
+        s.default_is("mail_domain", &hostname);
+        hostname.to_string()
+    });
     if crate::smtp::address::check_domain(&mail_domain).is_err() {
         s.problem("mail_domain", format!("{mail_domain:?} is not a domain"));
     }
     UnsubscribeConfig {
         public_url,
         mail_domain: mail_domain.to_ascii_lowercase(),
-        keys: s
-            .get::<PathBuf>("keys")
-            .unwrap_or_else(|| spool.join("unsubscribe.keys")),
+        keys: s.get_path_or("keys", spool.join("unsubscribe.keys")),
         max_mail_size: s
             .get_or("max_mail_size", DEFAULT_MAX_UNSUBSCRIBE_MAIL_SIZE)
             .get(),
@@ -589,7 +612,10 @@ fn read_complaints(s: &mut Section<'_>, mail_domain: &str) -> ComplaintsConfig {
             .expect("fbl@localhost is a mailbox")
     };
     let address = match s.get::<String>("address") {
-        None => default(),
+        None => {
+            s.default_is("address", &default().to_string());
+            default()
+        }
         Some(a) => crate::smtp::Address::parse(a.trim()).unwrap_or_else(|e| {
             s.problem("address", format!("{a:?} is not a mailbox: {e}"));
             default()
@@ -623,7 +649,10 @@ fn read_bounces(s: &mut Section<'_>, mail_domain: &str) -> BouncesConfig {
         );
     }
     let domain = match s.get::<String>("domain") {
-        None => mail_domain.to_string(),
+        None => {
+            s.default_is("domain", &mail_domain);
+            mail_domain.to_string()
+        }
         Some(d) => crate::smtp::address::canonical_domain(&d)
             .filter(|c| c.is_ascii())
             .unwrap_or_else(|| {
@@ -666,9 +695,26 @@ fn read_privacy(s: &mut Section<'_>) -> PrivacyConfig {
     }
 }
 
+/// Levels a log filter may name (alone, or after `target=`).
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
 fn read_log(s: &mut Section<'_>) -> LogConfig {
     let level = s.get_or("level", "info".to_string());
-    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+    // EnvFilter takes any bare word as a target ("verbose" would silence everything but a
+    // target of that name): a bare word must be a level, a target comes with `=level`.
+    let wrong = level.split(',').map(str::trim).find(|d| {
+        let level = d.rsplit_once('=').map_or(*d, |(_, l)| l);
+        !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str())
+    });
+    if let Some(d) = wrong {
+        s.problem(
+            "level",
+            format!(
+                "{d:?} is not a level: write one of {} (or target=level, e.g. \"info,optin_relay=debug\")",
+                LOG_LEVELS.join(", ")
+            ),
+        );
+    } else if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
         s.problem(
             "level",
             format!("{level:?} is not a log filter (try \"info\")"),

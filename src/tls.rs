@@ -86,6 +86,18 @@ fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(chain)
 }
 
+/// When the first certificate of the chain in `path` expires (Unix seconds), for
+/// `config check` and the `optin_tls_certificate_not_after_seconds` gauge.
+pub fn not_after(path: &Path) -> Result<i64, TlsError> {
+    let chain = load_chain(path)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::Certificate {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
         path: path.display().to_string(),

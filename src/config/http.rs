@@ -152,7 +152,10 @@ pub struct AdminConfig {
 /// `listen`: an address, or `""` for off.
 fn read_listen(s: &mut Section<'_>, default: &str) -> Option<SocketAddr> {
     match s.get::<String>("listen") {
-        None => Some(addr(default)),
+        None => {
+            s.default_is("listen", &default);
+            Some(addr(default))
+        }
         Some(v) if v.is_empty() => None,
         Some(v) => match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -177,8 +180,8 @@ fn read_size(s: &mut Section<'_>, key: &str, default: ByteSize, min: u64, max: u
 
 pub(super) fn read_http(s: &mut Section<'_>) -> HttpConfig {
     let listen = read_listen(s, DEFAULT_HTTP_LISTEN);
-    let certificate = s.get::<PathBuf>("certificate");
-    let private_key = s.get::<PathBuf>("private_key");
+    let certificate = s.get_path("certificate");
+    let private_key = s.get_path("private_key");
     match (&certificate, &private_key) {
         (Some(cert), Some(key)) => {
             // Checked now so `config check` reports a bad file instead of the start.
@@ -263,9 +266,7 @@ pub(super) fn read_admin(
     AdminConfig {
         listen,
         token,
-        token_file: s
-            .get::<PathBuf>("token_file")
-            .unwrap_or_else(|| spool.join("admin.token")),
+        token_file: s.get_path_or("token_file", spool.join("admin.token")),
         max_body_size: read_size(
             s,
             "max_body_size",

@@ -8,8 +8,10 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// One thing wrong with a configuration file.
@@ -57,6 +59,24 @@ impl fmt::Display for Problems {
 impl std::error::Error for Problems {}
 
 type Sink = Rc<RefCell<Vec<Problem>>>;
+type Shown = Rc<RefCell<Vec<Setting>>>;
+
+/// One key as the program sees it, for `config show`: what the file says, or the default
+/// that applies, or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    /// The key path, `delivery.smarthost.address`.
+    pub key: String,
+    /// The value in force (a path resolved; a secret as `"(hidden)"`); `None`: unset.
+    pub value: Option<toml::Value>,
+    /// The file gave the value (false: the default, or unset).
+    pub given: bool,
+}
+
+/// Keys whose values are never shown.
+fn secret(key: &str) -> bool {
+    matches!(key, "token" | "password" | "secret") || key.ends_with("_secret")
+}
 
 /// Reads one TOML table. Create the root with [`Section::root`], then take values and
 /// sub-sections; drop every section before calling [`Collector::finish`].
@@ -65,19 +85,45 @@ pub struct Section<'t> {
     table: Option<&'t toml::Table>,
     used: HashSet<String>,
     sink: Sink,
+    shown: Shown,
+    base: Base,
 }
+
+/// The directory relative paths of a file resolve against (`None`: the working directory,
+/// for text that is not from a file, such as the embedded defaults).
+type Base = Option<Rc<Path>>;
 
 /// Holds the problem list shared by all sections of one file.
 pub struct Collector {
     sink: Sink,
+    shown: Shown,
     file: String,
+    base: Base,
 }
 
 impl Collector {
     pub fn new(file: impl Into<String>) -> Collector {
         Collector {
             sink: Rc::new(RefCell::new(Vec::new())),
+            shown: Rc::new(RefCell::new(Vec::new())),
             file: file.into(),
+            base: None,
+        }
+    }
+
+    /// A collector for the file at `path`: relative paths in it (and the defaults that are
+    /// paths) resolve against the file's directory, wherever the command runs.
+    pub fn for_file(path: &Path) -> Collector {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // Absolute when the working directory is known, so logs and `config show` name
+        // the place for certain.
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        Collector {
+            base: Some(Rc::from(dir.as_path())),
+            ..Collector::new(path.display().to_string())
         }
     }
 
@@ -101,6 +147,8 @@ impl Collector {
             table: Some(table),
             used: HashSet::new(),
             sink: self.sink.clone(),
+            shown: self.shown.clone(),
+            base: self.base.clone(),
         }
     }
 
@@ -110,6 +158,11 @@ impl Collector {
             path: path.into(),
             message: message.into(),
         });
+    }
+
+    /// Every key read so far, in the order read (see [`Setting`]).
+    pub fn settings(&self) -> Vec<Setting> {
+        self.shown.borrow().clone()
     }
 
     /// `Ok(value)` when nothing was wrong, else every problem.
@@ -157,9 +210,23 @@ impl<'t> Section<'t> {
 
     /// The value of `key`, if present and of the right type (else a problem).
     pub fn get<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {
-        let value = self.raw(key)?;
+        let Some(value) = self.raw(key) else {
+            self.show(key, None, false);
+            return None;
+        };
         match value.clone().try_into::<T>() {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                // A table is shown key by key, as its own section reads it.
+                if !value.is_table() {
+                    let shown = if secret(key) {
+                        toml::Value::String("(hidden)".into())
+                    } else {
+                        value.clone()
+                    };
+                    self.show(key, Some(shown), true);
+                }
+                Some(v)
+            }
             Err(e) => {
                 self.problem(key, clean_error(&e.to_string()));
                 None
@@ -167,9 +234,69 @@ impl<'t> Section<'t> {
         }
     }
 
+    /// A path, resolved against the file's directory when relative (see
+    /// [`Collector::for_file`]). An empty string is returned as is: some keys use it for
+    /// "off".
+    pub fn get_path(&mut self, key: &str) -> Option<PathBuf> {
+        let p = self.get::<PathBuf>(key)?;
+        if p.as_os_str().is_empty() {
+            return Some(p);
+        }
+        let p = self.resolve(p);
+        let shown = toml::Value::String(p.display().to_string());
+        self.show(key, Some(shown), true);
+        Some(p)
+    }
+
+    /// [`Section::get_path`], or `default` (resolved in the same way) when absent.
+    pub fn get_path_or(&mut self, key: &str, default: impl Into<PathBuf>) -> PathBuf {
+        self.get_path(key).unwrap_or_else(|| {
+            let p = self.resolve(default);
+            self.default_is(key, &p.display().to_string());
+            p
+        })
+    }
+
+    /// `p` resolved against the file's directory when it is relative (for defaults).
+    pub fn resolve(&self, p: impl Into<PathBuf>) -> PathBuf {
+        let p = p.into();
+        match &self.base {
+            Some(base) if p.is_relative() => base.join(p.strip_prefix(".").unwrap_or(&p)),
+            _ => p,
+        }
+    }
+
     /// The value of `key`, or `default` when absent or wrong (a wrong value is a problem).
-    pub fn get_or<T: DeserializeOwned>(&mut self, key: &str, default: T) -> T {
-        self.get(key).unwrap_or(default)
+    pub fn get_or<T: DeserializeOwned + Serialize>(&mut self, key: &str, default: T) -> T {
+        match self.get(key) {
+            Some(v) => v,
+            None => {
+                self.default_is(key, &default);
+                default
+            }
+        }
+    }
+
+    /// Records `value` as the default in force for an absent `key` (for defaults computed
+    /// from other keys, which [`Section::get_or`] cannot know).
+    pub fn default_is(&self, key: &str, value: &impl Serialize) {
+        let path = self.key_path(key);
+        let mut shown = self.shown.borrow_mut();
+        if let Some(s) = shown
+            .iter_mut()
+            .find(|s| s.key == path && s.value.is_none())
+        {
+            s.value = toml::Value::try_from(value).ok();
+        }
+    }
+
+    fn show(&self, key: &str, value: Option<toml::Value>, given: bool) {
+        let key = self.key_path(key);
+        let mut shown = self.shown.borrow_mut();
+        match shown.iter_mut().find(|s| s.key == key) {
+            Some(s) => *s = Setting { key, value, given },
+            None => shown.push(Setting { key, value, given }),
+        }
     }
 
     /// A sub-table; absent means empty. A non-table value is a problem.
@@ -188,6 +315,8 @@ impl<'t> Section<'t> {
             table,
             used: HashSet::new(),
             sink: self.sink.clone(),
+            shown: self.shown.clone(),
+            base: self.base.clone(),
         }
     }
 
@@ -221,6 +350,8 @@ impl<'t> Section<'t> {
                         table: Some(t),
                         used: HashSet::new(),
                         sink: self.sink.clone(),
+                        shown: self.shown.clone(),
+                        base: self.base.clone(),
                     }),
                     _ => {
                         self.problem(&format!("{key}[{i}]"), "must be a table");
@@ -253,12 +384,46 @@ fn clean_error(msg: &str) -> String {
     msg.lines().next().unwrap_or(msg).trim().to_string()
 }
 
-/// Accepts either one string or a list of strings (`listen = "a"` or `listen = ["a", "b"]`).
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(untagged)]
+/// Accepts either one value or a list (`listen = "a"` or `listen = ["a", "b"]`). A wrong
+/// value is reported with the element type's own message ("invalid socket address
+/// syntax"), not serde's "did not match any variant".
+#[derive(Debug, Clone)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::Deserialize;
+        use serde::de::{self, IntoDeserializer, value};
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> de::Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<T: Serialize> Serialize for OneOrMany<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OneOrMany::One(t) => t.serialize(s),
+            OneOrMany::Many(v) => v.serialize(s),
+        }
+    }
 }
 
 impl<T> OneOrMany<T> {

@@ -14,7 +14,9 @@ use super::reader::Section;
 
 /// How much TLS a next hop must have (`[delivery] smarthost.tls`, the policy's
 /// `[destinations."D"] tls`). Ordered: the stricter of two demands wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsLevel {
     /// STARTTLS when offered, any certificate; plain text otherwise.
@@ -137,7 +139,7 @@ fn read_table(s: &mut Section<'_>) -> Option<Smarthost> {
         }
         None => None,
     };
-    let ca_file = s.get::<PathBuf>("ca_file");
+    let ca_file = s.get_path("ca_file");
     if let Some(path) = &ca_file {
         if tls != TlsLevel::Verify {
             s.problem("ca_file", "only used with tls = \"verify\"");
@@ -166,7 +168,7 @@ fn read_table(s: &mut Section<'_>) -> Option<Smarthost> {
 fn read_credentials(s: &mut Section<'_>) -> Option<Credentials> {
     let username = s.get::<String>("username");
     let inline = s.get::<String>("password");
-    let file = s.get::<PathBuf>("password_file");
+    let file = s.get_path("password_file");
     let password = match (inline, file) {
         (Some(_), Some(_)) => {
             s.problem("password_file", "give password or password_file, not both");

@@ -101,15 +101,35 @@ impl Default for AuthLimits {
     }
 }
 
+/// `listen` or `listen_tls`: one `ip:port` or a list; each wrong one is named.
+fn read_addresses(s: &mut Section<'_>, key: &str) -> Option<Vec<SocketAddr>> {
+    let given = s.get::<OneOrMany<String>>(key)?.into_vec();
+    let mut out = Vec::new();
+    let mut wrong = false;
+    for v in given {
+        match v.parse::<SocketAddr>() {
+            Ok(a) => out.push(a),
+            Err(_) => {
+                wrong = true;
+                s.problem(
+                    key,
+                    format!(
+                        "{v:?} is not an ip:port address (like \"127.0.0.1:25\" or \"[::]:25\")"
+                    ),
+                )
+            }
+        }
+    }
+    // Wrong ones are named; the listener list stays as if none were given.
+    Some(out).filter(|_| !wrong)
+}
+
 pub(super) fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
-    let listen: Vec<SocketAddr> = s
-        .get::<OneOrMany<SocketAddr>>("listen")
-        .map(OneOrMany::into_vec)
-        .unwrap_or_else(|| vec![addr(DEFAULT_SMTP_LISTEN)]);
-    let listen_tls: Vec<SocketAddr> = s
-        .get::<OneOrMany<SocketAddr>>("listen_tls")
-        .map(OneOrMany::into_vec)
-        .unwrap_or_default();
+    let listen: Vec<SocketAddr> = read_addresses(s, "listen").unwrap_or_else(|| {
+        s.default_is("listen", &[DEFAULT_SMTP_LISTEN]);
+        vec![addr(DEFAULT_SMTP_LISTEN)]
+    });
+    let listen_tls: Vec<SocketAddr> = read_addresses(s, "listen_tls").unwrap_or_default();
     if listen.is_empty() && listen_tls.is_empty() {
         s.problem(
             "listen",
@@ -122,7 +142,11 @@ pub(super) fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
             s.problem("hostname", format!("{h:?} is not a valid host name"));
             system_hostname()
         }
-        None => system_hostname(),
+        None => {
+            let h = system_hostname();
+            s.default_is("hostname", &h);
+            h
+        }
     };
     let max_command_line = s.get_or("max_command_line", DEFAULT_MAX_COMMAND_LINE);
     if max_command_line < 512 {
@@ -152,7 +176,10 @@ pub(super) fn read_smtp(s: &mut Section<'_>) -> SmtpConfig {
     let default_postmaster = crate::smtp::Address::parse(&format!("postmaster@{hostname}"))
         .expect("a valid hostname makes a valid address");
     let postmaster = match s.get::<String>("postmaster") {
-        None => default_postmaster,
+        None => {
+            s.default_is("postmaster", &default_postmaster.to_string());
+            default_postmaster
+        }
         Some(p) => crate::smtp::Address::parse(&p).unwrap_or_else(|e| {
             s.problem("postmaster", format!("{p:?} is not a mailbox: {e}"));
             default_postmaster

@@ -158,3 +158,51 @@ fn host_port() {
     assert!("mx.example:0".parse::<HostPort>().is_err());
     assert!("bad_host:25".parse::<HostPort>().is_err());
 }
+
+#[test]
+fn log_levels_and_listen_addresses_are_named_when_wrong() {
+    let err = Config::from_toml(
+        "t",
+        "[smtp]\nlisten = [\"127.0.0.1:25\", \"nonsense\"]\n[log]\nlevel = \"verbose\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("\"nonsense\" is not an ip:port address"),
+        "{err}"
+    );
+    assert!(err.contains("\"verbose\" is not a level"), "{err}");
+    assert!(!err.contains("untagged"), "{err}");
+    for ok in [
+        "info",
+        "warn,optin_relay=debug",
+        "optin_relay::delivery=TRACE",
+    ] {
+        let c = Config::from_toml("t", &format!("[log]\nlevel = \"{ok}\"\n"));
+        assert!(c.is_ok(), "{ok}: {:?}", c.err().map(|e| e.to_string()));
+    }
+}
+
+#[test]
+fn relative_paths_resolve_against_the_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let file = etc.join("relay.toml");
+    std::fs::write(
+        &file,
+        "[spool]\npath = \"../spool\"\n[policy]\npath = \"policy.toml\"\n\
+         [lists]\npath = \"/abs/lists\"\n",
+    )
+    .unwrap();
+    let c = Config::load(&file).unwrap();
+    let etc = std::path::absolute(&etc).unwrap();
+    assert_eq!(c.spool.path, etc.join("../spool"));
+    assert_eq!(c.policy.path, Some(etc.join("policy.toml")));
+    assert_eq!(c.lists.path, PathBuf::from("/abs/lists"));
+    // Defaults made from the spool follow it.
+    assert_eq!(c.admin.token_file, etc.join("../spool/admin.token"));
+    // Text that is not from a file keeps the working directory.
+    let c = Config::from_toml("t", "[spool]\npath = \"sp\"\n").unwrap();
+    assert_eq!(c.spool.path, PathBuf::from("sp"));
+}

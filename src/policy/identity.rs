@@ -56,7 +56,7 @@ pub fn read_identity(s: &mut Section<'_>) -> Identity {
         .filter_map(|mut k| {
             let domain = k.get::<String>("domain");
             let selector = k.get::<String>("selector");
-            let private_key = k.get::<PathBuf>("private_key");
+            let private_key = k.get_path("private_key");
             let domain = match domain.as_deref().map(canonical_domain) {
                 Some(Some(d)) => Some(d),
                 Some(None) => {

@@ -135,7 +135,7 @@ impl Policy {
     pub fn load(path: &Path) -> Result<Policy, Problems> {
         let name = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Policy::from_toml(&name, &text),
+            Ok(text) => Policy::parse(Collector::for_file(path), &text),
             Err(e) => {
                 let c = Collector::new(name);
                 c.problem("", format!("cannot read: {e}"));
@@ -144,8 +144,13 @@ impl Policy {
         }
     }
 
+    /// Parses policy text; relative paths (DKIM keys) stay relative to the working
+    /// directory (a file's resolve against its directory: [`Policy::load`]).
     pub fn from_toml(file: &str, text: &str) -> Result<Policy, Problems> {
-        let c = Collector::new(file);
+        Policy::parse(Collector::new(file), text)
+    }
+
+    fn parse(c: Collector, text: &str) -> Result<Policy, Problems> {
         let Some(table) = c.parse(text) else {
             return Err(c.finish(()).unwrap_err());
         };
