@@ -73,6 +73,14 @@ pub const SPOOL_UNREADABLE: &str = "optin_spool_unreadable_messages_total";
 pub const LISTS_SNAPSHOT_REFUSED: &str = "optin_lists_snapshot_refused";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "optin_http_connections_refused_total";
 pub const HTTP_TIMEOUTS: &str = "optin_http_timeouts_total";
+pub const BUILD_INFO: &str = "optin_build_info";
+pub const SPOOL_DISK_FREE: &str = "optin_spool_disk_free_bytes";
+pub const SPOOL_DISK_TOTAL: &str = "optin_spool_disk_total_bytes";
+pub const TLS_NOT_AFTER: &str = "optin_tls_certificate_not_after_seconds";
+pub const ACCOUNT_THRESHOLD: &str = "optin_account_threshold_ratio";
+pub const CAMPAIGN_VERDICTS: &str = "optin_campaign_verdicts_total";
+/// The `threshold` label of [`ACCOUNT_THRESHOLD`].
+pub const HEALTH_THRESHOLDS: [&str; 3] = ["complaints", "hard_bounces", "unsubscribes"];
 
 /// `listener` of the HTTP metrics: the public one and the operator one.
 pub const HTTP_LISTENERS: [&str; 2] = ["public", "admin"];
@@ -295,6 +303,10 @@ fn register_at_zero() {
     for by in ["health", "content", "admin"] {
         counter!(ACCOUNTS_FROZEN, "by" => by).increment(0);
     }
+    for verdict in ["released", "declined"] {
+        counter!(CAMPAIGN_VERDICTS, "verdict" => verdict).increment(0);
+    }
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for reason in WITHHELD_REASONS {
         for stage in ["rcpt", "data"] {
             counter!(RECIPIENTS_WITHHELD, "reason" => reason, "stage" => stage).increment(0);
@@ -614,6 +626,30 @@ pub fn verdict_reason(why: Option<Withheld>) -> &'static str {
 pub fn spool_size(bytes: u64, segments: u64) {
     gauge!(SPOOL_BYTES).set(bytes as f64);
     gauge!(SPOOL_SEGMENTS).set(segments as f64);
+}
+
+/// The file system holding the spool has `free` of `total` bytes (free: what the relay's
+/// user may still write).
+pub fn spool_disk(free: u64, total: u64) {
+    gauge!(SPOOL_DISK_FREE).set(free as f64);
+    gauge!(SPOOL_DISK_TOTAL).set(total as f64);
+}
+
+/// The inbound TLS certificate expires at `unix_secs`.
+pub fn tls_not_after(unix_secs: i64) {
+    gauge!(TLS_NOT_AFTER).set(unix_secs as f64);
+}
+
+/// An account's rate of `threshold` (one of [`HEALTH_THRESHOLDS`]) over its freeze
+/// threshold: 1.0 is where it freezes.
+pub fn account_threshold(account: &str, threshold: &'static str, ratio: f64) {
+    gauge!(ACCOUNT_THRESHOLD, "account" => account.to_string(), "threshold" => threshold)
+        .set(ratio);
+}
+
+/// A campaign's canary got its verdict (`released`, `declined`).
+pub fn campaign_verdict(verdict: &'static str) {
+    counter!(CAMPAIGN_VERDICTS, "verdict" => verdict).increment(1);
 }
 
 /// A message waited `wait` for its destination's rate limits.

@@ -503,6 +503,11 @@ impl Campaigns {
         c.decided_by = Some(by.to_string());
         let c = c.clone();
         drop(all);
+        crate::metrics::campaign_verdict(if c.stage == Stage::Declined {
+            "declined"
+        } else {
+            "released"
+        });
         match c.stage {
             Stage::Declined => {
                 tracing::warn!(account = %c.account, campaign = %c.id, reason = ?c.reason, by, "campaign declined")

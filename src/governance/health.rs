@@ -122,6 +122,19 @@ impl Health {
         self.accounts.lock().expect("health lock").remove(account);
     }
 
+    /// The accounts with counts (for the gauges).
+    pub fn accounts(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .accounts
+            .lock()
+            .expect("health lock")
+            .keys()
+            .cloned()
+            .collect();
+        all.sort();
+        all
+    }
+
     /// The account's counts in the current window.
     pub fn window(&self, account: &str, rules: &HealthRules, now_ms: u64) -> Window {
         let slot = slot(now_ms, rules);
@@ -132,6 +145,37 @@ impl Health {
             .map(|a| a.window(slot))
             .unwrap_or_default()
     }
+}
+
+/// Each rate of a window over its threshold (1.0: where the account freezes), by
+/// threshold name (`crate::metrics::HEALTH_THRESHOLDS`); `None` where the policy sets no
+/// threshold.
+pub fn ratios(w: &Window, rules: &HealthRules) -> [(&'static str, Option<f64>); 3] {
+    let rate = |n: u64, of: u64| n as f64 / of.max(1) as f64;
+    let over = |r: f64, max: f64| if max > 0.0 { r / max } else { 0.0 };
+    let attempts = w.delivered + w.hard_bounces;
+    [
+        (
+            "complaints",
+            Some(over(
+                rate(w.complaints, w.delivered),
+                rules.max_complaint_rate,
+            )),
+        ),
+        (
+            "hard_bounces",
+            Some(over(
+                rate(w.hard_bounces, attempts),
+                rules.max_hard_bounce_rate,
+            )),
+        ),
+        (
+            "unsubscribes",
+            rules
+                .max_unsubscribe_rate
+                .map(|max| over(rate(w.unsubscribes, w.delivered), max)),
+        ),
+    ]
 }
 
 /// Why a window crosses the rules, if it does.

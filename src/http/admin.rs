@@ -62,6 +62,11 @@ pub struct Admin {
     /// The delivery log (`[delivery] log`) and how many days of it are kept
     /// (`[privacy] delivery_log_days`), for message histories; `None`: no log.
     pub history: Option<(std::path::PathBuf, u32)>,
+    /// Account health (how close each account is to its freeze thresholds).
+    pub governor: Arc<crate::governance::Governor>,
+    /// The relay's event logs (`events/` beside the spool): the cause of a bounce
+    /// suppression.
+    pub events: std::path::PathBuf,
 }
 
 /// The token from the config, else from the token file; `create` makes the file (a random
@@ -342,12 +347,42 @@ fn account_json(
     json!({
         "account": name,
         "frozen": a.freezes.get(name),
+        "health": health_json(&a.governor, name),
         "results": a.counts.get(name),
         "queued": {
             "messages": queued.map_or(0, |q| q.messages),
             "recipients": queued.map_or(0, |q| q.recipients),
             "held": queued.map_or(0, |q| q.held),
         },
+    })
+}
+
+/// The account's window and how close each rate is to its freeze threshold.
+fn health_json(governor: &crate::governance::Governor, name: &str) -> Value {
+    use crate::governance::health;
+    let rules = governor.policy.load().health_rules();
+    let w = governor
+        .health
+        .window(name, &rules, crate::envelope::now_ms());
+    let maxima = [
+        Some(rules.max_complaint_rate),
+        Some(rules.max_hard_bounce_rate),
+        rules.max_unsubscribe_rate,
+    ];
+    let thresholds: serde_json::Map<String, Value> = health::ratios(&w, &rules)
+        .into_iter()
+        .zip(maxima)
+        .filter_map(|((what, ratio), max)| {
+            Some((what.to_string(), json!({"ratio": ratio?, "max_rate": max?})))
+        })
+        .collect();
+    json!({
+        "window_secs": rules.window.as_secs(),
+        "counts": w,
+        "volume": w.delivered + w.hard_bounces,
+        "min_volume": rules.min_volume,
+        "freeze": rules.freeze,
+        "thresholds": thresholds,
     })
 }
 

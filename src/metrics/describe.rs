@@ -94,6 +94,23 @@ fn describe_state() {
         "Spool segments on disk (each deleted once its last message is done)."
     );
     describe_gauge!(QUEUE_MESSAGES, "Messages in the delivery queue.");
+    describe_gauge!(
+        SPOOL_DISK_FREE,
+        "Bytes the relay may still write on the file system holding the spool."
+    );
+    describe_gauge!(
+        SPOOL_DISK_TOTAL,
+        "Size in bytes of the file system holding the spool."
+    );
+    describe_gauge!(
+        TLS_NOT_AFTER,
+        "When the inbound TLS certificate ([tls] certificate) expires, in Unix seconds \
+         (absent with the self-signed one)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the label version is the running relay's version."
+    );
     describe_gauge!(QUEUE_RECIPIENTS, "Recipients not yet delivered or bounced.");
 }
 
@@ -106,6 +123,16 @@ fn describe_delivery() {
     describe_counter!(
         DELIVERY_RECIPIENTS,
         "Recipient outcomes, by result (delivered, deferred, bounced, expired)."
+    );
+    describe_gauge!(
+        ACCOUNT_THRESHOLD,
+        "An account's rate over its freeze threshold, by account and threshold (complaints, \
+         hard_bounces, unsubscribes): 1 is where it freezes (judged once the window holds \
+         min_volume messages)."
+    );
+    describe_counter!(
+        CAMPAIGN_VERDICTS,
+        "Campaign canary verdicts, by verdict (released, declined)."
     );
     describe_counter!(
         ACCOUNTS_FROZEN,

@@ -298,6 +298,42 @@ pub(crate) fn print_account(a: &Value) {
         num(&r["hard_bounced"]),
         num(&r["soft_bounced"])
     );
+    print_health(&a["health"]);
+}
+
+/// How close the account is to each freeze threshold.
+fn print_health(h: &Value) {
+    if h.is_null() {
+        return;
+    }
+    let hours = h["window_secs"].as_u64().unwrap_or(0) / 3600;
+    let (volume, min) = (num(&h["volume"]), num(&h["min_volume"]));
+    let judged = h["volume"].as_u64() >= h["min_volume"].as_u64();
+    println!(
+        "health:   {volume} message(s) in the last {hours}h{}{}",
+        if judged {
+            String::new()
+        } else {
+            format!(" (rates are judged from {min})")
+        },
+        if h["freeze"].as_bool() == Some(false) {
+            "; freezing is off"
+        } else {
+            ""
+        }
+    );
+    if let Some(all) = h["thresholds"].as_object() {
+        for (what, t) in all {
+            let ratio = t["ratio"].as_f64().unwrap_or(0.0);
+            let max = t["max_rate"].as_f64().unwrap_or(0.0);
+            println!(
+                "          {:<13} {:>5.1}% of the freeze threshold ({:.2}% of messages)",
+                what.replace('_', " "),
+                ratio * 100.0,
+                max * 100.0
+            );
+        }
+    }
 }
 
 /// Reasons as `bounce, manual`, or `none`.
@@ -317,6 +353,7 @@ pub(crate) fn print_standing(v: &Value) {
             "suppressed:  global: {}",
             reasons(&v["suppressed"]["global"])
         );
+        print_cause(&v["bounce_cause"]);
         println!("(give --account for its consent, every scope and the verdict)");
         return;
     };
@@ -339,11 +376,32 @@ pub(crate) fn print_standing(v: &Value) {
     }
     let s = &v["suppressed"];
     println!("suppressed:  global: {}", reasons(&s["global"]));
+    print_cause(&v["bounce_cause"]);
     println!("             account {account}: {}", reasons(&s["account"]));
     if let Some(l) = list {
         println!("             list {account}/{l}: {}", reasons(&s["list"]));
     }
     println!("verdict:     {}", text(&v["verdict"]));
+}
+
+/// What made a bounce suppression, and how to lift it when the cause was the relay's own.
+fn print_cause(c: &Value) {
+    if c.is_null() {
+        return;
+    }
+    println!(
+        "bounce:      {} ago: {} {} ({}, from {})",
+        text(&c["age"]),
+        text(&c["status"]),
+        text(&c["diagnostic"]),
+        text(&c["category"]),
+        text(&c["site"])
+    );
+    println!(
+        "             if that was this relay's own fault (DNS, a first-run setting), lift it: \
+         optin-relay suppress remove {} --reason bounce",
+        text(&c["address"])
+    );
 }
 
 pub(crate) fn print_policy(v: &Value) {
