@@ -181,7 +181,7 @@ pub struct Bounces {
     pub policy: Arc<ArcSwap<Policy>>,
     pub tagger: AddressTagger,
     /// `events/bounces.jsonl` in the spool directory.
-    pub events: EventLog,
+    pub events: std::sync::Arc<EventLog>,
     /// The campaign canaries, account health and webhooks that bounces feed.
     pub feedback: super::Feedback,
     /// Recognises and opens return paths; `None`: none are taken (`[bounces] return_path
@@ -223,7 +223,7 @@ impl Bounces {
             lists,
             policy,
             tagger,
-            events: EventLog::new(&spool.join("events/bounces.jsonl")),
+            events: std::sync::Arc::new(EventLog::new(&spool.join("events/bounces.jsonl"))),
             feedback: Default::default(),
             paths: None,
             complaints: None,
@@ -636,6 +636,13 @@ impl crate::envelope::OutcomeSink for Bounces {
         let Ok(address) = crate::consent::key::normalise(o.address()) else {
             return;
         };
+        // The relay's own notices (DSNs) go to a client's envelope sender, who never asked
+        // for anything: their failure says nothing about a recipient of the accounts' mail
+        // (and on a first run with no working DNS it would suppress the client's own
+        // address).
+        if o.envelope.generated_dsn {
+            return;
+        }
         let streak = category.action() == Action::Streak;
         let suppress_now = hard || (streak && self.streak(&address));
         let persist = streak && self.streak_file.is_some();
@@ -647,12 +654,42 @@ impl crate::envelope::OutcomeSink for Bounces {
             self.streaks.clone(),
             self.streak_file.clone(),
         );
+        // Why, for `suppress check`: an operator who finds an address suppressed can tell a
+        // real dead mailbox from the relay's own DNS outage or a first-run misconfiguration.
+        let crate::envelope::Settled::Bounced {
+            status,
+            diagnostic,
+            rule,
+            ..
+        } = o.settled
+        else {
+            return;
+        };
+        let event = serde_json::json!({
+            "time_ms": crate::envelope::now_ms(),
+            "account": o.envelope.account,
+            "queue_id": o.id.to_string(),
+            "address": address,
+            "category": category.as_str(),
+            "rule": rule,
+            "status": status.to_string(),
+            "diagnostic": diagnostic.chars().take(300).collect::<String>(),
+            "site": o.site,
+            "via": "delivery",
+            "suppressed": suppress_now,
+        });
+        let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(path) = file {
                 flush_streaks(&streaks, &path);
             }
-            if suppress_now && let Err(e) = suppress(&lists, Scope::Global, &address) {
-                tracing::error!(error = %e, "could not record a bounce as a suppression");
+            if suppress_now {
+                if let Err(e) = suppress(&lists, Scope::Global, &address) {
+                    tracing::error!(error = %e, "could not record a bounce as a suppression");
+                }
+                if let Err(e) = events.append(&event) {
+                    tracing::error!(error = %e, "could not append to the bounce event log");
+                }
             }
         });
     }

@@ -92,6 +92,50 @@ fn reasons(tags: u8) -> Vec<&'static str> {
     Reason::from_tags(tags).map(Reason::as_str).collect()
 }
 
+/// The last bounce that suppressed `address` (from `events/bounces.jsonl`), when its
+/// standing has a bounce: what it was, when, and where from.
+async fn bounce_cause(a: &Admin, address: &str, tags: u8) -> serde_json::Value {
+    if tags & Reason::Bounce.bit() == 0 {
+        return serde_json::Value::Null;
+    }
+    let path = a.events.join("bounces.jsonl");
+    let address = address.to_string();
+    tokio::task::spawn_blocking(move || last_bounce(&path, &address))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Scans the bounce log (kept `[privacy] event_log_days`) for the address's last
+/// suppressing bounce.
+fn last_bounce(path: &std::path::Path, address: &str) -> Option<serde_json::Value> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).ok()?;
+    let needle = serde_json::to_string(address).ok()?;
+    let mut last = None;
+    for line in std::io::BufReader::new(file).lines() {
+        let Ok(line) = line else { break };
+        if !line.contains(&needle) {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["address"] == address && v["suppressed"] == true {
+            last = Some(v);
+        }
+    }
+    let mut v = last?;
+    let age_ms = crate::envelope::now_ms().saturating_sub(v["time_ms"].as_u64().unwrap_or(0));
+    let age = std::time::Duration::from_secs(age_ms / 1000);
+    v["age"] = json!(humantime::format_duration(age).to_string());
+    if v["site"].is_null() {
+        v["site"] = json!("a bounce mailed back");
+    }
+    Some(v)
+}
+
 pub(super) async fn suppression_check(
     State(a): State<Admin>,
     Path(address): Path<String>,
@@ -105,7 +149,12 @@ pub(super) async fn suppression_check(
             return Err(bad("a list or stream needs its account"));
         }
         let st = a.lists.standing("", None, &address);
-        return ok(json!({"address": address, "suppressed": {"global": reasons(st.global)}}));
+        let cause = bounce_cause(&a, &address, st.global).await;
+        return ok(json!({
+            "address": address,
+            "suppressed": {"global": reasons(st.global)},
+            "bounce_cause": cause,
+        }));
     };
     let acc = policy
         .account(name)
@@ -146,6 +195,7 @@ pub(super) async fn suppression_check(
             "list": reasons(st.list),
         },
         "verdict": verdict,
+        "bounce_cause": bounce_cause(&a, &address, st.global | st.account | st.list).await,
     }))
 }
 
