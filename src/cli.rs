@@ -54,7 +54,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay.
-    Serve,
+    Serve {
+        /// Capture mode (as `[delivery] mode = "capture"`): mail is kept in the capture
+        /// folder and listed at /capture/ on the operator listener instead of being
+        /// delivered; nothing leaves this machine.
+        #[arg(long)]
+        capture: bool,
+    },
     /// Check or show the configuration (and say which file it is).
     Config {
         #[command(subcommand)]
@@ -325,7 +331,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         ..cli
     };
     match cli.command {
-        Command::Serve => serve(&located),
+        Command::Serve { capture } => serve(&located, capture),
         Command::Config {
             command: ConfigCommand::Check,
         } => Ok(config::check(&located)),
@@ -511,9 +517,12 @@ fn man_pages(dir: &Path) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(located: &config::Located) -> Result<ExitCode, String> {
+fn serve(located: &config::Located, capture: bool) -> Result<ExitCode, String> {
     let path = located.path.as_deref();
-    let config = load_config(path)?;
+    let mut config = load_config(path)?;
+    if capture {
+        config.delivery.mode = crate::config::DeliveryMode::Capture;
+    }
     let policy = load_policy(&config)?;
     // A policy that would refuse every client (an emptied file) is no policy to start on.
     if let Some(problem) = crate::reload::account_problems(&policy, None).first() {

@@ -239,8 +239,25 @@ impl std::fmt::Display for HostPort {
     }
 }
 
+/// What delivery does with mail (`[delivery] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// To the next hop: the smart host, or the recipients' MX hosts.
+    Deliver,
+    /// Into the capture folder, for development (see `crate::delivery::capture`).
+    Capture,
+}
+
+/// Messages the capture folder keeps (the oldest go first).
+pub const DEFAULT_CAPTURE_KEEP: usize = 1000;
+
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
+    pub mode: DeliveryMode,
+    /// The capture folder (default: `capture` in the spool directory).
+    pub capture_dir: PathBuf,
+    pub capture_keep: usize,
     /// Send everything here instead of looking up MX records (see [`smarthost`]).
     pub smarthost: Option<Smarthost>,
     /// Nameserver for MX lookups (default: the system's resolv.conf).
@@ -503,7 +520,11 @@ fn read_delivery(s: &mut Section<'_>, hostname: &str, spool: &Path) -> DeliveryC
             "is \"disabled\", but the smart host's tls needs STARTTLS",
         );
     }
+    let capture_keep = s.get_or("capture_keep", DEFAULT_CAPTURE_KEEP);
     DeliveryConfig {
+        mode: s.get_or("mode", DeliveryMode::Deliver),
+        capture_dir: s.get_path_or("capture_dir", spool.join("capture")),
+        capture_keep: positive(s, "capture_keep", capture_keep),
         smarthost,
         dns: s.get::<SocketAddr>("dns"),
         mx_port: positive(s, "mx_port", mx_port),

@@ -10,6 +10,7 @@
 //! the middle of a transaction may finish it within `shutdown_grace`, then delivery stops
 //! and the spool's journals are synced. Mail accepted but not delivered stays in the spool.
 
+mod gauges;
 mod open;
 
 use std::collections::HashMap;
@@ -103,8 +104,18 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts with delivery over the network (smart host or MX lookup).
+    /// Starts with delivery over the network (smart host or MX lookup), or into the
+    /// capture folder in capture mode.
     pub async fn start(config: Config, policy: Policy) -> Result<Relay, StartError> {
+        if config.delivery.mode == crate::config::DeliveryMode::Capture {
+            let store = capture_store(&config)?;
+            tracing::warn!(
+                folder = %config.delivery.capture_dir.display(),
+                "capture mode: no mail leaves this machine; see /capture/ on the operator listener"
+            );
+            let transport = crate::delivery::capture::CaptureTransport::new(Arc::new(store));
+            return Relay::start_with_transport(config, policy, Arc::new(transport)).await;
+        }
         let transport = NetTransport::new(&config.delivery).map_err(StartError::Delivery)?;
         Relay::start_with_transport(config, policy, Arc::new(transport)).await
     }
@@ -162,6 +173,7 @@ impl Relay {
             config.privacy.consent_record_days,
             stop_accepting.clone(),
         );
+        gauges::spawn(&config, gov.governor.clone(), stop_accepting.clone());
         for warning in config.warnings() {
             tracing::warn!("config: {warning}");
         }
@@ -287,6 +299,8 @@ fn http_services(
                 .log
                 .clone()
                 .map(|p| (p, config.privacy.delivery_log_days)),
+            governor: gov.governor.clone(),
+            events: config.spool.path.join("events"),
         }),
         None => None,
     };
@@ -313,7 +327,18 @@ fn http_services(
                 subscribe: Some(subscribe.clone()),
             }),
         subscribe: Some(subscribe),
+        capture: match config.delivery.mode {
+            crate::config::DeliveryMode::Capture => Some(Arc::new(capture_store(config)?)),
+            crate::config::DeliveryMode::Deliver => None,
+        },
     })
+}
+
+/// The capture folder (the transport writes it, the operator listener's pages read it).
+fn capture_store(config: &Config) -> Result<crate::delivery::capture::Store, StartError> {
+    let d = &config.delivery;
+    crate::delivery::capture::Store::open(&d.capture_dir, d.capture_keep)
+        .map_err(|e| StartError::State(format!("{}: {e}", d.capture_dir.display())))
 }
 
 /// What every SMTP session shares.

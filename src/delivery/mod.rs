@@ -11,6 +11,7 @@
 //! tests with paused time drive retries and expiry exactly as days of real time would.
 
 mod budget;
+pub mod capture;
 pub mod client;
 pub mod mta_sts;
 pub mod outcome;

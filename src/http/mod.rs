@@ -19,6 +19,7 @@
 pub mod account;
 pub mod admin;
 pub mod api;
+pub mod capture;
 pub mod complaint;
 pub mod engagement;
 pub mod layers;
@@ -71,6 +72,8 @@ pub struct Services {
     pub account: Option<account::AccountApi>,
     /// Subscription forms and confirmation links; `None`: not served.
     pub subscribe: Option<subscribe::Subscribe>,
+    /// Capture mode's folder, listed on the operator listener; `None`: not capturing.
+    pub capture: Option<Arc<crate::delivery::capture::Store>>,
 }
 
 /// Where the listeners are bound (`None`: off).
@@ -112,7 +115,14 @@ pub async fn start(
             max_body_size: config.admin.max_body_size,
             ..config.http.limits
         };
+        let capture = services
+            .capture
+            .map(|store| capture::router(store, api.token.clone()));
         let app = admin_router(services.metrics, api, limits);
+        let app = match capture {
+            Some(pages) => app.merge(pages),
+            None => app,
+        };
         let listener = Listener {
             name: "admin",
             limits,
