@@ -649,6 +649,13 @@ check_docker_recipe() {
     return $rc
 }
 
+# The quickstart's commands, as the docs give them, with the installed /usr/bin/optin-relay.
+check_quickstart() {
+    # shellcheck source=quickstart.sh
+    source "$HERE/quickstart.sh"
+    run_quickstart /usr/bin "$WORK/quickstart"
+}
+
 check_purge() {
     dpkg -P "$PKG" || return 1
     INSTALLED=""
@@ -694,6 +701,7 @@ CHECKS=(
     "check_spool|spool files owned by $PKG_USER, 0600 files, 0700 directories; queue list shows the messages"
     "check_reinstall|dpkg -i again: an edited conffile kept, owners and modes kept, spool untouched"
     "check_docker_recipe|deploy/docker: Dockerfile non-root with volumes and entrypoint; its config passes config check${PACKAGE_DOCKER_BUILD:+; image built}"
+    "check_quickstart|the quickstart (docs/src/quickstart.md) followed with the installed binary: capture mode, consent, footer, one-click unsubscribe"
     "check_purge|dpkg -P: package, files, spool, user and group gone"
 )
 
