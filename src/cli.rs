@@ -25,12 +25,12 @@ mod campaign;
 pub mod config;
 mod keys;
 mod lists;
+mod queue;
 
 use crate::config::{Config, LogFormat};
 use crate::policy::Policy;
 use crate::reload::{PolicyReloader, Trigger};
 use crate::server::Relay;
-use crate::spool::{self, RecoveredMessage, Spool};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,7 +70,7 @@ pub enum Command {
     /// summary, retry, bounce and delete ask the running relay.
     Queue {
         #[command(subcommand)]
-        command: QueueCommand,
+        command: queue::QueueCommand,
     },
     /// Accounts of the running relay: status, freeze, unfreeze, API keys.
     Account {
@@ -149,76 +149,6 @@ pub enum ConfigCommand {
         /// Only the settings the file makes (as `postconf -n`).
         #[arg(long)]
         changed: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum QueueCommand {
-    /// Totals, then the queue by site and by account (asks the running relay).
-    Summary {
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// One line per queued message (reads the spool; --live asks the running relay).
-    List {
-        /// Print JSON instead of a table (JSON lines from the spool; the API's JSON with
-        /// --live).
-        #[arg(long)]
-        json: bool,
-        /// Only this account's messages.
-        #[arg(long)]
-        account: Option<String>,
-        /// At most this many messages, the oldest (with --live: default 100, at most
-        /// 10000).
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
-        /// Ask the running relay (admin API): its view, with held and in-flight states.
-        #[arg(long)]
-        live: bool,
-        /// With --live: the relay's operator listener (default: `[admin] listen` of the
-        /// config).
-        #[arg(long, value_name = "URL", requires = "live")]
-        url: Option<String>,
-    },
-    /// Envelope and recipient states of one message (reads the spool; --live asks the
-    /// running relay). A message no longer queued, or a Message-ID: what happened to it,
-    /// per recipient, from the running relay's delivery log.
-    Show {
-        /// Queue id (16 hex digits, as in `queue list` and `250 … queued as`), or a
-        /// Message-ID.
-        id: String,
-        /// Ask the running relay (admin API) instead of reading the spool.
-        #[arg(long)]
-        live: bool,
-        /// With --live: print the API's JSON.
-        #[arg(long, requires = "live")]
-        json: bool,
-        /// With --live: the relay's operator listener (default: `[admin] listen` of the
-        /// config).
-        #[arg(long, value_name = "URL", requires = "live")]
-        url: Option<String>,
-    },
-    /// Try every waiting recipient of a message now (asks the running relay).
-    Retry {
-        /// Queue id (16 hex digits).
-        id: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Return a message: every waiting recipient fails, with a DSN to the sender (asks the
-    /// running relay).
-    Bounce {
-        /// Queue id (16 hex digits).
-        id: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Drop a message's waiting recipients, without a DSN (asks the running relay).
-    Delete {
-        /// Queue id (16 hex digits).
-        id: String,
-        #[command(flatten)]
-        api: ApiArgs,
     },
 }
 
@@ -344,7 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             clap_complete::generate(shell, &mut command, "optin-relay", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Queue { command } => queue(cli.config.as_deref(), command),
+        Command::Queue { command } => queue::queue(cli.config.as_deref(), command),
         Command::Account { command } => Ok(account(cli.config.as_deref(), command)),
         Command::Campaign { command } => {
             let (api, call) = campaign::call(command);
@@ -409,69 +339,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-/// `queue …`: `list` and `show` read the spool unless `--live`; the rest ask the relay.
-fn queue(path: Option<&Path>, command: QueueCommand) -> Result<ExitCode, String> {
-    let (api, call) = match command {
-        QueueCommand::List {
-            json,
-            account,
-            limit,
-            live: false,
-            ..
-        } => {
-            let messages = spool_messages(path)?;
-            let code = queue_list(&messages, account.as_deref(), limit, json)?;
-            let spool = load_config(path)?.spool.path;
-            let damaged = Spool::quarantined(&spool);
-            if damaged > 0 && !json {
-                println!(
-                    "{damaged} damaged piece(s) of spool data kept in {} (the relay's log says what each held)",
-                    spool.join("quarantine").display()
-                );
-            }
-            return Ok(code);
-        }
-        QueueCommand::Show {
-            id, live: false, ..
-        } => {
-            // Not (or no longer) in the spool: what the running relay's delivery log says.
-            let messages = spool_messages(path)?;
-            let queued = crate::envelope::QueueId::parse(&id)
-                .is_some_and(|n| messages.iter().any(|m| m.envelope.id == n));
-            if queued {
-                return queue_show(&messages, &id);
-            }
-            eprintln!("{id} is not in the queue; asking the running relay what happened to it");
-            (
-                ApiArgs {
-                    json: false,
-                    url: None,
-                },
-                admin::message_history(&id),
-            )
-        }
-        QueueCommand::List {
-            json,
-            account,
-            limit,
-            url,
-            ..
-        } => (
-            ApiArgs { json, url },
-            admin::queue_list(
-                account.as_deref(),
-                limit.unwrap_or(admin::DEFAULT_LIST_LIMIT),
-            ),
-        ),
-        QueueCommand::Show { id, json, url, .. } => (ApiArgs { json, url }, admin::queue_show(&id)),
-        QueueCommand::Summary { api } => (api, admin::queue_summary()),
-        QueueCommand::Retry { id, api } => (api, admin::queue_retry(&id)),
-        QueueCommand::Bounce { id, api } => (api, admin::queue_bounce(&id)),
-        QueueCommand::Delete { id, api } => (api, admin::queue_delete(&id)),
-    };
-    Ok(admin::call(path, &api, call))
-}
-
 /// `account …`: every verb asks the running relay.
 fn account(path: Option<&Path>, command: AccountCommand) -> ExitCode {
     let (api, call) = match command {
@@ -484,14 +351,6 @@ fn account(path: Option<&Path>, command: AccountCommand) -> ExitCode {
         AccountCommand::Key { command } => keys::call(command),
     };
     admin::call(path, &api, call)
-}
-
-/// The messages in the spool of the config, oldest first.
-fn spool_messages(path: Option<&Path>) -> Result<Vec<RecoveredMessage>, String> {
-    let config = load_config(path)?;
-    let mut messages = Spool::inspect(&config.spool.path).map_err(|e| e.to_string())?;
-    messages.sort_by_key(|m| m.envelope.id); // ids grow with time
-    Ok(messages)
 }
 
 fn init_logging(config: &Config) {
@@ -580,135 +439,4 @@ impl Signals {
             }
         }
     }
-}
-
-fn age(received_at: u64) -> String {
-    let secs = crate::envelope::now_ms().saturating_sub(received_at) / 1000;
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
-}
-
-/// One line per message from the spool (of `account`, at most `limit`).
-fn queue_list(
-    messages: &[RecoveredMessage],
-    account: Option<&str>,
-    limit: Option<usize>,
-    json: bool,
-) -> Result<ExitCode, String> {
-    let messages: Vec<&RecoveredMessage> = messages
-        .iter()
-        .filter(|m| account.is_none_or(|a| m.envelope.account == a))
-        .take(limit.unwrap_or(usize::MAX))
-        .collect();
-    if !json {
-        println!(
-            "{:<16}  {:>10}  {:>8}  {:<12}  {:>7}  {:<30}  DOMAINS",
-            "ID", "AGE", "SIZE", "ACCOUNT", "PENDING", "SENDER"
-        );
-    }
-    for m in &messages {
-        let pending: Vec<usize> = m.pending().collect();
-        let mut domains: Vec<&str> = pending
-            .iter()
-            .map(|&i| {
-                let a = &m.envelope.recipients[i].address;
-                a.rsplit_once('@').map_or("", |(_, d)| d)
-            })
-            .collect();
-        domains.sort_unstable();
-        domains.dedup();
-        let sender = m.envelope.sender.as_deref().unwrap_or("<>");
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "id": m.envelope.id.to_string(),
-                    "received_at_ms": m.envelope.received_at,
-                    "size": m.loc.len,
-                    "account": m.envelope.account,
-                    "sender": sender,
-                    "recipients": m.envelope.recipients.len(),
-                    "pending": pending.len(),
-                    "domains": domains,
-                })
-            );
-        } else {
-            println!(
-                "{:<16}  {:>10}  {:>8}  {:<12}  {:>3}/{:<3}  {:<30}  {}",
-                m.envelope.id.to_string(),
-                age(m.envelope.received_at),
-                m.loc.len,
-                m.envelope.account,
-                pending.len(),
-                m.envelope.recipients.len(),
-                sender,
-                domains.join(",")
-            );
-        }
-    }
-    if !json {
-        println!("{} message(s) queued", messages.len());
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn queue_show(messages: &[RecoveredMessage], id: &str) -> Result<ExitCode, String> {
-    let wanted =
-        crate::envelope::QueueId::parse(id).ok_or_else(|| format!("{id:?} is not a queue id"))?;
-    let m = messages
-        .iter()
-        .find(|m| m.envelope.id == wanted)
-        .ok_or_else(|| format!("{id} is not in the queue"))?;
-    let e = &m.envelope;
-    println!("id:        {}", e.id);
-    println!("received:  {} ago", age(e.received_at));
-    println!("account:   {}", e.account);
-    println!(
-        "stream:    {}{}{}",
-        e.stream,
-        e.list
-            .as_deref()
-            .map(|l| format!(", list {l}"))
-            .unwrap_or_default(),
-        e.campaign
-            .as_deref()
-            .map(|c| format!(", campaign {c}"))
-            .unwrap_or_default()
-    );
-    println!("sender:    <{}>", e.sender.as_deref().unwrap_or(""));
-    println!("size:      {} octets (record)", m.loc.len);
-    println!("segment:   {:016x} offset {}", m.loc.segment, m.loc.offset);
-    if let Some(envid) = &e.envid {
-        println!("envid:     {envid}");
-    }
-    println!(
-        "flags:     {}{}{}",
-        if e.smtputf8 { "SMTPUTF8 " } else { "" },
-        if e.eight_bit_content { "8BIT " } else { "" },
-        if e.generated_dsn { "DSN" } else { "" }
-    );
-    println!("recipients:");
-    for (i, r) in e.recipients.iter().enumerate() {
-        let state = match (r.done, m.events[i]) {
-            (true, _) => "done".to_string(),
-            (_, None) => "pending (not tried yet)".to_string(),
-            (_, Some(spool::RcptEvent::Delivered)) => "delivered".to_string(),
-            (_, Some(spool::RcptEvent::Failed)) => "failed".to_string(),
-            (
-                _,
-                Some(spool::RcptEvent::Deferred {
-                    attempts,
-                    next_attempt,
-                    ..
-                }),
-            ) => {
-                let wait = next_attempt.saturating_sub(crate::envelope::now_ms()) / 1000;
-                format!(
-                    "deferred, {attempts} attempt(s), next in {}",
-                    humantime::format_duration(std::time::Duration::from_secs(wait))
-                )
-            }
-        };
-        println!("  <{}>  {state}", r.address);
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -261,6 +261,7 @@ fn delivery_settings(
     settings.feedback = gov.feedback.clone();
     settings.bounces = Some(gov.bounces.clone());
     settings.return_paths = gov.bounces.paths.clone();
+    settings.holds_file = Some(config.spool.path.join("held.json"));
     settings.rewriter = Some(Arc::new(crate::rewrite::Rewriter::new(
         policy.clone(),
         state.token_keys.clone(),
@@ -301,6 +302,7 @@ fn http_services(
                 .map(|p| (p, config.privacy.delivery_log_days)),
             governor: gov.governor.clone(),
             events: config.spool.path.join("events"),
+            tagger: state.tagger.clone(),
         }),
         None => None,
     };

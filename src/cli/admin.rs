@@ -502,15 +502,53 @@ pub fn queue_summary() -> Call {
 }
 
 /// `GET /admin/queue/messages`: oldest first, at most `limit` (and at most what the API
-/// gives at once).
-pub fn queue_list(account: Option<&str>, limit: usize) -> Call {
+/// gives at once) after the cursor `after`.
+pub fn queue_list(account: Option<&str>, limit: usize, after: Option<&str>) -> Call {
     let limit = limit.min(MAX_LIST_LIMIT);
     let limit_text = limit.to_string();
     let path = format!(
         "/queue/messages{}",
-        query(&[("account", account), ("limit", Some(&limit_text))])
+        query(&[
+            ("account", account),
+            ("limit", Some(&limit_text)),
+            ("after", after)
+        ])
     );
-    Call::new(Method::GET, path, move |v| print_messages(v, limit))
+    Call::new(Method::GET, path, print_messages)
+}
+
+/// `GET /admin/queue/shape`.
+pub fn queue_shape() -> Call {
+    Call::new(Method::GET, "/queue/shape".into(), print::print_shape)
+}
+
+/// `POST /admin/queue/retry|hold|release` for many messages: an account's, a site's, or
+/// all.
+pub fn queue_bulk(verb: &'static str, account: Option<&str>, site: Option<&str>) -> Call {
+    let body = if account.is_none() && site.is_none() {
+        json!({ "all": true })
+    } else {
+        json!({ "account": account, "site": site })
+    };
+    Call::new(Method::POST, format!("/queue/{verb}"), move |v| {
+        println!("{} message(s) {}", num(&v["messages"]), text(&v["result"]));
+    })
+    .with_body(body)
+}
+
+/// `POST /admin/queue/messages/{id}/hold`.
+pub fn queue_hold(id: &str) -> Call {
+    action(
+        Method::POST,
+        id,
+        "/hold",
+        "open recipient(s) held until released",
+    )
+}
+
+/// `POST /admin/queue/messages/{id}/release`.
+pub fn queue_release(id: &str) -> Call {
+    action(Method::POST, id, "/release", "open recipient(s) released")
 }
 
 /// `GET /admin/queue/messages/{id}`.

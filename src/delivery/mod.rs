@@ -63,6 +63,8 @@ pub struct Settings {
     /// Staged campaign release (the canary's results count), account health (deliveries
     /// and hard bounces count), the accounts' webhooks (told of hard bounces).
     pub feedback: crate::governance::Feedback,
+    /// Where operator holds are kept (`held.json` in the spool); `None`: in memory only.
+    pub holds_file: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -79,6 +81,7 @@ impl Settings {
             policy: None,
             freezes: None,
             feedback: Default::default(),
+            holds_file: None,
         }
     }
 }

@@ -16,8 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,13 +26,14 @@ use serde_json::{Value, json};
 
 use crate::consent::{Kind, Lists, Op, Reason, Scope};
 use crate::delivery::Delivery;
-use crate::delivery::control::{Action, ControlError};
+use crate::delivery::control::ControlError;
 use crate::governance::freeze::Freezes;
 use crate::policy::Policy;
 use crate::reload::{PolicyReloader, Trigger};
 use crate::spool::Spool;
 
 mod lists;
+mod queue;
 
 pub use super::api::refusal;
 use super::api::{ApiError, ApiResult, bad, body, internal, not_found, ok, query};
@@ -67,6 +67,8 @@ pub struct Admin {
     /// The relay's event logs (`events/` beside the spool): the cause of a bounce
     /// suppression.
     pub events: std::path::PathBuf,
+    /// The delivery log's recipient tags, to find a queued recipient's last reply there.
+    pub tagger: crate::privacy::AddressTagger,
 }
 
 /// The token from the config, else from the token file; `create` makes the file (a random
@@ -117,15 +119,21 @@ impl From<ControlError> for ApiError {
 pub fn router(admin: Admin) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(openapi))
-        .route("/queue", get(queue_summary))
-        .route("/queue/messages", get(queue_list))
+        .route("/queue", get(queue::queue_summary))
+        .route("/queue/shape", get(queue::queue_shape))
+        .route("/queue/retry", post(queue::queue_retry))
+        .route("/queue/hold", post(queue::queue_hold))
+        .route("/queue/release", post(queue::queue_release))
+        .route("/queue/messages", get(queue::queue_list))
         .route(
             "/queue/messages/{id}",
-            get(message_show).delete(message_delete),
+            get(queue::message_show).delete(queue::message_delete),
         )
-        .route("/queue/messages/{id}/retry", post(message_retry))
-        .route("/messages/{id}", get(message_history))
-        .route("/queue/messages/{id}/bounce", post(message_bounce))
+        .route("/queue/messages/{id}/retry", post(queue::message_retry))
+        .route("/queue/messages/{id}/hold", post(queue::message_hold))
+        .route("/queue/messages/{id}/release", post(queue::message_release))
+        .route("/messages/{id}", get(queue::message_history))
+        .route("/queue/messages/{id}/bounce", post(queue::message_bounce))
         .route("/accounts", get(accounts_list))
         .route("/accounts/{name}", get(account_show))
         .route("/accounts/{name}/freeze", post(account_freeze))
@@ -190,151 +198,6 @@ async fn openapi() -> Response {
 
 fn parse_id(id: &str) -> Result<crate::envelope::QueueId, ApiError> {
     crate::envelope::QueueId::parse(id).ok_or_else(|| bad(format!("{id:?} is not a queue id")))
-}
-
-// ---- queue ---------------------------------------------------------------------------
-
-async fn queue_summary(State(a): State<Admin>) -> ApiResult {
-    ok(a.delivery.summary().await?)
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    account: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn queue_list(
-    State(a): State<Admin>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult {
-    let q = query(q)?;
-    if let Some(name) = &q.account {
-        known_account(&a, name)?;
-    }
-    let limit = q.limit.unwrap_or(100).min(10_000);
-    ok(a.delivery.list(q.account, limit).await?)
-}
-
-async fn message_show(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
-    let n = parse_id(&id)?;
-    let state = a
-        .delivery
-        .show(n)
-        .await?
-        .ok_or_else(|| not_found(format!("no message {id} in the queue")))?;
-    let (envelope, content) = a
-        .spool
-        .read_message(state.loc)
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut v = serde_json::to_value(&state).expect("serialisable");
-    let obj = v.as_object_mut().expect("an object");
-    obj.insert("sender".into(), json!(envelope.sender.unwrap_or_default()));
-    obj.insert("size".into(), json!(content.len()));
-    obj.insert("stream".into(), json!(envelope.stream.to_string()));
-    obj.insert("list".into(), json!(envelope.list));
-    obj.insert("campaign".into(), json!(envelope.campaign));
-    if let Some(rcpts) = obj.get_mut("recipients").and_then(Value::as_array_mut) {
-        for (r, e) in rcpts.iter_mut().zip(&envelope.recipients) {
-            r["address"] = json!(e.address);
-        }
-    }
-    Ok(axum::Json(v))
-}
-
-/// What happened to a message, by queue id or `Message-ID`: per recipient (as its tag) the
-/// last state, attempts, last reply and bounce category, from the delivery log; and, while
-/// it is still queued, its queue state with the addresses.
-async fn message_history(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
-    use crate::privacy::delivery_log::{Lookup, history};
-    let wanted = Lookup::parse(&id)
-        .ok_or_else(|| bad(format!("{id:?} is neither a queue id nor a Message-ID")))?;
-    let Some((path, days)) = a.history.clone() else {
-        return Err(not_found("the delivery log is off ([delivery] log = \"\")"));
-    };
-    let lookup = wanted.clone();
-    let lines = tokio::task::spawn_blocking(move || history(&path, days, &lookup))
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(|e| internal(format!("reading the delivery log: {e}")))?;
-    let mut ids: Vec<String> = Vec::new();
-    // One summary per (queue id, recipient tag), in order of first appearance.
-    let mut rcpts: Vec<Value> = Vec::new();
-    let mut at: std::collections::HashMap<(String, String), usize> = Default::default();
-    for line in &lines {
-        let id = line["id"].as_str().unwrap_or_default().to_string();
-        if !ids.contains(&id) {
-            ids.push(id.clone());
-        }
-        let rcpt = line["rcpt"].as_str().unwrap_or_default().to_string();
-        let i = *at.entry((id.clone(), rcpt.clone())).or_insert_with(|| {
-            rcpts.push(json!({"id": id, "rcpt": rcpt, "account": line["account"], "events": 0}));
-            rcpts.len() - 1
-        });
-        let r = &mut rcpts[i];
-        r["events"] = json!(r["events"].as_u64().unwrap_or(0) + 1);
-        r["state"] = line["event"].clone();
-        r["time_ms"] = line["time_ms"].clone();
-        for key in [
-            "attempts",
-            "reply",
-            "category",
-            "via",
-            "route",
-            "message_id",
-        ] {
-            if !line[key].is_null() {
-                r[if key == "reply" { "last_reply" } else { key }] = line[key].clone();
-            }
-        }
-    }
-    // Still queued: the messages the log names, or the queue id asked for.
-    let mut queue_ids: Vec<crate::envelope::QueueId> = ids
-        .iter()
-        .filter_map(|i| crate::envelope::QueueId::parse(i))
-        .collect();
-    if let Lookup::Id(n) = wanted
-        && !queue_ids.contains(&n)
-    {
-        queue_ids.push(n);
-    }
-    let mut queued = Vec::new();
-    for n in queue_ids {
-        if let Some(state) = a.delivery.show(n).await? {
-            queued.push(serde_json::to_value(&state).expect("serialisable"));
-        }
-    }
-    if lines.is_empty() && queued.is_empty() {
-        return Err(not_found(format!(
-            "nothing about {id} in the delivery log of the last {} days or the queue",
-            a.history.as_ref().map_or(0, |h| h.1)
-        )));
-    }
-    ok(json!({
-        "lookup": id,
-        "ids": ids,
-        "recipients": rcpts,
-        "queued": queued,
-        "events": lines,
-    }))
-}
-
-async fn act(a: &Admin, id: &str, action: Action, done: &str) -> ApiResult {
-    let n = a.delivery.act(parse_id(id)?, action).await?;
-    ok(json!({"id": id, "recipients": n, "result": done}))
-}
-
-async fn message_retry(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
-    act(&a, &id, Action::Retry, "retrying").await
-}
-
-async fn message_bounce(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
-    act(&a, &id, Action::Bounce, "bounced").await
-}
-
-async fn message_delete(State(a): State<Admin>, Path(id): Path<String>) -> ApiResult {
-    act(&a, &id, Action::Delete, "deleted").await
 }
 
 // ---- accounts ------------------------------------------------------------------------

@@ -213,6 +213,29 @@ impl Spool {
         Ok(recover::scan(&queue_dir, None)?.live_messages())
     }
 
+    /// A message's content read from a spool without locking or changing it (for `queue
+    /// cat` beside a running relay); a record that does not verify is an error, and is left
+    /// where it is.
+    pub fn read_content(path: &Path, loc: Location) -> Result<Bytes, SpoolError> {
+        use std::os::unix::fs::FileExt;
+        let segment = writer::segment_path(&path.join("queue"), loc.segment);
+        let err = |e: std::io::Error| read_error(loc, e.to_string());
+        let file = File::open(&segment).map_err(err)?;
+        let len = usize::try_from(loc.len).map_err(|_| read_error(loc, "too long".into()))?;
+        let mut record = vec![0u8; len];
+        file.read_exact_at(&mut record, loc.offset).map_err(err)?;
+        let record = Bytes::from(record);
+        match format::decode_record(&record) {
+            Ok((_, body)) => Ok(record.slice_ref(body)),
+            Err(e) => Err(SpoolError::Damaged {
+                segment: loc.segment,
+                offset: loc.offset,
+                reason: e.to_string(),
+                envelope: None,
+            }),
+        }
+    }
+
     /// The damaged pieces kept in a spool's `quarantine/` (for `queue list`).
     pub fn quarantined(path: &Path) -> usize {
         std::fs::read_dir(path.join("quarantine")).map_or(0, |d| {

@@ -87,7 +87,7 @@ async fn settled(s: &Setup) {
         "recipients still in flight",
         async || {
             let (_, list) = s.get("/admin/queue/messages").await;
-            !list.as_array().unwrap().iter().any(|m| {
+            !list["messages"].as_array().unwrap().iter().any(|m| {
                 m["recipients"]
                     .as_array()
                     .unwrap()
@@ -219,10 +219,22 @@ async fn the_queue_can_be_inspected_retried_bounced_and_deleted() {
     assert_eq!(summary["by_site"][0]["site"], "smarthost");
     assert_eq!(summary["by_site"][0]["recipients"], 3);
 
-    let (status, list) = s.get("/admin/queue/messages?account=shop&limit=2").await;
+    let (status, page) = s.get("/admin/queue/messages?account=shop&limit=2").await;
     assert_eq!(status, 200);
-    let list = list.as_array().unwrap().clone();
+    let list = page["messages"].as_array().unwrap().clone();
     assert_eq!(list.len(), 2, "limit");
+    // The count is of every matching message, not of the page; the cursor gives the rest.
+    assert_eq!(page["total"], 3);
+    let next = page["next_after"].as_str().unwrap();
+    assert_eq!(next, list[1]["id"].as_str().unwrap());
+    let (_, rest) = s
+        .get(&format!(
+            "/admin/queue/messages?account=shop&limit=2&after={next}"
+        ))
+        .await;
+    assert_eq!(rest["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next_after"], Value::Null);
+    assert!(rest["messages"][0]["id"].as_str().unwrap() > next);
     let id = list[0]["id"].as_str().unwrap().to_string();
     assert_eq!(list[0]["recipients"][0]["status"], "waiting");
     assert_eq!(list[0]["recipients"][0]["attempts"], 1);
@@ -347,8 +359,10 @@ async fn a_frozen_account_is_refused_and_its_marketing_held_until_unfrozen() {
 
     // the queued marketing is held: a retry by hand does not send it
     let (_, list) = s.get("/admin/queue/messages").await;
+    let list = &list["messages"];
     let id = list[0]["id"].as_str().unwrap().to_string();
     assert_eq!(list[0]["held"], true);
+    assert_eq!(list[0]["hold"], "account_frozen");
     let (_, v) = s.get("/admin/queue").await;
     assert_eq!(v["held"], 1);
     let tries = s.mx().rcpt_attempts();
@@ -597,7 +611,7 @@ async fn erasure_drops_queued_mail_and_suppresses_the_address() {
     )
     .await;
     let (_, list) = s.get("/admin/queue/messages").await;
-    let id = list[0]["id"].as_str().unwrap();
+    let id = list["messages"][0]["id"].as_str().unwrap();
     let (_, detail) = s.get(&format!("/admin/queue/messages/{id}")).await;
     assert_eq!(detail["recipients"][0]["status"], "done");
     assert_eq!(detail["recipients"][1]["status"], "waiting");

@@ -164,7 +164,7 @@ async fn queue_verbs_summarise_list_retry_bounce_and_delete() {
     // The first attempt is recorded by the scheduler right after the MX answers.
     until("the deferral", async || {
         let v = s.cli(&["queue", "list", "--live", "--json"]).await.json();
-        v[0]["recipients"][0]["attempts"] == 1
+        v["messages"][0]["recipients"][0]["attempts"] == 1
     })
     .await;
 
@@ -194,7 +194,7 @@ async fn queue_verbs_summarise_list_retry_bounce_and_delete() {
     for cell in ["shop", "transactional", "waiting", "1/1", "x.example"] {
         assert!(row.contains(cell), "{cell}: {text}");
     }
-    assert!(text.contains("1 message(s) queued"), "{text}");
+    assert!(text.contains("1 of 1 message(s) shown"), "{text}");
     let out = s
         .cli(&["queue", "list", "--live", "--account", "nobody"])
         .await;
@@ -206,10 +206,7 @@ async fn queue_verbs_summarise_list_retry_bounce_and_delete() {
         "{out:#?}"
     );
     let out = s.cli(&["queue", "list", "--live", "--limit", "1"]).await;
-    assert!(
-        out.ok().contains("1 message(s) shown: the oldest"),
-        "{out:#?}"
-    );
+    assert!(out.ok().contains("1 of 1 message(s) shown"), "{out:#?}");
     // the spool says the same without the relay
     let out = s.cli(&["queue", "list", "--account", "shop"]).await;
     assert!(out.ok().contains(&id), "{out:#?}");
@@ -237,6 +234,68 @@ async fn queue_verbs_summarise_list_retry_bounce_and_delete() {
     );
     until("the retry", async || s.mx.rcpt_attempts() >= 2).await;
 
+    // show: each recipient's last reply, from the delivery log (written within a second)
+    until("the last reply in queue show", async || {
+        let text = s
+            .cli(&["queue", "show", &id, "--live"])
+            .await
+            .ok()
+            .to_string();
+        text.contains("last: deferred") && text.contains("451")
+    })
+    .await;
+    // cat: the stored message, envelope first (from the spool files)
+    let text = s.cli(&["queue", "cat", &id]).await.ok().to_string();
+    assert!(
+        text.contains("X-Optin-Envelope-To: <tempfail1@x.example>"),
+        "{text}"
+    );
+    assert!(text.contains("Subject:"), "{text}");
+    let body = s
+        .cli(&["queue", "cat", &id, "--body"])
+        .await
+        .ok()
+        .to_string();
+    assert!(
+        !body.contains("X-Optin-Envelope") && body.contains("Subject:"),
+        "{body}"
+    );
+    // shape: the queue's age by site
+    let text = s.cli(&["queue", "shape"]).await.ok().to_string();
+    let total = text.lines().find(|l| l.starts_with("TOTAL")).expect(&text);
+    assert!(total.split_whitespace().nth(1) == Some("1"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("smarthost")), "{text}");
+    // hold: a retry does not send it; the list says held; release lets it go
+    let out = s.cli(&["queue", "hold", &id]).await;
+    assert!(out.ok().contains("held until released"), "{out:#?}");
+    let before = s.mx.rcpt_attempts();
+    let out = s.cli(&["queue", "retry", "--all"]).await;
+    assert!(out.ok().contains("1 message(s) retrying"), "{out:#?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.mx.rcpt_attempts(), before, "a held message is not tried");
+    let row = s.cli(&["queue", "list", "--live"]).await.ok().to_string();
+    assert!(
+        row.lines()
+            .any(|l| l.starts_with(&id) && l.contains("held")),
+        "{row}"
+    );
+    let out = s.cli(&["queue", "release", "--account", "shop"]).await;
+    assert!(out.ok().contains("1 message(s) released"), "{out:#?}");
+    let out = s
+        .cli(&["queue", "retry", "--all", "--site", "smarthost"])
+        .await;
+    assert!(out.ok().contains("1 message(s) retrying"), "{out:#?}");
+    until("the retry after release", async || {
+        s.mx.rcpt_attempts() > before
+    })
+    .await;
+    let out = s.cli(&["queue", "hold"]).await;
+    assert_eq!(
+        out.code,
+        Some(2),
+        "hold needs an id, --account or --all: {out:#?}"
+    );
+
     // bounce: the sender gets a DSN
     let id2 = submit(s.smtp(), "tempfail2@x.example").await;
     until("its first attempt", async || s.mx.rcpt_attempts() >= 3).await;
@@ -255,7 +314,7 @@ async fn queue_verbs_summarise_list_retry_bounce_and_delete() {
         s.cli(&["queue", "list", "--live"])
             .await
             .ok()
-            .contains("0 message(s) queued")
+            .contains("0 of 0 message(s) shown")
     })
     .await;
     let out = s.cli(&["queue", "retry", &id]).await;
@@ -606,7 +665,7 @@ async fn failures_have_their_exit_codes_and_say_why() {
     let out = cli(&stopped, &["policy", "status", "--url", &url]).await;
     assert!(out.ok().contains("generation:"), "{out:#?}");
     let out = cli(&stopped, &["queue", "list", "--live", "--url", &url]).await;
-    assert!(out.ok().contains("0 message(s) queued"), "{out:#?}");
+    assert!(out.ok().contains("0 of 0 message(s) shown"), "{out:#?}");
     let out = cli(&stopped, &["policy", "status", "--url", "https://x:1"]).await;
     assert_eq!(out.code, Some(2), "{out:#?}");
     assert!(out.stderr.contains("https is not supported"), "{out:#?}");

@@ -272,8 +272,13 @@ async fn the_canary_counts_recipients_not_messages() {
     assert_eq!(c["held"], 900, "{c}");
     let (_, q) = api(&s, "GET", "/admin/queue", None).await;
     assert_eq!(q["held"], 900, "{q}");
-    let (_, m) = api(&s, "GET", "/admin/queue/messages", None).await;
+    let (_, page) = api(&s, "GET", "/admin/queue/messages", None).await;
+    let m = &page["messages"];
     assert_eq!(m[0]["held"], true, "{m}");
+    assert_eq!(
+        m[0]["hold"], "campaign_canary",
+        "labelled as waiting for the verdict"
+    );
     // released: exactly the held 900 go, nobody twice
     let (status, _) = api(&s, "POST", "/admin/campaigns/shop/bulk/release", None).await;
     assert_eq!(status, 200);
@@ -311,13 +316,15 @@ async fn a_split_message_is_readmitted_after_a_restart_and_declined_in_part() {
     // the canary (3) is tried and deferred; two recipients are held
     wait_until("the canary tried", async || s.mx.rcpt_attempts() >= 3).await;
     wait_until("the canary deferred", async || {
-        let (_, m) = api(&s, "GET", "/admin/queue/messages", None).await;
+        let (_, page) = api(&s, "GET", "/admin/queue/messages", None).await;
+        let m = &page["messages"];
         m[0]["recipients"]
             .as_array()
             .is_some_and(|r| r.iter().filter(|r| r["attempts"] == 1).count() == 3)
     })
     .await;
-    let (_, m) = api(&s, "GET", "/admin/queue/messages", None).await;
+    let (_, page) = api(&s, "GET", "/admin/queue/messages", None).await;
+    let m = &page["messages"];
     let held: Vec<bool> = m[0]["recipients"]
         .as_array()
         .unwrap()
@@ -337,7 +344,8 @@ async fn a_split_message_is_readmitted_after_a_restart_and_declined_in_part() {
         (json!(5), json!(2)),
         "{q}"
     );
-    let (_, m) = api(&s, "GET", "/admin/queue/messages", None).await;
+    let (_, page) = api(&s, "GET", "/admin/queue/messages", None).await;
+    let m = &page["messages"];
     let held: Vec<bool> = m[0]["recipients"]
         .as_array()
         .unwrap()

@@ -59,7 +59,7 @@ async fn queued_id(relay: &optin_relay::server::Relay) -> optin_relay::envelope:
         Duration::from_secs(10),
         "a message waiting for its retry",
         async || {
-            let list = relay.delivery.list(None, 10).await.unwrap();
+            let list = relay.delivery.list(None, 10, None).await.unwrap().messages;
             (list.len() == 1
                 && list[0].recipients[0].status == "waiting"
                 && list[0].recipients[0].attempts == 1)

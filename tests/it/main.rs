@@ -27,6 +27,7 @@ mod http;
 mod memory;
 mod metrics;
 mod mta_sts;
+mod operations;
 mod outbound_tls;
 mod preferences;
 mod privacy;

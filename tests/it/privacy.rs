@@ -40,7 +40,7 @@ async fn settled(http: SocketAddr, n: usize) -> Vec<Value> {
     let what = format!("the queue settled at {n} messages");
     poll(Duration::from_secs(5), &what, async || {
         let (_, list) = call(http, "GET", "/admin/queue/messages", None).await;
-        let list = list.as_array().cloned().unwrap_or_default();
+        let list = list["messages"].as_array().cloned().unwrap_or_default();
         let busy = list.iter().any(|m| {
             m["recipients"].as_array().unwrap().iter().any(|r| {
                 r["status"] == "in_flight" || (r["status"] == "waiting" && r["attempts"] == 0)

@@ -139,7 +139,14 @@ pub(crate) fn message_row(m: &Value) -> Vec<String> {
         .map_or("-".to_string(), |s| {
             if s == 0 { "now".into() } else { duration(s) }
         });
-    let state = if m["held"].as_bool() == Some(true) {
+    let state = if let Some(hold) = m["hold"].as_str() {
+        match hold {
+            "operator" => "held",
+            "account_frozen" => "frozen",
+            "campaign_canary" => "canary",
+            _ => "held",
+        }
+    } else if m["held"].as_bool() == Some(true) {
         "held"
     } else if undone(m).any(|r| r["status"].as_str() == Some("in_flight")) {
         "sending"
@@ -169,8 +176,9 @@ pub(crate) fn stream_of(m: &Value) -> &'static str {
     }
 }
 
-pub(crate) fn print_messages(v: &Value, limit: usize) {
-    let rows: Vec<Vec<String>> = items(v).iter().map(message_row).collect();
+/// A page of `queue list --live`: its rows, how many match in all, and how to get the next.
+pub(crate) fn print_messages(v: &Value) {
+    let rows: Vec<Vec<String>> = items(&v["messages"]).iter().map(message_row).collect();
     table(
         &[
             ("ID", Align::Left),
@@ -184,14 +192,45 @@ pub(crate) fn print_messages(v: &Value, limit: usize) {
         ],
         &rows,
     );
-    if rows.len() >= limit {
-        println!(
-            "{} message(s) shown: the oldest; --limit N for more",
+    let total = num(&v["total"]);
+    match v["next_after"].as_str() {
+        Some(next) => println!(
+            "{} of {total} message(s) shown; the next page: --after {next}",
             rows.len()
-        );
-    } else {
-        println!("{} message(s) queued", rows.len());
+        ),
+        None => println!("{} of {total} message(s) shown", rows.len()),
     }
+    println!(
+        "STATE: held (queue hold), frozen (account frozen), canary (waits for its campaign's verdict)"
+    );
+}
+
+/// `queue shape`: recipients by site and age, as Postfix's qshape.
+pub(crate) fn print_shape(v: &Value) {
+    let columns: Vec<u64> = items(&v["columns_min"])
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let mut head = vec![
+        ("SITE".to_string(), Align::Left),
+        ("T".to_string(), Align::Right),
+    ];
+    head.extend(columns.iter().map(|c| (c.to_string(), Align::Right)));
+    head.push((
+        format!("{}+", columns.last().copied().unwrap_or(0)),
+        Align::Right,
+    ));
+    let rows: Vec<Vec<String>> = items(&v["sites"])
+        .iter()
+        .map(|r| {
+            let mut row = vec![text(&r["site"]), num(&r["total"]).to_string()];
+            row.extend(items(&r["counts"]).iter().map(|n| num(n).to_string()));
+            row
+        })
+        .collect();
+    let head: Vec<(&str, Align)> = head.iter().map(|(h, a)| (h.as_str(), *a)).collect();
+    table(&head, &rows);
+    println!("(recipients not yet delivered, by the age of their message in minutes)");
 }
 
 pub(crate) fn print_message(m: &Value) {
@@ -208,8 +247,13 @@ pub(crate) fn print_message(m: &Value) {
     println!("stream:    {stream}");
     println!("sender:    <{}>", text(&m["sender"]));
     println!("size:      {} octets", num(&m["size"]));
-    if m["held"].as_bool() == Some(true) {
-        println!("held:      yes (the account is frozen)");
+    match m["hold"].as_str() {
+        Some("operator") => println!("held:      by an operator (queue release ID lets it go)"),
+        Some("account_frozen") => println!("held:      the account is frozen"),
+        Some("campaign_canary") => {
+            println!("held:      its recipients beyond the canary wait for the campaign's verdict")
+        }
+        _ => {}
     }
     println!("recipients:");
     for r in items(&m["recipients"]) {
@@ -230,6 +274,13 @@ pub(crate) fn print_message(m: &Value) {
             other => other.to_string(),
         };
         println!("  <{}>  {state}", text(&r["address"]));
+        if let Some(reply) = r["last_reply"].as_str() {
+            println!(
+                "      last: {} {} ago: {reply}",
+                text(&r["last_event"]),
+                duration(crate::envelope::now_ms().saturating_sub(num(&r["last_time_ms"])) / 1000)
+            );
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::outcome::{self, Attempt, Disposition, classify};
 use super::queue::{Hot, NO_CAMPAIGN, Notice, Notices, Progress, Residence};
 use super::route::JobReport;
-use super::{Event, Queued, Scheduler, Settings, site_outcome};
+use super::{Event, Queued, Scheduler, Settings};
 use crate::dsn;
 use crate::envelope::{Envelope, QueueId, RecipientOutcome, Settled};
 use crate::privacy::AddressTagger;
@@ -120,7 +120,7 @@ impl Scheduler {
             Disposition::Deferred { reason } if round.expired => {
                 tracing::warn!(id = %round.id_text, rcpt = %self.tagger.tag(&round.env.recipients[i].address), attempts, reason = %round.scrubbed(&self.tagger, &reason, i), "expired: giving up");
                 crate::metrics::recipient_outcome("expired");
-                site_outcome(&self.named_sites, &round.report.site, "expired");
+                self.site_labels.outcome(&round.report.site, "expired");
                 Disposition::Bounced {
                     status: Status::new(4, 4, 7),
                     diagnostic: format!(
@@ -204,7 +204,7 @@ impl Scheduler {
         self.open_rcpts -= 1;
         self.spool.record(round.loc, i as u32, RcptEvent::Delivered);
         crate::metrics::recipient_outcome("delivered");
-        site_outcome(&self.named_sites, &round.report.site, "delivered");
+        self.site_labels.outcome(&round.report.site, "delivered");
         tracing::info!(id = %round.id_text, rcpt = %self.tagger.tag(&round.env.recipients[i].address), remote = %round.remote(), attempts = r.attempts, reply = %round.scrubbed(&self.tagger, reply, i), "delivered");
         if !round.report.next_hop_dsn && dsn::wanted(&round.env.recipients[i], dsn::Action::Relayed)
         {
@@ -238,7 +238,7 @@ impl Scheduler {
             },
         );
         crate::metrics::recipient_outcome("deferred");
-        site_outcome(&self.named_sites, &round.report.site, "deferred");
+        self.site_labels.outcome(&round.report.site, "deferred");
         tracing::info!(id = %round.id_text, rcpt = %self.tagger.tag(&round.env.recipients[i].address), remote = %round.remote(), attempts = r.attempts, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())), reason = %round.scrubbed(&self.tagger, reason, i), "deferred");
         due
     }
@@ -260,7 +260,7 @@ impl Scheduler {
         self.open_rcpts -= 1;
         if status.class == 5 {
             crate::metrics::recipient_outcome("bounced");
-            site_outcome(&self.named_sites, &round.report.site, "bounced");
+            self.site_labels.outcome(&round.report.site, "bounced");
         }
         tracing::info!(id = %round.id_text, rcpt = %self.tagger.tag(&env.recipients[i].address), remote = %round.remote(), status = %status, diagnostic = %round.scrubbed(&self.tagger, &diagnostic, i), category = category.as_str(), "bounced");
         if dsn::wanted(&env.recipients[i], dsn::Action::Failed)

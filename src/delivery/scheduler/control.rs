@@ -20,6 +20,8 @@ use crate::envelope::QueueId;
 use crate::governance::campaign::{Campaign, Stage};
 use crate::spool::{self, RcptEvent};
 
+pub use super::operator::{Bulk, Filter, Shape, ShapeRow};
+
 /// What the operator does to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -31,6 +33,10 @@ pub enum Action {
     Delete,
     /// The waiting recipients with this address are dropped, without a DSN.
     Erase(String),
+    /// Delivery leaves the message alone until it is released (kept across restarts).
+    Hold,
+    /// A held message goes again.
+    Release,
 }
 
 pub(in crate::delivery) enum Command {
@@ -38,8 +44,16 @@ pub(in crate::delivery) enum Command {
     List {
         account: Option<String>,
         limit: usize,
-        reply: oneshot::Sender<Vec<MessageState>>,
+        /// Only messages after this one (the cursor of the previous page).
+        after: Option<QueueId>,
+        reply: oneshot::Sender<Page>,
     },
+    Bulk {
+        filter: Filter,
+        what: Bulk,
+        reply: oneshot::Sender<usize>,
+    },
+    Shape(oneshot::Sender<Shape>),
     Show {
         id: QueueId,
         reply: oneshot::Sender<Option<MessageState>>,
@@ -100,6 +114,15 @@ pub struct AccountQueue {
     pub held: usize,
 }
 
+/// A page of the queue list: its messages, how many match in all, and the cursor of the
+/// next page (`None`: this is the last).
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub messages: Vec<MessageState>,
+    pub total: usize,
+    pub next_after: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageState {
     /// The queue id (16 hex digits).
@@ -109,6 +132,11 @@ pub struct MessageState {
     pub age_s: u64,
     /// Some recipient is held: the account is frozen, or the campaign's canary is out.
     pub held: bool,
+    /// Why it is held: `operator` (`queue hold`), `account_frozen`, or `campaign_canary`
+    /// (its recipients beyond the canary wait for the verdict); `None`: not held.
+    pub hold: Option<&'static str>,
+    /// The campaign it belongs to, if any.
+    pub campaign: Option<String>,
     pub recipients: Vec<RcptState>,
     #[serde(skip)]
     pub loc: spool::Location,
@@ -146,18 +174,36 @@ impl Delivery {
         self.ask(Command::Summary).await
     }
 
-    /// Messages in the queue (oldest first), at most `limit`, of one account or all.
+    /// Messages in the queue (oldest first), at most `limit` after the cursor `after`, of
+    /// one account or all.
     pub async fn list(
         &self,
         account: Option<String>,
         limit: usize,
-    ) -> Result<Vec<MessageState>, ControlError> {
+        after: Option<QueueId>,
+    ) -> Result<Page, ControlError> {
         self.ask(|reply| Command::List {
             account,
             limit,
+            after,
             reply,
         })
         .await
+    }
+
+    /// Retries, holds or releases every message the filter takes; returns how many.
+    pub async fn bulk(&self, filter: Filter, what: Bulk) -> Result<usize, ControlError> {
+        self.ask(|reply| Command::Bulk {
+            filter,
+            what,
+            reply,
+        })
+        .await
+    }
+
+    /// The queue's age by site.
+    pub async fn shape(&self) -> Result<Shape, ControlError> {
+        self.ask(Command::Shape).await
     }
 
     pub async fn show(&self, id: QueueId) -> Result<Option<MessageState>, ControlError> {
@@ -199,6 +245,7 @@ impl Scheduler {
             Command::List {
                 account,
                 limit,
+                after,
                 reply,
             } => {
                 let account = account.map(|a| self.names.find(&a));
@@ -208,10 +255,28 @@ impl Scheduler {
                     .filter(|(_, e)| account.is_none_or(|a| a == Some(e.account)))
                     .map(|(id, _)| *id)
                     .collect();
+                let total = ids.len();
+                ids.retain(|id| after.is_none_or(|a| *id > a));
                 ids.sort_unstable(); // ids grow with time: oldest first
+                let more = ids.len() > limit;
                 ids.truncate(limit);
-                let list = ids.iter().filter_map(|id| self.state(*id)).collect();
-                let _ = reply.send(list);
+                let next_after = more.then(|| ids.last().map(ToString::to_string)).flatten();
+                let messages = ids.iter().filter_map(|id| self.state(*id)).collect();
+                let _ = reply.send(Page {
+                    messages,
+                    total,
+                    next_after,
+                });
+            }
+            Command::Bulk {
+                filter,
+                what,
+                reply,
+            } => {
+                let _ = reply.send(self.bulk(&filter, what));
+            }
+            Command::Shape(reply) => {
+                let _ = reply.send(self.shape());
             }
             Command::Show { id, reply } => {
                 let _ = reply.send(self.state(id));
@@ -304,7 +369,7 @@ impl Scheduler {
     /// the campaign's verdict).
     pub(super) fn held_recipients(&self, entry: &super::Entry) -> usize {
         let open = entry.rcpts.iter().filter(|r| r.status() != Progress::Done);
-        if self.frozen_holds(entry) {
+        if entry.operator_hold || self.frozen_holds(entry) {
             open.count()
         } else if self.campaign_waits(entry) {
             open.filter(|r| r.held).count()
@@ -446,6 +511,21 @@ impl Scheduler {
         let Some(entry) = self.entries.get_mut(&id) else {
             return Err(ControlError::NoSuchMessage(id.to_string()));
         };
+        if let Action::Hold | Action::Release = action {
+            let open = entry
+                .rcpts
+                .iter()
+                .filter(|r| r.status() != Progress::Done)
+                .count();
+            let what = if action == Action::Hold {
+                Bulk::Hold
+            } else {
+                Bulk::Release
+            };
+            tracing::info!(id = %id, action = ?ActionName(&action), recipients = open, "operator action");
+            self.operate(&[id], what);
+            return Ok(open);
+        }
         let hash = match &action {
             Action::Erase(address) => Some(self.tagger.short(address)),
             _ => None,
@@ -537,13 +617,25 @@ impl Scheduler {
     fn state(&self, id: QueueId) -> Option<MessageState> {
         let e = self.entries.get(&id)?;
         let now = self.clock.now_ms();
-        let (frozen, campaign_waits) = (self.frozen_holds(e), self.campaign_waits(e));
+        let (frozen, campaign_waits) = (
+            e.operator_hold || self.frozen_holds(e),
+            self.campaign_waits(e),
+        );
+        let held = self.held_recipients(e) > 0;
         Some(MessageState {
             id: id.to_string(),
             account: self.names.name(e.account).to_string(),
             marketing: e.marketing,
             age_s: (now / 1000).saturating_sub(e.received_s as u64),
-            held: self.held_recipients(e) > 0,
+            held,
+            hold: match () {
+                _ if e.operator_hold => Some("operator"),
+                _ if frozen => Some("account_frozen"),
+                _ if held => Some("campaign_canary"),
+                _ => None,
+            },
+            campaign: (e.campaign != super::queue::NO_CAMPAIGN)
+                .then(|| self.names.name(e.campaign).to_string()),
             recipients: e
                 .rcpts
                 .iter()
@@ -646,6 +738,8 @@ impl std::fmt::Debug for ActionName<'_> {
             Action::Bounce => "bounce",
             Action::Delete => "delete",
             Action::Erase(_) => "erase",
+            Action::Hold => "hold",
+            Action::Release => "release",
         })
     }
 }

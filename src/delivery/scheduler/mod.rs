@@ -8,6 +8,7 @@
 
 mod complete;
 pub mod control;
+mod operator;
 mod queue;
 mod sites;
 mod unreadable;
@@ -50,7 +51,9 @@ pub(super) struct Scheduler {
     /// canary ones (see [`crate::governance::campaign::Campaigns::readmit`]).
     readmit_budget: std::collections::BTreeMap<String, u64>,
     /// The sites named in metrics labels (the busiest at the last count).
-    named_sites: std::collections::HashSet<String>,
+    site_labels: SiteLabels,
+    /// Messages an operator holds (see [`operator`]).
+    holds: operator::Holds,
     /// Everything told of each settled recipient (see [`outcome_sinks`]).
     outcomes: Vec<Arc<dyn OutcomeSink>>,
     tx: mpsc::UnboundedSender<Event>,
@@ -92,10 +95,37 @@ fn routing_domain(address: &str) -> String {
     crate::smtp::address::routing_domain(domain)
 }
 
-/// A recipient outcome by site, with the site's name when it is a named one.
-fn site_outcome(named: &std::collections::HashSet<String>, site: &str, result: &'static str) {
-    let label = if named.contains(site) { site } else { "other" };
-    crate::metrics::site_outcome(label, result);
+/// The sites the metrics call by name (the `site` label); the rest are `other`, so the
+/// label's values stay bounded. A site is named while it has queued mail among the busiest
+/// ([`control::NAMED_SITES`]) or has had outcomes since the last refresh, up to
+/// [`MAX_NAMED_SITES`] at once: a queue that drains between two refreshes (a smart host
+/// taking everything at once) is still counted under its own name.
+#[derive(Default)]
+struct SiteLabels {
+    named: std::collections::HashSet<String>,
+    /// Named sites with outcomes since the last refresh.
+    used: std::collections::HashSet<String>,
+}
+
+/// Most sites named at once.
+const MAX_NAMED_SITES: usize = 2 * control::NAMED_SITES;
+
+impl SiteLabels {
+    /// Counts a recipient outcome under the site's name, or `other`.
+    fn outcome(&mut self, site: &str, result: &'static str) {
+        if !self.named.contains(site) && self.named.len() < MAX_NAMED_SITES {
+            self.named.insert(site.to_string());
+        }
+        let label = if self.named.contains(site) {
+            if !self.used.contains(site) {
+                self.used.insert(site.to_string());
+            }
+            site
+        } else {
+            "other"
+        };
+        crate::metrics::site_outcome(label, result);
+    }
 }
 
 /// How often the queue by site is computed for metrics.
@@ -113,6 +143,7 @@ impl Scheduler {
         by_domain: bool,
         tx: mpsc::UnboundedSender<Event>,
     ) -> Scheduler {
+        let holds = operator::Holds::load(settings.holds_file.clone());
         let outcomes = outcome_sinks(&settings);
         Scheduler {
             settings,
@@ -127,7 +158,8 @@ impl Scheduler {
             sites: sites::Sites::default(),
             names: Names::default(),
             actions: HashMap::new(),
-            named_sites: Default::default(),
+            site_labels: SiteLabels::default(),
+            holds,
             readmit_budget: Default::default(),
             outcomes,
             tx,
@@ -319,15 +351,17 @@ impl Scheduler {
     /// site that dropped out is set to zero. Outcomes are labelled with the same names.
     fn publish_site_metrics(&mut self) {
         let summary = self.summary();
-        let named: std::collections::HashSet<String> =
+        let queued: std::collections::HashSet<String> =
             summary.by_site.iter().map(|s| s.site.clone()).collect();
-        for gone in self.named_sites.difference(&named) {
+        let labels = &mut self.site_labels;
+        for gone in labels.named.difference(&queued) {
             crate::metrics::queue_site(gone, 0, Duration::ZERO);
         }
         for s in &summary.by_site {
             crate::metrics::queue_site(&s.site, s.recipients, Duration::from_secs(s.oldest_s));
         }
-        self.named_sites = named;
+        labels.named = queued.union(&labels.used).cloned().collect();
+        labels.used.clear();
     }
 
     pub(super) fn add(&mut self, q: Queued) {
@@ -415,6 +449,7 @@ impl Scheduler {
                 report,
                 received_s,
                 campaign,
+                operator_hold: self.holds.contains(id),
             },
         );
         self.dispatch_with(id, loaded);
@@ -524,8 +559,10 @@ impl Scheduler {
                 }
                 return;
             }
-            if self.frozen_holds(entry) {
-                return; // kept waiting until the account is unfrozen (control::Command::Release)
+            if self.frozen_holds(entry) || entry.operator_hold {
+                // Kept waiting until the account is unfrozen (control::Command::Release)
+                // or the operator releases it (operator::Bulk::Release).
+                return;
             }
         }
         let entry = self.entries.get_mut(&id).expect("checked above");

@@ -183,6 +183,8 @@ pub(super) struct Entry {
     /// The campaign ([`Names`] id of its registry key), or [`NO_CAMPAIGN`]. Which of its
     /// recipients wait for the campaign's verdict is [`Rcpt::held`].
     pub campaign: u32,
+    /// Held by an operator (`queue hold`) until released.
+    pub operator_hold: bool,
 }
 
 pub(super) const NO_CAMPAIGN: u32 = u32::MAX;
