@@ -36,6 +36,7 @@ use crate::server::Relay;
 #[command(
     name = "optin-relay",
     version,
+    propagate_version = true,
     about = "An SMTP relay that sends only what recipients agreed to receive"
 )]
 pub struct Cli {
@@ -269,11 +270,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             command: ConfigCommand::Show { changed },
         } => config::show(&located, changed),
         Command::Man { dir } => man_pages(&dir),
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "optin-relay", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Completions { shell } => completions(shell),
         Command::Queue { command } => queue::queue(cli.config.as_deref(), command),
         Command::Account { command } => Ok(account(cli.config.as_deref(), command)),
         Command::Campaign { command } => {
@@ -364,6 +361,22 @@ fn init_logging(config: &Config) {
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `completions SHELL`: the script on standard output (a reader that stops early, like
+/// `head`, is no error).
+fn completions(shell: clap_complete::Shell) -> Result<ExitCode, String> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "optin-relay", &mut script);
+    let mut out = std::io::stdout().lock();
+    match std::io::Write::write_all(&mut out, &script)
+        .and_then(|()| std::io::Write::flush(&mut out))
+    {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(format!("writing the completions: {e}")),
     }
 }
 
