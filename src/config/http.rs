@@ -344,6 +344,32 @@ impl Config {
                 );
             }
         }
+        if smtp_public && self.delivery.mode == super::DeliveryMode::Capture {
+            warn(
+                "delivery.mode",
+                "is \"capture\" while SMTP listens beyond loopback: clients elsewhere are \
+                 told their mail was accepted, and none of it is ever delivered"
+                    .into(),
+            );
+        }
+        if !self.spool.fsync {
+            warn(
+                "spool.fsync",
+                "is false: a power failure can lose mail the relay has already accepted \
+                 with 250 (only for throwaway test setups)"
+                    .into(),
+            );
+        }
+        if self.delivery.starttls == super::StartTlsPolicy::Disabled
+            && self.delivery.smarthost.is_none()
+        {
+            warn(
+                "delivery.starttls",
+                "is \"disabled\": mail to every site crosses the Internet in plain text, \
+                 even where the receiver offers STARTTLS"
+                    .into(),
+            );
+        }
         if let Some(a) = self.admin.listen
             && beyond_loopback(a.ip())
         {
@@ -479,6 +505,20 @@ mod tests {
 
     fn warned(c: &Config) -> Vec<String> {
         c.warnings().iter().map(|w| w.path.clone()).collect()
+    }
+
+    #[test]
+    fn warnings_for_data_loss_capture_and_plain_text() {
+        let c = config("[spool]\nfsync = false\n[delivery]\nstarttls = \"disabled\"\n");
+        assert_eq!(warned(&c), ["spool.fsync", "delivery.starttls"]);
+        // Capture on loopback is what it is for; beyond loopback it swallows mail.
+        let c = config("[delivery]\nmode = \"capture\"\n");
+        assert!(warned(&c).is_empty());
+        let c = config(
+            "[smtp]\nlisten = \"0.0.0.0:25\"\n[delivery]\nmode = \"capture\"\n\
+             [unsubscribe]\npublic_url = \"https://u.example.com\"\n",
+        );
+        assert_eq!(warned(&c), ["delivery.mode"]);
     }
 
     #[test]
