@@ -105,14 +105,7 @@ quickstart_same() {
 }
 
 finish() {
-    local failed=${#FAILED[@]}
-    note "$PASSED passed, $failed failed, $((SECONDS - STARTED_AT))s"
-    local f
-    for f in "${FAILED[@]}"; do
-        echo "FAILED: $f"
-    done
-    [[ $failed -eq 0 ]] && exit 0
-    exit 1
+    summarise_and_exit
 }
 
 main() {

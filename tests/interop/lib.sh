@@ -1,7 +1,8 @@
 # Shared helpers of the interop scripts (run.sh, faults.sh), sourced after the script
 # sets HERE, ROOT and PACKAGES: PASS:/FAIL: reporting (note, pass, fail, check), the
 # processes a script starts and their cleanup on exit (start, forget, port_open,
-# wait_ports, poll; CLEANUP_HOOKS for script-specific steps), installing the Debian
+# wait_ports, poll; CLEANUP_HOOKS for script-specific steps), the closing summary
+# (summarise_and_exit), installing the Debian
 # packages in PACKAGES (install_packages) and building the relay (build_relay: sets BIN).
 # Not a script of its own.
 
@@ -32,6 +33,25 @@ check() {
         fail "$description"
         sed 's/^/    | /' "$out" | tail -n 40
     fi
+}
+
+# summarise_and_exit [LOG...]: on failures, the last lines of each named log in $WORK
+# (LOG.log); then the counts and every failed check; exits 0 when none failed, else 1.
+summarise_and_exit() {
+    local failed=${#FAILED[@]} name f
+    if [[ $failed -gt 0 ]]; then
+        for name in "$@"; do
+            [[ -s "$WORK/$name.log" ]] || continue
+            echo "## $name.log"
+            tail -n 20 "$WORK/$name.log" | sed 's/^/    /'
+        done
+    fi
+    note "$PASSED passed, $failed failed, $((SECONDS - STARTED_AT))s"
+    for f in "${FAILED[@]}"; do
+        echo "FAILED: $f"
+    done
+    [[ $failed -eq 0 ]] && exit 0
+    exit 1
 }
 
 # ---------------------------------------------------------------- processes

@@ -173,17 +173,7 @@ setup() {
 }
 
 finish() {
-    local failed=${#FAILED[@]} f
-    if [[ $failed -gt 0 && -s "$WORK/relay.log" ]]; then
-        note "relay log (last lines):"
-        tail -n 30 "$WORK/relay.log" | sed 's/^/    /'
-    fi
-    note "$PASSED passed, $failed failed, $((SECONDS - STARTED_AT))s"
-    for f in "${FAILED[@]}"; do
-        echo "FAILED: $f"
-    done
-    [[ $failed -eq 0 ]] && exit 0
-    exit 1
+    summarise_and_exit relay
 }
 
 main() {

@@ -706,21 +706,7 @@ CHECKS=(
 )
 
 finish() {
-    local failed=${#FAILED[@]} name
-    if [[ $failed -gt 0 ]]; then
-        for name in relay relay25; do
-            [[ -s "$WORK/$name.log" ]] || continue
-            echo "## $name.log"
-            tail -n 20 "$WORK/$name.log" | sed 's/^/    /'
-        done
-    fi
-    note "$PASSED passed, $failed failed, $((SECONDS - STARTED_AT))s"
-    local f
-    for f in "${FAILED[@]}"; do
-        echo "FAILED: $f"
-    done
-    [[ $failed -eq 0 ]] && exit 0
-    exit 1
+    summarise_and_exit relay relay25
 }
 
 main() {

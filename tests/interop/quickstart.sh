@@ -84,6 +84,5 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     fi
     check "the quickstart, followed to the letter with $BIN_DIR/optin-relay" \
         run_quickstart "$BIN_DIR" "$WORK/follow"
-    note "$PASSED passed, ${#FAILED[@]} failed"
-    [[ ${#FAILED[@]} -eq 0 ]]
+    summarise_and_exit
 fi
