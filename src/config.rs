@@ -6,8 +6,10 @@
 //! is a named constant below (the HTTP listeners' in [`http`]); with no file at all,
 //! [`Config::embedded_default`] gives the relay the README's quick start runs (SMTP on
 //! 127.0.0.1:2525, the public HTTP listener on 127.0.0.1:8025, the operator listener on
-//! 127.0.0.1:8026, spool in `./data`, delivery by MX lookup). Relative paths are relative
-//! to the working directory.
+//! 127.0.0.1:8026, spool in `./data`, delivery by MX lookup). Relative paths in a file,
+//! and the defaults that are paths, resolve against the file's directory (see
+//! [`reader::Collector::for_file`]); those of the embedded default against the working
+//! directory.
 
 pub mod http;
 pub mod reader;
