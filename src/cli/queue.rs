@@ -280,11 +280,13 @@ fn queue_list(
     limit: Option<usize>,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let messages: Vec<&RecoveredMessage> = messages
+    let mut messages: Vec<&RecoveredMessage> = messages
         .iter()
         .filter(|m| account.is_none_or(|a| m.envelope.account == a))
-        .take(limit.unwrap_or(usize::MAX))
         .collect();
+    // The count is of every matching message, whatever the limit shows.
+    let total = messages.len();
+    messages.truncate(limit.unwrap_or(usize::MAX));
     if !json {
         println!(
             "{:<16}  {:>10}  {:>8}  {:<12}  {:>7}  {:<30}  DOMAINS",
@@ -332,7 +334,14 @@ fn queue_list(
         }
     }
     if !json {
-        println!("{} message(s) queued", messages.len());
+        if messages.len() < total {
+            println!(
+                "{} of {total} message(s) queued shown: the oldest (--limit N for more)",
+                messages.len()
+            );
+        } else {
+            println!("{total} message(s) queued");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -299,6 +299,18 @@ async fn queue_verbs_summarise_list_retry_bounce_and_delete() {
     // bounce: the sender gets a DSN
     let id2 = submit(s.smtp(), "tempfail2@x.example").await;
     until("its first attempt", async || s.mx.rcpt_attempts() >= 3).await;
+    // --limit shows fewer, and still counts them all (spool and live alike)
+    let out = s.cli(&["queue", "list", "--limit", "1"]).await;
+    assert!(
+        out.ok().contains("1 of 2 message(s) queued shown"),
+        "{out:#?}"
+    );
+    let out = s.cli(&["queue", "list", "--live", "--limit", "1"]).await;
+    assert!(
+        out.ok()
+            .contains("1 of 2 message(s) shown; the next page: --after"),
+        "{out:#?}"
+    );
     let v = s.cli(&["queue", "bounce", &id2, "--json"]).await.json();
     assert_eq!(
         (v["id"].as_str(), v["result"].as_str()),
