@@ -121,7 +121,11 @@ impl crate::envelope::OutcomeSink for Governor {
         use crate::envelope::Settled;
         let signal = match o.settled {
             Settled::Delivered { .. } => health::Signal::Delivered,
-            Settled::Bounced { hard: true, .. } => health::Signal::HardBounce,
+            // A DSN the relay sent to the account's own sender says nothing of the
+            // account's recipients: it never counts toward a freeze.
+            Settled::Bounced { hard: true, .. } if !o.envelope.generated_dsn => {
+                health::Signal::HardBounce
+            }
             _ => return,
         };
         if let Some(why) = self.count(&o.envelope.account, signal) {

@@ -111,6 +111,7 @@ impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         match e {
             ControlError::NoSuchMessage(_) => not_found(e.to_string()),
+            ControlError::Held(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
             ControlError::Stopped => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }

@@ -16,7 +16,7 @@
 #      repository path names something in the repository; nothing mentions ../shared
 #   5. README.md and docs/src/quickstart.md hold the same quickstart between the lines
 #      <!-- quickstart:begin --> and <!-- quickstart:end --> (links aside: the README's
-#      docs/src/X is the book's X); tests/interop/quickstart.sh runs its commands
+#      docs/src/X is the book's X); package.sh runs its commands (tests/interop/quickstart.sh)
 # Prints one PASS:/FAIL: line per check, exits 1 if any check failed. Set INTEROP_KEEP=1
 # to keep the work directory (it is kept anyway when a check failed), INTEROP_VERBOSE=1 to
 # see each check's output on PASS too.

@@ -270,7 +270,13 @@ async fn queue_verbs_summarise_list_retry_bounce_and_delete() {
     assert!(out.ok().contains("held until released"), "{out:#?}");
     let before = s.mx.rcpt_attempts();
     let out = s.cli(&["queue", "retry", "--all"]).await;
-    assert!(out.ok().contains("1 message(s) retrying"), "{out:#?}");
+    assert!(
+        out.ok().contains("0 message(s) retrying"),
+        "held: not counted {out:#?}"
+    );
+    let out = s.cli(&["queue", "retry", &id]).await;
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(out.stderr.contains("held by an operator"), "{out:#?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.mx.rcpt_attempts(), before, "a held message is not tried");
     let row = s.cli(&["queue", "list", "--live"]).await.ok().to_string();

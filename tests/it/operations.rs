@@ -168,6 +168,9 @@ async fn a_bounce_suppression_names_its_cause_and_a_failed_notice_suppresses_nob
         .await;
     assert_eq!(v["suppressed"]["global"], serde_json::json!([]), "{v}");
     assert!(v["bounce_cause"].is_null(), "{v}");
+    // Nor does it count against the account's health: one hard bounce, the recipient's.
+    let (_, account) = api.get("/admin/accounts/shop").await;
+    assert_eq!(account["health"]["counts"]["hard_bounces"], 1, "{account}");
     run.relay.shutdown().await;
 }
 
@@ -213,7 +216,11 @@ async fn an_operator_hold_outlives_a_restart_until_released() {
     let (_, v) = api
         .post("/admin/queue/retry", serde_json::json!({"all": true}))
         .await;
-    assert_eq!(v["messages"], 1);
+    assert_eq!(v["messages"], 0, "a retry leaves held mail held");
+    let (status, _) = api
+        .call("POST", &format!("/admin/queue/messages/{id}/retry"), None)
+        .await;
+    assert_eq!(status, 409);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(mx.rcpt_attempts(), before, "held: not tried");
     let (status, v) = api

@@ -71,7 +71,7 @@ pub(crate) fn items(v: &Value) -> &[Value] {
 
 pub(crate) fn print_summary(v: &Value) {
     println!(
-        "queued: {} message(s), {} recipient(s) to deliver, {} held (frozen accounts)",
+        "queued: {} message(s), {} recipient(s) to deliver, {} held (queue hold, frozen accounts, campaign canaries)",
         num(&v["messages"]),
         num(&v["recipients"]),
         num(&v["held"])
@@ -448,9 +448,14 @@ fn print_cause(c: &Value) {
         text(&c["category"]),
         text(&c["site"])
     );
+    // A bounce mailed back suppresses for its account; one at delivery, everywhere.
+    let scope = match c["via"].as_str() {
+        Some("delivery") | None => String::new(),
+        Some(_) => format!(" --account {}", text(&c["account"])),
+    };
     println!(
         "             if that was this relay's own fault (DNS, a first-run setting), lift it: \
-         optin-relay suppress remove {} --reason bounce",
+         optin-relay suppress remove {}{scope} --reason bounce",
         text(&c["address"])
     );
 }

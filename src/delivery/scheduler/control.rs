@@ -81,6 +81,8 @@ pub(in crate::delivery) enum Command {
 pub enum ControlError {
     #[error("no message {0} in the queue")]
     NoSuchMessage(String),
+    #[error("message {0} is held by an operator: queue release it first")]
+    Held(String),
     #[error("the relay is shutting down")]
     Stopped,
 }
@@ -525,6 +527,9 @@ impl Scheduler {
             tracing::info!(id = %id, action = ?ActionName(&action), recipients = open, "operator action");
             self.operate(&[id], what);
             return Ok(open);
+        }
+        if action == Action::Retry && entry.operator_hold {
+            return Err(ControlError::Held(id.to_string()));
         }
         let hash = match &action {
             Action::Erase(address) => Some(self.tagger.short(address)),

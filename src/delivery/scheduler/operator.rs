@@ -145,9 +145,11 @@ impl Scheduler {
     /// Applies a bulk command; returns how many messages it concerned.
     pub(super) fn bulk(&mut self, filter: &Filter, what: Bulk) -> usize {
         let tnow = tokio::time::Instant::now();
+        // A retry leaves held messages held (and does not count them).
         let ids: Vec<QueueId> = self
             .entries
             .iter()
+            .filter(|(_, e)| !(what == Bulk::Retry && e.operator_hold))
             .filter(|(_, e)| self.matches(e, filter, tnow))
             .map(|(id, _)| *id)
             .collect();
