@@ -654,23 +654,28 @@ fn spawn_burst_trim(memory: Arc<session::memory::DataMemory>, stop: Cancellation
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(BURST_CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut follow_up = false;
+        let mut follow_ups = 0;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let burst = memory.burst_over();
-            if burst || follow_up {
+            if memory.burst_over() {
+                follow_ups = BURST_FOLLOW_UPS + 1;
+            }
+            if follow_ups > 0 {
+                follow_ups -= 1;
                 // It walks the heaps: not on an async thread.
                 let _ = tokio::task::spawn_blocking(crate::trim::give_back_memory).await;
             }
-            // What the burst's last messages were still using (being parsed, stored) is
-            // freed a little after the budget fell: once more at the next tick.
-            follow_up = burst;
         }
     });
 }
+
+/// What a burst's last messages were still using (being parsed, stored: a hundred
+/// complaint reports take a while on a busy machine) is freed some time after the budget
+/// fell: the memory is given back again at each of this many ticks after the first.
+const BURST_FOLLOW_UPS: u32 = 5;
 
 #[cfg(test)]
 mod tests {
