@@ -147,35 +147,48 @@ impl Health {
     }
 }
 
-/// Each rate of a window over its threshold (1.0: where the account freezes), by
-/// threshold name (`crate::metrics::HEALTH_THRESHOLDS`); `None` where the policy sets no
-/// threshold.
-pub fn ratios(w: &Window, rules: &HealthRules) -> [(&'static str, Option<f64>); 3] {
+/// How close a window is to one freeze threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Closeness {
+    /// `crate::metrics::HEALTH_THRESHOLDS`: complaints, hard_bounces, unsubscribes.
+    pub threshold: &'static str,
+    /// The rate over the threshold: 1.0 is where the account freezes.
+    pub ratio: f64,
+    /// The threshold (a rate).
+    pub max_rate: f64,
+}
+
+/// The window against each threshold the policy sets.
+pub fn closeness(w: &Window, rules: &HealthRules) -> Vec<Closeness> {
     let rate = |n: u64, of: u64| n as f64 / of.max(1) as f64;
-    let over = |r: f64, max: f64| if max > 0.0 { r / max } else { 0.0 };
     let attempts = w.delivered + w.hard_bounces;
     [
         (
             "complaints",
-            Some(over(
-                rate(w.complaints, w.delivered),
-                rules.max_complaint_rate,
-            )),
+            rate(w.complaints, w.delivered),
+            Some(rules.max_complaint_rate),
         ),
         (
             "hard_bounces",
-            Some(over(
-                rate(w.hard_bounces, attempts),
-                rules.max_hard_bounce_rate,
-            )),
+            rate(w.hard_bounces, attempts),
+            Some(rules.max_hard_bounce_rate),
         ),
         (
             "unsubscribes",
-            rules
-                .max_unsubscribe_rate
-                .map(|max| over(rate(w.unsubscribes, w.delivered), max)),
+            rate(w.unsubscribes, w.delivered),
+            rules.max_unsubscribe_rate,
         ),
     ]
+    .into_iter()
+    .filter_map(|(threshold, r, max)| {
+        let max_rate = max?;
+        Some(Closeness {
+            threshold,
+            ratio: if max_rate > 0.0 { r / max_rate } else { 0.0 },
+            max_rate,
+        })
+    })
+    .collect()
 }
 
 /// Why a window crosses the rules, if it does.

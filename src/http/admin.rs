@@ -228,16 +228,11 @@ fn health_json(governor: &crate::governance::Governor, name: &str) -> Value {
     let w = governor
         .health
         .window(name, &rules, crate::envelope::now_ms());
-    let maxima = [
-        Some(rules.max_complaint_rate),
-        Some(rules.max_hard_bounce_rate),
-        rules.max_unsubscribe_rate,
-    ];
-    let thresholds: serde_json::Map<String, Value> = health::ratios(&w, &rules)
+    let thresholds: serde_json::Map<String, Value> = health::closeness(&w, &rules)
         .into_iter()
-        .zip(maxima)
-        .filter_map(|((what, ratio), max)| {
-            Some((what.to_string(), json!({"ratio": ratio?, "max_rate": max?})))
+        .map(|c| {
+            let v = json!({"ratio": c.ratio, "max_rate": c.max_rate});
+            (c.threshold.to_string(), v)
         })
         .collect();
     json!({

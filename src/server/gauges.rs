@@ -67,10 +67,8 @@ fn thresholds(governor: &Governor) {
     let now = crate::envelope::now_ms();
     for account in governor.health.accounts() {
         let window = governor.health.window(&account, &rules, now);
-        for (name, ratio) in health::ratios(&window, &rules) {
-            if let Some(r) = ratio {
-                crate::metrics::account_threshold(&account, name, r);
-            }
+        for c in health::closeness(&window, &rules) {
+            crate::metrics::account_threshold(&account, c.threshold, c.ratio);
         }
     }
 }

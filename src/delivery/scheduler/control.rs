@@ -157,8 +157,7 @@ pub struct RcptState {
     pub held: bool,
 }
 
-/// The busiest sites named in the summary (and in metrics labels); the rest are `other`.
-pub const NAMED_SITES: usize = 20;
+pub use super::sites::NAMED_SITES;
 
 impl Delivery {
     async fn ask<T>(
@@ -691,14 +690,9 @@ impl Scheduler {
             held_total += held;
             for r in e.rcpts.iter().filter(|r| r.status() != Progress::Done) {
                 acc.recipients += 1;
-                let site = site_of.entry(r.domain).or_insert_with(|| {
-                    if !self.by_domain {
-                        return "smarthost".to_string();
-                    }
-                    self.sites
-                        .route(self.names.name(r.domain), tnow)
-                        .map_or_else(|| "unresolved".to_string(), |k| k.to_string())
-                });
+                let site = site_of
+                    .entry(r.domain)
+                    .or_insert_with(|| self.site_name(r.domain, tnow));
                 let slot = by_site.entry(site.clone()).or_default();
                 slot.0 += 1;
                 slot.1 = slot.1.max(age);

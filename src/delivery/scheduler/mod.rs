@@ -97,7 +97,7 @@ fn routing_domain(address: &str) -> String {
 
 /// The sites the metrics call by name (the `site` label); the rest are `other`, so the
 /// label's values stay bounded. A site is named while it has queued mail among the busiest
-/// ([`control::NAMED_SITES`]) or has had outcomes since the last refresh, up to
+/// ([`sites::NAMED_SITES`]) or has had outcomes since the last refresh, up to
 /// [`MAX_NAMED_SITES`] at once: a queue that drains between two refreshes (a smart host
 /// taking everything at once) is still counted under its own name.
 #[derive(Default)]
@@ -108,7 +108,7 @@ struct SiteLabels {
 }
 
 /// Most sites named at once.
-const MAX_NAMED_SITES: usize = 2 * control::NAMED_SITES;
+const MAX_NAMED_SITES: usize = 2 * sites::NAMED_SITES;
 
 impl SiteLabels {
     /// Counts a recipient outcome under the site's name, or `other`.
@@ -341,6 +341,16 @@ impl Scheduler {
             // glibc keeps what the drained backlog freed (the resident set stayed at its peak).
             crate::trim::give_back_memory();
         }
+    }
+
+    /// The site a recipient domain is routed to, as `queue summary` names it.
+    pub(super) fn site_name(&self, domain: u32, now: tokio::time::Instant) -> String {
+        if !self.by_domain {
+            return "smarthost".to_string();
+        }
+        self.sites
+            .route(self.names.name(domain), now)
+            .map_or_else(|| "unresolved".to_string(), |k| k.to_string())
     }
 
     fn publish_metrics(&self) {

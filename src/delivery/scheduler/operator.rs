@@ -113,16 +113,6 @@ pub struct ShapeRow {
 const SHAPE_COLUMNS_MIN: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
 
 impl Scheduler {
-    /// The site a recipient domain is routed to, as `queue summary` names it.
-    pub(super) fn site_name(&self, domain: u32, now: tokio::time::Instant) -> String {
-        if !self.by_domain {
-            return "smarthost".to_string();
-        }
-        self.sites
-            .route(self.names.name(domain), now)
-            .map_or_else(|| "unresolved".to_string(), |k| k.to_string())
-    }
-
     fn matches(&self, entry: &Entry, filter: &Filter, now: tokio::time::Instant) -> bool {
         if let Some(a) = &filter.account
             && self.names.name(entry.account) != a
@@ -220,8 +210,8 @@ impl Scheduler {
             })
             .collect();
         sites.sort_by(|a, b| b.total.cmp(&a.total).then(a.site.cmp(&b.site)));
-        if sites.len() > super::control::NAMED_SITES {
-            let rest = sites.split_off(super::control::NAMED_SITES);
+        if sites.len() > super::sites::NAMED_SITES {
+            let rest = sites.split_off(super::sites::NAMED_SITES);
             let mut counts = vec![0; width];
             for r in &rest {
                 for (c, n) in counts.iter_mut().zip(&r.counts) {

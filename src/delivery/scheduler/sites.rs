@@ -18,6 +18,10 @@ use super::route::{Indexes, Loaded, Workers};
 use super::transport::{RouteKey, Site, TlsDemand};
 use crate::envelope::QueueId;
 
+/// The busiest sites named in the summary, `queue shape` and metrics labels; the rest are
+/// `other`.
+pub const NAMED_SITES: usize = 20;
+
 /// Recipients of one message waiting for their domain's site.
 pub(super) struct Waiting {
     pub id: QueueId,
