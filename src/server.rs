@@ -108,16 +108,20 @@ impl Relay {
     /// capture folder in capture mode.
     pub async fn start(config: Config, policy: Policy) -> Result<Relay, StartError> {
         if config.delivery.mode == crate::config::DeliveryMode::Capture {
-            let store = capture_store(&config)?;
+            let d = &config.delivery;
+            let store = crate::delivery::capture::Store::open(&d.capture_dir, d.capture_keep)
+                .map_err(|e| StartError::State(format!("{}: {e}", d.capture_dir.display())))?;
             tracing::warn!(
-                folder = %config.delivery.capture_dir.display(),
+                folder = %d.capture_dir.display(),
                 "capture mode: no mail leaves this machine; see /capture/ on the operator listener"
             );
-            let transport = crate::delivery::capture::CaptureTransport::new(Arc::new(store));
-            return Relay::start_with_transport(config, policy, Arc::new(transport)).await;
+            // One folder: the transport writes it, the operator listener's pages read it.
+            let store = Arc::new(store);
+            let transport = crate::delivery::capture::CaptureTransport::new(store.clone());
+            return Relay::start_inner(config, policy, Arc::new(transport), Some(store)).await;
         }
         let transport = NetTransport::new(&config.delivery).map_err(StartError::Delivery)?;
-        Relay::start_with_transport(config, policy, Arc::new(transport)).await
+        Relay::start_inner(config, policy, Arc::new(transport), None).await
     }
 
     /// Starts with a given delivery transport (tests use in-memory ones).
@@ -125,6 +129,16 @@ impl Relay {
         config: Config,
         policy: Policy,
         transport: Arc<dyn Transport>,
+    ) -> Result<Relay, StartError> {
+        Relay::start_inner(config, policy, transport, None).await
+    }
+
+    /// `capture`: capture mode's folder, listed by the operator listener.
+    async fn start_inner(
+        config: Config,
+        policy: Policy,
+        transport: Arc<dyn Transport>,
+        capture: Option<Arc<crate::delivery::capture::Store>>,
     ) -> Result<Relay, StartError> {
         let metrics = crate::metrics::install();
         crate::metrics::policy_started();
@@ -177,9 +191,10 @@ impl Relay {
         for warning in config.warnings() {
             tracing::warn!("config: {warning}");
         }
-        let services = http_services(
+        let mut services = http_services(
             &config, &state, &gov, &policy, &reloader, &delivery, metrics,
         )?;
+        services.capture = capture;
         let http = crate::http::start(&config, services, stop_accepting.clone()).await?;
         let stop_watching = CancellationToken::new();
         let watcher = (config.policy.path.is_some() && !config.policy.watch_interval.is_zero())
@@ -329,18 +344,8 @@ fn http_services(
                 subscribe: Some(subscribe.clone()),
             }),
         subscribe: Some(subscribe),
-        capture: match config.delivery.mode {
-            crate::config::DeliveryMode::Capture => Some(Arc::new(capture_store(config)?)),
-            crate::config::DeliveryMode::Deliver => None,
-        },
+        capture: None,
     })
-}
-
-/// The capture folder (the transport writes it, the operator listener's pages read it).
-fn capture_store(config: &Config) -> Result<crate::delivery::capture::Store, StartError> {
-    let d = &config.delivery;
-    crate::delivery::capture::Store::open(&d.capture_dir, d.capture_keep)
-        .map_err(|e| StartError::State(format!("{}: {e}", d.capture_dir.display())))
 }
 
 /// What every SMTP session shares.
