@@ -31,6 +31,28 @@ impl Many {
     }
 }
 
+/// What `hold` and `release` take: one message, or many.
+#[derive(Debug, Args)]
+pub struct Pick {
+    /// Queue id (16 hex digits).
+    #[arg(required_unless_present_any = ["all", "account"], conflicts_with_all = ["all", "account"])]
+    id: Option<String>,
+    #[command(flatten)]
+    many: Many,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+impl Pick {
+    /// `one` for a message, else the bulk `verb`.
+    fn call(self, verb: &'static str, one: fn(&str) -> admin::Call) -> (ApiArgs, admin::Call) {
+        match self.id {
+            Some(id) => (self.api, one(&id)),
+            None => (self.api, self.many.call(verb)),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
     /// Totals, then the queue by site and by account (asks the running relay).
@@ -93,25 +115,9 @@ pub enum QueueCommand {
     },
     /// Hold mail (asks the running relay): delivery leaves it alone, across restarts, until
     /// released; bounce and delete still apply. One message, or --account's, or --all.
-    Hold {
-        /// Queue id (16 hex digits).
-        #[arg(required_unless_present_any = ["all", "account"], conflicts_with_all = ["all", "account"])]
-        id: Option<String>,
-        #[command(flatten)]
-        many: Many,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Hold(Pick),
     /// Release held mail (asks the running relay): one message, or --account's, or --all.
-    Release {
-        /// Queue id (16 hex digits).
-        #[arg(required_unless_present_any = ["all", "account"], conflicts_with_all = ["all", "account"])]
-        id: Option<String>,
-        #[command(flatten)]
-        many: Many,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Release(Pick),
     /// The queue's age by site, as Postfix's qshape: recipients not yet delivered, by the
     /// age of their message (asks the running relay).
     Shape {
@@ -207,14 +213,8 @@ pub(super) fn queue(path: Option<&Path>, command: QueueCommand) -> Result<ExitCo
             Some(id) => (api, admin::queue_retry(&id)),
             None => (api, many.call("retry")),
         },
-        QueueCommand::Hold { id, many, api } => match id {
-            Some(id) => (api, admin::queue_hold(&id)),
-            None => (api, many.call("hold")),
-        },
-        QueueCommand::Release { id, many, api } => match id {
-            Some(id) => (api, admin::queue_release(&id)),
-            None => (api, many.call("release")),
-        },
+        QueueCommand::Hold(pick) => pick.call("hold", admin::queue_hold),
+        QueueCommand::Release(pick) => pick.call("release", admin::queue_release),
         QueueCommand::Shape { api } => (api, admin::queue_shape()),
         QueueCommand::Cat { id, body } => return queue_cat(path, &id, body),
         QueueCommand::Bounce { id, api } => (api, admin::queue_bounce(&id)),
