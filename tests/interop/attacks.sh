@@ -108,16 +108,6 @@ INTEROP_VERBOSE=${INTEROP_VERBOSE-1}
 
 # ---------------------------------------------------------------- setup
 
-binary() {
-    if [[ -n "${OPTIN_RELAY_BIN:-}" ]]; then
-        BIN=$OPTIN_RELAY_BIN
-        [[ -x "$BIN" ]] || { echo "OPTIN_RELAY_BIN=$BIN is not an executable"; return 1; }
-        note "using $BIN"
-    else
-        build_relay
-    fi
-}
-
 tools_present() {
     local t absent=0
     for t in "$PY" /usr/bin/swaks /usr/bin/nmap /usr/bin/hydra "$TESTSSL" /usr/bin/openssl \
@@ -599,35 +589,20 @@ sigterm_exits_zero() {
 # ---------------------------------------------------------------- main
 
 finish() {
-    local failed=${#FAILED[@]}
-    if [[ $failed -gt 0 ]]; then
+    if [[ ${#FAILED[@]} -gt 0 && -s "$RELAY_LOG" ]]; then
         note "relay log (last warnings and errors):"
-        [[ -s "$RELAY_LOG" ]] && grep -E ' (WARN|ERROR) ' "$RELAY_LOG" | tail -n 15 |
-            sed 's/^/    /'
+        grep -E ' (WARN|ERROR) ' "$RELAY_LOG" | tail -n 15 | sed 's/^/    /'
     fi
-    note "$PASSED passed, $failed failed, $((SECONDS - STARTED_AT))s"
-    local f
-    for f in "${FAILED[@]}"; do
-        echo "FAILED: $f"
-    done
-    [[ $failed -eq 0 ]] && exit 0
-    exit 1
+    summarise_and_exit
 }
 
-# setup STEP FUNCTION: a failed setup step is a FAIL and ends the run.
-setup() {
-    local description=$1
-    shift
-    check "$description" "$@"
-    [[ ${#FAILED[@]} -eq 0 ]] || finish
-}
 
 main() {
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/optin-attacks.XXXXXX") || exit 1
     chmod 755 "$WORK"
     setup "install packages (${PACKAGES[*]})" install_packages
     setup "tools present" tools_present
-    setup "relay binary" binary
+    setup "relay binary" relay_binary
     setup "pick free ports on 127.0.0.1" pick_ports
     setup "hash-password, write the config, config check" write_config
     setup "start the sink (aiosmtpd)" start_sink

@@ -50,16 +50,6 @@ need_root() {
     [[ $(id -u) -eq 0 ]] || { echo "faults.sh mounts a tmpfs: run it as root"; return 1; }
 }
 
-binary() {
-    if [[ -n "${OPTIN_RELAY_BIN:-}" ]]; then
-        BIN=$OPTIN_RELAY_BIN
-        [[ -x "$BIN" ]] || { echo "OPTIN_RELAY_BIN=$BIN is not an executable"; return 1; }
-        note "using $BIN"
-    else
-        build_relay
-    fi
-}
-
 mount_fs() {
     FS="$WORK/spoolfs"
     mkdir -p "$FS" && mount -t tmpfs -o "size=$FS_SIZE,mode=0700" optin-faults "$FS" &&
@@ -244,32 +234,16 @@ sink_gets_everything_again() {
 
 # ---------------------------------------------------------------- main
 
-setup() {
-    local description=$1
-    shift
-    check "$description" "$@"
-    [[ ${#FAILED[@]} -eq 0 ]] || finish
-}
 
 finish() {
-    local failed=${#FAILED[@]} f
-    if [[ $failed -gt 0 && -s "$WORK/relay.log" ]]; then
-        note "relay log (last lines):"
-        tail -n 30 "$WORK/relay.log" | sed 's/^/    /'
-    fi
-    note "$PASSED passed, $failed failed, $((SECONDS - STARTED_AT))s"
-    for f in "${FAILED[@]}"; do
-        echo "FAILED: $f"
-    done
-    [[ $failed -eq 0 ]] && exit 0
-    exit 1
+    summarise_and_exit relay
 }
 
 main() {
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/optin-faults.XXXXXX") || exit 1
     setup "running as root (the spool gets its own tmpfs)" need_root
     setup "install packages (${PACKAGES[*]})" install_packages
-    setup "the relay binary" binary
+    setup "the relay binary" relay_binary
     setup "mount a $FS_SIZE tmpfs for the spool" mount_fs
     setup "pick free ports, write the config, config check" configure
     setup "start the sink and the relay" eval "start_sink && start_relay"

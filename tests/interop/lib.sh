@@ -2,8 +2,9 @@
 # sets HERE, ROOT and PACKAGES: PASS:/FAIL: reporting (note, pass, fail, check), the
 # processes a script starts and their cleanup on exit (start, forget, port_open,
 # wait_ports, poll; CLEANUP_HOOKS for script-specific steps), the closing summary
-# (summarise_and_exit), installing the Debian
-# packages in PACKAGES (install_packages) and building the relay (build_relay: sets BIN).
+# (setup, summarise_and_exit), installing the Debian
+# packages in PACKAGES (install_packages) and building the relay (build_relay, or
+# relay_binary for $OPTIN_RELAY_BIN: sets BIN).
 # Not a script of its own.
 
 WORK=""
@@ -33,6 +34,15 @@ check() {
         fail "$description"
         sed 's/^/    | /' "$out" | tail -n 40
     fi
+}
+
+# setup DESCRIPTION FUNCTION [ARGS...]: a check whose failure ends the run (through the
+# script's own finish).
+setup() {
+    local description=$1 before=${#FAILED[@]}
+    shift
+    check "$description" "$@"
+    [[ ${#FAILED[@]} -eq $before ]] || finish
 }
 
 # summarise_and_exit [LOG...]: on failures, the last lines of each named log in $WORK
@@ -175,5 +185,17 @@ build_relay() {
         return 1
     fi
     [[ -x "$BIN" ]] || { echo "no binary at $BIN"; return 1; }
+}
+
+# relay_binary: BIN is $OPTIN_RELAY_BIN when set (a build to test as it is), else a fresh
+# build_relay.
+relay_binary() {
+    if [[ -n "${OPTIN_RELAY_BIN:-}" ]]; then
+        BIN=$OPTIN_RELAY_BIN
+        [[ -x "$BIN" ]] || { echo "OPTIN_RELAY_BIN=$BIN is not an executable"; return 1; }
+        note "using $BIN"
+    else
+        build_relay
+    fi
 }
 

@@ -93,16 +93,6 @@ names_in_source() {
     fi
 }
 
-binary() {
-    if [[ -n "${OPTIN_RELAY_BIN:-}" ]]; then
-        BIN=$OPTIN_RELAY_BIN
-        [[ -x "$BIN" ]] || { echo "OPTIN_RELAY_BIN=$BIN is not an executable"; return 1; }
-        note "using $BIN"
-    else
-        build_relay
-    fi
-}
-
 start_relay() {
     local ports
     mapfile -t ports < <("$PY" "$HERE/util.py" ports 3) || return 1
@@ -165,12 +155,6 @@ EOF
 }
 
 # setup DESCRIPTION FUNCTION...: a check the rest cannot do without: its FAIL ends the run.
-setup() {
-    local description=$1 before=${#FAILED[@]}
-    shift
-    check "$description" "$@"
-    [[ ${#FAILED[@]} -eq $before ]] || finish
-}
 
 finish() {
     summarise_and_exit relay
@@ -191,7 +175,7 @@ main() {
     check "dashboard: every optin_* metric it uses is named in src/" \
         names_in_source "$DASHBOARD"
 
-    setup "the relay binary" binary
+    setup "the relay binary" relay_binary
     setup "start the relay on 127.0.0.1 (free ports, embedded defaults otherwise)" start_relay
     check "promtool check metrics: the operator listener's /metrics" scrape_valid
     check "/metrics: optin_build_info{version} 1, spool disk free and total gauges" \

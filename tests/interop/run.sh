@@ -755,34 +755,10 @@ sigterm_exits_zero() {
 # ---------------------------------------------------------------- main
 
 # setup STEP FUNCTION: a failed setup step is a FAIL and ends the run.
-setup() {
-    local description=$1
-    shift
-    check "$description" "$@"
-    if [[ ${#FAILED[@]} -gt 0 ]]; then
-        finish
-    fi
-}
 
 finish() {
-    local failed=${#FAILED[@]}
-    if [[ $failed -gt 0 ]]; then
-        note "relay logs (last lines):"
-        local name
-        for name in relay_auth relay_local relay_news aiosink newssink smtpsink chromium \
-            prometheus; do
-            [[ -s "$WORK/$name.log" ]] || continue
-            echo "## $name.log"
-            tail -n 20 "$WORK/$name.log" | sed 's/^/    /'
-        done
-    fi
-    note "$PASSED passed, $failed failed, $((SECONDS - STARTED_AT))s"
-    local f
-    for f in "${FAILED[@]}"; do
-        echo "FAILED: $f"
-    done
-    [[ $failed -eq 0 ]] && exit 0
-    exit 1
+    summarise_and_exit relay_auth relay_local relay_news aiosink newssink smtpsink chromium \
+        prometheus
 }
 
 main() {
