@@ -62,12 +62,7 @@ def click(cdp, selector, text, navigates=True):
     if not rect or rect["w"] <= 0 or rect["h"] <= 0:
         raise Failed(f"no visible {selector} with {text!r}")
     print(f"click: {selector} {text!r} at ({rect['x']:.0f}, {rect['y']:.0f})")
-    before = len(cdp.documents)
-    cdp.events.clear()
-    mouse = {"x": rect["x"], "y": rect["y"], "button": "left", "clickCount": 1}
-    cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=rect["x"], y=rect["y"])
-    cdp.call("Input.dispatchMouseEvent", type="mousePressed", **mouse)
-    cdp.call("Input.dispatchMouseEvent", type="mouseReleased", **mouse)
+    before = cdp.click_at(rect)
     if navigates:
         cdp.wait_event("Page.loadEventFired")
         loaded = cdp.documents[before:]

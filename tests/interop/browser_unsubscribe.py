@@ -121,6 +121,17 @@ class Cdp:
             raise Failed(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def click_at(self, rect):
+        """A real left click (move, press, release) at rect's x, y; returns how many
+        documents were loaded before it, and clears the event queue."""
+        before = len(self.documents)
+        self.events.clear()
+        mouse = {"x": rect["x"], "y": rect["y"], "button": "left", "clickCount": 1}
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=rect["x"], y=rect["y"])
+        self.call("Input.dispatchMouseEvent", type="mousePressed", **mouse)
+        self.call("Input.dispatchMouseEvent", type="mouseReleased", **mouse)
+        return before
+
     def close(self):
         self.ws.close()
 
@@ -180,12 +191,7 @@ def run(port, url, list_name):
             raise Failed(f"the button is not visible: {rect}")
 
         print(f"click: {state['button']!r} at ({rect['x']:.0f}, {rect['y']:.0f})")
-        before = len(cdp.documents)
-        cdp.events.clear()
-        mouse = {"x": rect["x"], "y": rect["y"], "button": "left", "clickCount": 1}
-        cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=rect["x"], y=rect["y"])
-        cdp.call("Input.dispatchMouseEvent", type="mousePressed", **mouse)
-        cdp.call("Input.dispatchMouseEvent", type="mouseReleased", **mouse)
+        before = cdp.click_at(rect)
         cdp.wait_event("Page.loadEventFired")
         state = cdp.evaluate(PAGE_STATE)
         show(state)
