@@ -315,13 +315,7 @@ async fn pages_carry_the_security_headers_and_no_cookie() {
         ("GET", "/nothing/here", 404),
         ("GET", "/healthz", 200),
     ] {
-        let a = http_on(
-            TcpStream::connect(web).await.unwrap(),
-            method,
-            path,
-            "List-Unsubscribe=One-Click",
-        )
-        .await;
+        let a = crate::support::request(web, method, path, "List-Unsubscribe=One-Click").await;
         assert_eq!(a.status, status, "{method} {path}: {a:?}");
         let csp = a.header("content-security-policy");
         assert_eq!(csp.len(), 1, "{method} {path}: {a:?}");
@@ -367,13 +361,7 @@ async fn metrics_and_the_admin_api_are_only_on_the_operator_listener() {
         assert_eq!(status, 404, "{path} on the public listener: {body}");
         assert!(!body.contains("optin_"), "{body}");
     }
-    let a = http_on(
-        TcpStream::connect(ops).await.unwrap(),
-        "GET",
-        "/metrics",
-        "",
-    )
-    .await;
+    let a = crate::support::request(ops, "GET", "/metrics", "").await;
     assert_eq!(a.status, 200);
     assert!(
         a.body.contains("# HELP optin_http_timeouts_total"),

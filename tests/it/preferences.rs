@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpStream;
 
 use crate::support::{
-    Account, Admin, MxOptions, Running, SIGNED_UP, confirm_path_of, http_on, policy, token_of,
+    Account, Admin, MxOptions, Running, SIGNED_UP, confirm_path_of, policy, token_of,
 };
 
 const TOKEN: &str = "test-token-0123456789";
@@ -58,13 +57,7 @@ impl Setup {
     }
 
     async fn request(&self, method: &str, path: &str, body: &str) -> crate::support::http::Answer {
-        http_on(
-            TcpStream::connect(self.web).await.unwrap(),
-            method,
-            path,
-            body,
-        )
-        .await
+        crate::support::request(self.web, method, path, body).await
     }
 
     async fn send(&self, list: &str) -> String {

@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpStream;
 
 use crate::support::{
-    Account, Admin, MxOptions, Running, SIGNED_UP, confirm_path_of, http_on, policy, token_of,
+    Account, Admin, MxOptions, Running, SIGNED_UP, confirm_path_of, policy, token_of,
 };
 
 const TOKEN: &str = "test-token-0123456789";
@@ -71,17 +70,11 @@ async fn setup(subscribe: &str) -> Setup {
 
 impl Setup {
     async fn post(&self, path: &str, body: &str) -> crate::support::http::Answer {
-        http_on(
-            TcpStream::connect(self.web).await.unwrap(),
-            "POST",
-            path,
-            body,
-        )
-        .await
+        crate::support::request(self.web, "POST", path, body).await
     }
 
     async fn get(&self, path: &str) -> crate::support::http::Answer {
-        http_on(TcpStream::connect(self.web).await.unwrap(), "GET", path, "").await
+        crate::support::request(self.web, "GET", path, "").await
     }
 
     async fn consent(&self, list: &str, address: &str) -> bool {

@@ -40,7 +40,7 @@ impl Answer {
 
 /// One request with a form body to `addr`: status and body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let answer = http_on(TcpStream::connect(addr).await.unwrap(), method, path, body).await;
+    let answer = request(addr, method, path, body).await;
     (answer.status, answer.body)
 }
 
@@ -60,6 +60,11 @@ pub async fn http_as(
     let stream = TcpStream::connect(addr).await.unwrap();
     let answer = request_on(stream, token, kind, method, path, body).await;
     (answer.status, answer.body)
+}
+
+/// One request with a form body to `addr`; the whole answer (status, headers, body).
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Answer {
+    http_on(TcpStream::connect(addr).await.unwrap(), method, path, body).await
 }
 
 /// One request with a form body over any stream (TLS too); the whole answer.

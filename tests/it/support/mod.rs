@@ -19,7 +19,7 @@ pub mod smtp;
 pub mod tls;
 
 pub use dns::FakeDns;
-pub use http::{Admin, http, http_as, http_on, metric, sample};
+pub use http::{Admin, http, http_as, http_on, metric, request, sample};
 pub use mx::{FakeMx, InMemoryMx, Login, MxAuth, MxOptions, TlsBreak};
 pub use policy::{Account, SIGNED_UP, SUBSCRIBED, policy};
 pub use poll::{eventually, poll, settle};
