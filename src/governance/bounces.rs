@@ -665,25 +665,27 @@ impl crate::envelope::OutcomeSink for Bounces {
         else {
             return;
         };
-        let event = serde_json::json!({
-            "time_ms": crate::envelope::now_ms(),
-            "account": o.envelope.account,
-            "queue_id": o.id.to_string(),
-            "address": address,
-            "category": category.as_str(),
-            "rule": rule,
-            "status": status.to_string(),
-            "diagnostic": diagnostic.chars().take(300).collect::<String>(),
-            "site": o.site,
-            "via": "delivery",
-            "suppressed": suppress_now,
+        let event = suppress_now.then(|| {
+            serde_json::json!({
+                "time_ms": crate::envelope::now_ms(),
+                "account": o.envelope.account,
+                "queue_id": o.id.to_string(),
+                "address": address,
+                "category": category.as_str(),
+                "rule": rule,
+                "status": status.to_string(),
+                "diagnostic": diagnostic.chars().take(300).collect::<String>(),
+                "site": o.site,
+                "via": "delivery",
+                "suppressed": true,
+            })
         });
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(path) = file {
                 flush_streaks(&streaks, &path);
             }
-            if suppress_now {
+            if let Some(event) = event {
                 if let Err(e) = suppress(&lists, Scope::Global, &address) {
                     tracing::error!(error = %e, "could not record a bounce as a suppression");
                 }

@@ -113,10 +113,9 @@ const MAX_NAMED_SITES: usize = 2 * sites::NAMED_SITES;
 impl SiteLabels {
     /// Counts a recipient outcome under the site's name, or `other`.
     fn outcome(&mut self, site: &str, result: &'static str) {
-        if !self.named.contains(site) && self.named.len() < MAX_NAMED_SITES {
-            self.named.insert(site.to_string());
-        }
-        let label = if self.named.contains(site) {
+        let named = self.named.contains(site)
+            || (self.named.len() < MAX_NAMED_SITES && self.named.insert(site.to_string()));
+        let label = if named {
             if !self.used.contains(site) {
                 self.used.insert(site.to_string());
             }
