@@ -11,6 +11,7 @@
 //! [`reader::Collector::for_file`]); those of the embedded default against the working
 //! directory.
 
+pub mod cluster;
 pub mod http;
 pub mod reader;
 pub mod smarthost;
@@ -90,6 +91,8 @@ pub struct Config {
     pub log: LogConfig,
     pub account_api: http::AccountApiConfig,
     pub subscribe: http::SubscribeConfig,
+    /// `[cluster]`: the Redis that several relays share; `None`: this relay runs alone.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// How long what holds personal data is kept (see `crate::privacy::retention`).
@@ -395,6 +398,7 @@ impl Config {
             let log = read_log(&mut root.section("log"));
             let account_api = http::read_account_api(&mut root.section("account_api"), &http);
             let subscribe = http::read_subscribe(&mut root.section("subscribe"));
+            let cluster = cluster::read(&mut root.section("cluster"), &smtp.hostname);
             Config {
                 smtp,
                 tls,
@@ -412,6 +416,7 @@ impl Config {
                 log,
                 account_api,
                 subscribe,
+                cluster,
             }
         };
         let settings = c.settings();

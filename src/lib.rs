@@ -23,9 +23,10 @@
 //!
 //! 0. `files`, `dkim`, `dns`, `cpu`, `trim` — private crash-safe files, DKIM keys, and
 //!    small process utilities: they use nothing of the crate.
-//! 1. `envelope`, `bounce`, `tls`, `metrics`, `config` — the shared vocabulary of a
-//!    message (envelope, queue id, stream, clock, bounce categories and the reading of
-//!    bounces), TLS set-up, the metric names, the main file.
+//! 1. `envelope`, `bounce`, `tls`, `metrics`, `config`, `cluster` — the shared vocabulary
+//!    of a message (envelope, queue id, stream, clock, bounce categories and the reading of
+//!    bounces), TLS set-up, the metric names, the main file, and what several relays share
+//!    through Redis.
 //! 2. `consent`, `policy` — consent and suppression data; who may send what, and the rules
 //!    the policy file declares.
 //! 3. `spool`, `dsn` — accepted mail, durably; the relay's delivery status notices and
@@ -41,6 +42,7 @@
 
 pub mod bounce;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod consent;
 pub mod cpu;

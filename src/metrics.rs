@@ -10,6 +10,7 @@
 //! series before the first event. The only open-ended labels are `site` (bounded by
 //! [`crate::delivery`]) and `account` (the policy's account names).
 
+mod cluster;
 mod describe;
 
 use std::sync::OnceLock;
@@ -19,6 +20,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::smtp::refusal::{Refusal, Withheld};
+pub use cluster::*;
 use describe::describe;
 
 pub const SMTP_CONNECTIONS: &str = "optin_smtp_connections_total";
@@ -259,6 +261,11 @@ pub fn install() -> PrometheusHandle {
                     &[
                         0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
                     ],
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(CLUSTER_REDIS_SECONDS.into()),
+                    CLUSTER_BUCKETS,
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();

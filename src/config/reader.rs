@@ -299,6 +299,11 @@ impl<'t> Section<'t> {
         }
     }
 
+    /// Whether the file has this section at all (an absent one reads as empty).
+    pub fn is_present(&self) -> bool {
+        self.table.is_some()
+    }
+
     /// A sub-table; absent means empty. A non-table value is a problem.
     pub fn section(&mut self, key: &str) -> Section<'t> {
         let path = self.key_path(key);

@@ -10,6 +10,7 @@ pub(super) fn describe() {
     describe_state();
     describe_delivery();
     describe_limits();
+    super::cluster::describe_cluster();
 }
 
 /// SMTP sessions, commands, replies and verdicts.
