@@ -110,6 +110,12 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The cluster the running relay belongs to (`[cluster]`): its nodes as Redis holds
+    /// them.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Bounces: classify saved messages as the relay would (no running relay needed).
     Bounce {
         #[command(subcommand)]
@@ -230,6 +236,16 @@ pub enum PolicyCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every node: id, version, policy generation (and drift from the others), when last
+    /// seen and whether alive; this node's view of Redis.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -321,6 +337,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 admin::call(cli.config.as_deref(), &api, admin::policy_reload())
             }
         }),
+        Command::Cluster {
+            command: ClusterCommand::Status { api },
+        } => Ok(admin::call(
+            cli.config.as_deref(),
+            &api,
+            admin::cluster_status(),
+        )),
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin()

@@ -145,6 +145,9 @@ pub struct ReloadStatus {
     /// Every problem of the last attempt, when it was refused; `None` once a later reload
     /// succeeds.
     pub last_error: Option<Vec<String>>,
+    /// The BLAKE3 hash of the policy file in force (its first 16 hex digits; `embedded`
+    /// without a file): equal on two nodes means the same policy.
+    pub digest: String,
 }
 
 /// What the policy file held when it was looked at: the hash of its content, or why it
@@ -178,6 +181,8 @@ struct State {
     /// the file holds something else, so a SIGHUP right after an edit does not make the
     /// watcher load the same content again, and a bad file is reported once.
     acted_on: Option<Content>,
+    /// See [`ReloadStatus::digest`].
+    digest: String,
 }
 
 impl PolicyReloader {
@@ -185,6 +190,7 @@ impl PolicyReloader {
     /// (generation 1). Reads the file once, to know which content is in force.
     pub fn new(path: Option<PathBuf>, policy: Arc<ArcSwap<Policy>>) -> PolicyReloader {
         let acted_on = path.as_deref().map(|p| observe(p, &mut None));
+        let digest = digest_of(acted_on.as_ref());
         PolicyReloader {
             path,
             policy,
@@ -196,6 +202,7 @@ impl PolicyReloader {
                 last_trigger: None,
                 last_error: None,
                 acted_on,
+                digest,
             }),
         }
     }
@@ -262,6 +269,7 @@ impl PolicyReloader {
         match checked {
             Ok(policy) => {
                 self.policy.store(Arc::new(policy));
+                state.digest = digest_of(state.acted_on.as_ref());
                 state.generation += 1;
                 state.loaded_at_ms = now_ms();
                 state.last_error = None;
@@ -296,6 +304,7 @@ impl PolicyReloader {
             last_attempt_ms: state.last_attempt_ms,
             last_trigger: state.last_trigger.map(|t| t.as_str().to_string()),
             last_error: state.last_error.clone(),
+            digest: state.digest.clone(),
         }
     }
 
@@ -439,6 +448,15 @@ impl Stamp {
 
 /// Hashes the file's content, reusing `last_read` when the file's stamp shows it did not
 /// change since (and was not written around the time of that read).
+/// The digest of the content a load acted on (see [`ReloadStatus::digest`]).
+fn digest_of(content: Option<&Content>) -> String {
+    match content {
+        Some(Content::Hash(h)) => h.to_hex()[..16].to_string(),
+        Some(Content::Unreadable(_)) => "unreadable".to_string(),
+        None => "embedded".to_string(),
+    }
+}
+
 fn observe(path: &Path, last_read: &mut Option<LastRead>) -> Content {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,

@@ -152,8 +152,11 @@ impl Relay {
         let mut state = State::open(&config)?;
         let gov = Governance::wire(&config, &state, &policy)?;
         let stop_delivery = CancellationToken::new();
+        let cluster = join_cluster(&config, &reloader, stop_delivery.clone())?;
+        let mut settings = delivery_settings(&config, &state, &gov, &policy);
+        settings.cluster = cluster.clone();
         let (delivery, scheduler) = delivery::start(
-            delivery_settings(&config, &state, &gov, &policy),
+            settings,
             state.spool.clone(),
             transport,
             state.tagger.clone(),
@@ -195,6 +198,9 @@ impl Relay {
             &config, &state, &gov, &policy, &reloader, &delivery, metrics,
         )?;
         services.capture = capture;
+        if let Some(admin) = &mut services.admin {
+            admin.cluster = cluster.clone();
+        }
         let http = crate::http::start(&config, services, stop_accepting.clone()).await?;
         let stop_watching = CancellationToken::new();
         let watcher = (config.policy.path.is_some() && !config.policy.watch_interval.is_zero())
@@ -259,6 +265,39 @@ impl Relay {
 /// (what most applications do) must not be dropped before we accept them.
 const LISTEN_BACKLOG: u32 = 1024;
 
+/// With `[cluster]`: this node's handle on the shared Redis, its heartbeat started (it
+/// stops, and the node leaves the table, with delivery). Redis being down does not stop
+/// the start: the node runs on its share of the limits until Redis answers.
+fn join_cluster(
+    config: &Config,
+    reloader: &Arc<PolicyReloader>,
+    stop: CancellationToken,
+) -> Result<Option<Arc<crate::cluster::Cluster>>, StartError> {
+    let Some(cluster_config) = &config.cluster else {
+        return Ok(None);
+    };
+    let cluster =
+        crate::cluster::Cluster::new(cluster_config.clone()).map_err(StartError::State)?;
+    let reloader = reloader.clone();
+    cluster.start(
+        Arc::new(move || {
+            let status = reloader.status();
+            crate::cluster::NodeReport {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                policy_generation: status.generation,
+                policy_digest: status.digest,
+            }
+        }),
+        stop,
+    );
+    tracing::info!(
+        node = cluster.node_id(),
+        redis = ?cluster_config.redis,
+        "cluster mode: paces, connection caps and shaping are shared through Redis"
+    );
+    Ok(Some(cluster))
+}
+
 /// Delivery's settings: `[delivery]`, the lists (hard bounces), the delivery log, the
 /// policy (throttles), freezes, the rewrite stage and the governance results feed.
 fn delivery_settings(
@@ -318,6 +357,7 @@ fn http_services(
             governor: gov.governor.clone(),
             events: config.spool.path.join("events"),
             tagger: state.tagger.clone(),
+            cluster: None,
         }),
         None => None,
     };

@@ -581,6 +581,11 @@ pub fn policy_status() -> Call {
     Call::new(Method::GET, "/policy".into(), print_policy)
 }
 
+/// `GET /admin/cluster` (a 404 when the relay runs alone).
+pub fn cluster_status() -> Call {
+    Call::new(Method::GET, "/cluster".into(), print_cluster)
+}
+
 /// `POST /admin/policy/reload` (a 409 lists every problem).
 pub fn policy_reload() -> Call {
     Call::new(Method::POST, "/policy/reload".into(), |v| {

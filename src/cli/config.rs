@@ -77,6 +77,40 @@ impl Located {
     }
 }
 
+/// `[cluster]`: asks each Redis server once. None answering is a problem (the relay would
+/// start, but on its share of the limits only and sharing nothing).
+fn check_cluster(cluster: &crate::config::cluster::ClusterConfig) -> bool {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            println!("cluster: cannot check Redis: {e}");
+            return false;
+        }
+    };
+    let answers = runtime.block_on(crate::cluster::probe(cluster));
+    let mut any = false;
+    for (url, answer) in &answers {
+        match answer {
+            Ok(what) => {
+                any = true;
+                println!("cluster: {url} {what}");
+            }
+            Err(why) => println!("cluster: {url} does not answer: {why}"),
+        }
+    }
+    if !any {
+        println!(
+            "cluster: no Redis server answers; node {:?} would run on its share of the limits, \
+             sharing nothing",
+            cluster.node_id
+        );
+    }
+    any
+}
+
 /// `config check`: the main config, its TLS files, the policy; problems exit 1, warnings
 /// are printed and exit 0.
 pub fn check(located: &Located) -> ExitCode {
@@ -132,6 +166,9 @@ pub fn check(located: &Located) -> ExitCode {
             println!("{e}");
             ok = false;
         }
+    }
+    if let Some(cluster) = &config.cluster {
+        ok &= check_cluster(cluster);
     }
     if ok {
         ExitCode::SUCCESS

@@ -83,6 +83,15 @@ impl Announcement {
     }
 }
 
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.config.node_id)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The connection to one Redis server of `[cluster] redis`.
 struct Link {
     index: usize,
@@ -349,6 +358,62 @@ impl Cluster {
             None => tracing::debug!(len = text.len(), "cluster bus: a message not understood"),
         }
     }
+}
+
+/// Asks each server of `config` once (`config check`): its Redis version and the time a
+/// `PING` took, or why it did not answer.
+pub async fn probe(config: &ClusterConfig) -> Vec<(String, Result<String, String>)> {
+    let ca = match &config.ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                let why = format!("ca_file {}: {e}", path.display());
+                return config
+                    .redis
+                    .iter()
+                    .map(|u| (u.clone(), Err(why.clone())))
+                    .collect();
+            }
+        },
+        None => None,
+    };
+    let mut out = Vec::new();
+    for url in &config.redis {
+        let answer = async {
+            let client = client_for(url, config, ca.as_deref())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let start = Instant::now();
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let took = start.elapsed();
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let version = info
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .unwrap_or("unknown")
+                .trim()
+                .to_string();
+            Ok::<_, String>(format!(
+                "answers: Redis {version}, PING in {:.1} ms",
+                took.as_secs_f64() * 1000.0
+            ))
+        };
+        let result = match tokio::time::timeout(config.timeout * 4, answer).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", config.timeout * 4)),
+        };
+        out.push((url.clone(), result));
+    }
+    out
 }
 
 fn client_for(

@@ -65,6 +65,9 @@ pub struct Connection {
     timeouts: Timeouts,
     /// Transactions completed on this connection.
     pub transactions: usize,
+    /// Its place in the site's cluster-wide connection cap, given back when the
+    /// connection is dropped (`None` alone).
+    pub lease: Option<crate::cluster::Lease>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,6 +139,7 @@ impl Connection {
             auth: AuthMechanisms::default(),
             timeouts,
             transactions: 0,
+            lease: None,
         };
         if let TlsStart::Implicit(connector) = tls {
             let name = server_name(&target.host, target.addr.ip());

@@ -65,6 +65,9 @@ pub struct Settings {
     pub feedback: crate::governance::Feedback,
     /// Where operator holds are kept (`held.json` in the spool); `None`: in memory only.
     pub holds_file: Option<std::path::PathBuf>,
+    /// The cluster the paces, connection caps and shaping are shared with; `None`: this
+    /// relay paces alone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Settings {
@@ -82,6 +85,7 @@ impl Settings {
             freezes: None,
             feedback: Default::default(),
             holds_file: None,
+            cluster: None,
         }
     }
 }
@@ -96,6 +100,8 @@ enum Event {
     },
     /// The operator's commands (admin API, CLI).
     Control(control::Command),
+    /// Another node of the cluster shaped a site's pace.
+    Shaped(crate::cluster::Announcement),
     /// A domain's site lookup ended.
     Resolved {
         domain: String,
@@ -163,6 +169,37 @@ fn connectors(config: &DeliveryConfig) -> (Option<TlsConnector>, Option<TlsConne
     (tls, verified_tls)
 }
 
+/// Hands the other nodes' shaping of a site to the scheduler (which owns the routes).
+fn forward_announcements(
+    cluster: &crate::cluster::Cluster,
+    tx: mpsc::UnboundedSender<Event>,
+    shutdown: CancellationToken,
+) {
+    let mut heard = cluster.announcements();
+    let me = cluster.node_id().to_string();
+    tokio::spawn(async move {
+        loop {
+            let a = tokio::select! {
+                () = shutdown.cancelled() => return,
+                a = heard.recv() => a,
+            };
+            match a {
+                Ok(a) => {
+                    let crate::cluster::Announcement::Shaped { node, .. } = &a;
+                    let mine = *node == me;
+                    if !mine && tx.send(Event::Shaped(a)).is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "cluster announcements came faster than taken");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
 /// Starts the scheduler with the messages recovered from the spool. It runs until
 /// `shutdown` is cancelled; in-flight attempts are then abandoned (their recipients are
 /// still pending in the spool and are retried at the next start).
@@ -188,6 +225,9 @@ pub fn start(
         events: tx.clone(),
         content,
     });
+    if let Some(cluster) = &settings.cluster {
+        forward_announcements(cluster, tx.clone(), shutdown.clone());
+    }
     let mut scheduler = Scheduler::new(settings, spool, workers, tagger, by_domain, tx.clone());
     // Taken in here, not through the channel: a queued message keeps no envelope in memory
     // (the worker sending it reads it back), so a large recovered queue costs little.

@@ -275,11 +275,10 @@ impl Route {
         }
     }
 
-    /// Waits until the message rate allows the next message, and books its slot. Messages
-    /// are spaced evenly by the rate's interval (GCRA without burst), so a minute at
-    /// "600/min" carries 600 of them.
-    /// Returns whether the destination was suspended (a kept connection is stale then).
-    async fn pace(&self, ctx: &Workers, rate: Option<crate::policy::throttle::Rate>) -> bool {
+    /// Waits out a suspension of the destination, and brings the share of its rate
+    /// (adaptive shaping) up to date. Returns whether it was suspended (a kept connection
+    /// is stale then) and the share in force.
+    async fn wait_out_suspension(&self, ctx: &Workers) -> (bool, f64) {
         let now = tokio::time::Instant::now();
         let recovery = ctx
             .settings
@@ -303,18 +302,91 @@ impl Route {
             crate::metrics::throttle_wait(until - now);
             tokio::time::sleep_until(until).await;
         }
-        let Some(rate) = rate else {
-            return suspended.is_some();
-        };
-        wait_for_slot(&self.next_send, rate.interval().div_f64(factor.max(0.01))).await;
-        suspended.is_some()
+        (suspended.is_some(), factor)
+    }
+
+    /// Waits until the message rate (its `factor` share) allows the next message, and
+    /// books its slot. Messages are spaced evenly by the rate's interval (GCRA without
+    /// burst), so a minute at "600/min" carries 600 of them.
+    async fn pace_messages(
+        &self,
+        ctx: &Workers,
+        rate: Option<crate::policy::throttle::Rate>,
+        factor: f64,
+    ) {
+        if let Some(rate) = rate {
+            let interval = rate.interval().div_f64(factor.max(0.01));
+            self.book(ctx, "messages", &self.next_send, interval).await;
+        }
     }
 
     /// Waits until the connection rate allows opening another connection.
-    async fn pace_connections(&self, rate: Option<crate::policy::throttle::Rate>) {
+    async fn pace_connections(&self, ctx: &Workers, rate: Option<crate::policy::throttle::Rate>) {
         if let Some(rate) = rate {
-            wait_for_slot(&self.next_connect, rate.interval()).await;
+            self.book(ctx, "connections", &self.next_connect, rate.interval())
+                .await;
         }
+    }
+
+    /// Books the next slot of the route's `schedule` and waits for it: in the cluster's
+    /// shared schedule when there is one (all nodes together keep the rate), else here —
+    /// with the interval multiplied by the nodes last seen while the cluster's Redis is
+    /// away, so that they still keep the rate between them.
+    async fn book(
+        &self,
+        ctx: &Workers,
+        schedule: &str,
+        slot: &Mutex<Option<tokio::time::Instant>>,
+        interval: std::time::Duration,
+    ) {
+        let Some(cluster) = &ctx.settings.cluster else {
+            return wait_for_slot(slot, interval).await;
+        };
+        match cluster
+            .pace(&format!("{schedule}:{}", self.key), interval)
+            .await
+        {
+            Some(wait) => {
+                if !wait.is_zero() {
+                    crate::metrics::throttle_wait(wait);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            None => {
+                let nodes = cluster.share().unwrap_or(1) as u32;
+                wait_for_slot(slot, interval * nodes).await;
+            }
+        }
+    }
+
+    /// The most workers (each with at most one connection) the route may have: the
+    /// policy's `connections` within `[delivery] max_connections_per_destination`; in a
+    /// cluster whose Redis is away, this node's share of the policy's cap.
+    fn worker_cap(&self, ctx: &Workers) -> usize {
+        let max = ctx.settings.config.max_connections_per_destination;
+        let Some(cap) = self.throttle(ctx).connections else {
+            return max;
+        };
+        let share = ctx.settings.cluster.as_ref().and_then(|c| c.share());
+        let cap = match share {
+            Some(nodes) => cap.div_ceil(nodes),
+            None => cap,
+        };
+        cap.min(max)
+    }
+
+    /// Another node's reply from this site changed its pace: take the same share and
+    /// suspension (the nodes converge on one state instead of each cutting in turn).
+    pub fn shaped_elsewhere(&self, node: &str, factor: f64, suspended_for: std::time::Duration) {
+        let now = tokio::time::Instant::now();
+        let mut sh = self.shaping.lock().expect("shaping lock");
+        sh.factor = factor.clamp(0.01, 1.0);
+        if !suspended_for.is_zero() {
+            let until = now + suspended_for;
+            sh.suspended_until = Some(sh.suspended_until.map_or(until, |t| t.max(until)));
+        }
+        sh.since = now;
+        tracing::info!(route = %self.key, node, share = sh.factor, suspended = ?suspended_for, "adaptive shaping: set by another node");
     }
 
     /// Applies the policy's shaping rule matched by a server's reply, if any.
@@ -344,6 +416,16 @@ impl Route {
             }
         }
         sh.since = now;
+        if let Some(cluster) = &ctx.settings.cluster {
+            let announcement = crate::cluster::Announcement::Shaped {
+                site: self.key.to_string(),
+                factor: sh.factor,
+                suspended_for: sh.suspended_until.map_or(Default::default(), |t| t - now),
+                node: cluster.node_id().to_string(),
+            };
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.announce(announcement).await });
+        }
     }
 
     /// Nothing queued, nothing alive (a worker or a parked connection), and no pace or
@@ -385,13 +467,7 @@ impl Route {
             } else {
                 q.jobs.push(job);
             }
-            let cap = self
-                .throttle(ctx)
-                .connections
-                .map_or(ctx.settings.config.max_connections_per_destination, |c| {
-                    c.min(ctx.settings.config.max_connections_per_destination)
-                });
-            if q.workers < cap {
+            if q.workers < self.worker_cap(ctx) {
                 q.workers += 1;
                 true
             } else {
@@ -408,7 +484,10 @@ impl Route {
     /// same lock, so a concurrent push starts a new worker that finds the connection.
     fn next(self: &Arc<Self>, conn: &mut Option<Connection>, ctx: &Workers) -> Option<Job> {
         let mut q = self.queue.lock().expect("route lock");
-        if let Some(job) = q.urgent.pop_front().or_else(|| q.jobs.pop()) {
+        // A cluster that lost its Redis lowers the cap to this node's share: the workers
+        // beyond it stop after their job.
+        let over = ctx.settings.cluster.is_some() && q.workers > self.worker_cap(ctx);
+        if !over && let Some(job) = q.urgent.pop_front().or_else(|| q.jobs.pop()) {
             if conn.is_none() {
                 *conn = q.idle.pop().map(|(_, c)| c);
             }
@@ -666,9 +745,10 @@ async fn transact(
     }
 }
 
-/// Waits for the route's next message slot (its rate, a suspension) and makes sure a
-/// connection fit for the route's TLS demand is open; the attempt to report when none can
-/// be opened.
+/// Makes sure a connection fit for the route's TLS demand is open (a suspension waited
+/// out first), then waits for the route's next message slot; the attempt to report when
+/// no connection can be opened. The slot comes last: one booked while a connection was
+/// still to be had (a lease to wait for, a connection rate) would go unused.
 async fn ready(
     route: &Route,
     ctx: &Workers,
@@ -676,7 +756,8 @@ async fn ready(
     throttle: &crate::policy::throttle::Throttle,
     demand: TlsDemand,
 ) -> Result<(), Attempt> {
-    if route.pace(ctx, throttle.message_rate).await {
+    let (suspended, factor) = route.wait_out_suspension(ctx).await;
+    if suspended {
         // A connection kept through a suspension has most likely timed out.
         if let Some(mut stale) = conn.take() {
             stale.quit().await;
@@ -689,9 +770,19 @@ async fn ready(
         lax.quit().await;
     }
     if conn.is_none() {
-        route.pace_connections(throttle.connection_rate).await;
+        // A place in the site's cluster-wide connection cap first, held while the
+        // connection lives (none alone, or while the cluster's Redis is away: the worker
+        // cap holds this node to its share then).
+        let lease = match (&ctx.settings.cluster, throttle.connections) {
+            (Some(cluster), Some(cap)) => cluster.lease(&route.key.to_string(), cap).await,
+            _ => None,
+        };
+        route.pace_connections(ctx, throttle.connection_rate).await;
         match connect(&route.key, ctx, demand).await {
-            Ok(c) => *conn = Some(c),
+            Ok(mut c) => {
+                c.lease = lease;
+                *conn = Some(c);
+            }
             Err(attempt) => {
                 crate::metrics::delivery_attempt(false);
                 route.shape(ctx, &attempt);
@@ -699,6 +790,9 @@ async fn ready(
             }
         }
     }
+    route
+        .pace_messages(ctx, throttle.message_rate, factor)
+        .await;
     Ok(())
 }
 

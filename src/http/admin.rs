@@ -69,6 +69,8 @@ pub struct Admin {
     pub events: std::path::PathBuf,
     /// The delivery log's recipient tags, to find a queued recipient's last reply there.
     pub tagger: crate::privacy::AddressTagger,
+    /// The cluster this node belongs to (`GET /admin/cluster`); `None`: alone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The token from the config, else from the token file; `create` makes the file (a random
@@ -160,6 +162,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/campaigns/{account}/{id}/release", post(campaign_release))
         .route("/campaigns/{account}/{id}/decline", post(campaign_decline))
         .route("/policy", get(policy_status))
+        .route("/cluster", get(cluster_status))
         .route("/policy/reload", post(policy_reload))
         .fallback(|| async { not_found("no such admin endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -551,6 +554,16 @@ async fn campaign_decline(
 
 async fn policy_status(State(a): State<Admin>) -> ApiResult {
     ok(a.reloader.status())
+}
+
+/// The nodes of the cluster as Redis holds them, with this node's view of Redis.
+async fn cluster_status(State(a): State<Admin>) -> ApiResult {
+    let Some(cluster) = &a.cluster else {
+        return Err(super::api::not_found(
+            "this relay runs alone: the config has no [cluster] section",
+        ));
+    };
+    ok(cluster.status().await)
 }
 
 async fn policy_reload(State(a): State<Admin>) -> Response {

@@ -218,8 +218,24 @@ fn page_refusal(status: StatusCode, why: &str) -> Response {
     )
 }
 
+/// The operator listener's `/healthz`: `ok`, and in a cluster whether this node reaches
+/// Redis (a node that does not still serves, on its share of the limits: still 200).
+async fn healthz(cluster: Option<Arc<crate::cluster::Cluster>>) -> String {
+    let Some(c) = cluster else {
+        return "ok\n".to_string();
+    };
+    match c.share() {
+        None => format!("ok\ncluster: node {}, Redis reachable\n", c.node_id()),
+        Some(nodes) => format!(
+            "ok\ncluster: node {}, Redis unreachable: running on 1/{nodes} of the shared limits\n",
+            c.node_id()
+        ),
+    }
+}
+
 /// The admin API, `/metrics` and `/healthz`.
 pub fn admin_router(metrics: PrometheusHandle, api: admin::Admin, limits: HttpLimits) -> Router {
+    let cluster = api.cluster.clone();
     let bound = BodyBound {
         listener: "admin",
         max: limits.max_body_size,
@@ -243,7 +259,7 @@ pub fn admin_router(metrics: PrometheusHandle, api: admin::Admin, limits: HttpLi
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(move || healthz(cluster.clone())))
         .merge(admin::router(api))
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(bound, layers::bound_body))

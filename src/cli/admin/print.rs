@@ -529,3 +529,55 @@ pub(crate) fn print_history(v: &Value) {
         println!("still queued: {queued} message(s) (see `queue show --live ID`)");
     }
 }
+
+/// `GET /admin/cluster`: this node's view of Redis, then one line per node.
+pub(crate) fn print_cluster(v: &Value) {
+    let up = v["redis_up"].as_bool().unwrap_or(false);
+    println!("this node:    {}", text(&v["node"]));
+    println!(
+        "redis:        {} ({})",
+        text(&v["redis"]),
+        if up {
+            "reachable".to_string()
+        } else {
+            format!(
+                "unreachable: running on 1/{} of the shared limits",
+                num(&v["live_nodes"]).max(1)
+            )
+        }
+    );
+    println!("live nodes:   {}", num(&v["live_nodes"]));
+    println!("leases held:  {}", num(&v["leases_held"]));
+    let nodes = items(&v["nodes"]);
+    if nodes.is_empty() {
+        println!("no node table (Redis did not answer)");
+        return;
+    }
+    let now = v["redis_time_ms"].as_u64().unwrap_or(0);
+    println!(
+        "{:<24} {:<6} {:<10} {:<10} {:>18}  NOTE",
+        "NODE", "STATE", "VERSION", "POLICY", "LAST SEEN"
+    );
+    for n in nodes {
+        let seen = num(&n["last_seen_ms"]);
+        let state = if n["live"].as_bool() == Some(true) {
+            "live"
+        } else {
+            "gone"
+        };
+        let note = if n["policy_drift"].as_bool() == Some(true) {
+            format!("policy differs ({})", text(&n["policy_digest"]))
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<24} {:<6} {:<10} {:<10} {:>18}  {}",
+            text(&n["id"]),
+            state,
+            text(&n["version"]),
+            format!("gen {}", num(&n["policy_generation"])),
+            format!("{:.1} s ago", now.saturating_sub(seen) as f64 / 1000.0),
+            note
+        );
+    }
+}

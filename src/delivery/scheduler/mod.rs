@@ -215,6 +215,17 @@ impl Scheduler {
             Event::Resolved { domain, result } => self.resolved(&domain, result),
             Event::Loaded { id, result } => self.loaded(id, result),
             Event::Control(command) => self.control(command),
+            Event::Shaped(crate::cluster::Announcement::Shaped {
+                site,
+                factor,
+                suspended_for,
+                node,
+            }) => {
+                // Routes are few and this is rare: compared by name.
+                if let Some(route) = self.routes.iter().find(|(k, _)| k.to_string() == site) {
+                    route.1.shaped_elsewhere(&node, factor, suspended_for);
+                }
+            }
         }
     }
 
@@ -309,7 +320,8 @@ impl Scheduler {
                     Event::New(_)
                     | Event::Resolved { .. }
                     | Event::Loaded { .. }
-                    | Event::Control(_),
+                    | Event::Control(_)
+                    | Event::Shaped(_),
                 )) => {}
                 Ok(None) => break,
                 Err(_) => {

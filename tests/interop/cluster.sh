@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# Cluster mode against a real Redis, on 127.0.0.1 only: a private redis-server (Debian's
+# package, installed when missing; a redis-server still missing is a FAIL, never a skip),
+# the cluster's Rust tests that need it, then three relays (three configs, one Redis, one
+# measuring smart-host sink) sending together:
+#   1. the Rust tests of crate::cluster marked #[ignore] (the Lua scripts, leases, the node
+#      table, the bus) pass against the server (cargo test --lib cluster:: -- --ignored)
+#   2. `config check` of each node reaches Redis and names its version
+#   3. `cluster status` on one node lists the three nodes live, without policy drift;
+#      the operator listener's /healthz says Redis is reachable
+#   4. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
+#      the sink (which answers each message after 0.2 s) never sees more than 4
+#      connections at once while all three send 40 messages each, and does see 4
+#   5. a shared rate of 120/min holds within ±5% over a minute with all three sending
+#      (the policy reloaded on each node to `message_rate = "120/min"`)
+#   6. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
+#      stall nor send unlimited: they deliver on their share of the rate (at most the
+#      rate plus 10 %, at least one message) — then Redis restarts empty and both rejoin
+#      within 10 s (cluster status: reachable) and keep delivering
+#   7. the killed node restarts, rejoins, and in the end every message submitted to any
+#      node reached the sink
+# Prints one PASS:/FAIL: line per check like run.sh (whose helpers it shares, lib.sh) and
+# exits 1 if any check failed. Everything it starts is stopped on exit.
+#
+# Usage: tests/interop/cluster.sh   (as root, or with sudo available for apt-get)
+#        OPTIN_RELAY_BIN=PATH tests an existing build; INTEROP_KEEP=1 keeps the work
+#        directory; INTEROP_VERBOSE=1 shows each check's output on PASS too.
+
+set -u -o pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+PY=/usr/bin/python3
+PACKAGES=(redis-server redis-tools)
+NODES=(a b c)
+
+source "$HERE/lib.sh"
+
+need_tools() {
+    install_packages || return 1
+    command -v redis-server >/dev/null ||
+        { echo "redis-server is still missing after installing Debian's redis-server"; return 1; }
+    command -v redis-cli >/dev/null || { echo "redis-cli is missing"; return 1; }
+    redis-server --version
+}
+
+start_redis() {
+    mkdir -p "$WORK/redis"
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+        --appendonly no --dir "$WORK/redis"
+    wait_ports redis "$REDIS_PORT" && redis-cli -p "$REDIS_PORT" ping
+}
+
+stop_redis() {
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+    wait "$PID_redis" 2>/dev/null
+    forget "$PID_redis"
+    ! port_open "$REDIS_PORT"
+}
+
+pick_ports() {
+    local ports
+    mapfile -t ports < <("$PY" "$HERE/util.py" ports 8) || return 1
+    [[ ${#ports[@]} -eq 8 ]] || return 1
+    REDIS_PORT=${ports[0]} SINK_PORT=${ports[1]}
+    SMTP_a=${ports[2]} OPS_a=${ports[3]} SMTP_b=${ports[4]} OPS_b=${ports[5]}
+    SMTP_c=${ports[6]} OPS_c=${ports[7]}
+}
+
+rust_tests() {
+    (cd "$ROOT" && OPTIN_TEST_REDIS="redis://127.0.0.1:$REDIS_PORT/0" \
+        cargo test --locked -p optin-relay --lib cluster:: -- --include-ignored 2>&1) |
+        tee "$WORK/rust-tests.log" | grep -E '^test |test result' || return 1
+    grep -q 'test result: ok' "$WORK/rust-tests.log" &&
+        ! grep -q ' 0 passed' "$WORK/rust-tests.log"
+}
+
+# write_policy RATE-LINE: the policy every node runs (a transactional account for
+# 127.0.0.0/8, the throttles under test).
+write_policy() {
+    local node
+    for node in "${NODES[@]}"; do
+        cat >"$WORK/$node/policy.toml" <<EOF
+[accounts.app]
+networks = ["127.0.0.0/8"]
+
+[throttles."*"]
+connections = 4
+messages_per_connection = 5
+$1
+EOF
+    done
+}
+
+write_configs() {
+    local node smtp ops
+    for node in "${NODES[@]}"; do
+        smtp="SMTP_$node" ops="OPS_$node"
+        mkdir -p "$WORK/$node"
+        cat >"$WORK/$node/relay.toml" <<EOF
+[smtp]
+listen = ["127.0.0.1:${!smtp}"]
+hostname = "relay-$node.test"
+[spool]
+path = "$WORK/$node/spool"
+[delivery]
+smarthost = "127.0.0.1:$SINK_PORT"
+connection_idle_timeout = "1s"
+retry_initial = "2s"
+[http]
+listen = ""
+[admin]
+listen = "127.0.0.1:${!ops}"
+[policy]
+path = "$WORK/$node/policy.toml"
+watch_interval = "0s"
+[cluster]
+redis = ["redis://127.0.0.1:$REDIS_PORT/0"]
+node_id = "$node"
+key_prefix = "interop:"
+heartbeat = "500ms"
+lease_ttl = "3s"
+EOF
+    done
+    write_policy ""
+}
+
+configs_reach_redis() {
+    local node out
+    for node in "${NODES[@]}"; do
+        out=$("$BIN" --config "$WORK/$node/relay.toml" config check) || { echo "$out"; return 1; }
+        echo "$out"
+        grep -q "answers: Redis [0-9]" <<<"$out" || return 1
+    done
+}
+
+start_node() {
+    local node=$1 smtp="SMTP_$1" ops="OPS_$1"
+    start "relay_$node" "$BIN" --config "$WORK/$node/relay.toml" serve
+    wait_ports "relay_$node" "${!smtp}" "${!ops}"
+}
+
+start_nodes() {
+    local node
+    for node in "${NODES[@]}"; do
+        start_node "$node" || return 1
+    done
+}
+
+start_sink() {
+    start sink "$PY" "$HERE/cluster_sink.py" "$SINK_PORT" "$WORK/sink.log" 0.2
+    wait_ports sink "$SINK_PORT"
+}
+
+# status NODE: `cluster status` through NODE's operator listener.
+status() {
+    "$BIN" --config "$WORK/$1/relay.toml" cluster status
+}
+
+three_live() {
+    local out
+    out=$(status a) || { echo "$out"; return 1; }
+    echo "$out"
+    [[ $(grep -cE '^[abc] +live ' <<<"$out") -eq 3 ]] &&
+        ! grep -q 'policy differs' <<<"$out" &&
+        grep -q '(reachable)' <<<"$out"
+}
+
+nodes_listed() {
+    poll 10 three_live || { status a; return 1; }
+    local health
+    health=$("$PY" "$HERE/util.py" http "http://127.0.0.1:$OPS_b/healthz") || return 1
+    echo "$health"
+    grep -q 'Redis reachable' <<<"$health"
+}
+
+delivered() { grep -c . "$WORK/sink.log"; }
+
+wait_delivered() {
+    local want=$1 seconds=$2
+    poll "$seconds" bash -c "[[ \$(grep -c . '$WORK/sink.log') -ge $want ]]" ||
+        { echo "sink has $(delivered) of $want"; return 1; }
+}
+
+# submit_all FIRST COUNT: COUNT messages to each node at once.
+submit_all() {
+    local first=$1 count=$2 node smtp pids=() rc=0
+    for node in "${NODES[@]}"; do
+        smtp="SMTP_$node"
+        "$PY" "$HERE/cluster_submit.py" "${!smtp}" "$node" "$first" "$count" &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do
+        wait "$p" || rc=1
+    done
+    return $rc
+}
+
+connection_cap() {
+    : >"$WORK/sink.log"
+    echo 0 >"$WORK/sink.log.max"
+    submit_all 1 40 || return 1
+    wait_delivered 120 90 || return 1
+    local most
+    most=$(<"$WORK/sink.log.max")
+    echo "most connections open at once: $most (cap 4; each node alone may open 4)"
+    [[ $most -le 4 && $most -ge 4 ]]
+}
+
+reload_all() {
+    local node
+    for node in "${NODES[@]}"; do
+        "$BIN" --config "$WORK/$node/relay.toml" policy reload || return 1
+    done
+}
+
+# count_between FROM TO: messages the sink took in [FROM, TO) (unix seconds).
+count_between() {
+    awk -v a="$1" -v b="$2" '$1 >= a && $1 < b' "$WORK/sink.log" | grep -c .
+}
+
+shared_rate() {
+    write_policy 'message_rate = "120/min"'
+    reload_all || return 1
+    : >"$WORK/sink.log"
+    submit_all 1001 100 || return 1
+    wait_delivered 1 30 || return 1
+    local start end n per_node
+    start=$(awk 'NR == 1 { print $1 }' "$WORK/sink.log")
+    end=$(awk -v s="$start" 'BEGIN { printf "%.3f", s + 60 }')
+    sleep 62
+    n=$(count_between "$start" "$end")
+    per_node=$(awk -v a="$start" -v b="$end" '$1 >= a && $1 < b { c[$3]++ }
+        END { for (k in c) printf "%s=%d ", k, c[k] }' "$WORK/sink.log")
+    echo "delivered in the first minute: $n (120/min shared; by node: $per_node)"
+    [[ $n -ge 114 && $n -le 126 ]]
+}
+
+kill_c_and_lose_redis() {
+    kill -KILL "$PID_relay_c" && wait "$PID_relay_c" 2>/dev/null
+    forget "$PID_relay_c"
+    local t0 t1 n
+    stop_redis || { echo "Redis did not stop"; return 1; }
+    t0=$(date +%s.%N)
+    sleep 10
+    t1=$(date +%s.%N)
+    n=$(count_between "$t0" "$t1")
+    echo "delivered in 10 s without Redis, by two nodes: $n (the shared rate allows 20)"
+    start_redis >/dev/null || return 1
+    [[ $n -ge 1 && $n -le 22 ]]
+}
+
+rejoined() {
+    local node t
+    for node in a b; do
+        poll 10 bash -c "'$BIN' --config '$WORK/$node/relay.toml' cluster status | grep -q '(reachable)'" ||
+            { status "$node"; return 1; }
+    done
+    t=$(date +%s.%N)
+    sleep 5
+    echo "delivered in the 5 s after both rejoined: $(count_between "$t" 9999999999)"
+    [[ $(count_between "$t" 9999999999) -ge 1 ]]
+}
+
+everything_arrived() {
+    start_node c || return 1
+    write_policy 'message_rate = "6000/min"'
+    reload_all || return 1
+    local node n missing=0
+    poll 120 bash -c "[[ \$(awk '{ print \$3, \$4 }' '$WORK/sink.log' | sort -u | grep -c .) -ge 300 ]]"
+    for node in "${NODES[@]}"; do
+        for n in $(seq 1001 1100); do
+            grep -q " $node $n\$" "$WORK/sink.log" || missing=$((missing + 1))
+        done
+    done
+    echo "messages of the rate phase missing at the sink: $missing of 300"
+    echo "duplicates (a kill -9 mid-transaction): $(awk '{ print $3, $4 }' "$WORK/sink.log" | sort | uniq -d | grep -c .)"
+    [[ $missing -eq 0 ]]
+}
+
+finish() {
+    summarise_and_exit relay_a relay_b relay_c redis sink
+}
+
+main() {
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/optin-cluster.XXXXXX") || exit 1
+    setup "redis-server and redis-cli (installs Debian's redis-server, redis-tools)" need_tools
+    setup "free ports on 127.0.0.1" pick_ports
+    setup "a private redis-server on 127.0.0.1 (no persistence)" start_redis
+    check "cargo test: crate::cluster's tests against the real Redis" rust_tests
+    setup "the relay binary" relay_binary
+    setup "three node configs and one policy" write_configs
+    check "config check: each node reaches Redis and names its version" configs_reach_redis
+    setup "the measuring sink (0.2 s per message)" start_sink
+    setup "three relays started" start_nodes
+    check "cluster status: three nodes live, no policy drift; /healthz: Redis reachable" \
+        nodes_listed
+    check "a connection cap of 4 holds across three nodes (120 messages)" connection_cap
+    check "a shared rate of 120/min holds within 5% over a minute (three nodes)" shared_rate
+    check "kill -9 one node, stop Redis 10 s: the others go on at their share" \
+        kill_c_and_lose_redis
+    check "Redis back (empty): both nodes rejoin within 10 s and keep delivering" rejoined
+    check "the killed node restarts; every message of the rate phase arrives" \
+        everything_arrived
+    finish
+}
+
+main "$@"
