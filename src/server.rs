@@ -153,6 +153,14 @@ impl Relay {
         let gov = Governance::wire(&config, &state, &policy)?;
         let stop_delivery = CancellationToken::new();
         let cluster = join_cluster(&config, &reloader, stop_delivery.clone())?;
+        if let Some(cluster) = &cluster {
+            crate::consent::feed::spawn(
+                state.lists.clone(),
+                cluster.clone(),
+                stop_delivery.clone(),
+            )
+            .map_err(StartError::State)?;
+        }
         let mut settings = delivery_settings(&config, &state, &gov, &policy);
         settings.cluster = cluster.clone();
         let (delivery, scheduler) = delivery::start(

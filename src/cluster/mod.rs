@@ -206,6 +206,27 @@ impl Cluster {
         self.call_anyway(op, f).await.ok()
     }
 
+    /// A connection of its own to the Redis in use, for a command that blocks (a feed
+    /// read): commands on the shared one would wait behind it. Its answers may take
+    /// `block` on top of the deadline.
+    pub fn separate_connection(&self, block: Duration) -> Result<ConnectionManager, String> {
+        let index = self.link.load().index;
+        let settings = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.config.timeout))
+            .set_response_timeout(Some(self.config.timeout + block))
+            .set_number_of_retries(1)
+            .set_max_delay(self.config.heartbeat);
+        ConnectionManager::new_lazy_with_config(self.clients[index].clone(), settings)
+            .map_err(|e| format!("[cluster] redis: {e}"))
+    }
+
+    /// A Redis call failed outside [`Cluster::call`] (on a separate connection): counted,
+    /// and Redis marked unreachable until the heartbeat finds it again.
+    pub fn failed(&self, op: &'static str, why: &str) {
+        crate::metrics::cluster_error(op);
+        self.mark_down(op, why);
+    }
+
     /// [`Cluster::call`] even when Redis is marked down (the heartbeat's probe).
     async fn call_anyway<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, String>
     where
@@ -462,5 +483,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+#[cfg(test)]
+pub mod testing;
 #[cfg(test)]
 mod tests;

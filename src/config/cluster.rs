@@ -20,6 +20,9 @@ pub const DEFAULT_HEARTBEAT: HumanDuration = HumanDuration::secs(1);
 /// How long a connection lease lives without renewal (a node that died frees its
 /// connections after this long).
 pub const DEFAULT_LEASE_TTL: HumanDuration = HumanDuration::secs(15);
+/// Entries the feed stream keeps (trimmed approximately beyond): about 100 octets each in
+/// Redis. A node away for longer than this many changes misses the oldest.
+pub const DEFAULT_FEED_MAX_ENTRIES: u64 = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -37,6 +40,11 @@ pub struct ClusterConfig {
     pub timeout: Duration,
     pub heartbeat: Duration,
     pub lease_ttl: Duration,
+    /// See [`DEFAULT_FEED_MAX_ENTRIES`].
+    pub feed_max_entries: u64,
+    /// Replicas that must hold a feed entry before the node counts it as sent (`WAITAOF`
+    /// where the server has it, else `WAIT`); 0: the primary's answer is enough.
+    pub feed_replicas: u32,
 }
 
 /// Reads `[cluster]`; `None` when the section is absent.
@@ -90,7 +98,14 @@ pub(super) fn read(s: &mut Section<'_>, hostname: &str) -> Option<ClusterConfig>
             "must be at least three heartbeats (leases are renewed on the heartbeat)",
         );
     }
+    let feed_max_entries = s.get_or("feed_max_entries", DEFAULT_FEED_MAX_ENTRIES);
+    if feed_max_entries < 1000 {
+        s.problem("feed_max_entries", "must be at least 1000");
+    }
+    let feed_replicas = s.get_or("feed_replicas", 0u32);
     Some(ClusterConfig {
+        feed_max_entries,
+        feed_replicas,
         redis,
         username: s.get("username"),
         password: s.get::<String>("password").map(Secret::new),

@@ -66,7 +66,10 @@ impl Lists {
         drop(base);
         // Before the journals go: from now on this directory has a snapshot folding them.
         super::record_expected(dir, closed)?;
-        for n in folded {
+        let floor = self
+            .journal_floor
+            .load(std::sync::atomic::Ordering::Relaxed);
+        for n in folded.into_iter().filter(|&n| n < floor) {
             let p = journal::path_of(dir, n);
             if let Err(e) = std::fs::remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound

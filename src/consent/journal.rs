@@ -9,8 +9,10 @@
 //! ([`roll`]); journals up to the rolled number are then closed and can be folded into a
 //! snapshot and deleted.
 //!
-//! Record: CRC32C of octets 4..32 (u32), op (1 add, 2 remove), tags, origin, 0, fingerprint
-//! (u64), time in Unix ms (u64), 8 zero octets. Little-endian.
+//! Record: CRC32C of octets 4..32 (u32), op (1 add, 2 remove), tags, origin, flags (bit 0:
+//! the change came from another node of the cluster), fingerprint (u64), time in Unix ms
+//! (u64), stamp (u64: the hybrid logical clock and node of the change, see
+//! [`super::hlc`]; 0 in records written before it existed). Little-endian.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -61,6 +63,11 @@ pub struct Change {
     pub tags: u8,
     pub origin: Origin,
     pub time_ms: u64,
+    /// When and where the change was made, in the cluster's order (see [`super::hlc`]);
+    /// 0: not stamped yet ([`super::Lists::record`] stamps it).
+    pub stamp: u64,
+    /// Received from another node through the cluster's feed (never sent on again).
+    pub remote: bool,
 }
 
 impl Change {
@@ -80,8 +87,10 @@ impl Change {
         };
         r[5] = self.tags;
         r[6] = self.origin as u8;
+        r[7] = u8::from(self.remote);
         r[8..16].copy_from_slice(&self.fp.to_le_bytes());
         r[16..24].copy_from_slice(&self.time_ms.to_le_bytes());
+        r[24..32].copy_from_slice(&self.stamp.to_le_bytes());
         let crc = crc32c::crc32c(&r[4..]);
         r[..4].copy_from_slice(&crc.to_le_bytes());
         r
@@ -104,6 +113,8 @@ impl Change {
             origin: Origin::from_u8(r[6]),
             fp: u64::from_le_bytes(r[8..16].try_into().ok()?),
             time_ms: u64::from_le_bytes(r[16..24].try_into().ok()?),
+            stamp: u64::from_le_bytes(r[24..32].try_into().ok()?),
+            remote: r[7] & 1 != 0,
         })
     }
 }
@@ -245,6 +256,8 @@ mod tests {
             tags: 2,
             origin: Origin::Operator,
             time_ms: 1,
+            stamp: 0,
+            remote: false,
         }
     }
 

@@ -23,7 +23,9 @@
 //! them is a plain address.
 
 pub mod compile;
+pub mod feed;
 pub mod follow;
+pub mod hlc;
 pub mod import;
 pub mod journal;
 pub mod key;
@@ -205,9 +207,17 @@ struct View {
     /// Journals up to this number are in the snapshot.
     folded: u64,
     delta: RwLock<FpMap<u8>>,
+    /// The stamp of the last change of each tag bit of each fingerprint changed since the
+    /// snapshot (see [`hlc`]): what orders the cluster's changes, last writer wins.
+    stamps: RwLock<FpMap<[u64; TAG_BITS]>>,
+    /// Changes stamped before this are folded into the snapshot (their stamps unknown).
+    horizon: u64,
     /// The snapshot file this view was built from (to notice a new one).
     file: Option<FileId>,
 }
+
+/// Tag bits that carry meaning (consent and the five reasons).
+const TAG_BITS: usize = 6;
 
 impl View {
     fn get(&self, fp: u64) -> u8 {
@@ -289,6 +299,11 @@ pub struct Lists {
     in_memory: bool,
     view: ArcSwap<View>,
     tail: Mutex<Tail>,
+    /// Stamps this node's changes (see [`hlc`]).
+    clock: hlc::Hlc,
+    /// Compaction deletes no journal from this number on: the cluster's feed has not sent
+    /// them yet (`u64::MAX`: no feed).
+    journal_floor: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Lists {
@@ -332,6 +347,8 @@ impl Lists {
                 snapshot: None,
                 folded: 0,
                 delta: RwLock::new(FpMap::default()),
+                stamps: RwLock::new(FpMap::default()),
+                horizon: 0,
                 file: None,
             }),
             tail: Mutex::new(Tail {
@@ -339,6 +356,8 @@ impl Lists {
                 offset: 0,
                 refused: None,
             }),
+            clock: hlc::Hlc::default(),
+            journal_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         let path = lists.snapshot_path();
         let file = file_id(&path).map_err(io_error(&path))?;
@@ -414,8 +433,75 @@ impl Lists {
         }
     }
 
-    /// Records changes durably (fsync) and puts them in force before returning.
+    /// Records changes durably (fsync) and puts them in force before returning. Changes
+    /// without a stamp get one now.
     pub fn record(&self, changes: &[Change]) -> Result<(), ListsError> {
+        let stamped: Vec<Change> = changes
+            .iter()
+            .map(|c| Change {
+                stamp: if c.stamp == 0 {
+                    self.clock.stamp()
+                } else {
+                    c.stamp
+                },
+                ..*c
+            })
+            .collect();
+        self.append_and_refresh(&stamped)
+    }
+
+    /// Changes another node made (the cluster's feed), each kept only for the tag bits it
+    /// changed last (by stamp; a change already in force is dropped, so the feed can be
+    /// replayed): recorded as [`Lists::record`] does. A change older than the snapshot in
+    /// service, whose rivals' stamps are folded away, is kept only where it suppresses
+    /// (adds a reason, withdraws a consent): a suppression wins what cannot be ordered.
+    /// Returns the changes kept.
+    pub fn accept_remote(&self, changes: &[Change]) -> Result<usize, ListsError> {
+        let view = self.view.load();
+        let kept: Vec<Change> = {
+            let stamps = view.stamps.read().expect("stamps lock");
+            changes
+                .iter()
+                .filter_map(|c| {
+                    self.clock.observe(c.stamp);
+                    let known = stamps.get(&c.fp);
+                    let mut tags = 0u8;
+                    for bit in bits(c.tags) {
+                        let last = known.map_or(0, |k| k[bit]);
+                        let newer = c.stamp > last && (last != 0 || c.stamp > view.horizon);
+                        let suppresses = (c.op == Op::Add) != (1 << bit == CONSENT);
+                        let unordered = last == 0 && c.stamp <= view.horizon;
+                        if newer || (unordered && suppresses) {
+                            tags |= 1 << bit;
+                        }
+                    }
+                    (tags != 0).then_some(Change {
+                        tags,
+                        remote: true,
+                        ..*c
+                    })
+                })
+                .collect()
+        };
+        drop(view);
+        if !kept.is_empty() {
+            self.append_and_refresh(&kept)?;
+        }
+        Ok(kept.len())
+    }
+
+    /// Journal numbers from `floor` on are kept by compaction (the feed still reads them).
+    pub fn set_journal_floor(&self, floor: u64) {
+        self.journal_floor
+            .store(floor, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets this node's byte in the stamps of its changes (see [`hlc::node_byte`]).
+    pub fn set_clock_node(&self, node: u8) {
+        self.clock.set_node(node);
+    }
+
+    fn append_and_refresh(&self, changes: &[Change]) -> Result<(), ListsError> {
         journal::append(&self.dir, changes).map_err(io_error(&self.dir))?;
         match self.refresh() {
             Ok(_) => Ok(()),
@@ -453,6 +539,8 @@ impl Lists {
                 tags,
                 origin,
                 time_ms,
+                stamp: 0,
+                remote: false,
             })
             .collect();
         self.record(&changes)
@@ -536,10 +624,15 @@ impl Lists {
         if folded < self.view.load().folded {
             return Ok(false);
         }
+        let horizon = snapshot
+            .as_ref()
+            .map_or(0, |s| hlc::Hlc::floor_of(s.created_ms()));
         let view = View {
             snapshot,
             folded,
             delta: RwLock::new(FpMap::default()),
+            stamps: RwLock::new(FpMap::default()),
+            horizon,
             file,
         };
         let mut fresh = Tail {
@@ -578,6 +671,11 @@ impl Lists {
     }
 }
 
+/// The indexes of the meaningful tag bits set in `tags`.
+fn bits(tags: u8) -> impl Iterator<Item = usize> {
+    (0..TAG_BITS).filter(move |b| tags & (1 << b) != 0)
+}
+
 /// Applies the journal records `view` has not seen, in order, advancing `tail`.
 fn apply_journals(dir: &Path, view: &View, tail: &mut Tail) -> Result<(), ListsError> {
     let numbers = journal::list(dir).map_err(io_error(dir))?;
@@ -603,6 +701,14 @@ fn apply_journals(dir: &Path, view: &View, tail: &mut Tail) -> Result<(), ListsE
                     None => view.snapshot.as_ref().map_or(0, |s| s.get(c.fp)),
                 };
                 delta.insert(c.fp, c.apply(current));
+            }
+            drop(delta);
+            let mut stamps = view.stamps.write().expect("stamps lock");
+            for c in read.changes.iter().filter(|c| c.stamp != 0) {
+                let s = stamps.entry(c.fp).or_default();
+                for bit in bits(c.tags) {
+                    s[bit] = s[bit].max(c.stamp);
+                }
             }
         }
         tail.journal = n;

@@ -13,6 +13,8 @@ fn change(op: Op, fp: u64, tags: u8) -> Change {
         tags,
         origin: Origin::Operator,
         time_ms: 0,
+        stamp: 0,
+        remote: false,
     }
 }
 
@@ -309,4 +311,126 @@ fn a_directory_from_before_the_record_gets_it_when_opened() {
     drop(Lists::open(dir.path(), 24).unwrap());
     std::fs::remove_file(lists.snapshot_path()).unwrap();
     assert!(Lists::open(dir.path(), 24).is_err());
+}
+
+fn remote(op: Op, fp: u64, tags: u8, stamp: u64) -> Change {
+    Change {
+        stamp,
+        remote: true,
+        ..change(op, fp, tags)
+    }
+}
+
+/// The cluster's changes: last writer wins per fingerprint and tag bit, by stamp; a change
+/// read twice or after a later one changes nothing; what cannot be ordered (older than
+/// the snapshot) is kept only where it suppresses. It all holds across a reopening (the
+/// stamps are in the journal).
+#[test]
+fn remote_changes_follow_their_stamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = Lists::open(dir.path(), 24).unwrap();
+    let unsub = Reason::Unsubscribe.bit();
+    let now = hlc::Hlc::floor_of(crate::envelope::now_ms());
+    let (s1, s2, s3) = (now + (1 << 8) + 2, now + (2 << 8) + 2, now + (3 << 8) + 2);
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Add, 7, unsub, s2)])
+            .unwrap(),
+        1
+    );
+    assert_eq!(lists.get(7), unsub);
+    // An older lift (made before the unsubscribe, read after it) changes nothing.
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Remove, 7, unsub, s1)])
+            .unwrap(),
+        0
+    );
+    assert_eq!(lists.get(7), unsub);
+    // A complaint on the same address, stamped before: another bit, so it counts.
+    let complaint = Reason::Complaint.bit();
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Add, 7, complaint, s1)])
+            .unwrap(),
+        1
+    );
+    assert_eq!(lists.get(7), unsub | complaint);
+    // The same unsubscribe read again: nothing.
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Add, 7, unsub, s2)])
+            .unwrap(),
+        0
+    );
+    // A later lift wins.
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Remove, 7, unsub, s3)])
+            .unwrap(),
+        1
+    );
+    assert_eq!(lists.get(7), complaint);
+    // A local change after all that is stamped after what was seen, and a remote change
+    // older than it loses.
+    lists.record(&[change(Op::Add, 7, unsub)]).unwrap();
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Remove, 7, unsub, s3 + (1 << 8))])
+            .unwrap(),
+        0
+    );
+    assert_eq!(lists.get(7), unsub | complaint);
+    drop(lists);
+    let lists = Lists::open(dir.path(), 24).unwrap();
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Remove, 7, unsub, s3)])
+            .unwrap(),
+        0
+    );
+    // Folded into a snapshot, the stamps are gone: an old change that suppresses is kept,
+    // one that would allow mail is not.
+    lists.compile(Vec::new()).unwrap();
+    let old = hlc::Hlc::floor_of(1_000) | 9;
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Remove, 7, unsub, old)])
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Add, 8, CONSENT, old)])
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        lists
+            .accept_remote(&[remote(Op::Add, 9, unsub, old)])
+            .unwrap(),
+        1
+    );
+    assert_eq!(lists.get(7), unsub | complaint);
+    assert_eq!(lists.get(8), 0);
+    assert_eq!(lists.get(9), unsub);
+    // Received changes are marked so in the journal (the feed never sends them on).
+    let read = journal::read_from(dir.path(), 2, 0).unwrap();
+    assert!(read.changes.iter().all(|c| c.remote && c.stamp != 0));
+}
+
+/// Compaction keeps the journals the feed has not sent yet.
+#[test]
+fn compaction_keeps_journals_above_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = Lists::open(dir.path(), 24).unwrap();
+    lists.record(&[change(Op::Add, 1, 2)]).unwrap();
+    lists.set_journal_floor(1);
+    lists.compile(Vec::new()).unwrap();
+    assert_eq!(journal::list(dir.path()).unwrap(), [1, 2]);
+    assert_eq!(lists.get(1), 2);
+    lists.set_journal_floor(2);
+    lists.compile(Vec::new()).unwrap();
+    assert_eq!(journal::list(dir.path()).unwrap(), [2, 3]);
+    assert_eq!(lists.get(1), 2);
 }

@@ -619,6 +619,8 @@ fn suppress(lists: &Lists, scope: Scope<'_>, address: &str) -> Result<bool, List
         tags: Reason::Bounce.bit(),
         origin: Origin::Delivery,
         time_ms: crate::envelope::now_ms(),
+        stamp: 0,
+        remote: false,
     }])?;
     crate::metrics::bounce_suppressed();
     Ok(true)

@@ -441,6 +441,8 @@ impl Complaints {
             tags: Reason::Complaint.bit(),
             origin: Origin::Feedback,
             time_ms,
+            stamp: 0,
+            remote: false,
         };
         if let Err(e) = self.lists.record(&[change]) {
             tracing::error!(account, error = %e, "could not record a complaint");

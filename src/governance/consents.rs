@@ -103,6 +103,8 @@ impl Consents {
                 tags: CONSENT,
                 origin,
                 time_ms,
+                stamp: 0,
+                remote: false,
             })
             .collect()
     }

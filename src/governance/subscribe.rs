@@ -374,6 +374,8 @@ impl Subscriptions {
             tags: bit,
             origin: Origin::Account,
             time_ms,
+            stamp: 0,
+            remote: false,
         };
         let mut changes = Vec::new();
         if st.list & bit != 0 {

@@ -108,6 +108,8 @@ impl Unsubscribes {
             tags: Reason::Unsubscribe.bit(),
             origin: Origin::Unsubscribe,
             time_ms: crate::envelope::now_ms(),
+            stamp: 0,
+            remote: false,
         };
         if let Err(e) = self.lists.record(&[change]) {
             tracing::error!(account = %u.account, error = %e, "could not record an unsubscribe");

@@ -12,6 +12,9 @@ pub const CLUSTER_REDIS_ERRORS: &str = "optin_cluster_redis_errors_total";
 pub const CLUSTER_FALLBACKS: &str = "optin_cluster_fallbacks_total";
 pub const CLUSTER_NODES: &str = "optin_cluster_nodes_live";
 pub const CLUSTER_LEASE_WAITS: &str = "optin_cluster_lease_waits_total";
+pub const CLUSTER_FEED_SENT: &str = "optin_cluster_feed_sent_total";
+pub const CLUSTER_FEED_RECEIVED: &str = "optin_cluster_feed_received_total";
+pub const CLUSTER_FEED_APPLIED: &str = "optin_cluster_feed_applied_total";
 
 /// What a failed Redis call was for (the `op` label).
 pub const CLUSTER_OPS: &[&str] = &[
@@ -23,6 +26,8 @@ pub const CLUSTER_OPS: &[&str] = &[
     "leave",
     "status",
     "announce",
+    "feed_send",
+    "feed_read",
 ];
 
 /// Buckets of [`CLUSTER_REDIS_SECONDS`]: a call on the same network takes well under a
@@ -44,7 +49,7 @@ pub(super) fn describe_cluster() {
     describe_counter!(
         CLUSTER_REDIS_ERRORS,
         "Cluster Redis calls that failed or timed out, by op (pace, lease, release, renew, \
-         heartbeat, leave, status, announce)."
+         heartbeat, leave, status, announce, feed_send, feed_read)."
     );
     describe_counter!(
         CLUSTER_FALLBACKS,
@@ -54,6 +59,20 @@ pub(super) fn describe_cluster() {
     describe_gauge!(
         CLUSTER_NODES,
         "Nodes of the cluster seen alive at the last heartbeat (this one included)."
+    );
+    describe_counter!(
+        CLUSTER_FEED_SENT,
+        "Consent and suppression changes made on this node and sent to the cluster's feed \
+         (acknowledged by Redis)."
+    );
+    describe_counter!(
+        CLUSTER_FEED_RECEIVED,
+        "Changes of other nodes read from the cluster's feed."
+    );
+    describe_counter!(
+        CLUSTER_FEED_APPLIED,
+        "Changes of other nodes put in force here (the rest were older than what this node \
+         had, or already in force)."
     );
     describe_counter!(
         CLUSTER_LEASE_WAITS,
@@ -68,6 +87,13 @@ pub fn cluster_started() {
     }
     counter!(CLUSTER_FALLBACKS).increment(0);
     counter!(CLUSTER_LEASE_WAITS).increment(0);
+    for name in [
+        CLUSTER_FEED_SENT,
+        CLUSTER_FEED_RECEIVED,
+        CLUSTER_FEED_APPLIED,
+    ] {
+        counter!(name).increment(0);
+    }
     gauge!(CLUSTER_REDIS_UP).increment(0.0);
     gauge!(CLUSTER_NODES).increment(0.0);
     let _ = histogram!(CLUSTER_REDIS_SECONDS);
@@ -93,6 +119,14 @@ pub fn cluster_up(up: bool) {
 
 pub fn cluster_nodes(live: usize) {
     gauge!(CLUSTER_NODES).set(live as f64);
+}
+
+/// The feed: `sent` changes of this node acknowledged, `received` of others read,
+/// `applied` of those put in force.
+pub fn cluster_feed(sent: u64, received: u64, applied: u64) {
+    counter!(CLUSTER_FEED_SENT).increment(sent);
+    counter!(CLUSTER_FEED_RECEIVED).increment(received);
+    counter!(CLUSTER_FEED_APPLIED).increment(applied);
 }
 
 pub fn cluster_lease_wait() {

@@ -5,7 +5,8 @@ Usage: cluster_sink.py PORT LOG [DELAY]
 
 Listens on 127.0.0.1:PORT, accepts every transaction and appends one line per message to
 LOG: `<unix time> <connections open> <Subject>` (the subject names the node and the
-message). DELAY seconds (default 0) pass before the reply to the end of DATA, so that
+message); a message with a List-Unsubscribe header (marketing) is also kept whole as
+LOG.<subject>.eml (spaces as dashes), for that header. DELAY seconds (default 0) pass before the reply to the end of DATA, so that
 connections overlap and a connection cap is put to the test. The most connections ever
 open at once is written to LOG.max after every change. Runs until SIGTERM.
 """
@@ -52,12 +53,17 @@ async def session(reader, writer, log, delay):
             elif verb.startswith("DATA"):
                 await say("354 go on")
                 subject = "-"
+                content = []
                 while True:
                     data = await asyncio.wait_for(reader.readline(), 60)
                     if not data or data in (b".\r\n", b".\n"):
                         break
-                    if data.lower().startswith(b"subject:"):
+                    content.append(data)
+                    if subject == "-" and data.lower().startswith(b"subject:"):
                         subject = data[8:].decode(errors="replace").strip()
+                if any(line.lower().startswith(b"list-unsubscribe:") for line in content):
+                    with open(f"{log}.{subject.replace(' ', '-')}.eml", "wb") as f:
+                        f.write(b"".join(content))
                 if delay:
                     await asyncio.sleep(delay)
                 with open(log, "a") as f:

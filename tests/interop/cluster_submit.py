@@ -1,11 +1,14 @@
 #!/usr/bin/python3
 """Submits test mail to one relay for the cluster test (standard library only).
 
-Usage: cluster_submit.py PORT NODE FIRST COUNT
+Usage: cluster_submit.py PORT NODE FIRST COUNT [marketing]
 
-Sends COUNT transactional messages over one SMTP connection to 127.0.0.1:PORT, from
-app@app.test to rcpt@example.net, with the subjects `NODE FIRST` … `NODE FIRST+COUNT-1`
-(what the sink records). Exits 1 unless every message was accepted.
+Sends COUNT transactional messages (with `marketing`: marketing ones, X-Optin-Stream:
+marketing) over one SMTP connection to 127.0.0.1:PORT, from app@app.test to
+rcpt@example.net, with the subjects `NODE FIRST` … `NODE FIRST+COUNT-1` (what the sink
+records). Exits 0 when every message was accepted, 2 when the relay refused the recipient
+(at RCPT, or at the end of DATA when it withholds a message's only recipient; its reply
+printed), 1 on anything else.
 """
 
 import smtplib
@@ -13,16 +16,27 @@ import sys
 
 
 def main():
-    if len(sys.argv) != 5:
-        sys.exit("usage: cluster_submit.py PORT NODE FIRST COUNT")
+    if len(sys.argv) not in (5, 6):
+        sys.exit("usage: cluster_submit.py PORT NODE FIRST COUNT [marketing]")
     port, node, first, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    stream = "X-Optin-Stream: marketing\r\n" if sys.argv[5:] == ["marketing"] else ""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
         for n in range(first, first + count):
             body = (
                 f"From: app@app.test\r\nTo: rcpt@example.net\r\nSubject: {node} {n}\r\n"
-                f"Message-ID: <{node}.{n}@app.test>\r\n\r\nmessage {n} through {node}\r\n"
+                f"Message-ID: <{node}.{n}@app.test>\r\n{stream}\r\n"
+                f"message {n} through {node}\r\n"
             )
-            s.sendmail("app@app.test", ["rcpt@example.net"], body)
+            try:
+                s.sendmail("app@app.test", ["rcpt@example.net"], body)
+            except smtplib.SMTPRecipientsRefused as e:
+                for code, text in e.recipients.values():
+                    print(f"refused: {code} {text.decode(errors='replace')}")
+                sys.exit(2)
+            except smtplib.SMTPDataError as e:
+                # One recipient, withheld: the relay refuses at the end of DATA.
+                print(f"refused: {e.smtp_code} {e.smtp_error.decode(errors='replace')}")
+                sys.exit(2 if 500 <= e.smtp_code < 600 else 1)
     print(f"{count} accepted by {node}")
 
 

@@ -80,6 +80,8 @@ pub(super) async fn record(
             tags,
             origin: Origin::Operator,
             time_ms,
+            stamp: 0,
+            remote: false,
         })
         .collect();
     tokio::task::spawn_blocking(move || lists.record(&changes))

@@ -182,6 +182,8 @@ fn change(lists: &Lists, kind: Kind, scope: Scope<'_>, address: &str, tags: u8) 
         tags,
         origin: Origin::Operator,
         time_ms: 0,
+        stamp: 0,
+        remote: false,
     }
 }
 
