@@ -376,7 +376,7 @@ fn remote_changes_follow_their_stamps() {
     lists.record(&[change(Op::Add, 7, unsub)]).unwrap();
     assert_eq!(
         lists
-            .accept_remote(&[remote(Op::Remove, 7, unsub, s3 + (1 << 8))])
+            .accept_remote(&[remote(Op::Remove, 7, unsub, s3 + 1)])
             .unwrap(),
         0
     );
