@@ -171,6 +171,17 @@ impl Relay {
             std::mem::take(&mut state.recovered),
             stop_delivery.clone(),
         );
+        if let Some(cluster) = &cluster {
+            // Health windows and freezes shared; an unfreeze elsewhere releases the
+            // account's held mail here too.
+            let d = delivery.clone();
+            crate::governance::shared::spawn(
+                gov.governor.clone(),
+                cluster.clone(),
+                Arc::new(move |account: &str| d.release(account)),
+                stop_delivery.clone(),
+            );
+        }
         let webhook_worker = gov.webhooks.spawn_worker(stop_delivery.clone());
         let engagement_flusher = gov.engagements.spawn_flusher(stop_delivery.clone());
         gov.uploads.spawn_worker(stop_delivery.clone());

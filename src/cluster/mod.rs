@@ -44,6 +44,19 @@ pub enum Announcement {
         suspended_for: Duration,
         node: String,
     },
+    /// An account was frozen (by `by`: `admin`, `health`, `content`) for `reason`.
+    Frozen {
+        account: String,
+        reason: String,
+        by: String,
+        node: String,
+    },
+    /// An account was unfrozen.
+    Unfrozen {
+        account: String,
+        by: String,
+        node: String,
+    },
 }
 
 impl Announcement {
@@ -58,6 +71,33 @@ impl Announcement {
                 "shaped\t{node}\t{factor}\t{}\t{site}",
                 suspended_for.as_millis()
             ),
+            Announcement::Frozen {
+                account,
+                reason,
+                by,
+                node,
+            } => format!(
+                "frozen\t{node}\t{}\t{}\t{}",
+                one_field(account),
+                one_field(by),
+                one_field(reason)
+            ),
+            Announcement::Unfrozen { account, by, node } => {
+                format!(
+                    "unfrozen\t{node}\t{}\t{}",
+                    one_field(account),
+                    one_field(by)
+                )
+            }
+        }
+    }
+
+    /// The node that made it.
+    pub fn node(&self) -> &str {
+        match self {
+            Announcement::Shaped { node, .. }
+            | Announcement::Frozen { node, .. }
+            | Announcement::Unfrozen { node, .. } => node,
         }
     }
 
@@ -78,9 +118,32 @@ impl Announcement {
                     },
                 )
             }
+            "frozen" => {
+                let node = parts.next()?.to_string();
+                let account = parts.next()?.to_string();
+                let by = parts.next()?.to_string();
+                let reason = parts.next()?.to_string();
+                Some(Announcement::Frozen {
+                    account,
+                    reason,
+                    by,
+                    node,
+                })
+            }
+            "unfrozen" => {
+                let node = parts.next()?.to_string();
+                let account = parts.next()?.to_string();
+                let by = parts.next()?.to_string();
+                Some(Announcement::Unfrozen { account, by, node })
+            }
             _ => None,
         }
     }
+}
+
+/// A value as one field of an announcement: tabs and line breaks become spaces.
+fn one_field(s: &str) -> String {
+    s.replace(['\t', '\n', '\r'], " ")
 }
 
 impl std::fmt::Debug for Cluster {

@@ -19,6 +19,22 @@ fn announcements_round_trip_and_refuse_nonsense() {
         node: "relay-a".into(),
     };
     assert_eq!(Announcement::decode(&a.encode()), Some(a));
+    let f = Announcement::Frozen {
+        account: "shop".into(),
+        reason: "complaints 0.5%\tof\n200".into(),
+        by: "health".into(),
+        node: "relay-b".into(),
+    };
+    let Some(Announcement::Frozen { reason, .. }) = Announcement::decode(&f.encode()) else {
+        panic!("a freeze reads back");
+    };
+    assert_eq!(reason, "complaints 0.5% of 200");
+    let u = Announcement::Unfrozen {
+        account: "shop".into(),
+        by: "admin".into(),
+        node: "relay-c".into(),
+    };
+    assert_eq!(Announcement::decode(&u.encode()), Some(u));
     for bad in [
         "",
         "shaped",

@@ -184,13 +184,12 @@ fn forward_announcements(
                 a = heard.recv() => a,
             };
             match a {
-                Ok(a) => {
-                    let crate::cluster::Announcement::Shaped { node, .. } = &a;
-                    let mine = *node == me;
-                    if !mine && tx.send(Event::Shaped(a)).is_err() {
+                Ok(a @ crate::cluster::Announcement::Shaped { .. }) => {
+                    if a.node() != me && tx.send(Event::Shaped(a)).is_err() {
                         return;
                     }
                 }
+                Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "cluster announcements came faster than taken");
                 }

@@ -5,10 +5,15 @@
 //! A frozen account's submissions are refused at MAIL with `554 5.7.1 account frozen:
 //! <reason>`; its queued marketing mail is held (kept, not sent) until it is unfrozen, when
 //! the scheduler releases it. Its transactional mail (password resets, receipts) still goes.
+//!
+//! In a cluster ([`Freezes::share`]) every freeze and unfreeze made here is also written to
+//! Redis — `PREFIX frozen` (account → the freeze; the first one made stays) and `PREFIX
+//! unfrozen` (account → when it was unfrozen) — and announced to the other nodes, which
+//! hold it too (see `super::shared`, which also catches a node up that was away).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +42,16 @@ pub struct Freezes {
     path: PathBuf,
     frozen: RwLock<BTreeMap<String, Frozen>>,
     events: EventLog,
+    /// The cluster freezes are shared with, and the runtime its calls run on.
+    shared: OnceLock<(Arc<crate::cluster::Cluster>, tokio::runtime::Handle)>,
+}
+
+/// Where a freeze or unfreeze comes from: this node (shared with the others when in a
+/// cluster) or another node (held here, not sent on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Here,
+    Cluster,
 }
 
 impl Freezes {
@@ -56,7 +71,16 @@ impl Freezes {
             events: EventLog::new(&spool_dir.join("events/freezes.jsonl")),
             path,
             frozen: RwLock::new(frozen),
+            shared: OnceLock::new(),
         })
+    }
+
+    /// Shares this node's freezes and unfreezes through `cluster` from now on (calls run on
+    /// the current runtime).
+    pub fn share(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self
+            .shared
+            .set((cluster, tokio::runtime::Handle::current()));
     }
 
     /// Why the account is frozen, if it is.
@@ -82,6 +106,17 @@ impl Freezes {
     /// Freezes an account (a second freeze keeps the first reason). Returns whether it
     /// was not frozen before.
     pub fn freeze(&self, account: &str, reason: &str, by: &str) -> Result<bool, FreezeError> {
+        self.freeze_from(account, reason, by, Origin::Here)
+    }
+
+    /// [`Freezes::freeze`], saying where the freeze comes from.
+    pub fn freeze_from(
+        &self,
+        account: &str,
+        reason: &str,
+        by: &str,
+        origin: Origin,
+    ) -> Result<bool, FreezeError> {
         let reason = reason.trim();
         if reason.is_empty() {
             return Err(FreezeError::NoReason);
@@ -100,13 +135,26 @@ impl Freezes {
         self.write(&next)?;
         *frozen = next;
         drop(frozen);
-        tracing::warn!(account, reason = %entry.reason, by, "account frozen");
+        tracing::warn!(account, reason = %entry.reason, by, ?origin, "account frozen");
         self.event("frozen", account, Some(&entry.reason), by);
+        if origin == Origin::Here {
+            self.publish_freeze(account, &entry);
+        }
         Ok(true)
     }
 
     /// Unfreezes an account; returns whether it was frozen.
     pub fn unfreeze(&self, account: &str, by: &str) -> Result<bool, FreezeError> {
+        self.unfreeze_from(account, by, Origin::Here)
+    }
+
+    /// [`Freezes::unfreeze`], saying where the unfreeze comes from.
+    pub fn unfreeze_from(
+        &self,
+        account: &str,
+        by: &str,
+        origin: Origin,
+    ) -> Result<bool, FreezeError> {
         let mut frozen = self.frozen.write().expect("freeze lock");
         if !frozen.contains_key(account) {
             return Ok(false);
@@ -116,9 +164,77 @@ impl Freezes {
         self.write(&next)?;
         *frozen = next;
         drop(frozen);
-        tracing::info!(account, by, "account unfrozen");
+        tracing::info!(account, by, ?origin, "account unfrozen");
         self.event("unfrozen", account, None, by);
+        if origin == Origin::Here {
+            self.publish_unfreeze(account, by);
+        }
         Ok(true)
+    }
+
+    /// Writes a freeze made here to the cluster and announces it.
+    pub(super) fn publish_freeze(&self, account: &str, entry: &Frozen) {
+        let Some((cluster, runtime)) = self.shared.get() else {
+            return;
+        };
+        let (cluster, account, entry) = (cluster.clone(), account.to_string(), entry.clone());
+        runtime.spawn(async move {
+            let (frozen, unfrozen) = (cluster.key("frozen"), cluster.key("unfrozen"));
+            let json = serde_json::to_string(&entry).expect("serialisable");
+            let a = account.clone();
+            cluster
+                .call("freeze", |mut c| async move {
+                    redis::pipe()
+                        .hset_nx(frozen, &a, json)
+                        .hdel(unfrozen, &a)
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+            cluster
+                .announce(crate::cluster::Announcement::Frozen {
+                    account,
+                    reason: entry.reason,
+                    by: entry.by,
+                    node: cluster.node_id().to_string(),
+                })
+                .await;
+        });
+    }
+
+    /// Writes an unfreeze made here to the cluster (with when, so a node that was away
+    /// learns of it), clears the account's shared health window, and announces it.
+    fn publish_unfreeze(&self, account: &str, by: &str) {
+        let Some((cluster, runtime)) = self.shared.get() else {
+            return;
+        };
+        let (cluster, account, by) = (cluster.clone(), account.to_string(), by.to_string());
+        runtime.spawn(async move {
+            let keys = (
+                cluster.key("frozen"),
+                cluster.key("unfrozen"),
+                cluster.key(&format!("health:{account}")),
+            );
+            let a = account.clone();
+            let now = crate::envelope::now_ms();
+            cluster
+                .call("freeze", |mut c| async move {
+                    redis::pipe()
+                        .hdel(keys.0, &a)
+                        .hset(keys.1, &a, now)
+                        .del(keys.2)
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+            cluster
+                .announce(crate::cluster::Announcement::Unfrozen {
+                    account,
+                    by,
+                    node: cluster.node_id().to_string(),
+                })
+                .await;
+        });
     }
 
     fn event(&self, kind: &str, account: &str, reason: Option<&str>, by: &str) {

@@ -23,7 +23,8 @@ pub enum Signal {
     Unsubscribe,
 }
 
-const BUCKETS: u64 = 60;
+/// Slots in a window (it slides a slot at a time).
+pub const BUCKETS: u64 = 60;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Window {

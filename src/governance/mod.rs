@@ -20,6 +20,7 @@ pub mod freeze;
 pub mod health;
 pub mod intake;
 pub mod ledger;
+pub mod shared;
 pub mod subscribe;
 pub mod unsubscribe;
 pub mod uploads;
@@ -68,6 +69,9 @@ pub struct Governor {
     pub health: health::Health,
     pub freezes: Arc<freeze::Freezes>,
     pub policy: Arc<ArcSwap<Policy>>,
+    /// In a cluster: the health windows summed across the nodes, which judge while Redis
+    /// answers (see [`shared`]); unset alone.
+    pub shared: std::sync::OnceLock<Arc<shared::SharedHealth>>,
 }
 
 impl std::fmt::Debug for Governor {
@@ -82,9 +86,18 @@ impl Governor {
     /// Never blocks.
     pub fn count(&self, account: &str, signal: health::Signal) -> Option<String> {
         let rules = self.policy.load().health_rules();
-        let why = self
+        let local = self
             .health
-            .record(account, signal, &rules, crate::envelope::now_ms())?;
+            .record(account, signal, &rules, crate::envelope::now_ms());
+        // In a cluster whose Redis answers, the sum of all nodes judges (at its flush),
+        // not this node's share.
+        if let Some(shared) = self.shared.get()
+            && shared.judges()
+        {
+            shared.add(account, signal);
+            return None;
+        }
+        let why = local?;
         if !rules.freeze {
             tracing::warn!(account, reason = %why, "account health threshold crossed (freeze off)");
             return None;

@@ -28,6 +28,9 @@ pub const CLUSTER_OPS: &[&str] = &[
     "announce",
     "feed_send",
     "feed_read",
+    "health",
+    "freeze",
+    "sync",
 ];
 
 /// Buckets of [`CLUSTER_REDIS_SECONDS`]: a call on the same network takes well under a
@@ -49,7 +52,7 @@ pub(super) fn describe_cluster() {
     describe_counter!(
         CLUSTER_REDIS_ERRORS,
         "Cluster Redis calls that failed or timed out, by op (pace, lease, release, renew, \
-         heartbeat, leave, status, announce, feed_send, feed_read)."
+         heartbeat, leave, status, announce, feed_send, feed_read, health, freeze, sync)."
     );
     describe_counter!(
         CLUSTER_FALLBACKS,

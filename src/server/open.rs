@@ -131,6 +131,7 @@ impl Governance {
             health: Default::default(),
             freezes: state.freezes.clone(),
             policy: policy.clone(),
+            shared: Default::default(),
         });
         let webhooks = Arc::new(Webhooks::new(
             &config.spool.path,

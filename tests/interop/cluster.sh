@@ -14,16 +14,21 @@
 #      marketing mail to the address; the unsubscribe link of a message sent through a,
 #      POSTed (one-click) to a's public listener, makes b and c refuse the next message to
 #      the address within 1 s
-#   5. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
+#   5. one health, one freeze: with [health] min_volume = 30 and max_complaint_rate = 5 %,
+#      each node takes 10 messages of the account and one spam complaint (the report form
+#      on its own public listener) — no node alone has the volume to judge, the sum
+#      freezes the account, and all three refuse its mail at MAIL within 5 s; an unfreeze
+#      on node b lifts it on all three within 5 s
+#   6. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
 #      the sink (which answers each message after 0.2 s) never sees more than 4
 #      connections at once while all three send 40 messages each, and does see 4
-#   6. a shared rate of 120/min holds within ±5% over a minute with all three sending
+#   7. a shared rate of 120/min holds within ±5% over a minute with all three sending
 #      (the policy reloaded on each node to `message_rate = "120/min"`)
-#   7. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
+#   8. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
 #      stall nor send unlimited: they deliver on their share of the rate (at most the
 #      rate plus 10 %, at least one message) — then Redis restarts empty and both rejoin
 #      within 10 s (cluster status: reachable) and keep delivering
-#   8. the killed node restarts, rejoins, and in the end every message submitted to any
+#   9. the killed node restarts, rejoins, and in the end every message submitted to any
 #      node reached the sink; the unsubscribe is still in force on every node
 # Prints one PASS:/FAIL: line per check like run.sh (whose helpers it shares, lib.sh) and
 # exits 1 if any check failed. Everything it starts is stopped on exit.
@@ -99,6 +104,11 @@ postal_address = "1 Main St, Springfield"
 [accounts.app.lists.weekly]
 consent_statement = "You receive {list} because you subscribed at {source}. Unsubscribe: {unsubscribe}"
 consent_source = "app.test/subscribe"
+
+[health]
+window = "1h"
+min_volume = 30
+max_complaint_rate = 0.05
 
 [throttles."*"]
 connections = 4
@@ -202,12 +212,15 @@ nodes_listed() {
     grep -q 'Redis reachable' <<<"$health"
 }
 
-delivered() { grep -c . "$WORK/sink.log"; }
+# arrived FROM TO: how many distinct messages numbered FROM..TO (of any node) the sink has.
+arrived() {
+    awk -v a="$1" -v b="$2" '$4 >= a && $4 <= b { print $3, $4 }' "$WORK/sink.log" | sort -u | grep -c .
+}
 
-wait_delivered() {
-    local want=$1 seconds=$2
-    poll "$seconds" bash -c "[[ \$(grep -c . '$WORK/sink.log') -ge $want ]]" ||
-        { echo "sink has $(delivered) of $want"; return 1; }
+# wait_arrived FROM TO WANT SECONDS
+wait_arrived() {
+    poll "$4" bash -c "[[ \$(awk -v a=$1 -v b=$2 '\$4 >= a && \$4 <= b { print \$3, \$4 }' '$WORK/sink.log' | sort -u | grep -c .) -ge $3 ]]" ||
+        { echo "the sink has $(arrived "$1" "$2") of the $3 messages $1..$2"; return 1; }
 }
 
 # submit_all FIRST COUNT: COUNT messages to each node at once.
@@ -275,6 +288,53 @@ PYEOF
         exit !(b - t <= 1 && c - t <= 1) }'
 }
 
+# refuses_mail NODE: the account's mail is refused at MAIL (frozen) by NODE.
+refuses_mail() { submit "$1" 99 transactional >/dev/null; [[ $? -eq 3 ]]; }
+takes_mail() { submit "$1" 98 transactional >/dev/null; }
+
+one_freeze() {
+    local node i http url
+    "$BIN" --config "$WORK/a/relay.toml" lists grant r1@example.net r2@example.net \
+        r3@example.net --account app --list weekly || return 1
+    submit_all 2001 10 || return 1
+    i=0
+    for node in a b c; do
+        i=$((i + 1))
+        "$PY" "$HERE/cluster_submit.py" "$SMTP_a" a $((20 + i)) 1 marketing "r$i@example.net" ||
+            return 1
+    done
+    for i in 1 2 3; do
+        poll 10 test -s "$WORK/sink.log.a-2$i.eml" || { echo "no marketing message to r$i"; return 1; }
+    done
+    i=0
+    for node in a b c; do
+        i=$((i + 1)) http="HTTP_$node"
+        url=$(sed -n 's/^List-Unsubscribe: <http[^>]*\/u\/\([^>]*\)>.*/\1/p' "$WORK/sink.log.a-2$i.eml" | tr -d '\r')
+        [[ -n $url ]] || { echo "no token for r$i"; return 1; }
+        "$PY" - "http://127.0.0.1:${!http}/complaint/$url" "$node" <<'PYEOF' || return 1
+import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=b"report=unwanted", method="POST",
+    headers={"Content-Type": "application/x-www-form-urlencoded"})
+with urllib.request.urlopen(req, timeout=10) as r:
+    print(f"complaint through {sys.argv[2]}: {r.status}")
+    sys.exit(0 if r.status == 200 else 1)
+PYEOF
+    done
+    local t0=$SECONDS
+    for node in a b c; do
+        poll 5 refuses_mail "$node" || { echo "$node still takes the account's mail"; submit "$node" 99; return 1; }
+    done
+    echo "frozen on a, b and c within $((SECONDS - t0)) s:"
+    "$BIN" --config "$WORK/c/relay.toml" account show app | grep -i frozen
+    submit a 99 transactional
+    "$BIN" --config "$WORK/b/relay.toml" account unfreeze app || return 1
+    t0=$SECONDS
+    for node in a b c; do
+        poll 5 takes_mail "$node" || { echo "$node still refuses after the unfreeze on b"; return 1; }
+    done
+    echo "unfrozen on a, b and c within $((SECONDS - t0)) s of the unfreeze on b"
+}
+
 still_unsubscribed() {
     local node rc
     for node in "${NODES[@]}"; do
@@ -285,11 +345,11 @@ still_unsubscribed() {
 
 connection_cap() {
     : >"$WORK/sink.log"
-    echo 0 >"$WORK/sink.log.max"
     submit_all 1 40 || return 1
-    wait_delivered 120 90 || return 1
+    wait_arrived 1 40 120 90 || return 1
+    # The sink's second column: connections open when each message ended.
     local most
-    most=$(<"$WORK/sink.log.max")
+    most=$(awk '$2 > m { m = $2 } END { print m + 0 }' "$WORK/sink.log")
     echo "most connections open at once: $most (cap 4; each node alone may open 4)"
     [[ $most -le 4 && $most -ge 4 ]]
 }
@@ -311,7 +371,7 @@ shared_rate() {
     reload_all || return 1
     : >"$WORK/sink.log"
     submit_all 1001 100 || return 1
-    wait_delivered 1 30 || return 1
+    wait_arrived 1001 1100 1 30 || return 1
     local start end n per_node
     start=$(awk 'NR == 1 { print $1 }' "$WORK/sink.log")
     end=$(awk -v s="$start" 'BEGIN { printf "%.3f", s + 60 }')
@@ -354,14 +414,14 @@ everything_arrived() {
     write_policy 'message_rate = "6000/min"'
     reload_all || return 1
     local node n missing=0
-    poll 120 bash -c "[[ \$(awk '{ print \$3, \$4 }' '$WORK/sink.log' | sort -u | grep -c .) -ge 300 ]]"
+    wait_arrived 1001 1100 300 120
     for node in "${NODES[@]}"; do
         for n in $(seq 1001 1100); do
             grep -q " $node $n\$" "$WORK/sink.log" || missing=$((missing + 1))
         done
     done
     echo "messages of the rate phase missing at the sink: $missing of 300"
-    echo "duplicates (a kill -9 mid-transaction): $(awk '{ print $3, $4 }' "$WORK/sink.log" | sort | uniq -d | grep -c .)"
+    echo "duplicates (a kill -9 mid-transaction): $(awk '$4 >= 1001 && $4 <= 1100 { print $3, $4 }' "$WORK/sink.log" | sort | uniq -d | grep -c .)"
     [[ $missing -eq 0 ]]
 }
 
@@ -384,6 +444,8 @@ main() {
         nodes_listed
     check "one feed: a grant on a lets b and c send; a one-click unsubscribe on a stops b and c within 1 s" \
         one_feed
+    check "one health, one freeze: complaints through three nodes freeze the account on all; an unfreeze on b lifts it on all" \
+        one_freeze
     check "a connection cap of 4 holds across three nodes (120 messages)" connection_cap
     check "a shared rate of 120/min holds within 5% over a minute (three nodes)" shared_rate
     check "kill -9 one node, stop Redis 10 s: the others go on at their share" \

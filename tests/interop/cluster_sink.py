@@ -7,33 +7,21 @@ Listens on 127.0.0.1:PORT, accepts every transaction and appends one line per me
 LOG: `<unix time> <connections open> <Subject>` (the subject names the node and the
 message); a message with a List-Unsubscribe header (marketing) is also kept whole as
 LOG.<subject>.eml (spaces as dashes), for that header. DELAY seconds (default 0) pass before the reply to the end of DATA, so that
-connections overlap and a connection cap is put to the test. The most connections ever
-open at once is written to LOG.max after every change. Runs until SIGTERM.
+connections overlap and a connection cap is put to the test (the second column says how
+many were open as each message ended). Runs until SIGTERM.
 """
 
 import asyncio
-import os
 import signal
 import sys
 import time
 
 OPEN = 0
-MOST = 0
-
-
-def record_max(path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{MOST}\n")
-    os.replace(tmp, path)
 
 
 async def session(reader, writer, log, delay):
-    global OPEN, MOST
+    global OPEN
     OPEN += 1
-    if OPEN > MOST:
-        MOST = OPEN
-        record_max(log + ".max")
 
     async def say(line):
         writer.write(line.encode() + b"\r\n")
@@ -88,7 +76,6 @@ async def main():
     port, log = int(sys.argv[1]), sys.argv[2]
     delay = float(sys.argv[3]) if len(sys.argv) == 4 else 0.0
     open(log, "a").close()
-    record_max(log + ".max")
     server = await asyncio.start_server(
         lambda r, w: session(r, w, log, delay), "127.0.0.1", port
     )

@@ -226,6 +226,8 @@ impl Scheduler {
                     route.1.shaped_elsewhere(&node, factor, suspended_for);
                 }
             }
+            // Only shaping is forwarded here.
+            Event::Shaped(_) => {}
         }
     }
 
