@@ -3,7 +3,7 @@
 //! - A rate is a GCRA without burst kept in Redis: each message (or new connection) books
 //!   the next slot of the site's one schedule, whichever node sends it, so three nodes at
 //!   "120/min" send 120 a minute between them ([`Cluster::pace`]).
-//! - A connection cap is a set of leases — `node:serial` members of a sorted set scored by
+//! - A connection cap is a set of leases — `node:start:serial` members of a sorted set scored by
 //!   expiry — taken and pruned in one script, renewed on every heartbeat while the
 //!   connection lives and given back when it closes ([`Lease`]). A node waiting for a lease
 //!   sleeps until a release is announced on the bus or the first lease held would expire,
@@ -45,7 +45,9 @@ impl Cluster {
     pub async fn lease(self: &Arc<Self>, site: &str, cap: usize) -> Option<Lease> {
         let key = self.key(&format!("leases:{site}"));
         let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        let member = format!("{}:{id}", self.config.node_id);
+        // The start time tells this run's leases from a previous run's (killed) that
+        // may still be waiting out their ttl.
+        let member = format!("{}:{}:{id}", self.config.node_id, self.started_ms);
         let ttl = self.config.lease_ttl.as_millis() as i64;
         let notify = self.waiter(&key);
         let mut waited = false;

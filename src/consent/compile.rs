@@ -68,7 +68,8 @@ impl Lists {
         super::record_expected(dir, closed)?;
         let floor = self
             .journal_floor
-            .load(std::sync::atomic::Ordering::Relaxed);
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(super::feed::unsent_floor(dir));
         for n in folded.into_iter().filter(|&n| n < floor) {
             let p = journal::path_of(dir, n);
             if let Err(e) = std::fs::remove_file(&p)

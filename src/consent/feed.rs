@@ -131,6 +131,18 @@ fn seen_path(dir: &Path) -> PathBuf {
     dir.join("feed.seen")
 }
 
+/// The first journal the feed of a relay using `dir` has not sent whole (`u64::MAX`: no
+/// feed): compaction by any process — `lists compile` beside a running relay too — keeps
+/// it and every later one.
+pub(super) fn unsent_floor(dir: &Path) -> u64 {
+    match read_sent(dir) {
+        Ok(Some(sent)) => sent.journal,
+        Ok(None) => u64::MAX,
+        // Unreadable: keep everything rather than lose what was not sent.
+        Err(_) => 0,
+    }
+}
+
 fn read_sent(dir: &Path) -> std::io::Result<Option<Sent>> {
     let text = match std::fs::read_to_string(sent_path(dir)) {
         Ok(t) => t,

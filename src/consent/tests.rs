@@ -433,4 +433,12 @@ fn compaction_keeps_journals_above_the_floor() {
     lists.compile(Vec::new()).unwrap();
     assert_eq!(journal::list(dir.path()).unwrap(), [2, 3]);
     assert_eq!(lists.get(1), 2);
+    // Another process (`lists compile` beside a running relay) reads the feed's position
+    // from its file: journal 3 is not sent whole yet, so it stays.
+    std::fs::write(dir.path().join("feed.sent"), "3 0\n").unwrap();
+    let other = Lists::open(dir.path(), 24).unwrap();
+    other.record(&[change(Op::Add, 5, 2)]).unwrap();
+    other.compile(Vec::new()).unwrap();
+    assert_eq!(journal::list(dir.path()).unwrap(), [3, 4]);
+    assert_eq!(other.get(5), 2);
 }

@@ -16,6 +16,7 @@ mod admin_cli;
 mod bounces;
 mod campaigns;
 mod cli;
+mod cluster;
 mod complaints;
 mod consent;
 mod content;
