@@ -19,7 +19,8 @@
 //! import --rebuild`, `lists compile --rebuild`) starts a new snapshot without the lost one.
 //!
 //! Files in the lists directory (0600, the directory 0700): `secret`, `snapshot`,
-//! `snapshot.expected`, `journal.NNNNNNNNNN`, `journal.lock`, `compile.lock`. Nothing in
+//! `snapshot.expected`, `journal.NNNNNNNNNN`, `journal.lock`, `compile.lock`, and in a
+//! cluster `feed.sent` and `feed.seen` (see [`feed`]). Nothing in
 //! them is a plain address.
 
 pub mod compile;
