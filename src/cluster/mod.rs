@@ -169,8 +169,6 @@ pub struct Cluster {
     up: AtomicBool,
     /// Nodes alive at the last heartbeat that reached Redis (this one included).
     live_nodes: AtomicUsize,
-    /// Redis's clock minus ours at the last heartbeat (ms), for the status page.
-    last_contact_ms: AtomicU64,
     /// Waiters for a site's connection lease, by lease key.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
     /// Leases held: id → (key, member).
@@ -195,14 +193,13 @@ impl Cluster {
         for url in &config.redis {
             clients.push(client_for(url, &config, ca.as_deref())?);
         }
-        let conn = manager(&clients[0], &config)?;
+        let conn = manager(&clients[0], &config, Duration::ZERO)?;
         let (announcements, _) = broadcast::channel(1024);
         Ok(Arc::new(Cluster {
             clients,
             link: ArcSwap::from_pointee(Link { index: 0, conn }),
             up: AtomicBool::new(false),
             live_nodes: AtomicUsize::new(1),
-            last_contact_ms: AtomicU64::new(0),
             waiters: Mutex::default(),
             held: Mutex::default(),
             next_lease: AtomicU64::new(1),
@@ -274,13 +271,7 @@ impl Cluster {
     /// `block` on top of the deadline.
     pub fn separate_connection(&self, block: Duration) -> Result<ConnectionManager, String> {
         let index = self.link.load().index;
-        let settings = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.timeout))
-            .set_response_timeout(Some(self.config.timeout + block))
-            .set_number_of_retries(1)
-            .set_max_delay(self.config.heartbeat);
-        ConnectionManager::new_lazy_with_config(self.clients[index].clone(), settings)
-            .map_err(|e| format!("[cluster] redis: {e}"))
+        manager(&self.clients[index], &self.config, block)
     }
 
     /// A Redis call failed outside [`Cluster::call`] (on a separate connection): counted,
@@ -369,16 +360,15 @@ impl Cluster {
     /// Redis does not answer, the next server of the list is tried at the next beat.
     async fn beat(&self, report: &NodeReport) {
         match self.heartbeat(report).await {
-            Ok((live, redis_ms)) => {
+            Ok(live) => {
                 self.live_nodes.store(live.max(1), Ordering::Relaxed);
-                self.last_contact_ms.store(redis_ms, Ordering::Relaxed);
                 crate::metrics::cluster_nodes(live);
                 self.mark_up();
                 self.renew().await;
             }
             Err(_) if self.clients.len() > 1 => {
                 let index = (self.link.load().index + 1) % self.clients.len();
-                match manager(&self.clients[index], &self.config) {
+                match manager(&self.clients[index], &self.config, Duration::ZERO) {
                     Ok(conn) => self.link.store(Arc::new(Link { index, conn })),
                     Err(e) => tracing::warn!(error = %e, "cannot use the next Redis server"),
                 }
@@ -530,10 +520,15 @@ fn client_for(
     client.map_err(|e| format!("[cluster] redis {url:?}: {e}"))
 }
 
-fn manager(client: &redis::Client, config: &ClusterConfig) -> Result<ConnectionManager, String> {
+/// A connection to `client` whose answers may take `block` on top of the deadline.
+fn manager(
+    client: &redis::Client,
+    config: &ClusterConfig,
+    block: Duration,
+) -> Result<ConnectionManager, String> {
     let settings = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.timeout))
-        .set_response_timeout(Some(config.timeout))
+        .set_response_timeout(Some(config.timeout + block))
         .set_number_of_retries(1)
         .set_max_delay(config.heartbeat);
     ConnectionManager::new_lazy_with_config(client.clone(), settings)

@@ -55,8 +55,8 @@ pub struct Status {
 }
 
 impl Cluster {
-    /// Records this node's heartbeat; returns the live nodes and Redis's time (ms).
-    pub(super) async fn heartbeat(&self, report: &NodeReport) -> Result<(usize, u64), String> {
+    /// Records this node's heartbeat; returns the live nodes.
+    pub(super) async fn heartbeat(&self, report: &NodeReport) -> Result<usize, String> {
         let keys = (
             self.key("nodes"),
             self.key(&format!("node:{}", self.node_id())),
@@ -69,22 +69,20 @@ impl Cluster {
             self.started_ms,
             (self.config.heartbeat * LIVE_BEATS).as_millis() as u64,
         );
-        let (live, now): (usize, u64) = self
-            .call_anyway("heartbeat", |mut c| async move {
-                scripts::HEARTBEAT
-                    .key(keys.0)
-                    .key(keys.1)
-                    .arg(args.0)
-                    .arg(args.1)
-                    .arg(args.2)
-                    .arg(args.3)
-                    .arg(args.4)
-                    .arg(args.5)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok((live, now))
+        self.call_anyway("heartbeat", |mut c| async move {
+            scripts::HEARTBEAT
+                .key(keys.0)
+                .key(keys.1)
+                .arg(args.0)
+                .arg(args.1)
+                .arg(args.2)
+                .arg(args.3)
+                .arg(args.4)
+                .arg(args.5)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
     }
 
     /// Takes this node out of the table at a clean stop (others stop counting it at once).

@@ -82,7 +82,7 @@ return again
 });
 
 /// A node's heartbeat: records it in the node table and returns how many nodes were seen
-/// within the live window, and Redis's time in ms.
+/// within the live window.
 /// KEYS[1] the node set (scored by last seen, ms), KEYS[2] this node's hash; ARGV: id,
 /// version, policy digest, policy generation, started (unix ms), live window (ms).
 pub(super) static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -96,7 +96,7 @@ redis.call('HSET', KEYS[2], 'version', ARGV[2], 'policy', ARGV[3], 'generation',
   'started_ms', ARGV[5], 'seen_ms', string.format('%.0f', now))
 redis.call('PEXPIRE', KEYS[2], day)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - day)
-return {redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[6]), '+inf'), now}
+return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[6]), '+inf')
 ",
     )
 });

@@ -67,7 +67,11 @@ async fn unreachable_redis_falls_back_at_once() {
     assert!(!c.is_up());
     assert_eq!(c.share(), Some(1));
     let started = Instant::now();
-    assert_eq!(c.pace("smarthost", Duration::from_millis(10)).await, None);
+    assert_eq!(
+        c.pace("messages", "smarthost", Duration::from_millis(10))
+            .await,
+        None
+    );
     assert!(c.lease("smarthost", 1).await.is_none());
     assert!(started.elapsed() < Duration::from_millis(50));
     let status = c.status().await;
@@ -91,7 +95,9 @@ async fn gcra_spaces_the_slots_of_all_nodes() {
         for _ in 0..10 {
             let n = n.clone();
             tasks.push(tokio::spawn(async move {
-                n.pace("site", interval).await.expect("Redis answers")
+                n.pace("messages", "site", interval)
+                    .await
+                    .expect("Redis answers")
             }));
         }
     }
@@ -116,7 +122,7 @@ async fn gcra_spaces_the_slots_of_all_nodes() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    assert!(nodes[1].pace("other", interval).await.is_some());
+    assert!(nodes[1].pace("messages", "other", interval).await.is_some());
     stop.cancel();
 }
 

@@ -22,11 +22,11 @@ use super::{Cluster, scripts};
 const LEASE_RECHECK_MAX: Duration = Duration::from_secs(5);
 
 impl Cluster {
-    /// Books the next slot of `schedule` (a site's message or connection rate), `interval`
-    /// after the last one booked by any node, and returns how long to wait for it; `None`
-    /// when Redis cannot say (the caller paces alone, see [`Cluster::share`]).
-    pub async fn pace(&self, schedule: &str, interval: Duration) -> Option<Duration> {
-        let key = self.key(&format!("pace:{schedule}"));
+    /// Books the next slot of `site`'s `schedule` (its message or connection rate),
+    /// `interval` after the last one booked by any node, and returns how long to wait for
+    /// it; `None` when Redis cannot say (the caller paces alone, see [`Cluster::share`]).
+    pub async fn pace(&self, schedule: &str, site: &str, interval: Duration) -> Option<Duration> {
+        let key = format!("{}pace:{schedule}:{site}", self.config.key_prefix);
         let micros = interval.as_micros().clamp(1, i64::MAX as u128) as i64;
         let wait: i64 = self
             .call("pace", |mut c| async move {

@@ -187,6 +187,8 @@ struct Queue {
 
 pub(super) struct Route {
     key: RouteKey,
+    /// The key as the cluster names the site (its MX hosts, or `smarthost`), made once.
+    name: String,
     queue: Mutex<Queue>,
     /// GCRA: the earliest time the next message may start (the theoretical arrival time).
     next_send: Mutex<Option<tokio::time::Instant>>,
@@ -201,6 +203,7 @@ pub(super) struct Route {
 impl Route {
     pub fn new(key: RouteKey) -> Route {
         Route {
+            name: key.to_string(),
             key,
             domains: Mutex::default(),
             next_send: Mutex::new(None),
@@ -268,6 +271,11 @@ impl Route {
         }
     }
 
+    /// The site's name in the cluster: its MX hosts, or `smarthost`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Nothing queued, nothing alive (a worker or a parked connection), and no pace or
     /// shaping state that forgetting would undo: the route can be dropped.
     pub fn is_unused(&self) -> bool {
@@ -326,7 +334,12 @@ impl Route {
         let mut q = self.queue.lock().expect("route lock");
         // A cluster that lost its Redis lowers the cap to this node's share: the workers
         // beyond it stop after their job.
-        let over = ctx.settings.cluster.is_some() && q.workers > self.worker_cap(ctx);
+        let over = ctx
+            .settings
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.share().is_some())
+            && q.workers > self.worker_cap(ctx);
         if !over && let Some(job) = q.urgent.pop_front().or_else(|| q.jobs.pop()) {
             if conn.is_none() {
                 *conn = q.idle.pop().map(|(_, c)| c);
@@ -598,7 +611,7 @@ async fn ready(
         // connection lives (none alone, or while the cluster's Redis is away: the worker
         // cap holds this node to its share then).
         let lease = match (&ctx.settings.cluster, throttle.connections) {
-            (Some(cluster), Some(cap)) => cluster.lease(&route.key.to_string(), cap).await,
+            (Some(cluster), Some(cap)) => cluster.lease(&route.name, cap).await,
             _ => None,
         };
         route.pace_connections(ctx, throttle.connection_rate).await;

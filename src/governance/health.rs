@@ -34,6 +34,26 @@ pub struct Window {
     pub unsubscribes: u64,
 }
 
+impl Window {
+    /// Counts one signal.
+    pub fn count(&mut self, signal: Signal) {
+        match signal {
+            Signal::Delivered => self.delivered += 1,
+            Signal::HardBounce => self.hard_bounces += 1,
+            Signal::Complaint => self.complaints += 1,
+            Signal::Unsubscribe => self.unsubscribes += 1,
+        }
+    }
+
+    /// Adds another window's counts.
+    pub fn add(&mut self, other: &Window) {
+        self.delivered += other.delivered;
+        self.hard_bounces += other.hard_bounces;
+        self.complaints += other.complaints;
+        self.unsubscribes += other.unsubscribes;
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
     /// Which slot (time / bucket length) the counts are for.
@@ -62,13 +82,7 @@ impl Account {
                 counts: Window::default(),
             };
         }
-        let c = &mut b.counts;
-        match signal {
-            Signal::Delivered => c.delivered += 1,
-            Signal::HardBounce => c.hard_bounces += 1,
-            Signal::Complaint => c.complaints += 1,
-            Signal::Unsubscribe => c.unsubscribes += 1,
-        }
+        b.counts.count(signal);
     }
 
     fn window(&self, slot: u64) -> Window {
@@ -78,10 +92,7 @@ impl Account {
             .iter()
             .filter(|b| b.slot + BUCKETS > slot && b.slot <= slot)
         {
-            w.delivered += b.counts.delivered;
-            w.hard_bounces += b.counts.hard_bounces;
-            w.complaints += b.counts.complaints;
-            w.unsubscribes += b.counts.unsubscribes;
+            w.add(&b.counts);
         }
         w
     }

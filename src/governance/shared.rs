@@ -84,15 +84,13 @@ impl SharedHealth {
     /// Counts a signal toward the account's shared window (at the next flush).
     pub fn add(&self, account: &str, signal: Signal) {
         let mut tally = self.tally.lock().expect("tally lock");
-        if !tally.contains_key(account) {
-            tally.insert(account.to_string(), Window::default());
-        }
-        let w = tally.get_mut(account).expect("inserted above");
-        match signal {
-            Signal::Delivered => w.delivered += 1,
-            Signal::HardBounce => w.hard_bounces += 1,
-            Signal::Complaint => w.complaints += 1,
-            Signal::Unsubscribe => w.unsubscribes += 1,
+        match tally.get_mut(account) {
+            Some(w) => w.count(signal),
+            None => {
+                let mut w = Window::default();
+                w.count(signal);
+                tally.insert(account.to_string(), w);
+            }
         }
     }
 
@@ -103,11 +101,7 @@ impl SharedHealth {
     /// A tally Redis did not take goes back (added to what came meanwhile).
     fn put_back(&self, account: String, w: Window) {
         let mut tally = self.tally.lock().expect("tally lock");
-        let t = tally.entry(account).or_default();
-        t.delivered += w.delivered;
-        t.hard_bounces += w.hard_bounces;
-        t.complaints += w.complaints;
-        t.unsubscribes += w.unsubscribes;
+        tally.entry(account).or_default().add(&w);
     }
 }
 

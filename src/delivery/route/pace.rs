@@ -89,10 +89,7 @@ impl Route {
         let Some(cluster) = &ctx.settings.cluster else {
             return wait_for_slot(slot, interval).await;
         };
-        match cluster
-            .pace(&format!("{schedule}:{}", self.key), interval)
-            .await
-        {
+        match cluster.pace(schedule, &self.name, interval).await {
             Some(wait) => {
                 if !wait.is_zero() {
                     crate::metrics::throttle_wait(wait);
@@ -165,7 +162,7 @@ impl Route {
         sh.since = now;
         if let Some(cluster) = &ctx.settings.cluster {
             let announcement = crate::cluster::Announcement::Shaped {
-                site: self.key.to_string(),
+                site: self.name.clone(),
                 factor: sh.factor,
                 suspended_for: sh.suspended_until.map_or(Default::default(), |t| t - now),
                 node: cluster.node_id().to_string(),

@@ -222,8 +222,8 @@ impl Scheduler {
                 node,
             }) => {
                 // Routes are few and this is rare: compared by name.
-                if let Some(route) = self.routes.iter().find(|(k, _)| k.to_string() == site) {
-                    route.1.shaped_elsewhere(&node, factor, suspended_for);
+                if let Some(route) = self.routes.values().find(|r| r.name() == site) {
+                    route.shaped_elsewhere(&node, factor, suspended_for);
                 }
             }
             // Only shaping is forwarded here.
