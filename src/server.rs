@@ -160,6 +160,8 @@ impl Relay {
                 stop_delivery.clone(),
             )
             .map_err(StartError::State)?;
+            // Before any mail is admitted: canaries are counted across the cluster.
+            state.campaigns.share(cluster.clone());
         }
         let mut settings = delivery_settings(&config, &state, &gov, &policy);
         settings.cluster = cluster.clone();
@@ -179,6 +181,16 @@ impl Relay {
                 gov.governor.clone(),
                 cluster.clone(),
                 Arc::new(move |account: &str| d.release(account)),
+                stop_delivery.clone(),
+            );
+            // One canary and one verdict per campaign; a verdict from elsewhere moves
+            // the held mail here.
+            let d = delivery.clone();
+            crate::governance::campaign::shared::spawn(
+                state.campaigns.clone(),
+                cluster.clone(),
+                policy.clone(),
+                Arc::new(move |key: &str| d.campaign_verdict(key)),
                 stop_delivery.clone(),
             );
         }

@@ -122,19 +122,16 @@ fn print_campaigns(v: &Value) {
     let rows: Vec<Vec<String>> = items(v)
         .iter()
         .map(|c| {
+            let k = figures(c);
             vec![
                 text(&c["account"]),
                 text(&c["id"]),
                 text(&c["stage"]),
-                format!(
-                    "{}/{}",
-                    num(&c["canary"]["admitted"]),
-                    num(&c["canary_size"])
-                ),
-                num(&c["canary"]["delivered"]).to_string(),
-                num(&c["canary"]["hard_bounced"]).to_string(),
-                num(&c["canary"]["complaints"]).to_string(),
-                num(&c["canary"]["unsubscribes"]).to_string(),
+                format!("{}/{}", num(&k["admitted"]), num(&c["canary_size"])),
+                num(&k["delivered"]).to_string(),
+                num(&k["hard_bounced"]).to_string(),
+                num(&k["complaints"]).to_string(),
+                num(&k["unsubscribes"]).to_string(),
                 num(&c["held"]).to_string(),
             ]
         })
@@ -156,6 +153,15 @@ fn print_campaigns(v: &Value) {
     println!("{} campaign(s)", rows.len());
 }
 
+/// The canary's figures a campaign is judged on: the cluster's sums in cluster mode.
+fn figures(c: &Value) -> &Value {
+    if c["cluster"].is_object() {
+        &c["cluster"]
+    } else {
+        &c["canary"]
+    }
+}
+
 fn print_campaign(c: &Value) {
     println!(
         "campaign:     {} (account {})",
@@ -168,18 +174,32 @@ fn print_campaign(c: &Value) {
         Some(size) => println!("declared:     {size} recipients"),
         None => println!("declared:     (no size declared)"),
     }
-    let k = &c["canary"];
+    let k = figures(c);
     println!(
         "canary:       {} of {} sent, {} finished: {} delivered, {} hard bounces, {} \
-         complaints, {} unsubscribes",
+         complaints, {} unsubscribes{}",
         num(&k["admitted"]),
         num(&c["canary_size"]),
         num(&k["finished"]),
         num(&k["delivered"]),
         num(&k["hard_bounced"]),
         num(&k["complaints"]),
-        num(&k["unsubscribes"])
+        num(&k["unsubscribes"]),
+        if c["cluster"].is_object() {
+            " (across the cluster)"
+        } else {
+            ""
+        }
     );
+    if c["cluster"].is_object() {
+        let mine = &c["canary"];
+        println!(
+            "this node:    {} sent, {} finished, {} delivered",
+            num(&mine["admitted"]),
+            num(&mine["finished"]),
+            num(&mine["delivered"])
+        );
+    }
     println!("held:         {} recipient(s)", num(&c["held"]));
     match c["decided_ms"].as_u64() {
         Some(ms) => println!(

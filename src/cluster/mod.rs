@@ -57,6 +57,8 @@ pub enum Announcement {
         by: String,
         node: String,
     },
+    /// A campaign (`ACCOUNT/ID`) had its verdict; the verdict itself is read from Redis.
+    Verdict { campaign: String, node: String },
 }
 
 impl Announcement {
@@ -89,6 +91,9 @@ impl Announcement {
                     one_field(by)
                 )
             }
+            Announcement::Verdict { campaign, node } => {
+                format!("verdict\t{node}\t{}", one_field(campaign))
+            }
         }
     }
 
@@ -97,7 +102,8 @@ impl Announcement {
         match self {
             Announcement::Shaped { node, .. }
             | Announcement::Frozen { node, .. }
-            | Announcement::Unfrozen { node, .. } => node,
+            | Announcement::Unfrozen { node, .. }
+            | Announcement::Verdict { node, .. } => node,
         }
     }
 
@@ -135,6 +141,11 @@ impl Announcement {
                 let account = parts.next()?.to_string();
                 let by = parts.next()?.to_string();
                 Some(Announcement::Unfrozen { account, by, node })
+            }
+            "verdict" => {
+                let node = parts.next()?.to_string();
+                let campaign = parts.next()?.to_string();
+                Some(Announcement::Verdict { campaign, node })
             }
             _ => None,
         }

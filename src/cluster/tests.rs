@@ -35,6 +35,11 @@ fn announcements_round_trip_and_refuse_nonsense() {
         node: "relay-c".into(),
     };
     assert_eq!(Announcement::decode(&u.encode()), Some(u));
+    let v = Announcement::Verdict {
+        campaign: "shop/spring sale".into(),
+        node: "relay-a".into(),
+    };
+    assert_eq!(Announcement::decode(&v.encode()), Some(v));
     for bad in [
         "",
         "shaped",
@@ -42,6 +47,7 @@ fn announcements_round_trip_and_refuse_nonsense() {
         "shaped\ta\tNaN\t0\tsite",
         "shaped\ta\t0.5\t-1\tsite",
         "other\tthing",
+        "verdict\ta",
     ] {
         assert_eq!(Announcement::decode(bad), None, "{bad:?}");
     }

@@ -102,6 +102,13 @@ enum Event {
     Control(control::Command),
     /// Another node of the cluster shaped a site's pace.
     Shaped(crate::cluster::Announcement),
+    /// Cluster mode: how many of a new message's recipients (all held meanwhile) its
+    /// campaign's canary takes; `None` when Redis did not answer.
+    Admitted {
+        id: QueueId,
+        campaign: String,
+        answer: Option<crate::governance::campaign::shared::Answer>,
+    },
     /// A domain's site lookup ended.
     Resolved {
         domain: String,

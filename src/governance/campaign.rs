@@ -20,12 +20,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::bounce::Category;
+use crate::cluster::Cluster;
 use crate::envelope::QueueId;
 use crate::policy::rules::CampaignRules;
 use crate::privacy::events::EventLog;
@@ -66,6 +67,87 @@ pub struct Figures {
     pub engaged: u64,
 }
 
+impl Figures {
+    /// The figures as named counts (bounces as `bounce:CATEGORY`), the form the cluster
+    /// keeps them in; zero counts are left out.
+    pub fn fields(&self) -> Vec<(String, u64)> {
+        let plain = [
+            ("admitted", self.admitted),
+            ("finished", self.finished),
+            ("delivered", self.delivered),
+            ("hard_bounced", self.hard_bounced),
+            ("complaints", self.complaints),
+            ("unsubscribes", self.unsubscribes),
+            ("inactive", self.inactive),
+            ("opened", self.opened),
+            ("clicked", self.clicked),
+            ("engaged", self.engaged),
+        ];
+        plain
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .chain(
+                self.bounces
+                    .iter()
+                    .map(|(k, v)| (format!("bounce:{k}"), *v)),
+            )
+            .filter(|(_, v)| *v > 0)
+            .collect()
+    }
+
+    /// Figures from named counts (see [`Self::fields`]); unknown names are ignored.
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, u64)>) -> Figures {
+        let mut f = Figures::default();
+        for (name, v) in fields {
+            match name {
+                "admitted" => f.admitted = v,
+                "finished" => f.finished = v,
+                "delivered" => f.delivered = v,
+                "hard_bounced" => f.hard_bounced = v,
+                "complaints" => f.complaints = v,
+                "unsubscribes" => f.unsubscribes = v,
+                "inactive" => f.inactive = v,
+                "opened" => f.opened = v,
+                "clicked" => f.clicked = v,
+                "engaged" => f.engaged = v,
+                _ => {
+                    if let Some(category) = name.strip_prefix("bounce:") {
+                        f.bounces.insert(category.to_string(), v);
+                    }
+                }
+            }
+        }
+        f
+    }
+
+    /// What `self` counts beyond `base`, count by count (never below zero).
+    pub fn beyond(&self, base: &Figures) -> Figures {
+        let base: BTreeMap<String, u64> = base.fields().into_iter().collect();
+        let fields: Vec<(String, u64)> = self
+            .fields()
+            .into_iter()
+            .map(|(k, v)| {
+                let b = base.get(&k).copied().unwrap_or(0);
+                (k, v.saturating_sub(b))
+            })
+            .collect();
+        Figures::from_fields(fields.iter().map(|(k, v)| (k.as_str(), *v)))
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Figures) {
+        let mut mine: BTreeMap<String, u64> = self.fields().into_iter().collect();
+        for (k, v) in other.fields() {
+            *mine.entry(k).or_default() += v;
+        }
+        *self = Figures::from_fields(mine.iter().map(|(k, v)| (k.as_str(), *v)));
+    }
+
+    fn is_zero(&self) -> bool {
+        self.fields().is_empty()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Campaign {
     pub account: String,
@@ -87,6 +169,13 @@ pub struct Campaign {
     pub held: u64,
     /// Where the decline report goes: the envelope sender of the campaign's first message.
     pub report_to: Option<String>,
+    /// Cluster mode: the canary's figures summed over every node, as last read from Redis
+    /// (what the verdict is given on); `canary` is this node's own part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Figures>,
+    /// Cluster mode: how much of `canary` this node has added to the cluster's sums.
+    #[serde(default, skip_serializing_if = "Figures::is_zero")]
+    pub shared: Figures,
 }
 
 impl Campaign {
@@ -108,15 +197,35 @@ impl Campaign {
             canary: Figures::default(),
             held: 0,
             report_to: None,
+            cluster: None,
+            shared: Figures::default(),
         }
     }
 
+    /// The figures the verdict is given on: the cluster's sums in cluster mode, else this
+    /// node's.
+    pub fn figures(&self) -> &Figures {
+        self.cluster.as_ref().unwrap_or(&self.canary)
+    }
+
     fn rate(&self, n: u64) -> f64 {
-        if self.canary.finished == 0 {
+        let finished = self.figures().finished;
+        if finished == 0 {
             0.0
         } else {
-            n as f64 / self.canary.finished as f64
+            n as f64 / finished as f64
         }
+    }
+
+    /// Cluster mode while Redis is away: how many more recipients this node may admit to
+    /// the canary on its own — its share (of `nodes`) of what the cluster had left at the
+    /// last reading, less what it admitted alone since.
+    fn share_left(&self, nodes: usize) -> u64 {
+        let seen = self.cluster.as_ref().map_or(0, |f| f.admitted);
+        let left = self.canary_size.saturating_sub(seen);
+        let share = left.div_ceil(nodes.max(1) as u64);
+        let alone = self.canary.admitted.saturating_sub(self.shared.admitted);
+        share.saturating_sub(alone)
     }
 
     /// The verdict the policy gives the canary's figures: `None` releases, `Some(why)`
@@ -125,11 +234,12 @@ impl Campaign {
     pub fn judge(&self, rules: &CampaignRules, tracked: bool) -> Option<String> {
         self.judge_rates(rules).or_else(|| {
             let min = rules.min_engagement_rate.filter(|_| tracked)?;
-            let delivered = self.canary.delivered;
+            let f = self.figures();
+            let delivered = f.delivered;
             let rate = if delivered == 0 {
                 0.0
             } else {
-                self.canary.engaged as f64 / delivered as f64
+                f.engaged as f64 / delivered as f64
             };
             (rate < min).then(|| {
                 format!(
@@ -137,33 +247,22 @@ impl Campaign {
                      delivered opened or clicked)",
                     rate * 100.0,
                     min * 100.0,
-                    self.canary.engaged
+                    f.engaged
                 )
             })
         })
     }
 
     fn judge_rates(&self, rules: &CampaignRules) -> Option<String> {
+        let f = self.figures();
         let checks = [
-            (
-                "hard bounce",
-                self.canary.hard_bounced,
-                rules.max_hard_bounce_rate,
-            ),
-            (
-                "complaint",
-                self.canary.complaints,
-                rules.max_complaint_rate,
-            ),
-            (
-                "unsubscribe",
-                self.canary.unsubscribes,
-                rules.max_unsubscribe_rate,
-            ),
+            ("hard bounce", f.hard_bounced, rules.max_hard_bounce_rate),
+            ("complaint", f.complaints, rules.max_complaint_rate),
+            ("unsubscribe", f.unsubscribes, rules.max_unsubscribe_rate),
         ];
         let inactive = rules
             .max_inactive_rate
-            .map(|max| ("inactive address", self.canary.inactive, max));
+            .map(|max| ("inactive address", f.inactive, max));
         checks
             .iter()
             .chain(inactive.as_ref())
@@ -174,7 +273,7 @@ impl Campaign {
                         "canary {what} rate {:.2}% over the {:.2}% allowed ({n} of {})",
                         rate * 100.0,
                         max * 100.0,
-                        self.canary.finished
+                        f.finished
                     )
                 })
             })
@@ -194,6 +293,11 @@ pub enum Admission {
     },
     /// Every recipient is held until the verdict.
     Hold,
+    /// Cluster mode: every recipient is held until Redis says how many of them the canary
+    /// (of `size` unless a node set it) takes (see [`shared::ask`]).
+    Ask {
+        size: u64,
+    },
     Declined(String),
 }
 
@@ -204,7 +308,7 @@ impl Admission {
         match self {
             Admission::Send => Some(n),
             Admission::Partial { send } => Some((*send).min(n)),
-            Admission::Hold => Some(0),
+            Admission::Hold | Admission::Ask { .. } => Some(0),
             Admission::Declined(_) => None,
         }
     }
@@ -237,6 +341,10 @@ pub struct Campaigns {
     all: Mutex<BTreeMap<String, Campaign>>,
     dirty: AtomicBool,
     events: EventLog,
+    /// Cluster mode: the cluster the canaries are counted across (see [`shared`]).
+    cluster: OnceLock<Arc<Cluster>>,
+    /// Cluster mode: verdicts given here while Redis was away, to be shared.
+    unshared: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The registry key of a campaign.
@@ -265,7 +373,33 @@ impl Campaigns {
             path,
             all: Mutex::new(all),
             dirty: AtomicBool::new(false),
+            cluster: OnceLock::new(),
+            unshared: Mutex::default(),
         })
+    }
+
+    /// Counts the canaries across `cluster` from now on (before any mail is admitted).
+    pub fn share(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster the canaries are counted across, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Cluster mode: a verdict given here while Redis was away (shared when it answers).
+    fn unshared_verdict(&self, key: &str) {
+        self.unshared
+            .lock()
+            .expect("unshared lock")
+            .insert(key.to_string());
+    }
+
+    fn take_unshared_verdicts(&self) -> Vec<String> {
+        std::mem::take(&mut *self.unshared.lock().expect("unshared lock"))
+            .into_iter()
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Campaign>> {
@@ -316,12 +450,62 @@ impl Campaigns {
             Stage::Declined => {
                 Admission::Declined(c.reason.clone().unwrap_or_else(|| "declined".into()))
             }
-            Stage::Canary => {
-                let send = c.canary_size.saturating_sub(c.canary.admitted).min(n);
-                c.canary.admitted += send;
-                c.held += n - send;
-                Admission::of(send, n)
+            Stage::Canary => match self.cluster.get().map(|cl| cl.share()) {
+                // Redis decides how many go (shared::ask); all wait meanwhile.
+                Some(None) => {
+                    c.held += n;
+                    Admission::Ask {
+                        size: c.canary_size,
+                    }
+                }
+                // Redis is away: this node's share of what the cluster had left.
+                Some(Some(nodes)) => {
+                    let send = c.share_left(nodes).min(n);
+                    c.canary.admitted += send;
+                    c.held += n - send;
+                    Admission::of(send, n)
+                }
+                None => {
+                    let send = c.canary_size.saturating_sub(c.canary.admitted).min(n);
+                    c.canary.admitted += send;
+                    c.held += n - send;
+                    Admission::of(send, n)
+                }
+            },
+        }
+    }
+
+    /// The answer to an [`Admission::Ask`] of a campaign in its canary: `send` of the
+    /// held recipients go (Redis counted them already), or, `send` none (Redis did not
+    /// answer), this node's share while it is away. Returns how many go.
+    pub fn admitted(&self, key: &str, send: Option<u64>, n: u64, nodes: usize) -> u64 {
+        let mut all = self.lock();
+        let Some(c) = all.get_mut(key).filter(|c| c.stage == Stage::Canary) else {
+            return 0;
+        };
+        let send = match send {
+            Some(send) => {
+                c.shared.admitted += send;
+                send.min(n)
             }
+            None => c.share_left(nodes).min(n),
+        };
+        c.canary.admitted += send;
+        c.held = c.held.saturating_sub(send);
+        self.dirty.store(true, Ordering::Relaxed);
+        send
+    }
+
+    /// Cluster mode: `added` of this node's figures went into the cluster's sums, which
+    /// now read `sums` with a canary of `size`.
+    pub fn synced(&self, key: &str, added: &Figures, sums: Figures, size: u64) {
+        if let Some(c) = self.lock().get_mut(key) {
+            c.shared.add(added);
+            c.cluster = Some(sums);
+            if size > 0 {
+                c.canary_size = size;
+            }
+            self.dirty.store(true, Ordering::Relaxed);
         }
     }
 
@@ -458,12 +642,17 @@ impl Campaigns {
 
     /// Campaigns whose window has passed and whose canary has results: judged now by the
     /// policy. Returns the verdicts given (key, declined reason or none).
+    /// In cluster mode nothing is judged here: the cluster gives one verdict
+    /// ([`shared`]).
     pub fn judge_due(
         &self,
         rules: &CampaignRules,
         now_ms: u64,
         tracked: impl Fn(&Campaign) -> bool,
     ) -> Vec<(String, Option<String>)> {
+        if self.cluster.get().is_some() {
+            return Vec::new();
+        }
         let due: Vec<(String, Option<String>)> = self
             .lock()
             .iter()
@@ -521,7 +710,7 @@ impl Campaigns {
             "campaign": c.id,
             "by": by,
             "reason": c.reason,
-            "canary": c.canary,
+            "canary": c.figures(),
             "held": c.held,
         });
         if let Err(e) = self.events.append(&event) {
@@ -575,13 +764,13 @@ pub fn report(
         id = c.id,
         account = c.account,
         reason = c.reason.as_deref().unwrap_or("declined"),
-        admitted = c.canary.admitted,
-        finished = c.canary.finished,
-        delivered = c.canary.delivered,
-        hard = c.canary.hard_bounced,
-        inactive = c.canary.inactive,
-        complaints = c.canary.complaints,
-        unsubscribes = c.canary.unsubscribes,
+        admitted = c.figures().admitted,
+        finished = c.figures().finished,
+        delivered = c.figures().delivered,
+        hard = c.figures().hard_bounced,
+        inactive = c.figures().inactive,
+        complaints = c.figures().complaints,
+        unsubscribes = c.figures().unsubscribes,
         held = c.held,
     );
     let message = MessageBuilder::new()
@@ -625,5 +814,6 @@ impl crate::envelope::OutcomeSink for Campaigns {
     }
 }
 
+pub mod shared;
 #[cfg(test)]
 mod tests;

@@ -217,7 +217,7 @@ async fn heard_of(governor: &Arc<Governor>, a: Announcement, on_unfrozen: &OnUnf
                 on_unfrozen(&account);
             }
         }
-        Announcement::Shaped { .. } => {}
+        Announcement::Shaped { .. } | Announcement::Verdict { .. } => {}
     }
 }
 

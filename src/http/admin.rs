@@ -492,6 +492,10 @@ async fn campaign_declare(
     .await
     .map_err(|_| internal("the declare task failed"))?
     .map_err(campaign_error)?;
+    if let Some(cluster) = a.campaigns.cluster() {
+        let key = crate::governance::campaign::key(&c.account, &c.id);
+        crate::governance::campaign::shared::declare(cluster, &key, c.canary_size).await;
+    }
     ok(c)
 }
 
@@ -508,14 +512,24 @@ async fn verdict(a: &Admin, account: &str, id: &str, why: Option<String>) -> Api
     campaign_of(a, account, id)?;
     let key = crate::governance::campaign::key(account, id);
     let campaigns = a.campaigns.clone();
-    let k = key.clone();
-    let c = tokio::task::spawn_blocking(move || {
-        campaigns.decide(&k, why, "admin", crate::envelope::now_ms())
-    })
-    .await
-    .map_err(|_| internal("the verdict task failed"))?
-    .map_err(campaign_error)?;
-    a.delivery.campaign_verdict(&key);
+    let c = if let Some(cluster) = campaigns.cluster() {
+        // One verdict for the cluster: whoever gave one first wins.
+        let decided =
+            crate::governance::campaign::shared::decide(cluster, &campaigns, &key, why, "admin")
+                .await;
+        a.delivery.campaign_verdict(&key);
+        decided.map_err(campaign_error)?
+    } else {
+        let k = key.clone();
+        let c = tokio::task::spawn_blocking(move || {
+            campaigns.decide(&k, why, "admin", crate::envelope::now_ms())
+        })
+        .await
+        .map_err(|_| internal("the verdict task failed"))?
+        .map_err(campaign_error)?;
+        a.delivery.campaign_verdict(&key);
+        c
+    };
     ok(c)
 }
 

@@ -31,6 +31,7 @@ pub const CLUSTER_OPS: &[&str] = &[
     "health",
     "freeze",
     "sync",
+    "campaign",
 ];
 
 /// Buckets of [`CLUSTER_REDIS_SECONDS`]: a call on the same network takes well under a
@@ -52,7 +53,8 @@ pub(super) fn describe_cluster() {
     describe_counter!(
         CLUSTER_REDIS_ERRORS,
         "Cluster Redis calls that failed or timed out, by op (pace, lease, release, renew, \
-         heartbeat, leave, status, announce, feed_send, feed_read, health, freeze, sync)."
+         heartbeat, leave, status, announce, feed_send, feed_read, health, freeze, sync, \
+         campaign)."
     );
     describe_counter!(
         CLUSTER_FALLBACKS,

@@ -19,16 +19,21 @@
 #      on its own public listener) — no node alone has the volume to judge, the sum
 #      freezes the account, and all three refuse its mail at MAIL within 5 s; an unfreeze
 #      on node b lifts it on all three within 5 s
-#   6. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
+#   6. one canary, one verdict: a campaign declared on node a with 60 recipients (a
+#      canary of 6) and submitted through all three nodes (5 messages each, consented
+#      recipients) sends exactly 6 in total and holds the other 9; `campaign release` on
+#      node b moves the held mail on all three (all 15 arrive) and every node records the
+#      same verdict ("admin on b")
+#   7. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
 #      the sink (which answers each message after 0.2 s) never sees more than 4
 #      connections at once while all three send 40 messages each, and does see 4
-#   7. a shared rate of 120/min holds within ±5% over a minute with all three sending
+#   8. a shared rate of 120/min holds within ±5% over a minute with all three sending
 #      (the policy reloaded on each node to `message_rate = "120/min"`)
-#   8. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
+#   9. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
 #      stall nor send unlimited: they deliver on their share of the rate (at most the
 #      rate plus 10 %, at least one message) — then Redis restarts empty and both rejoin
 #      within 10 s (cluster status: reachable) and keep delivering
-#   9. the killed node restarts, rejoins, and in the end every message submitted to any
+#  10. the killed node restarts, rejoins, and in the end every message submitted to any
 #      node reached the sink; the unsubscribe is still in force on every node
 # Prints one PASS:/FAIL: line per check like run.sh (whose helpers it shares, lib.sh) and
 # exits 1 if any check failed. Everything it starts is stopped on exit.
@@ -109,6 +114,10 @@ consent_source = "app.test/subscribe"
 window = "1h"
 min_volume = 30
 max_complaint_rate = 0.05
+
+[campaigns]
+evaluation_window = "1h"
+canary_share = 0.10
 
 [throttles."*"]
 connections = 4
@@ -335,6 +344,50 @@ PYEOF
     echo "unfrozen on a, b and c within $((SECONDS - t0)) s of the unfreeze on b"
 }
 
+# campaign_shown NODE FIELD-PATTERN: `campaign show app autumn` on NODE matches.
+campaign_shown() {
+    "$BIN" --config "$WORK/$1/relay.toml" campaign show app autumn | grep -q "$2"
+}
+
+one_canary() {
+    local node i pids=() rc=0
+    "$BIN" --config "$WORK/a/relay.toml" lists grant d1@example.net d2@example.net \
+        d3@example.net --account app --list weekly || return 1
+    "$BIN" --config "$WORK/a/relay.toml" campaign declare app autumn --size 60 || return 1
+    # The grant reaches b and c through the feed (a message outside the campaign).
+    for node in b c; do
+        local port="SMTP_$node"
+        poll 5 "$PY" "$HERE/cluster_submit.py" "${!port}" "$node" 2999 1 marketing \
+            d1@example.net >/dev/null || { echo "$node refuses d1 after the grant"; return 1; }
+    done
+    : >"$WORK/sink.log"
+    for node in a b c; do
+        local smtp="SMTP_$node"
+        for i in 1 2 3 4 5; do
+            CAMPAIGN=autumn "$PY" "$HERE/cluster_submit.py" "${!smtp}" "$node" $((3000 + i)) 1 \
+                marketing "d$(( (i % 3) + 1 ))@example.net" >/dev/null || exit 1
+        done &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    [[ $rc -eq 0 ]] || { echo "a campaign message was refused"; return 1; }
+    wait_arrived 3001 3005 6 20 || return 1
+    sleep 3
+    local n
+    n=$(arrived 3001 3005)
+    echo "the canary across three nodes: $n of 15 messages delivered (canary 6 of 60)"
+    "$BIN" --config "$WORK/c/relay.toml" campaign show app autumn
+    [[ $n -eq 6 ]] || return 1
+    "$BIN" --config "$WORK/b/relay.toml" campaign release app autumn || return 1
+    wait_arrived 3001 3005 15 20 || return 1
+    echo "released on b: all 15 arrived"
+    for node in a b c; do
+        poll 5 campaign_shown "$node" 'released by admin on b' ||
+            { "$BIN" --config "$WORK/$node/relay.toml" campaign show app autumn; return 1; }
+    done
+    echo "the same verdict on a, b and c: released by admin on b"
+}
+
 still_unsubscribed() {
     local node rc
     for node in "${NODES[@]}"; do
@@ -446,6 +499,8 @@ main() {
         one_feed
     check "one health, one freeze: complaints through three nodes freeze the account on all; an unfreeze on b lifts it on all" \
         one_freeze
+    check "one canary: a campaign through three nodes sends its canary share in total; one release on b moves the held mail on all" \
+        one_canary
     check "a connection cap of 4 holds across three nodes (120 messages)" connection_cap
     check "a shared rate of 120/min holds within 5% over a minute (three nodes)" shared_rate
     check "kill -9 one node, stop Redis 10 s: the others go on at their share" \

@@ -6,12 +6,14 @@ Usage: cluster_submit.py PORT NODE FIRST COUNT [marketing|transactional [RCPT]]
 Sends COUNT transactional messages (with `marketing`: marketing ones, X-Optin-Stream:
 marketing) over one SMTP connection to 127.0.0.1:PORT, from app@app.test to RCPT
 (default rcpt@example.net), with the subjects `NODE FIRST` … `NODE FIRST+COUNT-1` (what
-the sink records). Exits 0 when every message was accepted, 2 when the relay refused the
+the sink records); with CAMPAIGN=NAME in the environment each carries
+`X-Optin-Campaign: NAME`. Exits 0 when every message was accepted, 2 when the relay refused the
 recipient (at RCPT, or at the end of DATA when it withholds a message's only recipient),
 3 when it refused the sender at MAIL (a frozen account), 1 on anything else; a refusal's
 reply is printed.
 """
 
+import os
 import smtplib
 import sys
 
@@ -21,6 +23,8 @@ def main():
         sys.exit("usage: cluster_submit.py PORT NODE FIRST COUNT [marketing|transactional [RCPT]]")
     port, node, first, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     stream = "X-Optin-Stream: marketing\r\n" if sys.argv[5:6] == ["marketing"] else ""
+    if os.environ.get("CAMPAIGN"):
+        stream += f"X-Optin-Campaign: {os.environ['CAMPAIGN']}\r\n"
     rcpt = sys.argv[6] if len(sys.argv) == 7 else "rcpt@example.net"
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
         for n in range(first, first + count):

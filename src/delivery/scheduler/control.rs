@@ -408,7 +408,7 @@ impl Scheduler {
 
     /// A campaign's verdict reaches its held mail: released, it goes now; declined, it is
     /// removed (no DSN: the account gets one report for the whole campaign).
-    fn campaign_verdict(&mut self, key: &str) {
+    pub(super) fn campaign_verdict(&mut self, key: &str) {
         let Some(campaigns) = self.settings.feedback.campaigns.clone() else {
             return;
         };

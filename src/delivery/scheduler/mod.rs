@@ -228,6 +228,11 @@ impl Scheduler {
             }
             // Only shaping is forwarded here.
             Event::Shaped(_) => {}
+            Event::Admitted {
+                id,
+                campaign,
+                answer,
+            } => self.admitted(id, &campaign, answer),
         }
     }
 
@@ -323,7 +328,8 @@ impl Scheduler {
                     | Event::Resolved { .. }
                     | Event::Loaded { .. }
                     | Event::Control(_)
-                    | Event::Shaped(_),
+                    | Event::Shaped(_)
+                    | Event::Admitted { .. },
                 )) => {}
                 Ok(None) => break,
                 Err(_) => {
@@ -413,8 +419,8 @@ impl Scheduler {
             .filter(|r| r.status() != Progress::Done)
             .count();
         let mut rcpts = rcpts;
-        let campaign = match self.admit(&q, marketing, open as u64) {
-            Some((campaign, sending)) => {
+        let (campaign, ask) = match self.admit(&q, marketing, open as u64) {
+            Some((campaign, sending, ask)) => {
                 // The canary's share is the first open recipients; the others wait for
                 // the campaign's verdict.
                 let mut left = sending;
@@ -425,7 +431,7 @@ impl Scheduler {
                         r.held = true;
                     }
                 }
-                campaign
+                (campaign, ask)
             }
             None => {
                 // The campaign was declined: its mail is dropped (the account has its report).
@@ -475,20 +481,24 @@ impl Scheduler {
                 operator_hold: self.holds.contains(id),
             },
         );
+        if let (Some(size), Some(name)) = (ask, &q.env.campaign) {
+            self.ask_cluster(id, &q.env.account, name, open as u64, size);
+        }
         self.dispatch_with(id, loaded);
     }
 
     /// Staged release: the message's campaign and how many of its `open` recipients go
-    /// now (the rest wait for the verdict); `None` when the campaign was declined (the
-    /// message is dropped).
-    fn admit(&mut self, q: &Queued, marketing: bool, open: u64) -> Option<(u32, u64)> {
-        use crate::governance::campaign::key;
+    /// now (the rest wait for the verdict), and in cluster mode the canary's size when
+    /// Redis is to say how many go (all wait meanwhile); `None` when the campaign was
+    /// declined (the message is dropped).
+    fn admit(&mut self, q: &Queued, marketing: bool, open: u64) -> Option<(u32, u64, Option<u64>)> {
+        use crate::governance::campaign::{Admission, key};
         let (Some(campaigns), Some(id), true) = (
             &self.settings.feedback.campaigns,
             &q.env.campaign,
             marketing,
         ) else {
-            return Some((NO_CAMPAIGN, open));
+            return Some((NO_CAMPAIGN, open, None));
         };
         let k = key(&q.env.account, id);
         let admission = if q.body.is_some() {
@@ -511,7 +521,82 @@ impl Scheduler {
             campaigns.readmit(&k, open, &mut self.readmit_budget)
         };
         let name = self.names.id(&k);
-        admission.sending(open).map(|sending| (name, sending))
+        let ask = match admission {
+            Admission::Ask { size } => Some(size),
+            _ => None,
+        };
+        admission.sending(open).map(|sending| (name, sending, ask))
+    }
+
+    /// Cluster mode: asks Redis how many of the message's `n` held recipients its
+    /// campaign's canary takes; the answer comes back as [`Event::Admitted`].
+    fn ask_cluster(&self, id: QueueId, account: &str, campaign: &str, n: u64, size: u64) {
+        let Some(cluster) = self
+            .settings
+            .feedback
+            .campaigns
+            .as_ref()
+            .and_then(|c| c.cluster().cloned())
+        else {
+            return;
+        };
+        let (tx, key) = (
+            self.tx.clone(),
+            crate::governance::campaign::key(account, campaign),
+        );
+        tokio::spawn(async move {
+            let answer = crate::governance::campaign::shared::ask(&cluster, &key, n, size).await;
+            let _ = tx.send(Event::Admitted {
+                id,
+                campaign: key,
+                answer,
+            });
+        });
+    }
+
+    /// Redis answered (or did not) how many of a message's held recipients are its
+    /// campaign's canary: those go (its first held ones), or the verdict it has had
+    /// applies.
+    fn admitted(
+        &mut self,
+        id: QueueId,
+        key: &str,
+        answer: Option<crate::governance::campaign::shared::Answer>,
+    ) {
+        use crate::governance::campaign::shared::{self, Answer};
+        let Some(campaigns) = self.settings.feedback.campaigns.clone() else {
+            return;
+        };
+        let send = match answer {
+            Some(Answer::Decided(v)) => {
+                shared::apply(&campaigns, key, &v);
+                // Whether it changed the registry or not, this message follows it.
+                self.campaign_verdict(key);
+                return;
+            }
+            Some(Answer::Send(n)) => Some(n),
+            None => None,
+        };
+        let nodes = campaigns.cluster().and_then(|c| c.share()).unwrap_or(1);
+        let held = self.entries.get(&id).map_or(0, |e| {
+            e.rcpts
+                .iter()
+                .filter(|r| r.held && r.status() != Progress::Done)
+                .count() as u64
+        });
+        let mut go = campaigns.admitted(key, send, held, nodes);
+        if go == 0 {
+            return;
+        }
+        if let Some(e) = self.entries.get_mut(&id) {
+            for r in e.rcpts.iter_mut() {
+                if go > 0 && r.held && r.status() != Progress::Done {
+                    r.held = false;
+                    go -= 1;
+                }
+            }
+        }
+        self.dispatch(id);
     }
 
     /// A recipient's state from its last journaled event.

@@ -178,3 +178,57 @@ fn readmission_after_a_restart_keeps_the_canary_size() {
         ]
     );
 }
+
+#[test]
+fn figures_travel_as_named_counts_and_differences() {
+    let mut mine = Figures {
+        admitted: 4,
+        finished: 3,
+        delivered: 2,
+        hard_bounced: 1,
+        ..Figures::default()
+    };
+    mine.bounces.insert("invalid_recipient".into(), 1);
+    let fields = mine.fields();
+    assert!(fields.contains(&("bounce:invalid_recipient".to_string(), 1)));
+    assert!(
+        !fields.iter().any(|(k, _)| k == "complaints"),
+        "zeros left out"
+    );
+    let back = Figures::from_fields(fields.iter().map(|(k, v)| (k.as_str(), *v)));
+    assert_eq!(back, mine);
+    let shared = Figures {
+        admitted: 4,
+        finished: 1,
+        ..Figures::default()
+    };
+    let added = mine.beyond(&shared);
+    assert_eq!((added.admitted, added.finished, added.delivered), (0, 2, 2));
+    let mut total = shared.clone();
+    total.add(&added);
+    assert_eq!(total, mine);
+}
+
+/// Cluster mode with Redis away: a node admits its share of what the canary had left at
+/// the last reading, less what it admitted alone since.
+#[test]
+fn a_node_alone_admits_its_share_of_what_was_left() {
+    let mut c = Campaign::new("shop", "x", &rules(), 0);
+    c.canary_size = 10;
+    c.cluster = Some(Figures {
+        admitted: 4,
+        ..Figures::default()
+    });
+    assert_eq!(c.share_left(3), 2, "6 left over 3 nodes");
+    c.canary.admitted = 1; // alone since
+    assert_eq!(c.share_left(3), 1);
+    c.shared.admitted = 1; // …and it reached Redis
+    assert_eq!(c.share_left(3), 2);
+    c.cluster = None;
+    c.shared.admitted = 0;
+    assert_eq!(
+        c.share_left(1),
+        9,
+        "never read: the whole canary, less its own"
+    );
+}
