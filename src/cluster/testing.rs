@@ -47,7 +47,13 @@ pub fn report(digest: &str) -> Arc<dyn Fn() -> NodeReport + Send + Sync> {
 
 /// A started node (heartbeat and bus), up once its first heartbeat reached Redis.
 pub async fn node(id: &str, prefix: &str, stop: &CancellationToken) -> Arc<Cluster> {
-    let c = Cluster::new(config(&redis_url(), id, prefix)).unwrap();
+    node_with(config(&redis_url(), id, prefix), stop).await
+}
+
+/// [`node`] with a config of the caller's (from [`config`], changed).
+pub async fn node_with(config: ClusterConfig, stop: &CancellationToken) -> Arc<Cluster> {
+    let id = config.node_id.clone();
+    let c = Cluster::new(config).unwrap();
     c.start(report("p1"), stop.clone());
     let deadline = Instant::now() + Duration::from_secs(5);
     while !c.is_up() {
@@ -57,4 +63,16 @@ pub async fn node(id: &str, prefix: &str, stop: &CancellationToken) -> Arc<Clust
     // The bus subscription is made right after the first beat.
     tokio::time::sleep(Duration::from_millis(100)).await;
     c
+}
+
+/// Waits (polling every 20 ms) until `done`, failing the test after `secs` seconds.
+pub async fn until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -310,17 +310,6 @@ max_complaint_rate = 0.05
         })
     }
 
-    async fn until(what: &str, mut done: impl FnMut() -> bool) {
-        let start = std::time::Instant::now();
-        while !done() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "{what}: not within 5 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Three nodes each see a third of an account's mail and one complaint: none would
     /// freeze it alone (each has fewer than `min_volume` messages), the sum does, once, and
     /// every node holds the freeze. An unfreeze on one lifts it on all and releases the
@@ -351,7 +340,7 @@ max_complaint_rate = 0.05
             }
             assert_eq!(g.count("shop", Signal::Complaint), None, "judged alone");
         }
-        until("frozen on every node", || {
+        testing::until("frozen on every node", 5, || {
             govs.iter().all(|g| g.freezes.is_frozen("shop"))
         })
         .await;
@@ -361,11 +350,11 @@ max_complaint_rate = 0.05
             .collect();
         assert!(reasons[0].contains("across the cluster"), "{reasons:?}");
         govs[1].freezes.unfreeze("shop", "admin").unwrap();
-        until("unfrozen on every node", || {
+        testing::until("unfrozen on every node", 5, || {
             govs.iter().all(|g| !g.freezes.is_frozen("shop"))
         })
         .await;
-        until("released on the two others", || {
+        testing::until("released on the two others", 5, || {
             released.lock().unwrap().len() == 2
         })
         .await;
@@ -381,7 +370,7 @@ max_complaint_rate = 0.05
             Arc::new(|_: &str| {}),
             stop_late.clone(),
         );
-        until("the late node holds the freeze", || {
+        testing::until("the late node holds the freeze", 5, || {
             late.freezes.is_frozen("shop")
         })
         .await;

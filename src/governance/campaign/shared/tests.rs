@@ -3,7 +3,6 @@
 //! applied by every node, an admin's verdict racing another, a late node.
 
 use std::sync::Mutex;
-use std::time::Instant;
 
 use super::*;
 use crate::cluster::testing;
@@ -61,17 +60,6 @@ async fn submit(node: &Node, campaign: &str, n: u64, policy: &ArcSwap<Policy>) -
     }
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(8),
-            "{what}: not within 8 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Eleven recipients in messages spread over three nodes, a canary of five: exactly five
 /// go (a message crossing the end sends its first ones); the figures are summed; when the
 /// window has passed one node gives the verdict and all three apply it (same time, same
@@ -121,7 +109,7 @@ async fn one_canary_and_one_verdict_across_nodes() {
             stop.clone(),
         );
     }
-    until("the verdict on every node", || {
+    testing::until("the verdict on every node", 8, || {
         nodes
             .iter()
             .all(|n| n.campaigns.stage(&k) == Some(Stage::Released))
@@ -189,7 +177,7 @@ async fn an_admin_verdict_is_given_once() {
     assert_eq!(declined.stage, Stage::Declined);
     let late = decide(&nodes[2].cluster, &nodes[2].campaigns, &k, None, "admin").await;
     assert!(matches!(late, Err(CampaignError::Decided(_))), "{late:?}");
-    until("declined on every node", || {
+    testing::until("declined on every node", 8, || {
         nodes
             .iter()
             .all(|n| n.campaigns.stage(&k) == Some(Stage::Declined))
