@@ -157,6 +157,7 @@ impl Relay {
             crate::consent::feed::spawn(
                 state.lists.clone(),
                 cluster.clone(),
+                config.lists.compact_after,
                 stop_delivery.clone(),
             )
             .map_err(StartError::State)?;

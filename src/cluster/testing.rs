@@ -33,6 +33,7 @@ pub fn config(url: &str, node: &str, prefix: &str) -> ClusterConfig {
         lease_ttl: Duration::from_millis(600),
         feed_max_entries: 10_000,
         feed_replicas: 0,
+        snapshot_dir: None,
     }
 }
 

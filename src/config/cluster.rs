@@ -45,6 +45,10 @@ pub struct ClusterConfig {
     /// Replicas that must hold a feed entry before the node counts it as sent (`WAITAOF`
     /// where the server has it, else `WAIT`); 0: the primary's answer is enough.
     pub feed_replicas: u32,
+    /// A directory every node sees (a shared mount): one node at a time compacts the lists
+    /// and publishes the snapshot there; the others take it. `None`: each node compacts
+    /// its own.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// Reads `[cluster]`; `None` when the section is absent.
@@ -103,7 +107,18 @@ pub(super) fn read(s: &mut Section<'_>, hostname: &str) -> Option<ClusterConfig>
         s.problem("feed_max_entries", "must be at least 1000");
     }
     let feed_replicas = s.get_or("feed_replicas", 0u32);
+    let snapshot_dir = s.get_path("snapshot_dir");
+    if snapshot_dir
+        .as_ref()
+        .is_some_and(|d| d.as_os_str().is_empty())
+    {
+        s.problem(
+            "snapshot_dir",
+            "must name a directory (a mount every node sees)",
+        );
+    }
     Some(ClusterConfig {
+        snapshot_dir,
         feed_max_entries,
         feed_replicas,
         redis,

@@ -39,14 +39,7 @@ impl Lists {
     pub fn compile(&self, mut batches: Vec<Batch>) -> Result<CompileReport, ListsError> {
         let started = Instant::now();
         let dir = self.dir();
-        let lock_path = dir.join("compile.lock");
-        let lock = crate::files::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
-        lock.lock().map_err(io_error(&lock_path))?;
+        let lock = compile_lock(dir)?;
 
         let path = self.snapshot_path();
         let rebuild = self.mode() == Mode::Rebuild;
@@ -69,7 +62,7 @@ impl Lists {
         let floor = self
             .journal_floor
             .load(std::sync::atomic::Ordering::Relaxed)
-            .min(super::feed::unsent_floor(dir));
+            .min(super::positions::unsent_floor(dir));
         for n in folded.into_iter().filter(|&n| n < floor) {
             let p = journal::path_of(dir, n);
             if let Err(e) = std::fs::remove_file(&p)
@@ -129,6 +122,19 @@ type Changes = (Vec<(u64, u8)>, u64, Vec<u64>);
 /// The journal changes not yet in `base` up to journal `closed`, as absolute values in
 /// fingerprint order; how many changes were read; the journals that fold into the new
 /// snapshot.
+/// Takes `compile.lock` (one compiler at a time, in any process): held until dropped.
+pub(super) fn compile_lock(dir: &Path) -> Result<std::fs::File, ListsError> {
+    let lock_path = dir.join("compile.lock");
+    let lock = crate::files::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    lock.lock().map_err(io_error(&lock_path))?;
+    Ok(lock)
+}
+
 fn changes_since(dir: &Path, base: Option<&Snapshot>, closed: u64) -> Result<Changes, ListsError> {
     let base_get = |fp| base.map_or(0, |s| s.get(fp));
 

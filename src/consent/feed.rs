@@ -18,13 +18,15 @@
 //! Nothing in the feed is an address: fingerprints only, keyed with the lists secret that
 //! every node of a cluster must share (a node whose secret differs refuses the feed).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, Change, RECORD_LEN};
+use super::positions::{self, Sent, stream_id_less};
+use super::published::Snapshots;
 use super::{Lists, hlc};
 use crate::cluster::Cluster;
 
@@ -35,24 +37,20 @@ const READ_BLOCK: Duration = Duration::from_millis(1000);
 /// Changes per stream command.
 const BATCH: usize = 500;
 
-/// Where the sender is: the journal and the offset in it up to which changes are sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Sent {
-    journal: u64,
-    offset: u64,
-}
-
 /// Starts sending and receiving once Redis answers; both stop with `stop`. A node whose
 /// lists secret is not the cluster's takes no part (its fingerprints would mean nothing to
 /// the others): that is logged as an error, every heartbeat's worth of retries.
+/// `compact_after`: the changes since the snapshot that make the cluster compact, when it
+/// shares its snapshots (`[cluster] snapshot_dir`, see [`super::published`]).
 pub fn spawn(
     lists: Arc<Lists>,
     cluster: Arc<Cluster>,
+    compact_after: usize,
     stop: CancellationToken,
 ) -> Result<(), String> {
     lists.set_clock_node(hlc::node_byte(cluster.node_id()));
-    let sent = read_sent(lists.dir())
-        .map_err(|e| format!("{}: {e}", sent_path(lists.dir()).display()))?
+    let sent = positions::read_sent(lists.dir())
+        .map_err(|e| format!("{}: {e}", positions::sent_path(lists.dir()).display()))?
         .unwrap_or(Sent {
             journal: journal::list(lists.dir())
                 .map_err(|e| e.to_string())?
@@ -62,6 +60,12 @@ pub fn spawn(
             offset: 0,
         });
     lists.set_journal_floor(sent.journal);
+    let sent = Arc::new(Mutex::new(sent));
+    let snapshots = cluster
+        .config()
+        .snapshot_dir
+        .clone()
+        .map(|dir| Snapshots::new(dir, compact_after, &lists));
     tokio::spawn(async move {
         // The secret is checked against the cluster's before anything is sent or read.
         loop {
@@ -85,10 +89,10 @@ pub fn spawn(
         tokio::spawn(send_loop(
             lists.clone(),
             cluster.clone(),
-            sent,
+            sent.clone(),
             stop.clone(),
         ));
-        receive_loop(lists, cluster, stop).await;
+        receive_loop(lists, cluster, sent, snapshots, stop).await;
     });
     Ok(())
 }
@@ -123,47 +127,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sent_path(dir: &Path) -> PathBuf {
-    dir.join("feed.sent")
-}
-
-fn seen_path(dir: &Path) -> PathBuf {
-    dir.join("feed.seen")
-}
-
-/// The first journal the feed of a relay using `dir` has not sent whole (`u64::MAX`: no
-/// feed): compaction by any process — `lists compile` beside a running relay too — keeps
-/// it and every later one.
-pub(super) fn unsent_floor(dir: &Path) -> u64 {
-    match read_sent(dir) {
-        Ok(Some(sent)) => sent.journal,
-        Ok(None) => u64::MAX,
-        // Unreadable: keep everything rather than lose what was not sent.
-        Err(_) => 0,
-    }
-}
-
-fn read_sent(dir: &Path) -> std::io::Result<Option<Sent>> {
-    let text = match std::fs::read_to_string(sent_path(dir)) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut parts = text.split_whitespace().map(str::parse::<u64>);
-    match (parts.next(), parts.next()) {
-        (Some(Ok(journal)), Some(Ok(offset))) => Ok(Some(Sent { journal, offset })),
-        _ => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("not \"JOURNAL OFFSET\": {text:?}"),
-        )),
-    }
-}
-
-/// Sends what the journal holds beyond `sent`, every [`SEND_EVERY`].
+/// Sends what the journal holds beyond `sent`, every [`SEND_EVERY`]. The position is
+/// locked while a round sends and records it (taking a snapshot made elsewhere moves it).
 async fn send_loop(
     lists: Arc<Lists>,
     cluster: Arc<Cluster>,
-    mut sent: Sent,
+    sent: Arc<Mutex<Sent>>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(SEND_EVERY);
@@ -176,18 +145,16 @@ async fn send_loop(
         if !cluster.is_up() {
             continue;
         }
-        match send_some(&lists, &cluster, sent).await {
-            Ok(next) if next != sent => {
+        let mut sent = sent.lock().await;
+        match send_some(&lists, &cluster, *sent).await {
+            Ok(next) if next != *sent => {
                 let dir = lists.dir().to_path_buf();
-                let text = format!("{} {}\n", next.journal, next.offset);
-                let saved = tokio::task::spawn_blocking(move || {
-                    crate::files::write_atomically(&sent_path(&dir), text.as_bytes())
-                })
-                .await;
+                let saved =
+                    tokio::task::spawn_blocking(move || positions::write_sent(&dir, next)).await;
                 match saved {
                     Ok(Ok(())) => {
-                        sent = next;
-                        lists.set_journal_floor(sent.journal);
+                        *sent = next;
+                        lists.set_journal_floor(next.journal);
                     }
                     _ => tracing::error!("cannot record the feed's position; sending again"),
                 }
@@ -278,12 +245,17 @@ async fn append(cluster: &Cluster, changes: &[&Change]) -> Result<(), String> {
     }
 }
 
-/// Reads the other nodes' changes and puts them in force, for as long as the node runs.
-async fn receive_loop(lists: Arc<Lists>, cluster: Arc<Cluster>, stop: CancellationToken) {
-    let mut last_id = match std::fs::read_to_string(seen_path(lists.dir())) {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-        _ => "0-0".to_string(),
-    };
+/// Reads the other nodes' changes and puts them in force, for as long as the node runs;
+/// with shared snapshots, also takes the cluster's newest snapshot and compacts for it in
+/// turn ([`Snapshots`]), between reads.
+async fn receive_loop(
+    lists: Arc<Lists>,
+    cluster: Arc<Cluster>,
+    sent: Arc<Mutex<Sent>>,
+    mut snapshots: Option<Snapshots>,
+    stop: CancellationToken,
+) {
+    let mut last_id = positions::read_seen(lists.dir());
     let key = cluster.key("feed");
     let mut conn = None;
     let mut warned_trim = false;
@@ -291,6 +263,7 @@ async fn receive_loop(lists: Arc<Lists>, cluster: Arc<Cluster>, stop: Cancellati
         if stop.is_cancelled() {
             return;
         }
+        lists.set_compaction_shared(snapshots.is_some() && cluster.is_up());
         if !cluster.is_up() {
             conn = None;
             tokio::select! {
@@ -309,13 +282,18 @@ async fn receive_loop(lists: Arc<Lists>, cluster: Arc<Cluster>, stop: Cancellati
                 }
             },
         };
+        if let Some(s) = &mut snapshots {
+            // A node that never read the feed starts from the newest snapshot.
+            s.tick(&lists, &cluster, &mut last_id, &sent).await;
+        }
+        let position = last_id.clone().unwrap_or_else(|| "0-0".to_string());
         if !warned_trim {
             warned_trim = true;
-            warn_if_trimmed(c, &key, &last_id).await;
+            warn_if_trimmed(c, &key, &position).await;
         }
         let read = tokio::select! {
             () = stop.cancelled() => return,
-            r = read(c, &key, &last_id) => r,
+            r = read(c, &key, &position) => r,
         };
         let entries = match read {
             Ok(e) => e,
@@ -328,26 +306,28 @@ async fn receive_loop(lists: Arc<Lists>, cluster: Arc<Cluster>, stop: Cancellati
         let Some(newest) = entries.last().map(|e| e.id.clone()) else {
             continue;
         };
-        let changes: Vec<Change> = entries
-            .into_iter()
+        // This node's own changes come back too: already in force here they change
+        // nothing, and after a snapshot made elsewhere was taken they restore what it
+        // did not hold yet.
+        let received = entries
+            .iter()
             .filter(|e| e.node != cluster.node_id())
-            .filter_map(|e| e.change)
-            .collect();
-        let received = changes.len() as u64;
+            .count() as u64;
+        let changes: Vec<Change> = entries.into_iter().filter_map(|e| e.change).collect();
         let l = lists.clone();
         let dir = lists.dir().to_path_buf();
         let id = newest.clone();
         let applied = tokio::task::spawn_blocking(move || {
             let applied = l.accept_remote(&changes)?;
-            crate::files::write_atomically(&seen_path(&dir), format!("{id}\n").as_bytes())
-                .map_err(|e| super::io_error(&seen_path(&dir))(e))?;
+            positions::write_seen(&dir, &id)
+                .map_err(|e| super::io_error(&positions::seen_path(&dir))(e))?;
             Ok::<_, super::ListsError>(applied)
         })
         .await;
         match applied {
             Ok(Ok(applied)) => {
                 crate::metrics::cluster_feed(0, received, applied as u64);
-                last_id = newest;
+                last_id = Some(newest);
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "feed: cannot record the other nodes' changes; reading them again");
@@ -406,8 +386,24 @@ async fn read(
 /// Logs when the stream no longer holds the entries after this node's position (it was
 /// away for longer than `feed_max_entries` changes).
 async fn warn_if_trimmed(c: &mut redis::aio::ConnectionManager, key: &str, after: &str) {
+    if trimmed_after(c, key, after).await {
+        tracing::error!(
+            position = after,
+            "feed: changes this node had not read were trimmed from the stream (it was away \
+             for longer than feed_max_entries changes); some suppressions of other nodes may \
+             be missing here"
+        );
+    }
+}
+
+/// Whether the stream lost entries after `after` (its oldest is later).
+pub(super) async fn trimmed_after(
+    c: &mut redis::aio::ConnectionManager,
+    key: &str,
+    after: &str,
+) -> bool {
     if after == "0-0" {
-        return;
+        return false;
     }
     let first: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
         .arg(key)
@@ -417,30 +413,8 @@ async fn warn_if_trimmed(c: &mut redis::aio::ConnectionManager, key: &str, after
         .arg(1)
         .query_async(c)
         .await;
-    if let Ok(first) = first
-        && let Some(entry) = first.ids.first()
-        && stream_id_less(after, &entry.id)
-    {
-        tracing::error!(
-            position = after,
-            oldest = entry.id,
-            "feed: changes this node had not read were trimmed from the stream (it was away \
-             for longer than feed_max_entries changes); some suppressions of other nodes may \
-             be missing here"
-        );
-    }
-}
-
-/// Whether stream id `a` is before `b` (`ms-seq`).
-fn stream_id_less(a: &str, b: &str) -> bool {
-    let parse = |s: &str| {
-        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
-        (
-            ms.parse::<u64>().unwrap_or(0),
-            seq.parse::<u64>().unwrap_or(0),
-        )
-    };
-    parse(a) < parse(b)
+    // The entry at `after` is kept until the stream is trimmed past it.
+    matches!(first, Ok(first) if first.ids.first().is_some_and(|e| stream_id_less(after, &e.id)))
 }
 
 #[cfg(test)]
@@ -468,9 +442,9 @@ mod tests {
         let b = Arc::new(Lists::open(db.path(), 24).unwrap());
         let ca = testing::node("a", &p, &stop).await;
         let cb = testing::node("b", &p, &stop).await;
-        spawn(a.clone(), ca, stop.clone()).unwrap();
+        spawn(a.clone(), ca, 0, stop.clone()).unwrap();
         let stop_b = CancellationToken::new();
-        spawn(b.clone(), cb, stop_b.clone()).unwrap();
+        spawn(b.clone(), cb, 0, stop_b.clone()).unwrap();
         let unsubscribe = |l: &Lists, address: &str| {
             l.record_addresses(
                 Kind::Suppression,
@@ -505,38 +479,15 @@ mod tests {
         unsubscribe(&a, "three@example.net");
         unsubscribe(&b, "four@example.net"); // recorded with b's feed away
         let cb = testing::node("b", &p, &stop).await;
-        spawn(b.clone(), cb, stop.clone()).unwrap();
+        spawn(b.clone(), cb, 0, stop.clone()).unwrap();
         within(b.clone(), "three@example.net").await;
         within(a.clone(), "four@example.net").await;
         // A node with another secret is refused: nothing reaches it.
         let c = Arc::new(Lists::open(dc.path(), 24).unwrap());
         let cc = testing::node("c", &p, &stop).await;
-        spawn(c.clone(), cc, stop.clone()).unwrap();
+        spawn(c.clone(), cc, 0, stop.clone()).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!suppressed(&c, "one@example.net"));
         stop.cancel();
-    }
-
-    #[test]
-    fn stream_ids_compare_as_numbers() {
-        assert!(stream_id_less("9-5", "10-0"));
-        assert!(stream_id_less("10-0", "10-1"));
-        assert!(!stream_id_less("10-1", "10-1"));
-    }
-
-    #[test]
-    fn sent_position_reads_back_and_refuses_nonsense() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_sent(dir.path()).unwrap(), None);
-        std::fs::write(sent_path(dir.path()), "3 96\n").unwrap();
-        assert_eq!(
-            read_sent(dir.path()).unwrap(),
-            Some(Sent {
-                journal: 3,
-                offset: 96
-            })
-        );
-        std::fs::write(sent_path(dir.path()), "x").unwrap();
-        assert!(read_sent(dir.path()).is_err());
     }
 }

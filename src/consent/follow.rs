@@ -6,7 +6,8 @@
 //! once, counted, flagged in `optin_lists_snapshot_refused`, and the snapshot in service
 //! stays while the journal is still followed), updates the lists metrics, and once
 //! `compact_after` addresses changed since the snapshot, folds the journal into a new one
-//! (not while the snapshot file is refused: that compile would fail at every tick). The
+//! (not while the snapshot file is refused: that compile would fail at every tick; not in
+//! a cluster that shares its snapshots, see [`super::published`]). The
 //! file work runs on the blocking pool; lookups never wait.
 
 use std::sync::Arc;
@@ -35,9 +36,13 @@ pub fn spawn(
                 let refreshed = l.refresh();
                 let stats = l.stats();
                 let refused = l.snapshot_problem().is_some();
-                let compacted =
-                    (compact_after > 0 && stats.delta_entries >= compact_after && !refused)
-                        .then(|| l.compile(Vec::new()));
+                // In a cluster with a shared snapshot directory one node compacts for all
+                // (consent::published) while Redis answers.
+                let compacted = (compact_after > 0
+                    && stats.delta_entries >= compact_after
+                    && !refused
+                    && !l.compaction_shared())
+                .then(|| l.compile(Vec::new()));
                 crate::metrics::lists_snapshot_refused(l.snapshot_problem().is_some());
                 (refreshed, compacted, l.stats())
             })

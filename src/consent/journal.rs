@@ -204,6 +204,38 @@ pub fn roll(dir: &Path) -> std::io::Result<u64> {
     Ok(closed)
 }
 
+/// [`roll`], carrying changes over: under the exclusive lock (no append meanwhile),
+/// `carry` is given the number of the last journal and returns changes read from the
+/// journals up to it; they are written (fsynced) to the next journal, and appends go on in
+/// the one after. Returns the last journal closed before the carried one. Adopting a
+/// snapshot made elsewhere (see `super::published`): the journals up to the returned number
+/// are replaced by it, the carried changes come right after it and before any new one.
+pub fn roll_carrying(
+    dir: &Path,
+    carry: impl FnOnce(u64) -> std::io::Result<Vec<Change>>,
+) -> std::io::Result<u64> {
+    let lock = lock_file(dir)?;
+    lock.lock()?;
+    let closed = list(dir)?.last().copied().unwrap_or(0);
+    let carried = carry(closed)?;
+    let mut file = crate::files::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path_of(dir, closed + 1))?;
+    let bytes: Vec<u8> = carried.iter().flat_map(|c| c.encode()).collect();
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    crate::files::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path_of(dir, closed + 2))?;
+    crate::files::sync_dir(dir)?;
+    lock.unlock()?;
+    Ok(closed)
+}
+
 /// What [`read_from`] found.
 #[derive(Debug, Default)]
 pub struct Records {

@@ -20,7 +20,8 @@
 //!
 //! Files in the lists directory (0600, the directory 0700): `secret`, `snapshot`,
 //! `snapshot.expected`, `journal.NNNNNNNNNN`, `journal.lock`, `compile.lock`, and in a
-//! cluster `feed.sent` and `feed.seen` (see [`feed`]). Nothing in
+//! cluster `feed.sent`, `feed.seen` and `feed.snapshot` ([`positions`]), and
+//! `snapshot.adopt` while a snapshot made elsewhere is taken ([`published`]). Nothing in
 //! them is a plain address.
 
 pub mod compile;
@@ -30,6 +31,8 @@ pub mod hlc;
 pub mod import;
 pub mod journal;
 pub mod key;
+pub mod positions;
+pub mod published;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -305,6 +308,9 @@ pub struct Lists {
     /// Compaction deletes no journal from this number on: the cluster's feed has not sent
     /// them yet (`u64::MAX`: no feed).
     journal_floor: std::sync::atomic::AtomicU64,
+    /// The cluster compacts (one node at a time, see [`published`]): the follow task does
+    /// not compact on its own.
+    compaction_shared: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Lists {
@@ -359,6 +365,7 @@ impl Lists {
             }),
             clock: hlc::Hlc::default(),
             journal_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
+            compaction_shared: std::sync::atomic::AtomicBool::new(false),
         };
         let path = lists.snapshot_path();
         let file = file_id(&path).map_err(io_error(&path))?;
@@ -465,17 +472,7 @@ impl Lists {
                 .iter()
                 .filter_map(|c| {
                     self.clock.observe(c.stamp);
-                    let known = stamps.get(&c.fp);
-                    let mut tags = 0u8;
-                    for bit in bits(c.tags) {
-                        let last = known.map_or(0, |k| k[bit]);
-                        let newer = c.stamp > last && (last != 0 || c.stamp > view.horizon);
-                        let suppresses = (c.op == Op::Add) != (1 << bit == CONSENT);
-                        let unordered = last == 0 && c.stamp <= view.horizon;
-                        if newer || (unordered && suppresses) {
-                            tags |= 1 << bit;
-                        }
-                    }
+                    let tags = kept_tags(c, stamps.get(&c.fp), view.horizon);
                     (tags != 0).then_some(Change {
                         tags,
                         remote: true,
@@ -489,6 +486,18 @@ impl Lists {
             self.append_and_refresh(&kept)?;
         }
         Ok(kept.len())
+    }
+
+    /// Whether the cluster compacts the lists (see [`published`]) rather than this node
+    /// alone.
+    pub fn compaction_shared(&self) -> bool {
+        self.compaction_shared
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_compaction_shared(&self, shared: bool) {
+        self.compaction_shared
+            .store(shared, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Journal numbers from `floor` on are kept by compaction (the feed still reads them).
@@ -670,6 +679,24 @@ impl Lists {
     pub fn snapshot(&self) -> Option<Snapshot> {
         self.view.load().snapshot.clone()
     }
+}
+
+/// The tag bits of a change that win against what is known: those it changed after the
+/// last change of that bit (`known`: the stamps since the snapshot), and, where nothing
+/// orders it (no stamp known, and older than the snapshot's `horizon`), those where it
+/// suppresses — adds a reason, withdraws a consent.
+fn kept_tags(c: &Change, known: Option<&[u64; TAG_BITS]>, horizon: u64) -> u8 {
+    let mut tags = 0u8;
+    for bit in bits(c.tags) {
+        let last = known.map_or(0, |k| k[bit]);
+        let newer = c.stamp > last && (last != 0 || c.stamp > horizon);
+        let suppresses = (c.op == Op::Add) != (1 << bit == CONSENT);
+        let unordered = last == 0 && c.stamp <= horizon;
+        if newer || (unordered && suppresses) {
+            tags |= 1 << bit;
+        }
+    }
+    tags
 }
 
 /// The indexes of the meaningful tag bits set in `tags`.

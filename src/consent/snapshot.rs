@@ -622,6 +622,31 @@ pub fn write(
     })
 }
 
+/// Rewrites the journals-folded field of a snapshot file not yet in service (a copy being
+/// adopted from another node, whose journals are numbered differently), with its header
+/// checksum, and fsyncs it. The body and its checksum are untouched.
+pub fn refold(path: &Path, folded: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut h = [0u8; HEADER_LEN];
+    file.read_exact(&mut h)?;
+    if &h[..8] != MAGIC || crc32c::crc32c(&h[..76]) != le32(&h, 76) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a whole snapshot header",
+        ));
+    }
+    h[56..64].copy_from_slice(&folded.to_le_bytes());
+    let hcrc = crc32c::crc32c(&h[..76]);
+    h[76..80].copy_from_slice(&hcrc.to_le_bytes());
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&h)?;
+    file.sync_all()
+}
+
 fn bucket_of(fp: u64, bits: u32) -> usize {
     if bits == 0 {
         0

@@ -15,6 +15,7 @@ pub const CLUSTER_LEASE_WAITS: &str = "optin_cluster_lease_waits_total";
 pub const CLUSTER_FEED_SENT: &str = "optin_cluster_feed_sent_total";
 pub const CLUSTER_FEED_RECEIVED: &str = "optin_cluster_feed_received_total";
 pub const CLUSTER_FEED_APPLIED: &str = "optin_cluster_feed_applied_total";
+pub const CLUSTER_SNAPSHOTS: &str = "optin_cluster_snapshots_total";
 
 /// What a failed Redis call was for (the `op` label).
 pub const CLUSTER_OPS: &[&str] = &[
@@ -32,6 +33,7 @@ pub const CLUSTER_OPS: &[&str] = &[
     "freeze",
     "sync",
     "campaign",
+    "snapshot",
 ];
 
 /// Buckets of [`CLUSTER_REDIS_SECONDS`]: a call on the same network takes well under a
@@ -54,7 +56,7 @@ pub(super) fn describe_cluster() {
         CLUSTER_REDIS_ERRORS,
         "Cluster Redis calls that failed or timed out, by op (pace, lease, release, renew, \
          heartbeat, leave, status, announce, feed_send, feed_read, health, freeze, sync, \
-         campaign)."
+         campaign, snapshot)."
     );
     describe_counter!(
         CLUSTER_FALLBACKS,
@@ -80,6 +82,12 @@ pub(super) fn describe_cluster() {
          had, or already in force)."
     );
     describe_counter!(
+        CLUSTER_SNAPSHOTS,
+        "Lists snapshots shared through [cluster] snapshot_dir, by what this node did: \
+         published (it compacted for the cluster), taken (it put one made elsewhere in \
+         service), refused (one it could not take: damaged, another secret, the feed trimmed)."
+    );
+    describe_counter!(
         CLUSTER_LEASE_WAITS,
         "Connections that waited for a lease because the site's cluster-wide cap was taken."
     );
@@ -92,6 +100,9 @@ pub fn cluster_started() {
     }
     counter!(CLUSTER_FALLBACKS).increment(0);
     counter!(CLUSTER_LEASE_WAITS).increment(0);
+    for what in ["published", "taken", "refused"] {
+        counter!(CLUSTER_SNAPSHOTS, "what" => what).increment(0);
+    }
     for name in [
         CLUSTER_FEED_SENT,
         CLUSTER_FEED_RECEIVED,
@@ -112,6 +123,11 @@ pub fn cluster_call(took: Duration) {
 /// A Redis call for `op` (one of [`CLUSTER_OPS`]) failed.
 pub fn cluster_error(op: &'static str) {
     counter!(CLUSTER_REDIS_ERRORS, "op" => op).increment(1);
+}
+
+/// A shared lists snapshot was `published`, `taken` or `refused` by this node.
+pub fn cluster_snapshot(what: &'static str) {
+    counter!(CLUSTER_SNAPSHOTS, "what" => what).increment(1);
 }
 
 pub fn cluster_fallback() {

@@ -24,16 +24,20 @@
 #      recipients) sends exactly 6 in total and holds the other 9; `campaign release` on
 #      node b moves the held mail on all three (all 15 arrive) and every node records the
 #      same verdict ("admin on b")
-#   7. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
+#   7. snapshots once ([lists] compact_after = 5, [cluster] snapshot_dir shared): one node
+#      compacts the lists and publishes the snapshot, the other two take it (every node's
+#      feed.snapshot names the hash recorded in Redis), no node compacts alone, and the
+#      unsubscribe and the grants are still in force on every node
+#   8. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
 #      the sink (which answers each message after 0.2 s) never sees more than 4
 #      connections at once while all three send 40 messages each, and does see 4
-#   8. a shared rate of 120/min holds within ±5% over a minute with all three sending
+#   9. a shared rate of 120/min holds within ±5% over a minute with all three sending
 #      (the policy reloaded on each node to `message_rate = "120/min"`)
-#   9. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
+#  10. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
 #      stall nor send unlimited: they deliver on their share of the rate (at most the
 #      rate plus 10 %, at least one message) — then Redis restarts empty and both rejoin
 #      within 10 s (cluster status: reachable) and keep delivering
-#  10. the killed node restarts, rejoins, and in the end every message submitted to any
+#  11. the killed node restarts, rejoins, and in the end every message submitted to any
 #      node reached the sink; the unsubscribe is still in force on every node
 # Prints one PASS:/FAIL: line per check like run.sh (whose helpers it shares, lib.sh) and
 # exits 1 if any check failed. Everything it starts is stopped on exit.
@@ -149,6 +153,7 @@ public_url = "http://127.0.0.1:$HTTP_a"
 mail_domain = "app.test"
 [lists]
 refresh_interval = "100ms"
+compact_after = 5
 [admin]
 listen = "127.0.0.1:${!ops}"
 [policy]
@@ -160,6 +165,7 @@ node_id = "$node"
 key_prefix = "interop:"
 heartbeat = "500ms"
 lease_ttl = "3s"
+snapshot_dir = "$WORK/shared-snapshots"
 EOF
     done
     write_policy ""
@@ -388,6 +394,43 @@ one_canary() {
     echo "the same verdict on a, b and c: released by admin on b"
 }
 
+# marker NODE: the hash of the shared snapshot NODE published or took last.
+marker() { cat "$WORK/$1/spool/lists/feed.snapshot" 2>/dev/null; }
+
+all_took_it() {
+    local published node
+    published=$(redis-cli -p "$REDIS_PORT" GET interop:snapshot | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["hash"])') || return 1
+    for node in "${NODES[@]}"; do
+        [[ $(marker "$node") == "$published" ]] || return 1
+    done
+}
+
+snapshots_once() {
+    poll 20 all_took_it || {
+        redis-cli -p "$REDIS_PORT" GET interop:snapshot
+        for node in "${NODES[@]}"; do echo "$node: $(marker "$node")"; done
+        return 1
+    }
+    local record publishers takers local_compactions
+    record=$(redis-cli -p "$REDIS_PORT" GET interop:snapshot)
+    echo "the cluster's snapshot: $record"
+    publishers=$(grep -l 'snapshot published' "$WORK"/relay_?.log | wc -l)
+    takers=$(grep -l "the cluster's lists snapshot is in service" "$WORK"/relay_?.log | wc -l)
+    local_compactions=$(grep -c 'lists journal compacted' "$WORK"/relay_?.log | awk -F: '{ n += $2 } END { print n + 0 }')
+    echo "nodes that published: $publishers; nodes that took one made elsewhere: $takers; compactions alone: $local_compactions"
+    ls -l "$WORK/shared-snapshots"
+    [[ $publishers -ge 1 && $takers -ge 2 && $local_compactions -eq 0 ]] || return 1
+    # Every node still has every change: the unsubscribe, the grants.
+    still_unsubscribed || return 1
+    local node port
+    for node in "${NODES[@]}"; do
+        port="SMTP_$node"
+        "$PY" "$HERE/cluster_submit.py" "${!port}" "$node" 2998 1 marketing d2@example.net \
+            >/dev/null || { echo "$node lost the grant to d2"; return 1; }
+    done
+    echo "after the snapshot: the unsubscribe refused and the grant honoured on a, b and c"
+}
+
 still_unsubscribed() {
     local node rc
     for node in "${NODES[@]}"; do
@@ -501,6 +544,8 @@ main() {
         one_freeze
     check "one canary: a campaign through three nodes sends its canary share in total; one release on b moves the held mail on all" \
         one_canary
+    check "snapshots once: one node compacts and publishes, the others take it; nothing lost" \
+        snapshots_once
     check "a connection cap of 4 holds across three nodes (120 messages)" connection_cap
     check "a shared rate of 120/min holds within 5% over a minute (three nodes)" shared_rate
     check "kill -9 one node, stop Redis 10 s: the others go on at their share" \
