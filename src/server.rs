@@ -10,6 +10,7 @@
 //! the middle of a transaction may finish it within `shutdown_grace`, then delivery stops
 //! and the spool's journals are synced. Mail accepted but not delivered stays in the spool.
 
+mod cluster;
 mod gauges;
 mod open;
 
@@ -152,18 +153,7 @@ impl Relay {
         let mut state = State::open(&config)?;
         let gov = Governance::wire(&config, &state, &policy)?;
         let stop_delivery = CancellationToken::new();
-        let cluster = join_cluster(&config, &reloader, stop_delivery.clone())?;
-        if let Some(cluster) = &cluster {
-            crate::consent::feed::spawn(
-                state.lists.clone(),
-                cluster.clone(),
-                config.lists.compact_after,
-                stop_delivery.clone(),
-            )
-            .map_err(StartError::State)?;
-            // Before any mail is admitted: canaries are counted across the cluster.
-            state.campaigns.share(cluster.clone());
-        }
+        let cluster = cluster::join(&config, &state, &reloader, stop_delivery.clone())?;
         let mut settings = delivery_settings(&config, &state, &gov, &policy);
         settings.cluster = cluster.clone();
         let (delivery, scheduler) = delivery::start(
@@ -175,23 +165,12 @@ impl Relay {
             stop_delivery.clone(),
         );
         if let Some(cluster) = &cluster {
-            // Health windows and freezes shared; an unfreeze elsewhere releases the
-            // account's held mail here too.
-            let d = delivery.clone();
-            crate::governance::shared::spawn(
-                gov.governor.clone(),
-                cluster.clone(),
-                Arc::new(move |account: &str| d.release(account)),
-                stop_delivery.clone(),
-            );
-            // One canary and one verdict per campaign; a verdict from elsewhere moves
-            // the held mail here.
-            let d = delivery.clone();
-            crate::governance::campaign::shared::spawn(
-                state.campaigns.clone(),
-                cluster.clone(),
-                policy.clone(),
-                Arc::new(move |key: &str| d.campaign_verdict(key)),
+            cluster::share(
+                cluster,
+                &state,
+                &gov,
+                &policy,
+                &delivery,
                 stop_delivery.clone(),
             );
         }
@@ -296,39 +275,6 @@ impl Relay {
 /// Pending connections the kernel queues per listener: bursts of one-message connections
 /// (what most applications do) must not be dropped before we accept them.
 const LISTEN_BACKLOG: u32 = 1024;
-
-/// With `[cluster]`: this node's handle on the shared Redis, its heartbeat started (it
-/// stops, and the node leaves the table, with delivery). Redis being down does not stop
-/// the start: the node runs on its share of the limits until Redis answers.
-fn join_cluster(
-    config: &Config,
-    reloader: &Arc<PolicyReloader>,
-    stop: CancellationToken,
-) -> Result<Option<Arc<crate::cluster::Cluster>>, StartError> {
-    let Some(cluster_config) = &config.cluster else {
-        return Ok(None);
-    };
-    let cluster =
-        crate::cluster::Cluster::new(cluster_config.clone()).map_err(StartError::State)?;
-    let reloader = reloader.clone();
-    cluster.start(
-        Arc::new(move || {
-            let status = reloader.status();
-            crate::cluster::NodeReport {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                policy_generation: status.generation,
-                policy_digest: status.digest,
-            }
-        }),
-        stop,
-    );
-    tracing::info!(
-        node = cluster.node_id(),
-        redis = ?cluster_config.redis,
-        "cluster mode: paces, connection caps and shaping are shared through Redis"
-    );
-    Ok(Some(cluster))
-}
 
 /// Delivery's settings: `[delivery]`, the lists (hard bounces), the delivery log, the
 /// policy (throttles), freezes, the rewrite stage and the governance results feed.

@@ -572,6 +572,9 @@ pub fn erase(address: &str) -> Call {
             text(&v["address"]),
             num(&v["queued_recipients_dropped"])
         );
+        if v["cluster"] == "told" {
+            println!("the other nodes of the cluster were told: each erases it from its own spool and logs");
+        }
     })
     .with_body(json!({ "address": address }))
 }

@@ -21,10 +21,11 @@
 //! Files in the lists directory (0600, the directory 0700): `secret`, `snapshot`,
 //! `snapshot.expected`, `journal.NNNNNNNNNN`, `journal.lock`, `compile.lock`, and in a
 //! cluster `feed.sent`, `feed.seen` and `feed.snapshot` ([`positions`]), and
-//! `snapshot.adopt` while a snapshot made elsewhere is taken ([`published`]). Nothing in
-//! them is a plain address.
+//! `snapshot.adopt` while a snapshot made elsewhere is taken ([`published`]), and
+//! `erasures.seen` ([`erasures`]). Nothing in them is a plain address.
 
 pub mod compile;
+pub mod erasures;
 pub mod feed;
 pub mod follow;
 pub mod hlc;

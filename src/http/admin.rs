@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::consent::{Kind, Lists, Op, Reason, Scope};
+use crate::consent::Lists;
 use crate::delivery::Delivery;
 use crate::delivery::control::ControlError;
 use crate::governance::freeze::Freezes;
@@ -32,6 +32,7 @@ use crate::policy::Policy;
 use crate::reload::{PolicyReloader, Trigger};
 use crate::spool::Spool;
 
+pub mod erase;
 mod lists;
 mod queue;
 
@@ -155,7 +156,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/suppressions/remove", post(lists::suppression_lift))
         .route("/consent/grant", post(lists::consent_grant))
         .route("/consent/revoke", post(lists::consent_revoke))
-        .route("/erase", post(erase))
+        .route("/erase", post(erase::erase))
         .route("/campaigns", get(campaigns_list))
         .route("/campaigns/{account}/{id}", get(campaign_show))
         .route("/campaigns/{account}/{id}/declare", post(campaign_declare))
@@ -386,62 +387,6 @@ async fn consent_record(
             ))
         })?;
     ok(record)
-}
-
-// ---- erasure -------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct EraseBody {
-    address: String,
-}
-
-/// Drops the mail queued to an address and records an `erasure` suppression (global), so
-/// nothing more is sent to it and nothing of it stays queued. The suppression comes first:
-/// if the queue cannot be reached (shutting down), nothing more is sent and a second
-/// request finishes the job.
-async fn erase(State(a): State<Admin>, raw: Bytes) -> ApiResult {
-    let b: EraseBody = body(&raw)?;
-    let address = lists::normalised(&b.address)?;
-    let tags = Reason::Erasure.bit();
-    let one = vec![address.clone()];
-    lists::record(&a, Kind::Suppression, Scope::Global, Op::Add, tags, one).await?;
-    let dropped = a.delivery.erase(&address).await?;
-    // The proof of its consents goes too.
-    let ledger = a.consents.ledger.clone();
-    let addr = address.clone();
-    let records = tokio::task::spawn_blocking(move || ledger.erase(&addr))
-        .await
-        .map_err(|_| internal("the ledger task failed"))?
-        .map_err(|e| internal(format!("erasing the consent records: {e}")))?;
-    // Then every plain copy on disk: event lines, kept-aside reports, the webhook outbox,
-    // and the address's octets in spool records (crate::privacy::erase).
-    let scrubbed = crate::privacy::erase::erase(&a.spool, &address)
-        .await
-        .map_err(|e| bad(format!("{e}")))?;
-    if !scrubbed.problems.is_empty() {
-        tracing::error!(problems = ?scrubbed.problems, "erasure incomplete");
-        return Err(internal(format!(
-            "erasure incomplete (queued mail dropped and suppression recorded; repeating \
-             the request is harmless): {}",
-            scrubbed.problems.join("; ")
-        )));
-    }
-    tracing::info!(
-        recipients = dropped,
-        spool_records = scrubbed.spool_records,
-        event_lines = scrubbed.event_lines,
-        complaint_reports = scrubbed.complaint_reports,
-        bounce_mail = scrubbed.bounce_mail,
-        webhook_files = scrubbed.webhook_files,
-        "erasure: queued mail dropped, suppression recorded, plain copies removed"
-    );
-    ok(json!({
-        "address": address,
-        "queued_recipients_dropped": dropped,
-        "suppressed": "erasure",
-        "consent_records_removed": records,
-        "scrubbed": scrubbed,
-    }))
 }
 
 // ---- campaigns -----------------------------------------------------------------------

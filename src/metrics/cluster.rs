@@ -34,6 +34,7 @@ pub const CLUSTER_OPS: &[&str] = &[
     "sync",
     "campaign",
     "snapshot",
+    "erasure",
 ];
 
 /// Buckets of [`CLUSTER_REDIS_SECONDS`]: a call on the same network takes well under a
@@ -56,7 +57,7 @@ pub(super) fn describe_cluster() {
         CLUSTER_REDIS_ERRORS,
         "Cluster Redis calls that failed or timed out, by op (pace, lease, release, renew, \
          heartbeat, leave, status, announce, feed_send, feed_read, health, freeze, sync, \
-         campaign, snapshot)."
+         campaign, snapshot, erasure)."
     );
     describe_counter!(
         CLUSTER_FALLBACKS,

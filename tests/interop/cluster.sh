@@ -28,16 +28,20 @@
 #      compacts the lists and publishes the snapshot, the other two take it (every node's
 #      feed.snapshot names the hash recorded in Redis), no node compacts alone, and the
 #      unsubscribe and the grants are still in force on every node
-#   8. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
+#   8. one erasure: a message to an address the sink defers waits in node b's spool; an
+#      erasure through node a's admin API (`optin-relay erase`) leaves nothing of the
+#      address in b's spool (the queued mail dropped, the files scrubbed), and b and c
+#      refuse mail to it
+#   9. a connection cap of 4 (`[throttles."*"] connections = 4`) holds across the nodes:
 #      the sink (which answers each message after 0.2 s) never sees more than 4
 #      connections at once while all three send 40 messages each, and does see 4
-#   9. a shared rate of 120/min holds within ±5% over a minute with all three sending
+#  10. a shared rate of 120/min holds within ±5% over a minute with all three sending
 #      (the policy reloaded on each node to `message_rate = "120/min"`)
-#  10. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
+#  11. with one node killed (kill -9) and Redis stopped for 10 s, the other two neither
 #      stall nor send unlimited: they deliver on their share of the rate (at most the
 #      rate plus 10 %, at least one message) — then Redis restarts empty and both rejoin
 #      within 10 s (cluster status: reachable) and keep delivering
-#  11. the killed node restarts, rejoins, and in the end every message submitted to any
+#  12. the killed node restarts, rejoins, and in the end every message submitted to any
 #      node reached the sink; the unsubscribe is still in force on every node
 # Prints one PASS:/FAIL: line per check like run.sh (whose helpers it shares, lib.sh) and
 # exits 1 if any check failed. Everything it starts is stopped on exit.
@@ -431,6 +435,30 @@ snapshots_once() {
     echo "after the snapshot: the unsubscribe refused and the grant honoured on a, b and c"
 }
 
+# One erasure for the cluster: a message to defer-jane@example.net queued on node b (the
+# sink defers it), the erasure made through node a's admin API.
+erasure_everywhere() {
+    local victim=defer-jane@example.net out
+    "$PY" "$HERE/cluster_submit.py" "$SMTP_b" b 4001 1 transactional "$victim" || return 1
+    poll 10 grep -rqa "$victim" "$WORK/b/spool" ||
+        { echo "the message to $victim is not in b's spool"; return 1; }
+    echo "queued on b: $(grep -rla "$victim" "$WORK/b/spool" | wc -l) file(s) of b's spool hold the address"
+    out=$("$BIN" --config "$WORK/a/relay.toml" erase "$victim") || { echo "$out"; return 1; }
+    echo "$out"
+    poll 10 bash -c "! grep -rqa '$victim' '$WORK/b/spool'" ||
+        { echo "still in b's spool:"; grep -rla "$victim" "$WORK/b/spool"; return 1; }
+    echo "erased on a: nothing of $victim left in b's spool or logs"
+    grep -h "erasure made on another node carried out here" "$WORK/relay_b.log" | tail -1
+    local node rc
+    for node in b c; do
+        local port="SMTP_$node"
+        "$PY" "$HERE/cluster_submit.py" "${!port}" "$node" 4002 1 transactional "$victim" >/dev/null
+        rc=$?
+        [[ $rc -eq 2 ]] || { echo "$node did not refuse the erased address (exit $rc)"; return 1; }
+    done
+    echo "b and c refuse mail to the erased address"
+}
+
 still_unsubscribed() {
     local node rc
     for node in "${NODES[@]}"; do
@@ -546,6 +574,8 @@ main() {
         one_canary
     check "snapshots once: one node compacts and publishes, the others take it; nothing lost" \
         snapshots_once
+    check "one erasure: made on a, the mail queued to the address on b is dropped and b's spool scrubbed" \
+        erasure_everywhere
     check "a connection cap of 4 holds across three nodes (120 messages)" connection_cap
     check "a shared rate of 120/min holds within 5% over a minute (three nodes)" shared_rate
     check "kill -9 one node, stop Redis 10 s: the others go on at their share" \

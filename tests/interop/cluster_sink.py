@@ -8,7 +8,8 @@ LOG: `<unix time> <connections open> <Subject>` (the subject names the node and 
 message); a message with a List-Unsubscribe header (marketing) is also kept whole as
 LOG.<subject>.eml (spaces as dashes), for that header. DELAY seconds (default 0) pass before the reply to the end of DATA, so that
 connections overlap and a connection cap is put to the test (the second column says how
-many were open as each message ended). Runs until SIGTERM.
+many were open as each message ended). A recipient whose local part starts with `defer`
+is deferred (451 at RCPT), so mail to it stays queued at the relay. Runs until SIGTERM.
 """
 
 import asyncio
@@ -57,6 +58,8 @@ async def session(reader, writer, log, delay):
                 with open(log, "a") as f:
                     f.write(f"{time.time():.3f} {OPEN} {subject}\n")
                 await say("250 2.0.0 ok")
+            elif verb.startswith("RCPT") and "<DEFER" in verb:
+                await say("451 4.2.0 try again later")
             elif verb.startswith("QUIT"):
                 await say("221 bye")
                 break
