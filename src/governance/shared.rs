@@ -190,6 +190,38 @@ async fn flush_tally(governor: &Arc<Governor>, shared: &SharedHealth) {
     }
 }
 
+/// The account's health window summed over the nodes (what is judged), for display;
+/// `None` when Redis does not answer.
+pub async fn window(
+    cluster: &Cluster,
+    account: &str,
+    rules: &crate::policy::rules::HealthRules,
+) -> Option<Window> {
+    let key = cluster.key(&format!("health:{account}"));
+    let slot_ms = (rules.window.as_millis() as u64 / super::health::BUCKETS).max(1);
+    // The window script with nothing to add: it prunes and sums.
+    let [delivered, hard_bounces, complaints, unsubscribes]: [u64; 4] = cluster
+        .call("health", |mut c| async move {
+            WINDOW
+                .key(key)
+                .arg(slot_ms)
+                .arg(super::health::BUCKETS)
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await?;
+    Some(Window {
+        delivered,
+        hard_bounces,
+        complaints,
+        unsubscribes,
+    })
+}
+
 /// Another node froze or unfroze an account: held here too.
 async fn heard_of(governor: &Arc<Governor>, a: Announcement, on_unfrozen: &OnUnfrozen) {
     let freezes = governor.freezes.clone();
@@ -322,9 +354,11 @@ max_complaint_rate = 0.05
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let released = Arc::new(Mutex::new(Vec::<String>::new()));
         let mut govs = Vec::new();
+        let mut nodes = Vec::new();
         for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
             let g = governor(dirs[i].path());
             let node = testing::node(id, &p, &stop).await;
+            nodes.push(node.clone());
             let r = released.clone();
             spawn(
                 g.clone(),
@@ -349,6 +383,10 @@ max_complaint_rate = 0.05
             .map(|g| g.freezes.get("shop").unwrap().reason)
             .collect();
         assert!(reasons[0].contains("across the cluster"), "{reasons:?}");
+        // What `account show` prints: the window summed over the nodes.
+        let rules = govs[0].policy.load().health_rules();
+        let sum = window(&nodes[2], "shop", &rules).await.unwrap();
+        assert_eq!((sum.delivered, sum.complaints), (33, 3), "{sum:?}");
         govs[1].freezes.unfreeze("shop", "admin").unwrap();
         testing::until("unfrozen on every node", 5, || {
             govs.iter().all(|g| !g.freezes.is_frozen("shop"))

@@ -207,7 +207,7 @@ fn parse_id(id: &str) -> Result<crate::envelope::QueueId, ApiError> {
 
 // ---- accounts ------------------------------------------------------------------------
 
-fn account_json(
+async fn account_json(
     a: &Admin,
     name: &str,
     queued: Option<&crate::delivery::control::AccountQueue>,
@@ -215,7 +215,7 @@ fn account_json(
     json!({
         "account": name,
         "frozen": a.freezes.get(name),
-        "health": health_json(&a.governor, name),
+        "health": health_json(a, name).await,
         "results": a.counts.get(name),
         "queued": {
             "messages": queued.map_or(0, |q| q.messages),
@@ -225,13 +225,23 @@ fn account_json(
     })
 }
 
-/// The account's window and how close each rate is to its freeze threshold.
-fn health_json(governor: &crate::governance::Governor, name: &str) -> Value {
+/// The account's window and how close each rate is to its freeze threshold: in cluster
+/// mode the window summed over the nodes (what freezes), else — or while Redis does not
+/// answer — this node's (`scope`).
+async fn health_json(a: &Admin, name: &str) -> Value {
     use crate::governance::health;
+    let governor = &a.governor;
     let rules = governor.policy.load().health_rules();
-    let w = governor
-        .health
-        .window(name, &rules, crate::envelope::now_ms());
+    let shared = match &a.cluster {
+        Some(cluster) => crate::governance::shared::window(cluster, name, &rules).await,
+        None => None,
+    };
+    let scope = if shared.is_some() { "cluster" } else { "node" };
+    let w = shared.unwrap_or_else(|| {
+        governor
+            .health
+            .window(name, &rules, crate::envelope::now_ms())
+    });
     let thresholds: serde_json::Map<String, Value> = health::closeness(&w, &rules)
         .into_iter()
         .map(|c| {
@@ -240,6 +250,7 @@ fn health_json(governor: &crate::governance::Governor, name: &str) -> Value {
         })
         .collect();
     json!({
+        "scope": scope,
         "window_secs": rules.window.as_secs(),
         "counts": w,
         "volume": w.delivered + w.hard_bounces,
@@ -257,13 +268,11 @@ async fn accounts_list(State(a): State<Admin>) -> ApiResult {
     names.extend(a.freezes.all().into_keys());
     names.sort();
     names.dedup();
-    let all: Vec<Value> = names
-        .iter()
-        .map(|name| {
-            let q = summary.by_account.iter().find(|q| &q.account == name);
-            account_json(&a, name, q)
-        })
-        .collect();
+    let mut all: Vec<Value> = Vec::with_capacity(names.len());
+    for name in &names {
+        let q = summary.by_account.iter().find(|q| &q.account == name);
+        all.push(account_json(&a, name, q).await);
+    }
     ok(all)
 }
 
@@ -271,7 +280,7 @@ async fn account_show(State(a): State<Admin>, Path(name): Path<String>) -> ApiRe
     known_account(&a, &name)?;
     let summary = a.delivery.summary().await?;
     let q = summary.by_account.iter().find(|q| q.account == name);
-    Ok(axum::Json(account_json(&a, &name, q)))
+    Ok(axum::Json(account_json(&a, &name, q).await))
 }
 
 fn known_account(a: &Admin, name: &str) -> Result<(), ApiError> {

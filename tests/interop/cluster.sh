@@ -18,7 +18,8 @@
 #      each node takes 10 messages of the account and one spam complaint (the report form
 #      on its own public listener) — no node alone has the volume to judge, the sum
 #      freezes the account, and all three refuse its mail at MAIL within 5 s; an unfreeze
-#      on node b lifts it on all three within 5 s
+#      on node b lifts it on all three within 5 s; `account show` on node c gives the
+#      window summed across the cluster
 #   6. one canary, one verdict: a campaign declared on node a with 60 recipients (a
 #      canary of 6) and submitted through all three nodes (5 messages each, consented
 #      recipients) sends exactly 6 in total and holds the other 9; `campaign release` on
@@ -344,7 +345,11 @@ PYEOF
         poll 5 refuses_mail "$node" || { echo "$node still takes the account's mail"; submit "$node" 99; return 1; }
     done
     echo "frozen on a, b and c within $((SECONDS - t0)) s:"
-    "$BIN" --config "$WORK/c/relay.toml" account show app | grep -i frozen
+    local shown
+    shown=$("$BIN" --config "$WORK/c/relay.toml" account show app) || return 1
+    grep -iE 'frozen|^health' <<<"$shown"
+    grep -q '^health: .* across the cluster' <<<"$shown" ||
+        { echo "account show on c does not give the cluster's window"; return 1; }
     submit a 99 transactional
     "$BIN" --config "$WORK/b/relay.toml" account unfreeze app || return 1
     t0=$SECONDS

@@ -361,7 +361,12 @@ fn print_health(h: &Value) {
     let (volume, min) = (num(&h["volume"]), num(&h["min_volume"]));
     let judged = h["volume"].as_u64() >= h["min_volume"].as_u64();
     println!(
-        "health:   {volume} message(s) in the last {hours}h{}{}",
+        "health:   {volume} message(s) in the last {hours}h{}{}{}",
+        if h["scope"] == "cluster" {
+            " across the cluster"
+        } else {
+            ""
+        },
         if judged {
             String::new()
         } else {
