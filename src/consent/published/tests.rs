@@ -254,9 +254,11 @@ async fn one_node_compacts_and_every_node_takes_its_snapshot() {
         hashes.iter().all(|h| *h == hashes[0]),
         "one snapshot: {hashes:?}"
     );
-    for i in 0..30 {
-        assert!(everywhere(&nodes, &format!("u{i}@example.net")), "u{i}");
-    }
+    // The changes after the snapshot's position come back through the feed.
+    testing::until("every change in force on every node", 10, || {
+        (0..30).all(|i| everywhere(&nodes, &format!("u{i}@example.net")))
+    })
+    .await;
     // A new node: from the snapshot, then the tail.
     let d = Arc::new(Lists::open(dirs[3].path(), 24).unwrap());
     let cd = testing::node_with(config("d"), &stop).await;
