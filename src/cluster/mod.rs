@@ -285,6 +285,38 @@ impl Cluster {
         manager(&self.clients[index], &self.config, block)
     }
 
+    /// For a task that reads with blocking commands on a connection of its own (the feed,
+    /// the erasures): waits while Redis is marked unreachable (dropping the connection),
+    /// and returns the connection, made anew when there is none. `None`: `stop` came.
+    pub async fn reading_connection<'a>(
+        &self,
+        conn: &'a mut Option<ConnectionManager>,
+        block: Duration,
+        stop: &CancellationToken,
+    ) -> Option<&'a mut ConnectionManager> {
+        loop {
+            if stop.is_cancelled() {
+                return None;
+            }
+            if self.is_up() && conn.is_none() {
+                match self.separate_connection(block) {
+                    Ok(c) => *conn = Some(c),
+                    Err(e) => tracing::warn!(error = %e, "cluster: no reading connection"),
+                }
+            }
+            if self.is_up() && conn.is_some() {
+                return conn.as_mut();
+            }
+            if !self.is_up() {
+                *conn = None;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(self.config.heartbeat) => {}
+            }
+        }
+    }
+
     /// A Redis call failed outside [`Cluster::call`] (on a separate connection): counted,
     /// and Redis marked unreachable until the heartbeat finds it again.
     pub fn failed(&self, op: &'static str, why: &str) {

@@ -115,25 +115,11 @@ pub fn spawn(
         let mut conn = None;
         let mut checked = false;
         loop {
-            if stop.is_cancelled() {
+            let Some(c) = cluster
+                .reading_connection(&mut conn, READ_BLOCK, &stop)
+                .await
+            else {
                 return;
-            }
-            if !cluster.is_up() {
-                conn = None;
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(cluster.config().heartbeat) => continue,
-                }
-            }
-            let c = match &mut conn {
-                Some(c) => c,
-                None => match cluster.separate_connection(READ_BLOCK) {
-                    Ok(c) => conn.insert(c),
-                    Err(_) => {
-                        tokio::time::sleep(cluster.config().heartbeat).await;
-                        continue;
-                    }
-                },
             };
             let position = match &after {
                 Some(p) => p.clone(),

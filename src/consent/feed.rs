@@ -66,6 +66,9 @@ pub fn spawn(
         .snapshot_dir
         .clone()
         .map(|dir| Snapshots::new(dir, compact_after, &lists));
+    if snapshots.is_some() {
+        lists.share_compaction(cluster.clone());
+    }
     tokio::spawn(async move {
         // The secret is checked against the cluster's before anything is sent or read.
         loop {
@@ -260,27 +263,11 @@ async fn receive_loop(
     let mut conn = None;
     let mut warned_trim = false;
     loop {
-        if stop.is_cancelled() {
+        let Some(c) = cluster
+            .reading_connection(&mut conn, READ_BLOCK, &stop)
+            .await
+        else {
             return;
-        }
-        lists.set_compaction_shared(snapshots.is_some() && cluster.is_up());
-        if !cluster.is_up() {
-            conn = None;
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(cluster.config().heartbeat) => continue,
-            }
-        }
-        let c = match &mut conn {
-            Some(c) => c,
-            None => match cluster.separate_connection(READ_BLOCK) {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    tracing::warn!(error = %e, "feed: no connection");
-                    tokio::time::sleep(cluster.config().heartbeat).await;
-                    continue;
-                }
-            },
         };
         if let Some(s) = &mut snapshots {
             // A node that never read the feed starts from the newest snapshot.

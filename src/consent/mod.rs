@@ -309,9 +309,9 @@ pub struct Lists {
     /// Compaction deletes no journal from this number on: the cluster's feed has not sent
     /// them yet (`u64::MAX`: no feed).
     journal_floor: std::sync::atomic::AtomicU64,
-    /// The cluster compacts (one node at a time, see [`published`]): the follow task does
-    /// not compact on its own.
-    compaction_shared: std::sync::atomic::AtomicBool,
+    /// The cluster that compacts for this node while it answers (one node at a time, see
+    /// [`published`]): the follow task does not compact on its own meanwhile.
+    compaction_shared: std::sync::OnceLock<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Lists {
@@ -366,7 +366,7 @@ impl Lists {
             }),
             clock: hlc::Hlc::default(),
             journal_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
-            compaction_shared: std::sync::atomic::AtomicBool::new(false),
+            compaction_shared: std::sync::OnceLock::new(),
         };
         let path = lists.snapshot_path();
         let file = file_id(&path).map_err(io_error(&path))?;
@@ -489,16 +489,15 @@ impl Lists {
         Ok(kept.len())
     }
 
-    /// Whether the cluster compacts the lists (see [`published`]) rather than this node
-    /// alone.
+    /// Whether the cluster compacts the lists now (see [`published`]) rather than this
+    /// node alone: it shares its snapshots and Redis answers.
     pub fn compaction_shared(&self) -> bool {
-        self.compaction_shared
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.compaction_shared.get().is_some_and(|c| c.is_up())
     }
 
-    pub fn set_compaction_shared(&self, shared: bool) {
-        self.compaction_shared
-            .store(shared, std::sync::atomic::Ordering::Relaxed);
+    /// From now on `cluster` compacts for this node while Redis answers.
+    pub fn share_compaction(&self, cluster: std::sync::Arc<crate::cluster::Cluster>) {
+        let _ = self.compaction_shared.set(cluster);
     }
 
     /// Journal numbers from `floor` on are kept by compaction (the feed still reads them).

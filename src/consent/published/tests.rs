@@ -290,3 +290,17 @@ async fn one_node_compacts_and_every_node_takes_its_snapshot() {
     );
     stop.cancel();
 }
+
+/// While Redis does not answer a node compacts its own lists again (the follow task asks
+/// `compaction_shared` at every tick).
+#[tokio::test]
+async fn a_node_compacts_alone_while_redis_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = Lists::open(dir.path(), 24).unwrap();
+    assert!(!lists.compaction_shared(), "alone");
+    let config = crate::cluster::testing::config("redis://127.0.0.1:9/0", "a", "t:");
+    let cluster = crate::cluster::Cluster::new(config).unwrap();
+    lists.share_compaction(cluster.clone());
+    assert!(!cluster.is_up());
+    assert!(!lists.compaction_shared(), "Redis away: compacts alone");
+}
