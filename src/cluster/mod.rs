@@ -16,6 +16,7 @@
 
 pub mod nodes;
 mod scripts;
+pub mod stream;
 pub mod throttle;
 
 use std::collections::HashMap;

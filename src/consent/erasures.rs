@@ -14,9 +14,8 @@ use std::time::Duration;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use tokio_util::sync::CancellationToken;
 
-use super::Lists;
-use super::positions::stream_id_less;
-use crate::cluster::Cluster;
+use super::{Lists, positions};
+use crate::cluster::{Cluster, stream};
 
 /// How long an erasure stays on the stream.
 pub const KEEP: Duration = Duration::from_secs(7 * 86_400);
@@ -93,10 +92,6 @@ pub async fn announce(cluster: &Cluster, lists: &Lists, address: &str) -> Result
         .ok_or_else(|| "Redis did not take the erasure for the other nodes".to_string())
 }
 
-fn seen_path(lists: &Lists) -> std::path::PathBuf {
-    lists.dir().join("erasures.seen")
-}
-
 /// Reads the other nodes' erasures for as long as the node runs and hands each address to
 /// `on_erasure`; the position is kept only once it succeeded (an erasure that failed is
 /// tried again after a while).
@@ -108,12 +103,11 @@ pub fn spawn(
 ) {
     tokio::spawn(async move {
         let key = cluster.key("erasures");
-        let mut after = std::fs::read_to_string(seen_path(&lists))
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty());
+        let seen = positions::erasures_seen_path(lists.dir());
+        let mut after = positions::read_line(&seen);
         let mut conn = None;
-        let mut checked = false;
+        // A node that read before looks once for erasures trimmed while it was away.
+        let mut checked = after.is_none();
         loop {
             let Some(c) = cluster
                 .reading_connection(&mut conn, READ_BLOCK, &stop)
@@ -126,19 +120,26 @@ pub fn spawn(
                 None => {
                     // A new node starts from now: erasures before it have nothing of it
                     // to scrub.
-                    checked = true;
-                    let now = latest(c, &key).await.unwrap_or_else(|| "0-0".into());
+                    let now = stream::latest(c, &key)
+                        .await
+                        .unwrap_or_else(|| "0-0".into());
                     after = Some(now.clone());
                     now
                 }
             };
             if !checked {
                 checked = true;
-                warn_if_missed(c, &key, &position).await;
+                if stream::trimmed_after(c, &key, &position).await {
+                    tracing::error!(
+                        "erasures made on other nodes while this one was away longer than a \
+                         week were trimmed: addresses erased elsewhere may still be in this \
+                         node's spool or logs"
+                    );
+                }
             }
             let read = tokio::select! {
                 () = stop.cancelled() => return,
-                r = read(c, &key, &position) => r,
+                r = stream::read(c, &key, &position, 100, READ_BLOCK) => r,
             };
             let entries = match read {
                 Ok(e) => e,
@@ -148,7 +149,9 @@ pub fn spawn(
                     continue;
                 }
             };
-            for (id, node, sealed) in entries {
+            for entry in entries {
+                let node: String = entry.get("n").unwrap_or_default();
+                let sealed: Vec<u8> = entry.get("a").unwrap_or_default();
                 if node != cluster.node_id() {
                     match open(&lists, &sealed) {
                         Some(address) => {
@@ -168,81 +171,11 @@ pub fn spawn(
                         ),
                     }
                 }
-                let _ = crate::files::write_atomically(
-                    &seen_path(&lists),
-                    format!("{id}\n").as_bytes(),
-                );
-                after = Some(id);
+                let _ = positions::write_line(&seen, &entry.id);
+                after = Some(entry.id);
             }
         }
     });
-}
-
-/// The entries after `after`: (id, node, sealed address).
-async fn read(
-    c: &mut redis::aio::ConnectionManager,
-    key: &str,
-    after: &str,
-) -> Result<Vec<(String, String, Vec<u8>)>, String> {
-    let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
-        .arg("COUNT")
-        .arg(100)
-        .arg("BLOCK")
-        .arg(READ_BLOCK.as_millis() as u64)
-        .arg("STREAMS")
-        .arg(key)
-        .arg(after)
-        .query_async(c)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(reply
-        .map(|r| r.keys)
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|s| s.ids)
-        .map(|e| {
-            let node: String = e.get("n").unwrap_or_default();
-            let sealed: Vec<u8> = e.get("a").unwrap_or_default();
-            (e.id, node, sealed)
-        })
-        .collect())
-}
-
-/// The newest entry's id, if any.
-async fn latest(c: &mut redis::aio::ConnectionManager, key: &str) -> Option<String> {
-    let r: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(key)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(c)
-        .await
-        .ok()?;
-    r.ids.first().map(|e| e.id.clone())
-}
-
-/// Logs when erasures after this node's position were trimmed (it was away too long).
-async fn warn_if_missed(c: &mut redis::aio::ConnectionManager, key: &str, after: &str) {
-    let first: Result<redis::streams::StreamRangeReply, _> = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(c)
-        .await;
-    if let Ok(first) = first
-        && first
-            .ids
-            .first()
-            .is_some_and(|e| stream_id_less(after, &e.id))
-    {
-        tracing::error!(
-            "erasures made on other nodes while this one was away longer than a week were \
-             trimmed: addresses erased elsewhere may still be in this node's spool or logs"
-        );
-    }
 }
 
 #[cfg(test)]

@@ -25,10 +25,10 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, Change, RECORD_LEN};
-use super::positions::{self, Sent, stream_id_less};
+use super::positions::{self, Sent};
 use super::published::Snapshots;
 use super::{Lists, hlc};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, stream};
 
 /// How often the journal is looked at for changes to send.
 const SEND_EVERY: Duration = Duration::from_millis(50);
@@ -338,20 +338,10 @@ async fn read(
     key: &str,
     after: &str,
 ) -> Result<Vec<Entry>, String> {
-    let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
-        .arg("COUNT")
-        .arg(BATCH)
-        .arg("BLOCK")
-        .arg(READ_BLOCK.as_millis() as u64)
-        .arg("STREAMS")
-        .arg(key)
-        .arg(after)
-        .query_async(c)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for stream in reply.map(|r| r.keys).unwrap_or_default() {
-        for entry in stream.ids {
+    let entries = stream::read(c, key, after, BATCH, READ_BLOCK).await?;
+    Ok(entries
+        .into_iter()
+        .map(|entry| {
             let node: String = entry.get("n").unwrap_or_default();
             let record: Vec<u8> = entry.get("r").unwrap_or_default();
             let change = (record.len() == RECORD_LEN)
@@ -360,20 +350,19 @@ async fn read(
             if change.is_none() {
                 tracing::warn!(id = entry.id, "feed: an entry that is not a change skipped");
             }
-            out.push(Entry {
+            Entry {
                 id: entry.id,
                 node,
                 change,
-            });
-        }
-    }
-    Ok(out)
+            }
+        })
+        .collect())
 }
 
 /// Logs when the stream no longer holds the entries after this node's position (it was
 /// away for longer than `feed_max_entries` changes).
 async fn warn_if_trimmed(c: &mut redis::aio::ConnectionManager, key: &str, after: &str) {
-    if trimmed_after(c, key, after).await {
+    if stream::trimmed_after(c, key, after).await {
         tracing::error!(
             position = after,
             "feed: changes this node had not read were trimmed from the stream (it was away \
@@ -381,27 +370,6 @@ async fn warn_if_trimmed(c: &mut redis::aio::ConnectionManager, key: &str, after
              be missing here"
         );
     }
-}
-
-/// Whether the stream lost entries after `after` (its oldest is later).
-pub(super) async fn trimmed_after(
-    c: &mut redis::aio::ConnectionManager,
-    key: &str,
-    after: &str,
-) -> bool {
-    if after == "0-0" {
-        return false;
-    }
-    let first: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(c)
-        .await;
-    // The entry at `after` is kept until the stream is trimmed past it.
-    matches!(first, Ok(first) if first.ids.first().is_some_and(|e| stream_id_less(after, &e.id)))
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! Where a node of a cluster stands in the feed, in files beside its journals: `feed.sent`
 //! (the journal and offset up to which its own changes are in the stream), `feed.seen`
-//! (the last stream entry whose changes are in its journal) and `feed.snapshot` (the hash
-//! of the last snapshot it published or took, see [`super::published`]). Written
-//! atomically; read by the feed ([`super::feed`]), by compaction (journals not yet sent
-//! are kept) and when a snapshot made elsewhere is taken.
+//! (the last stream entry whose changes are in its journal), `feed.snapshot` (the hash
+//! of the last snapshot it published or took, see [`super::published`]) and
+//! `erasures.seen` (the last erasure of another node carried out, see
+//! [`super::erasures`]). Written atomically; read by the feed ([`super::feed`]), by
+//! compaction (journals not yet sent are kept), when a snapshot made elsewhere is taken,
+//! and by the erasures' reader.
 
 use std::path::{Path, PathBuf};
 
@@ -59,52 +61,44 @@ pub fn write_sent(dir: &Path, sent: Sent) -> std::io::Result<()> {
     crate::files::write_atomically(&sent_path(dir), text.as_bytes())
 }
 
-/// The stream position in `feed.seen`; `None`: the node never read the feed.
-pub fn read_seen(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(seen_path(dir))
+pub fn erasures_seen_path(dir: &Path) -> PathBuf {
+    dir.join("erasures.seen")
+}
+
+/// A one-line position file (`feed.seen`, `feed.snapshot`, `erasures.seen`); `None` when
+/// it is missing or empty.
+pub fn read_line(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
         .ok()
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
 }
 
+pub fn write_line(path: &Path, value: &str) -> std::io::Result<()> {
+    crate::files::write_atomically(path, format!("{value}\n").as_bytes())
+}
+
+/// The stream position in `feed.seen`; `None`: the node never read the feed.
+pub fn read_seen(dir: &Path) -> Option<String> {
+    read_line(&seen_path(dir))
+}
+
 pub fn write_seen(dir: &Path, id: &str) -> std::io::Result<()> {
-    crate::files::write_atomically(&seen_path(dir), format!("{id}\n").as_bytes())
+    write_line(&seen_path(dir), id)
 }
 
 /// The hash of the last snapshot published or taken here, if any.
 pub fn read_snapshot_marker(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(snapshot_marker_path(dir))
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
+    read_line(&snapshot_marker_path(dir))
 }
 
 pub fn write_snapshot_marker(dir: &Path, hash: &str) -> std::io::Result<()> {
-    crate::files::write_atomically(&snapshot_marker_path(dir), format!("{hash}\n").as_bytes())
-}
-
-/// Whether stream id `a` is before `b` (`ms-seq`).
-pub fn stream_id_less(a: &str, b: &str) -> bool {
-    let parse = |s: &str| {
-        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
-        (
-            ms.parse::<u64>().unwrap_or(0),
-            seq.parse::<u64>().unwrap_or(0),
-        )
-    };
-    parse(a) < parse(b)
+    write_line(&snapshot_marker_path(dir), hash)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stream_ids_compare_as_numbers() {
-        assert!(stream_id_less("9-5", "10-0"));
-        assert!(stream_id_less("10-0", "10-1"));
-        assert!(!stream_id_less("10-1", "10-1"));
-    }
 
     #[test]
     fn positions_read_back_and_refuse_nonsense() {

@@ -33,10 +33,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::positions::{self, Sent, stream_id_less};
+use super::positions::{self, Sent};
 use super::snapshot::{self, Snapshot};
 use super::{Change, Lists, ListsError, hlc, io_error, journal, kept_tags, record_expected};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, stream};
 
 /// How often a node looks for a newer snapshot, and whether to compact.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -151,7 +151,7 @@ impl Snapshots {
     ) {
         // Read past its position: the stream must still hold what came after it.
         if let Some(mine) = last_id.as_deref()
-            && !stream_id_less(mine, &p.stream)
+            && !stream::id_less(mine, &p.stream)
             && trimmed_before(cluster, &p.stream).await
         {
             crate::metrics::cluster_snapshot("refused");
@@ -270,26 +270,15 @@ impl Snapshots {
     }
 }
 
-/// Whether the stream was trimmed past `position` (its oldest entry is later).
+/// Whether the feed was trimmed past `position` (see [`stream::trimmed_after`]).
 async fn trimmed_before(cluster: &Cluster, position: &str) -> bool {
-    let key = cluster.key("feed");
-    let oldest: Option<redis::streams::StreamRangeReply> = cluster
+    let (key, position) = (cluster.key("feed"), position.to_string());
+    cluster
         .call("snapshot", |mut c| async move {
-            redis::cmd("XRANGE")
-                .arg(key)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut c)
-                .await
+            Ok(stream::trimmed_after(&mut c, &key, &position).await)
         })
-        .await;
-    oldest.is_some_and(|o| {
-        o.ids
-            .first()
-            .is_some_and(|e| position != "0-0" && stream_id_less(position, &e.id))
-    })
+        .await
+        .unwrap_or(false)
 }
 
 /// Copies `from` to `to` (0600, fsynced); the BLAKE3 of the content, hex.
