@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Admin;
-use crate::consent::{Change, Kind, Lists, Op, Origin, Reason, Scope};
+use crate::consent::{Kind, Lists, Op, Origin, Reason, Scope};
 use crate::delivery::Delivery;
 use crate::governance::consents::Consents;
 use crate::http::api::{ApiError, ApiResult, bad, body, internal, ok};
@@ -31,23 +31,20 @@ pub struct Eraser {
 impl Eraser {
     /// Erases the (normalised) `address` on this node; the report of what went.
     pub async fn here(&self, address: &str) -> Result<Value, ApiError> {
-        let change = Change {
-            op: Op::Add,
-            fp: self
-                .lists
-                .secret()
-                .fingerprint(Kind::Suppression, Scope::Global, address),
-            tags: Reason::Erasure.bit(),
-            origin: Origin::Operator,
-            time_ms: crate::envelope::now_ms(),
-            stamp: 0,
-            remote: false,
-        };
-        let lists = self.lists.clone();
-        tokio::task::spawn_blocking(move || lists.record(&[change]))
-            .await
-            .map_err(|_| internal("the lists task failed"))?
-            .map_err(|e| internal(e.to_string()))?;
+        let (lists, one) = (self.lists.clone(), [address.to_string()]);
+        tokio::task::spawn_blocking(move || {
+            lists.record_addresses(
+                Kind::Suppression,
+                Scope::Global,
+                Op::Add,
+                Reason::Erasure.bit(),
+                Origin::Operator,
+                &one,
+            )
+        })
+        .await
+        .map_err(|_| internal("the lists task failed"))?
+        .map_err(|e| internal(e.to_string()))?;
         let dropped = self.delivery.erase(address).await?;
         // The proof of its consents goes too.
         let ledger = self.consents.ledger.clone();
