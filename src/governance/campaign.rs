@@ -343,28 +343,24 @@ impl Campaigns {
             Stage::Declined => {
                 Admission::Declined(c.reason.clone().unwrap_or_else(|| "declined".into()))
             }
-            Stage::Canary => match self.cluster.get().map(|cl| cl.share()) {
-                // Redis decides how many go (shared::ask); all wait meanwhile.
-                Some(None) => {
-                    c.held += n;
-                    Admission::Ask {
-                        size: c.canary_size,
+            Stage::Canary => {
+                let room = match self.cluster.get().map(|cl| cl.share()) {
+                    // Redis decides how many go (shared::ask); all wait meanwhile.
+                    Some(None) => {
+                        c.held += n;
+                        return Admission::Ask {
+                            size: c.canary_size,
+                        };
                     }
-                }
-                // Redis is away: this node's share of what the cluster had left.
-                Some(Some(nodes)) => {
-                    let send = c.share_left(nodes).min(n);
-                    c.canary.admitted += send;
-                    c.held += n - send;
-                    Admission::of(send, n)
-                }
-                None => {
-                    let send = c.canary_size.saturating_sub(c.canary.admitted).min(n);
-                    c.canary.admitted += send;
-                    c.held += n - send;
-                    Admission::of(send, n)
-                }
-            },
+                    // Redis is away: this node's share of what the cluster had left.
+                    Some(Some(nodes)) => c.share_left(nodes),
+                    None => c.canary_size.saturating_sub(c.canary.admitted),
+                };
+                let send = room.min(n);
+                c.canary.admitted += send;
+                c.held += n - send;
+                Admission::of(send, n)
+            }
         }
     }
 

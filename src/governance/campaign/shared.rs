@@ -42,44 +42,46 @@ const KEEP_MS: u64 = 30 * 86_400_000;
 /// What a node does when a verdict reaches it (release or remove the held mail).
 pub type OnVerdict = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Admits up to ARGV[1] recipients to the canary of KEYS[1] (size ARGV[2] unless set
-/// already; kept ARGV[3] ms). Returns {recipients admitted, ''}, or {0, verdict} when the
-/// campaign has had its verdict.
-static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSETNX', KEYS[1], 'size', ARGV[2])
-redis.call('HSETNX', KEYS[1], 'started', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local v = redis.call('HGET', KEYS[1], 'verdict')
-if v then return {0, v} end
-local size = tonumber(redis.call('HGET', KEYS[1], 'size'))
-local admitted = tonumber(redis.call('HGET', KEYS[1], 'admitted') or '0')
-local send = math.max(0, math.min(tonumber(ARGV[1]), size - admitted))
-if send > 0 then redis.call('HINCRBY', KEYS[1], 'admitted', send) end
-return {send, ''}
-",
-    )
-});
-
-/// Adds a node's figures (ARGV[3..]: name, count, …) to the campaign KEYS[1] (size ARGV[1]
-/// unless set; kept ARGV[2] ms) and returns the whole hash.
-static ADD: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
+/// How both scripts below open a campaign's hash KEYS[1]: its size ARGV[1] and its start
+/// (Redis's clock) unless a node set them, kept ARGV[2] ms from now.
+const OPEN: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSETNX', KEYS[1], 'size', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'started', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+";
+
+/// Admits up to ARGV[3] recipients to the canary of KEYS[1] (opened as [`OPEN`] says).
+/// Returns {recipients admitted, ''}, or {0, verdict} when the campaign has had its
+/// verdict.
+static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{OPEN}{}",
+        r"
+local v = redis.call('HGET', KEYS[1], 'verdict')
+if v then return {0, v} end
+local size = tonumber(redis.call('HGET', KEYS[1], 'size'))
+local admitted = tonumber(redis.call('HGET', KEYS[1], 'admitted') or '0')
+local send = math.max(0, math.min(tonumber(ARGV[3]), size - admitted))
+if send > 0 then redis.call('HINCRBY', KEYS[1], 'admitted', send) end
+return {send, ''}
+"
+    ))
+});
+
+/// Adds a node's figures (ARGV[3..]: name, count, …) to the campaign KEYS[1] (opened as
+/// [`OPEN`] says) and returns the whole hash.
+static ADD: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{OPEN}{}",
+        r"
 for i = 3, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[i], ARGV[i + 1])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('HGETALL', KEYS[1])
-",
-    )
+"
+    ))
 });
 
 /// Records ARGV[1] as the verdict of KEYS[1] unless it has one; returns the verdict in
@@ -128,9 +130,9 @@ pub async fn ask(cluster: &Cluster, key: &str, n: u64, size: u64) -> Option<Answ
         .call("campaign", |mut c| async move {
             ADMIT
                 .key(k)
-                .arg(n)
                 .arg(size)
                 .arg(KEEP_MS)
+                .arg(n)
                 .invoke_async(&mut c)
                 .await
         })
