@@ -121,6 +121,17 @@ impl Campaign {
         share.saturating_sub(alone)
     }
 
+    /// Whether the campaign's list tracks opens or clicks under `policy` (then a minimum
+    /// engagement rate applies to its canary).
+    pub fn tracked(&self, policy: &crate::policy::Policy) -> bool {
+        self.list.as_deref().is_some_and(|list| {
+            policy
+                .account(&self.account)
+                .and_then(|a| a.list(list))
+                .is_some_and(|l| l.tracks())
+        })
+    }
+
     /// The verdict the policy gives the canary's figures: `None` releases, `Some(why)`
     /// declines. `tracked`: its list tracks opens or clicks, so that a minimum engagement
     /// rate (engaged recipients per delivered one) applies.

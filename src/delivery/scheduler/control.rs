@@ -393,12 +393,7 @@ impl Scheduler {
         let policy = self.settings.policy.as_ref().map(|p| p.load_full());
         // A minimum engagement rate applies only to a list that tracks opens or clicks.
         let tracked = |c: &crate::governance::campaign::Campaign| {
-            let list = c.list.as_deref();
-            policy.as_ref().is_some_and(|p| {
-                p.account(&c.account)
-                    .and_then(|a| a.list(list?))
-                    .is_some_and(|l| l.tracks())
-            })
+            policy.as_ref().is_some_and(|p| c.tracked(p))
         };
         for (key, _) in campaigns.judge_due(&rules, self.clock.now_ms(), tracked) {
             self.campaign_verdict(&key);

@@ -382,14 +382,7 @@ impl Syncer {
         if started + rules.window.as_millis() as u64 > now || c.figures().finished == 0 {
             return true;
         }
-        let policy = self.policy.load();
-        let tracked = c.list.as_deref().is_some_and(|l| {
-            policy
-                .account(&c.account)
-                .and_then(|a| a.list(l))
-                .is_some_and(|l| l.tracks())
-        });
-        let why = c.judge(&rules, tracked);
+        let why = c.judge(&rules, c.tracked(&self.policy.load()));
         let v = Verdict {
             released: why.is_none(),
             reason: why,
