@@ -68,7 +68,7 @@ fn lookups(c: &mut Criterion) {
         let tags = vec![CONSENT; fps.len()];
         let path = dir.path().join(format!("snapshot-{n}"));
         let started = std::time::Instant::now();
-        snapshot::write(&path, SECRET_ID, 0, DEFAULT_BITS_PER_KEY, &fps, &tags).unwrap();
+        snapshot::write(&path, SECRET_ID, 0, DEFAULT_BITS_PER_KEY, 1, &fps, &tags).unwrap();
         let write_time = started.elapsed();
         drop(fps);
         drop(tags);

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::snapshot::{self, Snapshot};
-use super::{FpMap, Lists, ListsError, Mode, io_error, journal};
+use super::{FpMap, Lists, ListsError, Mode, hlc, io_error, journal, stamps};
 
 /// Imported entries: fingerprints that get `tags` added.
 #[derive(Debug, Clone, Default)]
@@ -44,15 +44,33 @@ impl Lists {
         let path = self.snapshot_path();
         let rebuild = self.mode() == Mode::Rebuild;
         let base = self.base_snapshot(&path, rebuild)?;
+        let mut kept = base
+            .as_ref()
+            .map_or_else(stamps::Folded::default, |s| stamps::folded_for(s, &path));
         let closed = journal::roll(dir).map_err(io_error(dir))?;
-        let (changed, journal_changes, folded) = changes_since(dir, base.as_ref(), closed)?;
+        let (changed, journal_changes, folded) =
+            changes_since(dir, base.as_ref(), closed, &mut kept)?;
         let (fps, tags, imported_new) = merge(base.as_ref(), &changed, &mut batches);
         drop(batches);
+        // The stamps first: a snapshot in service always finds its own (see [`stamps`]).
+        let created_ms = crate::envelope::now_ms();
+        kept.trim(
+            hlc::Hlc::floor_of(created_ms.saturating_sub(stamps::KEEP_MS)),
+            stamps::MAX_RECORDS,
+        );
+        let binding = stamps::Binding {
+            created_ms,
+            entries: fps.len() as u64,
+        };
+        let stamps_path = stamps::path_of(&path);
+        stamps::write(&stamps_path, binding, &kept).map_err(io_error(&stamps_path))?;
+        drop(kept);
         let written = snapshot::write(
             &path,
             self.secret().id(),
             closed,
             self.bits_per_key(),
+            created_ms,
             &fps,
             &tags,
         )?;
@@ -119,9 +137,6 @@ impl Lists {
 /// they came from.
 type Changes = (Vec<(u64, u8)>, u64, Vec<u64>);
 
-/// The journal changes not yet in `base` up to journal `closed`, as absolute values in
-/// fingerprint order; how many changes were read; the journals that fold into the new
-/// snapshot.
 /// Takes `compile.lock` (one compiler at a time, in any process): held until dropped.
 pub(super) fn compile_lock(dir: &Path) -> Result<std::fs::File, ListsError> {
     let lock_path = dir.join("compile.lock");
@@ -135,7 +150,15 @@ pub(super) fn compile_lock(dir: &Path) -> Result<std::fs::File, ListsError> {
     Ok(lock)
 }
 
-fn changes_since(dir: &Path, base: Option<&Snapshot>, closed: u64) -> Result<Changes, ListsError> {
+/// The journal changes not yet in `base` up to journal `closed`, as absolute values in
+/// fingerprint order (their stamps added to `kept`); how many changes were read; the
+/// journals that fold into the new snapshot.
+fn changes_since(
+    dir: &Path,
+    base: Option<&Snapshot>,
+    closed: u64,
+    kept: &mut stamps::Folded,
+) -> Result<Changes, ListsError> {
     let base_get = |fp| base.map_or(0, |s| s.get(fp));
 
     // Journal changes, as absolute values, in journal order.
@@ -155,6 +178,9 @@ fn changes_since(dir: &Path, base: Option<&Snapshot>, closed: u64) -> Result<Cha
         }
         for c in read.changes {
             journal_changes += 1;
+            if c.stamp != 0 {
+                kept.add(c.fp, c.tags, c.stamp);
+            }
             let current = changed
                 .get(&c.fp)
                 .copied()
@@ -162,8 +188,6 @@ fn changes_since(dir: &Path, base: Option<&Snapshot>, closed: u64) -> Result<Cha
             changed.insert(c.fp, c.apply(current));
         }
     }
-    let mut changed: Vec<(u64, u8)> = changed.into_iter().collect();
-    changed.sort_unstable_by_key(|&(fp, _)| fp);
     let mut changed: Vec<(u64, u8)> = changed.into_iter().collect();
     changed.sort_unstable_by_key(|&(fp, _)| fp);
     Ok((changed, journal_changes, folded))

@@ -19,9 +19,10 @@
 //! import --rebuild`, `lists compile --rebuild`) starts a new snapshot without the lost one.
 //!
 //! Files in the lists directory (0600, the directory 0700): `secret`, `snapshot`,
-//! `snapshot.expected`, `journal.NNNNNNNNNN`, `journal.lock`, `compile.lock`, and in a
+//! `snapshot.stamps` ([`stamps`]), `snapshot.expected`, `journal.NNNNNNNNNN`, `journal.lock`, `compile.lock`, and in a
 //! cluster `feed.sent`, `feed.seen` and `feed.snapshot` ([`positions`]), and
-//! `snapshot.adopt` while a snapshot made elsewhere is taken ([`published`]), and
+//! `snapshot.adopt` and `snapshot.stamps.adopt` while a snapshot made elsewhere is taken
+//! ([`published`]), and
 //! `erasures.seen` ([`erasures`]). Nothing in them is a plain address.
 
 pub mod compile;
@@ -35,6 +36,7 @@ pub mod key;
 pub mod positions;
 pub mod published;
 pub mod snapshot;
+pub mod stamps;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -213,9 +215,11 @@ struct View {
     folded: u64,
     delta: RwLock<FpMap<u8>>,
     /// The stamp of the last change of each tag bit of each fingerprint changed since the
-    /// snapshot (see [`hlc`]): what orders the cluster's changes, last writer wins.
+    /// horizon (see [`hlc`]; those the snapshot folded come from its [`stamps`] file): what
+    /// orders the cluster's changes, last writer wins.
     stamps: RwLock<FpMap<[u64; TAG_BITS]>>,
-    /// Changes stamped before this are folded into the snapshot (their stamps unknown).
+    /// Changes stamped at or before this may be folded into the snapshot with their
+    /// stamps forgotten: what cannot be ordered.
     horizon: u64,
     /// The snapshot file this view was built from (to notice a new one).
     file: Option<FileId>,
@@ -461,10 +465,11 @@ impl Lists {
 
     /// Changes another node made (the cluster's feed), each kept only for the tag bits it
     /// changed last (by stamp; a change already in force is dropped, so the feed can be
-    /// replayed): recorded as [`Lists::record`] does. A change older than the snapshot in
-    /// service, whose rivals' stamps are folded away, is kept only where it suppresses
-    /// (adds a reason, withdraws a consent): a suppression wins what cannot be ordered.
-    /// Returns the changes kept.
+    /// replayed): recorded as [`Lists::record`] does. The stamps of changes folded into
+    /// the snapshot are kept for a day ([`stamps`]); a change at or below that horizon,
+    /// whose rivals' stamps are forgotten, is kept only where it suppresses (adds a
+    /// reason, withdraws a consent): a suppression wins what cannot be ordered. Returns
+    /// the changes kept.
     pub fn accept_remote(&self, changes: &[Change]) -> Result<usize, ListsError> {
         let view = self.view.load();
         let kept: Vec<Change> = {
@@ -634,15 +639,15 @@ impl Lists {
         if folded < self.view.load().folded {
             return Ok(false);
         }
-        let horizon = snapshot
-            .as_ref()
-            .map_or(0, |s| hlc::Hlc::floor_of(s.created_ms()));
+        let kept = snapshot.as_ref().map_or_else(stamps::Folded::default, |s| {
+            stamps::folded_for(s, &self.snapshot_path())
+        });
         let view = View {
             snapshot,
             folded,
             delta: RwLock::new(FpMap::default()),
-            stamps: RwLock::new(FpMap::default()),
-            horizon,
+            stamps: RwLock::new(kept.stamps),
+            horizon: kept.horizon,
             file,
         };
         let mut fresh = Tail {
@@ -682,9 +687,9 @@ impl Lists {
 }
 
 /// The tag bits of a change that win against what is known: those it changed after the
-/// last change of that bit (`known`: the stamps since the snapshot), and, where nothing
-/// orders it (no stamp known, and older than the snapshot's `horizon`), those where it
-/// suppresses — adds a reason, withdraws a consent.
+/// last change of that bit (`known`: the stamps kept), and, where nothing orders it (no
+/// stamp known, and at or below the `horizon` of what is kept), those where it suppresses
+/// — adds a reason, withdraws a consent.
 fn kept_tags(c: &Change, known: Option<&[u64; TAG_BITS]>, horizon: u64) -> u8 {
     let mut tags = 0u8;
     for bit in bits(c.tags) {

@@ -6,20 +6,23 @@
 //!   dies holding it does not block the others for long), compacts as alone — between two
 //!   reads of the feed, so its snapshot holds every change of the stream up to its
 //!   position, and its own — copies the snapshot to `SNAPSHOT_DIR/HASH.snapshot` (BLAKE3
-//!   of the file; written under a temporary name, fsynced, renamed) and records it in
-//!   `PREFIX snapshot` with that stream position. The previous file stays (a node may be
-//!   copying it); older ones are removed.
+//!   of the file; written under a temporary name, fsynced, renamed) and its stamps file
+//!   ([`super::stamps`]: what orders the changes it folded) to `SNAPSHOT_DIR/HASH.stamps`,
+//!   and records both in `PREFIX snapshot` with that stream position. The previous files
+//!   stay (a node may be copying them); older ones are removed.
 //! - **Taking.** Every few seconds each node reads `PREFIX snapshot`; a snapshot newer
 //!   than its own is copied into its lists directory, its hash and then its whole format
 //!   verified (the secret must be this node's), and put in service in place of the node's
 //!   snapshot and journals ([`Lists::adopt`]): the node's own changes the cluster may not
 //!   have yet (not sent) are carried over, and the node reads the feed again from the
 //!   snapshot's position — the other nodes' changes and its own that came after it are in
-//!   force again by the feed's usual rule (last writer wins by stamp; what the snapshot
-//!   cannot order is kept where it suppresses). A node that never read the feed (a new
+//!   force again by the feed's usual rule: last writer wins by stamp, against the stamps
+//!   the snapshot kept too, so a change made before the snapshot that it did not hold
+//!   (one that reached the feed after its position) is not lost; what the kept stamps
+//!   cannot order (older than a day) is kept where it suppresses. A node that never read the feed (a new
 //!   one) takes the newest snapshot before reading, instead of the whole stream.
 //! - **Refusing.** A snapshot whose hash or format does not verify, made with another
-//!   secret, or whose stream position is older than what the stream still holds while the
+//!   secret, whose stamps file does not verify or belongs to another snapshot, or whose stream position is older than what the stream still holds while the
 //!   node had read past it (taking it would lose changes), is not taken (logged, counted);
 //!   the node goes on with its own.
 //!
@@ -35,7 +38,7 @@ use tokio::sync::Mutex;
 
 use super::positions::{self, Sent};
 use super::snapshot::{self, Snapshot};
-use super::{Change, Lists, ListsError, hlc, io_error, journal, kept_tags, record_expected};
+use super::{Change, Lists, ListsError, io_error, journal, kept_tags, record_expected, stamps};
 use crate::cluster::{Cluster, stream};
 
 /// How often a node looks for a newer snapshot, and whether to compact.
@@ -58,6 +61,10 @@ return 0
 pub struct Published {
     /// BLAKE3 of the file, hex: its name in the snapshot directory is `HASH.snapshot`.
     pub hash: String,
+    /// BLAKE3 of its stamps file (see [`super::stamps`]), named `HASH.stamps` there; absent
+    /// from a node that did not write one (the snapshot's creation is then the horizon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamps: Option<String>,
     /// The feed position whose changes (and every earlier one) it holds.
     pub stream: String,
     pub created_ms: u64,
@@ -164,10 +171,9 @@ impl Snapshots {
             self.marker = Some(p.hash.clone());
             return;
         }
-        let file = self.dir.join(format!("{}.snapshot", p.hash));
         let mut sent = sent.lock().await;
-        let (l, hash, stream) = (lists.clone(), p.hash.clone(), p.stream.clone());
-        let adopted = tokio::task::spawn_blocking(move || l.adopt(&file, &hash, &stream)).await;
+        let (l, dir, record) = (lists.clone(), self.dir.clone(), p.clone());
+        let adopted = tokio::task::spawn_blocking(move || l.adopt(&dir, &record)).await;
         match adopted {
             Ok(Ok(now_sent)) => {
                 *sent = now_sent;
@@ -219,10 +225,9 @@ impl Snapshots {
             return; // another node compacts (or Redis did not answer)
         }
         let (l, dir) = (lists.clone(), self.dir.clone());
-        let keep = previous.map(|p| p.hash);
         let made = tokio::task::spawn_blocking(move || {
             l.compile(Vec::new())?;
-            l.publish_to(&dir, keep.as_deref())
+            l.publish_to(&dir, previous.as_ref())
         })
         .await;
         let record = match made {
@@ -304,34 +309,43 @@ fn copy_hashing(from: &Path, to: &Path) -> std::io::Result<String> {
 }
 
 impl Lists {
-    /// Copies the snapshot in service to `shared` as `HASH.snapshot` and removes the older
-    /// snapshots there but `keep`'s. The record's stream position and node are the
-    /// caller's to fill in.
-    pub fn publish_to(&self, shared: &Path, keep: Option<&str>) -> Result<Published, ListsError> {
+    /// Copies the snapshot in service and its stamps file to `shared` as `HASH.snapshot`
+    /// and `HASH.stamps` and removes the older files there but `keep`'s. The record's
+    /// stream position and node are the caller's to fill in.
+    pub fn publish_to(
+        &self,
+        shared: &Path,
+        keep: Option<&Published>,
+    ) -> Result<Published, ListsError> {
         std::fs::create_dir_all(shared).map_err(io_error(shared))?;
         let s = self
             .snapshot()
             .ok_or_else(|| io_error(shared)(std::io::Error::other("no snapshot to publish")))?;
         let tmp = shared.join(format!(".{}.tmp", rand::random::<u64>()));
         let hash = copy_hashing(&self.snapshot_path(), &tmp).map_err(io_error(&tmp))?;
-        let name = format!("{hash}.snapshot");
-        let path = shared.join(&name);
+        let path = shared.join(format!("{hash}.snapshot"));
         std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+        let stamps_hash = publish_stamps(&stamps::path_of(&self.snapshot_path()), &s, shared)?;
         crate::files::sync_dir(shared).map_err(io_error(shared))?;
-        // Older snapshots go; the previous one stays (a node may be copying it).
+        // Older files go; the previous snapshot's stay (a node may be copying them).
+        let mut wanted = vec![format!("{hash}.snapshot")];
+        wanted.extend(stamps_hash.iter().map(|h| format!("{h}.stamps")));
+        if let Some(k) = keep {
+            wanted.push(format!("{}.snapshot", k.hash));
+            wanted.extend(k.stamps.iter().map(|h| format!("{h}.stamps")));
+        }
         if let Ok(entries) = std::fs::read_dir(shared) {
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                let old = n.ends_with(".snapshot")
-                    && n != name
-                    && keep.is_none_or(|k| n != format!("{k}.snapshot"));
-                if old {
+                let ours = n.ends_with(".snapshot") || n.ends_with(".stamps");
+                if ours && !wanted.contains(&n) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
         }
         Ok(Published {
             hash,
+            stamps: stamps_hash,
             stream: String::new(),
             created_ms: s.created_ms(),
             entries: s.len(),
@@ -340,35 +354,26 @@ impl Lists {
         })
     }
 
-    /// Puts the snapshot `file` made on another node (BLAKE3 `hash`, holding the feed up
-    /// to `stream`) in service in place of this node's snapshot and journals. Verified
-    /// first (hash, format, secret). Under the compile lock: the feed position is moved
-    /// back to `stream` first (a crash from there on reads the feed again, which changes
-    /// nothing twice); this node's own changes not sent yet are carried over into the
-    /// journal after it (those older than it only where they suppress); the snapshot
-    /// replaces the one in service, numbered as folding every journal before; the
-    /// sender's position moves to the carried changes; the old journals go. Returns the
+    /// Puts the snapshot `p` names (in the directory `shared`, made on another node,
+    /// holding the feed up to `p.stream`) in service in place of this node's snapshot and
+    /// journals. Verified first (hashes, format, secret, its stamps file's snapshot).
+    /// Under the compile lock: the feed position is moved back to `p.stream` first (a
+    /// crash from there on reads the feed again, which changes nothing twice); this node's
+    /// own changes not sent yet are carried over into the journal after it (ordered
+    /// against its stamps: what they cannot order only where it suppresses); the snapshot
+    /// and its stamps replace those in service, numbered as folding every journal before;
+    /// the sender's position moves to the carried changes; the old journals go. Returns the
     /// sender's new position.
-    pub fn adopt(&self, file: &Path, hash: &str, stream: &str) -> Result<Sent, ListsError> {
+    pub fn adopt(&self, shared: &Path, p: &Published) -> Result<Sent, ListsError> {
         let dir = self.dir().to_path_buf();
         let tmp = dir.join("snapshot.adopt");
-        let got = copy_hashing(file, &tmp).map_err(io_error(file))?;
-        if got != hash {
+        let stamps_tmp = dir.join("snapshot.stamps.adopt");
+        let taken = self.fetch(shared, p, &tmp, &stamps_tmp);
+        let kept = taken.inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            return Err(io_error(file)(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("its BLAKE3 is {got}, the cluster recorded {hash}"),
-            )));
-        }
-        let horizon = {
-            let s = Snapshot::open(&tmp, self.secret().id()).inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })?;
-            s.verify().inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })?;
-            hlc::Hlc::floor_of(s.created_ms())
-        };
+            let _ = std::fs::remove_file(&stamps_tmp);
+        })?;
+        let stream = p.stream.as_str();
         let lock = super::compile::compile_lock(&dir)?;
         positions::write_seen(&dir, stream).map_err(io_error(&dir))?;
         let from = positions::read_sent(&dir)
@@ -377,10 +382,20 @@ impl Lists {
                 journal: 0,
                 offset: 0,
             });
-        let closed = journal::roll_carrying(&dir, |closed| unsent(&dir, from, closed, horizon))
+        let closed = journal::roll_carrying(&dir, |closed| unsent(&dir, from, closed, &kept))
             .map_err(io_error(&dir))?;
+        drop(kept);
         snapshot::refold(&tmp, closed).map_err(io_error(&tmp))?;
         let path = self.snapshot_path();
+        // The stamps first: the snapshot in service always finds its own.
+        let stamps_path = stamps::path_of(&path);
+        if p.stamps.is_some() {
+            std::fs::rename(&stamps_tmp, &stamps_path).map_err(io_error(&stamps_path))?;
+        } else if let Err(e) = std::fs::remove_file(&stamps_path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io_error(&stamps_path)(e));
+        }
         std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
         crate::files::sync_dir(&dir).map_err(io_error(&dir))?;
         record_expected(&dir, closed)?;
@@ -395,16 +410,92 @@ impl Lists {
                 std::fs::remove_file(&p).map_err(io_error(&p))?;
             }
         }
-        positions::write_snapshot_marker(&dir, hash).map_err(io_error(&dir))?;
+        positions::write_snapshot_marker(&dir, &p.hash).map_err(io_error(&dir))?;
         drop(lock);
         self.refresh()?;
         Ok(sent)
     }
 }
 
+impl Lists {
+    /// Copies the snapshot `p` names from `shared` to `tmp` and its stamps file to
+    /// `stamps_tmp`, checks both hashes, the snapshot's format and secret, and that the
+    /// stamps are the snapshot's; returns the stamps.
+    fn fetch(
+        &self,
+        shared: &Path,
+        p: &Published,
+        tmp: &Path,
+        stamps_tmp: &Path,
+    ) -> Result<stamps::Folded, ListsError> {
+        copy_checked(shared, &p.hash, "snapshot", tmp)?;
+        let s = Snapshot::open(tmp, self.secret().id())?;
+        s.verify()?;
+        let Some(hash) = &p.stamps else {
+            return Ok(stamps::Folded::none_for(&s));
+        };
+        let file = copy_checked(shared, hash, "stamps", stamps_tmp)?;
+        match stamps::read(stamps_tmp, stamps::Binding::of(&s)) {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => Err(io_error(&file)(invalid(
+                "the stamps file belongs to another snapshot",
+            ))),
+            Err(e) => Err(io_error(&file)(e)),
+        }
+    }
+}
+
+fn invalid(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// Copies `shared/HASH.EXT` to `to`, checking its BLAKE3 is `hash`; returns its path.
+fn copy_checked(shared: &Path, hash: &str, ext: &str, to: &Path) -> Result<PathBuf, ListsError> {
+    let file = shared.join(format!("{hash}.{ext}"));
+    // The name comes from Redis: a hash, never a path.
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(io_error(&file)(invalid(
+            "the cluster's record names no hash",
+        )));
+    }
+    let got = copy_hashing(&file, to).map_err(io_error(&file))?;
+    if got != hash {
+        return Err(io_error(&file)(invalid(&format!(
+            "its BLAKE3 is {got}, the cluster recorded {hash}"
+        ))));
+    }
+    Ok(file)
+}
+
+/// Copies the stamps file `from` to `shared` as `HASH.stamps` if it belongs to the
+/// snapshot `s`; its hash (`None` without one).
+fn publish_stamps(from: &Path, s: &Snapshot, shared: &Path) -> Result<Option<String>, ListsError> {
+    let tmp = shared.join(format!(".{}.tmp", rand::random::<u64>()));
+    let hash = match copy_hashing(from, &tmp) {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error(&tmp)(e));
+        }
+    };
+    if !matches!(stamps::read(&tmp, stamps::Binding::of(s)), Ok(Some(_))) {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(None);
+    }
+    let path = shared.join(format!("{hash}.stamps"));
+    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    Ok(Some(hash))
+}
+
 /// This node's changes in the journals from `from` up to `closed` (those not sent yet),
-/// each kept for the tag bits the feed's rule keeps against a snapshot of `horizon`.
-fn unsent(dir: &Path, from: Sent, closed: u64, horizon: u64) -> std::io::Result<Vec<Change>> {
+/// each kept for the tag bits the feed's rule keeps against the stamps `kept`.
+fn unsent(
+    dir: &Path,
+    from: Sent,
+    closed: u64,
+    kept: &stamps::Folded,
+) -> std::io::Result<Vec<Change>> {
     let mut out = Vec::new();
     for n in journal::list(dir)?
         .into_iter()
@@ -415,7 +506,7 @@ fn unsent(dir: &Path, from: Sent, closed: u64, horizon: u64) -> std::io::Result<
             if c.remote {
                 continue;
             }
-            let tags = kept_tags(&c, None, horizon);
+            let tags = kept_tags(&c, kept.stamps.get(&c.fp), kept.horizon);
             if tags != 0 {
                 out.push(Change { tags, ..c });
             }

@@ -515,14 +515,15 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Writes a snapshot of `entries` (sorted by fingerprint, unique, tags non-zero) to
-/// `path`: a temporary file in the same directory, fsynced, renamed over `path`, and the
+/// Writes a snapshot of `entries` (sorted by fingerprint, unique, tags non-zero), made at
+/// `created_ms`, to `path`: a temporary file in the same directory, fsynced, renamed over `path`, and the
 /// directory fsynced.
 pub fn write(
     path: &Path,
     secret_id: u64,
     folded: u64,
     bits_per_key: u32,
+    created_ms: u64,
     fps: &[u64],
     tags: &[u8],
 ) -> Result<Written, SnapshotError> {
@@ -608,7 +609,7 @@ pub fn write(
         h[48..52].copy_from_slice(&g.probes.to_le_bytes());
         h[52..56].copy_from_slice(&g.dir_bits.to_le_bytes());
         h[56..64].copy_from_slice(&folded.to_le_bytes());
-        h[64..72].copy_from_slice(&crate::envelope::now_ms().to_le_bytes());
+        h[64..72].copy_from_slice(&created_ms.to_le_bytes());
         h[72..76].copy_from_slice(&crc.to_le_bytes());
         let hcrc = crc32c::crc32c(&h[..76]);
         h[76..80].copy_from_slice(&hcrc.to_le_bytes());
@@ -672,6 +673,7 @@ mod tests {
             SECRET,
             3,
             crate::config::DEFAULT_BLOOM_BITS_PER_KEY,
+            crate::envelope::now_ms(),
             &keys,
             &tags,
         )

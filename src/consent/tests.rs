@@ -442,3 +442,62 @@ fn compaction_keeps_journals_above_the_floor() {
     assert_eq!(journal::list(dir.path()).unwrap(), [3, 4]);
     assert_eq!(other.get(5), 2);
 }
+
+/// A compaction keeps the stamps of what it folded (`snapshot.stamps`): a change made
+/// before it and received after is still ordered — a grant nothing else touched is kept,
+/// a lift older than the unsubscribe it would undo is not — after a reopening too. With
+/// the stamps file damaged or gone, the snapshot's creation is the horizon again (and
+/// only what suppresses is kept from before it).
+#[test]
+fn a_compaction_keeps_the_stamps_that_order_late_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = Lists::open(dir.path(), 24).unwrap();
+    let unsub = Reason::Unsubscribe.bit();
+    let before = hlc::Hlc::floor_of(crate::envelope::now_ms()) | 3;
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    lists.record(&[change(Op::Add, 7, unsub)]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    lists.compile(Vec::new()).unwrap();
+    let stamps = dir.path().join("snapshot.stamps");
+    assert!(stamps.exists());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&stamps).unwrap().permissions())
+            & 0o777,
+        0o600
+    );
+    drop(lists);
+    let lists = Lists::open(dir.path(), 24).unwrap();
+    let late = [
+        remote(Op::Add, 8, CONSENT, before),
+        remote(Op::Remove, 7, unsub, before),
+    ];
+    assert_eq!(lists.accept_remote(&late).unwrap(), 1);
+    assert_eq!(lists.get(8), CONSENT, "the grant is kept");
+    assert_eq!(lists.get(7), unsub, "the older lift is not");
+    // A second compaction keeps the first one's stamps.
+    lists.compile(Vec::new()).unwrap();
+    assert_eq!(lists.accept_remote(&late).unwrap(), 0, "nothing twice");
+    assert_eq!(lists.get(7), unsub);
+    // Damaged, then gone: the old rule.
+    let mut bytes = std::fs::read(&stamps).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&stamps, &bytes).unwrap();
+    drop(lists);
+    for (damaged, fp) in [(true, 9), (false, 10)] {
+        let lists = Lists::open(dir.path(), 24).unwrap();
+        assert_eq!(
+            lists
+                .accept_remote(&[remote(Op::Add, fp, CONSENT, before)])
+                .unwrap(),
+            0,
+            "damaged: {damaged}"
+        );
+        assert_eq!(
+            lists
+                .accept_remote(&[remote(Op::Add, fp, unsub, before)])
+                .unwrap(),
+            1
+        );
+        std::fs::remove_file(&stamps).unwrap_or(());
+    }
+}

@@ -27,8 +27,9 @@
 #      same verdict ("admin on b")
 #   7. snapshots once ([lists] compact_after = 5, [cluster] snapshot_dir shared): one node
 #      compacts the lists and publishes the snapshot, the other two take it (every node's
-#      feed.snapshot names the hash recorded in Redis), no node compacts alone, and the
-#      unsubscribe and the grants are still in force on every node
+#      feed.snapshot names the hash recorded in Redis; its stamps file went with it), no
+#      node compacts alone, and the unsubscribe and the grants are still in force on every
+#      node
 #   8. one erasure: a message to an address the sink defers waits in node b's spool; an
 #      erasure through node a's admin API (`optin-relay erase`) leaves nothing of the
 #      address in b's spool (the queued mail dropped, the files scrubbed), and b and c
@@ -429,6 +430,12 @@ snapshots_once() {
     echo "nodes that published: $publishers; nodes that took one made elsewhere: $takers; compactions alone: $local_compactions"
     ls -l "$WORK/shared-snapshots"
     [[ $publishers -ge 1 && $takers -ge 2 && $local_compactions -eq 0 ]] || return 1
+    # Its stamps went with it (what orders the changes it missed), and every node has them.
+    [[ $record == *'"stamps":"'* ]] || { echo "the record names no stamps file"; return 1; }
+    ls "$WORK"/shared-snapshots/*.stamps >/dev/null || return 1
+    for node in "${NODES[@]}"; do
+        [[ -s $WORK/$node/spool/lists/snapshot.stamps ]] || { echo "$node has no snapshot.stamps"; return 1; }
+    done
     # Every node still has every change: the unsubscribe, the grants.
     still_unsubscribed || return 1
     local node port

@@ -33,24 +33,16 @@ fn consents(l: &Lists, address: &str) -> bool {
 }
 
 /// Node b takes node a's snapshot: a's entries are in force on b; b's own changes not
-/// sent yet are carried over (a grant older than the snapshot is not — it cannot be
-/// ordered against it — a suppression is); b's journals before are gone, its feed
+/// sent yet are carried over (ordered against a's stamps: a grant older than the snapshot
+/// is carried when nothing in it touched that address); b's journals before are gone, its feed
 /// positions move to the snapshot's and to the carried changes; changes recorded after
 /// go on as usual. A file whose hash or secret is wrong is refused and changes nothing.
 #[test]
 fn a_snapshot_made_elsewhere_replaces_the_journals_and_carries_unsent_changes() {
     let (_da, db, a, b) = lists_pair();
     let unsub = Reason::Unsubscribe.bit();
-    let news = Scope::List("shop", "news");
     // b: an old grant and an old unsubscribe, sent; then not sent (after feed.sent).
-    change(
-        &b,
-        Kind::Consent,
-        news,
-        Op::Add,
-        CONSENT,
-        "sent@example.net",
-    );
+    grant(&b, "sent@example.net");
     let sent_to = journal::list(db.path()).unwrap().last().copied().unwrap();
     let len = std::fs::metadata(journal::path_of(db.path(), sent_to))
         .unwrap()
@@ -63,14 +55,7 @@ fn a_snapshot_made_elsewhere_replaces_the_journals_and_carries_unsent_changes() 
         },
     )
     .unwrap();
-    change(
-        &b,
-        Kind::Consent,
-        news,
-        Op::Add,
-        CONSENT,
-        "old-grant@example.net",
-    );
+    grant(&b, "old-grant@example.net");
     change(
         &b,
         Kind::Suppression,
@@ -89,19 +74,14 @@ fn a_snapshot_made_elsewhere_replaces_the_journals_and_carries_unsent_changes() 
         unsub,
         "from-a@example.net",
     );
-    change(
-        &a,
-        Kind::Consent,
-        news,
-        Op::Add,
-        CONSENT,
-        "grant-a@example.net",
-    );
+    grant(&a, "grant-a@example.net");
     a.compile(Vec::new()).unwrap();
     let shared = tempfile::tempdir().unwrap();
     let p = a.publish_to(shared.path(), None).unwrap();
     let file = shared.path().join(format!("{}.snapshot", p.hash));
     assert!(file.exists());
+    let stamps_hash = p.stamps.clone().expect("a's stamps published");
+    assert!(shared.path().join(format!("{stamps_hash}.stamps")).exists());
     std::thread::sleep(std::time::Duration::from_millis(5));
     change(
         &b,
@@ -111,19 +91,52 @@ fn a_snapshot_made_elsewhere_replaces_the_journals_and_carries_unsent_changes() 
         unsub,
         "new-unsub@example.net",
     );
-    // Refused: a damaged copy, then the wrong hash.
-    let bad = shared.path().join("bad.snapshot");
+    // Refused: a damaged copy, a file whose hash is not the one recorded, damaged stamps,
+    // stamps of another snapshot, a name that is not a hash.
     let mut bytes = std::fs::read(&file).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
-    std::fs::write(&bad, &bytes).unwrap();
     let bad_hash = blake3::hash(&bytes).to_hex().to_string();
-    assert!(b.adopt(&bad, &bad_hash, "9-0").is_err(), "damaged body");
-    assert!(b.adopt(&file, &bad_hash, "9-0").is_err(), "hash differs");
+    std::fs::write(shared.path().join(format!("{bad_hash}.snapshot")), &bytes).unwrap();
+    let record = |hash: &str, stamps: Option<String>| Published {
+        hash: hash.to_string(),
+        stamps,
+        stream: "7-0".into(),
+        ..p.clone()
+    };
+    let refusals = [
+        (record(&bad_hash, None), "damaged body"),
+        (record(&"0".repeat(64), None), "hash differs"),
+        (record("../secret", None), "not a hash"),
+    ];
+    std::fs::copy(
+        &file,
+        shared.path().join(format!("{}.snapshot", "0".repeat(64))),
+    )
+    .unwrap();
+    let mut stamps_bytes =
+        std::fs::read(shared.path().join(format!("{stamps_hash}.stamps"))).unwrap();
+    stamps_bytes[20] ^= 1;
+    let bad_stamps = blake3::hash(&stamps_bytes).to_hex().to_string();
+    std::fs::write(
+        shared.path().join(format!("{bad_stamps}.stamps")),
+        &stamps_bytes,
+    )
+    .unwrap();
+    for (r, why) in refusals.iter().chain(&[
+        (record(&p.hash, Some(bad_stamps)), "damaged stamps"),
+        (record(&p.hash, Some("f".repeat(64))), "stamps missing"),
+    ]) {
+        assert!(b.adopt(shared.path(), r).is_err(), "{why}");
+    }
     assert!(!unsubscribed(&b, "from-a@example.net"));
     assert_eq!(positions::read_seen(db.path()), None, "nothing moved");
+    assert!(!db.path().join("snapshot.adopt").exists());
+    assert!(!db.path().join("snapshot.stamps.adopt").exists());
     // Taken.
-    let sent = b.adopt(&file, &p.hash, "7-0").unwrap();
+    let sent = b
+        .adopt(shared.path(), &record(&p.hash, p.stamps.clone()))
+        .unwrap();
     assert!(
         unsubscribed(&b, "from-a@example.net"),
         "a's snapshot in force"
@@ -138,8 +151,8 @@ fn a_snapshot_made_elsewhere_replaces_the_journals_and_carries_unsent_changes() 
         "carried: newer than the snapshot"
     );
     assert!(
-        !consents(&b, "old-grant@example.net"),
-        "an unsent grant older than the snapshot cannot be ordered against it"
+        consents(&b, "old-grant@example.net"),
+        "carried: older than the snapshot, but nothing in it touched that address"
     );
     assert!(
         !consents(&b, "sent@example.net"),
@@ -156,7 +169,11 @@ fn a_snapshot_made_elsewhere_replaces_the_journals_and_carries_unsent_changes() 
     let carried = journal::read_from(db.path(), sent.journal, 0)
         .unwrap()
         .changes;
-    assert_eq!(carried.len(), 2, "the two suppressions, to be sent");
+    assert_eq!(
+        carried.len(),
+        3,
+        "the grant and the two suppressions, to be sent"
+    );
     assert!(carried.iter().all(|c| !c.remote));
     // b goes on: a change after, and a reopening sees the same.
     change(
@@ -176,10 +193,103 @@ fn a_snapshot_made_elsewhere_replaces_the_journals_and_carries_unsent_changes() 
     ] {
         assert!(unsubscribed(&b, addr), "{addr} after a restart");
     }
+    assert!(consents(&b, "old-grant@example.net"));
     // Another secret: refused.
     let other = tempfile::tempdir().unwrap();
     let c = Lists::open(other.path(), 24).unwrap();
-    assert!(c.adopt(&file, &p.hash, "7-0").is_err(), "another secret");
+    assert!(c.adopt(shared.path(), &p).is_err(), "another secret");
+}
+
+fn grant(l: &Lists, address: &str) {
+    let news = Scope::List("shop", "news");
+    change(l, Kind::Consent, news, Op::Add, CONSENT, address);
+}
+
+fn withdraw(l: &Lists, address: &str) {
+    let news = Scope::List("shop", "news");
+    change(l, Kind::Consent, news, Op::Remove, CONSENT, address);
+}
+
+/// As if the feed had acknowledged every change of `l`'s journals.
+fn all_sent(l: &Lists) {
+    let sent = Sent {
+        journal: u64::MAX,
+        offset: 0,
+    };
+    positions::write_sent(l.dir(), sent).unwrap();
+}
+
+/// The changes in `l`'s journals, as the feed would bring them back.
+fn journal_changes(l: &Lists) -> Vec<Change> {
+    let mut out = Vec::new();
+    for n in journal::list(l.dir()).unwrap() {
+        out.extend(journal::read_from(l.dir(), n, 0).unwrap().changes);
+    }
+    out
+}
+
+/// A grant made on b before a compacted, which reached the feed after a's position: a's
+/// snapshot lacks it, yet it is in force on a when a reads it, and on b when b takes a's
+/// snapshot and reads the feed again from its position — ordered by the stamps the
+/// snapshot kept, so a grant that a withdrawal on a came after stays withdrawn. Without
+/// the stamps file (a snapshot from before it) the old rule holds: only a suppression
+/// older than the snapshot is kept.
+#[test]
+fn a_grant_the_snapshot_missed_is_not_lost_by_taking_it() {
+    let (_da, _db, a, b) = lists_pair();
+    grant(&b, "granted@example.net");
+    grant(&b, "withdrawn@example.net");
+    let from_b = journal_changes(&b);
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    // a withdraws the second grant after it was made (a saw it through the feed first).
+    a.accept_remote(&from_b[1..]).unwrap();
+    withdraw(&a, "withdrawn@example.net");
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    a.compile(Vec::new()).unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let p = Published {
+        stream: "5-0".into(),
+        ..a.publish_to(shared.path(), None).unwrap()
+    };
+    // b's grants are sent: the feed brings them to a after its compaction...
+    all_sent(&b);
+    assert_eq!(
+        a.accept_remote(&from_b).unwrap(),
+        1,
+        "the grant, not the older one"
+    );
+    assert!(consents(&a, "granted@example.net"));
+    assert!(!consents(&a, "withdrawn@example.net"));
+    // ...and to b again after it takes a's snapshot.
+    b.adopt(shared.path(), &p).unwrap();
+    assert!(!consents(&b, "granted@example.net"), "not in a's snapshot");
+    assert_eq!(b.accept_remote(&from_b).unwrap(), 1);
+    assert!(consents(&b, "granted@example.net"), "the grant is not lost");
+    assert!(
+        !consents(&b, "withdrawn@example.net"),
+        "the withdrawal came after"
+    );
+    // A record without stamps (a node from before them): the snapshot's creation is the
+    // horizon, and the grant older than it is what cannot be ordered.
+    let (_dc, _dd, c, d) = lists_pair();
+    grant(&d, "granted@example.net");
+    let from_d = journal_changes(&d);
+    d.compile(Vec::new()).unwrap();
+    assert!(d.dir().join("snapshot.stamps").exists());
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    grant(&c, "other@example.net");
+    c.compile(Vec::new()).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let old = Published {
+        stamps: None,
+        stream: "5-0".into(),
+        ..c.publish_to(other.path(), None).unwrap()
+    };
+    all_sent(&d);
+    d.adopt(other.path(), &old).unwrap();
+    assert!(!d.dir().join("snapshot.stamps").exists());
+    assert_eq!(d.accept_remote(&from_d).unwrap(), 0);
+    assert!(!consents(&d, "granted@example.net"));
 }
 
 /// Three nodes, one Redis, one shared snapshot directory: the lists grow past
