@@ -7,7 +7,8 @@
 //! and one that misses (random keys, so the caches do not help either side), the time to
 //! open the snapshot, and — printed, not timed — the false-positive rate of the bloom layer
 //! next to its design rate. `compile` measures the import path end to end: reading a text
-//! file of addresses, normalising, hashing and writing the snapshot.
+//! file of addresses, normalising, hashing and writing the snapshot; `compact` folds
+//! 100 k journal changes (and their stamps) into a snapshot.
 //!
 //! Run with `cargo bench --bench lists` (100 M needs ~4 GiB of RAM and ~1.3 GB of disk).
 
@@ -16,11 +17,11 @@ use std::hint::black_box;
 use std::io::Write;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use optin_relay::config::DEFAULT_BLOOM_BITS_PER_KEY as DEFAULT_BITS_PER_KEY;
 use optin_relay::consent::compile::Batch;
 use optin_relay::consent::snapshot::{self, Snapshot};
-use optin_relay::consent::{CONSENT, Kind, Lists, Scope, import, key};
+use optin_relay::consent::{CONSENT, Kind, Lists, Op, Origin, Scope, import, key};
 
 const SECRET_ID: u64 = 0x0b5e55ed;
 const SAMPLE: usize = 1 << 20;
@@ -231,5 +232,44 @@ fn compile(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, standing, compile, lookups);
+/// Compaction of the journal: 100 k stamped changes (one `record` call) folded into a new
+/// snapshot, with the stamps file written beside it.
+fn compact(c: &mut Criterion) {
+    const N: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("lists");
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(10);
+    g.bench_function("compact_100k_journal_changes", |b| {
+        b.iter_batched(
+            || {
+                let lists_dir = tempfile::tempdir_in(dir.path()).unwrap();
+                let lists = Lists::open(lists_dir.path(), DEFAULT_BITS_PER_KEY).unwrap();
+                let addresses: Vec<String> =
+                    (0..N).map(|i| format!("user{i}@example.net")).collect();
+                lists
+                    .record_addresses(
+                        Kind::Consent,
+                        Scope::List("shop", "news"),
+                        Op::Add,
+                        CONSENT,
+                        Origin::Operator,
+                        &addresses,
+                    )
+                    .unwrap();
+                (lists_dir, lists)
+            },
+            |(lists_dir, lists)| {
+                let report = lists.compile(Vec::new()).unwrap();
+                assert_eq!(report.entries, N);
+                drop(lists);
+                lists_dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, standing, compile, compact, lookups);
 criterion_main!(benches);

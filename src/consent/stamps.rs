@@ -20,8 +20,9 @@
 //!
 //! Layout, little-endian: a 64-octet header (magic `OPTINSTM`, version 1, 4 reserved
 //! octets, the snapshot's creation (Unix ms) and entries, the horizon, the record count,
-//! zeros), the records sorted by fingerprint (the u64 fingerprint and one u64 stamp
-//! per tag bit, 0 where none is kept: 56 octets), and the CRC32C of everything before.
+//! zeros), the records sorted by fingerprint (the u64 fingerprint, an octet with a bit
+//! set for each tag bit that has a stamp, and those stamps as u64 in bit order: 17 octets
+//! for one), and the CRC32C of everything before.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,10 +33,11 @@ use super::{FpMap, TAG_BITS, hlc};
 const MAGIC: &[u8; 8] = b"OPTINSTM";
 const VERSION: u32 = 1;
 const HEADER_LEN: usize = 64;
-const RECORD: usize = 8 + 8 * TAG_BITS;
+/// The longest record: a fingerprint, its mask and a stamp for every tag bit.
+const MAX_RECORD: usize = 8 + 1 + 8 * TAG_BITS;
 /// Stamps are kept this long after the change (then they are below the horizon).
 pub const KEEP_MS: u64 = 24 * 3600 * 1000;
-/// At most this many fingerprints' stamps are kept (56 MB of file).
+/// At most this many fingerprints' stamps are kept (17 MB of file when each has one).
 pub const MAX_RECORDS: usize = 1_000_000;
 
 /// The snapshot a stamps file belongs to.
@@ -118,7 +120,7 @@ pub fn path_of(snapshot: &Path) -> PathBuf {
 pub fn write(path: &Path, binding: Binding, folded: &Folded) -> std::io::Result<()> {
     let mut records: Vec<(&u64, &[u64; TAG_BITS])> = folded.stamps.iter().collect();
     records.sort_unstable_by_key(|(fp, _)| **fp);
-    let mut bytes = Vec::with_capacity(HEADER_LEN + records.len() * RECORD + 4);
+    let mut bytes = Vec::with_capacity(HEADER_LEN + records.len() * 17 + 4);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
     bytes.extend_from_slice(&[0u8; 4]);
@@ -133,7 +135,9 @@ pub fn write(path: &Path, binding: Binding, folded: &Folded) -> std::io::Result<
     bytes.resize(HEADER_LEN, 0);
     for (fp, stamps) in records {
         bytes.extend_from_slice(&fp.to_le_bytes());
-        for s in stamps {
+        let mask = (0..TAG_BITS).fold(0u8, |m, b| m | (u8::from(stamps[b] != 0) << b));
+        bytes.push(mask);
+        for s in stamps.iter().filter(|&&s| s != 0) {
             bytes.extend_from_slice(&s.to_le_bytes());
         }
     }
@@ -153,7 +157,7 @@ pub fn read(path: &Path, binding: Binding) -> std::io::Result<Option<Folded>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let most = (HEADER_LEN + MAX_RECORDS * RECORD + 4) as u64;
+    let most = (HEADER_LEN + MAX_RECORDS * MAX_RECORD + 4) as u64;
     if len > most || len < (HEADER_LEN + 4) as u64 {
         return Err(invalid("not a stamps file of a possible size"));
     }
@@ -171,10 +175,8 @@ pub fn read(path: &Path, binding: Binding) -> std::io::Result<Option<Folded>> {
         return Err(invalid("the stamps file's checksum does not match"));
     }
     let count = u64_at(40);
-    if count.checked_mul(RECORD as u64) != Some((body.len() - HEADER_LEN) as u64) {
-        return Err(invalid(
-            "the stamps file's length does not match its record count",
-        ));
+    if count > MAX_RECORDS as u64 {
+        return Err(invalid("the stamps file holds too many records"));
     }
     let of = Binding {
         created_ms: u64_at(16),
@@ -185,14 +187,27 @@ pub fn read(path: &Path, binding: Binding) -> std::io::Result<Option<Folded>> {
     }
     let mut stamps = FpMap::default();
     stamps.reserve(count as usize);
-    for r in body[HEADER_LEN..].chunks_exact(RECORD) {
-        let fp = u64::from_le_bytes(r[..8].try_into().expect("8 octets"));
+    let mut at = HEADER_LEN;
+    let mut take = |n: usize| {
+        let part = body.get(at..at + n);
+        at += n;
+        part.ok_or_else(|| invalid("the stamps file's records end early"))
+    };
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 octets"));
+    for _ in 0..count {
+        let fp = word(take(8)?);
+        let mask = take(1)?[0];
+        if mask == 0 || mask >> TAG_BITS != 0 {
+            return Err(invalid("a stamps record with no or unknown tag bits"));
+        }
         let mut s = [0u64; TAG_BITS];
-        for (bit, v) in s.iter_mut().enumerate() {
-            let at = 8 + bit * 8;
-            *v = u64::from_le_bytes(r[at..at + 8].try_into().expect("8 octets"));
+        for bit in super::bits(mask) {
+            s[bit] = word(take(8)?);
         }
         stamps.insert(fp, s);
+    }
+    if at != body.len() {
+        return Err(invalid("the stamps file has octets after its records"));
     }
     Ok(Some(Folded {
         horizon: u64_at(32),
@@ -261,6 +276,21 @@ mod tests {
             std::fs::write(&path, &bad).unwrap();
             assert!(read(&path, binding()).is_err());
         }
+        // Whole checksums over lies: a count too high or too low, a record with no bits.
+        let recrc = |mut b: Vec<u8>| {
+            let n = b.len() - 4;
+            let crc = crc32c::crc32c(&b[..n]);
+            b[n..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        for (at, value) in [(40, 3u8), (40, 1), (72, 0)] {
+            let mut b = good.clone();
+            b[at] = value;
+            std::fs::write(&path, recrc(b)).unwrap();
+            assert!(read(&path, binding()).is_err(), "octet {at} = {value}");
+        }
+        std::fs::write(&path, recrc(good.clone())).unwrap();
+        assert!(read(&path, binding()).unwrap().is_some(), "the lies were the problem");
     }
 
     #[test]
