@@ -290,7 +290,10 @@ mod tests {
             assert!(read(&path, binding()).is_err(), "octet {at} = {value}");
         }
         std::fs::write(&path, recrc(good.clone())).unwrap();
-        assert!(read(&path, binding()).unwrap().is_some(), "the lies were the problem");
+        assert!(
+            read(&path, binding()).unwrap().is_some(),
+            "the lies were the problem"
+        );
     }
 
     #[test]
