@@ -64,7 +64,6 @@ impl Lists {
         };
         let stamps_path = stamps::path_of(&path);
         stamps::write(&stamps_path, binding, &kept).map_err(io_error(&stamps_path))?;
-        drop(kept);
         let written = snapshot::write(
             &path,
             self.secret().id(),
@@ -90,7 +89,7 @@ impl Lists {
             }
         }
         drop(lock);
-        self.refresh()?;
+        self.refresh_knowing(Some((binding, kept)))?;
         Ok(CompileReport {
             entries: written.entries,
             bytes: written.bytes,

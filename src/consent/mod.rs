@@ -19,11 +19,11 @@
 //! import --rebuild`, `lists compile --rebuild`) starts a new snapshot without the lost one.
 //!
 //! Files in the lists directory (0600, the directory 0700): `secret`, `snapshot`,
-//! `snapshot.stamps` ([`stamps`]), `snapshot.expected`, `journal.NNNNNNNNNN`, `journal.lock`, `compile.lock`, and in a
-//! cluster `feed.sent`, `feed.seen` and `feed.snapshot` ([`positions`]), and
-//! `snapshot.adopt` and `snapshot.stamps.adopt` while a snapshot made elsewhere is taken
-//! ([`published`]), and
-//! `erasures.seen` ([`erasures`]). Nothing in them is a plain address.
+//! `snapshot.stamps` ([`stamps`]), `snapshot.expected`, `journal.NNNNNNNNNN`,
+//! `journal.lock`, `compile.lock`, and in a cluster `feed.sent`, `feed.seen` and
+//! `feed.snapshot` ([`positions`]), `snapshot.adopt` and `snapshot.stamps.adopt` while a
+//! snapshot made elsewhere is taken ([`published`]), and `erasures.seen` ([`erasures`]).
+//! Nothing in them is a plain address.
 
 pub mod compile;
 pub mod erasures;
@@ -186,6 +186,11 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ListsError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// A file of the lists that is not what it should be.
+fn invalid_data(why: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
 }
 
 /// Fingerprints are uniform already: hashing them again would only cost time.
@@ -390,7 +395,7 @@ impl Lists {
         }
         let in_service = snapshot.as_ref().and(file);
         let mut tail = lists.tail.lock().expect("tail lock");
-        lists.install(&mut tail, snapshot, in_service)?;
+        lists.install(&mut tail, snapshot, in_service, None)?;
         tail.refused = problem.map(|why| (file, why));
         drop(tail);
         Ok(lists)
@@ -565,6 +570,16 @@ impl Lists {
     /// in; journal records appended since the last call are applied. Returns whether a new
     /// snapshot was put into service. On error the view in service is unchanged.
     pub fn refresh(&self) -> Result<bool, ListsError> {
+        self.refresh_knowing(None)
+    }
+
+    /// [`Lists::refresh`] by the caller that has just put a snapshot in place and holds
+    /// its stamps (`known`, for the snapshot the binding names): they are not read back
+    /// from the file.
+    fn refresh_knowing(
+        &self,
+        known: Option<(stamps::Binding, stamps::Folded)>,
+    ) -> Result<bool, ListsError> {
         let path = self.snapshot_path();
         let current = file_id(&path).map_err(io_error(&path))?;
         let in_service = self.view.load().file;
@@ -582,7 +597,7 @@ impl Lists {
             let prepared = self.prepare(current);
             let mut tail = self.tail.lock().expect("tail lock");
             return match prepared {
-                Ok(snapshot) => self.install(&mut tail, snapshot, current),
+                Ok(snapshot) => self.install(&mut tail, snapshot, current, known),
                 Err(e) => {
                     crate::metrics::lists_snapshot_refused(true);
                     tail.refused = Some((current, e.to_string()));
@@ -628,20 +643,24 @@ impl Lists {
     }
 
     /// Puts a prepared snapshot into service with every journal after it replayed, unless
-    /// the view already serves a newer one. Returns whether it did.
+    /// the view already serves a newer one, ordering what comes with its stamps (`known`
+    /// when they are its own, else read from its stamps file). Returns whether it did.
     fn install(
         &self,
         tail: &mut Tail,
         snapshot: Option<Snapshot>,
         file: Option<FileId>,
+        known: Option<(stamps::Binding, stamps::Folded)>,
     ) -> Result<bool, ListsError> {
         let folded = snapshot.as_ref().map_or(0, Snapshot::folded);
         if folded < self.view.load().folded {
             return Ok(false);
         }
-        let kept = snapshot.as_ref().map_or_else(stamps::Folded::default, |s| {
-            stamps::folded_for(s, &self.snapshot_path())
-        });
+        let kept = match (&snapshot, known) {
+            (Some(s), Some((binding, f))) if stamps::Binding::of(s) == binding => f,
+            (Some(s), _) => stamps::folded_for(s, &self.snapshot_path()),
+            (None, _) => stamps::Folded::default(),
+        };
         let view = View {
             snapshot,
             folded,

@@ -19,12 +19,14 @@
 //!   force again by the feed's usual rule: last writer wins by stamp, against the stamps
 //!   the snapshot kept too, so a change made before the snapshot that it did not hold
 //!   (one that reached the feed after its position) is not lost; what the kept stamps
-//!   cannot order (older than a day) is kept where it suppresses. A node that never read the feed (a new
-//!   one) takes the newest snapshot before reading, instead of the whole stream.
+//!   cannot order (older than a day) is kept where it suppresses. A node that never read
+//!   the feed (a new one) takes the newest snapshot before reading, instead of the whole
+//!   stream.
 //! - **Refusing.** A snapshot whose hash or format does not verify, made with another
-//!   secret, whose stamps file does not verify or belongs to another snapshot, or whose stream position is older than what the stream still holds while the
-//!   node had read past it (taking it would lose changes), is not taken (logged, counted);
-//!   the node goes on with its own.
+//!   secret, whose stamps file does not verify or belongs to another snapshot, or whose
+//!   stream position is older than what the stream still holds while the node had read
+//!   past it (taking it would lose changes), is not taken (logged, counted); the node goes
+//!   on with its own.
 //!
 //! While Redis is away each node compacts its own, as alone.
 
@@ -38,7 +40,10 @@ use tokio::sync::Mutex;
 
 use super::positions::{self, Sent};
 use super::snapshot::{self, Snapshot};
-use super::{Change, Lists, ListsError, io_error, journal, kept_tags, record_expected, stamps};
+use super::{
+    Change, Lists, ListsError, invalid_data as invalid, io_error, journal, kept_tags,
+    record_expected, stamps,
+};
 use crate::cluster::{Cluster, stream};
 
 /// How often a node looks for a newer snapshot, and whether to compact.
@@ -321,11 +326,16 @@ impl Lists {
         let s = self
             .snapshot()
             .ok_or_else(|| io_error(shared)(std::io::Error::other("no snapshot to publish")))?;
-        let tmp = shared.join(format!(".{}.tmp", rand::random::<u64>()));
-        let hash = copy_hashing(&self.snapshot_path(), &tmp).map_err(io_error(&tmp))?;
-        let path = shared.join(format!("{hash}.snapshot"));
-        std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
-        let stamps_hash = publish_stamps(&stamps::path_of(&self.snapshot_path()), &s, shared)?;
+        let hash = copy_in(&self.snapshot_path(), shared, "snapshot", |_| true)?
+            .ok_or_else(|| io_error(shared)(std::io::Error::other("no snapshot to publish")))?;
+        // Only stamps of this snapshot (a compilation may have replaced the file since).
+        let binding = stamps::Binding::of(&s);
+        let stamps_hash = copy_in(
+            &stamps::path_of(&self.snapshot_path()),
+            shared,
+            "stamps",
+            |copy| matches!(stamps::read(copy, binding), Ok(Some(_))),
+        )?;
         crate::files::sync_dir(shared).map_err(io_error(shared))?;
         // Older files go; the previous snapshot's stay (a node may be copying them).
         let mut wanted = vec![format!("{hash}.snapshot")];
@@ -369,7 +379,7 @@ impl Lists {
         let tmp = dir.join("snapshot.adopt");
         let stamps_tmp = dir.join("snapshot.stamps.adopt");
         let taken = self.fetch(shared, p, &tmp, &stamps_tmp);
-        let kept = taken.inspect_err(|_| {
+        let (binding, kept) = taken.inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
             let _ = std::fs::remove_file(&stamps_tmp);
         })?;
@@ -384,7 +394,6 @@ impl Lists {
             });
         let closed = journal::roll_carrying(&dir, |closed| unsent(&dir, from, closed, &kept))
             .map_err(io_error(&dir))?;
-        drop(kept);
         snapshot::refold(&tmp, closed).map_err(io_error(&tmp))?;
         let path = self.snapshot_path();
         // The stamps first: the snapshot in service always finds its own.
@@ -412,41 +421,36 @@ impl Lists {
         }
         positions::write_snapshot_marker(&dir, &p.hash).map_err(io_error(&dir))?;
         drop(lock);
-        self.refresh()?;
+        self.refresh_knowing(Some((binding, kept)))?;
         Ok(sent)
     }
-}
 
-impl Lists {
     /// Copies the snapshot `p` names from `shared` to `tmp` and its stamps file to
     /// `stamps_tmp`, checks both hashes, the snapshot's format and secret, and that the
-    /// stamps are the snapshot's; returns the stamps.
+    /// stamps are the snapshot's; returns the stamps and the snapshot they belong to.
     fn fetch(
         &self,
         shared: &Path,
         p: &Published,
         tmp: &Path,
         stamps_tmp: &Path,
-    ) -> Result<stamps::Folded, ListsError> {
+    ) -> Result<(stamps::Binding, stamps::Folded), ListsError> {
         copy_checked(shared, &p.hash, "snapshot", tmp)?;
         let s = Snapshot::open(tmp, self.secret().id())?;
         s.verify()?;
+        let binding = stamps::Binding::of(&s);
         let Some(hash) = &p.stamps else {
-            return Ok(stamps::Folded::none_for(&s));
+            return Ok((binding, stamps::Folded::none_for(&s)));
         };
         let file = copy_checked(shared, hash, "stamps", stamps_tmp)?;
-        match stamps::read(stamps_tmp, stamps::Binding::of(&s)) {
-            Ok(Some(f)) => Ok(f),
+        match stamps::read(stamps_tmp, binding) {
+            Ok(Some(f)) => Ok((binding, f)),
             Ok(None) => Err(io_error(&file)(invalid(
                 "the stamps file belongs to another snapshot",
             ))),
             Err(e) => Err(io_error(&file)(e)),
         }
     }
-}
-
-fn invalid(why: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string())
 }
 
 /// Copies `shared/HASH.EXT` to `to`, checking its BLAKE3 is `hash`; returns its path.
@@ -467,23 +471,29 @@ fn copy_checked(shared: &Path, hash: &str, ext: &str, to: &Path) -> Result<PathB
     Ok(file)
 }
 
-/// Copies the stamps file `from` to `shared` as `HASH.stamps` if it belongs to the
-/// snapshot `s`; its hash (`None` without one).
-fn publish_stamps(from: &Path, s: &Snapshot, shared: &Path) -> Result<Option<String>, ListsError> {
+/// Copies `from` into `shared` as `HASH.EXT` (HASH its BLAKE3; under a temporary name
+/// until whole and accepted by `accept`, which sees the copy); its hash, or `None` when
+/// there is no such file or `accept` refused it.
+fn copy_in(
+    from: &Path,
+    shared: &Path,
+    ext: &str,
+    accept: impl FnOnce(&Path) -> bool,
+) -> Result<Option<String>, ListsError> {
     let tmp = shared.join(format!(".{}.tmp", rand::random::<u64>()));
     let hash = match copy_hashing(from, &tmp) {
-        Ok(h) => h,
+        Ok(h) if accept(&tmp) => h,
+        Ok(_) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(None);
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             return Err(io_error(&tmp)(e));
         }
     };
-    if !matches!(stamps::read(&tmp, stamps::Binding::of(s)), Ok(Some(_))) {
-        let _ = std::fs::remove_file(&tmp);
-        return Ok(None);
-    }
-    let path = shared.join(format!("{hash}.stamps"));
+    let path = shared.join(format!("{hash}.{ext}"));
     std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
     Ok(Some(hash))
 }

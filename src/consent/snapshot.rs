@@ -516,8 +516,8 @@ pub struct Written {
 }
 
 /// Writes a snapshot of `entries` (sorted by fingerprint, unique, tags non-zero), made at
-/// `created_ms`, to `path`: a temporary file in the same directory, fsynced, renamed over `path`, and the
-/// directory fsynced.
+/// `created_ms`, to `path`: a temporary file in the same directory, fsynced, renamed over
+/// `path`, and the directory fsynced.
 pub fn write(
     path: &Path,
     secret_id: u64,

@@ -28,7 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::snapshot::Snapshot;
-use super::{FpMap, TAG_BITS, hlc};
+use super::{FpMap, TAG_BITS, hlc, invalid_data as invalid};
 
 const MAGIC: &[u8; 8] = b"OPTINSTM";
 const VERSION: u32 = 1;
@@ -151,7 +151,6 @@ pub fn write(path: &Path, binding: Binding, folded: &Folded) -> std::io::Result<
 /// Reads the stamps file at `path` if it belongs to the snapshot `binding` names: `None`
 /// when there is none or it belongs to another; an error when it is damaged.
 pub fn read(path: &Path, binding: Binding) -> std::io::Result<Option<Folded>> {
-    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
     let len = match std::fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -223,7 +222,12 @@ pub fn folded_for(s: &Snapshot, path: &Path) -> Folded {
         Ok(Some(f)) => f,
         Ok(None) => Folded::none_for(s),
         Err(e) => {
-            tracing::warn!(path = %stamps.display(), error = %e, "the snapshot's stamps are not used; changes older than it are ordered only where they suppress");
+            tracing::warn!(
+                path = %stamps.display(),
+                error = %e,
+                "the snapshot's stamps are not used; changes older than it are ordered only \
+                 where they suppress"
+            );
             Folded::none_for(s)
         }
     }
